@@ -1,0 +1,36 @@
+//! The eleven `{Model}{Op}Node` types: aliases of the runtime's generic node
+//! types, so a model adds no per-node code to compile.
+
+use crate::ir::ModelIr;
+use proc_macro2::{Ident, TokenStream};
+use quote::quote;
+
+pub const OPS: [&str; 11] = [
+    "Create",
+    "Read",
+    "Update",
+    "Delete",
+    "List",
+    "Count",
+    "Upsert",
+    "BulkCreate",
+    "BulkUpdate",
+    "BulkDelete",
+    "BulkUpsert",
+];
+
+pub fn expand(ir: &ModelIr) -> TokenStream {
+    let ident = &ir.ident;
+    let vis = &ir.item.vis;
+    let aliases = OPS.iter().map(|op| {
+        let alias = Ident::new(&format!("{}{}Node", ir.name, op), ident.span());
+        let generic = Ident::new(&format!("{op}Node"), ident.span());
+        let doc = format!("The {op} node of [`{}`].", ir.name);
+        quote! {
+            #[doc = #doc]
+            #[allow(dead_code)]
+            #vis type #alias = ::dataflow::nodes::#generic<#ident>;
+        }
+    });
+    quote!(#(#aliases)*)
+}

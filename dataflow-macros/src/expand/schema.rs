@@ -1,0 +1,106 @@
+//! `impl ::dataflow::Model` with the constant schema.
+
+use crate::ir::{DefaultLit, FieldIr, ModelIr};
+use proc_macro2::{Ident, Span, TokenStream};
+use quote::quote;
+
+fn opt_str(v: &Option<String>) -> TokenStream {
+    match v {
+        Some(s) => quote!(::core::option::Option::Some(#s)),
+        None => quote!(::core::option::Option::None),
+    }
+}
+
+fn ident(name: &str) -> Ident {
+    Ident::new(name, Span::call_site())
+}
+
+fn field(f: &FieldIr) -> TokenStream {
+    let FieldIr {
+        name,
+        column,
+        nullable,
+        primary_key,
+        unique,
+        index,
+        ..
+    } = f;
+    let ty = ident(f.ty.variant());
+    let generated = ident(f.generated.variant());
+    let default = match &f.default {
+        None => quote!(::core::option::Option::None),
+        Some(d) => {
+            let v = match d {
+                DefaultLit::Bool(b) => quote!(Bool(#b)),
+                DefaultLit::Int(i) => quote!(Int(#i)),
+                DefaultLit::Float(x) => quote!(Float(#x)),
+                DefaultLit::Str(s) => quote!(Str(#s)),
+            };
+            quote!(::core::option::Option::Some(::dataflow::schema::DefaultValue::#v))
+        }
+    };
+    let references = match &f.references {
+        None => quote!(::core::option::Option::None),
+        Some((model, on_delete)) => {
+            let on_delete = ident(on_delete.variant());
+            quote!(::core::option::Option::Some(::dataflow::schema::ForeignKey {
+                model: #model,
+                on_delete: ::dataflow::schema::OnDelete::#on_delete,
+            }))
+        }
+    };
+    let max_length = match f.max_length {
+        Some(n) => quote!(::core::option::Option::Some(#n)),
+        None => quote!(::core::option::Option::None),
+    };
+    let renamed_from = opt_str(&f.renamed_from);
+    quote! {
+        ::dataflow::schema::FieldSchema {
+            name: #name,
+            column: #column,
+            ty: ::dataflow::schema::FieldType::#ty,
+            nullable: #nullable,
+            primary_key: #primary_key,
+            unique: #unique,
+            index: #index,
+            default: #default,
+            references: #references,
+            max_length: #max_length,
+            renamed_from: #renamed_from,
+            generated: ::dataflow::schema::Generated::#generated,
+        }
+    }
+}
+
+pub fn expand(ir: &ModelIr) -> TokenStream {
+    let ident = &ir.ident;
+    let name = &ir.name;
+    let table = &ir.table;
+    let fields = ir.fields.iter().map(field);
+    let o = &ir.options;
+    let (soft_delete, timestamps, tenant_scoped, audit, append_only) =
+        (o.soft_delete, o.timestamps, o.tenant_scoped, o.audit, o.append_only);
+    let cache_ttl_ms = match o.cache_ttl_ms {
+        Some(ms) => quote!(::core::option::Option::Some(#ms)),
+        None => quote!(::core::option::Option::None),
+    };
+    let checksum = ir.checksum();
+    quote! {
+        impl ::dataflow::Model for #ident {
+            const SCHEMA: ::dataflow::schema::ModelSchema = ::dataflow::schema::ModelSchema {
+                name: #name,
+                table: #table,
+                fields: &[#(#fields),*],
+                options: ::dataflow::schema::ModelOptions {
+                    soft_delete: #soft_delete,
+                    timestamps: #timestamps,
+                    tenant_scoped: #tenant_scoped,
+                    audit: #audit,
+                    cache_ttl_ms: #cache_ttl_ms,
+                    append_only: #append_only,
+                },
+                checksum: #checksum,
+            };
+        }
+    }
+}

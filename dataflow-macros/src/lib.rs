@@ -1,0 +1,17 @@
+//! `#[dataflow::model]`: one annotated struct → a constant schema, eleven
+//! node types and a zero-cost registration entry.
+//!
+//! The entry point only converts token streams; the work happens in
+//! [`parse`] (attributes → [`ir::ModelIr`]) and [`expand`] (IR → code).
+
+mod expand;
+mod ir;
+mod parse;
+
+use proc_macro::TokenStream;
+
+/// Declares a persisted model. See the `dataflow` crate for the options.
+#[proc_macro_attribute]
+pub fn model(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::model(attr.into(), item.into()).into()
+}

@@ -1,0 +1,143 @@
+//! Configuration, with the names users of the Python framework know. Every
+//! option exists as a builder method and as a serde field (file or env).
+
+use crate::error::{Error, ErrorCode, Result};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// The runtime configuration. `None` means "the default".
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub database_url: String,
+    /// A stable id for this application in the model registry.
+    pub application_id: String,
+    pub skip_registry: Option<bool>,
+    pub enable_model_persistence: Option<bool>,
+    /// Create missing tables at boot (default on).
+    pub auto_migrate: Option<bool>,
+    /// Skip every schema step at boot.
+    pub skip_migration: Option<bool>,
+    pub enable_schema_discovery: Option<bool>,
+    pub enable_caching: Option<bool>,
+    pub enable_metrics: Option<bool>,
+    pub connection_pool_size: u32,
+    pub enable_audit_log: Option<bool>,
+    pub multi_tenant: Option<bool>,
+    pub monitoring: Option<bool>,
+    /// Seconds.
+    pub slow_query_threshold: Option<f64>,
+    /// Log every SQL statement (never its values) to stderr.
+    pub echo: bool,
+    /// How long to wait for a connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: "sqlite://dataflow.db".into(),
+            application_id: "default".into(),
+            skip_registry: None,
+            enable_model_persistence: None,
+            auto_migrate: None,
+            skip_migration: None,
+            enable_schema_discovery: None,
+            enable_caching: None,
+            enable_metrics: None,
+            connection_pool_size: 10,
+            enable_audit_log: None,
+            multi_tenant: None,
+            monitoring: None,
+            slow_query_threshold: None,
+            echo: false,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Options whose features are not built yet, with the work that brings them.
+const PENDING: &[(&str, &str)] = &[
+    ("skip_registry = false", "the persisted model registry"),
+    ("enable_model_persistence = true", "the persisted model registry"),
+    ("enable_schema_discovery = true", "schema discovery"),
+    ("enable_caching = true", "the query cache"),
+    ("enable_metrics = true", "metrics"),
+    ("enable_audit_log = true", "the audit log"),
+    ("multi_tenant = true", "multi-tenancy"),
+    ("monitoring = true", "monitoring"),
+    ("slow_query_threshold", "slow-query monitoring"),
+];
+
+impl Config {
+    /// Reads a JSON config file with the field names above.
+    pub fn from_json_file(path: impl AsRef<std::path::Path>) -> Result<Config> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::new(ErrorCode::Config, format!("cannot read config {}: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| Error::new(ErrorCode::Config, format!("invalid config {}: {e}", path.display())))
+    }
+
+    /// Reads `DATAFLOW_<OPTION>` variables (e.g. `DATAFLOW_DATABASE_URL`,
+    /// `DATAFLOW_CONNECTION_POOL_SIZE`) over the defaults.
+    pub fn from_env() -> Result<Config> {
+        let mut obj = serde_json::to_value(Config::default()).map_err(|e| Error::internal(e.to_string()))?;
+        let map = obj.as_object_mut().expect("config is an object");
+        let keys: Vec<String> = map.keys().cloned().collect();
+        for key in keys {
+            if let Ok(raw) = std::env::var(format!("DATAFLOW_{}", key.to_uppercase())) {
+                let value = match raw.parse::<serde_json::Value>() {
+                    Ok(v @ (serde_json::Value::Bool(_) | serde_json::Value::Number(_))) if key != "database_url" && key != "application_id" => v,
+                    _ => serde_json::Value::String(raw),
+                };
+                map.insert(key, value);
+            }
+        }
+        serde_json::from_value(obj).map_err(|e| Error::new(ErrorCode::Config, format!("invalid DATAFLOW_* environment: {e}")))
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms.max(1))
+    }
+
+    /// Whether boot creates missing tables.
+    pub fn creates_tables(&self) -> bool {
+        self.auto_migrate.unwrap_or(true) && !self.skip_migration.unwrap_or(false)
+    }
+
+    /// Refuses options that ask for a feature this build does not have yet,
+    /// so nothing is silently ignored.
+    pub fn check_supported(&self) -> Result<()> {
+        let asked = [
+            self.skip_registry == Some(false),
+            self.enable_model_persistence == Some(true),
+            self.enable_schema_discovery == Some(true),
+            self.enable_caching == Some(true),
+            self.enable_metrics == Some(true),
+            self.enable_audit_log == Some(true),
+            self.multi_tenant == Some(true),
+            self.monitoring == Some(true),
+            self.slow_query_threshold.is_some(),
+        ];
+        let missing: Vec<String> = PENDING
+            .iter()
+            .zip(asked)
+            .filter(|(_, on)| *on)
+            .map(|((opt, feature), _)| format!("{opt} ({feature})"))
+            .collect();
+        if self.connection_pool_size == 0 {
+            return Err(Error::new(ErrorCode::Config, "connection_pool_size must be at least 1"));
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorCode::NotSupported,
+                format!(
+                    "these options ask for features this version does not have yet: {}; remove them (see the README's configuration table)",
+                    missing.join(", ")
+                ),
+            ))
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The `DataFlow` handle: boot, node lookup and execution.
+
+use crate::backend::{AnyConnection, Conn, Manager, Pool, Target};
+use crate::config::Config;
+use crate::error::{Error, ErrorCode, Result};
+use crate::nodes::{self, Op};
+use crate::schema::ModelSchema;
+use crate::sql::Dialect;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The compiled model registry, filled by `#[dataflow::model]` at link time.
+#[linkme::distributed_slice]
+pub static MODELS: [&'static ModelSchema];
+
+/// A cheap, cloneable handle to a booted database.
+#[derive(Clone)]
+pub struct DataFlow {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    target: Target,
+    pool: Pool,
+    models: Vec<&'static ModelSchema>,
+    nodes: HashMap<String, (usize, Op)>,
+    /// Keeps a shared in-memory SQLite database alive.
+    _keepalive: Option<Mutex<AnyConnection>>,
+}
+
+impl std::fmt::Debug for DataFlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataFlow")
+            .field("database", &self.inner.target.display())
+            .field("models", &self.inner.models.len())
+            .finish()
+    }
+}
+
+/// Builds a [`DataFlow`]; every configuration option is a method.
+#[derive(Debug, Clone)]
+pub struct DataFlowBuilder {
+    config: Config,
+}
+
+macro_rules! flag_setters {
+    ($($name:ident),*) => {$(
+        #[doc = concat!("Sets `", stringify!($name), "`.")]
+        pub fn $name(mut self, on: bool) -> Self {
+            self.config.$name = Some(on);
+            self
+        }
+    )*};
+}
+
+impl DataFlowBuilder {
+    flag_setters!(
+        skip_registry,
+        enable_model_persistence,
+        auto_migrate,
+        skip_migration,
+        enable_schema_discovery,
+        enable_caching,
+        enable_metrics,
+        enable_audit_log,
+        multi_tenant,
+        monitoring
+    );
+
+    pub fn connection_pool_size(mut self, n: u32) -> Self {
+        self.config.connection_pool_size = n;
+        self
+    }
+
+    pub fn slow_query_threshold(mut self, seconds: f64) -> Self {
+        self.config.slow_query_threshold = Some(seconds);
+        self
+    }
+
+    pub fn echo(mut self, on: bool) -> Self {
+        self.config.echo = on;
+        self
+    }
+
+    pub fn application_id(mut self, id: impl Into<String>) -> Self {
+        self.config.application_id = id.into();
+        self
+    }
+
+    pub fn connect_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.config.connect_timeout_ms = timeout.as_millis() as u64;
+        self
+    }
+
+    pub async fn build(self) -> Result<DataFlow> {
+        DataFlow::from_config(self.config).await
+    }
+}
+
+impl DataFlow {
+    /// Starts configuring a database at `url` (`sqlite://app.db`,
+    /// `sqlite::memory:`, `postgres://user:pass@host/db`).
+    pub fn builder(url: impl Into<String>) -> DataFlowBuilder {
+        DataFlowBuilder {
+            config: Config {
+                database_url: url.into(),
+                ..Config::default()
+            },
+        }
+    }
+
+    /// Boots from a [`Config`]: checks the registry, connects once (failing
+    /// fast when the server is down), creates missing tables, and opens a lazy pool.
+    pub async fn from_config(config: Config) -> Result<DataFlow> {
+        config.check_supported()?;
+        let models = registry()?;
+        let target = Target::parse(&config.database_url)?;
+        let nodes = node_table(&models);
+        tokio::task::spawn_blocking(move || boot(config, target, models, nodes))
+            .await
+            .map_err(|e| Error::internal(format!("boot task failed: {e}")))?
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.inner.target.dialect()
+    }
+
+    /// The registered models.
+    pub fn models(&self) -> &[&'static ModelSchema] {
+        &self.inner.models
+    }
+
+    /// The names of every registered node type.
+    pub fn node_types(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.nodes.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The JSON Schema of a node's input.
+    pub fn node_schema(&self, node: &str) -> Result<Value> {
+        let (m, op) = self.lookup(node)?;
+        Ok(nodes::input_schema(m, op))
+    }
+
+    fn lookup(&self, node: &str) -> Result<(&'static ModelSchema, Op)> {
+        match self.inner.nodes.get(node) {
+            Some((i, op)) => Ok((self.inner.models[*i], *op)),
+            None => {
+                let hint = crate::value::suggest(node, self.inner.nodes.keys().map(String::as_str))
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                Err(Error::new(ErrorCode::UnknownNode, format!("unknown node type `{node}`{hint}")).with_node(node))
+            }
+        }
+    }
+
+    /// Runs a node by type name with JSON parameters and returns its JSON output.
+    pub async fn execute(&self, node: &str, params: Value) -> Result<Value> {
+        let (m, op) = self.lookup(node)?;
+        self.execute_op(m, op, params).await
+    }
+
+    pub(crate) async fn execute_op(&self, m: &'static ModelSchema, op: Op, params: Value) -> Result<Value> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.pool.get()?;
+            run_on(&mut conn, m, op, &params, inner.config.echo)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("node task failed: {e}")))?
+    }
+
+    /// Runs a node synchronously on a connection the caller holds (the
+    /// building block of transactional workflows).
+    pub fn execute_blocking(&self, conn: &mut AnyConnection, node: &str, params: &Value) -> Result<Value> {
+        let (m, op) = self.lookup(node)?;
+        run_on(conn, m, op, params, self.inner.config.echo)
+    }
+
+    /// A pooled connection, for [`DataFlow::execute_blocking`].
+    pub fn connection(&self) -> Result<r2d2::PooledConnection<Manager>> {
+        Ok(self.inner.pool.get()?)
+    }
+}
+
+fn run_on(conn: &mut AnyConnection, m: &'static ModelSchema, op: Op, params: &Value, echo: bool) -> Result<Value> {
+    let name = format!("{}{}Node", m.name, op.name());
+    let ctx = nodes::ops_ctx(m, &name, echo);
+    match conn {
+        AnyConnection::Sqlite(c) => nodes::run(c, &ctx, op, params),
+        AnyConnection::Postgresql(c) => nodes::run(c, &ctx, op, params),
+    }
+}
+
+/// The compiled registry, checked: not empty, no duplicate names or tables.
+fn registry() -> Result<Vec<&'static ModelSchema>> {
+    let mut models: Vec<&'static ModelSchema> = MODELS.iter().copied().collect();
+    if models.is_empty() {
+        return Err(Error::new(
+            ErrorCode::Config,
+            "no models are registered: declare structs with #[dataflow::model], and if they live in another crate \
+             that this binary never names, link it with `use my_models as _;`",
+        ));
+    }
+    models.sort_by_key(|m| m.name);
+    for pair in models.windows(2) {
+        if pair[0].name == pair[1].name {
+            return Err(Error::new(ErrorCode::Config, format!("two models are named `{}`; model names must be unique", pair[0].name)));
+        }
+    }
+    let mut tables: HashMap<&str, &str> = HashMap::new();
+    for m in &models {
+        if let Some(other) = tables.insert(m.table, m.name) {
+            return Err(Error::new(
+                ErrorCode::Config,
+                format!("models `{other}` and `{}` both use the table `{}`; set #[dataflow::model(table = \"...\")]", m.name, m.table),
+            ));
+        }
+        for f in m.fields {
+            if let Some(fk) = f.references {
+                let Some(target) = models.iter().find(|t| t.name == fk.model) else {
+                    return Err(Error::new(
+                        ErrorCode::Config,
+                        format!("{}.{} references `{}`, which is not a registered model", m.name, f.name, fk.model),
+                    ));
+                };
+                let pk = target.primary_key();
+                let compatible = pk.ty == f.ty || (pk.ty.is_integer() && f.ty.is_integer());
+                if !compatible {
+                    return Err(Error::new(
+                        ErrorCode::Config,
+                        format!("{}.{} is {:?} but references {}.{} which is {:?}", m.name, f.name, f.ty, target.name, pk.name, pk.ty),
+                    ));
+                }
+            }
+        }
+        let unsupported = [
+            (m.options.tenant_scoped, "tenant_scoped (multi-tenancy)"),
+            (m.options.audit, "audit (the audit log)"),
+            (m.options.cache_ttl_ms.is_some(), "cache_ttl (the query cache)"),
+        ];
+        if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
+            return Err(Error::new(
+                ErrorCode::NotSupported,
+                format!("model `{}` sets {what}, a feature this version does not have yet", m.name),
+            ));
+        }
+    }
+    Ok(models)
+}
+
+fn node_table(models: &[&'static ModelSchema]) -> HashMap<String, (usize, Op)> {
+    let mut nodes = HashMap::with_capacity(models.len() * Op::ALL.len());
+    for (i, m) in models.iter().enumerate() {
+        for (name, op) in m.node_names() {
+            nodes.insert(name, (i, op));
+        }
+    }
+    nodes
+}
+
+/// Models ordered so every foreign-key target comes before its referrers.
+fn creation_order(models: &[&'static ModelSchema]) -> Vec<&'static ModelSchema> {
+    let mut done: Vec<&'static ModelSchema> = Vec::with_capacity(models.len());
+    let mut pending: Vec<&'static ModelSchema> = models.to_vec();
+    while !pending.is_empty() {
+        let before = pending.len();
+        pending.retain(|m| {
+            let ready = m.fields.iter().filter_map(|f| f.references).all(|fk| fk.model == m.name || done.iter().any(|d| d.name == fk.model));
+            if ready {
+                done.push(m);
+            }
+            !ready
+        });
+        if pending.len() == before {
+            // A reference cycle: create the rest in any order (SQLite and
+            // PostgreSQL both accept it when the tables come in one transaction
+            // on SQLite; on PostgreSQL the cycle must be broken by a nullable FK).
+            done.append(&mut pending);
+        }
+    }
+    done
+}
+
+fn boot(config: Config, target: Target, models: Vec<&'static ModelSchema>, nodes: HashMap<String, (usize, Op)>) -> Result<DataFlow> {
+    let mut conn = target.connect(config.connect_timeout())?;
+    if config.creates_tables() {
+        let dialect = target.dialect();
+        let lookup = |name: &str| models.iter().copied().find(|m| m.name == name);
+        let mut ddl = String::new();
+        for m in creation_order(&models) {
+            for stmt in dialect.create_table(m, lookup) {
+                ddl.push_str(&stmt);
+                ddl.push_str(";\n");
+            }
+        }
+        let apply = |c: &mut dyn FnMut(&str) -> Result<()>| c(&ddl);
+        match &mut conn {
+            AnyConnection::Sqlite(c) => c.write_transaction(|c| apply(&mut |s| c.batch(s))),
+            AnyConnection::Postgresql(c) => c.write_transaction(|c| apply(&mut |s| c.batch(s))),
+        }
+        .map_err(|e| Error::new(e.kind(), format!("creating tables: {}", e.message())))?;
+    }
+    let memory = matches!(target, Target::Sqlite { memory: true, .. });
+    let pool = r2d2::Pool::builder()
+        .max_size(config.connection_pool_size)
+        .min_idle(Some(0))
+        .test_on_check_out(false)
+        .connection_timeout(config.connect_timeout())
+        .build_unchecked(Manager {
+            target: target.clone(),
+            connect_timeout: config.connect_timeout(),
+        });
+    Ok(DataFlow {
+        inner: Arc::new(Inner {
+            config,
+            target,
+            pool,
+            models,
+            nodes,
+            _keepalive: memory.then(|| Mutex::new(conn)),
+        }),
+    })
+}

@@ -1,0 +1,161 @@
+//! One error type with stable codes. Servers map each code to one HTTP
+//! status / MCP error / CLI exit code; messages are plain text that name the
+//! model, the field and what was expected.
+
+use std::fmt;
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The stable, machine-readable kind of an [`Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// Input does not match the node's schema (missing/unknown field, wrong type, bad filter).
+    Validation,
+    /// No record matched an id or filter that must match one.
+    NotFound,
+    /// A unique constraint refused the write.
+    UniqueViolation,
+    /// A foreign key refused the write (missing parent, or children still referencing).
+    FkViolation,
+    /// A destructive operation needs `confirmed: true`.
+    ConfirmationRequired,
+    /// The database cannot be reached or the pool timed out.
+    Connection,
+    /// The configuration is invalid (bad URL, unsupported option).
+    Config,
+    /// The node type is not registered.
+    UnknownNode,
+    /// The operation is not allowed on this model (e.g. updates on an append-only model).
+    NotAllowed,
+    /// A feature that is configured on is not available in this build.
+    NotSupported,
+    /// The database reported an error the caller did not cause.
+    Database,
+    /// A bug or an unexpected state inside the framework.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Validation => "validation",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::UniqueViolation => "unique_violation",
+            ErrorCode::FkViolation => "fk_violation",
+            ErrorCode::ConfirmationRequired => "confirmation_required",
+            ErrorCode::Connection => "connection",
+            ErrorCode::Config => "config",
+            ErrorCode::UnknownNode => "unknown_node",
+            ErrorCode::NotAllowed => "not_allowed",
+            ErrorCode::NotSupported => "not_supported",
+            ErrorCode::Database => "database",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every failure of `dataflow`: a code, a message, and where it applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    code: ErrorCode,
+    message: String,
+    model: Option<String>,
+    field: Option<String>,
+    node: Option<String>,
+}
+
+impl Error {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error {
+            code,
+            message: message.into(),
+            model: None,
+            field: None,
+            node: None,
+        }
+    }
+
+    pub(crate) fn validation(model: &str, field: Option<&str>, message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::Validation, message)
+            .with_model(model)
+            .with_field_opt(field)
+    }
+
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        Error::new(ErrorCode::Internal, message)
+    }
+
+    pub fn with_model(mut self, model: impl Into<String>) -> Self {
+        self.model = Some(model.into());
+        self
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    fn with_field_opt(mut self, field: Option<&str>) -> Self {
+        self.field = field.map(str::to_string);
+        self
+    }
+
+    pub fn with_node(mut self, node: impl Into<String>) -> Self {
+        self.node = Some(node.into());
+        self
+    }
+
+    /// The stable code as a string: `"validation"`, `"not_found"`, ...
+    pub fn code(&self) -> &'static str {
+        self.code.as_str()
+    }
+
+    pub fn kind(&self) -> ErrorCode {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    pub fn field(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
+
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    /// The JSON form every channel uses: `{"code", "message", "model", "field", "node"}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert("code".into(), self.code().into());
+        m.insert("message".into(), self.message.clone().into());
+        for (k, v) in [("model", &self.model), ("field", &self.field), ("node", &self.node)] {
+            if let Some(v) = v {
+                m.insert(k.into(), v.clone().into());
+            }
+        }
+        serde_json::Value::Object(m)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for Error {}

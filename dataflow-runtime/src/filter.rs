@@ -1,0 +1,318 @@
+//! MongoDB-style filters, identical on every channel: implicit equality,
+//! `$eq $ne $gt $gte $lt $lte $in $nin $like $ilike $null $exists`, and
+//! `$and $or $not`. Unknown fields and operators are validation errors.
+//! Filters render straight into [`Sql`] with every value bound.
+
+use crate::error::{Error, Result};
+use crate::schema::{FieldSchema, FieldType, ModelSchema};
+use crate::sql::{Dialect, Sql};
+use crate::value::{coerce_non_null, describe, suggest, SqlValue};
+use serde_json::{Map, Value};
+
+pub const FIELD_OPERATORS: [&str; 13] = [
+    "$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$like", "$ilike", "$null", "$exists", "$not",
+];
+pub const LOGICAL_OPERATORS: [&str; 3] = ["$and", "$or", "$not"];
+
+/// Appends the boolean SQL expression for `filter` (`1=1` when empty).
+/// `filter` must be a JSON object (or null, meaning "everything").
+pub fn render(sql: &mut Sql, model: &ModelSchema, filter: &Value) -> Result<()> {
+    match filter {
+        Value::Null => {
+            sql.push("1=1");
+            Ok(())
+        }
+        Value::Object(map) => render_object(sql, model, map),
+        other => Err(Error::validation(
+            model.name,
+            None,
+            format!("{}: a filter must be an object such as {{\"email\": \"a@x.io\"}}, got {}", model.name, describe(other)),
+        )),
+    }
+}
+
+/// Whether a filter selects everything (`{}` or null).
+pub fn is_empty(filter: &Value) -> bool {
+    match filter {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        _ => false,
+    }
+}
+
+fn render_object(sql: &mut Sql, model: &ModelSchema, map: &Map<String, Value>) -> Result<()> {
+    if map.is_empty() {
+        sql.push("1=1");
+        return Ok(());
+    }
+    sql.push("(");
+    for (i, (key, value)) in map.iter().enumerate() {
+        if i > 0 {
+            sql.push(" AND ");
+        }
+        match key.as_str() {
+            "$and" | "$or" => {
+                let items = value.as_array().filter(|a| !a.is_empty()).ok_or_else(|| {
+                    Error::validation(model.name, None, format!("{}: `{key}` takes a non-empty array of filters", model.name))
+                })?;
+                let joiner = if key == "$and" { " AND " } else { " OR " };
+                sql.push("(");
+                for (j, item) in items.iter().enumerate() {
+                    if j > 0 {
+                        sql.push(joiner);
+                    }
+                    match item {
+                        Value::Object(m) => render_object(sql, model, m)?,
+                        other => {
+                            return Err(Error::validation(
+                                model.name,
+                                None,
+                                format!("{}: each item of `{key}` must be a filter object, got {}", model.name, describe(other)),
+                            ))
+                        }
+                    }
+                }
+                sql.push(")");
+            }
+            "$not" => {
+                let Value::Object(m) = value else {
+                    return Err(Error::validation(
+                        model.name,
+                        None,
+                        format!("{}: `$not` takes a filter object, got {}", model.name, describe(value)),
+                    ));
+                };
+                sql.push("NOT ");
+                render_object(sql, model, m)?;
+            }
+            k if k.starts_with('$') => {
+                return Err(Error::validation(
+                    model.name,
+                    None,
+                    format!(
+                        "{}: unknown filter operator `{k}` at the top level{}; use a field name or one of $and, $or, $not",
+                        model.name,
+                        hint(k, LOGICAL_OPERATORS)
+                    ),
+                ))
+            }
+            name => {
+                let field = field(model, name)?;
+                render_field(sql, model, field, value)?;
+            }
+        }
+    }
+    sql.push(")");
+    Ok(())
+}
+
+fn hint(name: &str, candidates: impl IntoIterator<Item = &'static str>) -> String {
+    suggest(name, candidates).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default()
+}
+
+/// Looks a field up by its JSON name, with a "did you mean" on failure.
+pub fn field(model: &ModelSchema, name: &str) -> Result<&'static FieldSchema> {
+    model.field(name).ok_or_else(|| {
+        Error::validation(
+            model.name,
+            Some(name),
+            format!(
+                "{} has no field `{name}`{}; its fields are: {}",
+                model.name,
+                hint_dyn(name, model),
+                model.fields.iter().map(|f| f.name).collect::<Vec<_>>().join(", ")
+            ),
+        )
+    })
+}
+
+fn hint_dyn(name: &str, model: &ModelSchema) -> String {
+    suggest(name, model.fields.iter().map(|f| f.name))
+        .map(|s| format!(" (did you mean `{s}`?)"))
+        .unwrap_or_default()
+}
+
+fn is_operator_object(v: &Value) -> bool {
+    matches!(v, Value::Object(m) if !m.is_empty() && m.keys().all(|k| k.starts_with('$')))
+}
+
+fn render_field(sql: &mut Sql, model: &ModelSchema, field: &FieldSchema, value: &Value) -> Result<()> {
+    if !is_operator_object(value) {
+        return compare(sql, model, field, "$eq", value);
+    }
+    let Value::Object(ops) = value else { unreachable!() };
+    sql.push("(");
+    for (i, (op, operand)) in ops.iter().enumerate() {
+        if i > 0 {
+            sql.push(" AND ");
+        }
+        match op.as_str() {
+            "$eq" | "$ne" | "$gt" | "$gte" | "$lt" | "$lte" => compare(sql, model, field, op, operand)?,
+            "$in" | "$nin" => in_list(sql, model, field, op == "$nin", operand)?,
+            "$like" | "$ilike" => like(sql, model, field, op == "$ilike", operand)?,
+            "$null" | "$exists" => {
+                let b = operand.as_bool().ok_or_else(|| {
+                    Error::validation(
+                        model.name,
+                        Some(field.name),
+                        format!("{}.{}: `{op}` takes true or false, got {}", model.name, field.name, describe(operand)),
+                    )
+                })?;
+                // Every column exists in SQL: `$exists: true` means "has a value".
+                let is_null = if op == "$null" { b } else { !b };
+                sql.ident(field.column).push(if is_null { " IS NULL" } else { " IS NOT NULL" });
+            }
+            "$not" => {
+                if !is_operator_object(operand) {
+                    return Err(Error::validation(
+                        model.name,
+                        Some(field.name),
+                        format!("{}.{}: `$not` takes an operator object such as {{\"$gt\": 5}}", model.name, field.name),
+                    ));
+                }
+                sql.push("NOT ");
+                render_field(sql, model, field, operand)?;
+            }
+            other => {
+                return Err(Error::validation(
+                    model.name,
+                    Some(field.name),
+                    format!(
+                        "{}.{}: unknown filter operator `{other}`{}; supported: {}",
+                        model.name,
+                        field.name,
+                        hint(other, FIELD_OPERATORS),
+                        FIELD_OPERATORS.join(" ")
+                    ),
+                ))
+            }
+        }
+    }
+    sql.push(")");
+    Ok(())
+}
+
+fn comparable(model: &ModelSchema, field: &FieldSchema, op: &str) -> Result<()> {
+    if field.ty == FieldType::Json {
+        return Err(Error::validation(
+            model.name,
+            Some(field.name),
+            format!("{}.{}: JSON fields can only be filtered with $null or $exists, not `{op}`", model.name, field.name),
+        ));
+    }
+    Ok(())
+}
+
+fn compare(sql: &mut Sql, model: &ModelSchema, field: &FieldSchema, op: &str, operand: &Value) -> Result<()> {
+    comparable(model, field, op)?;
+    if operand.is_null() {
+        return match op {
+            "$eq" => {
+                sql.ident(field.column).push(" IS NULL");
+                Ok(())
+            }
+            "$ne" => {
+                sql.ident(field.column).push(" IS NOT NULL");
+                Ok(())
+            }
+            _ => Err(Error::validation(
+                model.name,
+                Some(field.name),
+                format!("{}.{}: `{op}` cannot compare with null; use $null", model.name, field.name),
+            )),
+        };
+    }
+    let value = coerce_non_null(model, field, field.ty, operand)?;
+    sql.ident(field.column);
+    let op_sql = match op {
+        "$eq" => " = ",
+        "$ne" => sql.dialect().distinct_from(),
+        "$gt" => " > ",
+        "$gte" => " >= ",
+        "$lt" => " < ",
+        _ => " <= ",
+    };
+    sql.push(op_sql).bind(value);
+    Ok(())
+}
+
+fn in_list(sql: &mut Sql, model: &ModelSchema, field: &FieldSchema, negate: bool, operand: &Value) -> Result<()> {
+    let op = if negate { "$nin" } else { "$in" };
+    comparable(model, field, op)?;
+    let items = operand.as_array().ok_or_else(|| {
+        Error::validation(
+            model.name,
+            Some(field.name),
+            format!("{}.{}: `{op}` takes an array of values, got {}", model.name, field.name, describe(operand)),
+        )
+    })?;
+    let mut values = Vec::with_capacity(items.len());
+    let mut has_null = false;
+    for item in items {
+        if item.is_null() {
+            has_null = true;
+        } else {
+            values.push(coerce_non_null(model, field, field.ty, item)?);
+        }
+    }
+    sql.push("(");
+    if values.is_empty() {
+        sql.push(if negate { "1=1" } else { "1=0" });
+    } else {
+        sql.ident(field.column).push(if negate { " NOT IN (" } else { " IN (" });
+        for (i, v) in values.into_iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.bind(v);
+        }
+        sql.push(")");
+    }
+    match (negate, has_null) {
+        (false, true) => {
+            sql.push(" OR ").ident(field.column).push(" IS NULL");
+        }
+        (true, true) => {
+            sql.push(" AND ").ident(field.column).push(" IS NOT NULL");
+        }
+        (true, false) => {
+            // Like `$ne`, `$nin` matches records where the field has no value.
+            sql.push(" OR ").ident(field.column).push(" IS NULL");
+        }
+        (false, false) => {}
+    }
+    sql.push(")");
+    Ok(())
+}
+
+fn like(sql: &mut Sql, model: &ModelSchema, field: &FieldSchema, insensitive: bool, operand: &Value) -> Result<()> {
+    let op = if insensitive { "$ilike" } else { "$like" };
+    if field.ty != FieldType::String {
+        return Err(Error::validation(
+            model.name,
+            Some(field.name),
+            format!("{}.{}: `{op}` applies to string fields only", model.name, field.name),
+        ));
+    }
+    let pattern = operand.as_str().ok_or_else(|| {
+        Error::validation(
+            model.name,
+            Some(field.name),
+            format!("{}.{}: `{op}` takes a pattern string such as \"%@x.io\", got {}", model.name, field.name, describe(operand)),
+        )
+    })?;
+    let pattern = SqlValue::Text(pattern.to_string());
+    match (sql.dialect(), insensitive) {
+        (_, false) => {
+            sql.ident(field.column).push(" LIKE ").bind(pattern);
+        }
+        (Dialect::Postgres, true) => {
+            sql.ident(field.column).push(" ILIKE ").bind(pattern);
+        }
+        (Dialect::Sqlite, true) => {
+            // Connections run with case_sensitive_like on, so fold case here.
+            sql.push("lower(").ident(field.column).push(") LIKE lower(").bind(pattern).push(")");
+        }
+    }
+    Ok(())
+}

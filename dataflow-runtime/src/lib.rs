@@ -1,0 +1,52 @@
+//! # dataflow
+//!
+//! One annotated struct becomes a schema, eleven CRUD nodes and a table on
+//! SQLite (embedded, the default) or PostgreSQL.
+//!
+//! ```
+//! use dataflow::DataFlow;
+//! use serde_json::json;
+//!
+//! #[dataflow::model]
+//! pub struct Note {
+//!     pub id: String,
+//!     pub title: String,
+//!     #[field(default = false)]
+//!     pub done: bool,
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let db = DataFlow::builder("sqlite::memory:").build().await?;
+//! let note = db.execute("NoteCreateNode", json!({"title": "write docs"})).await?;
+//! assert_eq!(note["done"], false);
+//! let page = db.execute("NoteListNode", json!({"filter": {"title": {"$like": "write%"}}})).await?;
+//! assert_eq!(page["count"], 1);
+//! # Ok::<(), dataflow::Error>(())
+//! # }).unwrap();
+//! ```
+
+mod backend;
+mod config;
+mod dataflow;
+mod error;
+mod filter;
+pub mod nodes;
+pub mod schema;
+mod sql;
+mod value;
+
+pub use crate::backend::AnyConnection;
+pub use crate::config::Config;
+pub use crate::dataflow::{DataFlow, DataFlowBuilder};
+pub use crate::error::{Error, ErrorCode, Result};
+pub use crate::schema::{Model, ModelSchema};
+pub use crate::sql::Dialect;
+pub use dataflow_macros::model;
+
+/// Used by the code `#[dataflow::model]` generates; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::dataflow::MODELS;
+    pub use linkme;
+    pub use serde;
+}

@@ -1,0 +1,97 @@
+//! Reading a node's JSON parameters strictly: unknown keys and wrong types
+//! are validation errors that name the node and the parameter.
+
+use crate::error::{Error, Result};
+use crate::schema::ModelSchema;
+use crate::value::{describe, suggest};
+use serde_json::{Map, Value};
+
+pub struct Params<'a> {
+    pub model: &'static ModelSchema,
+    pub node: &'a str,
+    pub map: &'a Map<String, Value>,
+}
+
+impl<'a> Params<'a> {
+    /// Node parameters must be an object whose keys are all in `allowed`.
+    pub fn new(model: &'static ModelSchema, node: &'a str, params: &'a Value, allowed: &[&'static str]) -> Result<Self> {
+        let map = params.as_object().ok_or_else(|| {
+            Error::validation(model.name, None, format!("{node}: parameters must be a JSON object, got {}", describe(params)))
+        })?;
+        let p = Params { model, node, map };
+        if !allowed.is_empty() {
+            for key in map.keys() {
+                if !allowed.contains(&key.as_str()) {
+                    let hint = suggest(key, allowed.iter().copied())
+                        .map(|s| format!(" (did you mean `{s}`?)"))
+                        .unwrap_or_default();
+                    return Err(p.error(Some(key), format!("unknown parameter `{key}`{hint}; expected one of: {}", allowed.join(", "))));
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    pub fn error(&self, field: Option<&str>, msg: impl std::fmt::Display) -> Error {
+        Error::validation(self.model.name, field, format!("{}: {msg}", self.node))
+    }
+
+    /// A present, non-null parameter.
+    pub fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    pub fn bool(&self, key: &str) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(v) => Err(self.error(Some(key), format!("`{key}` must be true or false, got {}", describe(v)))),
+        }
+    }
+
+    pub fn u64(&self, key: &str, default: u64, max: u64) -> Result<u64> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => match v.as_u64() {
+                Some(n) if n <= max => Ok(n),
+                _ => Err(self.error(Some(key), format!("`{key}` must be an integer from 0 to {max}, got {}", show(v)))),
+            },
+        }
+    }
+
+    pub fn object(&self, key: &str) -> Result<Option<&'a Map<String, Value>>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Object(m)) => Ok(Some(m)),
+            Some(v) => Err(self.error(Some(key), format!("`{key}` must be an object, got {}", describe(v)))),
+        }
+    }
+
+    pub fn array(&self, key: &str) -> Result<&'a Vec<Value>> {
+        match self.get(key) {
+            Some(Value::Array(a)) => Ok(a),
+            None => Err(self.error(Some(key), format!("missing required parameter `{key}` (an array of records)"))),
+            Some(v) => Err(self.error(Some(key), format!("`{key}` must be an array of records, got {}", describe(v)))),
+        }
+    }
+
+    /// The filter parameter: an object, or absent (everything).
+    pub fn filter(&self, key: &str) -> Result<&'a Value> {
+        static EMPTY: Value = Value::Null;
+        match self.map.get(key) {
+            None | Some(Value::Null) => Ok(&EMPTY),
+            Some(v @ Value::Object(_)) => Ok(v),
+            Some(v) => Err(self.error(Some(key), format!("`{key}` must be a filter object such as {{\"active\": true}}, got {}", describe(v)))),
+        }
+    }
+}
+
+/// A parameter value for an error message, shortened.
+fn show(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() > 40 {
+        format!("{}…", &s[..s.char_indices().nth(40).map_or(s.len(), |(i, _)| i)])
+    } else {
+        s
+    }
+}

@@ -1,0 +1,175 @@
+//! The typed Rust form of the nodes. `#[dataflow::model]` declares
+//! `UserCreateNode` as `CreateNode<User>`, and so on; each has a `run` with
+//! Rust types in and out, on top of the same JSON path every channel uses.
+
+use super::Op;
+use crate::error::{Error, Result};
+use crate::schema::{FieldType, Model};
+use crate::DataFlow;
+use serde_json::{json, Value};
+use std::marker::PhantomData;
+
+macro_rules! node_types {
+    ($($ty:ident => $op:ident),* $(,)?) => {$(
+        #[doc = concat!("The ", stringify!($op), " node of model `M`.")]
+        pub struct $ty<M>(PhantomData<fn() -> M>);
+
+        impl<M: Model> $ty<M> {
+            pub const OP: Op = Op::$op;
+
+            /// The registered node type name, e.g. `"UserCreateNode"`.
+            pub fn name() -> String {
+                format!("{}{}Node", M::SCHEMA.name, Op::$op.name())
+            }
+
+            /// The JSON Schema of this node's input.
+            pub fn input_schema() -> Value {
+                super::input_schema(&M::SCHEMA, Op::$op)
+            }
+
+            /// The JSON form, as used by workflows and every channel.
+            pub async fn execute(db: &DataFlow, params: Value) -> Result<Value> {
+                db.execute_op(&M::SCHEMA, Op::$op, params).await
+            }
+        }
+    )*};
+}
+
+node_types! {
+    CreateNode => Create,
+    ReadNode => Read,
+    UpdateNode => Update,
+    DeleteNode => Delete,
+    ListNode => List,
+    CountNode => Count,
+    UpsertNode => Upsert,
+    BulkCreateNode => BulkCreate,
+    BulkUpdateNode => BulkUpdate,
+    BulkDeleteNode => BulkDelete,
+    BulkUpsertNode => BulkUpsert,
+}
+
+/// A record as node input. An empty string or zero primary key means
+/// "generate one", so `User { id: String::new(), .. }` can be created.
+fn record_params<M: Model>(record: &M) -> Result<Value> {
+    let mut v = serde_json::to_value(record).map_err(|e| Error::internal(format!("serializing {}: {e}", M::SCHEMA.name)))?;
+    let pk = M::SCHEMA.primary_key();
+    if let Some(obj) = v.as_object_mut() {
+        let unset = match obj.get(pk.name) {
+            Some(Value::String(s)) => s.is_empty(),
+            Some(Value::Number(n)) => pk.ty != FieldType::F64 && n.as_i64() == Some(0),
+            _ => false,
+        };
+        if unset {
+            obj.remove(pk.name);
+        }
+    }
+    Ok(v)
+}
+
+fn from_json<M: serde::de::DeserializeOwned>(v: Value) -> Result<M> {
+    serde_json::from_value(v).map_err(|e| Error::internal(format!("reading a record: {e}")))
+}
+
+fn count_of(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or(0)
+}
+
+impl<M: Model> CreateNode<M> {
+    pub async fn run(db: &DataFlow, record: &M) -> Result<M> {
+        from_json(Self::execute(db, record_params(record)?).await?)
+    }
+}
+
+impl<M: Model> ReadNode<M> {
+    pub async fn run(db: &DataFlow, id: impl Into<Value>) -> Result<M> {
+        from_json(Self::execute(db, json!({"id": id.into()})).await?)
+    }
+}
+
+impl<M: Model> UpdateNode<M> {
+    /// Changes `fields` (an object of field → new value) of the record `id`.
+    pub async fn run(db: &DataFlow, id: impl Into<Value>, fields: Value) -> Result<M> {
+        from_json(Self::execute(db, json!({"id": id.into(), "fields": fields})).await?)
+    }
+}
+
+impl<M: Model> DeleteNode<M> {
+    pub async fn run(db: &DataFlow, id: impl Into<Value>) -> Result<()> {
+        Self::execute(db, json!({"id": id.into()})).await.map(drop)
+    }
+}
+
+impl<M: Model> ListNode<M> {
+    /// `query` takes the List parameters: `filter`, `order_by`, `limit`, ...
+    pub async fn run(db: &DataFlow, query: Value) -> Result<Vec<M>> {
+        let mut out = Self::execute(db, query).await?;
+        from_json(out["records"].take())
+    }
+}
+
+impl<M: Model> CountNode<M> {
+    pub async fn run(db: &DataFlow, filter: Value) -> Result<u64> {
+        Ok(count_of(&Self::execute(db, json!({"filter": filter})).await?, "count"))
+    }
+}
+
+/// What an upsert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpsertAction {
+    Created,
+    Updated,
+}
+
+impl<M: Model> UpsertNode<M> {
+    /// Creates `record` or, when one with the same `conflict_on` value
+    /// exists, applies `update` to it.
+    pub async fn run(db: &DataFlow, record: &M, conflict_on: &str, update: Value) -> Result<(UpsertAction, M)> {
+        let params = json!({"create": record_params(record)?, "update": update, "conflict_on": conflict_on});
+        let mut out = Self::execute(db, params).await?;
+        let action = if out["action"] == "created" { UpsertAction::Created } else { UpsertAction::Updated };
+        Ok((action, from_json(out["record"].take())?))
+    }
+}
+
+/// The result of a BulkCreate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BulkCreated {
+    pub inserted: u64,
+    pub ids: Vec<Value>,
+}
+
+impl<M: Model> BulkCreateNode<M> {
+    pub async fn run(db: &DataFlow, records: &[M]) -> Result<BulkCreated> {
+        let data = records.iter().map(record_params).collect::<Result<Vec<_>>>()?;
+        let mut out = Self::execute(db, json!({"data": data})).await?;
+        let ids = match out["ids"].take() {
+            Value::Array(ids) => ids,
+            _ => Vec::new(),
+        };
+        Ok(BulkCreated { inserted: count_of(&out, "inserted"), ids })
+    }
+}
+
+impl<M: Model> BulkUpdateNode<M> {
+    /// Returns how many records changed.
+    pub async fn run(db: &DataFlow, filter: Value, fields: Value) -> Result<u64> {
+        Ok(count_of(&Self::execute(db, json!({"filter": filter, "fields": fields})).await?, "updated"))
+    }
+}
+
+impl<M: Model> BulkDeleteNode<M> {
+    /// Returns how many records were deleted. An empty filter needs `confirmed`.
+    pub async fn run(db: &DataFlow, filter: Value, confirmed: bool) -> Result<u64> {
+        Ok(count_of(&Self::execute(db, json!({"filter": filter, "confirmed": confirmed})).await?, "deleted"))
+    }
+}
+
+impl<M: Model> BulkUpsertNode<M> {
+    /// Returns `(inserted, updated)`.
+    pub async fn run(db: &DataFlow, records: &[M], conflict_on: &str) -> Result<(u64, u64)> {
+        let data = records.iter().map(record_params).collect::<Result<Vec<_>>>()?;
+        let out = Self::execute(db, json!({"data": data, "conflict_on": conflict_on})).await?;
+        Ok((count_of(&out, "inserted"), count_of(&out, "updated")))
+    }
+}

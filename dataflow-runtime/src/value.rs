@@ -1,0 +1,234 @@
+//! JSON ⇄ typed values. Input JSON is checked against a field's declared
+//! type here, once; the SQL layer only ever sees [`SqlValue`]s, which are
+//! always sent as bound parameters.
+
+use crate::error::{Error, Result};
+use crate::schema::{FieldSchema, FieldType, ModelSchema};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use serde_json::Value;
+
+/// A value ready to bind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Null(FieldType),
+    Bool(bool),
+    I16(i16),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    Text(String),
+    DateTime(DateTime<Utc>),
+    Date(NaiveDate),
+    Uuid(uuid::Uuid),
+    Json(Value),
+    Bytes(Vec<u8>),
+}
+
+/// A value read back from a row, before the schema gives it its JSON form.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Bool(bool),
+    I64(i64),
+    F64(f64),
+    Text(String),
+    Bytes(Vec<u8>),
+    DateTime(DateTime<Utc>),
+    Date(NaiveDate),
+    Uuid(uuid::Uuid),
+    Json(Value),
+}
+
+/// The one textual form of timestamps: fixed-width microseconds in UTC, so
+/// that SQLite's text comparison orders them correctly.
+pub fn format_datetime(dt: &DateTime<Utc>) -> String {
+    dt.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// The current time at the precision both backends store.
+pub fn now() -> DateTime<Utc> {
+    let now = Utc::now();
+    let micros = now.timestamp_micros();
+    DateTime::from_timestamp_micros(micros).unwrap_or(now)
+}
+
+fn type_error(model: &ModelSchema, field: &FieldSchema, got: &Value) -> Error {
+    Error::validation(
+        model.name,
+        Some(field.name),
+        format!(
+            "{}.{}: expected {}, got {}",
+            model.name,
+            field.name,
+            field.ty.expected(),
+            describe(got)
+        ),
+    )
+}
+
+/// A short description of a JSON value for error messages (never the whole value).
+pub fn describe(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "an integer",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Checks `v` against the field's type and converts it. `null` is accepted
+/// only for nullable fields.
+pub fn coerce(model: &ModelSchema, field: &FieldSchema, v: &Value) -> Result<SqlValue> {
+    if v.is_null() {
+        return if field.nullable {
+            Ok(SqlValue::Null(field.ty))
+        } else {
+            Err(Error::validation(
+                model.name,
+                Some(field.name),
+                format!("{}.{}: cannot be null (expected {})", model.name, field.name, field.ty.expected()),
+            ))
+        };
+    }
+    coerce_non_null(model, field, field.ty, v)
+}
+
+/// Like [`coerce`] for a given type (filters compare strings to `$like`
+/// patterns whatever the field is).
+pub fn coerce_non_null(model: &ModelSchema, field: &FieldSchema, ty: FieldType, v: &Value) -> Result<SqlValue> {
+    let err = || type_error(model, field, v);
+    let int = || v.as_i64().ok_or_else(err);
+    Ok(match ty {
+        FieldType::String => {
+            let s = v.as_str().ok_or_else(err)?;
+            if let Some(max) = field.max_length {
+                let len = s.chars().count();
+                if len > max as usize {
+                    return Err(Error::validation(
+                        model.name,
+                        Some(field.name),
+                        format!("{}.{}: is {len} characters long, at most {max} are allowed", model.name, field.name),
+                    ));
+                }
+            }
+            SqlValue::Text(s.to_string())
+        }
+        FieldType::I16 => SqlValue::I16(i16::try_from(int()?).map_err(|_| err())?),
+        FieldType::I32 => SqlValue::I32(i32::try_from(int()?).map_err(|_| err())?),
+        FieldType::I64 => SqlValue::I64(int()?),
+        FieldType::F32 => SqlValue::F32(v.as_f64().ok_or_else(err)? as f32),
+        FieldType::F64 => SqlValue::F64(v.as_f64().ok_or_else(err)?),
+        FieldType::Bool => SqlValue::Bool(v.as_bool().ok_or_else(err)?),
+        FieldType::DateTime => {
+            let s = v.as_str().ok_or_else(err)?;
+            let dt = DateTime::parse_from_rfc3339(s).map_err(|_| err())?;
+            let dt = dt.with_timezone(&Utc);
+            // Both backends store microseconds; truncate so the round trip is exact.
+            SqlValue::DateTime(DateTime::from_timestamp_micros(dt.timestamp_micros()).unwrap_or(dt))
+        }
+        FieldType::Date => {
+            let s = v.as_str().ok_or_else(err)?;
+            SqlValue::Date(NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| err())?)
+        }
+        FieldType::Uuid => SqlValue::Uuid(v.as_str().and_then(|s| s.parse().ok()).ok_or_else(err)?),
+        FieldType::Json => SqlValue::Json(v.clone()),
+        FieldType::Bytes => {
+            let arr = v.as_array().ok_or_else(err)?;
+            let mut out = Vec::with_capacity(arr.len());
+            for b in arr {
+                out.push(b.as_u64().and_then(|b| u8::try_from(b).ok()).ok_or_else(err)?);
+            }
+            SqlValue::Bytes(out)
+        }
+    })
+}
+
+/// The JSON form of a stored value, by the field's declared type.
+pub fn cell_to_json(model: &ModelSchema, field: &FieldSchema, cell: Cell) -> Result<Value> {
+    let bad = |what: &str| {
+        Error::internal(format!(
+            "{}.{}: the database returned {what} for a {:?} column; the table does not match the model",
+            model.name, field.name, field.ty
+        ))
+    };
+    Ok(match (field.ty, cell) {
+        (_, Cell::Null) => Value::Null,
+        (FieldType::Bool, Cell::Bool(b)) => Value::Bool(b),
+        (FieldType::Bool, Cell::I64(i)) => Value::Bool(i != 0),
+        (FieldType::I16 | FieldType::I32 | FieldType::I64, Cell::I64(i)) => Value::from(i),
+        (FieldType::F32, Cell::F64(f)) => Value::from(f64::from(f as f32)),
+        (FieldType::F64, Cell::F64(f)) => Value::from(f),
+        (FieldType::F32 | FieldType::F64, Cell::I64(i)) => Value::from(i as f64),
+        (FieldType::String, Cell::Text(s)) => Value::String(s),
+        (FieldType::DateTime, Cell::DateTime(dt)) => Value::String(format_datetime(&dt)),
+        (FieldType::DateTime, Cell::Text(s)) => Value::String(s),
+        (FieldType::Date, Cell::Date(d)) => Value::String(d.format("%Y-%m-%d").to_string()),
+        (FieldType::Date, Cell::Text(s)) => Value::String(s),
+        (FieldType::Uuid, Cell::Uuid(u)) => Value::String(u.to_string()),
+        (FieldType::Uuid, Cell::Text(s)) => Value::String(s),
+        (FieldType::Json, Cell::Json(v)) => v,
+        (FieldType::Json, Cell::Text(s)) => serde_json::from_str(&s).map_err(|_| bad("text that is not JSON"))?,
+        (FieldType::Bytes, Cell::Bytes(b)) => Value::Array(b.into_iter().map(Value::from).collect()),
+        (_, other) => return Err(bad(cell_kind(&other))),
+    })
+}
+
+fn cell_kind(c: &Cell) -> &'static str {
+    match c {
+        Cell::Null => "NULL",
+        Cell::Bool(_) => "a boolean",
+        Cell::I64(_) => "an integer",
+        Cell::F64(_) => "a float",
+        Cell::Text(_) => "text",
+        Cell::Bytes(_) => "bytes",
+        Cell::DateTime(_) => "a timestamp",
+        Cell::Date(_) => "a date",
+        Cell::Uuid(_) => "a uuid",
+        Cell::Json(_) => "json",
+    }
+}
+
+/// "did you mean" for unknown names.
+pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (levenshtein(name, c), c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_names_only() {
+        assert_eq!(suggest("emial", ["email", "id"]), Some("email"));
+        assert_eq!(suggest("zzzzzz", ["email", "id"]), None);
+    }
+
+    #[test]
+    fn datetimes_format_with_fixed_width() {
+        let dt = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z").unwrap().with_timezone(&Utc);
+        assert_eq!(format_datetime(&dt), "2026-01-02T03:04:05.000000Z");
+    }
+}
