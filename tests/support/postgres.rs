@@ -28,6 +28,7 @@ use std::env;
 use std::fs::{self, File};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -243,6 +244,10 @@ impl Cluster {
         }
     }
 
+    fn log_last_line(&self) -> Option<String> {
+        fs::read_to_string(self.log_file()).ok().and_then(|log| last_line(&log))
+    }
+
     fn log_mentions_bind_failure(&self) -> bool {
         fs::read_to_string(self.log_file())
             .map(|log| log.contains("could not bind") || log.contains("already in use"))
@@ -276,7 +281,7 @@ impl Cluster {
                 format!("initdb failed ({status}): {}", first_line(&output)),
                 format!("initdb output:\n{output}"),
             )),
-            Err(e) => Err(Unavailable::new(format!("initdb: {e}"))),
+            Err(e) => Err(e),
         }
     }
 
@@ -304,14 +309,18 @@ impl Cluster {
                 format!(
                     "PostgreSQL server did not start within {}s ({status}): {}",
                     START_TIMEOUT.as_secs(),
-                    fs::read_to_string(self.log_file())
-                        .ok()
-                        .and_then(|log| last_line(&log))
-                        .unwrap_or_else(|| first_line(&output))
+                    self.log_last_line().unwrap_or_else(|| first_line(&output))
                 ),
                 format!("pg_ctl output:\n{output}\n{}", self.log_tail()),
             )),
-            Err(e) => Err(Unavailable::with_details(format!("pg_ctl start: {e}"), self.log_tail())),
+            Err(e) => Err(Unavailable::with_details(
+                format!(
+                    "PostgreSQL server did not come up: {}{}",
+                    e.summary,
+                    self.log_last_line().map(|l| format!(" (server log: {l})")).unwrap_or_default()
+                ),
+                format!("{}\n{}", e.details, self.log_tail()),
+            )),
         }
     }
 
@@ -355,32 +364,44 @@ impl Cluster {
     }
 }
 
-/// Runs `cmd` with stdin closed and stdout+stderr going to `out`; kills it after `timeout`.
-/// Output goes to a file rather than a pipe so that a daemon inheriting it can never block us.
-fn run_with_timeout(mut cmd: Command, timeout: Duration, out: &Path) -> Result<(ExitStatus, String), String> {
+/// Runs `cmd` (in its own process group) with stdin closed and stdout+stderr going to `out`;
+/// kills the whole group after `timeout`. Output goes to a file rather than a pipe so that a
+/// daemon inheriting it can never block us.
+fn run_with_timeout(mut cmd: Command, timeout: Duration, out: &Path) -> Result<(ExitStatus, String), Unavailable> {
+    let name = Path::new(cmd.get_program()).file_name().map(|n| n.to_string_lossy().into_owned());
+    let name = match (name.as_deref(), cmd.get_args().nth(3)) {
+        (Some("runuser"), Some(program)) => Path::new(program).file_name().unwrap_or(program).to_string_lossy().into_owned(),
+        (name, _) => name.unwrap_or("command").to_string(),
+    };
     let describe = format!("{cmd:?}");
-    let file = File::create(out).map_err(|e| format!("creating {}: {e}", out.display()))?;
-    let file2 = file.try_clone().map_err(|e| e.to_string())?;
-    cmd.stdin(Stdio::null()).stdout(file).stderr(file2);
-    let mut child = cmd.spawn().map_err(|e| format!("could not run {describe}: {e}"))?;
+    let file = File::create(out).map_err(|e| Unavailable::new(format!("creating {}: {e}", out.display())))?;
+    let file2 = file.try_clone().map_err(|e| Unavailable::new(e.to_string()))?;
+    cmd.stdin(Stdio::null()).stdout(file).stderr(file2).process_group(0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Unavailable::with_details(format!("could not run {name}: {e}"), describe.clone()))?;
     let deadline = Instant::now() + timeout;
-    let status = loop {
+    loop {
         match child.try_wait() {
-            Ok(Some(status)) => break status,
+            Ok(Some(status)) => return Ok((status, fs::read_to_string(out).unwrap_or_default())),
             Ok(None) if Instant::now() >= deadline => {
+                // Kill the group: as root the direct child is `runuser`, not the PostgreSQL tool.
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{}", child.id())])
+                    .stderr(Stdio::null())
+                    .status();
                 let _ = child.kill();
                 let _ = child.wait();
                 let output = fs::read_to_string(out).unwrap_or_default();
-                return Err(format!(
-                    "{describe} did not finish within {}s; output so far:\n{output}",
-                    timeout.as_secs()
+                return Err(Unavailable::with_details(
+                    format!("{name} did not finish within {}s", timeout.as_secs()),
+                    format!("command: {describe}\noutput:\n{output}"),
                 ));
             }
             Ok(None) => sleep(Duration::from_millis(50)),
-            Err(e) => return Err(format!("waiting for {describe}: {e}")),
+            Err(e) => return Err(Unavailable::new(format!("waiting for {name}: {e}"))),
         }
-    };
-    Ok((status, fs::read_to_string(out).unwrap_or_default()))
+    }
 }
 
 fn connect_with_retry(url: &str, patience: Duration) -> Result<PgConnection, String> {

@@ -161,7 +161,8 @@ pub trait Conn {
     fn exec(&mut self, sql: &Sql) -> Result<usize>;
     /// Runs a query, returning its rows as cells in select-list order.
     fn query(&mut self, sql: &Sql) -> Result<Vec<Vec<Cell>>>;
-    /// Runs `f` in a transaction that takes the write lock up front.
+    /// Runs `f` in a transaction that takes the write lock up front; inside
+    /// an open transaction it becomes a savepoint.
     fn write_transaction<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T>;
     fn batch(&mut self, sql: &str) -> Result<()>;
 }
@@ -189,6 +190,40 @@ where
 
 impl<C> diesel::RunQueryDsl<C> for SqlRef<'_> {}
 
+/// Carries an application error out of a diesel transaction, which rolls back.
+enum TxError {
+    App(Error),
+    Db(DieselError),
+}
+
+impl From<DieselError> for TxError {
+    fn from(e: DieselError) -> Self {
+        TxError::Db(e)
+    }
+}
+
+/// Runs `f` through one of diesel's transaction entry points, keeping the
+/// application's error type: `begin` is `Connection::transaction` (which
+/// nests as a savepoint) or SQLite's `immediate_transaction`.
+fn transaction_with<C, T>(
+    conn: &mut C,
+    f: impl FnOnce(&mut C) -> Result<T>,
+    begin: impl FnOnce(&mut C, &mut dyn FnMut(&mut C) -> Result<(), TxError>) -> Result<(), TxError>,
+) -> Result<T> {
+    let mut f = Some(f);
+    let mut out = None;
+    let res = begin(conn, &mut |c| {
+        let f = f.take().expect("transaction body runs once");
+        out = Some(f(c).map_err(TxError::App)?);
+        Ok(())
+    });
+    match res {
+        Ok(()) => Ok(out.expect("transaction body ran")),
+        Err(TxError::App(e)) => Err(e),
+        Err(TxError::Db(e)) => Err(map_error(e)),
+    }
+}
+
 /// A row read as cells; the schema turns cells into JSON afterwards.
 pub struct Cells(pub Vec<Cell>);
 
@@ -203,6 +238,8 @@ pub fn map_error(e: DieselError) -> Error {
                 DatabaseErrorKind::ForeignKeyViolation => ErrorCode::FkViolation,
                 DatabaseErrorKind::NotNullViolation | DatabaseErrorKind::CheckViolation => ErrorCode::Validation,
                 DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand => ErrorCode::Connection,
+                // diesel reports SQLite's foreign key failures as unknown errors.
+                _ if info.message().contains("FOREIGN KEY constraint failed") => ErrorCode::FkViolation,
                 _ if info.message().contains("database is locked") => ErrorCode::Connection,
                 _ => ErrorCode::Database,
             };

@@ -1,7 +1,6 @@
 //! PostgreSQL: binds with native types and row decoding by type OID.
 
-use super::sqlite::TxError;
-use super::{map_error, Cells, Conn, SqlRef};
+use super::{map_error, transaction_with, Cells, Conn, SqlRef};
 use crate::error::Result;
 use crate::schema::FieldType;
 use crate::sql::{Dialect, Sql};
@@ -118,16 +117,7 @@ impl Conn for PgConnection {
     }
 
     fn write_transaction<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        let mut out = None;
-        let res = self.transaction::<_, TxError, _>(|conn| {
-            out = Some(f(conn).map_err(TxError::App)?);
-            Ok(())
-        });
-        match res {
-            Ok(()) => Ok(out.expect("transaction body ran")),
-            Err(TxError::App(e)) => Err(e),
-            Err(TxError::Db(e)) => Err(map_error(e)),
-        }
+        transaction_with(self, f, |c, body| c.transaction(|c| body(c)))
     }
 
     fn batch(&mut self, sql: &str) -> Result<()> {

@@ -1,6 +1,7 @@
 //! SQLite: binds and row decoding.
 
-use super::{map_error, Cells, Conn, SqlRef};
+use super::{map_error, transaction_with, Cells, Conn, SqlRef};
+use diesel::connection::{AnsiTransactionManager, Connection, TransactionManager};
 use crate::error::Result;
 use crate::schema::FieldType;
 use crate::sql::{Dialect, Sql};
@@ -92,15 +93,13 @@ impl Conn for SqliteConnection {
     }
 
     fn write_transaction<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        let mut out = None;
-        let res = self.immediate_transaction::<_, TxError, _>(|conn| {
-            out = Some(f(conn).map_err(TxError::App)?);
-            Ok(())
-        });
-        match res {
-            Ok(()) => Ok(out.expect("transaction body ran")),
-            Err(TxError::App(e)) => Err(e),
-            Err(TxError::Db(e)) => Err(map_error(e)),
+        let depth = AnsiTransactionManager::transaction_manager_status_mut(self)
+            .transaction_depth()
+            .map_err(map_error)?;
+        if depth.is_some() {
+            transaction_with(self, f, |c, body| c.transaction(|c| body(c)))
+        } else {
+            transaction_with(self, f, |c, body| c.immediate_transaction(|c| body(c)))
         }
     }
 
@@ -108,16 +107,3 @@ impl Conn for SqliteConnection {
         self.batch_execute(sql).map_err(map_error)
     }
 }
-
-/// Carries an application error out of a diesel transaction, which rolls back.
-pub(super) enum TxError {
-    App(crate::Error),
-    Db(diesel::result::Error),
-}
-
-impl From<diesel::result::Error> for TxError {
-    fn from(e: diesel::result::Error) -> Self {
-        TxError::Db(e)
-    }
-}
-
