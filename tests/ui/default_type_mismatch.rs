@@ -1,0 +1,8 @@
+#[dataflow::model]
+pub struct User {
+    pub id: String,
+    #[field(default = "yes")]
+    pub active: bool,
+}
+
+fn main() {}

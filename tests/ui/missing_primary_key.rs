@@ -1,0 +1,6 @@
+#[dataflow::model]
+pub struct Tag {
+    pub label: String,
+}
+
+fn main() {}

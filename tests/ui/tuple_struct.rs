@@ -1,0 +1,4 @@
+#[dataflow::model]
+pub struct Pair(pub String, pub i32);
+
+fn main() {}

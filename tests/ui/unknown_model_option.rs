@@ -1,0 +1,6 @@
+#[dataflow::model(tabel = "people")]
+pub struct Person {
+    pub id: String,
+}
+
+fn main() {}
