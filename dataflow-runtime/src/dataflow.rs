@@ -329,3 +329,37 @@ fn boot(config: Config, target: Target, models: Vec<&'static ModelSchema>, nodes
         }),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // This crate's own test binary declares no models.
+    #[tokio::test]
+    async fn boot_without_models_explains_how_to_link_them() {
+        let err = DataFlow::builder("sqlite::memory:").build().await.unwrap_err();
+        assert_eq!(err.code(), "config");
+        assert!(err.message().contains("use my_models as _;"), "{err}");
+    }
+
+    #[test]
+    fn urls_parse_to_targets() {
+        assert_eq!(
+            Target::parse("sqlite://app.db").unwrap(),
+            Target::Sqlite { path: "app.db".into(), memory: false }
+        );
+        assert_eq!(
+            Target::parse("sqlite:///abs/app.db").unwrap(),
+            Target::Sqlite { path: "/abs/app.db".into(), memory: false }
+        );
+        assert!(matches!(Target::parse("sqlite::memory:").unwrap(), Target::Sqlite { memory: true, .. }));
+        assert_eq!(Target::parse("postgresql://u@h/db").unwrap().dialect(), Dialect::Postgres);
+        assert_eq!(Target::parse("nope").unwrap_err().code(), "config");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(crate::backend::redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(crate::backend::redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

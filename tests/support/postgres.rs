@@ -307,7 +307,7 @@ impl Cluster {
             Ok((status, _)) if status.success() => Ok(()),
             Ok((status, output)) => Err(Unavailable::with_details(
                 format!(
-                    "PostgreSQL server did not start within {}s ({status}): {}",
+                    "PostgreSQL server failed to start (pg_ctl {status}, waited up to {}s): {}",
                     START_TIMEOUT.as_secs(),
                     self.log_last_line().unwrap_or_else(|| first_line(&output))
                 ),
