@@ -301,10 +301,9 @@ fn boot(config: Config, target: Target, models: Vec<&'static ModelSchema>, nodes
                 ddl.push_str(";\n");
             }
         }
-        let apply = |c: &mut dyn FnMut(&str) -> Result<()>| c(&ddl);
         match &mut conn {
-            AnyConnection::Sqlite(c) => c.write_transaction(|c| apply(&mut |s| c.batch(s))),
-            AnyConnection::Postgresql(c) => c.write_transaction(|c| apply(&mut |s| c.batch(s))),
+            AnyConnection::Sqlite(c) => c.write_transaction(|c| c.batch(&ddl)),
+            AnyConnection::Postgresql(c) => c.write_transaction(|c| c.batch(&ddl)),
         }
         .map_err(|e| Error::new(e.kind(), format!("creating tables: {}", e.message())))?;
     }

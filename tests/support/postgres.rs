@@ -455,7 +455,7 @@ fn free_port() -> Result<u16, String> {
 }
 
 fn ci() -> bool {
-    env::var("CI").map_or(false, |v| {
+    env::var("CI").is_ok_and(|v| {
         let v = v.trim().to_ascii_lowercase();
         !(v.is_empty() || v == "0" || v == "false" || v == "no")
     })
@@ -599,7 +599,7 @@ fn first_line(s: &str) -> String {
 }
 
 fn last_line(s: &str) -> Option<String> {
-    s.lines().map(str::trim).filter(|l| !l.is_empty()).last().map(str::to_string)
+    s.lines().map(str::trim).rfind(|l| !l.is_empty()).map(str::to_string)
 }
 
 fn details_block(details: &str) -> String {

@@ -1,0 +1,902 @@
+//! The node path (`db.execute("BenchUserCreateNode", json)`) against hand-written
+//! diesel doing the same SQL on the same table, side by side in one run.
+//!
+//! ```sh
+//! cargo bench --bench nodes      # full: SQLite + PostgreSQL, median of 5 rounds
+//! cargo test --bench nodes       # smoke: tiny, SQLite only, checks both paths agree
+//! ```
+//!
+//! `DATAFLOW_BENCH_KEEP_DB=1` keeps the SQLite file for inspection.
+//!
+//! PostgreSQL comes from `DATAFLOW_BENCH_POSTGRES_URL` (its `bench_users` table is
+//! emptied), else from the test harness in `tests/support/postgres.rs` (a fresh
+//! database on a throwaway cluster); without either it is skipped.
+//!
+//! The raw baseline runs in the same async setting as the node path: inside
+//! tokio, `spawn_blocking` + an r2d2 checkout (same pool size, no test on
+//! checkout, the same SQLite PRAGMAs) + a typed diesel query. Both paths build
+//! their input inside the timed loop (JSON for the node, structs for diesel)
+//! and both turn every returned row into their output (JSON / structs).
+
+use std::error::Error as StdError;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use dataflow::DataFlow;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, R2D2Connection};
+use serde_json::{json, Map, Value};
+
+#[path = "../tests/support/postgres.rs"]
+mod postgres;
+
+#[dataflow::model]
+pub struct BenchUser {
+    pub id: String,
+    #[field(unique)]
+    pub email: String,
+    pub full_name: Option<String>,
+    #[field(default = true)]
+    pub active: bool,
+    pub age: i32,
+}
+
+type Res<T> = Result<T, Box<dyn StdError + Send + Sync>>;
+
+/// The runtime's default pool size, set explicitly on both pools.
+const POOL_SIZE: u32 = 10;
+/// The runtime's default connect timeout (and so its SQLite busy_timeout).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Columns of `bench_users`: 5 fields + created_at + updated_at.
+const COLUMNS: usize = 7;
+/// A timed round of single ops stops early after this long (slow lines).
+const ROUND_CAP: Duration = Duration::from_secs(3);
+const MIN_OPS: usize = 50;
+const LIST_LIMIT: usize = 20;
+
+const CREATE: &str = "BenchUserCreateNode";
+const READ: &str = "BenchUserReadNode";
+const LIST: &str = "BenchUserListNode";
+const BULK: &str = "BenchUserBulkCreateNode";
+const COUNT: &str = "BenchUserCountNode";
+
+// ------------------------------------------------------------------ configuration
+
+struct Cfg {
+    full: bool,
+    rounds: usize,
+    /// Ops per round of a single-op line.
+    ops: usize,
+    bulk_rows: usize,
+    warmup: usize,
+}
+
+impl Cfg {
+    fn full() -> Cfg {
+        Cfg { full: true, rounds: 5, ops: 5_000, bulk_rows: 100_000, warmup: 300 }
+    }
+
+    fn smoke() -> Cfg {
+        Cfg { full: false, rounds: 1, ops: 20, bulk_rows: 1_000, warmup: 5 }
+    }
+
+    /// Whether a round that has done `done` ops should go on.
+    fn more(&self, done: usize, start: Instant) -> bool {
+        done < self.ops && !(self.full && done >= MIN_OPS && start.elapsed() > ROUND_CAP)
+    }
+}
+
+// ------------------------------------------------------------------ input
+
+/// One record's input, the same for both paths.
+struct Input {
+    email: String,
+    full_name: Option<String>,
+    active: bool,
+    age: i32,
+}
+
+impl Input {
+    fn new(tag: &str, i: usize) -> Input {
+        Input {
+            email: format!("{tag}-{i}@bench.io"),
+            full_name: (i % 4 != 0).then(|| format!("User {i}")),
+            active: i % 3 != 0,
+            age: 18 + (i % 80) as i32,
+        }
+    }
+
+    fn into_json(self) -> Value {
+        let mut m = Map::with_capacity(4);
+        m.insert("email".into(), Value::String(self.email));
+        m.insert("full_name".into(), self.full_name.map_or(Value::Null, Value::String));
+        m.insert("active".into(), Value::Bool(self.active));
+        m.insert("age".into(), Value::from(self.age));
+        Value::Object(m)
+    }
+}
+
+// ------------------------------------------------------------------ raw diesel
+
+/// What the raw path needs from a backend: the typed diesel queries.
+trait Raw: 'static {
+    type Conn: R2D2Connection + Send + 'static;
+    const NAME: &'static str;
+    /// The runtime's bind limit for the dialect (`Dialect::max_binds`).
+    const MAX_BINDS: usize;
+
+    fn pool(url: &str) -> Pool<ConnectionManager<Self::Conn>>;
+    /// INSERT … RETURNING every column; the new id.
+    fn create(c: &mut Self::Conn, input: Input) -> QueryResult<String>;
+    /// SELECT every column WHERE id = ? LIMIT 1; the email.
+    fn read(c: &mut Self::Conn, id: &str) -> QueryResult<String>;
+    /// SELECT every column WHERE active = true ORDER BY id LIMIT 20; the ids.
+    fn list(c: &mut Self::Conn) -> QueryResult<Vec<String>>;
+    /// Multi-row INSERTs of `batch` rows in one transaction; the new ids.
+    fn bulk(c: &mut Self::Conn, inputs: Vec<Input>, batch: usize) -> QueryResult<Vec<String>>;
+    fn count_like(c: &mut Self::Conn, pattern: &str) -> QueryResult<i64>;
+    fn count_all(c: &mut Self::Conn) -> QueryResult<i64>;
+    fn clear(c: &mut Self::Conn) -> QueryResult<()>;
+    /// (column, declared type, nullable) in table order, as the database reports them.
+    fn columns(c: &mut Self::Conn) -> QueryResult<Vec<(String, String, bool)>>;
+    /// The columns the raw structs below are written against.
+    fn expected_columns() -> Vec<(&'static str, &'static str, bool)>;
+    fn version(c: &mut Self::Conn) -> QueryResult<String>;
+}
+
+#[derive(QueryableByName)]
+struct ColumnInfo {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    ty: String,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    nullable: bool,
+}
+
+mod sqlite_raw {
+    use super::*;
+    use diesel::sqlite::{Sqlite, SqliteConnection};
+
+    diesel::table! {
+        bench_users (id) {
+            id -> Text,
+            email -> Text,
+            full_name -> Nullable<Text>,
+            active -> Bool,
+            age -> Integer,
+            created_at -> Text,
+            updated_at -> Text,
+        }
+    }
+
+    /// `treat_none_as_null`: a `None` binds NULL (as the runtime does), so a
+    /// slice of rows is one multi-row INSERT on SQLite.
+    #[derive(Insertable)]
+    #[diesel(table_name = bench_users, treat_none_as_null = true)]
+    struct NewRow {
+        id: String,
+        email: String,
+        full_name: Option<String>,
+        active: bool,
+        age: i32,
+        created_at: String,
+        updated_at: String,
+    }
+
+    #[allow(dead_code)]
+    #[derive(Queryable, Selectable)]
+    #[diesel(table_name = bench_users, check_for_backend(Sqlite))]
+    struct Row {
+        id: String,
+        email: String,
+        full_name: Option<String>,
+        active: bool,
+        age: i32,
+        created_at: String,
+        updated_at: String,
+    }
+
+    /// The runtime's text form of timestamps on SQLite.
+    fn now() -> String {
+        Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
+    }
+
+    fn new_row(i: Input, now: &str) -> NewRow {
+        NewRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            email: i.email,
+            full_name: i.full_name,
+            active: i.active,
+            age: i.age,
+            created_at: now.to_string(),
+            updated_at: now.to_string(),
+        }
+    }
+
+    /// The PRAGMAs `Target::connect` runs on every runtime connection.
+    #[derive(Debug)]
+    struct Pragmas;
+
+    impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
+        fn on_acquire(&self, c: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+            use diesel::connection::SimpleConnection;
+            c.batch_execute(&format!(
+                "PRAGMA busy_timeout = {}; PRAGMA foreign_keys = ON; PRAGMA case_sensitive_like = ON; \
+                 PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
+                CONNECT_TIMEOUT.as_millis()
+            ))
+            .map_err(diesel::r2d2::Error::QueryError)
+        }
+    }
+
+    pub struct Backend;
+
+    impl Raw for Backend {
+        type Conn = SqliteConnection;
+        const NAME: &'static str = "SQLite";
+        const MAX_BINDS: usize = 32_766;
+
+        fn pool(path: &str) -> Pool<ConnectionManager<SqliteConnection>> {
+            Pool::builder()
+                .max_size(POOL_SIZE)
+                .min_idle(Some(0))
+                .test_on_check_out(false)
+                .connection_timeout(CONNECT_TIMEOUT)
+                .connection_customizer(Box::new(Pragmas))
+                .build_unchecked(ConnectionManager::new(path))
+        }
+
+        fn create(c: &mut SqliteConnection, input: Input) -> QueryResult<String> {
+            let row = new_row(input, &now());
+            let r: Row = diesel::insert_into(bench_users::table)
+                .values(&row)
+                .returning(Row::as_returning())
+                .get_result(c)?;
+            Ok(r.id)
+        }
+
+        fn read(c: &mut SqliteConnection, id: &str) -> QueryResult<String> {
+            let r: Row = bench_users::table.find(id).select(Row::as_select()).first(c)?;
+            Ok(r.email)
+        }
+
+        fn list(c: &mut SqliteConnection) -> QueryResult<Vec<String>> {
+            // SQLite sorts NULLs first in ASC order anyway; the node's explicit
+            // `ASC NULLS FIRST` has the same plan (index scan on the primary key).
+            let rows: Vec<Row> = bench_users::table
+                .filter(bench_users::active.eq(true))
+                .order(bench_users::id.asc())
+                .limit(LIST_LIMIT as i64)
+                .select(Row::as_select())
+                .load(c)?;
+            Ok(rows.into_iter().map(|r| r.id).collect())
+        }
+
+        fn bulk(c: &mut SqliteConnection, inputs: Vec<Input>, batch: usize) -> QueryResult<Vec<String>> {
+            let now = now();
+            let rows: Vec<NewRow> = inputs.into_iter().map(|i| new_row(i, &now)).collect();
+            c.immediate_transaction(|c| {
+                for chunk in rows.chunks(batch) {
+                    diesel::insert_into(bench_users::table).values(chunk).execute(c)?;
+                }
+                QueryResult::Ok(())
+            })?;
+            Ok(rows.into_iter().map(|r| r.id).collect())
+        }
+
+        fn count_like(c: &mut SqliteConnection, pattern: &str) -> QueryResult<i64> {
+            bench_users::table.filter(bench_users::email.like(pattern)).count().get_result(c)
+        }
+
+        fn count_all(c: &mut SqliteConnection) -> QueryResult<i64> {
+            bench_users::table.count().get_result(c)
+        }
+
+        fn clear(c: &mut SqliteConnection) -> QueryResult<()> {
+            diesel::delete(bench_users::table).execute(c).map(drop)
+        }
+
+        fn columns(c: &mut SqliteConnection) -> QueryResult<Vec<(String, String, bool)>> {
+            let cols: Vec<ColumnInfo> = diesel::sql_query(
+                "SELECT name, type AS ty, (\"notnull\" = 0 AND pk = 0) AS nullable \
+                 FROM pragma_table_info('bench_users') ORDER BY cid",
+            )
+            .load(c)?;
+            Ok(cols.into_iter().map(|c| (c.name, c.ty, c.nullable)).collect())
+        }
+
+        fn expected_columns() -> Vec<(&'static str, &'static str, bool)> {
+            vec![
+                ("id", "TEXT", false),
+                ("email", "TEXT", false),
+                ("full_name", "TEXT", true),
+                ("active", "INTEGER", false),
+                ("age", "INTEGER", false),
+                ("created_at", "TEXT", false),
+                ("updated_at", "TEXT", false),
+            ]
+        }
+
+        fn version(c: &mut SqliteConnection) -> QueryResult<String> {
+            let v: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>("sqlite_version()")).get_result(c)?;
+            Ok(format!("SQLite {v}"))
+        }
+    }
+}
+
+mod pg_raw {
+    use super::*;
+    use diesel::pg::{Pg, PgConnection};
+
+    diesel::table! {
+        bench_users (id) {
+            id -> Text,
+            email -> Text,
+            full_name -> Nullable<Text>,
+            active -> Bool,
+            age -> Integer,
+            created_at -> Timestamptz,
+            updated_at -> Timestamptz,
+        }
+    }
+
+    #[derive(Insertable)]
+    #[diesel(table_name = bench_users, treat_none_as_null = true)]
+    struct NewRow {
+        id: String,
+        email: String,
+        full_name: Option<String>,
+        active: bool,
+        age: i32,
+        created_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+    }
+
+    #[allow(dead_code)]
+    #[derive(Queryable, Selectable)]
+    #[diesel(table_name = bench_users, check_for_backend(Pg))]
+    struct Row {
+        id: String,
+        email: String,
+        full_name: Option<String>,
+        active: bool,
+        age: i32,
+        created_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+    }
+
+    fn new_row(i: Input, now: DateTime<Utc>) -> NewRow {
+        NewRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            email: i.email,
+            full_name: i.full_name,
+            active: i.active,
+            age: i.age,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    pub struct Backend;
+
+    impl Raw for Backend {
+        type Conn = PgConnection;
+        const NAME: &'static str = "PostgreSQL";
+        const MAX_BINDS: usize = 65_535;
+
+        fn pool(url: &str) -> Pool<ConnectionManager<PgConnection>> {
+            Pool::builder()
+                .max_size(POOL_SIZE)
+                .min_idle(Some(0))
+                .test_on_check_out(false)
+                .connection_timeout(CONNECT_TIMEOUT)
+                .build_unchecked(ConnectionManager::new(url))
+        }
+
+        fn create(c: &mut PgConnection, input: Input) -> QueryResult<String> {
+            let row = new_row(input, Utc::now());
+            let r: Row = diesel::insert_into(bench_users::table)
+                .values(&row)
+                .returning(Row::as_returning())
+                .get_result(c)?;
+            Ok(r.id)
+        }
+
+        fn read(c: &mut PgConnection, id: &str) -> QueryResult<String> {
+            let r: Row = bench_users::table.find(id).select(Row::as_select()).first(c)?;
+            Ok(r.email)
+        }
+
+        fn list(c: &mut PgConnection) -> QueryResult<Vec<String>> {
+            // The node's exact ORDER BY: `"id" ASC NULLS FIRST`.
+            let rows: Vec<Row> = bench_users::table
+                .filter(bench_users::active.eq(true))
+                .order(bench_users::id.asc().nulls_first())
+                .limit(LIST_LIMIT as i64)
+                .select(Row::as_select())
+                .load(c)?;
+            Ok(rows.into_iter().map(|r| r.id).collect())
+        }
+
+        fn bulk(c: &mut PgConnection, inputs: Vec<Input>, batch: usize) -> QueryResult<Vec<String>> {
+            let now = Utc::now();
+            let rows: Vec<NewRow> = inputs.into_iter().map(|i| new_row(i, now)).collect();
+            c.transaction(|c| {
+                for chunk in rows.chunks(batch) {
+                    diesel::insert_into(bench_users::table).values(chunk).execute(c)?;
+                }
+                QueryResult::Ok(())
+            })?;
+            Ok(rows.into_iter().map(|r| r.id).collect())
+        }
+
+        fn count_like(c: &mut PgConnection, pattern: &str) -> QueryResult<i64> {
+            bench_users::table.filter(bench_users::email.like(pattern)).count().get_result(c)
+        }
+
+        fn count_all(c: &mut PgConnection) -> QueryResult<i64> {
+            bench_users::table.count().get_result(c)
+        }
+
+        fn clear(c: &mut PgConnection) -> QueryResult<()> {
+            diesel::sql_query("TRUNCATE bench_users").execute(c).map(drop)
+        }
+
+        fn columns(c: &mut PgConnection) -> QueryResult<Vec<(String, String, bool)>> {
+            let cols: Vec<ColumnInfo> = diesel::sql_query(
+                "SELECT column_name::text AS name, data_type::text AS ty, is_nullable::text = 'YES' AS nullable \
+                 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = 'bench_users' \
+                 ORDER BY ordinal_position",
+            )
+            .load(c)?;
+            Ok(cols.into_iter().map(|c| (c.name, c.ty, c.nullable)).collect())
+        }
+
+        fn expected_columns() -> Vec<(&'static str, &'static str, bool)> {
+            vec![
+                ("id", "text", false),
+                ("email", "text", false),
+                ("full_name", "text", true),
+                ("active", "boolean", false),
+                ("age", "integer", false),
+                ("created_at", "timestamp with time zone", false),
+                ("updated_at", "timestamp with time zone", false),
+            ]
+        }
+
+        fn version(c: &mut PgConnection) -> QueryResult<String> {
+            let v: String =
+                diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>("current_setting('server_version')")).get_result(c)?;
+            Ok(format!("PostgreSQL {v}"))
+        }
+    }
+}
+
+// ------------------------------------------------------------------ the benchmark
+
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Node,
+    Raw,
+}
+
+/// Node first in even rounds, raw first in odd ones, so both see the same drift.
+fn order(round: usize) -> [Path; 2] {
+    if round % 2 == 0 {
+        [Path::Node, Path::Raw]
+    } else {
+        [Path::Raw, Path::Node]
+    }
+}
+
+struct Line {
+    name: String,
+    unit: &'static str,
+    node: Vec<f64>,
+    raw: Vec<f64>,
+}
+
+impl Line {
+    fn new(name: impl Into<String>, unit: &'static str) -> Line {
+        Line { name: name.into(), unit, node: Vec::new(), raw: Vec::new() }
+    }
+
+    fn push(&mut self, path: Path, rate: f64) {
+        match path {
+            Path::Node => self.node.push(rate),
+            Path::Raw => self.raw.push(rate),
+        }
+    }
+
+    fn ratio(&self) -> f64 {
+        median(&self.node) / median(&self.raw)
+    }
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+struct Bench<B: Raw> {
+    db: DataFlow,
+    pool: Pool<ConnectionManager<B::Conn>>,
+}
+
+impl<B: Raw> Bench<B> {
+    /// The raw path's async wrapper: the same shape as `DataFlow::execute_op`.
+    async fn raw<T: Send + 'static>(&self, f: impl FnOnce(&mut B::Conn) -> QueryResult<T> + Send + 'static) -> Res<T> {
+        let pool = self.pool.clone();
+        let out = tokio::task::spawn_blocking(move || -> Res<T> {
+            let mut conn = pool.get()?;
+            Ok(f(&mut conn)?)
+        })
+        .await??;
+        Ok(out)
+    }
+
+    async fn node(&self, node: &str, params: Value) -> Res<Value> {
+        Ok(self.db.execute(node, params).await?)
+    }
+
+    async fn node_count(&self, pattern: &str) -> Res<i64> {
+        let out = self.node(COUNT, json!({"filter": {"email": {"$like": pattern}}})).await?;
+        out["count"].as_i64().ok_or_else(|| format!("{COUNT} returned {out}").into())
+    }
+}
+
+fn check(cond: bool, what: impl FnOnce() -> String) -> Res<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(what().into())
+    }
+}
+
+fn id_of(rec: &Value) -> Res<String> {
+    rec["id"].as_str().map(str::to_string).ok_or_else(|| format!("record without a string id: {rec}").into())
+}
+
+/// Boots both paths on `url`, checks the table, runs every line.
+async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(String, Vec<Line>)> {
+    let db = DataFlow::builder(url).connection_pool_size(POOL_SIZE).connect_timeout(CONNECT_TIMEOUT).build().await?;
+    let bench = Bench::<B> { db, pool: B::pool(raw_target) };
+    let (version, columns) = bench.raw(|c| Ok((B::version(c)?, B::columns(c)?))).await?;
+    let expected: Vec<(String, String, bool)> =
+        B::expected_columns().into_iter().map(|(n, t, null)| (n.to_string(), t.to_string(), null)).collect();
+    check(columns == expected, || {
+        format!(
+            "{}: the table dataflow created is not the one the raw baseline is written against\n  found:    {columns:?}\n  expected: {expected:?}",
+            B::NAME
+        )
+    })?;
+    bench.raw(B::clear).await?;
+
+    // Warm-up: opens the pool connections and fills both statement caches.
+    for i in 0..cfg.warmup {
+        let rec = bench.node(CREATE, Input::new("warm-node", i).into_json()).await?;
+        bench.node(READ, json!({"id": id_of(&rec)?})).await?;
+        bench.node(LIST, json!({"filter": {"active": true}, "limit": LIST_LIMIT})).await?;
+        let input = Input::new("warm-raw", i);
+        let id = bench.raw(move |c| B::create(c, input)).await?;
+        bench.raw(move |c| B::read(c, &id)).await?;
+        bench.raw(B::list).await?;
+    }
+
+    let mut lines = Vec::new();
+
+    // -------- Create
+    let mut line = Line::new("Create (single)", "ops/s");
+    let mut node_ids: Vec<String> = Vec::new();
+    let mut raw_ids: Vec<String> = Vec::new();
+    for r in 0..cfg.rounds {
+        for path in order(r) {
+            let start = Instant::now();
+            let mut done = 0;
+            match path {
+                Path::Node => {
+                    let tag = format!("node-{r}");
+                    while cfg.more(done, start) {
+                        let rec = bench.node(CREATE, Input::new(&tag, done).into_json()).await?;
+                        node_ids.push(id_of(&rec)?);
+                        done += 1;
+                    }
+                }
+                Path::Raw => {
+                    let tag = format!("raw-{r}");
+                    while cfg.more(done, start) {
+                        let input = Input::new(&tag, done);
+                        raw_ids.push(bench.raw(move |c| B::create(c, input)).await?);
+                        done += 1;
+                    }
+                }
+            }
+            line.push(path, done as f64 / start.elapsed().as_secs_f64());
+        }
+    }
+    // Both paths wrote what they said they wrote.
+    let node_rows = bench.node_count("node-%").await?;
+    let raw_rows = bench.raw(|c| B::count_like(c, "raw-%")).await?;
+    check(node_rows == node_ids.len() as i64 && raw_rows == raw_ids.len() as i64, || {
+        format!("Create: {node_rows} node rows for {} creates, {raw_rows} raw rows for {} creates", node_ids.len(), raw_ids.len())
+    })?;
+    if !cfg.full {
+        check(node_rows == raw_rows, || format!("Create: node wrote {node_rows} rows, raw {raw_rows}"))?;
+    }
+    lines.push(line);
+
+    // -------- Read by id (the ids of both paths, the same sequence for both)
+    let ids: Vec<String> = node_ids.iter().zip(&raw_ids).flat_map(|(a, b)| [a.clone(), b.clone()]).collect();
+    for id in ids.iter().take(10) {
+        let via_node = bench.node(READ, json!({"id": id})).await?;
+        let id2 = id.clone();
+        let via_raw = bench.raw(move |c| B::read(c, &id2)).await?;
+        // Rows written by either path read back alike through the node (timestamps
+        // in the runtime's fixed-width form, `2026-01-02T03:04:05.000000Z`).
+        let ts_ok = ["created_at", "updated_at"].iter().all(|k| {
+            via_node[*k].as_str().is_some_and(|s| s.len() == 27 && s.ends_with('Z') && DateTime::parse_from_rfc3339(s).is_ok())
+        });
+        check(via_node["email"].as_str() == Some(via_raw.as_str()) && ts_ok && via_node["active"].is_boolean() && via_node["age"].is_i64(), || {
+            format!("Read {id}: node gave {via_node}, raw gave email {via_raw}")
+        })?;
+    }
+    let mut line = Line::new("Read by id", "ops/s");
+    for r in 0..cfg.rounds {
+        for path in order(r) {
+            let start = Instant::now();
+            let mut done = 0;
+            while cfg.more(done, start) {
+                let id = ids[(r * cfg.ops + done) % ids.len()].clone();
+                match path {
+                    Path::Node => {
+                        let rec = bench.node(READ, json!({"id": id})).await?;
+                        debug_assert!(rec["email"].is_string());
+                    }
+                    Path::Raw => {
+                        bench.raw(move |c| B::read(c, &id)).await?;
+                    }
+                }
+                done += 1;
+            }
+            line.push(path, done as f64 / start.elapsed().as_secs_f64());
+        }
+    }
+    lines.push(line);
+
+    // -------- List with a filter
+    let page = bench.node(LIST, json!({"filter": {"active": true}, "limit": LIST_LIMIT})).await?;
+    let page_ids: Vec<String> = page["records"].as_array().map(|a| a.iter().filter_map(|r| r["id"].as_str().map(str::to_string)).collect()).unwrap_or_default();
+    let raw_page = bench.raw(B::list).await?;
+    check(page_ids.len() == LIST_LIMIT && page_ids == raw_page, || {
+        format!("List: node returned {page_ids:?}, raw returned {raw_page:?}")
+    })?;
+    let mut line = Line::new(format!("List active=true, limit {LIST_LIMIT}"), "ops/s");
+    for r in 0..cfg.rounds {
+        for path in order(r) {
+            let start = Instant::now();
+            let mut done = 0;
+            while cfg.more(done, start) {
+                match path {
+                    Path::Node => {
+                        bench.node(LIST, json!({"filter": {"active": true}, "limit": LIST_LIMIT})).await?;
+                    }
+                    Path::Raw => {
+                        bench.raw(B::list).await?;
+                    }
+                }
+                done += 1;
+            }
+            line.push(path, done as f64 / start.elapsed().as_secs_f64());
+        }
+    }
+    lines.push(line);
+
+    // -------- BulkCreate: an empty table each round, input built before the clock starts
+    let n = cfg.bulk_rows;
+    let batch = (B::MAX_BINDS / COLUMNS).min(n);
+    let mut line = Line::new(format!("BulkCreate {} rows", thousands(n as f64)), "rows/s");
+    for r in 0..cfg.rounds {
+        for path in order(r) {
+            bench.raw(B::clear).await?;
+            let tag = format!("bulk-{r}");
+            let elapsed = match path {
+                Path::Node => {
+                    let data: Vec<Value> = (0..n).map(|i| Input::new(&tag, i).into_json()).collect();
+                    let mut params = Map::new();
+                    params.insert("data".into(), Value::Array(data));
+                    // The runtime caps this at its bind limit: the same batches as raw.
+                    params.insert("batch_size".into(), Value::from(1_000_000u64));
+                    let params = Value::Object(params);
+                    let start = Instant::now();
+                    let out = bench.node(BULK, params).await?;
+                    let elapsed = start.elapsed();
+                    check(out["inserted"].as_u64() == Some(n as u64) && out["ids"].as_array().map(Vec::len) == Some(n), || {
+                        format!("BulkCreate (node): expected {n} rows, got inserted={} and {} ids", out["inserted"], out["ids"].as_array().map_or(0, Vec::len))
+                    })?;
+                    elapsed
+                }
+                Path::Raw => {
+                    let inputs: Vec<Input> = (0..n).map(|i| Input::new(&tag, i)).collect();
+                    let start = Instant::now();
+                    let ids = bench.raw(move |c| B::bulk(c, inputs, batch)).await?;
+                    let elapsed = start.elapsed();
+                    check(ids.len() == n, || format!("BulkCreate (raw): {} ids for {n} rows", ids.len()))?;
+                    elapsed
+                }
+            };
+            let rows = bench.raw(B::count_all).await?;
+            check(rows == n as i64, || format!("BulkCreate: {rows} rows in the table after inserting {n}"))?;
+            line.push(path, n as f64 / elapsed.as_secs_f64());
+        }
+    }
+    lines.push(line);
+    bench.raw(B::clear).await?;
+    Ok((version, lines))
+}
+
+// ------------------------------------------------------------------ output
+
+fn thousands(x: f64) -> String {
+    let s = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn print_table(title: &str, lines: &[Line]) {
+    println!("\n{title}");
+    let w = lines.iter().map(|l| l.name.len()).max().unwrap_or(4).max(4);
+    println!("{:<w$} | {:>18} | {:>18} | ratio (node/raw)", "line", "node path", "raw diesel");
+    println!("{}-+-{}-+-{}-+-{}", "-".repeat(w), "-".repeat(18), "-".repeat(18), "-".repeat(16));
+    for l in lines {
+        println!(
+            "{:<w$} | {:>18} | {:>18} | {:.2}",
+            l.name,
+            format!("{} {}", thousands(median(&l.node)), l.unit),
+            format!("{} {}", thousands(median(&l.raw)), l.unit),
+            l.ratio()
+        );
+    }
+}
+
+/// The target verdicts of one backend, one line.
+fn verdict(backend: &str, lines: &[Line], bulk_floor: Option<f64>) -> String {
+    let mut misses = Vec::new();
+    for l in lines {
+        if l.ratio() < 0.8 {
+            misses.push(format!("{} at {:.2}x", l.name, l.ratio()));
+        }
+    }
+    let ratio = if misses.is_empty() { "node >= 0.8x raw: met on every line".to_string() } else { format!("node >= 0.8x raw: MISSED on {}", misses.join(", ")) };
+    let bulk = match (bulk_floor, lines.last()) {
+        (Some(floor), Some(l)) => {
+            let got = median(&l.node);
+            if got >= floor {
+                format!("; BulkCreate >= {} rows/s: met ({})", thousands(floor), thousands(got))
+            } else {
+                format!("; BulkCreate >= {} rows/s: MISSED ({})", thousands(floor), thousands(got))
+            }
+        }
+        _ => String::new(),
+    };
+    format!("{backend} targets: {ratio}{bulk}")
+}
+
+// ------------------------------------------------------------------ main
+
+/// A temp SQLite database that removes itself (and its WAL files).
+struct TempDb(std::path::PathBuf);
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        if std::env::var_os("DATAFLOW_BENCH_KEEP_DB").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.0.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn postgres_url() -> Result<String, String> {
+    if let Some(url) = std::env::var("DATAFLOW_BENCH_POSTGRES_URL").ok().filter(|u| !u.trim().is_empty()) {
+        return Ok(url.trim().to_string());
+    }
+    match std::panic::catch_unwind(|| postgres::fresh_database("bench")) {
+        Ok(Some(url)) => Ok(url),
+        Ok(None) => Err("no PostgreSQL server: set DATAFLOW_BENCH_POSTGRES_URL or install PostgreSQL".into()),
+        Err(panic) => Err(panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the PostgreSQL harness panicked".into())
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let cfg = if args.iter().any(|a| a == "--bench") { Cfg::full() } else { Cfg::smoke() };
+
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let temp = TempDb(std::env::temp_dir().join(format!("dataflow-bench-{}-{stamp:x}.db", std::process::id())));
+    let path = temp.0.to_string_lossy().into_owned();
+    let sqlite_url = format!("sqlite://{path}");
+
+    if !cfg.full {
+        let started = Instant::now();
+        let (_, lines) = run_backend::<sqlite_raw::Backend>(&cfg, &sqlite_url, &path).await?;
+        let summary: Vec<String> = lines.iter().map(|l| l.name.clone()).collect();
+        println!(
+            "nodes bench smoke (SQLite, {} ops per line, {} bulk rows): node and raw paths agree on {} in {:.1?}; \
+             run `cargo bench --bench nodes` for numbers",
+            cfg.ops,
+            cfg.bulk_rows,
+            summary.join(", "),
+            started.elapsed()
+        );
+        return Ok(());
+    }
+
+    println!("dataflow node path vs raw diesel, median of {} rounds (node and raw rounds interleaved)", cfg.rounds);
+    println!("command: cargo bench --bench nodes   ({})", args.join(" "));
+    println!("targets: node >= 0.8x raw on every line; BulkCreate >= 200,000 rows/s on SQLite");
+    println!(
+        "setup: {} CPUs; pool size {POOL_SIZE} on both paths, one op at a time; single-op rounds: {} ops or {:?}; \
+         bulk: {} rows into an empty table, batches of max_binds/{COLUMNS} rows in one transaction",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cfg.ops,
+        ROUND_CAP,
+        thousands(cfg.bulk_rows as f64),
+    );
+
+    let (version, lines) = run_backend::<sqlite_raw::Backend>(&cfg, &sqlite_url, &path).await?;
+    print_table(&format!("{version}: {path} (WAL, synchronous=NORMAL)"), &lines);
+    let mut verdicts = vec![verdict("SQLite", &lines, Some(200_000.0))];
+
+    match postgres_url() {
+        Ok(url) => {
+            let (version, lines) = run_backend::<pg_raw::Backend>(&cfg, &url, &url).await?;
+            print_table(&format!("{version}: {}", redact(&url)), &lines);
+            verdicts.push(verdict("PostgreSQL", &lines, None));
+        }
+        Err(why) => println!("\nPostgreSQL: skipped ({why})"),
+    }
+    println!();
+    for v in verdicts {
+        println!("{v}");
+    }
+    Ok(())
+}
+
+/// The URL without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let auth = &url[s + 3..at];
+            match auth.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &auth[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
