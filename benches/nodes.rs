@@ -6,7 +6,9 @@
 //! cargo test --bench nodes       # smoke: tiny, SQLite only, checks both paths agree
 //! ```
 //!
-//! `DATAFLOW_BENCH_KEEP_DB=1` keeps the SQLite file for inspection.
+//! Knobs: `DATAFLOW_BENCH_BACKENDS=sqlite` (or `postgres`) runs one backend,
+//! `DATAFLOW_BENCH_VERBOSE=1` prints every round, `DATAFLOW_BENCH_KEEP_DB=1`
+//! keeps the SQLite file for inspection.
 //!
 //! PostgreSQL comes from `DATAFLOW_BENCH_POSTGRES_URL` (its `bench_users` table is
 //! emptied), else from the test harness in `tests/support/postgres.rs` (a fresh
@@ -132,6 +134,10 @@ trait Raw: 'static {
     fn read(c: &mut Self::Conn, id: &str) -> QueryResult<String>;
     /// SELECT every column WHERE active = true ORDER BY id LIMIT 20; the ids.
     fn list(c: &mut Self::Conn) -> QueryResult<Vec<String>>;
+    /// `list` with a plain `ORDER BY id ASC` (a diagnostic).
+    fn list_plain(c: &mut Self::Conn) -> QueryResult<Vec<String>>;
+    /// Whether `list_plain` is different SQL from `list` on this backend.
+    const LIST_PLAIN_DIFFERS: bool;
     /// Multi-row INSERTs of `batch` rows in one transaction; the new ids.
     fn bulk(c: &mut Self::Conn, inputs: Vec<Input>, batch: usize) -> QueryResult<Vec<String>>;
     fn count_like(c: &mut Self::Conn, pattern: &str) -> QueryResult<i64>;
@@ -271,6 +277,12 @@ mod sqlite_raw {
                 .select(Row::as_select())
                 .load(c)?;
             Ok(rows.into_iter().map(|r| r.id).collect())
+        }
+
+        const LIST_PLAIN_DIFFERS: bool = false;
+
+        fn list_plain(c: &mut SqliteConnection) -> QueryResult<Vec<String>> {
+            Self::list(c)
         }
 
         fn bulk(c: &mut SqliteConnection, inputs: Vec<Input>, batch: usize) -> QueryResult<Vec<String>> {
@@ -419,6 +431,19 @@ mod pg_raw {
             Ok(rows.into_iter().map(|r| r.id).collect())
         }
 
+        const LIST_PLAIN_DIFFERS: bool = true;
+
+        fn list_plain(c: &mut PgConnection) -> QueryResult<Vec<String>> {
+            // What the primary-key index can serve without a sort.
+            let rows: Vec<Row> = bench_users::table
+                .filter(bench_users::active.eq(true))
+                .order(bench_users::id.asc())
+                .limit(LIST_LIMIT as i64)
+                .select(Row::as_select())
+                .load(c)?;
+            Ok(rows.into_iter().map(|r| r.id).collect())
+        }
+
         fn bulk(c: &mut PgConnection, inputs: Vec<Input>, batch: usize) -> QueryResult<Vec<String>> {
             let now = Utc::now();
             let rows: Vec<NewRow> = inputs.into_iter().map(|i| new_row(i, now)).collect();
@@ -475,42 +500,67 @@ mod pg_raw {
 
 // ------------------------------------------------------------------ the benchmark
 
-#[derive(Clone, Copy, PartialEq)]
+/// Who runs an op. `Node` and `Raw` make the table; the others are diagnostics
+/// measured in the same interleaved rounds and printed under it.
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Path {
     Node,
     Raw,
+    /// Raw List with a plain `ORDER BY id ASC` instead of the node's `ASC NULLS FIRST`.
+    RawPlainOrder,
+    /// `spawn_blocking` + pool checkout and no query: the fixed cost both paths pay.
+    Floor,
 }
 
-/// Node first in even rounds, raw first in odd ones, so both see the same drift.
-fn order(round: usize) -> [Path; 2] {
-    if round % 2 == 0 {
-        [Path::Node, Path::Raw]
-    } else {
-        [Path::Raw, Path::Node]
+impl Path {
+    fn describe(self) -> &'static str {
+        match self {
+            Path::Node => "node path",
+            Path::Raw => "raw diesel",
+            Path::RawPlainOrder => "raw diesel with plain ORDER BY id ASC (no NULLS FIRST)",
+            Path::Floor => "floor: spawn_blocking + pool checkout, no query",
+        }
     }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Create,
+    Read,
+    List,
 }
 
 struct Line {
     name: String,
     unit: &'static str,
-    node: Vec<f64>,
-    raw: Vec<f64>,
+    rates: Vec<(Path, Vec<f64>)>,
 }
 
 impl Line {
-    fn new(name: impl Into<String>, unit: &'static str) -> Line {
-        Line { name: name.into(), unit, node: Vec::new(), raw: Vec::new() }
+    fn new(name: impl Into<String>, unit: &'static str, paths: &[Path]) -> Line {
+        Line { name: name.into(), unit, rates: paths.iter().map(|p| (*p, Vec::new())).collect() }
+    }
+
+    fn paths(&self) -> Vec<Path> {
+        self.rates.iter().map(|(p, _)| *p).collect()
     }
 
     fn push(&mut self, path: Path, rate: f64) {
-        match path {
-            Path::Node => self.node.push(rate),
-            Path::Raw => self.raw.push(rate),
+        if let Some((_, v)) = self.rates.iter_mut().find(|(p, _)| *p == path) {
+            v.push(rate);
         }
     }
 
+    fn rounds(&self, path: Path) -> &[f64] {
+        self.rates.iter().find(|(p, _)| *p == path).map_or(&[], |(_, v)| v)
+    }
+
+    fn median(&self, path: Path) -> f64 {
+        median(self.rounds(path))
+    }
+
     fn ratio(&self) -> f64 {
-        median(&self.node) / median(&self.raw)
+        self.median(Path::Node) / self.median(Path::Raw)
     }
 }
 
@@ -522,6 +572,19 @@ fn median(xs: &[f64]) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+/// The paths of round `round` in running order, rotated every round so each
+/// path runs first equally often and all see the same drift.
+fn rotation(paths: &[Path], round: usize) -> Vec<Path> {
+    let mut v = paths.to_vec();
+    let n = v.len().max(1);
+    v.rotate_left(round % n);
+    v
+}
+
+fn list_params() -> Value {
+    json!({"filter": {"active": true}, "limit": LIST_LIMIT})
 }
 
 struct Bench<B: Raw> {
@@ -548,6 +611,67 @@ impl<B: Raw> Bench<B> {
     async fn node_count(&self, pattern: &str) -> Res<i64> {
         let out = self.node(COUNT, json!({"filter": {"email": {"$like": pattern}}})).await?;
         out["count"].as_i64().ok_or_else(|| format!("{COUNT} returned {out}").into())
+    }
+
+    /// One timed op: input built, executed, output consumed. Creates return the new id.
+    async fn op(&self, kind: Kind, path: Path, tag: &str, i: usize, ids: &[String]) -> Res<Option<String>> {
+        Ok(match (kind, path) {
+            (_, Path::Floor) => {
+                self.raw(|_| Ok(())).await?;
+                None
+            }
+            (Kind::Create, Path::Node) => {
+                let rec = self.node(CREATE, Input::new(tag, i).into_json()).await?;
+                Some(id_of(&rec)?)
+            }
+            (Kind::Create, _) => {
+                let input = Input::new(tag, i);
+                Some(self.raw(move |c| B::create(c, input)).await?)
+            }
+            (Kind::Read, Path::Node) => {
+                let rec = self.node(READ, json!({"id": ids[i % ids.len()].clone()})).await?;
+                debug_assert!(rec["email"].is_string());
+                None
+            }
+            (Kind::Read, _) => {
+                let id = ids[i % ids.len()].clone();
+                self.raw(move |c| B::read(c, &id)).await?;
+                None
+            }
+            (Kind::List, Path::Node) => {
+                let page = self.node(LIST, list_params()).await?;
+                debug_assert_eq!(page["count"], LIST_LIMIT);
+                None
+            }
+            (Kind::List, Path::Raw) => {
+                self.raw(B::list).await?;
+                None
+            }
+            (Kind::List, Path::RawPlainOrder) => {
+                self.raw(B::list_plain).await?;
+                None
+            }
+        })
+    }
+
+    /// Interleaved rounds of single ops on every path of `line`; the ids created, by path.
+    async fn single_ops(&self, cfg: &Cfg, kind: Kind, line: &mut Line, ids: &[String]) -> Res<Vec<(Path, String)>> {
+        let mut created = Vec::new();
+        for r in 0..cfg.rounds {
+            for path in rotation(&line.paths(), r) {
+                let tag = format!("{}-{r}", if path == Path::Node { "node" } else { "raw" });
+                let start = Instant::now();
+                let mut done = 0;
+                while cfg.more(done, start) {
+                    if let Some(id) = self.op(kind, path, &tag, r * cfg.ops + done, ids).await? {
+                        created.push((path, id));
+                    }
+                    done += 1;
+                }
+                line.push(path, done as f64 / start.elapsed().as_secs_f64());
+            }
+        }
+        Ok(created)
     }
 }
 
@@ -582,44 +706,21 @@ async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(Str
     for i in 0..cfg.warmup {
         let rec = bench.node(CREATE, Input::new("warm-node", i).into_json()).await?;
         bench.node(READ, json!({"id": id_of(&rec)?})).await?;
-        bench.node(LIST, json!({"filter": {"active": true}, "limit": LIST_LIMIT})).await?;
+        bench.node(LIST, list_params()).await?;
         let input = Input::new("warm-raw", i);
         let id = bench.raw(move |c| B::create(c, input)).await?;
         bench.raw(move |c| B::read(c, &id)).await?;
         bench.raw(B::list).await?;
+        bench.raw(B::list_plain).await?;
     }
 
     let mut lines = Vec::new();
 
     // -------- Create
-    let mut line = Line::new("Create (single)", "ops/s");
-    let mut node_ids: Vec<String> = Vec::new();
-    let mut raw_ids: Vec<String> = Vec::new();
-    for r in 0..cfg.rounds {
-        for path in order(r) {
-            let start = Instant::now();
-            let mut done = 0;
-            match path {
-                Path::Node => {
-                    let tag = format!("node-{r}");
-                    while cfg.more(done, start) {
-                        let rec = bench.node(CREATE, Input::new(&tag, done).into_json()).await?;
-                        node_ids.push(id_of(&rec)?);
-                        done += 1;
-                    }
-                }
-                Path::Raw => {
-                    let tag = format!("raw-{r}");
-                    while cfg.more(done, start) {
-                        let input = Input::new(&tag, done);
-                        raw_ids.push(bench.raw(move |c| B::create(c, input)).await?);
-                        done += 1;
-                    }
-                }
-            }
-            line.push(path, done as f64 / start.elapsed().as_secs_f64());
-        }
-    }
+    let mut line = Line::new("Create (single)", "ops/s", &[Path::Node, Path::Raw]);
+    let created = bench.single_ops(cfg, Kind::Create, &mut line, &[]).await?;
+    let node_ids: Vec<String> = created.iter().filter(|(p, _)| *p == Path::Node).map(|(_, id)| id.clone()).collect();
+    let raw_ids: Vec<String> = created.iter().filter(|(p, _)| *p == Path::Raw).map(|(_, id)| id.clone()).collect();
     // Both paths wrote what they said they wrote.
     let node_rows = bench.node_count("node-%").await?;
     let raw_rows = bench.raw(|c| B::count_like(c, "raw-%")).await?;
@@ -631,7 +732,7 @@ async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(Str
     }
     lines.push(line);
 
-    // -------- Read by id (the ids of both paths, the same sequence for both)
+    // -------- Read by id: the ids of both paths, the same sequence on every path
     let ids: Vec<String> = node_ids.iter().zip(&raw_ids).flat_map(|(a, b)| [a.clone(), b.clone()]).collect();
     for id in ids.iter().take(10) {
         let via_node = bench.node(READ, json!({"id": id})).await?;
@@ -642,96 +743,68 @@ async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(Str
         let ts_ok = ["created_at", "updated_at"].iter().all(|k| {
             via_node[*k].as_str().is_some_and(|s| s.len() == 27 && s.ends_with('Z') && DateTime::parse_from_rfc3339(s).is_ok())
         });
-        check(via_node["email"].as_str() == Some(via_raw.as_str()) && ts_ok && via_node["active"].is_boolean() && via_node["age"].is_i64(), || {
-            format!("Read {id}: node gave {via_node}, raw gave email {via_raw}")
-        })?;
+        check(
+            via_node["email"].as_str() == Some(via_raw.as_str()) && ts_ok && via_node["active"].is_boolean() && via_node["age"].is_i64(),
+            || format!("Read {id}: node gave {via_node}, raw gave email {via_raw}"),
+        )?;
     }
-    let mut line = Line::new("Read by id", "ops/s");
-    for r in 0..cfg.rounds {
-        for path in order(r) {
-            let start = Instant::now();
-            let mut done = 0;
-            while cfg.more(done, start) {
-                let id = ids[(r * cfg.ops + done) % ids.len()].clone();
-                match path {
-                    Path::Node => {
-                        let rec = bench.node(READ, json!({"id": id})).await?;
-                        debug_assert!(rec["email"].is_string());
-                    }
-                    Path::Raw => {
-                        bench.raw(move |c| B::read(c, &id)).await?;
-                    }
-                }
-                done += 1;
-            }
-            line.push(path, done as f64 / start.elapsed().as_secs_f64());
-        }
-    }
+    let mut line = Line::new("Read by id", "ops/s", &[Path::Node, Path::Raw, Path::Floor]);
+    bench.single_ops(cfg, Kind::Read, &mut line, &ids).await?;
     lines.push(line);
 
     // -------- List with a filter
-    let page = bench.node(LIST, json!({"filter": {"active": true}, "limit": LIST_LIMIT})).await?;
-    let page_ids: Vec<String> = page["records"].as_array().map(|a| a.iter().filter_map(|r| r["id"].as_str().map(str::to_string)).collect()).unwrap_or_default();
+    let page = bench.node(LIST, list_params()).await?;
+    let page_ids: Vec<String> =
+        page["records"].as_array().map(|a| a.iter().filter_map(|r| r["id"].as_str().map(str::to_string)).collect()).unwrap_or_default();
     let raw_page = bench.raw(B::list).await?;
-    check(page_ids.len() == LIST_LIMIT && page_ids == raw_page, || {
-        format!("List: node returned {page_ids:?}, raw returned {raw_page:?}")
+    let plain_page = bench.raw(B::list_plain).await?;
+    check(page_ids.len() == LIST_LIMIT && page_ids == raw_page && page_ids == plain_page, || {
+        format!("List: node returned {page_ids:?}, raw returned {raw_page:?}, raw (plain order) {plain_page:?}")
     })?;
-    let mut line = Line::new(format!("List active=true, limit {LIST_LIMIT}"), "ops/s");
-    for r in 0..cfg.rounds {
-        for path in order(r) {
-            let start = Instant::now();
-            let mut done = 0;
-            while cfg.more(done, start) {
-                match path {
-                    Path::Node => {
-                        bench.node(LIST, json!({"filter": {"active": true}, "limit": LIST_LIMIT})).await?;
-                    }
-                    Path::Raw => {
-                        bench.raw(B::list).await?;
-                    }
-                }
-                done += 1;
-            }
-            line.push(path, done as f64 / start.elapsed().as_secs_f64());
-        }
+    let mut paths = vec![Path::Node, Path::Raw];
+    if B::LIST_PLAIN_DIFFERS {
+        paths.push(Path::RawPlainOrder);
     }
+    let mut line = Line::new(format!("List active=true, limit {LIST_LIMIT}"), "ops/s", &paths);
+    bench.single_ops(cfg, Kind::List, &mut line, &[]).await?;
     lines.push(line);
 
     // -------- BulkCreate: an empty table each round, input built before the clock starts
     let n = cfg.bulk_rows;
     let batch = (B::MAX_BINDS / COLUMNS).min(n);
-    let mut line = Line::new(format!("BulkCreate {} rows", thousands(n as f64)), "rows/s");
+    let mut line = Line::new(format!("BulkCreate {} rows", thousands(n as f64)), "rows/s", &[Path::Node, Path::Raw]);
     for r in 0..cfg.rounds {
-        for path in order(r) {
+        for path in rotation(&line.paths(), r) {
             bench.raw(B::clear).await?;
             let tag = format!("bulk-{r}");
-            let elapsed = match path {
-                Path::Node => {
-                    let data: Vec<Value> = (0..n).map(|i| Input::new(&tag, i).into_json()).collect();
-                    let mut params = Map::new();
-                    params.insert("data".into(), Value::Array(data));
-                    // The runtime caps this at its bind limit: the same batches as raw.
-                    params.insert("batch_size".into(), Value::from(1_000_000u64));
-                    let params = Value::Object(params);
-                    let start = Instant::now();
-                    let out = bench.node(BULK, params).await?;
-                    let elapsed = start.elapsed();
-                    check(out["inserted"].as_u64() == Some(n as u64) && out["ids"].as_array().map(Vec::len) == Some(n), || {
-                        format!("BulkCreate (node): expected {n} rows, got inserted={} and {} ids", out["inserted"], out["ids"].as_array().map_or(0, Vec::len))
-                    })?;
-                    elapsed
-                }
-                Path::Raw => {
-                    let inputs: Vec<Input> = (0..n).map(|i| Input::new(&tag, i)).collect();
-                    let start = Instant::now();
-                    let ids = bench.raw(move |c| B::bulk(c, inputs, batch)).await?;
-                    let elapsed = start.elapsed();
-                    check(ids.len() == n, || format!("BulkCreate (raw): {} ids for {n} rows", ids.len()))?;
-                    elapsed
-                }
+            let elapsed = if path == Path::Node {
+                let data: Vec<Value> = (0..n).map(|i| Input::new(&tag, i).into_json()).collect();
+                let mut params = Map::new();
+                params.insert("data".into(), Value::Array(data));
+                // The runtime caps this at its bind limit: the same batches as raw.
+                params.insert("batch_size".into(), Value::from(1_000_000u64));
+                let params = Value::Object(params);
+                let start = Instant::now();
+                let out = bench.node(BULK, params).await?;
+                let elapsed = start.elapsed();
+                check(out["inserted"].as_u64() == Some(n as u64) && out["ids"].as_array().map(Vec::len) == Some(n), || {
+                    format!(
+                        "BulkCreate (node): expected {n} rows, got inserted={} and {} ids",
+                        out["inserted"],
+                        out["ids"].as_array().map_or(0, Vec::len)
+                    )
+                })?;
+                elapsed
+            } else {
+                let inputs: Vec<Input> = (0..n).map(|i| Input::new(&tag, i)).collect();
+                let start = Instant::now();
+                let ids = bench.raw(move |c| B::bulk(c, inputs, batch)).await?;
+                let elapsed = start.elapsed();
+                check(ids.len() == n, || format!("BulkCreate (raw): {} ids for {n} rows", ids.len()))?;
+                elapsed
             };
             let rows = bench.raw(B::count_all).await?;
-            check(rows == n as i64, || format!("BulkCreate: {rows} rows in the table after inserting {n}"))?;
+            check(rows == n as i64, || format!("BulkCreate ({path:?}): {rows} rows in the table after inserting {n}"))?;
             line.push(path, n as f64 / elapsed.as_secs_f64());
         }
     }
@@ -754,7 +827,7 @@ fn thousands(x: f64) -> String {
     out
 }
 
-fn print_table(title: &str, lines: &[Line]) {
+fn print_table(title: &str, lines: &[Line], verbose: bool) {
     println!("\n{title}");
     let w = lines.iter().map(|l| l.name.len()).max().unwrap_or(4).max(4);
     println!("{:<w$} | {:>18} | {:>18} | ratio (node/raw)", "line", "node path", "raw diesel");
@@ -763,30 +836,49 @@ fn print_table(title: &str, lines: &[Line]) {
         println!(
             "{:<w$} | {:>18} | {:>18} | {:.2}",
             l.name,
-            format!("{} {}", thousands(median(&l.node)), l.unit),
-            format!("{} {}", thousands(median(&l.raw)), l.unit),
+            format!("{} {}", thousands(l.median(Path::Node)), l.unit),
+            format!("{} {}", thousands(l.median(Path::Raw)), l.unit),
             l.ratio()
         );
+    }
+    // Per-op cost, and the diagnostics measured in the same rounds.
+    for l in lines.iter().filter(|l| l.unit == "ops/s") {
+        let us = |p: Path| 1e6 / l.median(p);
+        let mut note = format!(
+            "  {}: {:.1} us/op node, {:.1} us/op raw (node - raw = {:+.1} us)",
+            l.name,
+            us(Path::Node),
+            us(Path::Raw),
+            us(Path::Node) - us(Path::Raw)
+        );
+        for (p, _) in l.rates.iter().filter(|(p, _)| !matches!(p, Path::Node | Path::Raw)) {
+            note.push_str(&format!("; {}: {} ops/s = {:.1} us/op", p.describe(), thousands(l.median(*p)), us(*p)));
+        }
+        println!("{note}");
+    }
+    if verbose {
+        for l in lines {
+            for (p, rounds) in &l.rates {
+                let r: Vec<String> = rounds.iter().map(|x| thousands(*x)).collect();
+                println!("  rounds {} / {}: {}", l.name, p.describe(), r.join(", "));
+            }
+        }
     }
 }
 
 /// The target verdicts of one backend, one line.
 fn verdict(backend: &str, lines: &[Line], bulk_floor: Option<f64>) -> String {
-    let mut misses = Vec::new();
-    for l in lines {
-        if l.ratio() < 0.8 {
-            misses.push(format!("{} at {:.2}x", l.name, l.ratio()));
-        }
-    }
-    let ratio = if misses.is_empty() { "node >= 0.8x raw: met on every line".to_string() } else { format!("node >= 0.8x raw: MISSED on {}", misses.join(", ")) };
+    let misses: Vec<String> = lines.iter().filter(|l| l.ratio() < 0.8).map(|l| format!("{} at {:.2}x", l.name, l.ratio())).collect();
+    let ratio = if misses.is_empty() {
+        "node >= 0.8x raw: met on every line".to_string()
+    } else {
+        format!("node >= 0.8x raw: MISSED on {}", misses.join(", "))
+    };
     let bulk = match (bulk_floor, lines.last()) {
         (Some(floor), Some(l)) => {
-            let got = median(&l.node);
-            if got >= floor {
-                format!("; BulkCreate >= {} rows/s: met ({})", thousands(floor), thousands(got))
-            } else {
-                format!("; BulkCreate >= {} rows/s: MISSED ({})", thousands(floor), thousands(got))
-            }
+            let got = l.median(Path::Node);
+            let met = if got >= floor { "met" } else { "MISSED" };
+            format!("; BulkCreate >= {} rows/s: {met} ({} rows/s)", thousands(floor), thousands(got))
         }
         _ => String::new(),
     };
@@ -856,6 +948,10 @@ async fn main() -> Res<()> {
         return Ok(());
     }
 
+    // Knobs for profiling: which backends to run, and per-round numbers.
+    let backends = std::env::var("DATAFLOW_BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into()).to_ascii_lowercase();
+    let verbose = std::env::var_os("DATAFLOW_BENCH_VERBOSE").is_some();
+
     println!("dataflow node path vs raw diesel, median of {} rounds (node and raw rounds interleaved)", cfg.rounds);
     println!("command: cargo bench --bench nodes   ({})", args.join(" "));
     println!("targets: node >= 0.8x raw on every line; BulkCreate >= 200,000 rows/s on SQLite");
@@ -868,17 +964,21 @@ async fn main() -> Res<()> {
         thousands(cfg.bulk_rows as f64),
     );
 
-    let (version, lines) = run_backend::<sqlite_raw::Backend>(&cfg, &sqlite_url, &path).await?;
-    print_table(&format!("{version}: {path} (WAL, synchronous=NORMAL)"), &lines);
-    let mut verdicts = vec![verdict("SQLite", &lines, Some(200_000.0))];
-
-    match postgres_url() {
-        Ok(url) => {
-            let (version, lines) = run_backend::<pg_raw::Backend>(&cfg, &url, &url).await?;
-            print_table(&format!("{version}: {}", redact(&url)), &lines);
-            verdicts.push(verdict("PostgreSQL", &lines, None));
+    let mut verdicts = Vec::new();
+    if backends.contains("sqlite") {
+        let (version, lines) = run_backend::<sqlite_raw::Backend>(&cfg, &sqlite_url, &path).await?;
+        print_table(&format!("{version}: {path} (WAL, synchronous=NORMAL)"), &lines, verbose);
+        verdicts.push(verdict("SQLite", &lines, Some(200_000.0)));
+    }
+    if backends.contains("postgres") {
+        match postgres_url() {
+            Ok(url) => {
+                let (version, lines) = run_backend::<pg_raw::Backend>(&cfg, &url, &url).await?;
+                print_table(&format!("{version}: {}", redact(&url)), &lines, verbose);
+                verdicts.push(verdict("PostgreSQL", &lines, None));
+            }
+            Err(why) => println!("\nPostgreSQL: skipped ({why})"),
         }
-        Err(why) => println!("\nPostgreSQL: skipped ({why})"),
     }
     println!();
     for v in verdicts {

@@ -700,7 +700,7 @@ async fn node_input_schemas_describe_the_input() {
     assert_eq!(s["properties"]["confirmed"]["type"], "boolean");
     assert_eq!(UserUpdateNode::input_schema()["required"], json!(["fields"]));
     assert_eq!(db.node_schema("Nope").unwrap_err().code(), "unknown_node");
-    assert_eq!(db.node_types().len(), 6 * 11);
+    assert_eq!(db.node_types().len(), 6 * 11 + 2, "eleven per model plus SwitchNode and MergeNode");
 }
 
 #[tokio::test]

@@ -15,3 +15,11 @@ use proc_macro::TokenStream;
 pub fn model(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::model(attr.into(), item.into()).into()
 }
+
+/// Registers a hand-written node: put it on `impl dataflow::Node for T`,
+/// where `T` is a unit struct. Like models, registration is a link-time
+/// table entry; nothing runs at start-up.
+#[proc_macro_attribute]
+pub fn node(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::node(attr.into(), item.into()).into()
+}

@@ -3,6 +3,7 @@
 use crate::backend::{AnyConnection, Conn, Manager, Pool, Target};
 use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
+use crate::node::{Node, NodeContext, BUILTINS, NODES};
 use crate::nodes::{self, Op};
 use crate::schema::ModelSchema;
 use crate::sql::Dialect;
@@ -13,6 +14,26 @@ use std::sync::{Arc, Mutex};
 /// The compiled model registry, filled by `#[dataflow::model]` at link time.
 #[linkme::distributed_slice]
 pub static MODELS: [&'static ModelSchema];
+
+/// A registered node type: a model's generated node or a hand-written one.
+#[derive(Clone, Copy)]
+pub(crate) enum NodeRef {
+    Model(&'static ModelSchema, Op),
+    Custom(&'static dyn Node),
+}
+
+impl NodeRef {
+    pub(crate) fn input_schema(self) -> Value {
+        match self {
+            NodeRef::Model(m, op) => nodes::input_schema(m, op),
+            NodeRef::Custom(n) => n.input_schema(),
+        }
+    }
+
+    pub(crate) fn joins_any(self) -> bool {
+        matches!(self, NodeRef::Custom(n) if n.joins_any())
+    }
+}
 
 /// A cheap, cloneable handle to a booted database.
 #[derive(Clone)]
@@ -25,7 +46,7 @@ struct Inner {
     target: Target,
     pool: Pool,
     models: Vec<&'static ModelSchema>,
-    nodes: HashMap<String, (usize, Op)>,
+    nodes: HashMap<String, NodeRef>,
     /// Keeps a shared in-memory SQLite database alive.
     _keepalive: Option<Mutex<AnyConnection>>,
 }
@@ -117,7 +138,7 @@ impl DataFlow {
         config.check_supported()?;
         let models = registry()?;
         let target = Target::parse(&config.database_url)?;
-        let nodes = node_table(&models);
+        let nodes = node_table(&models)?;
         tokio::task::spawn_blocking(move || boot(config, target, models, nodes))
             .await
             .map_err(|e| Error::internal(format!("boot task failed: {e}")))?
@@ -145,13 +166,12 @@ impl DataFlow {
 
     /// The JSON Schema of a node's input.
     pub fn node_schema(&self, node: &str) -> Result<Value> {
-        let (m, op) = self.lookup(node)?;
-        Ok(nodes::input_schema(m, op))
+        Ok(self.lookup(node)?.input_schema())
     }
 
-    fn lookup(&self, node: &str) -> Result<(&'static ModelSchema, Op)> {
+    pub(crate) fn lookup(&self, node: &str) -> Result<NodeRef> {
         match self.inner.nodes.get(node) {
-            Some((i, op)) => Ok((self.inner.models[*i], *op)),
+            Some(r) => Ok(*r),
             None => {
                 let hint = crate::value::suggest(node, self.inner.nodes.keys().map(String::as_str))
                     .map(|s| format!(" (did you mean `{s}`?)"))
@@ -163,39 +183,66 @@ impl DataFlow {
 
     /// Runs a node by type name with JSON parameters and returns its JSON output.
     pub async fn execute(&self, node: &str, params: Value) -> Result<Value> {
-        let (m, op) = self.lookup(node)?;
-        self.execute_op(m, op, params).await
+        let r = self.lookup(node)?;
+        self.execute_ref(r, node, params, None).await
+    }
+
+    pub(crate) async fn execute_ref(&self, r: NodeRef, node_id: &str, params: Value, run_id: Option<&str>) -> Result<Value> {
+        match r {
+            NodeRef::Model(m, op) => self.execute_op(m, op, params).await,
+            NodeRef::Custom(n) => {
+                let ctx = NodeContext {
+                    db: self.clone(),
+                    run_id: run_id.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string),
+                    node_id: node_id.to_string(),
+                };
+                n.run(&ctx, params).await.map_err(|e| if e.node().is_none() { e.with_node(node_id) } else { e })
+            }
+        }
     }
 
     pub(crate) async fn execute_op(&self, m: &'static ModelSchema, op: Op, params: Value) -> Result<Value> {
-        let inner = self.inner.clone();
+        let db = self.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = inner.pool.get()?;
-            run_on(&mut conn, m, op, &params, inner.config.echo)
+            let mut conn = db.inner.pool.get()?;
+            db.run_model_on_any(&mut conn, m, op, &params)
         })
         .await
         .map_err(|e| Error::internal(format!("node task failed: {e}")))?
     }
 
     /// Runs a node synchronously on a connection the caller holds (the
-    /// building block of transactional workflows).
+    /// building block of transactional workflows). Call it from a blocking
+    /// thread: hand-written nodes are driven on the current tokio runtime.
     pub fn execute_blocking(&self, conn: &mut AnyConnection, node: &str, params: &Value) -> Result<Value> {
-        let (m, op) = self.lookup(node)?;
-        run_on(conn, m, op, params, self.inner.config.echo)
+        match self.lookup(node)? {
+            NodeRef::Model(m, op) => self.run_model_on_any(conn, m, op, params),
+            r @ NodeRef::Custom(_) => self.execute_ref_blocking_custom(r, node, params, &uuid::Uuid::now_v7().to_string()),
+        }
+    }
+
+    fn run_model_on_any(&self, conn: &mut AnyConnection, m: &'static ModelSchema, op: Op, params: &Value) -> Result<Value> {
+        match conn {
+            AnyConnection::Sqlite(c) => self.run_model_on(c, m, op, params),
+            AnyConnection::Postgresql(c) => self.run_model_on(c, m, op, params),
+        }
+    }
+
+    /// A model node on a backend connection the caller holds.
+    pub(crate) fn run_model_on<C: Conn>(&self, conn: &mut C, m: &'static ModelSchema, op: Op, params: &Value) -> Result<Value> {
+        let name = format!("{}{}Node", m.name, op.name());
+        nodes::run(conn, &nodes::ops_ctx(m, &name, self.inner.config.echo), op, params)
+    }
+
+    pub(crate) fn execute_ref_blocking_custom(&self, r: NodeRef, node_id: &str, params: &Value, run_id: &str) -> Result<Value> {
+        tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::internal("hand-written nodes need a tokio runtime"))?
+            .block_on(self.execute_ref(r, node_id, params.clone(), Some(run_id)))
     }
 
     /// A pooled connection, for [`DataFlow::execute_blocking`].
     pub fn connection(&self) -> Result<r2d2::PooledConnection<Manager>> {
         Ok(self.inner.pool.get()?)
-    }
-}
-
-fn run_on(conn: &mut AnyConnection, m: &'static ModelSchema, op: Op, params: &Value, echo: bool) -> Result<Value> {
-    let name = format!("{}{}Node", m.name, op.name());
-    let ctx = nodes::ops_ctx(m, &name, echo);
-    match conn {
-        AnyConnection::Sqlite(c) => nodes::run(c, &ctx, op, params),
-        AnyConnection::Postgresql(c) => nodes::run(c, &ctx, op, params),
     }
 }
 
@@ -256,14 +303,23 @@ fn registry() -> Result<Vec<&'static ModelSchema>> {
     Ok(models)
 }
 
-fn node_table(models: &[&'static ModelSchema]) -> HashMap<String, (usize, Op)> {
-    let mut nodes = HashMap::with_capacity(models.len() * Op::ALL.len());
-    for (i, m) in models.iter().enumerate() {
+/// Every node type by name: eleven per model, then the hand-written ones.
+fn node_table(models: &[&'static ModelSchema]) -> Result<HashMap<String, NodeRef>> {
+    let mut nodes = HashMap::with_capacity(models.len() * Op::ALL.len() + NODES.len());
+    for m in models {
         for (name, op) in m.node_names() {
-            nodes.insert(name, (i, op));
+            nodes.insert(name, NodeRef::Model(m, op));
         }
     }
-    nodes
+    for n in NODES.iter().chain(BUILTINS.iter()) {
+        if nodes.insert(n.name().to_string(), NodeRef::Custom(*n)).is_some() {
+            return Err(Error::new(
+                ErrorCode::Config,
+                format!("two node types are named `{}`; node names must be unique (model nodes are `<Model><Op>Node`)", n.name()),
+            ));
+        }
+    }
+    Ok(nodes)
 }
 
 /// Models ordered so every foreign-key target comes before its referrers.
@@ -289,7 +345,7 @@ fn creation_order(models: &[&'static ModelSchema]) -> Vec<&'static ModelSchema> 
     done
 }
 
-fn boot(config: Config, target: Target, models: Vec<&'static ModelSchema>, nodes: HashMap<String, (usize, Op)>) -> Result<DataFlow> {
+fn boot(config: Config, target: Target, models: Vec<&'static ModelSchema>, nodes: HashMap<String, NodeRef>) -> Result<DataFlow> {
     let mut conn = target.connect(config.connect_timeout())?;
     if config.creates_tables() {
         let dialect = target.dialect();

@@ -33,6 +33,8 @@ pub enum ErrorCode {
     NotSupported,
     /// The database reported an error the caller did not cause.
     Database,
+    /// A workflow run exceeded its timeout.
+    Timeout,
     /// A bug or an unexpected state inside the framework.
     Internal,
 }
@@ -51,6 +53,7 @@ impl ErrorCode {
             ErrorCode::NotAllowed => "not_allowed",
             ErrorCode::NotSupported => "not_supported",
             ErrorCode::Database => "database",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
         }
     }
@@ -70,6 +73,8 @@ pub struct Error {
     model: Option<String>,
     field: Option<String>,
     node: Option<String>,
+    /// The outputs of the workflow nodes that completed before the failure.
+    completed: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl Error {
@@ -80,6 +85,7 @@ impl Error {
             model: None,
             field: None,
             node: None,
+            completed: None,
         }
     }
 
@@ -111,6 +117,17 @@ impl Error {
     pub fn with_node(mut self, node: impl Into<String>) -> Self {
         self.node = Some(node.into());
         self
+    }
+
+    pub fn with_completed(mut self, results: serde_json::Map<String, serde_json::Value>) -> Self {
+        self.completed = Some(Box::new(results));
+        self
+    }
+
+    /// For a failed workflow run: the outputs of the nodes that did complete,
+    /// keyed by node id.
+    pub fn completed(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.completed.as_deref()
     }
 
     /// The stable code as a string: `"validation"`, `"not_found"`, ...

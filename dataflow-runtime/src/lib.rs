@@ -30,23 +30,28 @@ mod config;
 mod dataflow;
 mod error;
 mod filter;
+mod node;
 pub mod nodes;
 pub mod schema;
 mod sql;
 mod value;
+mod workflow;
 
 pub use crate::backend::AnyConnection;
 pub use crate::config::Config;
 pub use crate::dataflow::{DataFlow, DataFlowBuilder};
 pub use crate::error::{Error, ErrorCode, Result};
+pub use crate::node::{MergeNode, Node, NodeContext, NodeFuture, SwitchNode};
 pub use crate::schema::{Model, ModelSchema};
 pub use crate::sql::Dialect;
-pub use dataflow_macros::model;
+pub use crate::workflow::{ConnectionSpec, NodeSpec, Run, Workflow, WorkflowBuilder, WorkflowRuntime, WorkflowSpec};
+pub use dataflow_macros::{model, node};
 
 /// Used by the code `#[dataflow::model]` generates; not a public API.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::dataflow::MODELS;
+    pub use crate::node::NODES;
     pub use linkme;
     pub use serde;
 }

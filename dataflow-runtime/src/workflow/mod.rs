@@ -1,0 +1,536 @@
+//! Workflows: nodes chained by connections, with `{{input}}` templates,
+//! validated when built and run by a concurrent runtime.
+
+mod run;
+mod template;
+
+pub use run::{Run, WorkflowRuntime};
+
+use crate::dataflow::NodeRef;
+use crate::error::{Error, ErrorCode, Result};
+use crate::value::suggest;
+use crate::DataFlow;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use template::Tpl;
+
+/// The stable, serializable form of a workflow (`"version": 1`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowSpec {
+    #[serde(default = "spec_version")]
+    pub version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub nodes: Vec<NodeSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connections: Vec<ConnectionSpec>,
+    /// Declared run inputs (name → JSON Schema). When any are declared,
+    /// templates may only name declared inputs.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub inputs: Map<String, Value>,
+    /// Run every model node in one database transaction.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transactional: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+fn spec_version() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub node_type: String,
+    #[serde(default)]
+    pub params: Value,
+}
+
+/// `from`'s output at path `output` becomes `to`'s input at path `input`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionSpec {
+    pub from: String,
+    pub output: String,
+    pub to: String,
+    pub input: String,
+}
+
+/// Builds a [`Workflow`]. Methods take `&mut self`, so both chained and
+/// statement styles work.
+#[derive(Debug, Clone)]
+pub struct WorkflowBuilder {
+    spec: WorkflowSpec,
+}
+
+impl Default for WorkflowBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WorkflowBuilder {
+    pub fn new() -> Self {
+        WorkflowBuilder {
+            spec: WorkflowSpec {
+                version: 1,
+                description: None,
+                nodes: Vec::new(),
+                connections: Vec::new(),
+                inputs: Map::new(),
+                transactional: false,
+                timeout_ms: None,
+            },
+        }
+    }
+
+    /// Adds a node of type `node_type` (e.g. `"UserCreateNode"`) named `id`.
+    pub fn add_node(&mut self, node_type: impl Into<String>, id: impl Into<String>, params: Value) -> &mut Self {
+        self.spec.nodes.push(NodeSpec { id: id.into(), node_type: node_type.into(), params });
+        self
+    }
+
+    /// Feeds `from_node`'s output at `from_output` (a dotted path such as
+    /// `"record.id"` or `"records.0.email"`) into `to_node`'s input at `to_input`.
+    pub fn add_connection(
+        &mut self,
+        from_node: impl Into<String>,
+        from_output: impl Into<String>,
+        to_node: impl Into<String>,
+        to_input: impl Into<String>,
+    ) -> &mut Self {
+        self.spec.connections.push(ConnectionSpec {
+            from: from_node.into(),
+            output: from_output.into(),
+            to: to_node.into(),
+            input: to_input.into(),
+        });
+        self
+    }
+
+    /// Declares a run input with its JSON Schema (optional: undeclared
+    /// inputs are derived from the templates).
+    pub fn declare_input(&mut self, name: impl Into<String>, schema: Value) -> &mut Self {
+        self.spec.inputs.insert(name.into(), schema);
+        self
+    }
+
+    pub fn description(&mut self, text: impl Into<String>) -> &mut Self {
+        self.spec.description = Some(text.into());
+        self
+    }
+
+    /// Runs all model nodes on one connection in one transaction: they
+    /// commit or roll back together (nodes then run one at a time).
+    pub fn transactional(&mut self, on: bool) -> &mut Self {
+        self.spec.transactional = on;
+        self
+    }
+
+    pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.spec.timeout_ms = Some(timeout.as_millis() as u64);
+        self
+    }
+
+    /// Validates everything that can be checked before running.
+    pub fn build(&self, db: &DataFlow) -> Result<Workflow> {
+        Workflow::from_spec(db, self.spec.clone())
+    }
+}
+
+/// One path segment: an object key or an array index.
+pub(crate) type Path = Vec<String>;
+
+fn parse_path(p: &str) -> Option<Path> {
+    let segs: Path = p.split('.').map(str::to_string).collect();
+    (!p.is_empty() && segs.iter().all(|s| !s.is_empty())).then_some(segs)
+}
+
+pub(crate) fn get_path<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |cur, seg| match cur {
+        Value::Object(m) => m.get(seg),
+        Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    })
+}
+
+pub(crate) fn set_path(target: &mut Value, path: &[String], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        *target = value;
+        return;
+    };
+    let mut cur = target;
+    for seg in parents {
+        if !cur.is_object() {
+            *cur = Value::Object(Map::new());
+        }
+        cur = cur.as_object_mut().expect("object").entry(seg.clone()).or_insert(Value::Null);
+    }
+    if !cur.is_object() {
+        *cur = Value::Object(Map::new());
+    }
+    cur.as_object_mut().expect("object").insert(last.clone(), value);
+}
+
+#[derive(Clone)]
+pub(crate) struct Edge {
+    pub from: usize,
+    pub from_path: Path,
+    pub to_path: Path,
+}
+
+pub(crate) struct PlanNode {
+    pub id: String,
+    pub node_type: String,
+    pub kind: NodeRef,
+    pub params: Tpl,
+    /// Top-level parameters the node's schema does not require.
+    pub optional: Vec<String>,
+    pub incoming: Vec<Edge>,
+    pub dependents: Vec<usize>,
+    pub sources: usize,
+}
+
+pub(crate) struct Plan {
+    pub spec: WorkflowSpec,
+    pub nodes: Vec<PlanNode>,
+    /// A topological order.
+    pub order: Vec<usize>,
+    pub input_schema: Value,
+    pub timeout: Option<Duration>,
+}
+
+/// A validated workflow; cheap to clone and share.
+#[derive(Clone)]
+pub struct Workflow {
+    pub(crate) plan: Arc<Plan>,
+}
+
+impl std::fmt::Debug for Workflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workflow").field("nodes", &self.plan.spec.nodes.len()).finish()
+    }
+}
+
+fn build_error(node: &str, msg: impl Into<String>) -> Error {
+    Error::new(ErrorCode::Validation, msg.into()).with_node(node)
+}
+
+fn properties(schema: &Value) -> Option<&Map<String, Value>> {
+    schema.get("properties").and_then(Value::as_object)
+}
+
+fn closed(schema: &Value) -> bool {
+    schema.get("additionalProperties") == Some(&Value::Bool(false))
+}
+
+fn did_you_mean<'a>(name: &str, options: impl IntoIterator<Item = &'a str>) -> String {
+    suggest(name, options).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default()
+}
+
+/// The schema at `path` inside a node input schema, following
+/// `properties`, `items` and the first alternative of `anyOf`.
+fn schema_at<'a>(schema: &'a Value, path: &[String]) -> Option<&'a Value> {
+    let mut cur = schema;
+    for seg in path {
+        cur = if let Some(p) = properties(cur).and_then(|p| p.get(seg)) {
+            p
+        } else if let Some(items) = cur.get("items") {
+            items
+        } else if let Some(first) = cur.get("anyOf").and_then(|a| a.get(0)) {
+            properties(first).and_then(|p| p.get(seg))?
+        } else {
+            return None;
+        };
+    }
+    Some(cur)
+}
+
+impl Workflow {
+    /// Rebuilds a workflow from its JSON form, with the same validation.
+    pub fn from_json(db: &DataFlow, json: Value) -> Result<Workflow> {
+        let spec: WorkflowSpec = serde_json::from_value(json)
+            .map_err(|e| Error::new(ErrorCode::Validation, format!("invalid workflow JSON: {e}")))?;
+        if spec.version != 1 {
+            return Err(Error::new(ErrorCode::Validation, format!("unsupported workflow version {}; this build reads version 1", spec.version)));
+        }
+        Workflow::from_spec(db, spec)
+    }
+
+    /// The JSON form (stable, `"version": 1`).
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(&self.plan.spec).expect("a workflow spec serializes")
+    }
+
+    pub fn spec(&self) -> &WorkflowSpec {
+        &self.plan.spec
+    }
+
+    /// The JSON Schema of the run inputs, derived from the templates and the
+    /// parameter schemas of the nodes they feed.
+    pub fn input_schema(&self) -> &Value {
+        &self.plan.input_schema
+    }
+
+    pub fn node_ids(&self) -> impl Iterator<Item = &str> {
+        self.plan.nodes.iter().map(|n| n.id.as_str())
+    }
+
+    fn from_spec(db: &DataFlow, spec: WorkflowSpec) -> Result<Workflow> {
+        if spec.nodes.is_empty() {
+            return Err(Error::new(ErrorCode::Validation, "a workflow needs at least one node"));
+        }
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut nodes = Vec::with_capacity(spec.nodes.len());
+        for (i, n) in spec.nodes.iter().enumerate() {
+            if n.id.is_empty() || n.id.contains('.') {
+                return Err(build_error(&n.id, format!("node id `{}` must be non-empty and contain no `.`", n.id)));
+            }
+            if index.insert(&n.id, i).is_some() {
+                return Err(build_error(&n.id, format!("two nodes have the id `{}`", n.id)));
+            }
+            let kind = db.lookup(&n.node_type).map_err(|e| {
+                Error::new(ErrorCode::UnknownNode, format!("node `{}`: {}", n.id, e.message())).with_node(&n.id)
+            })?;
+            let params = match &n.params {
+                Value::Null => Value::Object(Map::new()),
+                v @ Value::Object(_) => v.clone(),
+                _ => return Err(build_error(&n.id, format!("node `{}`: params must be an object", n.id))),
+            };
+            let schema = kind.input_schema();
+            if closed(&schema) {
+                let props = properties(&schema).cloned().unwrap_or_default();
+                for key in params.as_object().expect("object").keys() {
+                    if !props.contains_key(key) {
+                        return Err(build_error(
+                            &n.id,
+                            format!("node `{}` ({}) has no input `{key}`{}", n.id, n.node_type, did_you_mean(key, props.keys().map(String::as_str))),
+                        ));
+                    }
+                }
+            }
+            let required: Vec<&str> = schema.get("required").and_then(Value::as_array).map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            let optional = properties(&schema)
+                .map(|p| p.keys().filter(|k| !required.contains(&k.as_str())).cloned().collect())
+                .unwrap_or_default();
+            nodes.push(PlanNode {
+                id: n.id.clone(),
+                node_type: n.node_type.clone(),
+                kind,
+                params: template::compile(&params),
+                optional,
+                incoming: Vec::new(),
+                dependents: Vec::new(),
+                sources: 0,
+            });
+        }
+
+        for c in &spec.connections {
+            let find = |id: &str, role: &str| {
+                index.get(id).copied().ok_or_else(|| {
+                    build_error(id, format!("a connection {role} `{id}`, which is not a node of this workflow{}", did_you_mean(id, index.keys().copied())))
+                })
+            };
+            let from = find(&c.from, "comes from")?;
+            let to = find(&c.to, "goes to")?;
+            if from == to {
+                return Err(build_error(&c.to, format!("node `{}` is connected to itself", c.to)));
+            }
+            let bad_path = |p: &str| build_error(&c.to, format!("connection {} → {}: `{p}` is not a dotted path such as `record.id`", c.from, c.to));
+            let from_path = parse_path(&c.output).ok_or_else(|| bad_path(&c.output))?;
+            let to_path = parse_path(&c.input).ok_or_else(|| bad_path(&c.input))?;
+            let target = &nodes[to];
+            let schema = target.kind.input_schema();
+            if closed(&schema) {
+                let props = properties(&schema).cloned().unwrap_or_default();
+                if !props.contains_key(&to_path[0]) {
+                    return Err(build_error(
+                        &c.to,
+                        format!(
+                            "connection {} → {}: node `{}` ({}) has no input `{}`{}",
+                            c.from, c.to, c.to, target.node_type, to_path[0], did_you_mean(&to_path[0], props.keys().map(String::as_str))
+                        ),
+                    ));
+                }
+            }
+            if target.incoming.iter().any(|e| e.to_path == to_path) {
+                return Err(build_error(&c.to, format!("two connections feed `{}` of node `{}`", c.input, c.to)));
+            }
+            nodes[to].incoming.push(Edge { from, from_path, to_path });
+        }
+        for i in 0..nodes.len() {
+            let mut sources: Vec<usize> = nodes[i].incoming.iter().map(|e| e.from).collect();
+            sources.sort_unstable();
+            sources.dedup();
+            nodes[i].sources = sources.len();
+            for s in sources {
+                nodes[s].dependents.push(i);
+            }
+        }
+        let order = topological_order(&nodes)?;
+
+        // Every required input of every node must be supplied.
+        for n in &nodes {
+            let schema = n.kind.input_schema();
+            let given: Vec<&str> = match &n.params {
+                Tpl::Object(items) => items.iter().map(|(k, _)| k.as_str()).collect(),
+                Tpl::Literal(Value::Object(m)) => m.keys().map(String::as_str).collect(),
+                _ => Vec::new(),
+            };
+            for req in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+                if !given.contains(&req) && !n.incoming.iter().any(|e| e.to_path[0] == req) {
+                    return Err(build_error(
+                        &n.id,
+                        format!("node `{}` ({}) needs `{req}`, but neither its params nor a connection supply it", n.id, n.node_type),
+                    ));
+                }
+            }
+        }
+
+        let input_schema = derive_input_schema(&spec, &nodes)?;
+        let timeout = spec.timeout_ms.map(Duration::from_millis);
+        Ok(Workflow {
+            plan: Arc::new(Plan { spec, nodes, order, input_schema, timeout }),
+        })
+    }
+}
+
+fn topological_order(nodes: &[PlanNode]) -> Result<Vec<usize>> {
+    let mut waiting: Vec<usize> = nodes.iter().map(|n| n.sources).collect();
+    let mut ready: Vec<usize> = (0..nodes.len()).filter(|i| waiting[*i] == 0).collect();
+    ready.reverse();
+    let mut order = Vec::with_capacity(nodes.len());
+    while let Some(i) = ready.pop() {
+        order.push(i);
+        for &d in &nodes[i].dependents {
+            waiting[d] -= 1;
+            if waiting[d] == 0 {
+                ready.push(d);
+            }
+        }
+    }
+    if order.len() < nodes.len() {
+        let cycle: Vec<&str> = (0..nodes.len()).filter(|i| waiting[*i] > 0).map(|i| nodes[i].id.as_str()).collect();
+        return Err(build_error(cycle[0], format!("the connections form a cycle through nodes {}", cycle.join(", "))));
+    }
+    Ok(order)
+}
+
+/// Run inputs: each template's type comes from the parameter it fills; an
+/// input is required unless every use is an optional top-level parameter.
+fn derive_input_schema(spec: &WorkflowSpec, nodes: &[PlanNode]) -> Result<Value> {
+    let mut props: BTreeMap<String, Value> = BTreeMap::new();
+    let mut required: BTreeMap<String, bool> = BTreeMap::new();
+    for n in nodes {
+        let node_schema = n.kind.input_schema();
+        for r in n.params.refs() {
+            if !spec.inputs.is_empty() && !spec.inputs.contains_key(&r.name) {
+                return Err(build_error(
+                    &n.id,
+                    format!(
+                        "node `{}` uses the template `{{{{{}}}}}`, but the workflow declares no input `{}`{}",
+                        n.id,
+                        r.name,
+                        r.name,
+                        did_you_mean(&r.name, spec.inputs.keys().map(String::as_str))
+                    ),
+                ));
+            }
+            let omittable = r.whole && r.path.len() == 1 && n.optional.contains(&r.path[0]);
+            *required.entry(r.name.clone()).or_insert(false) |= !omittable;
+            let schema = if r.whole {
+                schema_at(&node_schema, &r.path).cloned().unwrap_or(json!({}))
+            } else {
+                json!({"type": ["string", "number", "integer", "boolean"]})
+            };
+            let schema = strip_default(schema);
+            let entry = props.entry(r.name.clone()).or_insert(Value::Null);
+            if entry.is_null() || entry == &json!({}) {
+                *entry = schema;
+            }
+        }
+    }
+    for (name, schema) in &spec.inputs {
+        props.insert(name.clone(), schema.clone());
+        required.entry(name.clone()).or_insert(false);
+    }
+    let required: Vec<&String> = required.iter().filter(|(_, r)| **r).map(|(k, _)| k).collect();
+    Ok(json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "properties": props,
+        "required": required,
+        "additionalProperties": false
+    }))
+}
+
+fn strip_default(mut schema: Value) -> Value {
+    if let Value::Object(m) = &mut schema {
+        m.remove("default");
+    }
+    schema
+}
+
+/// Checks a value against the subset of JSON Schema the derived input
+/// schemas use: `type`, `anyOf`, `enum`, `minimum`, `maximum`, `maxLength`, `items`.
+pub(crate) fn check(schema: &Value, v: &Value) -> std::result::Result<(), String> {
+    if let Some(any) = schema.get("anyOf").and_then(Value::as_array) {
+        let errs: Vec<String> = any.iter().filter_map(|s| check(s, v).err()).collect();
+        if errs.len() == any.len() {
+            return Err(errs.join(", or "));
+        }
+    }
+    if let Some(t) = schema.get("type") {
+        let types: Vec<&str> = match t {
+            Value::String(s) => vec![s.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        let fits = |t: &str| match t {
+            "string" => v.is_string(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            "array" => v.is_array(),
+            "object" => v.is_object(),
+            "null" => v.is_null(),
+            _ => true,
+        };
+        if !types.is_empty() && !types.iter().any(|t| fits(t)) {
+            return Err(format!("expected {}, got {}", types.join(" or "), crate::value::describe(v)));
+        }
+    }
+    if let Some(e) = schema.get("enum").and_then(Value::as_array) {
+        if !e.contains(v) {
+            return Err(format!("expected one of {}", Value::Array(e.clone())));
+        }
+    }
+    if let (Some(min), Some(x)) = (schema.get("minimum").and_then(Value::as_f64), v.as_f64()) {
+        if x < min {
+            return Err(format!("must be at least {min}"));
+        }
+    }
+    if let (Some(max), Some(x)) = (schema.get("maximum").and_then(Value::as_f64), v.as_f64()) {
+        if x > max {
+            return Err(format!("must be at most {max}"));
+        }
+    }
+    if let (Some(max), Some(s)) = (schema.get("maxLength").and_then(Value::as_u64), v.as_str()) {
+        if s.chars().count() as u64 > max {
+            return Err(format!("must be at most {max} characters"));
+        }
+    }
+    if let (Some(items), Some(a)) = (schema.get("items"), v.as_array()) {
+        for (i, item) in a.iter().enumerate() {
+            check(items, item).map_err(|e| format!("item {i}: {e}"))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,375 @@
+//! The workflow runtime: independent nodes run concurrently, a failed node
+//! stops its dependants, and a transactional run puts every model node on
+//! one connection in one transaction.
+
+use super::{check, get_path, set_path, Plan, Workflow};
+use crate::backend::{AnyConnection, Conn};
+use crate::dataflow::NodeRef;
+use crate::error::{Error, ErrorCode, Result};
+use crate::DataFlow;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+/// The outcome of a successful run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    pub run_id: String,
+    /// Node id → output.
+    pub results: Map<String, Value>,
+    /// Node id → how long the node took.
+    pub timings: BTreeMap<String, Duration>,
+    /// Nodes not run because a switch routed around them.
+    pub skipped: Vec<String>,
+    pub duration: Duration,
+}
+
+/// Runs workflows against a [`DataFlow`]; get one with `db.runtime()`.
+#[derive(Clone, Debug)]
+pub struct WorkflowRuntime {
+    db: DataFlow,
+}
+
+impl DataFlow {
+    /// The workflow runtime over this database.
+    pub fn runtime(&self) -> WorkflowRuntime {
+        WorkflowRuntime { db: self.clone() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Status {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    /// Routed around by a switch.
+    Skipped,
+    /// An upstream node failed.
+    Blocked,
+}
+
+/// What happens to a node whose upstream nodes have all settled.
+enum Next {
+    Run(Value),
+    Skip,
+    Fail(Error),
+}
+
+/// The bookkeeping shared by the concurrent and the transactional runner.
+struct State<'p> {
+    plan: &'p Plan,
+    inputs: Map<String, Value>,
+    status: Vec<Status>,
+    outputs: Vec<Option<Value>>,
+    timings: BTreeMap<String, Duration>,
+    error: Option<Error>,
+}
+
+impl<'p> State<'p> {
+    fn new(plan: &'p Plan, inputs: Map<String, Value>) -> Self {
+        let n = plan.nodes.len();
+        State { plan, inputs, status: vec![Status::Pending; n], outputs: vec![None; n], timings: BTreeMap::new(), error: None }
+    }
+
+    /// The input of node `i`: its rendered params plus its connections.
+    fn next(&self, i: usize) -> Next {
+        let node = &self.plan.nodes[i];
+        if self.status[i] == Status::Blocked {
+            return Next::Skip;
+        }
+        let joins_any = node.kind.joins_any();
+        let mut input = match node.params.render(&self.inputs, &|k| node.optional.iter().any(|o| o == k)) {
+            Ok(v) => v.unwrap_or(Value::Object(Map::new())),
+            Err(name) => {
+                return Next::Fail(
+                    Error::new(ErrorCode::Validation, format!("node `{}`: the run input `{name}` is missing", node.id)).with_field(name),
+                )
+            }
+        };
+        let mut delivered = 0;
+        for e in &node.incoming {
+            let src = &self.plan.nodes[e.from];
+            match (&self.status[e.from], &self.outputs[e.from]) {
+                (Status::Done, Some(out)) => match get_path(out, &e.from_path) {
+                    Some(v) => {
+                        set_path(&mut input, &e.to_path, v.clone());
+                        delivered += 1;
+                    }
+                    // The branch a switch did not take.
+                    None if matches!(e.from_path[0].as_str(), "true_output" | "false_output") && out.get("branch").is_some() => {
+                        if !joins_any {
+                            return Next::Skip;
+                        }
+                    }
+                    None => {
+                        return Next::Fail(Error::new(
+                            ErrorCode::Validation,
+                            format!(
+                                "node `{}`: the output of `{}` ({}) has no `{}` to connect",
+                                node.id,
+                                src.id,
+                                src.node_type,
+                                e.from_path.join(".")
+                            ),
+                        ))
+                    }
+                },
+                _ if !joins_any => return Next::Skip,
+                _ => {}
+            }
+        }
+        if joins_any && delivered == 0 && !node.incoming.is_empty() {
+            return Next::Skip;
+        }
+        Next::Run(input)
+    }
+
+    fn finish(&mut self, i: usize, result: Result<Value>, took: Duration) {
+        let node = &self.plan.nodes[i];
+        self.timings.insert(node.id.clone(), took);
+        match result {
+            Ok(v) => {
+                self.status[i] = Status::Done;
+                self.outputs[i] = Some(v);
+            }
+            Err(e) => self.fail(i, e),
+        }
+    }
+
+    fn fail(&mut self, i: usize, e: Error) {
+        let node = &self.plan.nodes[i];
+        self.status[i] = Status::Failed;
+        if self.error.is_none() {
+            let message = if e.message().contains(&format!("node `{}`", node.id)) {
+                e.message().to_string()
+            } else {
+                format!("node `{}` ({}) failed: {}", node.id, node.node_type, e.message())
+            };
+            let mut err = Error::new(e.kind(), message).with_node(&node.id);
+            if let Some(m) = e.model() {
+                err = err.with_model(m);
+            }
+            if let Some(f) = e.field() {
+                err = err.with_field(f);
+            }
+            self.error = Some(err);
+        }
+        // Everything downstream of a failure does not run.
+        let mut stack = node.dependents.clone();
+        while let Some(d) = stack.pop() {
+            if self.status[d] == Status::Pending {
+                self.status[d] = Status::Blocked;
+                stack.extend(self.plan.nodes[d].dependents.iter().copied());
+            }
+        }
+    }
+
+    fn results(&self) -> Map<String, Value> {
+        self.plan
+            .nodes
+            .iter()
+            .zip(&self.outputs)
+            .filter_map(|(n, o)| o.as_ref().map(|v| (n.id.clone(), v.clone())))
+            .collect()
+    }
+
+    fn into_run(self, run_id: String, started: Instant) -> Result<Run> {
+        let results = self.results();
+        if let Some(e) = self.error {
+            return Err(e.with_completed(results));
+        }
+        let skipped = self.plan.nodes.iter().zip(&self.status).filter(|(_, s)| **s == Status::Skipped).map(|(n, _)| n.id.clone()).collect();
+        Ok(Run { run_id, results, timings: self.timings, skipped, duration: started.elapsed() })
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a panic".into())
+}
+
+impl WorkflowRuntime {
+    /// Runs `workflow` with `inputs` (an object matching its input schema).
+    pub async fn execute(&self, workflow: &Workflow, inputs: Value) -> Result<Run> {
+        self.execute_with_id(workflow, inputs, uuid::Uuid::now_v7().to_string()).await
+    }
+
+    /// Like [`execute`](Self::execute) with a caller-chosen run id.
+    pub async fn execute_with_id(&self, workflow: &Workflow, inputs: Value, run_id: String) -> Result<Run> {
+        let plan = &workflow.plan;
+        let inputs = validate_inputs(plan, inputs)?;
+        if plan.spec.transactional {
+            self.run_transactional(workflow.clone(), inputs, run_id).await
+        } else {
+            self.run_concurrent(plan, inputs, run_id).await
+        }
+    }
+
+    async fn run_concurrent(&self, plan: &Plan, inputs: Map<String, Value>, run_id: String) -> Result<Run> {
+        let started = Instant::now();
+        let deadline = plan.timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut state = State::new(plan, inputs);
+        let mut waiting: Vec<usize> = plan.nodes.iter().map(|n| n.sources).collect();
+        let mut set: JoinSet<(usize, Result<Value>, Duration)> = JoinSet::new();
+        let mut tasks: HashMap<tokio::task::Id, usize> = HashMap::new();
+        let mut ready: Vec<usize> = plan.order.iter().copied().filter(|i| waiting[*i] == 0).collect();
+        loop {
+            while let Some(i) = ready.pop() {
+                match state.next(i) {
+                    Next::Run(input) => {
+                        state.status[i] = Status::Running;
+                        let node = &plan.nodes[i];
+                        let (db, kind, id, run) = (self.db.clone(), node.kind, node.id.clone(), run_id.clone());
+                        let handle = set.spawn(async move {
+                            let t = Instant::now();
+                            let r = db.execute_ref(kind, &id, input, Some(&run)).await;
+                            (i, r, t.elapsed())
+                        });
+                        tasks.insert(handle.id(), i);
+                    }
+                    Next::Fail(e) => state.fail(i, e),
+                    Next::Skip => {
+                        if state.status[i] == Status::Pending {
+                            state.status[i] = Status::Skipped;
+                        }
+                        release(plan, &mut waiting, &mut ready, i);
+                    }
+                }
+            }
+            let joined = match deadline {
+                None => set.join_next_with_id().await,
+                Some(d) => match tokio::time::timeout_at(d, set.join_next_with_id()).await {
+                    Ok(j) => j,
+                    Err(_) => {
+                        set.abort_all();
+                        let ms = plan.timeout.unwrap_or_default().as_millis();
+                        let running: Vec<&str> = (0..plan.nodes.len()).filter(|i| state.status[*i] == Status::Running).map(|i| plan.nodes[i].id.as_str()).collect();
+                        let e = Error::new(ErrorCode::Timeout, format!("the workflow run exceeded its timeout of {ms} ms (still running: {})", running.join(", ")));
+                        let e = match running.first() {
+                            Some(n) => e.with_node(*n),
+                            None => e,
+                        };
+                        return Err(e.with_completed(state.results()));
+                    }
+                },
+            };
+            let Some(joined) = joined else { break };
+            match joined {
+                Ok((_, (i, result, took))) => {
+                    state.finish(i, result, took);
+                    if state.status[i] == Status::Done {
+                        release(plan, &mut waiting, &mut ready, i);
+                    }
+                }
+                Err(e) => {
+                    let i = tasks[&e.id()];
+                    let why = if e.is_panic() { panic_message(&*e.into_panic()) } else { "it was cancelled".into() };
+                    state.fail(i, Error::new(ErrorCode::Internal, format!("node `{}` panicked: {why}", plan.nodes[i].id)));
+                }
+            }
+        }
+        state.into_run(run_id, started)
+    }
+
+    async fn run_transactional(&self, workflow: Workflow, inputs: Map<String, Value>, run_id: String) -> Result<Run> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let plan = &*workflow.plan;
+            let deadline = plan.timeout.map(|t| started + t);
+            let mut conn = db.connection()?;
+            let mut state = State::new(plan, inputs);
+            // Any failure rolls every model node back; `state` keeps what ran.
+            let outcome = match &mut *conn {
+                AnyConnection::Sqlite(c) => c.write_transaction(|c| run_in_order(&db, c, &mut state, &run_id, deadline)),
+                AnyConnection::Postgresql(c) => c.write_transaction(|c| run_in_order(&db, c, &mut state, &run_id, deadline)),
+            };
+            match outcome {
+                Ok(()) => state.into_run(run_id, started),
+                Err(e) => Err(state.error.take().unwrap_or(e).with_completed(state.results())),
+            }
+        })
+        .await
+        .map_err(|e| Error::internal(format!("workflow task failed: {e}")))?
+    }
+}
+
+/// Marks node `i` settled for its dependents and queues those now ready.
+fn release(plan: &Plan, waiting: &mut [usize], ready: &mut Vec<usize>, i: usize) {
+    for &d in &plan.nodes[i].dependents {
+        waiting[d] -= 1;
+        if waiting[d] == 0 {
+            ready.push(d);
+        }
+    }
+}
+
+/// The transactional body: nodes in topological order on one connection.
+/// Returning an error rolls the transaction back.
+fn run_in_order<C: Conn>(db: &DataFlow, conn: &mut C, state: &mut State, run_id: &str, deadline: Option<Instant>) -> Result<()> {
+    let plan = state.plan;
+    for &i in &plan.order {
+        if let Some(d) = deadline {
+            if Instant::now() > d {
+                let ms = plan.timeout.unwrap_or_default().as_millis();
+                let e = Error::new(ErrorCode::Timeout, format!("the workflow run exceeded its timeout of {ms} ms; nothing was committed"))
+                    .with_node(&plan.nodes[i].id);
+                state.error = Some(e.clone());
+                return Err(e);
+            }
+        }
+        match state.next(i) {
+            Next::Run(input) => {
+                let node = &plan.nodes[i];
+                let t = Instant::now();
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match node.kind {
+                    NodeRef::Model(m, op) => db.run_model_on(conn, m, op, &input),
+                    NodeRef::Custom(_) => db.execute_ref_blocking_custom(node.kind, &node.id, &input, run_id),
+                }))
+                .unwrap_or_else(|p| Err(Error::new(ErrorCode::Internal, format!("node `{}` panicked: {}", node.id, panic_message(&*p)))));
+                state.finish(i, r, t.elapsed());
+            }
+            Next::Fail(e) => state.fail(i, e),
+            Next::Skip => {
+                if state.status[i] == Status::Pending {
+                    state.status[i] = Status::Skipped;
+                }
+            }
+        }
+        if let Some(e) = &state.error {
+            return Err(e.clone());
+        }
+    }
+    Ok(())
+}
+
+/// Checks run inputs against the workflow's input schema.
+fn validate_inputs(plan: &Plan, inputs: Value) -> Result<Map<String, Value>> {
+    let map = match inputs {
+        Value::Object(m) => m,
+        Value::Null => Map::new(),
+        other => {
+            return Err(Error::new(ErrorCode::Validation, format!("workflow inputs must be an object, got {}", crate::value::describe(&other))))
+        }
+    };
+    let schema = &plan.input_schema;
+    let props = schema["properties"].as_object().cloned().unwrap_or_default();
+    for (k, v) in &map {
+        let Some(s) = props.get(k) else {
+            let hint = crate::value::suggest(k, props.keys().map(String::as_str)).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+            return Err(Error::new(
+                ErrorCode::Validation,
+                format!("unknown workflow input `{k}`{hint}; the inputs are: {}", props.keys().cloned().collect::<Vec<_>>().join(", ")),
+            )
+            .with_field(k));
+        };
+        check(s, v).map_err(|e| Error::new(ErrorCode::Validation, format!("workflow input `{k}`: {e}")).with_field(k))?;
+    }
+    for req in schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        if !map.contains_key(req) {
+            return Err(Error::new(ErrorCode::Validation, format!("missing required workflow input `{req}`")).with_field(req));
+        }
+    }
+    Ok(map)
+}

@@ -1,0 +1,219 @@
+//! `{{name}}` / `${name}` templates in node parameters, compiled once at
+//! build time. A string that is exactly one template takes the input's JSON
+//! value (and type); templates inside longer strings are interpolated as
+//! text. Anything else, such as SQL's `$1`, is left alone.
+
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone)]
+pub enum Tpl {
+    /// No templates inside.
+    Literal(Value),
+    /// The whole string is one template.
+    Whole(String),
+    Text(Vec<Piece>),
+    Array(Vec<Tpl>),
+    Object(Vec<(String, Tpl)>),
+}
+
+#[derive(Debug, Clone)]
+pub enum Piece {
+    Lit(String),
+    Input(String),
+}
+
+/// A template reference and where it sits in the parameters.
+#[derive(Debug, Clone)]
+pub struct Ref {
+    pub name: String,
+    pub path: Vec<String>,
+    pub whole: bool,
+}
+
+fn is_name(s: &str) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_') && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+}
+
+/// Splits a string into literal text and template names.
+fn pieces(s: &str) -> Vec<Piece> {
+    let mut out = Vec::new();
+    let mut lit = String::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let next = [("{{", "}}"), ("${", "}")]
+            .iter()
+            .filter_map(|(open, close)| rest.find(open).map(|i| (i, *open, *close)))
+            .min_by_key(|(i, _, _)| *i);
+        let Some((i, open, close)) = next else { break };
+        let after = &rest[i + open.len()..];
+        match after.find(close) {
+            Some(j) if is_name(after[..j].trim()) => {
+                lit.push_str(&rest[..i]);
+                if !lit.is_empty() {
+                    out.push(Piece::Lit(std::mem::take(&mut lit)));
+                }
+                out.push(Piece::Input(after[..j].trim().to_string()));
+                rest = &after[j + close.len()..];
+            }
+            _ => {
+                lit.push_str(&rest[..i + open.len()]);
+                rest = after;
+            }
+        }
+    }
+    lit.push_str(rest);
+    if !lit.is_empty() {
+        out.push(Piece::Lit(lit));
+    }
+    out
+}
+
+pub fn compile(v: &Value) -> Tpl {
+    let t = match v {
+        Value::String(s) => {
+            let p = pieces(s);
+            match p.as_slice() {
+                [Piece::Input(name)] => Tpl::Whole(name.clone()),
+                _ if p.iter().any(|x| matches!(x, Piece::Input(_))) => Tpl::Text(p),
+                _ => Tpl::Literal(v.clone()),
+            }
+        }
+        Value::Array(a) => Tpl::Array(a.iter().map(compile).collect()),
+        Value::Object(o) => Tpl::Object(o.iter().map(|(k, v)| (k.clone(), compile(v))).collect()),
+        _ => Tpl::Literal(v.clone()),
+    };
+    match t {
+        Tpl::Array(items) if items.iter().all(|t| matches!(t, Tpl::Literal(_))) => Tpl::Literal(v.clone()),
+        Tpl::Object(items) if items.iter().all(|(_, t)| matches!(t, Tpl::Literal(_))) => Tpl::Literal(v.clone()),
+        t => t,
+    }
+}
+
+impl Tpl {
+    pub fn refs(&self) -> Vec<Ref> {
+        let mut out = Vec::new();
+        self.collect(&mut Vec::new(), &mut out);
+        out
+    }
+
+    fn collect(&self, path: &mut Vec<String>, out: &mut Vec<Ref>) {
+        match self {
+            Tpl::Literal(_) => {}
+            Tpl::Whole(name) => out.push(Ref { name: name.clone(), path: path.clone(), whole: true }),
+            Tpl::Text(p) => {
+                for piece in p {
+                    if let Piece::Input(name) = piece {
+                        out.push(Ref { name: name.clone(), path: path.clone(), whole: false });
+                    }
+                }
+            }
+            Tpl::Array(items) => {
+                for (i, t) in items.iter().enumerate() {
+                    path.push(i.to_string());
+                    t.collect(path, out);
+                    path.pop();
+                }
+            }
+            Tpl::Object(items) => {
+                for (k, t) in items {
+                    path.push(k.clone());
+                    t.collect(path, out);
+                    path.pop();
+                }
+            }
+        }
+    }
+
+    /// Renders with `inputs`. `Ok(None)`: a whole-string template whose input
+    /// is missing (the caller decides whether the parameter may be omitted).
+    /// `Err(name)`: a missing input that cannot be omitted.
+    pub fn render(&self, inputs: &Map<String, Value>, omittable: &dyn Fn(&str) -> bool) -> Result<Option<Value>, String> {
+        self.render_at(inputs, omittable, 0)
+    }
+
+    fn render_at(&self, inputs: &Map<String, Value>, omittable: &dyn Fn(&str) -> bool, depth: usize) -> Result<Option<Value>, String> {
+        Ok(Some(match self {
+            Tpl::Literal(v) => v.clone(),
+            Tpl::Whole(name) => match inputs.get(name) {
+                Some(v) => v.clone(),
+                None => return Err(name.clone()),
+            },
+            Tpl::Text(p) => {
+                let mut s = String::new();
+                for piece in p {
+                    match piece {
+                        Piece::Lit(l) => s.push_str(l),
+                        Piece::Input(name) => match inputs.get(name) {
+                            Some(Value::String(v)) => s.push_str(v),
+                            Some(v) => s.push_str(&v.to_string()),
+                            None => return Err(name.clone()),
+                        },
+                    }
+                }
+                Value::String(s)
+            }
+            Tpl::Array(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for t in items {
+                    out.push(t.render_at(inputs, omittable, depth + 1)?.unwrap_or(Value::Null));
+                }
+                Value::Array(out)
+            }
+            Tpl::Object(items) => {
+                let mut out = Map::new();
+                for (k, t) in items {
+                    match t.render_at(inputs, omittable, depth + 1) {
+                        Ok(Some(v)) => {
+                            out.insert(k.clone(), v);
+                        }
+                        Ok(None) => {}
+                        // A missing input for an optional top-level parameter omits it.
+                        Err(_) if depth == 0 && matches!(t, Tpl::Whole(_)) && omittable(k) => {}
+                        Err(name) => return Err(name),
+                    }
+                }
+                Value::Object(out)
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn render(t: &Value, inputs: Value) -> Result<Option<Value>, String> {
+        compile(t).render(inputs.as_object().unwrap(), &|k| k == "opt")
+    }
+
+    #[test]
+    fn whole_templates_keep_the_json_type() {
+        let out = render(&json!({"n": "{{n}}", "s": "${s}", "deep": [{"x": "{{ n }}"}]}), json!({"n": 5, "s": [1]}));
+        assert_eq!(out.unwrap().unwrap(), json!({"n": 5, "s": [1], "deep": [{"x": 5}]}));
+    }
+
+    #[test]
+    fn text_templates_interpolate_and_sql_placeholders_stay() {
+        let out = render(&json!({"q": "hi {{name}}, $1 and ${ and {{not a name}}"}), json!({"name": "Ann"}));
+        assert_eq!(out.unwrap().unwrap(), json!({"q": "hi Ann, $1 and ${ and {{not a name}}"}));
+        assert!(matches!(compile(&json!("$1")), Tpl::Literal(_)));
+    }
+
+    #[test]
+    fn missing_inputs_omit_optional_parameters_only() {
+        assert_eq!(render(&json!({"opt": "{{x}}", "a": 1}), json!({})).unwrap().unwrap(), json!({"a": 1}));
+        assert_eq!(render(&json!({"req": "{{x}}"}), json!({})).unwrap_err(), "x");
+        assert_eq!(render(&json!({"opt": "a {{x}}"}), json!({})).unwrap_err(), "x");
+    }
+
+    #[test]
+    fn refs_report_paths() {
+        let refs = compile(&json!({"filter": {"email": "{{email}}"}, "t": "x {{y}}"})).refs();
+        assert_eq!(refs.len(), 2);
+        assert_eq!(refs[0].path, ["filter", "email"]);
+        assert!(refs[0].whole);
+        assert!(!refs[1].whole);
+    }
+}
