@@ -250,6 +250,15 @@ fn schema_at<'a>(schema: &'a Value, path: &[String]) -> Option<&'a Value> {
             return None;
         };
     }
+    // A filter value is "the field's value, or an operator object": a
+    // template there stands for the value.
+    if let Some(any) = cur.get("anyOf").and_then(Value::as_array) {
+        let is_ops = |s: &Value| properties(s).is_some_and(|p| !p.is_empty() && p.keys().all(|k| k.starts_with('$')));
+        let values: Vec<&Value> = any.iter().filter(|s| !is_ops(s)).collect();
+        if values.len() == 1 && any.len() > 1 {
+            return Some(values[0]);
+        }
+    }
     Some(cur)
 }
 

@@ -1,0 +1,437 @@
+//! Workflows end to end: building, templating, connections, the concurrent
+//! and transactional runtime, custom nodes, on SQLite and PostgreSQL.
+
+mod support;
+
+use chrono::{DateTime, Utc};
+use dataflow::{DataFlow, Node, NodeContext, NodeFuture, Workflow, WorkflowBuilder};
+use serde_json::{json, Value};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use support::postgres;
+
+#[dataflow::model]
+pub struct User {
+    pub id: String,
+    #[field(unique)]
+    pub email: String,
+    pub full_name: Option<String>,
+    #[field(default = true)]
+    pub active: bool,
+}
+
+#[dataflow::model]
+pub struct Session {
+    pub id: String,
+    #[field(references = "User", on_delete = "cascade")]
+    pub user_id: String,
+    #[field(unique)]
+    pub token: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub struct Greet;
+
+#[dataflow::node]
+impl Node for Greet {
+    fn name(&self) -> &'static str {
+        "GreetNode"
+    }
+    fn input_schema(&self) -> Value {
+        json!({"type": "object", "properties": {"name": {"type": "string"}, "punct": {"type": "string"}}, "required": ["name"], "additionalProperties": false})
+    }
+    fn run<'a>(&'a self, ctx: &'a NodeContext, input: Value) -> NodeFuture<'a> {
+        Box::pin(async move {
+            let punct = input["punct"].as_str().unwrap_or("!");
+            Ok(json!({"greeting": format!("hello {}{punct}", input["name"].as_str().unwrap_or("?")), "node": ctx.node_id}))
+        })
+    }
+}
+
+pub struct Sleep;
+
+#[dataflow::node]
+impl Node for Sleep {
+    fn name(&self) -> &'static str {
+        "SleepNode"
+    }
+    fn input_schema(&self) -> Value {
+        json!({"type": "object", "properties": {"ms": {"type": "integer"}}, "required": ["ms"]})
+    }
+    fn run<'a>(&'a self, _ctx: &'a NodeContext, input: Value) -> NodeFuture<'a> {
+        Box::pin(async move {
+            let ms = input["ms"].as_u64().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(json!({"slept": ms}))
+        })
+    }
+}
+
+pub struct Boom;
+
+#[dataflow::node]
+impl Node for Boom {
+    fn name(&self) -> &'static str {
+        "BoomNode"
+    }
+    fn input_schema(&self) -> Value {
+        json!({"type": "object"})
+    }
+    fn run<'a>(&'a self, _ctx: &'a NodeContext, _input: Value) -> NodeFuture<'a> {
+        Box::pin(async move { panic!("boom went the node") })
+    }
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn sqlite_url(name: &str) -> String {
+    let dir = std::env::temp_dir().join("dataflow-tests");
+    std::fs::create_dir_all(&dir).unwrap();
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let path = dir.join(format!("wf-{name}-{}-{n}.db", std::process::id()));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    format!("sqlite://{}", path.display())
+}
+
+async fn on_each_backend<F, Fut>(name: &str, body: F)
+where
+    F: Fn(DataFlow) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut urls = vec![("sqlite", sqlite_url(name))];
+    if let Some(url) = postgres::fresh_database(name) {
+        urls.push(("postgres", url));
+    }
+    for (label, url) in urls {
+        eprintln!("--- {name} on {label}");
+        let db = DataFlow::builder(&url).build().await.unwrap_or_else(|e| panic!("boot on {label}: {e}"));
+        body(db).await;
+    }
+}
+
+async fn sqlite_db(name: &str) -> DataFlow {
+    DataFlow::builder(sqlite_url(name)).build().await.unwrap()
+}
+
+fn signup(db: &DataFlow) -> Workflow {
+    let mut wf = WorkflowBuilder::new();
+    wf.add_node("UserCreateNode", "create", json!({"email": "{{email}}", "full_name": "{{full_name}}"}));
+    wf.add_node("SessionCreateNode", "session", json!({"token": "{{token}}", "created_at": "{{now}}", "expires_at": "{{expires}}"}));
+    wf.add_connection("create", "id", "session", "user_id");
+    wf.build(db).unwrap()
+}
+
+fn signup_inputs(email: &str) -> Value {
+    json!({"email": email, "full_name": "Ann", "token": format!("t-{email}"), "now": "2026-01-01T00:00:00Z", "expires": "2026-01-02T00:00:00Z"})
+}
+
+async fn user_count(db: &DataFlow) -> i64 {
+    db.execute("UserCountNode", json!({})).await.unwrap()["count"].as_i64().unwrap()
+}
+
+#[tokio::test]
+async fn connections_feed_outputs_into_inputs() {
+    on_each_backend("connections", |db| async move {
+        let workflow = signup(&db);
+        let run = db.runtime().execute(&workflow, signup_inputs("a@x.io")).await.unwrap();
+        assert_eq!(run.results["session"]["user_id"], run.results["create"]["id"]);
+        assert_eq!(run.results["create"]["full_name"], "Ann");
+        assert_eq!(run.results["session"]["expires_at"], "2026-01-02T00:00:00.000000Z");
+        assert!(uuid::Uuid::parse_str(&run.run_id).is_ok());
+        assert_eq!(run.timings.keys().collect::<Vec<_>>(), ["create", "session"]);
+        let other = db.runtime().execute(&workflow, signup_inputs("b@x.io")).await.unwrap();
+        assert_ne!(other.run_id, run.run_id);
+
+        // Dotted paths into arrays.
+        let mut wf = WorkflowBuilder::new();
+        wf.add_node("UserListNode", "list", json!({"order_by": "email", "limit": 1}))
+            .add_node("GreetNode", "greet", json!({}))
+            .add_connection("list", "records.0.email", "greet", "name");
+        let run = db.runtime().execute(&wf.build(&db).unwrap(), json!({})).await.unwrap();
+        assert_eq!(run.results["greet"]["greeting"], "hello a@x.io!");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn templates_keep_types_and_leave_other_text_alone() {
+    let db = sqlite_db("templates").await;
+    let mut wf = WorkflowBuilder::new();
+    wf.add_node("UserCreateNode", "create", json!({"email": "${email}", "active": "{{active}}", "full_name": "Dr. {{name}} ($1)"}));
+    let workflow = wf.build(&db).unwrap();
+    let run = db.runtime().execute(&workflow, json!({"email": "t@x.io", "active": false, "name": "Who"})).await.unwrap();
+    assert_eq!(run.results["create"]["active"], false, "a whole-string template keeps the boolean");
+    assert_eq!(run.results["create"]["full_name"], "Dr. Who ($1)");
+
+    // An optional parameter whose input is missing is omitted (default applies).
+    let run = db.runtime().execute(&workflow, json!({"email": "u@x.io", "name": "X"})).await.unwrap();
+    assert_eq!(run.results["create"]["active"], true);
+
+    let e = db.runtime().execute(&workflow, json!({"email": "v@x.io"})).await.unwrap_err();
+    assert_eq!((e.code(), e.field()), ("validation", Some("name")));
+    assert!(e.message().contains("missing required workflow input `name`"), "{e}");
+    assert_eq!(user_count(&db).await, 2);
+}
+
+#[tokio::test]
+async fn input_schema_is_derived_from_templates_and_node_schemas() {
+    let db = sqlite_db("input_schema").await;
+    let workflow = signup(&db);
+    let s = workflow.input_schema();
+    assert_eq!(s["type"], "object");
+    assert_eq!(s["additionalProperties"], false);
+    assert_eq!(s["properties"]["email"]["type"], "string");
+    assert_eq!(s["properties"]["full_name"]["anyOf"][1]["type"], "null");
+    assert_eq!(s["properties"]["now"]["format"], "date-time");
+    assert_eq!(s["required"], json!(["email", "expires", "now", "token"]), "full_name is optional");
+
+    let mut wf = WorkflowBuilder::new();
+    wf.add_node("UserListNode", "list", json!({"filter": {"email": "{{email}}", "active": "{{active}}"}, "limit": "{{limit}}"}));
+    let w = wf.build(&db).unwrap();
+    let s = w.input_schema();
+    assert_eq!(s["properties"]["email"]["type"], "string");
+    assert_eq!(s["properties"]["active"]["type"], "boolean");
+    assert_eq!(s["properties"]["limit"]["type"], "integer");
+    assert_eq!(s["required"], json!(["active", "email"]));
+
+    // Wrong types and unknown inputs are refused before anything runs.
+    let e = db.runtime().execute(&workflow, json!({"email": 5, "token": "t", "now": "x", "expires": "y"})).await.unwrap_err();
+    assert_eq!((e.code(), e.field()), ("validation", Some("email")));
+    assert!(e.message().contains("expected string, got an integer"), "{e}");
+    let e = db.runtime().execute(&workflow, json!({"emial": "a@x.io"})).await.unwrap_err();
+    assert_eq!(e.code(), "validation");
+    assert!(e.message().contains("did you mean `email`"), "{e}");
+    let e = db.runtime().execute(&workflow, json!([1])).await.unwrap_err();
+    assert_eq!(e.code(), "validation");
+    assert_eq!(user_count(&db).await, 0);
+}
+
+#[tokio::test]
+async fn build_refuses_what_cannot_run() {
+    let db = sqlite_db("build_errors").await;
+    let build = |f: &dyn Fn(&mut WorkflowBuilder)| {
+        let mut wf = WorkflowBuilder::new();
+        f(&mut wf);
+        wf.build(&db).unwrap_err()
+    };
+    let e = build(&|wf| {
+        wf.add_node("UserCreatNode", "create", json!({"email": "x"}));
+    });
+    assert_eq!((e.code(), e.node()), ("unknown_node", Some("create")));
+    assert!(e.message().contains("did you mean `UserCreateNode`"), "{e}");
+
+    let e = build(&|wf| {
+        wf.add_node("GreetNode", "a", json!({"name": "x"})).add_node("GreetNode", "a", json!({"name": "y"}));
+    });
+    assert_eq!((e.code(), e.node()), ("validation", Some("a")));
+    assert!(e.message().contains("two nodes have the id `a`"), "{e}");
+
+    let e = build(&|wf| {
+        wf.add_node("GreetNode", "a", json!({"name": "x"})).add_connection("a", "greeting", "b", "name");
+    });
+    assert_eq!(e.node(), Some("b"));
+    assert!(e.message().contains("not a node of this workflow"), "{e}");
+
+    let e = build(&|wf| {
+        wf.add_node("GreetNode", "a", json!({"name": "x"}))
+            .add_node("GreetNode", "b", json!({}))
+            .add_connection("a", "greeting", "b", "nmae");
+    });
+    assert_eq!((e.code(), e.node()), ("validation", Some("b")));
+    assert!(e.message().contains("has no input `nmae` (did you mean `name`?)"), "{e}");
+
+    let e = build(&|wf| {
+        wf.add_node("GreetNode", "a", json!({}))
+            .add_node("GreetNode", "b", json!({}))
+            .add_connection("a", "greeting", "b", "name")
+            .add_connection("b", "greeting", "a", "name");
+    });
+    assert!(e.message().contains("cycle"), "{e}");
+
+    let e = build(&|wf| {
+        wf.add_node("SessionCreateNode", "s", json!({"token": "t", "created_at": "{{now}}", "expires_at": "{{now}}"}));
+    });
+    assert_eq!(e.node(), Some("s"));
+    assert!(e.message().contains("needs `user_id`"), "{e}");
+
+    let e = build(&|wf| {
+        wf.add_node("UserCreateNode", "c", json!({"email": "{{mail}}"})).declare_input("email", json!({"type": "string"}));
+    });
+    assert_eq!(e.node(), Some("c"));
+    assert!(e.message().contains("declares no input `mail` (did you mean `email`?)"), "{e}");
+
+    let e = build(&|wf| {
+        wf.add_node("UserCreateNode", "c", json!({"email": "x", "nickname": "y"}));
+    });
+    assert!(e.message().contains("has no input `nickname`"), "{e}");
+    let e = build(&|wf| {
+        wf.add_node("UserCreateNode", "c", json!(["not an object"]));
+    });
+    assert_eq!(e.code(), "validation");
+    let e = build(&|_| {});
+    assert_eq!(e.code(), "validation");
+}
+
+#[tokio::test]
+async fn a_failed_node_stops_its_dependants_and_reports_completed_nodes() {
+    on_each_backend("failure", |db| async move {
+        db.execute("UserCreateNode", json!({"email": "taken@x.io"})).await.unwrap();
+        let mut wf = WorkflowBuilder::new();
+        wf.add_node("GreetNode", "hello", json!({"name": "{{name}}"}))
+            .add_node("UserCreateNode", "create", json!({"email": "{{email}}"}))
+            .add_node("GreetNode", "after", json!({}))
+            .add_connection("create", "email", "after", "name");
+        let workflow = wf.build(&db).unwrap();
+        let e = db.runtime().execute(&workflow, json!({"name": "Ann", "email": "taken@x.io"})).await.unwrap_err();
+        assert_eq!(e.code(), "unique_violation");
+        assert_eq!(e.node(), Some("create"));
+        assert_eq!(e.field(), Some("email"));
+        assert!(e.message().contains("node `create` (UserCreateNode) failed"), "{e}");
+        let done = e.completed().expect("completed results");
+        assert_eq!(done["hello"]["greeting"], "hello Ann!");
+        assert!(!done.contains_key("after"), "dependants of a failure do not run");
+        assert_eq!(user_count(&db).await, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn transactional_runs_commit_or_roll_back_together() {
+    on_each_backend("transactional", |db| async move {
+        let mut wf = WorkflowBuilder::new();
+        wf.add_node("UserCreateNode", "first", json!({"email": "{{a}}"}))
+            .add_node("UserCreateNode", "second", json!({"email": "{{b}}"}))
+            .add_node("UserUpdateNode", "rename", json!({"fields": {"full_name": "renamed"}}))
+            .add_connection("first", "id", "second", "full_name")
+            .add_connection("first", "id", "rename", "id")
+            .transactional(true);
+        let workflow = wf.build(&db).unwrap();
+        let run = db.runtime().execute(&workflow, json!({"a": "1@x.io", "b": "2@x.io"})).await.unwrap();
+        assert_eq!(run.results["second"]["full_name"], run.results["first"]["id"]);
+        assert_eq!(run.results["rename"]["full_name"], "renamed");
+        assert_eq!(user_count(&db).await, 2);
+
+        // The second create fails: the first is rolled back.
+        let e = db.runtime().execute(&workflow, json!({"a": "3@x.io", "b": "3@x.io"})).await.unwrap_err();
+        assert_eq!((e.code(), e.node()), ("unique_violation", Some("second")));
+        assert!(e.completed().unwrap().contains_key("first"));
+        assert_eq!(user_count(&db).await, 2, "nothing of the failed run is committed");
+
+        // Without the transaction, the first create stays.
+        let mut plain: Value = workflow.to_json();
+        plain.as_object_mut().unwrap().remove("transactional");
+        let plain = Workflow::from_json(&db, plain).unwrap();
+        db.runtime().execute(&plain, json!({"a": "4@x.io", "b": "4@x.io"})).await.unwrap_err();
+        assert_eq!(user_count(&db).await, 3);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn independent_nodes_run_concurrently() {
+    let db = sqlite_db("concurrent").await;
+    let mut wf = WorkflowBuilder::new();
+    for i in 0..4 {
+        wf.add_node("SleepNode", format!("s{i}"), json!({"ms": 300}));
+    }
+    let workflow = wf.build(&db).unwrap();
+    let started = Instant::now();
+    let run = db.runtime().execute(&workflow, json!({})).await.unwrap();
+    assert_eq!(run.results.len(), 4);
+    assert!(started.elapsed() < Duration::from_millis(1000), "four 300 ms nodes took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_panicking_node_is_that_nodes_failure() {
+    let db = sqlite_db("panic").await;
+    let mut wf = WorkflowBuilder::new();
+    wf.add_node("BoomNode", "boom", json!({})).add_node("GreetNode", "ok", json!({"name": "x"}));
+    let workflow = wf.build(&db).unwrap();
+    let e = db.runtime().execute(&workflow, json!({})).await.unwrap_err();
+    assert_eq!((e.code(), e.node()), ("internal", Some("boom")));
+    assert!(e.message().contains("boom went the node"), "{e}");
+    // The runtime keeps serving.
+    let mut wf = WorkflowBuilder::new();
+    wf.add_node("GreetNode", "ok", json!({"name": "again"}));
+    let run = db.runtime().execute(&wf.build(&db).unwrap(), json!({})).await.unwrap();
+    assert_eq!(run.results["ok"]["greeting"], "hello again!");
+
+    let mut wf = WorkflowBuilder::new();
+    wf.add_node("UserCreateNode", "c", json!({"email": "p@x.io"})).add_node("BoomNode", "boom", json!({})).transactional(true);
+    wf.add_connection("c", "id", "boom", "x");
+    let e = db.runtime().execute(&wf.build(&db).unwrap(), json!({})).await.unwrap_err();
+    assert_eq!((e.code(), e.node()), ("internal", Some("boom")));
+    assert_eq!(user_count(&db).await, 0, "the transactional run rolled back");
+}
+
+#[tokio::test]
+async fn runs_over_their_timeout_fail_with_timeout() {
+    let db = sqlite_db("timeout").await;
+    let mut wf = WorkflowBuilder::new();
+    wf.add_node("GreetNode", "fast", json!({"name": "x"}))
+        .add_node("SleepNode", "slow", json!({"ms": 5_000}))
+        .timeout(Duration::from_millis(200));
+    let started = Instant::now();
+    let e = db.runtime().execute(&wf.build(&db).unwrap(), json!({})).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!((e.code(), e.node()), ("timeout", Some("slow")));
+    assert!(e.completed().unwrap().contains_key("fast"));
+}
+
+#[tokio::test]
+async fn switch_routes_and_merge_joins() {
+    let db = sqlite_db("switch").await;
+    let mut wf = WorkflowBuilder::new();
+    wf.add_node("SwitchNode", "check", json!({"value": "{{name}}", "$eq": "admin"}))
+        .add_node("GreetNode", "admin", json!({"punct": "!!!"}))
+        .add_node("GreetNode", "user", json!({"punct": "."}))
+        .add_node("MergeNode", "join", json!({}))
+        .add_connection("check", "true_output", "admin", "name")
+        .add_connection("check", "false_output", "user", "name")
+        .add_connection("admin", "greeting", "join", "a")
+        .add_connection("user", "greeting", "join", "b");
+    let workflow = wf.build(&db).unwrap();
+    let run = db.runtime().execute(&workflow, json!({"name": "admin"})).await.unwrap();
+    assert_eq!(run.results["join"]["merged"], json!({"a": "hello admin!!!"}));
+    assert_eq!(run.skipped, ["user"]);
+    let run = db.runtime().execute(&workflow, json!({"name": "bob"})).await.unwrap();
+    assert_eq!(run.results["join"]["merged"], json!({"b": "hello bob."}));
+    assert_eq!(run.skipped, ["admin"]);
+
+    let e = db.execute("SwitchNode", json!({"value": 1, "$gt": "x"})).await.unwrap_err();
+    assert_eq!((e.code(), e.node()), ("validation", Some("SwitchNode")));
+    assert_eq!(db.execute("SwitchNode", json!({"value": 3, "$in": [1, 3]})).await.unwrap()["branch"], true);
+    assert_eq!(db.execute("MergeNode", json!({"mode": "concat", "a": [1], "b": [2, 3]})).await.unwrap()["merged"], json!([1, 2, 3]));
+}
+
+#[tokio::test]
+async fn workflows_round_trip_through_json() {
+    let db = sqlite_db("json").await;
+    let workflow = signup(&db);
+    let json = workflow.to_json();
+    assert_eq!(json["version"], 1);
+    assert_eq!(json["nodes"][0], json!({"id": "create", "type": "UserCreateNode", "params": {"email": "{{email}}", "full_name": "{{full_name}}"}}));
+    assert_eq!(json["connections"][0], json!({"from": "create", "output": "id", "to": "session", "input": "user_id"}));
+    let again = Workflow::from_json(&db, json.clone()).unwrap();
+    assert_eq!(again.to_json(), json);
+    assert_eq!(again.input_schema(), workflow.input_schema());
+    let run = db.runtime().execute(&again, signup_inputs("j@x.io")).await.unwrap();
+    assert_eq!(run.results["session"]["user_id"], run.results["create"]["id"]);
+
+    let e = Workflow::from_json(&db, json!({"nodes": [], "bogus": 1})).unwrap_err();
+    assert_eq!(e.code(), "validation");
+    let e = Workflow::from_json(&db, json!({"version": 2, "nodes": [{"id": "a", "type": "GreetNode"}]})).unwrap_err();
+    assert!(e.message().contains("version 2"), "{e}");
+}
+
+#[tokio::test]
+async fn custom_nodes_run_alone_and_publish_their_schema() {
+    let db = sqlite_db("custom").await;
+    assert_eq!(db.execute("GreetNode", json!({"name": "Ann"})).await.unwrap()["greeting"], "hello Ann!");
+    assert_eq!(db.node_schema("GreetNode").unwrap()["required"], json!(["name"]));
+    assert!(db.node_types().contains(&"SleepNode".to_string()));
+}
