@@ -347,25 +347,27 @@ async fn independent_nodes_run_concurrently() {
 
 #[tokio::test]
 async fn a_panicking_node_is_that_nodes_failure() {
-    let db = sqlite_db("panic").await;
-    let mut wf = WorkflowBuilder::new();
-    wf.add_node("BoomNode", "boom", json!({})).add_node("GreetNode", "ok", json!({"name": "x"}));
-    let workflow = wf.build(&db).unwrap();
-    let e = db.runtime().execute(&workflow, json!({})).await.unwrap_err();
-    assert_eq!((e.code(), e.node()), ("internal", Some("boom")));
-    assert!(e.message().contains("boom went the node"), "{e}");
-    // The runtime keeps serving.
-    let mut wf = WorkflowBuilder::new();
-    wf.add_node("GreetNode", "ok", json!({"name": "again"}));
-    let run = db.runtime().execute(&wf.build(&db).unwrap(), json!({})).await.unwrap();
-    assert_eq!(run.results["ok"]["greeting"], "hello again!");
+    on_each_backend("panic", |db| async move {
+        let mut wf = WorkflowBuilder::new();
+        wf.add_node("BoomNode", "boom", json!({})).add_node("GreetNode", "ok", json!({"name": "x"}));
+        let workflow = wf.build(&db).unwrap();
+        let e = db.runtime().execute(&workflow, json!({})).await.unwrap_err();
+        assert_eq!((e.code(), e.node()), ("internal", Some("boom")));
+        assert!(e.message().contains("boom went the node"), "{e}");
+        // The runtime keeps serving.
+        let mut wf = WorkflowBuilder::new();
+        wf.add_node("GreetNode", "ok", json!({"name": "again"}));
+        let run = db.runtime().execute(&wf.build(&db).unwrap(), json!({})).await.unwrap();
+        assert_eq!(run.results["ok"]["greeting"], "hello again!");
 
-    let mut wf = WorkflowBuilder::new();
-    wf.add_node("UserCreateNode", "c", json!({"email": "p@x.io"})).add_node("BoomNode", "boom", json!({})).transactional(true);
-    wf.add_connection("c", "id", "boom", "x");
-    let e = db.runtime().execute(&wf.build(&db).unwrap(), json!({})).await.unwrap_err();
-    assert_eq!((e.code(), e.node()), ("internal", Some("boom")));
-    assert_eq!(user_count(&db).await, 0, "the transactional run rolled back");
+        let mut wf = WorkflowBuilder::new();
+        wf.add_node("UserCreateNode", "c", json!({"email": "p@x.io"})).add_node("BoomNode", "boom", json!({})).transactional(true);
+        wf.add_connection("c", "id", "boom", "x");
+        let e = db.runtime().execute(&wf.build(&db).unwrap(), json!({})).await.unwrap_err();
+        assert_eq!((e.code(), e.node()), ("internal", Some("boom")));
+        assert_eq!(user_count(&db).await, 0, "the transactional run rolled back");
+    })
+    .await;
 }
 
 #[tokio::test]
