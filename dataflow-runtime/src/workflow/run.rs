@@ -8,9 +8,11 @@ use crate::dataflow::NodeRef;
 use crate::error::{Error, ErrorCode, Result};
 use crate::DataFlow;
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::task::JoinSet;
 
 /// The outcome of a successful run.
 #[derive(Debug, Clone, PartialEq)]
@@ -175,12 +177,13 @@ impl<'p> State<'p> {
             .collect()
     }
 
-    fn into_run(self, run_id: String, started: Instant) -> Result<Run> {
-        let results = self.results();
-        if let Some(e) = self.error {
-            return Err(e.with_completed(results));
+    fn into_run(mut self, run_id: String, started: Instant) -> Result<Run> {
+        if let Some(e) = self.error.take() {
+            return Err(e.with_completed(self.results()));
         }
-        let skipped = self.plan.nodes.iter().zip(&self.status).filter(|(_, s)| **s == Status::Skipped).map(|(n, _)| n.id.clone()).collect();
+        let plan = self.plan;
+        let skipped = plan.nodes.iter().zip(&self.status).filter(|(_, s)| **s == Status::Skipped).map(|(n, _)| n.id.clone()).collect();
+        let results = plan.nodes.iter().zip(self.outputs).filter_map(|(n, o)| o.map(|v| (n.id.clone(), v))).collect();
         Ok(Run { run_id, results, timings: self.timings, skipped, duration: started.elapsed() })
     }
 }
@@ -211,8 +214,10 @@ impl WorkflowRuntime {
         let deadline = plan.timeout.map(|t| tokio::time::Instant::now() + t);
         let mut state = State::new(plan, inputs);
         let mut waiting: Vec<usize> = plan.nodes.iter().map(|n| n.sources).collect();
-        let mut set: JoinSet<(usize, Result<Value>, Duration)> = JoinSet::new();
-        let mut tasks: HashMap<tokio::task::Id, usize> = HashMap::new();
+        // Node futures are polled in this task (no task spawn per node): a
+        // model node's database work already runs on the blocking pool, and
+        // skipping the extra hop keeps a one-node run as fast as a direct call.
+        let mut inflight: Vec<InFlight> = Vec::new();
         let mut ready: Vec<usize> = plan.order.iter().copied().filter(|i| waiting[*i] == 0).collect();
         loop {
             while let Some(i) = ready.pop() {
@@ -221,12 +226,8 @@ impl WorkflowRuntime {
                         state.status[i] = Status::Running;
                         let node = &plan.nodes[i];
                         let (db, kind, id, run) = (self.db.clone(), node.kind, node.id.clone(), run_id.clone());
-                        let handle = set.spawn(async move {
-                            let t = Instant::now();
-                            let r = db.execute_ref(kind, &id, input, Some(&run)).await;
-                            (i, r, t.elapsed())
-                        });
-                        tasks.insert(handle.id(), i);
+                        let fut: NodeFut = Box::pin(async move { db.execute_ref(kind, &id, input, Some(&run)).await });
+                        inflight.push(InFlight { node: i, started: Instant::now(), fut });
                     }
                     Next::Fail(e) => state.fail(i, e),
                     Next::Skip => {
@@ -237,14 +238,17 @@ impl WorkflowRuntime {
                     }
                 }
             }
-            let joined = match deadline {
-                None => set.join_next_with_id().await,
-                Some(d) => match tokio::time::timeout_at(d, set.join_next_with_id()).await {
-                    Ok(j) => j,
+            if inflight.is_empty() {
+                break;
+            }
+            let next = std::future::poll_fn(|cx| poll_any(&mut inflight, cx));
+            let (i, result, took) = match deadline {
+                None => next.await,
+                Some(d) => match tokio::time::timeout_at(d, next).await {
+                    Ok(done) => done,
                     Err(_) => {
-                        set.abort_all();
                         let ms = plan.timeout.unwrap_or_default().as_millis();
-                        let running: Vec<&str> = (0..plan.nodes.len()).filter(|i| state.status[*i] == Status::Running).map(|i| plan.nodes[i].id.as_str()).collect();
+                        let running: Vec<&str> = inflight.iter().map(|f| plan.nodes[f.node].id.as_str()).collect();
                         let e = Error::new(ErrorCode::Timeout, format!("the workflow run exceeded its timeout of {ms} ms (still running: {})", running.join(", ")));
                         let e = match running.first() {
                             Some(n) => e.with_node(*n),
@@ -254,19 +258,10 @@ impl WorkflowRuntime {
                     }
                 },
             };
-            let Some(joined) = joined else { break };
-            match joined {
-                Ok((_, (i, result, took))) => {
-                    state.finish(i, result, took);
-                    if state.status[i] == Status::Done {
-                        release(plan, &mut waiting, &mut ready, i);
-                    }
-                }
-                Err(e) => {
-                    let i = tasks[&e.id()];
-                    let why = if e.is_panic() { panic_message(&*e.into_panic()) } else { "it was cancelled".into() };
-                    state.fail(i, Error::new(ErrorCode::Internal, format!("node `{}` panicked: {why}", plan.nodes[i].id)));
-                }
+            let result = result.unwrap_or_else(|why| Err(Error::new(ErrorCode::Internal, format!("node `{}` panicked: {why}", plan.nodes[i].id))));
+            state.finish(i, result, took);
+            if state.status[i] == Status::Done {
+                release(plan, &mut waiting, &mut ready, i);
             }
         }
         state.into_run(run_id, started)
@@ -293,6 +288,30 @@ impl WorkflowRuntime {
         .await
         .map_err(|e| Error::internal(format!("workflow task failed: {e}")))?
     }
+}
+
+type NodeFut = Pin<Box<dyn Future<Output = Result<Value>> + Send>>;
+
+struct InFlight {
+    node: usize,
+    started: Instant,
+    fut: NodeFut,
+}
+
+/// Polls every in-flight node once; the first to finish is removed and
+/// returned. A panic inside a node's future is caught as that node's result.
+fn poll_any(inflight: &mut Vec<InFlight>, cx: &mut Context<'_>) -> Poll<(usize, std::result::Result<Result<Value>, String>, Duration)> {
+    for k in 0..inflight.len() {
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inflight[k].fut.as_mut().poll(cx)));
+        let outcome = match polled {
+            Ok(Poll::Pending) => continue,
+            Ok(Poll::Ready(r)) => Ok(r),
+            Err(p) => Err(panic_message(&*p)),
+        };
+        let done = inflight.swap_remove(k);
+        return Poll::Ready((done.node, outcome, done.started.elapsed()));
+    }
+    Poll::Pending
 }
 
 /// Marks node `i` settled for its dependents and queues those now ready.
@@ -354,7 +373,8 @@ fn validate_inputs(plan: &Plan, inputs: Value) -> Result<Map<String, Value>> {
         }
     };
     let schema = &plan.input_schema;
-    let props = schema["properties"].as_object().cloned().unwrap_or_default();
+    let empty = Map::new();
+    let props = schema["properties"].as_object().unwrap_or(&empty);
     for (k, v) in &map {
         let Some(s) = props.get(k) else {
             let hint = crate::value::suggest(k, props.keys().map(String::as_str)).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
