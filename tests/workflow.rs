@@ -437,3 +437,15 @@ async fn custom_nodes_run_alone_and_publish_their_schema() {
     assert_eq!(db.node_schema("GreetNode").unwrap()["required"], json!(["name"]));
     assert!(db.node_types().contains(&"SleepNode".to_string()));
 }
+
+#[tokio::test]
+async fn custom_node_input_is_checked_against_its_schema() {
+    let db = sqlite_db("custom_input").await;
+    let e = db.execute("GreetNode", json!({})).await.unwrap_err();
+    assert_eq!((e.code(), e.node()), ("validation", Some("GreetNode")));
+    assert!(e.message().contains("missing required property `name`"), "{e}");
+    let e = db.execute("GreetNode", json!({"name": 5})).await.unwrap_err();
+    assert!(e.message().contains("`name`: expected string"), "{e}");
+    let e = db.execute("GreetNode", json!({"name": "a", "nmae": "b"})).await.unwrap_err();
+    assert!(e.message().contains("unknown property `nmae`"), "{e}");
+}

@@ -191,6 +191,9 @@ impl DataFlow {
         match r {
             NodeRef::Model(m, op) => self.execute_op(m, op, params).await,
             NodeRef::Custom(n) => {
+                // Hand-written nodes get input checked against their schema, like model nodes.
+                crate::workflow::check(&n.input_schema(), &params)
+                    .map_err(|e| Error::new(ErrorCode::Validation, format!("{node_id} ({}): invalid input: {e}", n.name())).with_node(node_id))?;
                 let ctx = NodeContext {
                     db: self.clone(),
                     run_id: run_id.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string),

@@ -487,8 +487,9 @@ fn strip_default(mut schema: Value) -> Value {
     schema
 }
 
-/// Checks a value against the subset of JSON Schema the derived input
-/// schemas use: `type`, `anyOf`, `enum`, `minimum`, `maximum`, `maxLength`, `items`.
+/// Checks a value against the subset of JSON Schema that node and workflow
+/// input schemas use: `type`, `anyOf`, `enum`, `minimum`, `maximum`,
+/// `maxLength`, `items`, `properties`, `required`, `additionalProperties: false`.
 pub(crate) fn check(schema: &Value, v: &Value) -> std::result::Result<(), String> {
     if let Some(any) = schema.get("anyOf").and_then(Value::as_array) {
         let errs: Vec<String> = any.iter().filter_map(|s| check(s, v).err()).collect();
@@ -534,6 +535,24 @@ pub(crate) fn check(schema: &Value, v: &Value) -> std::result::Result<(), String
     if let (Some(max), Some(s)) = (schema.get("maxLength").and_then(Value::as_u64), v.as_str()) {
         if s.chars().count() as u64 > max {
             return Err(format!("must be at most {max} characters"));
+        }
+    }
+    if let Some(obj) = v.as_object() {
+        let props = properties(schema);
+        for req in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+            if !obj.contains_key(req) {
+                return Err(format!("missing required property `{req}`"));
+            }
+        }
+        for (k, item) in obj {
+            match props.and_then(|p| p.get(k)) {
+                Some(s) => check(s, item).map_err(|e| format!("`{k}`: {e}"))?,
+                None if closed(schema) => {
+                    let hint = did_you_mean(k, props.into_iter().flat_map(|p| p.keys().map(String::as_str)));
+                    return Err(format!("unknown property `{k}`{hint}"));
+                }
+                None => {}
+            }
         }
     }
     if let (Some(items), Some(a)) = (schema.get("items"), v.as_array()) {
