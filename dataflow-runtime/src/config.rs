@@ -14,7 +14,7 @@ pub struct Config {
     pub application_id: String,
     pub skip_registry: Option<bool>,
     pub enable_model_persistence: Option<bool>,
-    /// Create missing tables at boot (default on).
+    /// Apply safe and low-risk schema changes at boot (default on).
     pub auto_migrate: Option<bool>,
     /// Skip every schema step at boot.
     pub skip_migration: Option<bool>,
@@ -58,8 +58,6 @@ impl Default for Config {
 
 /// Options whose features are not built yet, with the work that brings them.
 const PENDING: &[(&str, &str)] = &[
-    ("skip_registry = false", "the persisted model registry"),
-    ("enable_model_persistence = true", "the persisted model registry"),
     ("enable_schema_discovery = true", "schema discovery"),
     ("enable_caching = true", "the query cache"),
     ("enable_metrics = true", "metrics"),
@@ -100,17 +98,15 @@ impl Config {
         Duration::from_millis(self.connect_timeout_ms.max(1))
     }
 
-    /// Whether boot creates missing tables.
-    pub fn creates_tables(&self) -> bool {
-        self.auto_migrate.unwrap_or(true) && !self.skip_migration.unwrap_or(false)
+    /// Whether boot reads and writes the persisted model registry.
+    pub fn uses_registry(&self) -> bool {
+        !self.skip_registry.unwrap_or(false) && self.enable_model_persistence.unwrap_or(true)
     }
 
     /// Refuses options that ask for a feature this build does not have yet,
     /// so nothing is silently ignored.
     pub fn check_supported(&self) -> Result<()> {
         let asked = [
-            self.skip_registry == Some(false),
-            self.enable_model_persistence == Some(true),
             self.enable_schema_discovery == Some(true),
             self.enable_caching == Some(true),
             self.enable_metrics == Some(true),

@@ -2,6 +2,7 @@
 
 use crate::backend::{AnyConnection, Conn, Manager, Pool, Target};
 use crate::config::Config;
+use crate::migrate::{self, BootPolicy, EmbeddedMigration, HistoryEntry, MigrationPlan, RegisteredModel};
 use crate::error::{Error, ErrorCode, Result};
 use crate::node::{Node, NodeContext, BUILTINS, NODES};
 use crate::nodes::{self, Op};
@@ -10,6 +11,16 @@ use crate::sql::Dialect;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+/// Runs `$body` with `$c` bound to the backend connection inside `$conn`.
+macro_rules! on_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            AnyConnection::Sqlite($c) => $body,
+            AnyConnection::Postgresql($c) => $body,
+        }
+    };
+}
 
 /// The compiled model registry, filled by `#[dataflow::model]` at link time.
 #[linkme::distributed_slice]
@@ -64,6 +75,7 @@ impl std::fmt::Debug for DataFlow {
 #[derive(Debug, Clone)]
 pub struct DataFlowBuilder {
     config: Config,
+    migrations: &'static [EmbeddedMigration],
 }
 
 macro_rules! flag_setters {
@@ -115,8 +127,15 @@ impl DataFlowBuilder {
         self
     }
 
+    /// Reviewed migration files (from `dataflow::embed_migrations!`), run at
+    /// boot before the automatic step, recorded in the same history.
+    pub fn migrations(mut self, migrations: &'static [EmbeddedMigration]) -> Self {
+        self.migrations = migrations;
+        self
+    }
+
     pub async fn build(self) -> Result<DataFlow> {
-        DataFlow::from_config(self.config).await
+        DataFlow::boot_with(self.config, self.migrations).await
     }
 }
 
@@ -129,17 +148,22 @@ impl DataFlow {
                 database_url: url.into(),
                 ..Config::default()
             },
+            migrations: &[],
         }
     }
 
     /// Boots from a [`Config`]: checks the registry, connects once (failing
     /// fast when the server is down), creates missing tables, and opens a lazy pool.
     pub async fn from_config(config: Config) -> Result<DataFlow> {
+        Self::boot_with(config, &[]).await
+    }
+
+    async fn boot_with(config: Config, embedded: &'static [EmbeddedMigration]) -> Result<DataFlow> {
         config.check_supported()?;
         let models = registry()?;
         let target = Target::parse(&config.database_url)?;
         let nodes = node_table(&models)?;
-        tokio::task::spawn_blocking(move || boot(config, target, models, nodes))
+        tokio::task::spawn_blocking(move || boot(config, target, models, nodes, embedded))
             .await
             .map_err(|e| Error::internal(format!("boot task failed: {e}")))?
     }
@@ -243,6 +267,84 @@ impl DataFlow {
             .block_on(self.execute_ref(r, node_id, params.clone(), Some(run_id)))
     }
 
+    /// Runs `f` on a pooled connection on the blocking pool.
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&DataFlow, &mut AnyConnection) -> Result<T> + Send + 'static) -> Result<T> {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = db.inner.pool.get()?;
+            f(&db, &mut conn)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("task failed: {e}")))?
+    }
+
+    /// The models and versions the persisted registry holds (no compiled
+    /// models needed).
+    pub async fn registered_models(&self) -> Result<Vec<RegisteredModel>> {
+        self.blocking(|db, conn| on_conn!(conn, c => migrate::registered(c, &db.inner.config.application_id))).await
+    }
+
+    /// What it would take to bring the database to the compiled models.
+    pub async fn migration_plan(&self) -> Result<MigrationPlan> {
+        self.blocking(|db, conn| {
+            on_conn!(conn, c => {
+                migrate::ensure_internal_tables(c)?;
+                migrate::plan_for(c, &db.inner.models, &db.inner.config.application_id)
+            })
+        })
+        .await
+    }
+
+    /// The migration history, oldest first.
+    pub async fn migration_history(&self) -> Result<Vec<HistoryEntry>> {
+        self.blocking(|_, conn| {
+            on_conn!(conn, c => {
+                migrate::ensure_internal_tables(c)?;
+                migrate::history(c)
+            })
+        })
+        .await
+    }
+
+    /// Plans and applies under the migration lock. Operations above low risk
+    /// need each rule they hit in `allow` and a `reason` (both recorded).
+    /// Returns `None` when there was nothing to do.
+    pub async fn apply_migrations(&self, allow: Vec<String>, reason: Option<String>) -> Result<Option<HistoryEntry>> {
+        self.blocking(move |db, conn| {
+            let cfg = &db.inner.config;
+            on_conn!(conn, c => {
+                migrate::ensure_internal_tables(c)?;
+                migrate::with_lock(c, &db.inner.target, cfg.connect_timeout(), "migrate apply", |c| {
+                    let plan = migrate::plan_for(c, &db.inner.models, &cfg.application_id)?;
+                    if plan.is_empty() {
+                        return Ok(None);
+                    }
+                    let options = migrate::ApplyOptions {
+                        app: &cfg.application_id,
+                        applied_by: &applied_by(),
+                        allow: &allow,
+                        reason: reason.as_deref(),
+                        name: "manual",
+                        record_registry: cfg.uses_registry(),
+                    };
+                    migrate::apply(c, &db.inner.models, &plan, options).map(Some)
+                })
+            })
+        })
+        .await
+    }
+
+    /// Undoes applied migrations, newest first: the last `steps`, or all
+    /// after version `to`. Downs that drop data need `allow_data_loss`.
+    pub async fn rollback_migrations(&self, to: Option<String>, steps: usize, allow_data_loss: bool) -> Result<Vec<String>> {
+        self.blocking(move |db, conn| {
+            on_conn!(conn, c => migrate::with_lock(c, &db.inner.target, db.inner.config.connect_timeout(), "migrate rollback", |c| {
+                migrate::rollback(c, to.as_deref(), steps, allow_data_loss)
+            }))
+        })
+        .await
+    }
+
     /// A pooled connection, for [`DataFlow::execute_blocking`].
     pub fn connection(&self) -> Result<r2d2::PooledConnection<Manager>> {
         Ok(self.inner.pool.get()?)
@@ -325,46 +427,34 @@ fn node_table(models: &[&'static ModelSchema]) -> Result<HashMap<String, NodeRef
     Ok(nodes)
 }
 
-/// Models ordered so every foreign-key target comes before its referrers.
-fn creation_order(models: &[&'static ModelSchema]) -> Vec<&'static ModelSchema> {
-    let mut done: Vec<&'static ModelSchema> = Vec::with_capacity(models.len());
-    let mut pending: Vec<&'static ModelSchema> = models.to_vec();
-    while !pending.is_empty() {
-        let before = pending.len();
-        pending.retain(|m| {
-            let ready = m.fields.iter().filter_map(|f| f.references).all(|fk| fk.model == m.name || done.iter().any(|d| d.name == fk.model));
-            if ready {
-                done.push(m);
-            }
-            !ready
-        });
-        if pending.len() == before {
-            // A reference cycle: create the rest in any order (SQLite and
-            // PostgreSQL both accept it when the tables come in one transaction
-            // on SQLite; on PostgreSQL the cycle must be broken by a nullable FK).
-            done.append(&mut pending);
-        }
-    }
-    done
+/// Who applies migrations, for the history.
+fn applied_by() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    format!("{user}@{host} (pid {})", std::process::id())
 }
 
-fn boot(config: Config, target: Target, models: Vec<&'static ModelSchema>, nodes: HashMap<String, NodeRef>) -> Result<DataFlow> {
+fn boot(
+    config: Config,
+    target: Target,
+    models: Vec<&'static ModelSchema>,
+    nodes: HashMap<String, NodeRef>,
+    embedded: &'static [EmbeddedMigration],
+) -> Result<DataFlow> {
     let mut conn = target.connect(config.connect_timeout())?;
-    if config.creates_tables() {
-        let dialect = target.dialect();
-        let lookup = |name: &str| models.iter().copied().find(|m| m.name == name);
-        let mut ddl = String::new();
-        for m in creation_order(&models) {
-            for stmt in dialect.create_table(m, lookup) {
-                ddl.push_str(&stmt);
-                ddl.push_str(";\n");
-            }
+    if !config.skip_migration.unwrap_or(false) {
+        let policy = BootPolicy {
+            app: config.application_id.clone(),
+            registry: config.uses_registry(),
+            auto_apply: config.auto_migrate.unwrap_or(true),
+            applied_by: applied_by(),
+            embedded,
+        };
+        // Nothing changed ⇒ this one query is the whole schema step.
+        let unchanged = embedded.is_empty() && policy.registry && on_conn!(&mut conn, c => migrate::registry_matches(c, &policy.app, &models))?;
+        if !unchanged {
+            on_conn!(&mut conn, c => migrate::boot_migrate(c, &target, config.connect_timeout(), &models, &policy))?;
         }
-        match &mut conn {
-            AnyConnection::Sqlite(c) => c.write_transaction(|c| c.batch(&ddl)),
-            AnyConnection::Postgresql(c) => c.write_transaction(|c| c.batch(&ddl)),
-        }
-        .map_err(|e| Error::new(e.kind(), format!("creating tables: {}", e.message())))?;
     }
     let memory = matches!(target, Target::Sqlite { memory: true, .. });
     let pool = r2d2::Pool::builder()

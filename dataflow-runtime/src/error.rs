@@ -35,6 +35,8 @@ pub enum ErrorCode {
     Database,
     /// A workflow run exceeded its timeout.
     Timeout,
+    /// A schema change needs review (risky operations, drift, a held lock).
+    MigrationBlocked,
     /// A bug or an unexpected state inside the framework.
     Internal,
 }
@@ -54,6 +56,7 @@ impl ErrorCode {
             ErrorCode::NotSupported => "not_supported",
             ErrorCode::Database => "database",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::MigrationBlocked => "migration_blocked",
             ErrorCode::Internal => "internal",
         }
     }

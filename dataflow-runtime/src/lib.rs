@@ -30,6 +30,7 @@ mod config;
 mod dataflow;
 mod error;
 mod filter;
+pub mod migrate;
 mod node;
 pub mod nodes;
 pub mod schema;

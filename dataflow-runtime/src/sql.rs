@@ -71,6 +71,11 @@ impl Dialect {
     /// `CREATE TABLE IF NOT EXISTS` plus its indexes. `fk_target` resolves a
     /// referenced model name to its schema (checked at boot).
     pub fn create_table(self, m: &ModelSchema, fk_target: impl Fn(&str) -> Option<&'static ModelSchema>) -> Vec<String> {
+        self.create_table_as(m, m.table, fk_target)
+    }
+
+    /// [`create_table`](Self::create_table) under another table name (SQLite table rebuilds).
+    pub fn create_table_as(self, m: &ModelSchema, table: &str, fk_target: impl Fn(&str) -> Option<&'static ModelSchema>) -> Vec<String> {
         let mut cols = Vec::new();
         for f in m.fields {
             let mut c = format!("{} {}", quote(f.column), self.column_type(f));
@@ -87,7 +92,7 @@ impl Dialect {
             }
             if let Some(d) = f.default {
                 c.push_str(" DEFAULT ");
-                c.push_str(&self.literal(d));
+                c.push_str(&self.default_literal(d));
             }
             if let Some(fk) = f.references {
                 if let Some(target) = fk_target(fk.model) {
@@ -101,12 +106,12 @@ impl Dialect {
             }
             cols.push(c);
         }
-        let mut stmts = vec![format!("CREATE TABLE IF NOT EXISTS {} ({})", quote(m.table), cols.join(", "))];
+        let mut stmts = vec![format!("CREATE TABLE IF NOT EXISTS {} ({})", quote(table), cols.join(", "))];
         for f in m.fields.iter().filter(|f| (f.index || f.references.is_some()) && !f.unique && !f.primary_key) {
             stmts.push(format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
                 quote(&format!("idx_{}_{}", m.table, f.column)),
-                quote(m.table),
+                quote(table),
                 quote(f.column)
             ));
         }
@@ -114,7 +119,7 @@ impl Dialect {
     }
 
     /// A schema default as SQL text. Only compile-time literals reach here.
-    fn literal(self, d: crate::schema::DefaultValue) -> String {
+    pub fn default_literal(self, d: crate::schema::DefaultValue) -> String {
         use crate::schema::DefaultValue::*;
         match (self, d) {
             (Dialect::Sqlite, Bool(b)) => u8::from(b).to_string(),
