@@ -76,6 +76,7 @@ impl std::fmt::Debug for DataFlow {
 pub struct DataFlowBuilder {
     config: Config,
     migrations: &'static [EmbeddedMigration],
+    models: Option<Vec<&'static ModelSchema>>,
 }
 
 macro_rules! flag_setters {
@@ -134,8 +135,15 @@ impl DataFlowBuilder {
         self
     }
 
+    /// Boots with exactly these models instead of every linked one (several
+    /// databases in one binary, or tests of schema changes).
+    pub fn models(mut self, models: &[&'static ModelSchema]) -> Self {
+        self.models = Some(models.to_vec());
+        self
+    }
+
     pub async fn build(self) -> Result<DataFlow> {
-        DataFlow::boot_with(self.config, self.migrations).await
+        DataFlow::boot_with(self.config, self.migrations, self.models).await
     }
 }
 
@@ -149,18 +157,19 @@ impl DataFlow {
                 ..Config::default()
             },
             migrations: &[],
+            models: None,
         }
     }
 
     /// Boots from a [`Config`]: checks the registry, connects once (failing
     /// fast when the server is down), creates missing tables, and opens a lazy pool.
     pub async fn from_config(config: Config) -> Result<DataFlow> {
-        Self::boot_with(config, &[]).await
+        Self::boot_with(config, &[], None).await
     }
 
-    async fn boot_with(config: Config, embedded: &'static [EmbeddedMigration]) -> Result<DataFlow> {
+    async fn boot_with(config: Config, embedded: &'static [EmbeddedMigration], models: Option<Vec<&'static ModelSchema>>) -> Result<DataFlow> {
         config.check_supported()?;
-        let models = registry()?;
+        let models = registry(models.unwrap_or_else(|| MODELS.to_vec()))?;
         let target = Target::parse(&config.database_url)?;
         let nodes = node_table(&models)?;
         tokio::task::spawn_blocking(move || boot(config, target, models, nodes, embedded))
@@ -287,10 +296,7 @@ impl DataFlow {
     /// What it would take to bring the database to the compiled models.
     pub async fn migration_plan(&self) -> Result<MigrationPlan> {
         self.blocking(|db, conn| {
-            on_conn!(conn, c => {
-                migrate::ensure_internal_tables(c)?;
-                migrate::plan_for(c, &db.inner.models, &db.inner.config.application_id)
-            })
+            on_conn!(conn, c => migrate::plan_for(c, &db.inner.models, &db.inner.config.application_id))
         })
         .await
     }
@@ -298,10 +304,7 @@ impl DataFlow {
     /// The migration history, oldest first.
     pub async fn migration_history(&self) -> Result<Vec<HistoryEntry>> {
         self.blocking(|_, conn| {
-            on_conn!(conn, c => {
-                migrate::ensure_internal_tables(c)?;
-                migrate::history(c)
-            })
+            on_conn!(conn, c => migrate::history(c))
         })
         .await
     }
@@ -313,7 +316,6 @@ impl DataFlow {
         self.blocking(move |db, conn| {
             let cfg = &db.inner.config;
             on_conn!(conn, c => {
-                migrate::ensure_internal_tables(c)?;
                 migrate::with_lock(c, &db.inner.target, cfg.connect_timeout(), "migrate apply", |c| {
                     let plan = migrate::plan_for(c, &db.inner.models, &cfg.application_id)?;
                     if plan.is_empty() {
@@ -352,8 +354,7 @@ impl DataFlow {
 }
 
 /// The compiled registry, checked: not empty, no duplicate names or tables.
-fn registry() -> Result<Vec<&'static ModelSchema>> {
-    let mut models: Vec<&'static ModelSchema> = MODELS.iter().copied().collect();
+fn registry(mut models: Vec<&'static ModelSchema>) -> Result<Vec<&'static ModelSchema>> {
     if models.is_empty() {
         return Err(Error::new(
             ErrorCode::Config,

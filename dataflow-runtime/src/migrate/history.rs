@@ -107,8 +107,13 @@ fn to_entry(r: &[Cell]) -> HistoryEntry {
     }
 }
 
+/// The history, oldest first (empty before the first migration).
 pub fn list<C: Conn>(conn: &mut C) -> Result<Vec<HistoryEntry>> {
-    Ok(query(conn, &format!("SELECT {COLUMNS} FROM dataflow_migrations ORDER BY version"), vec![])?.iter().map(|r| to_entry(r)).collect())
+    match query(conn, &format!("SELECT {COLUMNS} FROM dataflow_migrations ORDER BY version"), vec![]) {
+        Ok(rows) => Ok(rows.iter().map(|r| to_entry(r)).collect()),
+        Err(e) if e.kind() == ErrorCode::Database && !super::table_exists(conn, "dataflow_migrations")? => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
 }
 
 pub fn entry<C: Conn>(conn: &mut C, version: &str) -> Result<HistoryEntry> {
@@ -293,6 +298,9 @@ pub fn record_registry<C: Conn>(conn: &mut C, app: &str, models: &[&'static Mode
 
 /// The models in the registry, from the database alone.
 pub fn registered<C: Conn>(conn: &mut C, app: &str) -> Result<Vec<RegisteredModel>> {
+    if !super::table_exists(conn, "dataflow_registry")? {
+        return Ok(Vec::new());
+    }
     let rows = query(
         conn,
         "SELECT model, version, checksum, table_name, first_seen, last_seen, schema_json FROM dataflow_registry WHERE application_id = ? ORDER BY model",
@@ -355,16 +363,34 @@ pub fn run_embedded<C: Conn>(conn: &mut C, policy: &BootPolicy) -> Result<()> {
             Some(e) if e.status == MigrationStatus::Pending => {
                 return Err(Error::new(ErrorCode::MigrationBlocked, format!("migration {} is still pending", f.dir)));
             }
-            _ => {
-                exec(conn, "DELETE FROM dataflow_migrations WHERE version = ? AND status <> 'applied'", vec![text(f.version())])?;
-                let statements = vec![f.up.to_string()];
+            Some(_) => {
+                // A failed or rolled-back attempt is retried under the same version;
+                // its `error` stays as the record of what happened before.
+                exec(
+                    conn,
+                    "UPDATE dataflow_migrations SET status = 'pending', started_at = ?, applied_by = ? WHERE version = ?",
+                    vec![text(format_datetime(&now())), text(&policy.applied_by), text(f.version())],
+                )?;
+                apply_file(conn, &f)?;
+            }
+            None => {
                 insert(conn, f.version(), f.name(), &policy.app, "file", f.up, f.down, "reviewed", "", None, &policy.applied_by, true)?;
-                let started = Instant::now();
-                let version = f.version().to_string();
-                if let Err(e) = run_statements(conn, &statements, |c| mark_applied(c, &version, started)) {
-                    mark_failed(conn, &version, &e)?;
-                    return Err(Error::new(e.kind(), format!("migration file {}: {}", f.dir, e.message())));
-                }
+                apply_file(conn, &f)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn apply_file<C: Conn>(conn: &mut C, f: &super::EmbeddedMigration) -> Result<()> {
+    let statements = vec![f.up.to_string()];
+    {
+        {
+            let started = Instant::now();
+            let version = f.version().to_string();
+            if let Err(e) = run_statements(conn, &statements, |c| mark_applied(c, &version, started)) {
+                mark_failed(conn, &version, &e)?;
+                return Err(Error::new(e.kind(), format!("migration file {}: {}", f.dir, e.message())));
             }
         }
     }

@@ -24,12 +24,16 @@ pub fn with_lock<C: Conn, T>(conn: &mut C, target: &Target, timeout: Duration, w
             lock_conn
                 .batch_execute(&format!("SELECT pg_advisory_lock({PG_KEY})"))
                 .map_err(|e| Error::new(ErrorCode::Connection, format!("taking the migration lock: {e}")))?;
-            let result = f(conn);
+            // The internal tables are created under the lock: concurrent
+            // CREATE TABLE IF NOT EXISTS races on PostgreSQL's catalog.
+            let result = super::ensure_internal_tables(conn).and_then(|()| f(conn));
             // Closing the connection releases the lock even if this fails.
             let _ = lock_conn.batch_execute(&format!("SELECT pg_advisory_unlock({PG_KEY})"));
             result
         }
         Dialect::Sqlite => {
+            // SQLite serializes DDL under its write lock, so this cannot race.
+            super::ensure_internal_tables(conn)?;
             let holder = format!("{who} {}", uuid::Uuid::now_v7());
             let deadline = Instant::now() + timeout.max(Duration::from_secs(30));
             loop {

@@ -70,6 +70,14 @@ fn statement<C: Conn>(sql: &str, binds: Vec<SqlValue>) -> Sql {
     q
 }
 
+pub(crate) fn table_exists<C: Conn>(conn: &mut C, table: &str) -> Result<bool> {
+    let sql = match C::DIALECT {
+        Dialect::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
+        Dialect::Postgres => "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = ?",
+    };
+    Ok(matches!(query(conn, sql, vec![text(table)])?.first().and_then(|r| r.first()), Some(Cell::I64(n)) if *n > 0))
+}
+
 pub(crate) fn text(v: impl Into<String>) -> SqlValue {
     SqlValue::Text(v.into())
 }
@@ -147,7 +155,6 @@ pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
 /// Boot's schema step (after the fast check failed): lock, run reviewed
 /// files, plan, apply what is safe, record — or stop with a clear error.
 pub(crate) fn boot_migrate<C: Conn>(conn: &mut C, target: &crate::backend::Target, timeout: std::time::Duration, models: &[&'static ModelSchema], policy: &BootPolicy) -> Result<()> {
-    ensure_internal_tables(conn)?;
     lock::with_lock(conn, target, timeout, &policy.applied_by, |conn| {
         history::recover_interrupted(conn)?;
         history::run_embedded(conn, policy)?;
