@@ -23,3 +23,12 @@ pub fn model(attr: TokenStream, item: TokenStream) -> TokenStream {
 pub fn node(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::node(attr.into(), item.into()).into()
 }
+
+/// Embeds reviewed migration files (diesel's layout:
+/// `<dir>/<version>_<name>/up.sql` and `down.sql`, default dir `migrations`
+/// next to `Cargo.toml`) as `&'static [dataflow::migrate::EmbeddedMigration]`,
+/// for `DataFlow::builder(url).migrations(...)`.
+#[proc_macro]
+pub fn embed_migrations(input: TokenStream) -> TokenStream {
+    expand::embed_migrations(input.into()).into()
+}

@@ -347,6 +347,39 @@ impl DataFlow {
         .await
     }
 
+    /// `migrate apply --staging`: tries the current plan where it can be
+    /// thrown away and verifies it and its down SQL.
+    pub async fn stage_migrations(&self) -> Result<migrate::StagingReport> {
+        self.blocking(|db, conn| {
+            let app = &db.inner.config.application_id;
+            on_conn!(conn, c => {
+                let plan = migrate::plan_for(c, &db.inner.models, app)?;
+                migrate::stage(c, &db.inner.target, &db.inner.models, &plan, app)
+            })
+        })
+        .await
+    }
+
+    /// Removes a migration lock row left by a crashed process.
+    pub async fn force_unlock(&self) -> Result<usize> {
+        self.blocking(|_, conn| on_conn!(conn, c => {
+            migrate::ensure_internal_tables(c)?;
+            migrate::force_unlock(c)
+        }))
+        .await
+    }
+
+    /// Opens a database for tools that work from the persisted registry
+    /// alone (`dataflow models`, `dataflow migrate status`): no models
+    /// needed, no schema step.
+    pub async fn open_for_tools(url: &str) -> Result<DataFlow> {
+        let config = Config { database_url: url.into(), skip_migration: Some(true), ..Config::default() };
+        let target = Target::parse(&config.database_url)?;
+        tokio::task::spawn_blocking(move || boot(config, target, Vec::new(), HashMap::new(), &[]))
+            .await
+            .map_err(|e| Error::internal(format!("boot task failed: {e}")))?
+    }
+
     /// A pooled connection, for [`DataFlow::execute_blocking`].
     pub fn connection(&self) -> Result<r2d2::PooledConnection<Manager>> {
         Ok(self.inner.pool.get()?)

@@ -62,6 +62,22 @@ impl ErrorCode {
     }
 }
 
+impl ErrorCode {
+    /// The process exit code a command-line channel uses for this error
+    /// (one table for every CLI; 0 is success, 2 is a usage error).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorCode::Validation | ErrorCode::ConfirmationRequired => 3,
+            ErrorCode::NotFound | ErrorCode::UnknownNode => 4,
+            ErrorCode::UniqueViolation | ErrorCode::FkViolation | ErrorCode::NotAllowed => 5,
+            ErrorCode::MigrationBlocked => 6,
+            ErrorCode::Connection | ErrorCode::Timeout => 7,
+            ErrorCode::Config | ErrorCode::NotSupported => 8,
+            ErrorCode::Database | ErrorCode::Internal => 1,
+        }
+    }
+}
+
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

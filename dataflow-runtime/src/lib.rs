@@ -26,6 +26,7 @@
 //! ```
 
 mod backend;
+pub mod cli;
 mod config;
 mod dataflow;
 mod error;
@@ -46,7 +47,7 @@ pub use crate::node::{MergeNode, Node, NodeContext, NodeFuture, SwitchNode};
 pub use crate::schema::{Model, ModelSchema};
 pub use crate::sql::Dialect;
 pub use crate::workflow::{ConnectionSpec, NodeSpec, Run, Workflow, WorkflowBuilder, WorkflowRuntime, WorkflowSpec};
-pub use dataflow_macros::{model, node};
+pub use dataflow_macros::{embed_migrations, model, node};
 
 /// Used by the code `#[dataflow::model]` generates; not a public API.
 #[doc(hidden)]

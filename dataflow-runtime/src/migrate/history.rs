@@ -323,17 +323,16 @@ pub fn registered<C: Conn>(conn: &mut C, app: &str) -> Result<Vec<RegisteredMode
 /// Columns the registry recorded per table: a live column they include is
 /// ours (left over), one they do not is drift.
 pub fn known_columns<C: Conn>(conn: &mut C, app: &str) -> Result<BTreeMap<String, Vec<String>>> {
-    let rows = query(conn, "SELECT table_name, schema_json FROM dataflow_registry_history WHERE application_id = ?", vec![text(app)])?;
+    let rows = query(conn, "SELECT schema_json FROM dataflow_registry_history WHERE application_id = ?", vec![text(app)])?;
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in rows {
-        let schema: serde_json::Value = serde_json::from_str(&cell_text(&r[1])).unwrap_or_default();
+        let schema: serde_json::Value = serde_json::from_str(&cell_text(&r[0])).unwrap_or_default();
         let cols = out.entry(schema["table"].as_str().unwrap_or_default().to_string()).or_default();
         for f in schema["fields"].as_array().into_iter().flatten() {
             if let Some(c) = f["column"].as_str() {
                 cols.push(c.to_string());
             }
         }
-        let _ = &r[0];
     }
     Ok(out)
 }

@@ -183,7 +183,7 @@ pub(crate) fn boot_migrate<C: Conn>(conn: &mut C, target: &crate::backend::Targe
 /// Introspects and plans against the registry's knowledge.
 pub fn plan_for<C: Conn>(conn: &mut C, models: &[&'static ModelSchema], app: &str) -> Result<MigrationPlan> {
     let live = introspect(conn)?;
-    let known = history::known_columns(conn, app).unwrap_or_default();
+    let known = if table_exists(conn, "dataflow_registry_history")? { history::known_columns(conn, app)? } else { Default::default() };
     let mut rows_cache: BTreeMap<String, bool> = BTreeMap::new();
     let mut err = None;
     let mut has_rows = |t: &str| -> bool {
@@ -277,4 +277,110 @@ pub fn apply<C: Conn>(conn: &mut C, models: &[&'static ModelSchema], plan: &Migr
             Err(e)
         }
     }
+}
+
+/// What `migrate apply --staging` found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StagingReport {
+    pub operations: usize,
+    /// Where the trial ran: a copy of the SQLite file, or a rolled-back
+    /// PostgreSQL transaction.
+    pub sandbox: String,
+    pub steps: Vec<String>,
+}
+
+/// Applies `plan` where it can be thrown away, checks that it leaves nothing
+/// to plan, that its down SQL restores the previous shape and that it applies
+/// again. Nothing of it reaches the real database.
+pub fn stage<C: Conn>(conn: &mut C, target: &crate::backend::Target, models: &[&'static ModelSchema], plan: &MigrationPlan, app: &str) -> Result<StagingReport> {
+    let ops = plan.operations.len();
+    match target {
+        crate::backend::Target::Sqlite { memory: false, .. } => {
+            let copy = std::env::temp_dir().join(format!("dataflow-staging-{}.db", uuid::Uuid::now_v7().simple()));
+            let copy_path = copy.display().to_string();
+            exec(conn, "VACUUM INTO ?", vec![text(copy_path.as_str())])?;
+            let result = (|| {
+                let crate::backend::AnyConnection::Sqlite(mut c) = (crate::backend::Target::Sqlite { path: copy_path.clone(), memory: false }).connect(std::time::Duration::from_secs(5))? else {
+                    unreachable!("a SQLite target opens a SQLite connection")
+                };
+                verify(&mut c, models, plan, app)
+            })();
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{copy_path}{suffix}"));
+            }
+            Ok(StagingReport { operations: ops, sandbox: "a copy of the SQLite file".into(), steps: result? })
+        }
+        crate::backend::Target::Sqlite { memory: true, .. } => Err(Error::new(ErrorCode::NotSupported, "staging needs a SQLite file or PostgreSQL, not an in-memory database")),
+        crate::backend::Target::Postgres { .. } => {
+            const ROLLBACK: &str = "__dataflow_staging_rollback__";
+            let mut steps = Vec::new();
+            let outcome = conn.write_transaction(|c| {
+                steps = verify(c, models, plan, app)?;
+                Err::<(), _>(Error::internal(ROLLBACK))
+            });
+            match outcome {
+                Err(e) if e.message() == ROLLBACK => Ok(StagingReport { operations: ops, sandbox: "a PostgreSQL transaction that was rolled back".into(), steps }),
+                Err(e) => Err(e),
+                Ok(()) => Err(Error::internal("staging transaction committed")),
+            }
+        }
+    }
+}
+
+/// up → nothing left to plan → down → the same plan again → up.
+fn verify<C: Conn>(conn: &mut C, models: &[&'static ModelSchema], plan: &MigrationPlan, app: &str) -> Result<Vec<String>> {
+    let up: Vec<String> = plan.operations.iter().flat_map(|o| o.up.iter().cloned()).collect();
+    let down: Vec<String> = plan.operations.iter().rev().flat_map(|o| o.down.iter().cloned()).collect();
+    let fail = |step: &str, e: Error| Error::new(ErrorCode::MigrationBlocked, format!("staging failed at {step}: {}", e.message()));
+    let mut steps = Vec::new();
+    history::run_statements(conn, &up, |_| Ok(())).map_err(|e| fail("apply", e))?;
+    steps.push(format!("applied {} statements", up.len()));
+    let after = plan_for(conn, models, app)?;
+    if !after.is_empty() {
+        return Err(Error::new(ErrorCode::MigrationBlocked, format!("staging: after applying, {} operations are still planned: {}", after.operations.len(), after.operations[0].summary)));
+    }
+    steps.push("re-planned to nothing".into());
+    history::run_statements(conn, &down, |_| Ok(())).map_err(|e| fail("down", e))?;
+    let back = plan_for(conn, models, app)?;
+    if back.operations.len() != plan.operations.len() {
+        return Err(Error::new(ErrorCode::MigrationBlocked, format!("staging: the down SQL did not restore the previous schema ({} operations planned instead of {})", back.operations.len(), plan.operations.len())));
+    }
+    steps.push(format!("down SQL ran ({} statements) and restored the previous schema", down.len()));
+    history::run_statements(conn, &up, |_| Ok(())).map_err(|e| fail("re-apply", e))?;
+    steps.push("applied again".into());
+    Ok(steps)
+}
+
+/// Writes the plan as a reviewable migration directory
+/// (`<dir>/<version>_<name>/up.sql` and `down.sql`, diesel's layout).
+pub fn write_files(dir: &std::path::Path, name: &str, plan: &MigrationPlan) -> Result<std::path::PathBuf> {
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || name.is_empty() {
+        return Err(Error::new(ErrorCode::Validation, format!("migration name `{name}` must be letters, digits and `_`")));
+    }
+    let version = crate::value::now().format("%Y%m%d%H%M%S").to_string();
+    let path = dir.join(format!("{version}_{name}"));
+    std::fs::create_dir_all(&path).map_err(|e| Error::new(ErrorCode::Config, format!("creating {}: {e}", path.display())))?;
+    let mut up = String::new();
+    let mut down = String::new();
+    for op in &plan.operations {
+        let rules: Vec<&str> = op.rules.iter().map(|r| r.rule).collect();
+        up.push_str(&format!("-- {} [{}{}]\n", op.summary, op.risk.as_str(), if rules.is_empty() { String::new() } else { format!(": {}", rules.join(", ")) }));
+        for s in &op.up {
+            up.push_str(s);
+            up.push_str(";\n");
+        }
+    }
+    for op in plan.operations.iter().rev() {
+        down.push_str(&format!("-- undo: {}\n", op.summary));
+        for s in &op.down {
+            down.push_str(s);
+            down.push_str(";\n");
+        }
+    }
+    let write = |file: &str, text: &str| {
+        std::fs::write(path.join(file), text).map_err(|e| Error::new(ErrorCode::Config, format!("writing {}/{file}: {e}", path.display())))
+    };
+    write("up.sql", &up)?;
+    write("down.sql", &down)?;
+    Ok(path)
 }

@@ -1,0 +1,293 @@
+//! The command line for models and migrations, as a binary (`dataflow`)
+//! and embeddable in the user's own binary:
+//!
+//! ```no_run
+//! # async fn f(db: dataflow::DataFlow) {
+//! let code = dataflow::cli::run(&db).await;   // parses std::env::args()
+//! std::process::exit(code);
+//! # }
+//! ```
+//!
+//! `models`, `migrate status|plan|apply|rollback|generate|unlock`. Output is
+//! a readable table; `--json` prints JSON for machines. Exit codes come
+//! from [`ErrorCode::exit_code`](crate::ErrorCode::exit_code).
+
+use crate::error::{Error, Result};
+use crate::migrate::{HistoryEntry, MigrationPlan, RiskLevel};
+use crate::DataFlow;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "dataflow", about = "Models and migrations of a dataflow database")]
+pub struct Cli {
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The models and versions in the persisted registry.
+    Models,
+    /// Plan, apply and undo schema changes.
+    Migrate {
+        #[command(subcommand)]
+        command: MigrateCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// The history of applied, failed and rolled-back migrations, and what is pending.
+    Status,
+    /// What it takes to bring the database to the compiled models, with risks and SQL.
+    Plan,
+    /// Apply the plan. Operations above low risk need `--allow <rule>` for each rule and `--reason`.
+    Apply {
+        #[arg(long = "allow", value_name = "RULE")]
+        allow: Vec<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        /// First apply where it can be thrown away (a copy of the SQLite file, a
+        /// rolled-back PostgreSQL transaction), verify it and its down SQL.
+        #[arg(long)]
+        staging: bool,
+    },
+    /// Undo applied migrations, newest first.
+    Rollback {
+        /// Undo every migration after this version.
+        #[arg(long)]
+        to: Option<String>,
+        /// How many to undo (without --to).
+        #[arg(long, default_value_t = 1)]
+        steps: usize,
+        /// `--allow data_loss` permits downs that drop data.
+        #[arg(long = "allow", value_name = "RULE")]
+        allow: Vec<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Write the plan as reviewable files: <dir>/<version>_<name>/up.sql and down.sql.
+    Generate {
+        name: String,
+        #[arg(long, default_value = "migrations")]
+        dir: PathBuf,
+    },
+    /// Remove a migration lock left by a crashed process (SQLite).
+    Unlock,
+}
+
+/// Parses `std::env::args()` and runs the command; returns the exit code.
+pub async fn run(db: &DataFlow) -> i32 {
+    run_from(db, std::env::args()).await
+}
+
+/// Like [`run`] with explicit arguments (the first is the program name).
+pub async fn run_from<I, T>(db: &DataFlow, args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match execute(db, &cli).await {
+        Ok(out) => {
+            print!("{out}");
+            0
+        }
+        Err(e) => {
+            if cli.json {
+                println!("{}", json!({"error": e.to_json()}));
+            } else {
+                eprintln!("error[{}]: {}", e.code(), e.message());
+            }
+            i32::from(e.kind().exit_code())
+        }
+    }
+}
+
+/// Runs a parsed command and returns what to print.
+pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
+    let json_out = cli.json;
+    let render = |v: serde_json::Value| format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default());
+    match &cli.command {
+        Command::Models => {
+            let models = db.registered_models().await?;
+            if json_out {
+                return Ok(render(serde_json::to_value(&models).unwrap_or_default()));
+            }
+            let rows: Vec<Vec<String>> = models
+                .iter()
+                .map(|m| vec![m.name.clone(), m.table.clone(), m.version.to_string(), m.checksum.clone(), m.last_seen.clone()])
+                .collect();
+            Ok(table(&["model", "table", "version", "checksum", "last seen"], &rows))
+        }
+        Command::Migrate { command } => match command {
+            MigrateCommand::Status => {
+                let history = db.migration_history().await?;
+                let plan = if db.models().is_empty() { None } else { Some(db.migration_plan().await?) };
+                if json_out {
+                    return Ok(render(json!({"history": history, "pending": plan})));
+                }
+                let mut out = history_table(&history);
+                match plan {
+                    Some(p) if p.is_empty() => out.push_str("\nThe database matches the models.\n"),
+                    Some(p) => out.push_str(&format!("\nPending: {} operation(s), risk {}; see `migrate plan`.\n", p.operations.len(), p.risk().as_str())),
+                    None => {}
+                }
+                Ok(out)
+            }
+            MigrateCommand::Plan => {
+                needs_models(db)?;
+                let plan = db.migration_plan().await?;
+                if json_out {
+                    return Ok(render(serde_json::to_value(&plan).unwrap_or_default()));
+                }
+                Ok(plan_text(&plan))
+            }
+            MigrateCommand::Apply { allow, reason, staging } => {
+                needs_models(db)?;
+                let mut out = String::new();
+                if *staging {
+                    let report = db.stage_migrations().await?;
+                    out.push_str(&format!("staging passed in {}:\n", report.sandbox));
+                    for s in &report.steps {
+                        out.push_str(&format!("  - {s}\n"));
+                    }
+                }
+                match db.apply_migrations(allow.clone(), reason.clone()).await? {
+                    None => out.push_str("Nothing to apply: the database matches the models.\n"),
+                    Some(entry) if json_out => return Ok(render(serde_json::to_value(&entry).unwrap_or_default())),
+                    Some(entry) => out.push_str(&format!(
+                        "Applied {} ({}, risk {}) in {} ms.\n",
+                        entry.version,
+                        entry.name,
+                        entry.risk,
+                        entry.duration_ms.unwrap_or_default()
+                    )),
+                }
+                Ok(out)
+            }
+            MigrateCommand::Rollback { to, steps, allow, reason } => {
+                let data_loss = allow.iter().any(|a| a == "data_loss");
+                if data_loss && reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+                    return Err(Error::new(crate::ErrorCode::MigrationBlocked, "--allow data_loss needs --reason \"...\""));
+                }
+                let undone = db.rollback_migrations(to.clone(), *steps, data_loss).await?;
+                if json_out {
+                    return Ok(render(json!({"rolled_back": undone})));
+                }
+                Ok(format!("Rolled back {}.\n", undone.join(", ")))
+            }
+            MigrateCommand::Generate { name, dir } => {
+                needs_models(db)?;
+                let plan = db.migration_plan().await?;
+                if plan.is_empty() {
+                    return Ok("Nothing to generate: the database matches the models.\n".into());
+                }
+                let path = crate::migrate::write_files(dir, name, &plan)?;
+                if json_out {
+                    return Ok(render(json!({"path": path.display().to_string()})));
+                }
+                Ok(format!("Wrote {}/up.sql and down.sql ({} operations, risk {}).\n", path.display(), plan.operations.len(), plan.risk().as_str()))
+            }
+            MigrateCommand::Unlock => {
+                let n = db.force_unlock().await?;
+                Ok(format!("Removed {n} lock row(s).\n"))
+            }
+        },
+    }
+}
+
+/// Planning compares compiled models with the database, so it needs them.
+fn needs_models(db: &DataFlow) -> Result<()> {
+    if db.models().is_empty() {
+        return Err(Error::new(
+            crate::ErrorCode::Config,
+            "this binary has no compiled models; plan, apply and generate run inside your application: call `dataflow::cli::run(&db)` from it",
+        ));
+    }
+    Ok(())
+}
+
+fn plan_text(plan: &MigrationPlan) -> String {
+    if plan.is_empty() && plan.drift.is_empty() {
+        return "The database matches the models: nothing to do.\n".into();
+    }
+    let mut out = String::new();
+    for (i, op) in plan.operations.iter().enumerate() {
+        out.push_str(&format!("{}. {} — model {} — risk {}\n", i + 1, op.summary, op.model, op.risk.as_str()));
+        for r in &op.rules {
+            out.push_str(&format!("     rule {}: {}\n", r.rule, r.reason));
+        }
+        for s in &op.up {
+            out.push_str(&format!("     up:   {s};\n"));
+        }
+        for s in &op.down {
+            out.push_str(&format!("     down: {s};{}\n", if op.down_loses_data { "  (loses data)" } else { "" }));
+        }
+    }
+    for d in &plan.drift {
+        out.push_str(&format!("drift: {}\n", d.message));
+    }
+    if plan.risk() > RiskLevel::Low {
+        let allow: Vec<String> = plan.rules().iter().map(|r| format!("--allow {r}")).collect();
+        out.push_str(&format!("\nTo apply: migrate apply {} --reason \"...\"\n", allow.join(" ")));
+    } else if !plan.is_empty() {
+        out.push_str("\nAll operations are safe: `migrate apply` (or the next boot) applies them.\n");
+    }
+    out
+}
+
+fn history_table(history: &[HistoryEntry]) -> String {
+    let rows: Vec<Vec<String>> = history
+        .iter()
+        .map(|e| {
+            vec![
+                e.version.clone(),
+                e.name.clone(),
+                e.source.clone(),
+                e.status.as_str().to_string(),
+                e.risk.clone(),
+                e.applied_at.clone().unwrap_or_default(),
+                e.duration_ms.map(|d| format!("{d} ms")).unwrap_or_default(),
+                e.applied_by.clone(),
+            ]
+        })
+        .collect();
+    table(&["version", "name", "source", "status", "risk", "applied at", "took", "by"], &rows)
+}
+
+/// A plain-text table with aligned columns.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| -> String {
+        let mut s: String = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}  ")).collect();
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    let mut out = line(headers.to_vec());
+    out.push_str(&line(widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().iter().map(String::as_str).collect()));
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    if rows.is_empty() {
+        out.push_str("(none)\n");
+    }
+    out
+}
