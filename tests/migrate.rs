@@ -319,3 +319,231 @@ async fn concurrent_boots_migrate_exactly_once() {
     })
     .await;
 }
+
+// ------------------------------------------------------------------ files
+
+/// Reviewed files embedded at compile time (tests/fixtures/migrations).
+static FILES: &[dataflow::migrate::EmbeddedMigration] = dataflow::embed_migrations!("tests/fixtures/migrations");
+
+#[tokio::test]
+async fn embedded_migration_files_run_at_boot_once_and_edits_are_drift() {
+    assert_eq!(FILES.len(), 2);
+    assert_eq!(FILES[0].version(), "20260101000000");
+    assert_eq!(FILES[1].name(), "add_note_tag");
+    on_each_backend("files", |url| async move {
+        let db = DataFlow::builder(&url).models(&[schema::<v1::Person>()]).migrations(FILES).build().await.unwrap();
+        let history = db.migration_history().await.unwrap();
+        let files: Vec<(&str, &str)> = history.iter().filter(|e| e.source == "file").map(|e| (e.version.as_str(), e.name.as_str())).collect();
+        assert_eq!(files, [("20260101000000", "create_notes"), ("20260102000000", "add_note_tag")]);
+        assert!(history.iter().all(|e| e.status == MigrationStatus::Applied));
+        let mut conn = db.connection().unwrap();
+        conn.batch_execute("INSERT INTO notes (id, body, tag) VALUES ('n1', 'hello', 't')").unwrap();
+        drop((conn, db));
+        // Booting again applies nothing new.
+        let db = DataFlow::builder(&url).models(&[schema::<v1::Person>()]).migrations(FILES).build().await.unwrap();
+        assert_eq!(db.migration_history().await.unwrap().len(), 3);
+        drop(db);
+        // A file edited after it was applied stops boot.
+        static EDITED: &[dataflow::migrate::EmbeddedMigration] = &[dataflow::migrate::EmbeddedMigration {
+            dir: "20260101000000_create_notes",
+            up: "CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT);\n",
+            down: "DROP TABLE notes;\n",
+        }];
+        let e = DataFlow::builder(&url).models(&[schema::<v1::Person>()]).migrations(EDITED).build().await.unwrap_err();
+        assert_eq!(e.code(), "migration_blocked");
+        assert!(e.message().contains("drift") && e.message().contains("20260101000000_create_notes"), "{e}");
+    })
+    .await;
+}
+
+// ------------------------------------------------------------------ the CLI, as a subprocess
+
+fn example(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "--example", "schema_evolution", "--"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn migrate_cli_plans_applies_stages_and_rolls_back() {
+    let mut urls = vec![sqlite_url("cli")];
+    urls.extend(postgres::fresh_database("cli"));
+    for url in urls {
+        let run = |schema: &str, rest: &[&str]| {
+            let mut args = vec!["--url", url.as_str(), "--schema", schema];
+            args.extend_from_slice(rest);
+            example(&args)
+        };
+        let o = run("v1", &[]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+        let o = run("v2", &[]);
+        assert_eq!(o.status.code(), Some(6), "a plain boot of v2 is blocked: {}", stdout(&o));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("drop column articles.body"));
+
+        let o = run("v2", &["migrate", "plan"]);
+        let text = stdout(&o);
+        assert!(o.status.success(), "{text}");
+        assert!(text.contains("add column articles.summary") && text.contains("risk safe"), "{text}");
+        assert!(text.contains("drop column articles.body") && text.contains("risk destructive"), "{text}");
+        assert!(text.contains("migrate apply --allow data_loss --reason"), "{text}");
+        assert!(!text.contains("drift"), "the registry explains body: {text}");
+
+        let o = run("v2", &["migrate", "plan", "--json"]);
+        let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(plan["operations"][1]["risk"], "destructive");
+        assert_eq!(plan["operations"][1]["rules"][0]["rule"], "data_loss");
+
+        let o = run("v2", &["migrate", "apply"]);
+        assert_eq!(o.status.code(), Some(6), "needs --allow: {}", stdout(&o));
+
+        let o = run("v2", &["migrate", "apply", "--allow", "data_loss", "--reason", "summary replaces body", "--staging"]);
+        let text = stdout(&o);
+        assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
+        assert!(text.contains("staging passed") && text.contains("restored the previous schema") && text.contains("Applied"), "{text}");
+
+        let o = run("v2", &["migrate", "status"]);
+        let text = stdout(&o);
+        assert_eq!(text.lines().filter(|l| l.contains("  applied  ")).count(), 2, "{text}");
+        assert!(text.contains("The database matches the models."), "{text}");
+
+        let o = run("v2", &["migrate", "rollback"]);
+        assert_eq!(o.status.code(), Some(6), "the down drops summary: {}", String::from_utf8_lossy(&o.stderr));
+        let o = run("v2", &["migrate", "rollback", "--allow", "data_loss", "--reason", "undo"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let o = run("v2", &["migrate", "status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(status["history"][1]["status"], "rolled_back");
+        assert_eq!(status["pending"]["operations"].as_array().unwrap().len(), 2);
+
+        let dir = std::env::temp_dir().join(format!("dataflow-gen-{}", std::process::id()));
+        let o = run("v2", &["migrate", "generate", "drop_body", "--dir", dir.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let made: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let generated = made.iter().find(|p| p.display().to_string().ends_with("_drop_body")).expect("generated dir");
+        let up = std::fs::read_to_string(generated.join("up.sql")).unwrap();
+        assert!(up.contains("DROP COLUMN \"body\"") && up.contains("-- drop column articles.body [destructive: data_loss]"), "{up}");
+        assert!(std::fs::read_to_string(generated.join("down.sql")).unwrap().contains("ADD COLUMN \"body\""));
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // The standalone binary reads the registry without the models.
+        let o = std::process::Command::new(env!("CARGO"))
+            .args(["run", "--quiet", "-p", "dataflow", "--bin", "dataflow", "--", "--url", url.as_str(), "models"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let text = stdout(&o);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(text.contains("Article") && text.contains("articles"), "{text}");
+    }
+}
+
+// ------------------------------------------------------------------ processes: concurrency and crashes
+
+fn child(test: &str, url: &str) -> std::process::Child {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", test, "--nocapture", "--test-threads=1"])
+        .env("DATAFLOW_CHILD_URL", url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Run by `four_processes_booting_at_once_migrate_exactly_once`.
+#[tokio::test]
+#[ignore = "a child process of four_processes_booting_at_once_migrate_exactly_once"]
+async fn child_boot_v2() {
+    let url = std::env::var("DATAFLOW_CHILD_URL").expect("run by the parent test");
+    boot(&url, schema::<v2::Person>()).await.unwrap();
+}
+
+#[test]
+fn four_processes_booting_at_once_migrate_exactly_once() {
+    let mut urls = vec![sqlite_url("four")];
+    urls.extend(postgres::fresh_database("four"));
+    for url in urls {
+        let children: Vec<_> = (0..4).map(|_| child("child_boot_v2", &url)).collect();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let db = boot(&url, schema::<v2::Person>()).await.unwrap();
+            let history = db.migration_history().await.unwrap();
+            assert_eq!(history.len(), 1, "{url}: {history:?}");
+            assert_eq!(history[0].status, MigrationStatus::Applied);
+        });
+    }
+}
+
+/// A multi-statement migration that takes a while, to be killed halfway.
+static SLOW: &[dataflow::migrate::EmbeddedMigration] = &[dataflow::migrate::EmbeddedMigration {
+    dir: "20260301000000_slow",
+    up: "CREATE TABLE kill_a (id INT);\nSELECT pg_sleep(3);\nCREATE TABLE kill_b (id INT);\n",
+    down: "DROP TABLE kill_b;\nDROP TABLE kill_a;\n",
+}];
+
+/// Run by `a_migration_killed_halfway_is_failed_and_retried`.
+#[tokio::test]
+#[ignore = "a child process of a_migration_killed_halfway_is_failed_and_retried"]
+async fn child_apply_slow_migration() {
+    let url = std::env::var("DATAFLOW_CHILD_URL").expect("run by the parent test");
+    DataFlow::builder(&url).models(&[schema::<v1::Person>()]).migrations(SLOW).build().await.unwrap();
+}
+
+#[test]
+fn a_migration_killed_halfway_is_failed_and_retried() {
+    use diesel::{Connection, PgConnection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        status: String,
+    }
+    let Some(url) = postgres::fresh_database("kill") else { return };
+    let mut child = child("child_apply_slow_migration", &url);
+    let mut pg = PgConnection::establish(&url).unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let rows: Vec<Row> = diesel::sql_query("SELECT status FROM dataflow_migrations WHERE version = '20260301000000'").load(&mut pg).unwrap_or_default();
+        if rows.first().is_some_and(|r| r.status == "pending") {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the child never started the migration");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let exists = |pg: &mut PgConnection, t: &str| {
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let r: Vec<N> = diesel::sql_query(format!("SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_name = '{t}'")).load(pg).unwrap();
+        r[0].n == 1
+    };
+    assert!(!exists(&mut pg, "kill_a"), "nothing of the killed migration is applied");
+    let rows: Vec<Row> = diesel::sql_query("SELECT status FROM dataflow_migrations WHERE version = '20260301000000'").load(&mut pg).unwrap();
+    assert_eq!(rows[0].status, "pending", "the history never says applied for a half-run migration");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let db = DataFlow::builder(&url).models(&[schema::<v1::Person>()]).migrations(SLOW).build().await.unwrap();
+        let history = db.migration_history().await.unwrap();
+        let slow = history.iter().find(|e| e.version == "20260301000000").unwrap();
+        assert_eq!(slow.status, MigrationStatus::Applied, "the retry succeeds");
+        assert!(slow.error.as_deref().unwrap_or_default().contains("interrupted"), "the failed attempt is recorded: {slow:?}");
+    });
+    assert!(exists(&mut pg, "kill_a") && exists(&mut pg, "kill_b"));
+}

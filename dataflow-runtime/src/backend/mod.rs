@@ -77,11 +77,22 @@ impl Target {
             Target::Sqlite { path, .. } => {
                 let mut conn = SqliteConnection::establish(path).map_err(|e| connection_error(self, &e.to_string()))?;
                 conn.batch_execute(&format!(
-                    "PRAGMA busy_timeout = {}; PRAGMA foreign_keys = ON; PRAGMA case_sensitive_like = ON; \
-                     PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
+                    "PRAGMA busy_timeout = {}; PRAGMA foreign_keys = ON; PRAGMA case_sensitive_like = ON; PRAGMA synchronous = NORMAL;",
                     connect_timeout.as_millis().max(1000)
                 ))
                 .map_err(|e| connection_error(self, &e.to_string()))?;
+                // Switching to WAL (once per file; it persists) can report "locked"
+                // without waiting when several processes open a new file at once.
+                let deadline = std::time::Instant::now() + connect_timeout;
+                loop {
+                    match conn.batch_execute("PRAGMA journal_mode = WAL") {
+                        Ok(()) => break,
+                        Err(e) if e.to_string().contains("locked") && std::time::Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(10))
+                        }
+                        Err(e) => return Err(connection_error(self, &e.to_string())),
+                    }
+                }
                 Ok(AnyConnection::Sqlite(conn))
             }
             Target::Postgres { url } => {
