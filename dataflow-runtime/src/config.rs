@@ -18,6 +18,9 @@ pub struct Config {
     pub auto_migrate: Option<bool>,
     /// Skip every schema step at boot.
     pub skip_migration: Option<bool>,
+    /// Before applying at boot, trial the plan where it can be thrown away
+    /// (as `migrate apply --staging` does).
+    pub staging: Option<bool>,
     pub enable_schema_discovery: Option<bool>,
     pub enable_caching: Option<bool>,
     pub enable_metrics: Option<bool>,
@@ -42,6 +45,7 @@ impl Default for Config {
             enable_model_persistence: None,
             auto_migrate: None,
             skip_migration: None,
+            staging: None,
             enable_schema_discovery: None,
             enable_caching: None,
             enable_metrics: None,

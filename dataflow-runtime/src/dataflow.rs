@@ -95,6 +95,7 @@ impl DataFlowBuilder {
         enable_model_persistence,
         auto_migrate,
         skip_migration,
+        staging,
         enable_schema_discovery,
         enable_caching,
         enable_metrics,
@@ -481,6 +482,7 @@ fn boot(
             app: config.application_id.clone(),
             registry: config.uses_registry(),
             auto_apply: config.auto_migrate.unwrap_or(true),
+            staging: config.staging.unwrap_or(false),
             applied_by: applied_by(),
             embedded,
         };

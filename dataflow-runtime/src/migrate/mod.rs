@@ -115,6 +115,8 @@ pub(crate) struct BootPolicy {
     pub registry: bool,
     /// Apply safe and low-risk operations.
     pub auto_apply: bool,
+    /// Trial the plan in a sandbox first.
+    pub staging: bool,
     pub applied_by: String,
     pub embedded: &'static [EmbeddedMigration],
 }
@@ -174,6 +176,9 @@ pub(crate) fn boot_migrate<C: Conn>(conn: &mut C, target: &crate::backend::Targe
         }
         if plan.risk() > RiskLevel::Low {
             return Err(blocked_error(&plan));
+        }
+        if policy.staging {
+            stage(conn, target, models, &plan, &policy.app)?;
         }
         let options = ApplyOptions { app: &policy.app, applied_by: &policy.applied_by, allow: &[], reason: None, name: "auto", record_registry: policy.registry };
         apply(conn, models, &plan, options).map(drop)

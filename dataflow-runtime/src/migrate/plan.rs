@@ -423,8 +423,8 @@ fn plan_column(
                 OpKind::AlterColumnType,
                 Some(f.column),
                 summary,
-                vec![format!("ALTER TABLE {table} ALTER COLUMN {col} TYPE {} USING {col}::{}", d.column_type(f), d.column_type(f))],
-                vec![format!("ALTER TABLE {table} ALTER COLUMN {col} TYPE {} USING {col}::{}", live.ty, live.ty)],
+                [alter_type(&table, &col, &d.column_type(f))].into_iter().chain(f.default.map(|v| format!("ALTER TABLE {table} ALTER COLUMN {col} SET DEFAULT {}", d.default_literal(v)))).collect(),
+                [alter_type(&table, &col, &live.ty.to_uppercase())].into_iter().chain(live.default.as_ref().map(|v| format!("ALTER TABLE {table} ALTER COLUMN {col} SET DEFAULT {v}"))).collect(),
             );
             for r in rules {
                 op = op.rule(r);
@@ -444,7 +444,9 @@ fn plan_column(
         }
     }
     let want_default = expected_default(d, f);
-    if live.default != want_default {
+    // A PostgreSQL type change re-sets the default itself.
+    let retyped = d == Dialect::Postgres && live.ty != want_ty;
+    if live.default != want_default && !retyped {
         let summary = format!("set default of {name} to {}", want_default.as_deref().unwrap_or("none"));
         if d == Dialect::Sqlite {
             rebuild.push((summary, Vec::new()));
@@ -514,6 +516,12 @@ fn plan_column(
             ops.push(if populated(has_rows) { op.rule(hit("fk_without_not_valid", name.clone())) } else { op });
         }
     }
+}
+
+/// PostgreSQL type change through text, which every scalar type casts to
+/// and from (values that do not convert fail the migration, not corrupt it).
+fn alter_type(table: &str, col: &str, ty: &str) -> String {
+    format!("ALTER TABLE {table} ALTER COLUMN {col} DROP DEFAULT, ALTER COLUMN {col} TYPE {ty} USING {col}::text::{ty}")
 }
 
 /// SQLite's documented way to change what ALTER TABLE cannot: create the
