@@ -51,10 +51,14 @@ fn chain(db: &DataFlow, len: usize) -> Workflow {
 async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (rounds, ops) = if full { (5, 3_000) } else { (1, 20) };
-    let path = std::env::temp_dir().join(format!("dataflow-bench-workflow-{}.db", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("dataflow-bench-workflow-{}.db", std::process::id()));
     let url = format!("sqlite://{}", path.display());
     let db = DataFlow::builder(&url).build().await.expect("boot");
-    let item = db.execute("BenchItemCreateNode", json!({"name": "bench"})).await.expect("create");
+    let item = db
+        .execute("BenchItemCreateNode", json!({"name": "bench"}))
+        .await
+        .expect("create");
     let id = item["id"].clone();
     let one = chain(&db, 1);
     let ten = chain(&db, 10);
@@ -62,30 +66,74 @@ async fn main() {
     let rt = db.runtime();
 
     // The paths agree before anything is timed.
-    let direct = db.execute("BenchItemReadNode", json!({"id": id})).await.unwrap();
-    assert_eq!(rt.execute(&one, inputs.clone()).await.unwrap().results["n0"], direct);
-    assert_eq!(rt.execute(&ten, inputs.clone()).await.unwrap().results["n9"], direct);
+    let direct = db
+        .execute("BenchItemReadNode", json!({"id": id}))
+        .await
+        .unwrap();
+    assert_eq!(
+        rt.execute(&one, inputs.clone()).await.unwrap().results["n0"],
+        direct
+    );
+    assert_eq!(
+        rt.execute(&ten, inputs.clone()).await.unwrap().results["n9"],
+        direct
+    );
 
     let (mut d, mut w1, mut w10) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
-        d.push(ops_per_sec(ops, || async { db.execute("BenchItemReadNode", json!({"id": id})).await.unwrap() }).await);
-        w1.push(ops_per_sec(ops, || async { rt.execute(&one, inputs.clone()).await.unwrap().results.len().into() }).await);
-        w10.push(ops_per_sec(ops / 5, || async { rt.execute(&ten, inputs.clone()).await.unwrap().results.len().into() }).await);
+        d.push(
+            ops_per_sec(ops, || async {
+                db.execute("BenchItemReadNode", json!({"id": id}))
+                    .await
+                    .unwrap()
+            })
+            .await,
+        );
+        w1.push(
+            ops_per_sec(ops, || async {
+                rt.execute(&one, inputs.clone())
+                    .await
+                    .unwrap()
+                    .results
+                    .len()
+                    .into()
+            })
+            .await,
+        );
+        w10.push(
+            ops_per_sec(ops / 5, || async {
+                rt.execute(&ten, inputs.clone())
+                    .await
+                    .unwrap()
+                    .results
+                    .len()
+                    .into()
+            })
+            .await,
+        );
     }
     let (d, w1, w10) = (median(d), median(w1), median(w10));
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
     if !full {
-        println!("workflow bench smoke run passed (run `cargo bench --bench workflow` for numbers)");
+        println!(
+            "workflow bench smoke run passed (run `cargo bench --bench workflow` for numbers)"
+        );
         return;
     }
-    println!("Workflow runtime overhead, SQLite file, median of {rounds} rounds ({ops} runs per round)");
+    println!(
+        "Workflow runtime overhead, SQLite file, median of {rounds} rounds ({ops} runs per round)"
+    );
     println!("command: cargo bench --bench workflow\n");
     println!("| line | runs/s | node calls/s | vs direct node call |");
     println!("|---|---:|---:|---:|");
     println!("| direct `db.execute` (Read by id) | {d:.0} | {d:.0} | 1.00× |");
     println!("| one-node workflow | {w1:.0} | {w1:.0} | {:.2}× |", w1 / d);
-    println!("| ten-node chain | {w10:.0} | {:.0} | {:.2}× per node |", w10 * 10.0, w10 * 10.0 / d);
+    println!(
+        "| ten-node chain | {w10:.0} | {:.0} | {:.2}× per node |",
+        w10 * 10.0,
+        w10 * 10.0 / d
+    );
     println!("\ntarget: one-node workflow ≥ 0.90× the direct node call");
 }

@@ -45,20 +45,38 @@ fn show(label: &str, v: &Value) {
 
 #[tokio::main]
 async fn main() -> Result<(), dataflow::Error> {
-    let url = std::env::args().nth(1).unwrap_or_else(|| "sqlite://quickstart.db".into());
+    let url = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "sqlite://quickstart.db".into());
     let db = DataFlow::builder(&url).build().await?;
     println!("booted {} models on {url}", db.models().len());
 
     // Start clean so the example can run again.
-    db.execute("UserBulkDeleteNode", json!({"filter": {}, "confirmed": true})).await?;
+    db.execute(
+        "UserBulkDeleteNode",
+        json!({"filter": {}, "confirmed": true}),
+    )
+    .await?;
 
-    let ann = db.execute("UserCreateNode", json!({"email": "ann@example.io", "full_name": "Ann"})).await?;
+    let ann = db
+        .execute(
+            "UserCreateNode",
+            json!({"email": "ann@example.io", "full_name": "Ann"}),
+        )
+        .await?;
     show("Create", &ann);
     let id = ann["id"].clone();
-    show("Read", &db.execute("UserReadNode", json!({"id": id})).await?);
+    show(
+        "Read",
+        &db.execute("UserReadNode", json!({"id": id})).await?,
+    );
     show(
         "Update",
-        &db.execute("UserUpdateNode", json!({"id": id, "fields": {"full_name": "Ann Lee"}})).await?,
+        &db.execute(
+            "UserUpdateNode",
+            json!({"id": id, "fields": {"full_name": "Ann Lee"}}),
+        )
+        .await?,
     );
     let bulk = db
         .execute(
@@ -83,7 +101,14 @@ async fn main() -> Result<(), dataflow::Error> {
         &db.execute("UserListNode", json!({"filter": {"active": true}, "order_by": ["-email"], "limit": 2, "after": page["next"]}))
             .await?,
     );
-    show("Count", &db.execute("UserCountNode", json!({"filter": {"email": {"$like": "%@example.io"}}})).await?);
+    show(
+        "Count",
+        &db.execute(
+            "UserCountNode",
+            json!({"filter": {"email": {"$like": "%@example.io"}}}),
+        )
+        .await?,
+    );
     show(
         "Upsert",
         &db.execute(
@@ -94,7 +119,11 @@ async fn main() -> Result<(), dataflow::Error> {
     );
     show(
         "BulkUpdate",
-        &db.execute("UserBulkUpdateNode", json!({"filter": {"active": false}, "fields": {"active": true}})).await?,
+        &db.execute(
+            "UserBulkUpdateNode",
+            json!({"filter": {"active": false}, "fields": {"active": true}}),
+        )
+        .await?,
     );
     show(
         "BulkUpsert",
@@ -110,7 +139,10 @@ async fn main() -> Result<(), dataflow::Error> {
 
     let expires = (Utc::now() + Duration::days(1)).to_rfc3339();
     let session = db
-        .execute("SessionCreateNode", json!({"user_id": id, "token": "t-123", "expires_at": expires}))
+        .execute(
+            "SessionCreateNode",
+            json!({"user_id": id, "token": "t-123", "expires_at": expires}),
+        )
         .await?;
     show("Session", &session);
     let convo = db
@@ -128,12 +160,21 @@ async fn main() -> Result<(), dataflow::Error> {
         .expect_err("duplicate email");
     println!("{:<12} {} -> {}", "Error", err.code(), err);
 
-    show("Delete", &db.execute("UserDeleteNode", json!({"id": id})).await?);
+    show(
+        "Delete",
+        &db.execute("UserDeleteNode", json!({"id": id})).await?,
+    );
     show(
         "BulkDelete",
-        &db.execute("UserBulkDeleteNode", json!({"filter": {"email": {"$in": ["bob@example.io", "eve@example.io"]}}}))
-            .await?,
+        &db.execute(
+            "UserBulkDeleteNode",
+            json!({"filter": {"email": {"$in": ["bob@example.io", "eve@example.io"]}}}),
+        )
+        .await?,
     );
-    show("Count", &db.execute("ConversationCountNode", json!({})).await?);
+    show(
+        "Count",
+        &db.execute("ConversationCountNode", json!({})).await?,
+    );
     Ok(())
 }

@@ -54,7 +54,12 @@ async fn main() {
     let schema = take(&mut args, "--schema", "v1");
     let model: &'static ModelSchema = if schema == "v2" { &V2 } else { &V1 };
     let cli = args.len() > 1;
-    let db = match DataFlow::builder(&url).models(&[model]).auto_migrate(!cli).build().await {
+    let db = match DataFlow::builder(&url)
+        .models(&[model])
+        .auto_migrate(!cli)
+        .build()
+        .await
+    {
         Ok(db) => db,
         Err(e) => {
             eprintln!("error[{}]: {}", e.code(), e.message());
@@ -64,8 +69,17 @@ async fn main() {
     if cli {
         std::process::exit(dataflow::cli::run_from(&db, args).await);
     }
-    let rec = db.execute("ArticleCreateNode", json!({"title": format!("written with {schema}")})).await.expect("create");
+    let rec = db
+        .execute(
+            "ArticleCreateNode",
+            json!({"title": format!("written with {schema}")}),
+        )
+        .await
+        .expect("create");
     println!("created {}", rec);
-    let count = db.execute("ArticleCountNode", json!({})).await.expect("count");
+    let count = db
+        .execute("ArticleCountNode", json!({}))
+        .await
+        .expect("count");
     println!("articles: {}", count["count"]);
 }

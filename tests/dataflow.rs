@@ -128,7 +128,12 @@ async fn err(db: &DataFlow, node: &str, params: Value) -> Error {
 }
 
 async fn count(db: &DataFlow, model: &str) -> i64 {
-    ok(db, &format!("{model}CountNode"), json!({"include_deleted": true})).await["count"]
+    ok(
+        db,
+        &format!("{model}CountNode"),
+        json!({"include_deleted": true}),
+    )
+    .await["count"]
         .as_i64()
         .unwrap()
 }
@@ -138,7 +143,10 @@ async fn seed_users(db: &DataFlow, n: usize) -> Vec<Value> {
         .map(|i| json!({"email": format!("u{i:02}@x.io"), "full_name": format!("User {i:02}"), "active": i % 2 == 0}))
         .collect();
     ok(db, "UserBulkCreateNode", json!({"data": data})).await;
-    ok(db, "UserListNode", json!({"order_by": "email"})).await["records"].as_array().unwrap().clone()
+    ok(db, "UserListNode", json!({"order_by": "email"})).await["records"]
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 // ------------------------------------------------------------------ Create / Read
@@ -155,13 +163,26 @@ async fn create_generates_id_and_applies_defaults() {
         assert_eq!(rec["created_at"], rec["updated_at"]);
         assert!(DateTime::parse_from_rfc3339(rec["created_at"].as_str().unwrap()).is_ok());
 
-        let given = ok(&db, "UserCreateNode", json!({"id": "my-id", "email": "b@x.io", "active": false})).await;
+        let given = ok(
+            &db,
+            "UserCreateNode",
+            json!({"id": "my-id", "email": "b@x.io", "active": false}),
+        )
+        .await;
         assert_eq!(given["id"], "my-id");
         assert_eq!(given["active"], false);
 
         let doc = ok(&db, "DocCreateNode", json!({"title": "first", "rank": 1})).await;
-        let doc2 = ok(&db, "DocCreateNode", json!({"title": "second", "rank": 2, "body": "text"})).await;
-        assert_eq!(doc2["id"].as_i64().unwrap(), doc["id"].as_i64().unwrap() + 1);
+        let doc2 = ok(
+            &db,
+            "DocCreateNode",
+            json!({"title": "second", "rank": 2, "body": "text"}),
+        )
+        .await;
+        assert_eq!(
+            doc2["id"].as_i64().unwrap(),
+            doc["id"].as_i64().unwrap() + 1
+        );
         assert_eq!(doc2["body"], "text");
         assert_eq!(doc["deleted_at"], Value::Null);
         assert!(doc.get("created_at").is_none(), "timestamps = false");
@@ -175,15 +196,31 @@ async fn read_by_id_and_filter() {
         let users = seed_users(&db, 3).await;
         let id = &users[1]["id"];
         assert_eq!(ok(&db, "UserReadNode", json!({"id": id})).await, users[1]);
-        assert_eq!(ok(&db, "UserReadNode", json!({"filter": {"email": "u02@x.io"}})).await, users[2]);
+        assert_eq!(
+            ok(
+                &db,
+                "UserReadNode",
+                json!({"filter": {"email": "u02@x.io"}})
+            )
+            .await,
+            users[2]
+        );
 
         let e = err(&db, "UserReadNode", json!({"id": "nope"})).await;
         assert_eq!(e.code(), "not_found");
-        assert!(e.message().contains("User") && e.message().contains("nope"), "{e}");
+        assert!(
+            e.message().contains("User") && e.message().contains("nope"),
+            "{e}"
+        );
         assert_eq!(e.node(), Some("UserReadNode"));
         let e = err(&db, "UserReadNode", json!({})).await;
         assert_eq!(e.code(), "validation");
-        let e = err(&db, "UserReadNode", json!({"id": id, "filter": {"email": "x"}})).await;
+        let e = err(
+            &db,
+            "UserReadNode",
+            json!({"id": id, "filter": {"email": "x"}}),
+        )
+        .await;
         assert_eq!(e.code(), "validation");
     })
     .await;
@@ -196,30 +233,68 @@ async fn update_by_id_and_by_filter() {
     on_each_backend("update", |db| async move {
         let users = seed_users(&db, 3).await;
         let id = users[0]["id"].clone();
-        let updated = ok(&db, "UserUpdateNode", json!({"id": id, "fields": {"full_name": "Zed", "active": false}})).await;
+        let updated = ok(
+            &db,
+            "UserUpdateNode",
+            json!({"id": id, "fields": {"full_name": "Zed", "active": false}}),
+        )
+        .await;
         assert_eq!(updated["full_name"], "Zed");
         assert_eq!(updated["active"], false);
         assert_eq!(updated["created_at"], users[0]["created_at"]);
         assert!(updated["updated_at"].as_str() >= users[0]["updated_at"].as_str());
         assert_eq!(ok(&db, "UserReadNode", json!({"id": id})).await, updated);
 
-        let by_filter = ok(&db, "UserUpdateNode", json!({"filter": {"email": "u01@x.io"}, "fields": {"full_name": null}})).await;
+        let by_filter = ok(
+            &db,
+            "UserUpdateNode",
+            json!({"filter": {"email": "u01@x.io"}, "fields": {"full_name": null}}),
+        )
+        .await;
         assert_eq!(by_filter["full_name"], Value::Null);
 
-        let e = err(&db, "UserUpdateNode", json!({"id": "missing", "fields": {"active": true}})).await;
+        let e = err(
+            &db,
+            "UserUpdateNode",
+            json!({"id": "missing", "fields": {"active": true}}),
+        )
+        .await;
         assert_eq!(e.code(), "not_found");
-        let e = err(&db, "UserUpdateNode", json!({"filter": {"email": {"$like": "%@x.io"}}, "fields": {"active": true}})).await;
+        let e = err(
+            &db,
+            "UserUpdateNode",
+            json!({"filter": {"email": {"$like": "%@x.io"}}, "fields": {"active": true}}),
+        )
+        .await;
         assert_eq!(e.code(), "validation");
         assert!(e.message().contains("more than one"), "{e}");
-        let e = err(&db, "UserUpdateNode", json!({"id": id, "fields": {"id": "other"}})).await;
+        let e = err(
+            &db,
+            "UserUpdateNode",
+            json!({"id": id, "fields": {"id": "other"}}),
+        )
+        .await;
         assert_eq!((e.code(), e.field()), ("validation", Some("id")));
-        let e = err(&db, "UserUpdateNode", json!({"id": id, "fields": {"created_at": "2020-01-01T00:00:00Z"}})).await;
+        let e = err(
+            &db,
+            "UserUpdateNode",
+            json!({"id": id, "fields": {"created_at": "2020-01-01T00:00:00Z"}}),
+        )
+        .await;
         assert_eq!((e.code(), e.field()), ("validation", Some("created_at")));
         let e = err(&db, "UserUpdateNode", json!({"id": id, "fields": {}})).await;
         assert_eq!(e.code(), "validation");
-        let e = err(&db, "UserUpdateNode", json!({"id": id, "fields": {"email": "u02@x.io"}})).await;
+        let e = err(
+            &db,
+            "UserUpdateNode",
+            json!({"id": id, "fields": {"email": "u02@x.io"}}),
+        )
+        .await;
         assert_eq!((e.code(), e.field()), ("unique_violation", Some("email")));
-        assert_eq!(ok(&db, "UserReadNode", json!({"id": id})).await["email"], "u00@x.io");
+        assert_eq!(
+            ok(&db, "UserReadNode", json!({"id": id})).await["email"],
+            "u00@x.io"
+        );
     })
     .await;
 }
@@ -230,19 +305,50 @@ async fn delete_hard_and_soft() {
         let users = seed_users(&db, 2).await;
         let out = ok(&db, "UserDeleteNode", json!({"id": users[0]["id"]})).await;
         assert_eq!(out, json!({"id": users[0]["id"], "deleted": true}));
-        assert_eq!(err(&db, "UserReadNode", json!({"id": users[0]["id"]})).await.code(), "not_found");
-        assert_eq!(err(&db, "UserDeleteNode", json!({"id": users[0]["id"]})).await.code(), "not_found");
+        assert_eq!(
+            err(&db, "UserReadNode", json!({"id": users[0]["id"]}))
+                .await
+                .code(),
+            "not_found"
+        );
+        assert_eq!(
+            err(&db, "UserDeleteNode", json!({"id": users[0]["id"]}))
+                .await
+                .code(),
+            "not_found"
+        );
         assert_eq!(count(&db, "User").await, 1);
 
         let doc = ok(&db, "DocCreateNode", json!({"title": "t", "rank": 1})).await;
         let out = ok(&db, "DocDeleteNode", json!({"id": doc["id"]})).await;
         assert_eq!(out["deleted"], true);
-        assert_eq!(err(&db, "DocReadNode", json!({"id": doc["id"]})).await.code(), "not_found");
-        let kept = ok(&db, "DocReadNode", json!({"id": doc["id"], "include_deleted": true})).await;
-        assert!(kept["deleted_at"].is_string(), "soft delete keeps the row: {kept}");
+        assert_eq!(
+            err(&db, "DocReadNode", json!({"id": doc["id"]}))
+                .await
+                .code(),
+            "not_found"
+        );
+        let kept = ok(
+            &db,
+            "DocReadNode",
+            json!({"id": doc["id"], "include_deleted": true}),
+        )
+        .await;
+        assert!(
+            kept["deleted_at"].is_string(),
+            "soft delete keeps the row: {kept}"
+        );
         assert_eq!(ok(&db, "DocCountNode", json!({})).await["count"], 0);
-        assert_eq!(ok(&db, "DocCountNode", json!({"include_deleted": true})).await["count"], 1);
-        assert_eq!(err(&db, "DocDeleteNode", json!({"id": doc["id"]})).await.code(), "not_found");
+        assert_eq!(
+            ok(&db, "DocCountNode", json!({"include_deleted": true})).await["count"],
+            1
+        );
+        assert_eq!(
+            err(&db, "DocDeleteNode", json!({"id": doc["id"]}))
+                .await
+                .code(),
+            "not_found"
+        );
     })
     .await;
 }
@@ -261,8 +367,18 @@ async fn foreign_keys_are_enforced() {
         assert_eq!(count(&db, "Session").await, 0);
 
         let user = ok(&db, "UserCreateNode", json!({"email": "fk@x.io"})).await;
-        let session = ok(&db, "SessionCreateNode", json!({"user_id": user["id"], "token": "t", "expires_at": "2030-01-01T00:00:00Z"})).await;
-        ok(&db, "ConversationCreateNode", json!({"session_id": session["id"], "user_id": user["id"]})).await;
+        let session = ok(
+            &db,
+            "SessionCreateNode",
+            json!({"user_id": user["id"], "token": "t", "expires_at": "2030-01-01T00:00:00Z"}),
+        )
+        .await;
+        ok(
+            &db,
+            "ConversationCreateNode",
+            json!({"session_id": session["id"], "user_id": user["id"]}),
+        )
+        .await;
         // Conversation.user_id restricts deleting its user.
         let e = err(&db, "UserDeleteNode", json!({"id": user["id"]})).await;
         assert_eq!(e.code(), "fk_violation");
@@ -281,33 +397,73 @@ async fn foreign_keys_are_enforced() {
 async fn list_filters_orders_and_pages() {
     on_each_backend("list", |db| async move {
         let users = seed_users(&db, 25).await;
-        let page = ok(&db, "UserListNode", json!({"filter": {"active": true}, "order_by": ["-email"], "limit": 5})).await;
+        let page = ok(
+            &db,
+            "UserListNode",
+            json!({"filter": {"active": true}, "order_by": ["-email"], "limit": 5}),
+        )
+        .await;
         assert_eq!(page["count"], 5);
         assert_eq!(page["limit"], 5);
-        let emails: Vec<&str> = page["records"].as_array().unwrap().iter().map(|r| r["email"].as_str().unwrap()).collect();
-        assert_eq!(emails, ["u24@x.io", "u22@x.io", "u20@x.io", "u18@x.io", "u16@x.io"]);
+        let emails: Vec<&str> = page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["email"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            emails,
+            ["u24@x.io", "u22@x.io", "u20@x.io", "u18@x.io", "u16@x.io"]
+        );
 
         // Keyset pages cover every record once, in order.
         let mut seen = Vec::new();
         let mut after = Value::Null;
         loop {
-            let page = ok(&db, "UserListNode", json!({"order_by": "email", "limit": 7, "after": after})).await;
-            seen.extend(page["records"].as_array().unwrap().iter().map(|r| r["email"].as_str().unwrap().to_string()));
+            let page = ok(
+                &db,
+                "UserListNode",
+                json!({"order_by": "email", "limit": 7, "after": after}),
+            )
+            .await;
+            seen.extend(
+                page["records"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["email"].as_str().unwrap().to_string()),
+            );
             if page["next"].is_null() {
                 break;
             }
             after = page["next"].clone();
         }
-        let all: Vec<String> = users.iter().map(|u| u["email"].as_str().unwrap().to_string()).collect();
+        let all: Vec<String> = users
+            .iter()
+            .map(|u| u["email"].as_str().unwrap().to_string())
+            .collect();
         assert_eq!(seen, all);
 
-        let page = ok(&db, "UserListNode", json!({"order_by": "email", "limit": 3, "offset": 22})).await;
+        let page = ok(
+            &db,
+            "UserListNode",
+            json!({"order_by": "email", "limit": 3, "offset": 22}),
+        )
+        .await;
         assert_eq!(page["count"], 3);
         assert_eq!(page["records"][0]["email"], "u22@x.io");
         assert_eq!(ok(&db, "UserListNode", json!({})).await["count"], 25);
-        assert_eq!(ok(&db, "UserListNode", json!({"limit": 0})).await["count"], 0);
+        assert_eq!(
+            ok(&db, "UserListNode", json!({"limit": 0})).await["count"],
+            0
+        );
 
-        let e = err(&db, "UserListNode", json!({"order_by": "email", "after": "garbage"})).await;
+        let e = err(
+            &db,
+            "UserListNode",
+            json!({"order_by": "email", "after": "garbage"}),
+        )
+        .await;
         assert_eq!((e.code(), e.field()), ("validation", Some("after")));
         let e = err(&db, "UserListNode", json!({"order_by": ["nope"]})).await;
         assert_eq!(e.code(), "validation");
@@ -317,7 +473,10 @@ async fn list_filters_orders_and_pages() {
         let e = err(&db, "UserListNode", json!({"limti": 3})).await;
         assert!(e.message().contains("did you mean `limit`"), "{e}");
 
-        assert_eq!(ok(&db, "UserCountNode", json!({"filter": {"active": false}})).await["count"], 12);
+        assert_eq!(
+            ok(&db, "UserCountNode", json!({"filter": {"active": false}})).await["count"],
+            12
+        );
         assert_eq!(ok(&db, "UserCountNode", json!({})).await["count"], 25);
     })
     .await;
@@ -327,10 +486,19 @@ async fn list_filters_orders_and_pages() {
 async fn filter_operators() {
     on_each_backend("filters", |db| async move {
         seed_users(&db, 10).await;
-        ok(&db, "UserUpdateNode", json!({"filter": {"email": "u03@x.io"}, "fields": {"full_name": null}})).await;
+        ok(
+            &db,
+            "UserUpdateNode",
+            json!({"filter": {"email": "u03@x.io"}, "fields": {"full_name": null}}),
+        )
+        .await;
         let n = |f: Value| {
             let db = db.clone();
-            async move { ok(&db, "UserCountNode", json!({"filter": f})).await["count"].as_i64().unwrap() }
+            async move {
+                ok(&db, "UserCountNode", json!({"filter": f})).await["count"]
+                    .as_i64()
+                    .unwrap()
+            }
         };
         assert_eq!(n(json!({"email": "u01@x.io"})).await, 1);
         assert_eq!(n(json!({"email": {"$eq": "u01@x.io"}})).await, 1);
@@ -338,22 +506,48 @@ async fn filter_operators() {
         assert_eq!(n(json!({"email": {"$gt": "u07@x.io"}})).await, 2);
         assert_eq!(n(json!({"email": {"$gte": "u07@x.io"}})).await, 3);
         assert_eq!(n(json!({"email": {"$lt": "u02@x.io"}})).await, 2);
-        assert_eq!(n(json!({"email": {"$lte": "u02@x.io", "$gt": "u00@x.io"}})).await, 2);
-        assert_eq!(n(json!({"email": {"$in": ["u01@x.io", "u02@x.io", "zz"]}})).await, 2);
+        assert_eq!(
+            n(json!({"email": {"$lte": "u02@x.io", "$gt": "u00@x.io"}})).await,
+            2
+        );
+        assert_eq!(
+            n(json!({"email": {"$in": ["u01@x.io", "u02@x.io", "zz"]}})).await,
+            2
+        );
         assert_eq!(n(json!({"email": {"$in": []}})).await, 0);
         assert_eq!(n(json!({"email": {"$nin": ["u01@x.io"]}})).await, 9);
         assert_eq!(n(json!({"full_name": {"$like": "User 0%"}})).await, 9);
-        assert_eq!(n(json!({"full_name": {"$like": "user 0%"}})).await, 0, "$like is case-sensitive");
+        assert_eq!(
+            n(json!({"full_name": {"$like": "user 0%"}})).await,
+            0,
+            "$like is case-sensitive"
+        );
         assert_eq!(n(json!({"full_name": {"$ilike": "user 0%"}})).await, 9);
         assert_eq!(n(json!({"full_name": {"$null": true}})).await, 1);
         assert_eq!(n(json!({"full_name": null})).await, 1);
         assert_eq!(n(json!({"full_name": {"$exists": true}})).await, 9);
-        assert_eq!(n(json!({"full_name": {"$ne": "User 01"}})).await, 9, "$ne matches missing values");
-        assert_eq!(n(json!({"$or": [{"email": "u01@x.io"}, {"email": "u02@x.io"}]})).await, 2);
-        assert_eq!(n(json!({"$and": [{"active": true}, {"email": {"$lt": "u05@x.io"}}]})).await, 3);
+        assert_eq!(
+            n(json!({"full_name": {"$ne": "User 01"}})).await,
+            9,
+            "$ne matches missing values"
+        );
+        assert_eq!(
+            n(json!({"$or": [{"email": "u01@x.io"}, {"email": "u02@x.io"}]})).await,
+            2
+        );
+        assert_eq!(
+            n(json!({"$and": [{"active": true}, {"email": {"$lt": "u05@x.io"}}]})).await,
+            3
+        );
         assert_eq!(n(json!({"$not": {"active": true}})).await, 5);
-        assert_eq!(n(json!({"email": {"$not": {"$in": ["u01@x.io"]}}})).await, 9);
-        assert_eq!(n(json!({"active": true, "$or": [{"email": "u00@x.io"}, {"email": "u01@x.io"}]})).await, 1);
+        assert_eq!(
+            n(json!({"email": {"$not": {"$in": ["u01@x.io"]}}})).await,
+            9
+        );
+        assert_eq!(
+            n(json!({"active": true, "$or": [{"email": "u00@x.io"}, {"email": "u01@x.io"}]})).await,
+            1
+        );
         // A value that looks like SQL is just a value.
         assert_eq!(n(json!({"email": "x' OR '1'='1"})).await, 0);
 
@@ -363,10 +557,16 @@ async fn filter_operators() {
         };
         let e = bad(json!({"email": {"$in": "u01@x.io"}})).await;
         assert_eq!((e.code(), e.field()), ("validation", Some("email")));
-        assert!(e.message().contains("$in") && e.message().contains("array"), "{e}");
+        assert!(
+            e.message().contains("$in") && e.message().contains("array"),
+            "{e}"
+        );
         let e = bad(json!({"email": {"$regex": "x"}})).await;
         assert_eq!((e.code(), e.field()), ("validation", Some("email")));
-        assert!(e.message().contains("unknown filter operator `$regex`"), "{e}");
+        assert!(
+            e.message().contains("unknown filter operator `$regex`"),
+            "{e}"
+        );
         let e = bad(json!({"emial": "x"})).await;
         assert_eq!((e.code(), e.field()), ("validation", Some("emial")));
         assert!(e.message().contains("did you mean `email`"), "{e}");
@@ -425,8 +625,15 @@ async fn upsert_creates_then_updates() {
 #[tokio::test]
 async fn bulk_create_returns_ids_and_spans_batches() {
     on_each_backend("bulk_create", |db| async move {
-        let data: Vec<Value> = (0..2500).map(|i| json!({"email": format!("b{i}@x.io")})).collect();
-        let out = ok(&db, "UserBulkCreateNode", json!({"data": data, "batch_size": 700})).await;
+        let data: Vec<Value> = (0..2500)
+            .map(|i| json!({"email": format!("b{i}@x.io")}))
+            .collect();
+        let out = ok(
+            &db,
+            "UserBulkCreateNode",
+            json!({"data": data, "batch_size": 700}),
+        )
+        .await;
         assert_eq!(out["inserted"], 2500);
         let ids = out["ids"].as_array().unwrap();
         assert_eq!(ids.len(), 2500);
@@ -434,18 +641,35 @@ async fn bulk_create_returns_ids_and_spans_batches() {
         assert_eq!(read["email"], "b1234@x.io");
 
         // Integer keys come back from the database.
-        let docs: Vec<Value> = (0..10).map(|i| json!({"title": format!("d{i}"), "rank": i})).collect();
+        let docs: Vec<Value> = (0..10)
+            .map(|i| json!({"title": format!("d{i}"), "rank": i}))
+            .collect();
         let out = ok(&db, "DocBulkCreateNode", json!({"data": docs})).await;
-        let ids: Vec<i64> = out["ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let ids: Vec<i64> = out["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
         assert_eq!(ids.len(), 10);
         assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
 
         // More rows than one statement can bind: 6 columns × 20,000 rows.
-        let data: Vec<Value> = (0..20_000).map(|i| json!({"email": format!("big{i}@x.io"), "full_name": "n"})).collect();
-        let out = ok(&db, "UserBulkCreateNode", json!({"data": data, "batch_size": 1_000_000})).await;
+        let data: Vec<Value> = (0..20_000)
+            .map(|i| json!({"email": format!("big{i}@x.io"), "full_name": "n"}))
+            .collect();
+        let out = ok(
+            &db,
+            "UserBulkCreateNode",
+            json!({"data": data, "batch_size": 1_000_000}),
+        )
+        .await;
         assert_eq!(out["inserted"], 20_000);
         assert_eq!(count(&db, "User").await, 22_500);
-        assert_eq!(ok(&db, "UserBulkCreateNode", json!({"data": []})).await, json!({"inserted": 0, "ids": []}));
+        assert_eq!(
+            ok(&db, "UserBulkCreateNode", json!({"data": []})).await,
+            json!({"inserted": 0, "ids": []})
+        );
     })
     .await;
 }
@@ -453,7 +677,9 @@ async fn bulk_create_returns_ids_and_spans_batches() {
 #[tokio::test]
 async fn bulk_create_with_one_bad_row_writes_nothing() {
     on_each_backend("bulk_atomic", |db| async move {
-        let mut data: Vec<Value> = (0..50).map(|i| json!({"email": format!("r{i}@x.io")})).collect();
+        let mut data: Vec<Value> = (0..50)
+            .map(|i| json!({"email": format!("r{i}@x.io")}))
+            .collect();
         data[37] = json!({"email": 42});
         let e = err(&db, "UserBulkCreateNode", json!({"data": data.clone()})).await;
         assert_eq!((e.code(), e.field()), ("validation", Some("email")));
@@ -462,14 +688,29 @@ async fn bulk_create_with_one_bad_row_writes_nothing() {
 
         // A row the database refuses (duplicate unique value in a later batch).
         data[37] = json!({"email": "r0@x.io"});
-        let e = err(&db, "UserBulkCreateNode", json!({"data": data, "batch_size": 10})).await;
+        let e = err(
+            &db,
+            "UserBulkCreateNode",
+            json!({"data": data, "batch_size": 10}),
+        )
+        .await;
         assert_eq!(e.code(), "unique_violation");
         assert_eq!(count(&db, "User").await, 0);
 
-        let e = err(&db, "DocBulkCreateNode", json!({"data": [{"title": "a", "rank": 1}, {"id": 7, "title": "b", "rank": 2}]})).await;
+        let e = err(
+            &db,
+            "DocBulkCreateNode",
+            json!({"data": [{"title": "a", "rank": 1}, {"id": 7, "title": "b", "rank": 2}]}),
+        )
+        .await;
         assert_eq!((e.code(), e.field()), ("validation", Some("id")));
         assert_eq!(count(&db, "Doc").await, 0);
-        let e = err(&db, "UserBulkCreateNode", json!({"data": {"email": "a@x.io"}})).await;
+        let e = err(
+            &db,
+            "UserBulkCreateNode",
+            json!({"data": {"email": "a@x.io"}}),
+        )
+        .await;
         assert_eq!((e.code(), e.field()), ("validation", Some("data")));
         assert_eq!(count(&db, "User").await, 0);
     })
@@ -480,30 +721,74 @@ async fn bulk_create_with_one_bad_row_writes_nothing() {
 async fn bulk_update_and_delete() {
     on_each_backend("bulk_update_delete", |db| async move {
         seed_users(&db, 10).await;
-        let out = ok(&db, "UserBulkUpdateNode", json!({"filter": {"active": false}, "fields": {"full_name": "off"}})).await;
+        let out = ok(
+            &db,
+            "UserBulkUpdateNode",
+            json!({"filter": {"active": false}, "fields": {"full_name": "off"}}),
+        )
+        .await;
         assert_eq!(out, json!({"updated": 5}));
-        assert_eq!(ok(&db, "UserCountNode", json!({"filter": {"full_name": "off"}})).await["count"], 5);
+        assert_eq!(
+            ok(
+                &db,
+                "UserCountNode",
+                json!({"filter": {"full_name": "off"}})
+            )
+            .await["count"],
+            5
+        );
 
         let e = err(&db, "UserBulkDeleteNode", json!({"filter": {}})).await;
         assert_eq!(e.code(), "confirmation_required");
         assert!(e.message().contains("confirmed"), "{e}");
         let e = err(&db, "UserBulkDeleteNode", json!({})).await;
         assert_eq!(e.code(), "confirmation_required");
-        let e = err(&db, "UserBulkUpdateNode", json!({"fields": {"active": true}})).await;
+        let e = err(
+            &db,
+            "UserBulkUpdateNode",
+            json!({"fields": {"active": true}}),
+        )
+        .await;
         assert_eq!(e.code(), "confirmation_required");
         assert_eq!(count(&db, "User").await, 10);
 
-        let out = ok(&db, "UserBulkDeleteNode", json!({"filter": {"full_name": "off"}})).await;
+        let out = ok(
+            &db,
+            "UserBulkDeleteNode",
+            json!({"filter": {"full_name": "off"}}),
+        )
+        .await;
         assert_eq!(out, json!({"deleted": 5}));
-        let out = ok(&db, "UserBulkDeleteNode", json!({"filter": {}, "confirmed": true})).await;
+        let out = ok(
+            &db,
+            "UserBulkDeleteNode",
+            json!({"filter": {}, "confirmed": true}),
+        )
+        .await;
         assert_eq!(out, json!({"deleted": 5}));
         assert_eq!(count(&db, "User").await, 0);
 
         // Soft delete keeps rows.
-        ok(&db, "DocBulkCreateNode", json!({"data": [{"title": "a", "rank": 1}, {"title": "b", "rank": 2}]})).await;
-        assert_eq!(ok(&db, "DocBulkDeleteNode", json!({"filter": {"rank": {"$gte": 1}}})).await["deleted"], 2);
+        ok(
+            &db,
+            "DocBulkCreateNode",
+            json!({"data": [{"title": "a", "rank": 1}, {"title": "b", "rank": 2}]}),
+        )
+        .await;
+        assert_eq!(
+            ok(
+                &db,
+                "DocBulkDeleteNode",
+                json!({"filter": {"rank": {"$gte": 1}}})
+            )
+            .await["deleted"],
+            2
+        );
         assert_eq!(ok(&db, "DocCountNode", json!({})).await["count"], 0);
-        assert_eq!(ok(&db, "DocCountNode", json!({"include_deleted": true})).await["count"], 2);
+        assert_eq!(
+            ok(&db, "DocCountNode", json!({"include_deleted": true})).await["count"],
+            2
+        );
     })
     .await;
 }
@@ -524,13 +809,28 @@ async fn bulk_upsert_counts_inserts_and_updates() {
         .await;
         assert_eq!(out, json!({"inserted": 2, "updated": 1}));
         assert_eq!(count(&db, "User").await, 5);
-        let u = ok(&db, "UserReadNode", json!({"filter": {"email": "u00@x.io"}})).await;
+        let u = ok(
+            &db,
+            "UserReadNode",
+            json!({"filter": {"email": "u00@x.io"}}),
+        )
+        .await;
         assert_eq!(u["full_name"], "changed");
 
-        let e = err(&db, "UserBulkUpsertNode", json!({"conflict_on": "email", "data": [{"email": "d@x.io"}, {"email": "d@x.io"}]})).await;
+        let e = err(
+            &db,
+            "UserBulkUpsertNode",
+            json!({"conflict_on": "email", "data": [{"email": "d@x.io"}, {"email": "d@x.io"}]}),
+        )
+        .await;
         assert_eq!(e.code(), "validation");
         assert_eq!(count(&db, "User").await, 5);
-        let e = err(&db, "UserBulkUpsertNode", json!({"conflict_on": "active", "data": [{"email": "d@x.io"}]})).await;
+        let e = err(
+            &db,
+            "UserBulkUpsertNode",
+            json!({"conflict_on": "active", "data": [{"email": "d@x.io"}]}),
+        )
+        .await;
         assert_eq!((e.code(), e.field()), ("validation", Some("conflict_on")));
     })
     .await;
@@ -542,14 +842,29 @@ async fn bulk_upsert_counts_inserts_and_updates() {
 async fn bad_create_input_is_a_validation_error_and_writes_nothing() {
     on_each_backend("bad_input", |db| async move {
         let e = err(&db, "UserCreateNode", json!({"full_name": "no email"})).await;
-        assert_eq!((e.code(), e.model(), e.field()), ("validation", Some("User"), Some("email")));
-        assert!(e.message().contains("missing required field `email`"), "{e}");
+        assert_eq!(
+            (e.code(), e.model(), e.field()),
+            ("validation", Some("User"), Some("email"))
+        );
+        assert!(
+            e.message().contains("missing required field `email`"),
+            "{e}"
+        );
 
         let e = err(&db, "UserCreateNode", json!({"email": 5})).await;
         assert_eq!((e.code(), e.field()), ("validation", Some("email")));
-        assert!(e.message().contains("User.email: expected a string, got an integer"), "{e}");
+        assert!(
+            e.message()
+                .contains("User.email: expected a string, got an integer"),
+            "{e}"
+        );
 
-        let e = err(&db, "UserCreateNode", json!({"email": "a@x.io", "nickname": "A"})).await;
+        let e = err(
+            &db,
+            "UserCreateNode",
+            json!({"email": "a@x.io", "nickname": "A"}),
+        )
+        .await;
         assert_eq!((e.code(), e.field()), ("validation", Some("nickname")));
         assert!(e.message().contains("User has no field `nickname`"), "{e}");
 
@@ -557,12 +872,27 @@ async fn bad_create_input_is_a_validation_error_and_writes_nothing() {
         assert_eq!(e.code(), "validation");
         let e = err(&db, "UserCreateNode", json!(["not", "an", "object"])).await;
         assert_eq!(e.code(), "validation");
-        let e = err(&db, "UserCreateNode", json!({"email": "a@x.io", "updated_at": "2020-01-01T00:00:00Z"})).await;
+        let e = err(
+            &db,
+            "UserCreateNode",
+            json!({"email": "a@x.io", "updated_at": "2020-01-01T00:00:00Z"}),
+        )
+        .await;
         assert_eq!((e.code(), e.field()), ("validation", Some("updated_at")));
-        let e = err(&db, "DocCreateNode", json!({"title": "x".repeat(21), "rank": 1})).await;
+        let e = err(
+            &db,
+            "DocCreateNode",
+            json!({"title": "x".repeat(21), "rank": 1}),
+        )
+        .await;
         assert_eq!((e.code(), e.field()), ("validation", Some("title")));
         assert!(e.message().contains("at most 20"), "{e}");
-        let e = err(&db, "DocCreateNode", json!({"title": "x", "rank": 3_000_000_000i64})).await;
+        let e = err(
+            &db,
+            "DocCreateNode",
+            json!({"title": "x", "rank": 3_000_000_000i64}),
+        )
+        .await;
         assert_eq!((e.code(), e.field()), ("validation", Some("rank")));
         let e = err(&db, "SampleCreateNode", json!({"day": "31/01/2026"})).await;
         assert_eq!(e.code(), "validation");
@@ -571,17 +901,33 @@ async fn bad_create_input_is_a_validation_error_and_writes_nothing() {
 
         ok(&db, "UserCreateNode", json!({"email": "dup@x.io"})).await;
         let e = err(&db, "UserCreateNode", json!({"email": "dup@x.io"})).await;
-        assert_eq!((e.code(), e.model(), e.field()), ("unique_violation", Some("User"), Some("email")));
-        assert!(!e.message().contains("dup@x.io"), "values stay out of messages: {e}");
+        assert_eq!(
+            (e.code(), e.model(), e.field()),
+            ("unique_violation", Some("User"), Some("email"))
+        );
+        assert!(
+            !e.message().contains("dup@x.io"),
+            "values stay out of messages: {e}"
+        );
         assert_eq!(count(&db, "User").await, 1);
 
         let e = err(&db, "UserCreatNode", json!({})).await;
         assert_eq!(e.code(), "unknown_node");
         assert!(e.message().contains("did you mean `UserCreateNode`"), "{e}");
 
-        let e = err(&db, "AuditEntryUpdateNode", json!({"id": "x", "fields": {"message": "m"}})).await;
+        let e = err(
+            &db,
+            "AuditEntryUpdateNode",
+            json!({"id": "x", "fields": {"message": "m"}}),
+        )
+        .await;
         assert_eq!(e.code(), "not_allowed");
-        let e = err(&db, "AuditEntryBulkDeleteNode", json!({"filter": {}, "confirmed": true})).await;
+        let e = err(
+            &db,
+            "AuditEntryBulkDeleteNode",
+            json!({"filter": {}, "confirmed": true}),
+        )
+        .await;
         assert_eq!(e.code(), "not_allowed");
         ok(&db, "AuditEntryCreateNode", json!({"message": "kept"})).await;
     })
@@ -646,33 +992,75 @@ async fn typed_node_forms() {
     on_each_backend("typed", |db| async move {
         let ann = UserCreateNode::run(
             &db,
-            &User { id: String::new(), email: "ann@x.io".into(), full_name: Some("Ann".into()), active: true },
+            &User {
+                id: String::new(),
+                email: "ann@x.io".into(),
+                full_name: Some("Ann".into()),
+                active: true,
+            },
         )
         .await
         .unwrap();
         assert!(!ann.id.is_empty());
         let read: User = UserReadNode::run(&db, ann.id.clone()).await.unwrap();
         assert_eq!(read.email, "ann@x.io");
-        let upd = UserUpdateNode::run(&db, ann.id.clone(), json!({"active": false})).await.unwrap();
+        let upd = UserUpdateNode::run(&db, ann.id.clone(), json!({"active": false}))
+            .await
+            .unwrap();
         assert!(!upd.active);
         let batch: Vec<User> = (0..3)
-            .map(|i| User { id: format!("t{i}"), email: format!("t{i}@x.io"), full_name: None, active: true })
+            .map(|i| User {
+                id: format!("t{i}"),
+                email: format!("t{i}@x.io"),
+                full_name: None,
+                active: true,
+            })
             .collect();
         let created = UserBulkCreateNode::run(&db, &batch).await.unwrap();
         assert_eq!((created.inserted, created.ids.len()), (3, 3));
         assert_eq!(created.ids[0], "t0");
-        let listed = UserListNode::run(&db, json!({"filter": {"active": true}, "order_by": "email"})).await.unwrap();
-        assert_eq!(listed.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(), ["t0", "t1", "t2"]);
+        let listed = UserListNode::run(
+            &db,
+            json!({"filter": {"active": true}, "order_by": "email"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            listed.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(),
+            ["t0", "t1", "t2"]
+        );
         assert_eq!(UserCountNode::run(&db, json!({})).await.unwrap(), 4);
-        let (action, rec) = UserUpsertNode::run(&db, &batch[0], "email", json!({"full_name": "T"})).await.unwrap();
+        let (action, rec) = UserUpsertNode::run(&db, &batch[0], "email", json!({"full_name": "T"}))
+            .await
+            .unwrap();
         assert_eq!(action, dataflow::nodes::UpsertAction::Updated);
         assert_eq!(rec.full_name.as_deref(), Some("T"));
-        assert_eq!(UserBulkUpdateNode::run(&db, json!({"active": true}), json!({"active": false})).await.unwrap(), 3);
-        assert_eq!(UserBulkUpsertNode::run(&db, &batch, "id").await.unwrap(), (0, 3));
+        assert_eq!(
+            UserBulkUpdateNode::run(&db, json!({"active": true}), json!({"active": false}))
+                .await
+                .unwrap(),
+            3
+        );
+        assert_eq!(
+            UserBulkUpsertNode::run(&db, &batch, "id").await.unwrap(),
+            (0, 3)
+        );
         UserDeleteNode::run(&db, ann.id.clone()).await.unwrap();
-        assert_eq!(UserReadNode::run(&db, ann.id).await.err().map(|e| e.code()), Some("not_found"));
-        assert_eq!(UserBulkDeleteNode::run(&db, json!({}), false).await.unwrap_err().code(), "confirmation_required");
-        assert_eq!(UserBulkDeleteNode::run(&db, json!({}), true).await.unwrap(), 3);
+        assert_eq!(
+            UserReadNode::run(&db, ann.id).await.err().map(|e| e.code()),
+            Some("not_found")
+        );
+        assert_eq!(
+            UserBulkDeleteNode::run(&db, json!({}), false)
+                .await
+                .unwrap_err()
+                .code(),
+            "confirmation_required"
+        );
+        assert_eq!(
+            UserBulkDeleteNode::run(&db, json!({}), true).await.unwrap(),
+            3
+        );
         assert_eq!(UserCreateNode::name(), "UserCreateNode");
     })
     .await;
@@ -682,7 +1070,10 @@ async fn typed_node_forms() {
 
 #[tokio::test]
 async fn node_input_schemas_describe_the_input() {
-    let db = DataFlow::builder(sqlite_url("schemas")).build().await.unwrap();
+    let db = DataFlow::builder(sqlite_url("schemas"))
+        .build()
+        .await
+        .unwrap();
     let s = db.node_schema("UserCreateNode").unwrap();
     assert_eq!(s["required"], json!(["email"]));
     assert_eq!(s["additionalProperties"], false);
@@ -698,21 +1089,43 @@ async fn node_input_schemas_describe_the_input() {
     assert!(s["properties"]["filter"]["properties"].get("$or").is_some());
     let s = db.node_schema("UserBulkDeleteNode").unwrap();
     assert_eq!(s["properties"]["confirmed"]["type"], "boolean");
-    assert_eq!(UserUpdateNode::input_schema()["required"], json!(["fields"]));
+    assert_eq!(
+        UserUpdateNode::input_schema()["required"],
+        json!(["fields"])
+    );
     assert_eq!(db.node_schema("Nope").unwrap_err().code(), "unknown_node");
-    assert_eq!(db.node_types().len(), 6 * 11 + 2, "eleven per model plus SwitchNode and MergeNode");
+    assert_eq!(
+        db.node_types().len(),
+        6 * 11 + 2,
+        "eleven per model plus SwitchNode and MergeNode"
+    );
 }
 
 #[tokio::test]
 async fn invalid_database_urls_are_config_errors() {
-    for url in ["", "dataflow.db", "sqlite://", "http://example.com/db", "postgres://"] {
+    for url in [
+        "",
+        "dataflow.db",
+        "sqlite://",
+        "http://example.com/db",
+        "postgres://",
+    ] {
         let e = DataFlow::builder(url).build().await.unwrap_err();
         assert_eq!(e.code(), "config", "{url}: {e}");
-        assert!(e.message().contains("sqlite://"), "names the accepted forms: {e}");
+        assert!(
+            e.message().contains("sqlite://"),
+            "names the accepted forms: {e}"
+        );
     }
-    let e = DataFlow::builder("mysql://u@h/db").build().await.unwrap_err();
+    let e = DataFlow::builder("mysql://u@h/db")
+        .build()
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "not_supported");
-    let e = DataFlow::builder("sqlite:///nonexistent-dir/x/y.db").build().await.unwrap_err();
+    let e = DataFlow::builder("sqlite:///nonexistent-dir/x/y.db")
+        .build()
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "connection");
 }
 
@@ -726,8 +1139,15 @@ async fn unreachable_postgres_fails_fast() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), "connection");
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
-    assert!(!e.message().contains("secret"), "passwords are redacted: {e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !e.message().contains("secret"),
+        "passwords are redacted: {e}"
+    );
     assert!(e.message().contains("***"), "{e}");
 }
 
@@ -740,8 +1160,15 @@ async fn options_for_missing_features_fail_boot() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), "not_supported");
-    assert!(e.message().contains("enable_caching") && e.message().contains("enable_audit_log"), "{e}");
-    let e = DataFlow::builder(sqlite_url("flags")).connection_pool_size(0).build().await.unwrap_err();
+    assert!(
+        e.message().contains("enable_caching") && e.message().contains("enable_audit_log"),
+        "{e}"
+    );
+    let e = DataFlow::builder(sqlite_url("flags"))
+        .connection_pool_size(0)
+        .build()
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "config");
     // The options that exist work.
     let db = DataFlow::builder(sqlite_url("flags"))
@@ -757,7 +1184,11 @@ async fn options_for_missing_features_fail_boot() {
 #[tokio::test]
 async fn skip_migration_creates_no_tables() {
     let url = sqlite_url("skip");
-    let db = DataFlow::builder(&url).skip_migration(true).build().await.unwrap();
+    let db = DataFlow::builder(&url)
+        .skip_migration(true)
+        .build()
+        .await
+        .unwrap();
     let e = err(&db, "UserCountNode", json!({})).await;
     assert_eq!(e.code(), "database");
     assert!(e.message().contains("users"), "{e}");
@@ -767,11 +1198,18 @@ async fn skip_migration_creates_no_tables() {
 
 #[tokio::test]
 async fn in_memory_sqlite_is_shared_by_the_pool() {
-    let db = DataFlow::builder("sqlite::memory:").connection_pool_size(4).build().await.unwrap();
+    let db = DataFlow::builder("sqlite::memory:")
+        .connection_pool_size(4)
+        .build()
+        .await
+        .unwrap();
     let tasks: Vec<_> = (0..8)
         .map(|i| {
             let db = db.clone();
-            tokio::spawn(async move { db.execute("UserCreateNode", json!({"email": format!("m{i}@x.io")})).await })
+            tokio::spawn(async move {
+                db.execute("UserCreateNode", json!({"email": format!("m{i}@x.io")}))
+                    .await
+            })
         })
         .collect();
     for t in tasks {
@@ -782,11 +1220,18 @@ async fn in_memory_sqlite_is_shared_by_the_pool() {
 
 #[tokio::test]
 async fn concurrent_writers_on_one_sqlite_file() {
-    let db = DataFlow::builder(sqlite_url("concurrent")).connection_pool_size(8).build().await.unwrap();
+    let db = DataFlow::builder(sqlite_url("concurrent"))
+        .connection_pool_size(8)
+        .build()
+        .await
+        .unwrap();
     let tasks: Vec<_> = (0..64)
         .map(|i| {
             let db = db.clone();
-            tokio::spawn(async move { db.execute("UserCreateNode", json!({"email": format!("c{i}@x.io")})).await })
+            tokio::spawn(async move {
+                db.execute("UserCreateNode", json!({"email": format!("c{i}@x.io")}))
+                    .await
+            })
         })
         .collect();
     for t in tasks {
@@ -809,11 +1254,33 @@ fn quickstart_example_runs() {
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{url}: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
-        for line in ["Create", "Read", "Update", "BulkCreate", "List", "Count", "Upsert", "BulkUpdate", "BulkUpsert", "Delete", "BulkDelete"] {
-            assert!(stdout.lines().any(|l| l.starts_with(line)), "{url}: no {line} line in\n{stdout}");
+        assert!(
+            out.status.success(),
+            "{url}: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for line in [
+            "Create",
+            "Read",
+            "Update",
+            "BulkCreate",
+            "List",
+            "Count",
+            "Upsert",
+            "BulkUpdate",
+            "BulkUpsert",
+            "Delete",
+            "BulkDelete",
+        ] {
+            assert!(
+                stdout.lines().any(|l| l.starts_with(line)),
+                "{url}: no {line} line in\n{stdout}"
+            );
         }
         assert!(stdout.contains("unique_violation"), "{stdout}");
-        assert!(stdout.contains(r#"BulkUpsert   {"inserted":1,"updated":1}"#), "{stdout}");
+        assert!(
+            stdout.contains(r#"BulkUpsert   {"inserted":1,"updated":1}"#),
+            "{stdout}"
+        );
     }
 }

@@ -126,24 +126,44 @@ async fn boot(url: &str, version: &'static ModelSchema) -> Result<DataFlow, data
 async fn first_boot_creates_and_later_boots_change_nothing() {
     on_each_backend("first_boot", |url| async move {
         let db = boot(&url, schema::<v1::Person>()).await.unwrap();
-        db.execute("PersonCreateNode", json!({"name": "Ann"})).await.unwrap();
+        db.execute("PersonCreateNode", json!({"name": "Ann"}))
+            .await
+            .unwrap();
         let history = db.migration_history().await.unwrap();
         assert_eq!(history.len(), 1);
         assert_eq!(history[0].status, MigrationStatus::Applied);
-        assert!(history[0].up_sql.contains("CREATE TABLE"), "{}", history[0].up_sql);
+        assert!(
+            history[0].up_sql.contains("CREATE TABLE"),
+            "{}",
+            history[0].up_sql
+        );
         assert_eq!(history[0].risk, "safe");
         let models = db.registered_models().await.unwrap();
         assert_eq!(models.len(), 1);
-        assert_eq!((models[0].name.as_str(), models[0].version, models[0].table.as_str()), ("Person", 1, "people"));
+        assert_eq!(
+            (
+                models[0].name.as_str(),
+                models[0].version,
+                models[0].table.as_str()
+            ),
+            ("Person", 1, "people")
+        );
         assert_eq!(models[0].checksum, v1::Person::SCHEMA.checksum_hex());
         assert_eq!(models[0].schema["fields"][1]["name"], "name");
         drop(db);
 
         for _ in 0..3 {
             let db = boot(&url, schema::<v1::Person>()).await.unwrap();
-            assert_eq!(db.migration_history().await.unwrap().len(), 1, "unchanged boots apply nothing");
+            assert_eq!(
+                db.migration_history().await.unwrap().len(),
+                1,
+                "unchanged boots apply nothing"
+            );
             assert!(db.migration_plan().await.unwrap().is_empty());
-            assert_eq!(db.execute("PersonCountNode", json!({})).await.unwrap()["count"], 1);
+            assert_eq!(
+                db.execute("PersonCountNode", json!({})).await.unwrap()["count"],
+                1
+            );
         }
     })
     .await;
@@ -153,24 +173,49 @@ async fn first_boot_creates_and_later_boots_change_nothing() {
 async fn a_nullable_field_is_added_at_boot_and_versioned() {
     on_each_backend("add_nullable", |url| async move {
         let db = boot(&url, schema::<v1::Person>()).await.unwrap();
-        db.execute("PersonCreateNode", json!({"name": "Ann"})).await.unwrap();
+        db.execute("PersonCreateNode", json!({"name": "Ann"}))
+            .await
+            .unwrap();
         drop(db);
         let db = boot(&url, schema::<v2::Person>()).await.unwrap();
-        let rec = db.execute("PersonReadNode", json!({"filter": {"name": "Ann"}})).await.unwrap();
-        assert_eq!(rec["nickname"], serde_json::Value::Null, "existing rows keep their data");
-        db.execute("PersonUpdateNode", json!({"id": rec["id"], "fields": {"nickname": "A"}})).await.unwrap();
+        let rec = db
+            .execute("PersonReadNode", json!({"filter": {"name": "Ann"}}))
+            .await
+            .unwrap();
+        assert_eq!(
+            rec["nickname"],
+            serde_json::Value::Null,
+            "existing rows keep their data"
+        );
+        db.execute(
+            "PersonUpdateNode",
+            json!({"id": rec["id"], "fields": {"nickname": "A"}}),
+        )
+        .await
+        .unwrap();
         let models = db.registered_models().await.unwrap();
         assert_eq!(models[0].version, 2);
         let history = db.migration_history().await.unwrap();
         assert_eq!(history.len(), 2);
         let last = &history[1];
         assert_eq!(last.status, MigrationStatus::Applied);
-        assert!(last.up_sql.contains("ADD COLUMN \"nickname\""), "{}", last.up_sql);
-        assert!(last.down_sql.contains("DROP COLUMN \"nickname\""), "{}", last.down_sql);
+        assert!(
+            last.up_sql.contains("ADD COLUMN \"nickname\""),
+            "{}",
+            last.up_sql
+        );
+        assert!(
+            last.down_sql.contains("DROP COLUMN \"nickname\""),
+            "{}",
+            last.down_sql
+        );
         assert_eq!(last.risk, "safe");
         assert!(last.duration_ms.is_some());
         assert!(last.applied_at.is_some());
-        assert!(db.migration_plan().await.unwrap().is_empty(), "applied plans re-plan to nothing");
+        assert!(
+            db.migration_plan().await.unwrap().is_empty(),
+            "applied plans re-plan to nothing"
+        );
     })
     .await;
 }
@@ -179,7 +224,9 @@ async fn a_nullable_field_is_added_at_boot_and_versioned() {
 async fn risky_changes_stop_boot_until_approved() {
     on_each_backend("risky", |url| async move {
         let db = boot(&url, schema::<v2::Person>()).await.unwrap();
-        db.execute("PersonCreateNode", json!({"name": "Ann", "nickname": "A"})).await.unwrap();
+        db.execute("PersonCreateNode", json!({"name": "Ann", "nickname": "A"}))
+            .await
+            .unwrap();
         drop(db);
 
         let e = boot(&url, schema::<v3::Person>()).await.unwrap_err();
@@ -187,10 +234,17 @@ async fn risky_changes_stop_boot_until_approved() {
         assert_eq!(e.model(), Some("Person"));
         assert!(e.message().contains("drop column people.name"), "{e}");
         assert!(e.message().contains("data_loss"), "{e}");
-        assert!(e.message().contains("migrate apply --allow data_loss"), "{e}");
+        assert!(
+            e.message().contains("migrate apply --allow data_loss"),
+            "{e}"
+        );
         assert!(e.message().contains("nothing was applied"), "{e}");
 
-        for (v, rule) in [(schema::<v4::Person>(), "table_rewrite"), (schema::<v5::Person>(), "not_null_without_default"), (schema::<v6::Person>(), "breaking_rename")] {
+        for (v, rule) in [
+            (schema::<v4::Person>(), "table_rewrite"),
+            (schema::<v5::Person>(), "not_null_without_default"),
+            (schema::<v6::Person>(), "breaking_rename"),
+        ] {
             let e = boot(&url, v).await.unwrap_err();
             assert_eq!(e.code(), "migration_blocked", "{rule}: {e}");
             assert!(e.message().contains(rule), "{rule}: {e}");
@@ -202,31 +256,64 @@ async fn risky_changes_stop_boot_until_approved() {
         drop(db);
 
         // The rename, approved with a reason, keeps the data.
-        let db = DataFlow::builder(&url).models(&[schema::<v6::Person>()]).auto_migrate(false).build().await.unwrap();
+        let db = DataFlow::builder(&url)
+            .models(&[schema::<v6::Person>()])
+            .auto_migrate(false)
+            .build()
+            .await
+            .unwrap();
         let plan = db.migration_plan().await.unwrap();
         assert_eq!(plan.risk(), RiskLevel::Medium);
         assert_eq!(plan.rules(), ["breaking_rename"]);
-        let e = db.apply_migrations(vec![], Some("x".into())).await.unwrap_err();
+        let e = db
+            .apply_migrations(vec![], Some("x".into()))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "migration_blocked");
-        let e = db.apply_migrations(vec!["breaking_rename".into()], None).await.unwrap_err();
+        let e = db
+            .apply_migrations(vec!["breaking_rename".into()], None)
+            .await
+            .unwrap_err();
         assert!(e.message().contains("--reason"), "{e}");
-        let applied = db.apply_migrations(vec!["breaking_rename".into()], Some("clients moved to full_name".into())).await.unwrap().unwrap();
-        assert_eq!(applied.reason.as_deref(), Some("clients moved to full_name"));
+        let applied = db
+            .apply_migrations(
+                vec!["breaking_rename".into()],
+                Some("clients moved to full_name".into()),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            applied.reason.as_deref(),
+            Some("clients moved to full_name")
+        );
         assert_eq!(applied.rules, "breaking_rename");
-        let rec = db.execute("PersonReadNode", json!({"filter": {"full_name": "Ann"}})).await.unwrap();
+        let rec = db
+            .execute("PersonReadNode", json!({"filter": {"full_name": "Ann"}}))
+            .await
+            .unwrap();
         assert_eq!(rec["nickname"], "A");
         assert!(db.migration_plan().await.unwrap().is_empty());
 
         // Rollback undoes it; a data-losing down needs the override.
         let undone = db.rollback_migrations(None, 1, false).await.unwrap();
-        assert_eq!(undone, [applied.version.clone()]);
+        assert_eq!(undone, std::slice::from_ref(&applied.version));
         let history = db.migration_history().await.unwrap();
         assert_eq!(history.last().unwrap().status, MigrationStatus::RolledBack);
         let e = db.rollback_migrations(None, 1, false).await.unwrap_err();
-        assert_eq!(e.code(), "migration_blocked", "the first migration's down drops the table: {e}");
+        assert_eq!(
+            e.code(),
+            "migration_blocked",
+            "the first migration's down drops the table: {e}"
+        );
         drop(db);
         let db = boot(&url, schema::<v2::Person>()).await.unwrap();
-        assert_eq!(db.execute("PersonReadNode", json!({"filter": {"name": "Ann"}})).await.unwrap()["nickname"], "A");
+        assert_eq!(
+            db.execute("PersonReadNode", json!({"filter": {"name": "Ann"}}))
+                .await
+                .unwrap()["nickname"],
+            "A"
+        );
     })
     .await;
 }
@@ -235,19 +322,41 @@ async fn risky_changes_stop_boot_until_approved() {
 async fn indexes_uniques_and_defaults_are_planned_and_applied() {
     on_each_backend("indexes", |url| async move {
         let db = boot(&url, schema::<v2::Person>()).await.unwrap();
-        db.execute("PersonCreateNode", json!({"name": "Ann", "nickname": "A"})).await.unwrap();
+        db.execute("PersonCreateNode", json!({"name": "Ann", "nickname": "A"}))
+            .await
+            .unwrap();
         drop(db);
-        let db = DataFlow::builder(&url).models(&[schema::<v7::Person>()]).auto_migrate(false).build().await.unwrap();
+        let db = DataFlow::builder(&url)
+            .models(&[schema::<v7::Person>()])
+            .auto_migrate(false)
+            .build()
+            .await
+            .unwrap();
         let plan = db.migration_plan().await.unwrap();
         let summaries: Vec<&str> = plan.operations.iter().map(|o| o.summary.as_str()).collect();
         assert!(!plan.is_empty());
         let allow: Vec<String> = plan.rules().iter().map(|r| r.to_string()).collect();
-        db.apply_migrations(allow, Some("index and unique nickname".into())).await.unwrap().unwrap();
-        assert!(db.migration_plan().await.unwrap().is_empty(), "re-plans to nothing after {summaries:?}");
-        let e = db.execute("PersonCreateNode", json!({"name": "Bob", "nickname": "A"})).await.unwrap_err();
+        db.apply_migrations(allow, Some("index and unique nickname".into()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            db.migration_plan().await.unwrap().is_empty(),
+            "re-plans to nothing after {summaries:?}"
+        );
+        let e = db
+            .execute("PersonCreateNode", json!({"name": "Bob", "nickname": "A"}))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "unique_violation");
-        let rec = db.execute("PersonReadNode", json!({"filter": {"name": "Ann"}})).await.unwrap();
-        assert_eq!(rec["active"], true, "the new column's default fills existing rows");
+        let rec = db
+            .execute("PersonReadNode", json!({"filter": {"name": "Ann"}}))
+            .await
+            .unwrap();
+        assert_eq!(
+            rec["active"], true,
+            "the new column's default fills existing rows"
+        );
     })
     .await;
 }
@@ -257,12 +366,17 @@ async fn hand_made_columns_are_reported_as_drift() {
     on_each_backend("drift", |url| async move {
         let db = boot(&url, schema::<v1::Person>()).await.unwrap();
         let mut conn = db.connection().unwrap();
-        conn.batch_execute("ALTER TABLE people ADD COLUMN legacy TEXT").unwrap();
+        conn.batch_execute("ALTER TABLE people ADD COLUMN legacy TEXT")
+            .unwrap();
         drop(conn);
         let plan = db.migration_plan().await.unwrap();
         assert_eq!(plan.drift.len(), 1);
         assert_eq!(plan.drift[0].column.as_deref(), Some("legacy"));
-        assert!(plan.drift[0].message.contains("another tool"), "{}", plan.drift[0].message);
+        assert!(
+            plan.drift[0].message.contains("another tool"),
+            "{}",
+            plan.drift[0].message
+        );
         let op = &plan.operations[0];
         assert_eq!(op.risk, RiskLevel::Destructive, "never silently dropped");
         drop(db);
@@ -277,20 +391,55 @@ async fn hand_made_columns_are_reported_as_drift() {
 async fn configuration_switches_turn_steps_off() {
     on_each_backend("switches", |url| async move {
         // skip_migration: no schema step at all.
-        let db = DataFlow::builder(&url).models(&[schema::<v1::Person>()]).skip_migration(true).build().await.unwrap();
-        assert_eq!(db.execute("PersonCountNode", json!({})).await.unwrap_err().code(), "database");
+        let db = DataFlow::builder(&url)
+            .models(&[schema::<v1::Person>()])
+            .skip_migration(true)
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(
+            db.execute("PersonCountNode", json!({}))
+                .await
+                .unwrap_err()
+                .code(),
+            "database"
+        );
         drop(db);
         // auto_migrate(false): planned, not applied.
-        let db = DataFlow::builder(&url).models(&[schema::<v1::Person>()]).auto_migrate(false).build().await.unwrap();
-        assert_eq!(db.execute("PersonCountNode", json!({})).await.unwrap_err().code(), "database");
+        let db = DataFlow::builder(&url)
+            .models(&[schema::<v1::Person>()])
+            .auto_migrate(false)
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(
+            db.execute("PersonCountNode", json!({}))
+                .await
+                .unwrap_err()
+                .code(),
+            "database"
+        );
         assert_eq!(db.migration_plan().await.unwrap().operations.len(), 1);
         drop(db);
         // Without the registry the schema is still migrated, nothing is persisted.
-        let db = DataFlow::builder(&url).models(&[schema::<v1::Person>()]).enable_model_persistence(false).build().await.unwrap();
-        assert_eq!(db.execute("PersonCountNode", json!({})).await.unwrap()["count"], 0);
+        let db = DataFlow::builder(&url)
+            .models(&[schema::<v1::Person>()])
+            .enable_model_persistence(false)
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(
+            db.execute("PersonCountNode", json!({})).await.unwrap()["count"],
+            0
+        );
         assert!(db.registered_models().await.unwrap().is_empty());
         drop(db);
-        let db = DataFlow::builder(&url).models(&[schema::<v1::Person>()]).skip_registry(true).build().await.unwrap();
+        let db = DataFlow::builder(&url)
+            .models(&[schema::<v1::Person>()])
+            .skip_registry(true)
+            .build()
+            .await
+            .unwrap();
         assert!(db.registered_models().await.unwrap().is_empty());
         drop(db);
         let db = boot(&url, schema::<v1::Person>()).await.unwrap();
@@ -323,7 +472,8 @@ async fn concurrent_boots_migrate_exactly_once() {
 // ------------------------------------------------------------------ files
 
 /// Reviewed files embedded at compile time (tests/fixtures/migrations).
-static FILES: &[dataflow::migrate::EmbeddedMigration] = dataflow::embed_migrations!("tests/fixtures/migrations");
+static FILES: &[dataflow::migrate::EmbeddedMigration] =
+    dataflow::embed_migrations!("tests/fixtures/migrations");
 
 #[tokio::test]
 async fn embedded_migration_files_run_at_boot_once_and_edits_are_drift() {
@@ -331,27 +481,57 @@ async fn embedded_migration_files_run_at_boot_once_and_edits_are_drift() {
     assert_eq!(FILES[0].version(), "20260101000000");
     assert_eq!(FILES[1].name(), "add_note_tag");
     on_each_backend("files", |url| async move {
-        let db = DataFlow::builder(&url).models(&[schema::<v1::Person>()]).migrations(FILES).build().await.unwrap();
+        let db = DataFlow::builder(&url)
+            .models(&[schema::<v1::Person>()])
+            .migrations(FILES)
+            .build()
+            .await
+            .unwrap();
         let history = db.migration_history().await.unwrap();
-        let files: Vec<(&str, &str)> = history.iter().filter(|e| e.source == "file").map(|e| (e.version.as_str(), e.name.as_str())).collect();
-        assert_eq!(files, [("20260101000000", "create_notes"), ("20260102000000", "add_note_tag")]);
+        let files: Vec<(&str, &str)> = history
+            .iter()
+            .filter(|e| e.source == "file")
+            .map(|e| (e.version.as_str(), e.name.as_str()))
+            .collect();
+        assert_eq!(
+            files,
+            [
+                ("20260101000000", "create_notes"),
+                ("20260102000000", "add_note_tag")
+            ]
+        );
         assert!(history.iter().all(|e| e.status == MigrationStatus::Applied));
         let mut conn = db.connection().unwrap();
-        conn.batch_execute("INSERT INTO notes (id, body, tag) VALUES ('n1', 'hello', 't')").unwrap();
+        conn.batch_execute("INSERT INTO notes (id, body, tag) VALUES ('n1', 'hello', 't')")
+            .unwrap();
         drop((conn, db));
         // Booting again applies nothing new.
-        let db = DataFlow::builder(&url).models(&[schema::<v1::Person>()]).migrations(FILES).build().await.unwrap();
+        let db = DataFlow::builder(&url)
+            .models(&[schema::<v1::Person>()])
+            .migrations(FILES)
+            .build()
+            .await
+            .unwrap();
         assert_eq!(db.migration_history().await.unwrap().len(), 3);
         drop(db);
         // A file edited after it was applied stops boot.
-        static EDITED: &[dataflow::migrate::EmbeddedMigration] = &[dataflow::migrate::EmbeddedMigration {
-            dir: "20260101000000_create_notes",
-            up: "CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT);\n",
-            down: "DROP TABLE notes;\n",
-        }];
-        let e = DataFlow::builder(&url).models(&[schema::<v1::Person>()]).migrations(EDITED).build().await.unwrap_err();
+        static EDITED: &[dataflow::migrate::EmbeddedMigration] =
+            &[dataflow::migrate::EmbeddedMigration {
+                dir: "20260101000000_create_notes",
+                up: "CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT);\n",
+                down: "DROP TABLE notes;\n",
+            }];
+        let e = DataFlow::builder(&url)
+            .models(&[schema::<v1::Person>()])
+            .migrations(EDITED)
+            .build()
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "migration_blocked");
-        assert!(e.message().contains("drift") && e.message().contains("20260101000000_create_notes"), "{e}");
+        assert!(
+            e.message().contains("drift") && e.message().contains("20260101000000_create_notes"),
+            "{e}"
+        );
     })
     .await;
 }
@@ -385,16 +565,33 @@ fn migrate_cli_plans_applies_stages_and_rolls_back() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
         let o = run("v2", &[]);
-        assert_eq!(o.status.code(), Some(6), "a plain boot of v2 is blocked: {}", stdout(&o));
+        assert_eq!(
+            o.status.code(),
+            Some(6),
+            "a plain boot of v2 is blocked: {}",
+            stdout(&o)
+        );
         assert!(String::from_utf8_lossy(&o.stderr).contains("drop column articles.body"));
 
         let o = run("v2", &["migrate", "plan"]);
         let text = stdout(&o);
         assert!(o.status.success(), "{text}");
-        assert!(text.contains("add column articles.summary") && text.contains("risk safe"), "{text}");
-        assert!(text.contains("drop column articles.body") && text.contains("risk destructive"), "{text}");
-        assert!(text.contains("migrate apply --allow data_loss --reason"), "{text}");
-        assert!(!text.contains("drift"), "the registry explains body: {text}");
+        assert!(
+            text.contains("add column articles.summary") && text.contains("risk safe"),
+            "{text}"
+        );
+        assert!(
+            text.contains("drop column articles.body") && text.contains("risk destructive"),
+            "{text}"
+        );
+        assert!(
+            text.contains("migrate apply --allow data_loss --reason"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("drift"),
+            "the registry explains body: {text}"
+        );
 
         let o = run("v2", &["migrate", "plan", "--json"]);
         let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -404,19 +601,58 @@ fn migrate_cli_plans_applies_stages_and_rolls_back() {
         let o = run("v2", &["migrate", "apply"]);
         assert_eq!(o.status.code(), Some(6), "needs --allow: {}", stdout(&o));
 
-        let o = run("v2", &["migrate", "apply", "--allow", "data_loss", "--reason", "summary replaces body", "--staging"]);
+        let o = run(
+            "v2",
+            &[
+                "migrate",
+                "apply",
+                "--allow",
+                "data_loss",
+                "--reason",
+                "summary replaces body",
+                "--staging",
+            ],
+        );
         let text = stdout(&o);
-        assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
-        assert!(text.contains("staging passed") && text.contains("restored the previous schema") && text.contains("Applied"), "{text}");
+        assert!(
+            o.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            text.contains("staging passed")
+                && text.contains("restored the previous schema")
+                && text.contains("Applied"),
+            "{text}"
+        );
 
         let o = run("v2", &["migrate", "status"]);
         let text = stdout(&o);
-        assert_eq!(text.lines().filter(|l| l.contains("  applied  ")).count(), 2, "{text}");
+        assert_eq!(
+            text.lines().filter(|l| l.contains("  applied  ")).count(),
+            2,
+            "{text}"
+        );
         assert!(text.contains("The database matches the models."), "{text}");
 
         let o = run("v2", &["migrate", "rollback"]);
-        assert_eq!(o.status.code(), Some(6), "the down drops summary: {}", String::from_utf8_lossy(&o.stderr));
-        let o = run("v2", &["migrate", "rollback", "--allow", "data_loss", "--reason", "undo"]);
+        assert_eq!(
+            o.status.code(),
+            Some(6),
+            "the down drops summary: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let o = run(
+            "v2",
+            &[
+                "migrate",
+                "rollback",
+                "--allow",
+                "data_loss",
+                "--reason",
+                "undo",
+            ],
+        );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let o = run("v2", &["migrate", "status", "--json"]);
         let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -424,24 +660,59 @@ fn migrate_cli_plans_applies_stages_and_rolls_back() {
         assert_eq!(status["pending"]["operations"].as_array().unwrap().len(), 2);
 
         let dir = std::env::temp_dir().join(format!("dataflow-gen-{}", std::process::id()));
-        let o = run("v2", &["migrate", "generate", "drop_body", "--dir", dir.to_str().unwrap()]);
+        let o = run(
+            "v2",
+            &[
+                "migrate",
+                "generate",
+                "drop_body",
+                "--dir",
+                dir.to_str().unwrap(),
+            ],
+        );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let made: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-        let generated = made.iter().find(|p| p.display().to_string().ends_with("_drop_body")).expect("generated dir");
+        let made: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        let generated = made
+            .iter()
+            .find(|p| p.display().to_string().ends_with("_drop_body"))
+            .expect("generated dir");
         let up = std::fs::read_to_string(generated.join("up.sql")).unwrap();
-        assert!(up.contains("DROP COLUMN \"body\"") && up.contains("-- drop column articles.body [destructive: data_loss]"), "{up}");
-        assert!(std::fs::read_to_string(generated.join("down.sql")).unwrap().contains("ADD COLUMN \"body\""));
+        assert!(
+            up.contains("DROP COLUMN \"body\"")
+                && up.contains("-- drop column articles.body [destructive: data_loss]"),
+            "{up}"
+        );
+        assert!(std::fs::read_to_string(generated.join("down.sql"))
+            .unwrap()
+            .contains("ADD COLUMN \"body\""));
         let _ = std::fs::remove_dir_all(&dir);
 
         // The standalone binary reads the registry without the models.
         let o = std::process::Command::new(env!("CARGO"))
-            .args(["run", "--quiet", "-p", "dataflow", "--bin", "dataflow", "--", "--url", url.as_str(), "models"])
+            .args([
+                "run",
+                "--quiet",
+                "-p",
+                "dataflow",
+                "--bin",
+                "dataflow",
+                "--",
+                "--url",
+                url.as_str(),
+                "models",
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .unwrap();
         let text = stdout(&o);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        assert!(text.contains("Article") && text.contains("articles"), "{text}");
+        assert!(
+            text.contains("Article") && text.contains("articles"),
+            "{text}"
+        );
     }
 }
 
@@ -449,7 +720,13 @@ fn migrate_cli_plans_applies_stages_and_rolls_back() {
 
 fn child(test: &str, url: &str) -> std::process::Child {
     std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", test, "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            test,
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("DATAFLOW_CHILD_URL", url)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -473,7 +750,11 @@ fn four_processes_booting_at_once_migrate_exactly_once() {
         let children: Vec<_> = (0..4).map(|_| child("child_boot_v2", &url)).collect();
         for c in children {
             let out = c.wait_with_output().unwrap();
-            assert!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{url}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
@@ -497,7 +778,12 @@ static SLOW: &[dataflow::migrate::EmbeddedMigration] = &[dataflow::migrate::Embe
 #[ignore = "a child process of a_migration_killed_halfway_is_failed_and_retried"]
 async fn child_apply_slow_migration() {
     let url = std::env::var("DATAFLOW_CHILD_URL").expect("run by the parent test");
-    DataFlow::builder(&url).models(&[schema::<v1::Person>()]).migrations(SLOW).build().await.unwrap();
+    DataFlow::builder(&url)
+        .models(&[schema::<v1::Person>()])
+        .migrations(SLOW)
+        .build()
+        .await
+        .unwrap();
 }
 
 #[test]
@@ -508,16 +794,25 @@ fn a_migration_killed_halfway_is_failed_and_retried() {
         #[diesel(sql_type = diesel::sql_types::Text)]
         status: String,
     }
-    let Some(url) = postgres::fresh_database("kill") else { return };
+    let Some(url) = postgres::fresh_database("kill") else {
+        return;
+    };
     let mut child = child("child_apply_slow_migration", &url);
     let mut pg = PgConnection::establish(&url).unwrap();
     let started = std::time::Instant::now();
     loop {
-        let rows: Vec<Row> = diesel::sql_query("SELECT status FROM dataflow_migrations WHERE version = '20260301000000'").load(&mut pg).unwrap_or_default();
+        let rows: Vec<Row> = diesel::sql_query(
+            "SELECT status FROM dataflow_migrations WHERE version = '20260301000000'",
+        )
+        .load(&mut pg)
+        .unwrap_or_default();
         if rows.first().is_some_and(|r| r.status == "pending") {
             break;
         }
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the child never started the migration");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "the child never started the migration"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -530,20 +825,48 @@ fn a_migration_killed_halfway_is_failed_and_retried() {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        let r: Vec<N> = diesel::sql_query(format!("SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_name = '{t}'")).load(pg).unwrap();
+        let r: Vec<N> = diesel::sql_query(format!(
+            "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_name = '{t}'"
+        ))
+        .load(pg)
+        .unwrap();
         r[0].n == 1
     };
-    assert!(!exists(&mut pg, "kill_a"), "nothing of the killed migration is applied");
-    let rows: Vec<Row> = diesel::sql_query("SELECT status FROM dataflow_migrations WHERE version = '20260301000000'").load(&mut pg).unwrap();
-    assert_eq!(rows[0].status, "pending", "the history never says applied for a half-run migration");
+    assert!(
+        !exists(&mut pg, "kill_a"),
+        "nothing of the killed migration is applied"
+    );
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT status FROM dataflow_migrations WHERE version = '20260301000000'",
+    )
+    .load(&mut pg)
+    .unwrap();
+    assert_eq!(
+        rows[0].status, "pending",
+        "the history never says applied for a half-run migration"
+    );
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let db = DataFlow::builder(&url).models(&[schema::<v1::Person>()]).migrations(SLOW).build().await.unwrap();
+        let db = DataFlow::builder(&url)
+            .models(&[schema::<v1::Person>()])
+            .migrations(SLOW)
+            .build()
+            .await
+            .unwrap();
         let history = db.migration_history().await.unwrap();
-        let slow = history.iter().find(|e| e.version == "20260301000000").unwrap();
+        let slow = history
+            .iter()
+            .find(|e| e.version == "20260301000000")
+            .unwrap();
         assert_eq!(slow.status, MigrationStatus::Applied, "the retry succeeds");
-        assert!(slow.error.as_deref().unwrap_or_default().contains("interrupted"), "the failed attempt is recorded: {slow:?}");
+        assert!(
+            slow.error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("interrupted"),
+            "the failed attempt is recorded: {slow:?}"
+        );
     });
     assert!(exists(&mut pg, "kill_a") && exists(&mut pg, "kill_b"));
 }
@@ -561,10 +884,18 @@ mod other {
 #[tokio::test]
 async fn colliding_model_names_or_tables_fail_boot() {
     let url = sqlite_url("collide");
-    let e = DataFlow::builder(&url).models(&[schema::<v1::Person>(), schema::<v2::Person>()]).build().await.unwrap_err();
+    let e = DataFlow::builder(&url)
+        .models(&[schema::<v1::Person>(), schema::<v2::Person>()])
+        .build()
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "config");
     assert!(e.message().contains("two models are named `Person`"), "{e}");
-    let e = DataFlow::builder(&url).models(&[schema::<v1::Person>(), schema::<other::Human>()]).build().await.unwrap_err();
+    let e = DataFlow::builder(&url)
+        .models(&[schema::<v1::Person>(), schema::<other::Human>()])
+        .build()
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "config");
     assert!(e.message().contains("both use the table `people`"), "{e}");
 }
@@ -572,9 +903,22 @@ async fn colliding_model_names_or_tables_fail_boot() {
 #[tokio::test]
 async fn staging_at_boot_trials_the_plan_first() {
     on_each_backend("staging_boot", |url| async move {
-        boot(&url, schema::<v1::Person>()).await.unwrap().execute("PersonCreateNode", json!({"name": "Ann"})).await.unwrap();
-        let db = DataFlow::builder(&url).models(&[schema::<v2::Person>()]).staging(true).build().await.unwrap();
-        assert_eq!(db.execute("PersonCountNode", json!({})).await.unwrap()["count"], 1);
+        boot(&url, schema::<v1::Person>())
+            .await
+            .unwrap()
+            .execute("PersonCreateNode", json!({"name": "Ann"}))
+            .await
+            .unwrap();
+        let db = DataFlow::builder(&url)
+            .models(&[schema::<v2::Person>()])
+            .staging(true)
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(
+            db.execute("PersonCountNode", json!({})).await.unwrap()["count"],
+            1
+        );
         assert_eq!(db.migration_history().await.unwrap().len(), 2);
     })
     .await;
@@ -636,7 +980,9 @@ fn random_model(rng: &mut Rng) -> &'static ModelSchema {
         let keyable = matches!(ty, FieldType::String | FieldType::I32 | FieldType::I64);
         let default = match ty {
             FieldType::Bool if rng.chance(40) => Some(DefaultValue::Bool(rng.chance(50))),
-            FieldType::I32 | FieldType::I64 if rng.chance(40) => Some(DefaultValue::Int(rng.below(100) as i64)),
+            FieldType::I32 | FieldType::I64 if rng.chance(40) => {
+                Some(DefaultValue::Int(rng.below(100) as i64))
+            }
             FieldType::String if rng.chance(40) => Some(DefaultValue::Str("x")),
             _ => None,
         };
@@ -651,7 +997,11 @@ fn random_model(rng: &mut Rng) -> &'static ModelSchema {
             index: !unique && rng.chance(25),
             default,
             references: None,
-            max_length: if ty == FieldType::String && rng.chance(30) { Some(10 + rng.below(50) as u32) } else { None },
+            max_length: if ty == FieldType::String && rng.chance(30) {
+                Some(10 + rng.below(50) as u32)
+            } else {
+                None
+            },
             renamed_from: None,
             generated: Generated::No,
         });
@@ -660,18 +1010,37 @@ fn random_model(rng: &mut Rng) -> &'static ModelSchema {
         name: "Prop",
         table: "props",
         fields: Box::leak(fields.into_boxed_slice()),
-        options: ModelOptions { soft_delete: false, timestamps: false, tenant_scoped: false, audit: false, cache_ttl_ms: None, append_only: false },
+        options: ModelOptions {
+            soft_delete: false,
+            timestamps: false,
+            tenant_scoped: false,
+            audit: false,
+            cache_ttl_ms: None,
+            append_only: false,
+        },
         checksum: rng.next(),
     }))
 }
 
 async fn converge(url: &str, m: &'static ModelSchema, seed: u64) {
-    let db = DataFlow::builder(url).models(&[m]).auto_migrate(false).build().await.unwrap_or_else(|e| panic!("seed {seed}: boot: {e}"));
+    let db = DataFlow::builder(url)
+        .models(&[m])
+        .auto_migrate(false)
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: boot: {e}"));
     let plan = db.migration_plan().await.unwrap();
     let allow: Vec<String> = plan.rules().iter().map(|r| r.to_string()).collect();
-    db.apply_migrations(allow, Some("property test".into())).await.unwrap_or_else(|e| panic!("seed {seed}: apply {:#?}: {e}", plan.operations));
+    db.apply_migrations(allow, Some("property test".into()))
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: apply {:#?}: {e}", plan.operations));
     let again = db.migration_plan().await.unwrap();
-    assert!(again.is_empty(), "seed {seed}: after applying\n{:#?}\nthe plan is still\n{:#?}", plan.operations, again.operations);
+    assert!(
+        again.is_empty(),
+        "seed {seed}: after applying\n{:#?}\nthe plan is still\n{:#?}",
+        plan.operations,
+        again.operations
+    );
 }
 
 #[tokio::test]

@@ -45,7 +45,9 @@ impl Node for Greet {
     fn run<'a>(&'a self, ctx: &'a NodeContext, input: Value) -> NodeFuture<'a> {
         Box::pin(async move {
             let punct = input["punct"].as_str().unwrap_or("!");
-            Ok(json!({"greeting": format!("hello {}{punct}", input["name"].as_str().unwrap_or("?")), "node": ctx.node_id}))
+            Ok(
+                json!({"greeting": format!("hello {}{punct}", input["name"].as_str().unwrap_or("?")), "node": ctx.node_id}),
+            )
         })
     }
 }
@@ -108,7 +110,10 @@ where
     }
     for (label, url) in urls {
         eprintln!("--- {name} on {label}");
-        let db = DataFlow::builder(&url).build().await.unwrap_or_else(|e| panic!("boot on {label}: {e}"));
+        let db = DataFlow::builder(&url)
+            .build()
+            .await
+            .unwrap_or_else(|e| panic!("boot on {label}: {e}"));
         body(db).await;
     }
 }
@@ -119,8 +124,16 @@ async fn sqlite_db(name: &str) -> DataFlow {
 
 fn signup(db: &DataFlow) -> Workflow {
     let mut wf = WorkflowBuilder::new();
-    wf.add_node("UserCreateNode", "create", json!({"email": "{{email}}", "full_name": "{{full_name}}"}));
-    wf.add_node("SessionCreateNode", "session", json!({"token": "{{token}}", "created_at": "{{now}}", "expires_at": "{{expires}}"}));
+    wf.add_node(
+        "UserCreateNode",
+        "create",
+        json!({"email": "{{email}}", "full_name": "{{full_name}}"}),
+    );
+    wf.add_node(
+        "SessionCreateNode",
+        "session",
+        json!({"token": "{{token}}", "created_at": "{{now}}", "expires_at": "{{expires}}"}),
+    );
     wf.add_connection("create", "id", "session", "user_id");
     wf.build(db).unwrap()
 }
@@ -130,28 +143,55 @@ fn signup_inputs(email: &str) -> Value {
 }
 
 async fn user_count(db: &DataFlow) -> i64 {
-    db.execute("UserCountNode", json!({})).await.unwrap()["count"].as_i64().unwrap()
+    db.execute("UserCountNode", json!({})).await.unwrap()["count"]
+        .as_i64()
+        .unwrap()
 }
 
 #[tokio::test]
 async fn connections_feed_outputs_into_inputs() {
     on_each_backend("connections", |db| async move {
         let workflow = signup(&db);
-        let run = db.runtime().execute(&workflow, signup_inputs("a@x.io")).await.unwrap();
-        assert_eq!(run.results["session"]["user_id"], run.results["create"]["id"]);
+        let run = db
+            .runtime()
+            .execute(&workflow, signup_inputs("a@x.io"))
+            .await
+            .unwrap();
+        assert_eq!(
+            run.results["session"]["user_id"],
+            run.results["create"]["id"]
+        );
         assert_eq!(run.results["create"]["full_name"], "Ann");
-        assert_eq!(run.results["session"]["expires_at"], "2026-01-02T00:00:00.000000Z");
+        assert_eq!(
+            run.results["session"]["expires_at"],
+            "2026-01-02T00:00:00.000000Z"
+        );
         assert!(uuid::Uuid::parse_str(&run.run_id).is_ok());
-        assert_eq!(run.timings.keys().collect::<Vec<_>>(), ["create", "session"]);
-        let other = db.runtime().execute(&workflow, signup_inputs("b@x.io")).await.unwrap();
+        assert_eq!(
+            run.timings.keys().collect::<Vec<_>>(),
+            ["create", "session"]
+        );
+        let other = db
+            .runtime()
+            .execute(&workflow, signup_inputs("b@x.io"))
+            .await
+            .unwrap();
         assert_ne!(other.run_id, run.run_id);
 
         // Dotted paths into arrays.
         let mut wf = WorkflowBuilder::new();
-        wf.add_node("UserListNode", "list", json!({"order_by": "email", "limit": 1}))
-            .add_node("GreetNode", "greet", json!({}))
-            .add_connection("list", "records.0.email", "greet", "name");
-        let run = db.runtime().execute(&wf.build(&db).unwrap(), json!({})).await.unwrap();
+        wf.add_node(
+            "UserListNode",
+            "list",
+            json!({"order_by": "email", "limit": 1}),
+        )
+        .add_node("GreetNode", "greet", json!({}))
+        .add_connection("list", "records.0.email", "greet", "name");
+        let run = db
+            .runtime()
+            .execute(&wf.build(&db).unwrap(), json!({}))
+            .await
+            .unwrap();
         assert_eq!(run.results["greet"]["greeting"], "hello a@x.io!");
     })
     .await;
@@ -161,19 +201,45 @@ async fn connections_feed_outputs_into_inputs() {
 async fn templates_keep_types_and_leave_other_text_alone() {
     let db = sqlite_db("templates").await;
     let mut wf = WorkflowBuilder::new();
-    wf.add_node("UserCreateNode", "create", json!({"email": "${email}", "active": "{{active}}", "full_name": "Dr. {{name}} ($1)"}));
+    wf.add_node(
+        "UserCreateNode",
+        "create",
+        json!({"email": "${email}", "active": "{{active}}", "full_name": "Dr. {{name}} ($1)"}),
+    );
     let workflow = wf.build(&db).unwrap();
-    let run = db.runtime().execute(&workflow, json!({"email": "t@x.io", "active": false, "name": "Who"})).await.unwrap();
-    assert_eq!(run.results["create"]["active"], false, "a whole-string template keeps the boolean");
+    let run = db
+        .runtime()
+        .execute(
+            &workflow,
+            json!({"email": "t@x.io", "active": false, "name": "Who"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        run.results["create"]["active"], false,
+        "a whole-string template keeps the boolean"
+    );
     assert_eq!(run.results["create"]["full_name"], "Dr. Who ($1)");
 
     // An optional parameter whose input is missing is omitted (default applies).
-    let run = db.runtime().execute(&workflow, json!({"email": "u@x.io", "name": "X"})).await.unwrap();
+    let run = db
+        .runtime()
+        .execute(&workflow, json!({"email": "u@x.io", "name": "X"}))
+        .await
+        .unwrap();
     assert_eq!(run.results["create"]["active"], true);
 
-    let e = db.runtime().execute(&workflow, json!({"email": "v@x.io"})).await.unwrap_err();
+    let e = db
+        .runtime()
+        .execute(&workflow, json!({"email": "v@x.io"}))
+        .await
+        .unwrap_err();
     assert_eq!((e.code(), e.field()), ("validation", Some("name")));
-    assert!(e.message().contains("missing required workflow input `name`"), "{e}");
+    assert!(
+        e.message()
+            .contains("missing required workflow input `name`"),
+        "{e}"
+    );
     assert_eq!(user_count(&db).await, 2);
 }
 
@@ -187,10 +253,18 @@ async fn input_schema_is_derived_from_templates_and_node_schemas() {
     assert_eq!(s["properties"]["email"]["type"], "string");
     assert_eq!(s["properties"]["full_name"]["anyOf"][1]["type"], "null");
     assert_eq!(s["properties"]["now"]["format"], "date-time");
-    assert_eq!(s["required"], json!(["email", "expires", "now", "token"]), "full_name is optional");
+    assert_eq!(
+        s["required"],
+        json!(["email", "expires", "now", "token"]),
+        "full_name is optional"
+    );
 
     let mut wf = WorkflowBuilder::new();
-    wf.add_node("UserListNode", "list", json!({"filter": {"email": "{{email}}", "active": "{{active}}"}, "limit": "{{limit}}"}));
+    wf.add_node(
+        "UserListNode",
+        "list",
+        json!({"filter": {"email": "{{email}}", "active": "{{active}}"}, "limit": "{{limit}}"}),
+    );
     let w = wf.build(&db).unwrap();
     let s = w.input_schema();
     assert_eq!(s["properties"]["email"]["type"], "string");
@@ -199,13 +273,31 @@ async fn input_schema_is_derived_from_templates_and_node_schemas() {
     assert_eq!(s["required"], json!(["active", "email"]));
 
     // Wrong types and unknown inputs are refused before anything runs.
-    let e = db.runtime().execute(&workflow, json!({"email": 5, "token": "t", "now": "x", "expires": "y"})).await.unwrap_err();
+    let e = db
+        .runtime()
+        .execute(
+            &workflow,
+            json!({"email": 5, "token": "t", "now": "x", "expires": "y"}),
+        )
+        .await
+        .unwrap_err();
     assert_eq!((e.code(), e.field()), ("validation", Some("email")));
-    assert!(e.message().contains("expected string, got an integer"), "{e}");
-    let e = db.runtime().execute(&workflow, json!({"emial": "a@x.io"})).await.unwrap_err();
+    assert!(
+        e.message().contains("expected string, got an integer"),
+        "{e}"
+    );
+    let e = db
+        .runtime()
+        .execute(&workflow, json!({"emial": "a@x.io"}))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "validation");
     assert!(e.message().contains("did you mean `email`"), "{e}");
-    let e = db.runtime().execute(&workflow, json!([1])).await.unwrap_err();
+    let e = db
+        .runtime()
+        .execute(&workflow, json!([1]))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "validation");
     assert_eq!(user_count(&db).await, 0);
 }
@@ -225,13 +317,15 @@ async fn build_refuses_what_cannot_run() {
     assert!(e.message().contains("did you mean `UserCreateNode`"), "{e}");
 
     let e = build(&|wf| {
-        wf.add_node("GreetNode", "a", json!({"name": "x"})).add_node("GreetNode", "a", json!({"name": "y"}));
+        wf.add_node("GreetNode", "a", json!({"name": "x"}))
+            .add_node("GreetNode", "a", json!({"name": "y"}));
     });
     assert_eq!((e.code(), e.node()), ("validation", Some("a")));
     assert!(e.message().contains("two nodes have the id `a`"), "{e}");
 
     let e = build(&|wf| {
-        wf.add_node("GreetNode", "a", json!({"name": "x"})).add_connection("a", "greeting", "b", "name");
+        wf.add_node("GreetNode", "a", json!({"name": "x"}))
+            .add_connection("a", "greeting", "b", "name");
     });
     assert_eq!(e.node(), Some("b"));
     assert!(e.message().contains("not a node of this workflow"), "{e}");
@@ -242,7 +336,11 @@ async fn build_refuses_what_cannot_run() {
             .add_connection("a", "greeting", "b", "nmae");
     });
     assert_eq!((e.code(), e.node()), ("validation", Some("b")));
-    assert!(e.message().contains("has no input `nmae` (did you mean `name`?)"), "{e}");
+    assert!(
+        e.message()
+            .contains("has no input `nmae` (did you mean `name`?)"),
+        "{e}"
+    );
 
     let e = build(&|wf| {
         wf.add_node("GreetNode", "a", json!({}))
@@ -253,19 +351,32 @@ async fn build_refuses_what_cannot_run() {
     assert!(e.message().contains("cycle"), "{e}");
 
     let e = build(&|wf| {
-        wf.add_node("SessionCreateNode", "s", json!({"token": "t", "created_at": "{{now}}", "expires_at": "{{now}}"}));
+        wf.add_node(
+            "SessionCreateNode",
+            "s",
+            json!({"token": "t", "created_at": "{{now}}", "expires_at": "{{now}}"}),
+        );
     });
     assert_eq!(e.node(), Some("s"));
     assert!(e.message().contains("needs `user_id`"), "{e}");
 
     let e = build(&|wf| {
-        wf.add_node("UserCreateNode", "c", json!({"email": "{{mail}}"})).declare_input("email", json!({"type": "string"}));
+        wf.add_node("UserCreateNode", "c", json!({"email": "{{mail}}"}))
+            .declare_input("email", json!({"type": "string"}));
     });
     assert_eq!(e.node(), Some("c"));
-    assert!(e.message().contains("declares no input `mail` (did you mean `email`?)"), "{e}");
+    assert!(
+        e.message()
+            .contains("declares no input `mail` (did you mean `email`?)"),
+        "{e}"
+    );
 
     let e = build(&|wf| {
-        wf.add_node("UserCreateNode", "c", json!({"email": "x", "nickname": "y"}));
+        wf.add_node(
+            "UserCreateNode",
+            "c",
+            json!({"email": "x", "nickname": "y"}),
+        );
     });
     assert!(e.message().contains("has no input `nickname`"), "{e}");
     let e = build(&|wf| {
@@ -279,21 +390,34 @@ async fn build_refuses_what_cannot_run() {
 #[tokio::test]
 async fn a_failed_node_stops_its_dependants_and_reports_completed_nodes() {
     on_each_backend("failure", |db| async move {
-        db.execute("UserCreateNode", json!({"email": "taken@x.io"})).await.unwrap();
+        db.execute("UserCreateNode", json!({"email": "taken@x.io"}))
+            .await
+            .unwrap();
         let mut wf = WorkflowBuilder::new();
         wf.add_node("GreetNode", "hello", json!({"name": "{{name}}"}))
             .add_node("UserCreateNode", "create", json!({"email": "{{email}}"}))
             .add_node("GreetNode", "after", json!({}))
             .add_connection("create", "email", "after", "name");
         let workflow = wf.build(&db).unwrap();
-        let e = db.runtime().execute(&workflow, json!({"name": "Ann", "email": "taken@x.io"})).await.unwrap_err();
+        let e = db
+            .runtime()
+            .execute(&workflow, json!({"name": "Ann", "email": "taken@x.io"}))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "unique_violation");
         assert_eq!(e.node(), Some("create"));
         assert_eq!(e.field(), Some("email"));
-        assert!(e.message().contains("node `create` (UserCreateNode) failed"), "{e}");
+        assert!(
+            e.message()
+                .contains("node `create` (UserCreateNode) failed"),
+            "{e}"
+        );
         let done = e.completed().expect("completed results");
         assert_eq!(done["hello"]["greeting"], "hello Ann!");
-        assert!(!done.contains_key("after"), "dependants of a failure do not run");
+        assert!(
+            !done.contains_key("after"),
+            "dependants of a failure do not run"
+        );
         assert_eq!(user_count(&db).await, 1);
     })
     .await;
@@ -305,27 +429,49 @@ async fn transactional_runs_commit_or_roll_back_together() {
         let mut wf = WorkflowBuilder::new();
         wf.add_node("UserCreateNode", "first", json!({"email": "{{a}}"}))
             .add_node("UserCreateNode", "second", json!({"email": "{{b}}"}))
-            .add_node("UserUpdateNode", "rename", json!({"fields": {"full_name": "renamed"}}))
+            .add_node(
+                "UserUpdateNode",
+                "rename",
+                json!({"fields": {"full_name": "renamed"}}),
+            )
             .add_connection("first", "id", "second", "full_name")
             .add_connection("first", "id", "rename", "id")
             .transactional(true);
         let workflow = wf.build(&db).unwrap();
-        let run = db.runtime().execute(&workflow, json!({"a": "1@x.io", "b": "2@x.io"})).await.unwrap();
-        assert_eq!(run.results["second"]["full_name"], run.results["first"]["id"]);
+        let run = db
+            .runtime()
+            .execute(&workflow, json!({"a": "1@x.io", "b": "2@x.io"}))
+            .await
+            .unwrap();
+        assert_eq!(
+            run.results["second"]["full_name"],
+            run.results["first"]["id"]
+        );
         assert_eq!(run.results["rename"]["full_name"], "renamed");
         assert_eq!(user_count(&db).await, 2);
 
         // The second create fails: the first is rolled back.
-        let e = db.runtime().execute(&workflow, json!({"a": "3@x.io", "b": "3@x.io"})).await.unwrap_err();
+        let e = db
+            .runtime()
+            .execute(&workflow, json!({"a": "3@x.io", "b": "3@x.io"}))
+            .await
+            .unwrap_err();
         assert_eq!((e.code(), e.node()), ("unique_violation", Some("second")));
         assert!(e.completed().unwrap().contains_key("first"));
-        assert_eq!(user_count(&db).await, 2, "nothing of the failed run is committed");
+        assert_eq!(
+            user_count(&db).await,
+            2,
+            "nothing of the failed run is committed"
+        );
 
         // Without the transaction, the first create stays.
         let mut plain: Value = workflow.to_json();
         plain.as_object_mut().unwrap().remove("transactional");
         let plain = Workflow::from_json(&db, plain).unwrap();
-        db.runtime().execute(&plain, json!({"a": "4@x.io", "b": "4@x.io"})).await.unwrap_err();
+        db.runtime()
+            .execute(&plain, json!({"a": "4@x.io", "b": "4@x.io"}))
+            .await
+            .unwrap_err();
         assert_eq!(user_count(&db).await, 3);
     })
     .await;
@@ -342,30 +488,56 @@ async fn independent_nodes_run_concurrently() {
     let started = Instant::now();
     let run = db.runtime().execute(&workflow, json!({})).await.unwrap();
     assert_eq!(run.results.len(), 4);
-    assert!(started.elapsed() < Duration::from_millis(1000), "four 300 ms nodes took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "four 300 ms nodes took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn a_panicking_node_is_that_nodes_failure() {
     on_each_backend("panic", |db| async move {
         let mut wf = WorkflowBuilder::new();
-        wf.add_node("BoomNode", "boom", json!({})).add_node("GreetNode", "ok", json!({"name": "x"}));
+        wf.add_node("BoomNode", "boom", json!({})).add_node(
+            "GreetNode",
+            "ok",
+            json!({"name": "x"}),
+        );
         let workflow = wf.build(&db).unwrap();
-        let e = db.runtime().execute(&workflow, json!({})).await.unwrap_err();
+        let e = db
+            .runtime()
+            .execute(&workflow, json!({}))
+            .await
+            .unwrap_err();
         assert_eq!((e.code(), e.node()), ("internal", Some("boom")));
         assert!(e.message().contains("boom went the node"), "{e}");
         // The runtime keeps serving.
         let mut wf = WorkflowBuilder::new();
         wf.add_node("GreetNode", "ok", json!({"name": "again"}));
-        let run = db.runtime().execute(&wf.build(&db).unwrap(), json!({})).await.unwrap();
+        let run = db
+            .runtime()
+            .execute(&wf.build(&db).unwrap(), json!({}))
+            .await
+            .unwrap();
         assert_eq!(run.results["ok"]["greeting"], "hello again!");
 
         let mut wf = WorkflowBuilder::new();
-        wf.add_node("UserCreateNode", "c", json!({"email": "p@x.io"})).add_node("BoomNode", "boom", json!({})).transactional(true);
+        wf.add_node("UserCreateNode", "c", json!({"email": "p@x.io"}))
+            .add_node("BoomNode", "boom", json!({}))
+            .transactional(true);
         wf.add_connection("c", "id", "boom", "x");
-        let e = db.runtime().execute(&wf.build(&db).unwrap(), json!({})).await.unwrap_err();
+        let e = db
+            .runtime()
+            .execute(&wf.build(&db).unwrap(), json!({}))
+            .await
+            .unwrap_err();
         assert_eq!((e.code(), e.node()), ("internal", Some("boom")));
-        assert_eq!(user_count(&db).await, 0, "the transactional run rolled back");
+        assert_eq!(
+            user_count(&db).await,
+            0,
+            "the transactional run rolled back"
+        );
     })
     .await;
 }
@@ -378,7 +550,11 @@ async fn runs_over_their_timeout_fail_with_timeout() {
         .add_node("SleepNode", "slow", json!({"ms": 5_000}))
         .timeout(Duration::from_millis(200));
     let started = Instant::now();
-    let e = db.runtime().execute(&wf.build(&db).unwrap(), json!({})).await.unwrap_err();
+    let e = db
+        .runtime()
+        .execute(&wf.build(&db).unwrap(), json!({}))
+        .await
+        .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!((e.code(), e.node()), ("timeout", Some("slow")));
     assert!(e.completed().unwrap().contains_key("fast"));
@@ -388,26 +564,57 @@ async fn runs_over_their_timeout_fail_with_timeout() {
 async fn switch_routes_and_merge_joins() {
     let db = sqlite_db("switch").await;
     let mut wf = WorkflowBuilder::new();
-    wf.add_node("SwitchNode", "check", json!({"value": "{{name}}", "$eq": "admin"}))
-        .add_node("GreetNode", "admin", json!({"punct": "!!!"}))
-        .add_node("GreetNode", "user", json!({"punct": "."}))
-        .add_node("MergeNode", "join", json!({}))
-        .add_connection("check", "true_output", "admin", "name")
-        .add_connection("check", "false_output", "user", "name")
-        .add_connection("admin", "greeting", "join", "a")
-        .add_connection("user", "greeting", "join", "b");
+    wf.add_node(
+        "SwitchNode",
+        "check",
+        json!({"value": "{{name}}", "$eq": "admin"}),
+    )
+    .add_node("GreetNode", "admin", json!({"punct": "!!!"}))
+    .add_node("GreetNode", "user", json!({"punct": "."}))
+    .add_node("MergeNode", "join", json!({}))
+    .add_connection("check", "true_output", "admin", "name")
+    .add_connection("check", "false_output", "user", "name")
+    .add_connection("admin", "greeting", "join", "a")
+    .add_connection("user", "greeting", "join", "b");
     let workflow = wf.build(&db).unwrap();
-    let run = db.runtime().execute(&workflow, json!({"name": "admin"})).await.unwrap();
-    assert_eq!(run.results["join"]["merged"], json!({"a": "hello admin!!!"}));
+    let run = db
+        .runtime()
+        .execute(&workflow, json!({"name": "admin"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        run.results["join"]["merged"],
+        json!({"a": "hello admin!!!"})
+    );
     assert_eq!(run.skipped, ["user"]);
-    let run = db.runtime().execute(&workflow, json!({"name": "bob"})).await.unwrap();
+    let run = db
+        .runtime()
+        .execute(&workflow, json!({"name": "bob"}))
+        .await
+        .unwrap();
     assert_eq!(run.results["join"]["merged"], json!({"b": "hello bob."}));
     assert_eq!(run.skipped, ["admin"]);
 
-    let e = db.execute("SwitchNode", json!({"value": 1, "$gt": "x"})).await.unwrap_err();
+    let e = db
+        .execute("SwitchNode", json!({"value": 1, "$gt": "x"}))
+        .await
+        .unwrap_err();
     assert_eq!((e.code(), e.node()), ("validation", Some("SwitchNode")));
-    assert_eq!(db.execute("SwitchNode", json!({"value": 3, "$in": [1, 3]})).await.unwrap()["branch"], true);
-    assert_eq!(db.execute("MergeNode", json!({"mode": "concat", "a": [1], "b": [2, 3]})).await.unwrap()["merged"], json!([1, 2, 3]));
+    assert_eq!(
+        db.execute("SwitchNode", json!({"value": 3, "$in": [1, 3]}))
+            .await
+            .unwrap()["branch"],
+        true
+    );
+    assert_eq!(
+        db.execute(
+            "MergeNode",
+            json!({"mode": "concat", "a": [1], "b": [2, 3]})
+        )
+        .await
+        .unwrap()["merged"],
+        json!([1, 2, 3])
+    );
 }
 
 #[tokio::test]
@@ -416,25 +623,50 @@ async fn workflows_round_trip_through_json() {
     let workflow = signup(&db);
     let json = workflow.to_json();
     assert_eq!(json["version"], 1);
-    assert_eq!(json["nodes"][0], json!({"id": "create", "type": "UserCreateNode", "params": {"email": "{{email}}", "full_name": "{{full_name}}"}}));
-    assert_eq!(json["connections"][0], json!({"from": "create", "output": "id", "to": "session", "input": "user_id"}));
+    assert_eq!(
+        json["nodes"][0],
+        json!({"id": "create", "type": "UserCreateNode", "params": {"email": "{{email}}", "full_name": "{{full_name}}"}})
+    );
+    assert_eq!(
+        json["connections"][0],
+        json!({"from": "create", "output": "id", "to": "session", "input": "user_id"})
+    );
     let again = Workflow::from_json(&db, json.clone()).unwrap();
     assert_eq!(again.to_json(), json);
     assert_eq!(again.input_schema(), workflow.input_schema());
-    let run = db.runtime().execute(&again, signup_inputs("j@x.io")).await.unwrap();
-    assert_eq!(run.results["session"]["user_id"], run.results["create"]["id"]);
+    let run = db
+        .runtime()
+        .execute(&again, signup_inputs("j@x.io"))
+        .await
+        .unwrap();
+    assert_eq!(
+        run.results["session"]["user_id"],
+        run.results["create"]["id"]
+    );
 
     let e = Workflow::from_json(&db, json!({"nodes": [], "bogus": 1})).unwrap_err();
     assert_eq!(e.code(), "validation");
-    let e = Workflow::from_json(&db, json!({"version": 2, "nodes": [{"id": "a", "type": "GreetNode"}]})).unwrap_err();
+    let e = Workflow::from_json(
+        &db,
+        json!({"version": 2, "nodes": [{"id": "a", "type": "GreetNode"}]}),
+    )
+    .unwrap_err();
     assert!(e.message().contains("version 2"), "{e}");
 }
 
 #[tokio::test]
 async fn custom_nodes_run_alone_and_publish_their_schema() {
     let db = sqlite_db("custom").await;
-    assert_eq!(db.execute("GreetNode", json!({"name": "Ann"})).await.unwrap()["greeting"], "hello Ann!");
-    assert_eq!(db.node_schema("GreetNode").unwrap()["required"], json!(["name"]));
+    assert_eq!(
+        db.execute("GreetNode", json!({"name": "Ann"}))
+            .await
+            .unwrap()["greeting"],
+        "hello Ann!"
+    );
+    assert_eq!(
+        db.node_schema("GreetNode").unwrap()["required"],
+        json!(["name"])
+    );
     assert!(db.node_types().contains(&"SleepNode".to_string()));
 }
 
@@ -443,9 +675,18 @@ async fn custom_node_input_is_checked_against_its_schema() {
     let db = sqlite_db("custom_input").await;
     let e = db.execute("GreetNode", json!({})).await.unwrap_err();
     assert_eq!((e.code(), e.node()), ("validation", Some("GreetNode")));
-    assert!(e.message().contains("missing required property `name`"), "{e}");
-    let e = db.execute("GreetNode", json!({"name": 5})).await.unwrap_err();
+    assert!(
+        e.message().contains("missing required property `name`"),
+        "{e}"
+    );
+    let e = db
+        .execute("GreetNode", json!({"name": 5}))
+        .await
+        .unwrap_err();
     assert!(e.message().contains("`name`: expected string"), "{e}");
-    let e = db.execute("GreetNode", json!({"name": "a", "nmae": "b"})).await.unwrap_err();
+    let e = db
+        .execute("GreetNode", json!({"name": "a", "nmae": "b"}))
+        .await
+        .unwrap_err();
     assert!(e.message().contains("unknown property `nmae`"), "{e}");
 }

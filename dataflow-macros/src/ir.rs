@@ -143,7 +143,13 @@ impl ModelIr {
         let o = &self.options;
         let mut s = format!(
             "model={};table={};soft_delete={};timestamps={};tenant={};audit={};append_only={};",
-            self.name, self.table, o.soft_delete, o.timestamps, o.tenant_scoped, o.audit, o.append_only
+            self.name,
+            self.table,
+            o.soft_delete,
+            o.timestamps,
+            o.tenant_scoped,
+            o.audit,
+            o.append_only
         );
         for f in &self.fields {
             s.push_str(&format!(

@@ -179,7 +179,9 @@ pub fn parse_model(attr: TokenStream, item: ItemStruct) -> syn::Result<ModelIr> 
     }
 
     // Exactly one primary key: `#[field(primary_key)]`, else the field named `id`.
-    let explicit: Vec<usize> = (0..fields.len()).filter(|i| fields[*i].primary_key).collect();
+    let explicit: Vec<usize> = (0..fields.len())
+        .filter(|i| fields[*i].primary_key)
+        .collect();
     if explicit.len() > 1 {
         errors.at(
             item.ident.span(),
@@ -198,13 +200,22 @@ pub fn parse_model(attr: TokenStream, item: ItemStruct) -> syn::Result<ModelIr> 
     for f in fields.iter_mut().filter(|f| f.primary_key) {
         let span = item.ident.span();
         if f.nullable {
-            errors.at(span, format!("primary key `{}` of `{name}` cannot be an Option", f.name));
+            errors.at(
+                span,
+                format!("primary key `{}` of `{name}` cannot be an Option", f.name),
+            );
         }
         f.generated = match f.ty {
             FieldType::String | FieldType::Uuid => Generated::Uuid7,
             t if t.is_integer() => Generated::AutoIncrement,
             _ => {
-                errors.at(span, format!("primary key `{}` of `{name}` must be a String, an integer or a Uuid", f.name));
+                errors.at(
+                    span,
+                    format!(
+                        "primary key `{}` of `{name}` must be a String, an integer or a Uuid",
+                        f.name
+                    ),
+                );
                 Generated::No
             }
         };
@@ -224,14 +235,18 @@ pub fn parse_model(attr: TokenStream, item: ItemStruct) -> syn::Result<ModelIr> 
         renamed_from: None,
         generated,
     };
-    let declared = |fields: &[FieldIr], n: &str| fields.iter().any(|f| f.name == n || f.column == n);
+    let declared =
+        |fields: &[FieldIr], n: &str| fields.iter().any(|f| f.name == n || f.column == n);
     if options.tenant_scoped && !declared(&fields, "tenant_id") {
         let mut f = managed("tenant_id", FieldType::String, false, Generated::Tenant);
         f.index = true;
         fields.push(f);
     }
     if options.timestamps {
-        for (n, g) in [("created_at", Generated::CreatedAt), ("updated_at", Generated::UpdatedAt)] {
+        for (n, g) in [
+            ("created_at", Generated::CreatedAt),
+            ("updated_at", Generated::UpdatedAt),
+        ] {
             if !declared(&fields, n) {
                 fields.push(managed(n, FieldType::DateTime, false, g));
             }
@@ -241,24 +256,35 @@ pub fn parse_model(attr: TokenStream, item: ItemStruct) -> syn::Result<ModelIr> 
         if declared(&fields, "deleted_at") {
             errors.at(item.ident.span(), format!("`soft_delete` manages a `deleted_at` column, but `{name}` declares one\n\nhelp: remove the field; soft-deleted records carry `deleted_at` in their JSON"));
         } else {
-            fields.push(managed("deleted_at", FieldType::DateTime, true, Generated::DeletedAt));
+            fields.push(managed(
+                "deleted_at",
+                FieldType::DateTime,
+                true,
+                Generated::DeletedAt,
+            ));
         }
     }
     for (i, f) in fields.iter().enumerate() {
         if fields[..i].iter().any(|g| g.column == f.column) {
-            errors.at(item.ident.span(), format!("two fields of `{name}` map to the column `{}`", f.column));
+            errors.at(
+                item.ident.span(),
+                format!("two fields of `{name}` map to the column `{}`", f.column),
+            );
         }
     }
 
     let has_derive = |want: &str| {
         item.attrs.iter().any(|a| {
             a.path().is_ident("derive")
-                && a
-                    .parse_args_with(
-                        syn::punctuated::Punctuated::<syn::Path, syn::Token![,]>::parse_terminated,
-                    )
-                    .map(|paths| paths.iter().any(|p| p.segments.last().is_some_and(|s| s.ident == want)))
-                    .unwrap_or(false)
+                && a.parse_args_with(
+                    syn::punctuated::Punctuated::<syn::Path, syn::Token![,]>::parse_terminated,
+                )
+                .map(|paths| {
+                    paths
+                        .iter()
+                        .any(|p| p.segments.last().is_some_and(|s| s.ident == want))
+                })
+                .unwrap_or(false)
         })
     };
     let derive_serialize = !has_derive("Serialize");
@@ -413,14 +439,23 @@ fn parse_field(
         }
     }
     if f.max_length.is_some() && f.ty != FieldType::String {
-        errors.at(ident.span(), format!("`max_length` applies to String fields, and `{name}` is not one"));
+        errors.at(
+            ident.span(),
+            format!("`max_length` applies to String fields, and `{name}` is not one"),
+        );
     }
     if let Some(d) = &f.default {
         let ok = matches!(
             (f.ty, d),
             (FieldType::Bool, DefaultLit::Bool(_))
-                | (FieldType::I16 | FieldType::I32 | FieldType::I64, DefaultLit::Int(_))
-                | (FieldType::F32 | FieldType::F64, DefaultLit::Int(_) | DefaultLit::Float(_))
+                | (
+                    FieldType::I16 | FieldType::I32 | FieldType::I64,
+                    DefaultLit::Int(_)
+                )
+                | (
+                    FieldType::F32 | FieldType::F64,
+                    DefaultLit::Int(_) | DefaultLit::Float(_)
+                )
                 | (FieldType::String, DefaultLit::Str(_))
         );
         if !ok {
@@ -428,12 +463,18 @@ fn parse_field(
         }
         if let (FieldType::I16, DefaultLit::Int(v)) = (f.ty, d) {
             if i16::try_from(*v).is_err() {
-                errors.at(default_span, format!("default {v} does not fit `{name}` (i16)"));
+                errors.at(
+                    default_span,
+                    format!("default {v} does not fit `{name}` (i16)"),
+                );
             }
         }
         if let (FieldType::I32, DefaultLit::Int(v)) = (f.ty, d) {
             if i32::try_from(*v).is_err() {
-                errors.at(default_span, format!("default {v} does not fit `{name}` (i32)"));
+                errors.at(
+                    default_span,
+                    format!("default {v} does not fit `{name}` (i32)"),
+                );
             }
         }
     }
@@ -449,7 +490,8 @@ fn default_literal(expr: &syn::Expr) -> Option<DefaultLit> {
             Lit::Str(s) => Some(DefaultLit::Str(s.value())),
             _ => None,
         },
-        syn::Expr::Unary(u) if matches!(u.op, syn::UnOp::Neg(_)) => match default_literal(&u.expr)? {
+        syn::Expr::Unary(u) if matches!(u.op, syn::UnOp::Neg(_)) => match default_literal(&u.expr)?
+        {
             DefaultLit::Int(i) => Some(DefaultLit::Int(-i)),
             DefaultLit::Float(f) => Some(DefaultLit::Float(-f)),
             _ => None,
@@ -489,14 +531,18 @@ fn classify_type(ty: &Type) -> Option<(FieldType, bool)> {
         "Uuid" => FieldType::Uuid,
         "Value" | "JsonValue" => FieldType::Json,
         "DateTime" => {
-            let Type::Path(arg) = single_arg()? else { return None };
+            let Type::Path(arg) = single_arg()? else {
+                return None;
+            };
             if arg.path.segments.last()?.ident != "Utc" {
                 return None;
             }
             FieldType::DateTime
         }
         "Vec" => {
-            let Type::Path(arg) = single_arg()? else { return None };
+            let Type::Path(arg) = single_arg()? else {
+                return None;
+            };
             if !arg.path.is_ident("u8") {
                 return None;
             }
@@ -504,7 +550,9 @@ fn classify_type(ty: &Type) -> Option<(FieldType, bool)> {
         }
         _ => return None,
     };
-    if !matches!(ident.as_str(), "DateTime" | "Vec") && !matches!(last.arguments, PathArguments::None) {
+    if !matches!(ident.as_str(), "DateTime" | "Vec")
+        && !matches!(last.arguments, PathArguments::None)
+    {
         return None;
     }
     Some((t, false))

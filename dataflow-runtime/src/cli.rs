@@ -20,7 +20,10 @@ use serde_json::json;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "dataflow", about = "Models and migrations of a dataflow database")]
+#[command(
+    name = "dataflow",
+    about = "Models and migrations of a dataflow database"
+)]
 pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
@@ -118,7 +121,9 @@ where
 /// Runs a parsed command and returns what to print.
 pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
     let json_out = cli.json;
-    let render = |v: serde_json::Value| format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default());
+    let render = |v: serde_json::Value| {
+        format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
+    };
     match &cli.command {
         Command::Models => {
             let models = db.registered_models().await?;
@@ -127,21 +132,40 @@ pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
             }
             let rows: Vec<Vec<String>> = models
                 .iter()
-                .map(|m| vec![m.name.clone(), m.table.clone(), m.version.to_string(), m.checksum.clone(), m.last_seen.clone()])
+                .map(|m| {
+                    vec![
+                        m.name.clone(),
+                        m.table.clone(),
+                        m.version.to_string(),
+                        m.checksum.clone(),
+                        m.last_seen.clone(),
+                    ]
+                })
                 .collect();
-            Ok(table(&["model", "table", "version", "checksum", "last seen"], &rows))
+            Ok(table(
+                &["model", "table", "version", "checksum", "last seen"],
+                &rows,
+            ))
         }
         Command::Migrate { command } => match command {
             MigrateCommand::Status => {
                 let history = db.migration_history().await?;
-                let plan = if db.models().is_empty() { None } else { Some(db.migration_plan().await?) };
+                let plan = if db.models().is_empty() {
+                    None
+                } else {
+                    Some(db.migration_plan().await?)
+                };
                 if json_out {
                     return Ok(render(json!({"history": history, "pending": plan})));
                 }
                 let mut out = history_table(&history);
                 match plan {
                     Some(p) if p.is_empty() => out.push_str("\nThe database matches the models.\n"),
-                    Some(p) => out.push_str(&format!("\nPending: {} operation(s), risk {}; see `migrate plan`.\n", p.operations.len(), p.risk().as_str())),
+                    Some(p) => out.push_str(&format!(
+                        "\nPending: {} operation(s), risk {}; see `migrate plan`.\n",
+                        p.operations.len(),
+                        p.risk().as_str()
+                    )),
                     None => {}
                 }
                 Ok(out)
@@ -154,7 +178,11 @@ pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
                 }
                 Ok(plan_text(&plan))
             }
-            MigrateCommand::Apply { allow, reason, staging } => {
+            MigrateCommand::Apply {
+                allow,
+                reason,
+                staging,
+            } => {
                 needs_models(db)?;
                 let mut out = String::new();
                 if *staging {
@@ -166,7 +194,9 @@ pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
                 }
                 match db.apply_migrations(allow.clone(), reason.clone()).await? {
                     None => out.push_str("Nothing to apply: the database matches the models.\n"),
-                    Some(entry) if json_out => return Ok(render(serde_json::to_value(&entry).unwrap_or_default())),
+                    Some(entry) if json_out => {
+                        return Ok(render(serde_json::to_value(&entry).unwrap_or_default()))
+                    }
                     Some(entry) => out.push_str(&format!(
                         "Applied {} ({}, risk {}) in {} ms.\n",
                         entry.version,
@@ -177,12 +207,22 @@ pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
                 }
                 Ok(out)
             }
-            MigrateCommand::Rollback { to, steps, allow, reason } => {
+            MigrateCommand::Rollback {
+                to,
+                steps,
+                allow,
+                reason,
+            } => {
                 let data_loss = allow.iter().any(|a| a == "data_loss");
                 if data_loss && reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
-                    return Err(Error::new(crate::ErrorCode::MigrationBlocked, "--allow data_loss needs --reason \"...\""));
+                    return Err(Error::new(
+                        crate::ErrorCode::MigrationBlocked,
+                        "--allow data_loss needs --reason \"...\"",
+                    ));
                 }
-                let undone = db.rollback_migrations(to.clone(), *steps, data_loss).await?;
+                let undone = db
+                    .rollback_migrations(to.clone(), *steps, data_loss)
+                    .await?;
                 if json_out {
                     return Ok(render(json!({"rolled_back": undone})));
                 }
@@ -198,7 +238,12 @@ pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
                 if json_out {
                     return Ok(render(json!({"path": path.display().to_string()})));
                 }
-                Ok(format!("Wrote {}/up.sql and down.sql ({} operations, risk {}).\n", path.display(), plan.operations.len(), plan.risk().as_str()))
+                Ok(format!(
+                    "Wrote {}/up.sql and down.sql ({} operations, risk {}).\n",
+                    path.display(),
+                    plan.operations.len(),
+                    plan.risk().as_str()
+                ))
             }
             MigrateCommand::Unlock => {
                 let n = db.force_unlock().await?;
@@ -225,7 +270,13 @@ fn plan_text(plan: &MigrationPlan) -> String {
     }
     let mut out = String::new();
     for (i, op) in plan.operations.iter().enumerate() {
-        out.push_str(&format!("{}. {} — model {} — risk {}\n", i + 1, op.summary, op.model, op.risk.as_str()));
+        out.push_str(&format!(
+            "{}. {} — model {} — risk {}\n",
+            i + 1,
+            op.summary,
+            op.model,
+            op.risk.as_str()
+        ));
         for r in &op.rules {
             out.push_str(&format!("     rule {}: {}\n", r.rule, r.reason));
         }
@@ -233,17 +284,33 @@ fn plan_text(plan: &MigrationPlan) -> String {
             out.push_str(&format!("     up:   {s};\n"));
         }
         for s in &op.down {
-            out.push_str(&format!("     down: {s};{}\n", if op.down_loses_data { "  (loses data)" } else { "" }));
+            out.push_str(&format!(
+                "     down: {s};{}\n",
+                if op.down_loses_data {
+                    "  (loses data)"
+                } else {
+                    ""
+                }
+            ));
         }
     }
     for d in &plan.drift {
         out.push_str(&format!("drift: {}\n", d.message));
     }
     if plan.risk() > RiskLevel::Low {
-        let allow: Vec<String> = plan.rules().iter().map(|r| format!("--allow {r}")).collect();
-        out.push_str(&format!("\nTo apply: migrate apply {} --reason \"...\"\n", allow.join(" ")));
+        let allow: Vec<String> = plan
+            .rules()
+            .iter()
+            .map(|r| format!("--allow {r}"))
+            .collect();
+        out.push_str(&format!(
+            "\nTo apply: migrate apply {} --reason \"...\"\n",
+            allow.join(" ")
+        ));
     } else if !plan.is_empty() {
-        out.push_str("\nAll operations are safe: `migrate apply` (or the next boot) applies them.\n");
+        out.push_str(
+            "\nAll operations are safe: `migrate apply` (or the next boot) applies them.\n",
+        );
     }
     out
 }
@@ -264,7 +331,19 @@ fn history_table(history: &[HistoryEntry]) -> String {
             ]
         })
         .collect();
-    table(&["version", "name", "source", "status", "risk", "applied at", "took", "by"], &rows)
+    table(
+        &[
+            "version",
+            "name",
+            "source",
+            "status",
+            "risk",
+            "applied at",
+            "took",
+            "by",
+        ],
+        &rows,
+    )
 }
 
 /// A plain-text table with aligned columns.
@@ -276,13 +355,25 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: Vec<&str>| -> String {
-        let mut s: String = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}  ")).collect();
+        let mut s: String = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}  "))
+            .collect();
         s.truncate(s.trim_end().len());
         s.push('\n');
         s
     };
     let mut out = line(headers.to_vec());
-    out.push_str(&line(widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().iter().map(String::as_str).collect()));
+    out.push_str(&line(
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    ));
     for r in rows {
         out.push_str(&line(r.iter().map(String::as_str).collect()));
     }

@@ -75,27 +75,46 @@ impl Config {
     /// Reads a JSON config file with the field names above.
     pub fn from_json_file(path: impl AsRef<std::path::Path>) -> Result<Config> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::new(ErrorCode::Config, format!("cannot read config {}: {e}", path.display())))?;
-        serde_json::from_str(&text).map_err(|e| Error::new(ErrorCode::Config, format!("invalid config {}: {e}", path.display())))
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::new(
+                ErrorCode::Config,
+                format!("cannot read config {}: {e}", path.display()),
+            )
+        })?;
+        serde_json::from_str(&text).map_err(|e| {
+            Error::new(
+                ErrorCode::Config,
+                format!("invalid config {}: {e}", path.display()),
+            )
+        })
     }
 
     /// Reads `DATAFLOW_<OPTION>` variables (e.g. `DATAFLOW_DATABASE_URL`,
     /// `DATAFLOW_CONNECTION_POOL_SIZE`) over the defaults.
     pub fn from_env() -> Result<Config> {
-        let mut obj = serde_json::to_value(Config::default()).map_err(|e| Error::internal(e.to_string()))?;
+        let mut obj =
+            serde_json::to_value(Config::default()).map_err(|e| Error::internal(e.to_string()))?;
         let map = obj.as_object_mut().expect("config is an object");
         let keys: Vec<String> = map.keys().cloned().collect();
         for key in keys {
             if let Ok(raw) = std::env::var(format!("DATAFLOW_{}", key.to_uppercase())) {
                 let value = match raw.parse::<serde_json::Value>() {
-                    Ok(v @ (serde_json::Value::Bool(_) | serde_json::Value::Number(_))) if key != "database_url" && key != "application_id" => v,
+                    Ok(v @ (serde_json::Value::Bool(_) | serde_json::Value::Number(_)))
+                        if key != "database_url" && key != "application_id" =>
+                    {
+                        v
+                    }
                     _ => serde_json::Value::String(raw),
                 };
                 map.insert(key, value);
             }
         }
-        serde_json::from_value(obj).map_err(|e| Error::new(ErrorCode::Config, format!("invalid DATAFLOW_* environment: {e}")))
+        serde_json::from_value(obj).map_err(|e| {
+            Error::new(
+                ErrorCode::Config,
+                format!("invalid DATAFLOW_* environment: {e}"),
+            )
+        })
     }
 
     pub fn connect_timeout(&self) -> Duration {
@@ -126,7 +145,10 @@ impl Config {
             .map(|((opt, feature), _)| format!("{opt} ({feature})"))
             .collect();
         if self.connection_pool_size == 0 {
-            return Err(Error::new(ErrorCode::Config, "connection_pool_size must be at least 1"));
+            return Err(Error::new(
+                ErrorCode::Config,
+                "connection_pool_size must be at least 1",
+            ));
         }
         if missing.is_empty() {
             Ok(())

@@ -2,8 +2,10 @@
 
 use crate::backend::{AnyConnection, Conn, Manager, Pool, Target};
 use crate::config::Config;
-use crate::migrate::{self, BootPolicy, EmbeddedMigration, HistoryEntry, MigrationPlan, RegisteredModel};
 use crate::error::{Error, ErrorCode, Result};
+use crate::migrate::{
+    self, BootPolicy, EmbeddedMigration, HistoryEntry, MigrationPlan, RegisteredModel,
+};
 use crate::node::{Node, NodeContext, BUILTINS, NODES};
 use crate::nodes::{self, Op};
 use crate::schema::ModelSchema;
@@ -168,7 +170,11 @@ impl DataFlow {
         Self::boot_with(config, &[], None).await
     }
 
-    async fn boot_with(config: Config, embedded: &'static [EmbeddedMigration], models: Option<Vec<&'static ModelSchema>>) -> Result<DataFlow> {
+    async fn boot_with(
+        config: Config,
+        embedded: &'static [EmbeddedMigration],
+        models: Option<Vec<&'static ModelSchema>>,
+    ) -> Result<DataFlow> {
         config.check_supported()?;
         let models = registry(models.unwrap_or_else(|| MODELS.to_vec()))?;
         let target = Target::parse(&config.database_url)?;
@@ -210,7 +216,11 @@ impl DataFlow {
                 let hint = crate::value::suggest(node, self.inner.nodes.keys().map(String::as_str))
                     .map(|s| format!(" (did you mean `{s}`?)"))
                     .unwrap_or_default();
-                Err(Error::new(ErrorCode::UnknownNode, format!("unknown node type `{node}`{hint}")).with_node(node))
+                Err(Error::new(
+                    ErrorCode::UnknownNode,
+                    format!("unknown node type `{node}`{hint}"),
+                )
+                .with_node(node))
             }
         }
     }
@@ -221,24 +231,46 @@ impl DataFlow {
         self.execute_ref(r, node, params, None).await
     }
 
-    pub(crate) async fn execute_ref(&self, r: NodeRef, node_id: &str, params: Value, run_id: Option<&str>) -> Result<Value> {
+    pub(crate) async fn execute_ref(
+        &self,
+        r: NodeRef,
+        node_id: &str,
+        params: Value,
+        run_id: Option<&str>,
+    ) -> Result<Value> {
         match r {
             NodeRef::Model(m, op) => self.execute_op(m, op, params).await,
             NodeRef::Custom(n) => {
                 // Hand-written nodes get input checked against their schema, like model nodes.
-                crate::workflow::check(&n.input_schema(), &params)
-                    .map_err(|e| Error::new(ErrorCode::Validation, format!("{node_id} ({}): invalid input: {e}", n.name())).with_node(node_id))?;
+                crate::workflow::check(&n.input_schema(), &params).map_err(|e| {
+                    Error::new(
+                        ErrorCode::Validation,
+                        format!("{node_id} ({}): invalid input: {e}", n.name()),
+                    )
+                    .with_node(node_id)
+                })?;
                 let ctx = NodeContext {
                     db: self.clone(),
                     run_id: run_id.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string),
                     node_id: node_id.to_string(),
                 };
-                n.run(&ctx, params).await.map_err(|e| if e.node().is_none() { e.with_node(node_id) } else { e })
+                n.run(&ctx, params).await.map_err(|e| {
+                    if e.node().is_none() {
+                        e.with_node(node_id)
+                    } else {
+                        e
+                    }
+                })
             }
         }
     }
 
-    pub(crate) async fn execute_op(&self, m: &'static ModelSchema, op: Op, params: Value) -> Result<Value> {
+    pub(crate) async fn execute_op(
+        &self,
+        m: &'static ModelSchema,
+        op: Op,
+        params: Value,
+    ) -> Result<Value> {
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = db.inner.pool.get()?;
@@ -251,14 +283,27 @@ impl DataFlow {
     /// Runs a node synchronously on a connection the caller holds (the
     /// building block of transactional workflows). Call it from a blocking
     /// thread: hand-written nodes are driven on the current tokio runtime.
-    pub fn execute_blocking(&self, conn: &mut AnyConnection, node: &str, params: &Value) -> Result<Value> {
+    pub fn execute_blocking(
+        &self,
+        conn: &mut AnyConnection,
+        node: &str,
+        params: &Value,
+    ) -> Result<Value> {
         match self.lookup(node)? {
             NodeRef::Model(m, op) => self.run_model_on_any(conn, m, op, params),
-            r @ NodeRef::Custom(_) => self.execute_ref_blocking_custom(r, node, params, &uuid::Uuid::now_v7().to_string()),
+            r @ NodeRef::Custom(_) => {
+                self.execute_ref_blocking_custom(r, node, params, &uuid::Uuid::now_v7().to_string())
+            }
         }
     }
 
-    fn run_model_on_any(&self, conn: &mut AnyConnection, m: &'static ModelSchema, op: Op, params: &Value) -> Result<Value> {
+    fn run_model_on_any(
+        &self,
+        conn: &mut AnyConnection,
+        m: &'static ModelSchema,
+        op: Op,
+        params: &Value,
+    ) -> Result<Value> {
         match conn {
             AnyConnection::Sqlite(c) => self.run_model_on(c, m, op, params),
             AnyConnection::Postgresql(c) => self.run_model_on(c, m, op, params),
@@ -266,19 +311,39 @@ impl DataFlow {
     }
 
     /// A model node on a backend connection the caller holds.
-    pub(crate) fn run_model_on<C: Conn>(&self, conn: &mut C, m: &'static ModelSchema, op: Op, params: &Value) -> Result<Value> {
+    pub(crate) fn run_model_on<C: Conn>(
+        &self,
+        conn: &mut C,
+        m: &'static ModelSchema,
+        op: Op,
+        params: &Value,
+    ) -> Result<Value> {
         let name = format!("{}{}Node", m.name, op.name());
-        nodes::run(conn, &nodes::ops_ctx(m, &name, self.inner.config.echo), op, params)
+        nodes::run(
+            conn,
+            &nodes::ops_ctx(m, &name, self.inner.config.echo),
+            op,
+            params,
+        )
     }
 
-    pub(crate) fn execute_ref_blocking_custom(&self, r: NodeRef, node_id: &str, params: &Value, run_id: &str) -> Result<Value> {
+    pub(crate) fn execute_ref_blocking_custom(
+        &self,
+        r: NodeRef,
+        node_id: &str,
+        params: &Value,
+        run_id: &str,
+    ) -> Result<Value> {
         tokio::runtime::Handle::try_current()
             .map_err(|_| Error::internal("hand-written nodes need a tokio runtime"))?
             .block_on(self.execute_ref(r, node_id, params.clone(), Some(run_id)))
     }
 
     /// Runs `f` on a pooled connection on the blocking pool.
-    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce(&DataFlow, &mut AnyConnection) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&DataFlow, &mut AnyConnection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = db.inner.pool.get()?;
@@ -291,7 +356,10 @@ impl DataFlow {
     /// The models and versions the persisted registry holds (no compiled
     /// models needed).
     pub async fn registered_models(&self) -> Result<Vec<RegisteredModel>> {
-        self.blocking(|db, conn| on_conn!(conn, c => migrate::registered(c, &db.inner.config.application_id))).await
+        self.blocking(
+            |db, conn| on_conn!(conn, c => migrate::registered(c, &db.inner.config.application_id)),
+        )
+        .await
     }
 
     /// What it would take to bring the database to the compiled models.
@@ -304,16 +372,18 @@ impl DataFlow {
 
     /// The migration history, oldest first.
     pub async fn migration_history(&self) -> Result<Vec<HistoryEntry>> {
-        self.blocking(|_, conn| {
-            on_conn!(conn, c => migrate::history(c))
-        })
-        .await
+        self.blocking(|_, conn| on_conn!(conn, c => migrate::history(c)))
+            .await
     }
 
     /// Plans and applies under the migration lock. Operations above low risk
     /// need each rule they hit in `allow` and a `reason` (both recorded).
     /// Returns `None` when there was nothing to do.
-    pub async fn apply_migrations(&self, allow: Vec<String>, reason: Option<String>) -> Result<Option<HistoryEntry>> {
+    pub async fn apply_migrations(
+        &self,
+        allow: Vec<String>,
+        reason: Option<String>,
+    ) -> Result<Option<HistoryEntry>> {
         self.blocking(move |db, conn| {
             let cfg = &db.inner.config;
             on_conn!(conn, c => {
@@ -339,7 +409,12 @@ impl DataFlow {
 
     /// Undoes applied migrations, newest first: the last `steps`, or all
     /// after version `to`. Downs that drop data need `allow_data_loss`.
-    pub async fn rollback_migrations(&self, to: Option<String>, steps: usize, allow_data_loss: bool) -> Result<Vec<String>> {
+    pub async fn rollback_migrations(
+        &self,
+        to: Option<String>,
+        steps: usize,
+        allow_data_loss: bool,
+    ) -> Result<Vec<String>> {
         self.blocking(move |db, conn| {
             on_conn!(conn, c => migrate::with_lock(c, &db.inner.target, db.inner.config.connect_timeout(), "migrate rollback", |c| {
                 migrate::rollback(c, to.as_deref(), steps, allow_data_loss)
@@ -363,10 +438,12 @@ impl DataFlow {
 
     /// Removes a migration lock row left by a crashed process.
     pub async fn force_unlock(&self) -> Result<usize> {
-        self.blocking(|_, conn| on_conn!(conn, c => {
-            migrate::ensure_internal_tables(c)?;
-            migrate::force_unlock(c)
-        }))
+        self.blocking(|_, conn| {
+            on_conn!(conn, c => {
+                migrate::ensure_internal_tables(c)?;
+                migrate::force_unlock(c)
+            })
+        })
         .await
     }
 
@@ -374,7 +451,11 @@ impl DataFlow {
     /// alone (`dataflow models`, `dataflow migrate status`): no models
     /// needed, no schema step.
     pub async fn open_for_tools(url: &str) -> Result<DataFlow> {
-        let config = Config { database_url: url.into(), skip_migration: Some(true), ..Config::default() };
+        let config = Config {
+            database_url: url.into(),
+            skip_migration: Some(true),
+            ..Config::default()
+        };
         let target = Target::parse(&config.database_url)?;
         tokio::task::spawn_blocking(move || boot(config, target, Vec::new(), HashMap::new(), &[]))
             .await
@@ -399,7 +480,13 @@ fn registry(mut models: Vec<&'static ModelSchema>) -> Result<Vec<&'static ModelS
     models.sort_by_key(|m| m.name);
     for pair in models.windows(2) {
         if pair[0].name == pair[1].name {
-            return Err(Error::new(ErrorCode::Config, format!("two models are named `{}`; model names must be unique", pair[0].name)));
+            return Err(Error::new(
+                ErrorCode::Config,
+                format!(
+                    "two models are named `{}`; model names must be unique",
+                    pair[0].name
+                ),
+            ));
         }
     }
     let mut tables: HashMap<&str, &str> = HashMap::new();
@@ -415,7 +502,10 @@ fn registry(mut models: Vec<&'static ModelSchema>) -> Result<Vec<&'static ModelS
                 let Some(target) = models.iter().find(|t| t.name == fk.model) else {
                     return Err(Error::new(
                         ErrorCode::Config,
-                        format!("{}.{} references `{}`, which is not a registered model", m.name, f.name, fk.model),
+                        format!(
+                            "{}.{} references `{}`, which is not a registered model",
+                            m.name, f.name, fk.model
+                        ),
                     ));
                 };
                 let pk = target.primary_key();
@@ -423,7 +513,10 @@ fn registry(mut models: Vec<&'static ModelSchema>) -> Result<Vec<&'static ModelS
                 if !compatible {
                     return Err(Error::new(
                         ErrorCode::Config,
-                        format!("{}.{} is {:?} but references {}.{} which is {:?}", m.name, f.name, f.ty, target.name, pk.name, pk.ty),
+                        format!(
+                            "{}.{} is {:?} but references {}.{} which is {:?}",
+                            m.name, f.name, f.ty, target.name, pk.name, pk.ty
+                        ),
                     ));
                 }
             }
@@ -431,12 +524,18 @@ fn registry(mut models: Vec<&'static ModelSchema>) -> Result<Vec<&'static ModelS
         let unsupported = [
             (m.options.tenant_scoped, "tenant_scoped (multi-tenancy)"),
             (m.options.audit, "audit (the audit log)"),
-            (m.options.cache_ttl_ms.is_some(), "cache_ttl (the query cache)"),
+            (
+                m.options.cache_ttl_ms.is_some(),
+                "cache_ttl (the query cache)",
+            ),
         ];
         if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
             return Err(Error::new(
                 ErrorCode::NotSupported,
-                format!("model `{}` sets {what}, a feature this version does not have yet", m.name),
+                format!(
+                    "model `{}` sets {what}, a feature this version does not have yet",
+                    m.name
+                ),
             ));
         }
     }
@@ -452,7 +551,10 @@ fn node_table(models: &[&'static ModelSchema]) -> Result<HashMap<String, NodeRef
         }
     }
     for n in NODES.iter().chain(BUILTINS.iter()) {
-        if nodes.insert(n.name().to_string(), NodeRef::Custom(*n)).is_some() {
+        if nodes
+            .insert(n.name().to_string(), NodeRef::Custom(*n))
+            .is_some()
+        {
             return Err(Error::new(
                 ErrorCode::Config,
                 format!("two node types are named `{}`; node names must be unique (model nodes are `<Model><Op>Node`)", n.name()),
@@ -465,7 +567,9 @@ fn node_table(models: &[&'static ModelSchema]) -> Result<HashMap<String, NodeRef
 /// Who applies migrations, for the history.
 fn applied_by() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
     format!("{user}@{host} (pid {})", std::process::id())
 }
 
@@ -487,7 +591,9 @@ fn boot(
             embedded,
         };
         // Nothing changed ⇒ this one query is the whole schema step.
-        let unchanged = embedded.is_empty() && policy.registry && on_conn!(&mut conn, c => migrate::registry_matches(c, &policy.app, &models))?;
+        let unchanged = embedded.is_empty()
+            && policy.registry
+            && on_conn!(&mut conn, c => migrate::registry_matches(c, &policy.app, &models))?;
         if !unchanged {
             on_conn!(&mut conn, c => migrate::boot_migrate(c, &target, config.connect_timeout(), &models, &policy))?;
         }
@@ -521,7 +627,10 @@ mod tests {
     // This crate's own test binary declares no models.
     #[tokio::test]
     async fn boot_without_models_explains_how_to_link_them() {
-        let err = DataFlow::builder("sqlite::memory:").build().await.unwrap_err();
+        let err = DataFlow::builder("sqlite::memory:")
+            .build()
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), "config");
         assert!(err.message().contains("use my_models as _;"), "{err}");
     }
@@ -530,20 +639,38 @@ mod tests {
     fn urls_parse_to_targets() {
         assert_eq!(
             Target::parse("sqlite://app.db").unwrap(),
-            Target::Sqlite { path: "app.db".into(), memory: false }
+            Target::Sqlite {
+                path: "app.db".into(),
+                memory: false
+            }
         );
         assert_eq!(
             Target::parse("sqlite:///abs/app.db").unwrap(),
-            Target::Sqlite { path: "/abs/app.db".into(), memory: false }
+            Target::Sqlite {
+                path: "/abs/app.db".into(),
+                memory: false
+            }
         );
-        assert!(matches!(Target::parse("sqlite::memory:").unwrap(), Target::Sqlite { memory: true, .. }));
-        assert_eq!(Target::parse("postgresql://u@h/db").unwrap().dialect(), Dialect::Postgres);
+        assert!(matches!(
+            Target::parse("sqlite::memory:").unwrap(),
+            Target::Sqlite { memory: true, .. }
+        ));
+        assert_eq!(
+            Target::parse("postgresql://u@h/db").unwrap().dialect(),
+            Dialect::Postgres
+        );
         assert_eq!(Target::parse("nope").unwrap_err().code(), "config");
     }
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(crate::backend::redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(crate::backend::redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            crate::backend::redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            crate::backend::redact("postgres://u@h/db"),
+            "postgres://u@h/db"
+        );
     }
 }

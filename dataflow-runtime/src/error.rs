@@ -179,7 +179,11 @@ impl Error {
         let mut m = serde_json::Map::new();
         m.insert("code".into(), self.code().into());
         m.insert("message".into(), self.message.clone().into());
-        for (k, v) in [("model", &self.model), ("field", &self.field), ("node", &self.node)] {
+        for (k, v) in [
+            ("model", &self.model),
+            ("field", &self.field),
+            ("node", &self.node),
+        ] {
             if let Some(v) = v {
                 m.insert(k.into(), v.clone().into());
             }

@@ -10,7 +10,8 @@ use crate::value::{coerce_non_null, describe, suggest, SqlValue};
 use serde_json::{Map, Value};
 
 pub const FIELD_OPERATORS: [&str; 13] = [
-    "$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$like", "$ilike", "$null", "$exists", "$not",
+    "$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$like", "$ilike", "$null",
+    "$exists", "$not",
 ];
 pub const LOGICAL_OPERATORS: [&str; 3] = ["$and", "$or", "$not"];
 
@@ -26,7 +27,11 @@ pub fn render(sql: &mut Sql, model: &ModelSchema, filter: &Value) -> Result<()> 
         other => Err(Error::validation(
             model.name,
             None,
-            format!("{}: a filter must be an object such as {{\"email\": \"a@x.io\"}}, got {}", model.name, describe(other)),
+            format!(
+                "{}: a filter must be an object such as {{\"email\": \"a@x.io\"}}, got {}",
+                model.name,
+                describe(other)
+            ),
         )),
     }
 }
@@ -107,7 +112,9 @@ fn render_object(sql: &mut Sql, model: &ModelSchema, map: &Map<String, Value>) -
 }
 
 fn hint(name: &str, candidates: impl IntoIterator<Item = &'static str>) -> String {
-    suggest(name, candidates).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default()
+    suggest(name, candidates)
+        .map(|s| format!(" (did you mean `{s}`?)"))
+        .unwrap_or_default()
 }
 
 /// Looks a field up by its JSON name, with a "did you mean" on failure.
@@ -120,7 +127,12 @@ pub fn field(model: &ModelSchema, name: &str) -> Result<&'static FieldSchema> {
                 "{} has no field `{name}`{}; its fields are: {}",
                 model.name,
                 hint_dyn(name, model),
-                model.fields.iter().map(|f| f.name).collect::<Vec<_>>().join(", ")
+                model
+                    .fields
+                    .iter()
+                    .map(|f| f.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
     })
@@ -136,18 +148,27 @@ fn is_operator_object(v: &Value) -> bool {
     matches!(v, Value::Object(m) if !m.is_empty() && m.keys().all(|k| k.starts_with('$')))
 }
 
-fn render_field(sql: &mut Sql, model: &ModelSchema, field: &FieldSchema, value: &Value) -> Result<()> {
+fn render_field(
+    sql: &mut Sql,
+    model: &ModelSchema,
+    field: &FieldSchema,
+    value: &Value,
+) -> Result<()> {
     if !is_operator_object(value) {
         return compare(sql, model, field, "$eq", value);
     }
-    let Value::Object(ops) = value else { unreachable!() };
+    let Value::Object(ops) = value else {
+        unreachable!()
+    };
     sql.push("(");
     for (i, (op, operand)) in ops.iter().enumerate() {
         if i > 0 {
             sql.push(" AND ");
         }
         match op.as_str() {
-            "$eq" | "$ne" | "$gt" | "$gte" | "$lt" | "$lte" => compare(sql, model, field, op, operand)?,
+            "$eq" | "$ne" | "$gt" | "$gte" | "$lt" | "$lte" => {
+                compare(sql, model, field, op, operand)?
+            }
             "$in" | "$nin" => in_list(sql, model, field, op == "$nin", operand)?,
             "$like" | "$ilike" => like(sql, model, field, op == "$ilike", operand)?,
             "$null" | "$exists" => {
@@ -155,19 +176,28 @@ fn render_field(sql: &mut Sql, model: &ModelSchema, field: &FieldSchema, value: 
                     Error::validation(
                         model.name,
                         Some(field.name),
-                        format!("{}.{}: `{op}` takes true or false, got {}", model.name, field.name, describe(operand)),
+                        format!(
+                            "{}.{}: `{op}` takes true or false, got {}",
+                            model.name,
+                            field.name,
+                            describe(operand)
+                        ),
                     )
                 })?;
                 // Every column exists in SQL: `$exists: true` means "has a value".
                 let is_null = if op == "$null" { b } else { !b };
-                sql.ident(field.column).push(if is_null { " IS NULL" } else { " IS NOT NULL" });
+                sql.ident(field.column)
+                    .push(if is_null { " IS NULL" } else { " IS NOT NULL" });
             }
             "$not" => {
                 if !is_operator_object(operand) {
                     return Err(Error::validation(
                         model.name,
                         Some(field.name),
-                        format!("{}.{}: `$not` takes an operator object such as {{\"$gt\": 5}}", model.name, field.name),
+                        format!(
+                            "{}.{}: `$not` takes an operator object such as {{\"$gt\": 5}}",
+                            model.name, field.name
+                        ),
                     ));
                 }
                 sql.push("NOT ");
@@ -197,13 +227,22 @@ fn comparable(model: &ModelSchema, field: &FieldSchema, op: &str) -> Result<()> 
         return Err(Error::validation(
             model.name,
             Some(field.name),
-            format!("{}.{}: JSON fields can only be filtered with $null or $exists, not `{op}`", model.name, field.name),
+            format!(
+                "{}.{}: JSON fields can only be filtered with $null or $exists, not `{op}`",
+                model.name, field.name
+            ),
         ));
     }
     Ok(())
 }
 
-fn compare(sql: &mut Sql, model: &ModelSchema, field: &FieldSchema, op: &str, operand: &Value) -> Result<()> {
+fn compare(
+    sql: &mut Sql,
+    model: &ModelSchema,
+    field: &FieldSchema,
+    op: &str,
+    operand: &Value,
+) -> Result<()> {
     comparable(model, field, op)?;
     if operand.is_null() {
         return match op {
@@ -218,7 +257,10 @@ fn compare(sql: &mut Sql, model: &ModelSchema, field: &FieldSchema, op: &str, op
             _ => Err(Error::validation(
                 model.name,
                 Some(field.name),
-                format!("{}.{}: `{op}` cannot compare with null; use $null", model.name, field.name),
+                format!(
+                    "{}.{}: `{op}` cannot compare with null; use $null",
+                    model.name, field.name
+                ),
             )),
         };
     }
@@ -236,14 +278,25 @@ fn compare(sql: &mut Sql, model: &ModelSchema, field: &FieldSchema, op: &str, op
     Ok(())
 }
 
-fn in_list(sql: &mut Sql, model: &ModelSchema, field: &FieldSchema, negate: bool, operand: &Value) -> Result<()> {
+fn in_list(
+    sql: &mut Sql,
+    model: &ModelSchema,
+    field: &FieldSchema,
+    negate: bool,
+    operand: &Value,
+) -> Result<()> {
     let op = if negate { "$nin" } else { "$in" };
     comparable(model, field, op)?;
     let items = operand.as_array().ok_or_else(|| {
         Error::validation(
             model.name,
             Some(field.name),
-            format!("{}.{}: `{op}` takes an array of values, got {}", model.name, field.name, describe(operand)),
+            format!(
+                "{}.{}: `{op}` takes an array of values, got {}",
+                model.name,
+                field.name,
+                describe(operand)
+            ),
         )
     })?;
     let mut values = Vec::with_capacity(items.len());
@@ -259,7 +312,8 @@ fn in_list(sql: &mut Sql, model: &ModelSchema, field: &FieldSchema, negate: bool
     if values.is_empty() {
         sql.push(if negate { "1=1" } else { "1=0" });
     } else {
-        sql.ident(field.column).push(if negate { " NOT IN (" } else { " IN (" });
+        sql.ident(field.column)
+            .push(if negate { " NOT IN (" } else { " IN (" });
         for (i, v) in values.into_iter().enumerate() {
             if i > 0 {
                 sql.push(", ");
@@ -285,20 +339,34 @@ fn in_list(sql: &mut Sql, model: &ModelSchema, field: &FieldSchema, negate: bool
     Ok(())
 }
 
-fn like(sql: &mut Sql, model: &ModelSchema, field: &FieldSchema, insensitive: bool, operand: &Value) -> Result<()> {
+fn like(
+    sql: &mut Sql,
+    model: &ModelSchema,
+    field: &FieldSchema,
+    insensitive: bool,
+    operand: &Value,
+) -> Result<()> {
     let op = if insensitive { "$ilike" } else { "$like" };
     if field.ty != FieldType::String {
         return Err(Error::validation(
             model.name,
             Some(field.name),
-            format!("{}.{}: `{op}` applies to string fields only", model.name, field.name),
+            format!(
+                "{}.{}: `{op}` applies to string fields only",
+                model.name, field.name
+            ),
         ));
     }
     let pattern = operand.as_str().ok_or_else(|| {
         Error::validation(
             model.name,
             Some(field.name),
-            format!("{}.{}: `{op}` takes a pattern string such as \"%@x.io\", got {}", model.name, field.name, describe(operand)),
+            format!(
+                "{}.{}: `{op}` takes a pattern string such as \"%@x.io\", got {}",
+                model.name,
+                field.name,
+                describe(operand)
+            ),
         )
     })?;
     let pattern = SqlValue::Text(pattern.to_string());
@@ -311,7 +379,11 @@ fn like(sql: &mut Sql, model: &ModelSchema, field: &FieldSchema, insensitive: bo
         }
         (Dialect::Sqlite, true) => {
             // Connections run with case_sensitive_like on, so fold case here.
-            sql.push("lower(").ident(field.column).push(") LIKE lower(").bind(pattern).push(")");
+            sql.push("lower(")
+                .ident(field.column)
+                .push(") LIKE lower(")
+                .bind(pattern)
+                .push(")");
         }
     }
     Ok(())

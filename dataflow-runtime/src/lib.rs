@@ -46,7 +46,9 @@ pub use crate::error::{Error, ErrorCode, Result};
 pub use crate::node::{MergeNode, Node, NodeContext, NodeFuture, SwitchNode};
 pub use crate::schema::{Model, ModelSchema};
 pub use crate::sql::Dialect;
-pub use crate::workflow::{ConnectionSpec, NodeSpec, Run, Workflow, WorkflowBuilder, WorkflowRuntime, WorkflowSpec};
+pub use crate::workflow::{
+    ConnectionSpec, NodeSpec, Run, Workflow, WorkflowBuilder, WorkflowRuntime, WorkflowSpec,
+};
 pub use dataflow_macros::{embed_migrations, model, node};
 
 /// Used by the code `#[dataflow::model]` generates; not a public API.

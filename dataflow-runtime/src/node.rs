@@ -69,7 +69,9 @@ fn input_error(node: &str, msg: impl Into<String>) -> Error {
 /// "false_output": X}`; nodes connected to the branch not taken are skipped.
 pub struct SwitchNode;
 
-const SWITCH_OPS: [&str; 9] = ["$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$null"];
+const SWITCH_OPS: [&str; 9] = [
+    "$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$null",
+];
 
 impl Node for SwitchNode {
     fn name(&self) -> &'static str {
@@ -78,7 +80,10 @@ impl Node for SwitchNode {
 
     fn input_schema(&self) -> Value {
         let mut props = Map::new();
-        props.insert("value".into(), json!({"description": "the value routed to the branch taken"}));
+        props.insert(
+            "value".into(),
+            json!({"description": "the value routed to the branch taken"}),
+        );
         props.insert("condition".into(), json!({"type": "boolean"}));
         for op in SWITCH_OPS {
             props.insert(op.into(), json!({}));
@@ -89,20 +94,31 @@ impl Node for SwitchNode {
     fn run<'a>(&'a self, ctx: &'a NodeContext, input: Value) -> NodeFuture<'a> {
         Box::pin(async move {
             let node = &ctx.node_id;
-            let obj = input.as_object().ok_or_else(|| input_error(node, "input must be an object"))?;
+            let obj = input
+                .as_object()
+                .ok_or_else(|| input_error(node, "input must be an object"))?;
             let value = obj.get("value").cloned().unwrap_or(Value::Null);
             let tests: Vec<(&String, &Value)> = obj.iter().filter(|(k, _)| *k != "value").collect();
             let branch = match tests.as_slice() {
                 [(k, Value::Bool(b))] if k.as_str() == "condition" => *b,
-                [(k, operand)] if SWITCH_OPS.contains(&k.as_str()) => compare(node, k, &value, operand)?,
+                [(k, operand)] if SWITCH_OPS.contains(&k.as_str()) => {
+                    compare(node, k, &value, operand)?
+                }
                 _ => {
                     return Err(input_error(
                         node,
-                        format!("give `value` and exactly one of `condition` (boolean) or {}", SWITCH_OPS.join(" ")),
+                        format!(
+                            "give `value` and exactly one of `condition` (boolean) or {}",
+                            SWITCH_OPS.join(" ")
+                        ),
                     ))
                 }
             };
-            let key = if branch { "true_output" } else { "false_output" };
+            let key = if branch {
+                "true_output"
+            } else {
+                "false_output"
+            };
             Ok(json!({"branch": branch, key: value}))
         })
     }
@@ -113,14 +129,25 @@ fn compare(node: &str, op: &str, value: &Value, operand: &Value) -> Result<bool>
     let order = || -> Result<Ordering> {
         match (value, operand) {
             (Value::Number(a), Value::Number(b)) => {
-                let (a, b) = (a.as_f64().unwrap_or(f64::NAN), b.as_f64().unwrap_or(f64::NAN));
-                a.partial_cmp(&b).ok_or_else(|| input_error(node, "numbers cannot be compared"))
+                let (a, b) = (
+                    a.as_f64().unwrap_or(f64::NAN),
+                    b.as_f64().unwrap_or(f64::NAN),
+                );
+                a.partial_cmp(&b)
+                    .ok_or_else(|| input_error(node, "numbers cannot be compared"))
             }
             (Value::String(a), Value::String(b)) => Ok(a.cmp(b)),
-            _ => Err(input_error(node, format!("`{op}` compares two numbers or two strings"))),
+            _ => Err(input_error(
+                node,
+                format!("`{op}` compares two numbers or two strings"),
+            )),
         }
     };
-    let list = || operand.as_array().ok_or_else(|| input_error(node, format!("`{op}` takes an array")));
+    let list = || {
+        operand
+            .as_array()
+            .ok_or_else(|| input_error(node, format!("`{op}` takes an array")))
+    };
     Ok(match op {
         "$eq" => value == operand,
         "$ne" => value != operand,
@@ -131,7 +158,9 @@ fn compare(node: &str, op: &str, value: &Value, operand: &Value) -> Result<bool>
         "$in" => list()?.contains(value),
         "$nin" => !list()?.contains(value),
         _ => {
-            let want = operand.as_bool().ok_or_else(|| input_error(node, "`$null` takes true or false"))?;
+            let want = operand
+                .as_bool()
+                .ok_or_else(|| input_error(node, "`$null` takes true or false"))?;
             value.is_null() == want
         }
     })
@@ -169,7 +198,12 @@ impl Node for MergeNode {
             let mode = match obj.remove("mode") {
                 None => "object".to_string(),
                 Some(Value::String(m)) if m == "object" || m == "concat" => m,
-                Some(other) => return Err(input_error(node, format!("`mode` must be \"object\" or \"concat\", got {other}"))),
+                Some(other) => {
+                    return Err(input_error(
+                        node,
+                        format!("`mode` must be \"object\" or \"concat\", got {other}"),
+                    ))
+                }
             };
             let mut names: Vec<&String> = obj.keys().collect();
             names.sort();
@@ -179,7 +213,12 @@ impl Node for MergeNode {
                     match &obj[n] {
                         Value::Array(a) => out.extend(a.iter().cloned()),
                         Value::Null => {}
-                        _ => return Err(input_error(node, format!("input `{n}` is not an array (mode \"concat\")"))),
+                        _ => {
+                            return Err(input_error(
+                                node,
+                                format!("input `{n}` is not an array (mode \"concat\")"),
+                            ))
+                        }
                     }
                 }
                 Value::Array(out)
@@ -187,7 +226,9 @@ impl Node for MergeNode {
                 let mut out = Map::new();
                 for n in names {
                     match &obj[n] {
-                        Value::Object(o) => out.extend(o.iter().map(|(k, v)| (k.clone(), v.clone()))),
+                        Value::Object(o) => {
+                            out.extend(o.iter().map(|(k, v)| (k.clone(), v.clone())))
+                        }
                         Value::Null => {}
                         other => {
                             out.insert(n.clone(), other.clone());

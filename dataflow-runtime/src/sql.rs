@@ -31,7 +31,11 @@ impl Dialect {
         let auto = f.primary_key && f.generated == Generated::AutoIncrement;
         match self {
             Dialect::Sqlite => match f.ty {
-                FieldType::String | FieldType::DateTime | FieldType::Date | FieldType::Uuid | FieldType::Json => "TEXT",
+                FieldType::String
+                | FieldType::DateTime
+                | FieldType::Date
+                | FieldType::Uuid
+                | FieldType::Json => "TEXT",
                 FieldType::I16 | FieldType::I32 | FieldType::I64 | FieldType::Bool => "INTEGER",
                 FieldType::F32 | FieldType::F64 => "REAL",
                 FieldType::Bytes => "BLOB",
@@ -70,12 +74,21 @@ impl Dialect {
 
     /// `CREATE TABLE IF NOT EXISTS` plus its indexes. `fk_target` resolves a
     /// referenced model name to its schema (checked at boot).
-    pub fn create_table(self, m: &ModelSchema, fk_target: impl Fn(&str) -> Option<&'static ModelSchema>) -> Vec<String> {
+    pub fn create_table(
+        self,
+        m: &ModelSchema,
+        fk_target: impl Fn(&str) -> Option<&'static ModelSchema>,
+    ) -> Vec<String> {
         self.create_table_as(m, m.table, fk_target)
     }
 
     /// [`create_table`](Self::create_table) under another table name (SQLite table rebuilds).
-    pub fn create_table_as(self, m: &ModelSchema, table: &str, fk_target: impl Fn(&str) -> Option<&'static ModelSchema>) -> Vec<String> {
+    pub fn create_table_as(
+        self,
+        m: &ModelSchema,
+        table: &str,
+        fk_target: impl Fn(&str) -> Option<&'static ModelSchema>,
+    ) -> Vec<String> {
         let mut cols = Vec::new();
         for f in m.fields {
             let mut c = format!("{} {}", quote(f.column), self.column_type(f));
@@ -106,8 +119,16 @@ impl Dialect {
             }
             cols.push(c);
         }
-        let mut stmts = vec![format!("CREATE TABLE IF NOT EXISTS {} ({})", quote(table), cols.join(", "))];
-        for f in m.fields.iter().filter(|f| (f.index || f.references.is_some()) && !f.unique && !f.primary_key) {
+        let mut stmts = vec![format!(
+            "CREATE TABLE IF NOT EXISTS {} ({})",
+            quote(table),
+            cols.join(", ")
+        )];
+        for f in m
+            .fields
+            .iter()
+            .filter(|f| (f.index || f.references.is_some()) && !f.unique && !f.primary_key)
+        {
             stmts.push(format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
                 quote(&format!("idx_{}_{}", m.table, f.column)),
@@ -160,7 +181,10 @@ impl Sql {
     }
 
     pub fn push(&mut self, s: &str) -> &mut Self {
-        self.parts.last_mut().expect("parts is never empty").push_str(s);
+        self.parts
+            .last_mut()
+            .expect("parts is never empty")
+            .push_str(s);
         self
     }
 
@@ -177,7 +201,9 @@ impl Sql {
     pub fn bind(&mut self, v: SqlValue) -> &mut Self {
         let v = match (self.dialect, v) {
             (Dialect::Sqlite, SqlValue::DateTime(dt)) => SqlValue::Text(format_datetime(&dt)),
-            (Dialect::Sqlite, SqlValue::Date(d)) => SqlValue::Text(d.format("%Y-%m-%d").to_string()),
+            (Dialect::Sqlite, SqlValue::Date(d)) => {
+                SqlValue::Text(d.format("%Y-%m-%d").to_string())
+            }
             (Dialect::Sqlite, SqlValue::Uuid(u)) => SqlValue::Text(u.to_string()),
             (Dialect::Sqlite, SqlValue::Json(j)) => SqlValue::Text(j.to_string()),
             (_, v) => v,
@@ -199,5 +225,9 @@ impl Sql {
 
 /// The select list of a model, in schema order.
 pub fn columns(m: &ModelSchema) -> String {
-    m.fields.iter().map(|f| quote(f.column)).collect::<Vec<_>>().join(", ")
+    m.fields
+        .iter()
+        .map(|f| quote(f.column))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

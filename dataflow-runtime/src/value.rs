@@ -90,7 +90,12 @@ pub fn coerce(model: &ModelSchema, field: &FieldSchema, v: &Value) -> Result<Sql
             Err(Error::validation(
                 model.name,
                 Some(field.name),
-                format!("{}.{}: cannot be null (expected {})", model.name, field.name, field.ty.expected()),
+                format!(
+                    "{}.{}: cannot be null (expected {})",
+                    model.name,
+                    field.name,
+                    field.ty.expected()
+                ),
             ))
         };
     }
@@ -99,7 +104,12 @@ pub fn coerce(model: &ModelSchema, field: &FieldSchema, v: &Value) -> Result<Sql
 
 /// Like [`coerce`] for a given type (filters compare strings to `$like`
 /// patterns whatever the field is).
-pub fn coerce_non_null(model: &ModelSchema, field: &FieldSchema, ty: FieldType, v: &Value) -> Result<SqlValue> {
+pub fn coerce_non_null(
+    model: &ModelSchema,
+    field: &FieldSchema,
+    ty: FieldType,
+    v: &Value,
+) -> Result<SqlValue> {
     let err = || type_error(model, field, v);
     let int = || v.as_i64().ok_or_else(err);
     Ok(match ty {
@@ -111,7 +121,10 @@ pub fn coerce_non_null(model: &ModelSchema, field: &FieldSchema, ty: FieldType, 
                     return Err(Error::validation(
                         model.name,
                         Some(field.name),
-                        format!("{}.{}: is {len} characters long, at most {max} are allowed", model.name, field.name),
+                        format!(
+                            "{}.{}: is {len} characters long, at most {max} are allowed",
+                            model.name, field.name
+                        ),
                     ));
                 }
             }
@@ -140,7 +153,11 @@ pub fn coerce_non_null(model: &ModelSchema, field: &FieldSchema, ty: FieldType, 
             let arr = v.as_array().ok_or_else(err)?;
             let mut out = Vec::with_capacity(arr.len());
             for b in arr {
-                out.push(b.as_u64().and_then(|b| u8::try_from(b).ok()).ok_or_else(err)?);
+                out.push(
+                    b.as_u64()
+                        .and_then(|b| u8::try_from(b).ok())
+                        .ok_or_else(err)?,
+                );
             }
             SqlValue::Bytes(out)
         }
@@ -171,8 +188,12 @@ pub fn cell_to_json(model: &ModelSchema, field: &FieldSchema, cell: Cell) -> Res
         (FieldType::Uuid, Cell::Uuid(u)) => Value::String(u.to_string()),
         (FieldType::Uuid, Cell::Text(s)) => Value::String(s),
         (FieldType::Json, Cell::Json(v)) => v,
-        (FieldType::Json, Cell::Text(s)) => serde_json::from_str(&s).map_err(|_| bad("text that is not JSON"))?,
-        (FieldType::Bytes, Cell::Bytes(b)) => Value::Array(b.into_iter().map(Value::from).collect()),
+        (FieldType::Json, Cell::Text(s)) => {
+            serde_json::from_str(&s).map_err(|_| bad("text that is not JSON"))?
+        }
+        (FieldType::Bytes, Cell::Bytes(b)) => {
+            Value::Array(b.into_iter().map(Value::from).collect())
+        }
         (_, other) => return Err(bad(cell_kind(&other))),
     })
 }
@@ -228,7 +249,9 @@ mod tests {
 
     #[test]
     fn datetimes_format_with_fixed_width() {
-        let dt = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z").unwrap().with_timezone(&Utc);
+        let dt = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
         assert_eq!(format_datetime(&dt), "2026-01-02T03:04:05.000000Z");
     }
 }

@@ -98,10 +98,16 @@ struct Unavailable {
 
 impl Unavailable {
     fn new(summary: impl Into<String>) -> Self {
-        Unavailable { summary: summary.into(), details: String::new() }
+        Unavailable {
+            summary: summary.into(),
+            details: String::new(),
+        }
     }
     fn with_details(summary: impl Into<String>, details: impl Into<String>) -> Self {
-        Unavailable { summary: summary.into(), details: details.into() }
+        Unavailable {
+            summary: summary.into(),
+            details: details.into(),
+        }
     }
 }
 
@@ -116,7 +122,10 @@ struct Server {
 
 impl Server {
     fn log_tail(&self) -> String {
-        self.cluster.as_ref().map(Cluster::log_tail).unwrap_or_default()
+        self.cluster
+            .as_ref()
+            .map(Cluster::log_tail)
+            .unwrap_or_default()
     }
 
     fn create_database(&self, hint: &str) -> Result<String, String> {
@@ -158,7 +167,11 @@ fn init_server() -> Result<Server, Unavailable> {
         if let Err(e) = with_database(&url, "x") {
             panic!("{URL_ENV} is not a usable postgres:// URL: {e}");
         }
-        return Ok(Server { origin: format!("server from {URL_ENV}"), admin_url: url, cluster: None });
+        return Ok(Server {
+            origin: format!("server from {URL_ENV}"),
+            admin_url: url,
+            cluster: None,
+        });
     }
     let cluster = Cluster::start()?;
     let admin_url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
@@ -201,7 +214,12 @@ impl Cluster {
             ensure_postgres_user()?;
         }
         let root = make_root_dir(as_postgres_user)?;
-        let mut cluster = Cluster { bin, root, as_postgres_user, port: 0 };
+        let mut cluster = Cluster {
+            bin,
+            root,
+            as_postgres_user,
+            port: 0,
+        };
         // Before anything else, so that whatever we leave behind is cleaned up.
         cluster.spawn_watchdog()?;
         cluster.initdb()?;
@@ -214,7 +232,10 @@ impl Cluster {
                 Ok(()) => return Ok(cluster),
                 // Lost the race for the port to another process: try another one.
                 Err(e) if attempt < 3 && cluster.log_mentions_bind_failure() => {
-                    eprintln!("PostgreSQL test cluster: port {} taken, retrying ({})", cluster.port, e.summary);
+                    eprintln!(
+                        "PostgreSQL test cluster: port {} taken, retrying ({})",
+                        cluster.port, e.summary
+                    );
                 }
                 Err(e) => return Err(e),
             }
@@ -238,14 +259,20 @@ impl Cluster {
             Ok(log) => {
                 let lines: Vec<&str> = log.lines().collect();
                 let start = lines.len().saturating_sub(LOG_TAIL_LINES);
-                format!("server log tail ({}):\n{}", self.log_file().display(), lines[start..].join("\n"))
+                format!(
+                    "server log tail ({}):\n{}",
+                    self.log_file().display(),
+                    lines[start..].join("\n")
+                )
             }
             Err(e) => format!("(no server log at {}: {e})", self.log_file().display()),
         }
     }
 
     fn log_last_line(&self) -> Option<String> {
-        fs::read_to_string(self.log_file()).ok().and_then(|log| last_line(&log))
+        fs::read_to_string(self.log_file())
+            .ok()
+            .and_then(|log| last_line(&log))
     }
 
     fn log_mentions_bind_failure(&self) -> bool {
@@ -265,15 +292,24 @@ impl Cluster {
             Command::new(exe)
         };
         // The cwd may be unreadable for the postgres user (e.g. under /root); messages in English.
-        cmd.current_dir(&self.root).env("LC_ALL", "C").env("LANG", "C");
+        cmd.current_dir(&self.root)
+            .env("LC_ALL", "C")
+            .env("LANG", "C");
         cmd
     }
 
     fn initdb(&self) -> Result<(), Unavailable> {
         let mut cmd = self.pg_command("initdb");
-        cmd.arg("-D")
-            .arg(self.data_dir())
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C"]);
+        cmd.arg("-D").arg(self.data_dir()).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]);
         let out = self.root.join("initdb.out");
         match run_with_timeout(cmd, INITDB_TIMEOUT, &out) {
             Ok((status, _)) if status.success() => Ok(()),
@@ -297,7 +333,14 @@ impl Cluster {
             .arg(self.data_dir())
             .arg("-l")
             .arg(self.log_file())
-            .args(["-w", "-t", &START_TIMEOUT.as_secs().to_string(), "-o", &options, "start"]);
+            .args([
+                "-w",
+                "-t",
+                &START_TIMEOUT.as_secs().to_string(),
+                "-o",
+                &options,
+                "start",
+            ]);
         let out = self.root.join("pg_ctl-start.out");
         // Tells the watchdog that a start may be in flight (see spawn_watchdog).
         let _ = File::create(self.starting_marker());
@@ -317,7 +360,9 @@ impl Cluster {
                 format!(
                     "PostgreSQL server did not come up: {}{}",
                     e.summary,
-                    self.log_last_line().map(|l| format!(" (server log: {l})")).unwrap_or_default()
+                    self.log_last_line()
+                        .map(|l| format!(" (server log: {l})"))
+                        .unwrap_or_default()
                 ),
                 format!("{}\n{}", e.details, self.log_tail()),
             )),
@@ -328,7 +373,11 @@ impl Cluster {
     /// removes its directory. Survives panics, aborts, SIGKILL and Ctrl-C of the test process.
     fn spawn_watchdog(&self) -> Result<(), Unavailable> {
         let pid = std::process::id();
-        let runuser = if self.as_postgres_user { "runuser -u postgres -- " } else { "" };
+        let runuser = if self.as_postgres_user {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        };
         // If we died while `pg_ctl start` was in flight, the orphaned pg_ctl still launches the
         // postmaster: give it a moment to write postmaster.pid so that `stop` can find it.
         let script = format!(
@@ -356,30 +405,49 @@ impl Cluster {
             c.args(["-c", &script]);
             c
         };
-        cmd.current_dir("/").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         // Not waited for: it outlives us by design.
-        cmd.spawn()
-            .map(drop)
-            .map_err(|e| Unavailable::new(format!("could not spawn the cleanup watchdog (sh): {e}")))
+        cmd.spawn().map(drop).map_err(|e| {
+            Unavailable::new(format!("could not spawn the cleanup watchdog (sh): {e}"))
+        })
     }
 }
 
 /// Runs `cmd` (in its own process group) with stdin closed and stdout+stderr going to `out`;
 /// kills the whole group after `timeout`. Output goes to a file rather than a pipe so that a
 /// daemon inheriting it can never block us.
-fn run_with_timeout(mut cmd: Command, timeout: Duration, out: &Path) -> Result<(ExitStatus, String), Unavailable> {
-    let name = Path::new(cmd.get_program()).file_name().map(|n| n.to_string_lossy().into_owned());
+fn run_with_timeout(
+    mut cmd: Command,
+    timeout: Duration,
+    out: &Path,
+) -> Result<(ExitStatus, String), Unavailable> {
+    let name = Path::new(cmd.get_program())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
     let name = match (name.as_deref(), cmd.get_args().nth(3)) {
-        (Some("runuser"), Some(program)) => Path::new(program).file_name().unwrap_or(program).to_string_lossy().into_owned(),
+        (Some("runuser"), Some(program)) => Path::new(program)
+            .file_name()
+            .unwrap_or(program)
+            .to_string_lossy()
+            .into_owned(),
         (name, _) => name.unwrap_or("command").to_string(),
     };
     let describe = format!("{cmd:?}");
-    let file = File::create(out).map_err(|e| Unavailable::new(format!("creating {}: {e}", out.display())))?;
-    let file2 = file.try_clone().map_err(|e| Unavailable::new(e.to_string()))?;
-    cmd.stdin(Stdio::null()).stdout(file).stderr(file2).process_group(0);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Unavailable::with_details(format!("could not run {name}: {e}"), describe.clone()))?;
+    let file = File::create(out)
+        .map_err(|e| Unavailable::new(format!("creating {}: {e}", out.display())))?;
+    let file2 = file
+        .try_clone()
+        .map_err(|e| Unavailable::new(e.to_string()))?;
+    cmd.stdin(Stdio::null())
+        .stdout(file)
+        .stderr(file2)
+        .process_group(0);
+    let mut child = cmd.spawn().map_err(|e| {
+        Unavailable::with_details(format!("could not run {name}: {e}"), describe.clone())
+    })?;
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
@@ -425,7 +493,13 @@ fn database_name(hint: &str) -> String {
     let mut base: String = hint
         .chars()
         .map(|c| c.to_ascii_lowercase())
-        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if base.trim_matches('_').is_empty() {
         base = "db".to_string();
@@ -446,12 +520,20 @@ fn with_database(url: &str, db: &str) -> Result<String, String> {
         .map_or(url.len(), |i| rest_start + i);
     let after = &url[authority_end..];
     let tail_start = after.find(['?', '#']).unwrap_or(after.len());
-    Ok(format!("{}/{db}{}", &url[..authority_end], &after[tail_start..]))
+    Ok(format!(
+        "{}/{db}{}",
+        &url[..authority_end],
+        &after[tail_start..]
+    ))
 }
 
 fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(|e| format!("binding 127.0.0.1:0: {e}"))?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+    let listener =
+        TcpListener::bind(("127.0.0.1", 0)).map_err(|e| format!("binding 127.0.0.1:0: {e}"))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
 }
 
 fn ci() -> bool {
@@ -492,7 +574,9 @@ fn ensure_postgres_user() -> Result<(), Unavailable> {
     if postgres_user_exists() {
         return Ok(());
     }
-    let output = Command::new("useradd").args(["--system", "postgres"]).output();
+    let output = Command::new("useradd")
+        .args(["--system", "postgres"])
+        .output();
     // Re-check rather than trusting the exit status: another test process may have won the race.
     if postgres_user_exists() {
         return Ok(());
@@ -509,8 +593,15 @@ fn ensure_postgres_user() -> Result<(), Unavailable> {
 
 /// A fresh directory owned by the user that will run PostgreSQL (and usable by it).
 fn make_root_dir(as_postgres_user: bool) -> Result<PathBuf, Unavailable> {
-    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let name = format!("dataflow-pg-{}-{:x}", std::process::id(), stamp % 0xffff_ffff);
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let name = format!(
+        "dataflow-pg-{}-{:x}",
+        std::process::id(),
+        stamp % 0xffff_ffff
+    );
     let mut candidates = vec![env::temp_dir()];
     if candidates[0] != Path::new("/tmp") {
         candidates.push(PathBuf::from("/tmp"));
@@ -520,7 +611,10 @@ fn make_root_dir(as_postgres_user: bool) -> Result<PathBuf, Unavailable> {
         let dir = base.join(&name);
         // The unix socket path (dir + "/.s.PGSQL.NNNNN") must stay below ~107 bytes.
         if dir.as_os_str().len() > 80 {
-            problems.push(format!("{}: path too long for a unix socket", dir.display()));
+            problems.push(format!(
+                "{}: path too long for a unix socket",
+                dir.display()
+            ));
             continue;
         }
         if let Err(e) = fs::create_dir_all(&dir) {
@@ -545,7 +639,10 @@ fn make_root_dir(as_postgres_user: bool) -> Result<PathBuf, Unavailable> {
         if usable {
             return Ok(dir);
         }
-        problems.push(format!("{}: not writable by the postgres user ({chown:?})", dir.display()));
+        problems.push(format!(
+            "{}: not writable by the postgres user ({chown:?})",
+            dir.display()
+        ));
         let _ = fs::remove_dir_all(&dir);
     }
     Err(Unavailable::new(format!(
@@ -555,19 +652,30 @@ fn make_root_dir(as_postgres_user: bool) -> Result<PathBuf, Unavailable> {
 }
 
 fn is_executable(path: &Path) -> bool {
-    fs::metadata(path).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 fn find_on_path(program: &str) -> Option<PathBuf> {
-    env::split_paths(&env::var_os("PATH")?).map(|d| d.join(program)).find(|p| is_executable(p))
+    env::split_paths(&env::var_os("PATH")?)
+        .map(|d| d.join(program))
+        .find(|p| is_executable(p))
 }
 
 /// Directory holding `initdb`, `pg_ctl` and `postgres`.
 fn find_bin_dir() -> Option<PathBuf> {
-    let complete = |dir: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|p| is_executable(&dir.join(p)));
+    let complete = |dir: &Path| {
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|p| is_executable(&dir.join(p)))
+    };
     if let Some(initdb) = find_on_path("initdb") {
         // Follow symlinks such as /usr/local/bin/initdb -> /usr/lib/postgresql/15/bin/initdb.
-        if let Some(real_dir) = fs::canonicalize(&initdb).ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+        if let Some(real_dir) = fs::canonicalize(&initdb)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+        {
             if complete(&real_dir) {
                 return Some(real_dir);
             }
@@ -581,7 +689,10 @@ fn find_bin_dir() -> Option<PathBuf> {
         .filter_map(Result::ok)
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let version: Vec<u64> = name.split('.').map(|part| part.parse().ok()).collect::<Option<_>>()?;
+            let version: Vec<u64> = name
+                .split('.')
+                .map(|part| part.parse().ok())
+                .collect::<Option<_>>()?;
             let bin = entry.path().join("bin");
             complete(&bin).then_some((version, bin))
         })
@@ -595,11 +706,18 @@ fn sh_quote(s: &str) -> String {
 }
 
 fn first_line(s: &str) -> String {
-    s.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("(no output)").to_string()
+    s.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("(no output)")
+        .to_string()
 }
 
 fn last_line(s: &str) -> Option<String> {
-    s.lines().map(str::trim).rfind(|l| !l.is_empty()).map(str::to_string)
+    s.lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .map(str::to_string)
 }
 
 fn details_block(details: &str) -> String {

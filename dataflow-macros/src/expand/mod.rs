@@ -74,6 +74,100 @@ fn strip_field_attrs(mut item: ItemStruct) -> TokenStream {
     quote!(#item)
 }
 
+/// Expands `#[dataflow::node]` on `impl Node for T`: the impl, unchanged,
+/// plus one `linkme` entry pointing at the unit struct `T`.
+pub fn node(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let result = (|| -> syn::Result<TokenStream> {
+        if !attr.is_empty() {
+            return Err(syn::Error::new_spanned(
+                &attr,
+                "#[dataflow::node] takes no options\n\nhelp: the node's name comes from `fn name(&self)`",
+            ));
+        }
+        let imp: syn::ItemImpl = syn::parse2(item.clone())?;
+        let help = "#[dataflow::node] goes on `impl dataflow::Node for MyNode`, where `MyNode` is a unit struct\n\n\
+                    help: e.g. `pub struct Greet;` and `#[dataflow::node] impl Node for Greet { ... }`";
+        match &imp.trait_ {
+            Some((None, path, _)) if path.segments.last().is_some_and(|s| s.ident == "Node") => {}
+            _ => return Err(syn::Error::new_spanned(&imp.self_ty, help)),
+        }
+        let syn::Type::Path(ty) = &*imp.self_ty else {
+            return Err(syn::Error::new_spanned(&imp.self_ty, help));
+        };
+        if !imp.generics.params.is_empty() {
+            return Err(syn::Error::new_spanned(&imp.generics, "generic nodes cannot be registered\n\nhelp: register one unit struct per node type"));
+        }
+        let last = ty.path.segments.last().expect("a type path has a segment");
+        let static_name = syn::Ident::new(
+            &format!("__DATAFLOW_NODE_{}", last.ident.to_string().to_uppercase()),
+            last.ident.span(),
+        );
+        Ok(quote! {
+            #imp
+            #[::dataflow::__private::linkme::distributed_slice(::dataflow::__private::NODES)]
+            #[linkme(crate = ::dataflow::__private::linkme)]
+            #[doc(hidden)]
+            static #static_name: &'static dyn ::dataflow::Node = &#ty;
+        })
+    })();
+    result.unwrap_or_else(|err| {
+        let mut out = err.to_compile_error();
+        out.extend(item);
+        out
+    })
+}
+
+/// Expands `embed_migrations!("dir")` by reading the directory at compile
+/// time; `include_str!` makes edits to a file rebuild the crate.
+pub fn embed_migrations(input: TokenStream) -> TokenStream {
+    let result = (|| -> syn::Result<TokenStream> {
+        let rel = if input.is_empty() {
+            "migrations".to_string()
+        } else {
+            syn::parse2::<syn::LitStr>(input.clone())?.value()
+        };
+        let root = std::env::var("CARGO_MANIFEST_DIR")
+            .map_err(|_| syn::Error::new_spanned(&input, "CARGO_MANIFEST_DIR is not set"))?;
+        let dir = std::path::Path::new(&root).join(&rel);
+        let entries = std::fs::read_dir(&dir).map_err(|e| {
+            syn::Error::new(proc_macro2::Span::call_site(), format!("cannot read migrations directory {}: {e}\n\nhelp: create it with `migrate generate <name>`", dir.display()))
+        })?;
+        let mut dirs: Vec<std::path::PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        dirs.sort();
+        let mut items = Vec::new();
+        for d in dirs {
+            let name = d
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let up = d.join("up.sql");
+            if !up.is_file() {
+                return Err(syn::Error::new(
+                    proc_macro2::Span::call_site(),
+                    format!("migration {} has no up.sql", d.display()),
+                ));
+            }
+            let up = up.display().to_string();
+            let down = d.join("down.sql");
+            let down = if down.is_file() {
+                let p = down.display().to_string();
+                quote!(::core::include_str!(#p))
+            } else {
+                quote!("")
+            };
+            items.push(quote! {
+                ::dataflow::migrate::EmbeddedMigration { dir: #name, up: ::core::include_str!(#up), down: #down }
+            });
+        }
+        Ok(quote!(&[#(#items),*]))
+    })();
+    result.unwrap_or_else(|e| e.to_compile_error())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,7 +197,12 @@ mod tests {
     #[test]
     fn options_and_references_expansion() {
         let out = model(
-            quote!(table = "chat_sessions", soft_delete, timestamps = false, cache_ttl = "30s"),
+            quote!(
+                table = "chat_sessions",
+                soft_delete,
+                timestamps = false,
+                cache_ttl = "30s"
+            ),
             quote! {
                 pub struct Session {
                     pub id: i64,
@@ -136,90 +235,35 @@ mod tests {
 
     #[test]
     fn checksum_changes_with_the_schema() {
-        let a = parse::parse_model(quote!(), syn::parse_quote!(pub struct A { pub id: String })).unwrap();
-        let b = parse::parse_model(
+        let a = parse::parse_model(
             quote!(),
-            syn::parse_quote!(pub struct A { pub id: String, pub x: Option<i32> }),
+            syn::parse_quote!(
+                pub struct A {
+                    pub id: String,
+                }
+            ),
         )
         .unwrap();
-        let a2 = parse::parse_model(quote!(), syn::parse_quote!(pub struct A { pub id: String })).unwrap();
+        let b = parse::parse_model(
+            quote!(),
+            syn::parse_quote!(
+                pub struct A {
+                    pub id: String,
+                    pub x: Option<i32>,
+                }
+            ),
+        )
+        .unwrap();
+        let a2 = parse::parse_model(
+            quote!(),
+            syn::parse_quote!(
+                pub struct A {
+                    pub id: String,
+                }
+            ),
+        )
+        .unwrap();
         assert_ne!(a.checksum(), b.checksum());
         assert_eq!(a.checksum(), a2.checksum());
     }
-}
-
-/// Expands `#[dataflow::node]` on `impl Node for T`: the impl, unchanged,
-/// plus one `linkme` entry pointing at the unit struct `T`.
-pub fn node(attr: TokenStream, item: TokenStream) -> TokenStream {
-    let result = (|| -> syn::Result<TokenStream> {
-        if !attr.is_empty() {
-            return Err(syn::Error::new_spanned(
-                &attr,
-                "#[dataflow::node] takes no options\n\nhelp: the node's name comes from `fn name(&self)`",
-            ));
-        }
-        let imp: syn::ItemImpl = syn::parse2(item.clone())?;
-        let help = "#[dataflow::node] goes on `impl dataflow::Node for MyNode`, where `MyNode` is a unit struct\n\n\
-                    help: e.g. `pub struct Greet;` and `#[dataflow::node] impl Node for Greet { ... }`";
-        match &imp.trait_ {
-            Some((None, path, _)) if path.segments.last().is_some_and(|s| s.ident == "Node") => {}
-            _ => return Err(syn::Error::new_spanned(&imp.self_ty, help)),
-        }
-        let syn::Type::Path(ty) = &*imp.self_ty else {
-            return Err(syn::Error::new_spanned(&imp.self_ty, help));
-        };
-        if !imp.generics.params.is_empty() {
-            return Err(syn::Error::new_spanned(&imp.generics, "generic nodes cannot be registered\n\nhelp: register one unit struct per node type"));
-        }
-        let last = ty.path.segments.last().expect("a type path has a segment");
-        let static_name = syn::Ident::new(&format!("__DATAFLOW_NODE_{}", last.ident.to_string().to_uppercase()), last.ident.span());
-        Ok(quote! {
-            #imp
-            #[::dataflow::__private::linkme::distributed_slice(::dataflow::__private::NODES)]
-            #[linkme(crate = ::dataflow::__private::linkme)]
-            #[doc(hidden)]
-            static #static_name: &'static dyn ::dataflow::Node = &#ty;
-        })
-    })();
-    result.unwrap_or_else(|err| {
-        let mut out = err.to_compile_error();
-        out.extend(item);
-        out
-    })
-}
-
-/// Expands `embed_migrations!("dir")` by reading the directory at compile
-/// time; `include_str!` makes edits to a file rebuild the crate.
-pub fn embed_migrations(input: TokenStream) -> TokenStream {
-    let result = (|| -> syn::Result<TokenStream> {
-        let rel = if input.is_empty() { "migrations".to_string() } else { syn::parse2::<syn::LitStr>(input.clone())?.value() };
-        let root = std::env::var("CARGO_MANIFEST_DIR").map_err(|_| syn::Error::new_spanned(&input, "CARGO_MANIFEST_DIR is not set"))?;
-        let dir = std::path::Path::new(&root).join(&rel);
-        let entries = std::fs::read_dir(&dir).map_err(|e| {
-            syn::Error::new(proc_macro2::Span::call_site(), format!("cannot read migrations directory {}: {e}\n\nhelp: create it with `migrate generate <name>`", dir.display()))
-        })?;
-        let mut dirs: Vec<std::path::PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
-        dirs.sort();
-        let mut items = Vec::new();
-        for d in dirs {
-            let name = d.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-            let up = d.join("up.sql");
-            if !up.is_file() {
-                return Err(syn::Error::new(proc_macro2::Span::call_site(), format!("migration {} has no up.sql", d.display())));
-            }
-            let up = up.display().to_string();
-            let down = d.join("down.sql");
-            let down = if down.is_file() {
-                let p = down.display().to_string();
-                quote!(::core::include_str!(#p))
-            } else {
-                quote!("")
-            };
-            items.push(quote! {
-                ::dataflow::migrate::EmbeddedMigration { dir: #name, up: ::core::include_str!(#up), down: #down }
-            });
-        }
-        Ok(quote!(&[#(#items),*]))
-    })();
-    result.unwrap_or_else(|e| e.to_compile_error())
 }

@@ -78,8 +78,13 @@ pub fn expand(ir: &ModelIr) -> TokenStream {
     let table = &ir.table;
     let fields = ir.fields.iter().map(field);
     let o = &ir.options;
-    let (soft_delete, timestamps, tenant_scoped, audit, append_only) =
-        (o.soft_delete, o.timestamps, o.tenant_scoped, o.audit, o.append_only);
+    let (soft_delete, timestamps, tenant_scoped, audit, append_only) = (
+        o.soft_delete,
+        o.timestamps,
+        o.tenant_scoped,
+        o.audit,
+        o.append_only,
+    );
     let cache_ttl_ms = match o.cache_ttl_ms {
         Some(ms) => quote!(::core::option::Option::Some(#ms)),
         None => quote!(::core::option::Option::None),

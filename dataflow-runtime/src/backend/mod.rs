@@ -25,8 +25,13 @@ pub enum AnyConnection {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// A SQLite file path, or a shared in-memory database name.
-    Sqlite { path: String, memory: bool },
-    Postgres { url: String },
+    Sqlite {
+        path: String,
+        memory: bool,
+    },
+    Postgres {
+        url: String,
+    },
 }
 
 impl Target {
@@ -43,23 +48,40 @@ impl Target {
             )
         };
         if url == "sqlite::memory:" || url == "sqlite://:memory:" {
-            let name = format!("file:dataflow_mem_{}?mode=memory&cache=shared", uuid::Uuid::now_v7().simple());
-            return Ok(Target::Sqlite { path: name, memory: true });
+            let name = format!(
+                "file:dataflow_mem_{}?mode=memory&cache=shared",
+                uuid::Uuid::now_v7().simple()
+            );
+            return Ok(Target::Sqlite {
+                path: name,
+                memory: true,
+            });
         }
-        if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        if let Some(rest) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
             if rest.is_empty() {
                 return Err(bad("the SQLite path is empty"));
             }
-            return Ok(Target::Sqlite { path: rest.to_string(), memory: false });
+            return Ok(Target::Sqlite {
+                path: rest.to_string(),
+                memory: false,
+            });
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             if url.len() <= "postgres://".len() + 1 {
                 return Err(bad("the PostgreSQL URL names no host"));
             }
-            return Ok(Target::Postgres { url: url.to_string() });
+            return Ok(Target::Postgres {
+                url: url.to_string(),
+            });
         }
         if url.starts_with("mysql://") {
-            return Err(Error::new(ErrorCode::NotSupported, "MySQL is a planned backend and not available yet; use sqlite:// or postgres://"));
+            return Err(Error::new(
+                ErrorCode::NotSupported,
+                "MySQL is a planned backend and not available yet; use sqlite:// or postgres://",
+            ));
         }
         Err(bad("unknown scheme"))
     }
@@ -75,7 +97,8 @@ impl Target {
     pub fn connect(&self, connect_timeout: Duration) -> Result<AnyConnection> {
         match self {
             Target::Sqlite { path, .. } => {
-                let mut conn = SqliteConnection::establish(path).map_err(|e| connection_error(self, &e.to_string()))?;
+                let mut conn = SqliteConnection::establish(path)
+                    .map_err(|e| connection_error(self, &e.to_string()))?;
                 conn.batch_execute(&format!(
                     "PRAGMA busy_timeout = {}; PRAGMA foreign_keys = ON; PRAGMA case_sensitive_like = ON; PRAGMA synchronous = NORMAL;",
                     connect_timeout.as_millis().max(1000)
@@ -87,7 +110,10 @@ impl Target {
                 loop {
                     match conn.batch_execute("PRAGMA journal_mode = WAL") {
                         Ok(()) => break,
-                        Err(e) if e.to_string().contains("locked") && std::time::Instant::now() < deadline => {
+                        Err(e)
+                            if e.to_string().contains("locked")
+                                && std::time::Instant::now() < deadline =>
+                        {
                             std::thread::sleep(Duration::from_millis(10))
                         }
                         Err(e) => return Err(connection_error(self, &e.to_string())),
@@ -98,8 +124,13 @@ impl Target {
             Target::Postgres { url } => {
                 let secs = connect_timeout.as_secs().max(1);
                 let sep = if url.contains('?') { '&' } else { '?' };
-                let url = if url.contains("connect_timeout=") { url.clone() } else { format!("{url}{sep}connect_timeout={secs}") };
-                let conn = PgConnection::establish(&url).map_err(|e| connection_error(self, &e.to_string()))?;
+                let url = if url.contains("connect_timeout=") {
+                    url.clone()
+                } else {
+                    format!("{url}{sep}connect_timeout={secs}")
+                };
+                let conn = PgConnection::establish(&url)
+                    .map_err(|e| connection_error(self, &e.to_string()))?;
                 Ok(AnyConnection::Postgresql(conn))
             }
         }
@@ -122,7 +153,12 @@ pub fn redact(url: &str) -> String {
         let auth_end = rest.find('/').unwrap_or(rest.len());
         if let Some(at) = rest[..auth_end].rfind('@') {
             if let Some(colon) = rest[..at].find(':') {
-                return format!("{}://{}:***{}", &url[..scheme_end], &rest[..colon], &rest[at..]);
+                return format!(
+                    "{}://{}:***{}",
+                    &url[..scheme_end],
+                    &rest[..colon],
+                    &rest[at..]
+                );
             }
         }
     }
@@ -152,7 +188,8 @@ impl r2d2::ManageConnection for Manager {
     }
 
     fn is_valid(&self, conn: &mut AnyConnection) -> Result<()> {
-        conn.batch_execute("SELECT 1").map_err(|e| Error::new(ErrorCode::Connection, e.to_string()))
+        conn.batch_execute("SELECT 1")
+            .map_err(|e| Error::new(ErrorCode::Connection, e.to_string()))
     }
 
     fn has_broken(&self, conn: &mut AnyConnection) -> bool {
@@ -194,7 +231,10 @@ impl<DB: diesel::backend::Backend> QueryFragment<DB> for SqlRef<'_>
 where
     Sql: QueryFragment<DB>,
 {
-    fn walk_ast<'b>(&'b self, pass: diesel::query_builder::AstPass<'_, 'b, DB>) -> diesel::QueryResult<()> {
+    fn walk_ast<'b>(
+        &'b self,
+        pass: diesel::query_builder::AstPass<'_, 'b, DB>,
+    ) -> diesel::QueryResult<()> {
         self.0.walk_ast(pass)
     }
 }
@@ -247,10 +287,16 @@ pub fn map_error(e: DieselError) -> Error {
             let code = match kind {
                 DatabaseErrorKind::UniqueViolation => ErrorCode::UniqueViolation,
                 DatabaseErrorKind::ForeignKeyViolation => ErrorCode::FkViolation,
-                DatabaseErrorKind::NotNullViolation | DatabaseErrorKind::CheckViolation => ErrorCode::Validation,
-                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand => ErrorCode::Connection,
+                DatabaseErrorKind::NotNullViolation | DatabaseErrorKind::CheckViolation => {
+                    ErrorCode::Validation
+                }
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand => {
+                    ErrorCode::Connection
+                }
                 // diesel reports SQLite's foreign key failures as unknown errors.
-                _ if info.message().contains("FOREIGN KEY constraint failed") => ErrorCode::FkViolation,
+                _ if info.message().contains("FOREIGN KEY constraint failed") => {
+                    ErrorCode::FkViolation
+                }
                 _ if info.message().contains("database is locked") => ErrorCode::Connection,
                 _ => ErrorCode::Database,
             };
@@ -261,7 +307,10 @@ pub fn map_error(e: DieselError) -> Error {
             err
         }
         DieselError::NotFound => Error::new(ErrorCode::NotFound, "no record matched"),
-        DieselError::BrokenTransactionManager => Error::new(ErrorCode::Connection, "the connection's transaction state is broken"),
+        DieselError::BrokenTransactionManager => Error::new(
+            ErrorCode::Connection,
+            "the connection's transaction state is broken",
+        ),
         other => Error::new(ErrorCode::Database, other.to_string()),
     }
 }
@@ -284,6 +333,9 @@ fn constraint_column(message: &str, details: Option<&str>, column: Option<&str>)
 
 impl From<r2d2::Error> for Error {
     fn from(e: r2d2::Error) -> Self {
-        Error::new(ErrorCode::Connection, format!("no database connection available: {e}"))
+        Error::new(
+            ErrorCode::Connection,
+            format!("no database connection available: {e}"),
+        )
     }
 }

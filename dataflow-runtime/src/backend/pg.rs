@@ -11,7 +11,8 @@ use diesel::pg::{Pg, PgValue};
 use diesel::query_builder::{AstPass, QueryFragment};
 use diesel::row::{Field, Row};
 use diesel::sql_types::{
-    BigInt, Binary, Bool, Date, Double, Float, Integer, Jsonb, Nullable, SmallInt, Text, Timestamptz, Untyped,
+    BigInt, Binary, Bool, Date, Double, Float, Integer, Jsonb, Nullable, SmallInt, Text,
+    Timestamptz, Untyped,
 };
 use diesel::{Connection, PgConnection, QueryResult, RunQueryDsl};
 
@@ -43,9 +44,13 @@ impl QueryFragment<Pg> for Sql {
                     FieldType::F32 => out.push_bind_param::<Nullable<Float>, _>(&NULL_F32)?,
                     FieldType::F64 => out.push_bind_param::<Nullable<Double>, _>(&NULL_F64)?,
                     FieldType::Bool => out.push_bind_param::<Nullable<Bool>, _>(&NULL_BOOL)?,
-                    FieldType::DateTime => out.push_bind_param::<Nullable<Timestamptz>, _>(&NULL_DATETIME)?,
+                    FieldType::DateTime => {
+                        out.push_bind_param::<Nullable<Timestamptz>, _>(&NULL_DATETIME)?
+                    }
                     FieldType::Date => out.push_bind_param::<Nullable<Date>, _>(&NULL_DATE)?,
-                    FieldType::Uuid => out.push_bind_param::<Nullable<diesel::sql_types::Uuid>, _>(&NULL_UUID)?,
+                    FieldType::Uuid => {
+                        out.push_bind_param::<Nullable<diesel::sql_types::Uuid>, _>(&NULL_UUID)?
+                    }
                     FieldType::Json => out.push_bind_param::<Nullable<Jsonb>, _>(&NULL_JSON)?,
                     FieldType::Bytes => out.push_bind_param::<Nullable<Binary>, _>(&NULL_BYTES)?,
                 },
@@ -92,13 +97,20 @@ fn decode(v: PgValue<'_>) -> deserialize::Result<Cell> {
         701 => Cell::F64(<f64 as FromSql<Double, Pg>>::from_sql(v)?),
         25 | 1043 | 1042 | 19 => Cell::Text(<String as FromSql<Text, Pg>>::from_sql(v)?),
         17 => Cell::Bytes(<Vec<u8> as FromSql<Binary, Pg>>::from_sql(v)?),
-        1184 => Cell::DateTime(<chrono::DateTime<chrono::Utc> as FromSql<Timestamptz, Pg>>::from_sql(v)?),
+        1184 => Cell::DateTime(<chrono::DateTime<chrono::Utc> as FromSql<
+            Timestamptz,
+            Pg,
+        >>::from_sql(v)?),
         1114 => Cell::DateTime(
-            <chrono::NaiveDateTime as FromSql<diesel::sql_types::Timestamp, Pg>>::from_sql(v)?.and_utc(),
+            <chrono::NaiveDateTime as FromSql<diesel::sql_types::Timestamp, Pg>>::from_sql(v)?
+                .and_utc(),
         ),
         1082 => Cell::Date(<chrono::NaiveDate as FromSql<Date, Pg>>::from_sql(v)?),
         2950 => Cell::Uuid(<uuid::Uuid as FromSql<diesel::sql_types::Uuid, Pg>>::from_sql(v)?),
-        114 => Cell::Json(<serde_json::Value as FromSql<diesel::sql_types::Json, Pg>>::from_sql(v)?),
+        114 => Cell::Json(<serde_json::Value as FromSql<
+            diesel::sql_types::Json,
+            Pg,
+        >>::from_sql(v)?),
         3802 => Cell::Json(<serde_json::Value as FromSql<Jsonb, Pg>>::from_sql(v)?),
         oid => return Err(format!("unsupported PostgreSQL column type (oid {oid})").into()),
     })

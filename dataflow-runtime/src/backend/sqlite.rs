@@ -1,17 +1,19 @@
 //! SQLite: binds and row decoding.
 
 use super::{map_error, transaction_with, Cells, Conn, SqlRef};
-use diesel::connection::{AnsiTransactionManager, Connection, TransactionManager};
 use crate::error::Result;
 use crate::schema::FieldType;
 use crate::sql::{Dialect, Sql};
 use crate::value::{Cell, SqlValue};
 use diesel::backend::Backend;
 use diesel::connection::SimpleConnection;
+use diesel::connection::{AnsiTransactionManager, Connection, TransactionManager};
 use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::query_builder::{AstPass, QueryFragment};
 use diesel::row::{Field, Row};
-use diesel::sql_types::{BigInt, Binary, Bool, Double, Float, Integer, Nullable, SmallInt, Text, Untyped};
+use diesel::sql_types::{
+    BigInt, Binary, Bool, Double, Float, Integer, Nullable, SmallInt, Text, Untyped,
+};
 use diesel::sqlite::{Sqlite, SqliteType};
 use diesel::{QueryResult, RunQueryDsl, SqliteConnection};
 
@@ -30,7 +32,9 @@ impl QueryFragment<Sqlite> for Sql {
                     FieldType::I16 | FieldType::I32 | FieldType::I64 | FieldType::Bool => {
                         out.push_bind_param::<Nullable<BigInt>, _>(&NULL_I64)?
                     }
-                    FieldType::F32 | FieldType::F64 => out.push_bind_param::<Nullable<Double>, _>(&NULL_F64)?,
+                    FieldType::F32 | FieldType::F64 => {
+                        out.push_bind_param::<Nullable<Double>, _>(&NULL_F64)?
+                    }
                     FieldType::Bytes => out.push_bind_param::<Nullable<Binary>, _>(&NULL_BYTES)?,
                     _ => out.push_bind_param::<Nullable<Text>, _>(&NULL_TEXT)?,
                 },
@@ -43,7 +47,10 @@ impl QueryFragment<Sqlite> for Sql {
                 SqlValue::Text(s) => out.push_bind_param::<Text, _>(s)?,
                 SqlValue::Bytes(b) => out.push_bind_param::<Binary, _>(b)?,
                 // `Sql::bind` stores these as text on SQLite.
-                SqlValue::DateTime(_) | SqlValue::Date(_) | SqlValue::Uuid(_) | SqlValue::Json(_) => {
+                SqlValue::DateTime(_)
+                | SqlValue::Date(_)
+                | SqlValue::Uuid(_)
+                | SqlValue::Json(_) => {
                     return Err(diesel::result::Error::SerializationError(
                         "typed value reached the SQLite binder unconverted".into(),
                     ))
@@ -74,7 +81,9 @@ fn decode(v: <Sqlite as Backend>::RawValue<'_>) -> deserialize::Result<Cell> {
         Some(SqliteType::Long | SqliteType::Integer | SqliteType::SmallInt) => {
             Cell::I64(<i64 as FromSql<BigInt, Sqlite>>::from_sql(v)?)
         }
-        Some(SqliteType::Double | SqliteType::Float) => Cell::F64(<f64 as FromSql<Double, Sqlite>>::from_sql(v)?),
+        Some(SqliteType::Double | SqliteType::Float) => {
+            Cell::F64(<f64 as FromSql<Double, Sqlite>>::from_sql(v)?)
+        }
         Some(SqliteType::Binary) => Cell::Bytes(<Vec<u8> as FromSql<Binary, Sqlite>>::from_sql(v)?),
         _ => Cell::Text(<String as FromSql<Text, Sqlite>>::from_sql(v)?),
     })

@@ -12,7 +12,9 @@ async fn main() {
             args.remove(i);
             url
         }
-        _ => std::env::var("DATAFLOW_DATABASE_URL").unwrap_or_else(|_| "sqlite://dataflow.db".into()),
+        _ => {
+            std::env::var("DATAFLOW_DATABASE_URL").unwrap_or_else(|_| "sqlite://dataflow.db".into())
+        }
     };
     let code = match dataflow::DataFlow::open_for_tools(&url).await {
         Ok(db) => dataflow::cli::run_from(&db, args).await,

@@ -109,23 +109,45 @@ fn to_entry(r: &[Cell]) -> HistoryEntry {
 
 /// The history, oldest first (empty before the first migration).
 pub fn list<C: Conn>(conn: &mut C) -> Result<Vec<HistoryEntry>> {
-    match query(conn, &format!("SELECT {COLUMNS} FROM dataflow_migrations ORDER BY version"), vec![]) {
+    match query(
+        conn,
+        &format!("SELECT {COLUMNS} FROM dataflow_migrations ORDER BY version"),
+        vec![],
+    ) {
         Ok(rows) => Ok(rows.iter().map(|r| to_entry(r)).collect()),
-        Err(e) if e.kind() == ErrorCode::Database && !super::table_exists(conn, "dataflow_migrations")? => Ok(Vec::new()),
+        Err(e)
+            if e.kind() == ErrorCode::Database
+                && !super::table_exists(conn, "dataflow_migrations")? =>
+        {
+            Ok(Vec::new())
+        }
         Err(e) => Err(e),
     }
 }
 
 pub fn entry<C: Conn>(conn: &mut C, version: &str) -> Result<HistoryEntry> {
-    query(conn, &format!("SELECT {COLUMNS} FROM dataflow_migrations WHERE version = ?"), vec![text(version)])?
-        .first()
-        .map(|r| to_entry(r))
-        .ok_or_else(|| Error::new(ErrorCode::NotFound, format!("no migration with version {version}")))
+    query(
+        conn,
+        &format!("SELECT {COLUMNS} FROM dataflow_migrations WHERE version = ?"),
+        vec![text(version)],
+    )?
+    .first()
+    .map(|r| to_entry(r))
+    .ok_or_else(|| {
+        Error::new(
+            ErrorCode::NotFound,
+            format!("no migration with version {version}"),
+        )
+    })
 }
 
 fn new_version() -> String {
     let t = now();
-    format!("{}{:03}", t.format("%Y%m%d%H%M%S"), t.timestamp_subsec_millis())
+    format!(
+        "{}{:03}",
+        t.format("%Y%m%d%H%M%S"),
+        t.timestamp_subsec_millis()
+    )
 }
 
 fn joined(sql: &[String]) -> String {
@@ -149,7 +171,20 @@ pub fn begin<C: Conn>(
     let version = new_version();
     let up_sql = joined(up);
     let rules = plan.rules().join(",");
-    insert(conn, &version, name, app, source, &up_sql, &joined(down), plan.risk().as_str(), &rules, reason, applied_by, plan.operations.iter().any(|o| o.down_loses_data))?;
+    insert(
+        conn,
+        &version,
+        name,
+        app,
+        source,
+        &up_sql,
+        &joined(down),
+        plan.risk().as_str(),
+        &rules,
+        reason,
+        applied_by,
+        plan.operations.iter().any(|o| o.down_loses_data),
+    )?;
     entry(conn, &version)
 }
 
@@ -202,7 +237,11 @@ pub fn mark_applied<C: Conn>(conn: &mut C, version: &str, started: Instant) -> R
 }
 
 pub fn mark_failed<C: Conn>(conn: &mut C, version: &str, e: &Error) -> Result<()> {
-    exec(conn, "UPDATE dataflow_migrations SET status = 'failed', error = ? WHERE version = ?", vec![text(e.message()), text(version)])?;
+    exec(
+        conn,
+        "UPDATE dataflow_migrations SET status = 'failed', error = ? WHERE version = ?",
+        vec![text(e.message()), text(version)],
+    )?;
     Ok(())
 }
 
@@ -219,24 +258,53 @@ pub fn recover_interrupted<C: Conn>(conn: &mut C) -> Result<usize> {
 /// Runs `statements` and then `record` in one transaction. On SQLite,
 /// foreign keys are switched off around it (table rebuilds need that) and
 /// checked before commit.
-pub fn run_statements<C: Conn>(conn: &mut C, statements: &[String], record: impl FnOnce(&mut C) -> Result<()>) -> Result<()> {
+pub fn run_statements<C: Conn>(
+    conn: &mut C,
+    statements: &[String],
+    record: impl FnOnce(&mut C) -> Result<()>,
+) -> Result<()> {
     let sqlite = C::DIALECT == Dialect::Sqlite;
     if sqlite {
         conn.batch("PRAGMA foreign_keys = OFF")?;
     }
     let total = statements.len();
-    let progress = total > 5;
+    // Progress for people watching a long apply; quiet when piped (boot, tests, CI).
+    let progress = total > 5 && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let result = conn.write_transaction(|c| {
         for (i, s) in statements.iter().enumerate() {
             if progress {
-                eprintln!("[{}/{total}] {}", i + 1, s.lines().next().unwrap_or_default());
+                eprintln!(
+                    "[{}/{total}] {}",
+                    i + 1,
+                    s.lines().next().unwrap_or_default()
+                );
             }
-            c.batch(s).map_err(|e| Error::new(e.kind(), format!("migration statement {} of {total} failed: {}\n  statement: {s}", i + 1, e.message())))?;
+            c.batch(s).map_err(|e| {
+                Error::new(
+                    e.kind(),
+                    format!(
+                        "migration statement {} of {total} failed: {}\n  statement: {s}",
+                        i + 1,
+                        e.message()
+                    ),
+                )
+            })?;
         }
         if sqlite {
-            let broken = query(c, "SELECT \"table\", parent FROM pragma_foreign_key_check", vec![])?;
+            let broken = query(
+                c,
+                "SELECT \"table\", parent FROM pragma_foreign_key_check",
+                vec![],
+            )?;
             if let Some(r) = broken.first() {
-                return Err(Error::new(ErrorCode::FkViolation, format!("the migration leaves rows of {} referencing missing {} rows", cell_text(&r[0]), cell_text(&r[1]))));
+                return Err(Error::new(
+                    ErrorCode::FkViolation,
+                    format!(
+                        "the migration leaves rows of {} referencing missing {} rows",
+                        cell_text(&r[0]),
+                        cell_text(&r[1])
+                    ),
+                ));
             }
         }
         record(c)
@@ -249,11 +317,28 @@ pub fn run_statements<C: Conn>(conn: &mut C, statements: &[String], record: impl
 
 /// Writes the compiled models into the registry; a changed checksum is a
 /// new version, and every version is kept in the history.
-pub fn record_registry<C: Conn>(conn: &mut C, app: &str, models: &[&'static ModelSchema], migration: Option<&str>) -> Result<()> {
-    let existing: BTreeMap<String, (i64, String)> = query(conn, "SELECT model, version, checksum FROM dataflow_registry WHERE application_id = ?", vec![text(app)])?
-        .iter()
-        .map(|r| (cell_text(&r[0]), (if let Cell::I64(v) = r[1] { v } else { 0 }, cell_text(&r[2]))))
-        .collect();
+pub fn record_registry<C: Conn>(
+    conn: &mut C,
+    app: &str,
+    models: &[&'static ModelSchema],
+    migration: Option<&str>,
+) -> Result<()> {
+    let existing: BTreeMap<String, (i64, String)> = query(
+        conn,
+        "SELECT model, version, checksum FROM dataflow_registry WHERE application_id = ?",
+        vec![text(app)],
+    )?
+    .iter()
+    .map(|r| {
+        (
+            cell_text(&r[0]),
+            (
+                if let Cell::I64(v) = r[1] { v } else { 0 },
+                cell_text(&r[2]),
+            ),
+        )
+    })
+    .collect();
     let stamp = format_datetime(&now());
     for m in models {
         let checksum = m.checksum_hex();
@@ -323,11 +408,17 @@ pub fn registered<C: Conn>(conn: &mut C, app: &str) -> Result<Vec<RegisteredMode
 /// Columns the registry recorded per table: a live column they include is
 /// ours (left over), one they do not is drift.
 pub fn known_columns<C: Conn>(conn: &mut C, app: &str) -> Result<BTreeMap<String, Vec<String>>> {
-    let rows = query(conn, "SELECT schema_json FROM dataflow_registry_history WHERE application_id = ?", vec![text(app)])?;
+    let rows = query(
+        conn,
+        "SELECT schema_json FROM dataflow_registry_history WHERE application_id = ?",
+        vec![text(app)],
+    )?;
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for r in rows {
         let schema: serde_json::Value = serde_json::from_str(&cell_text(&r[0])).unwrap_or_default();
-        let cols = out.entry(schema["table"].as_str().unwrap_or_default().to_string()).or_default();
+        let cols = out
+            .entry(schema["table"].as_str().unwrap_or_default().to_string())
+            .or_default();
         for f in schema["fields"].as_array().into_iter().flatten() {
             if let Some(c) = f["column"].as_str() {
                 cols.push(c.to_string());
@@ -343,7 +434,10 @@ pub fn run_embedded<C: Conn>(conn: &mut C, policy: &BootPolicy) -> Result<()> {
     if policy.embedded.is_empty() {
         return Ok(());
     }
-    let applied: BTreeMap<String, HistoryEntry> = list(conn)?.into_iter().map(|e| (e.version.clone(), e)).collect();
+    let applied: BTreeMap<String, HistoryEntry> = list(conn)?
+        .into_iter()
+        .map(|e| (e.version.clone(), e))
+        .collect();
     let mut files: Vec<_> = policy.embedded.to_vec();
     files.sort_by(|a, b| a.dir.cmp(b.dir));
     for f in files {
@@ -360,7 +454,10 @@ pub fn run_embedded<C: Conn>(conn: &mut C, policy: &BootPolicy) -> Result<()> {
                 }
             }
             Some(e) if e.status == MigrationStatus::Pending => {
-                return Err(Error::new(ErrorCode::MigrationBlocked, format!("migration {} is still pending", f.dir)));
+                return Err(Error::new(
+                    ErrorCode::MigrationBlocked,
+                    format!("migration {} is still pending", f.dir),
+                ));
             }
             Some(_) => {
                 // A failed or rolled-back attempt is retried under the same version;
@@ -373,7 +470,20 @@ pub fn run_embedded<C: Conn>(conn: &mut C, policy: &BootPolicy) -> Result<()> {
                 apply_file(conn, &f)?;
             }
             None => {
-                insert(conn, f.version(), f.name(), &policy.app, "file", f.up, f.down, "reviewed", "", None, &policy.applied_by, true)?;
+                insert(
+                    conn,
+                    f.version(),
+                    f.name(),
+                    &policy.app,
+                    "file",
+                    f.up,
+                    f.down,
+                    "reviewed",
+                    "",
+                    None,
+                    &policy.applied_by,
+                    true,
+                )?;
                 apply_file(conn, &f)?;
             }
         }
@@ -387,9 +497,14 @@ fn apply_file<C: Conn>(conn: &mut C, f: &super::EmbeddedMigration) -> Result<()>
         {
             let started = Instant::now();
             let version = f.version().to_string();
-            if let Err(e) = run_statements(conn, &statements, |c| mark_applied(c, &version, started)) {
+            if let Err(e) =
+                run_statements(conn, &statements, |c| mark_applied(c, &version, started))
+            {
                 mark_failed(conn, &version, &e)?;
-                return Err(Error::new(e.kind(), format!("migration file {}: {}", f.dir, e.message())));
+                return Err(Error::new(
+                    e.kind(),
+                    format!("migration file {}: {}", f.dir, e.message()),
+                ));
             }
         }
     }
@@ -398,16 +513,31 @@ fn apply_file<C: Conn>(conn: &mut C, f: &super::EmbeddedMigration) -> Result<()>
 
 /// Runs the down SQL of every applied migration after `to` (newest first),
 /// refusing data-losing downs unless `allow_data_loss`.
-pub fn rollback<C: Conn>(conn: &mut C, to: Option<&str>, steps: usize, allow_data_loss: bool) -> Result<Vec<String>> {
-    let applied: Vec<HistoryEntry> = list(conn)?.into_iter().filter(|e| e.status == MigrationStatus::Applied).collect();
+pub fn rollback<C: Conn>(
+    conn: &mut C,
+    to: Option<&str>,
+    steps: usize,
+    allow_data_loss: bool,
+) -> Result<Vec<String>> {
+    let applied: Vec<HistoryEntry> = list(conn)?
+        .into_iter()
+        .filter(|e| e.status == MigrationStatus::Applied)
+        .collect();
     let targets: Vec<&HistoryEntry> = match to {
-        Some(v) => applied.iter().rev().take_while(|e| e.version.as_str() > v).collect(),
+        Some(v) => applied
+            .iter()
+            .rev()
+            .take_while(|e| e.version.as_str() > v)
+            .collect(),
         None => applied.iter().rev().take(steps).collect(),
     };
     if targets.is_empty() {
         return Err(Error::new(ErrorCode::NotFound, "nothing to roll back"));
     }
-    if let Some(e) = targets.iter().find(|e| e.down_loses_data && !allow_data_loss) {
+    if let Some(e) = targets
+        .iter()
+        .find(|e| e.down_loses_data && !allow_data_loss)
+    {
         return Err(Error::new(
             ErrorCode::MigrationBlocked,
             format!("rolling back {} ({}) drops data it created; pass --allow data_loss with --reason to do it anyway", e.version, e.name),
@@ -415,12 +545,26 @@ pub fn rollback<C: Conn>(conn: &mut C, to: Option<&str>, steps: usize, allow_dat
     }
     let mut done = Vec::new();
     for e in targets {
-        let statements: Vec<String> = e.down_sql.split(";\n").map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect();
+        let statements: Vec<String> = e
+            .down_sql
+            .split(";\n")
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
         let version = e.version.clone();
         run_statements(conn, &statements, |c| {
-            exec(c, "UPDATE dataflow_migrations SET status = 'rolled_back' WHERE version = ?", vec![text(&version)])?;
+            exec(
+                c,
+                "UPDATE dataflow_migrations SET status = 'rolled_back' WHERE version = ?",
+                vec![text(&version)],
+            )?;
             // The models no longer match the database: the next boot or apply re-plans.
-            exec(c, "UPDATE dataflow_registry SET checksum = 'rolled_back'", vec![])?;
+            exec(
+                c,
+                "UPDATE dataflow_registry SET checksum = 'rolled_back'",
+                vec![],
+            )?;
             Ok(())
         })?;
         done.push(e.version.clone());

@@ -131,10 +131,21 @@ fn sqlite<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
         let mut it = t.into_iter();
         let name = text(it.next().unwrap_or(Cell::Null));
         let create_sql = it.next().and_then(opt_text);
-        let autoinc = create_sql.as_deref().is_some_and(|s| s.to_ascii_uppercase().contains("AUTOINCREMENT"));
+        let autoinc = create_sql
+            .as_deref()
+            .is_some_and(|s| s.to_ascii_uppercase().contains("AUTOINCREMENT"));
         let mut columns = Vec::new();
-        for c in rows(conn, &format!("SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info({})", quote_lit(&name)), vec![])? {
-            let [n, ty, notnull, dflt, pk]: [Cell; 5] = c.try_into().map_err(|_| Error::internal("pragma_table_info shape"))?;
+        for c in rows(
+            conn,
+            &format!(
+                "SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info({})",
+                quote_lit(&name)
+            ),
+            vec![],
+        )? {
+            let [n, ty, notnull, dflt, pk]: [Cell; 5] = c
+                .try_into()
+                .map_err(|_| Error::internal("pragma_table_info shape"))?;
             let pk = int(&pk) > 0;
             let ty = text(ty).to_ascii_lowercase();
             columns.push(LiveColumn {
@@ -148,16 +159,29 @@ fn sqlite<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
             });
         }
         let mut indexes = Vec::new();
-        for idx in rows(conn, &format!("SELECT name, \"unique\", origin FROM pragma_index_list({})", quote_lit(&name)), vec![])? {
-            let [iname, unique, origin]: [Cell; 3] = idx.try_into().map_err(|_| Error::internal("pragma_index_list shape"))?;
+        for idx in rows(
+            conn,
+            &format!(
+                "SELECT name, \"unique\", origin FROM pragma_index_list({})",
+                quote_lit(&name)
+            ),
+            vec![],
+        )? {
+            let [iname, unique, origin]: [Cell; 3] = idx
+                .try_into()
+                .map_err(|_| Error::internal("pragma_index_list shape"))?;
             let (iname, unique, origin) = (text(iname), int(&unique) == 1, text(origin));
             if origin == "pk" {
                 continue;
             }
-            let cols: Vec<String> = rows(conn, &format!("SELECT name FROM pragma_index_info({})", quote_lit(&iname)), vec![])?
-                .into_iter()
-                .map(|r| text(r.into_iter().next().unwrap_or(Cell::Null)))
-                .collect();
+            let cols: Vec<String> = rows(
+                conn,
+                &format!("SELECT name FROM pragma_index_info({})", quote_lit(&iname)),
+                vec![],
+            )?
+            .into_iter()
+            .map(|r| text(r.into_iter().next().unwrap_or(Cell::Null)))
+            .collect();
             if unique && cols.len() == 1 {
                 if let Some(c) = columns.iter_mut().find(|c| c.name == cols[0]) {
                     c.unique = true;
@@ -165,15 +189,42 @@ fn sqlite<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
             }
             // Constraint-backed indexes ("u") belong to the column definition.
             if origin == "c" {
-                indexes.push(LiveIndex { name: iname, columns: cols, unique });
+                indexes.push(LiveIndex {
+                    name: iname,
+                    columns: cols,
+                    unique,
+                });
             }
         }
         let mut foreign_keys = Vec::new();
-        for fk in rows(conn, &format!("SELECT \"from\", \"table\", \"to\", on_delete FROM pragma_foreign_key_list({})", quote_lit(&name)), vec![])? {
-            let [from, table, to, on_delete]: [Cell; 4] = fk.try_into().map_err(|_| Error::internal("pragma_foreign_key_list shape"))?;
-            foreign_keys.push(LiveForeignKey { column: text(from), target_table: text(table), target_column: text(to), on_delete: text(on_delete) });
+        for fk in rows(
+            conn,
+            &format!(
+                "SELECT \"from\", \"table\", \"to\", on_delete FROM pragma_foreign_key_list({})",
+                quote_lit(&name)
+            ),
+            vec![],
+        )? {
+            let [from, table, to, on_delete]: [Cell; 4] = fk
+                .try_into()
+                .map_err(|_| Error::internal("pragma_foreign_key_list shape"))?;
+            foreign_keys.push(LiveForeignKey {
+                column: text(from),
+                target_table: text(table),
+                target_column: text(to),
+                on_delete: text(on_delete),
+            });
         }
-        out.insert(name.clone(), LiveTable { name, columns, indexes, foreign_keys, create_sql });
+        out.insert(
+            name.clone(),
+            LiveTable {
+                name,
+                columns,
+                indexes,
+                foreign_keys,
+                create_sql,
+            },
+        );
     }
     Ok(out)
 }
@@ -197,7 +248,8 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
         vec![],
     )?;
     for r in cols {
-        let [table, name, ty, len, nullable, default, identity]: [Cell; 7] = r.try_into().map_err(|_| Error::internal("columns shape"))?;
+        let [table, name, ty, len, nullable, default, identity]: [Cell; 7] =
+            r.try_into().map_err(|_| Error::internal("columns shape"))?;
         let table = text(table);
         let ty = match (text(ty).as_str(), len) {
             ("character varying", Cell::I64(n)) => format!("varchar({n})"),
@@ -207,16 +259,24 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
             (other, _) => other.to_string(),
         };
         let identity = matches!(identity, Cell::Bool(true));
-        let default = opt_text(default).filter(|d| !d.starts_with("nextval(")).map(|d| normalize_default(&d));
-        out.entry(table.clone()).or_insert_with(|| LiveTable { name: table.clone(), ..LiveTable::default() }).columns.push(LiveColumn {
-            name: text(name),
-            ty,
-            nullable: matches!(nullable, Cell::Bool(true)),
-            default,
-            primary_key: false,
-            unique: false,
-            identity,
-        });
+        let default = opt_text(default)
+            .filter(|d| !d.starts_with("nextval("))
+            .map(|d| normalize_default(&d));
+        out.entry(table.clone())
+            .or_insert_with(|| LiveTable {
+                name: table.clone(),
+                ..LiveTable::default()
+            })
+            .columns
+            .push(LiveColumn {
+                name: text(name),
+                ty,
+                nullable: matches!(nullable, Cell::Bool(true)),
+                default,
+                primary_key: false,
+                unique: false,
+                identity,
+            });
     }
     // Indexes (including those behind PRIMARY KEY and UNIQUE constraints).
     let idx = rows(
@@ -231,10 +291,20 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
         vec![],
     )?;
     for r in idx {
-        let [table, name, unique, primary, cols, constraint]: [Cell; 6] = r.try_into().map_err(|_| Error::internal("index shape"))?;
-        let Some(t) = out.get_mut(&text(table)) else { continue };
-        let cols: Vec<String> = text(cols).split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
-        let (unique, primary) = (matches!(unique, Cell::Bool(true)), matches!(primary, Cell::Bool(true)));
+        let [table, name, unique, primary, cols, constraint]: [Cell; 6] =
+            r.try_into().map_err(|_| Error::internal("index shape"))?;
+        let Some(t) = out.get_mut(&text(table)) else {
+            continue;
+        };
+        let cols: Vec<String> = text(cols)
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect();
+        let (unique, primary) = (
+            matches!(unique, Cell::Bool(true)),
+            matches!(primary, Cell::Bool(true)),
+        );
         if cols.len() == 1 {
             if let Some(c) = t.columns.iter_mut().find(|c| c.name == cols[0]) {
                 c.primary_key |= primary;
@@ -242,7 +312,11 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
             }
         }
         if !primary && !matches!(constraint, Cell::Bool(true)) {
-            t.indexes.push(LiveIndex { name: text(name), columns: cols, unique });
+            t.indexes.push(LiveIndex {
+                name: text(name),
+                columns: cols,
+                unique,
+            });
         }
     }
     let fks = rows(
@@ -256,8 +330,11 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
         vec![],
     )?;
     for r in fks {
-        let [table, column, target, target_column, action]: [Cell; 5] = r.try_into().map_err(|_| Error::internal("fk shape"))?;
-        let Some(t) = out.get_mut(&text(table)) else { continue };
+        let [table, column, target, target_column, action]: [Cell; 5] =
+            r.try_into().map_err(|_| Error::internal("fk shape"))?;
+        let Some(t) = out.get_mut(&text(table)) else {
+            continue;
+        };
         let on_delete = match text(action).as_str() {
             "c" => "CASCADE",
             "r" => "RESTRICT",
@@ -265,7 +342,12 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
             "d" => "SET DEFAULT",
             _ => "NO ACTION",
         };
-        t.foreign_keys.push(LiveForeignKey { column: text(column), target_table: text(target), target_column: text(target_column), on_delete: on_delete.into() });
+        t.foreign_keys.push(LiveForeignKey {
+            column: text(column),
+            target_table: text(target),
+            target_column: text(target_column),
+            on_delete: on_delete.into(),
+        });
     }
     for t in out.values_mut() {
         for c in t.columns.iter_mut().filter(|c| c.primary_key) {
@@ -277,6 +359,12 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
 
 /// Whether a table has at least one row (risk depends on it).
 pub fn has_rows<C: Conn>(conn: &mut C, table: &str) -> Result<bool> {
-    let r = rows(conn, &format!("SELECT EXISTS (SELECT 1 FROM {})", crate::sql::quote(table)), vec![])?;
-    Ok(r.first().and_then(|r| r.first()).is_some_and(|c| int(c) == 1))
+    let r = rows(
+        conn,
+        &format!("SELECT EXISTS (SELECT 1 FROM {})", crate::sql::quote(table)),
+        vec![],
+    )?;
+    Ok(r.first()
+        .and_then(|r| r.first())
+        .is_some_and(|c| int(c) == 1))
 }

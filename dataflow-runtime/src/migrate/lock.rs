@@ -17,13 +17,24 @@ const PG_KEY: i64 = 0x6461_7461_666c_6f77;
 const SQLITE_TTL: chrono::Duration = chrono::Duration::seconds(120);
 
 /// Runs `f` while holding the migration lock.
-pub fn with_lock<C: Conn, T>(conn: &mut C, target: &Target, timeout: Duration, who: &str, f: impl FnOnce(&mut C) -> Result<T>) -> Result<T> {
+pub fn with_lock<C: Conn, T>(
+    conn: &mut C,
+    target: &Target,
+    timeout: Duration,
+    who: &str,
+    f: impl FnOnce(&mut C) -> Result<T>,
+) -> Result<T> {
     match C::DIALECT {
         Dialect::Postgres => {
             let mut lock_conn = target.connect(timeout)?;
             lock_conn
                 .batch_execute(&format!("SELECT pg_advisory_lock({PG_KEY})"))
-                .map_err(|e| Error::new(ErrorCode::Connection, format!("taking the migration lock: {e}")))?;
+                .map_err(|e| {
+                    Error::new(
+                        ErrorCode::Connection,
+                        format!("taking the migration lock: {e}"),
+                    )
+                })?;
             // The internal tables are created under the lock: concurrent
             // CREATE TABLE IF NOT EXISTS races on PostgreSQL's catalog.
             let result = super::ensure_internal_tables(conn).and_then(|()| f(conn));
@@ -59,7 +70,11 @@ pub fn with_lock<C: Conn, T>(conn: &mut C, target: &Target, timeout: Duration, w
                 }
             }
             let result = f(conn);
-            exec(conn, "DELETE FROM dataflow_migration_lock WHERE id = 1 AND holder = ?", vec![text(holder.as_str())])?;
+            exec(
+                conn,
+                "DELETE FROM dataflow_migration_lock WHERE id = 1 AND holder = ?",
+                vec![text(holder.as_str())],
+            )?;
             result
         }
     }

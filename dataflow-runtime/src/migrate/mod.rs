@@ -10,10 +10,10 @@ mod introspect;
 mod lock;
 mod plan;
 
-pub use history::{HistoryEntry, MigrationStatus, RegisteredModel};
 pub use history::{list as history, registered, rollback};
-pub use lock::{force_unlock, with_lock};
+pub use history::{HistoryEntry, MigrationStatus, RegisteredModel};
 pub use introspect::{introspect, LiveColumn, LiveForeignKey, LiveIndex, LiveSchema, LiveTable};
+pub use lock::{force_unlock, with_lock};
 pub use plan::{plan, Drift, MigrationPlan, OpKind, Operation, RiskLevel, RuleHit, RULES};
 
 use crate::backend::Conn;
@@ -51,7 +51,11 @@ pub(crate) fn ensure_internal_tables<C: Conn>(conn: &mut C) -> Result<()> {
     conn.write_transaction(|c| c.batch(&internal_ddl(C::DIALECT)))
 }
 
-pub(crate) fn query<C: Conn>(conn: &mut C, sql: &str, binds: Vec<SqlValue>) -> Result<Vec<Vec<Cell>>> {
+pub(crate) fn query<C: Conn>(
+    conn: &mut C,
+    sql: &str,
+    binds: Vec<SqlValue>,
+) -> Result<Vec<Vec<Cell>>> {
     conn.query(&statement::<C>(sql, binds))
 }
 
@@ -75,7 +79,9 @@ pub(crate) fn table_exists<C: Conn>(conn: &mut C, table: &str) -> Result<bool> {
         Dialect::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
         Dialect::Postgres => "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = ?",
     };
-    Ok(matches!(query(conn, sql, vec![text(table)])?.first().and_then(|r| r.first()), Some(Cell::I64(n)) if *n > 0))
+    Ok(
+        matches!(query(conn, sql, vec![text(table)])?.first().and_then(|r| r.first()), Some(Cell::I64(n)) if *n > 0),
+    )
 }
 
 pub(crate) fn text(v: impl Into<String>) -> SqlValue {
@@ -94,8 +100,16 @@ pub(crate) fn cell_text(c: &Cell) -> String {
 
 /// The one boot query: does every compiled checksum match the registry?
 /// `Ok(false)` also when the registry does not exist yet.
-pub(crate) fn registry_matches<C: Conn>(conn: &mut C, app: &str, models: &[&'static ModelSchema]) -> Result<bool> {
-    let rows = match query(conn, "SELECT model, checksum FROM dataflow_registry WHERE application_id = ?", vec![text(app)]) {
+pub(crate) fn registry_matches<C: Conn>(
+    conn: &mut C,
+    app: &str,
+    models: &[&'static ModelSchema],
+) -> Result<bool> {
+    let rows = match query(
+        conn,
+        "SELECT model, checksum FROM dataflow_registry WHERE application_id = ?",
+        vec![text(app)],
+    ) {
         Ok(rows) => rows,
         Err(e) if e.kind() == ErrorCode::Database => return Ok(false),
         Err(e) => return Err(e),
@@ -103,8 +117,13 @@ pub(crate) fn registry_matches<C: Conn>(conn: &mut C, app: &str, models: &[&'sta
     if rows.len() != models.len() {
         return Ok(false);
     }
-    let persisted: BTreeMap<String, String> = rows.iter().map(|r| (cell_text(&r[0]), cell_text(&r[1]))).collect();
-    Ok(models.iter().all(|m| persisted.get(m.name) == Some(&m.checksum_hex())))
+    let persisted: BTreeMap<String, String> = rows
+        .iter()
+        .map(|r| (cell_text(&r[0]), cell_text(&r[1])))
+        .collect();
+    Ok(models
+        .iter()
+        .all(|m| persisted.get(m.name) == Some(&m.checksum_hex())))
 }
 
 /// What boot does about the schema, from the configuration.
@@ -156,7 +175,13 @@ pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
 
 /// Boot's schema step (after the fast check failed): lock, run reviewed
 /// files, plan, apply what is safe, record — or stop with a clear error.
-pub(crate) fn boot_migrate<C: Conn>(conn: &mut C, target: &crate::backend::Target, timeout: std::time::Duration, models: &[&'static ModelSchema], policy: &BootPolicy) -> Result<()> {
+pub(crate) fn boot_migrate<C: Conn>(
+    conn: &mut C,
+    target: &crate::backend::Target,
+    timeout: std::time::Duration,
+    models: &[&'static ModelSchema],
+    policy: &BootPolicy,
+) -> Result<()> {
     lock::with_lock(conn, target, timeout, &policy.applied_by, |conn| {
         history::recover_interrupted(conn)?;
         history::run_embedded(conn, policy)?;
@@ -180,15 +205,30 @@ pub(crate) fn boot_migrate<C: Conn>(conn: &mut C, target: &crate::backend::Targe
         if policy.staging {
             stage(conn, target, models, &plan, &policy.app)?;
         }
-        let options = ApplyOptions { app: &policy.app, applied_by: &policy.applied_by, allow: &[], reason: None, name: "auto", record_registry: policy.registry };
+        let options = ApplyOptions {
+            app: &policy.app,
+            applied_by: &policy.applied_by,
+            allow: &[],
+            reason: None,
+            name: "auto",
+            record_registry: policy.registry,
+        };
         apply(conn, models, &plan, options).map(drop)
     })
 }
 
 /// Introspects and plans against the registry's knowledge.
-pub fn plan_for<C: Conn>(conn: &mut C, models: &[&'static ModelSchema], app: &str) -> Result<MigrationPlan> {
+pub fn plan_for<C: Conn>(
+    conn: &mut C,
+    models: &[&'static ModelSchema],
+    app: &str,
+) -> Result<MigrationPlan> {
     let live = introspect(conn)?;
-    let known = if table_exists(conn, "dataflow_registry_history")? { history::known_columns(conn, app)? } else { Default::default() };
+    let known = if table_exists(conn, "dataflow_registry_history")? {
+        history::known_columns(conn, app)?
+    } else {
+        Default::default()
+    };
     let mut rows_cache: BTreeMap<String, bool> = BTreeMap::new();
     let mut err = None;
     let mut has_rows = |t: &str| -> bool {
@@ -205,7 +245,9 @@ pub fn plan_for<C: Conn>(conn: &mut C, models: &[&'static ModelSchema], app: &st
         rows_cache.insert(t.to_string(), v);
         v
     };
-    let plan = plan(C::DIALECT, models, &live, &mut has_rows, &|t| known.get(t).cloned());
+    let plan = plan(C::DIALECT, models, &live, &mut has_rows, &|t| {
+        known.get(t).cloned()
+    });
     match err {
         Some(e) => Err(e),
         None => Ok(plan),
@@ -217,11 +259,31 @@ pub fn plan_for<C: Conn>(conn: &mut C, models: &[&'static ModelSchema], app: &st
 fn blocked_error(plan: &MigrationPlan) -> Error {
     let mut lines = Vec::new();
     for op in plan.operations.iter().filter(|o| o.risk > RiskLevel::Low) {
-        let rules: Vec<String> = op.rules.iter().filter(|r| r.level > RiskLevel::Low).map(|r| format!("{} ({})", r.rule, r.reason)).collect();
-        lines.push(format!("  - {} [{}] model {}: {}", op.summary, op.risk.as_str(), op.model, rules.join("; ")));
+        let rules: Vec<String> = op
+            .rules
+            .iter()
+            .filter(|r| r.level > RiskLevel::Low)
+            .map(|r| format!("{} ({})", r.rule, r.reason))
+            .collect();
+        lines.push(format!(
+            "  - {} [{}] model {}: {}",
+            op.summary,
+            op.risk.as_str(),
+            op.model,
+            rules.join("; ")
+        ));
     }
-    let allow: Vec<String> = plan.rules().iter().map(|r| format!("--allow {r}")).collect();
-    let model = plan.operations.iter().find(|o| o.risk > RiskLevel::Low).map(|o| o.model.clone()).unwrap_or_default();
+    let allow: Vec<String> = plan
+        .rules()
+        .iter()
+        .map(|r| format!("--allow {r}"))
+        .collect();
+    let model = plan
+        .operations
+        .iter()
+        .find(|o| o.risk > RiskLevel::Low)
+        .map(|o| o.model.clone())
+        .unwrap_or_default();
     Error::new(
         ErrorCode::MigrationBlocked,
         format!(
@@ -251,23 +313,61 @@ pub struct ApplyOptions<'a> {
 /// Applies `plan` in one transaction and records it in the history (and
 /// the registry). Operations above low risk need every rule they hit in
 /// `allow`, and a reason.
-pub fn apply<C: Conn>(conn: &mut C, models: &[&'static ModelSchema], plan: &MigrationPlan, o: ApplyOptions) -> Result<HistoryEntry> {
+pub fn apply<C: Conn>(
+    conn: &mut C,
+    models: &[&'static ModelSchema],
+    plan: &MigrationPlan,
+    o: ApplyOptions,
+) -> Result<HistoryEntry> {
     for op in plan.operations.iter().filter(|o| o.risk > RiskLevel::Low) {
-        let missing: Vec<&str> = op.rules.iter().filter(|r| r.level > RiskLevel::Low).map(|r| r.rule).filter(|r| !o.allow.iter().any(|a| a == r)).collect();
+        let missing: Vec<&str> = op
+            .rules
+            .iter()
+            .filter(|r| r.level > RiskLevel::Low)
+            .map(|r| r.rule)
+            .filter(|r| !o.allow.iter().any(|a| a == r))
+            .collect();
         if !missing.is_empty() {
             return Err(Error::new(
                 ErrorCode::MigrationBlocked,
-                format!("`{}` is {} and needs --allow {} with --reason \"...\"", op.summary, op.risk.as_str(), missing.join(" --allow ")),
+                format!(
+                    "`{}` is {} and needs --allow {} with --reason \"...\"",
+                    op.summary,
+                    op.risk.as_str(),
+                    missing.join(" --allow ")
+                ),
             )
             .with_model(&op.model));
         }
     }
     if plan.risk() > RiskLevel::Low && o.reason.is_none_or(|r| r.trim().is_empty()) {
-        return Err(Error::new(ErrorCode::MigrationBlocked, "risky operations need --reason \"...\", which is recorded in the history"));
+        return Err(Error::new(
+            ErrorCode::MigrationBlocked,
+            "risky operations need --reason \"...\", which is recorded in the history",
+        ));
     }
-    let up: Vec<String> = plan.operations.iter().flat_map(|op| op.up.iter().cloned()).collect();
-    let down: Vec<String> = plan.operations.iter().rev().flat_map(|op| op.down.iter().cloned()).collect();
-    let entry = history::begin(conn, o.app, o.name, "auto", &up, &down, plan, o.reason, o.applied_by)?;
+    let up: Vec<String> = plan
+        .operations
+        .iter()
+        .flat_map(|op| op.up.iter().cloned())
+        .collect();
+    let down: Vec<String> = plan
+        .operations
+        .iter()
+        .rev()
+        .flat_map(|op| op.down.iter().cloned())
+        .collect();
+    let entry = history::begin(
+        conn,
+        o.app,
+        o.name,
+        "auto",
+        &up,
+        &down,
+        plan,
+        o.reason,
+        o.applied_by,
+    )?;
     let started = Instant::now();
     let result = history::run_statements(conn, &up, |c| {
         if o.record_registry {
@@ -297,15 +397,30 @@ pub struct StagingReport {
 /// Applies `plan` where it can be thrown away, checks that it leaves nothing
 /// to plan, that its down SQL restores the previous shape and that it applies
 /// again. Nothing of it reaches the real database.
-pub fn stage<C: Conn>(conn: &mut C, target: &crate::backend::Target, models: &[&'static ModelSchema], plan: &MigrationPlan, app: &str) -> Result<StagingReport> {
+pub fn stage<C: Conn>(
+    conn: &mut C,
+    target: &crate::backend::Target,
+    models: &[&'static ModelSchema],
+    plan: &MigrationPlan,
+    app: &str,
+) -> Result<StagingReport> {
     let ops = plan.operations.len();
     match target {
         crate::backend::Target::Sqlite { memory: false, .. } => {
-            let copy = std::env::temp_dir().join(format!("dataflow-staging-{}.db", uuid::Uuid::now_v7().simple()));
+            let copy = std::env::temp_dir().join(format!(
+                "dataflow-staging-{}.db",
+                uuid::Uuid::now_v7().simple()
+            ));
             let copy_path = copy.display().to_string();
             exec(conn, "VACUUM INTO ?", vec![text(copy_path.as_str())])?;
             let result = (|| {
-                let crate::backend::AnyConnection::Sqlite(mut c) = (crate::backend::Target::Sqlite { path: copy_path.clone(), memory: false }).connect(std::time::Duration::from_secs(5))? else {
+                let crate::backend::AnyConnection::Sqlite(mut c) =
+                    (crate::backend::Target::Sqlite {
+                        path: copy_path.clone(),
+                        memory: false,
+                    })
+                    .connect(std::time::Duration::from_secs(5))?
+                else {
                     unreachable!("a SQLite target opens a SQLite connection")
                 };
                 verify(&mut c, models, plan, app)
@@ -313,9 +428,16 @@ pub fn stage<C: Conn>(conn: &mut C, target: &crate::backend::Target, models: &[&
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{copy_path}{suffix}"));
             }
-            Ok(StagingReport { operations: ops, sandbox: "a copy of the SQLite file".into(), steps: result? })
+            Ok(StagingReport {
+                operations: ops,
+                sandbox: "a copy of the SQLite file".into(),
+                steps: result?,
+            })
         }
-        crate::backend::Target::Sqlite { memory: true, .. } => Err(Error::new(ErrorCode::NotSupported, "staging needs a SQLite file or PostgreSQL, not an in-memory database")),
+        crate::backend::Target::Sqlite { memory: true, .. } => Err(Error::new(
+            ErrorCode::NotSupported,
+            "staging needs a SQLite file or PostgreSQL, not an in-memory database",
+        )),
         crate::backend::Target::Postgres { .. } => {
             const ROLLBACK: &str = "__dataflow_staging_rollback__";
             let mut steps = Vec::new();
@@ -324,7 +446,11 @@ pub fn stage<C: Conn>(conn: &mut C, target: &crate::backend::Target, models: &[&
                 Err::<(), _>(Error::internal(ROLLBACK))
             });
             match outcome {
-                Err(e) if e.message() == ROLLBACK => Ok(StagingReport { operations: ops, sandbox: "a PostgreSQL transaction that was rolled back".into(), steps }),
+                Err(e) if e.message() == ROLLBACK => Ok(StagingReport {
+                    operations: ops,
+                    sandbox: "a PostgreSQL transaction that was rolled back".into(),
+                    steps,
+                }),
                 Err(e) => Err(e),
                 Ok(()) => Err(Error::internal("staging transaction committed")),
             }
@@ -333,16 +459,42 @@ pub fn stage<C: Conn>(conn: &mut C, target: &crate::backend::Target, models: &[&
 }
 
 /// up → nothing left to plan → down → the same plan again → up.
-fn verify<C: Conn>(conn: &mut C, models: &[&'static ModelSchema], plan: &MigrationPlan, app: &str) -> Result<Vec<String>> {
-    let up: Vec<String> = plan.operations.iter().flat_map(|o| o.up.iter().cloned()).collect();
-    let down: Vec<String> = plan.operations.iter().rev().flat_map(|o| o.down.iter().cloned()).collect();
-    let fail = |step: &str, e: Error| Error::new(ErrorCode::MigrationBlocked, format!("staging failed at {step}: {}", e.message()));
+fn verify<C: Conn>(
+    conn: &mut C,
+    models: &[&'static ModelSchema],
+    plan: &MigrationPlan,
+    app: &str,
+) -> Result<Vec<String>> {
+    let up: Vec<String> = plan
+        .operations
+        .iter()
+        .flat_map(|o| o.up.iter().cloned())
+        .collect();
+    let down: Vec<String> = plan
+        .operations
+        .iter()
+        .rev()
+        .flat_map(|o| o.down.iter().cloned())
+        .collect();
+    let fail = |step: &str, e: Error| {
+        Error::new(
+            ErrorCode::MigrationBlocked,
+            format!("staging failed at {step}: {}", e.message()),
+        )
+    };
     let mut steps = Vec::new();
     history::run_statements(conn, &up, |_| Ok(())).map_err(|e| fail("apply", e))?;
     steps.push(format!("applied {} statements", up.len()));
     let after = plan_for(conn, models, app)?;
     if !after.is_empty() {
-        return Err(Error::new(ErrorCode::MigrationBlocked, format!("staging: after applying, {} operations are still planned: {}", after.operations.len(), after.operations[0].summary)));
+        return Err(Error::new(
+            ErrorCode::MigrationBlocked,
+            format!(
+                "staging: after applying, {} operations are still planned: {}",
+                after.operations.len(),
+                after.operations[0].summary
+            ),
+        ));
     }
     steps.push("re-planned to nothing".into());
     history::run_statements(conn, &down, |_| Ok(())).map_err(|e| fail("down", e))?;
@@ -350,7 +502,10 @@ fn verify<C: Conn>(conn: &mut C, models: &[&'static ModelSchema], plan: &Migrati
     if back.operations.len() != plan.operations.len() {
         return Err(Error::new(ErrorCode::MigrationBlocked, format!("staging: the down SQL did not restore the previous schema ({} operations planned instead of {})", back.operations.len(), plan.operations.len())));
     }
-    steps.push(format!("down SQL ran ({} statements) and restored the previous schema", down.len()));
+    steps.push(format!(
+        "down SQL ran ({} statements) and restored the previous schema",
+        down.len()
+    ));
     history::run_statements(conn, &up, |_| Ok(())).map_err(|e| fail("re-apply", e))?;
     steps.push("applied again".into());
     Ok(steps)
@@ -358,18 +513,39 @@ fn verify<C: Conn>(conn: &mut C, models: &[&'static ModelSchema], plan: &Migrati
 
 /// Writes the plan as a reviewable migration directory
 /// (`<dir>/<version>_<name>/up.sql` and `down.sql`, diesel's layout).
-pub fn write_files(dir: &std::path::Path, name: &str, plan: &MigrationPlan) -> Result<std::path::PathBuf> {
+pub fn write_files(
+    dir: &std::path::Path,
+    name: &str,
+    plan: &MigrationPlan,
+) -> Result<std::path::PathBuf> {
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || name.is_empty() {
-        return Err(Error::new(ErrorCode::Validation, format!("migration name `{name}` must be letters, digits and `_`")));
+        return Err(Error::new(
+            ErrorCode::Validation,
+            format!("migration name `{name}` must be letters, digits and `_`"),
+        ));
     }
     let version = crate::value::now().format("%Y%m%d%H%M%S").to_string();
     let path = dir.join(format!("{version}_{name}"));
-    std::fs::create_dir_all(&path).map_err(|e| Error::new(ErrorCode::Config, format!("creating {}: {e}", path.display())))?;
+    std::fs::create_dir_all(&path).map_err(|e| {
+        Error::new(
+            ErrorCode::Config,
+            format!("creating {}: {e}", path.display()),
+        )
+    })?;
     let mut up = String::new();
     let mut down = String::new();
     for op in &plan.operations {
         let rules: Vec<&str> = op.rules.iter().map(|r| r.rule).collect();
-        up.push_str(&format!("-- {} [{}{}]\n", op.summary, op.risk.as_str(), if rules.is_empty() { String::new() } else { format!(": {}", rules.join(", ")) }));
+        up.push_str(&format!(
+            "-- {} [{}{}]\n",
+            op.summary,
+            op.risk.as_str(),
+            if rules.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", rules.join(", "))
+            }
+        ));
         for s in &op.up {
             up.push_str(s);
             up.push_str(";\n");
@@ -383,7 +559,12 @@ pub fn write_files(dir: &std::path::Path, name: &str, plan: &MigrationPlan) -> R
         }
     }
     let write = |file: &str, text: &str| {
-        std::fs::write(path.join(file), text).map_err(|e| Error::new(ErrorCode::Config, format!("writing {}/{file}: {e}", path.display())))
+        std::fs::write(path.join(file), text).map_err(|e| {
+            Error::new(
+                ErrorCode::Config,
+                format!("writing {}/{file}: {e}", path.display()),
+            )
+        })
     };
     write("up.sql", &up)?;
     write("down.sql", &down)?;

@@ -30,9 +30,15 @@ impl RiskLevel {
     }
 
     pub fn parse(s: &str) -> Option<RiskLevel> {
-        [RiskLevel::Safe, RiskLevel::Low, RiskLevel::Medium, RiskLevel::High, RiskLevel::Destructive]
-            .into_iter()
-            .find(|r| r.as_str() == s)
+        [
+            RiskLevel::Safe,
+            RiskLevel::Low,
+            RiskLevel::Medium,
+            RiskLevel::High,
+            RiskLevel::Destructive,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
     }
 }
 
@@ -46,21 +52,69 @@ pub struct RuleHit {
 
 /// The rules, their levels and what they mean.
 pub const RULES: &[(&str, RiskLevel, &str)] = &[
-    ("data_loss", RiskLevel::Destructive, "drops stored data that cannot be recovered"),
-    ("table_rewrite", RiskLevel::High, "rewrites the whole table (slow, locks it, needs disk)"),
-    ("narrowing_type_change", RiskLevel::Destructive, "the new type cannot hold every old value"),
-    ("not_null_without_default", RiskLevel::High, "a NOT NULL column without a default cannot be added to a table with rows"),
-    ("not_null_on_existing", RiskLevel::Medium, "fails if existing rows hold NULL"),
-    ("breaking_rename", RiskLevel::Medium, "clients still using the old column name break"),
-    ("index_without_concurrently", RiskLevel::Medium, "CREATE INDEX without CONCURRENTLY blocks writes while it builds"),
-    ("unique_lock", RiskLevel::Medium, "building a unique index locks the table and fails on duplicates"),
-    ("fk_without_not_valid", RiskLevel::Medium, "adding a foreign key without NOT VALID scans and locks both tables"),
+    (
+        "data_loss",
+        RiskLevel::Destructive,
+        "drops stored data that cannot be recovered",
+    ),
+    (
+        "table_rewrite",
+        RiskLevel::High,
+        "rewrites the whole table (slow, locks it, needs disk)",
+    ),
+    (
+        "narrowing_type_change",
+        RiskLevel::Destructive,
+        "the new type cannot hold every old value",
+    ),
+    (
+        "not_null_without_default",
+        RiskLevel::High,
+        "a NOT NULL column without a default cannot be added to a table with rows",
+    ),
+    (
+        "not_null_on_existing",
+        RiskLevel::Medium,
+        "fails if existing rows hold NULL",
+    ),
+    (
+        "breaking_rename",
+        RiskLevel::Medium,
+        "clients still using the old column name break",
+    ),
+    (
+        "index_without_concurrently",
+        RiskLevel::Medium,
+        "CREATE INDEX without CONCURRENTLY blocks writes while it builds",
+    ),
+    (
+        "unique_lock",
+        RiskLevel::Medium,
+        "building a unique index locks the table and fails on duplicates",
+    ),
+    (
+        "fk_without_not_valid",
+        RiskLevel::Medium,
+        "adding a foreign key without NOT VALID scans and locks both tables",
+    ),
 ];
 
 fn hit(rule: &'static str, detail: impl Into<String>) -> RuleHit {
-    let (_, level, reason) = RULES.iter().find(|(r, _, _)| *r == rule).copied().unwrap_or((rule, RiskLevel::High, ""));
+    let (_, level, reason) = RULES
+        .iter()
+        .find(|(r, _, _)| *r == rule)
+        .copied()
+        .unwrap_or((rule, RiskLevel::High, ""));
     let detail = detail.into();
-    RuleHit { rule, level, reason: if detail.is_empty() { reason.to_string() } else { format!("{reason}: {detail}") } }
+    RuleHit {
+        rule,
+        level,
+        reason: if detail.is_empty() {
+            reason.to_string()
+        } else {
+            format!("{reason}: {detail}")
+        },
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -101,7 +155,14 @@ pub struct Operation {
 }
 
 impl Operation {
-    fn new(m: &ModelSchema, kind: OpKind, column: Option<&str>, summary: String, up: Vec<String>, down: Vec<String>) -> Self {
+    fn new(
+        m: &ModelSchema,
+        kind: OpKind,
+        column: Option<&str>,
+        summary: String,
+        up: Vec<String>,
+        down: Vec<String>,
+    ) -> Self {
         Operation {
             model: m.name.to_string(),
             table: m.table.to_string(),
@@ -153,12 +214,20 @@ impl MigrationPlan {
     }
 
     pub fn risk(&self) -> RiskLevel {
-        self.operations.iter().map(|o| o.risk).max().unwrap_or(RiskLevel::Safe)
+        self.operations
+            .iter()
+            .map(|o| o.risk)
+            .max()
+            .unwrap_or(RiskLevel::Safe)
     }
 
     /// Every rule hit in the plan, once.
     pub fn rules(&self) -> Vec<&'static str> {
-        let mut rules: Vec<&'static str> = self.operations.iter().flat_map(|o| o.rules.iter().map(|r| r.rule)).collect();
+        let mut rules: Vec<&'static str> = self
+            .operations
+            .iter()
+            .flat_map(|o| o.rules.iter().map(|r| r.rule))
+            .collect();
         rules.sort_unstable();
         rules.dedup();
         rules
@@ -170,7 +239,9 @@ pub fn expected_type(d: Dialect, f: &FieldSchema) -> String {
     match d {
         Dialect::Sqlite => d.column_type(f).to_ascii_lowercase(),
         Dialect::Postgres => match f.ty {
-            FieldType::String => f.max_length.map_or("text".into(), |n| format!("varchar({n})")),
+            FieldType::String => f
+                .max_length
+                .map_or("text".into(), |n| format!("varchar({n})")),
             FieldType::I16 => "smallint".into(),
             FieldType::I32 => "integer".into(),
             FieldType::I64 => "bigint".into(),
@@ -203,7 +274,11 @@ fn narrowing(old: &str, new: &str) -> bool {
     match (rank(old), rank(new)) {
         (Some(a), Some(b)) => b < a || (a <= 3 && b == 4 && a == 3),
         _ => {
-            let len = |t: &str| t.strip_prefix("varchar(").and_then(|r| r.strip_suffix(')')).and_then(|n| n.parse::<u32>().ok());
+            let len = |t: &str| {
+                t.strip_prefix("varchar(")
+                    .and_then(|r| r.strip_suffix(')'))
+                    .and_then(|n| n.parse::<u32>().ok())
+            };
             match (old, len(old), len(new)) {
                 (_, Some(a), Some(b)) => b < a,
                 ("text", None, Some(_)) => true,
@@ -242,8 +317,15 @@ pub fn plan(
             None => {
                 let up = d.create_table(m, lookup);
                 out.operations.push(
-                    Operation::new(m, OpKind::CreateTable, None, format!("create table {}", m.table), up, vec![format!("DROP TABLE {}", quote(m.table))])
-                        .lossy_down(),
+                    Operation::new(
+                        m,
+                        OpKind::CreateTable,
+                        None,
+                        format!("create table {}", m.table),
+                        up,
+                        vec![format!("DROP TABLE {}", quote(m.table))],
+                    )
+                    .lossy_down(),
                 );
             }
             Some(t) => plan_table(d, m, t, has_rows, known, lookup, &mut out),
@@ -252,7 +334,11 @@ pub fn plan(
     out
 }
 
-fn column_def(d: Dialect, f: &FieldSchema, lookup: impl Fn(&str) -> Option<&'static ModelSchema>) -> String {
+fn column_def(
+    d: Dialect,
+    f: &FieldSchema,
+    lookup: impl Fn(&str) -> Option<&'static ModelSchema>,
+) -> String {
     let mut c = format!("{} {}", quote(f.column), d.column_type(f));
     if !f.nullable {
         c.push_str(" NOT NULL");
@@ -261,11 +347,31 @@ fn column_def(d: Dialect, f: &FieldSchema, lookup: impl Fn(&str) -> Option<&'sta
         c.push_str(" DEFAULT ");
         c.push_str(&d.default_literal(v));
     }
-    if let Some(target) = f.references.and_then(|fk| lookup(fk.model).map(|t| (t, fk))) {
+    if let Some(target) = f
+        .references
+        .and_then(|fk| lookup(fk.model).map(|t| (t, fk)))
+    {
         let (t, fk) = target;
-        c.push_str(&format!(" REFERENCES {} ({}) ON DELETE {}", quote(t.table), quote(t.primary_key().column), fk.on_delete.sql()));
+        c.push_str(&format!(
+            " REFERENCES {} ({}) ON DELETE {}",
+            quote(t.table),
+            quote(t.primary_key().column),
+            fk.on_delete.sql()
+        ));
     }
     c
+}
+
+/// Whether a table holds rows, asked at most once.
+struct Populated {
+    table: &'static str,
+    known: Option<bool>,
+}
+
+impl Populated {
+    fn check(&mut self, has_rows: &mut dyn FnMut(&str) -> bool) -> bool {
+        *self.known.get_or_insert_with(|| has_rows(self.table))
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -279,8 +385,10 @@ fn plan_table(
     out: &mut MigrationPlan,
 ) {
     let table = quote(m.table);
-    let mut rows: Option<bool> = None;
-    let mut populated = |has_rows: &mut dyn FnMut(&str) -> bool| *rows.get_or_insert_with(|| has_rows(m.table));
+    let mut populated = Populated {
+        table: m.table,
+        known: None,
+    };
     let mut ops: Vec<Operation> = Vec::new();
     // What SQLite's ALTER TABLE cannot do, collected into one rebuild.
     let mut rebuild: Vec<(String, Vec<RuleHit>)> = Vec::new();
@@ -288,7 +396,10 @@ fn plan_table(
 
     for f in m.fields {
         let Some(live) = t.column(f.column) else {
-            if let Some(old) = f.renamed_from.filter(|old| t.column(old).is_some() && m.field(old).is_none()) {
+            if let Some(old) = f
+                .renamed_from
+                .filter(|old| t.column(old).is_some() && m.field(old).is_none())
+            {
                 renamed_sources.push(old);
                 ops.push(
                     Operation::new(
@@ -296,20 +407,53 @@ fn plan_table(
                         OpKind::RenameColumn,
                         Some(f.column),
                         format!("rename column {}.{old} to {}", m.table, f.column),
-                        vec![format!("ALTER TABLE {table} RENAME COLUMN {} TO {}", quote(old), quote(f.column))],
-                        vec![format!("ALTER TABLE {table} RENAME COLUMN {} TO {}", quote(f.column), quote(old))],
+                        vec![format!(
+                            "ALTER TABLE {table} RENAME COLUMN {} TO {}",
+                            quote(old),
+                            quote(f.column)
+                        )],
+                        vec![format!(
+                            "ALTER TABLE {table} RENAME COLUMN {} TO {}",
+                            quote(f.column),
+                            quote(old)
+                        )],
                     )
-                    .rule(hit("breaking_rename", format!("{}.{old} becomes {}", m.table, f.column))),
+                    .rule(hit(
+                        "breaking_rename",
+                        format!("{}.{old} becomes {}", m.table, f.column),
+                    )),
                 );
                 continue;
             }
             let needs_value = !f.nullable && f.default.is_none();
-            let summary = format!("add column {}.{} {}{}", m.table, f.column, d.column_type(f), if f.nullable { " NULL" } else { " NOT NULL" });
-            if needs_value && populated(has_rows) {
+            let summary = format!(
+                "add column {}.{} {}{}",
+                m.table,
+                f.column,
+                d.column_type(f),
+                if f.nullable { " NULL" } else { " NOT NULL" }
+            );
+            if needs_value && populated.check(has_rows) {
                 ops.push(
-                    Operation::new(m, OpKind::AddColumn, Some(f.column), summary, vec![format!("ALTER TABLE {table} ADD COLUMN {}", column_def(d, f, lookup))], vec![format!("ALTER TABLE {table} DROP COLUMN {}", quote(f.column))])
-                        .rule(hit("not_null_without_default", format!("{}.{} on a table with rows", m.table, f.column)))
-                        .lossy_down(),
+                    Operation::new(
+                        m,
+                        OpKind::AddColumn,
+                        Some(f.column),
+                        summary,
+                        vec![format!(
+                            "ALTER TABLE {table} ADD COLUMN {}",
+                            column_def(d, f, lookup)
+                        )],
+                        vec![format!(
+                            "ALTER TABLE {table} DROP COLUMN {}",
+                            quote(f.column)
+                        )],
+                    )
+                    .rule(hit(
+                        "not_null_without_default",
+                        format!("{}.{} on a table with rows", m.table, f.column),
+                    ))
+                    .lossy_down(),
                 );
                 continue;
             }
@@ -318,37 +462,73 @@ fn plan_table(
                 rebuild.push((summary, Vec::new()));
                 continue;
             }
-            let mut up = vec![format!("ALTER TABLE {table} ADD COLUMN {}", column_def(d, f, lookup))];
+            let mut up = vec![format!(
+                "ALTER TABLE {table} ADD COLUMN {}",
+                column_def(d, f, lookup)
+            )];
             if f.unique {
-                up.push(format!("CREATE UNIQUE INDEX {} ON {table} ({})", quote(&unique_name(m.table, f.column)), quote(f.column)));
+                up.push(format!(
+                    "CREATE UNIQUE INDEX {} ON {table} ({})",
+                    quote(&unique_name(m.table, f.column)),
+                    quote(f.column)
+                ));
             }
             if expects_index(f) {
-                up.push(format!("CREATE INDEX {} ON {table} ({})", quote(&index_name(m.table, f.column)), quote(f.column)));
+                up.push(format!(
+                    "CREATE INDEX {} ON {table} ({})",
+                    quote(&index_name(m.table, f.column)),
+                    quote(f.column)
+                ));
             }
             let mut down = Vec::new();
             if expects_index(f) {
-                down.push(format!("DROP INDEX {}", quote(&index_name(m.table, f.column))));
+                down.push(format!(
+                    "DROP INDEX {}",
+                    quote(&index_name(m.table, f.column))
+                ));
             }
             if f.unique {
-                down.push(format!("DROP INDEX {}", quote(&unique_name(m.table, f.column))));
+                down.push(format!(
+                    "DROP INDEX {}",
+                    quote(&unique_name(m.table, f.column))
+                ));
             }
-            down.push(format!("ALTER TABLE {table} DROP COLUMN {}", quote(f.column)));
-            let op = Operation::new(m, OpKind::AddColumn, Some(f.column), summary, up, down).lossy_down();
+            down.push(format!(
+                "ALTER TABLE {table} DROP COLUMN {}",
+                quote(f.column)
+            ));
+            let op = Operation::new(m, OpKind::AddColumn, Some(f.column), summary, up, down)
+                .lossy_down();
             ops.push(if needs_value { op.low() } else { op });
             continue;
         };
         if f.primary_key || live.primary_key {
             continue;
         }
-        plan_column(d, m, f, live, t, &mut populated, has_rows, lookup, &mut ops, &mut rebuild);
+        plan_column(
+            d,
+            m,
+            f,
+            live,
+            t,
+            &mut populated,
+            has_rows,
+            lookup,
+            &mut ops,
+            &mut rebuild,
+        );
     }
 
     let known_columns = known(m.table);
     for live in &t.columns {
-        if m.fields.iter().any(|f| f.column == live.name) || renamed_sources.contains(&live.name.as_str()) {
+        if m.fields.iter().any(|f| f.column == live.name)
+            || renamed_sources.contains(&live.name.as_str())
+        {
             continue;
         }
-        let explained = known_columns.as_ref().is_some_and(|k| k.contains(&live.name));
+        let explained = known_columns
+            .as_ref()
+            .is_some_and(|k| k.contains(&live.name));
         if !explained {
             out.drift.push(Drift {
                 table: m.table.to_string(),
@@ -359,28 +539,58 @@ fn plan_table(
                 ),
             });
         }
-        let constrained = live.unique || t.foreign_keys.iter().any(|fk| fk.column == live.name) || t.indexes.iter().any(|i| i.columns.contains(&live.name));
+        let constrained = live.unique
+            || t.foreign_keys.iter().any(|fk| fk.column == live.name)
+            || t.indexes.iter().any(|i| i.columns.contains(&live.name));
         let summary = format!("drop column {}.{}", m.table, live.name);
         if d == Dialect::Sqlite && constrained {
-            rebuild.push((summary, vec![hit("data_loss", format!("{}.{}", m.table, live.name))]));
+            rebuild.push((
+                summary,
+                vec![hit("data_loss", format!("{}.{}", m.table, live.name))],
+            ));
             continue;
         }
-        let mut add_back = format!("ALTER TABLE {table} ADD COLUMN {} {}", quote(&live.name), live.ty.to_uppercase());
+        let mut add_back = format!(
+            "ALTER TABLE {table} ADD COLUMN {} {}",
+            quote(&live.name),
+            live.ty.to_uppercase()
+        );
         if let Some(def) = &live.default {
             add_back.push_str(&format!(" DEFAULT {def}"));
         }
         ops.push(
-            Operation::new(m, OpKind::DropColumn, Some(&live.name), summary, vec![format!("ALTER TABLE {table} DROP COLUMN {}", quote(&live.name))], vec![add_back])
-                .rule(hit("data_loss", format!("{}.{}", m.table, live.name))),
+            Operation::new(
+                m,
+                OpKind::DropColumn,
+                Some(&live.name),
+                summary,
+                vec![format!(
+                    "ALTER TABLE {table} DROP COLUMN {}",
+                    quote(&live.name)
+                )],
+                vec![add_back],
+            )
+            .rule(hit("data_loss", format!("{}.{}", m.table, live.name))),
         );
     }
 
     if !rebuild.is_empty() {
         let mut op = rebuild_table(d, m, t, lookup);
-        op.summary = format!("rebuild table {} ({})", m.table, rebuild.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join("; "));
+        op.summary = format!(
+            "rebuild table {} ({})",
+            m.table,
+            rebuild
+                .iter()
+                .map(|(s, _)| s.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
         let mut rules: Vec<RuleHit> = rebuild.into_iter().flat_map(|(_, r)| r).collect();
-        if populated(has_rows) {
-            rules.push(hit("table_rewrite", format!("{} is copied into a new table", m.table)));
+        if populated.check(has_rows) {
+            rules.push(hit(
+                "table_rewrite",
+                format!("{} is copied into a new table", m.table),
+            ));
         }
         for r in rules {
             op = op.rule(r);
@@ -399,7 +609,7 @@ fn plan_column(
     f: &FieldSchema,
     live: &LiveColumn,
     t: &LiveTable,
-    populated: &mut dyn FnMut(&mut dyn FnMut(&str) -> bool) -> bool,
+    populated: &mut Populated,
     has_rows: &mut dyn FnMut(&str) -> bool,
     lookup: impl Fn(&str) -> Option<&'static ModelSchema> + Copy,
     ops: &mut Vec<Operation>,
@@ -410,22 +620,42 @@ fn plan_column(
     let name = format!("{}.{}", m.table, f.column);
     let want_ty = expected_type(d, f);
     if live.ty != want_ty {
-        let mut rules = vec![hit("table_rewrite", format!("{name}: {} → {want_ty}", live.ty))];
+        let mut rules = vec![hit(
+            "table_rewrite",
+            format!("{name}: {} → {want_ty}", live.ty),
+        )];
         if narrowing(&live.ty, &want_ty) {
-            rules.push(hit("narrowing_type_change", format!("{name}: {} → {want_ty}", live.ty)));
+            rules.push(hit(
+                "narrowing_type_change",
+                format!("{name}: {} → {want_ty}", live.ty),
+            ));
         }
         let summary = format!("change type of {name} from {} to {want_ty}", live.ty);
         if d == Dialect::Sqlite {
             rebuild.push((summary, rules));
         } else {
-            let mut op = Operation::new(
-                m,
-                OpKind::AlterColumnType,
-                Some(f.column),
-                summary,
-                [alter_type(&table, &col, &d.column_type(f))].into_iter().chain(f.default.map(|v| format!("ALTER TABLE {table} ALTER COLUMN {col} SET DEFAULT {}", d.default_literal(v)))).collect(),
-                [alter_type(&table, &col, &live.ty.to_uppercase())].into_iter().chain(live.default.as_ref().map(|v| format!("ALTER TABLE {table} ALTER COLUMN {col} SET DEFAULT {v}"))).collect(),
-            );
+            let mut op =
+                Operation::new(
+                    m,
+                    OpKind::AlterColumnType,
+                    Some(f.column),
+                    summary,
+                    [alter_type(&table, &col, &d.column_type(f))]
+                        .into_iter()
+                        .chain(f.default.map(|v| {
+                            format!(
+                                "ALTER TABLE {table} ALTER COLUMN {col} SET DEFAULT {}",
+                                d.default_literal(v)
+                            )
+                        }))
+                        .collect(),
+                    [alter_type(&table, &col, &live.ty.to_uppercase())]
+                        .into_iter()
+                        .chain(live.default.as_ref().map(|v| {
+                            format!("ALTER TABLE {table} ALTER COLUMN {col} SET DEFAULT {v}")
+                        }))
+                        .collect(),
+                );
             for r in rules {
                 op = op.rule(r);
             }
@@ -433,21 +663,64 @@ fn plan_column(
         }
     }
     if live.nullable != f.nullable {
-        let summary = format!("{} {name}", if f.nullable { "allow NULL in" } else { "forbid NULL in" });
+        let summary = format!(
+            "{} {name}",
+            if f.nullable {
+                "allow NULL in"
+            } else {
+                "forbid NULL in"
+            }
+        );
         if d == Dialect::Sqlite {
-            rebuild.push((summary, if f.nullable { vec![] } else { vec![hit("not_null_on_existing", name.clone())] }));
+            rebuild.push((
+                summary,
+                if f.nullable {
+                    vec![]
+                } else {
+                    vec![hit("not_null_on_existing", name.clone())]
+                },
+            ));
         } else if f.nullable {
-            ops.push(Operation::new(m, OpKind::DropNotNull, Some(f.column), summary, vec![format!("ALTER TABLE {table} ALTER COLUMN {col} DROP NOT NULL")], vec![format!("ALTER TABLE {table} ALTER COLUMN {col} SET NOT NULL")]));
+            ops.push(Operation::new(
+                m,
+                OpKind::DropNotNull,
+                Some(f.column),
+                summary,
+                vec![format!(
+                    "ALTER TABLE {table} ALTER COLUMN {col} DROP NOT NULL"
+                )],
+                vec![format!(
+                    "ALTER TABLE {table} ALTER COLUMN {col} SET NOT NULL"
+                )],
+            ));
         } else {
-            let op = Operation::new(m, OpKind::SetNotNull, Some(f.column), summary, vec![format!("ALTER TABLE {table} ALTER COLUMN {col} SET NOT NULL")], vec![format!("ALTER TABLE {table} ALTER COLUMN {col} DROP NOT NULL")]);
-            ops.push(if populated(has_rows) { op.rule(hit("not_null_on_existing", name.clone())) } else { op });
+            let op = Operation::new(
+                m,
+                OpKind::SetNotNull,
+                Some(f.column),
+                summary,
+                vec![format!(
+                    "ALTER TABLE {table} ALTER COLUMN {col} SET NOT NULL"
+                )],
+                vec![format!(
+                    "ALTER TABLE {table} ALTER COLUMN {col} DROP NOT NULL"
+                )],
+            );
+            ops.push(if populated.check(has_rows) {
+                op.rule(hit("not_null_on_existing", name.clone()))
+            } else {
+                op
+            });
         }
     }
     let want_default = expected_default(d, f);
     // A PostgreSQL type change re-sets the default itself.
     let retyped = d == Dialect::Postgres && live.ty != want_ty;
     if live.default != want_default && !retyped {
-        let summary = format!("set default of {name} to {}", want_default.as_deref().unwrap_or("none"));
+        let summary = format!(
+            "set default of {name} to {}",
+            want_default.as_deref().unwrap_or("none")
+        );
         if d == Dialect::Sqlite {
             rebuild.push((summary, Vec::new()));
         } else {
@@ -456,38 +729,126 @@ fn plan_column(
                 None => format!("ALTER TABLE {table} ALTER COLUMN {col} DROP DEFAULT"),
             };
             let want_sql = f.default.map(|v| d.default_literal(v));
-            ops.push(Operation::new(m, OpKind::SetDefault, Some(f.column), summary, vec![set(&want_sql)], vec![set(&live.default)]));
+            ops.push(Operation::new(
+                m,
+                OpKind::SetDefault,
+                Some(f.column),
+                summary,
+                vec![set(&want_sql)],
+                vec![set(&live.default)],
+            ));
         }
     }
     if f.unique && !live.unique {
         let uq = quote(&unique_name(m.table, f.column));
-        let op = Operation::new(m, OpKind::AddUnique, Some(f.column), format!("add unique constraint on {name}"), vec![format!("CREATE UNIQUE INDEX {uq} ON {table} ({col})")], vec![format!("DROP INDEX {uq}")]);
-        ops.push(if populated(has_rows) { op.rule(hit("unique_lock", name.clone())) } else { op });
+        let op = Operation::new(
+            m,
+            OpKind::AddUnique,
+            Some(f.column),
+            format!("add unique constraint on {name}"),
+            vec![format!("CREATE UNIQUE INDEX {uq} ON {table} ({col})")],
+            vec![format!("DROP INDEX {uq}")],
+        );
+        ops.push(if populated.check(has_rows) {
+            op.rule(hit("unique_lock", name.clone()))
+        } else {
+            op
+        });
     } else if !f.unique && live.unique {
         let uq = unique_name(m.table, f.column);
-        if let Some(idx) = t.indexes.iter().find(|i| i.unique && i.columns == [f.column]) {
-            ops.push(Operation::new(m, OpKind::DropUnique, Some(f.column), format!("drop unique index on {name}"), vec![format!("DROP INDEX {}", quote(&idx.name))], vec![format!("CREATE UNIQUE INDEX {} ON {table} ({col})", quote(&idx.name))]).low());
+        if let Some(idx) = t
+            .indexes
+            .iter()
+            .find(|i| i.unique && i.columns == [f.column])
+        {
+            ops.push(
+                Operation::new(
+                    m,
+                    OpKind::DropUnique,
+                    Some(f.column),
+                    format!("drop unique index on {name}"),
+                    vec![format!("DROP INDEX {}", quote(&idx.name))],
+                    vec![format!(
+                        "CREATE UNIQUE INDEX {} ON {table} ({col})",
+                        quote(&idx.name)
+                    )],
+                )
+                .low(),
+            );
         } else if d == Dialect::Sqlite {
             rebuild.push((format!("drop unique constraint on {name}"), Vec::new()));
         } else {
-            ops.push(Operation::new(m, OpKind::DropUnique, Some(f.column), format!("drop unique constraint on {name}"), vec![format!("ALTER TABLE {table} DROP CONSTRAINT {}", quote(&format!("{}_{}_key", m.table, f.column)))], vec![format!("CREATE UNIQUE INDEX {} ON {table} ({col})", quote(&uq))]).low());
+            ops.push(
+                Operation::new(
+                    m,
+                    OpKind::DropUnique,
+                    Some(f.column),
+                    format!("drop unique constraint on {name}"),
+                    vec![format!(
+                        "ALTER TABLE {table} DROP CONSTRAINT {}",
+                        quote(&format!("{}_{}_key", m.table, f.column))
+                    )],
+                    vec![format!(
+                        "CREATE UNIQUE INDEX {} ON {table} ({col})",
+                        quote(&uq)
+                    )],
+                )
+                .low(),
+            );
         }
     }
-    let has_index = t.indexes.iter().any(|i| !i.unique && i.columns == [f.column]);
+    let has_index = t
+        .indexes
+        .iter()
+        .any(|i| !i.unique && i.columns == [f.column]);
     if expects_index(f) && !has_index {
         let idx = quote(&index_name(m.table, f.column));
-        let op = Operation::new(m, OpKind::AddIndex, Some(f.column), format!("add index on {name}"), vec![format!("CREATE INDEX {idx} ON {table} ({col})")], vec![format!("DROP INDEX {idx}")]);
-        ops.push(if d == Dialect::Postgres && populated(has_rows) { op.rule(hit("index_without_concurrently", name.clone())) } else { op });
+        let op = Operation::new(
+            m,
+            OpKind::AddIndex,
+            Some(f.column),
+            format!("add index on {name}"),
+            vec![format!("CREATE INDEX {idx} ON {table} ({col})")],
+            vec![format!("DROP INDEX {idx}")],
+        );
+        ops.push(if d == Dialect::Postgres && populated.check(has_rows) {
+            op.rule(hit("index_without_concurrently", name.clone()))
+        } else {
+            op
+        });
     } else if !expects_index(f) && has_index {
-        if let Some(idx) = t.indexes.iter().find(|i| !i.unique && i.columns == [f.column]) {
-            ops.push(Operation::new(m, OpKind::DropIndex, Some(f.column), format!("drop index {}", idx.name), vec![format!("DROP INDEX {}", quote(&idx.name))], vec![format!("CREATE INDEX {} ON {table} ({col})", quote(&idx.name))]).low());
+        if let Some(idx) = t
+            .indexes
+            .iter()
+            .find(|i| !i.unique && i.columns == [f.column])
+        {
+            ops.push(
+                Operation::new(
+                    m,
+                    OpKind::DropIndex,
+                    Some(f.column),
+                    format!("drop index {}", idx.name),
+                    vec![format!("DROP INDEX {}", quote(&idx.name))],
+                    vec![format!(
+                        "CREATE INDEX {} ON {table} ({col})",
+                        quote(&idx.name)
+                    )],
+                )
+                .low(),
+            );
         }
     }
     let live_fk = t.foreign_keys.iter().find(|fk| fk.column == f.column);
-    let want_fk = f.references.and_then(|fk| lookup(fk.model).map(|target| (target, fk)));
+    let want_fk = f
+        .references
+        .and_then(|fk| lookup(fk.model).map(|target| (target, fk)));
     let same = match (live_fk, want_fk) {
         (None, None) => true,
-        (Some(l), Some((target, fk))) => l.target_table == target.table && l.target_column == target.primary_key().column && l.on_delete == fk.on_delete.sql(),
+        (Some(l), Some((target, fk))) => {
+            l.target_table == target.table
+                && l.target_column == target.primary_key().column
+                && l.on_delete == fk.on_delete.sql()
+        }
         _ => false,
     };
     if !same {
@@ -497,7 +858,17 @@ fn plan_column(
             return;
         }
         if live_fk.is_some() {
-            ops.push(Operation::new(m, OpKind::DropForeignKey, Some(f.column), format!("drop foreign key on {name}"), vec![format!("ALTER TABLE {table} DROP CONSTRAINT {constraint}")], vec![]).low());
+            ops.push(
+                Operation::new(
+                    m,
+                    OpKind::DropForeignKey,
+                    Some(f.column),
+                    format!("drop foreign key on {name}"),
+                    vec![format!("ALTER TABLE {table} DROP CONSTRAINT {constraint}")],
+                    vec![],
+                )
+                .low(),
+            );
         }
         if let Some((target, fk)) = want_fk {
             let op = Operation::new(
@@ -513,7 +884,11 @@ fn plan_column(
                 )],
                 vec![format!("ALTER TABLE {table} DROP CONSTRAINT {constraint}")],
             );
-            ops.push(if populated(has_rows) { op.rule(hit("fk_without_not_valid", name.clone())) } else { op });
+            ops.push(if populated.check(has_rows) {
+                op.rule(hit("fk_without_not_valid", name.clone()))
+            } else {
+                op
+            });
         }
     }
 }
@@ -526,9 +901,18 @@ fn alter_type(table: &str, col: &str, ty: &str) -> String {
 
 /// SQLite's documented way to change what ALTER TABLE cannot: create the
 /// new shape, copy the common columns, drop the old table, rename.
-fn rebuild_table(d: Dialect, m: &'static ModelSchema, t: &LiveTable, lookup: impl Fn(&str) -> Option<&'static ModelSchema> + Copy) -> Operation {
+fn rebuild_table(
+    d: Dialect,
+    m: &'static ModelSchema,
+    t: &LiveTable,
+    lookup: impl Fn(&str) -> Option<&'static ModelSchema> + Copy,
+) -> Operation {
     let tmp = format!("__dataflow_new_{}", m.table);
-    let mut up: Vec<String> = d.create_table_as(m, &tmp, lookup).into_iter().take(1).collect();
+    let mut up: Vec<String> = d
+        .create_table_as(m, &tmp, lookup)
+        .into_iter()
+        .take(1)
+        .collect();
     let common: Vec<(&str, &str)> = m
         .fields
         .iter()
@@ -536,15 +920,33 @@ fn rebuild_table(d: Dialect, m: &'static ModelSchema, t: &LiveTable, lookup: imp
             if t.column(f.column).is_some() {
                 Some((f.column, f.column))
             } else {
-                f.renamed_from.filter(|o| t.column(o).is_some()).map(|o| (f.column, o))
+                f.renamed_from
+                    .filter(|o| t.column(o).is_some())
+                    .map(|o| (f.column, o))
             }
         })
         .collect();
-    let new_cols = common.iter().map(|(n, _)| quote(n)).collect::<Vec<_>>().join(", ");
-    let old_cols = common.iter().map(|(_, o)| quote(o)).collect::<Vec<_>>().join(", ");
-    up.push(format!("INSERT INTO {} ({new_cols}) SELECT {old_cols} FROM {}", quote(&tmp), quote(m.table)));
+    let new_cols = common
+        .iter()
+        .map(|(n, _)| quote(n))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let old_cols = common
+        .iter()
+        .map(|(_, o)| quote(o))
+        .collect::<Vec<_>>()
+        .join(", ");
+    up.push(format!(
+        "INSERT INTO {} ({new_cols}) SELECT {old_cols} FROM {}",
+        quote(&tmp),
+        quote(m.table)
+    ));
     up.push(format!("DROP TABLE {}", quote(m.table)));
-    up.push(format!("ALTER TABLE {} RENAME TO {}", quote(&tmp), quote(m.table)));
+    up.push(format!(
+        "ALTER TABLE {} RENAME TO {}",
+        quote(&tmp),
+        quote(m.table)
+    ));
     up.extend(d.create_table(m, lookup).into_iter().skip(1));
     let mut down = Vec::new();
     if let Some(orig) = &t.create_sql {
@@ -552,18 +954,71 @@ fn rebuild_table(d: Dialect, m: &'static ModelSchema, t: &LiveTable, lookup: imp
         if let Some(i) = orig.find('(') {
             down.push(format!("CREATE TABLE {} {}", quote(&back), &orig[i..]));
             let live_common: Vec<&(&str, &str)> = common.iter().collect();
-            let cols_new = live_common.iter().map(|(n, _)| quote(n)).collect::<Vec<_>>().join(", ");
-            let cols_old = live_common.iter().map(|(_, o)| quote(o)).collect::<Vec<_>>().join(", ");
-            down.push(format!("INSERT INTO {} ({cols_old}) SELECT {cols_new} FROM {}", quote(&back), quote(m.table)));
+            let cols_new = live_common
+                .iter()
+                .map(|(n, _)| quote(n))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let cols_old = live_common
+                .iter()
+                .map(|(_, o)| quote(o))
+                .collect::<Vec<_>>()
+                .join(", ");
+            down.push(format!(
+                "INSERT INTO {} ({cols_old}) SELECT {cols_new} FROM {}",
+                quote(&back),
+                quote(m.table)
+            ));
             down.push(format!("DROP TABLE {}", quote(m.table)));
-            down.push(format!("ALTER TABLE {} RENAME TO {}", quote(&back), quote(m.table)));
+            down.push(format!(
+                "ALTER TABLE {} RENAME TO {}",
+                quote(&back),
+                quote(m.table)
+            ));
             for idx in &t.indexes {
-                let cols = idx.columns.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ");
-                down.push(format!("CREATE {}INDEX {} ON {} ({cols})", if idx.unique { "UNIQUE " } else { "" }, quote(&idx.name), quote(m.table)));
+                let cols = idx
+                    .columns
+                    .iter()
+                    .map(|c| quote(c))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                down.push(format!(
+                    "CREATE {}INDEX {} ON {} ({cols})",
+                    if idx.unique { "UNIQUE " } else { "" },
+                    quote(&idx.name),
+                    quote(m.table)
+                ));
             }
         }
     }
     Operation::new(m, OpKind::RebuildTable, None, String::new(), up, down)
+}
+
+/// Models ordered so every foreign-key target comes before its referrers.
+pub(crate) fn creation_order(models: &[&'static ModelSchema]) -> Vec<&'static ModelSchema> {
+    let mut done: Vec<&'static ModelSchema> = Vec::with_capacity(models.len());
+    let mut pending: Vec<&'static ModelSchema> = models.to_vec();
+    while !pending.is_empty() {
+        let before = pending.len();
+        pending.retain(|m| {
+            let ready = m
+                .fields
+                .iter()
+                .filter_map(|f| f.references)
+                .all(|fk| fk.model == m.name || done.iter().any(|d| d.name == fk.model));
+            if ready {
+                done.push(m);
+            }
+            !ready
+        });
+        if pending.len() == before {
+            // A reference cycle: create the rest in any order (SQLite and
+            // PostgreSQL both accept it when the tables come in one transaction
+            // on SQLite; on PostgreSQL the cycle must be broken by a nullable FK).
+            done.append(&mut pending);
+        }
+    }
+    done
 }
 
 #[cfg(test)]
@@ -580,27 +1035,3 @@ mod tests {
         assert!(narrowing("text", "integer"));
     }
 }
-
-/// Models ordered so every foreign-key target comes before its referrers.
-pub(crate) fn creation_order(models: &[&'static ModelSchema]) -> Vec<&'static ModelSchema> {
-    let mut done: Vec<&'static ModelSchema> = Vec::with_capacity(models.len());
-    let mut pending: Vec<&'static ModelSchema> = models.to_vec();
-    while !pending.is_empty() {
-        let before = pending.len();
-        pending.retain(|m| {
-            let ready = m.fields.iter().filter_map(|f| f.references).all(|fk| fk.model == m.name || done.iter().any(|d| d.name == fk.model));
-            if ready {
-                done.push(m);
-            }
-            !ready
-        });
-        if pending.len() == before {
-            // A reference cycle: create the rest in any order (SQLite and
-            // PostgreSQL both accept it when the tables come in one transaction
-            // on SQLite; on PostgreSQL the cycle must be broken by a nullable FK).
-            done.append(&mut pending);
-        }
-    }
-    done
-}
-

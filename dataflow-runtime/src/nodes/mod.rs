@@ -76,6 +76,10 @@ impl fmt::Display for Op {
 }
 
 /// The context of one node run.
-pub(crate) fn ops_ctx<'a>(model: &'static crate::schema::ModelSchema, node: &'a str, echo: bool) -> ops::Ctx<'a> {
+pub(crate) fn ops_ctx<'a>(
+    model: &'static crate::schema::ModelSchema,
+    node: &'a str,
+    echo: bool,
+) -> ops::Ctx<'a> {
     ops::Ctx { model, node, echo }
 }

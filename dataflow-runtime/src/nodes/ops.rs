@@ -30,7 +30,10 @@ pub fn run<C: Conn>(conn: &mut C, ctx: &Ctx, op: Op, params: &Value) -> Result<V
     if m.options.append_only && op.changes_existing() {
         return Err(Error::new(
             ErrorCode::NotAllowed,
-            format!("{}: {} is append_only; records can be created and read, not changed or deleted", ctx.node, m.name),
+            format!(
+                "{}: {} is append_only; records can be created and read, not changed or deleted",
+                ctx.node, m.name
+            ),
         )
         .with_model(m.name)
         .with_node(ctx.node));
@@ -55,15 +58,22 @@ pub fn run<C: Conn>(conn: &mut C, ctx: &Ctx, op: Op, params: &Value) -> Result<V
 /// column, and a message that says what happened.
 fn contextualize(err: Error, ctx: &Ctx) -> Error {
     let m = ctx.model;
-    let field = err
-        .field()
-        .map(|c| m.fields.iter().find(|f| f.column == c).map_or(c, |f| f.name).to_string());
+    let field = err.field().map(|c| {
+        m.fields
+            .iter()
+            .find(|f| f.column == c)
+            .map_or(c, |f| f.name)
+            .to_string()
+    });
     let err = match err.kind() {
         ErrorCode::UniqueViolation => {
             let f = field.as_deref().unwrap_or("a unique field");
             let e = Error::new(
                 ErrorCode::UniqueViolation,
-                format!("{}: a {} with this `{f}` already exists ({}.{f} is unique)", ctx.node, m.name, m.name),
+                format!(
+                    "{}: a {} with this `{f}` already exists ({}.{f} is unique)",
+                    ctx.node, m.name, m.name
+                ),
             );
             match &field {
                 Some(f) => e.with_field(f),
@@ -75,13 +85,18 @@ fn contextualize(err: Error, ctx: &Ctx) -> Error {
                 Some(f) => format!("`{f}` must reference an existing record"),
                 None => "the record is referenced by other records, or references one that does not exist".into(),
             };
-            let e = Error::new(ErrorCode::FkViolation, format!("{}: foreign key violated on {}: {detail}", ctx.node, m.name));
+            let e = Error::new(
+                ErrorCode::FkViolation,
+                format!("{}: foreign key violated on {}: {detail}", ctx.node, m.name),
+            );
             match &field {
                 Some(f) => e.with_field(f),
                 None => e,
             }
         }
-        ErrorCode::Database | ErrorCode::Connection | ErrorCode::NotFound if !err.message().starts_with(ctx.node) => {
+        ErrorCode::Database | ErrorCode::Connection | ErrorCode::NotFound
+            if !err.message().starts_with(ctx.node) =>
+        {
             let e = Error::new(err.kind(), format!("{}: {}", ctx.node, err.message()));
             match &field {
                 Some(f) => e.with_field(f),
@@ -90,7 +105,11 @@ fn contextualize(err: Error, ctx: &Ctx) -> Error {
         }
         _ => err,
     };
-    let err = if err.model().is_none() { err.with_model(m.name) } else { err };
+    let err = if err.model().is_none() {
+        err.with_model(m.name)
+    } else {
+        err
+    };
     if err.node().is_none() {
         err.with_node(ctx.node)
     } else {
@@ -126,7 +145,10 @@ fn records(m: &ModelSchema, rows: Vec<Vec<Cell>>) -> Result<Vec<Value>> {
 }
 
 fn select(sql: &mut Sql, m: &ModelSchema) {
-    sql.push("SELECT ").push(&columns(m)).push(" FROM ").ident(m.table);
+    sql.push("SELECT ")
+        .push(&columns(m))
+        .push(" FROM ")
+        .ident(m.table);
 }
 
 fn returning(sql: &mut Sql, m: &ModelSchema) {
@@ -152,26 +174,38 @@ enum Target<'a> {
 fn target<'a>(p: &Params<'a>) -> Result<Target<'a>> {
     let m = p.model;
     match (p.get("id"), p.map.get("filter")) {
-        (Some(_), Some(f)) if !f.is_null() => Err(p.error(Some("id"), "give either `id` or `filter`, not both")),
+        (Some(_), Some(f)) if !f.is_null() => {
+            Err(p.error(Some("id"), "give either `id` or `filter`, not both"))
+        }
         (Some(id), _) => {
             let pk = m.primary_key();
-            Ok(Target::Id(coerce(m, pk, id).map_err(|e| p.error(Some("id"), e.message()))?))
+            Ok(Target::Id(
+                coerce(m, pk, id).map_err(|e| p.error(Some("id"), e.message()))?,
+            ))
         }
         (None, Some(_)) => {
             let f = p.filter("filter")?;
             if filter::is_empty(f) {
-                return Err(p.error(Some("filter"), "the filter is empty; give `id` or a filter that selects one record"));
+                return Err(p.error(
+                    Some("filter"),
+                    "the filter is empty; give `id` or a filter that selects one record",
+                ));
             }
             Ok(Target::Filter(f))
         }
-        (None, None) => Err(p.error(Some("id"), format!("missing `id` (the {} primary key) or `filter`", m.name))),
+        (None, None) => Err(p.error(
+            Some("id"),
+            format!("missing `id` (the {} primary key) or `filter`", m.name),
+        )),
     }
 }
 
 fn where_target(sql: &mut Sql, m: &ModelSchema, t: &Target) -> Result<()> {
     match t {
         Target::Id(v) => {
-            sql.ident(m.primary_key().column).push(" = ").bind(v.clone());
+            sql.ident(m.primary_key().column)
+                .push(" = ")
+                .bind(v.clone());
             Ok(())
         }
         Target::Filter(f) => filter::render(sql, m, f),
@@ -183,7 +217,10 @@ fn not_found(ctx: &Ctx, t: &Target) -> Error {
         Target::Id(v) => format!("with {} = {}", ctx.model.primary_key().name, show_value(v)),
         Target::Filter(f) => format!("matching {f}"),
     };
-    Error::new(ErrorCode::NotFound, format!("{}: no {} {what}", ctx.node, ctx.model.name))
+    Error::new(
+        ErrorCode::NotFound,
+        format!("{}: no {} {what}", ctx.node, ctx.model.name),
+    )
 }
 
 fn show_value(v: &SqlValue) -> String {
@@ -199,7 +236,13 @@ fn show_value(v: &SqlValue) -> String {
 
 /// Finds the one record a node targets: `not_found` for none, a validation
 /// error for more than one.
-fn find_one<C: Conn>(conn: &mut C, ctx: &Ctx, t: &Target, include_deleted: bool, alternative: Op) -> Result<Vec<Cell>> {
+fn find_one<C: Conn>(
+    conn: &mut C,
+    ctx: &Ctx,
+    t: &Target,
+    include_deleted: bool,
+    alternative: Op,
+) -> Result<Vec<Cell>> {
     let m = ctx.model;
     let mut sql = Sql::new(C::DIALECT);
     select(&mut sql, m);
@@ -226,16 +269,28 @@ fn find_one<C: Conn>(conn: &mut C, ctx: &Ctx, t: &Target, include_deleted: bool,
 
 /// The values of one new record, one entry per field (`None`: let the
 /// database generate it).
-fn insert_row(ctx: &Ctx, data: &Value, now: &SqlValue, at: Option<usize>) -> Result<Vec<Option<SqlValue>>> {
+fn insert_row(
+    ctx: &Ctx,
+    data: &Value,
+    now: &SqlValue,
+    at: Option<usize>,
+) -> Result<Vec<Option<SqlValue>>> {
     let m = ctx.model;
     let prefix = |msg: String| match at {
         Some(i) => format!("{}: data[{i}]: {msg}", ctx.node),
         None => format!("{}: {msg}", ctx.node),
     };
     let err = |field: Option<&str>, msg: String| Error::validation(m.name, field, prefix(msg));
-    let obj = data
-        .as_object()
-        .ok_or_else(|| err(None, format!("a {} record must be a JSON object, got {}", m.name, crate::value::describe(data))))?;
+    let obj = data.as_object().ok_or_else(|| {
+        err(
+            None,
+            format!(
+                "a {} record must be a JSON object, got {}",
+                m.name,
+                crate::value::describe(data)
+            ),
+        )
+    })?;
     for key in obj.keys() {
         match m.field(key) {
             None => {
@@ -243,7 +298,10 @@ fn insert_row(ctx: &Ctx, data: &Value, now: &SqlValue, at: Option<usize>) -> Res
                 return Err(err(Some(key), e.message().to_string()));
             }
             Some(f) if !f.writable() && f.generated != Generated::AutoIncrement => {
-                return Err(err(Some(key), format!("{}.{key} is set by dataflow and cannot be written", m.name)));
+                return Err(err(
+                    Some(key),
+                    format!("{}.{key} is set by dataflow and cannot be written", m.name),
+                ));
             }
             Some(_) => {}
         }
@@ -253,14 +311,18 @@ fn insert_row(ctx: &Ctx, data: &Value, now: &SqlValue, at: Option<usize>) -> Res
         let given = obj.get(f.name);
         let value = match f.generated {
             Generated::Uuid7 => match given {
-                Some(v) if !v.is_null() => Some(coerce(m, f, v).map_err(|e| err(Some(f.name), e.message().to_string()))?),
+                Some(v) if !v.is_null() => {
+                    Some(coerce(m, f, v).map_err(|e| err(Some(f.name), e.message().to_string()))?)
+                }
                 _ => Some(match f.ty {
                     FieldType::Uuid => SqlValue::Uuid(uuid::Uuid::now_v7()),
                     _ => SqlValue::Text(uuid::Uuid::now_v7().to_string()),
                 }),
             },
             Generated::AutoIncrement => match given {
-                Some(v) if !v.is_null() => Some(coerce(m, f, v).map_err(|e| err(Some(f.name), e.message().to_string()))?),
+                Some(v) if !v.is_null() => {
+                    Some(coerce(m, f, v).map_err(|e| err(Some(f.name), e.message().to_string()))?)
+                }
                 _ => None,
             },
             Generated::CreatedAt | Generated::UpdatedAt => Some(now.clone()),
@@ -268,18 +330,30 @@ fn insert_row(ctx: &Ctx, data: &Value, now: &SqlValue, at: Option<usize>) -> Res
             Generated::Tenant => {
                 return Err(Error::new(
                     ErrorCode::NotSupported,
-                    prefix(format!("{} is tenant_scoped, and multi-tenancy is not available yet", m.name)),
+                    prefix(format!(
+                        "{} is tenant_scoped, and multi-tenancy is not available yet",
+                        m.name
+                    )),
                 ))
             }
             Generated::No => match given {
-                Some(v) => Some(coerce(m, f, v).map_err(|e| err(Some(f.name), e.message().to_string()))?),
+                Some(v) => {
+                    Some(coerce(m, f, v).map_err(|e| err(Some(f.name), e.message().to_string()))?)
+                }
                 None => match f.default {
-                    Some(d) => Some(coerce(m, f, &d.to_json()).map_err(|e| err(Some(f.name), e.message().to_string()))?),
+                    Some(d) => Some(
+                        coerce(m, f, &d.to_json())
+                            .map_err(|e| err(Some(f.name), e.message().to_string()))?,
+                    ),
                     None if f.nullable => Some(SqlValue::Null(f.ty)),
                     None => {
                         return Err(err(
                             Some(f.name),
-                            format!("missing required field `{}` ({} expected)", f.name, f.ty.expected()),
+                            format!(
+                                "missing required field `{}` ({} expected)",
+                                f.name,
+                                f.ty.expected()
+                            ),
                         ))
                     }
                 },
@@ -293,22 +367,40 @@ fn insert_row(ctx: &Ctx, data: &Value, now: &SqlValue, at: Option<usize>) -> Res
 /// Validated `SET` assignments for Update-like nodes.
 fn assignments(ctx: &Ctx, p: &Params, key: &str) -> Result<Vec<(&'static FieldSchema, SqlValue)>> {
     let m = ctx.model;
-    let fields = p
-        .object(key)?
-        .ok_or_else(|| p.error(Some(key), format!("missing `{key}`: an object of the {} fields to change", m.name)))?;
+    let fields = p.object(key)?.ok_or_else(|| {
+        p.error(
+            Some(key),
+            format!(
+                "missing `{key}`: an object of the {} fields to change",
+                m.name
+            ),
+        )
+    })?;
     if fields.is_empty() {
-        return Err(p.error(Some(key), format!("`{key}` is empty; name at least one field to change")));
+        return Err(p.error(
+            Some(key),
+            format!("`{key}` is empty; name at least one field to change"),
+        ));
     }
     let mut out = Vec::with_capacity(fields.len() + 1);
     for (name, v) in fields {
         let f = filter::field(m, name).map_err(|e| p.error(Some(name), e.message()))?;
         if f.primary_key {
-            return Err(p.error(Some(name), format!("{}.{name} is the primary key and cannot be changed", m.name)));
+            return Err(p.error(
+                Some(name),
+                format!("{}.{name} is the primary key and cannot be changed", m.name),
+            ));
         }
         if !f.writable() {
-            return Err(p.error(Some(name), format!("{}.{name} is set by dataflow and cannot be written", m.name)));
+            return Err(p.error(
+                Some(name),
+                format!("{}.{name} is set by dataflow and cannot be written", m.name),
+            ));
         }
-        out.push((f, coerce(m, f, v).map_err(|e| p.error(Some(name), e.message()))?));
+        out.push((
+            f,
+            coerce(m, f, v).map_err(|e| p.error(Some(name), e.message()))?,
+        ));
     }
     if let Some(f) = m.field_with(Generated::UpdatedAt) {
         out.push((f, now_value()));
@@ -332,9 +424,17 @@ fn set_clause(sql: &mut Sql, sets: &[(&FieldSchema, SqlValue)]) {
 
 fn insert_sql<C: Conn>(m: &ModelSchema, rows: &[Vec<Option<SqlValue>>]) -> Sql {
     let mut sql = Sql::new(C::DIALECT);
-    let present: Vec<usize> = (0..m.fields.len()).filter(|i| rows[0][*i].is_some()).collect();
+    let present: Vec<usize> = (0..m.fields.len())
+        .filter(|i| rows[0][*i].is_some())
+        .collect();
     sql.push("INSERT INTO ").ident(m.table).push(" (");
-    sql.push(&present.iter().map(|i| quote(m.fields[*i].column)).collect::<Vec<_>>().join(", "));
+    sql.push(
+        &present
+            .iter()
+            .map(|i| quote(m.fields[*i].column))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
     sql.push(") VALUES ");
     for (r, row) in rows.iter().enumerate() {
         sql.push(if r == 0 { "(" } else { ", (" });
@@ -354,11 +454,20 @@ fn create<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
     let mut sql = insert_sql::<C>(ctx.model, std::slice::from_ref(&row));
     returning(&mut sql, ctx.model);
     let mut rows = query(conn, ctx, &sql)?;
-    record(ctx.model, rows.pop().ok_or_else(|| Error::internal("INSERT … RETURNING returned no row"))?)
+    record(
+        ctx.model,
+        rows.pop()
+            .ok_or_else(|| Error::internal("INSERT … RETURNING returned no row"))?,
+    )
 }
 
 fn read<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
-    let p = Params::new(ctx.model, ctx.node, params, &["id", "filter", "include_deleted"])?;
+    let p = Params::new(
+        ctx.model,
+        ctx.node,
+        params,
+        &["id", "filter", "include_deleted"],
+    )?;
     let t = target(&p)?;
     let include_deleted = p.bool("include_deleted")?;
     let m = ctx.model;
@@ -392,7 +501,10 @@ fn update<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
         where_target(&mut sql, m, t)?;
         live_only(&mut sql, m, false);
         returning(&mut sql, m);
-        query(conn, ctx, &sql)?.pop().map(|r| record(m, r)).transpose()
+        query(conn, ctx, &sql)?
+            .pop()
+            .map(|r| record(m, r))
+            .transpose()
     };
     match t {
         Target::Id(_) => update_by(conn, &t)?.ok_or_else(|| not_found(ctx, &t)),
@@ -418,7 +530,12 @@ fn delete<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
         let mut sql = Sql::new(C::DIALECT);
         match m.field_with(Generated::DeletedAt) {
             Some(deleted_at) => {
-                sql.push("UPDATE ").ident(m.table).push(" SET ").ident(deleted_at.column).push(" = ").bind(now_value());
+                sql.push("UPDATE ")
+                    .ident(m.table)
+                    .push(" SET ")
+                    .ident(deleted_at.column)
+                    .push(" = ")
+                    .bind(now_value());
                 if let Some(u) = m.field_with(Generated::UpdatedAt) {
                     sql.push(", ").ident(u.column).push(" = ").bind(now_value());
                 }
@@ -432,7 +549,11 @@ fn delete<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
         live_only(&mut sql, m, false);
         sql.push(" RETURNING ").ident(pk.column);
         match query(conn, ctx, &sql)?.pop() {
-            Some(row) => Ok(Some(cell_to_json(m, pk, row.into_iter().next().unwrap_or(Cell::Null))?)),
+            Some(row) => Ok(Some(cell_to_json(
+                m,
+                pk,
+                row.into_iter().next().unwrap_or(Cell::Null),
+            )?)),
             None => Ok(None),
         }
     };
@@ -457,15 +578,26 @@ struct Order {
 
 fn order_by(p: &Params) -> Result<Vec<Order>> {
     let m = p.model;
-    let items: Vec<&str> = match p.get("order_by") {
-        None => Vec::new(),
-        Some(Value::String(s)) => vec![s.as_str()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| v.as_str().ok_or_else(|| p.error(Some("order_by"), "`order_by` items must be strings such as \"-created_at\"")))
-            .collect::<Result<_>>()?,
-        Some(_) => return Err(p.error(Some("order_by"), "`order_by` must be a field name or an array such as [\"-created_at\", \"email\"]")),
-    };
+    let items: Vec<&str> =
+        match p.get("order_by") {
+            None => Vec::new(),
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_str().ok_or_else(|| {
+                        p.error(
+                            Some("order_by"),
+                            "`order_by` items must be strings such as \"-created_at\"",
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?,
+            Some(_) => return Err(p.error(
+                Some("order_by"),
+                "`order_by` must be a field name or an array such as [\"-created_at\", \"email\"]",
+            )),
+        };
     let mut out: Vec<Order> = Vec::with_capacity(items.len() + 1);
     for item in items {
         let (desc, name) = match item.strip_prefix('-') {
@@ -474,24 +606,36 @@ fn order_by(p: &Params) -> Result<Vec<Order>> {
         };
         let field = filter::field(m, name).map_err(|e| p.error(Some("order_by"), e.message()))?;
         if matches!(field.ty, FieldType::Json | FieldType::Bytes) {
-            return Err(p.error(Some("order_by"), format!("{}.{name} cannot be used for ordering", m.name)));
+            return Err(p.error(
+                Some("order_by"),
+                format!("{}.{name} cannot be used for ordering", m.name),
+            ));
         }
         if out.iter().any(|o| o.field.name == field.name) {
-            return Err(p.error(Some("order_by"), format!("`{name}` appears twice in `order_by`")));
+            return Err(p.error(
+                Some("order_by"),
+                format!("`{name}` appears twice in `order_by`"),
+            ));
         }
         out.push(Order { field, desc });
     }
     // The primary key breaks ties, so pages never skip or repeat records.
     let pk = m.primary_key();
     if !out.iter().any(|o| o.field.primary_key) {
-        out.push(Order { field: pk, desc: false });
+        out.push(Order {
+            field: pk,
+            desc: false,
+        });
     }
     Ok(out)
 }
 
 fn encode_cursor(order: &[Order], record: &Value) -> String {
     let values: Vec<&Value> = order.iter().map(|o| &record[o.field.name]).collect();
-    let keys: Vec<String> = order.iter().map(|o| format!("{}{}", if o.desc { "-" } else { "" }, o.field.name)).collect();
+    let keys: Vec<String> = order
+        .iter()
+        .map(|o| format!("{}{}", if o.desc { "-" } else { "" }, o.field.name))
+        .collect();
     let raw = json!({"o": keys, "v": values}).to_string();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
@@ -499,14 +643,24 @@ fn encode_cursor(order: &[Order], record: &Value) -> String {
 /// Appends the keyset condition "after this cursor" for `order`.
 fn keyset(sql: &mut Sql, p: &Params, order: &[Order], cursor: &str) -> Result<()> {
     let m = p.model;
-    let bad = || p.error(Some("after"), "`after` is not a cursor of this listing; pass the `next` value of a previous page with the same order_by");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let bad = || {
+        p.error(Some("after"), "`after` is not a cursor of this listing; pass the `next` value of a previous page with the same order_by")
+    };
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| bad())?;
     let parsed: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
-    let keys: Vec<String> = order.iter().map(|o| format!("{}{}", if o.desc { "-" } else { "" }, o.field.name)).collect();
+    let keys: Vec<String> = order
+        .iter()
+        .map(|o| format!("{}{}", if o.desc { "-" } else { "" }, o.field.name))
+        .collect();
     if parsed["o"] != json!(keys) {
         return Err(bad());
     }
-    let values = parsed["v"].as_array().filter(|v| v.len() == order.len()).ok_or_else(bad)?;
+    let values = parsed["v"]
+        .as_array()
+        .filter(|v| v.len() == order.len())
+        .ok_or_else(bad)?;
     if let Some(o) = order.iter().find(|o| o.field.nullable) {
         return Err(p.error(Some("after"), format!("keyset pagination needs non-nullable order_by fields, and {}.{} is nullable; use `offset`", m.name, o.field.name)));
     }
@@ -522,9 +676,14 @@ fn keyset(sql: &mut Sql, p: &Params, order: &[Order], cursor: &str) -> Result<()
         }
         sql.push("(");
         for j in 0..i {
-            sql.ident(order[j].field.column).push(" = ").bind(values[j].clone()).push(" AND ");
+            sql.ident(order[j].field.column)
+                .push(" = ")
+                .bind(values[j].clone())
+                .push(" AND ");
         }
-        sql.ident(order[i].field.column).push(if order[i].desc { " < " } else { " > " }).bind(values[i].clone());
+        sql.ident(order[i].field.column)
+            .push(if order[i].desc { " < " } else { " > " })
+            .bind(values[i].clone());
         sql.push(")");
     }
     sql.push(")");
@@ -532,7 +691,19 @@ fn keyset(sql: &mut Sql, p: &Params, order: &[Order], cursor: &str) -> Result<()
 }
 
 fn list<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
-    let p = Params::new(ctx.model, ctx.node, params, &["filter", "order_by", "limit", "offset", "after", "include_deleted"])?;
+    let p = Params::new(
+        ctx.model,
+        ctx.node,
+        params,
+        &[
+            "filter",
+            "order_by",
+            "limit",
+            "offset",
+            "after",
+            "include_deleted",
+        ],
+    )?;
     let m = ctx.model;
     let f = p.filter("filter")?;
     let limit = p.u64("limit", DEFAULT_LIMIT, MAX_LIMIT)?;
@@ -541,7 +712,12 @@ fn list<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
     let after = match p.get("after") {
         None => None,
         Some(Value::String(s)) => Some(s.as_str()),
-        Some(_) => return Err(p.error(Some("after"), "`after` must be the `next` string of a previous page")),
+        Some(_) => {
+            return Err(p.error(
+                Some("after"),
+                "`after` must be the `next` string of a previous page",
+            ))
+        }
     };
     if after.is_some() && offset > 0 {
         return Err(p.error(Some("after"), "give either `after` or `offset`, not both"));
@@ -560,7 +736,11 @@ fn list<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
             sql.push(", ");
         }
         // One NULL placement on both backends.
-        sql.ident(o.field.column).push(if o.desc { " DESC NULLS LAST" } else { " ASC NULLS FIRST" });
+        sql.ident(o.field.column).push(if o.desc {
+            " DESC NULLS LAST"
+        } else {
+            " ASC NULLS FIRST"
+        });
     }
     sql.push(&format!(" LIMIT {limit}"));
     if offset > 0 {
@@ -568,7 +748,9 @@ fn list<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
     }
     let recs = records(m, query(conn, ctx, &sql)?)?;
     let next = match recs.last() {
-        Some(last) if limit > 0 && recs.len() as u64 == limit => Value::String(encode_cursor(&order, last)),
+        Some(last) if limit > 0 && recs.len() as u64 == limit => {
+            Value::String(encode_cursor(&order, last))
+        }
         _ => Value::Null,
     };
     Ok(json!({"count": recs.len(), "limit": limit, "next": next, "records": recs}))
@@ -578,10 +760,15 @@ fn count<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
     let p = Params::new(ctx.model, ctx.node, params, &["filter", "include_deleted"])?;
     let m = ctx.model;
     let mut sql = Sql::new(C::DIALECT);
-    sql.push("SELECT COUNT(*) FROM ").ident(m.table).push(" WHERE ");
+    sql.push("SELECT COUNT(*) FROM ")
+        .ident(m.table)
+        .push(" WHERE ");
     filter::render(&mut sql, m, p.filter("filter")?)?;
     live_only(&mut sql, m, p.bool("include_deleted")?);
-    let n = match query(conn, ctx, &sql)?.pop().and_then(|r| r.into_iter().next()) {
+    let n = match query(conn, ctx, &sql)?
+        .pop()
+        .and_then(|r| r.into_iter().next())
+    {
         Some(Cell::I64(n)) => n,
         other => return Err(Error::internal(format!("COUNT(*) returned {other:?}"))),
     };
@@ -606,22 +793,40 @@ fn conflict_field(p: &Params) -> Result<&'static FieldSchema> {
     };
     let f = filter::field(m, name).map_err(|e| p.error(Some("conflict_on"), e.message()))?;
     if !(f.primary_key || f.unique) {
-        return Err(p.error(Some("conflict_on"), format!("{}.{name} is neither the primary key nor unique, so it cannot identify a record", m.name)));
+        return Err(p.error(
+            Some("conflict_on"),
+            format!(
+                "{}.{name} is neither the primary key nor unique, so it cannot identify a record",
+                m.name
+            ),
+        ));
     }
     Ok(f)
 }
 
 fn upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
-    let p = Params::new(ctx.model, ctx.node, params, &["where", "create", "update", "conflict_on"])?;
+    let p = Params::new(
+        ctx.model,
+        ctx.node,
+        params,
+        &["where", "create", "update", "conflict_on"],
+    )?;
     let m = ctx.model;
     let where_ = p.object("where")?;
     let create = p.object("create")?.cloned().unwrap_or_default();
-    let conflict = if p.get("conflict_on").is_some() { Some(conflict_field(&p)?) } else { None };
+    let conflict = if p.get("conflict_on").is_some() {
+        Some(conflict_field(&p)?)
+    } else {
+        None
+    };
     // Implicit equalities of `where` complete the record to create.
     let mut to_create = Map::new();
     if let Some(w) = where_ {
         for (k, v) in w {
-            if !k.starts_with('$') && !(v.is_object() && v.as_object().is_some_and(|o| o.keys().any(|k| k.starts_with('$')))) {
+            let operators = v
+                .as_object()
+                .is_some_and(|o| o.keys().any(|k| k.starts_with('$')));
+            if !k.starts_with('$') && !operators {
                 to_create.insert(k.clone(), v.clone());
             }
         }
@@ -630,24 +835,38 @@ fn upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
     let lookup: Value = match (conflict, where_) {
         (Some(f), _) => {
             let v = to_create.get(f.name).ok_or_else(|| {
-                p.error(Some("conflict_on"), format!("`create` (or `where`) must give `{}`, the conflict_on field", f.name))
+                p.error(
+                    Some("conflict_on"),
+                    format!(
+                        "`create` (or `where`) must give `{}`, the conflict_on field",
+                        f.name
+                    ),
+                )
             })?;
             json!({ f.name: v })
         }
         (None, Some(w)) if !w.is_empty() => Value::Object(w.clone()),
-        _ => return Err(p.error(Some("where"), "missing `where`: a filter that identifies the record, e.g. {\"email\": \"a@x.io\"}")),
+        _ => return Err(p.error(
+            Some("where"),
+            "missing `where`: a filter that identifies the record, e.g. {\"email\": \"a@x.io\"}",
+        )),
     };
     let has_update = p.object("update")?.is_some_and(|u| !u.is_empty());
-    let sets = if has_update { assignments(ctx, &p, "update")? } else { Vec::new() };
+    let sets = if has_update {
+        assignments(ctx, &p, "update")?
+    } else {
+        Vec::new()
+    };
     let new_row = insert_row(ctx, &Value::Object(to_create), &now_value(), None)?;
 
     conn.write_transaction(|conn| {
         for attempt in 0..2 {
-            let existing = match find_one(conn, ctx, &Target::Filter(&lookup), false, Op::BulkUpsert) {
-                Ok(row) => Some(row),
-                Err(e) if e.kind() == ErrorCode::NotFound => None,
-                Err(e) => return Err(e),
-            };
+            let existing =
+                match find_one(conn, ctx, &Target::Filter(&lookup), false, Op::BulkUpsert) {
+                    Ok(row) => Some(row),
+                    Err(e) if e.kind() == ErrorCode::NotFound => None,
+                    Err(e) => return Err(e),
+                };
             if let Some(row) = existing {
                 let rec = if sets.is_empty() {
                     record(m, row)?
@@ -659,7 +878,9 @@ fn upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
                     set_clause(&mut sql, &sets);
                     sql.push(" WHERE ").ident(pk.column).push(" = ").bind(id);
                     returning(&mut sql, m);
-                    let row = query(conn, ctx, &sql)?.pop().ok_or_else(|| Error::internal("UPDATE … RETURNING returned no row"))?;
+                    let row = query(conn, ctx, &sql)?
+                        .pop()
+                        .ok_or_else(|| Error::internal("UPDATE … RETURNING returned no row"))?;
                     record(m, row)?
                 };
                 return Ok(json!({"action": "updated", "record": rec}));
@@ -670,7 +891,9 @@ fn upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
             returning(&mut sql, m);
             match conn.write_transaction(|conn| query(conn, ctx, &sql)) {
                 Ok(mut rows) => {
-                    let row = rows.pop().ok_or_else(|| Error::internal("INSERT … RETURNING returned no row"))?;
+                    let row = rows
+                        .pop()
+                        .ok_or_else(|| Error::internal("INSERT … RETURNING returned no row"))?;
                     return Ok(json!({"action": "created", "record": record(m, row)?}));
                 }
                 Err(e) if e.kind() == ErrorCode::UniqueViolation && attempt == 0 => continue,
@@ -694,12 +917,18 @@ fn bulk_rows(ctx: &Ctx, data: &[Value]) -> Result<Vec<Vec<Option<SqlValue>>>> {
         .collect::<Result<_>>()?;
     if let Some(first) = rows.first() {
         let shape: Vec<bool> = first.iter().map(Option::is_some).collect();
-        if let Some(i) = rows.iter().position(|r| r.iter().map(Option::is_some).ne(shape.iter().copied())) {
+        if let Some(i) = rows
+            .iter()
+            .position(|r| r.iter().map(Option::is_some).ne(shape.iter().copied()))
+        {
             let pk = ctx.model.primary_key().name;
             return Err(Error::validation(
                 ctx.model.name,
                 Some(pk),
-                format!("{}: data[{i}]: either every record gives `{pk}` or none does", ctx.node),
+                format!(
+                    "{}: data[{i}]: either every record gives `{pk}` or none does",
+                    ctx.node
+                ),
             ));
         }
     }
@@ -730,7 +959,11 @@ fn bulk_create<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value
             if generated_ids {
                 sql.push(" RETURNING ").ident(pk.column);
                 for row in query(conn, ctx, &sql)? {
-                    ids.push(cell_to_json(m, pk, row.into_iter().next().unwrap_or(Cell::Null))?);
+                    ids.push(cell_to_json(
+                        m,
+                        pk,
+                        row.into_iter().next().unwrap_or(Cell::Null),
+                    )?);
                 }
             } else {
                 exec(conn, ctx, &sql)?;
@@ -774,7 +1007,12 @@ fn confirm_scope(p: &Params, f: &Value, what: &str) -> Result<()> {
 }
 
 fn bulk_update<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
-    let p = Params::new(ctx.model, ctx.node, params, &["filter", "fields", "confirmed"])?;
+    let p = Params::new(
+        ctx.model,
+        ctx.node,
+        params,
+        &["filter", "fields", "confirmed"],
+    )?;
     let m = ctx.model;
     let f = p.filter("filter")?;
     let sets = assignments(ctx, &p, "fields")?;
@@ -797,7 +1035,12 @@ fn bulk_delete<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value
     let mut sql = Sql::new(C::DIALECT);
     match m.field_with(Generated::DeletedAt) {
         Some(d) => {
-            sql.push("UPDATE ").ident(m.table).push(" SET ").ident(d.column).push(" = ").bind(now_value());
+            sql.push("UPDATE ")
+                .ident(m.table)
+                .push(" SET ")
+                .ident(d.column)
+                .push(" = ")
+                .bind(now_value());
         }
         None => {
             sql.push("DELETE FROM ").ident(m.table);
@@ -811,7 +1054,12 @@ fn bulk_delete<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value
 }
 
 fn bulk_upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
-    let p = Params::new(ctx.model, ctx.node, params, &["data", "conflict_on", "batch_size"])?;
+    let p = Params::new(
+        ctx.model,
+        ctx.node,
+        params,
+        &["data", "conflict_on", "batch_size"],
+    )?;
     let m = ctx.model;
     let data = p.array("data")?;
     let key = conflict_field(&p)?;
@@ -820,7 +1068,11 @@ fn bulk_upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value
     if rows.is_empty() {
         return Ok(json!({"inserted": 0, "updated": 0}));
     }
-    let key_index = m.fields.iter().position(|f| f.name == key.name).expect("conflict field");
+    let key_index = m
+        .fields
+        .iter()
+        .position(|f| f.name == key.name)
+        .expect("conflict field");
     // Two records with one key would update the same row twice.
     let mut seen = std::collections::HashMap::new();
     for (i, row) in rows.iter().enumerate() {
@@ -829,11 +1081,16 @@ fn bulk_upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value
                 continue;
             }
             if let Some(j) = seen.insert(format!("{v:?}"), i) {
-                return Err(p.error(Some(key.name), format!("data[{j}] and data[{i}] have the same `{}`", key.name)));
+                return Err(p.error(
+                    Some(key.name),
+                    format!("data[{j}] and data[{i}] have the same `{}`", key.name),
+                ));
             }
         }
     }
-    let present: Vec<usize> = (0..m.fields.len()).filter(|i| rows[0][*i].is_some()).collect();
+    let present: Vec<usize> = (0..m.fields.len())
+        .filter(|i| rows[0][*i].is_some())
+        .collect();
     let updatable: Vec<&FieldSchema> = present
         .iter()
         .map(|i| &m.fields[*i])
@@ -842,12 +1099,20 @@ fn bulk_upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value
     let (mut inserted, mut updated) = (0usize, 0usize);
     conn.write_transaction(|conn| {
         for chunk in rows.chunks(batch) {
-            let keys: Vec<&SqlValue> = chunk.iter().filter_map(|r| r[key_index].as_ref()).filter(|v| !matches!(v, SqlValue::Null(_))).collect();
+            let keys: Vec<&SqlValue> = chunk
+                .iter()
+                .filter_map(|r| r[key_index].as_ref())
+                .filter(|v| !matches!(v, SqlValue::Null(_)))
+                .collect();
             let existing = if keys.is_empty() {
                 0
             } else {
                 let mut sql = Sql::new(C::DIALECT);
-                sql.push("SELECT COUNT(*) FROM ").ident(m.table).push(" WHERE ").ident(key.column).push(" IN (");
+                sql.push("SELECT COUNT(*) FROM ")
+                    .ident(m.table)
+                    .push(" WHERE ")
+                    .ident(key.column)
+                    .push(" IN (");
                 for (i, k) in keys.iter().enumerate() {
                     if i > 0 {
                         sql.push(", ");
@@ -855,7 +1120,10 @@ fn bulk_upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value
                     sql.bind((*k).clone());
                 }
                 sql.push(")");
-                match query(conn, ctx, &sql)?.pop().and_then(|r| r.into_iter().next()) {
+                match query(conn, ctx, &sql)?
+                    .pop()
+                    .and_then(|r| r.into_iter().next())
+                {
                     Some(Cell::I64(n)) => n as usize,
                     other => return Err(Error::internal(format!("COUNT(*) returned {other:?}"))),
                 }

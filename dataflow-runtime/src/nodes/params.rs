@@ -14,9 +14,21 @@ pub struct Params<'a> {
 
 impl<'a> Params<'a> {
     /// Node parameters must be an object whose keys are all in `allowed`.
-    pub fn new(model: &'static ModelSchema, node: &'a str, params: &'a Value, allowed: &[&'static str]) -> Result<Self> {
+    pub fn new(
+        model: &'static ModelSchema,
+        node: &'a str,
+        params: &'a Value,
+        allowed: &[&'static str],
+    ) -> Result<Self> {
         let map = params.as_object().ok_or_else(|| {
-            Error::validation(model.name, None, format!("{node}: parameters must be a JSON object, got {}", describe(params)))
+            Error::validation(
+                model.name,
+                None,
+                format!(
+                    "{node}: parameters must be a JSON object, got {}",
+                    describe(params)
+                ),
+            )
         })?;
         let p = Params { model, node, map };
         if !allowed.is_empty() {
@@ -25,7 +37,13 @@ impl<'a> Params<'a> {
                     let hint = suggest(key, allowed.iter().copied())
                         .map(|s| format!(" (did you mean `{s}`?)"))
                         .unwrap_or_default();
-                    return Err(p.error(Some(key), format!("unknown parameter `{key}`{hint}; expected one of: {}", allowed.join(", "))));
+                    return Err(p.error(
+                        Some(key),
+                        format!(
+                            "unknown parameter `{key}`{hint}; expected one of: {}",
+                            allowed.join(", ")
+                        ),
+                    ));
                 }
             }
         }
@@ -45,7 +63,10 @@ impl<'a> Params<'a> {
         match self.get(key) {
             None => Ok(false),
             Some(Value::Bool(b)) => Ok(*b),
-            Some(v) => Err(self.error(Some(key), format!("`{key}` must be true or false, got {}", describe(v)))),
+            Some(v) => Err(self.error(
+                Some(key),
+                format!("`{key}` must be true or false, got {}", describe(v)),
+            )),
         }
     }
 
@@ -54,7 +75,13 @@ impl<'a> Params<'a> {
             None => Ok(default),
             Some(v) => match v.as_u64() {
                 Some(n) if n <= max => Ok(n),
-                _ => Err(self.error(Some(key), format!("`{key}` must be an integer from 0 to {max}, got {}", show(v)))),
+                _ => Err(self.error(
+                    Some(key),
+                    format!(
+                        "`{key}` must be an integer from 0 to {max}, got {}",
+                        show(v)
+                    ),
+                )),
             },
         }
     }
@@ -63,15 +90,24 @@ impl<'a> Params<'a> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::Object(m)) => Ok(Some(m)),
-            Some(v) => Err(self.error(Some(key), format!("`{key}` must be an object, got {}", describe(v)))),
+            Some(v) => Err(self.error(
+                Some(key),
+                format!("`{key}` must be an object, got {}", describe(v)),
+            )),
         }
     }
 
     pub fn array(&self, key: &str) -> Result<&'a Vec<Value>> {
         match self.get(key) {
             Some(Value::Array(a)) => Ok(a),
-            None => Err(self.error(Some(key), format!("missing required parameter `{key}` (an array of records)"))),
-            Some(v) => Err(self.error(Some(key), format!("`{key}` must be an array of records, got {}", describe(v)))),
+            None => Err(self.error(
+                Some(key),
+                format!("missing required parameter `{key}` (an array of records)"),
+            )),
+            Some(v) => Err(self.error(
+                Some(key),
+                format!("`{key}` must be an array of records, got {}", describe(v)),
+            )),
         }
     }
 
@@ -81,7 +117,13 @@ impl<'a> Params<'a> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(&EMPTY),
             Some(v @ Value::Object(_)) => Ok(v),
-            Some(v) => Err(self.error(Some(key), format!("`{key}` must be a filter object such as {{\"active\": true}}, got {}", describe(v)))),
+            Some(v) => Err(self.error(
+                Some(key),
+                format!(
+                    "`{key}` must be a filter object such as {{\"active\": true}}, got {}",
+                    describe(v)
+                ),
+            )),
         }
     }
 }
@@ -90,7 +132,10 @@ impl<'a> Params<'a> {
 fn show(v: &Value) -> String {
     let s = v.to_string();
     if s.len() > 40 {
-        format!("{}…", &s[..s.char_indices().nth(40).map_or(s.len(), |(i, _)| i)])
+        format!(
+            "{}…",
+            &s[..s.char_indices().nth(40).map_or(s.len(), |(i, _)| i)]
+        )
     } else {
         s
     }

@@ -28,7 +28,11 @@ fn field_schema(f: &FieldSchema) -> Value {
 fn record_schema(m: &ModelSchema) -> Value {
     let mut props = Map::new();
     let mut required = Vec::new();
-    for f in m.fields.iter().filter(|f| f.writable() || f.generated == Generated::AutoIncrement) {
+    for f in m
+        .fields
+        .iter()
+        .filter(|f| f.writable() || f.generated == Generated::AutoIncrement)
+    {
         props.insert(f.name.into(), field_schema(f));
         if f.required_on_create() {
             required.push(f.name);
@@ -51,14 +55,24 @@ fn changes_schema(m: &ModelSchema) -> Value {
 fn filter_schema(m: &ModelSchema) -> Value {
     let mut props = Map::new();
     for f in m.fields {
-        let ops: Map<String, Value> = FIELD_OPERATORS.iter().map(|o| (o.to_string(), json!({}))).collect();
+        let ops: Map<String, Value> = FIELD_OPERATORS
+            .iter()
+            .map(|o| (o.to_string(), json!({})))
+            .collect();
         props.insert(
             f.name.into(),
             json!({"anyOf": [field_schema(f), {"type": "object", "properties": ops, "additionalProperties": false}]}),
         );
     }
     for op in LOGICAL_OPERATORS {
-        props.insert(op.into(), if op == "$not" { json!({"type": "object"}) } else { json!({"type": "array", "items": {"type": "object"}}) });
+        props.insert(
+            op.into(),
+            if op == "$not" {
+                json!({"type": "object"})
+            } else {
+                json!({"type": "array", "items": {"type": "object"}})
+            },
+        );
     }
     json!({
         "type": "object",
@@ -82,8 +96,14 @@ pub fn input_schema(m: &ModelSchema, op: Op) -> Value {
     let batch_size = json!({"type": "integer", "minimum": 1, "default": 1000});
     let mut schema = match op {
         Op::Create => record_schema(m),
-        Op::Read => object(json!({"id": pk, "filter": filter, "include_deleted": include_deleted}), &[]),
-        Op::Update => object(json!({"id": pk, "filter": filter, "fields": changes_schema(m)}), &["fields"]),
+        Op::Read => object(
+            json!({"id": pk, "filter": filter, "include_deleted": include_deleted}),
+            &[],
+        ),
+        Op::Update => object(
+            json!({"id": pk, "filter": filter, "fields": changes_schema(m)}),
+            &["fields"],
+        ),
         Op::Delete => object(json!({"id": pk, "filter": filter}), &[]),
         Op::List => object(
             json!({
@@ -96,14 +116,26 @@ pub fn input_schema(m: &ModelSchema, op: Op) -> Value {
             }),
             &[],
         ),
-        Op::Count => object(json!({"filter": filter, "include_deleted": include_deleted}), &[]),
+        Op::Count => object(
+            json!({"filter": filter, "include_deleted": include_deleted}),
+            &[],
+        ),
         Op::Upsert => {
             let mut create = record_schema(m);
             create["required"] = json!([]);
-            object(json!({"where": filter, "create": create, "update": changes_schema(m), "conflict_on": conflict_on}), &[])
+            object(
+                json!({"where": filter, "create": create, "update": changes_schema(m), "conflict_on": conflict_on}),
+                &[],
+            )
         }
-        Op::BulkCreate => object(json!({"data": {"type": "array", "items": record_schema(m)}, "batch_size": batch_size}), &["data"]),
-        Op::BulkUpdate => object(json!({"filter": filter, "fields": changes_schema(m), "confirmed": confirmed}), &["fields"]),
+        Op::BulkCreate => object(
+            json!({"data": {"type": "array", "items": record_schema(m)}, "batch_size": batch_size}),
+            &["data"],
+        ),
+        Op::BulkUpdate => object(
+            json!({"filter": filter, "fields": changes_schema(m), "confirmed": confirmed}),
+            &["fields"],
+        ),
         Op::BulkDelete => object(json!({"filter": filter, "confirmed": confirmed}), &[]),
         Op::BulkUpsert => object(
             json!({"data": {"type": "array", "items": record_schema(m)}, "conflict_on": conflict_on, "batch_size": batch_size}),

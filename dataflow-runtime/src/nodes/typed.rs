@@ -52,7 +52,8 @@ node_types! {
 /// A record as node input. An empty string or zero primary key means
 /// "generate one", so `User { id: String::new(), .. }` can be created.
 fn record_params<M: Model>(record: &M) -> Result<Value> {
-    let mut v = serde_json::to_value(record).map_err(|e| Error::internal(format!("serializing {}: {e}", M::SCHEMA.name)))?;
+    let mut v = serde_json::to_value(record)
+        .map_err(|e| Error::internal(format!("serializing {}: {e}", M::SCHEMA.name)))?;
     let pk = M::SCHEMA.primary_key();
     if let Some(obj) = v.as_object_mut() {
         let unset = match obj.get(pk.name) {
@@ -110,7 +111,10 @@ impl<M: Model> ListNode<M> {
 
 impl<M: Model> CountNode<M> {
     pub async fn run(db: &DataFlow, filter: Value) -> Result<u64> {
-        Ok(count_of(&Self::execute(db, json!({"filter": filter})).await?, "count"))
+        Ok(count_of(
+            &Self::execute(db, json!({"filter": filter})).await?,
+            "count",
+        ))
     }
 }
 
@@ -124,10 +128,20 @@ pub enum UpsertAction {
 impl<M: Model> UpsertNode<M> {
     /// Creates `record` or, when one with the same `conflict_on` value
     /// exists, applies `update` to it.
-    pub async fn run(db: &DataFlow, record: &M, conflict_on: &str, update: Value) -> Result<(UpsertAction, M)> {
-        let params = json!({"create": record_params(record)?, "update": update, "conflict_on": conflict_on});
+    pub async fn run(
+        db: &DataFlow,
+        record: &M,
+        conflict_on: &str,
+        update: Value,
+    ) -> Result<(UpsertAction, M)> {
+        let params =
+            json!({"create": record_params(record)?, "update": update, "conflict_on": conflict_on});
         let mut out = Self::execute(db, params).await?;
-        let action = if out["action"] == "created" { UpsertAction::Created } else { UpsertAction::Updated };
+        let action = if out["action"] == "created" {
+            UpsertAction::Created
+        } else {
+            UpsertAction::Updated
+        };
         Ok((action, from_json(out["record"].take())?))
     }
 }
@@ -141,34 +155,49 @@ pub struct BulkCreated {
 
 impl<M: Model> BulkCreateNode<M> {
     pub async fn run(db: &DataFlow, records: &[M]) -> Result<BulkCreated> {
-        let data = records.iter().map(record_params).collect::<Result<Vec<_>>>()?;
+        let data = records
+            .iter()
+            .map(record_params)
+            .collect::<Result<Vec<_>>>()?;
         let mut out = Self::execute(db, json!({"data": data})).await?;
         let ids = match out["ids"].take() {
             Value::Array(ids) => ids,
             _ => Vec::new(),
         };
-        Ok(BulkCreated { inserted: count_of(&out, "inserted"), ids })
+        Ok(BulkCreated {
+            inserted: count_of(&out, "inserted"),
+            ids,
+        })
     }
 }
 
 impl<M: Model> BulkUpdateNode<M> {
     /// Returns how many records changed.
     pub async fn run(db: &DataFlow, filter: Value, fields: Value) -> Result<u64> {
-        Ok(count_of(&Self::execute(db, json!({"filter": filter, "fields": fields})).await?, "updated"))
+        Ok(count_of(
+            &Self::execute(db, json!({"filter": filter, "fields": fields})).await?,
+            "updated",
+        ))
     }
 }
 
 impl<M: Model> BulkDeleteNode<M> {
     /// Returns how many records were deleted. An empty filter needs `confirmed`.
     pub async fn run(db: &DataFlow, filter: Value, confirmed: bool) -> Result<u64> {
-        Ok(count_of(&Self::execute(db, json!({"filter": filter, "confirmed": confirmed})).await?, "deleted"))
+        Ok(count_of(
+            &Self::execute(db, json!({"filter": filter, "confirmed": confirmed})).await?,
+            "deleted",
+        ))
     }
 }
 
 impl<M: Model> BulkUpsertNode<M> {
     /// Returns `(inserted, updated)`.
     pub async fn run(db: &DataFlow, records: &[M], conflict_on: &str) -> Result<(u64, u64)> {
-        let data = records.iter().map(record_params).collect::<Result<Vec<_>>>()?;
+        let data = records
+            .iter()
+            .map(record_params)
+            .collect::<Result<Vec<_>>>()?;
         let out = Self::execute(db, json!({"data": data, "conflict_on": conflict_on})).await?;
         Ok((count_of(&out, "inserted"), count_of(&out, "updated")))
     }

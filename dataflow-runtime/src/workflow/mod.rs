@@ -92,8 +92,17 @@ impl WorkflowBuilder {
     }
 
     /// Adds a node of type `node_type` (e.g. `"UserCreateNode"`) named `id`.
-    pub fn add_node(&mut self, node_type: impl Into<String>, id: impl Into<String>, params: Value) -> &mut Self {
-        self.spec.nodes.push(NodeSpec { id: id.into(), node_type: node_type.into(), params });
+    pub fn add_node(
+        &mut self,
+        node_type: impl Into<String>,
+        id: impl Into<String>,
+        params: Value,
+    ) -> &mut Self {
+        self.spec.nodes.push(NodeSpec {
+            id: id.into(),
+            node_type: node_type.into(),
+            params,
+        });
         self
     }
 
@@ -171,12 +180,18 @@ pub(crate) fn set_path(target: &mut Value, path: &[String], value: Value) {
         if !cur.is_object() {
             *cur = Value::Object(Map::new());
         }
-        cur = cur.as_object_mut().expect("object").entry(seg.clone()).or_insert(Value::Null);
+        cur = cur
+            .as_object_mut()
+            .expect("object")
+            .entry(seg.clone())
+            .or_insert(Value::Null);
     }
     if !cur.is_object() {
         *cur = Value::Object(Map::new());
     }
-    cur.as_object_mut().expect("object").insert(last.clone(), value);
+    cur.as_object_mut()
+        .expect("object")
+        .insert(last.clone(), value);
 }
 
 #[derive(Clone)]
@@ -215,7 +230,9 @@ pub struct Workflow {
 
 impl std::fmt::Debug for Workflow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Workflow").field("nodes", &self.plan.spec.nodes.len()).finish()
+        f.debug_struct("Workflow")
+            .field("nodes", &self.plan.spec.nodes.len())
+            .finish()
     }
 }
 
@@ -232,7 +249,9 @@ fn closed(schema: &Value) -> bool {
 }
 
 fn did_you_mean<'a>(name: &str, options: impl IntoIterator<Item = &'a str>) -> String {
-    suggest(name, options).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default()
+    suggest(name, options)
+        .map(|s| format!(" (did you mean `{s}`?)"))
+        .unwrap_or_default()
 }
 
 /// The schema at `path` inside a node input schema, following
@@ -253,7 +272,9 @@ fn schema_at<'a>(schema: &'a Value, path: &[String]) -> Option<&'a Value> {
     // A filter value is "the field's value, or an operator object": a
     // template there stands for the value.
     if let Some(any) = cur.get("anyOf").and_then(Value::as_array) {
-        let is_ops = |s: &Value| properties(s).is_some_and(|p| !p.is_empty() && p.keys().all(|k| k.starts_with('$')));
+        let is_ops = |s: &Value| {
+            properties(s).is_some_and(|p| !p.is_empty() && p.keys().all(|k| k.starts_with('$')))
+        };
         let values: Vec<&Value> = any.iter().filter(|s| !is_ops(s)).collect();
         if values.len() == 1 && any.len() > 1 {
             return Some(values[0]);
@@ -265,10 +286,17 @@ fn schema_at<'a>(schema: &'a Value, path: &[String]) -> Option<&'a Value> {
 impl Workflow {
     /// Rebuilds a workflow from its JSON form, with the same validation.
     pub fn from_json(db: &DataFlow, json: Value) -> Result<Workflow> {
-        let spec: WorkflowSpec = serde_json::from_value(json)
-            .map_err(|e| Error::new(ErrorCode::Validation, format!("invalid workflow JSON: {e}")))?;
+        let spec: WorkflowSpec = serde_json::from_value(json).map_err(|e| {
+            Error::new(ErrorCode::Validation, format!("invalid workflow JSON: {e}"))
+        })?;
         if spec.version != 1 {
-            return Err(Error::new(ErrorCode::Validation, format!("unsupported workflow version {}; this build reads version 1", spec.version)));
+            return Err(Error::new(
+                ErrorCode::Validation,
+                format!(
+                    "unsupported workflow version {}; this build reads version 1",
+                    spec.version
+                ),
+            ));
         }
         Workflow::from_spec(db, spec)
     }
@@ -294,24 +322,42 @@ impl Workflow {
 
     fn from_spec(db: &DataFlow, spec: WorkflowSpec) -> Result<Workflow> {
         if spec.nodes.is_empty() {
-            return Err(Error::new(ErrorCode::Validation, "a workflow needs at least one node"));
+            return Err(Error::new(
+                ErrorCode::Validation,
+                "a workflow needs at least one node",
+            ));
         }
         let mut index: HashMap<&str, usize> = HashMap::new();
         let mut nodes = Vec::with_capacity(spec.nodes.len());
         for (i, n) in spec.nodes.iter().enumerate() {
             if n.id.is_empty() || n.id.contains('.') {
-                return Err(build_error(&n.id, format!("node id `{}` must be non-empty and contain no `.`", n.id)));
+                return Err(build_error(
+                    &n.id,
+                    format!("node id `{}` must be non-empty and contain no `.`", n.id),
+                ));
             }
             if index.insert(&n.id, i).is_some() {
-                return Err(build_error(&n.id, format!("two nodes have the id `{}`", n.id)));
+                return Err(build_error(
+                    &n.id,
+                    format!("two nodes have the id `{}`", n.id),
+                ));
             }
             let kind = db.lookup(&n.node_type).map_err(|e| {
-                Error::new(ErrorCode::UnknownNode, format!("node `{}`: {}", n.id, e.message())).with_node(&n.id)
+                Error::new(
+                    ErrorCode::UnknownNode,
+                    format!("node `{}`: {}", n.id, e.message()),
+                )
+                .with_node(&n.id)
             })?;
             let params = match &n.params {
                 Value::Null => Value::Object(Map::new()),
                 v @ Value::Object(_) => v.clone(),
-                _ => return Err(build_error(&n.id, format!("node `{}`: params must be an object", n.id))),
+                _ => {
+                    return Err(build_error(
+                        &n.id,
+                        format!("node `{}`: params must be an object", n.id),
+                    ))
+                }
             };
             let schema = kind.input_schema();
             if closed(&schema) {
@@ -320,14 +366,28 @@ impl Workflow {
                     if !props.contains_key(key) {
                         return Err(build_error(
                             &n.id,
-                            format!("node `{}` ({}) has no input `{key}`{}", n.id, n.node_type, did_you_mean(key, props.keys().map(String::as_str))),
+                            format!(
+                                "node `{}` ({}) has no input `{key}`{}",
+                                n.id,
+                                n.node_type,
+                                did_you_mean(key, props.keys().map(String::as_str))
+                            ),
                         ));
                     }
                 }
             }
-            let required: Vec<&str> = schema.get("required").and_then(Value::as_array).map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            let required: Vec<&str> = schema
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
             let optional = properties(&schema)
-                .map(|p| p.keys().filter(|k| !required.contains(&k.as_str())).cloned().collect())
+                .map(|p| {
+                    p.keys()
+                        .filter(|k| !required.contains(&k.as_str()))
+                        .cloned()
+                        .collect()
+                })
                 .unwrap_or_default();
             nodes.push(PlanNode {
                 id: n.id.clone(),
@@ -344,15 +404,32 @@ impl Workflow {
         for c in &spec.connections {
             let find = |id: &str, role: &str| {
                 index.get(id).copied().ok_or_else(|| {
-                    build_error(id, format!("a connection {role} `{id}`, which is not a node of this workflow{}", did_you_mean(id, index.keys().copied())))
+                    build_error(
+                        id,
+                        format!(
+                            "a connection {role} `{id}`, which is not a node of this workflow{}",
+                            did_you_mean(id, index.keys().copied())
+                        ),
+                    )
                 })
             };
             let from = find(&c.from, "comes from")?;
             let to = find(&c.to, "goes to")?;
             if from == to {
-                return Err(build_error(&c.to, format!("node `{}` is connected to itself", c.to)));
+                return Err(build_error(
+                    &c.to,
+                    format!("node `{}` is connected to itself", c.to),
+                ));
             }
-            let bad_path = |p: &str| build_error(&c.to, format!("connection {} → {}: `{p}` is not a dotted path such as `record.id`", c.from, c.to));
+            let bad_path = |p: &str| {
+                build_error(
+                    &c.to,
+                    format!(
+                        "connection {} → {}: `{p}` is not a dotted path such as `record.id`",
+                        c.from, c.to
+                    ),
+                )
+            };
             let from_path = parse_path(&c.output).ok_or_else(|| bad_path(&c.output))?;
             let to_path = parse_path(&c.input).ok_or_else(|| bad_path(&c.input))?;
             let target = &nodes[to];
@@ -364,15 +441,27 @@ impl Workflow {
                         &c.to,
                         format!(
                             "connection {} → {}: node `{}` ({}) has no input `{}`{}",
-                            c.from, c.to, c.to, target.node_type, to_path[0], did_you_mean(&to_path[0], props.keys().map(String::as_str))
+                            c.from,
+                            c.to,
+                            c.to,
+                            target.node_type,
+                            to_path[0],
+                            did_you_mean(&to_path[0], props.keys().map(String::as_str))
                         ),
                     ));
                 }
             }
             if target.incoming.iter().any(|e| e.to_path == to_path) {
-                return Err(build_error(&c.to, format!("two connections feed `{}` of node `{}`", c.input, c.to)));
+                return Err(build_error(
+                    &c.to,
+                    format!("two connections feed `{}` of node `{}`", c.input, c.to),
+                ));
             }
-            nodes[to].incoming.push(Edge { from, from_path, to_path });
+            nodes[to].incoming.push(Edge {
+                from,
+                from_path,
+                to_path,
+            });
         }
         for i in 0..nodes.len() {
             let mut sources: Vec<usize> = nodes[i].incoming.iter().map(|e| e.from).collect();
@@ -393,7 +482,13 @@ impl Workflow {
                 Tpl::Literal(Value::Object(m)) => m.keys().map(String::as_str).collect(),
                 _ => Vec::new(),
             };
-            for req in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+            for req in schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
                 if !given.contains(&req) && !n.incoming.iter().any(|e| e.to_path[0] == req) {
                     return Err(build_error(
                         &n.id,
@@ -406,7 +501,13 @@ impl Workflow {
         let input_schema = derive_input_schema(&spec, &nodes)?;
         let timeout = spec.timeout_ms.map(Duration::from_millis);
         Ok(Workflow {
-            plan: Arc::new(Plan { spec, nodes, order, input_schema, timeout }),
+            plan: Arc::new(Plan {
+                spec,
+                nodes,
+                order,
+                input_schema,
+                timeout,
+            }),
         })
     }
 }
@@ -426,8 +527,17 @@ fn topological_order(nodes: &[PlanNode]) -> Result<Vec<usize>> {
         }
     }
     if order.len() < nodes.len() {
-        let cycle: Vec<&str> = (0..nodes.len()).filter(|i| waiting[*i] > 0).map(|i| nodes[i].id.as_str()).collect();
-        return Err(build_error(cycle[0], format!("the connections form a cycle through nodes {}", cycle.join(", "))));
+        let cycle: Vec<&str> = (0..nodes.len())
+            .filter(|i| waiting[*i] > 0)
+            .map(|i| nodes[i].id.as_str())
+            .collect();
+        return Err(build_error(
+            cycle[0],
+            format!(
+                "the connections form a cycle through nodes {}",
+                cycle.join(", ")
+            ),
+        ));
     }
     Ok(order)
 }
@@ -455,7 +565,9 @@ fn derive_input_schema(spec: &WorkflowSpec, nodes: &[PlanNode]) -> Result<Value>
             let omittable = r.whole && r.path.len() == 1 && n.optional.contains(&r.path[0]);
             *required.entry(r.name.clone()).or_insert(false) |= !omittable;
             let schema = if r.whole {
-                schema_at(&node_schema, &r.path).cloned().unwrap_or(json!({}))
+                schema_at(&node_schema, &r.path)
+                    .cloned()
+                    .unwrap_or(json!({}))
             } else {
                 json!({"type": ["string", "number", "integer", "boolean"]})
             };
@@ -470,7 +582,11 @@ fn derive_input_schema(spec: &WorkflowSpec, nodes: &[PlanNode]) -> Result<Value>
         props.insert(name.clone(), schema.clone());
         required.entry(name.clone()).or_insert(false);
     }
-    let required: Vec<&String> = required.iter().filter(|(_, r)| **r).map(|(k, _)| k).collect();
+    let required: Vec<&String> = required
+        .iter()
+        .filter(|(_, r)| **r)
+        .map(|(k, _)| k)
+        .collect();
     Ok(json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "type": "object",
@@ -514,7 +630,11 @@ pub(crate) fn check(schema: &Value, v: &Value) -> std::result::Result<(), String
             _ => true,
         };
         if !types.is_empty() && !types.iter().any(|t| fits(t)) {
-            return Err(format!("expected {}, got {}", types.join(" or "), crate::value::describe(v)));
+            return Err(format!(
+                "expected {}, got {}",
+                types.join(" or "),
+                crate::value::describe(v)
+            ));
         }
     }
     if let Some(e) = schema.get("enum").and_then(Value::as_array) {
@@ -539,7 +659,13 @@ pub(crate) fn check(schema: &Value, v: &Value) -> std::result::Result<(), String
     }
     if let Some(obj) = v.as_object() {
         let props = properties(schema);
-        for req in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+        for req in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
             if !obj.contains_key(req) {
                 return Err(format!("missing required property `{req}`"));
             }
@@ -548,7 +674,10 @@ pub(crate) fn check(schema: &Value, v: &Value) -> std::result::Result<(), String
             match props.and_then(|p| p.get(k)) {
                 Some(s) => check(s, item).map_err(|e| format!("`{k}`: {e}"))?,
                 None if closed(schema) => {
-                    let hint = did_you_mean(k, props.into_iter().flat_map(|p| p.keys().map(String::as_str)));
+                    let hint = did_you_mean(
+                        k,
+                        props.into_iter().flat_map(|p| p.keys().map(String::as_str)),
+                    );
                     return Err(format!("unknown property `{k}`{hint}"));
                 }
                 None => {}

@@ -72,7 +72,14 @@ struct State<'p> {
 impl<'p> State<'p> {
     fn new(plan: &'p Plan, inputs: Map<String, Value>) -> Self {
         let n = plan.nodes.len();
-        State { plan, inputs, status: vec![Status::Pending; n], outputs: vec![None; n], timings: BTreeMap::new(), error: None }
+        State {
+            plan,
+            inputs,
+            status: vec![Status::Pending; n],
+            outputs: vec![None; n],
+            timings: BTreeMap::new(),
+            error: None,
+        }
     }
 
     /// The input of node `i`: its rendered params plus its connections.
@@ -82,11 +89,18 @@ impl<'p> State<'p> {
             return Next::Skip;
         }
         let joins_any = node.kind.joins_any();
-        let mut input = match node.params.render(&self.inputs, &|k| node.optional.iter().any(|o| o == k)) {
+        let mut input = match node
+            .params
+            .render(&self.inputs, &|k| node.optional.iter().any(|o| o == k))
+        {
             Ok(v) => v.unwrap_or(Value::Object(Map::new())),
             Err(name) => {
                 return Next::Fail(
-                    Error::new(ErrorCode::Validation, format!("node `{}`: the run input `{name}` is missing", node.id)).with_field(name),
+                    Error::new(
+                        ErrorCode::Validation,
+                        format!("node `{}`: the run input `{name}` is missing", node.id),
+                    )
+                    .with_field(name),
                 )
             }
         };
@@ -100,7 +114,9 @@ impl<'p> State<'p> {
                         delivered += 1;
                     }
                     // The branch a switch did not take.
-                    None if matches!(e.from_path[0].as_str(), "true_output" | "false_output") && out.get("branch").is_some() => {
+                    None if matches!(e.from_path[0].as_str(), "true_output" | "false_output")
+                        && out.get("branch").is_some() =>
+                    {
                         if !joins_any {
                             return Next::Skip;
                         }
@@ -147,7 +163,12 @@ impl<'p> State<'p> {
             let message = if e.message().contains(&format!("node `{}`", node.id)) {
                 e.message().to_string()
             } else {
-                format!("node `{}` ({}) failed: {}", node.id, node.node_type, e.message())
+                format!(
+                    "node `{}` ({}) failed: {}",
+                    node.id,
+                    node.node_type,
+                    e.message()
+                )
             };
             let mut err = Error::new(e.kind(), message).with_node(&node.id);
             if let Some(m) = e.model() {
@@ -182,34 +203,66 @@ impl<'p> State<'p> {
             return Err(e.with_completed(self.results()));
         }
         let plan = self.plan;
-        let skipped = plan.nodes.iter().zip(&self.status).filter(|(_, s)| **s == Status::Skipped).map(|(n, _)| n.id.clone()).collect();
-        let results = plan.nodes.iter().zip(self.outputs).filter_map(|(n, o)| o.map(|v| (n.id.clone(), v))).collect();
-        Ok(Run { run_id, results, timings: self.timings, skipped, duration: started.elapsed() })
+        let skipped = plan
+            .nodes
+            .iter()
+            .zip(&self.status)
+            .filter(|(_, s)| **s == Status::Skipped)
+            .map(|(n, _)| n.id.clone())
+            .collect();
+        let results = plan
+            .nodes
+            .iter()
+            .zip(self.outputs)
+            .filter_map(|(n, o)| o.map(|v| (n.id.clone(), v)))
+            .collect();
+        Ok(Run {
+            run_id,
+            results,
+            timings: self.timings,
+            skipped,
+            duration: started.elapsed(),
+        })
     }
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "a panic".into())
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
 }
 
 impl WorkflowRuntime {
     /// Runs `workflow` with `inputs` (an object matching its input schema).
     pub async fn execute(&self, workflow: &Workflow, inputs: Value) -> Result<Run> {
-        self.execute_with_id(workflow, inputs, uuid::Uuid::now_v7().to_string()).await
+        self.execute_with_id(workflow, inputs, uuid::Uuid::now_v7().to_string())
+            .await
     }
 
     /// Like [`execute`](Self::execute) with a caller-chosen run id.
-    pub async fn execute_with_id(&self, workflow: &Workflow, inputs: Value, run_id: String) -> Result<Run> {
+    pub async fn execute_with_id(
+        &self,
+        workflow: &Workflow,
+        inputs: Value,
+        run_id: String,
+    ) -> Result<Run> {
         let plan = &workflow.plan;
         let inputs = validate_inputs(plan, inputs)?;
         if plan.spec.transactional {
-            self.run_transactional(workflow.clone(), inputs, run_id).await
+            self.run_transactional(workflow.clone(), inputs, run_id)
+                .await
         } else {
             self.run_concurrent(plan, inputs, run_id).await
         }
     }
 
-    async fn run_concurrent(&self, plan: &Plan, inputs: Map<String, Value>, run_id: String) -> Result<Run> {
+    async fn run_concurrent(
+        &self,
+        plan: &Plan,
+        inputs: Map<String, Value>,
+        run_id: String,
+    ) -> Result<Run> {
         let started = Instant::now();
         let deadline = plan.timeout.map(|t| tokio::time::Instant::now() + t);
         let mut state = State::new(plan, inputs);
@@ -218,16 +271,29 @@ impl WorkflowRuntime {
         // model node's database work already runs on the blocking pool, and
         // skipping the extra hop keeps a one-node run as fast as a direct call.
         let mut inflight: Vec<InFlight> = Vec::new();
-        let mut ready: Vec<usize> = plan.order.iter().copied().filter(|i| waiting[*i] == 0).collect();
+        let mut ready: Vec<usize> = plan
+            .order
+            .iter()
+            .copied()
+            .filter(|i| waiting[*i] == 0)
+            .collect();
         loop {
             while let Some(i) = ready.pop() {
                 match state.next(i) {
                     Next::Run(input) => {
                         state.status[i] = Status::Running;
                         let node = &plan.nodes[i];
-                        let (db, kind, id, run) = (self.db.clone(), node.kind, node.id.clone(), run_id.clone());
-                        let fut: NodeFut = Box::pin(async move { db.execute_ref(kind, &id, input, Some(&run)).await });
-                        inflight.push(InFlight { node: i, started: Instant::now(), fut });
+                        let (db, kind, id, run) =
+                            (self.db.clone(), node.kind, node.id.clone(), run_id.clone());
+                        let fut: NodeFut =
+                            Box::pin(
+                                async move { db.execute_ref(kind, &id, input, Some(&run)).await },
+                            );
+                        inflight.push(InFlight {
+                            node: i,
+                            started: Instant::now(),
+                            fut,
+                        });
                     }
                     Next::Fail(e) => state.fail(i, e),
                     Next::Skip => {
@@ -248,7 +314,10 @@ impl WorkflowRuntime {
                     Ok(done) => done,
                     Err(_) => {
                         let ms = plan.timeout.unwrap_or_default().as_millis();
-                        let running: Vec<&str> = inflight.iter().map(|f| plan.nodes[f.node].id.as_str()).collect();
+                        let running: Vec<&str> = inflight
+                            .iter()
+                            .map(|f| plan.nodes[f.node].id.as_str())
+                            .collect();
                         let e = Error::new(ErrorCode::Timeout, format!("the workflow run exceeded its timeout of {ms} ms (still running: {})", running.join(", ")));
                         let e = match running.first() {
                             Some(n) => e.with_node(*n),
@@ -258,7 +327,12 @@ impl WorkflowRuntime {
                     }
                 },
             };
-            let result = result.unwrap_or_else(|why| Err(Error::new(ErrorCode::Internal, format!("node `{}` panicked: {why}", plan.nodes[i].id))));
+            let result = result.unwrap_or_else(|why| {
+                Err(Error::new(
+                    ErrorCode::Internal,
+                    format!("node `{}` panicked: {why}", plan.nodes[i].id),
+                ))
+            });
             state.finish(i, result, took);
             if state.status[i] == Status::Done {
                 release(plan, &mut waiting, &mut ready, i);
@@ -267,7 +341,12 @@ impl WorkflowRuntime {
         state.into_run(run_id, started)
     }
 
-    async fn run_transactional(&self, workflow: Workflow, inputs: Map<String, Value>, run_id: String) -> Result<Run> {
+    async fn run_transactional(
+        &self,
+        workflow: Workflow,
+        inputs: Map<String, Value>,
+        run_id: String,
+    ) -> Result<Run> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
@@ -277,12 +356,20 @@ impl WorkflowRuntime {
             let mut state = State::new(plan, inputs);
             // Any failure rolls every model node back; `state` keeps what ran.
             let outcome = match &mut *conn {
-                AnyConnection::Sqlite(c) => c.write_transaction(|c| run_in_order(&db, c, &mut state, &run_id, deadline)),
-                AnyConnection::Postgresql(c) => c.write_transaction(|c| run_in_order(&db, c, &mut state, &run_id, deadline)),
+                AnyConnection::Sqlite(c) => {
+                    c.write_transaction(|c| run_in_order(&db, c, &mut state, &run_id, deadline))
+                }
+                AnyConnection::Postgresql(c) => {
+                    c.write_transaction(|c| run_in_order(&db, c, &mut state, &run_id, deadline))
+                }
             };
             match outcome {
                 Ok(()) => state.into_run(run_id, started),
-                Err(e) => Err(state.error.take().unwrap_or(e).with_completed(state.results())),
+                Err(e) => Err(state
+                    .error
+                    .take()
+                    .unwrap_or(e)
+                    .with_completed(state.results())),
             }
         })
         .await
@@ -300,9 +387,14 @@ struct InFlight {
 
 /// Polls every in-flight node once; the first to finish is removed and
 /// returned. A panic inside a node's future is caught as that node's result.
-fn poll_any(inflight: &mut Vec<InFlight>, cx: &mut Context<'_>) -> Poll<(usize, std::result::Result<Result<Value>, String>, Duration)> {
+fn poll_any(
+    inflight: &mut Vec<InFlight>,
+    cx: &mut Context<'_>,
+) -> Poll<(usize, std::result::Result<Result<Value>, String>, Duration)> {
     for k in 0..inflight.len() {
-        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inflight[k].fut.as_mut().poll(cx)));
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inflight[k].fut.as_mut().poll(cx)
+        }));
         let outcome = match polled {
             Ok(Poll::Pending) => continue,
             Ok(Poll::Ready(r)) => Ok(r),
@@ -326,14 +418,25 @@ fn release(plan: &Plan, waiting: &mut [usize], ready: &mut Vec<usize>, i: usize)
 
 /// The transactional body: nodes in topological order on one connection.
 /// Returning an error rolls the transaction back.
-fn run_in_order<C: Conn>(db: &DataFlow, conn: &mut C, state: &mut State, run_id: &str, deadline: Option<Instant>) -> Result<()> {
+fn run_in_order<C: Conn>(
+    db: &DataFlow,
+    conn: &mut C,
+    state: &mut State,
+    run_id: &str,
+    deadline: Option<Instant>,
+) -> Result<()> {
     let plan = state.plan;
     for &i in &plan.order {
         if let Some(d) = deadline {
             if Instant::now() > d {
                 let ms = plan.timeout.unwrap_or_default().as_millis();
-                let e = Error::new(ErrorCode::Timeout, format!("the workflow run exceeded its timeout of {ms} ms; nothing was committed"))
-                    .with_node(&plan.nodes[i].id);
+                let e = Error::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "the workflow run exceeded its timeout of {ms} ms; nothing was committed"
+                    ),
+                )
+                .with_node(&plan.nodes[i].id);
                 state.error = Some(e.clone());
                 return Err(e);
             }
@@ -342,11 +445,19 @@ fn run_in_order<C: Conn>(db: &DataFlow, conn: &mut C, state: &mut State, run_id:
             Next::Run(input) => {
                 let node = &plan.nodes[i];
                 let t = Instant::now();
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match node.kind {
-                    NodeRef::Model(m, op) => db.run_model_on(conn, m, op, &input),
-                    NodeRef::Custom(_) => db.execute_ref_blocking_custom(node.kind, &node.id, &input, run_id),
-                }))
-                .unwrap_or_else(|p| Err(Error::new(ErrorCode::Internal, format!("node `{}` panicked: {}", node.id, panic_message(&*p)))));
+                let r =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match node.kind {
+                        NodeRef::Model(m, op) => db.run_model_on(conn, m, op, &input),
+                        NodeRef::Custom(_) => {
+                            db.execute_ref_blocking_custom(node.kind, &node.id, &input, run_id)
+                        }
+                    }))
+                    .unwrap_or_else(|p| {
+                        Err(Error::new(
+                            ErrorCode::Internal,
+                            format!("node `{}` panicked: {}", node.id, panic_message(&*p)),
+                        ))
+                    });
                 state.finish(i, r, t.elapsed());
             }
             Next::Fail(e) => state.fail(i, e),
@@ -369,7 +480,13 @@ fn validate_inputs(plan: &Plan, inputs: Value) -> Result<Map<String, Value>> {
         Value::Object(m) => m,
         Value::Null => Map::new(),
         other => {
-            return Err(Error::new(ErrorCode::Validation, format!("workflow inputs must be an object, got {}", crate::value::describe(&other))))
+            return Err(Error::new(
+                ErrorCode::Validation,
+                format!(
+                    "workflow inputs must be an object, got {}",
+                    crate::value::describe(&other)
+                ),
+            ))
         }
     };
     let schema = &plan.input_schema;
@@ -377,18 +494,34 @@ fn validate_inputs(plan: &Plan, inputs: Value) -> Result<Map<String, Value>> {
     let props = schema["properties"].as_object().unwrap_or(&empty);
     for (k, v) in &map {
         let Some(s) = props.get(k) else {
-            let hint = crate::value::suggest(k, props.keys().map(String::as_str)).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+            let hint = crate::value::suggest(k, props.keys().map(String::as_str))
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
             return Err(Error::new(
                 ErrorCode::Validation,
-                format!("unknown workflow input `{k}`{hint}; the inputs are: {}", props.keys().cloned().collect::<Vec<_>>().join(", ")),
+                format!(
+                    "unknown workflow input `{k}`{hint}; the inputs are: {}",
+                    props.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
             )
             .with_field(k));
         };
-        check(s, v).map_err(|e| Error::new(ErrorCode::Validation, format!("workflow input `{k}`: {e}")).with_field(k))?;
+        check(s, v).map_err(|e| {
+            Error::new(ErrorCode::Validation, format!("workflow input `{k}`: {e}")).with_field(k)
+        })?;
     }
-    for req in schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+    for req in schema["required"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
         if !map.contains_key(req) {
-            return Err(Error::new(ErrorCode::Validation, format!("missing required workflow input `{req}`")).with_field(req));
+            return Err(Error::new(
+                ErrorCode::Validation,
+                format!("missing required workflow input `{req}`"),
+            )
+            .with_field(req));
         }
     }
     Ok(map)

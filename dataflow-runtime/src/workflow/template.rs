@@ -32,7 +32,8 @@ pub struct Ref {
 
 fn is_name(s: &str) -> bool {
     let mut c = s.chars();
-    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_') && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
+        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
 }
 
 /// Splits a string into literal text and template names.
@@ -84,8 +85,12 @@ pub fn compile(v: &Value) -> Tpl {
         _ => Tpl::Literal(v.clone()),
     };
     match t {
-        Tpl::Array(items) if items.iter().all(|t| matches!(t, Tpl::Literal(_))) => Tpl::Literal(v.clone()),
-        Tpl::Object(items) if items.iter().all(|(_, t)| matches!(t, Tpl::Literal(_))) => Tpl::Literal(v.clone()),
+        Tpl::Array(items) if items.iter().all(|t| matches!(t, Tpl::Literal(_))) => {
+            Tpl::Literal(v.clone())
+        }
+        Tpl::Object(items) if items.iter().all(|(_, t)| matches!(t, Tpl::Literal(_))) => {
+            Tpl::Literal(v.clone())
+        }
         t => t,
     }
 }
@@ -100,11 +105,19 @@ impl Tpl {
     fn collect(&self, path: &mut Vec<String>, out: &mut Vec<Ref>) {
         match self {
             Tpl::Literal(_) => {}
-            Tpl::Whole(name) => out.push(Ref { name: name.clone(), path: path.clone(), whole: true }),
+            Tpl::Whole(name) => out.push(Ref {
+                name: name.clone(),
+                path: path.clone(),
+                whole: true,
+            }),
             Tpl::Text(p) => {
                 for piece in p {
                     if let Piece::Input(name) = piece {
-                        out.push(Ref { name: name.clone(), path: path.clone(), whole: false });
+                        out.push(Ref {
+                            name: name.clone(),
+                            path: path.clone(),
+                            whole: false,
+                        });
                     }
                 }
             }
@@ -128,11 +141,20 @@ impl Tpl {
     /// Renders with `inputs`. `Ok(None)`: a whole-string template whose input
     /// is missing (the caller decides whether the parameter may be omitted).
     /// `Err(name)`: a missing input that cannot be omitted.
-    pub fn render(&self, inputs: &Map<String, Value>, omittable: &dyn Fn(&str) -> bool) -> Result<Option<Value>, String> {
+    pub fn render(
+        &self,
+        inputs: &Map<String, Value>,
+        omittable: &dyn Fn(&str) -> bool,
+    ) -> Result<Option<Value>, String> {
         self.render_at(inputs, omittable, 0)
     }
 
-    fn render_at(&self, inputs: &Map<String, Value>, omittable: &dyn Fn(&str) -> bool, depth: usize) -> Result<Option<Value>, String> {
+    fn render_at(
+        &self,
+        inputs: &Map<String, Value>,
+        omittable: &dyn Fn(&str) -> bool,
+        depth: usize,
+    ) -> Result<Option<Value>, String> {
         Ok(Some(match self {
             Tpl::Literal(v) => v.clone(),
             Tpl::Whole(name) => match inputs.get(name) {
@@ -156,7 +178,10 @@ impl Tpl {
             Tpl::Array(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for t in items {
-                    out.push(t.render_at(inputs, omittable, depth + 1)?.unwrap_or(Value::Null));
+                    out.push(
+                        t.render_at(inputs, omittable, depth + 1)?
+                            .unwrap_or(Value::Null),
+                    );
                 }
                 Value::Array(out)
             }
@@ -190,22 +215,45 @@ mod tests {
 
     #[test]
     fn whole_templates_keep_the_json_type() {
-        let out = render(&json!({"n": "{{n}}", "s": "${s}", "deep": [{"x": "{{ n }}"}]}), json!({"n": 5, "s": [1]}));
-        assert_eq!(out.unwrap().unwrap(), json!({"n": 5, "s": [1], "deep": [{"x": 5}]}));
+        let out = render(
+            &json!({"n": "{{n}}", "s": "${s}", "deep": [{"x": "{{ n }}"}]}),
+            json!({"n": 5, "s": [1]}),
+        );
+        assert_eq!(
+            out.unwrap().unwrap(),
+            json!({"n": 5, "s": [1], "deep": [{"x": 5}]})
+        );
     }
 
     #[test]
     fn text_templates_interpolate_and_sql_placeholders_stay() {
-        let out = render(&json!({"q": "hi {{name}}, $1 and ${ and {{not a name}}"}), json!({"name": "Ann"}));
-        assert_eq!(out.unwrap().unwrap(), json!({"q": "hi Ann, $1 and ${ and {{not a name}}"}));
+        let out = render(
+            &json!({"q": "hi {{name}}, $1 and ${ and {{not a name}}"}),
+            json!({"name": "Ann"}),
+        );
+        assert_eq!(
+            out.unwrap().unwrap(),
+            json!({"q": "hi Ann, $1 and ${ and {{not a name}}"})
+        );
         assert!(matches!(compile(&json!("$1")), Tpl::Literal(_)));
     }
 
     #[test]
     fn missing_inputs_omit_optional_parameters_only() {
-        assert_eq!(render(&json!({"opt": "{{x}}", "a": 1}), json!({})).unwrap().unwrap(), json!({"a": 1}));
-        assert_eq!(render(&json!({"req": "{{x}}"}), json!({})).unwrap_err(), "x");
-        assert_eq!(render(&json!({"opt": "a {{x}}"}), json!({})).unwrap_err(), "x");
+        assert_eq!(
+            render(&json!({"opt": "{{x}}", "a": 1}), json!({}))
+                .unwrap()
+                .unwrap(),
+            json!({"a": 1})
+        );
+        assert_eq!(
+            render(&json!({"req": "{{x}}"}), json!({})).unwrap_err(),
+            "x"
+        );
+        assert_eq!(
+            render(&json!({"opt": "a {{x}}"}), json!({})).unwrap_err(),
+            "x"
+        );
     }
 
     #[test]
