@@ -75,11 +75,23 @@ struct Cfg {
 
 impl Cfg {
     fn full() -> Cfg {
-        Cfg { full: true, rounds: 5, ops: 5_000, bulk_rows: 100_000, warmup: 300 }
+        Cfg {
+            full: true,
+            rounds: 5,
+            ops: 5_000,
+            bulk_rows: 100_000,
+            warmup: 300,
+        }
     }
 
     fn smoke() -> Cfg {
-        Cfg { full: false, rounds: 1, ops: 20, bulk_rows: 1_000, warmup: 5 }
+        Cfg {
+            full: false,
+            rounds: 1,
+            ops: 20,
+            bulk_rows: 1_000,
+            warmup: 5,
+        }
     }
 
     /// Whether a round that has done `done` ops should go on.
@@ -111,7 +123,10 @@ impl Input {
     fn into_json(self) -> Value {
         let mut m = Map::with_capacity(4);
         m.insert("email".into(), Value::String(self.email));
-        m.insert("full_name".into(), self.full_name.map_or(Value::Null, Value::String));
+        m.insert(
+            "full_name".into(),
+            self.full_name.map_or(Value::Null, Value::String),
+        );
         m.insert("active".into(), Value::Bool(self.active));
         m.insert("age".into(), Value::from(self.age));
         Value::Object(m)
@@ -130,14 +145,15 @@ trait Raw: 'static {
     fn pool(url: &str) -> Pool<ConnectionManager<Self::Conn>>;
     /// INSERT … RETURNING every column; the new id.
     fn create(c: &mut Self::Conn, input: Input) -> QueryResult<String>;
-    /// SELECT every column WHERE id = ? LIMIT 1; the email.
+    /// SELECT every column WHERE id = ? (the node adds `LIMIT 1`); the email.
     fn read(c: &mut Self::Conn, id: &str) -> QueryResult<String>;
     /// SELECT every column WHERE active = true ORDER BY id LIMIT 20; the ids.
     fn list(c: &mut Self::Conn) -> QueryResult<Vec<String>>;
-    /// `list` with a plain `ORDER BY id ASC` (a diagnostic).
-    fn list_plain(c: &mut Self::Conn) -> QueryResult<Vec<String>>;
-    /// Whether `list_plain` is different SQL from `list` on this backend.
-    const LIST_PLAIN_DIFFERS: bool;
+    /// A variant of the raw query of `kind` worth measuring on this backend
+    /// (a diagnostic printed under the table), and what it changes.
+    fn alt(kind: Kind) -> Option<&'static str>;
+    fn read_alt(c: &mut Self::Conn, id: &str) -> QueryResult<String>;
+    fn list_alt(c: &mut Self::Conn) -> QueryResult<Vec<String>>;
     /// Multi-row INSERTs of `batch` rows in one transaction; the new ids.
     fn bulk(c: &mut Self::Conn, inputs: Vec<Input>, batch: usize) -> QueryResult<Vec<String>>;
     fn count_like(c: &mut Self::Conn, pattern: &str) -> QueryResult<i64>;
@@ -176,10 +192,12 @@ mod sqlite_raw {
         }
     }
 
-    /// `treat_none_as_null`: a `None` binds NULL (as the runtime does), so a
-    /// slice of rows is one multi-row INSERT on SQLite.
+    /// `treat_none_as_default_value = false`: a `None` binds NULL (as the
+    /// runtime does) instead of meaning DEFAULT. Without it diesel 2.3 wraps
+    /// every field as "maybe DEFAULT", and on SQLite (no DEFAULT in VALUES) a
+    /// slice of rows then runs as one INSERT per row instead of one multi-row INSERT.
     #[derive(Insertable)]
-    #[diesel(table_name = bench_users, treat_none_as_null = true)]
+    #[diesel(table_name = bench_users, treat_none_as_default_value = false)]
     struct NewRow {
         id: String,
         email: String,
@@ -229,7 +247,7 @@ mod sqlite_raw {
             use diesel::connection::SimpleConnection;
             c.batch_execute(&format!(
                 "PRAGMA busy_timeout = {}; PRAGMA foreign_keys = ON; PRAGMA case_sensitive_like = ON; \
-                 PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
+                 PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16384;",
                 CONNECT_TIMEOUT.as_millis()
             ))
             .map_err(diesel::r2d2::Error::QueryError)
@@ -255,21 +273,35 @@ mod sqlite_raw {
 
         fn create(c: &mut SqliteConnection, input: Input) -> QueryResult<String> {
             let row = new_row(input, &now());
-            let r: Row = diesel::insert_into(bench_users::table)
+            // `get_results`, not `get_result`: stepping the statement to DONE is
+            // what runs SQLite's WAL auto-checkpoint hook (as the node's query
+            // does). `get_result` resets after the first row, so its commits never
+            // checkpoint and leave that work to whichever connection steps to DONE.
+            let mut rows: Vec<Row> = diesel::insert_into(bench_users::table)
                 .values(&row)
                 .returning(Row::as_returning())
-                .get_result(c)?;
-            Ok(r.id)
+                .get_results(c)?;
+            rows.pop()
+                .map(|r| r.id)
+                .ok_or(diesel::result::Error::NotFound)
         }
 
         fn read(c: &mut SqliteConnection, id: &str) -> QueryResult<String> {
-            let r: Row = bench_users::table.find(id).select(Row::as_select()).first(c)?;
+            // No LIMIT: the node's literal `LIMIT 1` has no typed-diesel spelling,
+            // and diesel's bound `LIMIT ?` (`.first()`) costs a re-prepare per call
+            // on SQLite >= 3.4x (see `read_alt`). On a primary key the plan is the same.
+            let r: Row = bench_users::table
+                .find(id)
+                .select(Row::as_select())
+                .get_result(c)?;
             Ok(r.email)
         }
 
         fn list(c: &mut SqliteConnection) -> QueryResult<Vec<String>> {
             // SQLite sorts NULLs first in ASC order anyway; the node's explicit
             // `ASC NULLS FIRST` has the same plan (index scan on the primary key).
+            // Diesel binds the LIMIT, which on this SQLite means a re-prepare per
+            // call; typed diesel has no literal LIMIT.
             let rows: Vec<Row> = bench_users::table
                 .filter(bench_users::active.eq(true))
                 .order(bench_users::id.asc())
@@ -279,18 +311,37 @@ mod sqlite_raw {
             Ok(rows.into_iter().map(|r| r.id).collect())
         }
 
-        const LIST_PLAIN_DIFFERS: bool = false;
+        fn alt(kind: Kind) -> Option<&'static str> {
+            match kind {
+                Kind::Read => Some("raw diesel with .first() (bound LIMIT ?: SQLite re-prepares the statement on every bind)"),
+                _ => None,
+            }
+        }
 
-        fn list_plain(c: &mut SqliteConnection) -> QueryResult<Vec<String>> {
+        fn read_alt(c: &mut SqliteConnection, id: &str) -> QueryResult<String> {
+            let r: Row = bench_users::table
+                .find(id)
+                .select(Row::as_select())
+                .first(c)?;
+            Ok(r.email)
+        }
+
+        fn list_alt(c: &mut SqliteConnection) -> QueryResult<Vec<String>> {
             Self::list(c)
         }
 
-        fn bulk(c: &mut SqliteConnection, inputs: Vec<Input>, batch: usize) -> QueryResult<Vec<String>> {
+        fn bulk(
+            c: &mut SqliteConnection,
+            inputs: Vec<Input>,
+            batch: usize,
+        ) -> QueryResult<Vec<String>> {
             let now = now();
             let rows: Vec<NewRow> = inputs.into_iter().map(|i| new_row(i, &now)).collect();
             c.immediate_transaction(|c| {
                 for chunk in rows.chunks(batch) {
-                    diesel::insert_into(bench_users::table).values(chunk).execute(c)?;
+                    diesel::insert_into(bench_users::table)
+                        .values(chunk)
+                        .execute(c)?;
                 }
                 QueryResult::Ok(())
             })?;
@@ -298,7 +349,10 @@ mod sqlite_raw {
         }
 
         fn count_like(c: &mut SqliteConnection, pattern: &str) -> QueryResult<i64> {
-            bench_users::table.filter(bench_users::email.like(pattern)).count().get_result(c)
+            bench_users::table
+                .filter(bench_users::email.like(pattern))
+                .count()
+                .get_result(c)
         }
 
         fn count_all(c: &mut SqliteConnection) -> QueryResult<i64> {
@@ -315,7 +369,10 @@ mod sqlite_raw {
                  FROM pragma_table_info('bench_users') ORDER BY cid",
             )
             .load(c)?;
-            Ok(cols.into_iter().map(|c| (c.name, c.ty, c.nullable)).collect())
+            Ok(cols
+                .into_iter()
+                .map(|c| (c.name, c.ty, c.nullable))
+                .collect())
         }
 
         fn expected_columns() -> Vec<(&'static str, &'static str, bool)> {
@@ -331,7 +388,10 @@ mod sqlite_raw {
         }
 
         fn version(c: &mut SqliteConnection) -> QueryResult<String> {
-            let v: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>("sqlite_version()")).get_result(c)?;
+            let v: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+                "sqlite_version()",
+            ))
+            .get_result(c)?;
             Ok(format!("SQLite {v}"))
         }
     }
@@ -354,7 +414,7 @@ mod pg_raw {
     }
 
     #[derive(Insertable)]
-    #[diesel(table_name = bench_users, treat_none_as_null = true)]
+    #[diesel(table_name = bench_users, treat_none_as_default_value = false)]
     struct NewRow {
         id: String,
         email: String,
@@ -408,15 +468,20 @@ mod pg_raw {
 
         fn create(c: &mut PgConnection, input: Input) -> QueryResult<String> {
             let row = new_row(input, Utc::now());
-            let r: Row = diesel::insert_into(bench_users::table)
+            let mut rows: Vec<Row> = diesel::insert_into(bench_users::table)
                 .values(&row)
                 .returning(Row::as_returning())
-                .get_result(c)?;
-            Ok(r.id)
+                .get_results(c)?;
+            rows.pop()
+                .map(|r| r.id)
+                .ok_or(diesel::result::Error::NotFound)
         }
 
         fn read(c: &mut PgConnection, id: &str) -> QueryResult<String> {
-            let r: Row = bench_users::table.find(id).select(Row::as_select()).first(c)?;
+            let r: Row = bench_users::table
+                .find(id)
+                .select(Row::as_select())
+                .get_result(c)?;
             Ok(r.email)
         }
 
@@ -431,9 +496,18 @@ mod pg_raw {
             Ok(rows.into_iter().map(|r| r.id).collect())
         }
 
-        const LIST_PLAIN_DIFFERS: bool = true;
+        fn alt(kind: Kind) -> Option<&'static str> {
+            match kind {
+                Kind::List => Some("raw diesel with plain ORDER BY id ASC (no NULLS FIRST: the primary key index serves it)"),
+                _ => None,
+            }
+        }
 
-        fn list_plain(c: &mut PgConnection) -> QueryResult<Vec<String>> {
+        fn read_alt(c: &mut PgConnection, id: &str) -> QueryResult<String> {
+            Self::read(c, id)
+        }
+
+        fn list_alt(c: &mut PgConnection) -> QueryResult<Vec<String>> {
             // What the primary-key index can serve without a sort.
             let rows: Vec<Row> = bench_users::table
                 .filter(bench_users::active.eq(true))
@@ -444,12 +518,18 @@ mod pg_raw {
             Ok(rows.into_iter().map(|r| r.id).collect())
         }
 
-        fn bulk(c: &mut PgConnection, inputs: Vec<Input>, batch: usize) -> QueryResult<Vec<String>> {
+        fn bulk(
+            c: &mut PgConnection,
+            inputs: Vec<Input>,
+            batch: usize,
+        ) -> QueryResult<Vec<String>> {
             let now = Utc::now();
             let rows: Vec<NewRow> = inputs.into_iter().map(|i| new_row(i, now)).collect();
             c.transaction(|c| {
                 for chunk in rows.chunks(batch) {
-                    diesel::insert_into(bench_users::table).values(chunk).execute(c)?;
+                    diesel::insert_into(bench_users::table)
+                        .values(chunk)
+                        .execute(c)?;
                 }
                 QueryResult::Ok(())
             })?;
@@ -457,7 +537,10 @@ mod pg_raw {
         }
 
         fn count_like(c: &mut PgConnection, pattern: &str) -> QueryResult<i64> {
-            bench_users::table.filter(bench_users::email.like(pattern)).count().get_result(c)
+            bench_users::table
+                .filter(bench_users::email.like(pattern))
+                .count()
+                .get_result(c)
         }
 
         fn count_all(c: &mut PgConnection) -> QueryResult<i64> {
@@ -465,7 +548,9 @@ mod pg_raw {
         }
 
         fn clear(c: &mut PgConnection) -> QueryResult<()> {
-            diesel::sql_query("TRUNCATE bench_users").execute(c).map(drop)
+            diesel::sql_query("TRUNCATE bench_users")
+                .execute(c)
+                .map(drop)
         }
 
         fn columns(c: &mut PgConnection) -> QueryResult<Vec<(String, String, bool)>> {
@@ -475,7 +560,10 @@ mod pg_raw {
                  ORDER BY ordinal_position",
             )
             .load(c)?;
-            Ok(cols.into_iter().map(|c| (c.name, c.ty, c.nullable)).collect())
+            Ok(cols
+                .into_iter()
+                .map(|c| (c.name, c.ty, c.nullable))
+                .collect())
         }
 
         fn expected_columns() -> Vec<(&'static str, &'static str, bool)> {
@@ -491,8 +579,10 @@ mod pg_raw {
         }
 
         fn version(c: &mut PgConnection) -> QueryResult<String> {
-            let v: String =
-                diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>("current_setting('server_version')")).get_result(c)?;
+            let v: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+                "current_setting('server_version')",
+            ))
+            .get_result(c)?;
             Ok(format!("PostgreSQL {v}"))
         }
     }
@@ -506,8 +596,8 @@ mod pg_raw {
 enum Path {
     Node,
     Raw,
-    /// Raw List with a plain `ORDER BY id ASC` instead of the node's `ASC NULLS FIRST`.
-    RawPlainOrder,
+    /// A variant of the raw query (`Raw::alt`).
+    RawAlt,
     /// `spawn_blocking` + pool checkout and no query: the fixed cost both paths pay.
     Floor,
 }
@@ -517,7 +607,7 @@ impl Path {
         match self {
             Path::Node => "node path",
             Path::Raw => "raw diesel",
-            Path::RawPlainOrder => "raw diesel with plain ORDER BY id ASC (no NULLS FIRST)",
+            Path::RawAlt => "a raw diesel variant (Raw::alt)",
             Path::Floor => "floor: spawn_blocking + pool checkout, no query",
         }
     }
@@ -534,11 +624,25 @@ struct Line {
     name: String,
     unit: &'static str,
     rates: Vec<(Path, Vec<f64>)>,
+    /// What `Path::RawAlt` is on this line.
+    alt: Option<&'static str>,
 }
 
 impl Line {
     fn new(name: impl Into<String>, unit: &'static str, paths: &[Path]) -> Line {
-        Line { name: name.into(), unit, rates: paths.iter().map(|p| (*p, Vec::new())).collect() }
+        Line {
+            name: name.into(),
+            unit,
+            rates: paths.iter().map(|p| (*p, Vec::new())).collect(),
+            alt: None,
+        }
+    }
+
+    fn describe(&self, path: Path) -> &'static str {
+        match (path, self.alt) {
+            (Path::RawAlt, Some(alt)) => alt,
+            _ => path.describe(),
+        }
     }
 
     fn paths(&self) -> Vec<Path> {
@@ -552,7 +656,10 @@ impl Line {
     }
 
     fn rounds(&self, path: Path) -> &[f64] {
-        self.rates.iter().find(|(p, _)| *p == path).map_or(&[], |(_, v)| v)
+        self.rates
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map_or(&[], |(_, v)| v)
     }
 
     fn median(&self, path: Path) -> f64 {
@@ -574,6 +681,19 @@ fn median(xs: &[f64]) -> f64 {
     }
 }
 
+/// The paths measured for `kind`: node and raw, plus the backend's raw
+/// variant and, with `floor`, the fixed cost.
+fn paths<B: Raw>(kind: Kind, floor: bool) -> Vec<Path> {
+    let mut paths = vec![Path::Node, Path::Raw];
+    if B::alt(kind).is_some() {
+        paths.push(Path::RawAlt);
+    }
+    if floor {
+        paths.push(Path::Floor);
+    }
+    paths
+}
+
 /// The paths of round `round` in running order, rotated every round so each
 /// path runs first equally often and all see the same drift.
 fn rotation(paths: &[Path], round: usize) -> Vec<Path> {
@@ -581,6 +701,13 @@ fn rotation(paths: &[Path], round: usize) -> Vec<Path> {
     let n = v.len().max(1);
     v.rotate_left(round % n);
     v
+}
+
+/// `{"id": id}` without `json!`, which would clone the string once more.
+fn id_params(id: String) -> Value {
+    let mut m = Map::with_capacity(1);
+    m.insert("id".into(), Value::String(id));
+    Value::Object(m)
 }
 
 fn list_params() -> Value {
@@ -594,7 +721,10 @@ struct Bench<B: Raw> {
 
 impl<B: Raw> Bench<B> {
     /// The raw path's async wrapper: the same shape as `DataFlow::execute_op`.
-    async fn raw<T: Send + 'static>(&self, f: impl FnOnce(&mut B::Conn) -> QueryResult<T> + Send + 'static) -> Res<T> {
+    async fn raw<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut B::Conn) -> QueryResult<T> + Send + 'static,
+    ) -> Res<T> {
         let pool = self.pool.clone();
         let out = tokio::task::spawn_blocking(move || -> Res<T> {
             let mut conn = pool.get()?;
@@ -609,12 +739,23 @@ impl<B: Raw> Bench<B> {
     }
 
     async fn node_count(&self, pattern: &str) -> Res<i64> {
-        let out = self.node(COUNT, json!({"filter": {"email": {"$like": pattern}}})).await?;
-        out["count"].as_i64().ok_or_else(|| format!("{COUNT} returned {out}").into())
+        let out = self
+            .node(COUNT, json!({"filter": {"email": {"$like": pattern}}}))
+            .await?;
+        out["count"]
+            .as_i64()
+            .ok_or_else(|| format!("{COUNT} returned {out}").into())
     }
 
     /// One timed op: input built, executed, output consumed. Creates return the new id.
-    async fn op(&self, kind: Kind, path: Path, tag: &str, i: usize, ids: &[String]) -> Res<Option<String>> {
+    async fn op(
+        &self,
+        kind: Kind,
+        path: Path,
+        tag: &str,
+        i: usize,
+        ids: &[String],
+    ) -> Res<Option<String>> {
         Ok(match (kind, path) {
             (_, Path::Floor) => {
                 self.raw(|_| Ok(())).await?;
@@ -629,8 +770,15 @@ impl<B: Raw> Bench<B> {
                 Some(self.raw(move |c| B::create(c, input)).await?)
             }
             (Kind::Read, Path::Node) => {
-                let rec = self.node(READ, json!({"id": ids[i % ids.len()].clone()})).await?;
+                let rec = self
+                    .node(READ, id_params(ids[i % ids.len()].clone()))
+                    .await?;
                 debug_assert!(rec["email"].is_string());
+                None
+            }
+            (Kind::Read, Path::RawAlt) => {
+                let id = ids[i % ids.len()].clone();
+                self.raw(move |c| B::read_alt(c, &id)).await?;
                 None
             }
             (Kind::Read, _) => {
@@ -647,15 +795,21 @@ impl<B: Raw> Bench<B> {
                 self.raw(B::list).await?;
                 None
             }
-            (Kind::List, Path::RawPlainOrder) => {
-                self.raw(B::list_plain).await?;
+            (Kind::List, Path::RawAlt) => {
+                self.raw(B::list_alt).await?;
                 None
             }
         })
     }
 
     /// Interleaved rounds of single ops on every path of `line`; the ids created, by path.
-    async fn single_ops(&self, cfg: &Cfg, kind: Kind, line: &mut Line, ids: &[String]) -> Res<Vec<(Path, String)>> {
+    async fn single_ops(
+        &self,
+        cfg: &Cfg,
+        kind: Kind,
+        line: &mut Line,
+        ids: &[String],
+    ) -> Res<Vec<(Path, String)>> {
         let mut created = Vec::new();
         for r in 0..cfg.rounds {
             for path in rotation(&line.paths(), r) {
@@ -684,16 +838,28 @@ fn check(cond: bool, what: impl FnOnce() -> String) -> Res<()> {
 }
 
 fn id_of(rec: &Value) -> Res<String> {
-    rec["id"].as_str().map(str::to_string).ok_or_else(|| format!("record without a string id: {rec}").into())
+    rec["id"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("record without a string id: {rec}").into())
 }
 
 /// Boots both paths on `url`, checks the table, runs every line.
 async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(String, Vec<Line>)> {
-    let db = DataFlow::builder(url).connection_pool_size(POOL_SIZE).connect_timeout(CONNECT_TIMEOUT).build().await?;
-    let bench = Bench::<B> { db, pool: B::pool(raw_target) };
+    let db = DataFlow::builder(url)
+        .connection_pool_size(POOL_SIZE)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()
+        .await?;
+    let bench = Bench::<B> {
+        db,
+        pool: B::pool(raw_target),
+    };
     let (version, columns) = bench.raw(|c| Ok((B::version(c)?, B::columns(c)?))).await?;
-    let expected: Vec<(String, String, bool)> =
-        B::expected_columns().into_iter().map(|(n, t, null)| (n.to_string(), t.to_string(), null)).collect();
+    let expected: Vec<(String, String, bool)> = B::expected_columns()
+        .into_iter()
+        .map(|(n, t, null)| (n.to_string(), t.to_string(), null))
+        .collect();
     check(columns == expected, || {
         format!(
             "{}: the table dataflow created is not the one the raw baseline is written against\n  found:    {columns:?}\n  expected: {expected:?}",
@@ -704,14 +870,18 @@ async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(Str
 
     // Warm-up: opens the pool connections and fills both statement caches.
     for i in 0..cfg.warmup {
-        let rec = bench.node(CREATE, Input::new("warm-node", i).into_json()).await?;
+        let rec = bench
+            .node(CREATE, Input::new("warm-node", i).into_json())
+            .await?;
         bench.node(READ, json!({"id": id_of(&rec)?})).await?;
         bench.node(LIST, list_params()).await?;
         let input = Input::new("warm-raw", i);
         let id = bench.raw(move |c| B::create(c, input)).await?;
         bench.raw(move |c| B::read(c, &id)).await?;
         bench.raw(B::list).await?;
-        bench.raw(B::list_plain).await?;
+        bench.raw(B::list_alt).await?;
+        let id = id_of(&rec)?;
+        bench.raw(move |c| B::read_alt(c, &id)).await?;
     }
 
     let mut lines = Vec::new();
@@ -719,60 +889,104 @@ async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(Str
     // -------- Create
     let mut line = Line::new("Create (single)", "ops/s", &[Path::Node, Path::Raw]);
     let created = bench.single_ops(cfg, Kind::Create, &mut line, &[]).await?;
-    let node_ids: Vec<String> = created.iter().filter(|(p, _)| *p == Path::Node).map(|(_, id)| id.clone()).collect();
-    let raw_ids: Vec<String> = created.iter().filter(|(p, _)| *p == Path::Raw).map(|(_, id)| id.clone()).collect();
+    let node_ids: Vec<String> = created
+        .iter()
+        .filter(|(p, _)| *p == Path::Node)
+        .map(|(_, id)| id.clone())
+        .collect();
+    let raw_ids: Vec<String> = created
+        .iter()
+        .filter(|(p, _)| *p == Path::Raw)
+        .map(|(_, id)| id.clone())
+        .collect();
     // Both paths wrote what they said they wrote.
     let node_rows = bench.node_count("node-%").await?;
     let raw_rows = bench.raw(|c| B::count_like(c, "raw-%")).await?;
-    check(node_rows == node_ids.len() as i64 && raw_rows == raw_ids.len() as i64, || {
-        format!("Create: {node_rows} node rows for {} creates, {raw_rows} raw rows for {} creates", node_ids.len(), raw_ids.len())
-    })?;
+    check(
+        node_rows == node_ids.len() as i64 && raw_rows == raw_ids.len() as i64,
+        || {
+            format!(
+                "Create: {node_rows} node rows for {} creates, {raw_rows} raw rows for {} creates",
+                node_ids.len(),
+                raw_ids.len()
+            )
+        },
+    )?;
     if !cfg.full {
-        check(node_rows == raw_rows, || format!("Create: node wrote {node_rows} rows, raw {raw_rows}"))?;
+        check(node_rows == raw_rows, || {
+            format!("Create: node wrote {node_rows} rows, raw {raw_rows}")
+        })?;
     }
     lines.push(line);
 
     // -------- Read by id: the ids of both paths, the same sequence on every path
-    let ids: Vec<String> = node_ids.iter().zip(&raw_ids).flat_map(|(a, b)| [a.clone(), b.clone()]).collect();
+    let ids: Vec<String> = node_ids
+        .iter()
+        .zip(&raw_ids)
+        .flat_map(|(a, b)| [a.clone(), b.clone()])
+        .collect();
     for id in ids.iter().take(10) {
         let via_node = bench.node(READ, json!({"id": id})).await?;
         let id2 = id.clone();
-        let via_raw = bench.raw(move |c| B::read(c, &id2)).await?;
+        let (via_raw, via_alt) = bench
+            .raw(move |c| Ok((B::read(c, &id2)?, B::read_alt(c, &id2)?)))
+            .await?;
         // Rows written by either path read back alike through the node (timestamps
         // in the runtime's fixed-width form, `2026-01-02T03:04:05.000000Z`).
         let ts_ok = ["created_at", "updated_at"].iter().all(|k| {
-            via_node[*k].as_str().is_some_and(|s| s.len() == 27 && s.ends_with('Z') && DateTime::parse_from_rfc3339(s).is_ok())
+            via_node[*k].as_str().is_some_and(|s| {
+                s.len() == 27 && s.ends_with('Z') && DateTime::parse_from_rfc3339(s).is_ok()
+            })
         });
         check(
-            via_node["email"].as_str() == Some(via_raw.as_str()) && ts_ok && via_node["active"].is_boolean() && via_node["age"].is_i64(),
+            via_node["email"].as_str() == Some(via_raw.as_str())
+                && via_alt == via_raw
+                && ts_ok
+                && via_node["active"].is_boolean()
+                && via_node["age"].is_i64(),
             || format!("Read {id}: node gave {via_node}, raw gave email {via_raw}"),
         )?;
     }
-    let mut line = Line::new("Read by id", "ops/s", &[Path::Node, Path::Raw, Path::Floor]);
+    let mut line = Line::new("Read by id", "ops/s", &paths::<B>(Kind::Read, true));
+    line.alt = B::alt(Kind::Read);
     bench.single_ops(cfg, Kind::Read, &mut line, &ids).await?;
     lines.push(line);
 
     // -------- List with a filter
     let page = bench.node(LIST, list_params()).await?;
-    let page_ids: Vec<String> =
-        page["records"].as_array().map(|a| a.iter().filter_map(|r| r["id"].as_str().map(str::to_string)).collect()).unwrap_or_default();
+    let page_ids: Vec<String> = page["records"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
     let raw_page = bench.raw(B::list).await?;
-    let plain_page = bench.raw(B::list_plain).await?;
-    check(page_ids.len() == LIST_LIMIT && page_ids == raw_page && page_ids == plain_page, || {
-        format!("List: node returned {page_ids:?}, raw returned {raw_page:?}, raw (plain order) {plain_page:?}")
-    })?;
-    let mut paths = vec![Path::Node, Path::Raw];
-    if B::LIST_PLAIN_DIFFERS {
-        paths.push(Path::RawPlainOrder);
-    }
-    let mut line = Line::new(format!("List active=true, limit {LIST_LIMIT}"), "ops/s", &paths);
+    let plain_page = bench.raw(B::list_alt).await?;
+    check(
+        page_ids.len() == LIST_LIMIT && page_ids == raw_page && page_ids == plain_page,
+        || {
+            format!("List: node returned {page_ids:?}, raw returned {raw_page:?}, raw variant {plain_page:?}")
+        },
+    )?;
+    let mut line = Line::new(
+        format!("List active=true, limit {LIST_LIMIT}"),
+        "ops/s",
+        &paths::<B>(Kind::List, false),
+    );
+    line.alt = B::alt(Kind::List);
     bench.single_ops(cfg, Kind::List, &mut line, &[]).await?;
     lines.push(line);
 
     // -------- BulkCreate: an empty table each round, input built before the clock starts
     let n = cfg.bulk_rows;
     let batch = (B::MAX_BINDS / COLUMNS).min(n);
-    let mut line = Line::new(format!("BulkCreate {} rows", thousands(n as f64)), "rows/s", &[Path::Node, Path::Raw]);
+    let mut line = Line::new(
+        format!("BulkCreate {} rows", thousands(n as f64)),
+        "rows/s",
+        &[Path::Node, Path::Raw],
+    );
     for r in 0..cfg.rounds {
         for path in rotation(&line.paths(), r) {
             bench.raw(B::clear).await?;
@@ -787,24 +1001,32 @@ async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(Str
                 let start = Instant::now();
                 let out = bench.node(BULK, params).await?;
                 let elapsed = start.elapsed();
-                check(out["inserted"].as_u64() == Some(n as u64) && out["ids"].as_array().map(Vec::len) == Some(n), || {
-                    format!(
-                        "BulkCreate (node): expected {n} rows, got inserted={} and {} ids",
-                        out["inserted"],
-                        out["ids"].as_array().map_or(0, Vec::len)
-                    )
-                })?;
+                check(
+                    out["inserted"].as_u64() == Some(n as u64)
+                        && out["ids"].as_array().map(Vec::len) == Some(n),
+                    || {
+                        format!(
+                            "BulkCreate (node): expected {n} rows, got inserted={} and {} ids",
+                            out["inserted"],
+                            out["ids"].as_array().map_or(0, Vec::len)
+                        )
+                    },
+                )?;
                 elapsed
             } else {
                 let inputs: Vec<Input> = (0..n).map(|i| Input::new(&tag, i)).collect();
                 let start = Instant::now();
                 let ids = bench.raw(move |c| B::bulk(c, inputs, batch)).await?;
                 let elapsed = start.elapsed();
-                check(ids.len() == n, || format!("BulkCreate (raw): {} ids for {n} rows", ids.len()))?;
+                check(ids.len() == n, || {
+                    format!("BulkCreate (raw): {} ids for {n} rows", ids.len())
+                })?;
                 elapsed
             };
             let rows = bench.raw(B::count_all).await?;
-            check(rows == n as i64, || format!("BulkCreate ({path:?}): {rows} rows in the table after inserting {n}"))?;
+            check(rows == n as i64, || {
+                format!("BulkCreate ({path:?}): {rows} rows in the table after inserting {n}")
+            })?;
             line.push(path, n as f64 / elapsed.as_secs_f64());
         }
     }
@@ -830,8 +1052,17 @@ fn thousands(x: f64) -> String {
 fn print_table(title: &str, lines: &[Line], verbose: bool) {
     println!("\n{title}");
     let w = lines.iter().map(|l| l.name.len()).max().unwrap_or(4).max(4);
-    println!("{:<w$} | {:>18} | {:>18} | ratio (node/raw)", "line", "node path", "raw diesel");
-    println!("{}-+-{}-+-{}-+-{}", "-".repeat(w), "-".repeat(18), "-".repeat(18), "-".repeat(16));
+    println!(
+        "{:<w$} | {:>18} | {:>18} | ratio (node/raw)",
+        "line", "node path", "raw diesel"
+    );
+    println!(
+        "{}-+-{}-+-{}-+-{}",
+        "-".repeat(w),
+        "-".repeat(18),
+        "-".repeat(18),
+        "-".repeat(16)
+    );
     for l in lines {
         println!(
             "{:<w$} | {:>18} | {:>18} | {:.2}",
@@ -851,8 +1082,17 @@ fn print_table(title: &str, lines: &[Line], verbose: bool) {
             us(Path::Raw),
             us(Path::Node) - us(Path::Raw)
         );
-        for (p, _) in l.rates.iter().filter(|(p, _)| !matches!(p, Path::Node | Path::Raw)) {
-            note.push_str(&format!("; {}: {} ops/s = {:.1} us/op", p.describe(), thousands(l.median(*p)), us(*p)));
+        for (p, _) in l
+            .rates
+            .iter()
+            .filter(|(p, _)| !matches!(p, Path::Node | Path::Raw))
+        {
+            note.push_str(&format!(
+                "\n    {}: {} ops/s = {:.1} us/op",
+                l.describe(*p),
+                thousands(l.median(*p)),
+                us(*p)
+            ));
         }
         println!("{note}");
     }
@@ -860,7 +1100,7 @@ fn print_table(title: &str, lines: &[Line], verbose: bool) {
         for l in lines {
             for (p, rounds) in &l.rates {
                 let r: Vec<String> = rounds.iter().map(|x| thousands(*x)).collect();
-                println!("  rounds {} / {}: {}", l.name, p.describe(), r.join(", "));
+                println!("  rounds {} / {}: {}", l.name, l.describe(*p), r.join(", "));
             }
         }
     }
@@ -868,7 +1108,11 @@ fn print_table(title: &str, lines: &[Line], verbose: bool) {
 
 /// The target verdicts of one backend, one line.
 fn verdict(backend: &str, lines: &[Line], bulk_floor: Option<f64>) -> String {
-    let misses: Vec<String> = lines.iter().filter(|l| l.ratio() < 0.8).map(|l| format!("{} at {:.2}x", l.name, l.ratio())).collect();
+    let misses: Vec<String> = lines
+        .iter()
+        .filter(|l| l.ratio() < 0.8)
+        .map(|l| format!("{} at {:.3}x", l.name, l.ratio()))
+        .collect();
     let ratio = if misses.is_empty() {
         "node >= 0.8x raw: met on every line".to_string()
     } else {
@@ -878,7 +1122,11 @@ fn verdict(backend: &str, lines: &[Line], bulk_floor: Option<f64>) -> String {
         (Some(floor), Some(l)) => {
             let got = l.median(Path::Node);
             let met = if got >= floor { "met" } else { "MISSED" };
-            format!("; BulkCreate >= {} rows/s: {met} ({} rows/s)", thousands(floor), thousands(got))
+            format!(
+                "; BulkCreate >= {} rows/s: {met} ({} rows/s)",
+                thousands(floor),
+                thousands(got)
+            )
         }
         _ => String::new(),
     };
@@ -905,12 +1153,17 @@ impl Drop for TempDb {
 }
 
 fn postgres_url() -> Result<String, String> {
-    if let Some(url) = std::env::var("DATAFLOW_BENCH_POSTGRES_URL").ok().filter(|u| !u.trim().is_empty()) {
+    if let Some(url) = std::env::var("DATAFLOW_BENCH_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+    {
         return Ok(url.trim().to_string());
     }
     match std::panic::catch_unwind(|| postgres::fresh_database("bench")) {
         Ok(Some(url)) => Ok(url),
-        Ok(None) => Err("no PostgreSQL server: set DATAFLOW_BENCH_POSTGRES_URL or install PostgreSQL".into()),
+        Ok(None) => Err(
+            "no PostgreSQL server: set DATAFLOW_BENCH_POSTGRES_URL or install PostgreSQL".into(),
+        ),
         Err(panic) => Err(panic
             .downcast_ref::<String>()
             .cloned()
@@ -926,10 +1179,19 @@ fn postgres_url() -> Result<String, String> {
 #[tokio::main]
 async fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().collect();
-    let cfg = if args.iter().any(|a| a == "--bench") { Cfg::full() } else { Cfg::smoke() };
+    let cfg = if args.iter().any(|a| a == "--bench") {
+        Cfg::full()
+    } else {
+        Cfg::smoke()
+    };
 
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let temp = TempDb(std::env::temp_dir().join(format!("dataflow-bench-{}-{stamp:x}.db", std::process::id())));
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let temp = TempDb(std::env::temp_dir().join(format!(
+        "dataflow-bench-{}-{stamp:x}.db",
+        std::process::id()
+    )));
     let path = temp.0.to_string_lossy().into_owned();
     let sqlite_url = format!("sqlite://{path}");
 
@@ -949,10 +1211,15 @@ async fn main() -> Res<()> {
     }
 
     // Knobs for profiling: which backends to run, and per-round numbers.
-    let backends = std::env::var("DATAFLOW_BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into()).to_ascii_lowercase();
+    let backends = std::env::var("DATAFLOW_BENCH_BACKENDS")
+        .unwrap_or_else(|_| "sqlite,postgres".into())
+        .to_ascii_lowercase();
     let verbose = std::env::var_os("DATAFLOW_BENCH_VERBOSE").is_some();
 
-    println!("dataflow node path vs raw diesel, median of {} rounds (node and raw rounds interleaved)", cfg.rounds);
+    println!(
+        "dataflow node path vs raw diesel, median of {} rounds (node and raw rounds interleaved)",
+        cfg.rounds
+    );
     println!("command: cargo bench --bench nodes   ({})", args.join(" "));
     println!("targets: node >= 0.8x raw on every line; BulkCreate >= 200,000 rows/s on SQLite");
     println!(
@@ -964,10 +1231,18 @@ async fn main() -> Res<()> {
         thousands(cfg.bulk_rows as f64),
     );
 
+    println!(
+        "load average at start: {} (other processes share these CPUs; rerun when it is high)",
+        loadavg()
+    );
     let mut verdicts = Vec::new();
     if backends.contains("sqlite") {
         let (version, lines) = run_backend::<sqlite_raw::Backend>(&cfg, &sqlite_url, &path).await?;
-        print_table(&format!("{version}: {path} (WAL, synchronous=NORMAL)"), &lines, verbose);
+        print_table(
+            &format!("{version}: {path} (WAL, synchronous=NORMAL)"),
+            &lines,
+            verbose,
+        );
         verdicts.push(verdict("SQLite", &lines, Some(200_000.0)));
     }
     if backends.contains("postgres") {
@@ -980,11 +1255,19 @@ async fn main() -> Res<()> {
             Err(why) => println!("\nPostgreSQL: skipped ({why})"),
         }
     }
-    println!();
+    println!("\nload average at end: {}", loadavg());
     for v in verdicts {
         println!("{v}");
     }
     Ok(())
+}
+
+/// `/proc/loadavg`'s 1, 5 and 15 minute averages, where there is one.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The URL without its password.

@@ -157,21 +157,24 @@ pub fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-/// A statement: text fragments interleaved with bound values
-/// (`parts.len() == binds.len() + 1`). Diesel writes the placeholders, so
-/// the same statement serves `?` (SQLite) and `$n` (PostgreSQL).
+/// A statement: SQL text with bound values at marked byte offsets. Diesel
+/// writes the placeholders, so the same statement serves `?` (SQLite) and
+/// `$n` (PostgreSQL).
 #[derive(Debug, Clone)]
 pub struct Sql {
     pub(crate) dialect: Dialect,
-    pub(crate) parts: Vec<String>,
-    pub(crate) binds: Vec<SqlValue>,
+    text: String,
+    /// Where each bind goes in `text`.
+    marks: Vec<usize>,
+    binds: Vec<SqlValue>,
 }
 
 impl Sql {
     pub fn new(dialect: Dialect) -> Self {
         Sql {
             dialect,
-            parts: vec![String::new()],
+            text: String::with_capacity(128),
+            marks: Vec::new(),
             binds: Vec::new(),
         }
     }
@@ -181,18 +184,18 @@ impl Sql {
     }
 
     pub fn push(&mut self, s: &str) -> &mut Self {
-        self.parts
-            .last_mut()
-            .expect("parts is never empty")
-            .push_str(s);
+        self.text.push_str(s);
         self
     }
 
     pub fn ident(&mut self, name: &str) -> &mut Self {
-        let last = self.parts.last_mut().expect("parts is never empty");
-        last.push('"');
-        last.push_str(&name.replace('"', "\"\""));
-        last.push('"');
+        self.text.push('"');
+        if name.contains('"') {
+            self.text.push_str(&name.replace('"', "\"\""));
+        } else {
+            self.text.push_str(name);
+        }
+        self.text.push('"');
         self
     }
 
@@ -201,15 +204,13 @@ impl Sql {
     pub fn bind(&mut self, v: SqlValue) -> &mut Self {
         let v = match (self.dialect, v) {
             (Dialect::Sqlite, SqlValue::DateTime(dt)) => SqlValue::Text(format_datetime(&dt)),
-            (Dialect::Sqlite, SqlValue::Date(d)) => {
-                SqlValue::Text(d.format("%Y-%m-%d").to_string())
-            }
+            (Dialect::Sqlite, SqlValue::Date(d)) => SqlValue::Text(d.format("%Y-%m-%d").to_string()),
             (Dialect::Sqlite, SqlValue::Uuid(u)) => SqlValue::Text(u.to_string()),
             (Dialect::Sqlite, SqlValue::Json(j)) => SqlValue::Text(j.to_string()),
             (_, v) => v,
         };
+        self.marks.push(self.text.len());
         self.binds.push(v);
-        self.parts.push(String::new());
         self
     }
 
@@ -217,9 +218,20 @@ impl Sql {
         self.binds.len()
     }
 
+    /// The text between binds, each followed by its bind (the last by none).
+    pub(crate) fn pieces(&self) -> impl Iterator<Item = (&str, Option<&SqlValue>)> {
+        let ends = self.marks.iter().copied().chain(std::iter::once(self.text.len()));
+        let mut start = 0;
+        ends.enumerate().map(move |(i, end)| {
+            let piece = &self.text[start..end];
+            start = end;
+            (piece, self.binds.get(i))
+        })
+    }
+
     /// The statement with `?` in place of values, for logs (values are never logged).
     pub fn display(&self) -> String {
-        self.parts.join("?")
+        self.pieces().map(|(p, b)| if b.is_some() { format!("{p}?") } else { p.to_string() }).collect()
     }
 }
 

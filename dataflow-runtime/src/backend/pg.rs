@@ -31,9 +31,9 @@ static NULL_JSON: Option<serde_json::Value> = None;
 
 impl QueryFragment<Pg> for Sql {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        for (i, part) in self.parts.iter().enumerate() {
+        for (part, bind) in self.pieces() {
             out.push_sql(part);
-            let Some(v) = self.binds.get(i) else { continue };
+            let Some(v) = bind else { continue };
             match v {
                 // NULLs carry the column's type: PostgreSQL types every parameter.
                 SqlValue::Null(ty) => match ty {

@@ -24,9 +24,9 @@ static NULL_BYTES: Option<Vec<u8>> = None;
 
 impl QueryFragment<Sqlite> for Sql {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        for (i, part) in self.parts.iter().enumerate() {
+        for (part, bind) in self.pieces() {
             out.push_sql(part);
-            let Some(v) = self.binds.get(i) else { continue };
+            let Some(v) = bind else { continue };
             match v {
                 SqlValue::Null(ty) => match ty {
                     FieldType::I16 | FieldType::I32 | FieldType::I64 | FieldType::Bool => {

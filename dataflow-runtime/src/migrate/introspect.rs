@@ -4,8 +4,9 @@
 
 use crate::backend::Conn;
 use crate::error::{Error, Result};
-use crate::sql::{Dialect, Sql};
-use crate::value::{Cell, SqlValue};
+use super::query as rows;
+use crate::sql::Dialect;
+use crate::value::Cell;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,16 +84,6 @@ fn int(c: &Cell) -> i64 {
         Cell::Bool(b) => i64::from(*b),
         _ => 0,
     }
-}
-
-fn rows<C: Conn>(conn: &mut C, sql: &str, binds: Vec<SqlValue>) -> Result<Vec<Vec<Cell>>> {
-    let mut q = Sql::new(C::DIALECT);
-    let mut parts = sql.split('?');
-    q.push(parts.next().unwrap_or_default());
-    for (part, b) in parts.zip(binds) {
-        q.bind(b).push(part);
-    }
-    conn.query(&q)
 }
 
 /// Normalizes a default expression: drops casts (`'x'::text`), parentheses

@@ -6,7 +6,7 @@ use crate::backend::Conn;
 use crate::error::{Error, ErrorCode, Result};
 use crate::filter;
 use crate::schema::{FieldSchema, FieldType, Generated, ModelSchema};
-use crate::sql::{columns, quote, Sql};
+use crate::sql::{columns, Sql};
 use crate::value::{cell_to_json, coerce, Cell, SqlValue};
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
@@ -422,36 +422,47 @@ fn set_clause(sql: &mut Sql, sets: &[(&FieldSchema, SqlValue)]) {
     }
 }
 
-fn insert_sql<C: Conn>(m: &ModelSchema, rows: &[Vec<Option<SqlValue>>]) -> Sql {
+/// `INSERT INTO t (present columns) VALUES (...), (...)`, taking the rows'
+/// values (no copies: bulk inserts bind hundreds of thousands of them).
+fn insert_sql<C: Conn>(m: &ModelSchema, rows: Vec<Vec<Option<SqlValue>>>) -> Sql {
     let mut sql = Sql::new(C::DIALECT);
-    let present: Vec<usize> = (0..m.fields.len())
-        .filter(|i| rows[0][*i].is_some())
-        .collect();
+    let Some(first) = rows.first() else {
+        return sql;
+    };
     sql.push("INSERT INTO ").ident(m.table).push(" (");
-    sql.push(
-        &present
-            .iter()
-            .map(|i| quote(m.fields[*i].column))
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
+    let present = m.fields.iter().zip(first).filter(|(_, v)| v.is_some());
+    for (k, (f, _)) in present.enumerate() {
+        if k > 0 {
+            sql.push(", ");
+        }
+        sql.ident(f.column);
+    }
     sql.push(") VALUES ");
-    for (r, row) in rows.iter().enumerate() {
+    for (r, row) in rows.into_iter().enumerate() {
         sql.push(if r == 0 { "(" } else { ", (" });
-        for (k, i) in present.iter().enumerate() {
+        for (k, v) in row.into_iter().flatten().enumerate() {
             if k > 0 {
                 sql.push(", ");
             }
-            sql.bind(row[*i].clone().expect("present column"));
+            sql.bind(v);
         }
         sql.push(")");
     }
     sql
 }
 
+/// Consumes validated rows in batches of `size`.
+fn batches(rows: Vec<Vec<Option<SqlValue>>>, size: usize) -> impl Iterator<Item = Vec<Vec<Option<SqlValue>>>> {
+    let mut rows = rows.into_iter();
+    std::iter::from_fn(move || {
+        let chunk: Vec<_> = rows.by_ref().take(size).collect();
+        (!chunk.is_empty()).then_some(chunk)
+    })
+}
+
 fn create<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
     let row = insert_row(ctx, params, &now_value(), None)?;
-    let mut sql = insert_sql::<C>(ctx.model, std::slice::from_ref(&row));
+    let mut sql = insert_sql::<C>(ctx.model, vec![row]);
     returning(&mut sql, ctx.model);
     let mut rows = query(conn, ctx, &sql)?;
     record(
@@ -735,11 +746,13 @@ fn list<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
         if i > 0 {
             sql.push(", ");
         }
-        // One NULL placement on both backends.
-        sql.ident(o.field.column).push(if o.desc {
-            " DESC NULLS LAST"
-        } else {
-            " ASC NULLS FIRST"
+        // One NULL placement on both backends; only nullable fields need it
+        // (on others it would keep PostgreSQL from using an index).
+        sql.ident(o.field.column).push(match (o.desc, o.field.nullable) {
+            (false, false) => " ASC",
+            (true, false) => " DESC",
+            (false, true) => " ASC NULLS FIRST",
+            (true, true) => " DESC NULLS LAST",
         });
     }
     sql.push(&format!(" LIMIT {limit}"));
@@ -753,7 +766,13 @@ fn list<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
         }
         _ => Value::Null,
     };
-    Ok(json!({"count": recs.len(), "limit": limit, "next": next, "records": recs}))
+    // Built by moving: `json!` would deep-copy every record.
+    let mut out = Map::new();
+    out.insert("count".into(), recs.len().into());
+    out.insert("limit".into(), limit.into());
+    out.insert("next".into(), next);
+    out.insert("records".into(), Value::Array(recs));
+    Ok(Value::Object(out))
 }
 
 fn count<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
@@ -887,7 +906,7 @@ fn upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
             }
             // A concurrent insert of the same key loses the race with a unique
             // violation inside the savepoint; look again and update instead.
-            let mut sql = insert_sql::<C>(m, std::slice::from_ref(&new_row));
+            let mut sql = insert_sql::<C>(m, vec![new_row.clone()]);
             returning(&mut sql, m);
             match conn.write_transaction(|conn| query(conn, ctx, &sql)) {
                 Ok(mut rows) => {
@@ -952,18 +971,22 @@ fn bulk_create<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value
     let pk_index = m.fields.iter().position(|f| f.primary_key).unwrap_or(0);
     let pk = &m.fields[pk_index];
     let generated_ids = rows[0][pk_index].is_none();
-    let mut ids = Vec::with_capacity(rows.len());
+    let inserted = rows.len();
+    // Ids known before the insert are reported as given; generated ones come back.
+    let mut ids: Vec<Value> = if generated_ids {
+        Vec::with_capacity(inserted)
+    } else {
+        rows.iter()
+            .map(|r| sql_value_json(r[pk_index].as_ref().expect("pk given")))
+            .collect()
+    };
     conn.write_transaction(|conn| {
-        for chunk in rows.chunks(batch) {
+        for chunk in batches(rows, batch) {
             let mut sql = insert_sql::<C>(m, chunk);
             if generated_ids {
                 sql.push(" RETURNING ").ident(pk.column);
                 for row in query(conn, ctx, &sql)? {
-                    ids.push(cell_to_json(
-                        m,
-                        pk,
-                        row.into_iter().next().unwrap_or(Cell::Null),
-                    )?);
+                    ids.push(cell_to_json(m, pk, row.into_iter().next().unwrap_or(Cell::Null))?);
                 }
             } else {
                 exec(conn, ctx, &sql)?;
@@ -971,12 +994,10 @@ fn bulk_create<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value
         }
         Ok(())
     })?;
-    if !generated_ids {
-        for row in &rows {
-            ids.push(sql_value_json(row[pk_index].as_ref().expect("pk given")));
-        }
-    }
-    Ok(json!({"inserted": rows.len(), "ids": ids}))
+    let mut out = Map::new();
+    out.insert("inserted".into(), inserted.into());
+    out.insert("ids".into(), Value::Array(ids));
+    Ok(Value::Object(out))
 }
 
 fn sql_value_json(v: &SqlValue) -> Value {
@@ -1088,20 +1109,20 @@ fn bulk_upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value
             }
         }
     }
-    let present: Vec<usize> = (0..m.fields.len())
-        .filter(|i| rows[0][*i].is_some())
-        .collect();
-    let updatable: Vec<&FieldSchema> = present
+    let updatable: Vec<&FieldSchema> = m
+        .fields
         .iter()
-        .map(|i| &m.fields[*i])
+        .zip(&rows[0])
+        .filter(|(_, v)| v.is_some())
+        .map(|(f, _)| f)
         .filter(|f| f.name != key.name && !f.primary_key && f.generated != Generated::CreatedAt)
         .collect();
     let (mut inserted, mut updated) = (0usize, 0usize);
     conn.write_transaction(|conn| {
-        for chunk in rows.chunks(batch) {
-            let keys: Vec<&SqlValue> = chunk
+        for chunk in batches(rows, batch) {
+            let keys: Vec<SqlValue> = chunk
                 .iter()
-                .filter_map(|r| r[key_index].as_ref())
+                .filter_map(|r| r[key_index].clone())
                 .filter(|v| !matches!(v, SqlValue::Null(_)))
                 .collect();
             let existing = if keys.is_empty() {
@@ -1113,11 +1134,11 @@ fn bulk_upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value
                     .push(" WHERE ")
                     .ident(key.column)
                     .push(" IN (");
-                for (i, k) in keys.iter().enumerate() {
+                for (i, k) in keys.into_iter().enumerate() {
                     if i > 0 {
                         sql.push(", ");
                     }
-                    sql.bind((*k).clone());
+                    sql.bind(k);
                 }
                 sql.push(")");
                 match query(conn, ctx, &sql)?
@@ -1128,6 +1149,7 @@ fn bulk_upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value
                     other => return Err(Error::internal(format!("COUNT(*) returned {other:?}"))),
                 }
             };
+            let n = chunk.len();
             let mut sql = insert_sql::<C>(m, chunk);
             sql.push(" ON CONFLICT (").ident(key.column).push(")");
             if updatable.is_empty() {
@@ -1142,7 +1164,7 @@ fn bulk_upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value
                 }
             }
             exec(conn, ctx, &sql)?;
-            inserted += chunk.len() - existing;
+            inserted += n - existing;
             updated += existing;
         }
         Ok(())
