@@ -274,7 +274,7 @@ impl DataFlow {
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = db.inner.pool.get()?;
-            db.run_model_on_any(&mut conn, m, op, &params)
+            db.run_model_on_any(&mut conn, m, op, params)
         })
         .await
         .map_err(|e| Error::internal(format!("node task failed: {e}")))?
@@ -290,7 +290,7 @@ impl DataFlow {
         params: &Value,
     ) -> Result<Value> {
         match self.lookup(node)? {
-            NodeRef::Model(m, op) => self.run_model_on_any(conn, m, op, params),
+            NodeRef::Model(m, op) => self.run_model_on_any(conn, m, op, params.clone()),
             r @ NodeRef::Custom(_) => {
                 self.execute_ref_blocking_custom(r, node, params, &uuid::Uuid::now_v7().to_string())
             }
@@ -302,7 +302,7 @@ impl DataFlow {
         conn: &mut AnyConnection,
         m: &'static ModelSchema,
         op: Op,
-        params: &Value,
+        params: Value,
     ) -> Result<Value> {
         match conn {
             AnyConnection::Sqlite(c) => self.run_model_on(c, m, op, params),
@@ -316,7 +316,7 @@ impl DataFlow {
         conn: &mut C,
         m: &'static ModelSchema,
         op: Op,
-        params: &Value,
+        params: Value,
     ) -> Result<Value> {
         let name = format!("{}{}Node", m.name, op.name());
         nodes::run(

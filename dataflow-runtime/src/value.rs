@@ -102,6 +102,14 @@ pub fn coerce(model: &ModelSchema, field: &FieldSchema, v: &Value) -> Result<Sql
     coerce_non_null(model, field, field.ty, v)
 }
 
+/// [`coerce`] taking the value, so strings move instead of being copied.
+pub fn coerce_owned(model: &ModelSchema, field: &FieldSchema, v: Value) -> Result<SqlValue> {
+    match (field.ty, v) {
+        (FieldType::String, Value::String(s)) if field.max_length.is_none_or(|max| s.len() <= max as usize) => Ok(SqlValue::Text(s)),
+        (_, v) => coerce(model, field, &v),
+    }
+}
+
 /// Like [`coerce`] for a given type (filters compare strings to `$like`
 /// patterns whatever the field is).
 pub fn coerce_non_null(

@@ -6,8 +6,8 @@ use crate::backend::Conn;
 use crate::error::{Error, ErrorCode, Result};
 use crate::filter;
 use crate::schema::{FieldSchema, FieldType, Generated, ModelSchema};
-use crate::sql::{columns, Sql};
-use crate::value::{cell_to_json, coerce, Cell, SqlValue};
+use crate::sql::{columns, Dialect, Sql};
+use crate::value::{cell_to_json, coerce, coerce_owned, Cell, SqlValue};
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
@@ -25,7 +25,7 @@ const DEFAULT_LIMIT: u64 = 100;
 const DEFAULT_BATCH: u64 = 1_000;
 
 /// Runs one node. Every error leaves with the node and model named.
-pub fn run<C: Conn>(conn: &mut C, ctx: &Ctx, op: Op, params: &Value) -> Result<Value> {
+pub fn run<C: Conn>(conn: &mut C, ctx: &Ctx, op: Op, params: Value) -> Result<Value> {
     let m = ctx.model;
     if m.options.append_only && op.changes_existing() {
         return Err(Error::new(
@@ -40,15 +40,15 @@ pub fn run<C: Conn>(conn: &mut C, ctx: &Ctx, op: Op, params: &Value) -> Result<V
     }
     let result = match op {
         Op::Create => create(conn, ctx, params),
-        Op::Read => read(conn, ctx, params),
-        Op::Update => update(conn, ctx, params),
-        Op::Delete => delete(conn, ctx, params),
-        Op::List => list(conn, ctx, params),
-        Op::Count => count(conn, ctx, params),
-        Op::Upsert => upsert(conn, ctx, params),
+        Op::Read => read(conn, ctx, &params),
+        Op::Update => update(conn, ctx, &params),
+        Op::Delete => delete(conn, ctx, &params),
+        Op::List => list(conn, ctx, &params),
+        Op::Count => count(conn, ctx, &params),
+        Op::Upsert => upsert(conn, ctx, &params),
         Op::BulkCreate => bulk_create(conn, ctx, params),
-        Op::BulkUpdate => bulk_update(conn, ctx, params),
-        Op::BulkDelete => bulk_delete(conn, ctx, params),
+        Op::BulkUpdate => bulk_update(conn, ctx, &params),
+        Op::BulkDelete => bulk_delete(conn, ctx, &params),
         Op::BulkUpsert => bulk_upsert(conn, ctx, params),
     };
     result.map_err(|e| contextualize(e, ctx))
@@ -271,7 +271,7 @@ fn find_one<C: Conn>(
 /// database generate it).
 fn insert_row(
     ctx: &Ctx,
-    data: &Value,
+    data: Value,
     now: &SqlValue,
     at: Option<usize>,
 ) -> Result<Vec<Option<SqlValue>>> {
@@ -281,16 +281,19 @@ fn insert_row(
         None => format!("{}: {msg}", ctx.node),
     };
     let err = |field: Option<&str>, msg: String| Error::validation(m.name, field, prefix(msg));
-    let obj = data.as_object().ok_or_else(|| {
-        err(
-            None,
-            format!(
-                "a {} record must be a JSON object, got {}",
-                m.name,
-                crate::value::describe(data)
-            ),
-        )
-    })?;
+    let mut obj = match data {
+        Value::Object(obj) => obj,
+        other => {
+            return Err(err(
+                None,
+                format!(
+                    "a {} record must be a JSON object, got {}",
+                    m.name,
+                    crate::value::describe(&other)
+                ),
+            ))
+        }
+    };
     for key in obj.keys() {
         match m.field(key) {
             None => {
@@ -308,21 +311,22 @@ fn insert_row(
     }
     let mut row = Vec::with_capacity(m.fields.len());
     for f in m.fields {
-        let given = obj.get(f.name);
+        // Taken out of the input, so strings move instead of being copied.
+        let given = obj.remove(f.name);
         let value = match f.generated {
             Generated::Uuid7 => match given {
-                Some(v) if !v.is_null() => {
-                    Some(coerce(m, f, v).map_err(|e| err(Some(f.name), e.message().to_string()))?)
-                }
+                Some(v) if !v.is_null() => Some(
+                    coerce_owned(m, f, v).map_err(|e| err(Some(f.name), e.message().to_string()))?,
+                ),
                 _ => Some(match f.ty {
                     FieldType::Uuid => SqlValue::Uuid(uuid::Uuid::now_v7()),
-                    _ => SqlValue::Text(uuid::Uuid::now_v7().to_string()),
+                    _ => SqlValue::Text(new_uuid_text()),
                 }),
             },
             Generated::AutoIncrement => match given {
-                Some(v) if !v.is_null() => {
-                    Some(coerce(m, f, v).map_err(|e| err(Some(f.name), e.message().to_string()))?)
-                }
+                Some(v) if !v.is_null() => Some(
+                    coerce_owned(m, f, v).map_err(|e| err(Some(f.name), e.message().to_string()))?,
+                ),
                 _ => None,
             },
             Generated::CreatedAt | Generated::UpdatedAt => Some(now.clone()),
@@ -337,9 +341,9 @@ fn insert_row(
                 ))
             }
             Generated::No => match given {
-                Some(v) => {
-                    Some(coerce(m, f, v).map_err(|e| err(Some(f.name), e.message().to_string()))?)
-                }
+                Some(v) => Some(
+                    coerce_owned(m, f, v).map_err(|e| err(Some(f.name), e.message().to_string()))?,
+                ),
                 None => match f.default {
                     Some(d) => Some(
                         coerce(m, f, &d.to_json())
@@ -451,6 +455,20 @@ fn insert_sql<C: Conn>(m: &ModelSchema, rows: Vec<Vec<Option<SqlValue>>>) -> Sql
     sql
 }
 
+/// Takes an array parameter out of the (already validated) parameters.
+fn take_array(params: &mut Value, key: &str) -> Vec<Value> {
+    match params.get_mut(key).map(Value::take) {
+        Some(Value::Array(a)) => a,
+        _ => Vec::new(),
+    }
+}
+
+/// A new UUID v7 as text, without going through `fmt`.
+fn new_uuid_text() -> String {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf).to_string()
+}
+
 /// Consumes validated rows in batches of `size`.
 fn batches(rows: Vec<Vec<Option<SqlValue>>>, size: usize) -> impl Iterator<Item = Vec<Vec<Option<SqlValue>>>> {
     let mut rows = rows.into_iter();
@@ -460,7 +478,7 @@ fn batches(rows: Vec<Vec<Option<SqlValue>>>, size: usize) -> impl Iterator<Item 
     })
 }
 
-fn create<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
+fn create<C: Conn>(conn: &mut C, ctx: &Ctx, params: Value) -> Result<Value> {
     let row = insert_row(ctx, params, &now_value(), None)?;
     let mut sql = insert_sql::<C>(ctx.model, vec![row]);
     returning(&mut sql, ctx.model);
@@ -876,7 +894,7 @@ fn upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
     } else {
         Vec::new()
     };
-    let new_row = insert_row(ctx, &Value::Object(to_create), &now_value(), None)?;
+    let new_row = insert_row(ctx, Value::Object(to_create), &now_value(), None)?;
 
     conn.write_transaction(|conn| {
         for attempt in 0..2 {
@@ -927,10 +945,15 @@ fn upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
 
 /// Validates every record before anything is written: one bad record
 /// fails the whole batch, naming its index.
-fn bulk_rows(ctx: &Ctx, data: &[Value]) -> Result<Vec<Vec<Option<SqlValue>>>> {
-    let now = now_value();
+fn bulk_rows<C: Conn>(ctx: &Ctx, data: Vec<Value>) -> Result<Vec<Vec<Option<SqlValue>>>> {
+    // Rendered once: SQLite stores timestamps as text, and formatting one per
+    // row and column costs more than the insert.
+    let now = match C::DIALECT {
+        Dialect::Sqlite => SqlValue::Text(crate::value::format_datetime(&crate::value::now())),
+        Dialect::Postgres => now_value(),
+    };
     let rows: Vec<_> = data
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, d)| insert_row(ctx, d, &now, Some(i)))
         .collect::<Result<_>>()?;
@@ -959,12 +982,12 @@ fn rows_per_batch<C: Conn>(m: &ModelSchema, requested: u64) -> usize {
     (C::DIALECT.max_binds() / per_row).clamp(1, requested.max(1) as usize)
 }
 
-fn bulk_create<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
-    let p = Params::new(ctx.model, ctx.node, params, &["data", "batch_size"])?;
+fn bulk_create<C: Conn>(conn: &mut C, ctx: &Ctx, mut params: Value) -> Result<Value> {
+    let p = Params::new(ctx.model, ctx.node, &params, &["data", "batch_size"])?;
     let m = ctx.model;
-    let data = p.array("data")?;
+    p.array("data")?;
     let batch = rows_per_batch::<C>(m, p.u64("batch_size", DEFAULT_BATCH, 1_000_000)?);
-    let rows = bulk_rows(ctx, data)?;
+    let rows = bulk_rows::<C>(ctx, take_array(&mut params, "data"))?;
     if rows.is_empty() {
         return Ok(json!({"inserted": 0, "ids": []}));
     }
@@ -1074,18 +1097,19 @@ fn bulk_delete<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value
     Ok(json!({"deleted": n}))
 }
 
-fn bulk_upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
+fn bulk_upsert<C: Conn>(conn: &mut C, ctx: &Ctx, mut params: Value) -> Result<Value> {
     let p = Params::new(
         ctx.model,
         ctx.node,
-        params,
+        &params,
         &["data", "conflict_on", "batch_size"],
     )?;
     let m = ctx.model;
-    let data = p.array("data")?;
+    p.array("data")?;
     let key = conflict_field(&p)?;
     let batch = rows_per_batch::<C>(m, p.u64("batch_size", DEFAULT_BATCH, 1_000_000)?);
-    let rows = bulk_rows(ctx, data)?;
+    drop(p);
+    let rows = bulk_rows::<C>(ctx, take_array(&mut params, "data"))?;
     if rows.is_empty() {
         return Ok(json!({"inserted": 0, "updated": 0}));
     }
@@ -1102,9 +1126,10 @@ fn bulk_upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value
                 continue;
             }
             if let Some(j) = seen.insert(format!("{v:?}"), i) {
-                return Err(p.error(
+                return Err(Error::validation(
+                    m.name,
                     Some(key.name),
-                    format!("data[{j}] and data[{i}] have the same `{}`", key.name),
+                    format!("{}: data[{j}] and data[{i}] have the same `{}`", ctx.node, key.name),
                 ));
             }
         }
