@@ -48,6 +48,20 @@ impl NodeRef {
     }
 }
 
+/// What every run of a model's nodes needs, built once at boot.
+struct Prepared {
+    schema: &'static ModelSchema,
+    /// Node type names, indexed by `Op as usize`.
+    nodes: Vec<String>,
+    columns: String,
+}
+
+impl Prepared {
+    fn new(m: &'static ModelSchema) -> Self {
+        Prepared { schema: m, nodes: m.node_names().map(|(n, _)| n).collect(), columns: crate::sql::columns(m) }
+    }
+}
+
 /// A cheap, cloneable handle to a booted database.
 #[derive(Clone)]
 pub struct DataFlow {
@@ -60,6 +74,7 @@ struct Inner {
     pool: Pool,
     models: Vec<&'static ModelSchema>,
     nodes: HashMap<String, NodeRef>,
+    prepared: HashMap<&'static str, Prepared>,
     /// Keeps a shared in-memory SQLite database alive.
     _keepalive: Option<Mutex<AnyConnection>>,
 }
@@ -311,20 +326,19 @@ impl DataFlow {
     }
 
     /// A model node on a backend connection the caller holds.
-    pub(crate) fn run_model_on<C: Conn>(
-        &self,
-        conn: &mut C,
-        m: &'static ModelSchema,
-        op: Op,
-        params: Value,
-    ) -> Result<Value> {
-        let name = format!("{}{}Node", m.name, op.name());
-        nodes::run(
-            conn,
-            &nodes::ops_ctx(m, &name, self.inner.config.echo),
-            op,
-            params,
-        )
+    pub(crate) fn run_model_on<C: Conn>(&self, conn: &mut C, m: &'static ModelSchema, op: Op, params: Value) -> Result<Value> {
+        // Names and column lists are prepared at boot; a model this database
+        // was not booted with (a typed node of another model) gets them made here.
+        let made;
+        let prepared = match self.inner.prepared.get(m.name) {
+            Some(p) if std::ptr::eq(p.schema, m) => p,
+            _ => {
+                made = Prepared::new(m);
+                &made
+            }
+        };
+        let ctx = nodes::ops_ctx(m, &prepared.nodes[op as usize], &prepared.columns, self.inner.config.echo);
+        nodes::run(conn, &ctx, op, params)
     }
 
     pub(crate) fn execute_ref_blocking_custom(
@@ -613,6 +627,7 @@ fn boot(
             config,
             target,
             pool,
+            prepared: models.iter().map(|m| (m.name, Prepared::new(m))).collect(),
             models,
             nodes,
             _keepalive: memory.then(|| Mutex::new(conn)),

@@ -79,7 +79,8 @@ impl fmt::Display for Op {
 pub(crate) fn ops_ctx<'a>(
     model: &'static crate::schema::ModelSchema,
     node: &'a str,
+    columns: &'a str,
     echo: bool,
 ) -> ops::Ctx<'a> {
-    ops::Ctx { model, node, echo }
+    ops::Ctx { model, node, columns, echo }
 }

@@ -6,7 +6,7 @@ use crate::backend::Conn;
 use crate::error::{Error, ErrorCode, Result};
 use crate::filter;
 use crate::schema::{FieldSchema, FieldType, Generated, ModelSchema};
-use crate::sql::{columns, Dialect, Sql};
+use crate::sql::{Dialect, Sql};
 use crate::value::{cell_to_json, coerce, coerce_owned, Cell, SqlValue};
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
@@ -15,6 +15,8 @@ use serde_json::{json, Map, Value};
 pub struct Ctx<'a> {
     pub model: &'static ModelSchema,
     pub node: &'a str,
+    /// The model's quoted column list, computed once per model.
+    pub columns: &'a str,
     /// Log each statement (never its values) to stderr.
     pub echo: bool,
 }
@@ -144,15 +146,16 @@ fn records(m: &ModelSchema, rows: Vec<Vec<Cell>>) -> Result<Vec<Value>> {
     rows.into_iter().map(|r| record(m, r)).collect()
 }
 
-fn select(sql: &mut Sql, m: &ModelSchema) {
+fn select(sql: &mut Sql, ctx: &Ctx) {
+    let m = ctx.model;
     sql.push("SELECT ")
-        .push(&columns(m))
+        .push(ctx.columns)
         .push(" FROM ")
         .ident(m.table);
 }
 
-fn returning(sql: &mut Sql, m: &ModelSchema) {
-    sql.push(" RETURNING ").push(&columns(m));
+fn returning(sql: &mut Sql, ctx: &Ctx) {
+    sql.push(" RETURNING ").push(ctx.columns);
 }
 
 /// `AND deleted_at IS NULL` on soft-delete models unless deleted records are wanted.
@@ -245,7 +248,7 @@ fn find_one<C: Conn>(
 ) -> Result<Vec<Cell>> {
     let m = ctx.model;
     let mut sql = Sql::new(C::DIALECT);
-    select(&mut sql, m);
+    select(&mut sql, ctx);
     sql.push(" WHERE ");
     where_target(&mut sql, m, t)?;
     live_only(&mut sql, m, include_deleted);
@@ -481,7 +484,7 @@ fn batches(rows: Vec<Vec<Option<SqlValue>>>, size: usize) -> impl Iterator<Item 
 fn create<C: Conn>(conn: &mut C, ctx: &Ctx, params: Value) -> Result<Value> {
     let row = insert_row(ctx, params, &now_value(), None)?;
     let mut sql = insert_sql::<C>(ctx.model, vec![row]);
-    returning(&mut sql, ctx.model);
+    returning(&mut sql, ctx);
     let mut rows = query(conn, ctx, &sql)?;
     record(
         ctx.model,
@@ -501,7 +504,7 @@ fn read<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
     let include_deleted = p.bool("include_deleted")?;
     let m = ctx.model;
     let mut sql = Sql::new(C::DIALECT);
-    select(&mut sql, m);
+    select(&mut sql, ctx);
     sql.push(" WHERE ");
     where_target(&mut sql, m, &t)?;
     live_only(&mut sql, m, include_deleted);
@@ -529,7 +532,7 @@ fn update<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
         sql.push(" WHERE ");
         where_target(&mut sql, m, t)?;
         live_only(&mut sql, m, false);
-        returning(&mut sql, m);
+        returning(&mut sql, ctx);
         query(conn, ctx, &sql)?
             .pop()
             .map(|r| record(m, r))
@@ -752,7 +755,7 @@ fn list<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
         return Err(p.error(Some("after"), "give either `after` or `offset`, not both"));
     }
     let mut sql = Sql::new(C::DIALECT);
-    select(&mut sql, m);
+    select(&mut sql, ctx);
     sql.push(" WHERE ");
     filter::render(&mut sql, m, f)?;
     live_only(&mut sql, m, p.bool("include_deleted")?);
@@ -914,7 +917,7 @@ fn upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
                     sql.push("UPDATE ").ident(m.table);
                     set_clause(&mut sql, &sets);
                     sql.push(" WHERE ").ident(pk.column).push(" = ").bind(id);
-                    returning(&mut sql, m);
+                    returning(&mut sql, ctx);
                     let row = query(conn, ctx, &sql)?
                         .pop()
                         .ok_or_else(|| Error::internal("UPDATE … RETURNING returned no row"))?;
@@ -925,7 +928,7 @@ fn upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
             // A concurrent insert of the same key loses the race with a unique
             // violation inside the savepoint; look again and update instead.
             let mut sql = insert_sql::<C>(m, vec![new_row.clone()]);
-            returning(&mut sql, m);
+            returning(&mut sql, ctx);
             match conn.write_transaction(|conn| query(conn, ctx, &sql)) {
                 Ok(mut rows) => {
                     let row = rows
