@@ -7,10 +7,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use dataflow::{DataFlow, Error};
 use serde_json::{json, Value};
 use std::future::Future;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::postgres;
+use support::{postgres, sqlite_url};
 
 #[dataflow::model]
 pub struct User {
@@ -81,30 +79,13 @@ pub struct Sample {
     pub scratch: Vec<String>,
 }
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-fn sqlite_url(name: &str) -> String {
-    let dir: PathBuf = std::env::temp_dir().join("dataflow-tests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let path = dir.join(format!("{name}-{}-{n}.db", std::process::id()));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    format!("sqlite://{}", path.display())
-}
-
 /// Runs `body` against a fresh SQLite file and a fresh PostgreSQL database.
 async fn on_each_backend<F, Fut>(name: &str, body: F)
 where
     F: Fn(DataFlow) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut urls = vec![("sqlite", sqlite_url(name))];
-    if let Some(url) = postgres::fresh_database(name) {
-        urls.push(("postgres", url));
-    }
-    for (label, url) in urls {
+    for (label, url) in support::backend_urls(name) {
         eprintln!("--- {name} on {label}");
         let db = DataFlow::builder(&url)
             .build()
@@ -1197,7 +1178,7 @@ async fn skip_migration_creates_no_tables() {
 }
 
 #[tokio::test]
-async fn in_memory_sqlite_is_shared_by_the_pool() {
+async fn in_memory_sqlite_serves_concurrent_writers() {
     let db = DataFlow::builder("sqlite::memory:")
         .connection_pool_size(4)
         .build()

@@ -9,8 +9,7 @@ use dataflow::{DataFlow, Model, ModelSchema};
 use diesel::connection::SimpleConnection;
 use serde_json::json;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use support::postgres;
+use support::{postgres, sqlite_url};
 
 mod v1 {
     #[dataflow::model(table = "people")]
@@ -90,29 +89,12 @@ fn schema<M: Model>() -> &'static ModelSchema {
     Box::leak(Box::new(M::SCHEMA))
 }
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-fn sqlite_url(name: &str) -> String {
-    let dir = std::env::temp_dir().join("dataflow-tests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let path = dir.join(format!("mig-{name}-{}-{n}.db", std::process::id()));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    format!("sqlite://{}", path.display())
-}
-
 async fn on_each_backend<F, Fut>(name: &str, body: F)
 where
     F: Fn(String) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut urls = vec![("sqlite", sqlite_url(name))];
-    if let Some(url) = postgres::fresh_database(name) {
-        urls.push(("postgres", url));
-    }
-    for (label, url) in urls {
+    for (label, url) in support::backend_urls(name) {
         eprintln!("--- {name} on {label}");
         body(url).await;
     }

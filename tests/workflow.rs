@@ -7,9 +7,8 @@ use chrono::{DateTime, Utc};
 use dataflow::{DataFlow, Node, NodeContext, NodeFuture, Workflow, WorkflowBuilder};
 use serde_json::{json, Value};
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use support::postgres;
+use support::sqlite_url;
 
 #[dataflow::model]
 pub struct User {
@@ -86,29 +85,12 @@ impl Node for Boom {
     }
 }
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-fn sqlite_url(name: &str) -> String {
-    let dir = std::env::temp_dir().join("dataflow-tests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let path = dir.join(format!("wf-{name}-{}-{n}.db", std::process::id()));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    format!("sqlite://{}", path.display())
-}
-
 async fn on_each_backend<F, Fut>(name: &str, body: F)
 where
     F: Fn(DataFlow) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let mut urls = vec![("sqlite", sqlite_url(name))];
-    if let Some(url) = postgres::fresh_database(name) {
-        urls.push(("postgres", url));
-    }
-    for (label, url) in urls {
+    for (label, url) in support::backend_urls(name) {
         eprintln!("--- {name} on {label}");
         let db = DataFlow::builder(&url)
             .build()

@@ -58,7 +58,11 @@ struct Prepared {
 
 impl Prepared {
     fn new(m: &'static ModelSchema) -> Self {
-        Prepared { schema: m, nodes: m.node_names().map(|(n, _)| n).collect(), columns: crate::sql::columns(m) }
+        Prepared {
+            schema: m,
+            nodes: m.node_names().map(|(n, _)| n).collect(),
+            columns: crate::sql::columns(m),
+        }
     }
 }
 
@@ -326,7 +330,13 @@ impl DataFlow {
     }
 
     /// A model node on a backend connection the caller holds.
-    pub(crate) fn run_model_on<C: Conn>(&self, conn: &mut C, m: &'static ModelSchema, op: Op, params: Value) -> Result<Value> {
+    pub(crate) fn run_model_on<C: Conn>(
+        &self,
+        conn: &mut C,
+        m: &'static ModelSchema,
+        op: Op,
+        params: Value,
+    ) -> Result<Value> {
         // Names and column lists are prepared at boot; a model this database
         // was not booted with (a typed node of another model) gets them made here.
         let made;
@@ -337,7 +347,12 @@ impl DataFlow {
                 &made
             }
         };
-        let ctx = nodes::ops_ctx(m, &prepared.nodes[op as usize], &prepared.columns, self.inner.config.echo);
+        let ctx = nodes::ops_ctx(
+            m,
+            &prepared.nodes[op as usize],
+            &prepared.columns,
+            self.inner.config.echo,
+        );
         nodes::run(conn, &ctx, op, params)
     }
 
@@ -614,7 +629,14 @@ fn boot(
     }
     let memory = matches!(target, Target::Sqlite { memory: true, .. });
     let pool = r2d2::Pool::builder()
-        .max_size(config.connection_pool_size)
+        // A shared-cache in-memory database locks whole tables between its
+        // connections (SQLITE_LOCKED, which no busy timeout waits out): one
+        // connection serializes its users instead.
+        .max_size(if memory {
+            1
+        } else {
+            config.connection_pool_size
+        })
         .min_idle(Some(0))
         .test_on_check_out(false)
         .connection_timeout(config.connect_timeout())

@@ -204,7 +204,9 @@ impl Sql {
     pub fn bind(&mut self, v: SqlValue) -> &mut Self {
         let v = match (self.dialect, v) {
             (Dialect::Sqlite, SqlValue::DateTime(dt)) => SqlValue::Text(format_datetime(&dt)),
-            (Dialect::Sqlite, SqlValue::Date(d)) => SqlValue::Text(d.format("%Y-%m-%d").to_string()),
+            (Dialect::Sqlite, SqlValue::Date(d)) => {
+                SqlValue::Text(d.format("%Y-%m-%d").to_string())
+            }
             (Dialect::Sqlite, SqlValue::Uuid(u)) => SqlValue::Text(u.to_string()),
             (Dialect::Sqlite, SqlValue::Json(j)) => SqlValue::Text(j.to_string()),
             (_, v) => v,
@@ -220,7 +222,11 @@ impl Sql {
 
     /// The text between binds, each followed by its bind (the last by none).
     pub(crate) fn pieces(&self) -> impl Iterator<Item = (&str, Option<&SqlValue>)> {
-        let ends = self.marks.iter().copied().chain(std::iter::once(self.text.len()));
+        let ends = self
+            .marks
+            .iter()
+            .copied()
+            .chain(std::iter::once(self.text.len()));
         let mut start = 0;
         ends.enumerate().map(move |(i, end)| {
             let piece = &self.text[start..end];
@@ -231,7 +237,15 @@ impl Sql {
 
     /// The statement with `?` in place of values, for logs (values are never logged).
     pub fn display(&self) -> String {
-        self.pieces().map(|(p, b)| if b.is_some() { format!("{p}?") } else { p.to_string() }).collect()
+        self.pieces()
+            .map(|(p, b)| {
+                if b.is_some() {
+                    format!("{p}?")
+                } else {
+                    p.to_string()
+                }
+            })
+            .collect()
     }
 }
 

@@ -105,7 +105,11 @@ pub fn coerce(model: &ModelSchema, field: &FieldSchema, v: &Value) -> Result<Sql
 /// [`coerce`] taking the value, so strings move instead of being copied.
 pub fn coerce_owned(model: &ModelSchema, field: &FieldSchema, v: Value) -> Result<SqlValue> {
     match (field.ty, v) {
-        (FieldType::String, Value::String(s)) if field.max_length.is_none_or(|max| s.len() <= max as usize) => Ok(SqlValue::Text(s)),
+        (FieldType::String, Value::String(s))
+            if field.max_length.is_none_or(|max| s.len() <= max as usize) =>
+        {
+            Ok(SqlValue::Text(s))
+        }
         (_, v) => coerce(model, field, &v),
     }
 }

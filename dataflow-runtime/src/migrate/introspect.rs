@@ -2,9 +2,9 @@
 //! nullability, defaults, primary keys, unique constraints, indexes and
 //! foreign keys, in one normalized shape for both backends.
 
+use super::query as rows;
 use crate::backend::Conn;
 use crate::error::{Error, Result};
-use super::query as rows;
 use crate::sql::Dialect;
 use crate::value::Cell;
 use std::collections::BTreeMap;

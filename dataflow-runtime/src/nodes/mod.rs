@@ -82,5 +82,10 @@ pub(crate) fn ops_ctx<'a>(
     columns: &'a str,
     echo: bool,
 ) -> ops::Ctx<'a> {
-    ops::Ctx { model, node, columns, echo }
+    ops::Ctx {
+        model,
+        node,
+        columns,
+        echo,
+    }
 }

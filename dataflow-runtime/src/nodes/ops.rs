@@ -319,7 +319,8 @@ fn insert_row(
         let value = match f.generated {
             Generated::Uuid7 => match given {
                 Some(v) if !v.is_null() => Some(
-                    coerce_owned(m, f, v).map_err(|e| err(Some(f.name), e.message().to_string()))?,
+                    coerce_owned(m, f, v)
+                        .map_err(|e| err(Some(f.name), e.message().to_string()))?,
                 ),
                 _ => Some(match f.ty {
                     FieldType::Uuid => SqlValue::Uuid(uuid::Uuid::now_v7()),
@@ -328,7 +329,8 @@ fn insert_row(
             },
             Generated::AutoIncrement => match given {
                 Some(v) if !v.is_null() => Some(
-                    coerce_owned(m, f, v).map_err(|e| err(Some(f.name), e.message().to_string()))?,
+                    coerce_owned(m, f, v)
+                        .map_err(|e| err(Some(f.name), e.message().to_string()))?,
                 ),
                 _ => None,
             },
@@ -345,7 +347,8 @@ fn insert_row(
             }
             Generated::No => match given {
                 Some(v) => Some(
-                    coerce_owned(m, f, v).map_err(|e| err(Some(f.name), e.message().to_string()))?,
+                    coerce_owned(m, f, v)
+                        .map_err(|e| err(Some(f.name), e.message().to_string()))?,
                 ),
                 None => match f.default {
                     Some(d) => Some(
@@ -469,11 +472,17 @@ fn take_array(params: &mut Value, key: &str) -> Vec<Value> {
 /// A new UUID v7 as text, without going through `fmt`.
 fn new_uuid_text() -> String {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf).to_string()
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_string()
 }
 
 /// Consumes validated rows in batches of `size`.
-fn batches(rows: Vec<Vec<Option<SqlValue>>>, size: usize) -> impl Iterator<Item = Vec<Vec<Option<SqlValue>>>> {
+fn batches(
+    rows: Vec<Vec<Option<SqlValue>>>,
+    size: usize,
+) -> impl Iterator<Item = Vec<Vec<Option<SqlValue>>>> {
     let mut rows = rows.into_iter();
     std::iter::from_fn(move || {
         let chunk: Vec<_> = rows.by_ref().take(size).collect();
@@ -769,12 +778,13 @@ fn list<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
         }
         // One NULL placement on both backends; only nullable fields need it
         // (on others it would keep PostgreSQL from using an index).
-        sql.ident(o.field.column).push(match (o.desc, o.field.nullable) {
-            (false, false) => " ASC",
-            (true, false) => " DESC",
-            (false, true) => " ASC NULLS FIRST",
-            (true, true) => " DESC NULLS LAST",
-        });
+        sql.ident(o.field.column)
+            .push(match (o.desc, o.field.nullable) {
+                (false, false) => " ASC",
+                (true, false) => " DESC",
+                (false, true) => " ASC NULLS FIRST",
+                (true, true) => " DESC NULLS LAST",
+            });
     }
     sql.push(&format!(" LIMIT {limit}"));
     if offset > 0 {
@@ -1012,7 +1022,11 @@ fn bulk_create<C: Conn>(conn: &mut C, ctx: &Ctx, mut params: Value) -> Result<Va
             if generated_ids {
                 sql.push(" RETURNING ").ident(pk.column);
                 for row in query(conn, ctx, &sql)? {
-                    ids.push(cell_to_json(m, pk, row.into_iter().next().unwrap_or(Cell::Null))?);
+                    ids.push(cell_to_json(
+                        m,
+                        pk,
+                        row.into_iter().next().unwrap_or(Cell::Null),
+                    )?);
                 }
             } else {
                 exec(conn, ctx, &sql)?;
@@ -1132,7 +1146,10 @@ fn bulk_upsert<C: Conn>(conn: &mut C, ctx: &Ctx, mut params: Value) -> Result<Va
                 return Err(Error::validation(
                     m.name,
                     Some(key.name),
-                    format!("{}: data[{j}] and data[{i}] have the same `{}`", ctx.node, key.name),
+                    format!(
+                        "{}: data[{j}] and data[{i}] have the same `{}`",
+                        ctx.node, key.name
+                    ),
                 ));
             }
         }
