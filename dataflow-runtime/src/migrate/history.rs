@@ -562,8 +562,9 @@ pub fn rollback<C: Conn>(
             // The models no longer match the database: the next boot or apply re-plans.
             exec(
                 c,
-                "UPDATE dataflow_registry SET checksum = 'rolled_back'",
-                vec![],
+                "UPDATE dataflow_registry SET checksum = 'rolled_back' WHERE application_id = \
+                 (SELECT application_id FROM dataflow_migrations WHERE version = ?)",
+                vec![text(&version)],
             )?;
             Ok(())
         })?;
