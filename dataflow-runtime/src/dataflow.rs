@@ -491,6 +491,15 @@ impl DataFlow {
             .map_err(|e| Error::internal(format!("boot task failed: {e}")))?
     }
 
+    /// Whether the database answers (`/ready`): one pooled round trip.
+    pub async fn execute_ping(&self) -> Result<()> {
+        self.blocking(|_, conn| {
+            diesel::connection::SimpleConnection::batch_execute(conn, "SELECT 1")
+                .map_err(|e| Error::new(ErrorCode::Connection, format!("the database does not answer: {e}")))
+        })
+        .await
+    }
+
     /// A pooled connection, for [`DataFlow::execute_blocking`].
     pub fn connection(&self) -> Result<r2d2::PooledConnection<Manager>> {
         Ok(self.inner.pool.get()?)

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod http;
 pub mod postgres;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

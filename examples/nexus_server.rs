@@ -1,0 +1,84 @@
+//! A nexus application: the seed's three models and workflows over them,
+//! served over HTTP and the command line from one registration.
+//!
+//! ```sh
+//! cargo run --example nexus_server                       # serve on 127.0.0.1:8000
+//! curl -X POST localhost:8000/workflows/create_user/execute -d '{"inputs": {"email": "a@x.io"}}'
+//! cargo run --example nexus_server -- run create_user --email b@x.io --full_name Bo
+//! cargo run --example nexus_server -- run create_user --help
+//! cargo run --example nexus_server -- workflows
+//! ```
+//!
+//! Environment: `NEXUS_DATABASE_URL` (default `sqlite://nexus.db`), `NEXUS_API_PORT` (default 8000).
+
+use chrono::{DateTime, Utc};
+use dataflow::{DataFlow, WorkflowBuilder};
+use nexus::Nexus;
+use serde_json::json;
+
+#[dataflow::model]
+pub struct User {
+    pub id: String,
+    #[field(unique)]
+    pub email: String,
+    pub full_name: Option<String>,
+    #[field(default = true)]
+    pub active: bool,
+}
+
+#[dataflow::model]
+pub struct Session {
+    pub id: String,
+    #[field(references = "User", on_delete = "cascade")]
+    pub user_id: String,
+    #[field(unique)]
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[dataflow::model]
+pub struct Conversation {
+    pub id: String,
+    #[field(references = "Session", on_delete = "cascade")]
+    pub session_id: String,
+    #[field(references = "User", on_delete = "cascade")]
+    pub user_id: String,
+    pub title: Option<String>,
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("error[{}]: {}", e.code(), e.message());
+        std::process::exit(i32::from(e.kind().exit_code()));
+    }
+}
+
+async fn run() -> Result<(), dataflow::Error> {
+    let url = std::env::var("NEXUS_DATABASE_URL").unwrap_or_else(|_| "sqlite://nexus.db".into());
+    let port: u16 = std::env::var("NEXUS_API_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8000);
+    let db = DataFlow::builder(&url).build().await?;
+
+    let mut create = WorkflowBuilder::new();
+    create
+        .description("Create a user")
+        .add_node("UserCreateNode", "create", json!({"email": "{{email}}", "full_name": "{{full_name}}", "active": "{{active}}"}));
+    let mut get = WorkflowBuilder::new();
+    get.description("Read a user by id").add_node("UserReadNode", "user", json!({"id": "{{id}}"}));
+    let mut list = WorkflowBuilder::new();
+    list.description("List users, newest first")
+        .add_node("UserListNode", "users", json!({"filter": {"active": "{{active}}"}, "order_by": ["-created_at"], "limit": "{{limit}}"}));
+    let mut start = WorkflowBuilder::new();
+    start
+        .description("Open a session and a conversation for a user")
+        .add_node("SessionCreateNode", "session", json!({"user_id": "{{user_id}}", "token": "{{token}}", "expires_at": "{{expires_at}}"}))
+        .add_node("ConversationCreateNode", "conversation", json!({"user_id": "{{user_id}}", "title": "{{title}}"}))
+        .add_connection("session", "id", "conversation", "session_id");
+
+    let mut app = Nexus::builder().api_port(port).build(db.clone())?;
+    app.register("create_user", create.build(&db)?)?;
+    app.register("get_user", get.build(&db)?)?;
+    app.register("list_users", list.build(&db)?)?;
+    app.register("start_conversation", start.build(&db)?)?;
+    app.run().await
+}

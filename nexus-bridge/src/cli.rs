@@ -1,0 +1,148 @@
+//! The command line: the registered workflows as subcommands with typed
+//! flags derived from their input schemas.
+
+use crate::{Nexus, Registered};
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use dataflow::{Error, ErrorCode};
+use serde_json::{Map, Value};
+
+pub(crate) enum Outcome {
+    Serve,
+    Exit(i32),
+}
+
+fn json_type(schema: &Value) -> &str {
+    let t = match schema.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        _ => match schema.get("anyOf").and_then(|a| a.get(0)).and_then(|s| s.get("type")) {
+            Some(Value::String(t)) => t.as_str(),
+            _ => "json",
+        },
+    };
+    match t {
+        "string" | "integer" | "number" | "boolean" => t,
+        _ => "json",
+    }
+}
+
+/// `run <workflow>`: one subcommand per workflow, one flag per input.
+fn run_command(workflows: &[&Registered]) -> Command {
+    let mut run = Command::new("run")
+        .about("Run a workflow in this process")
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        // An unknown workflow is the same `not_found` error as on HTTP, not a usage error.
+        .allow_external_subcommands(true);
+    for w in workflows {
+        let schema = w.workflow.input_schema();
+        let required: Vec<&str> = schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let mut sub = Command::new(w.name.clone()).about(w.description.clone()).arg(
+            Arg::new("__json_out").long("json").action(ArgAction::SetTrue).help("Print the result (or error) as compact JSON"),
+        );
+        for (name, prop) in schema["properties"].as_object().into_iter().flatten() {
+            let ty = json_type(prop);
+            sub = sub.arg(
+                Arg::new(name.clone())
+                    .long(name.clone())
+                    .value_name(ty.to_uppercase())
+                    .required(required.contains(&name.as_str()))
+                    .help(format!("{ty}{}", if required.contains(&name.as_str()) { " (required)" } else { "" })),
+            );
+        }
+        run = run.subcommand(sub);
+    }
+    run
+}
+
+fn root(workflows: &[&Registered]) -> Command {
+    Command::new("nexus")
+        .about("Serve and run workflows over HTTP and the command line")
+        .subcommand(Command::new("serve").about("Serve the HTTP API (the default)"))
+        .subcommand(Command::new("workflows").about("List the registered workflows").arg(Arg::new("json").long("json").action(ArgAction::SetTrue)))
+        .subcommand(run_command(workflows))
+        .subcommand(Command::new("models").about("The models in the persisted registry").disable_help_flag(true).arg(Arg::new("rest").num_args(0..).trailing_var_arg(true).allow_hyphen_values(true)))
+        .subcommand(Command::new("migrate").about("Plan, apply and undo schema changes (see `migrate --help`)").disable_help_flag(true).arg(Arg::new("rest").num_args(0..).trailing_var_arg(true).allow_hyphen_values(true)))
+}
+
+/// A flag's text as the JSON value its schema asks for.
+fn parse_value(name: &str, prop: &Value, raw: &str) -> Result<Value, Error> {
+    let bad = |what: &str| Error::new(ErrorCode::Validation, format!("--{name}: expected {what}, got `{raw}`")).with_field(name);
+    Ok(match json_type(prop) {
+        "string" => Value::String(raw.to_string()),
+        "integer" => raw.parse::<i64>().map(Value::from).map_err(|_| bad("an integer"))?,
+        "number" => raw.parse::<f64>().map(Value::from).map_err(|_| bad("a number"))?,
+        "boolean" => raw.parse::<bool>().map(Value::from).map_err(|_| bad("true or false"))?,
+        _ => serde_json::from_str(raw).map_err(|_| bad("JSON"))?,
+    })
+}
+
+fn inputs(w: &Registered, m: &ArgMatches) -> Result<Value, Error> {
+    let schema = w.workflow.input_schema();
+    let mut out = Map::new();
+    for (name, prop) in schema["properties"].as_object().into_iter().flatten() {
+        if let Some(raw) = m.get_one::<String>(name) {
+            out.insert(name.clone(), parse_value(name, prop, raw)?);
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+pub(crate) async fn dispatch(app: &Nexus, args: Vec<String>) -> Outcome {
+    let workflows: Vec<&Registered> = app.workflows().collect();
+    let matches = match root(&workflows).try_get_matches_from(&args) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = e.print();
+            return Outcome::Exit(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match matches.subcommand() {
+        None | Some(("serve", _)) => Outcome::Serve,
+        Some(("workflows", m)) => {
+            if m.get_flag("json") {
+                println!("{}", Value::Array(workflows.iter().map(|w| w.summary()).collect()));
+            } else {
+                for w in &workflows {
+                    println!("{:<24} {}", w.name, w.description);
+                }
+            }
+            Outcome::Exit(0)
+        }
+        Some(("run", m)) => {
+            let Some((name, sub)) = m.subcommand() else { return Outcome::Exit(2) };
+            let Some(w) = workflows.iter().find(|w| w.name == name) else {
+                let json_out = sub.get_many::<std::ffi::OsString>("").into_iter().flatten().any(|a| a == "--json");
+                let e = app.execute(name, Value::Null).await.expect_err("not registered");
+                return fail(&e, json_out);
+            };
+            let json_out = sub.get_flag("__json_out");
+            let result = match inputs(w, sub) {
+                Ok(inputs) => app.execute(name, inputs).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(v) => {
+                    println!("{}", if json_out { v.to_string() } else { serde_json::to_string_pretty(&v).unwrap_or_default() });
+                    Outcome::Exit(0)
+                }
+                Err(e) => fail(&e, json_out),
+            }
+        }
+        Some((cmd @ ("models" | "migrate"), m)) => {
+            let mut argv = vec![args[0].clone(), cmd.to_string()];
+            argv.extend(m.get_many::<String>("rest").into_iter().flatten().cloned());
+            Outcome::Exit(dataflow::cli::run_from(app.db(), argv).await)
+        }
+        Some(_) => Outcome::Exit(2),
+    }
+}
+
+/// Prints an error the CLI way and picks its exit code.
+fn fail(e: &Error, json_out: bool) -> Outcome {
+    if json_out {
+        println!("{}", crate::error_body(e));
+    } else {
+        eprintln!("error[{}]: {}", e.code(), e.message());
+    }
+    Outcome::Exit(i32::from(e.kind().exit_code()))
+}

@@ -1,0 +1,124 @@
+//! The HTTP API (axum).
+
+use crate::channel::{error_body, execute, http_status};
+use crate::Registered;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use dataflow::{DataFlow, Error, ErrorCode};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The largest request body accepted.
+pub const MAX_BODY: usize = 1 << 20;
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub db: DataFlow,
+    pub workflows: Arc<BTreeMap<String, Registered>>,
+}
+
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/workflows", get(list))
+        .route("/workflows/{name}", get(describe))
+        .route("/workflows/{name}/execute", post(run))
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/ready", get(ready))
+        .route("/openapi.json", get(openapi))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// An error as a response: its status from the one mapping, its JSON body.
+struct ApiError(Error);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(http_status(self.0.kind())).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(error_body(&self.0))).into_response()
+    }
+}
+
+async fn list(State(s): State<AppState>) -> Json<Value> {
+    Json(json!({"workflows": s.workflows.values().map(Registered::summary).collect::<Vec<_>>()}))
+}
+
+async fn describe(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    match s.workflows.get(&name) {
+        Some(w) => {
+            let mut v = w.summary();
+            v["workflow"] = w.workflow.to_json();
+            Ok(Json(v))
+        }
+        None => Err(ApiError(Error::new(ErrorCode::NotFound, format!("no workflow named `{name}`")))),
+    }
+}
+
+async fn run(State(s): State<AppState>, Path(name): Path<String>, body: Result<Json<Value>, JsonRejection>) -> Result<Json<Value>, ApiError> {
+    let Json(body) = body.map_err(|e| {
+        let status = e.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "payload too large" } else { "invalid JSON" };
+        ApiError(Error::new(ErrorCode::Validation, format!("request body: {code}: {}", e.body_text())))
+    })?;
+    let inputs = match body {
+        Value::Object(mut m) => {
+            if let Some(k) = m.keys().find(|k| *k != "inputs") {
+                return Err(ApiError(Error::new(ErrorCode::Validation, format!("unknown request field `{k}`; send {{\"inputs\": {{...}}}}")).with_field(k.clone())));
+            }
+            m.remove("inputs").unwrap_or(Value::Object(Map::new()))
+        }
+        _ => return Err(ApiError(Error::new(ErrorCode::Validation, "the request body must be an object: {\"inputs\": {...}}"))),
+    };
+    execute(&s.db, &s.workflows, &name, inputs).await.map(Json).map_err(ApiError)
+}
+
+async fn ready(State(s): State<AppState>) -> Response {
+    match s.db.execute_ping().await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(error_body(&e))).into_response(),
+    }
+}
+
+async fn openapi(State(s): State<AppState>) -> Json<Value> {
+    let mut paths = Map::new();
+    for w in s.workflows.values() {
+        paths.insert(
+            format!("/workflows/{}/execute", w.name),
+            json!({"post": {
+                "operationId": format!("execute_{}", w.name.replace('-', "_")),
+                "summary": w.description,
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"inputs": w.workflow.input_schema()}, "additionalProperties": false
+                }}}},
+                "responses": {
+                    "200": {"description": "the outputs of every node", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RunResult"}}}},
+                    "404": {"$ref": "#/components/responses/Error"},
+                    "409": {"$ref": "#/components/responses/Error"},
+                    "422": {"$ref": "#/components/responses/Error"},
+                    "500": {"$ref": "#/components/responses/Error"}
+                }
+            }}),
+        );
+    }
+    Json(json!({
+        "openapi": "3.1.0",
+        "info": {"title": "nexus workflows", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {
+            "schemas": {
+                "RunResult": {"type": "object", "required": ["outputs", "run_id", "execution_time"], "properties": {
+                    "outputs": {"type": "object"}, "run_id": {"type": "string"}, "execution_time": {"type": "number"}
+                }},
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+                    "code": {"type": "string"}, "message": {"type": "string"}, "node": {"type": "string"}, "field": {"type": "string"}, "model": {"type": "string"}
+                }}}}
+            },
+            "responses": {"Error": {"description": "an error with a stable code", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}
+        }
+    }))
+}

@@ -1,0 +1,173 @@
+//! MCP (Model Context Protocol) for AI agents, with the official `rmcp` SDK.
+//!
+//! Every registered workflow is one tool: its name, its description and the
+//! workflow's own input JSON Schema. `tools/call` runs the workflow through
+//! the path every channel shares ([`crate::channel::execute`]) and answers
+//! with the same JSON as HTTP: `{"outputs", "run_id", "execution_time"}` as
+//! text and as structured content. A failed run is a tool error
+//! (`isError: true`) whose content is the HTTP error body
+//! `{"error": {"code", "message", ...}}`; an unknown tool is a protocol error
+//! (`-32602` invalid params) whose `data` is that body with code `not_found`.
+//!
+//! Two transports: stdio ([`serve_stdio`]) and streamable HTTP at `/mcp`
+//! ([`serve_http`], or [`router`] to mount it in an axum app).
+
+use crate::channel::{error_body, execute};
+use crate::Registered;
+use dataflow::{DataFlow, Error, ErrorCode, Result};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, JsonObject, ListToolsResult, PaginatedRequestParams,
+    ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// The path the streamable HTTP transport is mounted at.
+pub const MCP_PATH: &str = "/mcp";
+
+/// Hosts always accepted in the `Host` header of streamable HTTP requests
+/// (rmcp rejects others to prevent DNS rebinding).
+pub const LOCAL_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+/// The MCP server: a database and the registered workflows, one tool each.
+#[derive(Clone)]
+pub struct McpServer {
+    db: DataFlow,
+    workflows: Arc<BTreeMap<String, Registered>>,
+}
+
+impl McpServer {
+    pub fn new(db: DataFlow, workflows: Arc<BTreeMap<String, Registered>>) -> Self {
+        McpServer { db, workflows }
+    }
+
+    /// The tool published for a registered workflow.
+    pub fn tool(registered: &Registered) -> Tool {
+        let schema = match registered.workflow.input_schema() {
+            Value::Object(m) => m.clone(),
+            // `input_schema` is always an object; keep the tool callable anyway.
+            _ => {
+                let mut m = JsonObject::new();
+                m.insert("type".into(), "object".into());
+                m
+            }
+        };
+        Tool::new(registered.name.clone(), registered.description.clone(), Arc::new(schema))
+    }
+
+    /// Every tool, in name order.
+    pub fn tools(&self) -> Vec<Tool> {
+        self.workflows.values().map(Self::tool).collect()
+    }
+
+    /// A `tools/call`: the HTTP result, a tool error with the HTTP error
+    /// body, or (unknown tool) an invalid-params protocol error.
+    pub async fn call(&self, name: &str, arguments: Option<JsonObject>) -> std::result::Result<CallToolResult, ErrorData> {
+        let known = self.workflows.contains_key(name);
+        let inputs = Value::Object(arguments.unwrap_or_default());
+        match execute(&self.db, &self.workflows, name, inputs).await {
+            Ok(result) => Ok(CallToolResult::structured(result)),
+            Err(e) if !known => Err(ErrorData::invalid_params(e.to_string(), Some(error_body(&e)))),
+            Err(e) => Ok(CallToolResult::structured_error(error_body(&e))),
+        }
+    }
+}
+
+impl ServerHandler for McpServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("nexus", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Each tool runs one registered dataflow workflow. A result is {\"outputs\": {node: output}, \"run_id\", \
+                 \"execution_time\"}; a failure is a tool error {\"error\": {\"code\", \"message\", ...}}.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> std::result::Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(self.tools()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> std::result::Result<CallToolResponse, ErrorData> {
+        self.call(&request.name, request.arguments).await.map(CallToolResponse::from)
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.workflows.get(name).map(Self::tool)
+    }
+}
+
+/// Serves MCP over stdin/stdout until the client closes stdin.
+pub async fn serve_stdio(db: DataFlow, workflows: Arc<BTreeMap<String, Registered>>) -> Result<()> {
+    let running = McpServer::new(db, workflows)
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| Error::new(ErrorCode::Internal, format!("MCP stdio: {e}")))?;
+    running
+        .waiting()
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::new(ErrorCode::Internal, format!("MCP stdio: {e}")))
+}
+
+/// The streamable HTTP transport mounted at `/mcp`, as an axum router.
+///
+/// `allowed_hosts` are accepted in the `Host` header in addition to
+/// [`LOCAL_HOSTS`]; an entry is a host (any port) or `host:port`, and `"*"`
+/// accepts every host (only for deployments behind their own checks).
+pub fn router(db: DataFlow, workflows: Arc<BTreeMap<String, Registered>>, allowed_hosts: Vec<String>) -> axum::Router {
+    router_with(db, workflows, allowed_hosts, CancellationToken::new())
+}
+
+fn router_with(
+    db: DataFlow,
+    workflows: Arc<BTreeMap<String, Registered>>,
+    allowed_hosts: Vec<String>,
+    shutdown: CancellationToken,
+) -> axum::Router {
+    let server = McpServer::new(db, workflows);
+    let config = StreamableHttpServerConfig::default().with_cancellation_token(shutdown);
+    let config = if allowed_hosts.iter().any(|h| h == "*") {
+        config.disable_allowed_hosts()
+    } else {
+        let mut hosts: Vec<String> = LOCAL_HOSTS.iter().map(|h| h.to_string()).collect();
+        hosts.extend(allowed_hosts.into_iter().filter(|h| !h.is_empty()));
+        hosts.dedup();
+        config.with_allowed_hosts(hosts)
+    };
+    let service = StreamableHttpService::new(move || Ok(server.clone()), Arc::new(LocalSessionManager::default()), config);
+    axum::Router::new().nest_service(MCP_PATH, service)
+}
+
+/// Serves the streamable HTTP transport at `/mcp` on `listener` until
+/// Ctrl-C / SIGTERM: open MCP sessions are closed, in-flight requests finish.
+pub async fn serve_http(
+    db: DataFlow,
+    workflows: Arc<BTreeMap<String, Registered>>,
+    listener: tokio::net::TcpListener,
+    allowed_hosts: Vec<String>,
+) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    let app = router_with(db, workflows, allowed_hosts, shutdown.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            crate::shutdown_signal().await;
+            // Ends the sessions' long-lived SSE streams so the server can stop.
+            shutdown.cancel();
+        })
+        .await
+        .map_err(|e| Error::new(ErrorCode::Internal, format!("MCP HTTP server: {e}")))
+}
