@@ -672,3 +672,35 @@ async fn custom_node_input_is_checked_against_its_schema() {
         .unwrap_err();
     assert!(e.message().contains("unknown property `nmae`"), "{e}");
 }
+
+#[tokio::test]
+async fn observers_see_every_run_event_in_order() {
+    use dataflow::RunEvent;
+    use std::sync::{Arc, Mutex};
+    let db = sqlite_db("events").await;
+    let seen: Arc<Mutex<Vec<RunEvent>>> = Arc::default();
+    let sink = seen.clone();
+    let rt = db.runtime().with_observer(Arc::new(move |e: &RunEvent| sink.lock().unwrap().push(e.clone())));
+    let run = rt.execute(&signup(&db), signup_inputs("ev@x.io")).await.unwrap();
+    let events = seen.lock().unwrap().clone();
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert_eq!(events[0], RunEvent::Started { run_id: run.run_id.clone() });
+    let nodes: Vec<&str> = events[1..3]
+        .iter()
+        .map(|e| match e {
+            RunEvent::NodeFinished { node, ok: true, .. } => node.as_str(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(nodes, ["create", "session"]);
+    assert!(matches!(&events[3], RunEvent::Finished { run_id, .. } if *run_id == run.run_id));
+
+    seen.lock().unwrap().clear();
+    rt.execute(&signup(&db), signup_inputs("ev@x.io")).await.unwrap_err();
+    let events = seen.lock().unwrap().clone();
+    assert!(
+        matches!(events.last(), Some(RunEvent::Failed { code, node: Some(n), .. }) if code == "unique_violation" && n == "create"),
+        "{events:?}"
+    );
+    assert_eq!(serde_json::to_value(&events[0]).unwrap()["event"], "started");
+}

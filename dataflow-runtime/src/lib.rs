@@ -47,7 +47,8 @@ pub use crate::node::{MergeNode, Node, NodeContext, NodeFuture, SwitchNode};
 pub use crate::schema::{Model, ModelSchema};
 pub use crate::sql::Dialect;
 pub use crate::workflow::{
-    ConnectionSpec, NodeSpec, Run, Workflow, WorkflowBuilder, WorkflowRuntime, WorkflowSpec,
+    ConnectionSpec, NodeSpec, Observer, Run, RunEvent, Workflow, WorkflowBuilder, WorkflowRuntime,
+    WorkflowSpec,
 };
 pub use dataflow_macros::{embed_migrations, model, node};
 

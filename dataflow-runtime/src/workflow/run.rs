@@ -27,16 +27,36 @@ pub struct Run {
     pub duration: Duration,
 }
 
+/// What happens during a run, for event streams and metrics.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunEvent {
+    Started { run_id: String },
+    NodeFinished { run_id: String, node: String, node_type: String, ok: bool, duration_ms: f64 },
+    Finished { run_id: String, duration_ms: f64 },
+    Failed { run_id: String, code: String, node: Option<String>, message: String },
+}
+
+/// Receives every [`RunEvent`] of the runs it observes.
+pub type Observer = std::sync::Arc<dyn Fn(&RunEvent) + Send + Sync>;
+
 /// Runs workflows against a [`DataFlow`]; get one with `db.runtime()`.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WorkflowRuntime {
     db: DataFlow,
+    observer: Option<Observer>,
+}
+
+impl std::fmt::Debug for WorkflowRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkflowRuntime").field("observed", &self.observer.is_some()).finish()
+    }
 }
 
 impl DataFlow {
     /// The workflow runtime over this database.
     pub fn runtime(&self) -> WorkflowRuntime {
-        WorkflowRuntime { db: self.clone() }
+        WorkflowRuntime { db: self.clone(), observer: None }
     }
 }
 
@@ -62,6 +82,7 @@ enum Next {
 /// The bookkeeping shared by the concurrent and the transactional runner.
 struct State<'p> {
     plan: &'p Plan,
+    observe: Option<(&'p Observer, &'p str)>,
     inputs: Map<String, Value>,
     status: Vec<Status>,
     outputs: Vec<Option<Value>>,
@@ -70,10 +91,14 @@ struct State<'p> {
 }
 
 impl<'p> State<'p> {
-    fn new(plan: &'p Plan, inputs: Map<String, Value>) -> Self {
+    fn new(plan: &'p Plan, inputs: Map<String, Value>, observe: Option<(&'p Observer, &'p str)>) -> Self {
         let n = plan.nodes.len();
+        if let Some((o, run_id)) = observe {
+            o(&RunEvent::Started { run_id: run_id.to_string() });
+        }
         State {
             plan,
+            observe,
             inputs,
             status: vec![Status::Pending; n],
             outputs: vec![None; n],
@@ -147,6 +172,15 @@ impl<'p> State<'p> {
     fn finish(&mut self, i: usize, result: Result<Value>, took: Duration) {
         let node = &self.plan.nodes[i];
         self.timings.insert(node.id.clone(), took);
+        if let Some((o, run_id)) = self.observe {
+            o(&RunEvent::NodeFinished {
+                run_id: run_id.to_string(),
+                node: node.id.clone(),
+                node_type: node.node_type.clone(),
+                ok: result.is_ok(),
+                duration_ms: took.as_secs_f64() * 1e3,
+            });
+        }
         match result {
             Ok(v) => {
                 self.status[i] = Status::Done;
@@ -189,6 +223,17 @@ impl<'p> State<'p> {
         }
     }
 
+    fn report_failure(&self, e: &Error) {
+        if let Some((o, run_id)) = self.observe {
+            o(&RunEvent::Failed {
+                run_id: run_id.to_string(),
+                code: e.code().to_string(),
+                node: e.node().map(str::to_string),
+                message: e.message().to_string(),
+            });
+        }
+    }
+
     fn results(&self) -> Map<String, Value> {
         self.plan
             .nodes
@@ -200,7 +245,11 @@ impl<'p> State<'p> {
 
     fn into_run(mut self, run_id: String, started: Instant) -> Result<Run> {
         if let Some(e) = self.error.take() {
+            self.report_failure(&e);
             return Err(e.with_completed(self.results()));
+        }
+        if let Some((o, _)) = self.observe {
+            o(&RunEvent::Finished { run_id: run_id.clone(), duration_ms: started.elapsed().as_secs_f64() * 1e3 });
         }
         let plan = self.plan;
         let skipped = plan
@@ -234,6 +283,12 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 impl WorkflowRuntime {
+    /// Sends every event of the runs this runtime executes to `observer`.
+    pub fn with_observer(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// Runs `workflow` with `inputs` (an object matching its input schema).
     pub async fn execute(&self, workflow: &Workflow, inputs: Value) -> Result<Run> {
         self.execute_with_id(workflow, inputs, uuid::Uuid::now_v7().to_string())
@@ -265,7 +320,8 @@ impl WorkflowRuntime {
     ) -> Result<Run> {
         let started = Instant::now();
         let deadline = plan.timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut state = State::new(plan, inputs);
+        let rid = run_id.clone();
+        let mut state = State::new(plan, inputs, self.observer.as_ref().map(|o| (o, rid.as_str())));
         let mut waiting: Vec<usize> = plan.nodes.iter().map(|n| n.sources).collect();
         // Node futures are polled in this task (no task spawn per node): a
         // model node's database work already runs on the blocking pool, and
@@ -323,6 +379,7 @@ impl WorkflowRuntime {
                             Some(n) => e.with_node(*n),
                             None => e,
                         };
+                        state.report_failure(&e);
                         return Err(e.with_completed(state.results()));
                     }
                 },
@@ -348,12 +405,14 @@ impl WorkflowRuntime {
         run_id: String,
     ) -> Result<Run> {
         let db = self.db.clone();
+        let observer = self.observer.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let plan = &*workflow.plan;
             let deadline = plan.timeout.map(|t| started + t);
             let mut conn = db.connection()?;
-            let mut state = State::new(plan, inputs);
+            let rid = run_id.clone();
+            let mut state = State::new(plan, inputs, observer.as_ref().map(|o| (o, rid.as_str())));
             // Any failure rolls every model node back; `state` keeps what ran.
             let outcome = match &mut *conn {
                 AnyConnection::Sqlite(c) => {
@@ -365,11 +424,11 @@ impl WorkflowRuntime {
             };
             match outcome {
                 Ok(()) => state.into_run(run_id, started),
-                Err(e) => Err(state
-                    .error
-                    .take()
-                    .unwrap_or(e)
-                    .with_completed(state.results())),
+                Err(e) => {
+                    let e = state.error.take().unwrap_or(e);
+                    state.report_failure(&e);
+                    Err(e.with_completed(state.results()))
+                }
             }
         })
         .await
