@@ -171,3 +171,56 @@ async fn options_for_missing_features_fail_at_build() {
     assert_eq!(app.workflows().count(), 1, "a failed registration changes nothing");
     assert_eq!(app.register("Bad Name", wf.build(&db).unwrap()).unwrap_err().code(), "validation");
 }
+
+#[test]
+fn events_stream_in_order_and_metrics_count_requests() {
+    use std::io::{Read, Write};
+    let s = server(&support::sqlite_url("nexus_events"));
+    let mut sse = std::net::TcpStream::connect(s.addr).unwrap();
+    write!(sse, "GET /events HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n", s.addr).unwrap();
+    sse.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Wait for the response head so the subscription exists before the run.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        sse.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&head).contains("text/event-stream"));
+
+    let (status, _) = http(&s, "start_conversation", json!({"user_id": "nobody", "token": "t", "expires_at": "2030-01-01T00:00:00Z"}));
+    assert_eq!(status, 409, "fk_violation: the user does not exist");
+    let (status, created) = http(&s, "create_user", json!({"email": "e@x.io"}));
+    assert_eq!(status, 200);
+
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    let started = Instant::now();
+    while text.matches("\"event\":\"finished\"").count() < 1 {
+        let n = sse.read(&mut buf).unwrap();
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        assert!(started.elapsed() < Duration::from_secs(10), "no finished event in {text}");
+    }
+    let events: Vec<Value> = text.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).unwrap()).collect();
+    let kinds: Vec<(&str, &str)> = events.iter().map(|e| (e["workflow"].as_str().unwrap(), e["event"].as_str().unwrap())).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("start_conversation", "started"),
+            ("start_conversation", "node_finished"),
+            ("start_conversation", "failed"),
+            ("create_user", "started"),
+            ("create_user", "node_finished"),
+            ("create_user", "finished"),
+        ]
+    );
+    assert_eq!(events[2]["code"], "fk_violation");
+    assert_eq!(events[5]["run_id"], created["run_id"]);
+
+    let metrics = request(s.addr, "GET", "/metrics", None).body;
+    assert!(metrics.contains(r#"nexus_requests_total{channel="http",code="ok",workflow="create_user"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"nexus_requests_total{channel="http",code="fk_violation",workflow="start_conversation"} 1"#), "{metrics}");
+    assert!(metrics.contains("nexus_request_duration_seconds_bucket"), "{metrics}");
+    assert!(metrics.contains(r#"nexus_node_duration_seconds_count{node="create",workflow="create_user"} 1"#), "{metrics}");
+    assert!(metrics.contains("nexus_db_pool_connections{state=\"open\"}"), "{metrics}");
+}

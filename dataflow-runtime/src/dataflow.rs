@@ -491,6 +491,12 @@ impl DataFlow {
             .map_err(|e| Error::internal(format!("boot task failed: {e}")))?
     }
 
+    /// Connections the pool holds, and how many of them are idle.
+    pub fn pool_state(&self) -> (u32, u32) {
+        let s = self.inner.pool.state();
+        (s.connections, s.idle_connections)
+    }
+
     /// Whether the database answers (`/ready`): one pooled round trip.
     pub async fn execute_ping(&self) -> Result<()> {
         self.blocking(|_, conn| {

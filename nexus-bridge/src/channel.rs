@@ -41,3 +41,76 @@ pub fn http_status(code: ErrorCode) -> u16 {
 pub fn error_body(e: &Error) -> Value {
     json!({"error": e.to_json()})
 }
+
+/// Shared by the channels of one process: the event stream and the metrics.
+pub(crate) struct Hub {
+    pub events: tokio::sync::broadcast::Sender<String>,
+    registry: prometheus::Registry,
+    requests: prometheus::IntCounterVec,
+    latency: prometheus::HistogramVec,
+    nodes: prometheus::HistogramVec,
+    pool: prometheus::IntGaugeVec,
+}
+
+impl Hub {
+    pub fn new() -> Hub {
+        use prometheus::{histogram_opts, opts, HistogramVec, IntCounterVec, IntGaugeVec};
+        let registry = prometheus::Registry::new();
+        let requests = IntCounterVec::new(opts!("nexus_requests_total", "Workflow executions by workflow, channel and outcome code"), &["workflow", "channel", "code"]).expect("valid metric");
+        let latency = HistogramVec::new(histogram_opts!("nexus_request_duration_seconds", "Workflow execution time by workflow and channel"), &["workflow", "channel"]).expect("valid metric");
+        let nodes = HistogramVec::new(histogram_opts!("nexus_node_duration_seconds", "Node execution time by workflow and node"), &["workflow", "node"]).expect("valid metric");
+        let pool = IntGaugeVec::new(opts!("nexus_db_pool_connections", "Database pool connections by state"), &["state"]).expect("valid metric");
+        for m in [Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>, Box::new(latency.clone()), Box::new(nodes.clone()), Box::new(pool.clone())] {
+            registry.register(m).expect("unique metric");
+        }
+        Hub { events: tokio::sync::broadcast::channel(1024).0, registry, requests, latency, nodes, pool }
+    }
+
+    /// The Prometheus text exposition, with the pool's current state.
+    pub fn metrics_text(&self, db: &DataFlow) -> String {
+        let (all, idle) = db.pool_state();
+        self.pool.with_label_values(&["open"]).set(i64::from(all));
+        self.pool.with_label_values(&["idle"]).set(i64::from(idle));
+        let mut out = String::new();
+        let _ = prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// [`execute`] with the run's events published and its metrics recorded.
+pub(crate) async fn execute_observed(
+    db: &DataFlow,
+    workflows: &BTreeMap<String, Registered>,
+    name: &str,
+    inputs: Value,
+    hub: &std::sync::Arc<Hub>,
+    channel: &str,
+) -> Result<Value> {
+    let started = Instant::now();
+    let result = match workflows.get(name) {
+        None => execute(db, workflows, name, inputs).await,
+        Some(w) => {
+            let (h, wf) = (hub.clone(), name.to_string());
+            let observer: dataflow::Observer = std::sync::Arc::new(move |e: &dataflow::RunEvent| {
+                if let dataflow::RunEvent::NodeFinished { node, duration_ms, .. } = e {
+                    h.nodes.with_label_values(&[wf.as_str(), node.as_str()]).observe(duration_ms / 1e3);
+                }
+                let mut v = serde_json::to_value(e).unwrap_or_default();
+                v["workflow"] = Value::String(wf.clone());
+                // No subscribers is fine: events are for whoever listens now.
+                let _ = h.events.send(v.to_string());
+            });
+            let run = db.runtime().with_observer(observer).execute(&w.workflow, inputs).await;
+            run.map(|run| {
+                json!({"outputs": Value::Object(run.results), "run_id": run.run_id, "execution_time": started.elapsed().as_secs_f64()})
+            })
+        }
+    };
+    let code = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code(),
+    };
+    hub.requests.with_label_values(&[name, channel, code]).inc();
+    hub.latency.with_label_values(&[name, channel]).observe(started.elapsed().as_secs_f64());
+    result
+}

@@ -1,6 +1,6 @@
 //! The HTTP API (axum).
 
-use crate::channel::{error_body, execute, http_status};
+use crate::channel::{error_body, execute_observed, http_status, Hub};
 use crate::Registered;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -20,6 +20,7 @@ pub const MAX_BODY: usize = 1 << 20;
 pub(crate) struct AppState {
     pub db: DataFlow,
     pub workflows: Arc<BTreeMap<String, Registered>>,
+    pub hub: Arc<Hub>,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -30,6 +31,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/ready", get(ready))
         .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .route("/events", get(events))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -74,7 +77,21 @@ async fn run(State(s): State<AppState>, Path(name): Path<String>, body: Result<J
         }
         _ => return Err(ApiError(Error::new(ErrorCode::Validation, "the request body must be an object: {\"inputs\": {...}}"))),
     };
-    execute(&s.db, &s.workflows, &name, inputs).await.map(Json).map_err(ApiError)
+    execute_observed(&s.db, &s.workflows, &name, inputs, &s.hub, "http").await.map(Json).map_err(ApiError)
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.hub.metrics_text(&s.db)).into_response()
+}
+
+/// Server-sent events: every run's `started`, `node_finished`,
+/// `finished`/`failed`, as JSON with the workflow's name, in order.
+async fn events(State(s): State<AppState>) -> axum::response::sse::Sse<impl tokio_stream::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>> {
+    use tokio_stream::StreamExt;
+    let stream = tokio_stream::wrappers::BroadcastStream::new(s.hub.events.subscribe())
+        .filter_map(|msg| msg.ok())
+        .map(|data| Ok(axum::response::sse::Event::default().data(data)));
+    axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default())
 }
 
 async fn ready(State(s): State<AppState>) -> Response {

@@ -116,7 +116,7 @@ impl NexusBuilder {
                 format!("these nexus options ask for features this version does not have yet: {}", missing.join(", ")),
             ));
         }
-        Ok(Nexus { options: self, db, workflows: Arc::new(BTreeMap::new()) })
+        Ok(Nexus { options: self, db, workflows: Arc::new(BTreeMap::new()), hub: Arc::new(channel::Hub::new()) })
     }
 }
 
@@ -125,6 +125,7 @@ pub struct Nexus {
     options: NexusBuilder,
     db: DataFlow,
     workflows: Arc<BTreeMap<String, Registered>>,
+    hub: Arc<channel::Hub>,
 }
 
 impl Nexus {
@@ -173,7 +174,7 @@ impl Nexus {
 
     /// The HTTP API as an axum router (what `serve` listens with).
     pub fn router(&self) -> axum::Router {
-        http::router(http::AppState { db: self.db.clone(), workflows: self.workflows.clone() })
+        http::router(http::AppState { db: self.db.clone(), workflows: self.workflows.clone(), hub: self.hub.clone() })
     }
 
     /// Serves HTTP on `api_port` until Ctrl-C / SIGTERM; in-flight requests finish.
@@ -203,7 +204,7 @@ impl Nexus {
 
     /// Runs a registered workflow: the one path every channel takes.
     pub async fn execute(&self, name: &str, inputs: Value) -> Result<Value> {
-        channel::execute(&self.db, &self.workflows, name, inputs).await
+        channel::execute_observed(&self.db, &self.workflows, name, inputs, &self.hub, "cli").await
     }
 }
 
