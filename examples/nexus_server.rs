@@ -56,23 +56,37 @@ async fn main() {
 
 async fn run() -> Result<(), dataflow::Error> {
     let url = std::env::var("NEXUS_DATABASE_URL").unwrap_or_else(|_| "sqlite://nexus.db".into());
-    let port: u16 = std::env::var("NEXUS_API_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8000);
+    let port: u16 = std::env::var("NEXUS_API_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8000);
     let db = DataFlow::builder(&url).build().await?;
 
     let mut create = WorkflowBuilder::new();
-    create
-        .description("Create a user")
-        .add_node("UserCreateNode", "create", json!({"email": "{{email}}", "full_name": "{{full_name}}", "active": "{{active}}"}));
+    create.description("Create a user").add_node(
+        "UserCreateNode",
+        "create",
+        json!({"email": "{{email}}", "full_name": "{{full_name}}", "active": "{{active}}"}),
+    );
     let mut get = WorkflowBuilder::new();
-    get.description("Read a user by id").add_node("UserReadNode", "user", json!({"id": "{{id}}"}));
+    get.description("Read a user by id")
+        .add_node("UserReadNode", "user", json!({"id": "{{id}}"}));
     let mut list = WorkflowBuilder::new();
     list.description("List users, newest first")
         .add_node("UserListNode", "users", json!({"filter": {"active": "{{active}}"}, "order_by": ["-created_at"], "limit": "{{limit}}"}));
     let mut start = WorkflowBuilder::new();
     start
         .description("Open a session and a conversation for a user")
-        .add_node("SessionCreateNode", "session", json!({"user_id": "{{user_id}}", "token": "{{token}}", "expires_at": "{{expires_at}}"}))
-        .add_node("ConversationCreateNode", "conversation", json!({"user_id": "{{user_id}}", "title": "{{title}}"}))
+        .add_node(
+            "SessionCreateNode",
+            "session",
+            json!({"user_id": "{{user_id}}", "token": "{{token}}", "expires_at": "{{expires_at}}"}),
+        )
+        .add_node(
+            "ConversationCreateNode",
+            "conversation",
+            json!({"user_id": "{{user_id}}", "title": "{{title}}"}),
+        )
         .add_connection("session", "id", "conversation", "session_id");
 
     let mut app = Nexus::builder().api_port(port).build(db.clone())?;

@@ -26,38 +26,75 @@ impl Drop for Server {
 
 fn example() -> Command {
     let mut c = Command::new(env!("CARGO"));
-    c.args(["run", "--quiet", "--example", "nexus_server", "--"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+    c.args(["run", "--quiet", "--example", "nexus_server", "--"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
     c
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn server(url: &str) -> Server {
     // Build first so the timeout below measures start-up, not compilation.
-    assert!(Command::new(env!("CARGO")).args(["build", "--quiet", "--example", "nexus_server"]).current_dir(env!("CARGO_MANIFEST_DIR")).status().unwrap().success());
+    assert!(Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--example", "nexus_server"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap()
+        .success());
     let port = free_port();
-    let child = example().env("NEXUS_DATABASE_URL", url).env("NEXUS_API_PORT", port.to_string()).spawn().unwrap();
+    let child = example()
+        .env("NEXUS_DATABASE_URL", url)
+        .env("NEXUS_API_PORT", port.to_string())
+        .spawn()
+        .unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let started = Instant::now();
     while std::net::TcpStream::connect(addr).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "the server did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the server did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    Server { child, addr, url: url.to_string() }
+    Server {
+        child,
+        addr,
+        url: url.to_string(),
+    }
 }
 
 /// The CLI: `run <workflow> <flags> --json` → (exit code, JSON printed).
 fn cli(url: &str, workflow: &str, flags: &[&str]) -> (i32, Value) {
-    let out = example().env("NEXUS_DATABASE_URL", url).args(["run", workflow]).args(flags).arg("--json").output().unwrap();
+    let out = example()
+        .env("NEXUS_DATABASE_URL", url)
+        .args(["run", workflow])
+        .args(flags)
+        .arg("--json")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let v = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("CLI printed no JSON: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let v = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!(
+            "CLI printed no JSON: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     (out.status.code().unwrap_or(-1), v)
 }
 
 fn http(s: &Server, workflow: &str, inputs: Value) -> (u16, Value) {
-    let r = request(s.addr, "POST", &format!("/workflows/{workflow}/execute"), Some(json!({"inputs": inputs}).to_string().as_bytes()));
+    let r = request(
+        s.addr,
+        "POST",
+        &format!("/workflows/{workflow}/execute"),
+        Some(json!({"inputs": inputs}).to_string().as_bytes()),
+    );
     (r.status, r.json())
 }
 
@@ -68,51 +105,106 @@ fn http_and_cli_agree_on_results_and_errors() {
     for url in urls {
         let s = server(&url);
         // Success, on each channel.
-        let (status, created) = http(&s, "create_user", json!({"email": "h@x.io", "full_name": "Http"}));
+        let (status, created) = http(
+            &s,
+            "create_user",
+            json!({"email": "h@x.io", "full_name": "Http"}),
+        );
         assert_eq!(status, 200, "{created}");
         assert_eq!(created["outputs"]["create"]["email"], "h@x.io");
         assert!(created["run_id"].is_string() && created["execution_time"].is_number());
-        let (code, via_cli) = cli(&s.url, "create_user", &["--email", "c@x.io", "--full_name", "Cli"]);
+        let (code, via_cli) = cli(
+            &s.url,
+            "create_user",
+            &["--email", "c@x.io", "--full_name", "Cli"],
+        );
         assert_eq!(code, 0, "{via_cli}");
         assert_eq!(via_cli["outputs"]["create"]["full_name"], "Cli");
-        let id = created["outputs"]["create"]["id"].as_str().unwrap().to_string();
+        let id = created["outputs"]["create"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let (status, got) = http(&s, "get_user", json!({"id": id}));
         let (code, got_cli) = cli(&s.url, "get_user", &["--id", &id]);
         assert_eq!((status, code), (200, 0));
-        assert_eq!(got["outputs"], got_cli["outputs"], "the same output on both channels");
+        assert_eq!(
+            got["outputs"], got_cli["outputs"],
+            "the same output on both channels"
+        );
 
         // The same errors: (HTTP inputs, CLI flags, code, HTTP status, CLI exit).
         let cases: Vec<(Value, Vec<&str>, &str, u16, i32)> = vec![
             (json!({}), vec![], "validation", 422, 2),
-            (json!({"email": "h@x.io"}), vec!["--email", "h@x.io"], "unique_violation", 409, 5),
-            (json!({"email": "z@x.io", "active": "yes"}), vec!["--email", "z@x.io", "--active", "yes"], "validation", 422, 3),
+            (
+                json!({"email": "h@x.io"}),
+                vec!["--email", "h@x.io"],
+                "unique_violation",
+                409,
+                5,
+            ),
+            (
+                json!({"email": "z@x.io", "active": "yes"}),
+                vec!["--email", "z@x.io", "--active", "yes"],
+                "validation",
+                422,
+                3,
+            ),
         ];
         for (inputs, flags, code, status, exit) in cases {
             let (st, body) = http(&s, "create_user", inputs.clone());
-            assert_eq!((st, body["error"]["code"].as_str()), (status, Some(code)), "{inputs}: {body}");
+            assert_eq!(
+                (st, body["error"]["code"].as_str()),
+                (status, Some(code)),
+                "{inputs}: {body}"
+            );
             if exit == 2 {
                 continue; // a missing required flag is a usage error on the command line
             }
             let (ex, out) = cli(&s.url, "create_user", &flags);
-            assert_eq!((ex, out["error"]["code"].as_str()), (exit, Some(code)), "{flags:?}: {out}");
+            assert_eq!(
+                (ex, out["error"]["code"].as_str()),
+                (exit, Some(code)),
+                "{flags:?}: {out}"
+            );
         }
         let (st, body) = http(&s, "get_user", json!({"id": "missing"}));
         let (ex, out) = cli(&s.url, "get_user", &["--id", "missing"]);
         assert_eq!((st, ex), (404, 4));
         assert_eq!(body["error"]["code"], "not_found");
-        assert_eq!(body["error"], out["error"], "the same error on both channels");
+        assert_eq!(
+            body["error"], out["error"],
+            "the same error on both channels"
+        );
         let (st, body) = http(&s, "nope", json!({}));
         let (ex, out) = cli(&s.url, "nope", &[]);
         assert_eq!((st, ex), (404, 4));
         assert_eq!(body["error"]["code"], out["error"]["code"]);
 
         // HTTP-only bad input: malformed JSON, wrong shape, oversized bodies.
-        let r = request(s.addr, "POST", "/workflows/create_user/execute", Some(b"{not json"));
-        assert_eq!((r.status, r.json()["error"]["code"].as_str()), (422, Some("validation")));
-        let r = request(s.addr, "POST", "/workflows/create_user/execute", Some(br#"{"input": {}}"#));
+        let r = request(
+            s.addr,
+            "POST",
+            "/workflows/create_user/execute",
+            Some(b"{not json"),
+        );
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].as_str()),
+            (422, Some("validation"))
+        );
+        let r = request(
+            s.addr,
+            "POST",
+            "/workflows/create_user/execute",
+            Some(br#"{"input": {}}"#),
+        );
         assert_eq!(r.status, 422);
         let big = format!("{{\"inputs\": {{\"email\": \"{}\"}}}}", "x".repeat(2 << 20));
-        let r = request(s.addr, "POST", "/workflows/create_user/execute", Some(big.as_bytes()));
+        let r = request(
+            s.addr,
+            "POST",
+            "/workflows/create_user/execute",
+            Some(big.as_bytes()),
+        );
         assert_eq!(r.status, 422, "{}", r.body);
         assert_eq!(r.json()["error"]["code"], "validation");
     }
@@ -124,14 +216,33 @@ fn discovery_health_and_openapi() {
     let r = request(s.addr, "GET", "/health", None);
     assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("ok")));
     let r = request(s.addr, "GET", "/ready", None);
-    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("ready")));
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (200, Some("ready"))
+    );
     let list = request(s.addr, "GET", "/workflows", None).json();
-    let names: Vec<&str> = list["workflows"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["create_user", "get_user", "list_users", "start_conversation"]);
+    let names: Vec<&str> = list["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "create_user",
+            "get_user",
+            "list_users",
+            "start_conversation"
+        ]
+    );
     let create = &list["workflows"][0];
     assert_eq!(create["description"], "Create a user");
     assert_eq!(create["input_schema"]["required"], json!(["email"]));
-    assert_eq!(create["input_schema"]["properties"]["active"]["type"], "boolean");
+    assert_eq!(
+        create["input_schema"]["properties"]["active"]["type"],
+        "boolean"
+    );
     let one = request(s.addr, "GET", "/workflows/get_user", None).json();
     assert_eq!(one["workflow"]["nodes"][0]["type"], "UserReadNode");
     assert_eq!(request(s.addr, "GET", "/workflows/nope", None).status, 404);
@@ -139,16 +250,35 @@ fn discovery_health_and_openapi() {
     let api = request(s.addr, "GET", "/openapi.json", None).json();
     assert_eq!(api["openapi"], "3.1.0");
     let op = &api["paths"]["/workflows/create_user/execute"]["post"];
-    assert_eq!(op["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"], create["input_schema"]);
+    assert_eq!(
+        op["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"],
+        create["input_schema"]
+    );
     assert!(op["responses"]["422"].is_object());
     assert_eq!(api["paths"].as_object().unwrap().len(), 4);
 
-    let out = example().args(["workflows", "--json"]).env("NEXUS_DATABASE_URL", &s.url).output().unwrap();
+    let out = example()
+        .args(["workflows", "--json"])
+        .env("NEXUS_DATABASE_URL", &s.url)
+        .output()
+        .unwrap();
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(listed, list["workflows"], "the CLI lists the same workflows");
-    let help = example().args(["run", "create_user", "--help"]).env("NEXUS_DATABASE_URL", &s.url).output().unwrap();
+    assert_eq!(
+        listed, list["workflows"],
+        "the CLI lists the same workflows"
+    );
+    let help = example()
+        .args(["run", "create_user", "--help"])
+        .env("NEXUS_DATABASE_URL", &s.url)
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    assert!(help.contains("--email <STRING>") && help.contains("(required)") && help.contains("--active <BOOLEAN>"), "{help}");
+    assert!(
+        help.contains("--email <STRING>")
+            && help.contains("(required)")
+            && help.contains("--active <BOOLEAN>"),
+        "{help}"
+    );
 }
 
 #[tokio::test]
@@ -157,8 +287,15 @@ async fn options_for_missing_features_fail_at_build() {
     pub struct Probe {
         pub id: String,
     }
-    let db = dataflow::DataFlow::builder("sqlite::memory:").build().await.unwrap();
-    for b in [nexus::Nexus::builder().enable_auth(true), nexus::Nexus::builder().rate_limit(100), nexus::Nexus::builder().auto_discovery(true)] {
+    let db = dataflow::DataFlow::builder("sqlite::memory:")
+        .build()
+        .await
+        .unwrap();
+    for b in [
+        nexus::Nexus::builder().enable_auth(true),
+        nexus::Nexus::builder().rate_limit(100),
+        nexus::Nexus::builder().auto_discovery(true),
+    ] {
         let e = b.build(db.clone()).err().expect("refused");
         assert_eq!(e.code(), "not_supported", "{e}");
     }
@@ -168,8 +305,17 @@ async fn options_for_missing_features_fail_at_build() {
     app.register("count", wf.build(&db).unwrap()).unwrap();
     let e = app.register("count", wf.build(&db).unwrap()).unwrap_err();
     assert!(e.message().contains("already registered"), "{e}");
-    assert_eq!(app.workflows().count(), 1, "a failed registration changes nothing");
-    assert_eq!(app.register("Bad Name", wf.build(&db).unwrap()).unwrap_err().code(), "validation");
+    assert_eq!(
+        app.workflows().count(),
+        1,
+        "a failed registration changes nothing"
+    );
+    assert_eq!(
+        app.register("Bad Name", wf.build(&db).unwrap())
+            .unwrap_err()
+            .code(),
+        "validation"
+    );
 }
 
 #[test]
@@ -177,7 +323,12 @@ fn events_stream_in_order_and_metrics_count_requests() {
     use std::io::{Read, Write};
     let s = server(&support::sqlite_url("nexus_events"));
     let mut sse = std::net::TcpStream::connect(s.addr).unwrap();
-    write!(sse, "GET /events HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n", s.addr).unwrap();
+    write!(
+        sse,
+        "GET /events HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+        s.addr
+    )
+    .unwrap();
     sse.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // Wait for the response head so the subscription exists before the run.
     let mut head = Vec::new();
@@ -188,7 +339,11 @@ fn events_stream_in_order_and_metrics_count_requests() {
     }
     assert!(String::from_utf8_lossy(&head).contains("text/event-stream"));
 
-    let (status, _) = http(&s, "start_conversation", json!({"user_id": "nobody", "token": "t", "expires_at": "2030-01-01T00:00:00Z"}));
+    let (status, _) = http(
+        &s,
+        "start_conversation",
+        json!({"user_id": "nobody", "token": "t", "expires_at": "2030-01-01T00:00:00Z"}),
+    );
     assert_eq!(status, 409, "fk_violation: the user does not exist");
     let (status, created) = http(&s, "create_user", json!({"email": "e@x.io"}));
     assert_eq!(status, 200);
@@ -199,10 +354,25 @@ fn events_stream_in_order_and_metrics_count_requests() {
     while text.matches("\"event\":\"finished\"").count() < 1 {
         let n = sse.read(&mut buf).unwrap();
         text.push_str(&String::from_utf8_lossy(&buf[..n]));
-        assert!(started.elapsed() < Duration::from_secs(10), "no finished event in {text}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no finished event in {text}"
+        );
     }
-    let events: Vec<Value> = text.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).unwrap()).collect();
-    let kinds: Vec<(&str, &str)> = events.iter().map(|e| (e["workflow"].as_str().unwrap(), e["event"].as_str().unwrap())).collect();
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["workflow"].as_str().unwrap(),
+                e["event"].as_str().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(
         kinds,
         [
@@ -218,9 +388,24 @@ fn events_stream_in_order_and_metrics_count_requests() {
     assert_eq!(events[5]["run_id"], created["run_id"]);
 
     let metrics = request(s.addr, "GET", "/metrics", None).body;
-    assert!(metrics.contains(r#"nexus_requests_total{channel="http",code="ok",workflow="create_user"} 1"#), "{metrics}");
+    assert!(
+        metrics
+            .contains(r#"nexus_requests_total{channel="http",code="ok",workflow="create_user"} 1"#),
+        "{metrics}"
+    );
     assert!(metrics.contains(r#"nexus_requests_total{channel="http",code="fk_violation",workflow="start_conversation"} 1"#), "{metrics}");
-    assert!(metrics.contains("nexus_request_duration_seconds_bucket"), "{metrics}");
-    assert!(metrics.contains(r#"nexus_node_duration_seconds_count{node="create",workflow="create_user"} 1"#), "{metrics}");
-    assert!(metrics.contains("nexus_db_pool_connections{state=\"open\"}"), "{metrics}");
+    assert!(
+        metrics.contains("nexus_request_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"nexus_node_duration_seconds_count{node="create",workflow="create_user"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nexus_db_pool_connections{state=\"open\"}"),
+        "{metrics}"
+    );
 }

@@ -680,11 +680,21 @@ async fn observers_see_every_run_event_in_order() {
     let db = sqlite_db("events").await;
     let seen: Arc<Mutex<Vec<RunEvent>>> = Arc::default();
     let sink = seen.clone();
-    let rt = db.runtime().with_observer(Arc::new(move |e: &RunEvent| sink.lock().unwrap().push(e.clone())));
-    let run = rt.execute(&signup(&db), signup_inputs("ev@x.io")).await.unwrap();
+    let rt = db.runtime().with_observer(Arc::new(move |e: &RunEvent| {
+        sink.lock().unwrap().push(e.clone())
+    }));
+    let run = rt
+        .execute(&signup(&db), signup_inputs("ev@x.io"))
+        .await
+        .unwrap();
     let events = seen.lock().unwrap().clone();
     assert_eq!(events.len(), 4, "{events:?}");
-    assert_eq!(events[0], RunEvent::Started { run_id: run.run_id.clone() });
+    assert_eq!(
+        events[0],
+        RunEvent::Started {
+            run_id: run.run_id.clone()
+        }
+    );
     let nodes: Vec<&str> = events[1..3]
         .iter()
         .map(|e| match e {
@@ -696,11 +706,16 @@ async fn observers_see_every_run_event_in_order() {
     assert!(matches!(&events[3], RunEvent::Finished { run_id, .. } if *run_id == run.run_id));
 
     seen.lock().unwrap().clear();
-    rt.execute(&signup(&db), signup_inputs("ev@x.io")).await.unwrap_err();
+    rt.execute(&signup(&db), signup_inputs("ev@x.io"))
+        .await
+        .unwrap_err();
     let events = seen.lock().unwrap().clone();
     assert!(
         matches!(events.last(), Some(RunEvent::Failed { code, node: Some(n), .. }) if code == "unique_violation" && n == "create"),
         "{events:?}"
     );
-    assert_eq!(serde_json::to_value(&events[0]).unwrap()["event"], "started");
+    assert_eq!(
+        serde_json::to_value(&events[0]).unwrap()["event"],
+        "started"
+    );
 }

@@ -500,8 +500,12 @@ impl DataFlow {
     /// Whether the database answers (`/ready`): one pooled round trip.
     pub async fn execute_ping(&self) -> Result<()> {
         self.blocking(|_, conn| {
-            diesel::connection::SimpleConnection::batch_execute(conn, "SELECT 1")
-                .map_err(|e| Error::new(ErrorCode::Connection, format!("the database does not answer: {e}")))
+            diesel::connection::SimpleConnection::batch_execute(conn, "SELECT 1").map_err(|e| {
+                Error::new(
+                    ErrorCode::Connection,
+                    format!("the database does not answer: {e}"),
+                )
+            })
         })
         .await
     }

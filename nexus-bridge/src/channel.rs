@@ -8,10 +8,21 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// Runs `name` with `inputs`: `{"outputs": {node: output}, "run_id", "execution_time"}`.
-pub(crate) async fn execute(db: &DataFlow, workflows: &BTreeMap<String, Registered>, name: &str, inputs: Value) -> Result<Value> {
+pub(crate) async fn execute(
+    db: &DataFlow,
+    workflows: &BTreeMap<String, Registered>,
+    name: &str,
+    inputs: Value,
+) -> Result<Value> {
     let Some(w) = workflows.get(name) else {
         let known: Vec<&str> = workflows.keys().map(String::as_str).collect();
-        return Err(Error::new(ErrorCode::NotFound, format!("no workflow named `{name}`; registered: {}", known.join(", "))));
+        return Err(Error::new(
+            ErrorCode::NotFound,
+            format!(
+                "no workflow named `{name}`; registered: {}",
+                known.join(", ")
+            ),
+        ));
     };
     let started = Instant::now();
     let run = db.runtime().execute(&w.workflow, inputs).await?;
@@ -28,7 +39,10 @@ pub fn http_status(code: ErrorCode) -> u16 {
     match code {
         ErrorCode::Validation | ErrorCode::ConfirmationRequired => 422,
         ErrorCode::NotFound | ErrorCode::UnknownNode => 404,
-        ErrorCode::UniqueViolation | ErrorCode::FkViolation | ErrorCode::NotAllowed | ErrorCode::MigrationBlocked => 409,
+        ErrorCode::UniqueViolation
+        | ErrorCode::FkViolation
+        | ErrorCode::NotAllowed
+        | ErrorCode::MigrationBlocked => 409,
         ErrorCode::Timeout => 504,
         ErrorCode::Connection => 503,
         ErrorCode::Config | ErrorCode::NotSupported => 501,
@@ -56,14 +70,54 @@ impl Hub {
     pub fn new() -> Hub {
         use prometheus::{histogram_opts, opts, HistogramVec, IntCounterVec, IntGaugeVec};
         let registry = prometheus::Registry::new();
-        let requests = IntCounterVec::new(opts!("nexus_requests_total", "Workflow executions by workflow, channel and outcome code"), &["workflow", "channel", "code"]).expect("valid metric");
-        let latency = HistogramVec::new(histogram_opts!("nexus_request_duration_seconds", "Workflow execution time by workflow and channel"), &["workflow", "channel"]).expect("valid metric");
-        let nodes = HistogramVec::new(histogram_opts!("nexus_node_duration_seconds", "Node execution time by workflow and node"), &["workflow", "node"]).expect("valid metric");
-        let pool = IntGaugeVec::new(opts!("nexus_db_pool_connections", "Database pool connections by state"), &["state"]).expect("valid metric");
-        for m in [Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>, Box::new(latency.clone()), Box::new(nodes.clone()), Box::new(pool.clone())] {
+        let requests = IntCounterVec::new(
+            opts!(
+                "nexus_requests_total",
+                "Workflow executions by workflow, channel and outcome code"
+            ),
+            &["workflow", "channel", "code"],
+        )
+        .expect("valid metric");
+        let latency = HistogramVec::new(
+            histogram_opts!(
+                "nexus_request_duration_seconds",
+                "Workflow execution time by workflow and channel"
+            ),
+            &["workflow", "channel"],
+        )
+        .expect("valid metric");
+        let nodes = HistogramVec::new(
+            histogram_opts!(
+                "nexus_node_duration_seconds",
+                "Node execution time by workflow and node"
+            ),
+            &["workflow", "node"],
+        )
+        .expect("valid metric");
+        let pool = IntGaugeVec::new(
+            opts!(
+                "nexus_db_pool_connections",
+                "Database pool connections by state"
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        for m in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(nodes.clone()),
+            Box::new(pool.clone()),
+        ] {
             registry.register(m).expect("unique metric");
         }
-        Hub { events: tokio::sync::broadcast::channel(1024).0, registry, requests, latency, nodes, pool }
+        Hub {
+            events: tokio::sync::broadcast::channel(1024).0,
+            registry,
+            requests,
+            latency,
+            nodes,
+            pool,
+        }
     }
 
     /// The Prometheus text exposition, with the pool's current state.
@@ -91,16 +145,26 @@ pub(crate) async fn execute_observed(
         None => execute(db, workflows, name, inputs).await,
         Some(w) => {
             let (h, wf) = (hub.clone(), name.to_string());
-            let observer: dataflow::Observer = std::sync::Arc::new(move |e: &dataflow::RunEvent| {
-                if let dataflow::RunEvent::NodeFinished { node, duration_ms, .. } = e {
-                    h.nodes.with_label_values(&[wf.as_str(), node.as_str()]).observe(duration_ms / 1e3);
-                }
-                let mut v = serde_json::to_value(e).unwrap_or_default();
-                v["workflow"] = Value::String(wf.clone());
-                // No subscribers is fine: events are for whoever listens now.
-                let _ = h.events.send(v.to_string());
-            });
-            let run = db.runtime().with_observer(observer).execute(&w.workflow, inputs).await;
+            let observer: dataflow::Observer =
+                std::sync::Arc::new(move |e: &dataflow::RunEvent| {
+                    if let dataflow::RunEvent::NodeFinished {
+                        node, duration_ms, ..
+                    } = e
+                    {
+                        h.nodes
+                            .with_label_values(&[wf.as_str(), node.as_str()])
+                            .observe(duration_ms / 1e3);
+                    }
+                    let mut v = serde_json::to_value(e).unwrap_or_default();
+                    v["workflow"] = Value::String(wf.clone());
+                    // No subscribers is fine: events are for whoever listens now.
+                    let _ = h.events.send(v.to_string());
+                });
+            let run = db
+                .runtime()
+                .with_observer(observer)
+                .execute(&w.workflow, inputs)
+                .await;
             run.map(|run| {
                 json!({"outputs": Value::Object(run.results), "run_id": run.run_id, "execution_time": started.elapsed().as_secs_f64()})
             })
@@ -111,6 +175,8 @@ pub(crate) async fn execute_observed(
         Err(e) => e.code(),
     };
     hub.requests.with_label_values(&[name, channel, code]).inc();
-    hub.latency.with_label_values(&[name, channel]).observe(started.elapsed().as_secs_f64());
+    hub.latency
+        .with_label_values(&[name, channel])
+        .observe(started.elapsed().as_secs_f64());
     result
 }

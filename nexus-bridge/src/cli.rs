@@ -8,13 +8,18 @@ use serde_json::{Map, Value};
 
 pub(crate) enum Outcome {
     Serve,
+    McpStdio,
     Exit(i32),
 }
 
 fn json_type(schema: &Value) -> &str {
     let t = match schema.get("type") {
         Some(Value::String(t)) => t.as_str(),
-        _ => match schema.get("anyOf").and_then(|a| a.get(0)).and_then(|s| s.get("type")) {
+        _ => match schema
+            .get("anyOf")
+            .and_then(|a| a.get(0))
+            .and_then(|s| s.get("type"))
+        {
             Some(Value::String(t)) => t.as_str(),
             _ => "json",
         },
@@ -35,10 +40,20 @@ fn run_command(workflows: &[&Registered]) -> Command {
         .allow_external_subcommands(true);
     for w in workflows {
         let schema = w.workflow.input_schema();
-        let required: Vec<&str> = schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-        let mut sub = Command::new(w.name.clone()).about(w.description.clone()).arg(
-            Arg::new("__json_out").long("json").action(ArgAction::SetTrue).help("Print the result (or error) as compact JSON"),
-        );
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let mut sub = Command::new(w.name.clone())
+            .about(w.description.clone())
+            .arg(
+                Arg::new("__json_out")
+                    .long("json")
+                    .action(ArgAction::SetTrue)
+                    .help("Print the result (or error) as compact JSON"),
+            );
         for (name, prop) in schema["properties"].as_object().into_iter().flatten() {
             let ty = json_type(prop);
             sub = sub.arg(
@@ -46,7 +61,14 @@ fn run_command(workflows: &[&Registered]) -> Command {
                     .long(name.clone())
                     .value_name(ty.to_uppercase())
                     .required(required.contains(&name.as_str()))
-                    .help(format!("{ty}{}", if required.contains(&name.as_str()) { " (required)" } else { "" })),
+                    .help(format!(
+                        "{ty}{}",
+                        if required.contains(&name.as_str()) {
+                            " (required)"
+                        } else {
+                            ""
+                        }
+                    )),
             );
         }
         run = run.subcommand(sub);
@@ -57,21 +79,66 @@ fn run_command(workflows: &[&Registered]) -> Command {
 fn root(workflows: &[&Registered]) -> Command {
     Command::new("nexus")
         .about("Serve and run workflows over HTTP and the command line")
-        .subcommand(Command::new("serve").about("Serve the HTTP API (the default)"))
-        .subcommand(Command::new("workflows").about("List the registered workflows").arg(Arg::new("json").long("json").action(ArgAction::SetTrue)))
+        .subcommand(
+            Command::new("serve").about("Serve the HTTP API and MCP over HTTP (the default)"),
+        )
+        .subcommand(
+            Command::new("mcp")
+                .about("Serve MCP over stdin/stdout (for an agent that starts this program)"),
+        )
+        .subcommand(
+            Command::new("workflows")
+                .about("List the registered workflows")
+                .arg(Arg::new("json").long("json").action(ArgAction::SetTrue)),
+        )
         .subcommand(run_command(workflows))
-        .subcommand(Command::new("models").about("The models in the persisted registry").disable_help_flag(true).arg(Arg::new("rest").num_args(0..).trailing_var_arg(true).allow_hyphen_values(true)))
-        .subcommand(Command::new("migrate").about("Plan, apply and undo schema changes (see `migrate --help`)").disable_help_flag(true).arg(Arg::new("rest").num_args(0..).trailing_var_arg(true).allow_hyphen_values(true)))
+        .subcommand(
+            Command::new("models")
+                .about("The models in the persisted registry")
+                .disable_help_flag(true)
+                .arg(
+                    Arg::new("rest")
+                        .num_args(0..)
+                        .trailing_var_arg(true)
+                        .allow_hyphen_values(true),
+                ),
+        )
+        .subcommand(
+            Command::new("migrate")
+                .about("Plan, apply and undo schema changes (see `migrate --help`)")
+                .disable_help_flag(true)
+                .arg(
+                    Arg::new("rest")
+                        .num_args(0..)
+                        .trailing_var_arg(true)
+                        .allow_hyphen_values(true),
+                ),
+        )
 }
 
 /// A flag's text as the JSON value its schema asks for.
 fn parse_value(name: &str, prop: &Value, raw: &str) -> Result<Value, Error> {
-    let bad = |what: &str| Error::new(ErrorCode::Validation, format!("--{name}: expected {what}, got `{raw}`")).with_field(name);
+    let bad = |what: &str| {
+        Error::new(
+            ErrorCode::Validation,
+            format!("--{name}: expected {what}, got `{raw}`"),
+        )
+        .with_field(name)
+    };
     Ok(match json_type(prop) {
         "string" => Value::String(raw.to_string()),
-        "integer" => raw.parse::<i64>().map(Value::from).map_err(|_| bad("an integer"))?,
-        "number" => raw.parse::<f64>().map(Value::from).map_err(|_| bad("a number"))?,
-        "boolean" => raw.parse::<bool>().map(Value::from).map_err(|_| bad("true or false"))?,
+        "integer" => raw
+            .parse::<i64>()
+            .map(Value::from)
+            .map_err(|_| bad("an integer"))?,
+        "number" => raw
+            .parse::<f64>()
+            .map(Value::from)
+            .map_err(|_| bad("a number"))?,
+        "boolean" => raw
+            .parse::<bool>()
+            .map(Value::from)
+            .map_err(|_| bad("true or false"))?,
         _ => serde_json::from_str(raw).map_err(|_| bad("JSON"))?,
     })
 }
@@ -98,9 +165,13 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<String>) -> Outcome {
     };
     match matches.subcommand() {
         None | Some(("serve", _)) => Outcome::Serve,
+        Some(("mcp", _)) => Outcome::McpStdio,
         Some(("workflows", m)) => {
             if m.get_flag("json") {
-                println!("{}", Value::Array(workflows.iter().map(|w| w.summary()).collect()));
+                println!(
+                    "{}",
+                    Value::Array(workflows.iter().map(|w| w.summary()).collect())
+                );
             } else {
                 for w in &workflows {
                     println!("{:<24} {}", w.name, w.description);
@@ -109,10 +180,19 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<String>) -> Outcome {
             Outcome::Exit(0)
         }
         Some(("run", m)) => {
-            let Some((name, sub)) = m.subcommand() else { return Outcome::Exit(2) };
+            let Some((name, sub)) = m.subcommand() else {
+                return Outcome::Exit(2);
+            };
             let Some(w) = workflows.iter().find(|w| w.name == name) else {
-                let json_out = sub.get_many::<std::ffi::OsString>("").into_iter().flatten().any(|a| a == "--json");
-                let e = app.execute(name, Value::Null).await.expect_err("not registered");
+                let json_out = sub
+                    .get_many::<std::ffi::OsString>("")
+                    .into_iter()
+                    .flatten()
+                    .any(|a| a == "--json");
+                let e = app
+                    .execute(name, Value::Null)
+                    .await
+                    .expect_err("not registered");
                 return fail(&e, json_out);
             };
             let json_out = sub.get_flag("__json_out");
@@ -122,7 +202,14 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<String>) -> Outcome {
             };
             match result {
                 Ok(v) => {
-                    println!("{}", if json_out { v.to_string() } else { serde_json::to_string_pretty(&v).unwrap_or_default() });
+                    println!(
+                        "{}",
+                        if json_out {
+                            v.to_string()
+                        } else {
+                            serde_json::to_string_pretty(&v).unwrap_or_default()
+                        }
+                    );
                     Outcome::Exit(0)
                 }
                 Err(e) => fail(&e, json_out),

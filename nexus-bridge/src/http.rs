@@ -42,7 +42,8 @@ struct ApiError(Error);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(http_status(self.0.kind())).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(http_status(self.0.kind()))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         (status, Json(error_body(&self.0))).into_response()
     }
 }
@@ -51,42 +52,84 @@ async fn list(State(s): State<AppState>) -> Json<Value> {
     Json(json!({"workflows": s.workflows.values().map(Registered::summary).collect::<Vec<_>>()}))
 }
 
-async fn describe(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn describe(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     match s.workflows.get(&name) {
         Some(w) => {
             let mut v = w.summary();
             v["workflow"] = w.workflow.to_json();
             Ok(Json(v))
         }
-        None => Err(ApiError(Error::new(ErrorCode::NotFound, format!("no workflow named `{name}`")))),
+        None => Err(ApiError(Error::new(
+            ErrorCode::NotFound,
+            format!("no workflow named `{name}`"),
+        ))),
     }
 }
 
-async fn run(State(s): State<AppState>, Path(name): Path<String>, body: Result<Json<Value>, JsonRejection>) -> Result<Json<Value>, ApiError> {
+async fn run(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
     let Json(body) = body.map_err(|e| {
         let status = e.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "payload too large" } else { "invalid JSON" };
-        ApiError(Error::new(ErrorCode::Validation, format!("request body: {code}: {}", e.body_text())))
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload too large"
+        } else {
+            "invalid JSON"
+        };
+        ApiError(Error::new(
+            ErrorCode::Validation,
+            format!("request body: {code}: {}", e.body_text()),
+        ))
     })?;
     let inputs = match body {
         Value::Object(mut m) => {
             if let Some(k) = m.keys().find(|k| *k != "inputs") {
-                return Err(ApiError(Error::new(ErrorCode::Validation, format!("unknown request field `{k}`; send {{\"inputs\": {{...}}}}")).with_field(k.clone())));
+                return Err(ApiError(
+                    Error::new(
+                        ErrorCode::Validation,
+                        format!("unknown request field `{k}`; send {{\"inputs\": {{...}}}}"),
+                    )
+                    .with_field(k.clone()),
+                ));
             }
             m.remove("inputs").unwrap_or(Value::Object(Map::new()))
         }
-        _ => return Err(ApiError(Error::new(ErrorCode::Validation, "the request body must be an object: {\"inputs\": {...}}"))),
+        _ => {
+            return Err(ApiError(Error::new(
+                ErrorCode::Validation,
+                "the request body must be an object: {\"inputs\": {...}}",
+            )))
+        }
     };
-    execute_observed(&s.db, &s.workflows, &name, inputs, &s.hub, "http").await.map(Json).map_err(ApiError)
+    execute_observed(&s.db, &s.workflows, &name, inputs, &s.hub, "http")
+        .await
+        .map(Json)
+        .map_err(ApiError)
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.hub.metrics_text(&s.db)).into_response()
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        s.hub.metrics_text(&s.db),
+    )
+        .into_response()
 }
 
 /// Server-sent events: every run's `started`, `node_finished`,
 /// `finished`/`failed`, as JSON with the workflow's name, in order.
-async fn events(State(s): State<AppState>) -> axum::response::sse::Sse<impl tokio_stream::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>> {
+async fn events(
+    State(s): State<AppState>,
+) -> axum::response::sse::Sse<
+    impl tokio_stream::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
     use tokio_stream::StreamExt;
     let stream = tokio_stream::wrappers::BroadcastStream::new(s.hub.events.subscribe())
         .filter_map(|msg| msg.ok())

@@ -1,11 +1,11 @@
 //! `nexus`: one registration of a dataflow workflow, served at once over an
-//! HTTP API and a command line (MCP for AI agents is being added).
+//! HTTP API, a command line and MCP (for AI agents).
 //!
 //! ```no_run
 //! # async fn f(db: dataflow::DataFlow, workflow: dataflow::Workflow) -> Result<(), dataflow::Error> {
 //! let mut app = nexus::Nexus::builder().api_port(8000).build(db)?;
 //! app.register("create_user", workflow)?;
-//! app.run().await   // `serve` (default), `run <workflow> --input ...`, `workflows`
+//! app.run().await   // `serve` (default), `run <workflow> --input ...`, `workflows`, `mcp`
 //! # }
 //! ```
 
@@ -103,20 +103,38 @@ impl NexusBuilder {
     /// rather than being silently ignored.
     pub fn build(self, db: DataFlow) -> Result<Nexus> {
         let pending = [
-            (self.auto_discovery, "auto_discovery(true) (registration never scans files; only false is supported)"),
+            (
+                self.auto_discovery,
+                "auto_discovery(true) (registration never scans files; only false is supported)",
+            ),
             (self.enable_auth, "enable_auth(true) (auth and RBAC)"),
             (self.rate_limit.is_some(), "rate_limit (rate limiting)"),
-            (self.enable_durability, "enable_durability(true) (idempotency keys and the run journal)"),
+            (
+                self.enable_durability,
+                "enable_durability(true) (idempotency keys and the run journal)",
+            ),
             (self.enable_sessions, "enable_sessions(true) (sessions)"),
         ];
-        let missing: Vec<&str> = pending.iter().filter(|(on, _)| *on).map(|(_, what)| *what).collect();
+        let missing: Vec<&str> = pending
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, what)| *what)
+            .collect();
         if !missing.is_empty() {
             return Err(Error::new(
                 ErrorCode::NotSupported,
-                format!("these nexus options ask for features this version does not have yet: {}", missing.join(", ")),
+                format!(
+                    "these nexus options ask for features this version does not have yet: {}",
+                    missing.join(", ")
+                ),
             ));
         }
-        Ok(Nexus { options: self, db, workflows: Arc::new(BTreeMap::new()), hub: Arc::new(channel::Hub::new()) })
+        Ok(Nexus {
+            options: self,
+            db,
+            workflows: Arc::new(BTreeMap::new()),
+            hub: Arc::new(channel::Hub::new()),
+        })
     }
 }
 
@@ -144,21 +162,46 @@ impl Nexus {
     }
 
     /// [`register`](Self::register) with a description shown to every channel.
-    pub fn register_with(&mut self, name: &str, workflow: Workflow, description: &str) -> Result<()> {
-        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    pub fn register_with(
+        &mut self,
+        name: &str,
+        workflow: Workflow,
+        description: &str,
+    ) -> Result<()> {
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
         if !valid {
-            return Err(Error::new(ErrorCode::Validation, format!("workflow name `{name}` must be lower-case letters, digits, `_` or `-`")));
+            return Err(Error::new(
+                ErrorCode::Validation,
+                format!("workflow name `{name}` must be lower-case letters, digits, `_` or `-`"),
+            ));
         }
         if self.workflows.contains_key(name) {
-            return Err(Error::new(ErrorCode::Validation, format!("a workflow named `{name}` is already registered")));
+            return Err(Error::new(
+                ErrorCode::Validation,
+                format!("a workflow named `{name}` is already registered"),
+            ));
         }
         let description = if description.is_empty() {
-            workflow.spec().description.clone().unwrap_or_else(|| format!("Runs the `{name}` workflow"))
+            workflow
+                .spec()
+                .description
+                .clone()
+                .unwrap_or_else(|| format!("Runs the `{name}` workflow"))
         } else {
             description.to_string()
         };
         let mut all = (*self.workflows).clone();
-        all.insert(name.to_string(), Registered { name: name.to_string(), description, workflow });
+        all.insert(
+            name.to_string(),
+            Registered {
+                name: name.to_string(),
+                description,
+                workflow,
+            },
+        );
         self.workflows = Arc::new(all);
         Ok(())
     }
@@ -174,20 +217,66 @@ impl Nexus {
 
     /// The HTTP API as an axum router (what `serve` listens with).
     pub fn router(&self) -> axum::Router {
-        http::router(http::AppState { db: self.db.clone(), workflows: self.workflows.clone(), hub: self.hub.clone() })
+        http::router(http::AppState {
+            db: self.db.clone(),
+            workflows: self.workflows.clone(),
+            hub: self.hub.clone(),
+        })
     }
 
-    /// Serves HTTP on `api_port` until Ctrl-C / SIGTERM; in-flight requests finish.
+    /// Serves the HTTP API on `api_port` and MCP (streamable HTTP, at
+    /// `/mcp`) on `mcp_port` until Ctrl-C / SIGTERM; in-flight requests finish.
     pub async fn serve(&self) -> Result<()> {
-        let addr = format!("{}:{}", self.options.host, self.options.api_port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .map_err(|e| Error::new(ErrorCode::Config, format!("cannot listen on {addr}: {e}")))?;
-        eprintln!("nexus: HTTP API on http://{}", listener.local_addr().map(|a| a.to_string()).unwrap_or(addr));
+        let http = self.serve_http();
+        let mcp = self.serve_mcp();
+        tokio::try_join!(http, mcp).map(drop)
+    }
+
+    /// The HTTP API alone.
+    pub async fn serve_http(&self) -> Result<()> {
+        let listener = self.listen(self.options.api_port).await?;
+        eprintln!(
+            "nexus: HTTP API on http://{}",
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
         axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown_signal())
             .await
             .map_err(|e| Error::new(ErrorCode::Internal, format!("HTTP server: {e}")))
+    }
+
+    /// MCP over streamable HTTP at `http://host:mcp_port/mcp`.
+    pub async fn serve_mcp(&self) -> Result<()> {
+        let listener = self.listen(self.options.mcp_port).await?;
+        eprintln!(
+            "nexus: MCP on http://{}/mcp",
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
+        mcp::serve_http(
+            self.db.clone(),
+            self.workflows.clone(),
+            listener,
+            vec![self.options.host.clone()],
+        )
+        .await
+    }
+
+    /// MCP over stdin/stdout (nothing else may write to stdout in this mode).
+    pub async fn serve_mcp_stdio(&self) -> Result<()> {
+        mcp::serve_stdio(self.db.clone(), self.workflows.clone()).await
+    }
+
+    async fn listen(&self, port: u16) -> Result<tokio::net::TcpListener> {
+        let addr = format!("{}:{port}", self.options.host);
+        tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| Error::new(ErrorCode::Config, format!("cannot listen on {addr}: {e}")))
     }
 
     /// Parses the process arguments and runs: `serve` (default),
@@ -198,6 +287,7 @@ impl Nexus {
         let args: Vec<String> = std::env::args().collect();
         match cli::dispatch(self, args).await {
             cli::Outcome::Serve => self.serve().await,
+            cli::Outcome::McpStdio => self.serve_mcp_stdio().await,
             cli::Outcome::Exit(code) => std::process::exit(code),
         }
     }
@@ -208,13 +298,14 @@ impl Nexus {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

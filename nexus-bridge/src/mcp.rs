@@ -2,7 +2,7 @@
 //!
 //! Every registered workflow is one tool: its name, its description and the
 //! workflow's own input JSON Schema. `tools/call` runs the workflow through
-//! the path every channel shares ([`crate::channel::execute`]) and answers
+//! the path every channel shares (`channel::execute`) and answers
 //! with the same JSON as HTTP: `{"outputs", "run_id", "execution_time"}` as
 //! text and as structured content. A failed run is a tool error
 //! (`isError: true`) whose content is the HTTP error body
@@ -16,8 +16,8 @@ use crate::channel::{error_body, execute};
 use crate::Registered;
 use dataflow::{DataFlow, Error, ErrorCode, Result};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, JsonObject, ListToolsResult, PaginatedRequestParams,
-    ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, JsonObject,
+    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -58,7 +58,11 @@ impl McpServer {
                 m
             }
         };
-        Tool::new(registered.name.clone(), registered.description.clone(), Arc::new(schema))
+        Tool::new(
+            registered.name.clone(),
+            registered.description.clone(),
+            Arc::new(schema),
+        )
     }
 
     /// Every tool, in name order.
@@ -68,12 +72,19 @@ impl McpServer {
 
     /// A `tools/call`: the HTTP result, a tool error with the HTTP error
     /// body, or (unknown tool) an invalid-params protocol error.
-    pub async fn call(&self, name: &str, arguments: Option<JsonObject>) -> std::result::Result<CallToolResult, ErrorData> {
+    pub async fn call(
+        &self,
+        name: &str,
+        arguments: Option<JsonObject>,
+    ) -> std::result::Result<CallToolResult, ErrorData> {
         let known = self.workflows.contains_key(name);
         let inputs = Value::Object(arguments.unwrap_or_default());
         match execute(&self.db, &self.workflows, name, inputs).await {
             Ok(result) => Ok(CallToolResult::structured(result)),
-            Err(e) if !known => Err(ErrorData::invalid_params(e.to_string(), Some(error_body(&e)))),
+            Err(e) if !known => Err(ErrorData::invalid_params(
+                e.to_string(),
+                Some(error_body(&e)),
+            )),
             Err(e) => Ok(CallToolResult::structured_error(error_body(&e))),
         }
     }
@@ -102,7 +113,9 @@ impl ServerHandler for McpServer {
         request: CallToolRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> std::result::Result<CallToolResponse, ErrorData> {
-        self.call(&request.name, request.arguments).await.map(CallToolResponse::from)
+        self.call(&request.name, request.arguments)
+            .await
+            .map(CallToolResponse::from)
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
@@ -128,7 +141,11 @@ pub async fn serve_stdio(db: DataFlow, workflows: Arc<BTreeMap<String, Registere
 /// `allowed_hosts` are accepted in the `Host` header in addition to
 /// [`LOCAL_HOSTS`]; an entry is a host (any port) or `host:port`, and `"*"`
 /// accepts every host (only for deployments behind their own checks).
-pub fn router(db: DataFlow, workflows: Arc<BTreeMap<String, Registered>>, allowed_hosts: Vec<String>) -> axum::Router {
+pub fn router(
+    db: DataFlow,
+    workflows: Arc<BTreeMap<String, Registered>>,
+    allowed_hosts: Vec<String>,
+) -> axum::Router {
     router_with(db, workflows, allowed_hosts, CancellationToken::new())
 }
 
@@ -148,7 +165,11 @@ fn router_with(
         hosts.dedup();
         config.with_allowed_hosts(hosts)
     };
-    let service = StreamableHttpService::new(move || Ok(server.clone()), Arc::new(LocalSessionManager::default()), config);
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
     axum::Router::new().nest_service(MCP_PATH, service)
 }
 

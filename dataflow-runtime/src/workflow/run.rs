@@ -31,10 +31,26 @@ pub struct Run {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum RunEvent {
-    Started { run_id: String },
-    NodeFinished { run_id: String, node: String, node_type: String, ok: bool, duration_ms: f64 },
-    Finished { run_id: String, duration_ms: f64 },
-    Failed { run_id: String, code: String, node: Option<String>, message: String },
+    Started {
+        run_id: String,
+    },
+    NodeFinished {
+        run_id: String,
+        node: String,
+        node_type: String,
+        ok: bool,
+        duration_ms: f64,
+    },
+    Finished {
+        run_id: String,
+        duration_ms: f64,
+    },
+    Failed {
+        run_id: String,
+        code: String,
+        node: Option<String>,
+        message: String,
+    },
 }
 
 /// Receives every [`RunEvent`] of the runs it observes.
@@ -49,14 +65,19 @@ pub struct WorkflowRuntime {
 
 impl std::fmt::Debug for WorkflowRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkflowRuntime").field("observed", &self.observer.is_some()).finish()
+        f.debug_struct("WorkflowRuntime")
+            .field("observed", &self.observer.is_some())
+            .finish()
     }
 }
 
 impl DataFlow {
     /// The workflow runtime over this database.
     pub fn runtime(&self) -> WorkflowRuntime {
-        WorkflowRuntime { db: self.clone(), observer: None }
+        WorkflowRuntime {
+            db: self.clone(),
+            observer: None,
+        }
     }
 }
 
@@ -91,10 +112,16 @@ struct State<'p> {
 }
 
 impl<'p> State<'p> {
-    fn new(plan: &'p Plan, inputs: Map<String, Value>, observe: Option<(&'p Observer, &'p str)>) -> Self {
+    fn new(
+        plan: &'p Plan,
+        inputs: Map<String, Value>,
+        observe: Option<(&'p Observer, &'p str)>,
+    ) -> Self {
         let n = plan.nodes.len();
         if let Some((o, run_id)) = observe {
-            o(&RunEvent::Started { run_id: run_id.to_string() });
+            o(&RunEvent::Started {
+                run_id: run_id.to_string(),
+            });
         }
         State {
             plan,
@@ -249,7 +276,10 @@ impl<'p> State<'p> {
             return Err(e.with_completed(self.results()));
         }
         if let Some((o, _)) = self.observe {
-            o(&RunEvent::Finished { run_id: run_id.clone(), duration_ms: started.elapsed().as_secs_f64() * 1e3 });
+            o(&RunEvent::Finished {
+                run_id: run_id.clone(),
+                duration_ms: started.elapsed().as_secs_f64() * 1e3,
+            });
         }
         let plan = self.plan;
         let skipped = plan
@@ -321,7 +351,11 @@ impl WorkflowRuntime {
         let started = Instant::now();
         let deadline = plan.timeout.map(|t| tokio::time::Instant::now() + t);
         let rid = run_id.clone();
-        let mut state = State::new(plan, inputs, self.observer.as_ref().map(|o| (o, rid.as_str())));
+        let mut state = State::new(
+            plan,
+            inputs,
+            self.observer.as_ref().map(|o| (o, rid.as_str())),
+        );
         let mut waiting: Vec<usize> = plan.nodes.iter().map(|n| n.sources).collect();
         // Node futures are polled in this task (no task spawn per node): a
         // model node's database work already runs on the blocking pool, and

@@ -1,0 +1,310 @@
+//! HTTP requests/s and latency of nexus against a hand-written axum handler
+//! doing the same query on the same kind of pool, side by side in one run,
+//! with `wrk` (Debian package `wrk`) as the bounded load generator.
+//!
+//! ```sh
+//! cargo bench --bench http      # full: wrk -t2 -c32 -d10s --latency, each line
+//! cargo test --bench http       # smoke: one request per endpoint, checks they agree
+//! ```
+
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use dataflow::{DataFlow, WorkflowBuilder};
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[dataflow::model]
+pub struct HttpUser {
+    pub id: String,
+    #[field(unique)]
+    pub email: String,
+    pub full_name: Option<String>,
+}
+
+diesel::table! {
+    http_users (id) {
+        id -> Text,
+        email -> Text,
+        full_name -> Nullable<Text>,
+        created_at -> Text,
+        updated_at -> Text,
+    }
+}
+
+#[derive(Queryable, Selectable, Insertable, serde::Serialize)]
+#[diesel(table_name = http_users)]
+struct Row {
+    id: String,
+    email: String,
+    full_name: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+#[derive(Debug)]
+struct Pragmas;
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Pragmas {
+    fn on_acquire(&self, c: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        use diesel::connection::SimpleConnection;
+        c.batch_execute(
+            "PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16384;",
+        )
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+type RawPool = Pool<ConnectionManager<SqliteConnection>>;
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// The hand-written baseline: the same two operations, typed diesel, JSON out.
+fn raw_router(pool: RawPool) -> Router {
+    async fn get_user(
+        State(pool): State<RawPool>,
+        Path(id): Path<String>,
+    ) -> Result<Json<Value>, (axum::http::StatusCode, String)> {
+        tokio::task::spawn_blocking(move || {
+            let mut c = pool
+                .get()
+                .map_err(|e| (axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+            let r: Row = http_users::table
+                .find(id)
+                .select(Row::as_select())
+                .get_result(&mut c)
+                .map_err(|e| (axum::http::StatusCode::NOT_FOUND, e.to_string()))?;
+            Ok(Json(json!({"outputs": {"user": r}})))
+        })
+        .await
+        .unwrap()
+    }
+    async fn create_user(
+        State(pool): State<RawPool>,
+        Json(body): Json<Value>,
+    ) -> Result<Json<Value>, (axum::http::StatusCode, String)> {
+        tokio::task::spawn_blocking(move || {
+            let mut c = pool
+                .get()
+                .map_err(|e| (axum::http::StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+            let t = now();
+            let row = Row {
+                id: uuid::Uuid::now_v7().to_string(),
+                email: body["inputs"]["email"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                full_name: None,
+                created_at: t.clone(),
+                updated_at: t,
+            };
+            let r: Row = diesel::insert_into(http_users::table)
+                .values(&row)
+                .returning(Row::as_returning())
+                .get_result(&mut c)
+                .map_err(|e| (axum::http::StatusCode::CONFLICT, e.to_string()))?;
+            Ok(Json(json!({"outputs": {"create": r}})))
+        })
+        .await
+        .unwrap()
+    }
+    Router::new()
+        .route("/users/{id}", get(get_user))
+        .route("/users", post(create_user))
+        .with_state(pool)
+}
+
+async fn serve(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+/// wrk's Lua for a POST with a fresh email per request.
+fn create_script(path: &str) -> String {
+    format!(
+        "counter = 0\nprefix = tostring({{}}):sub(8)\nrequest = function()\n  counter = counter + 1\n  local body = '{{\"inputs\": {{\"email\": \"' .. prefix .. '-' .. counter .. '@x.io\"}}}}'\n  return wrk.format('POST', '{path}', {{['Content-Type'] = 'application/json'}}, body)\nend\n"
+    )
+}
+
+struct WrkResult {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non_2xx: u64,
+}
+
+fn wrk(url: &str, script: Option<&str>) -> WrkResult {
+    let dir = std::env::temp_dir();
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t2", "-c32", "-d10s", "--latency", url]);
+    if let Some(s) = script {
+        let path = dir.join(format!(
+            "dataflow-wrk-{}.lua",
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::write(&path, s).unwrap();
+        cmd.arg("-s").arg(path);
+    }
+    let out = cmd.output().expect("wrk runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let num = |line_start: &str| -> Option<String> {
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(line_start))
+            .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+    };
+    let ms = |v: Option<String>| -> f64 {
+        let v = v.unwrap_or_default();
+        if let Some(x) = v.strip_suffix("ms") {
+            x.parse().unwrap_or(f64::NAN)
+        } else if let Some(x) = v.strip_suffix("us") {
+            x.parse::<f64>().unwrap_or(f64::NAN) / 1e3
+        } else if let Some(x) = v.strip_suffix('s') {
+            x.parse::<f64>().unwrap_or(f64::NAN) * 1e3
+        } else {
+            f64::NAN
+        }
+    };
+    WrkResult {
+        rps: text
+            .lines()
+            .find(|l| l.starts_with("Requests/sec:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN),
+        p50_ms: ms(num("50%")),
+        p99_ms: ms(num("99%")),
+        non_2xx: text
+            .lines()
+            .find(|l| l.contains("Non-2xx"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let path = std::env::temp_dir().join(format!("dataflow-bench-http-{}.db", std::process::id()));
+    let url = format!("sqlite://{}", path.display());
+    let db = DataFlow::builder(&url).build().await.expect("boot");
+    let seed = db
+        .execute("HttpUserCreateNode", json!({"email": "seed@x.io"}))
+        .await
+        .unwrap();
+    let id = seed["id"].as_str().unwrap().to_string();
+
+    let mut app = nexus::Nexus::builder().build(db.clone()).unwrap();
+    let mut get = WorkflowBuilder::new();
+    get.add_node("HttpUserReadNode", "user", json!({"id": "{{id}}"}));
+    app.register("get_user", get.build(&db).unwrap()).unwrap();
+    let mut create = WorkflowBuilder::new();
+    create.add_node(
+        "HttpUserCreateNode",
+        "create",
+        json!({"email": "{{email}}"}),
+    );
+    app.register("create_user", create.build(&db).unwrap())
+        .unwrap();
+    let nexus_addr = serve(app.router()).await;
+
+    let pool: RawPool = Pool::builder()
+        .max_size(10)
+        .test_on_check_out(false)
+        .connection_customizer(Box::new(Pragmas))
+        .build(ConnectionManager::new(path.display().to_string()))
+        .unwrap();
+    let raw_addr = serve(raw_router(pool)).await;
+
+    // Both answer the same record before anything is measured.
+    let nexus_get = format!("http://{nexus_addr}/workflows/get_user/execute");
+    let check = tokio::task::spawn_blocking({
+        let (id, raw_addr, nexus_addr) = (id.clone(), raw_addr, nexus_addr);
+        move || {
+            let get = |addr: SocketAddr, method: &str, path: &str, body: &str| -> String {
+                use std::io::{Read, Write};
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).unwrap();
+                out
+            };
+            let a = get(
+                nexus_addr,
+                "POST",
+                "/workflows/get_user/execute",
+                &format!("{{\"inputs\": {{\"id\": \"{id}\"}}}}"),
+            );
+            let b = get(raw_addr, "GET", &format!("/users/{id}"), "");
+            assert!(
+                a.contains("seed@x.io") && b.contains("seed@x.io"),
+                "{a}\n{b}"
+            );
+        }
+    });
+    check.await.unwrap();
+    if !full {
+        println!("http bench smoke: nexus and the raw axum handler agree (run `cargo bench --bench http` for numbers)");
+        return;
+    }
+    if Command::new("wrk").arg("--version").output().is_err() {
+        println!("http bench: `wrk` is not installed (apt-get install wrk); nothing measured");
+        return;
+    }
+    let get_body = format!("wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\nwrk.body = '{{\"inputs\": {{\"id\": \"{id}\"}}}}'\n");
+    let lines = [
+        (
+            "get_user",
+            wrk(&nexus_get, Some(&get_body)),
+            wrk(&format!("http://{raw_addr}/users/{id}"), None),
+        ),
+        (
+            "create_user",
+            wrk(
+                &format!("http://{nexus_addr}/workflows/create_user/execute"),
+                Some(&create_script("/workflows/create_user/execute")),
+            ),
+            wrk(
+                &format!("http://{raw_addr}/users"),
+                Some(&create_script("/users")),
+            ),
+        ),
+    ];
+    println!("HTTP on loopback, SQLite file, wrk -t2 -c32 -d10s --latency (load generator on the same 2 cores)");
+    println!("command: cargo bench --bench http\n");
+    println!("| workflow | nexus req/s | raw axum req/s | ratio | nexus p50 / p99 ms | raw p50 / p99 ms |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, n, r) in &lines {
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} |",
+            n.rps,
+            r.rps,
+            n.rps / r.rps,
+            n.p50_ms,
+            n.p99_ms,
+            r.p50_ms,
+            r.p99_ms
+        );
+        if n.non_2xx + r.non_2xx > 0 {
+            println!(
+                "  ({name}: non-2xx responses: nexus {}, raw {})",
+                n.non_2xx, r.non_2xx
+            );
+        }
+    }
+    println!("\ntargets: nexus ≥ 0.8× the hand-written handler; p99 < 10 ms at 32 connections");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
