@@ -9,7 +9,8 @@
 //! cargo run --example nexus_server -- workflows
 //! ```
 //!
-//! Environment: `NEXUS_DATABASE_URL` (default `sqlite://nexus.db`), `NEXUS_API_PORT` (default 8000).
+//! Environment: `NEXUS_DATABASE_URL` (default `sqlite://nexus.db`), `NEXUS_API_PORT`
+//! (default 8000), `NEXUS_MCP_PORT` (default 3001; MCP at `http://127.0.0.1:3001/mcp`).
 
 use chrono::{DateTime, Utc};
 use dataflow::{DataFlow, WorkflowBuilder};
@@ -60,6 +61,10 @@ async fn run() -> Result<(), dataflow::Error> {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(8000);
+    let mcp_port: u16 = std::env::var("NEXUS_MCP_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3001);
     let db = DataFlow::builder(&url).build().await?;
 
     let mut create = WorkflowBuilder::new();
@@ -89,7 +94,10 @@ async fn run() -> Result<(), dataflow::Error> {
         )
         .add_connection("session", "id", "conversation", "session_id");
 
-    let mut app = Nexus::builder().api_port(port).build(db.clone())?;
+    let mut app = Nexus::builder()
+        .api_port(port)
+        .mcp_port(mcp_port)
+        .build(db.clone())?;
     app.register("create_user", create.build(&db)?)?;
     app.register("get_user", get.build(&db)?)?;
     app.register("list_users", list.build(&db)?)?;

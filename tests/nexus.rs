@@ -47,17 +47,24 @@ fn server(url: &str) -> Server {
         .status()
         .unwrap()
         .success());
-    let port = free_port();
-    let child = example()
+    let (port, mcp_port) = (free_port(), free_port());
+    let mut child = example()
         .env("NEXUS_DATABASE_URL", url)
         .env("NEXUS_API_PORT", port.to_string())
+        .env("NEXUS_MCP_PORT", mcp_port.to_string())
         .spawn()
         .unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mcp: SocketAddr = format!("127.0.0.1:{mcp_port}").parse().unwrap();
     let started = Instant::now();
-    while std::net::TcpStream::connect(addr).is_err() {
+    // HTTP and MCP both listen before the server counts as started.
+    while std::net::TcpStream::connect(addr).is_err() || std::net::TcpStream::connect(mcp).is_err()
+    {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the server exited before listening: {status}");
+        }
         assert!(
-            started.elapsed() < Duration::from_secs(30),
+            started.elapsed() < Duration::from_secs(60),
             "the server did not start"
         );
         std::thread::sleep(Duration::from_millis(20));

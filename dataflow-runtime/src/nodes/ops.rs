@@ -1115,17 +1115,20 @@ fn bulk_delete<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value
 }
 
 fn bulk_upsert<C: Conn>(conn: &mut C, ctx: &Ctx, mut params: Value) -> Result<Value> {
-    let p = Params::new(
-        ctx.model,
-        ctx.node,
-        &params,
-        &["data", "conflict_on", "batch_size"],
-    )?;
     let m = ctx.model;
-    p.array("data")?;
-    let key = conflict_field(&p)?;
-    let batch = rows_per_batch::<C>(m, p.u64("batch_size", DEFAULT_BATCH, 1_000_000)?);
-    drop(p);
+    // The parameters are read first; then `data` is taken out of them.
+    let (key, batch) = {
+        let p = Params::new(
+            ctx.model,
+            ctx.node,
+            &params,
+            &["data", "conflict_on", "batch_size"],
+        )?;
+        p.array("data")?;
+        let key = conflict_field(&p)?;
+        let batch = rows_per_batch::<C>(m, p.u64("batch_size", DEFAULT_BATCH, 1_000_000)?);
+        (key, batch)
+    };
     let rows = bulk_rows::<C>(ctx, take_array(&mut params, "data"))?;
     if rows.is_empty() {
         return Ok(json!({"inserted": 0, "updated": 0}));
