@@ -79,6 +79,10 @@ struct Inner {
     models: Vec<&'static ModelSchema>,
     nodes: HashMap<String, NodeRef>,
     prepared: HashMap<&'static str, Prepared>,
+    /// SQLite has one writer at a time; waiting for it on this lock (woken at
+    /// once) replaces SQLite's sleeping busy handler, whose back-off puts tens
+    /// of milliseconds on the tail latency of concurrent writes.
+    sqlite_writer: Option<Mutex<()>>,
     /// Keeps a shared in-memory SQLite database alive.
     _keepalive: Option<Mutex<AnyConnection>>,
 }
@@ -290,9 +294,15 @@ impl DataFlow {
         op: Op,
         params: Value,
     ) -> Result<Value> {
+        let writes = !matches!(op, Op::Read | Op::List | Op::Count);
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = db.inner.pool.get()?;
+            // Held only around the statement itself; a poisoned lock still serializes.
+            let _turn = match (&db.inner.sqlite_writer, writes) {
+                (Some(lock), true) => Some(lock.lock().unwrap_or_else(|p| p.into_inner())),
+                _ => None,
+            };
             db.run_model_on_any(&mut conn, m, op, params)
         })
         .await
@@ -647,6 +657,7 @@ fn boot(
         }
     }
     let memory = matches!(target, Target::Sqlite { memory: true, .. });
+    let sqlite = target.dialect() == Dialect::Sqlite;
     let pool = r2d2::Pool::builder()
         // A shared-cache in-memory database locks whole tables between its
         // connections (SQLITE_LOCKED, which no busy timeout waits out): one
@@ -669,6 +680,7 @@ fn boot(
             target,
             pool,
             prepared: models.iter().map(|m| (m.name, Prepared::new(m))).collect(),
+            sqlite_writer: sqlite.then(|| Mutex::new(())),
             models,
             nodes,
             _keepalive: memory.then(|| Mutex::new(conn)),
