@@ -1,6 +1,8 @@
 //! nexus over MCP: a real rmcp client against the streamable HTTP transport
 //! on a loopback socket, and against the stdio transport of a child process.
 
+mod support;
+
 use dataflow::{DataFlow, WorkflowBuilder};
 use nexus::Registered;
 use rmcp::model::{CallToolRequestParams, CallToolResult, ErrorCode as RpcCode, JsonObject};
@@ -11,6 +13,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use support::sqlite_url;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[dataflow::model]
@@ -21,18 +24,6 @@ pub struct User {
     pub full_name: Option<String>,
 }
 
-/// A `sqlite://` URL of a new database file in the temp dir.
-fn sqlite_url(name: &str) -> String {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join("dataflow-tests");
-    std::fs::create_dir_all(&dir).unwrap();
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let path = dir.join(format!("{name}-{}-{n}.db", std::process::id()));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    format!("sqlite://{}", path.display())
-}
 
 /// Set in the child process the stdio test spawns: the database URL it serves.
 const STDIO_CHILD: &str = "NEXUS_MCP_STDIO_CHILD";
