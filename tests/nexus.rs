@@ -416,3 +416,77 @@ fn events_stream_in_order_and_metrics_count_requests() {
         "{metrics}"
     );
 }
+
+#[test]
+fn async_runs_answer_202_and_report_through_runs() {
+    let s = server(&support::sqlite_url("nexus_async"));
+    let start = |inputs: Value| {
+        let r = request(
+            s.addr,
+            "POST",
+            "/workflows/create_user/execute",
+            Some(
+                json!({"inputs": inputs, "mode": "async"})
+                    .to_string()
+                    .as_bytes(),
+            ),
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        let body = r.json();
+        assert_eq!(body["status"], "running");
+        body["run_id"].as_str().unwrap().to_string()
+    };
+    let wait = |id: &str| -> Value {
+        let started = Instant::now();
+        loop {
+            let r = request(s.addr, "GET", &format!("/runs/{id}"), None);
+            assert_eq!(r.status, 200, "{}", r.body);
+            let v = r.json();
+            if v["status"] != "running" {
+                return v;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the run never finished"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let id = start(json!({"email": "async@x.io"}));
+    let done = wait(&id);
+    assert_eq!(done["status"], "finished");
+    assert_eq!(done["result"]["run_id"], id.as_str());
+    assert_eq!(done["result"]["outputs"]["create"]["email"], "async@x.io");
+
+    let failed = wait(&start(json!({"email": "async@x.io"})));
+    assert_eq!(
+        (failed["status"].as_str(), failed["error"]["code"].as_str()),
+        (Some("failed"), Some("unique_violation"))
+    );
+
+    let r = request(s.addr, "GET", "/runs/nope", None);
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let r = request(
+        s.addr,
+        "POST",
+        "/workflows/create_user/execute",
+        Some(br#"{"inputs": {}, "mode": "later"}"#),
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].as_str()),
+        (422, Some("mode"))
+    );
+    let r = request(
+        s.addr,
+        "POST",
+        "/workflows/nope/execute",
+        Some(br#"{"inputs": {}, "mode": "async"}"#),
+    );
+    assert_eq!(
+        r.status, 404,
+        "an unknown workflow fails at once, not in the run"
+    );
+}

@@ -24,7 +24,6 @@ pub struct User {
     pub full_name: Option<String>,
 }
 
-
 /// Set in the child process the stdio test spawns: the database URL it serves.
 const STDIO_CHILD: &str = "NEXUS_MCP_STDIO_CHILD";
 

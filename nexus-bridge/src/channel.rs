@@ -59,6 +59,9 @@ pub fn error_body(e: &Error) -> Value {
 /// Shared by the channels of one process: the event stream and the metrics.
 pub(crate) struct Hub {
     pub events: tokio::sync::broadcast::Sender<String>,
+    /// Runs started with `"mode": "async"`, by run id (newest kept; in memory
+    /// until durability lands).
+    pub runs: std::sync::Mutex<std::collections::BTreeMap<String, Value>>,
     registry: prometheus::Registry,
     requests: prometheus::IntCounterVec,
     latency: prometheus::HistogramVec,
@@ -112,6 +115,7 @@ impl Hub {
         }
         Hub {
             events: tokio::sync::broadcast::channel(1024).0,
+            runs: Default::default(),
             registry,
             requests,
             latency,
@@ -131,6 +135,33 @@ impl Hub {
     }
 }
 
+/// A run id: a UUID v7, so ids sort by start time.
+pub(crate) fn new_run_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// The most async runs whose status is kept.
+pub(crate) const KEPT_RUNS: usize = 10_000;
+
+impl Hub {
+    /// Records an async run's status, forgetting the oldest beyond [`KEPT_RUNS`].
+    pub fn set_run(&self, run_id: &str, status: Value) {
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        runs.insert(run_id.to_string(), status);
+        while runs.len() > KEPT_RUNS {
+            runs.pop_first();
+        }
+    }
+
+    pub fn run(&self, run_id: &str) -> Option<Value> {
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run_id)
+            .cloned()
+    }
+}
+
 /// [`execute`] with the run's events published and its metrics recorded.
 pub(crate) async fn execute_observed(
     db: &DataFlow,
@@ -139,6 +170,7 @@ pub(crate) async fn execute_observed(
     inputs: Value,
     hub: &std::sync::Arc<Hub>,
     channel: &str,
+    run_id: Option<String>,
 ) -> Result<Value> {
     let started = Instant::now();
     let result = match workflows.get(name) {
@@ -163,7 +195,7 @@ pub(crate) async fn execute_observed(
             let run = db
                 .runtime()
                 .with_observer(observer)
-                .execute(&w.workflow, inputs)
+                .execute_with_id(&w.workflow, inputs, run_id.unwrap_or_else(new_run_id))
                 .await;
             run.map(|run| {
                 json!({"outputs": Value::Object(run.results), "run_id": run.run_id, "execution_time": started.elapsed().as_secs_f64()})

@@ -1,6 +1,6 @@
 //! The HTTP API (axum).
 
-use crate::channel::{error_body, execute_observed, http_status, Hub};
+use crate::channel::{error_body, execute_observed, http_status, new_run_id, Hub};
 use crate::Registered;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -32,6 +32,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
+        .route("/runs/{id}", get(run_status))
         .route("/events", get(events))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -73,7 +74,7 @@ async fn run(
     State(s): State<AppState>,
     Path(name): Path<String>,
     body: Result<Json<Value>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(|e| {
         let status = e.status();
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -86,9 +87,9 @@ async fn run(
             format!("request body: {code}: {}", e.body_text()),
         ))
     })?;
-    let inputs = match body {
+    let (inputs, mode) = match body {
         Value::Object(mut m) => {
-            if let Some(k) = m.keys().find(|k| *k != "inputs") {
+            if let Some(k) = m.keys().find(|k| *k != "inputs" && *k != "mode") {
                 return Err(ApiError(
                     Error::new(
                         ErrorCode::Validation,
@@ -97,7 +98,10 @@ async fn run(
                     .with_field(k.clone()),
                 ));
             }
-            m.remove("inputs").unwrap_or(Value::Object(Map::new()))
+            (
+                m.remove("inputs").unwrap_or(Value::Object(Map::new())),
+                m.remove("mode"),
+            )
         }
         _ => {
             return Err(ApiError(Error::new(
@@ -106,10 +110,73 @@ async fn run(
             )))
         }
     };
-    execute_observed(&s.db, &s.workflows, &name, inputs, &s.hub, "http")
+    match mode.as_ref().and_then(Value::as_str) {
+        None if mode.is_none() => {}
+        Some("sync") => {}
+        Some("async") => return start_async(s, name, inputs),
+        _ => {
+            return Err(ApiError(
+                Error::new(
+                    ErrorCode::Validation,
+                    "`mode` must be \"sync\" or \"async\"",
+                )
+                .with_field("mode"),
+            ))
+        }
+    }
+    execute_observed(&s.db, &s.workflows, &name, inputs, &s.hub, "http", None)
         .await
         .map(Json)
         .map_err(ApiError)
+        .map(IntoResponse::into_response)
+}
+
+/// `"mode": "async"`: 202 with the run id at once; `GET /runs/{id}` reports it.
+fn start_async(s: AppState, name: String, inputs: Value) -> Result<Response, ApiError> {
+    if !s.workflows.contains_key(&name) {
+        return Err(ApiError(Error::new(
+            ErrorCode::NotFound,
+            format!("no workflow named `{name}`"),
+        )));
+    }
+    let run_id = new_run_id();
+    s.hub.set_run(
+        &run_id,
+        json!({"run_id": run_id, "workflow": name, "status": "running"}),
+    );
+    let id = run_id.clone();
+    tokio::spawn(async move {
+        let result = execute_observed(
+            &s.db,
+            &s.workflows,
+            &name,
+            inputs,
+            &s.hub,
+            "http",
+            Some(id.clone()),
+        )
+        .await;
+        let status = match result {
+            Ok(out) => json!({"run_id": id, "workflow": name, "status": "finished", "result": out}),
+            Err(e) => {
+                json!({"run_id": id, "workflow": name, "status": "failed", "error": e.to_json()})
+            }
+        };
+        s.hub.set_run(&id, status);
+    });
+    let body =
+        json!({"run_id": run_id, "status": "running", "links": {"run": format!("/runs/{run_id}")}});
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+async fn run_status(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    s.hub
+        .run(&id)
+        .map(Json)
+        .ok_or_else(|| ApiError(Error::new(ErrorCode::NotFound, format!("no run `{id}`"))))
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

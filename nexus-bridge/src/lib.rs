@@ -294,7 +294,16 @@ impl Nexus {
 
     /// Runs a registered workflow: the one path every channel takes.
     pub async fn execute(&self, name: &str, inputs: Value) -> Result<Value> {
-        channel::execute_observed(&self.db, &self.workflows, name, inputs, &self.hub, "cli").await
+        channel::execute_observed(
+            &self.db,
+            &self.workflows,
+            name,
+            inputs,
+            &self.hub,
+            "cli",
+            None,
+        )
+        .await
     }
 }
 
