@@ -89,54 +89,62 @@ impl Dialect {
         table: &str,
         fk_target: impl Fn(&str) -> Option<&'static ModelSchema>,
     ) -> Vec<String> {
-        let mut cols = Vec::new();
-        for f in m.fields {
-            let mut c = format!("{} {}", quote(f.column), self.column_type(f));
-            if f.primary_key {
-                c.push_str(" PRIMARY KEY");
-                if self == Dialect::Sqlite && f.generated == Generated::AutoIncrement {
-                    c.push_str(" AUTOINCREMENT");
-                }
-            } else if !f.nullable {
-                c.push_str(" NOT NULL");
-            }
-            if f.unique && !f.primary_key {
-                c.push_str(" UNIQUE");
-            }
-            if let Some(d) = f.default {
-                c.push_str(" DEFAULT ");
-                c.push_str(&self.default_literal(d));
-            }
-            if let Some(fk) = f.references {
-                if let Some(target) = fk_target(fk.model) {
-                    c.push_str(&format!(
-                        " REFERENCES {} ({}) ON DELETE {}",
-                        quote(target.table),
-                        quote(target.primary_key().column),
-                        fk.on_delete.sql()
-                    ));
-                }
-            }
-            cols.push(c);
-        }
+        let cols: Vec<String> = m
+            .fields
+            .iter()
+            .map(|f| self.column_def(f, &fk_target))
+            .collect();
         let mut stmts = vec![format!(
             "CREATE TABLE IF NOT EXISTS {} ({})",
             quote(table),
             cols.join(", ")
         )];
-        for f in m
-            .fields
-            .iter()
-            .filter(|f| (f.index || f.references.is_some()) && !f.unique && !f.primary_key)
-        {
+        for f in m.fields.iter().filter(|f| expects_index(f)) {
             stmts.push(format!(
                 "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
-                quote(&format!("idx_{}_{}", m.table, f.column)),
+                quote(&index_name(m.table, f.column)),
                 quote(table),
                 quote(f.column)
             ));
         }
         stmts
+    }
+
+    /// One column's definition: type, key, NOT NULL, UNIQUE, DEFAULT and
+    /// REFERENCES — for CREATE TABLE and ADD COLUMN alike.
+    pub fn column_def(
+        self,
+        f: &FieldSchema,
+        fk_target: impl Fn(&str) -> Option<&'static ModelSchema>,
+    ) -> String {
+        let mut c = format!("{} {}", quote(f.column), self.column_type(f));
+        if f.primary_key {
+            c.push_str(" PRIMARY KEY");
+            if self == Dialect::Sqlite && f.generated == Generated::AutoIncrement {
+                c.push_str(" AUTOINCREMENT");
+            }
+        } else if !f.nullable {
+            c.push_str(" NOT NULL");
+        }
+        if f.unique && !f.primary_key {
+            c.push_str(" UNIQUE");
+        }
+        if let Some(d) = f.default {
+            c.push_str(" DEFAULT ");
+            c.push_str(&self.default_literal(d));
+        }
+        if let Some((target, fk)) = f
+            .references
+            .and_then(|fk| fk_target(fk.model).map(|t| (t, fk)))
+        {
+            c.push_str(&format!(
+                " REFERENCES {} ({}) ON DELETE {}",
+                quote(target.table),
+                quote(target.primary_key().column),
+                fk.on_delete.sql()
+            ));
+        }
+        c
     }
 
     /// A schema default as SQL text. Only compile-time literals reach here.
@@ -150,6 +158,17 @@ impl Dialect {
             (_, Str(s)) => format!("'{}'", s.replace('\'', "''")),
         }
     }
+}
+
+/// Whether a field gets a plain index: asked for, or a foreign key (unique
+/// and primary-key columns are indexed by their constraint).
+pub fn expects_index(f: &FieldSchema) -> bool {
+    (f.index || f.references.is_some()) && !f.unique && !f.primary_key
+}
+
+/// The name of a field's plain index.
+pub fn index_name(table: &str, column: &str) -> String {
+    format!("idx_{table}_{column}")
 }
 
 /// `"name"`, with embedded quotes doubled.

@@ -4,7 +4,7 @@
 
 use super::introspect::{normalize_default, LiveColumn, LiveSchema, LiveTable};
 use crate::schema::{FieldSchema, FieldType, ModelSchema};
-use crate::sql::{quote, Dialect};
+use crate::sql::{expects_index, index_name, quote, Dialect};
 use serde::Serialize;
 
 /// How risky an operation is. `auto_migrate` applies `Safe` and `Low` only.
@@ -288,14 +288,6 @@ fn narrowing(old: &str, new: &str) -> bool {
     }
 }
 
-fn expects_index(f: &FieldSchema) -> bool {
-    (f.index || f.references.is_some()) && !f.unique && !f.primary_key
-}
-
-fn index_name(table: &str, column: &str) -> String {
-    format!("idx_{table}_{column}")
-}
-
 fn unique_name(table: &str, column: &str) -> String {
     format!("uq_{table}_{column}")
 }
@@ -334,32 +326,20 @@ pub fn plan(
     out
 }
 
+/// ADD COLUMN's definition. A unique constraint cannot be added in place
+/// (SQLite), so it comes as a separate unique index.
 fn column_def(
     d: Dialect,
     f: &FieldSchema,
     lookup: impl Fn(&str) -> Option<&'static ModelSchema>,
 ) -> String {
-    let mut c = format!("{} {}", quote(f.column), d.column_type(f));
-    if !f.nullable {
-        c.push_str(" NOT NULL");
-    }
-    if let Some(v) = f.default {
-        c.push_str(" DEFAULT ");
-        c.push_str(&d.default_literal(v));
-    }
-    if let Some(target) = f
-        .references
-        .and_then(|fk| lookup(fk.model).map(|t| (t, fk)))
-    {
-        let (t, fk) = target;
-        c.push_str(&format!(
-            " REFERENCES {} ({}) ON DELETE {}",
-            quote(t.table),
-            quote(t.primary_key().column),
-            fk.on_delete.sql()
-        ));
-    }
-    c
+    d.column_def(
+        &FieldSchema {
+            unique: false,
+            ..*f
+        },
+        lookup,
+    )
 }
 
 /// Whether a table holds rows, asked at most once.
