@@ -1,12 +1,15 @@
 //! A nexus application: the seed's three models and workflows over them,
-//! served over HTTP and the command line from one registration.
+//! served over HTTP, MCP and the command line from one registration.
 //!
 //! ```sh
-//! cargo run --example nexus_server                       # serve on 127.0.0.1:8000
+//! cargo run --example nexus_server                       # HTTP on 127.0.0.1:8000, MCP on :3001/mcp
 //! curl -X POST localhost:8000/workflows/create_user/execute -d '{"inputs": {"email": "a@x.io"}}'
 //! cargo run --example nexus_server -- run create_user --email b@x.io --full_name Bo
+//! cargo run --example nexus_server -- run create_user --inputs '{"email": "c@x.io"}' --json
+//! cargo run --example nexus_server -- run get_user --id <id> --url http://127.0.0.1:8000
 //! cargo run --example nexus_server -- run create_user --help
 //! cargo run --example nexus_server -- workflows
+//! cargo run --example nexus_server -- mcp                # MCP over stdio, for an agent
 //! ```
 //!
 //! Environment: `NEXUS_DATABASE_URL` (default `sqlite://nexus.db`), `NEXUS_API_PORT`

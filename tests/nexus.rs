@@ -1,33 +1,49 @@
-//! Nexus end to end over real loopback sockets: one table of cases driven
-//! through HTTP and through the CLI (the example server as a subprocess),
-//! with the same result and the same error code on both.
+//! Nexus end to end over real loopback sockets, against the example server
+//! (`examples/nexus_server.rs`) as a separate process: one table of cases
+//! driven through HTTP, the CLI (a subprocess, in-process and with `--url`)
+//! and MCP (a real rmcp client, over streamable HTTP and over stdio), with the
+//! same result and the same error on every channel.
 
 mod support;
 
+#[path = "support/openapi.rs"]
+mod openapi;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult, ErrorCode as RpcCode, JsonObject};
+use rmcp::service::{RoleClient, RunningService, ServiceError};
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::ServiceExt;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Once;
 use std::time::{Duration, Instant};
-use support::http::request;
+use support::http::{request, request_with};
 
-/// Starts `examples/nexus_server` serving on a free port; killed on drop.
-struct Server {
-    child: std::process::Child,
-    addr: SocketAddr,
-    url: String,
+/// The example server's binary, built once per test run.
+fn example_bin() -> PathBuf {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        assert!(Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--example", "nexus_server"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap()
+            .success());
+    });
+    // target/<profile>/deps/nexus-<hash> → target/<profile>/examples/nexus_server
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("examples")
+        .join(format!("nexus_server{}", std::env::consts::EXE_SUFFIX))
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn example() -> Command {
-    let mut c = Command::new(env!("CARGO"));
-    c.args(["run", "--quiet", "--example", "nexus_server", "--"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
+fn example(url: &str) -> Command {
+    let mut c = Command::new(example_bin());
+    c.env("NEXUS_DATABASE_URL", url);
     c
 }
 
@@ -39,17 +55,38 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The example server serving HTTP and MCP on free ports; killed on drop.
+struct Server {
+    child: std::process::Child,
+    addr: SocketAddr,
+    mcp: SocketAddr,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn mcp_client(&self) -> RunningService<RoleClient, ()> {
+        let transport = StreamableHttpClientTransport::from_uri(format!("http://{}/mcp", self.mcp));
+        tokio::time::timeout(Duration::from_secs(30), ().serve(transport))
+            .await
+            .expect("MCP initialize in time")
+            .unwrap()
+    }
+}
+
 fn server(url: &str) -> Server {
-    // Build first so the timeout below measures start-up, not compilation.
-    assert!(Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", "nexus_server"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap()
-        .success());
     let (port, mcp_port) = (free_port(), free_port());
-    let mut child = example()
-        .env("NEXUS_DATABASE_URL", url)
+    let mut child = example(url)
         .env("NEXUS_API_PORT", port.to_string())
         .env("NEXUS_MCP_PORT", mcp_port.to_string())
         .spawn()
@@ -72,165 +109,447 @@ fn server(url: &str) -> Server {
     Server {
         child,
         addr,
+        mcp,
         url: url.to_string(),
     }
 }
 
-/// The CLI: `run <workflow> <flags> --json` → (exit code, JSON printed).
-fn cli(url: &str, workflow: &str, flags: &[&str]) -> (i32, Value) {
-    let out = example()
-        .env("NEXUS_DATABASE_URL", url)
+/// An MCP client talking to `nexus_server mcp` over the child's stdin/stdout.
+async fn mcp_stdio_client(url: &str) -> RunningService<RoleClient, ()> {
+    let mut cmd = tokio::process::Command::new(example_bin());
+    cmd.arg("mcp").env("NEXUS_DATABASE_URL", url);
+    let transport = TokioChildProcess::new(cmd).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), ().serve(transport))
+        .await
+        .expect("MCP stdio initialize in time")
+        .unwrap()
+}
+
+/// `nexus_server run <workflow> <args> --json` → (exit code, the JSON printed).
+async fn cli(url: &str, workflow: &str, args: &[&str]) -> (i32, Value) {
+    let out = tokio::process::Command::from(example(url))
         .args(["run", workflow])
-        .args(flags)
+        .args(args)
         .arg("--json")
         .output()
+        .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let v = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
         panic!(
-            "CLI printed no JSON: {stdout}\n{}",
+            "`run {workflow} {args:?}` printed no JSON: {stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         )
     });
     (out.status.code().unwrap_or(-1), v)
 }
 
-fn http(s: &Server, workflow: &str, inputs: Value) -> (u16, Value) {
-    let r = request(
-        s.addr,
-        "POST",
-        &format!("/workflows/{workflow}/execute"),
-        Some(json!({"inputs": inputs}).to_string().as_bytes()),
-    );
-    (r.status, r.json())
+async fn post(addr: SocketAddr, path: String, body: Vec<u8>) -> support::http::Response {
+    tokio::task::spawn_blocking(move || request(addr, "POST", &path, Some(&body)))
+        .await
+        .unwrap()
 }
 
-#[test]
-fn http_and_cli_agree_on_results_and_errors() {
+async fn get(addr: SocketAddr, path: &str) -> support::http::Response {
+    let path = path.to_string();
+    tokio::task::spawn_blocking(move || request(addr, "GET", &path, None))
+        .await
+        .unwrap()
+}
+
+async fn call(
+    client: &RunningService<RoleClient, ()>,
+    name: &str,
+    arguments: &Value,
+) -> Result<CallToolResult, ServiceError> {
+    let arguments: JsonObject = match arguments {
+        Value::Object(m) => m.clone(),
+        other => panic!("tool arguments are an object, not {other}"),
+    };
+    client
+        .call_tool(CallToolRequestParams::new(name.to_string()).with_arguments(arguments))
+        .await
+}
+
+/// The JSON of a tool result: the text content, checked to equal the structured content.
+fn result_json(r: &CallToolResult) -> Value {
+    assert_eq!(r.content.len(), 1, "one text content: {r:?}");
+    let text = &r.content[0].as_text().expect("text content").text;
+    let parsed: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(
+        Some(&parsed),
+        r.structured_content.as_ref(),
+        "text and structured content agree"
+    );
+    parsed
+}
+
+/// How a case's inputs are sent.
+enum Inputs {
+    /// The inputs object (HTTP `{"inputs": ..}`, CLI `--inputs`, MCP arguments).
+    Json(Value),
+    /// Text that is not valid JSON (HTTP body, CLI `--inputs`; an MCP client
+    /// cannot send it: see `malformed_json_on_the_mcp_transport`).
+    Malformed(&'static str),
+}
+
+/// What a channel answered: `Ok(outputs)` or `Err(error object)`, with the
+/// channel's own status (HTTP status, exit code, MCP `isError`).
+#[derive(Debug)]
+struct Answer {
+    channel: &'static str,
+    status: i64,
+    result: Result<Value, Value>,
+}
+
+fn answer(channel: &'static str, status: i64, body: Value) -> Answer {
+    let result = match body.get("error") {
+        Some(e) => Err(e.clone()),
+        None => Ok(body["outputs"].clone()),
+    };
+    Answer {
+        channel,
+        status,
+        result,
+    }
+}
+
+async fn mcp_answer(
+    channel: &'static str,
+    client: &RunningService<RoleClient, ()>,
+    workflow: &str,
+    inputs: &Value,
+) -> Answer {
+    match call(client, workflow, inputs).await {
+        Ok(r) => {
+            let body = result_json(&r);
+            let a = answer(channel, i64::from(r.is_error == Some(true)), body);
+            assert_eq!(
+                a.result.is_err(),
+                a.status == 1,
+                "isError matches the body: {a:?}"
+            );
+            a
+        }
+        // An unknown tool is a protocol error (invalid params) carrying the error body.
+        Err(ServiceError::McpError(e)) => {
+            assert_eq!(e.code, RpcCode::INVALID_PARAMS, "{e:?}");
+            let data = e.data.expect("error data");
+            answer(channel, -32602, data)
+        }
+        Err(other) => panic!("{channel}: {other}"),
+    }
+}
+
+/// One row of the table: inputs to a workflow, and what every channel must answer.
+struct Case {
+    what: &'static str,
+    workflow: &'static str,
+    inputs: Inputs,
+    /// `None` for success; else (code, HTTP status, CLI exit, the field
+    /// named, when every backend names one).
+    error: Option<(&'static str, u16, i32, Option<&'static str>)>,
+    /// Whether the error message is the same text on every channel (it names
+    /// the channel's own envelope for malformed and oversized input).
+    same_message: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_channel_gives_the_same_answer() {
     let mut urls = vec![support::sqlite_url("nexus")];
     urls.extend(support::postgres::fresh_database("nexus"));
     for url in urls {
         let s = server(&url);
-        // Success, on each channel.
-        let (status, created) = http(
-            &s,
-            "create_user",
-            json!({"email": "h@x.io", "full_name": "Http"}),
-        );
-        assert_eq!(status, 200, "{created}");
-        assert_eq!(created["outputs"]["create"]["email"], "h@x.io");
-        assert!(created["run_id"].is_string() && created["execution_time"].is_number());
-        let (code, via_cli) = cli(
-            &s.url,
-            "create_user",
-            &["--email", "c@x.io", "--full_name", "Cli"],
-        );
-        assert_eq!(code, 0, "{via_cli}");
-        assert_eq!(via_cli["outputs"]["create"]["full_name"], "Cli");
-        let id = created["outputs"]["create"]["id"]
+        let seed = post(
+            s.addr,
+            "/workflows/create_user/execute".into(),
+            json!({"inputs": {"email": "seed@x.io", "full_name": "Seed"}})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+        assert_eq!(seed.status, 200, "{}", seed.body);
+        let seed = seed.json();
+        assert!(seed["run_id"].is_string() && seed["execution_time"].is_number());
+        let id = seed["outputs"]["create"]["id"]
             .as_str()
             .unwrap()
             .to_string();
-        let (status, got) = http(&s, "get_user", json!({"id": id}));
-        let (code, got_cli) = cli(&s.url, "get_user", &["--id", &id]);
-        assert_eq!((status, code), (200, 0));
-        assert_eq!(
-            got["outputs"], got_cli["outputs"],
-            "the same output on both channels"
-        );
-
-        // The same errors: (HTTP inputs, CLI flags, code, HTTP status, CLI exit).
-        let cases: Vec<(Value, Vec<&str>, &str, u16, i32)> = vec![
-            (json!({}), vec![], "validation", 422, 2),
-            (
-                json!({"email": "h@x.io"}),
-                vec!["--email", "h@x.io"],
-                "unique_violation",
-                409,
-                5,
-            ),
-            (
-                json!({"email": "z@x.io", "active": "yes"}),
-                vec!["--email", "z@x.io", "--active", "yes"],
-                "validation",
-                422,
-                3,
-            ),
+        let mcp_http = s.mcp_client().await;
+        let mcp_stdio = mcp_stdio_client(&url).await;
+        let big = "x".repeat(crate_max() + 1);
+        let cases = vec![
+            Case {
+                what: "missing required input",
+                workflow: "create_user",
+                inputs: Inputs::Json(json!({})),
+                error: Some(("validation", 422, 3, Some("email"))),
+                same_message: true,
+            },
+            Case {
+                what: "wrong type",
+                workflow: "create_user",
+                inputs: Inputs::Json(json!({"email": "z@x.io", "active": "yes"})),
+                error: Some(("validation", 422, 3, Some("active"))),
+                same_message: true,
+            },
+            Case {
+                what: "unknown input",
+                workflow: "create_user",
+                inputs: Inputs::Json(json!({"email": "z@x.io", "emial": "z@x.io"})),
+                error: Some(("validation", 422, 3, Some("emial"))),
+                same_message: true,
+            },
+            Case {
+                what: "duplicate unique value",
+                workflow: "create_user",
+                inputs: Inputs::Json(json!({"email": "seed@x.io"})),
+                error: Some(("unique_violation", 409, 5, Some("email"))),
+                same_message: true,
+            },
+            Case {
+                what: "missing parent (foreign key)",
+                workflow: "start_conversation",
+                inputs: Inputs::Json(
+                    json!({"user_id": "nobody", "token": "t", "expires_at": "2030-01-01T00:00:00Z"}),
+                ),
+                error: Some(("fk_violation", 409, 5, None)),
+                same_message: true,
+            },
+            Case {
+                what: "record not found",
+                workflow: "get_user",
+                inputs: Inputs::Json(json!({"id": "missing"})),
+                error: Some(("not_found", 404, 4, None)),
+                same_message: true,
+            },
+            Case {
+                what: "unknown workflow",
+                workflow: "nope",
+                inputs: Inputs::Json(json!({})),
+                error: Some(("not_found", 404, 4, None)),
+                same_message: true,
+            },
+            Case {
+                what: "malformed JSON",
+                workflow: "create_user",
+                inputs: Inputs::Malformed("{not json"),
+                error: Some(("validation", 422, 3, None)),
+                same_message: false,
+            },
+            Case {
+                what: "inputs not an object",
+                workflow: "create_user",
+                inputs: Inputs::Json(json!([1])),
+                error: Some(("validation", 422, 3, None)),
+                same_message: true,
+            },
+            Case {
+                what: "oversized inputs",
+                workflow: "create_user",
+                inputs: Inputs::Json(json!({"email": big})),
+                error: Some(("validation", 422, 3, None)),
+                same_message: false,
+            },
+            Case {
+                what: "success: read",
+                workflow: "get_user",
+                inputs: Inputs::Json(json!({"id": id})),
+                error: None,
+                same_message: true,
+            },
+            Case {
+                what: "success: list (no failed case above wrote anything)",
+                workflow: "list_users",
+                inputs: Inputs::Json(json!({"active": true, "limit": 10})),
+                error: None,
+                same_message: true,
+            },
         ];
-        for (inputs, flags, code, status, exit) in cases {
-            let (st, body) = http(&s, "create_user", inputs.clone());
-            assert_eq!(
-                (st, body["error"]["code"].as_str()),
-                (status, Some(code)),
-                "{inputs}: {body}"
-            );
-            if exit == 2 {
-                continue; // a missing required flag is a usage error on the command line
+        let big_file = std::env::temp_dir().join(format!("nexus-big-{}.json", std::process::id()));
+        for case in &cases {
+            let (body, cli_inputs) = match &case.inputs {
+                Inputs::Json(v) => {
+                    let text = v.to_string();
+                    let arg = if text.len() > 4096 {
+                        std::fs::write(&big_file, &text).unwrap();
+                        format!("@{}", big_file.display())
+                    } else {
+                        text
+                    };
+                    (json!({"inputs": v}).to_string().into_bytes(), arg)
+                }
+                Inputs::Malformed(text) => (text.as_bytes().to_vec(), text.to_string()),
+            };
+            let path = format!("/workflows/{}/execute", case.workflow);
+            let r = post(s.addr, path, body).await;
+            let mut answers = vec![answer("http", i64::from(r.status), r.json())];
+            let (exit, out) = cli(&s.url, case.workflow, &["--inputs", &cli_inputs]).await;
+            answers.push(answer("cli", i64::from(exit), out));
+            let base = s.base();
+            let (exit, out) = cli(
+                &s.url,
+                case.workflow,
+                &["--inputs", &cli_inputs, "--url", &base],
+            )
+            .await;
+            answers.push(answer("cli --url", i64::from(exit), out));
+            if let Inputs::Json(v) = &case.inputs {
+                if v.is_object() {
+                    answers.push(mcp_answer("mcp http", &mcp_http, case.workflow, v).await);
+                    answers.push(mcp_answer("mcp stdio", &mcp_stdio, case.workflow, v).await);
+                }
             }
-            let (ex, out) = cli(&s.url, "create_user", &flags);
-            assert_eq!(
-                (ex, out["error"]["code"].as_str()),
-                (exit, Some(code)),
-                "{flags:?}: {out}"
-            );
+            let first = &answers[0];
+            for a in &answers {
+                let expected_status = match (case.error, a.channel) {
+                    (None, "http") => 200,
+                    (None, _) => 0,
+                    (Some((_, status, _, _)), "http") => i64::from(status),
+                    (Some(("not_found", ..)), "mcp http" | "mcp stdio")
+                        if case.workflow == "nope" =>
+                    {
+                        -32602
+                    }
+                    (Some(_), "mcp http" | "mcp stdio") => 1,
+                    (Some((_, _, exit, _)), _) => i64::from(exit),
+                };
+                assert_eq!(a.status, expected_status, "{}: {a:?}", case.what);
+                match (&a.result, case.error) {
+                    (Ok(outputs), None) => {
+                        assert_eq!(Ok(outputs), first.result.as_ref(), "{}: {a:?}", case.what)
+                    }
+                    (Err(e), Some((code, _, _, field))) => {
+                        assert_eq!(e["code"], code, "{}: {a:?}", case.what);
+                        if field.is_some() {
+                            assert_eq!(e["field"].as_str(), field, "{}: {a:?}", case.what);
+                        }
+                        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
+                        if case.same_message {
+                            assert_eq!(Err(e), first.result.as_ref(), "{}: {a:?}", case.what);
+                        }
+                    }
+                    _ => panic!("{}: {a:?}", case.what),
+                }
+            }
+            if case.what.starts_with("success: list") {
+                let users = first.result.as_ref().unwrap()["users"]["records"]
+                    .as_array()
+                    .unwrap();
+                assert_eq!(users.len(), 1, "only the seed user exists: {users:?}");
+            }
         }
-        let (st, body) = http(&s, "get_user", json!({"id": "missing"}));
-        let (ex, out) = cli(&s.url, "get_user", &["--id", "missing"]);
-        assert_eq!((st, ex), (404, 4));
-        assert_eq!(body["error"]["code"], "not_found");
-        assert_eq!(
-            body["error"], out["error"],
-            "the same error on both channels"
-        );
-        let (st, body) = http(&s, "nope", json!({}));
-        let (ex, out) = cli(&s.url, "nope", &[]);
-        assert_eq!((st, ex), (404, 4));
-        assert_eq!(body["error"]["code"], out["error"]["code"]);
+        let _ = std::fs::remove_file(&big_file);
 
-        // HTTP-only bad input: malformed JSON, wrong shape, oversized bodies.
-        let r = request(
+        // Typed flags: the same result and errors as the JSON inputs.
+        let (exit, out) = cli(&s.url, "create_user", &[]).await;
+        let r = post(
             s.addr,
-            "POST",
-            "/workflows/create_user/execute",
-            Some(b"{not json"),
-        );
+            "/workflows/create_user/execute".into(),
+            br#"{"inputs": {}}"#.to_vec(),
+        )
+        .await;
+        assert_eq!(exit, 3);
         assert_eq!(
-            (r.status, r.json()["error"]["code"].as_str()),
-            (422, Some("validation"))
+            out["error"],
+            r.json()["error"],
+            "a missing required flag is the workflow's own error"
         );
-        let r = request(
-            s.addr,
-            "POST",
-            "/workflows/create_user/execute",
-            Some(br#"{"input": {}}"#),
+        let (exit, out) = cli(
+            &s.url,
+            "create_user",
+            &["--email", "z@x.io", "--active", "yes"],
+        )
+        .await;
+        assert_eq!(
+            (
+                exit,
+                out["error"]["code"].as_str(),
+                out["error"]["field"].as_str()
+            ),
+            (3, Some("validation"), Some("active")),
+            "{out}"
         );
-        assert_eq!(r.status, 422);
-        let big = format!("{{\"inputs\": {{\"email\": \"{}\"}}}}", "x".repeat(2 << 20));
-        let r = request(
-            s.addr,
-            "POST",
-            "/workflows/create_user/execute",
-            Some(big.as_bytes()),
+        let (exit, out) = cli(
+            &s.url,
+            "create_user",
+            &[
+                "--email",
+                "flag@x.io",
+                "--full_name",
+                "Flag",
+                "--active",
+                "false",
+            ],
+        )
+        .await;
+        assert_eq!(exit, 0, "{out}");
+        assert_eq!(out["outputs"]["create"]["active"], false);
+        let pretty = example(&s.url)
+            .args(["run", "get_user", "--id", &id])
+            .output()
+            .unwrap();
+        assert!(pretty.status.success());
+        let pretty: Value = serde_json::from_slice(&pretty.stdout).unwrap();
+        assert_eq!(pretty["outputs"]["user"]["email"], "seed@x.io");
+
+        // A server that is not there: a connection error, exit code 7.
+        let gone = format!("http://127.0.0.1:{}", free_port());
+        let (exit, out) = cli(&s.url, "get_user", &["--id", &id, "--url", &gone]).await;
+        assert_eq!(
+            (exit, out["error"]["code"].as_str()),
+            (7, Some("connection")),
+            "{out}"
         );
-        assert_eq!(r.status, 422, "{}", r.body);
-        assert_eq!(r.json()["error"]["code"], "validation");
+
+        // MCP runs are counted beside HTTP ones (the stdio server is another process).
+        let metrics = get(s.addr, "/metrics").await.body;
+        for line in [
+            r#"nexus_requests_total{channel="mcp",code="ok",workflow="get_user"} 1"#,
+            r#"nexus_requests_total{channel="http",code="ok",workflow="get_user"} 2"#,
+            r#"nexus_requests_total{channel="mcp",code="unique_violation",workflow="create_user"} 1"#,
+            r#"nexus_requests_total{channel="http",code="not_found",workflow="(unknown)"} 1"#,
+            r#"nexus_requests_total{channel="mcp",code="not_found",workflow="(unknown)"} 1"#,
+        ] {
+            assert!(metrics.contains(line), "{line} in\n{metrics}");
+        }
+        mcp_http.cancel().await.unwrap();
+        mcp_stdio.cancel().await.unwrap();
     }
 }
 
+fn crate_max() -> usize {
+    nexus::MAX_INPUT_BYTES
+}
+
+/// The one thing an MCP client cannot send through a tool call: the
+/// transport itself refuses malformed JSON with a client error, never a 500.
 #[test]
-fn discovery_health_and_openapi() {
+fn malformed_json_on_the_mcp_transport() {
+    let s = server(&support::sqlite_url("nexus_mcp_raw"));
+    let r = request_with(
+        s.mcp,
+        "POST",
+        "/mcp",
+        &["Accept: application/json, text/event-stream"],
+        Some(b"{not json"),
+    );
+    assert!((400..500).contains(&r.status), "{} {}", r.status, r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_health_openapi_and_tools() {
     let s = server(&support::sqlite_url("nexus_meta"));
-    let r = request(s.addr, "GET", "/health", None);
+    let r = get(s.addr, "/health").await;
     assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("ok")));
-    let r = request(s.addr, "GET", "/ready", None);
+    let r = get(s.addr, "/ready").await;
     assert_eq!(
         (r.status, r.json()["status"].as_str()),
         (200, Some("ready"))
     );
-    let list = request(s.addr, "GET", "/workflows", None).json();
-    let names: Vec<&str> = list["workflows"]
-        .as_array()
-        .unwrap()
+    let list = get(s.addr, "/workflows").await.json();
+    let workflows = list["workflows"].as_array().unwrap();
+    let names: Vec<&str> = workflows
         .iter()
         .map(|w| w["name"].as_str().unwrap())
         .collect();
@@ -243,30 +562,55 @@ fn discovery_health_and_openapi() {
             "start_conversation"
         ]
     );
-    let create = &list["workflows"][0];
+    let create = &workflows[0];
     assert_eq!(create["description"], "Create a user");
     assert_eq!(create["input_schema"]["required"], json!(["email"]));
     assert_eq!(
         create["input_schema"]["properties"]["active"]["type"],
         "boolean"
     );
-    let one = request(s.addr, "GET", "/workflows/get_user", None).json();
+    let one = get(s.addr, "/workflows/get_user").await.json();
     assert_eq!(one["workflow"]["nodes"][0]["type"], "UserReadNode");
-    assert_eq!(request(s.addr, "GET", "/workflows/nope", None).status, 404);
+    assert_eq!(get(s.addr, "/workflows/nope").await.status, 404);
 
-    let api = request(s.addr, "GET", "/openapi.json", None).json();
+    // OpenAPI: a valid 3.1 document with one operation per workflow.
+    let api = get(s.addr, "/openapi.json").await.json();
+    if let Err(errors) = openapi::validate(&api) {
+        panic!(
+            "/openapi.json is not valid OpenAPI 3.1:\n{}",
+            errors.join("\n")
+        );
+    }
     assert_eq!(api["openapi"], "3.1.0");
     let op = &api["paths"]["/workflows/create_user/execute"]["post"];
+    let mut inputs = create["input_schema"].clone();
+    inputs.as_object_mut().unwrap().remove("$schema");
     assert_eq!(
-        op["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"],
-        create["input_schema"]
+        op["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"], inputs,
+        "the workflow's input schema, in the document's dialect"
     );
     assert!(op["responses"]["422"].is_object());
     assert_eq!(api["paths"].as_object().unwrap().len(), 4);
 
-    let out = example()
+    // MCP lists the same workflows: names, descriptions, input schemas.
+    let client = s.mcp_client().await;
+    let tools = client.list_all_tools().await.unwrap();
+    let info = client.peer_info().expect("server info");
+    assert_eq!(
+        info.server_info.as_ref().map(|i| i.name.as_str()),
+        Some("nexus")
+    );
+    assert_eq!(tools.len(), workflows.len());
+    for (tool, w) in tools.iter().zip(workflows) {
+        assert_eq!(tool.name, w["name"].as_str().unwrap());
+        assert_eq!(tool.description.as_deref(), w["description"].as_str());
+        assert_eq!(tool.schema_as_json_value(), w["input_schema"]);
+    }
+    client.cancel().await.unwrap();
+
+    // The CLI lists them too, and documents each input's type.
+    let out = example(&s.url)
         .args(["workflows", "--json"])
-        .env("NEXUS_DATABASE_URL", &s.url)
         .output()
         .unwrap();
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -274,30 +618,25 @@ fn discovery_health_and_openapi() {
         listed, list["workflows"],
         "the CLI lists the same workflows"
     );
-    let help = example()
+    let help = example(&s.url)
         .args(["run", "create_user", "--help"])
-        .env("NEXUS_DATABASE_URL", &s.url)
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    assert!(
-        help.contains("--email <STRING>")
-            && help.contains("(required)")
-            && help.contains("--active <BOOLEAN>"),
-        "{help}"
-    );
+    for text in [
+        "--email <STRING>",
+        "string (required)",
+        "--active <BOOLEAN>",
+        "--inputs <JSON|@FILE|->",
+        "--url <URL>",
+    ] {
+        assert!(help.contains(text), "{text} in {help}");
+    }
 }
 
 #[tokio::test]
 async fn options_for_missing_features_fail_at_build() {
-    #[dataflow::model]
-    pub struct Probe {
-        pub id: String,
-    }
-    let db = dataflow::DataFlow::builder("sqlite::memory:")
-        .build()
-        .await
-        .unwrap();
+    let db = probe_db().await;
     for b in [
         nexus::Nexus::builder().enable_auth(true),
         nexus::Nexus::builder().rate_limit(100),
@@ -307,10 +646,9 @@ async fn options_for_missing_features_fail_at_build() {
         assert_eq!(e.code(), "not_supported", "{e}");
     }
     let mut app = nexus::Nexus::builder().build(db.clone()).unwrap();
-    let mut wf = dataflow::WorkflowBuilder::new();
-    wf.add_node("ProbeCountNode", "count", json!({}));
-    app.register("count", wf.build(&db).unwrap()).unwrap();
-    let e = app.register("count", wf.build(&db).unwrap()).unwrap_err();
+    let wf = probe_workflow(&db);
+    app.register("count", wf.clone()).unwrap();
+    let e = app.register("count", wf.clone()).unwrap_err();
     assert!(e.message().contains("already registered"), "{e}");
     assert_eq!(
         app.workflows().count(),
@@ -318,11 +656,80 @@ async fn options_for_missing_features_fail_at_build() {
         "a failed registration changes nothing"
     );
     assert_eq!(
-        app.register("Bad Name", wf.build(&db).unwrap())
-            .unwrap_err()
-            .code(),
+        app.register("Bad Name", wf).unwrap_err().code(),
         "validation"
     );
+}
+
+#[dataflow::model]
+pub struct Probe {
+    pub id: String,
+}
+
+async fn probe_db() -> dataflow::DataFlow {
+    dataflow::DataFlow::builder("sqlite::memory:")
+        .build()
+        .await
+        .unwrap()
+}
+
+fn probe_workflow(db: &dataflow::DataFlow) -> dataflow::Workflow {
+    let mut wf = dataflow::WorkflowBuilder::new();
+    wf.add_node("ProbeCountNode", "count", json!({}));
+    wf.build(db).unwrap()
+}
+
+/// Sends an `initialize` POST to `/mcp` with the `Host` header `host` and
+/// returns the HTTP status.
+fn initialize_status(addr: SocketAddr, host: &str) -> u16 {
+    use std::io::{Read, Write};
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
+    .to_string();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    let head = String::from_utf8_lossy(&head).to_string();
+    head[9..12]
+        .parse()
+        .unwrap_or_else(|_| panic!("no status in {head:?}"))
+}
+
+/// rmcp refuses `Host` headers other than loopback names and the ones
+/// configured (DNS-rebinding protection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_accepts_only_allowed_hosts() {
+    let db = probe_db().await;
+    let mut app = nexus::Nexus::builder().build(db.clone()).unwrap();
+    app.register("count", probe_workflow(&db)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(nexus::mcp::serve_http(
+        app.mcp_server(),
+        listener,
+        vec!["mcp.internal".into()],
+    ));
+    let port = addr.port();
+    let statuses = tokio::task::spawn_blocking(move || {
+        [
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            "mcp.internal".to_string(),
+            "evil.example".to_string(),
+        ]
+        .map(|host| initialize_status(addr, &host))
+    })
+    .await
+    .unwrap();
+    assert_eq!(statuses, [200, 200, 200, 403]);
+    server.abort();
 }
 
 #[test]
@@ -346,19 +753,41 @@ fn events_stream_in_order_and_metrics_count_requests() {
     }
     assert!(String::from_utf8_lossy(&head).contains("text/event-stream"));
 
-    let (status, _) = http(
-        &s,
+    let run = |workflow: &str, inputs: Value| {
+        let r = request(
+            s.addr,
+            "POST",
+            &format!("/workflows/{workflow}/execute"),
+            Some(json!({"inputs": inputs}).to_string().as_bytes()),
+        );
+        (r.status, r.json())
+    };
+    let (status, _) = run(
         "start_conversation",
         json!({"user_id": "nobody", "token": "t", "expires_at": "2030-01-01T00:00:00Z"}),
     );
     assert_eq!(status, 409, "fk_violation: the user does not exist");
-    let (status, created) = http(&s, "create_user", json!({"email": "e@x.io"}));
+    let (status, created) = run("create_user", json!({"email": "e@x.io"}));
     assert_eq!(status, 200);
+    // A run over MCP is in the same stream.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let via_mcp = rt.block_on(async {
+        let client = s.mcp_client().await;
+        let r = call(
+            &client,
+            "get_user",
+            &json!({"id": created["outputs"]["create"]["id"]}),
+        )
+        .await
+        .unwrap();
+        client.cancel().await.unwrap();
+        result_json(&r)
+    });
 
     let mut text = String::new();
     let mut buf = [0u8; 4096];
     let started = Instant::now();
-    while text.matches("\"event\":\"finished\"").count() < 1 {
+    while text.matches("\"event\":\"finished\"").count() < 2 {
         let n = sse.read(&mut buf).unwrap();
         text.push_str(&String::from_utf8_lossy(&buf[..n]));
         assert!(
@@ -389,32 +818,26 @@ fn events_stream_in_order_and_metrics_count_requests() {
             ("create_user", "started"),
             ("create_user", "node_finished"),
             ("create_user", "finished"),
+            ("get_user", "started"),
+            ("get_user", "node_finished"),
+            ("get_user", "finished"),
         ]
     );
     assert_eq!(events[2]["code"], "fk_violation");
     assert_eq!(events[5]["run_id"], created["run_id"]);
+    assert_eq!(events[8]["run_id"], via_mcp["run_id"]);
 
     let metrics = request(s.addr, "GET", "/metrics", None).body;
-    assert!(
-        metrics
-            .contains(r#"nexus_requests_total{channel="http",code="ok",workflow="create_user"} 1"#),
-        "{metrics}"
-    );
-    assert!(metrics.contains(r#"nexus_requests_total{channel="http",code="fk_violation",workflow="start_conversation"} 1"#), "{metrics}");
-    assert!(
-        metrics.contains("nexus_request_duration_seconds_bucket"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(
-            r#"nexus_node_duration_seconds_count{node="create",workflow="create_user"} 1"#
-        ),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("nexus_db_pool_connections{state=\"open\"}"),
-        "{metrics}"
-    );
+    for line in [
+        r#"nexus_requests_total{channel="http",code="ok",workflow="create_user"} 1"#,
+        r#"nexus_requests_total{channel="http",code="fk_violation",workflow="start_conversation"} 1"#,
+        r#"nexus_requests_total{channel="mcp",code="ok",workflow="get_user"} 1"#,
+        r#"nexus_request_duration_seconds_bucket{channel="mcp","#,
+        r#"nexus_node_duration_seconds_count{node="create",workflow="create_user"} 1"#,
+        "nexus_db_pool_connections{state=\"open\"}",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 }
 
 #[test]
@@ -469,16 +892,14 @@ fn async_runs_answer_202_and_report_through_runs() {
         (r.status, r.json()["error"]["code"].as_str()),
         (404, Some("not_found"))
     );
-    let r = request(
-        s.addr,
-        "POST",
-        "/workflows/create_user/execute",
-        Some(br#"{"inputs": {}, "mode": "later"}"#),
-    );
-    assert_eq!(
-        (r.status, r.json()["error"]["field"].as_str()),
-        (422, Some("mode"))
-    );
+    for (body, status) in [
+        (&br#"{"inputs": {}, "mode": "later"}"#[..], 422),
+        (&br#"{"input": {}}"#[..], 422),
+    ] {
+        let r = request(s.addr, "POST", "/workflows/create_user/execute", Some(body));
+        assert_eq!(r.status, status, "{}", r.body);
+        assert_eq!(r.json()["error"]["code"], "validation");
+    }
     let r = request(
         s.addr,
         "POST",
@@ -489,4 +910,40 @@ fn async_runs_answer_202_and_report_through_runs() {
         r.status, 404,
         "an unknown workflow fails at once, not in the run"
     );
+}
+
+/// SIGTERM stops the server (HTTP and MCP) while a client holds an MCP
+/// session and an SSE stream open, and it exits cleanly.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_server_with_open_sessions() {
+    let mut s = server(&support::sqlite_url("nexus_sigterm"));
+    let client = s.mcp_client().await;
+    assert_eq!(client.list_all_tools().await.unwrap().len(), 4);
+    let mut sse = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut sse,
+        format!("GET /events HTTP/1.1\r\nHost: {}\r\n\r\n", s.addr).as_bytes(),
+    )
+    .await
+    .unwrap();
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the server did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    drop(client);
 }

@@ -42,6 +42,29 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for tables (status mappings, documentation, tests).
+    pub const ALL: [ErrorCode; 14] = [
+        ErrorCode::Validation,
+        ErrorCode::NotFound,
+        ErrorCode::UniqueViolation,
+        ErrorCode::FkViolation,
+        ErrorCode::ConfirmationRequired,
+        ErrorCode::Connection,
+        ErrorCode::Config,
+        ErrorCode::UnknownNode,
+        ErrorCode::NotAllowed,
+        ErrorCode::NotSupported,
+        ErrorCode::Database,
+        ErrorCode::Timeout,
+        ErrorCode::MigrationBlocked,
+        ErrorCode::Internal,
+    ];
+
+    /// The code named `s` (the inverse of [`as_str`](Self::as_str)).
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::Validation => "validation",
@@ -189,6 +212,22 @@ impl Error {
             }
         }
         serde_json::Value::Object(m)
+    }
+
+    /// The inverse of [`to_json`](Self::to_json): an error received from
+    /// another process (e.g. a remote server's error body). `None` when `v`
+    /// is not an error object with a known code.
+    pub fn from_json(v: &serde_json::Value) -> Option<Error> {
+        let code = ErrorCode::parse(v.get("code")?.as_str()?)?;
+        let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        Some(Error {
+            code,
+            message: text("message").unwrap_or_default(),
+            model: text("model"),
+            field: text("field"),
+            node: text("node"),
+            completed: None,
+        })
     }
 }
 

@@ -5,32 +5,40 @@ use crate::Registered;
 use dataflow::{DataFlow, Error, ErrorCode, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
-/// Runs `name` with `inputs`: `{"outputs": {node: output}, "run_id", "execution_time"}`.
-pub(crate) async fn execute(
-    db: &DataFlow,
-    workflows: &BTreeMap<String, Registered>,
-    name: &str,
-    inputs: Value,
-) -> Result<Value> {
-    let Some(w) = workflows.get(name) else {
-        let known: Vec<&str> = workflows.keys().map(String::as_str).collect();
-        return Err(Error::new(
-            ErrorCode::NotFound,
-            format!(
-                "no workflow named `{name}`; registered: {}",
-                known.join(", ")
-            ),
-        ));
-    };
-    let started = Instant::now();
-    let run = db.runtime().execute(&w.workflow, inputs).await?;
-    Ok(json!({
-        "outputs": Value::Object(run.results),
-        "run_id": run.run_id,
-        "execution_time": started.elapsed().as_secs_f64(),
-    }))
+/// What the channels of one application share: the database, the
+/// registered workflows, and the event stream and metrics.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub db: DataFlow,
+    pub workflows: Arc<BTreeMap<String, Registered>>,
+    pub hub: Arc<Hub>,
+}
+
+/// The largest inputs accepted, on every channel: an HTTP request body, a
+/// CLI `--inputs` document, an MCP tool call's arguments.
+pub const MAX_INPUT_BYTES: usize = 1 << 20;
+
+/// The error for inputs over [`MAX_INPUT_BYTES`].
+pub(crate) fn too_large(what: &str) -> Error {
+    Error::new(
+        ErrorCode::Validation,
+        format!("{what}: payload too large: the limit is {MAX_INPUT_BYTES} bytes (1 MiB)"),
+    )
+}
+
+/// The error for a workflow name nobody registered.
+pub(crate) fn unknown_workflow(workflows: &BTreeMap<String, Registered>, name: &str) -> Error {
+    let known: Vec<&str> = workflows.keys().map(String::as_str).collect();
+    Error::new(
+        ErrorCode::NotFound,
+        format!(
+            "no workflow named `{name}`; registered: {}",
+            known.join(", ")
+        ),
+    )
 }
 
 /// The HTTP status of each error code: a user's mistake is never a 500,
@@ -62,6 +70,9 @@ pub(crate) struct Hub {
     /// Runs started with `"mode": "async"`, by run id (newest kept; in memory
     /// until durability lands).
     pub runs: std::sync::Mutex<std::collections::BTreeMap<String, Value>>,
+    /// Cancelled when the servers shut down: ends long-lived streams (SSE,
+    /// MCP sessions) so graceful shutdown does not wait on them.
+    pub shutdown: tokio_util::sync::CancellationToken,
     registry: prometheus::Registry,
     requests: prometheus::IntCounterVec,
     latency: prometheus::HistogramVec,
@@ -116,6 +127,7 @@ impl Hub {
         Hub {
             events: tokio::sync::broadcast::channel(1024).0,
             runs: Default::default(),
+            shutdown: Default::default(),
             registry,
             requests,
             latency,
@@ -162,23 +174,23 @@ impl Hub {
     }
 }
 
-/// [`execute`] with the run's events published and its metrics recorded.
-pub(crate) async fn execute_observed(
-    db: &DataFlow,
-    workflows: &BTreeMap<String, Registered>,
-    name: &str,
-    inputs: Value,
-    hub: &std::sync::Arc<Hub>,
-    channel: &str,
-    run_id: Option<String>,
-) -> Result<Value> {
-    let started = Instant::now();
-    let result = match workflows.get(name) {
-        None => execute(db, workflows, name, inputs).await,
-        Some(w) => {
-            let (h, wf) = (hub.clone(), name.to_string());
-            let observer: dataflow::Observer =
-                std::sync::Arc::new(move |e: &dataflow::RunEvent| {
+impl Shared {
+    /// Runs `name` with `inputs`, the one path every channel takes:
+    /// `{"outputs": {node: output}, "run_id", "execution_time"}`. The run's
+    /// events are published and its metrics recorded under `channel`.
+    pub async fn execute(
+        &self,
+        name: &str,
+        inputs: Value,
+        channel: &str,
+        run_id: Option<String>,
+    ) -> Result<Value> {
+        let started = Instant::now();
+        let result = match self.workflows.get(name) {
+            None => Err(unknown_workflow(&self.workflows, name)),
+            Some(w) => {
+                let (h, wf) = (self.hub.clone(), name.to_string());
+                let observer: dataflow::Observer = Arc::new(move |e: &dataflow::RunEvent| {
                     if let dataflow::RunEvent::NodeFinished {
                         node, duration_ms, ..
                     } = e
@@ -192,23 +204,35 @@ pub(crate) async fn execute_observed(
                     // No subscribers is fine: events are for whoever listens now.
                     let _ = h.events.send(v.to_string());
                 });
-            let run = db
-                .runtime()
-                .with_observer(observer)
-                .execute_with_id(&w.workflow, inputs, run_id.unwrap_or_else(new_run_id))
-                .await;
-            run.map(|run| {
-                json!({"outputs": Value::Object(run.results), "run_id": run.run_id, "execution_time": started.elapsed().as_secs_f64()})
-            })
-        }
-    };
-    let code = match &result {
-        Ok(_) => "ok",
-        Err(e) => e.code(),
-    };
-    hub.requests.with_label_values(&[name, channel, code]).inc();
-    hub.latency
-        .with_label_values(&[name, channel])
-        .observe(started.elapsed().as_secs_f64());
-    result
+                let run = self
+                    .db
+                    .runtime()
+                    .with_observer(observer)
+                    .execute_with_id(&w.workflow, inputs, run_id.unwrap_or_else(new_run_id))
+                    .await;
+                run.map(|run| {
+                    json!({"outputs": Value::Object(run.results), "run_id": run.run_id, "execution_time": started.elapsed().as_secs_f64()})
+                })
+            }
+        };
+        let code = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        };
+        // Unknown names share one label: a label per typo would grow without bound.
+        let label = if self.workflows.contains_key(name) {
+            name
+        } else {
+            "(unknown)"
+        };
+        self.hub
+            .requests
+            .with_label_values(&[label, channel, code])
+            .inc();
+        self.hub
+            .latency
+            .with_label_values(&[label, channel])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
 }

@@ -1,6 +1,7 @@
 //! The command line: the registered workflows as subcommands with typed
 //! flags derived from their input schemas.
 
+use crate::channel::{too_large, unknown_workflow, MAX_INPUT_BYTES};
 use crate::{Nexus, Registered};
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use dataflow::{Error, ErrorCode};
@@ -30,10 +31,14 @@ fn json_type(schema: &Value) -> &str {
     }
 }
 
+/// Flags every `run <workflow>` has; an input with one of these names is
+/// set through `--inputs`.
+const RESERVED: [&str; 3] = ["json", "inputs", "url"];
+
 /// `run <workflow>`: one subcommand per workflow, one flag per input.
 fn run_command(workflows: &[&Registered]) -> Command {
     let mut run = Command::new("run")
-        .about("Run a workflow in this process")
+        .about("Run a workflow in this process (or on a server with --url)")
         .subcommand_required(true)
         .arg_required_else_help(true)
         // An unknown workflow is the same `not_found` error as on HTTP, not a usage error.
@@ -49,26 +54,40 @@ fn run_command(workflows: &[&Registered]) -> Command {
         let mut sub = Command::new(w.name.clone())
             .about(w.description.clone())
             .arg(
-                Arg::new("__json_out")
+                Arg::new("json")
                     .long("json")
                     .action(ArgAction::SetTrue)
                     .help("Print the result (or error) as compact JSON"),
+            )
+            .arg(
+                Arg::new("inputs")
+                    .long("inputs")
+                    .value_name("JSON|@FILE|-")
+                    .help("All inputs as one JSON object (text, a file, or stdin); flags override its fields"),
+            )
+            .arg(
+                Arg::new("url")
+                    .long("url")
+                    .value_name("URL")
+                    .help("Run on the nexus server at URL (e.g. http://127.0.0.1:8000) instead of in this process"),
             );
         for (name, prop) in schema["properties"].as_object().into_iter().flatten() {
+            if RESERVED.contains(&name.as_str()) {
+                continue;
+            }
             let ty = json_type(prop);
+            // Required inputs are checked by the workflow, so a missing one is
+            // the same `validation` error (naming the input) as on HTTP and MCP.
+            let required = if required.contains(&name.as_str()) {
+                " (required)"
+            } else {
+                ""
+            };
             sub = sub.arg(
                 Arg::new(name.clone())
                     .long(name.clone())
                     .value_name(ty.to_uppercase())
-                    .required(required.contains(&name.as_str()))
-                    .help(format!(
-                        "{ty}{}",
-                        if required.contains(&name.as_str()) {
-                            " (required)"
-                        } else {
-                            ""
-                        }
-                    )),
+                    .help(format!("{ty}{required}")),
             );
         }
         run = run.subcommand(sub);
@@ -143,15 +162,95 @@ fn parse_value(name: &str, prop: &Value, raw: &str) -> Result<Value, Error> {
     })
 }
 
+/// The `--inputs` document: JSON text, `@file`, or `-` for stdin.
+fn inputs_document(raw: &str) -> Result<Value, Error> {
+    let text = match raw {
+        "-" => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| {
+                Error::new(
+                    ErrorCode::Validation,
+                    format!("--inputs -: cannot read stdin: {e}"),
+                )
+            })?;
+            text
+        }
+        _ => match raw.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| Error::new(ErrorCode::Validation, format!("--inputs @{path}: {e}")))?,
+            None => raw.to_string(),
+        },
+    };
+    if text.len() > MAX_INPUT_BYTES {
+        return Err(too_large("--inputs"));
+    }
+    serde_json::from_str(&text).map_err(|e| {
+        Error::new(
+            ErrorCode::Validation,
+            format!("--inputs: invalid JSON: {e}"),
+        )
+    })
+}
+
+/// The inputs of a run: the `--inputs` document, then each typed flag.
+/// A document that is not an object goes to the workflow as it is, which
+/// refuses it with the same error as on the other channels.
 fn inputs(w: &Registered, m: &ArgMatches) -> Result<Value, Error> {
+    let mut out = match m
+        .get_one::<String>("inputs")
+        .map(|raw| inputs_document(raw))
+    {
+        Some(Ok(Value::Object(doc))) => doc,
+        Some(Ok(other)) => return Ok(other),
+        Some(Err(e)) => return Err(e),
+        None => Map::new(),
+    };
     let schema = w.workflow.input_schema();
-    let mut out = Map::new();
     for (name, prop) in schema["properties"].as_object().into_iter().flatten() {
+        if RESERVED.contains(&name.as_str()) {
+            continue;
+        }
         if let Some(raw) = m.get_one::<String>(name) {
             out.insert(name.clone(), parse_value(name, prop, raw)?);
         }
     }
     Ok(Value::Object(out))
+}
+
+/// Runs `name` on the nexus server at `url`: its answer, or its error.
+async fn remote(url: &str, name: &str, inputs: Value) -> Result<Value, Error> {
+    let endpoint = format!("{}/workflows/{name}/execute", url.trim_end_matches('/'));
+    let unreachable = |e: reqwest::Error| {
+        Error::new(
+            ErrorCode::Connection,
+            format!("cannot reach the nexus server at {url}: {e}"),
+        )
+    };
+    let response = reqwest::Client::new()
+        .post(&endpoint)
+        .json(&serde_json::json!({"inputs": inputs}))
+        .send()
+        .await
+        .map_err(unreachable)?;
+    let status = response.status();
+    let body: Value = response.json().await.map_err(|e| {
+        Error::new(
+            ErrorCode::Connection,
+            format!("{endpoint} answered {status} without a JSON body: {e}"),
+        )
+    })?;
+    if status.is_success() {
+        return Ok(body);
+    }
+    Err(body
+        .get("error")
+        .and_then(Error::from_json)
+        .unwrap_or_else(|| {
+            Error::new(
+                ErrorCode::Internal,
+                format!("{endpoint} answered {status}: {body}"),
+            )
+        }))
 }
 
 pub(crate) async fn dispatch(app: &Nexus, args: Vec<String>) -> Outcome {
@@ -189,16 +288,13 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<String>) -> Outcome {
                     .into_iter()
                     .flatten()
                     .any(|a| a == "--json");
-                let e = app
-                    .execute(name, Value::Null)
-                    .await
-                    .expect_err("not registered");
-                return fail(&e, json_out);
+                return fail(&unknown_workflow(&app.shared.workflows, name), json_out);
             };
-            let json_out = sub.get_flag("__json_out");
-            let result = match inputs(w, sub) {
-                Ok(inputs) => app.execute(name, inputs).await,
-                Err(e) => Err(e),
+            let json_out = sub.get_flag("json");
+            let result = match (inputs(w, sub), sub.get_one::<String>("url")) {
+                (Err(e), _) => Err(e),
+                (Ok(inputs), Some(url)) => remote(url, name, inputs).await,
+                (Ok(inputs), None) => app.shared.execute(name, inputs, "cli", None).await,
             };
             match result {
                 Ok(v) => {

@@ -1,6 +1,6 @@
 //! The HTTP API (axum).
 
-use crate::channel::{error_body, execute_observed, http_status, new_run_id, Hub};
+use crate::channel::{error_body, http_status, new_run_id, too_large, unknown_workflow, Shared};
 use crate::Registered;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -8,20 +8,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use dataflow::{DataFlow, Error, ErrorCode};
+use dataflow::{Error, ErrorCode};
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
-use std::sync::Arc;
 
-/// The largest request body accepted.
-pub const MAX_BODY: usize = 1 << 20;
-
-#[derive(Clone)]
-pub(crate) struct AppState {
-    pub db: DataFlow,
-    pub workflows: Arc<BTreeMap<String, Registered>>,
-    pub hub: Arc<Hub>,
-}
+type AppState = Shared;
 
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
@@ -34,7 +24,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/runs/{id}", get(run_status))
         .route("/events", get(events))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(DefaultBodyLimit::max(crate::channel::MAX_INPUT_BYTES))
         .with_state(state)
 }
 
@@ -63,10 +53,7 @@ async fn describe(
             v["workflow"] = w.workflow.to_json();
             Ok(Json(v))
         }
-        None => Err(ApiError(Error::new(
-            ErrorCode::NotFound,
-            format!("no workflow named `{name}`"),
-        ))),
+        None => Err(ApiError(unknown_workflow(&s.workflows, &name))),
     }
 }
 
@@ -76,16 +63,14 @@ async fn run(
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(|e| {
-        let status = e.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "payload too large"
+        ApiError(if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large("request body")
         } else {
-            "invalid JSON"
-        };
-        ApiError(Error::new(
-            ErrorCode::Validation,
-            format!("request body: {code}: {}", e.body_text()),
-        ))
+            Error::new(
+                ErrorCode::Validation,
+                format!("request body: invalid JSON: {}", e.body_text()),
+            )
+        })
     })?;
     let (inputs, mode) = match body {
         Value::Object(mut m) => {
@@ -124,7 +109,7 @@ async fn run(
             ))
         }
     }
-    execute_observed(&s.db, &s.workflows, &name, inputs, &s.hub, "http", None)
+    s.execute(&name, inputs, "http", None)
         .await
         .map(Json)
         .map_err(ApiError)
@@ -134,10 +119,7 @@ async fn run(
 /// `"mode": "async"`: 202 with the run id at once; `GET /runs/{id}` reports it.
 fn start_async(s: AppState, name: String, inputs: Value) -> Result<Response, ApiError> {
     if !s.workflows.contains_key(&name) {
-        return Err(ApiError(Error::new(
-            ErrorCode::NotFound,
-            format!("no workflow named `{name}`"),
-        )));
+        return Err(ApiError(unknown_workflow(&s.workflows, &name)));
     }
     let run_id = new_run_id();
     s.hub.set_run(
@@ -146,16 +128,7 @@ fn start_async(s: AppState, name: String, inputs: Value) -> Result<Response, Api
     );
     let id = run_id.clone();
     tokio::spawn(async move {
-        let result = execute_observed(
-            &s.db,
-            &s.workflows,
-            &name,
-            inputs,
-            &s.hub,
-            "http",
-            Some(id.clone()),
-        )
-        .await;
+        let result = s.execute(&name, inputs, "http", Some(id.clone())).await;
         let status = match result {
             Ok(out) => json!({"run_id": id, "workflow": name, "status": "finished", "result": out}),
             Err(e) => {
@@ -198,9 +171,13 @@ async fn events(
     impl tokio_stream::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
 > {
     use tokio_stream::StreamExt;
-    let stream = tokio_stream::wrappers::BroadcastStream::new(s.hub.events.subscribe())
-        .filter_map(|msg| msg.ok())
-        .map(|data| Ok(axum::response::sse::Event::default().data(data)));
+    // Ends at shutdown, so graceful shutdown does not wait on listeners.
+    let stream = futures_util::StreamExt::take_until(
+        tokio_stream::wrappers::BroadcastStream::new(s.hub.events.subscribe()),
+        s.hub.shutdown.clone().cancelled_owned(),
+    )
+    .filter_map(|msg| msg.ok())
+    .map(|data| Ok(axum::response::sse::Event::default().data(data)));
     axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default())
 }
 
@@ -214,13 +191,18 @@ async fn ready(State(s): State<AppState>) -> Response {
 async fn openapi(State(s): State<AppState>) -> Json<Value> {
     let mut paths = Map::new();
     for w in s.workflows.values() {
+        // Inside the document the dialect is the document's (OAS 3.1 base).
+        let mut inputs = w.workflow.input_schema().clone();
+        if let Some(m) = inputs.as_object_mut() {
+            m.remove("$schema");
+        }
         paths.insert(
             format!("/workflows/{}/execute", w.name),
             json!({"post": {
                 "operationId": format!("execute_{}", w.name.replace('-', "_")),
                 "summary": w.description,
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {
-                    "type": "object", "properties": {"inputs": w.workflow.input_schema()}, "additionalProperties": false
+                    "type": "object", "properties": {"inputs": inputs}, "additionalProperties": false
                 }}}},
                 "responses": {
                     "200": {"description": "the outputs of every node", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RunResult"}}}},

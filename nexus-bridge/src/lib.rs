@@ -14,7 +14,7 @@ mod cli;
 mod http;
 pub mod mcp;
 
-pub use channel::{error_body, http_status};
+pub use channel::{error_body, http_status, MAX_INPUT_BYTES};
 pub use dataflow;
 
 use dataflow::{DataFlow, Error, ErrorCode, Result, Workflow};
@@ -131,9 +131,11 @@ impl NexusBuilder {
         }
         Ok(Nexus {
             options: self,
-            db,
-            workflows: Arc::new(BTreeMap::new()),
-            hub: Arc::new(channel::Hub::new()),
+            shared: channel::Shared {
+                db,
+                workflows: Arc::new(BTreeMap::new()),
+                hub: Arc::new(channel::Hub::new()),
+            },
         })
     }
 }
@@ -141,9 +143,7 @@ impl NexusBuilder {
 /// The application: a database and its registered workflows.
 pub struct Nexus {
     options: NexusBuilder,
-    db: DataFlow,
-    workflows: Arc<BTreeMap<String, Registered>>,
-    hub: Arc<channel::Hub>,
+    pub(crate) shared: channel::Shared,
 }
 
 impl Nexus {
@@ -152,7 +152,7 @@ impl Nexus {
     }
 
     pub fn db(&self) -> &DataFlow {
-        &self.db
+        &self.shared.db
     }
 
     /// Registers `workflow` under `name` for every channel. Names are
@@ -178,7 +178,7 @@ impl Nexus {
                 format!("workflow name `{name}` must be lower-case letters, digits, `_` or `-`"),
             ));
         }
-        if self.workflows.contains_key(name) {
+        if self.shared.workflows.contains_key(name) {
             return Err(Error::new(
                 ErrorCode::Validation,
                 format!("a workflow named `{name}` is already registered"),
@@ -193,7 +193,7 @@ impl Nexus {
         } else {
             description.to_string()
         };
-        let mut all = (*self.workflows).clone();
+        let mut all = (*self.shared.workflows).clone();
         all.insert(
             name.to_string(),
             Registered {
@@ -202,26 +202,23 @@ impl Nexus {
                 workflow,
             },
         );
-        self.workflows = Arc::new(all);
+        self.shared.workflows = Arc::new(all);
         Ok(())
     }
 
     pub fn workflows(&self) -> impl Iterator<Item = &Registered> {
-        self.workflows.values()
-    }
-
-    /// The registered workflows, shared with the channels.
-    pub fn workflows_map(&self) -> Arc<BTreeMap<String, Registered>> {
-        self.workflows.clone()
+        self.shared.workflows.values()
     }
 
     /// The HTTP API as an axum router (what `serve` listens with).
     pub fn router(&self) -> axum::Router {
-        http::router(http::AppState {
-            db: self.db.clone(),
-            workflows: self.workflows.clone(),
-            hub: self.hub.clone(),
-        })
+        http::router(self.shared.clone())
+    }
+
+    /// The MCP server: one tool per registered workflow, sharing this
+    /// application's event stream and metrics.
+    pub fn mcp_server(&self) -> mcp::McpServer {
+        mcp::McpServer::new(self.shared.clone())
     }
 
     /// Serves the HTTP API on `api_port` and MCP (streamable HTTP, at
@@ -232,9 +229,14 @@ impl Nexus {
         tokio::try_join!(http, mcp).map(drop)
     }
 
-    /// The HTTP API alone.
+    /// The HTTP API alone, on `api_port`.
     pub async fn serve_http(&self) -> Result<()> {
-        let listener = self.listen(self.options.api_port).await?;
+        self.serve_http_on(self.listen(self.options.api_port).await?)
+            .await
+    }
+
+    /// The HTTP API on a listener of the caller's (e.g. bound to port 0).
+    pub async fn serve_http_on(&self, listener: tokio::net::TcpListener) -> Result<()> {
         eprintln!(
             "nexus: HTTP API on http://{}",
             listener
@@ -243,14 +245,20 @@ impl Nexus {
                 .unwrap_or_default()
         );
         axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(until_shutdown(self.shared.hub.shutdown.clone()))
             .await
             .map_err(|e| Error::new(ErrorCode::Internal, format!("HTTP server: {e}")))
     }
 
     /// MCP over streamable HTTP at `http://host:mcp_port/mcp`.
     pub async fn serve_mcp(&self) -> Result<()> {
-        let listener = self.listen(self.options.mcp_port).await?;
+        self.serve_mcp_on(self.listen(self.options.mcp_port).await?)
+            .await
+    }
+
+    /// MCP over streamable HTTP on a listener of the caller's; the `Host`
+    /// header must be a loopback name or the configured `host`.
+    pub async fn serve_mcp_on(&self, listener: tokio::net::TcpListener) -> Result<()> {
         eprintln!(
             "nexus: MCP on http://{}/mcp",
             listener
@@ -258,18 +266,18 @@ impl Nexus {
                 .map(|a| a.to_string())
                 .unwrap_or_default()
         );
-        mcp::serve_http(
-            self.db.clone(),
-            self.workflows.clone(),
+        mcp::serve_http_until(
+            self.mcp_server(),
             listener,
             vec![self.options.host.clone()],
+            self.shared.hub.shutdown.clone(),
         )
         .await
     }
 
     /// MCP over stdin/stdout (nothing else may write to stdout in this mode).
     pub async fn serve_mcp_stdio(&self) -> Result<()> {
-        mcp::serve_stdio(self.db.clone(), self.workflows.clone()).await
+        mcp::serve_stdio(self.mcp_server()).await
     }
 
     async fn listen(&self, port: u16) -> Result<tokio::net::TcpListener> {
@@ -292,22 +300,24 @@ impl Nexus {
         }
     }
 
-    /// Runs a registered workflow: the one path every channel takes.
+    /// Runs a registered workflow in this process, the path every channel
+    /// takes (its metrics are labelled `channel="direct"`).
     pub async fn execute(&self, name: &str, inputs: Value) -> Result<Value> {
-        channel::execute_observed(
-            &self.db,
-            &self.workflows,
-            name,
-            inputs,
-            &self.hub,
-            "cli",
-            None,
-        )
-        .await
+        self.shared.execute(name, inputs, "direct", None).await
     }
 }
 
-pub(crate) async fn shutdown_signal() {
+/// Waits for Ctrl-C / SIGTERM or `token`, then cancels `token`: every
+/// server of the application stops, and long-lived streams end.
+pub(crate) async fn until_shutdown(token: tokio_util::sync::CancellationToken) {
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = token.cancelled() => {}
+    }
+    token.cancel();
+}
+
+async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -2,19 +2,24 @@
 //!
 //! Every registered workflow is one tool: its name, its description and the
 //! workflow's own input JSON Schema. `tools/call` runs the workflow through
-//! the path every channel shares (`channel::execute`) and answers
+//! the path every channel shares (so its runs appear in `/events` and
+//! `/metrics` with `channel="mcp"`) and answers
 //! with the same JSON as HTTP: `{"outputs", "run_id", "execution_time"}` as
 //! text and as structured content. A failed run is a tool error
 //! (`isError: true`) whose content is the HTTP error body
 //! `{"error": {"code", "message", ...}}`; an unknown tool is a protocol error
 //! (`-32602` invalid params) whose `data` is that body with code `not_found`.
 //!
+//! Arguments over [`MAX_INPUT_BYTES`](crate::MAX_INPUT_BYTES) are refused
+//! with `validation`, as on HTTP and the CLI.
+//!
 //! Two transports: stdio ([`serve_stdio`]) and streamable HTTP at `/mcp`
-//! ([`serve_http`], or [`router`] to mount it in an axum app).
+//! ([`serve_http`], or [`router`] to mount it in an axum app). Get the
+//! server of an application with [`Nexus::mcp_server`](crate::Nexus::mcp_server).
 
-use crate::channel::{error_body, execute};
+use crate::channel::{error_body, too_large, Shared, MAX_INPUT_BYTES};
 use crate::Registered;
-use dataflow::{DataFlow, Error, ErrorCode, Result};
+use dataflow::{Error, ErrorCode, Result};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, JsonObject,
     ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
@@ -24,7 +29,6 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -35,16 +39,15 @@ pub const MCP_PATH: &str = "/mcp";
 /// (rmcp rejects others to prevent DNS rebinding).
 pub const LOCAL_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
-/// The MCP server: a database and the registered workflows, one tool each.
+/// The MCP server of an application: its registered workflows, one tool each.
 #[derive(Clone)]
 pub struct McpServer {
-    db: DataFlow,
-    workflows: Arc<BTreeMap<String, Registered>>,
+    shared: Shared,
 }
 
 impl McpServer {
-    pub fn new(db: DataFlow, workflows: Arc<BTreeMap<String, Registered>>) -> Self {
-        McpServer { db, workflows }
+    pub(crate) fn new(shared: Shared) -> Self {
+        McpServer { shared }
     }
 
     /// The tool published for a registered workflow.
@@ -67,7 +70,7 @@ impl McpServer {
 
     /// Every tool, in name order.
     pub fn tools(&self) -> Vec<Tool> {
-        self.workflows.values().map(Self::tool).collect()
+        self.shared.workflows.values().map(Self::tool).collect()
     }
 
     /// A `tools/call`: the HTTP result, a tool error with the HTTP error
@@ -77,9 +80,14 @@ impl McpServer {
         name: &str,
         arguments: Option<JsonObject>,
     ) -> std::result::Result<CallToolResult, ErrorData> {
-        let known = self.workflows.contains_key(name);
+        let known = self.shared.workflows.contains_key(name);
         let inputs = Value::Object(arguments.unwrap_or_default());
-        match execute(&self.db, &self.workflows, name, inputs).await {
+        let result = if known && inputs.to_string().len() > MAX_INPUT_BYTES {
+            Err(too_large("tool arguments"))
+        } else {
+            self.shared.execute(name, inputs, "mcp", None).await
+        };
+        match result {
             Ok(result) => Ok(CallToolResult::structured(result)),
             Err(e) if !known => Err(ErrorData::invalid_params(
                 e.to_string(),
@@ -119,13 +127,13 @@ impl ServerHandler for McpServer {
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.workflows.get(name).map(Self::tool)
+        self.shared.workflows.get(name).map(Self::tool)
     }
 }
 
 /// Serves MCP over stdin/stdout until the client closes stdin.
-pub async fn serve_stdio(db: DataFlow, workflows: Arc<BTreeMap<String, Registered>>) -> Result<()> {
-    let running = McpServer::new(db, workflows)
+pub async fn serve_stdio(server: McpServer) -> Result<()> {
+    let running = server
         .serve(rmcp::transport::stdio())
         .await
         .map_err(|e| Error::new(ErrorCode::Internal, format!("MCP stdio: {e}")))?;
@@ -141,21 +149,15 @@ pub async fn serve_stdio(db: DataFlow, workflows: Arc<BTreeMap<String, Registere
 /// `allowed_hosts` are accepted in the `Host` header in addition to
 /// [`LOCAL_HOSTS`]; an entry is a host (any port) or `host:port`, and `"*"`
 /// accepts every host (only for deployments behind their own checks).
-pub fn router(
-    db: DataFlow,
-    workflows: Arc<BTreeMap<String, Registered>>,
-    allowed_hosts: Vec<String>,
-) -> axum::Router {
-    router_with(db, workflows, allowed_hosts, CancellationToken::new())
+pub fn router(server: McpServer, allowed_hosts: Vec<String>) -> axum::Router {
+    router_with(server, allowed_hosts, CancellationToken::new())
 }
 
 fn router_with(
-    db: DataFlow,
-    workflows: Arc<BTreeMap<String, Registered>>,
+    server: McpServer,
     allowed_hosts: Vec<String>,
     shutdown: CancellationToken,
 ) -> axum::Router {
-    let server = McpServer::new(db, workflows);
     let config = StreamableHttpServerConfig::default().with_cancellation_token(shutdown);
     let config = if allowed_hosts.iter().any(|h| h == "*") {
         config.disable_allowed_hosts()
@@ -176,19 +178,24 @@ fn router_with(
 /// Serves the streamable HTTP transport at `/mcp` on `listener` until
 /// Ctrl-C / SIGTERM: open MCP sessions are closed, in-flight requests finish.
 pub async fn serve_http(
-    db: DataFlow,
-    workflows: Arc<BTreeMap<String, Registered>>,
+    server: McpServer,
     listener: tokio::net::TcpListener,
     allowed_hosts: Vec<String>,
 ) -> Result<()> {
-    let shutdown = CancellationToken::new();
-    let app = router_with(db, workflows, allowed_hosts, shutdown.clone());
+    serve_http_until(server, listener, allowed_hosts, CancellationToken::new()).await
+}
+
+/// [`serve_http`], also cancelling `shutdown` when the signal arrives.
+pub(crate) async fn serve_http_until(
+    server: McpServer,
+    listener: tokio::net::TcpListener,
+    allowed_hosts: Vec<String>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let app = router_with(server, allowed_hosts, shutdown.clone());
     axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            crate::shutdown_signal().await;
-            // Ends the sessions' long-lived SSE streams so the server can stop.
-            shutdown.cancel();
-        })
+        // Cancelling also ends the sessions' long-lived SSE streams.
+        .with_graceful_shutdown(crate::until_shutdown(shutdown))
         .await
         .map_err(|e| Error::new(ErrorCode::Internal, format!("MCP HTTP server: {e}")))
 }
