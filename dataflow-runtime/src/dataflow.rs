@@ -79,10 +79,9 @@ struct Inner {
     models: Vec<&'static ModelSchema>,
     nodes: HashMap<String, NodeRef>,
     prepared: HashMap<&'static str, Prepared>,
-    /// SQLite has one writer at a time; waiting for it on this lock (woken at
-    /// once) replaces SQLite's sleeping busy handler, whose back-off puts tens
-    /// of milliseconds on the tail latency of concurrent writes.
-    sqlite_writer: Option<Mutex<()>>,
+    /// SQLite has one writer at a time: every model write goes through this
+    /// queue and its thread (first come, first served; group commit).
+    sqlite_writer: Option<crate::writer::Writer>,
     /// Keeps a shared in-memory SQLite database alive.
     _keepalive: Option<Mutex<AnyConnection>>,
 }
@@ -295,14 +294,26 @@ impl DataFlow {
         params: Value,
     ) -> Result<Value> {
         let writes = !matches!(op, Op::Read | Op::List | Op::Count);
+        if let Some(writer) = &self.inner.sqlite_writer {
+            if writes {
+                let db = self.clone();
+                return writer
+                    .write(move |c| db.run_model_on(c, m, op, params))
+                    .await;
+            }
+            // A read by id takes microseconds: with a pooled connection free
+            // right now it runs here, saving the two thread hand-offs of a
+            // blocking task. Lists and counts, which can run long, and reads
+            // that would wait for a connection go to a blocking thread.
+            if op == Op::Read {
+                if let Some(mut conn) = self.inner.pool.try_get() {
+                    return self.run_model_on_any(&mut conn, m, op, params);
+                }
+            }
+        }
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = db.inner.pool.get()?;
-            // Held only around the statement itself; a poisoned lock still serializes.
-            let _turn = match (&db.inner.sqlite_writer, writes) {
-                (Some(lock), true) => Some(lock.lock().unwrap_or_else(|p| p.into_inner())),
-                _ => None,
-            };
             db.run_model_on_any(&mut conn, m, op, params)
         })
         .await
@@ -674,13 +685,17 @@ fn boot(
             target: target.clone(),
             connect_timeout: config.connect_timeout(),
         });
+    let sqlite_writer = match sqlite {
+        true => Some(crate::writer::Writer::start(pool.clone())?),
+        false => None,
+    };
     Ok(DataFlow {
         inner: Arc::new(Inner {
             config,
             target,
             pool,
             prepared: models.iter().map(|m| (m.name, Prepared::new(m))).collect(),
-            sqlite_writer: sqlite.then(|| Mutex::new(())),
+            sqlite_writer,
             models,
             nodes,
             _keepalive: memory.then(|| Mutex::new(conn)),

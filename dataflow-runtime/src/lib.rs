@@ -38,6 +38,7 @@ pub mod schema;
 mod sql;
 mod value;
 mod workflow;
+mod writer;
 
 pub use crate::backend::AnyConnection;
 pub use crate::config::Config;

@@ -199,10 +199,13 @@ impl Shared {
                             .with_label_values(&[wf.as_str(), node.as_str()])
                             .observe(duration_ms / 1e3);
                     }
-                    let mut v = serde_json::to_value(e).unwrap_or_default();
-                    v["workflow"] = Value::String(wf.clone());
-                    // No subscribers is fine: events are for whoever listens now.
-                    let _ = h.events.send(v.to_string());
+                    // Events are for whoever listens now; with nobody listening
+                    // none are built.
+                    if h.events.receiver_count() > 0 {
+                        let mut v = serde_json::to_value(e).unwrap_or_default();
+                        v["workflow"] = Value::String(wf.clone());
+                        let _ = h.events.send(v.to_string());
+                    }
                 });
                 let run = self
                     .db
