@@ -193,18 +193,9 @@ fn wrk(url: &str, script: Option<&str>) -> WrkResult {
     }
 }
 
-#[tokio::main]
-async fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
-    let path = std::env::temp_dir().join(format!("dataflow-bench-http-{}.db", std::process::id()));
-    let url = format!("sqlite://{}", path.display());
-    let db = DataFlow::builder(&url).build().await.expect("boot");
-    let seed = db
-        .execute("HttpUserCreateNode", json!({"email": "seed@x.io"}))
-        .await
-        .unwrap();
-    let id = seed["id"].as_str().unwrap().to_string();
-
+/// The benchmarked application: `get_user` and `create_user` over one model.
+async fn nexus_app(url: &str) -> (DataFlow, nexus::Nexus) {
+    let db = DataFlow::builder(url).build().await.expect("boot");
     let mut app = nexus::Nexus::builder().build(db.clone()).unwrap();
     let mut get = WorkflowBuilder::new();
     get.add_node("HttpUserReadNode", "user", json!({"id": "{{id}}"}));
@@ -217,6 +208,56 @@ async fn main() {
     );
     app.register("create_user", create.build(&db).unwrap())
         .unwrap();
+    (db, app)
+}
+
+/// Milliseconds from nothing to serving: boot on an existing database,
+/// register, bind HTTP and MCP, until `GET /ready` answers 200 and the MCP
+/// port accepts.
+async fn boot_to_ready(url: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    let (_db, app) = nexus_app(url).await;
+    let app = std::sync::Arc::new(app);
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (http_addr, mcp_addr) = (http.local_addr().unwrap(), mcp.local_addr().unwrap());
+    let servers = [
+        tokio::spawn({
+            let app = app.clone();
+            async move { app.serve_http_on(http).await }
+        }),
+        tokio::spawn({
+            let app = app.clone();
+            async move { app.serve_mcp_on(mcp).await }
+        }),
+    ];
+    let mut ready = String::new();
+    let mut s = tokio::net::TcpStream::connect(http_addr).await.unwrap();
+    s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    s.read_to_string(&mut ready).await.unwrap();
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    tokio::net::TcpStream::connect(mcp_addr).await.unwrap();
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    for s in servers {
+        s.abort();
+    }
+    ms
+}
+
+#[tokio::main]
+async fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let path = std::env::temp_dir().join(format!("dataflow-bench-http-{}.db", std::process::id()));
+    let url = format!("sqlite://{}", path.display());
+    let (db, app) = nexus_app(&url).await;
+    let seed = db
+        .execute("HttpUserCreateNode", json!({"email": "seed@x.io"}))
+        .await
+        .unwrap();
+    let id = seed["id"].as_str().unwrap().to_string();
     let nexus_addr = serve(app.router()).await;
 
     let pool: RawPool = Pool::builder()
@@ -254,6 +295,19 @@ async fn main() {
         }
     });
     check.await.unwrap();
+    let boots: Vec<f64> = {
+        let mut v = Vec::new();
+        for _ in 0..if full { 21 } else { 1 } {
+            v.push(boot_to_ready(&url).await);
+        }
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    println!(
+        "nexus boot to ready (existing SQLite file, HTTP /ready 200 and MCP accepting, in process): median {:.1} ms over {} boots",
+        boots[boots.len() / 2],
+        boots.len()
+    );
     if !full {
         println!("http bench smoke: nexus and the raw axum handler agree (run `cargo bench --bench http` for numbers)");
         return;

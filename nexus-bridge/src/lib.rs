@@ -231,19 +231,12 @@ impl Nexus {
 
     /// The HTTP API alone, on `api_port`.
     pub async fn serve_http(&self) -> Result<()> {
-        self.serve_http_on(self.listen(self.options.api_port).await?)
-            .await
+        let listener = self.listen(self.options.api_port, "HTTP API", "").await?;
+        self.serve_http_on(listener).await
     }
 
     /// The HTTP API on a listener of the caller's (e.g. bound to port 0).
     pub async fn serve_http_on(&self, listener: tokio::net::TcpListener) -> Result<()> {
-        eprintln!(
-            "nexus: HTTP API on http://{}",
-            listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default()
-        );
         axum::serve(listener, self.router())
             .with_graceful_shutdown(until_shutdown(self.shared.hub.shutdown.clone()))
             .await
@@ -252,20 +245,15 @@ impl Nexus {
 
     /// MCP over streamable HTTP at `http://host:mcp_port/mcp`.
     pub async fn serve_mcp(&self) -> Result<()> {
-        self.serve_mcp_on(self.listen(self.options.mcp_port).await?)
-            .await
+        let listener = self
+            .listen(self.options.mcp_port, "MCP", mcp::MCP_PATH)
+            .await?;
+        self.serve_mcp_on(listener).await
     }
 
     /// MCP over streamable HTTP on a listener of the caller's; the `Host`
     /// header must be a loopback name or the configured `host`.
     pub async fn serve_mcp_on(&self, listener: tokio::net::TcpListener) -> Result<()> {
-        eprintln!(
-            "nexus: MCP on http://{}/mcp",
-            listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default()
-        );
         mcp::serve_http_until(
             self.mcp_server(),
             listener,
@@ -280,11 +268,15 @@ impl Nexus {
         mcp::serve_stdio(self.mcp_server()).await
     }
 
-    async fn listen(&self, port: u16) -> Result<tokio::net::TcpListener> {
+    /// Binds `host:port` and says where `what` is served.
+    async fn listen(&self, port: u16, what: &str, path: &str) -> Result<tokio::net::TcpListener> {
         let addr = format!("{}:{port}", self.options.host);
-        tokio::net::TcpListener::bind(&addr)
+        let listener = tokio::net::TcpListener::bind(&addr)
             .await
-            .map_err(|e| Error::new(ErrorCode::Config, format!("cannot listen on {addr}: {e}")))
+            .map_err(|e| Error::new(ErrorCode::Config, format!("cannot listen on {addr}: {e}")))?;
+        let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr);
+        eprintln!("nexus: {what} on http://{bound}{path}");
+        Ok(listener)
     }
 
     /// Parses the process arguments and runs: `serve` (default),
