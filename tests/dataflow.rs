@@ -1265,3 +1265,56 @@ fn quickstart_example_runs() {
         );
     }
 }
+
+/// Many writes at once (on SQLite, committed together by the writer
+/// thread): each one fails alone, every answered write is committed and
+/// visible, and a bulk write in the middle of them is all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_fail_alone_and_are_visible_once_answered() {
+    for (backend, url) in support::backend_urls("concurrent_writes") {
+        let db = DataFlow::builder(&url).build().await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let db = db.clone();
+            tasks.push(tokio::spawn(async move {
+                let email = if i % 10 == 5 {
+                    "dup@x.io".to_string()
+                } else {
+                    format!("u{i}@x.io")
+                };
+                let r = db.execute("UserCreateNode", json!({"email": email})).await;
+                if let Ok(created) = &r {
+                    // Answered means committed: another connection sees it.
+                    let read = db
+                        .execute("UserReadNode", json!({"id": created["id"]}))
+                        .await
+                        .unwrap();
+                    assert_eq!(read["email"], created["email"]);
+                }
+                r
+            }));
+        }
+        let bulk: Vec<Value> = (0..1000)
+            .map(|i| json!({"email": format!("bulk{i}@x.io")}))
+            .collect();
+        let bulk = db
+            .execute("UserBulkCreateNode", json!({"data": bulk}))
+            .await
+            .unwrap();
+        let mut ok = 0;
+        let mut duplicates = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(e) => {
+                    assert_eq!(e.code(), "unique_violation", "{backend}: {e}");
+                    assert_eq!(e.field(), Some("email"), "{backend}: {e}");
+                    duplicates += 1;
+                }
+            }
+        }
+        assert_eq!((ok, duplicates), (181, 19), "{backend}: one dup@x.io wins");
+        let count = db.execute("UserCountNode", json!({})).await.unwrap();
+        assert_eq!(count["count"], 1181, "{backend}: {bulk}");
+    }
+}

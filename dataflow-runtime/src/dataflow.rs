@@ -297,8 +297,9 @@ impl DataFlow {
         if let Some(writer) = &self.inner.sqlite_writer {
             if writes {
                 let db = self.clone();
+                let short = matches!(op, Op::Create | Op::Update | Op::Upsert);
                 return writer
-                    .write(move |c| db.run_model_on(c, m, op, params))
+                    .write(short, move |c| db.run_model_on(c, m, op, params))
                     .await;
             }
             // A read by id takes microseconds: with a pooled connection free

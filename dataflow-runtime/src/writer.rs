@@ -12,6 +12,11 @@
 //! and nothing else; a failing commit fails every write of the batch (none
 //! of them happened).
 //!
+//! When nothing is queued and no batch is running, a single-row write runs
+//! at once on the calling task instead (it takes tens of microseconds; the
+//! hand-off to the thread and back would cost more than the write). Bulk
+//! writes always go to the thread, so they never hold up an async worker.
+//!
 //! [`DataFlow`]: crate::DataFlow
 
 use crate::backend::{AnyConnection, Conn, Pool};
@@ -19,7 +24,8 @@ use crate::error::{Error, ErrorCode, Result};
 use diesel::SqliteConnection;
 use serde_json::Value;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, TryLockError};
 
 /// The most writes committed together.
 pub(crate) const MAX_BATCH: usize = 256;
@@ -34,31 +40,64 @@ struct Job {
 /// The queue in front of the writer thread; the thread ends when this drops.
 pub(crate) struct Writer {
     queue: mpsc::Sender<Job>,
+    pool: Pool,
+    shared: Arc<Shared>,
+}
+
+/// What the callers and the thread share.
+#[derive(Default)]
+struct Shared {
+    /// Writes sent and not yet taken by the thread.
+    queued: AtomicUsize,
+    /// Held while a batch or a write run at once is running.
+    turn: Mutex<()>,
 }
 
 impl Writer {
     /// Starts the writer thread; it takes a connection from `pool` per batch.
     pub(crate) fn start(pool: Pool) -> Result<Writer> {
         let (queue, jobs) = mpsc::channel();
+        let shared = Arc::new(Shared::default());
+        let (thread_pool, thread_shared) = (pool.clone(), shared.clone());
         std::thread::Builder::new()
             .name("dataflow-sqlite-writer".into())
-            .spawn(move || serve(&pool, &jobs))
+            .spawn(move || serve(&thread_pool, &thread_shared, &jobs))
             .map_err(|e| {
                 Error::new(
                     ErrorCode::Internal,
                     format!("cannot start the SQLite writer thread: {e}"),
                 )
             })?;
-        Ok(Writer { queue })
+        Ok(Writer {
+            queue,
+            pool,
+            shared,
+        })
     }
 
-    /// Runs `write` in the writer's next batch; answers once it is committed.
+    /// Runs `write` in the writer's next batch, or at once when it is
+    /// `short` (a single-row write) and the writer is idle; answers once it
+    /// is committed.
     pub(crate) async fn write(
         &self,
+        short: bool,
         write: impl FnOnce(&mut SqliteConnection) -> Result<Value> + Send + 'static,
     ) -> Result<Value> {
+        if short && self.shared.queued.load(Ordering::Acquire) == 0 {
+            let turn = match self.shared.turn.try_lock() {
+                Ok(guard) => Some(guard),
+                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            };
+            if let (Some(_turn), Some(mut conn)) = (turn, self.pool.try_get()) {
+                if let AnyConnection::Sqlite(c) = &mut *conn {
+                    return guarded(Box::new(write), c);
+                }
+            }
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let stopped = || Error::new(ErrorCode::Internal, "the SQLite writer thread stopped");
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
         self.queue
             .send(Job {
                 write: Box::new(write),
@@ -69,8 +108,9 @@ impl Writer {
     }
 }
 
-fn serve(pool: &Pool, jobs: &mpsc::Receiver<Job>) {
+fn serve(pool: &Pool, shared: &Shared, jobs: &mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
+        let _turn = shared.turn.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
@@ -78,6 +118,7 @@ fn serve(pool: &Pool, jobs: &mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        shared.queued.fetch_sub(batch.len(), Ordering::AcqRel);
         let (writes, replies): (Vec<Write>, Vec<_>) =
             batch.into_iter().map(|j| (j.write, j.reply)).unzip();
         let results = commit(pool, writes);
@@ -100,14 +141,16 @@ fn commit(pool: &Pool, writes: Vec<Write>) -> Vec<Result<Value>> {
                 "the SQLite writer got a non-SQLite connection",
             ));
         };
+        if n == 1 {
+            // Alone: as it would run without the queue (its own statement or
+            // transaction), with no savepoint and no outer transaction.
+            results.extend(writes.into_iter().map(|w| guarded(w, c)));
+            return Ok(());
+        }
         c.write_transaction(|c| {
             for write in writes {
                 // Nested: a savepoint, rolled back alone when this write fails.
-                results.push(c.write_transaction(|c| {
-                    catch_unwind(AssertUnwindSafe(|| write(c))).unwrap_or_else(|_| {
-                        Err(Error::new(ErrorCode::Internal, "a write panicked"))
-                    })
-                }));
+                results.push(c.write_transaction(|c| guarded(write, c)));
             }
             Ok(())
         })
@@ -115,5 +158,117 @@ fn commit(pool: &Pool, writes: Vec<Write>) -> Vec<Result<Value>> {
     match outcome {
         Ok(()) => results,
         Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+    }
+}
+
+/// Runs `write`, turning a panic into an error.
+fn guarded(write: Write, c: &mut SqliteConnection) -> Result<Value> {
+    catch_unwind(AssertUnwindSafe(|| write(c)))
+        .unwrap_or_else(|_| Err(Error::new(ErrorCode::Internal, "a write panicked")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{Manager, Target};
+    use crate::value::Cell;
+    use std::time::Duration;
+
+    fn pool(name: &str) -> Pool {
+        let path =
+            std::env::temp_dir().join(format!("dataflow-writer-{name}-{}.db", std::process::id()));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        let target = Target::parse(&format!("sqlite://{}", path.display())).unwrap();
+        r2d2::Pool::builder()
+            .max_size(4)
+            .build(Manager {
+                target,
+                connect_timeout: Duration::from_secs(5),
+            })
+            .unwrap()
+    }
+
+    fn on_sqlite<T>(pool: &Pool, f: impl FnOnce(&mut SqliteConnection) -> T) -> T {
+        match &mut *pool.get().unwrap() {
+            AnyConnection::Sqlite(c) => f(c),
+            AnyConnection::Postgresql(_) => unreachable!("a SQLite pool"),
+        }
+    }
+
+    fn insert(x: i64) -> impl FnOnce(&mut SqliteConnection) -> Result<Value> + Send + 'static {
+        move |c| {
+            c.batch(&format!("INSERT INTO t (x) VALUES ({x})"))?;
+            Ok(Value::from(x))
+        }
+    }
+
+    /// Writes queued behind a slow one are committed as one batch: the ones
+    /// that fail roll back alone, the rest are committed before they answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_commits_together_and_its_failures_roll_back_alone() {
+        let pool = pool("batch");
+        on_sqlite(&pool, |c| {
+            c.batch("CREATE TABLE t (x INTEGER NOT NULL UNIQUE)")
+        })
+        .unwrap();
+        let writer = Arc::new(Writer::start(pool.clone()).unwrap());
+        // Holds the thread until the next writes are queued up behind it.
+        let (release, held) = mpsc::channel::<()>();
+        let (started, running) = mpsc::channel::<()>();
+        let slow = tokio::spawn({
+            let w = writer.clone();
+            async move {
+                w.write(false, move |c| {
+                    started.send(()).unwrap();
+                    held.recv().unwrap();
+                    insert(0)(c)
+                })
+                .await
+            }
+        });
+        tokio::task::spawn_blocking(move || running.recv().unwrap())
+            .await
+            .unwrap();
+        let mut queued = Vec::new();
+        for x in 1..=20 {
+            let w = writer.clone();
+            // Every fifth write repeats 1: of the five writes of 1, whichever
+            // runs first succeeds and the other four fail on the unique index.
+            let value = if x % 5 == 0 { 1 } else { x };
+            queued.push(tokio::spawn(
+                async move { w.write(false, insert(value)).await },
+            ));
+        }
+        // The slow write was taken (its own batch); all 20 are waiting.
+        while writer.shared.queued.load(Ordering::Acquire) < 20 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        release.send(()).unwrap();
+        assert_eq!(slow.await.unwrap().unwrap(), 0);
+        let mut failed = 0;
+        for (i, q) in queued.into_iter().enumerate() {
+            let x = i as i64 + 1;
+            let value = if x % 5 == 0 { 1 } else { x };
+            match q.await.unwrap() {
+                Ok(v) => assert_eq!(v, Value::from(value)),
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorCode::UniqueViolation, "{e}");
+                    assert!(value == 1, "write {x} failed: {e}");
+                    failed += 1;
+                }
+            }
+        }
+        assert_eq!(failed, 4);
+        let mut sql = crate::sql::Sql::new(crate::sql::Dialect::Sqlite);
+        sql.push("SELECT count(*), sum(x) FROM t");
+        let rows = on_sqlite(&pool, |c| c.query(&sql)).unwrap();
+        let sum: i64 = (1..=20).filter(|x| x % 5 != 0).sum();
+        assert_eq!(
+            rows,
+            vec![vec![Cell::I64(17), Cell::I64(sum)]],
+            "0, and the 16 values of 1..=20 that are no multiple of 5"
+        );
     }
 }
