@@ -273,7 +273,7 @@ impl DataFlow {
                 })?;
                 let ctx = NodeContext {
                     db: self.clone(),
-                    run_id: run_id.map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_string),
+                    run_id: run_id.map_or_else(crate::workflow::new_run_id, str::to_string),
                     node_id: node_id.to_string(),
                 };
                 n.run(&ctx, params).await.map_err(|e| {
@@ -333,7 +333,7 @@ impl DataFlow {
         match self.lookup(node)? {
             NodeRef::Model(m, op) => self.run_model_on_any(conn, m, op, params.clone()),
             r @ NodeRef::Custom(_) => {
-                self.execute_ref_blocking_custom(r, node, params, &uuid::Uuid::now_v7().to_string())
+                self.execute_ref_blocking_custom(r, node, params, &crate::workflow::new_run_id())
             }
         }
     }

@@ -48,8 +48,8 @@ pub use crate::node::{MergeNode, Node, NodeContext, NodeFuture, SwitchNode};
 pub use crate::schema::{Model, ModelSchema};
 pub use crate::sql::Dialect;
 pub use crate::workflow::{
-    ConnectionSpec, NodeSpec, Observer, Run, RunEvent, Workflow, WorkflowBuilder, WorkflowRuntime,
-    WorkflowSpec,
+    new_run_id, ConnectionSpec, NodeSpec, Observer, Run, RunEvent, Workflow, WorkflowBuilder,
+    WorkflowRuntime, WorkflowSpec,
 };
 pub use dataflow_macros::{embed_migrations, model, node};
 

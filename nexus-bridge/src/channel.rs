@@ -149,7 +149,7 @@ impl Hub {
 
 /// A run id: a UUID v7, so ids sort by start time.
 pub(crate) fn new_run_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+    dataflow::new_run_id()
 }
 
 /// The most async runs whose status is kept.

@@ -4,7 +4,7 @@
 mod run;
 mod template;
 
-pub use run::{Observer, Run, RunEvent, WorkflowRuntime};
+pub use run::{new_run_id, Observer, Run, RunEvent, WorkflowRuntime};
 
 use crate::dataflow::NodeRef;
 use crate::error::{Error, ErrorCode, Result};

@@ -275,10 +275,11 @@ impl<'p> State<'p> {
             self.report_failure(&e);
             return Err(e.with_completed(self.results()));
         }
+        let duration = started.elapsed();
         if let Some((o, _)) = self.observe {
             o(&RunEvent::Finished {
                 run_id: run_id.clone(),
-                duration_ms: started.elapsed().as_secs_f64() * 1e3,
+                duration_ms: duration.as_secs_f64() * 1e3,
             });
         }
         let plan = self.plan;
@@ -300,9 +301,18 @@ impl<'p> State<'p> {
             results,
             timings: self.timings,
             skipped,
-            duration: started.elapsed(),
+            duration,
         })
     }
+}
+
+/// A new run id: a UUID v7 (ids sort by start time), lower-case hyphenated.
+pub fn new_run_id() -> String {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_string()
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -321,8 +331,7 @@ impl WorkflowRuntime {
 
     /// Runs `workflow` with `inputs` (an object matching its input schema).
     pub async fn execute(&self, workflow: &Workflow, inputs: Value) -> Result<Run> {
-        self.execute_with_id(workflow, inputs, uuid::Uuid::now_v7().to_string())
-            .await
+        self.execute_with_id(workflow, inputs, new_run_id()).await
     }
 
     /// Like [`execute`](Self::execute) with a caller-chosen run id.
@@ -373,12 +382,13 @@ impl WorkflowRuntime {
                     Next::Run(input) => {
                         state.status[i] = Status::Running;
                         let node = &plan.nodes[i];
-                        let (db, kind, id, run) =
-                            (self.db.clone(), node.kind, node.id.clone(), run_id.clone());
-                        let fut: NodeFut =
-                            Box::pin(
-                                async move { db.execute_ref(kind, &id, input, Some(&run)).await },
-                            );
+                        // Borrows the plan and the run id: futures never outlive this call.
+                        let fut: NodeFut<'_> = Box::pin(self.db.execute_ref(
+                            node.kind,
+                            &node.id,
+                            input,
+                            Some(rid.as_str()),
+                        ));
                         inflight.push(InFlight {
                             node: i,
                             started: Instant::now(),
@@ -470,18 +480,18 @@ impl WorkflowRuntime {
     }
 }
 
-type NodeFut = Pin<Box<dyn Future<Output = Result<Value>> + Send>>;
+type NodeFut<'a> = Pin<Box<dyn Future<Output = Result<Value>> + Send + 'a>>;
 
-struct InFlight {
+struct InFlight<'a> {
     node: usize,
     started: Instant,
-    fut: NodeFut,
+    fut: NodeFut<'a>,
 }
 
 /// Polls every in-flight node once; the first to finish is removed and
 /// returned. A panic inside a node's future is caught as that node's result.
 fn poll_any(
-    inflight: &mut Vec<InFlight>,
+    inflight: &mut Vec<InFlight<'_>>,
     cx: &mut Context<'_>,
 ) -> Poll<(usize, std::result::Result<Result<Value>, String>, Duration)> {
     for k in 0..inflight.len() {
