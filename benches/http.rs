@@ -7,8 +7,8 @@
 //! cargo test --bench http       # smoke: one request per endpoint, checks they agree
 //! ```
 
-use axum::extract::{Path, State};
-use axum::routing::{get, post};
+use axum::extract::State;
+use axum::routing::post;
 use axum::{Json, Router};
 use dataflow::{DataFlow, WorkflowBuilder};
 use diesel::prelude::*;
@@ -69,10 +69,15 @@ fn now() -> String {
 
 /// The hand-written baseline: the same two operations, typed diesel, JSON out.
 fn raw_router(pool: RawPool) -> Router {
+    // The same request as nexus gets: a POST with `{"inputs": {"id": ...}}`.
     async fn get_user(
         State(pool): State<RawPool>,
-        Path(id): Path<String>,
+        Json(body): Json<Value>,
     ) -> Result<Json<Value>, (axum::http::StatusCode, String)> {
+        let id = body["inputs"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         tokio::task::spawn_blocking(move || {
             let mut c = pool
                 .get()
@@ -117,7 +122,7 @@ fn raw_router(pool: RawPool) -> Router {
         .unwrap()
     }
     Router::new()
-        .route("/users/{id}", get(get_user))
+        .route("/users/get", post(get_user))
         .route("/users", post(create_user))
         .with_state(pool)
 }
@@ -287,7 +292,12 @@ async fn main() {
                 "/workflows/get_user/execute",
                 &format!("{{\"inputs\": {{\"id\": \"{id}\"}}}}"),
             );
-            let b = get(raw_addr, "GET", &format!("/users/{id}"), "");
+            let b = get(
+                raw_addr,
+                "POST",
+                "/users/get",
+                &format!("{{\"inputs\": {{\"id\": \"{id}\"}}}}"),
+            );
             assert!(
                 a.contains("seed@x.io") && b.contains("seed@x.io"),
                 "{a}\n{b}"
@@ -321,7 +331,7 @@ async fn main() {
         (
             "get_user",
             wrk(&nexus_get, Some(&get_body)),
-            wrk(&format!("http://{raw_addr}/users/{id}"), None),
+            wrk(&format!("http://{raw_addr}/users/get"), Some(&get_body)),
         ),
         (
             "create_user",
