@@ -687,7 +687,11 @@ fn boot(
             connect_timeout: config.connect_timeout(),
         });
     let sqlite_writer = match sqlite {
-        true => Some(crate::writer::Writer::start(pool.clone())?),
+        true => Some(crate::writer::Writer::start(
+            pool.clone(),
+            &target,
+            config.connect_timeout(),
+        )?),
         false => None,
     };
     Ok(DataFlow {

@@ -12,14 +12,14 @@
 //! and nothing else; a failing commit fails every write of the batch (none
 //! of them happened).
 //!
-//! When nothing is queued and no batch is running, a single-row write runs
-//! at once on the calling task instead (it takes tens of microseconds; the
+//! When no other write is in progress, a single-row write runs at once on
+//! the calling task instead (it takes tens of microseconds; the
 //! hand-off to the thread and back would cost more than the write). Bulk
 //! writes always go to the thread, so they never hold up an async worker.
 //!
 //! [`DataFlow`]: crate::DataFlow
 
-use crate::backend::{AnyConnection, Conn, Pool};
+use crate::backend::{AnyConnection, Conn, Pool, Target};
 use crate::error::{Error, ErrorCode, Result};
 use diesel::SqliteConnection;
 use serde_json::Value;
@@ -29,6 +29,9 @@ use std::sync::{mpsc, Arc, Mutex, TryLockError};
 
 /// The most writes committed together.
 pub(crate) const MAX_BATCH: usize = 256;
+
+/// How often the write-ahead log is checkpointed.
+pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 type Write = Box<dyn FnOnce(&mut SqliteConnection) -> Result<Value> + Send>;
 
@@ -42,6 +45,8 @@ pub(crate) struct Writer {
     queue: mpsc::Sender<Job>,
     pool: Pool,
     shared: Arc<Shared>,
+    /// Dropping it stops the checkpoint thread.
+    _checkpoints: Option<mpsc::Sender<()>>,
 }
 
 /// What the callers and the thread share.
@@ -49,29 +54,55 @@ pub(crate) struct Writer {
 struct Shared {
     /// Writes sent and not yet taken by the thread.
     queued: AtomicUsize,
+    /// Writes in progress: called and not yet answered (or given up).
+    active: AtomicUsize,
     /// Held while a batch or a write run at once is running.
     turn: Mutex<()>,
 }
 
 impl Writer {
-    /// Starts the writer thread; it takes a connection from `pool` per batch.
-    pub(crate) fn start(pool: Pool) -> Result<Writer> {
+    /// Starts the writer thread, which takes a connection from `pool` per
+    /// batch, and for a database file the checkpoint thread, which opens its
+    /// own connection to `target` when it first runs.
+    pub(crate) fn start(
+        pool: Pool,
+        target: &Target,
+        connect_timeout: std::time::Duration,
+    ) -> Result<Writer> {
         let (queue, jobs) = mpsc::channel();
         let shared = Arc::new(Shared::default());
         let (thread_pool, thread_shared) = (pool.clone(), shared.clone());
-        std::thread::Builder::new()
-            .name("dataflow-sqlite-writer".into())
-            .spawn(move || serve(&thread_pool, &thread_shared, &jobs))
-            .map_err(|e| {
-                Error::new(
-                    ErrorCode::Internal,
-                    format!("cannot start the SQLite writer thread: {e}"),
-                )
-            })?;
+        spawn("dataflow-sqlite-writer", move || {
+            serve(&thread_pool, &thread_shared, &jobs)
+        })?;
+        let checkpoints = match target {
+            Target::Sqlite { memory: false, .. } => {
+                let (target, (stop, stopped)) = (target.clone(), mpsc::channel::<()>());
+                spawn("dataflow-sqlite-checkpoint", move || {
+                    let mut conn = None;
+                    // Runs until the `DataFlow` (holding `stop`) is dropped.
+                    while let Err(mpsc::RecvTimeoutError::Timeout) =
+                        stopped.recv_timeout(CHECKPOINT_EVERY)
+                    {
+                        if conn.is_none() {
+                            conn = target.connect(connect_timeout).ok();
+                        }
+                        if let Some(AnyConnection::Sqlite(c)) = &mut conn {
+                            // Busy (another checkpoint, a reader on old pages) is
+                            // fine: the next round continues where this one stopped.
+                            let _ = c.batch("PRAGMA wal_checkpoint(PASSIVE)");
+                        }
+                    }
+                })?;
+                Some(stop)
+            }
+            _ => None,
+        };
         Ok(Writer {
             queue,
             pool,
             shared,
+            _checkpoints: checkpoints,
         })
     }
 
@@ -83,7 +114,10 @@ impl Writer {
         short: bool,
         write: impl FnOnce(&mut SqliteConnection) -> Result<Value> + Send + 'static,
     ) -> Result<Value> {
-        if short && self.shared.queued.load(Ordering::Acquire) == 0 {
+        let alone = self.shared.active.fetch_add(1, Ordering::AcqRel) == 0;
+        let _active = Active(&self.shared.active);
+        // Under concurrent writes everything queues, so batches form.
+        if short && alone && self.shared.queued.load(Ordering::Acquire) == 0 {
             let turn = match self.shared.turn.try_lock() {
                 Ok(guard) => Some(guard),
                 Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
@@ -105,6 +139,28 @@ impl Writer {
             })
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map(drop)
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::Internal,
+                format!("cannot start the thread {name}: {e}"),
+            )
+        })
+}
+
+/// Counts a write in progress until dropped.
+struct Active<'a>(&'a AtomicUsize);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -170,24 +226,25 @@ fn guarded(write: Write, c: &mut SqliteConnection) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Manager, Target};
+    use crate::backend::Manager;
     use crate::value::Cell;
     use std::time::Duration;
 
-    fn pool(name: &str) -> Pool {
+    fn pool(name: &str) -> (Pool, Target) {
         let path =
             std::env::temp_dir().join(format!("dataflow-writer-{name}-{}.db", std::process::id()));
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
         let target = Target::parse(&format!("sqlite://{}", path.display())).unwrap();
-        r2d2::Pool::builder()
+        let pool = r2d2::Pool::builder()
             .max_size(4)
             .build(Manager {
-                target,
+                target: target.clone(),
                 connect_timeout: Duration::from_secs(5),
             })
-            .unwrap()
+            .unwrap();
+        (pool, target)
     }
 
     fn on_sqlite<T>(pool: &Pool, f: impl FnOnce(&mut SqliteConnection) -> T) -> T {
@@ -208,12 +265,13 @@ mod tests {
     /// that fail roll back alone, the rest are committed before they answer.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_commits_together_and_its_failures_roll_back_alone() {
-        let pool = pool("batch");
+        let (pool, target) = pool("batch");
         on_sqlite(&pool, |c| {
             c.batch("CREATE TABLE t (x INTEGER NOT NULL UNIQUE)")
         })
         .unwrap();
-        let writer = Arc::new(Writer::start(pool.clone()).unwrap());
+        let writer =
+            Arc::new(Writer::start(pool.clone(), &target, Duration::from_secs(5)).unwrap());
         // Holds the thread until the next writes are queued up behind it.
         let (release, held) = mpsc::channel::<()>();
         let (started, running) = mpsc::channel::<()>();
@@ -270,5 +328,40 @@ mod tests {
             vec![vec![Cell::I64(17), Cell::I64(sum)]],
             "0, and the 16 values of 1..=20 that are no multiple of 5"
         );
+    }
+
+    /// With automatic checkpoints off, the checkpoint thread is what moves
+    /// committed pages from the log into the database file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_checkpoint_thread_moves_the_log_into_the_database_file() {
+        let (pool, target) = pool("checkpoint");
+        let Target::Sqlite { path, .. } = &target else {
+            unreachable!()
+        };
+        on_sqlite(&pool, |c| c.batch("CREATE TABLE big (body TEXT NOT NULL)")).unwrap();
+        let size = || std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let before = size();
+        let writer = Writer::start(pool.clone(), &target, Duration::from_secs(5)).unwrap();
+        writer
+            .write(false, |c| {
+                for _ in 0..500 {
+                    c.batch(&format!(
+                        "INSERT INTO big (body) VALUES ('{}')",
+                        "x".repeat(1000)
+                    ))?;
+                }
+                Ok(Value::Null)
+            })
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while size() < before + 400_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the database file stayed at {} bytes (from {before})",
+                size()
+            );
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
+        }
     }
 }

@@ -100,7 +100,7 @@ impl Target {
                 let mut conn = SqliteConnection::establish(path)
                     .map_err(|e| connection_error(self, &e.to_string()))?;
                 conn.batch_execute(&format!(
-                    "PRAGMA busy_timeout = {}; PRAGMA foreign_keys = ON; PRAGMA case_sensitive_like = ON; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16384;",
+                    "PRAGMA busy_timeout = {}; PRAGMA foreign_keys = ON; PRAGMA case_sensitive_like = ON; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = 0;",
                     connect_timeout.as_millis().max(1000)
                 ))
                 .map_err(|e| connection_error(self, &e.to_string()))?;
