@@ -396,7 +396,7 @@ fn model_source(i: usize) -> String {
         );
         let _ = writeln!(s, "    pub parent_id: Option<String>,");
     }
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         let _ = writeln!(s, "    #[field(index)]");
         let _ = writeln!(s, "    pub code: Option<String>,");
     }
@@ -710,7 +710,7 @@ fn boot(c: &GeneratedCrate, url: &str, mode: Mode) -> Sample {
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     let mid = xs.len() / 2;
-    if xs.len() % 2 == 0 {
+    if xs.len().is_multiple_of(2) {
         (xs[mid - 1] + xs[mid]) / 2.0
     } else {
         xs[mid]

@@ -114,8 +114,8 @@ impl Input {
     fn new(tag: &str, i: usize) -> Input {
         Input {
             email: format!("{tag}-{i}@bench.io"),
-            full_name: (i % 4 != 0).then(|| format!("User {i}")),
-            active: i % 3 != 0,
+            full_name: (!i.is_multiple_of(4)).then(|| format!("User {i}")),
+            active: !i.is_multiple_of(3),
             age: 18 + (i % 80) as i32,
         }
     }
