@@ -17,6 +17,13 @@
 //! hand-off to the thread and back would cost more than the write). Bulk
 //! writes always go to the thread, so they never hold up an async worker.
 //!
+//! Checkpoints (copying the write-ahead log into the database file, with an
+//! fsync) run on a thread of their own every [`CHECKPOINT_EVERY`] in
+//! `PASSIVE` mode, which never blocks readers or writers; connections are
+//! opened with `wal_autocheckpoint = 0`. With SQLite's automatic checkpoints
+//! the commit that crosses the threshold does that work while every write
+//! queued behind it waits: that was most of the writes' p99 under load.
+//!
 //! [`DataFlow`]: crate::DataFlow
 
 use crate::backend::{AnyConnection, Conn, Pool, Target};
