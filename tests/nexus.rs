@@ -666,6 +666,69 @@ pub struct Probe {
     pub id: String,
 }
 
+/// Sleeps `ms` milliseconds: a request that is still running at shutdown.
+pub struct Slow;
+
+#[dataflow::node]
+impl dataflow::Node for Slow {
+    fn name(&self) -> &'static str {
+        "SlowNode"
+    }
+    fn input_schema(&self) -> Value {
+        json!({"type": "object", "properties": {"ms": {"type": "integer"}}, "required": ["ms"]})
+    }
+    fn run<'a>(
+        &'a self,
+        _ctx: &'a dataflow::NodeContext,
+        input: Value,
+    ) -> dataflow::NodeFuture<'a> {
+        Box::pin(async move {
+            let ms = input["ms"].as_u64().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(json!({"slept": ms}))
+        })
+    }
+}
+
+/// Shutdown lets in-flight requests finish, then the server returns and
+/// stops accepting connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let db = probe_db().await;
+    let mut wf = dataflow::WorkflowBuilder::new();
+    wf.add_node("SlowNode", "slow", json!({"ms": "{{ms}}"}));
+    let mut app = nexus::Nexus::builder().build(db.clone()).unwrap();
+    app.register("slow", wf.build(&db).unwrap()).unwrap();
+    let app = std::sync::Arc::new(app);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn({
+        let app = app.clone();
+        async move { app.serve_http_on(listener).await }
+    });
+    let in_flight = post(
+        addr,
+        "/workflows/slow/execute".into(),
+        br#"{"inputs": {"ms": 600}}"#.to_vec(),
+    );
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        app.shutdown();
+    };
+    let (r, ()) = tokio::join!(in_flight, stop);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["outputs"]["slow"]["slept"], 600);
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server stops after the request")
+        .unwrap()
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections after shutdown"
+    );
+}
+
 async fn probe_db() -> dataflow::DataFlow {
     dataflow::DataFlow::builder("sqlite::memory:")
         .build()

@@ -263,6 +263,13 @@ impl Nexus {
         .await
     }
 
+    /// Stops every server of this application as Ctrl-C / SIGTERM would:
+    /// no new connections; in-flight requests finish; event streams and MCP
+    /// sessions close; the `serve*` futures then return.
+    pub fn shutdown(&self) {
+        self.shared.hub.shutdown.cancel();
+    }
+
     /// MCP over stdin/stdout (nothing else may write to stdout in this mode).
     pub async fn serve_mcp_stdio(&self) -> Result<()> {
         mcp::serve_stdio(self.mcp_server()).await
