@@ -493,6 +493,23 @@ async fn every_channel_gives_the_same_answer() {
         let pretty: Value = serde_json::from_slice(&pretty.stdout).unwrap();
         assert_eq!(pretty["outputs"]["user"]["email"], "seed@x.io");
 
+        // `--inputs -` reads the inputs from stdin.
+        let mut child = example(&s.url)
+            .args(["run", "get_user", "--inputs", "-", "--json"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(
+            &mut child.stdin.take().unwrap(),
+            json!({"id": id}).to_string().as_bytes(),
+        )
+        .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let from_stdin: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(from_stdin["outputs"]["user"]["email"], "seed@x.io");
+
         // A server that is not there: a connection error, exit code 7.
         let gone = format!("http://127.0.0.1:{}", free_port());
         let (exit, out) = cli(&s.url, "get_user", &["--id", &id, "--url", &gone]).await;
