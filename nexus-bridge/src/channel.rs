@@ -147,11 +147,6 @@ impl Hub {
     }
 }
 
-/// A run id: a UUID v7, so ids sort by start time.
-pub(crate) fn new_run_id() -> String {
-    dataflow::new_run_id()
-}
-
 /// The most async runs whose status is kept.
 pub(crate) const KEPT_RUNS: usize = 10_000;
 
@@ -186,7 +181,8 @@ impl Shared {
         run_id: Option<String>,
     ) -> Result<Value> {
         let started = Instant::now();
-        let result = match self.workflows.get(name) {
+        let registered = self.workflows.get(name);
+        let result = match registered {
             None => Err(unknown_workflow(&self.workflows, name)),
             Some(w) => {
                 let (h, wf) = (self.hub.clone(), name.to_string());
@@ -211,7 +207,11 @@ impl Shared {
                     .db
                     .runtime()
                     .with_observer(observer)
-                    .execute_with_id(&w.workflow, inputs, run_id.unwrap_or_else(new_run_id))
+                    .execute_with_id(
+                        &w.workflow,
+                        inputs,
+                        run_id.unwrap_or_else(dataflow::new_run_id),
+                    )
                     .await;
                 run.map(|run| {
                     json!({"outputs": Value::Object(run.results), "run_id": run.run_id, "execution_time": started.elapsed().as_secs_f64()})
@@ -223,7 +223,7 @@ impl Shared {
             Err(e) => e.code(),
         };
         // Unknown names share one label: a label per typo would grow without bound.
-        let label = if self.workflows.contains_key(name) {
+        let label = if registered.is_some() {
             name
         } else {
             "(unknown)"

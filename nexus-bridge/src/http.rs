@@ -1,6 +1,6 @@
 //! The HTTP API (axum).
 
-use crate::channel::{error_body, http_status, new_run_id, too_large, unknown_workflow, Shared};
+use crate::channel::{error_body, http_status, too_large, unknown_workflow, Shared};
 use crate::Registered;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -121,7 +121,7 @@ fn start_async(s: AppState, name: String, inputs: Value) -> Result<Response, Api
     if !s.workflows.contains_key(&name) {
         return Err(ApiError(unknown_workflow(&s.workflows, &name)));
     }
-    let run_id = new_run_id();
+    let run_id = dataflow::new_run_id();
     s.hub.set_run(
         &run_id,
         json!({"run_id": run_id, "workflow": name, "status": "running"}),
