@@ -10,7 +10,7 @@
 //! the ten-node chain reads it ten times, each read taking its id from the
 //! previous node's output.
 
-use dataflow::{DataFlow, Workflow, WorkflowBuilder};
+use dataflow::{DataFlow, Workflow, WorkflowBuilder, WorkflowRuntime};
 use serde_json::{json, Value};
 use std::time::Instant;
 
@@ -45,6 +45,12 @@ fn chain(db: &DataFlow, len: usize) -> Workflow {
         wf.add_connection(format!("n{}", i - 1), "id", format!("n{i}"), "id");
     }
     wf.build(db).expect("the chain builds")
+}
+
+/// One timed workflow run.
+async fn run(rt: &WorkflowRuntime, wf: &Workflow, inputs: &Value) -> Value {
+    let run = rt.execute(wf, inputs.clone()).await.unwrap();
+    Value::from(run.results.len())
 }
 
 #[tokio::main]
@@ -91,28 +97,8 @@ async fn main() {
             })
             .await,
         );
-        w1.push(
-            ops_per_sec(ops, || async {
-                rt.execute(&one, inputs.clone())
-                    .await
-                    .unwrap()
-                    .results
-                    .len()
-                    .into()
-            })
-            .await,
-        );
-        w10.push(
-            ops_per_sec(ops / 5, || async {
-                rt.execute(&ten, inputs.clone())
-                    .await
-                    .unwrap()
-                    .results
-                    .len()
-                    .into()
-            })
-            .await,
-        );
+        w1.push(ops_per_sec(ops, || run(&rt, &one, &inputs)).await);
+        w10.push(ops_per_sec(ops / 5, || run(&rt, &ten, &inputs)).await);
     }
     let r1 = median(w1.iter().zip(&d).map(|(w, d)| w / d).collect());
     let r10 = median(w10.iter().zip(&d).map(|(w, d)| w * 10.0 / d).collect());

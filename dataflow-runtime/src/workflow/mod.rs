@@ -376,11 +376,7 @@ impl Workflow {
                     }
                 }
             }
-            let required: Vec<&str> = schema
-                .get("required")
-                .and_then(Value::as_array)
-                .map(|r| r.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
+            let required: Vec<&str> = required(&schema).collect();
             let optional = properties(&schema)
                 .map(|p| {
                     p.keys()
@@ -482,13 +478,7 @@ impl Workflow {
                 Tpl::Literal(Value::Object(m)) => m.keys().map(String::as_str).collect(),
                 _ => Vec::new(),
             };
-            for req in schema
-                .get("required")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-            {
+            for req in required(&schema) {
                 if !given.contains(&req) && !n.incoming.iter().any(|e| e.to_path[0] == req) {
                     return Err(build_error(
                         &n.id,
@@ -606,6 +596,16 @@ fn strip_default(mut schema: Value) -> Value {
 /// Checks a value against the subset of JSON Schema that node and workflow
 /// input schemas use: `type`, `anyOf`, `enum`, `minimum`, `maximum`,
 /// `maxLength`, `items`, `properties`, `required`, `additionalProperties: false`.
+/// The names a JSON Schema object lists as `required`.
+pub(crate) fn required(schema: &Value) -> impl Iterator<Item = &str> {
+    schema
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+}
+
 pub(crate) fn check(schema: &Value, v: &Value) -> std::result::Result<(), String> {
     if let Some(any) = schema.get("anyOf").and_then(Value::as_array) {
         let errs: Vec<String> = any.iter().filter_map(|s| check(s, v).err()).collect();
@@ -659,13 +659,7 @@ pub(crate) fn check(schema: &Value, v: &Value) -> std::result::Result<(), String
     }
     if let Some(obj) = v.as_object() {
         let props = properties(schema);
-        for req in schema
-            .get("required")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-        {
+        for req in required(schema) {
             if !obj.contains_key(req) {
                 return Err(format!("missing required property `{req}`"));
             }

@@ -613,12 +613,7 @@ fn validate_inputs(plan: &Plan, inputs: Value) -> Result<Map<String, Value>> {
             Error::new(ErrorCode::Validation, format!("workflow input `{k}`: {e}")).with_field(k)
         })?;
     }
-    for req in schema["required"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-    {
+    for req in super::required(schema) {
         if !map.contains_key(req) {
             return Err(Error::new(
                 ErrorCode::Validation,
