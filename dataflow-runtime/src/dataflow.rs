@@ -235,9 +235,8 @@ impl DataFlow {
         match self.inner.nodes.get(node) {
             Some(r) => Ok(*r),
             None => {
-                let hint = crate::value::suggest(node, self.inner.nodes.keys().map(String::as_str))
-                    .map(|s| format!(" (did you mean `{s}`?)"))
-                    .unwrap_or_default();
+                let hint =
+                    crate::value::did_you_mean(node, self.inner.nodes.keys().map(String::as_str));
                 Err(Error::new(
                     ErrorCode::UnknownNode,
                     format!("unknown node type `{node}`{hint}"),
@@ -264,7 +263,7 @@ impl DataFlow {
             NodeRef::Model(m, op) => self.execute_op(m, op, params).await,
             NodeRef::Custom(n) => {
                 // Hand-written nodes get input checked against their schema, like model nodes.
-                crate::workflow::check(&n.input_schema(), &params).map_err(|e| {
+                crate::json_schema::check(&n.input_schema(), &params).map_err(|e| {
                     Error::new(
                         ErrorCode::Validation,
                         format!("{node_id} ({}): invalid input: {e}", n.name()),

@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 use crate::schema::{FieldSchema, FieldType, ModelSchema};
 use crate::sql::{Dialect, Sql};
-use crate::value::{coerce_non_null, describe, suggest, SqlValue};
+use crate::value::{coerce_non_null, describe, did_you_mean, SqlValue};
 use serde_json::{Map, Value};
 
 pub const FIELD_OPERATORS: [&str; 13] = [
@@ -97,7 +97,7 @@ fn render_object(sql: &mut Sql, model: &ModelSchema, map: &Map<String, Value>) -
                     format!(
                         "{}: unknown filter operator `{k}` at the top level{}; use a field name or one of $and, $or, $not",
                         model.name,
-                        hint(k, LOGICAL_OPERATORS)
+                        did_you_mean(k, LOGICAL_OPERATORS)
                     ),
                 ))
             }
@@ -111,12 +111,6 @@ fn render_object(sql: &mut Sql, model: &ModelSchema, map: &Map<String, Value>) -
     Ok(())
 }
 
-fn hint(name: &str, candidates: impl IntoIterator<Item = &'static str>) -> String {
-    suggest(name, candidates)
-        .map(|s| format!(" (did you mean `{s}`?)"))
-        .unwrap_or_default()
-}
-
 /// Looks a field up by its JSON name, with a "did you mean" on failure.
 pub fn field(model: &ModelSchema, name: &str) -> Result<&'static FieldSchema> {
     model.field(name).ok_or_else(|| {
@@ -126,7 +120,7 @@ pub fn field(model: &ModelSchema, name: &str) -> Result<&'static FieldSchema> {
             format!(
                 "{} has no field `{name}`{}; its fields are: {}",
                 model.name,
-                hint_dyn(name, model),
+                did_you_mean(name, model.fields.iter().map(|f| f.name)),
                 model
                     .fields
                     .iter()
@@ -136,12 +130,6 @@ pub fn field(model: &ModelSchema, name: &str) -> Result<&'static FieldSchema> {
             ),
         )
     })
-}
-
-fn hint_dyn(name: &str, model: &ModelSchema) -> String {
-    suggest(name, model.fields.iter().map(|f| f.name))
-        .map(|s| format!(" (did you mean `{s}`?)"))
-        .unwrap_or_default()
 }
 
 fn is_operator_object(v: &Value) -> bool {
@@ -211,7 +199,7 @@ fn render_field(
                         "{}.{}: unknown filter operator `{other}`{}; supported: {}",
                         model.name,
                         field.name,
-                        hint(other, FIELD_OPERATORS),
+                        did_you_mean(other, FIELD_OPERATORS),
                         FIELD_OPERATORS.join(" ")
                     ),
                 ))

@@ -31,6 +31,7 @@ mod config;
 mod dataflow;
 mod error;
 mod filter;
+pub mod json_schema;
 pub mod migrate;
 mod node;
 pub mod nodes;

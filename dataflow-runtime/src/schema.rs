@@ -5,6 +5,7 @@
 //! these constants, so no per-model code runs at start-up.
 
 use serde::Serialize;
+use std::fmt;
 
 /// The storage type of one field, independent of the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -219,11 +220,80 @@ impl ModelSchema {
     }
 
     /// The names of the eleven node types of this model.
-    pub fn node_names(&self) -> impl Iterator<Item = (String, crate::nodes::Op)> + '_ {
-        crate::nodes::Op::ALL
+    pub fn node_names(&self) -> impl Iterator<Item = (String, Op)> + '_ {
+        Op::ALL
             .iter()
-            .map(move |op| (format!("{}{}Node", self.name, op.name()), *op))
+            .map(move |op| (node_name(self.name, *op), *op))
     }
+}
+
+/// The operation of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Create,
+    Read,
+    Update,
+    Delete,
+    List,
+    Count,
+    Upsert,
+    BulkCreate,
+    BulkUpdate,
+    BulkDelete,
+    BulkUpsert,
+}
+
+impl Op {
+    pub const ALL: [Op; 11] = [
+        Op::Create,
+        Op::Read,
+        Op::Update,
+        Op::Delete,
+        Op::List,
+        Op::Count,
+        Op::Upsert,
+        Op::BulkCreate,
+        Op::BulkUpdate,
+        Op::BulkDelete,
+        Op::BulkUpsert,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Create => "Create",
+            Op::Read => "Read",
+            Op::Update => "Update",
+            Op::Delete => "Delete",
+            Op::List => "List",
+            Op::Count => "Count",
+            Op::Upsert => "Upsert",
+            Op::BulkCreate => "BulkCreate",
+            Op::BulkUpdate => "BulkUpdate",
+            Op::BulkDelete => "BulkDelete",
+            Op::BulkUpsert => "BulkUpsert",
+        }
+    }
+
+    /// Whether the node writes (and so is refused on append-only models
+    /// when it changes existing rows).
+    pub fn changes_existing(self) -> bool {
+        matches!(
+            self,
+            Op::Update | Op::Delete | Op::Upsert | Op::BulkUpdate | Op::BulkDelete | Op::BulkUpsert
+        )
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The node type name of `op` on `model`: `{Model}{Op}Node`, the one
+/// place this naming rule is written.
+pub fn node_name(model: &str, op: Op) -> String {
+    format!("{model}{}Node", op.name())
 }
 
 /// A model type declared with `#[dataflow::model]`.

@@ -226,6 +226,21 @@ fn cell_kind(c: &Cell) -> &'static str {
 }
 
 /// "did you mean" for unknown names.
+/// `" (did you mean `x`?)"` for the candidate closest to `name`, or nothing.
+pub(crate) fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> String {
+    hint(suggest(name, candidates))
+}
+
+/// `" (did you mean `x`?)"`, or nothing without a suggestion.
+pub(crate) fn hint(suggestion: Option<&str>) -> String {
+    suggestion
+        .map(|s| format!(" (did you mean `{s}`?)"))
+        .unwrap_or_default()
+}
+
 pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .into_iter()

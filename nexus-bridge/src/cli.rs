@@ -45,12 +45,7 @@ fn run_command(workflows: &[&Registered]) -> Command {
         .allow_external_subcommands(true);
     for w in workflows {
         let schema = w.workflow.input_schema();
-        let required: Vec<&str> = schema["required"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let required: Vec<&str> = dataflow::json_schema::required(&schema).collect();
         let mut sub = Command::new(w.name.clone())
             .about(w.description.clone())
             .arg(

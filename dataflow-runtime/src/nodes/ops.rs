@@ -261,8 +261,10 @@ fn find_one<C: Conn>(
             m.name,
             Some("filter"),
             format!(
-                "{}: the filter matches more than one {}; narrow it, or use {}{}Node",
-                ctx.node, m.name, m.name, alternative
+                "{}: the filter matches more than one {}; narrow it, or use {}",
+                ctx.node,
+                m.name,
+                crate::schema::node_name(m.name, alternative)
             ),
         )),
     }

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::schema::ModelSchema;
-use crate::value::{describe, suggest};
+use crate::value::{describe, did_you_mean};
 use serde_json::{Map, Value};
 
 pub struct Params<'a> {
@@ -34,9 +34,7 @@ impl<'a> Params<'a> {
         if !allowed.is_empty() {
             for key in map.keys() {
                 if !allowed.contains(&key.as_str()) {
-                    let hint = suggest(key, allowed.iter().copied())
-                        .map(|s| format!(" (did you mean `{s}`?)"))
-                        .unwrap_or_default();
+                    let hint = did_you_mean(key, allowed.iter().copied());
                     return Err(p.error(
                         Some(key),
                         format!(

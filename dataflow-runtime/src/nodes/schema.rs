@@ -143,6 +143,6 @@ pub fn input_schema(m: &ModelSchema, op: Op) -> Value {
         ),
     };
     schema["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
-    schema["title"] = json!(format!("{}{}Node", m.name, op.name()));
+    schema["title"] = json!(crate::schema::node_name(m.name, op));
     schema
 }

@@ -19,7 +19,7 @@ macro_rules! node_types {
 
             /// The registered node type name, e.g. `"UserCreateNode"`.
             pub fn name() -> String {
-                format!("{}{}Node", M::SCHEMA.name, Op::$op.name())
+                crate::schema::node_name(M::SCHEMA.name, Op::$op)
             }
 
             /// The JSON Schema of this node's input.

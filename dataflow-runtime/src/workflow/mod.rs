@@ -8,7 +8,8 @@ pub use run::{new_run_id, Observer, Run, RunEvent, WorkflowRuntime};
 
 use crate::dataflow::NodeRef;
 use crate::error::{Error, ErrorCode, Result};
-use crate::value::suggest;
+use crate::json_schema::{closed, properties, required, schema_at};
+use crate::value::did_you_mean;
 use crate::DataFlow;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -238,49 +239,6 @@ impl std::fmt::Debug for Workflow {
 
 fn build_error(node: &str, msg: impl Into<String>) -> Error {
     Error::new(ErrorCode::Validation, msg.into()).with_node(node)
-}
-
-fn properties(schema: &Value) -> Option<&Map<String, Value>> {
-    schema.get("properties").and_then(Value::as_object)
-}
-
-fn closed(schema: &Value) -> bool {
-    schema.get("additionalProperties") == Some(&Value::Bool(false))
-}
-
-fn did_you_mean<'a>(name: &str, options: impl IntoIterator<Item = &'a str>) -> String {
-    suggest(name, options)
-        .map(|s| format!(" (did you mean `{s}`?)"))
-        .unwrap_or_default()
-}
-
-/// The schema at `path` inside a node input schema, following
-/// `properties`, `items` and the first alternative of `anyOf`.
-fn schema_at<'a>(schema: &'a Value, path: &[String]) -> Option<&'a Value> {
-    let mut cur = schema;
-    for seg in path {
-        cur = if let Some(p) = properties(cur).and_then(|p| p.get(seg)) {
-            p
-        } else if let Some(items) = cur.get("items") {
-            items
-        } else if let Some(first) = cur.get("anyOf").and_then(|a| a.get(0)) {
-            properties(first).and_then(|p| p.get(seg))?
-        } else {
-            return None;
-        };
-    }
-    // A filter value is "the field's value, or an operator object": a
-    // template there stands for the value.
-    if let Some(any) = cur.get("anyOf").and_then(Value::as_array) {
-        let is_ops = |s: &Value| {
-            properties(s).is_some_and(|p| !p.is_empty() && p.keys().all(|k| k.starts_with('$')))
-        };
-        let values: Vec<&Value> = any.iter().filter(|s| !is_ops(s)).collect();
-        if values.len() == 1 && any.len() > 1 {
-            return Some(values[0]);
-        }
-    }
-    Some(cur)
 }
 
 impl Workflow {
@@ -591,97 +549,4 @@ fn strip_default(mut schema: Value) -> Value {
         m.remove("default");
     }
     schema
-}
-
-/// Checks a value against the subset of JSON Schema that node and workflow
-/// input schemas use: `type`, `anyOf`, `enum`, `minimum`, `maximum`,
-/// `maxLength`, `items`, `properties`, `required`, `additionalProperties: false`.
-/// The names a JSON Schema object lists as `required`.
-pub(crate) fn required(schema: &Value) -> impl Iterator<Item = &str> {
-    schema
-        .get("required")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-}
-
-pub(crate) fn check(schema: &Value, v: &Value) -> std::result::Result<(), String> {
-    if let Some(any) = schema.get("anyOf").and_then(Value::as_array) {
-        let errs: Vec<String> = any.iter().filter_map(|s| check(s, v).err()).collect();
-        if errs.len() == any.len() {
-            return Err(errs.join(", or "));
-        }
-    }
-    if let Some(t) = schema.get("type") {
-        let types: Vec<&str> = match t {
-            Value::String(s) => vec![s.as_str()],
-            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
-            _ => Vec::new(),
-        };
-        let fits = |t: &str| match t {
-            "string" => v.is_string(),
-            "integer" => v.is_i64() || v.is_u64(),
-            "number" => v.is_number(),
-            "boolean" => v.is_boolean(),
-            "array" => v.is_array(),
-            "object" => v.is_object(),
-            "null" => v.is_null(),
-            _ => true,
-        };
-        if !types.is_empty() && !types.iter().any(|t| fits(t)) {
-            return Err(format!(
-                "expected {}, got {}",
-                types.join(" or "),
-                crate::value::describe(v)
-            ));
-        }
-    }
-    if let Some(e) = schema.get("enum").and_then(Value::as_array) {
-        if !e.contains(v) {
-            return Err(format!("expected one of {}", Value::Array(e.clone())));
-        }
-    }
-    if let (Some(min), Some(x)) = (schema.get("minimum").and_then(Value::as_f64), v.as_f64()) {
-        if x < min {
-            return Err(format!("must be at least {min}"));
-        }
-    }
-    if let (Some(max), Some(x)) = (schema.get("maximum").and_then(Value::as_f64), v.as_f64()) {
-        if x > max {
-            return Err(format!("must be at most {max}"));
-        }
-    }
-    if let (Some(max), Some(s)) = (schema.get("maxLength").and_then(Value::as_u64), v.as_str()) {
-        if s.chars().count() as u64 > max {
-            return Err(format!("must be at most {max} characters"));
-        }
-    }
-    if let Some(obj) = v.as_object() {
-        let props = properties(schema);
-        for req in required(schema) {
-            if !obj.contains_key(req) {
-                return Err(format!("missing required property `{req}`"));
-            }
-        }
-        for (k, item) in obj {
-            match props.and_then(|p| p.get(k)) {
-                Some(s) => check(s, item).map_err(|e| format!("`{k}`: {e}"))?,
-                None if closed(schema) => {
-                    let hint = did_you_mean(
-                        k,
-                        props.into_iter().flat_map(|p| p.keys().map(String::as_str)),
-                    );
-                    return Err(format!("unknown property `{k}`{hint}"));
-                }
-                None => {}
-            }
-        }
-    }
-    if let (Some(items), Some(a)) = (schema.get("items"), v.as_array()) {
-        for (i, item) in a.iter().enumerate() {
-            check(items, item).map_err(|e| format!("item {i}: {e}"))?;
-        }
-    }
-    Ok(())
 }

@@ -2,10 +2,11 @@
 //! stops its dependants, and a transactional run puts every model node on
 //! one connection in one transaction.
 
-use super::{check, get_path, set_path, Plan, Workflow};
+use super::{get_path, set_path, Plan, Workflow};
 use crate::backend::{AnyConnection, Conn};
 use crate::dataflow::NodeRef;
 use crate::error::{Error, ErrorCode, Result};
+use crate::json_schema::{check, required};
 use crate::DataFlow;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -597,9 +598,7 @@ fn validate_inputs(plan: &Plan, inputs: Value) -> Result<Map<String, Value>> {
     let props = schema["properties"].as_object().unwrap_or(&empty);
     for (k, v) in &map {
         let Some(s) = props.get(k) else {
-            let hint = crate::value::suggest(k, props.keys().map(String::as_str))
-                .map(|s| format!(" (did you mean `{s}`?)"))
-                .unwrap_or_default();
+            let hint = crate::value::did_you_mean(k, props.keys().map(String::as_str));
             return Err(Error::new(
                 ErrorCode::Validation,
                 format!(
@@ -613,7 +612,7 @@ fn validate_inputs(plan: &Plan, inputs: Value) -> Result<Map<String, Value>> {
             Error::new(ErrorCode::Validation, format!("workflow input `{k}`: {e}")).with_field(k)
         })?;
     }
-    for req in super::required(schema) {
+    for req in required(schema) {
         if !map.contains_key(req) {
             return Err(Error::new(
                 ErrorCode::Validation,
