@@ -188,21 +188,21 @@ async fn read_by_id_and_filter() {
         );
 
         let e = err(&db, "UserReadNode", json!({"id": "nope"})).await;
-        assert_eq!(e.code(), "not_found");
+        assert_eq!(e.code().as_str(), "not_found");
         assert!(
             e.message().contains("User") && e.message().contains("nope"),
             "{e}"
         );
         assert_eq!(e.node(), Some("UserReadNode"));
         let e = err(&db, "UserReadNode", json!({})).await;
-        assert_eq!(e.code(), "validation");
+        assert_eq!(e.code().as_str(), "validation");
         let e = err(
             &db,
             "UserReadNode",
             json!({"id": id, "filter": {"email": "x"}}),
         )
         .await;
-        assert_eq!(e.code(), "validation");
+        assert_eq!(e.code().as_str(), "validation");
     })
     .await;
 }
@@ -240,14 +240,14 @@ async fn update_by_id_and_by_filter() {
             json!({"id": "missing", "fields": {"active": true}}),
         )
         .await;
-        assert_eq!(e.code(), "not_found");
+        assert_eq!(e.code().as_str(), "not_found");
         let e = err(
             &db,
             "UserUpdateNode",
             json!({"filter": {"email": {"$like": "%@x.io"}}, "fields": {"active": true}}),
         )
         .await;
-        assert_eq!(e.code(), "validation");
+        assert_eq!(e.code().as_str(), "validation");
         assert!(e.message().contains("more than one"), "{e}");
         let e = err(
             &db,
@@ -255,23 +255,29 @@ async fn update_by_id_and_by_filter() {
             json!({"id": id, "fields": {"id": "other"}}),
         )
         .await;
-        assert_eq!((e.code(), e.field()), ("validation", Some("id")));
+        assert_eq!((e.code().as_str(), e.field()), ("validation", Some("id")));
         let e = err(
             &db,
             "UserUpdateNode",
             json!({"id": id, "fields": {"created_at": "2020-01-01T00:00:00Z"}}),
         )
         .await;
-        assert_eq!((e.code(), e.field()), ("validation", Some("created_at")));
+        assert_eq!(
+            (e.code().as_str(), e.field()),
+            ("validation", Some("created_at"))
+        );
         let e = err(&db, "UserUpdateNode", json!({"id": id, "fields": {}})).await;
-        assert_eq!(e.code(), "validation");
+        assert_eq!(e.code().as_str(), "validation");
         let e = err(
             &db,
             "UserUpdateNode",
             json!({"id": id, "fields": {"email": "u02@x.io"}}),
         )
         .await;
-        assert_eq!((e.code(), e.field()), ("unique_violation", Some("email")));
+        assert_eq!(
+            (e.code().as_str(), e.field()),
+            ("unique_violation", Some("email"))
+        );
         assert_eq!(
             ok(&db, "UserReadNode", json!({"id": id})).await["email"],
             "u00@x.io"
@@ -343,7 +349,7 @@ async fn foreign_keys_are_enforced() {
             json!({"user_id": "ghost", "token": "t", "expires_at": "2030-01-01T00:00:00Z"}),
         )
         .await;
-        assert_eq!(e.code(), "fk_violation");
+        assert_eq!(e.code().as_str(), "fk_violation");
         assert!(e.message().contains("Session"), "{e}");
         assert_eq!(count(&db, "Session").await, 0);
 
@@ -362,7 +368,7 @@ async fn foreign_keys_are_enforced() {
         .await;
         // Conversation.user_id restricts deleting its user.
         let e = err(&db, "UserDeleteNode", json!({"id": user["id"]})).await;
-        assert_eq!(e.code(), "fk_violation");
+        assert_eq!(e.code().as_str(), "fk_violation");
         assert_eq!(count(&db, "User").await, 1);
         // Deleting the session cascades to its conversations; then the user can go.
         ok(&db, "SessionDeleteNode", json!({"id": session["id"]})).await;
@@ -445,12 +451,18 @@ async fn list_filters_orders_and_pages() {
             json!({"order_by": "email", "after": "garbage"}),
         )
         .await;
-        assert_eq!((e.code(), e.field()), ("validation", Some("after")));
+        assert_eq!(
+            (e.code().as_str(), e.field()),
+            ("validation", Some("after"))
+        );
         let e = err(&db, "UserListNode", json!({"order_by": ["nope"]})).await;
-        assert_eq!(e.code(), "validation");
+        assert_eq!(e.code().as_str(), "validation");
         assert!(e.message().contains("nope"), "{e}");
         let e = err(&db, "UserListNode", json!({"limit": -1})).await;
-        assert_eq!((e.code(), e.field()), ("validation", Some("limit")));
+        assert_eq!(
+            (e.code().as_str(), e.field()),
+            ("validation", Some("limit"))
+        );
         let e = err(&db, "UserListNode", json!({"limti": 3})).await;
         assert!(e.message().contains("did you mean `limit`"), "{e}");
 
@@ -537,28 +549,40 @@ async fn filter_operators() {
             async move { err(&db, "UserListNode", json!({"filter": f})).await }
         };
         let e = bad(json!({"email": {"$in": "u01@x.io"}})).await;
-        assert_eq!((e.code(), e.field()), ("validation", Some("email")));
+        assert_eq!(
+            (e.code().as_str(), e.field()),
+            ("validation", Some("email"))
+        );
         assert!(
             e.message().contains("$in") && e.message().contains("array"),
             "{e}"
         );
         let e = bad(json!({"email": {"$regex": "x"}})).await;
-        assert_eq!((e.code(), e.field()), ("validation", Some("email")));
+        assert_eq!(
+            (e.code().as_str(), e.field()),
+            ("validation", Some("email"))
+        );
         assert!(
             e.message().contains("unknown filter operator `$regex`"),
             "{e}"
         );
         let e = bad(json!({"emial": "x"})).await;
-        assert_eq!((e.code(), e.field()), ("validation", Some("emial")));
+        assert_eq!(
+            (e.code().as_str(), e.field()),
+            ("validation", Some("emial"))
+        );
         assert!(e.message().contains("did you mean `email`"), "{e}");
         let e = bad(json!({"$nor": []})).await;
-        assert_eq!(e.code(), "validation");
+        assert_eq!(e.code().as_str(), "validation");
         let e = bad(json!({"active": "yes"})).await;
-        assert_eq!((e.code(), e.field()), ("validation", Some("active")));
+        assert_eq!(
+            (e.code().as_str(), e.field()),
+            ("validation", Some("active"))
+        );
         let e = bad(json!({"$or": {"email": "x"}})).await;
-        assert_eq!(e.code(), "validation");
+        assert_eq!(e.code().as_str(), "validation");
         let e = bad(json!("email = 1")).await;
-        assert_eq!(e.code(), "validation");
+        assert_eq!(e.code().as_str(), "validation");
     })
     .await;
 }
@@ -593,9 +617,9 @@ async fn upsert_creates_then_updates() {
         assert_eq!(by_key["record"]["active"], false);
 
         let e = err(&db, "UserUpsertNode", json!({"create": {"email": "z@x.io"}, "conflict_on": "full_name"})).await;
-        assert_eq!((e.code(), e.field()), ("validation", Some("conflict_on")));
+        assert_eq!((e.code().as_str(), e.field()), ("validation", Some("conflict_on")));
         let e = err(&db, "UserUpsertNode", json!({"create": {"email": "z@x.io"}})).await;
-        assert_eq!((e.code(), e.field()), ("validation", Some("where")));
+        assert_eq!((e.code().as_str(), e.field()), ("validation", Some("where")));
         assert_eq!(count(&db, "User").await, 1);
     })
     .await;
@@ -663,7 +687,10 @@ async fn bulk_create_with_one_bad_row_writes_nothing() {
             .collect();
         data[37] = json!({"email": 42});
         let e = err(&db, "UserBulkCreateNode", json!({"data": data.clone()})).await;
-        assert_eq!((e.code(), e.field()), ("validation", Some("email")));
+        assert_eq!(
+            (e.code().as_str(), e.field()),
+            ("validation", Some("email"))
+        );
         assert!(e.message().contains("data[37]"), "{e}");
         assert_eq!(count(&db, "User").await, 0);
 
@@ -675,7 +702,7 @@ async fn bulk_create_with_one_bad_row_writes_nothing() {
             json!({"data": data, "batch_size": 10}),
         )
         .await;
-        assert_eq!(e.code(), "unique_violation");
+        assert_eq!(e.code().as_str(), "unique_violation");
         assert_eq!(count(&db, "User").await, 0);
 
         let e = err(
@@ -684,7 +711,7 @@ async fn bulk_create_with_one_bad_row_writes_nothing() {
             json!({"data": [{"title": "a", "rank": 1}, {"id": 7, "title": "b", "rank": 2}]}),
         )
         .await;
-        assert_eq!((e.code(), e.field()), ("validation", Some("id")));
+        assert_eq!((e.code().as_str(), e.field()), ("validation", Some("id")));
         assert_eq!(count(&db, "Doc").await, 0);
         let e = err(
             &db,
@@ -692,7 +719,7 @@ async fn bulk_create_with_one_bad_row_writes_nothing() {
             json!({"data": {"email": "a@x.io"}}),
         )
         .await;
-        assert_eq!((e.code(), e.field()), ("validation", Some("data")));
+        assert_eq!((e.code().as_str(), e.field()), ("validation", Some("data")));
         assert_eq!(count(&db, "User").await, 0);
     })
     .await;
@@ -720,17 +747,17 @@ async fn bulk_update_and_delete() {
         );
 
         let e = err(&db, "UserBulkDeleteNode", json!({"filter": {}})).await;
-        assert_eq!(e.code(), "confirmation_required");
+        assert_eq!(e.code().as_str(), "confirmation_required");
         assert!(e.message().contains("confirmed"), "{e}");
         let e = err(&db, "UserBulkDeleteNode", json!({})).await;
-        assert_eq!(e.code(), "confirmation_required");
+        assert_eq!(e.code().as_str(), "confirmation_required");
         let e = err(
             &db,
             "UserBulkUpdateNode",
             json!({"fields": {"active": true}}),
         )
         .await;
-        assert_eq!(e.code(), "confirmation_required");
+        assert_eq!(e.code().as_str(), "confirmation_required");
         assert_eq!(count(&db, "User").await, 10);
 
         let out = ok(
@@ -804,7 +831,7 @@ async fn bulk_upsert_counts_inserts_and_updates() {
             json!({"conflict_on": "email", "data": [{"email": "d@x.io"}, {"email": "d@x.io"}]}),
         )
         .await;
-        assert_eq!(e.code(), "validation");
+        assert_eq!(e.code().as_str(), "validation");
         assert_eq!(count(&db, "User").await, 5);
         let e = err(
             &db,
@@ -812,7 +839,10 @@ async fn bulk_upsert_counts_inserts_and_updates() {
             json!({"conflict_on": "active", "data": [{"email": "d@x.io"}]}),
         )
         .await;
-        assert_eq!((e.code(), e.field()), ("validation", Some("conflict_on")));
+        assert_eq!(
+            (e.code().as_str(), e.field()),
+            ("validation", Some("conflict_on"))
+        );
     })
     .await;
 }
@@ -824,7 +854,7 @@ async fn bad_create_input_is_a_validation_error_and_writes_nothing() {
     on_each_backend("bad_input", |db| async move {
         let e = err(&db, "UserCreateNode", json!({"full_name": "no email"})).await;
         assert_eq!(
-            (e.code(), e.model(), e.field()),
+            (e.code().as_str(), e.model(), e.field()),
             ("validation", Some("User"), Some("email"))
         );
         assert!(
@@ -833,7 +863,10 @@ async fn bad_create_input_is_a_validation_error_and_writes_nothing() {
         );
 
         let e = err(&db, "UserCreateNode", json!({"email": 5})).await;
-        assert_eq!((e.code(), e.field()), ("validation", Some("email")));
+        assert_eq!(
+            (e.code().as_str(), e.field()),
+            ("validation", Some("email"))
+        );
         assert!(
             e.message()
                 .contains("User.email: expected a string, got an integer"),
@@ -846,27 +879,36 @@ async fn bad_create_input_is_a_validation_error_and_writes_nothing() {
             json!({"email": "a@x.io", "nickname": "A"}),
         )
         .await;
-        assert_eq!((e.code(), e.field()), ("validation", Some("nickname")));
+        assert_eq!(
+            (e.code().as_str(), e.field()),
+            ("validation", Some("nickname"))
+        );
         assert!(e.message().contains("User has no field `nickname`"), "{e}");
 
         let e = err(&db, "UserCreateNode", json!({"email": null})).await;
-        assert_eq!(e.code(), "validation");
+        assert_eq!(e.code().as_str(), "validation");
         let e = err(&db, "UserCreateNode", json!(["not", "an", "object"])).await;
-        assert_eq!(e.code(), "validation");
+        assert_eq!(e.code().as_str(), "validation");
         let e = err(
             &db,
             "UserCreateNode",
             json!({"email": "a@x.io", "updated_at": "2020-01-01T00:00:00Z"}),
         )
         .await;
-        assert_eq!((e.code(), e.field()), ("validation", Some("updated_at")));
+        assert_eq!(
+            (e.code().as_str(), e.field()),
+            ("validation", Some("updated_at"))
+        );
         let e = err(
             &db,
             "DocCreateNode",
             json!({"title": "x".repeat(21), "rank": 1}),
         )
         .await;
-        assert_eq!((e.code(), e.field()), ("validation", Some("title")));
+        assert_eq!(
+            (e.code().as_str(), e.field()),
+            ("validation", Some("title"))
+        );
         assert!(e.message().contains("at most 20"), "{e}");
         let e = err(
             &db,
@@ -874,16 +916,16 @@ async fn bad_create_input_is_a_validation_error_and_writes_nothing() {
             json!({"title": "x", "rank": 3_000_000_000i64}),
         )
         .await;
-        assert_eq!((e.code(), e.field()), ("validation", Some("rank")));
+        assert_eq!((e.code().as_str(), e.field()), ("validation", Some("rank")));
         let e = err(&db, "SampleCreateNode", json!({"day": "31/01/2026"})).await;
-        assert_eq!(e.code(), "validation");
+        assert_eq!(e.code().as_str(), "validation");
         assert_eq!(count(&db, "User").await, 0);
         assert_eq!(count(&db, "Doc").await, 0);
 
         ok(&db, "UserCreateNode", json!({"email": "dup@x.io"})).await;
         let e = err(&db, "UserCreateNode", json!({"email": "dup@x.io"})).await;
         assert_eq!(
-            (e.code(), e.model(), e.field()),
+            (e.code().as_str(), e.model(), e.field()),
             ("unique_violation", Some("User"), Some("email"))
         );
         assert!(
@@ -893,7 +935,7 @@ async fn bad_create_input_is_a_validation_error_and_writes_nothing() {
         assert_eq!(count(&db, "User").await, 1);
 
         let e = err(&db, "UserCreatNode", json!({})).await;
-        assert_eq!(e.code(), "unknown_node");
+        assert_eq!(e.code().as_str(), "unknown_node");
         assert!(e.message().contains("did you mean `UserCreateNode`"), "{e}");
 
         let e = err(
@@ -902,14 +944,14 @@ async fn bad_create_input_is_a_validation_error_and_writes_nothing() {
             json!({"id": "x", "fields": {"message": "m"}}),
         )
         .await;
-        assert_eq!(e.code(), "not_allowed");
+        assert_eq!(e.code().as_str(), "not_allowed");
         let e = err(
             &db,
             "AuditEntryBulkDeleteNode",
             json!({"filter": {}, "confirmed": true}),
         )
         .await;
-        assert_eq!(e.code(), "not_allowed");
+        assert_eq!(e.code().as_str(), "not_allowed");
         ok(&db, "AuditEntryCreateNode", json!({"message": "kept"})).await;
     })
     .await;
@@ -956,7 +998,7 @@ async fn every_type_round_trips() {
         assert_eq!(n(json!({"flag": false})).await, 0);
         assert_eq!(n(json!({"maybe": {"$null": true}})).await, 1);
         let e = err(&db, "SampleCountNode", json!({"filter": {"doc": {"$eq": 1}}})).await;
-        assert_eq!((e.code(), e.field()), ("validation", Some("doc")));
+        assert_eq!((e.code().as_str(), e.field()), ("validation", Some("doc")));
 
         // The typed form reads the same record into the struct.
         let typed: Sample = SampleReadNode::run(&db, rec["id"].clone()).await.unwrap();
@@ -1028,7 +1070,10 @@ async fn typed_node_forms() {
         );
         UserDeleteNode::run(&db, ann.id.clone()).await.unwrap();
         assert_eq!(
-            UserReadNode::run(&db, ann.id).await.err().map(|e| e.code()),
+            UserReadNode::run(&db, ann.id)
+                .await
+                .err()
+                .map(|e| e.code().as_str()),
             Some("not_found")
         );
         assert_eq!(
@@ -1092,7 +1137,7 @@ async fn invalid_database_urls_are_config_errors() {
         "postgres://",
     ] {
         let e = DataFlow::builder(url).build().await.unwrap_err();
-        assert_eq!(e.code(), "config", "{url}: {e}");
+        assert_eq!(e.code().as_str(), "config", "{url}: {e}");
         assert!(
             e.message().contains("sqlite://"),
             "names the accepted forms: {e}"
@@ -1102,12 +1147,12 @@ async fn invalid_database_urls_are_config_errors() {
         .build()
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "not_supported");
+    assert_eq!(e.code().as_str(), "not_supported");
     let e = DataFlow::builder("sqlite:///nonexistent-dir/x/y.db")
         .build()
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "connection");
+    assert_eq!(e.code().as_str(), "connection");
 }
 
 #[tokio::test]
@@ -1119,7 +1164,7 @@ async fn unreachable_postgres_fails_fast() {
         .build()
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "connection");
+    assert_eq!(e.code().as_str(), "connection");
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "took {:?}",
@@ -1140,7 +1185,7 @@ async fn options_for_missing_features_fail_boot() {
         .build()
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "not_supported");
+    assert_eq!(e.code().as_str(), "not_supported");
     assert!(
         e.message().contains("enable_caching") && e.message().contains("enable_audit_log"),
         "{e}"
@@ -1150,7 +1195,7 @@ async fn options_for_missing_features_fail_boot() {
         .build()
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "config");
+    assert_eq!(e.code().as_str(), "config");
     // The options that exist work.
     let db = DataFlow::builder(sqlite_url("flags"))
         .connection_pool_size(2)
@@ -1171,7 +1216,7 @@ async fn skip_migration_creates_no_tables() {
         .await
         .unwrap();
     let e = err(&db, "UserCountNode", json!({})).await;
-    assert_eq!(e.code(), "database");
+    assert_eq!(e.code().as_str(), "database");
     assert!(e.message().contains("users"), "{e}");
     let db = DataFlow::builder(&url).build().await.unwrap();
     assert_eq!(ok(&db, "UserCountNode", json!({})).await["count"], 0);
@@ -1307,7 +1352,7 @@ async fn concurrent_writes_fail_alone_and_are_visible_once_answered() {
             match t.await.unwrap() {
                 Ok(_) => ok += 1,
                 Err(e) => {
-                    assert_eq!(e.code(), "unique_violation", "{backend}: {e}");
+                    assert_eq!(e.code().as_str(), "unique_violation", "{backend}: {e}");
                     assert_eq!(e.field(), Some("email"), "{backend}: {e}");
                     duplicates += 1;
                 }

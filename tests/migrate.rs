@@ -212,7 +212,7 @@ async fn risky_changes_stop_boot_until_approved() {
         drop(db);
 
         let e = boot(&url, schema::<v3::Person>()).await.unwrap_err();
-        assert_eq!(e.code(), "migration_blocked");
+        assert_eq!(e.code().as_str(), "migration_blocked");
         assert_eq!(e.model(), Some("Person"));
         assert!(e.message().contains("drop column people.name"), "{e}");
         assert!(e.message().contains("data_loss"), "{e}");
@@ -228,7 +228,7 @@ async fn risky_changes_stop_boot_until_approved() {
             (schema::<v6::Person>(), "breaking_rename"),
         ] {
             let e = boot(&url, v).await.unwrap_err();
-            assert_eq!(e.code(), "migration_blocked", "{rule}: {e}");
+            assert_eq!(e.code().as_str(), "migration_blocked", "{rule}: {e}");
             assert!(e.message().contains(rule), "{rule}: {e}");
         }
 
@@ -251,7 +251,7 @@ async fn risky_changes_stop_boot_until_approved() {
             .apply_migrations(vec![], Some("x".into()))
             .await
             .unwrap_err();
-        assert_eq!(e.code(), "migration_blocked");
+        assert_eq!(e.code().as_str(), "migration_blocked");
         let e = db
             .apply_migrations(vec!["breaking_rename".into()], None)
             .await
@@ -330,7 +330,7 @@ async fn indexes_uniques_and_defaults_are_planned_and_applied() {
             .execute("PersonCreateNode", json!({"name": "Bob", "nickname": "A"}))
             .await
             .unwrap_err();
-        assert_eq!(e.code(), "unique_violation");
+        assert_eq!(e.code().as_str(), "unique_violation");
         let rec = db
             .execute("PersonReadNode", json!({"filter": {"name": "Ann"}}))
             .await
@@ -509,7 +509,7 @@ async fn embedded_migration_files_run_at_boot_once_and_edits_are_drift() {
             .build()
             .await
             .unwrap_err();
-        assert_eq!(e.code(), "migration_blocked");
+        assert_eq!(e.code().as_str(), "migration_blocked");
         assert!(
             e.message().contains("drift") && e.message().contains("20260101000000_create_notes"),
             "{e}"
@@ -871,14 +871,14 @@ async fn colliding_model_names_or_tables_fail_boot() {
         .build()
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "config");
+    assert_eq!(e.code().as_str(), "config");
     assert!(e.message().contains("two models are named `Person`"), "{e}");
     let e = DataFlow::builder(&url)
         .models(&[schema::<v1::Person>(), schema::<other::Human>()])
         .build()
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "config");
+    assert_eq!(e.code().as_str(), "config");
     assert!(e.message().contains("both use the table `people`"), "{e}");
 }
 

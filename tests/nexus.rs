@@ -660,7 +660,7 @@ async fn options_for_missing_features_fail_at_build() {
         nexus::Nexus::builder().auto_discovery(true),
     ] {
         let e = b.build(db.clone()).err().expect("refused");
-        assert_eq!(e.code(), "not_supported", "{e}");
+        assert_eq!(e.code().as_str(), "not_supported", "{e}");
     }
     let mut app = nexus::Nexus::builder().build(db.clone()).unwrap();
     let wf = probe_workflow(&db);

@@ -216,7 +216,7 @@ async fn templates_keep_types_and_leave_other_text_alone() {
         .execute(&workflow, json!({"email": "v@x.io"}))
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.field()), ("validation", Some("name")));
+    assert_eq!((e.code().as_str(), e.field()), ("validation", Some("name")));
     assert!(
         e.message()
             .contains("missing required workflow input `name`"),
@@ -263,7 +263,10 @@ async fn input_schema_is_derived_from_templates_and_node_schemas() {
         )
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.field()), ("validation", Some("email")));
+    assert_eq!(
+        (e.code().as_str(), e.field()),
+        ("validation", Some("email"))
+    );
     assert!(
         e.message().contains("expected string, got an integer"),
         "{e}"
@@ -273,14 +276,14 @@ async fn input_schema_is_derived_from_templates_and_node_schemas() {
         .execute(&workflow, json!({"emial": "a@x.io"}))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "validation");
+    assert_eq!(e.code().as_str(), "validation");
     assert!(e.message().contains("did you mean `email`"), "{e}");
     let e = db
         .runtime()
         .execute(&workflow, json!([1]))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "validation");
+    assert_eq!(e.code().as_str(), "validation");
     assert_eq!(user_count(&db).await, 0);
 }
 
@@ -295,14 +298,17 @@ async fn build_refuses_what_cannot_run() {
     let e = build(&|wf| {
         wf.add_node("UserCreatNode", "create", json!({"email": "x"}));
     });
-    assert_eq!((e.code(), e.node()), ("unknown_node", Some("create")));
+    assert_eq!(
+        (e.code().as_str(), e.node()),
+        ("unknown_node", Some("create"))
+    );
     assert!(e.message().contains("did you mean `UserCreateNode`"), "{e}");
 
     let e = build(&|wf| {
         wf.add_node("GreetNode", "a", json!({"name": "x"}))
             .add_node("GreetNode", "a", json!({"name": "y"}));
     });
-    assert_eq!((e.code(), e.node()), ("validation", Some("a")));
+    assert_eq!((e.code().as_str(), e.node()), ("validation", Some("a")));
     assert!(e.message().contains("two nodes have the id `a`"), "{e}");
 
     let e = build(&|wf| {
@@ -317,7 +323,7 @@ async fn build_refuses_what_cannot_run() {
             .add_node("GreetNode", "b", json!({}))
             .add_connection("a", "greeting", "b", "nmae");
     });
-    assert_eq!((e.code(), e.node()), ("validation", Some("b")));
+    assert_eq!((e.code().as_str(), e.node()), ("validation", Some("b")));
     assert!(
         e.message()
             .contains("has no input `nmae` (did you mean `name`?)"),
@@ -364,9 +370,9 @@ async fn build_refuses_what_cannot_run() {
     let e = build(&|wf| {
         wf.add_node("UserCreateNode", "c", json!(["not an object"]));
     });
-    assert_eq!(e.code(), "validation");
+    assert_eq!(e.code().as_str(), "validation");
     let e = build(&|_| {});
-    assert_eq!(e.code(), "validation");
+    assert_eq!(e.code().as_str(), "validation");
 }
 
 #[tokio::test]
@@ -386,7 +392,7 @@ async fn a_failed_node_stops_its_dependants_and_reports_completed_nodes() {
             .execute(&workflow, json!({"name": "Ann", "email": "taken@x.io"}))
             .await
             .unwrap_err();
-        assert_eq!(e.code(), "unique_violation");
+        assert_eq!(e.code().as_str(), "unique_violation");
         assert_eq!(e.node(), Some("create"));
         assert_eq!(e.field(), Some("email"));
         assert!(
@@ -394,7 +400,7 @@ async fn a_failed_node_stops_its_dependants_and_reports_completed_nodes() {
                 .contains("node `create` (UserCreateNode) failed"),
             "{e}"
         );
-        let done = e.completed().expect("completed results");
+        let done = e.completed();
         assert_eq!(done["hello"]["greeting"], "hello Ann!");
         assert!(
             !done.contains_key("after"),
@@ -403,6 +409,87 @@ async fn a_failed_node_stops_its_dependants_and_reports_completed_nodes() {
         assert_eq!(user_count(&db).await, 1);
     })
     .await;
+}
+
+/// A transactional run holds SQLite's write lock for its whole length. On
+/// SQLite it is one job of the writer thread, so single-row creates sent
+/// meanwhile queue behind it instead of sleeping in SQLite's busy handler on
+/// a tokio worker: every create succeeds, and the one worker keeps running
+/// other tasks (a ticker's longest gap stays far below the run's length).
+/// Before transactions went through the writer, a create ran on the worker,
+/// slept in the busy handler, and starved the run's own timer: it hung.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_long_transactional_run_blocks_no_tokio_worker() {
+    const HOLD_MS: u64 = 600;
+    let db = sqlite_db("long-transaction").await;
+    let mut wf = WorkflowBuilder::new();
+    wf.add_node("UserCreateNode", "first", json!({"email": "tx@x.io"}))
+        .add_node("SleepNode", "hold", json!({"ms": HOLD_MS}))
+        .add_connection("first", "email", "hold", "after")
+        .transactional(true);
+    let workflow = wf.build(&db).unwrap();
+    // Idle pooled connections, so that a write could run on the calling task.
+    let warm: Vec<_> = (0..4)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move { db.execute("UserListNode", json!({})).await })
+        })
+        .collect();
+    for w in warm {
+        w.await.unwrap().unwrap();
+    }
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut last = Instant::now();
+            let mut longest = Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                longest = longest.max(last.elapsed());
+                last = Instant::now();
+            }
+            longest
+        }
+    });
+    let run = tokio::spawn({
+        let (db, workflow) = (db.clone(), workflow.clone());
+        async move { db.runtime().execute(&workflow, json!({})).await }
+    });
+    // The run has created its user and now holds the write lock.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let creates: Vec<_> = (0..16)
+        .map(|i| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let r = db
+                    .execute("UserCreateNode", json!({"email": format!("c{i}@x.io")}))
+                    .await;
+                (r, Instant::now())
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for c in creates {
+        let (r, done) = c.await.unwrap();
+        r.unwrap();
+        slowest = slowest.max(done - started);
+    }
+    let run = run.await.unwrap().unwrap();
+    assert_eq!(run.results["hold"]["slept"], HOLD_MS);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let longest_gap = ticker.await.unwrap();
+    assert!(
+        longest_gap < Duration::from_millis(HOLD_MS / 3),
+        "a tokio worker was blocked for {longest_gap:?} while the transaction held the lock"
+    );
+    assert!(
+        slowest < Duration::from_millis(HOLD_MS * 4),
+        "the creates waited {slowest:?}"
+    );
+    assert_eq!(user_count(&db).await, 17);
 }
 
 #[tokio::test]
@@ -438,8 +525,11 @@ async fn transactional_runs_commit_or_roll_back_together() {
             .execute(&workflow, json!({"a": "3@x.io", "b": "3@x.io"}))
             .await
             .unwrap_err();
-        assert_eq!((e.code(), e.node()), ("unique_violation", Some("second")));
-        assert!(e.completed().unwrap().contains_key("first"));
+        assert_eq!(
+            (e.code().as_str(), e.node()),
+            ("unique_violation", Some("second"))
+        );
+        assert!(e.completed().contains_key("first"));
         assert_eq!(
             user_count(&db).await,
             2,
@@ -492,7 +582,7 @@ async fn a_panicking_node_is_that_nodes_failure() {
             .execute(&workflow, json!({}))
             .await
             .unwrap_err();
-        assert_eq!((e.code(), e.node()), ("internal", Some("boom")));
+        assert_eq!((e.code().as_str(), e.node()), ("internal", Some("boom")));
         assert!(e.message().contains("boom went the node"), "{e}");
         // The runtime keeps serving.
         let mut wf = WorkflowBuilder::new();
@@ -514,7 +604,7 @@ async fn a_panicking_node_is_that_nodes_failure() {
             .execute(&wf.build(&db).unwrap(), json!({}))
             .await
             .unwrap_err();
-        assert_eq!((e.code(), e.node()), ("internal", Some("boom")));
+        assert_eq!((e.code().as_str(), e.node()), ("internal", Some("boom")));
         assert_eq!(
             user_count(&db).await,
             0,
@@ -538,8 +628,8 @@ async fn runs_over_their_timeout_fail_with_timeout() {
         .await
         .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert_eq!((e.code(), e.node()), ("timeout", Some("slow")));
-    assert!(e.completed().unwrap().contains_key("fast"));
+    assert_eq!((e.code().as_str(), e.node()), ("timeout", Some("slow")));
+    assert!(e.completed().contains_key("fast"));
 }
 
 #[tokio::test]
@@ -581,7 +671,10 @@ async fn switch_routes_and_merge_joins() {
         .execute("SwitchNode", json!({"value": 1, "$gt": "x"}))
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.node()), ("validation", Some("SwitchNode")));
+    assert_eq!(
+        (e.code().as_str(), e.node()),
+        ("validation", Some("SwitchNode"))
+    );
     assert_eq!(
         db.execute("SwitchNode", json!({"value": 3, "$in": [1, 3]}))
             .await
@@ -627,7 +720,7 @@ async fn workflows_round_trip_through_json() {
     );
 
     let e = Workflow::from_json(&db, json!({"nodes": [], "bogus": 1})).unwrap_err();
-    assert_eq!(e.code(), "validation");
+    assert_eq!(e.code().as_str(), "validation");
     let e = Workflow::from_json(
         &db,
         json!({"version": 2, "nodes": [{"id": "a", "type": "GreetNode"}]}),
@@ -656,7 +749,10 @@ async fn custom_nodes_run_alone_and_publish_their_schema() {
 async fn custom_node_input_is_checked_against_its_schema() {
     let db = sqlite_db("custom_input").await;
     let e = db.execute("GreetNode", json!({})).await.unwrap_err();
-    assert_eq!((e.code(), e.node()), ("validation", Some("GreetNode")));
+    assert_eq!(
+        (e.code().as_str(), e.node()),
+        ("validation", Some("GreetNode"))
+    );
     assert!(
         e.message().contains("missing required property `name`"),
         "{e}"

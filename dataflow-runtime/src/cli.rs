@@ -113,7 +113,7 @@ where
             } else {
                 eprintln!("error[{}]: {}", e.code(), e.message());
             }
-            i32::from(e.kind().exit_code())
+            i32::from(e.code().exit_code())
         }
     }
 }

@@ -1,69 +1,29 @@
 //! The `DataFlow` handle: boot, node lookup and execution.
 
-use crate::backend::{AnyConnection, Conn, Manager, Pool, Target};
+use crate::backend::{AnyConnection, Conn, ConnMut, Manager, Pool, Target};
 use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
 use crate::migrate::{
     self, BootPolicy, EmbeddedMigration, HistoryEntry, MigrationPlan, RegisteredModel,
 };
-use crate::node::{Node, NodeContext, BUILTINS, NODES};
+use crate::node::NodeContext;
 use crate::nodes::{self, Op};
+use crate::registry::{NodeRef, Registry};
 use crate::schema::ModelSchema;
 use crate::sql::Dialect;
+use crate::writer::{self, WriteKind};
 use serde_json::Value;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Runs `$body` with `$c` bound to the backend connection inside `$conn`.
+/// Runs `$body` with `$c` bound to the backend connection inside `$conn`
+/// (a `&mut AnyConnection` or a [`ConnMut`]).
 macro_rules! on_conn {
     ($conn:expr, $c:ident => $body:expr) => {
-        match $conn {
-            AnyConnection::Sqlite($c) => $body,
-            AnyConnection::Postgresql($c) => $body,
+        match ConnMut::from($conn) {
+            ConnMut::Sqlite($c) => $body,
+            ConnMut::Postgresql($c) => $body,
         }
     };
-}
-
-/// The compiled model registry, filled by `#[dataflow::model]` at link time.
-#[linkme::distributed_slice]
-pub static MODELS: [&'static ModelSchema];
-
-/// A registered node type: a model's generated node or a hand-written one.
-#[derive(Clone, Copy)]
-pub(crate) enum NodeRef {
-    Model(&'static ModelSchema, Op),
-    Custom(&'static dyn Node),
-}
-
-impl NodeRef {
-    pub(crate) fn input_schema(self) -> Value {
-        match self {
-            NodeRef::Model(m, op) => nodes::input_schema(m, op),
-            NodeRef::Custom(n) => n.input_schema(),
-        }
-    }
-
-    pub(crate) fn joins_any(self) -> bool {
-        matches!(self, NodeRef::Custom(n) if n.joins_any())
-    }
-}
-
-/// What every run of a model's nodes needs, built once at boot.
-struct Prepared {
-    schema: &'static ModelSchema,
-    /// Node type names, indexed by `Op as usize`.
-    nodes: Vec<String>,
-    columns: String,
-}
-
-impl Prepared {
-    fn new(m: &'static ModelSchema) -> Self {
-        Prepared {
-            schema: m,
-            nodes: m.node_names().map(|(n, _)| n).collect(),
-            columns: crate::sql::columns(m),
-        }
-    }
 }
 
 /// A cheap, cloneable handle to a booted database.
@@ -76,9 +36,7 @@ struct Inner {
     config: Config,
     target: Target,
     pool: Pool,
-    models: Vec<&'static ModelSchema>,
-    nodes: HashMap<String, NodeRef>,
-    prepared: HashMap<&'static str, Prepared>,
+    registry: Registry,
     /// SQLite has one writer at a time: every model write goes through this
     /// queue and its thread (first come, first served; group commit).
     sqlite_writer: Option<crate::writer::Writer>,
@@ -90,7 +48,7 @@ impl std::fmt::Debug for DataFlow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DataFlow")
             .field("database", &self.inner.target.display())
-            .field("models", &self.inner.models.len())
+            .field("models", &self.inner.registry.models().len())
             .finish()
     }
 }
@@ -198,10 +156,9 @@ impl DataFlow {
         models: Option<Vec<&'static ModelSchema>>,
     ) -> Result<DataFlow> {
         config.check_supported()?;
-        let models = registry(models.unwrap_or_else(|| MODELS.to_vec()))?;
+        let registry = Registry::new(models)?;
         let target = Target::parse(&config.database_url)?;
-        let nodes = node_table(&models)?;
-        tokio::task::spawn_blocking(move || boot(config, target, models, nodes, embedded))
+        tokio::task::spawn_blocking(move || boot(config, target, registry, embedded))
             .await
             .map_err(|e| Error::internal(format!("boot task failed: {e}")))?
     }
@@ -216,14 +173,12 @@ impl DataFlow {
 
     /// The registered models.
     pub fn models(&self) -> &[&'static ModelSchema] {
-        &self.inner.models
+        self.inner.registry.models()
     }
 
     /// The names of every registered node type.
     pub fn node_types(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.inner.nodes.keys().cloned().collect();
-        names.sort();
-        names
+        self.inner.registry.node_types()
     }
 
     /// The JSON Schema of a node's input.
@@ -232,18 +187,7 @@ impl DataFlow {
     }
 
     pub(crate) fn lookup(&self, node: &str) -> Result<NodeRef> {
-        match self.inner.nodes.get(node) {
-            Some(r) => Ok(*r),
-            None => {
-                let hint =
-                    crate::value::did_you_mean(node, self.inner.nodes.keys().map(String::as_str));
-                Err(Error::new(
-                    ErrorCode::UnknownNode,
-                    format!("unknown node type `{node}`{hint}"),
-                )
-                .with_node(node))
-            }
-        }
+        self.inner.registry.lookup(node)
     }
 
     /// Runs a node by type name with JSON parameters and returns its JSON output.
@@ -292,20 +236,15 @@ impl DataFlow {
         op: Op,
         params: Value,
     ) -> Result<Value> {
-        let writes = !matches!(op, Op::Read | Op::List | Op::Count);
         if let Some(writer) = &self.inner.sqlite_writer {
-            if writes {
+            if let Some(kind) = WriteKind::of(op) {
                 let db = self.clone();
-                let short = matches!(op, Op::Create | Op::Update | Op::Upsert);
                 return writer
-                    .write(short, move |c| db.run_model_on(c, m, op, params))
+                    .write(kind, move |c| db.run_model_on(c, m, op, params))
                     .await;
             }
-            // A read by id takes microseconds: with a pooled connection free
-            // right now it runs here, saving the two thread hand-offs of a
-            // blocking task. Lists and counts, which can run long, and reads
-            // that would wait for a connection go to a blocking thread.
-            if op == Op::Read {
+            // Reads that would wait for a connection go to a blocking thread.
+            if writer::reads_inline(op) {
                 if let Some(mut conn) = self.inner.pool.try_get() {
                     return self.run_model_on_any(&mut conn, m, op, params);
                 }
@@ -318,23 +257,6 @@ impl DataFlow {
         })
         .await
         .map_err(|e| Error::internal(format!("node task failed: {e}")))?
-    }
-
-    /// Runs a node synchronously on a connection the caller holds (the
-    /// building block of transactional workflows). Call it from a blocking
-    /// thread: hand-written nodes are driven on the current tokio runtime.
-    pub fn execute_blocking(
-        &self,
-        conn: &mut AnyConnection,
-        node: &str,
-        params: &Value,
-    ) -> Result<Value> {
-        match self.lookup(node)? {
-            NodeRef::Model(m, op) => self.run_model_on_any(conn, m, op, params.clone()),
-            r @ NodeRef::Custom(_) => {
-                self.execute_ref_blocking_custom(r, node, params, &crate::workflow::new_run_id())
-            }
-        }
     }
 
     fn run_model_on_any(
@@ -358,16 +280,7 @@ impl DataFlow {
         op: Op,
         params: Value,
     ) -> Result<Value> {
-        // Names and column lists are prepared at boot; a model this database
-        // was not booted with (a typed node of another model) gets them made here.
-        let made;
-        let prepared = match self.inner.prepared.get(m.name) {
-            Some(p) if std::ptr::eq(p.schema, m) => p,
-            _ => {
-                made = Prepared::new(m);
-                &made
-            }
-        };
+        let prepared = self.inner.registry.prepared(m);
         let ctx = nodes::ops_ctx(
             m,
             &prepared.nodes[op as usize],
@@ -387,6 +300,31 @@ impl DataFlow {
         tokio::runtime::Handle::try_current()
             .map_err(|_| Error::internal("hand-written nodes need a tokio runtime"))?
             .block_on(self.execute_ref(r, node_id, params.clone(), Some(run_id)))
+    }
+
+    /// Runs `f` with this process's write access to the database: on SQLite
+    /// as one [`WriteKind::Transaction`] of the writer thread (in queue
+    /// order with every other write, so nothing waits in SQLite's busy
+    /// handler), on PostgreSQL on a pooled connection on the blocking pool.
+    /// `f` may drive hand-written nodes: the caller's tokio runtime is
+    /// entered on the thread that runs it.
+    pub(crate) async fn exclusive<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&DataFlow, ConnMut<'_>) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.clone();
+        let runtime = tokio::runtime::Handle::current();
+        match &self.inner.sqlite_writer {
+            Some(writer) => {
+                writer
+                    .write(WriteKind::Transaction, move |c| {
+                        let _entered = runtime.enter();
+                        f(&db, ConnMut::Sqlite(c))
+                    })
+                    .await
+            }
+            None => self.blocking(move |db, conn| f(db, conn.into())).await,
+        }
     }
 
     /// Runs `f` on a pooled connection on the blocking pool.
@@ -415,7 +353,7 @@ impl DataFlow {
     /// What it would take to bring the database to the compiled models.
     pub async fn migration_plan(&self) -> Result<MigrationPlan> {
         self.blocking(|db, conn| {
-            on_conn!(conn, c => migrate::plan_for(c, &db.inner.models, &db.inner.config.application_id))
+            on_conn!(conn, c => migrate::plan_for(c, &db.inner.registry.models(), &db.inner.config.application_id))
         })
         .await
     }
@@ -438,7 +376,7 @@ impl DataFlow {
             let cfg = &db.inner.config;
             on_conn!(conn, c => {
                 migrate::with_lock(c, &db.inner.target, cfg.connect_timeout(), "migrate apply", |c| {
-                    let plan = migrate::plan_for(c, &db.inner.models, &cfg.application_id)?;
+                    let plan = migrate::plan_for(c, &db.inner.registry.models(), &cfg.application_id)?;
                     if plan.is_empty() {
                         return Ok(None);
                     }
@@ -450,7 +388,7 @@ impl DataFlow {
                         name: "manual",
                         record_registry: cfg.uses_registry(),
                     };
-                    migrate::apply(c, &db.inner.models, &plan, options).map(Some)
+                    migrate::apply(c, &db.inner.registry.models(), &plan, options).map(Some)
                 })
             })
         })
@@ -479,8 +417,8 @@ impl DataFlow {
         self.blocking(|db, conn| {
             let app = &db.inner.config.application_id;
             on_conn!(conn, c => {
-                let plan = migrate::plan_for(c, &db.inner.models, app)?;
-                migrate::stage(c, &db.inner.target, &db.inner.models, &plan, app)
+                let plan = migrate::plan_for(c, &db.inner.registry.models(), app)?;
+                migrate::stage(c, &db.inner.target, &db.inner.registry.models(), &plan, app)
             })
         })
         .await
@@ -507,7 +445,7 @@ impl DataFlow {
             ..Config::default()
         };
         let target = Target::parse(&config.database_url)?;
-        tokio::task::spawn_blocking(move || boot(config, target, Vec::new(), HashMap::new(), &[]))
+        tokio::task::spawn_blocking(move || boot(config, target, Registry::empty(), &[]))
             .await
             .map_err(|e| Error::internal(format!("boot task failed: {e}")))?
     }
@@ -537,102 +475,6 @@ impl DataFlow {
     }
 }
 
-/// The compiled registry, checked: not empty, no duplicate names or tables.
-fn registry(mut models: Vec<&'static ModelSchema>) -> Result<Vec<&'static ModelSchema>> {
-    if models.is_empty() {
-        return Err(Error::new(
-            ErrorCode::Config,
-            "no models are registered: declare structs with #[dataflow::model], and if they live in another crate \
-             that this binary never names, link it with `use my_models as _;`",
-        ));
-    }
-    models.sort_by_key(|m| m.name);
-    for pair in models.windows(2) {
-        if pair[0].name == pair[1].name {
-            return Err(Error::new(
-                ErrorCode::Config,
-                format!(
-                    "two models are named `{}`; model names must be unique",
-                    pair[0].name
-                ),
-            ));
-        }
-    }
-    let mut tables: HashMap<&str, &str> = HashMap::new();
-    for m in &models {
-        if let Some(other) = tables.insert(m.table, m.name) {
-            return Err(Error::new(
-                ErrorCode::Config,
-                format!("models `{other}` and `{}` both use the table `{}`; set #[dataflow::model(table = \"...\")]", m.name, m.table),
-            ));
-        }
-        for f in m.fields {
-            if let Some(fk) = f.references {
-                let Some(target) = models.iter().find(|t| t.name == fk.model) else {
-                    return Err(Error::new(
-                        ErrorCode::Config,
-                        format!(
-                            "{}.{} references `{}`, which is not a registered model",
-                            m.name, f.name, fk.model
-                        ),
-                    ));
-                };
-                let pk = target.primary_key();
-                let compatible = pk.ty == f.ty || (pk.ty.is_integer() && f.ty.is_integer());
-                if !compatible {
-                    return Err(Error::new(
-                        ErrorCode::Config,
-                        format!(
-                            "{}.{} is {:?} but references {}.{} which is {:?}",
-                            m.name, f.name, f.ty, target.name, pk.name, pk.ty
-                        ),
-                    ));
-                }
-            }
-        }
-        let unsupported = [
-            (m.options.tenant_scoped, "tenant_scoped (multi-tenancy)"),
-            (m.options.audit, "audit (the audit log)"),
-            (
-                m.options.cache_ttl_ms.is_some(),
-                "cache_ttl (the query cache)",
-            ),
-        ];
-        if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
-            return Err(Error::new(
-                ErrorCode::NotSupported,
-                format!(
-                    "model `{}` sets {what}, a feature this version does not have yet",
-                    m.name
-                ),
-            ));
-        }
-    }
-    Ok(models)
-}
-
-/// Every node type by name: eleven per model, then the hand-written ones.
-fn node_table(models: &[&'static ModelSchema]) -> Result<HashMap<String, NodeRef>> {
-    let mut nodes = HashMap::with_capacity(models.len() * Op::ALL.len() + NODES.len());
-    for m in models {
-        for (name, op) in m.node_names() {
-            nodes.insert(name, NodeRef::Model(m, op));
-        }
-    }
-    for n in NODES.iter().chain(BUILTINS.iter()) {
-        if nodes
-            .insert(n.name().to_string(), NodeRef::Custom(*n))
-            .is_some()
-        {
-            return Err(Error::new(
-                ErrorCode::Config,
-                format!("two node types are named `{}`; node names must be unique (model nodes are `<Model><Op>Node`)", n.name()),
-            ));
-        }
-    }
-    Ok(nodes)
-}
-
 /// Who applies migrations, for the history.
 fn applied_by() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
@@ -645,10 +487,10 @@ fn applied_by() -> String {
 fn boot(
     config: Config,
     target: Target,
-    models: Vec<&'static ModelSchema>,
-    nodes: HashMap<String, NodeRef>,
+    registry: Registry,
     embedded: &'static [EmbeddedMigration],
 ) -> Result<DataFlow> {
+    let models = registry.models();
     let mut conn = target.connect(config.connect_timeout())?;
     if !config.skip_migration.unwrap_or(false) {
         let policy = BootPolicy {
@@ -662,9 +504,9 @@ fn boot(
         // Nothing changed ⇒ this one query is the whole schema step.
         let unchanged = embedded.is_empty()
             && policy.registry
-            && on_conn!(&mut conn, c => migrate::registry_matches(c, &policy.app, &models))?;
+            && on_conn!(&mut conn, c => migrate::registry_matches(c, &policy.app, models))?;
         if !unchanged {
-            on_conn!(&mut conn, c => migrate::boot_migrate(c, &target, config.connect_timeout(), &models, &policy))?;
+            on_conn!(&mut conn, c => migrate::boot_migrate(c, &target, config.connect_timeout(), models, &policy))?;
         }
     }
     let memory = matches!(target, Target::Sqlite { memory: true, .. });
@@ -698,10 +540,8 @@ fn boot(
             config,
             target,
             pool,
-            prepared: models.iter().map(|m| (m.name, Prepared::new(m))).collect(),
             sqlite_writer,
-            models,
-            nodes,
+            registry,
             _keepalive: memory.then(|| Mutex::new(conn)),
         }),
     })

@@ -3,6 +3,7 @@
 //! model, the field and what was expected.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -101,33 +102,82 @@ impl ErrorCode {
     }
 }
 
+/// Codes compare with their names, so `assert_eq!(err.code(), "not_found")` reads well.
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<str> for ErrorCode {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl serde::Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-/// Every failure of `dataflow`: a code, a message, and where it applies.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Every failure of `dataflow`: a code, what went wrong, and where.
+///
+/// Where it applies lives in fields (model, field, node, item index), not
+/// in the message text: [`message`](Self::message) and `Display` compose
+/// the text from them, so callers never parse a message to find the node.
+/// The underlying diesel / r2d2 / io error is kept as the
+/// [`source`](std::error::Error::source).
+#[derive(Debug, Clone)]
 pub struct Error {
     code: ErrorCode,
-    message: String,
+    /// What went wrong, without where.
+    detail: String,
     model: Option<String>,
     field: Option<String>,
     node: Option<String>,
-    /// The outputs of the workflow nodes that completed before the failure.
-    completed: Option<Box<serde_json::Map<String, serde_json::Value>>>,
+    /// The error was raised inside `node`'s run: its name leads the message.
+    inside_node: bool,
+    /// Which item of a bulk input (`data[i]`) the error is about.
+    index: Option<usize>,
+    /// The workflow node whose failure this is: `(id, node type)`.
+    step: Option<Box<(String, String)>>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        self.code == other.code
+            && self.detail == other.detail
+            && self.model == other.model
+            && self.field == other.field
+            && self.node == other.node
+            && self.inside_node == other.inside_node
+            && self.index == other.index
+            && self.step == other.step
+    }
 }
 
 impl Error {
+    /// An error with `code` and a message that says what went wrong; add
+    /// where with the `with_*` / [`in_node`](Self::in_node) methods.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Error {
             code,
-            message: message.into(),
+            detail: message.into(),
             model: None,
             field: None,
             node: None,
-            completed: None,
+            inside_node: false,
+            index: None,
+            step: None,
+            source: None,
         }
     }
 
@@ -141,74 +191,133 @@ impl Error {
         Error::new(ErrorCode::Internal, message)
     }
 
+    /// Names the model the error is about.
     pub fn with_model(mut self, model: impl Into<String>) -> Self {
         self.model = Some(model.into());
         self
     }
 
+    /// Names the field (or parameter, or workflow input) the error is about.
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
         self
     }
 
-    fn with_field_opt(mut self, field: Option<&str>) -> Self {
+    pub(crate) fn with_field_opt(mut self, field: Option<&str>) -> Self {
         self.field = field.map(str::to_string);
         self
     }
 
+    /// Names the node (type name, or id in a workflow) the error is about,
+    /// without changing the message.
     pub fn with_node(mut self, node: impl Into<String>) -> Self {
         self.node = Some(node.into());
         self
     }
 
-    pub fn with_completed(mut self, results: serde_json::Map<String, serde_json::Value>) -> Self {
-        self.completed = Some(Box::new(results));
+    /// Marks the error as raised while running `node`: it is named in the
+    /// `node` field and leads the message (`"UserCreateNode: ..."`). A no-op
+    /// when the error was already raised inside a node.
+    pub fn in_node(mut self, node: impl Into<String>) -> Self {
+        if !self.inside_node {
+            self.node = Some(node.into());
+            self.inside_node = true;
+        }
         self
     }
 
-    /// For a failed workflow run: the outputs of the nodes that did complete,
-    /// keyed by node id.
-    pub fn completed(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
-        self.completed.as_deref()
+    /// Marks the error as being about item `index` of a bulk input
+    /// (`"data[3]: ..."`).
+    pub fn at_item(mut self, index: usize) -> Self {
+        self.index = Some(index);
+        self
     }
 
-    /// The stable code as a string: `"validation"`, `"not_found"`, ...
-    pub fn code(&self) -> &'static str {
-        self.code.as_str()
+    /// Marks the error as the failure of workflow node `id` (of type
+    /// `node_type`): `node` becomes the id and the message says which node
+    /// failed. A no-op when the error already names its workflow node.
+    pub fn in_step(mut self, id: &str, node_type: &str) -> Self {
+        if self.step.is_none() {
+            self.step = Some(Box::new((id.to_string(), node_type.to_string())));
+        }
+        self
     }
 
+    /// Keeps the error that caused this one, for [`std::error::Error::source`].
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// The stable code: match on it, or `code().as_str()` for `"validation"`, `"not_found"`, ...
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// The whole message, as every channel shows it: where (the workflow
+    /// node, the node, the item) followed by what went wrong.
+    pub fn message(&self) -> String {
+        let mut m = String::new();
+        if let Some(step) = &self.step {
+            m.push_str(&format!("node `{}` ({}) failed: ", step.0, step.1));
+        }
+        if let (true, Some(node)) = (self.inside_node, &self.node) {
+            m.push_str(node);
+            m.push_str(": ");
+        }
+        if let Some(i) = self.index {
+            m.push_str(&format!("data[{i}]: "));
+        }
+        m.push_str(&self.detail);
+        m
+    }
+
+    #[doc(hidden)]
+    #[deprecated(note = "use `code()`")]
     pub fn kind(&self) -> ErrorCode {
         self.code
     }
 
-    pub fn message(&self) -> &str {
-        &self.message
+    /// What went wrong, without where (the message without its prefixes).
+    pub fn detail(&self) -> &str {
+        &self.detail
     }
 
+    /// The model the error is about.
     pub fn model(&self) -> Option<&str> {
         self.model.as_deref()
     }
 
+    /// The field, parameter or workflow input the error is about.
     pub fn field(&self) -> Option<&str> {
         self.field.as_deref()
     }
 
+    /// The node the error is about: in a workflow the node id, otherwise the node type.
     pub fn node(&self) -> Option<&str> {
-        self.node.as_deref()
+        match &self.step {
+            Some(step) => Some(&step.0),
+            None => self.node.as_deref(),
+        }
+    }
+
+    /// Which item of a bulk input the error is about.
+    pub fn index(&self) -> Option<usize> {
+        self.index
     }
 
     /// The JSON form every channel uses: `{"code", "message", "model", "field", "node"}`.
     pub fn to_json(&self) -> serde_json::Value {
         let mut m = serde_json::Map::new();
-        m.insert("code".into(), self.code().into());
-        m.insert("message".into(), self.message.clone().into());
+        m.insert("code".into(), self.code.as_str().into());
+        m.insert("message".into(), self.message().into());
         for (k, v) in [
-            ("model", &self.model),
-            ("field", &self.field),
-            ("node", &self.node),
+            ("model", self.model()),
+            ("field", self.field()),
+            ("node", self.node()),
         ] {
             if let Some(v) = v {
-                m.insert(k.into(), v.clone().into());
+                m.insert(k.into(), v.into());
             }
         }
         serde_json::Value::Object(m)
@@ -220,21 +329,24 @@ impl Error {
     pub fn from_json(v: &serde_json::Value) -> Option<Error> {
         let code = ErrorCode::parse(v.get("code")?.as_str()?)?;
         let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
-        Some(Error {
-            code,
-            message: text("message").unwrap_or_default(),
-            model: text("model"),
-            field: text("field"),
-            node: text("node"),
-            completed: None,
-        })
+        let mut e = Error::new(code, text("message").unwrap_or_default());
+        e.model = text("model");
+        e.field = text("field");
+        e.node = text("node");
+        Some(e)
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
+        write!(f, "{}: {}", self.code, self.message())
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}

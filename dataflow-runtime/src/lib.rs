@@ -35,6 +35,7 @@ pub mod json_schema;
 pub mod migrate;
 mod node;
 pub mod nodes;
+mod registry;
 pub mod schema;
 mod sql;
 mod value;
@@ -49,16 +50,16 @@ pub use crate::node::{MergeNode, Node, NodeContext, NodeFuture, SwitchNode};
 pub use crate::schema::{Model, ModelSchema};
 pub use crate::sql::Dialect;
 pub use crate::workflow::{
-    new_run_id, ConnectionSpec, NodeSpec, Observer, Run, RunEvent, Workflow, WorkflowBuilder,
-    WorkflowRuntime, WorkflowSpec,
+    new_run_id, ConnectionSpec, NodeSpec, Observer, Run, RunError, RunEvent, Workflow,
+    WorkflowBuilder, WorkflowRuntime, WorkflowSpec,
 };
 pub use dataflow_macros::{embed_migrations, model, node};
 
 /// Used by the code `#[dataflow::model]` generates; not a public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::dataflow::MODELS;
     pub use crate::node::NODES;
+    pub use crate::registry::MODELS;
     pub use linkme;
     pub use serde;
 }

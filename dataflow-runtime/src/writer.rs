@@ -1,4 +1,6 @@
-//! SQLite's single writer, as one thread with a queue (group commit).
+//! SQLite's single writer, as one thread with a queue (group commit), and
+//! the rest of the SQLite concurrency policy: which node operations write,
+//! which writes are short, and which reads may run on the calling task.
 //!
 //! SQLite lets one connection write at a time. Connections that wait for
 //! the lock in SQLite's busy handler sleep with back-off, which puts tens to
@@ -12,10 +14,19 @@
 //! and nothing else; a failing commit fails every write of the batch (none
 //! of them happened).
 //!
+//! Every SQLite write of a [`DataFlow`] comes through here, as one of three
+//! [`WriteKind`]s: node writes (single-row and bulk), transactional
+//! workflow runs and migrations (whole transactions, run alone on the
+//! thread in order with the rest). So no write of this process ever waits
+//! in SQLite's sleeping busy handler behind another write of this process.
+//!
 //! When no other write is in progress, a single-row write runs at once on
 //! the calling task instead (it takes tens of microseconds; the
-//! hand-off to the thread and back would cost more than the write). Bulk
-//! writes always go to the thread, so they never hold up an async worker.
+//! hand-off to the thread and back would cost more than the write). "No
+//! other write" includes transactions: they hold the same turn, so the
+//! inline write never sleeps on a tokio worker. Bulk writes and
+//! transactions always go to the thread, so they never hold up an async
+//! worker.
 //!
 //! Checkpoints (copying the write-ahead log into the database file, with an
 //! fsync) run on a thread of their own every [`CHECKPOINT_EVERY`] in
@@ -28,8 +39,8 @@
 
 use crate::backend::{AnyConnection, Conn, Pool, Target};
 use crate::error::{Error, ErrorCode, Result};
+use crate::schema::Op;
 use diesel::SqliteConnection;
-use serde_json::Value;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, TryLockError};
@@ -40,16 +51,89 @@ pub(crate) const MAX_BATCH: usize = 256;
 /// How often the write-ahead log is checkpointed.
 pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
-type Write = Box<dyn FnOnce(&mut SqliteConnection) -> Result<Value> + Send>;
+/// How a write goes through the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteKind {
+    /// A single-row node write: runs at once when the writer is idle,
+    /// otherwise joins the next batch.
+    SingleRow,
+    /// A node write of any number of rows: joins the next batch.
+    Bulk,
+    /// A whole transaction (a transactional workflow run, a migration):
+    /// runs alone on the thread, with no outer transaction, in queue order.
+    Transaction,
+}
 
-struct Job {
-    write: Write,
-    reply: tokio::sync::oneshot::Sender<Result<Value>>,
+impl WriteKind {
+    /// How a node operation writes, or `None` when it only reads.
+    pub(crate) fn of(op: Op) -> Option<WriteKind> {
+        match op {
+            Op::Read | Op::List | Op::Count => None,
+            Op::Create | Op::Update | Op::Upsert => Some(WriteKind::SingleRow),
+            Op::Delete | Op::BulkCreate | Op::BulkUpdate | Op::BulkDelete | Op::BulkUpsert => {
+                Some(WriteKind::Bulk)
+            }
+        }
+    }
+}
+
+/// Whether a read may run on the calling task when a pooled connection is
+/// free right now: a read by id takes microseconds, less than the two
+/// thread hand-offs of a blocking task. Lists and counts can run long.
+pub(crate) fn reads_inline(op: Op) -> bool {
+    op == Op::Read
+}
+
+/// One queued write, type-erased: run it, then answer once the outcome of
+/// its transaction is known.
+trait Job: Send {
+    fn kind(&self) -> WriteKind;
+    /// Runs the write; `Err` (a copy of the write's error) rolls its savepoint back.
+    fn run(&mut self, c: &mut SqliteConnection) -> Result<()>;
+    /// Sends the write's result, or `failed` when its transaction did not commit.
+    fn answer(self: Box<Self>, failed: Option<Error>);
+}
+
+struct Typed<T, F> {
+    kind: WriteKind,
+    write: Option<F>,
+    result: Option<Result<T>>,
+    reply: tokio::sync::oneshot::Sender<Result<T>>,
+}
+
+impl<T, F> Job for Typed<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut SqliteConnection) -> Result<T> + Send + 'static,
+{
+    fn kind(&self) -> WriteKind {
+        self.kind
+    }
+
+    fn run(&mut self, c: &mut SqliteConnection) -> Result<()> {
+        let result = match self.write.take() {
+            Some(write) => guarded(write, c),
+            None => Err(Error::internal("a write ran twice")),
+        };
+        let outcome = result.as_ref().map(drop).map_err(Clone::clone);
+        self.result = Some(result);
+        outcome
+    }
+
+    fn answer(self: Box<Self>, failed: Option<Error>) {
+        let result = match (failed, self.result) {
+            (Some(e), _) => Err(e),
+            (None, Some(r)) => r,
+            (None, None) => Err(Error::internal("a write was never run")),
+        };
+        // A caller that stopped waiting (a cancelled request) is fine.
+        let _ = self.reply.send(result);
+    }
 }
 
 /// The queue in front of the writer thread; the thread ends when this drops.
 pub(crate) struct Writer {
-    queue: mpsc::Sender<Job>,
+    queue: mpsc::Sender<Box<dyn Job>>,
     pool: Pool,
     shared: Arc<Shared>,
     /// Dropping it stops the checkpoint thread.
@@ -113,18 +197,18 @@ impl Writer {
         })
     }
 
-    /// Runs `write` in the writer's next batch, or at once when it is
-    /// `short` (a single-row write) and the writer is idle; answers once it
-    /// is committed.
-    pub(crate) async fn write(
+    /// Runs `write` as `kind` says (see [`WriteKind`]); answers once it is
+    /// committed.
+    pub(crate) async fn write<T: Send + 'static>(
         &self,
-        short: bool,
-        write: impl FnOnce(&mut SqliteConnection) -> Result<Value> + Send + 'static,
-    ) -> Result<Value> {
+        kind: WriteKind,
+        write: impl FnOnce(&mut SqliteConnection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let alone = self.shared.active.fetch_add(1, Ordering::AcqRel) == 0;
         let _active = Active(&self.shared.active);
         // Under concurrent writes everything queues, so batches form.
-        if short && alone && self.shared.queued.load(Ordering::Acquire) == 0 {
+        if kind == WriteKind::SingleRow && alone && self.shared.queued.load(Ordering::Acquire) == 0
+        {
             let turn = match self.shared.turn.try_lock() {
                 Ok(guard) => Some(guard),
                 Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
@@ -132,19 +216,20 @@ impl Writer {
             };
             if let (Some(_turn), Some(mut conn)) = (turn, self.pool.try_get()) {
                 if let AnyConnection::Sqlite(c) = &mut *conn {
-                    return guarded(Box::new(write), c);
+                    return guarded(write, c);
                 }
             }
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let stopped = || Error::new(ErrorCode::Internal, "the SQLite writer thread stopped");
         self.shared.queued.fetch_add(1, Ordering::AcqRel);
-        self.queue
-            .send(Job {
-                write: Box::new(write),
-                reply,
-            })
-            .map_err(|_| stopped())?;
+        let job = Typed {
+            kind,
+            write: Some(write),
+            result: None,
+            reply,
+        };
+        self.queue.send(Box::new(job)).map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
@@ -171,32 +256,32 @@ impl Drop for Active<'_> {
     }
 }
 
-fn serve(pool: &Pool, shared: &Shared, jobs: &mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
+fn serve(pool: &Pool, shared: &Shared, jobs: &mpsc::Receiver<Box<dyn Job>>) {
+    // A transaction taken while a batch was forming waits here for its turn.
+    let mut next: Option<Box<dyn Job>> = None;
+    while let Some(first) = next.take().or_else(|| jobs.recv().ok()) {
         let _turn = shared.turn.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        // A transaction runs alone; node writes gather until a transaction.
+        while batch[0].kind() != WriteKind::Transaction && batch.len() < MAX_BATCH {
             match jobs.try_recv() {
+                Ok(job) if job.kind() == WriteKind::Transaction => {
+                    next = Some(job);
+                    break;
+                }
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
+        // A transaction held back in `next` stays counted until it runs.
         shared.queued.fetch_sub(batch.len(), Ordering::AcqRel);
-        let (writes, replies): (Vec<Write>, Vec<_>) =
-            batch.into_iter().map(|j| (j.write, j.reply)).unzip();
-        let results = commit(pool, writes);
-        for (reply, result) in replies.into_iter().zip(results) {
-            // A caller that stopped waiting (a cancelled request) is fine.
-            let _ = reply.send(result);
-        }
+        commit(pool, batch);
     }
 }
 
-/// Runs `writes` in one transaction, one savepoint each: their results, or
-/// for all of them the error that kept the transaction from committing.
-fn commit(pool: &Pool, writes: Vec<Write>) -> Vec<Result<Value>> {
-    let n = writes.len();
-    let mut results = Vec::with_capacity(n);
+/// Runs `jobs` in one transaction, one savepoint each, and answers each:
+/// its result, or the error that kept the transaction from committing.
+fn commit(pool: &Pool, mut jobs: Vec<Box<dyn Job>>) {
     let outcome = pool.get().map_err(Error::from).and_then(|mut conn| {
         let AnyConnection::Sqlite(c) = &mut *conn else {
             return Err(Error::new(
@@ -204,28 +289,31 @@ fn commit(pool: &Pool, writes: Vec<Write>) -> Vec<Result<Value>> {
                 "the SQLite writer got a non-SQLite connection",
             ));
         };
-        if n == 1 {
+        if let [job] = &mut jobs[..] {
             // Alone: as it would run without the queue (its own statement or
             // transaction), with no savepoint and no outer transaction.
-            results.extend(writes.into_iter().map(|w| guarded(w, c)));
+            let _ = job.run(c);
             return Ok(());
         }
         c.write_transaction(|c| {
-            for write in writes {
+            for job in &mut jobs {
                 // Nested: a savepoint, rolled back alone when this write fails.
-                results.push(c.write_transaction(|c| guarded(write, c)));
+                let _ = c.write_transaction(|c| job.run(c));
             }
             Ok(())
         })
     });
-    match outcome {
-        Ok(()) => results,
-        Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+    let failed = outcome.err();
+    for job in jobs {
+        job.answer(failed.clone());
     }
 }
 
 /// Runs `write`, turning a panic into an error.
-fn guarded(write: Write, c: &mut SqliteConnection) -> Result<Value> {
+fn guarded<T>(
+    write: impl FnOnce(&mut SqliteConnection) -> Result<T>,
+    c: &mut SqliteConnection,
+) -> Result<T> {
     catch_unwind(AssertUnwindSafe(|| write(c)))
         .unwrap_or_else(|_| Err(Error::new(ErrorCode::Internal, "a write panicked")))
 }
@@ -235,6 +323,7 @@ mod tests {
     use super::*;
     use crate::backend::Manager;
     use crate::value::Cell;
+    use serde_json::Value;
     use std::time::Duration;
 
     fn pool(name: &str) -> (Pool, Target) {
@@ -285,7 +374,7 @@ mod tests {
         let slow = tokio::spawn({
             let w = writer.clone();
             async move {
-                w.write(false, move |c| {
+                w.write(WriteKind::Bulk, move |c| {
                     started.send(()).unwrap();
                     held.recv().unwrap();
                     insert(0)(c)
@@ -302,9 +391,9 @@ mod tests {
             // Every fifth write repeats 1: of the five writes of 1, whichever
             // runs first succeeds and the other four fail on the unique index.
             let value = if x % 5 == 0 { 1 } else { x };
-            queued.push(tokio::spawn(
-                async move { w.write(false, insert(value)).await },
-            ));
+            queued.push(tokio::spawn(async move {
+                w.write(WriteKind::Bulk, insert(value)).await
+            }));
         }
         // The slow write was taken (its own batch); all 20 are waiting.
         while writer.shared.queued.load(Ordering::Acquire) < 20 {
@@ -319,7 +408,7 @@ mod tests {
             match q.await.unwrap() {
                 Ok(v) => assert_eq!(v, Value::from(value)),
                 Err(e) => {
-                    assert_eq!(e.kind(), ErrorCode::UniqueViolation, "{e}");
+                    assert_eq!(e.code(), ErrorCode::UniqueViolation, "{e}");
                     assert!(value == 1, "write {x} failed: {e}");
                     failed += 1;
                 }
@@ -350,7 +439,7 @@ mod tests {
         let before = size();
         let writer = Writer::start(pool.clone(), &target, Duration::from_secs(5)).unwrap();
         writer
-            .write(false, |c| {
+            .write(WriteKind::Bulk, |c| {
                 for _ in 0..500 {
                     c.batch(&format!(
                         "INSERT INTO big (body) VALUES ('{}')",

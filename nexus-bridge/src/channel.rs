@@ -216,11 +216,12 @@ impl Shared {
                 run.map(|run| {
                     json!({"outputs": Value::Object(run.results), "run_id": run.run_id, "execution_time": started.elapsed().as_secs_f64()})
                 })
+                .map_err(dataflow::RunError::into_error)
             }
         };
         let code = match &result {
             Ok(_) => "ok",
-            Err(e) => e.code(),
+            Err(e) => e.code().as_str(),
         };
         // Unknown names share one label: a label per typo would grow without bound.
         let label = if registered.is_some() {

@@ -21,6 +21,22 @@ pub enum AnyConnection {
     Sqlite(SqliteConnection),
 }
 
+/// A borrowed backend connection: what [`AnyConnection`] holds, or what
+/// the SQLite writer thread lends to a write.
+pub(crate) enum ConnMut<'a> {
+    Postgresql(&'a mut PgConnection),
+    Sqlite(&'a mut SqliteConnection),
+}
+
+impl<'a> From<&'a mut AnyConnection> for ConnMut<'a> {
+    fn from(c: &'a mut AnyConnection) -> Self {
+        match c {
+            AnyConnection::Postgresql(c) => ConnMut::Postgresql(c),
+            AnyConnection::Sqlite(c) => ConnMut::Sqlite(c),
+        }
+    }
+}
+
 /// Where to connect, parsed from the database URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -278,9 +294,14 @@ fn transaction_with<C, T>(
 /// A row read as cells; the schema turns cells into JSON afterwards.
 pub struct Cells(pub Vec<Cell>);
 
-/// Maps a diesel error to a dataflow error. Constraint failures become
-/// the user-facing codes; the table's model name is added by the caller.
+/// Maps a diesel error to a dataflow error, which keeps it as its source.
+/// Constraint failures become the user-facing codes; the table's model name
+/// is added by the caller.
 pub fn map_error(e: DieselError) -> Error {
+    describe_diesel_error(&e).with_source(e)
+}
+
+fn describe_diesel_error(e: &DieselError) -> Error {
     match e {
         DieselError::DatabaseError(kind, info) => {
             let column = constraint_column(info.message(), info.details(), info.column_name());
@@ -337,5 +358,6 @@ impl From<r2d2::Error> for Error {
             ErrorCode::Connection,
             format!("no database connection available: {e}"),
         )
+        .with_source(e)
     }
 }

@@ -20,7 +20,7 @@ async fn main() {
         Ok(db) => dataflow::cli::run_from(&db, args).await,
         Err(e) => {
             eprintln!("error[{}]: {}", e.code(), e.message());
-            i32::from(e.kind().exit_code())
+            i32::from(e.code().exit_code())
         }
     };
     std::process::exit(code);

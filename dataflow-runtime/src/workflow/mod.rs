@@ -4,11 +4,11 @@
 mod run;
 mod template;
 
-pub use run::{new_run_id, Observer, Run, RunEvent, WorkflowRuntime};
+pub use run::{new_run_id, Observer, Run, RunError, RunEvent, WorkflowRuntime};
 
-use crate::dataflow::NodeRef;
 use crate::error::{Error, ErrorCode, Result};
 use crate::json_schema::{closed, properties, required, schema_at};
+use crate::registry::NodeRef;
 use crate::value::did_you_mean;
 use crate::DataFlow;
 use serde::{Deserialize, Serialize};

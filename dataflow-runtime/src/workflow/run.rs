@@ -3,10 +3,10 @@
 //! one connection in one transaction.
 
 use super::{get_path, set_path, Plan, Workflow};
-use crate::backend::{AnyConnection, Conn};
-use crate::dataflow::NodeRef;
+use crate::backend::{Conn, ConnMut};
 use crate::error::{Error, ErrorCode, Result};
 use crate::json_schema::{check, required};
+use crate::registry::NodeRef;
 use crate::DataFlow;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -52,6 +52,71 @@ pub enum RunEvent {
         node: Option<String>,
         message: String,
     },
+}
+
+/// A failed workflow run: the error, and the outputs of the nodes that
+/// completed before it (kept apart from [`Error`], which every part of the
+/// crate shares).
+#[derive(Debug, Clone)]
+pub struct RunError {
+    error: Error,
+    completed: Map<String, Value>,
+}
+
+impl RunError {
+    fn new(error: Error, completed: Map<String, Value>) -> Self {
+        RunError { error, completed }
+    }
+
+    /// Why the run failed.
+    pub fn error(&self) -> &Error {
+        &self.error
+    }
+
+    /// Why the run failed, taken out.
+    pub fn into_error(self) -> Error {
+        self.error
+    }
+
+    /// The outputs of the nodes that completed before the failure, keyed by
+    /// node id (rolled back in a transactional run, but reported).
+    pub fn completed(&self) -> &Map<String, Value> {
+        &self.completed
+    }
+}
+
+/// A failed run reads as its [`Error`] (`e.code()`, `e.node()`, ...), with
+/// [`completed`](RunError::completed) on top.
+impl std::ops::Deref for RunError {
+    type Target = Error;
+
+    fn deref(&self) -> &Error {
+        &self.error
+    }
+}
+
+impl From<Error> for RunError {
+    fn from(error: Error) -> Self {
+        RunError::new(error, Map::new())
+    }
+}
+
+impl From<RunError> for Error {
+    fn from(e: RunError) -> Self {
+        e.error
+    }
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for RunError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
 }
 
 /// Receives every [`RunEvent`] of the runs it observes.
@@ -214,32 +279,16 @@ impl<'p> State<'p> {
                 self.status[i] = Status::Done;
                 self.outputs[i] = Some(v);
             }
-            Err(e) => self.fail(i, e),
+            Err(e) => self.fail(i, e.in_step(&node.id, &node.node_type)),
         }
     }
 
+    /// Records node `i`'s failure (the run's error if it is the first).
     fn fail(&mut self, i: usize, e: Error) {
         let node = &self.plan.nodes[i];
         self.status[i] = Status::Failed;
         if self.error.is_none() {
-            let message = if e.message().contains(&format!("node `{}`", node.id)) {
-                e.message().to_string()
-            } else {
-                format!(
-                    "node `{}` ({}) failed: {}",
-                    node.id,
-                    node.node_type,
-                    e.message()
-                )
-            };
-            let mut err = Error::new(e.kind(), message).with_node(&node.id);
-            if let Some(m) = e.model() {
-                err = err.with_model(m);
-            }
-            if let Some(f) = e.field() {
-                err = err.with_field(f);
-            }
-            self.error = Some(err);
+            self.error = Some(e);
         }
         // Everything downstream of a failure does not run.
         let mut stack = node.dependents.clone();
@@ -271,10 +320,10 @@ impl<'p> State<'p> {
             .collect()
     }
 
-    fn into_run(mut self, run_id: String, started: Instant) -> Result<Run> {
+    fn into_run(mut self, run_id: String, started: Instant) -> Result<Run, RunError> {
         if let Some(e) = self.error.take() {
             self.report_failure(&e);
-            return Err(e.with_completed(self.results()));
+            return Err(RunError::new(e, self.results()));
         }
         let duration = started.elapsed();
         if let Some((o, _)) = self.observe {
@@ -331,7 +380,7 @@ impl WorkflowRuntime {
     }
 
     /// Runs `workflow` with `inputs` (an object matching its input schema).
-    pub async fn execute(&self, workflow: &Workflow, inputs: Value) -> Result<Run> {
+    pub async fn execute(&self, workflow: &Workflow, inputs: Value) -> Result<Run, RunError> {
         self.execute_with_id(workflow, inputs, new_run_id()).await
     }
 
@@ -341,7 +390,7 @@ impl WorkflowRuntime {
         workflow: &Workflow,
         inputs: Value,
         run_id: String,
-    ) -> Result<Run> {
+    ) -> Result<Run, RunError> {
         let plan = &workflow.plan;
         let inputs = validate_inputs(plan, inputs)?;
         if plan.spec.transactional {
@@ -357,7 +406,7 @@ impl WorkflowRuntime {
         plan: &Plan,
         inputs: Map<String, Value>,
         run_id: String,
-    ) -> Result<Run> {
+    ) -> Result<Run, RunError> {
         let started = Instant::now();
         let deadline = plan.timeout.map(|t| tokio::time::Instant::now() + t);
         let rid = run_id.clone();
@@ -396,7 +445,7 @@ impl WorkflowRuntime {
                             fut,
                         });
                     }
-                    Next::Fail(e) => state.fail(i, e),
+                    Next::Fail(e) => state.fail(i, e.with_node(&plan.nodes[i].id)),
                     Next::Skip => {
                         if state.status[i] == Status::Pending {
                             state.status[i] = Status::Skipped;
@@ -425,15 +474,12 @@ impl WorkflowRuntime {
                             None => e,
                         };
                         state.report_failure(&e);
-                        return Err(e.with_completed(state.results()));
+                        return Err(RunError::new(e, state.results()));
                     }
                 },
             };
             let result = result.unwrap_or_else(|why| {
-                Err(Error::new(
-                    ErrorCode::Internal,
-                    format!("node `{}` panicked: {why}", plan.nodes[i].id),
-                ))
+                Err(Error::new(ErrorCode::Internal, format!("panicked: {why}")))
             });
             state.finish(i, result, took);
             if state.status[i] == Status::Done {
@@ -448,36 +494,35 @@ impl WorkflowRuntime {
         workflow: Workflow,
         inputs: Map<String, Value>,
         run_id: String,
-    ) -> Result<Run> {
-        let db = self.db.clone();
+    ) -> Result<Run, RunError> {
         let observer = self.observer.clone();
-        tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
+        let started = Instant::now();
+        // One transaction with this database's write access (on SQLite: one
+        // job of the writer thread, so it never races the other writes).
+        let run = self.db.exclusive(move |db, conn| {
             let plan = &*workflow.plan;
             let deadline = plan.timeout.map(|t| started + t);
-            let mut conn = db.connection()?;
             let rid = run_id.clone();
             let mut state = State::new(plan, inputs, observer.as_ref().map(|o| (o, rid.as_str())));
             // Any failure rolls every model node back; `state` keeps what ran.
-            let outcome = match &mut *conn {
-                AnyConnection::Sqlite(c) => {
-                    c.write_transaction(|c| run_in_order(&db, c, &mut state, &run_id, deadline))
+            let outcome = match conn {
+                ConnMut::Sqlite(c) => {
+                    c.write_transaction(|c| run_in_order(db, c, &mut state, &run_id, deadline))
                 }
-                AnyConnection::Postgresql(c) => {
-                    c.write_transaction(|c| run_in_order(&db, c, &mut state, &run_id, deadline))
+                ConnMut::Postgresql(c) => {
+                    c.write_transaction(|c| run_in_order(db, c, &mut state, &run_id, deadline))
                 }
             };
-            match outcome {
+            Ok(match outcome {
                 Ok(()) => state.into_run(run_id, started),
                 Err(e) => {
                     let e = state.error.take().unwrap_or(e);
                     state.report_failure(&e);
-                    Err(e.with_completed(state.results()))
+                    Err(RunError::new(e, state.results()))
                 }
-            }
-        })
-        .await
-        .map_err(|e| Error::internal(format!("workflow task failed: {e}")))?
+            })
+        });
+        run.await?
     }
 }
 
@@ -559,12 +604,12 @@ fn run_in_order<C: Conn>(
                     .unwrap_or_else(|p| {
                         Err(Error::new(
                             ErrorCode::Internal,
-                            format!("node `{}` panicked: {}", node.id, panic_message(&*p)),
+                            format!("panicked: {}", panic_message(&*p)),
                         ))
                     });
                 state.finish(i, r, t.elapsed());
             }
-            Next::Fail(e) => state.fail(i, e),
+            Next::Fail(e) => state.fail(i, e.with_node(&plan.nodes[i].id)),
             Next::Skip => {
                 if state.status[i] == Status::Pending {
                     state.status[i] = Status::Skipped;
