@@ -6,13 +6,22 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// The runtime configuration. `None` means "the default".
+///
+/// Build it with [`DataFlow::builder`](crate::DataFlow::builder), from a
+/// file ([`Config::from_json_file`]) or the environment
+/// ([`Config::from_env`]), or start from `Config::default()` and set
+/// fields; it is `#[non_exhaustive]` so options can be added.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Config {
+    /// `sqlite://app.db`, `sqlite::memory:` or `postgres://user:pass@host/db`.
     pub database_url: String,
     /// A stable id for this application in the model registry.
     pub application_id: String,
+    /// Neither read nor write the persisted model registry (default off).
     pub skip_registry: Option<bool>,
+    /// Persist the model registry (default on); `false` is `skip_registry`.
     pub enable_model_persistence: Option<bool>,
     /// Apply safe and low-risk schema changes at boot (default on).
     pub auto_migrate: Option<bool>,
@@ -21,14 +30,21 @@ pub struct Config {
     /// Before applying at boot, trial the plan where it can be thrown away
     /// (as `migrate apply --staging` does).
     pub staging: Option<bool>,
+    /// Schema discovery (not available yet: `true` fails boot).
     pub enable_schema_discovery: Option<bool>,
+    /// The query cache (not available yet: `true` fails boot).
     pub enable_caching: Option<bool>,
+    /// Query metrics (not available yet: `true` fails boot).
     pub enable_metrics: Option<bool>,
+    /// The most pooled connections (default 10; 1 for `sqlite::memory:`).
     pub connection_pool_size: u32,
+    /// The audit log (not available yet: `true` fails boot).
     pub enable_audit_log: Option<bool>,
+    /// Multi-tenancy (not available yet: `true` fails boot).
     pub multi_tenant: Option<bool>,
+    /// Monitoring (not available yet: `true` fails boot).
     pub monitoring: Option<bool>,
-    /// Seconds.
+    /// Seconds after which a query counts as slow (not available yet: setting it fails boot).
     pub slow_query_threshold: Option<f64>,
     /// Log every SQL statement (never its values) to stderr.
     pub echo: bool,
@@ -59,17 +75,6 @@ impl Default for Config {
         }
     }
 }
-
-/// Options whose features are not built yet, with the work that brings them.
-const PENDING: &[(&str, &str)] = &[
-    ("enable_schema_discovery = true", "schema discovery"),
-    ("enable_caching = true", "the query cache"),
-    ("enable_metrics = true", "metrics"),
-    ("enable_audit_log = true", "the audit log"),
-    ("multi_tenant = true", "multi-tenancy"),
-    ("monitoring = true", "monitoring"),
-    ("slow_query_threshold", "slow-query monitoring"),
-];
 
 impl Config {
     /// Reads a JSON config file with the field names above.
@@ -117,6 +122,7 @@ impl Config {
         })
     }
 
+    /// How long to wait for a connection.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms.max(1))
     }
@@ -129,20 +135,48 @@ impl Config {
     /// Refuses options that ask for a feature this build does not have yet,
     /// so nothing is silently ignored.
     pub fn check_supported(&self) -> Result<()> {
-        let asked = [
-            self.enable_schema_discovery == Some(true),
-            self.enable_caching == Some(true),
-            self.enable_metrics == Some(true),
-            self.enable_audit_log == Some(true),
-            self.multi_tenant == Some(true),
-            self.monitoring == Some(true),
-            self.slow_query_threshold.is_some(),
+        // Options whose features are not built yet: (asked for, option, feature).
+        let pending = [
+            (
+                self.enable_schema_discovery == Some(true),
+                "enable_schema_discovery = true",
+                "schema discovery",
+            ),
+            (
+                self.enable_caching == Some(true),
+                "enable_caching = true",
+                "the query cache",
+            ),
+            (
+                self.enable_metrics == Some(true),
+                "enable_metrics = true",
+                "metrics",
+            ),
+            (
+                self.enable_audit_log == Some(true),
+                "enable_audit_log = true",
+                "the audit log",
+            ),
+            (
+                self.multi_tenant == Some(true),
+                "multi_tenant = true",
+                "multi-tenancy",
+            ),
+            (
+                self.monitoring == Some(true),
+                "monitoring = true",
+                "monitoring",
+            ),
+            (
+                self.slow_query_threshold.is_some(),
+                "slow_query_threshold",
+                "slow-query monitoring",
+            ),
         ];
-        let missing: Vec<String> = PENDING
+        let missing: Vec<String> = pending
             .iter()
-            .zip(asked)
-            .filter(|(_, on)| *on)
-            .map(|((opt, feature), _)| format!("{opt} ({feature})"))
+            .filter(|(asked, ..)| *asked)
+            .map(|(_, opt, feature)| format!("{opt} ({feature})"))
             .collect();
         if self.connection_pool_size == 0 {
             return Err(Error::new(

@@ -53,6 +53,16 @@ impl std::fmt::Debug for DataFlow {
     }
 }
 
+/// The connection pool at one moment (for `/metrics` and health checks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolState {
+    /// Open connections, busy or idle.
+    pub connections: u32,
+    /// Open connections not in use.
+    pub idle: u32,
+}
+
 /// Builds a [`DataFlow`]; every configuration option is a method.
 #[derive(Debug, Clone)]
 pub struct DataFlowBuilder {
@@ -451,9 +461,12 @@ impl DataFlow {
     }
 
     /// Connections the pool holds, and how many of them are idle.
-    pub fn pool_state(&self) -> (u32, u32) {
+    pub fn pool_state(&self) -> PoolState {
         let s = self.inner.pool.state();
-        (s.connections, s.idle_connections)
+        PoolState {
+            connections: s.connections,
+            idle: s.idle_connections,
+        }
     }
 
     /// Whether the database answers (`/ready`): one pooled round trip.
@@ -469,7 +482,10 @@ impl DataFlow {
         .await
     }
 
-    /// A pooled connection, for [`DataFlow::execute_blocking`].
+    /// A pooled connection, for tools and tests that need raw SQL. An
+    /// escape hatch: a write through it bypasses the SQLite writer (it may
+    /// wait in SQLite's busy handler) and the registry.
+    #[doc(hidden)]
     pub fn connection(&self) -> Result<r2d2::PooledConnection<Manager>> {
         Ok(self.inner.pool.get()?)
     }
@@ -560,44 +576,5 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), "config");
         assert!(err.message().contains("use my_models as _;"), "{err}");
-    }
-
-    #[test]
-    fn urls_parse_to_targets() {
-        assert_eq!(
-            Target::parse("sqlite://app.db").unwrap(),
-            Target::Sqlite {
-                path: "app.db".into(),
-                memory: false
-            }
-        );
-        assert_eq!(
-            Target::parse("sqlite:///abs/app.db").unwrap(),
-            Target::Sqlite {
-                path: "/abs/app.db".into(),
-                memory: false
-            }
-        );
-        assert!(matches!(
-            Target::parse("sqlite::memory:").unwrap(),
-            Target::Sqlite { memory: true, .. }
-        ));
-        assert_eq!(
-            Target::parse("postgresql://u@h/db").unwrap().dialect(),
-            Dialect::Postgres
-        );
-        assert_eq!(Target::parse("nope").unwrap_err().code(), "config");
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            crate::backend::redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(
-            crate::backend::redact("postgres://u@h/db"),
-            "postgres://u@h/db"
-        );
     }
 }

@@ -44,7 +44,7 @@ mod writer;
 
 pub use crate::backend::AnyConnection;
 pub use crate::config::Config;
-pub use crate::dataflow::{DataFlow, DataFlowBuilder};
+pub use crate::dataflow::{DataFlow, DataFlowBuilder, PoolState};
 pub use crate::error::{Error, ErrorCode, Result};
 pub use crate::node::{MergeNode, Node, NodeContext, NodeFuture, SwitchNode};
 pub use crate::schema::{Model, ModelSchema};

@@ -138,7 +138,11 @@ impl Hub {
 
     /// The Prometheus text exposition, with the pool's current state.
     pub fn metrics_text(&self, db: &DataFlow) -> String {
-        let (all, idle) = db.pool_state();
+        let dataflow::PoolState {
+            connections: all,
+            idle,
+            ..
+        } = db.pool_state();
         self.pool.with_label_values(&["open"]).set(i64::from(all));
         self.pool.with_label_values(&["idle"]).set(i64::from(idle));
         let mut out = String::new();

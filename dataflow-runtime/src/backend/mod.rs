@@ -361,3 +361,44 @@ impl From<r2d2::Error> for Error {
         .with_source(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_to_targets() {
+        assert_eq!(
+            Target::parse("sqlite://app.db").unwrap(),
+            Target::Sqlite {
+                path: "app.db".into(),
+                memory: false
+            }
+        );
+        assert_eq!(
+            Target::parse("sqlite:///abs/app.db").unwrap(),
+            Target::Sqlite {
+                path: "/abs/app.db".into(),
+                memory: false
+            }
+        );
+        assert!(matches!(
+            Target::parse("sqlite::memory:").unwrap(),
+            Target::Sqlite { memory: true, .. }
+        ));
+        assert_eq!(
+            Target::parse("postgresql://u@h/db").unwrap().dialect(),
+            Dialect::Postgres
+        );
+        assert_eq!(Target::parse("nope").unwrap_err().code(), "config");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}
