@@ -226,7 +226,7 @@ impl DataFlow {
                 })?;
                 let ctx = NodeContext {
                     db: self.clone(),
-                    run_id: run_id.map_or_else(crate::workflow::new_run_id, str::to_string),
+                    run_id: run_id.map_or_else(crate::value::new_uuid7_text, str::to_string),
                     node_id: node_id.to_string(),
                 };
                 n.run(&ctx, params).await.map_err(|e| {

@@ -226,6 +226,16 @@ fn cell_kind(c: &Cell) -> &'static str {
 }
 
 /// "did you mean" for unknown names.
+/// A new UUID v7 (ids sort by creation time) as lower-case hyphenated
+/// text, without going through `fmt`.
+pub(crate) fn new_uuid7_text() -> String {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_string()
+}
+
 /// `" (did you mean `x`?)"` for the candidate closest to `name`, or nothing.
 pub(crate) fn did_you_mean<'a>(
     name: &str,

@@ -211,7 +211,7 @@ impl<'p> State<'p> {
             .params
             .render(&self.inputs, &|k| node.optional.iter().any(|o| o == k))
         {
-            Ok(v) => v.unwrap_or(Value::Object(Map::new())),
+            Ok(v) => v,
             Err(name) => {
                 return Next::Fail(
                     Error::new(
@@ -358,11 +358,7 @@ impl<'p> State<'p> {
 
 /// A new run id: a UUID v7 (ids sort by start time), lower-case hyphenated.
 pub fn new_run_id() -> String {
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid::Uuid::now_v7()
-        .hyphenated()
-        .encode_lower(&mut buf)
-        .to_string()
+    crate::value::new_uuid7_text()
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {

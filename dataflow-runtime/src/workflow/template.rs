@@ -138,14 +138,14 @@ impl Tpl {
         }
     }
 
-    /// Renders with `inputs`. `Ok(None)`: a whole-string template whose input
-    /// is missing (the caller decides whether the parameter may be omitted).
-    /// `Err(name)`: a missing input that cannot be omitted.
+    /// Renders with `inputs`. A top-level parameter that is exactly one
+    /// template of a missing input is left out when `omittable` says it may
+    /// be; any other missing input is `Err(name)`.
     pub fn render(
         &self,
         inputs: &Map<String, Value>,
         omittable: &dyn Fn(&str) -> bool,
-    ) -> Result<Option<Value>, String> {
+    ) -> Result<Value, String> {
         self.render_at(inputs, omittable, 0)
     }
 
@@ -154,8 +154,8 @@ impl Tpl {
         inputs: &Map<String, Value>,
         omittable: &dyn Fn(&str) -> bool,
         depth: usize,
-    ) -> Result<Option<Value>, String> {
-        Ok(Some(match self {
+    ) -> Result<Value, String> {
+        Ok(match self {
             Tpl::Literal(v) => v.clone(),
             Tpl::Whole(name) => match inputs.get(name) {
                 Some(v) => v.clone(),
@@ -178,10 +178,7 @@ impl Tpl {
             Tpl::Array(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for t in items {
-                    out.push(
-                        t.render_at(inputs, omittable, depth + 1)?
-                            .unwrap_or(Value::Null),
-                    );
+                    out.push(t.render_at(inputs, omittable, depth + 1)?);
                 }
                 Value::Array(out)
             }
@@ -189,10 +186,9 @@ impl Tpl {
                 let mut out = Map::new();
                 for (k, t) in items {
                     match t.render_at(inputs, omittable, depth + 1) {
-                        Ok(Some(v)) => {
+                        Ok(v) => {
                             out.insert(k.clone(), v);
                         }
-                        Ok(None) => {}
                         // A missing input for an optional top-level parameter omits it.
                         Err(_) if depth == 0 && matches!(t, Tpl::Whole(_)) && omittable(k) => {}
                         Err(name) => return Err(name),
@@ -200,7 +196,7 @@ impl Tpl {
                 }
                 Value::Object(out)
             }
-        }))
+        })
     }
 }
 
@@ -209,7 +205,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn render(t: &Value, inputs: Value) -> Result<Option<Value>, String> {
+    fn render(t: &Value, inputs: Value) -> Result<Value, String> {
         compile(t).render(inputs.as_object().unwrap(), &|k| k == "opt")
     }
 
@@ -219,10 +215,7 @@ mod tests {
             &json!({"n": "{{n}}", "s": "${s}", "deep": [{"x": "{{ n }}"}]}),
             json!({"n": 5, "s": [1]}),
         );
-        assert_eq!(
-            out.unwrap().unwrap(),
-            json!({"n": 5, "s": [1], "deep": [{"x": 5}]})
-        );
+        assert_eq!(out.unwrap(), json!({"n": 5, "s": [1], "deep": [{"x": 5}]}));
     }
 
     #[test]
@@ -232,7 +225,7 @@ mod tests {
             json!({"name": "Ann"}),
         );
         assert_eq!(
-            out.unwrap().unwrap(),
+            out.unwrap(),
             json!({"q": "hi Ann, $1 and ${ and {{not a name}}"})
         );
         assert!(matches!(compile(&json!("$1")), Tpl::Literal(_)));
@@ -241,9 +234,7 @@ mod tests {
     #[test]
     fn missing_inputs_omit_optional_parameters_only() {
         assert_eq!(
-            render(&json!({"opt": "{{x}}", "a": 1}), json!({}))
-                .unwrap()
-                .unwrap(),
+            render(&json!({"opt": "{{x}}", "a": 1}), json!({})).unwrap(),
             json!({"a": 1})
         );
         assert_eq!(
