@@ -136,6 +136,12 @@ impl fmt::Display for ErrorCode {
 /// [`source`](std::error::Error::source).
 #[derive(Debug, Clone)]
 pub struct Error {
+    // Boxed: `Result<T>` stays small on the success path.
+    inner: Box<Inner>,
+}
+
+#[derive(Debug, Clone)]
+struct Inner {
     code: ErrorCode,
     /// What went wrong, without where.
     detail: String,
@@ -147,20 +153,20 @@ pub struct Error {
     /// Which item of a bulk input (`data[i]`) the error is about.
     index: Option<usize>,
     /// The workflow node whose failure this is: `(id, node type)`.
-    step: Option<Box<(String, String)>>,
+    step: Option<(String, String)>,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl PartialEq for Error {
     fn eq(&self, other: &Self) -> bool {
-        self.code == other.code
-            && self.detail == other.detail
-            && self.model == other.model
-            && self.field == other.field
-            && self.node == other.node
-            && self.inside_node == other.inside_node
-            && self.index == other.index
-            && self.step == other.step
+        self.inner.code == other.inner.code
+            && self.inner.detail == other.inner.detail
+            && self.inner.model == other.inner.model
+            && self.inner.field == other.inner.field
+            && self.inner.node == other.inner.node
+            && self.inner.inside_node == other.inner.inside_node
+            && self.inner.index == other.inner.index
+            && self.inner.step == other.inner.step
     }
 }
 
@@ -169,15 +175,17 @@ impl Error {
     /// where with the `with_*` / [`in_node`](Self::in_node) methods.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Error {
-            code,
-            detail: message.into(),
-            model: None,
-            field: None,
-            node: None,
-            inside_node: false,
-            index: None,
-            step: None,
-            source: None,
+            inner: Box::new(Inner {
+                code,
+                detail: message.into(),
+                model: None,
+                field: None,
+                node: None,
+                inside_node: false,
+                index: None,
+                step: None,
+                source: None,
+            }),
         }
     }
 
@@ -193,25 +201,25 @@ impl Error {
 
     /// Names the model the error is about.
     pub fn with_model(mut self, model: impl Into<String>) -> Self {
-        self.model = Some(model.into());
+        self.inner.model = Some(model.into());
         self
     }
 
     /// Names the field (or parameter, or workflow input) the error is about.
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
-        self.field = Some(field.into());
+        self.inner.field = Some(field.into());
         self
     }
 
     pub(crate) fn with_field_opt(mut self, field: Option<&str>) -> Self {
-        self.field = field.map(str::to_string);
+        self.inner.field = field.map(str::to_string);
         self
     }
 
     /// Names the node (type name, or id in a workflow) the error is about,
     /// without changing the message.
     pub fn with_node(mut self, node: impl Into<String>) -> Self {
-        self.node = Some(node.into());
+        self.inner.node = Some(node.into());
         self
     }
 
@@ -219,9 +227,9 @@ impl Error {
     /// `node` field and leads the message (`"UserCreateNode: ..."`). A no-op
     /// when the error was already raised inside a node.
     pub fn in_node(mut self, node: impl Into<String>) -> Self {
-        if !self.inside_node {
-            self.node = Some(node.into());
-            self.inside_node = true;
+        if !self.inner.inside_node {
+            self.inner.node = Some(node.into());
+            self.inner.inside_node = true;
         }
         self
     }
@@ -229,7 +237,7 @@ impl Error {
     /// Marks the error as being about item `index` of a bulk input
     /// (`"data[3]: ..."`).
     pub fn at_item(mut self, index: usize) -> Self {
-        self.index = Some(index);
+        self.inner.index = Some(index);
         self
     }
 
@@ -237,79 +245,79 @@ impl Error {
     /// `node_type`): `node` becomes the id and the message says which node
     /// failed. A no-op when the error already names its workflow node.
     pub fn in_step(mut self, id: &str, node_type: &str) -> Self {
-        if self.step.is_none() {
-            self.step = Some(Box::new((id.to_string(), node_type.to_string())));
+        if self.inner.step.is_none() {
+            self.inner.step = Some((id.to_string(), node_type.to_string()));
         }
         self
     }
 
     /// Keeps the error that caused this one, for [`std::error::Error::source`].
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Arc::new(source));
+        self.inner.source = Some(Arc::new(source));
         self
     }
 
     /// The stable code: match on it, or `code().as_str()` for `"validation"`, `"not_found"`, ...
     pub fn code(&self) -> ErrorCode {
-        self.code
+        self.inner.code
     }
 
     /// The whole message, as every channel shows it: where (the workflow
     /// node, the node, the item) followed by what went wrong.
     pub fn message(&self) -> String {
         let mut m = String::new();
-        if let Some(step) = &self.step {
+        if let Some(step) = &self.inner.step {
             m.push_str(&format!("node `{}` ({}) failed: ", step.0, step.1));
         }
-        if let (true, Some(node)) = (self.inside_node, &self.node) {
+        if let (true, Some(node)) = (self.inner.inside_node, &self.inner.node) {
             m.push_str(node);
             m.push_str(": ");
         }
-        if let Some(i) = self.index {
+        if let Some(i) = self.inner.index {
             m.push_str(&format!("data[{i}]: "));
         }
-        m.push_str(&self.detail);
+        m.push_str(&self.inner.detail);
         m
     }
 
     #[doc(hidden)]
     #[deprecated(note = "use `code()`")]
     pub fn kind(&self) -> ErrorCode {
-        self.code
+        self.inner.code
     }
 
     /// What went wrong, without where (the message without its prefixes).
     pub fn detail(&self) -> &str {
-        &self.detail
+        &self.inner.detail
     }
 
     /// The model the error is about.
     pub fn model(&self) -> Option<&str> {
-        self.model.as_deref()
+        self.inner.model.as_deref()
     }
 
     /// The field, parameter or workflow input the error is about.
     pub fn field(&self) -> Option<&str> {
-        self.field.as_deref()
+        self.inner.field.as_deref()
     }
 
     /// The node the error is about: in a workflow the node id, otherwise the node type.
     pub fn node(&self) -> Option<&str> {
-        match &self.step {
+        match &self.inner.step {
             Some(step) => Some(&step.0),
-            None => self.node.as_deref(),
+            None => self.inner.node.as_deref(),
         }
     }
 
     /// Which item of a bulk input the error is about.
     pub fn index(&self) -> Option<usize> {
-        self.index
+        self.inner.index
     }
 
     /// The JSON form every channel uses: `{"code", "message", "model", "field", "node"}`.
     pub fn to_json(&self) -> serde_json::Value {
         let mut m = serde_json::Map::new();
-        m.insert("code".into(), self.code.as_str().into());
+        m.insert("code".into(), self.inner.code.as_str().into());
         m.insert("message".into(), self.message().into());
         for (k, v) in [
             ("model", self.model()),
@@ -330,22 +338,23 @@ impl Error {
         let code = ErrorCode::parse(v.get("code")?.as_str()?)?;
         let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
         let mut e = Error::new(code, text("message").unwrap_or_default());
-        e.model = text("model");
-        e.field = text("field");
-        e.node = text("node");
+        e.inner.model = text("model");
+        e.inner.field = text("field");
+        e.inner.node = text("node");
         Some(e)
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.message())
+        write!(f, "{}: {}", self.inner.code, self.message())
     }
 }
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
+        self.inner
+            .source
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
     }
