@@ -15,34 +15,12 @@ use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::ServiceExt;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Once;
 use std::time::{Duration, Instant};
 use support::http::{request, request_with};
 
-/// The example server's binary, built once per test run.
-fn example_bin() -> PathBuf {
-    static BUILD: Once = Once::new();
-    BUILD.call_once(|| {
-        assert!(Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--example", "nexus_server"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap()
-            .success());
-    });
-    // target/<profile>/deps/nexus-<hash> → target/<profile>/examples/nexus_server
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("examples")
-        .join(format!("nexus_server{}", std::env::consts::EXE_SUFFIX))
-}
-
 fn example(url: &str) -> Command {
-    let mut c = Command::new(example_bin());
+    let mut c = Command::new(support::programs::example("nexus_server"));
     c.env("NEXUS_DATABASE_URL", url);
     c
 }
@@ -116,7 +94,7 @@ fn server(url: &str) -> Server {
 
 /// An MCP client talking to `nexus_server mcp` over the child's stdin/stdout.
 async fn mcp_stdio_client(url: &str) -> RunningService<RoleClient, ()> {
-    let mut cmd = tokio::process::Command::new(example_bin());
+    let mut cmd = tokio::process::Command::new(support::programs::example("nexus_server"));
     cmd.arg("mcp").env("NEXUS_DATABASE_URL", url);
     let transport = TokioChildProcess::new(cmd).unwrap();
     tokio::time::timeout(Duration::from_secs(30), ().serve(transport))
