@@ -53,7 +53,7 @@ fn run_command(workflows: &[&Registered]) -> Command {
         .allow_external_subcommands(true);
     for w in workflows {
         let schema = w.workflow.input_schema();
-        let required: Vec<&str> = dataflow::json_schema::required(&schema).collect();
+        let required: Vec<&str> = dataflow::json_schema::required(schema).collect();
         let mut sub = Command::new(w.name.clone())
             .about(w.description.clone())
             .arg(
