@@ -10,7 +10,7 @@
 //! `{"error": {"code", "message", ...}}`; an unknown tool is a protocol error
 //! (`-32602` invalid params) whose `data` is that body with code `not_found`.
 //!
-//! Arguments over [`MAX_INPUT_BYTES`](crate::MAX_INPUT_BYTES) are refused
+//! Arguments over [`MAX_INPUT_BYTES`] are refused
 //! with `validation`, as on HTTP and the CLI.
 //!
 //! With [`enable_discovery(false)`](crate::NexusBuilder::enable_discovery)
@@ -73,7 +73,8 @@ impl McpServer {
         )
     }
 
-    /// Every tool, in name order.
+    /// Every tool, in name order: what `tools/list` answers unless
+    /// discovery is off.
     pub fn tools(&self) -> Vec<Tool> {
         self.shared.workflows.values().map(Self::tool).collect()
     }
