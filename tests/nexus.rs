@@ -2,7 +2,8 @@
 //! (`examples/nexus_server.rs`) as a separate process: one table of cases
 //! driven through HTTP, the CLI (a subprocess, in-process and with `--url`)
 //! and MCP (a real rmcp client, over streamable HTTP and over stdio), with the
-//! same result and the same error on every channel.
+//! same result and the same error on every channel. The builder's options and
+//! `run`'s exit codes are tested on applications served in this process.
 
 mod support;
 
@@ -54,11 +55,7 @@ impl Server {
     }
 
     async fn mcp_client(&self) -> RunningService<RoleClient, ()> {
-        let transport = StreamableHttpClientTransport::from_uri(format!("http://{}/mcp", self.mcp));
-        tokio::time::timeout(Duration::from_secs(30), ().serve(transport))
-            .await
-            .expect("MCP initialize in time")
-            .unwrap()
+        mcp_client_at(self.mcp).await
     }
 }
 
