@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use dataflow::{DataFlow, WorkflowBuilder};
 use nexus::Nexus;
 use serde_json::json;
+use std::process::ExitCode;
 
 #[dataflow::model]
 pub struct User {
@@ -51,14 +52,15 @@ pub struct Conversation {
 }
 
 #[tokio::main]
-async fn main() {
-    if let Err(e) = run().await {
-        eprintln!("error[{}]: {}", e.code(), e.message());
-        std::process::exit(i32::from(e.kind().exit_code()));
+async fn main() -> ExitCode {
+    match app().await {
+        Ok(app) => app.run().await,
+        Err(e) => nexus::print_error(&e),
     }
 }
 
-async fn run() -> Result<(), dataflow::Error> {
+/// Boots the database and registers the workflows.
+async fn app() -> Result<Nexus, dataflow::Error> {
     let url = std::env::var("NEXUS_DATABASE_URL").unwrap_or_else(|_| "sqlite://nexus.db".into());
     let port: u16 = std::env::var("NEXUS_API_PORT")
         .ok()
@@ -105,5 +107,5 @@ async fn run() -> Result<(), dataflow::Error> {
     app.register("get_user", get.build(&db)?)?;
     app.register("list_users", list.build(&db)?)?;
     app.register("start_conversation", start.build(&db)?)?;
-    app.run().await
+    Ok(app)
 }

@@ -1273,10 +1273,8 @@ fn quickstart_example_runs() {
     let mut urls = vec![sqlite_url("quickstart")];
     urls.extend(postgres::fresh_database("quickstart"));
     for url in urls {
-        let out = std::process::Command::new(env!("CARGO"))
-            .args(["run", "--quiet", "--example", "quickstart", "--"])
+        let out = std::process::Command::new(support::programs::example("quickstart"))
             .arg(&url)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -1304,8 +1302,13 @@ fn quickstart_example_runs() {
             );
         }
         assert!(stdout.contains("unique_violation"), "{stdout}");
-        assert!(
-            stdout.contains(r#"BulkUpsert   {"inserted":1,"updated":1}"#),
+        let bulk_upsert = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("BulkUpsert "))
+            .map(str::trim);
+        assert_eq!(
+            bulk_upsert,
+            Some(r#"{"inserted":1,"updated":1}"#),
             "{stdout}"
         );
     }

@@ -521,8 +521,7 @@ async fn embedded_migration_files_run_at_boot_once_and_edits_are_drift() {
 // ------------------------------------------------------------------ the CLI, as a subprocess
 
 fn example(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO"))
-        .args(["run", "--quiet", "--example", "schema_evolution", "--"])
+    std::process::Command::new(support::programs::example("schema_evolution"))
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -673,20 +672,8 @@ fn migrate_cli_plans_applies_stages_and_rolls_back() {
         let _ = std::fs::remove_dir_all(&dir);
 
         // The standalone binary reads the registry without the models.
-        let o = std::process::Command::new(env!("CARGO"))
-            .args([
-                "run",
-                "--quiet",
-                "-p",
-                "dataflow",
-                "--bin",
-                "dataflow",
-                "--",
-                "--url",
-                url.as_str(),
-                "models",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+        let o = std::process::Command::new(support::programs::dataflow_bin())
+            .args(["--url", url.as_str(), "models"])
             .output()
             .unwrap();
         let text = stdout(&o);

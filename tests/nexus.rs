@@ -2,7 +2,8 @@
 //! (`examples/nexus_server.rs`) as a separate process: one table of cases
 //! driven through HTTP, the CLI (a subprocess, in-process and with `--url`)
 //! and MCP (a real rmcp client, over streamable HTTP and over stdio), with the
-//! same result and the same error on every channel.
+//! same result and the same error on every channel. The builder's options and
+//! `run`'s exit codes are tested on applications served in this process.
 
 mod support;
 
@@ -15,34 +16,12 @@ use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::ServiceExt;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Once;
 use std::time::{Duration, Instant};
 use support::http::{request, request_with};
 
-/// The example server's binary, built once per test run.
-fn example_bin() -> PathBuf {
-    static BUILD: Once = Once::new();
-    BUILD.call_once(|| {
-        assert!(Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--example", "nexus_server"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap()
-            .success());
-    });
-    // target/<profile>/deps/nexus-<hash> → target/<profile>/examples/nexus_server
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("examples")
-        .join(format!("nexus_server{}", std::env::consts::EXE_SUFFIX))
-}
-
 fn example(url: &str) -> Command {
-    let mut c = Command::new(example_bin());
+    let mut c = Command::new(support::programs::example("nexus_server"));
     c.env("NEXUS_DATABASE_URL", url);
     c
 }
@@ -76,11 +55,7 @@ impl Server {
     }
 
     async fn mcp_client(&self) -> RunningService<RoleClient, ()> {
-        let transport = StreamableHttpClientTransport::from_uri(format!("http://{}/mcp", self.mcp));
-        tokio::time::timeout(Duration::from_secs(30), ().serve(transport))
-            .await
-            .expect("MCP initialize in time")
-            .unwrap()
+        mcp_client_at(self.mcp).await
     }
 }
 
@@ -116,7 +91,7 @@ fn server(url: &str) -> Server {
 
 /// An MCP client talking to `nexus_server mcp` over the child's stdin/stdout.
 async fn mcp_stdio_client(url: &str) -> RunningService<RoleClient, ()> {
-    let mut cmd = tokio::process::Command::new(example_bin());
+    let mut cmd = tokio::process::Command::new(support::programs::example("nexus_server"));
     cmd.arg("mcp").env("NEXUS_DATABASE_URL", url);
     let transport = TokioChildProcess::new(cmd).unwrap();
     tokio::time::timeout(Duration::from_secs(30), ().serve(transport))
@@ -1026,4 +1001,263 @@ async fn sigterm_stops_the_server_with_open_sessions() {
     };
     assert!(status.success(), "{status}");
     drop(client);
+}
+
+// ------------------------------------------------------------------ the options
+
+/// An application with one workflow, `count`, built with `options`, serving
+/// its HTTP API and MCP in this process on loopback listeners of its own.
+struct InProcess {
+    app: std::sync::Arc<nexus::Nexus>,
+    http: SocketAddr,
+    mcp: SocketAddr,
+}
+
+impl InProcess {
+    async fn start(options: nexus::NexusBuilder) -> InProcess {
+        let db = probe_db().await;
+        let mut app = options.build(db.clone()).unwrap();
+        app.register("count", probe_workflow(&db)).unwrap();
+        let app = std::sync::Arc::new(app);
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (http_addr, mcp_addr) = (http.local_addr().unwrap(), mcp.local_addr().unwrap());
+        let a = app.clone();
+        tokio::spawn(async move { a.serve_http_on(http).await });
+        let a = app.clone();
+        tokio::spawn(async move { a.serve_mcp_on(mcp).await });
+        InProcess {
+            app,
+            http: http_addr,
+            mcp: mcp_addr,
+        }
+    }
+
+    async fn mcp_client(&self) -> RunningService<RoleClient, ()> {
+        mcp_client_at(self.mcp).await
+    }
+
+    /// `POST /workflows/{name}/execute` with no inputs: (status, body).
+    async fn execute(&self, name: &str) -> (u16, Value) {
+        let r = post(
+            self.http,
+            format!("/workflows/{name}/execute"),
+            br#"{"inputs": {}}"#.to_vec(),
+        )
+        .await;
+        (r.status, r.json())
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.app.shutdown();
+    }
+}
+
+async fn mcp_client_at(addr: SocketAddr) -> RunningService<RoleClient, ()> {
+    let transport = StreamableHttpClientTransport::from_uri(format!("http://{addr}/mcp"));
+    tokio::time::timeout(Duration::from_secs(30), ().serve(transport))
+        .await
+        .expect("MCP initialize in time")
+        .unwrap()
+}
+
+/// `GET path` answers 404 with the `not_found` error body.
+async fn assert_not_served(addr: SocketAddr, path: &str) {
+    let r = get(addr, path).await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "GET {path}: {}",
+        r.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitoring_off_serves_no_metrics() {
+    let on = InProcess::start(nexus::Nexus::builder()).await;
+    assert_eq!(on.execute("count").await.0, 200);
+    let metrics = get(on.http, "/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(metrics
+        .body
+        .contains(r#"nexus_requests_total{channel="http",code="ok",workflow="count"} 1"#));
+
+    let off = InProcess::start(nexus::Nexus::builder().enable_monitoring(false)).await;
+    let (status, body) = off.execute("count").await;
+    assert_eq!(
+        (status, &body["outputs"]["count"]["count"]),
+        (200, &json!(0))
+    );
+    assert_not_served(off.http, "/metrics").await;
+    // Everything else is still served.
+    assert_eq!(get(off.http, "/workflows").await.status, 200);
+    assert_eq!(get(off.http, "/health").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_off_serves_no_events() {
+    let off = InProcess::start(nexus::Nexus::builder().enable_sse_transport(false)).await;
+    assert_not_served(off.http, "/events").await;
+    assert_eq!(off.execute("count").await.0, 200);
+    assert_eq!(get(off.http, "/metrics").await.status, 200);
+
+    // On (the default), `/events` answers with an event stream.
+    let on = InProcess::start(nexus::Nexus::builder()).await;
+    let head = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(on.http).unwrap();
+        write!(s, "GET /events HTTP/1.1\r\nHost: {}\r\n\r\n", on.http).unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        String::from_utf8_lossy(&head).into_owned()
+    })
+    .await
+    .unwrap();
+    assert_eq!(head, "HTTP/1.1 200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_off_lists_no_workflows_but_runs_a_known_name() {
+    let s = InProcess::start(nexus::Nexus::builder().enable_discovery(false)).await;
+    for path in ["/workflows", "/workflows/count", "/openapi.json"] {
+        assert_not_served(s.http, path).await;
+    }
+    let (status, body) = s.execute("count").await;
+    assert_eq!(
+        (status, &body["outputs"]["count"]["count"]),
+        (200, &json!(0))
+    );
+    let (status, body) = s.execute("nope").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(!message.contains("count"), "names no workflow: {message}");
+
+    let client = s.mcp_client().await;
+    assert_eq!(
+        client.list_all_tools().await.unwrap().len(),
+        0,
+        "tools/list is empty"
+    );
+    let instructions = client
+        .peer_info()
+        .and_then(|i| i.instructions.clone())
+        .unwrap_or_default();
+    assert!(
+        instructions.contains("does not list its tools"),
+        "{instructions}"
+    );
+    let r = call(&client, "count", &json!({})).await.unwrap();
+    assert_eq!(result_json(&r)["outputs"]["count"]["count"], 0);
+    match call(&client, "nope", &json!({})).await {
+        Err(ServiceError::McpError(e)) => {
+            assert_eq!(e.code, RpcCode::INVALID_PARAMS);
+            assert!(!e.message.contains("count"), "names no tool: {}", e.message);
+        }
+        other => panic!("an unknown tool is a protocol error: {other:?}"),
+    }
+    client.cancel().await.unwrap();
+
+    // The CLI is the operator's: it still runs (and lists) the workflows.
+    assert_eq!(
+        s.app.run_from(["app", "run", "count", "--json"]).await,
+        std::process::ExitCode::SUCCESS
+    );
+
+    // On (the default) the same application lists them.
+    let on = InProcess::start(nexus::Nexus::builder()).await;
+    let list = get(on.http, "/workflows").await.json();
+    assert_eq!(list["workflows"][0]["name"], "count");
+    let client = on.mcp_client().await;
+    assert_eq!(client.list_all_tools().await.unwrap().len(), 1);
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_transport_off_serves_mcp_alone() {
+    let db = probe_db().await;
+    let (api_port, mcp_port) = (free_port(), free_port());
+    let mut app = nexus::Nexus::builder()
+        .api_port(api_port)
+        .mcp_port(mcp_port)
+        .enable_http_transport(false)
+        .build(db.clone())
+        .unwrap();
+    app.register("count", probe_workflow(&db)).unwrap();
+    let app = std::sync::Arc::new(app);
+    let server = tokio::spawn({
+        let app = app.clone();
+        async move { app.serve().await }
+    });
+    let mcp: SocketAddr = format!("127.0.0.1:{mcp_port}").parse().unwrap();
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(mcp).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "MCP did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", api_port))
+            .await
+            .is_err(),
+        "nothing listens on the API port"
+    );
+    let client = mcp_client_at(mcp).await;
+    let r = call(&client, "count", &json!({})).await.unwrap();
+    assert_eq!(result_json(&r)["outputs"]["count"]["count"], 0);
+    client.cancel().await.unwrap();
+
+    // Serving the HTTP API by hand is refused, not silently done.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = app.serve_http_on(listener).await.unwrap_err();
+    assert_eq!(e.code(), "config", "{e}");
+    assert!(e.message().contains("enable_http_transport(false)"), "{e}");
+    assert_eq!(app.serve_http().await.unwrap_err().code(), "config");
+    // The CLI still runs workflows in the process.
+    assert_eq!(
+        app.run_from(["app", "run", "count", "--json"]).await,
+        std::process::ExitCode::SUCCESS
+    );
+
+    app.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("serve returns after shutdown")
+        .unwrap()
+        .unwrap();
+}
+
+/// `run` returns the exit code instead of exiting the process.
+#[tokio::test]
+async fn run_returns_the_exit_code() {
+    let db = probe_db().await;
+    let mut app = nexus::Nexus::builder().build(db.clone()).unwrap();
+    app.register("count", probe_workflow(&db)).unwrap();
+    use std::process::ExitCode;
+    for (args, code) in [
+        (&["app", "run", "count", "--json"][..], ExitCode::SUCCESS),
+        (&["app", "workflows"][..], ExitCode::SUCCESS),
+        (&["app", "--bogus"][..], ExitCode::from(2)),
+        (&["app", "run", "nope", "--json"][..], ExitCode::from(4)),
+        (
+            &["app", "run", "count", "--inputs", "[1]"][..],
+            ExitCode::from(3),
+        ),
+    ] {
+        assert_eq!(app.run_from(args.iter().copied()).await, code, "{args:?}");
+    }
+    // A server that cannot start: its error's exit code (config, 8).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let app = nexus::Nexus::builder()
+        .api_port(taken.local_addr().unwrap().port())
+        .mcp_port(free_port())
+        .build(db)
+        .unwrap();
+    assert_eq!(app.run_from(["app", "serve"]).await, ExitCode::from(8));
 }

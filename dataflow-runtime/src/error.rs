@@ -100,6 +100,25 @@ impl ErrorCode {
             ErrorCode::Database | ErrorCode::Internal => 1,
         }
     }
+
+    /// The HTTP status a server answers with for this error. With
+    /// [`exit_code`](Self::exit_code) this is the one table every channel
+    /// maps codes through: a caller's mistake is a 4xx, never a 500, and an
+    /// error is never a 2xx. Exhaustive, so a new code must pick its status.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::Validation | ErrorCode::ConfirmationRequired => 422,
+            ErrorCode::NotFound | ErrorCode::UnknownNode => 404,
+            ErrorCode::UniqueViolation
+            | ErrorCode::FkViolation
+            | ErrorCode::NotAllowed
+            | ErrorCode::MigrationBlocked => 409,
+            ErrorCode::Connection => 503,
+            ErrorCode::Timeout => 504,
+            ErrorCode::Config | ErrorCode::NotSupported => 501,
+            ErrorCode::Database | ErrorCode::Internal => 500,
+        }
+    }
 }
 
 /// Codes compare with their names, so `assert_eq!(err.code(), "not_found")` reads well.

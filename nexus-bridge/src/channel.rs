@@ -1,5 +1,5 @@
 //! What every channel shares: running a registered workflow, the output
-//! shape, and the one mapping from error codes to HTTP statuses.
+//! shape, and how each channel reports an error.
 
 use crate::Registered;
 use dataflow::{DataFlow, Error, ErrorCode, Result};
@@ -9,12 +9,26 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// What the channels of one application share: the database, the
-/// registered workflows, and the event stream and metrics.
+/// registered workflows, what is published, and the event stream and metrics.
 #[derive(Clone)]
 pub(crate) struct Shared {
-    pub db: DataFlow,
-    pub workflows: Arc<BTreeMap<String, Registered>>,
-    pub hub: Arc<Hub>,
+    pub(crate) db: DataFlow,
+    pub(crate) workflows: Arc<BTreeMap<String, Registered>>,
+    pub(crate) surface: Surface,
+    pub(crate) hub: Arc<Hub>,
+}
+
+/// What the servers publish besides running workflows (the builder's
+/// `enable_monitoring`, `enable_sse_transport` and `enable_discovery`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Surface {
+    /// `GET /metrics`, and recording the metrics at all.
+    pub(crate) metrics: bool,
+    /// `GET /events`.
+    pub(crate) events: bool,
+    /// Listing the workflows: `GET /workflows[/{name}]`, `/openapi.json`,
+    /// MCP `tools/list`, and the names in an unknown-workflow error.
+    pub(crate) discovery: bool,
 }
 
 /// The largest inputs accepted, on every channel: an HTTP request body, a
@@ -29,50 +43,77 @@ pub(crate) fn too_large(what: &str) -> Error {
     )
 }
 
-/// The error for a workflow name nobody registered.
-pub(crate) fn unknown_workflow(workflows: &BTreeMap<String, Registered>, name: &str) -> Error {
-    let known: Vec<&str> = workflows.keys().map(String::as_str).collect();
-    Error::new(
-        ErrorCode::NotFound,
-        format!(
-            "no workflow named `{name}`; registered: {}",
-            known.join(", ")
-        ),
-    )
-}
-
-/// The HTTP status of each error code: a user's mistake is never a 500,
-/// and an error is never a 200.
-pub fn http_status(code: ErrorCode) -> u16 {
-    match code {
-        ErrorCode::Validation | ErrorCode::ConfirmationRequired => 422,
-        ErrorCode::NotFound | ErrorCode::UnknownNode => 404,
-        ErrorCode::UniqueViolation
-        | ErrorCode::FkViolation
-        | ErrorCode::NotAllowed
-        | ErrorCode::MigrationBlocked => 409,
-        ErrorCode::Timeout => 504,
-        ErrorCode::Connection => 503,
-        ErrorCode::Config | ErrorCode::NotSupported => 501,
-        ErrorCode::Database | ErrorCode::Internal => 500,
-        _ => 500,
+impl Shared {
+    /// The error for a workflow name nobody registered: it lists the
+    /// registered names unless discovery is off.
+    pub(crate) fn unknown_workflow(&self, name: &str) -> Error {
+        let message = if self.surface.discovery {
+            let known: Vec<&str> = self.workflows.keys().map(String::as_str).collect();
+            format!(
+                "no workflow named `{name}`; registered: {}",
+                known.join(", ")
+            )
+        } else {
+            format!("no workflow named `{name}`")
+        };
+        Error::new(ErrorCode::NotFound, message)
     }
 }
 
-/// `{"error": {"code", "message", "node", "field", "model"}}`.
+/// `{"error": {"code", "message", "node", "field", "model"}}`: the error
+/// object every channel answers with (HTTP body, CLI `--json`, MCP content).
 pub fn error_body(e: &Error) -> Value {
     json!({"error": e.to_json()})
 }
 
+// How each channel reports an error, in one place. The code's HTTP status and
+// exit code come from one table, `ErrorCode::http_status` / `exit_code`.
+
+/// An HTTP error response: the code's status and [`error_body`].
+pub(crate) fn http_error(e: &Error) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let status = axum::http::StatusCode::from_u16(e.kind().http_status())
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(error_body(e))).into_response()
+}
+
+/// Prints an error the CLI way (`error[code]: message` on stderr, or with
+/// `--json` the [`error_body`] on stdout) and returns its exit code.
+pub(crate) fn cli_error(e: &Error, json: bool) -> u8 {
+    if json {
+        println!("{}", error_body(e));
+    } else {
+        eprintln!("error[{}]: {}", e.code(), e.message());
+    }
+    e.kind().exit_code()
+}
+
+/// A failed MCP `tools/call`: a tool error (`isError: true`) whose content is
+/// the [`error_body`]; when no such tool exists, an invalid-params protocol
+/// error (-32602) whose `data` is that body.
+pub(crate) fn mcp_error(
+    e: &Error,
+    tool_exists: bool,
+) -> std::result::Result<rmcp::model::CallToolResult, rmcp::ErrorData> {
+    if tool_exists {
+        Ok(rmcp::model::CallToolResult::structured_error(error_body(e)))
+    } else {
+        Err(rmcp::ErrorData::invalid_params(
+            e.to_string(),
+            Some(error_body(e)),
+        ))
+    }
+}
+
 /// Shared by the channels of one process: the event stream and the metrics.
 pub(crate) struct Hub {
-    pub events: tokio::sync::broadcast::Sender<String>,
+    pub(crate) events: tokio::sync::broadcast::Sender<String>,
     /// Runs started with `"mode": "async"`, by run id (newest kept; in memory
     /// until durability lands).
-    pub runs: std::sync::Mutex<std::collections::BTreeMap<String, Value>>,
+    runs: std::sync::Mutex<std::collections::BTreeMap<String, Value>>,
     /// Cancelled when the servers shut down: ends long-lived streams (SSE,
     /// MCP sessions) so graceful shutdown does not wait on them.
-    pub shutdown: tokio_util::sync::CancellationToken,
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
     registry: prometheus::Registry,
     requests: prometheus::IntCounterVec,
     latency: prometheus::HistogramVec,
@@ -81,7 +122,7 @@ pub(crate) struct Hub {
 }
 
 impl Hub {
-    pub fn new() -> Hub {
+    pub(crate) fn new() -> Hub {
         use prometheus::{histogram_opts, opts, HistogramVec, IntCounterVec, IntGaugeVec};
         let registry = prometheus::Registry::new();
         let requests = IntCounterVec::new(
@@ -137,7 +178,7 @@ impl Hub {
     }
 
     /// The Prometheus text exposition, with the pool's current state.
-    pub fn metrics_text(&self, db: &DataFlow) -> String {
+    pub(crate) fn metrics_text(&self, db: &DataFlow) -> String {
         let dataflow::PoolState {
             connections: all,
             idle,
@@ -156,7 +197,7 @@ pub(crate) const KEPT_RUNS: usize = 10_000;
 
 impl Hub {
     /// Records an async run's status, forgetting the oldest beyond [`KEPT_RUNS`].
-    pub fn set_run(&self, run_id: &str, status: Value) {
+    pub(crate) fn set_run(&self, run_id: &str, status: Value) {
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
         runs.insert(run_id.to_string(), status);
         while runs.len() > KEPT_RUNS {
@@ -164,7 +205,8 @@ impl Hub {
         }
     }
 
-    pub fn run(&self, run_id: &str) -> Option<Value> {
+    /// An async run's last recorded status.
+    pub(crate) fn run(&self, run_id: &str) -> Option<Value> {
         self.runs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -176,8 +218,9 @@ impl Hub {
 impl Shared {
     /// Runs `name` with `inputs`, the one path every channel takes:
     /// `{"outputs": {node: output}, "run_id", "execution_time"}`. The run's
-    /// events are published and its metrics recorded under `channel`.
-    pub async fn execute(
+    /// events are published and its metrics recorded under `channel`
+    /// (unless monitoring is off: then none are recorded).
+    pub(crate) async fn execute(
         &self,
         name: &str,
         inputs: Value,
@@ -187,17 +230,18 @@ impl Shared {
         let started = Instant::now();
         let registered = self.workflows.get(name);
         let result = match registered {
-            None => Err(unknown_workflow(&self.workflows, name)),
+            None => Err(self.unknown_workflow(name)),
             Some(w) => {
-                let (h, wf) = (self.hub.clone(), name.to_string());
+                let (h, wf, metrics) = (self.hub.clone(), name.to_string(), self.surface.metrics);
                 let observer: dataflow::Observer = Arc::new(move |e: &dataflow::RunEvent| {
-                    if let dataflow::RunEvent::NodeFinished {
-                        node, duration_ms, ..
-                    } = e
-                    {
-                        h.nodes
+                    match e {
+                        dataflow::RunEvent::NodeFinished {
+                            node, duration_ms, ..
+                        } if metrics => h
+                            .nodes
                             .with_label_values(&[wf.as_str(), node.as_str()])
-                            .observe(duration_ms / 1e3);
+                            .observe(duration_ms / 1e3),
+                        _ => {}
                     }
                     // Events are for whoever listens now; with nobody listening
                     // none are built.
@@ -223,6 +267,9 @@ impl Shared {
                 .map_err(dataflow::RunError::into_error)
             }
         };
+        if !self.surface.metrics {
+            return result;
+        }
         let code = match &result {
             Ok(_) => "ok",
             Err(e) => e.code().as_str(),
@@ -242,5 +289,87 @@ impl Shared {
             .with_label_values(&[label, channel])
             .observe(started.elapsed().as_secs_f64());
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's error table: every code's HTTP status and CLI exit code.
+    const TABLE: [(&str, u16, u8); 14] = [
+        ("validation", 422, 3),
+        ("not_found", 404, 4),
+        ("unique_violation", 409, 5),
+        ("fk_violation", 409, 5),
+        ("confirmation_required", 422, 3),
+        ("connection", 503, 7),
+        ("config", 501, 8),
+        ("unknown_node", 404, 4),
+        ("not_allowed", 409, 5),
+        ("not_supported", 501, 8),
+        ("database", 500, 1),
+        ("timeout", 504, 7),
+        ("migration_blocked", 409, 6),
+        ("internal", 500, 1),
+    ];
+
+    #[test]
+    fn every_code_has_one_status_and_exit_code() {
+        let mapped: Vec<(&str, u16, u8)> = ErrorCode::ALL
+            .into_iter()
+            .map(|c| (c.as_str(), c.http_status(), c.exit_code()))
+            .collect();
+        assert_eq!(mapped, TABLE);
+        for (code, status, exit) in TABLE {
+            assert!(
+                (400..600).contains(&status),
+                "{code}: an error is never a 2xx"
+            );
+            assert!(exit != 0 && exit != 2, "{code}: 0 is success, 2 is usage");
+        }
+    }
+
+    #[test]
+    fn a_callers_mistake_is_never_a_server_error() {
+        for code in [
+            ErrorCode::Validation,
+            ErrorCode::NotFound,
+            ErrorCode::UniqueViolation,
+            ErrorCode::FkViolation,
+            ErrorCode::ConfirmationRequired,
+            ErrorCode::UnknownNode,
+            ErrorCode::NotAllowed,
+            ErrorCode::MigrationBlocked,
+        ] {
+            assert!((400..500).contains(&code.http_status()), "{code}");
+        }
+    }
+
+    #[test]
+    fn mcp_errors_carry_the_error_body() {
+        for code in ErrorCode::ALL {
+            let e = Error::new(code, "m").with_field("f");
+            let tool = mcp_error(&e, true).expect("a failed run is a tool error");
+            assert_eq!(tool.is_error, Some(true), "{code}");
+            assert_eq!(tool.structured_content, Some(error_body(&e)), "{code}");
+            let protocol = mcp_error(&e, false).expect_err("no such tool: a protocol error");
+            assert_eq!(protocol.code, rmcp::model::ErrorCode::INVALID_PARAMS);
+            assert_eq!(protocol.data, Some(error_body(&e)), "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn http_errors_answer_the_codes_status_with_the_error_body() {
+        for code in ErrorCode::ALL {
+            let e = Error::new(code, "m");
+            let r = http_error(&e);
+            assert_eq!(r.status().as_u16(), code.http_status(), "{code}");
+            let body = axum::body::to_bytes(r.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body, error_body(&e), "{code}");
+        }
     }
 }

@@ -1,17 +1,25 @@
 //! The command line: the registered workflows as subcommands with typed
 //! flags derived from their input schemas.
 
-use crate::channel::{too_large, unknown_workflow, MAX_INPUT_BYTES};
+use crate::channel::{cli_error, too_large, MAX_INPUT_BYTES};
 use crate::{Nexus, Registered};
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use dataflow::{Error, ErrorCode};
 use serde_json::{Map, Value};
+use std::ffi::OsString;
 
+/// What the command line asked for.
 pub(crate) enum Outcome {
+    /// `serve` (the default): the HTTP API and MCP over HTTP.
     Serve,
+    /// `mcp`: MCP over stdin/stdout.
     McpStdio,
-    Exit(i32),
+    /// A command that ran (or a usage error): the process exit code.
+    Exit(u8),
 }
+
+/// The exit code of a usage error; `--help` and `--version` exit 0.
+const USAGE: u8 = 2;
 
 fn json_type(schema: &Value) -> &str {
     let t = match schema.get("type") {
@@ -45,7 +53,7 @@ fn run_command(workflows: &[&Registered]) -> Command {
         .allow_external_subcommands(true);
     for w in workflows {
         let schema = w.workflow.input_schema();
-        let required: Vec<&str> = dataflow::json_schema::required(&schema).collect();
+        let required: Vec<&str> = dataflow::json_schema::required(schema).collect();
         let mut sub = Command::new(w.name.clone())
             .about(w.description.clone())
             .arg(
@@ -248,13 +256,14 @@ async fn remote(url: &str, name: &str, inputs: Value) -> Result<Value, Error> {
         }))
 }
 
-pub(crate) async fn dispatch(app: &Nexus, args: Vec<String>) -> Outcome {
+/// Parses `args` (the first is the program name) and runs the command.
+pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
     let workflows: Vec<&Registered> = app.workflows().collect();
     let matches = match root(&workflows).try_get_matches_from(&args) {
         Ok(m) => m,
         Err(e) => {
             let _ = e.print();
-            return Outcome::Exit(if e.use_stderr() { 2 } else { 0 });
+            return Outcome::Exit(if e.use_stderr() { USAGE } else { 0 });
         }
     };
     match matches.subcommand() {
@@ -275,15 +284,15 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<String>) -> Outcome {
         }
         Some(("run", m)) => {
             let Some((name, sub)) = m.subcommand() else {
-                return Outcome::Exit(2);
+                return Outcome::Exit(USAGE);
             };
             let Some(w) = workflows.iter().find(|w| w.name == name) else {
                 let json_out = sub
-                    .get_many::<std::ffi::OsString>("")
+                    .get_many::<OsString>("")
                     .into_iter()
                     .flatten()
                     .any(|a| a == "--json");
-                return fail(&unknown_workflow(&app.shared.workflows, name), json_out);
+                return fail(&app.shared.unknown_workflow(name), json_out);
             };
             let json_out = sub.get_flag("json");
             let result = match (inputs(w, sub), sub.get_one::<String>("url")) {
@@ -307,20 +316,21 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<String>) -> Outcome {
             }
         }
         Some((cmd @ ("models" | "migrate"), m)) => {
-            let mut argv = vec![args[0].clone(), cmd.to_string()];
-            argv.extend(m.get_many::<String>("rest").into_iter().flatten().cloned());
-            Outcome::Exit(dataflow::cli::run_from(app.db(), argv).await)
+            let mut argv = vec![args[0].clone(), cmd.into()];
+            argv.extend(
+                m.get_many::<String>("rest")
+                    .into_iter()
+                    .flatten()
+                    .map(OsString::from),
+            );
+            let code = dataflow::cli::run_from(app.db(), argv).await;
+            Outcome::Exit(u8::try_from(code).unwrap_or(1))
         }
-        Some(_) => Outcome::Exit(2),
+        Some(_) => Outcome::Exit(USAGE),
     }
 }
 
-/// Prints an error the CLI way and picks its exit code.
+/// Prints an error the CLI way and exits with its code.
 fn fail(e: &Error, json_out: bool) -> Outcome {
-    if json_out {
-        println!("{}", crate::error_body(e));
-    } else {
-        eprintln!("error[{}]: {}", e.code(), e.message());
-    }
-    Outcome::Exit(i32::from(e.kind().exit_code()))
+    Outcome::Exit(cli_error(e, json_out))
 }

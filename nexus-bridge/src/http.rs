@@ -1,10 +1,11 @@
-//! The HTTP API (axum).
+//! The HTTP API (axum). Routes the options turn off are not routed: they
+//! answer 404 `not_found` like any unknown path.
 
-use crate::channel::{error_body, http_status, too_large, unknown_workflow, Shared};
+use crate::channel::{error_body, http_error, too_large, Shared};
 use crate::Registered;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -14,18 +15,35 @@ use serde_json::{json, Map, Value};
 type AppState = Shared;
 
 pub(crate) fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/workflows", get(list))
-        .route("/workflows/{name}", get(describe))
+    let surface = state.surface;
+    let mut api = Router::new()
         .route("/workflows/{name}/execute", post(run))
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/ready", get(ready))
-        .route("/openapi.json", get(openapi))
-        .route("/metrics", get(metrics))
         .route("/runs/{id}", get(run_status))
-        .route("/events", get(events))
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/ready", get(ready));
+    if surface.discovery {
+        api = api
+            .route("/workflows", get(list))
+            .route("/workflows/{name}", get(describe))
+            .route("/openapi.json", get(openapi));
+    }
+    if surface.metrics {
+        api = api.route("/metrics", get(metrics));
+    }
+    if surface.events {
+        api = api.route("/events", get(events));
+    }
+    api.fallback(no_route)
         .layer(DefaultBodyLimit::max(crate::channel::MAX_INPUT_BYTES))
         .with_state(state)
+}
+
+/// Any path not routed, including the ones the options turn off.
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError(Error::new(
+        ErrorCode::NotFound,
+        format!("no route {method} {}", uri.path()),
+    ))
 }
 
 /// An error as a response: its status from the one mapping, its JSON body.
@@ -33,9 +51,7 @@ struct ApiError(Error);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(http_status(self.0.kind()))
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(error_body(&self.0))).into_response()
+        http_error(&self.0)
     }
 }
 
@@ -53,7 +69,7 @@ async fn describe(
             v["workflow"] = w.workflow.to_json();
             Ok(Json(v))
         }
-        None => Err(ApiError(unknown_workflow(&s.workflows, &name))),
+        None => Err(ApiError(s.unknown_workflow(&name))),
     }
 }
 
@@ -119,7 +135,7 @@ async fn run(
 /// `"mode": "async"`: 202 with the run id at once; `GET /runs/{id}` reports it.
 fn start_async(s: AppState, name: String, inputs: Value) -> Result<Response, ApiError> {
     if !s.workflows.contains_key(&name) {
-        return Err(ApiError(unknown_workflow(&s.workflows, &name)));
+        return Err(ApiError(s.unknown_workflow(&name)));
     }
     let run_id = dataflow::new_run_id();
     s.hub.set_run(

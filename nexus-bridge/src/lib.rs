@@ -5,28 +5,40 @@
 //! # async fn f(db: dataflow::DataFlow, workflow: dataflow::Workflow) -> Result<(), dataflow::Error> {
 //! let mut app = nexus::Nexus::builder().api_port(8000).build(db)?;
 //! app.register("create_user", workflow)?;
-//! app.run().await   // `serve` (default), `run <workflow> --input ...`, `workflows`, `mcp`
-//! # }
+//! // `serve` (default), `run <workflow> --input ...`, `workflows`, `mcp`;
+//! // the exit code is the caller's to use (`main` returns it).
+//! let code: std::process::ExitCode = app.run().await;
+//! # Ok(()) }
 //! ```
+//!
+//! Each error code has one HTTP status, one CLI exit code and one MCP shape:
+//! [`ErrorCode::http_status`], [`ErrorCode::exit_code`], and a tool error
+//! carrying [`error_body`].
 
 mod channel;
 mod cli;
 mod http;
 pub mod mcp;
 
-pub use channel::{error_body, http_status, MAX_INPUT_BYTES};
+pub use channel::{error_body, MAX_INPUT_BYTES};
 pub use dataflow;
 
 use dataflow::{DataFlow, Error, ErrorCode, Result, Workflow};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 /// A workflow as every channel publishes it.
 #[derive(Clone, Debug)]
 pub struct Registered {
+    /// The name it was registered under: the HTTP path segment, the CLI
+    /// subcommand and the MCP tool name.
     pub name: String,
+    /// What every channel shows (the registration's, else the workflow's own).
     pub description: String,
+    /// The workflow that runs.
     pub workflow: Workflow,
 }
 
@@ -37,7 +49,9 @@ impl Registered {
     }
 }
 
-/// Builder options keep the names users of the Python framework know.
+/// The options of a [`Nexus`]; they keep the names users of the Python
+/// framework know. Nothing is silently ignored: an option whose feature is
+/// not built yet fails [`build`](Self::build) with `not_supported`.
 #[derive(Debug, Clone)]
 pub struct NexusBuilder {
     api_port: u16,
@@ -74,8 +88,8 @@ impl Default for NexusBuilder {
 }
 
 macro_rules! setters {
-    ($($name:ident: $ty:ty),*) => {$(
-        #[doc = concat!("Sets `", stringify!($name), "`.")]
+    ($($(#[$doc:meta])* $name:ident: $ty:ty;)*) => {$(
+        $(#[$doc])*
         pub fn $name(mut self, v: $ty) -> Self {
             self.$name = v;
             self
@@ -84,8 +98,39 @@ macro_rules! setters {
 }
 
 impl NexusBuilder {
-    setters!(api_port: u16, mcp_port: u16, auto_discovery: bool, enable_monitoring: bool, enable_http_transport: bool,
-        enable_sse_transport: bool, enable_discovery: bool, enable_auth: bool, enable_durability: bool, enable_sessions: bool);
+    setters! {
+        /// The HTTP API's port (default 8000).
+        api_port: u16;
+        /// The port of MCP over streamable HTTP, at `/mcp` (default 3001).
+        mcp_port: u16;
+        /// Only `false` (the default): registration is explicit, never a
+        /// scan of files or code; `true` fails `build` with `not_supported`.
+        auto_discovery: bool;
+        /// Whether `GET /metrics` is served (default on). Off, no metrics are
+        /// recorded and `/metrics` answers 404.
+        enable_monitoring: bool;
+        /// Whether [`serve`](Nexus::serve) starts the HTTP API on `api_port`
+        /// (default on). Off, `serve` serves MCP alone, the CLI and MCP over
+        /// stdio work as before, and [`serve_http`](Nexus::serve_http) /
+        /// [`serve_http_on`](Nexus::serve_http_on) refuse with `config`.
+        enable_http_transport: bool;
+        /// Whether `GET /events` (server-sent run events) is served (default
+        /// on). Off, `/events` answers 404.
+        enable_sse_transport: bool;
+        /// Whether clients can enumerate the workflows (default on). Off,
+        /// `GET /workflows`, `GET /workflows/{name}` and `/openapi.json`
+        /// answer 404, MCP `tools/list` is empty, and an unknown-workflow
+        /// error names no others; a caller who knows a name still runs it on
+        /// every channel. The CLI is the operator's and still lists them.
+        enable_discovery: bool;
+        /// Only `false` (the default): auth and RBAC are not built yet.
+        enable_auth: bool;
+        /// Only `false` (the default): idempotency keys and the run journal
+        /// are not built yet.
+        enable_durability: bool;
+        /// Only `false` (the default): sessions are not built yet.
+        enable_sessions: bool;
+    }
 
     /// The interface to listen on (default `127.0.0.1`).
     pub fn host(mut self, host: impl Into<String>) -> Self {
@@ -93,7 +138,8 @@ impl NexusBuilder {
         self
     }
 
-    /// Requests per second per caller.
+    /// Requests per second per caller: not built yet, so setting it fails
+    /// `build` with `not_supported`.
     pub fn rate_limit(mut self, per_second: u32) -> Self {
         self.rate_limit = Some(per_second);
         self
@@ -129,11 +175,17 @@ impl NexusBuilder {
                 ),
             ));
         }
+        let surface = channel::Surface {
+            metrics: self.enable_monitoring,
+            events: self.enable_sse_transport,
+            discovery: self.enable_discovery,
+        };
         Ok(Nexus {
             options: self,
             shared: channel::Shared {
                 db,
                 workflows: Arc::new(BTreeMap::new()),
+                surface,
                 hub: Arc::new(channel::Hub::new()),
             },
         })
@@ -147,10 +199,12 @@ pub struct Nexus {
 }
 
 impl Nexus {
+    /// The options, each at its default.
     pub fn builder() -> NexusBuilder {
         NexusBuilder::default()
     }
 
+    /// The database the workflows run on.
     pub fn db(&self) -> &DataFlow {
         &self.shared.db
     }
@@ -206,11 +260,14 @@ impl Nexus {
         Ok(())
     }
 
+    /// The registered workflows, in name order.
     pub fn workflows(&self) -> impl Iterator<Item = &Registered> {
         self.shared.workflows.values()
     }
 
-    /// The HTTP API as an axum router (what `serve` listens with).
+    /// The HTTP API as an axum router (what `serve` listens with), with the
+    /// routes the options turn on, to mount in a server of your own
+    /// (`enable_http_transport` only decides what nexus listens on itself).
     pub fn router(&self) -> axum::Router {
         http::router(self.shared.clone())
     }
@@ -221,22 +278,29 @@ impl Nexus {
         mcp::McpServer::new(self.shared.clone())
     }
 
-    /// Serves the HTTP API on `api_port` and MCP (streamable HTTP, at
-    /// `/mcp`) on `mcp_port` until Ctrl-C / SIGTERM; in-flight requests finish.
+    /// Serves the HTTP API on `api_port` (unless
+    /// [`enable_http_transport(false)`](NexusBuilder::enable_http_transport))
+    /// and MCP (streamable HTTP, at `/mcp`) on `mcp_port` until Ctrl-C /
+    /// SIGTERM or [`shutdown`](Self::shutdown); in-flight requests finish.
+    /// MCP has no off switch, so there is always something to serve.
     pub async fn serve(&self) -> Result<()> {
-        let http = self.serve_http();
-        let mcp = self.serve_mcp();
-        tokio::try_join!(http, mcp).map(drop)
+        if self.options.enable_http_transport {
+            tokio::try_join!(self.serve_http(), self.serve_mcp()).map(drop)
+        } else {
+            self.serve_mcp().await
+        }
     }
 
     /// The HTTP API alone, on `api_port`.
     pub async fn serve_http(&self) -> Result<()> {
+        self.http_enabled()?;
         let listener = self.listen(self.options.api_port, "HTTP API", "").await?;
         self.serve_http_on(listener).await
     }
 
     /// The HTTP API on a listener of the caller's (e.g. bound to port 0).
     pub async fn serve_http_on(&self, listener: tokio::net::TcpListener) -> Result<()> {
+        self.http_enabled()?;
         axum::serve(listener, self.router())
             .with_graceful_shutdown(until_shutdown(self.shared.hub.shutdown.clone()))
             .await
@@ -275,6 +339,17 @@ impl Nexus {
         mcp::serve_stdio(self.mcp_server()).await
     }
 
+    /// Refuses to serve HTTP when the options say not to.
+    fn http_enabled(&self) -> Result<()> {
+        if self.options.enable_http_transport {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorCode::Config,
+            "the HTTP API is off (enable_http_transport(false)); serve MCP with `serve_mcp` or drop the option",
+        ))
+    }
+
     /// Binds `host:port` and says where `what` is served.
     async fn listen(&self, port: u16, what: &str, path: &str) -> Result<tokio::net::TcpListener> {
         let addr = format!("{}:{port}", self.options.host);
@@ -286,16 +361,30 @@ impl Nexus {
         Ok(listener)
     }
 
-    /// Parses the process arguments and runs: `serve` (default),
-    /// `workflows`, `run <workflow> --<input> <value>...`, `models` and
-    /// `migrate ...` (the dataflow CLI). Exits the process with the
-    /// command's exit code when it is not `serve`.
-    pub async fn run(&self) -> Result<()> {
-        let args: Vec<String> = std::env::args().collect();
-        match cli::dispatch(self, args).await {
+    /// Parses the process arguments and runs: `serve` (default), `mcp`
+    /// (stdio), `workflows`, `run <workflow> --<input> <value>...`, `models`
+    /// and `migrate ...` (the dataflow CLI). Returns the exit code for `main`
+    /// to return: 0 on success, 2 for a usage error, else the error code's
+    /// [`exit_code`](ErrorCode::exit_code) (a server that cannot start
+    /// prints `error[code]: message` first, e.g. `config`, 8, for a port in use).
+    pub async fn run(&self) -> ExitCode {
+        self.run_from(std::env::args_os()).await
+    }
+
+    /// [`run`](Self::run) with explicit arguments (the first is the program name).
+    pub async fn run_from<I, T>(&self, args: I) -> ExitCode
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let served = match cli::dispatch(self, args.into_iter().map(Into::into).collect()).await {
             cli::Outcome::Serve => self.serve().await,
             cli::Outcome::McpStdio => self.serve_mcp_stdio().await,
-            cli::Outcome::Exit(code) => std::process::exit(code),
+            cli::Outcome::Exit(code) => return ExitCode::from(code),
+        };
+        match served {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => print_error(&e),
         }
     }
 
@@ -304,6 +393,13 @@ impl Nexus {
     pub async fn execute(&self, name: &str, inputs: Value) -> Result<Value> {
         self.shared.execute(name, inputs, "direct", None).await
     }
+}
+
+/// Prints `error[code]: message` to stderr, the way every nexus command
+/// reports an error, and returns the code's exit code: for a `main` that
+/// fails before [`Nexus::run`] (booting the database, registering).
+pub fn print_error(e: &Error) -> ExitCode {
+    ExitCode::from(channel::cli_error(e, false))
 }
 
 /// Waits for Ctrl-C / SIGTERM or `token`, then cancels `token`: every

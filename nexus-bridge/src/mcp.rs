@@ -10,14 +10,19 @@
 //! `{"error": {"code", "message", ...}}`; an unknown tool is a protocol error
 //! (`-32602` invalid params) whose `data` is that body with code `not_found`.
 //!
-//! Arguments over [`MAX_INPUT_BYTES`](crate::MAX_INPUT_BYTES) are refused
+//! Arguments over [`MAX_INPUT_BYTES`] are refused
 //! with `validation`, as on HTTP and the CLI.
+//!
+//! With [`enable_discovery(false)`](crate::NexusBuilder::enable_discovery)
+//! `tools/list` is empty (the server's instructions say so) and an unknown
+//! tool's error names no others; a client that knows a tool's name still
+//! calls it.
 //!
 //! Two transports: stdio ([`serve_stdio`]) and streamable HTTP at `/mcp`
 //! ([`serve_http`], or [`router`] to mount it in an axum app). Get the
 //! server of an application with [`Nexus::mcp_server`](crate::Nexus::mcp_server).
 
-use crate::channel::{error_body, too_large, Shared, MAX_INPUT_BYTES};
+use crate::channel::{mcp_error, too_large, Shared, MAX_INPUT_BYTES};
 use crate::Registered;
 use dataflow::{Error, ErrorCode, Result};
 use rmcp::model::{
@@ -68,9 +73,19 @@ impl McpServer {
         )
     }
 
-    /// Every tool, in name order.
+    /// Every tool, in name order: what `tools/list` answers unless
+    /// discovery is off.
     pub fn tools(&self) -> Vec<Tool> {
         self.shared.workflows.values().map(Self::tool).collect()
+    }
+
+    /// What `tools/list` answers: every tool, or none with discovery off.
+    fn listed_tools(&self) -> Vec<Tool> {
+        if self.shared.surface.discovery {
+            self.tools()
+        } else {
+            Vec::new()
+        }
     }
 
     /// A `tools/call`: the HTTP result, a tool error with the HTTP error
@@ -89,23 +104,25 @@ impl McpServer {
         };
         match result {
             Ok(result) => Ok(CallToolResult::structured(result)),
-            Err(e) if !known => Err(ErrorData::invalid_params(
-                e.to_string(),
-                Some(error_body(&e)),
-            )),
-            Err(e) => Ok(CallToolResult::structured_error(error_body(&e))),
+            Err(e) => mcp_error(&e, known),
         }
     }
 }
 
 impl ServerHandler for McpServer {
     fn get_info(&self) -> ServerConfig {
+        let mut instructions = String::from(
+            "Each tool runs one registered dataflow workflow. A result is {\"outputs\": {node: output}, \"run_id\", \
+             \"execution_time\"}; a failure is a tool error {\"error\": {\"code\", \"message\", ...}}.",
+        );
+        if !self.shared.surface.discovery {
+            instructions.push_str(
+                " This server does not list its tools: call a tool by the name its operator gave you.",
+            );
+        }
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("nexus", env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "Each tool runs one registered dataflow workflow. A result is {\"outputs\": {node: output}, \"run_id\", \
-                 \"execution_time\"}; a failure is a tool error {\"error\": {\"code\", \"message\", ...}}.",
-            )
+            .with_instructions(instructions)
     }
 
     async fn list_tools(
@@ -113,7 +130,7 @@ impl ServerHandler for McpServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> std::result::Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(self.tools()))
+        Ok(ListToolsResult::with_all_items(self.listed_tools()))
     }
 
     async fn call_tool(

@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod postgres;
+pub mod programs;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
