@@ -284,6 +284,7 @@ pub(crate) fn entry<C: Conn>(conn: &mut C, version: &str) -> Result<HistoryEntry
 pub(crate) struct NewMigration<'a> {
     pub version: &'a str,
     pub name: &'a str,
+    /// `application_id`.
     pub app: &'a str,
     pub source: MigrationSource,
     /// Statements joined by `;\n` (see [`joined`]).

@@ -9,47 +9,64 @@ use crate::sql::Dialect;
 use crate::value::Cell;
 use std::collections::BTreeMap;
 
+/// A column as the database has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveColumn {
+    /// The column name.
     pub name: String,
     /// Normalized, lower-case type: `text`, `integer`, `varchar(20)`, `timestamptz`, ...
     pub ty: String,
+    /// Whether it accepts NULL.
     pub nullable: bool,
     /// The default expression, normalized (`1`, `'draft'`, `true`).
     pub default: Option<String>,
+    /// It is the (single-column) primary key.
     pub primary_key: bool,
     /// A single-column unique constraint or unique index covers it.
     pub unique: bool,
 }
 
+/// An index that is not the primary key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveIndex {
+    /// The index name.
     pub name: String,
+    /// The indexed columns, in order.
     pub columns: Vec<String>,
+    /// A unique index.
     pub unique: bool,
 }
 
+/// A single-column foreign key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveForeignKey {
+    /// The referencing column.
     pub column: String,
+    /// The referenced table.
     pub target_table: String,
+    /// The referenced column.
     pub target_column: String,
     /// `CASCADE`, `RESTRICT`, `SET NULL`, `NO ACTION`.
     pub on_delete: String,
 }
 
+/// A table as the database has it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LiveTable {
+    /// The table name.
     pub name: String,
+    /// Its columns, in table order.
     pub columns: Vec<LiveColumn>,
     /// Non-unique and unique indexes that are not the primary key.
     pub indexes: Vec<LiveIndex>,
+    /// Its foreign keys.
     pub foreign_keys: Vec<LiveForeignKey>,
     /// SQLite's original `CREATE TABLE` text (used to rebuild it back).
     pub create_sql: Option<String>,
 }
 
 impl LiveTable {
+    /// The column named `name`.
     pub fn column(&self, name: &str) -> Option<&LiveColumn> {
         self.columns.iter().find(|c| c.name == name)
     }

@@ -4,6 +4,11 @@
 //! query. Only when something differs does it take the migration lock,
 //! introspect, plan, assess risk and apply — safe and low-risk operations
 //! automatically, anything riskier only with an explicit, reasoned approval.
+//!
+//! Applications and the CLI use [`DataFlow::migrations`](crate::DataFlow::migrations);
+//! this module holds the types it returns.
+
+#![warn(missing_docs)]
 
 mod ddl;
 mod history;

@@ -215,35 +215,58 @@ pub struct RuleHit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OpKind {
+    /// A model without a table.
     CreateTable,
+    /// A field without a column.
     AddColumn,
+    /// A column without a field.
     DropColumn,
+    /// `#[field(renamed_from = "old")]`.
     RenameColumn,
+    /// A field whose type changed (PostgreSQL).
     AlterColumnType,
+    /// A field that became required (PostgreSQL).
     SetNotNull,
+    /// A field that became optional (PostgreSQL).
     DropNotNull,
+    /// A changed default (PostgreSQL).
     SetDefault,
+    /// `#[field(index)]` or a foreign key without its index.
     AddIndex,
+    /// An index the model no longer asks for.
     DropIndex,
+    /// `#[field(unique)]` without a unique index.
     AddUnique,
+    /// A unique index the model no longer asks for.
     DropUnique,
+    /// A reference without its foreign key (PostgreSQL).
     AddForeignKey,
+    /// A foreign key the model no longer has (PostgreSQL).
     DropForeignKey,
     /// SQLite: recreate the table to change what `ALTER TABLE` cannot.
     RebuildTable,
 }
 
+/// One planned change, with the SQL that makes and undoes it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Operation {
+    /// The model it serves.
     pub model: String,
+    /// The model's table.
     pub table: String,
+    /// What it does.
     pub kind: OpKind,
+    /// The column it changes, if it is about one.
     pub column: Option<String>,
     /// One line for people: "add column users.nickname TEXT NULL".
     pub summary: String,
+    /// The statements that make the change.
     pub up: Vec<String>,
+    /// The statements that undo it, in order.
     pub down: Vec<String>,
+    /// The highest level of its rules (at least `low` for some kinds).
     pub risk: RiskLevel,
+    /// Why it is riskier than `safe`.
     pub rules: Vec<RuleHit>,
     /// Running `down` destroys data that `up` created or kept.
     pub down_loses_data: bool,
@@ -292,22 +315,30 @@ impl Operation {
 /// Something in the database that neither the models nor the registry explain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Drift {
+    /// The table it is in.
     pub table: String,
+    /// The unexplained column.
     pub column: Option<String>,
+    /// What was found, for people.
     pub message: String,
 }
 
+/// What it takes to bring the database to the compiled models.
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct MigrationPlan {
+    /// The changes, in the order they run.
     pub operations: Vec<Operation>,
+    /// What the database has that nothing explains (reported, never dropped silently).
     pub drift: Vec<Drift>,
 }
 
 impl MigrationPlan {
+    /// Nothing to do (drift aside).
     pub fn is_empty(&self) -> bool {
         self.operations.is_empty()
     }
 
+    /// The highest risk of its operations (`safe` when empty).
     pub fn risk(&self) -> RiskLevel {
         self.operations
             .iter()
@@ -482,135 +513,144 @@ impl<'a> TablePlanner<'a> {
         known: &dyn Fn(&str) -> Option<Vec<String>>,
         drift: &mut Vec<Drift>,
     ) -> Vec<Operation> {
+        for f in self.m.fields {
+            match self.t.column(f.column) {
+                None => self.missing_column(f),
+                Some(live) if f.primary_key || live.primary_key => {}
+                Some(live) => self.column(f, live),
+            }
+        }
+        let known_columns = known(self.m.table);
+        for live in &self.t.columns {
+            self.unmodelled_column(live, known_columns.as_deref(), drift);
+        }
+        self.finish()
+    }
+
+    /// A field without a live column: renamed, or added.
+    fn missing_column(&mut self, f: &FieldSchema) {
         let (d, m, t) = (self.d, self.m, self.t);
         let table = self.table.clone();
-
-        for f in m.fields {
-            let Some(live) = t.column(f.column) else {
-                if let Some(old) = f
-                    .renamed_from
-                    .filter(|old| t.column(old).is_some() && m.field(old).is_none())
-                {
-                    self.renamed_sources.push(old);
-                    self.ops.push(
-                        Operation::new(
-                            m,
-                            OpKind::RenameColumn,
-                            Some(f.column),
-                            format!("rename column {}.{old} to {}", m.table, f.column),
-                            vec![format!(
-                                "ALTER TABLE {table} RENAME COLUMN {} TO {}",
-                                quote(old),
-                                quote(f.column)
-                            )],
-                            vec![format!(
-                                "ALTER TABLE {table} RENAME COLUMN {} TO {}",
-                                quote(f.column),
-                                quote(old)
-                            )],
-                        )
-                        .rule(
-                            Rule::BreakingRename
-                                .hit(format!("{}.{old} becomes {}", m.table, f.column)),
-                        ),
-                    );
-                    continue;
-                }
-                let needs_value = !f.nullable && f.default.is_none();
-                let summary = format!(
-                    "add column {}.{} {}{}",
-                    m.table,
-                    f.column,
-                    ddl::column_type(d, f),
-                    if f.nullable { " NULL" } else { " NOT NULL" }
-                );
-                if needs_value && self.populated() {
-                    self.ops.push(
-                        Operation::new(
-                            m,
-                            OpKind::AddColumn,
-                            Some(f.column),
-                            summary,
-                            vec![format!(
-                                "ALTER TABLE {table} ADD COLUMN {}",
-                                self.add_column_def(f)
-                            )],
-                            vec![format!(
-                                "ALTER TABLE {table} DROP COLUMN {}",
-                                quote(f.column)
-                            )],
-                        )
-                        .rule(
-                            Rule::NotNullWithoutDefault
-                                .hit(format!("{}.{} on a table with rows", m.table, f.column)),
-                        )
-                        .lossy_down(),
-                    );
-                    continue;
-                }
-                if d == Dialect::Sqlite && (needs_value || f.unique) {
-                    // SQLite cannot add NOT NULL-without-default or UNIQUE columns in place.
-                    self.rebuild.push((summary, Vec::new()));
-                    continue;
-                }
-                let mut up = vec![format!(
-                    "ALTER TABLE {table} ADD COLUMN {}",
-                    self.add_column_def(f)
-                )];
-                if f.unique {
-                    up.push(format!(
-                        "CREATE UNIQUE INDEX {} ON {table} ({})",
-                        quote(&ddl::unique_name(m.table, f.column)),
+        if let Some(old) = f
+            .renamed_from
+            .filter(|old| t.column(old).is_some() && m.field(old).is_none())
+        {
+            self.renamed_sources.push(old);
+            self.ops.push(
+                Operation::new(
+                    m,
+                    OpKind::RenameColumn,
+                    Some(f.column),
+                    format!("rename column {}.{old} to {}", m.table, f.column),
+                    vec![format!(
+                        "ALTER TABLE {table} RENAME COLUMN {} TO {}",
+                        quote(old),
                         quote(f.column)
-                    ));
-                }
-                if ddl::expects_index(f) {
-                    up.push(format!(
-                        "CREATE INDEX {} ON {table} ({})",
-                        quote(&ddl::index_name(m.table, f.column)),
-                        quote(f.column)
-                    ));
-                }
-                let mut down = Vec::new();
-                if ddl::expects_index(f) {
-                    down.push(format!(
-                        "DROP INDEX {}",
-                        quote(&ddl::index_name(m.table, f.column))
-                    ));
-                }
-                if f.unique {
-                    down.push(format!(
-                        "DROP INDEX {}",
-                        quote(&ddl::unique_name(m.table, f.column))
-                    ));
-                }
-                down.push(format!(
-                    "ALTER TABLE {table} DROP COLUMN {}",
-                    quote(f.column)
-                ));
-                let op = Operation::new(m, OpKind::AddColumn, Some(f.column), summary, up, down)
-                    .lossy_down();
-                self.ops.push(if needs_value { op.low() } else { op });
-                continue;
-            };
-            if f.primary_key || live.primary_key {
-                continue;
-            }
-            self.column(f, live);
+                    )],
+                    vec![format!(
+                        "ALTER TABLE {table} RENAME COLUMN {} TO {}",
+                        quote(f.column),
+                        quote(old)
+                    )],
+                )
+                .rule(Rule::BreakingRename.hit(format!("{}.{old} becomes {}", m.table, f.column))),
+            );
+            return;
         }
+        let needs_value = !f.nullable && f.default.is_none();
+        let summary = format!(
+            "add column {}.{} {}{}",
+            m.table,
+            f.column,
+            ddl::column_type(d, f),
+            if f.nullable { " NULL" } else { " NOT NULL" }
+        );
+        if needs_value && self.populated() {
+            self.ops.push(
+                Operation::new(
+                    m,
+                    OpKind::AddColumn,
+                    Some(f.column),
+                    summary,
+                    vec![format!(
+                        "ALTER TABLE {table} ADD COLUMN {}",
+                        self.add_column_def(f)
+                    )],
+                    vec![format!(
+                        "ALTER TABLE {table} DROP COLUMN {}",
+                        quote(f.column)
+                    )],
+                )
+                .rule(
+                    Rule::NotNullWithoutDefault
+                        .hit(format!("{}.{} on a table with rows", m.table, f.column)),
+                )
+                .lossy_down(),
+            );
+            return;
+        }
+        if d == Dialect::Sqlite && (needs_value || f.unique) {
+            // SQLite cannot add NOT NULL-without-default or UNIQUE columns in place.
+            self.rebuild.push((summary, Vec::new()));
+            return;
+        }
+        let mut up = vec![format!(
+            "ALTER TABLE {table} ADD COLUMN {}",
+            self.add_column_def(f)
+        )];
+        if f.unique {
+            up.push(format!(
+                "CREATE UNIQUE INDEX {} ON {table} ({})",
+                quote(&ddl::unique_name(m.table, f.column)),
+                quote(f.column)
+            ));
+        }
+        if ddl::expects_index(f) {
+            up.push(format!(
+                "CREATE INDEX {} ON {table} ({})",
+                quote(&ddl::index_name(m.table, f.column)),
+                quote(f.column)
+            ));
+        }
+        let mut down = Vec::new();
+        if ddl::expects_index(f) {
+            down.push(format!(
+                "DROP INDEX {}",
+                quote(&ddl::index_name(m.table, f.column))
+            ));
+        }
+        if f.unique {
+            down.push(format!(
+                "DROP INDEX {}",
+                quote(&ddl::unique_name(m.table, f.column))
+            ));
+        }
+        down.push(format!(
+            "ALTER TABLE {table} DROP COLUMN {}",
+            quote(f.column)
+        ));
+        let op =
+            Operation::new(m, OpKind::AddColumn, Some(f.column), summary, up, down).lossy_down();
+        self.ops.push(if needs_value { op.low() } else { op });
+    }
 
-        let known_columns = known(m.table);
-        for live in &t.columns {
-            if m.fields.iter().any(|f| f.column == live.name)
-                || self.renamed_sources.contains(&live.name.as_str())
-            {
-                continue;
-            }
-            let explained = known_columns
-                .as_ref()
-                .is_some_and(|k| k.contains(&live.name));
-            if !explained {
-                drift.push(Drift {
+    /// A live column no field has: drift unless the registry knew it, and
+    /// dropped (data loss) unless a renamed field took it over.
+    fn unmodelled_column(
+        &mut self,
+        live: &LiveColumn,
+        known_columns: Option<&[String]>,
+        drift: &mut Vec<Drift>,
+    ) {
+        let (d, m, t) = (self.d, self.m, self.t);
+        let table = self.table.clone();
+        if m.fields.iter().any(|f| f.column == live.name)
+            || self.renamed_sources.contains(&live.name.as_str())
+        {
+            return;
+        }
+        if !known_columns.is_some_and(|k| k.contains(&live.name)) {
+            drift.push(Drift {
                 table: m.table.to_string(),
                 column: Some(live.name.clone()),
                 message: format!(
@@ -618,42 +658,46 @@ impl<'a> TablePlanner<'a> {
                     m.table, live.name, m.name
                 ),
             });
-            }
-            let constrained = live.unique
-                || t.foreign_keys.iter().any(|fk| fk.column == live.name)
-                || t.indexes.iter().any(|i| i.columns.contains(&live.name));
-            let summary = format!("drop column {}.{}", m.table, live.name);
-            if d == Dialect::Sqlite && constrained {
-                self.rebuild.push((
-                    summary,
-                    vec![Rule::DataLoss.hit(format!("{}.{}", m.table, live.name))],
-                ));
-                continue;
-            }
-            let mut add_back = format!(
-                "ALTER TABLE {table} ADD COLUMN {} {}",
-                quote(&live.name),
-                live.ty.to_uppercase()
-            );
-            if let Some(def) = &live.default {
-                add_back.push_str(&format!(" DEFAULT {def}"));
-            }
-            self.ops.push(
-                Operation::new(
-                    m,
-                    OpKind::DropColumn,
-                    Some(&live.name),
-                    summary,
-                    vec![format!(
-                        "ALTER TABLE {table} DROP COLUMN {}",
-                        quote(&live.name)
-                    )],
-                    vec![add_back],
-                )
-                .rule(Rule::DataLoss.hit(format!("{}.{}", m.table, live.name))),
-            );
         }
+        let constrained = live.unique
+            || t.foreign_keys.iter().any(|fk| fk.column == live.name)
+            || t.indexes.iter().any(|i| i.columns.contains(&live.name));
+        let summary = format!("drop column {}.{}", m.table, live.name);
+        if d == Dialect::Sqlite && constrained {
+            self.rebuild.push((
+                summary,
+                vec![Rule::DataLoss.hit(format!("{}.{}", m.table, live.name))],
+            ));
+            return;
+        }
+        let mut add_back = format!(
+            "ALTER TABLE {table} ADD COLUMN {} {}",
+            quote(&live.name),
+            live.ty.to_uppercase()
+        );
+        if let Some(def) = &live.default {
+            add_back.push_str(&format!(" DEFAULT {def}"));
+        }
+        self.ops.push(
+            Operation::new(
+                m,
+                OpKind::DropColumn,
+                Some(&live.name),
+                summary,
+                vec![format!(
+                    "ALTER TABLE {table} DROP COLUMN {}",
+                    quote(&live.name)
+                )],
+                vec![add_back],
+            )
+            .rule(Rule::DataLoss.hit(format!("{}.{}", m.table, live.name))),
+        );
+    }
 
+    /// The in-place operations, or, when SQLite cannot do some of them, one
+    /// rebuild instead (renames stay in place).
+    fn finish(mut self) -> Vec<Operation> {
+        let (d, m, t) = (self.d, self.m, self.t);
         if !self.rebuild.is_empty() {
             let mut op = rebuild_table(d, m, t, self.lookup);
             op.summary = format!(
@@ -1081,6 +1125,112 @@ pub(crate) fn creation_order(models: &[&'static ModelSchema]) -> Vec<&'static Mo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::migrate::ddl::tests::{AUTHOR, POST};
+    use crate::migrate::introspect::LiveIndex;
+    use std::str::FromStr;
+
+    /// `posts` as an older version left it: `title` unconstrained text, no
+    /// `body` or `author_id`, no default on `published`, no index on
+    /// `status`, and a `legacy` column nobody knows.
+    fn old_posts(d: Dialect) -> LiveTable {
+        let col = |name: &str, f: Option<&FieldSchema>| LiveColumn {
+            name: name.into(),
+            ty: f.map_or("text".into(), |f| ddl::expected_type(d, f)),
+            nullable: f.is_none_or(|f| f.nullable),
+            default: f.and_then(|f| expected_default(d, f)),
+            primary_key: name == "id",
+            unique: false,
+        };
+        let field = |name: &str| POST.field(name);
+        LiveTable {
+            name: "posts".into(),
+            columns: vec![
+                col("id", field("id")),
+                LiveColumn {
+                    nullable: false,
+                    ..col("title", None)
+                },
+                LiveColumn {
+                    default: None,
+                    ..col("published", field("published"))
+                },
+                col("status", field("status")),
+                col("score", field("score")),
+                col("published_at", field("published_at")),
+                col("legacy", None),
+            ],
+            indexes: vec![LiveIndex {
+                name: "idx_posts_legacy".into(),
+                columns: vec!["legacy".into()],
+                unique: false,
+            }],
+            foreign_keys: Vec::new(),
+            create_sql: Some("CREATE TABLE posts (id TEXT PRIMARY KEY, title TEXT NOT NULL, published INTEGER NOT NULL, status TEXT NOT NULL DEFAULT 'it''s new', score REAL NOT NULL, published_at TEXT NOT NULL, legacy TEXT)".into()),
+        }
+    }
+
+    fn plan_text(d: Dialect) -> String {
+        let mut live = LiveSchema::new();
+        live.insert("posts".into(), old_posts(d));
+        let plan = plan(d, &[&AUTHOR, &POST], &live, &mut |_| true, &|_| None);
+        let mut out = String::new();
+        for op in &plan.operations {
+            let rules: Vec<&str> = op.rules.iter().map(|r| r.rule.as_str()).collect();
+            out.push_str(&format!(
+                "{:?} {} [{}: {}]\n",
+                op.kind,
+                op.summary,
+                op.risk,
+                rules.join(", ")
+            ));
+            for s in &op.up {
+                out.push_str(&format!("  up:   {s}\n"));
+            }
+            for s in &op.down {
+                out.push_str(&format!("  down: {s}\n"));
+            }
+        }
+        for drift in &plan.drift {
+            out.push_str(&format!("drift: {}\n", drift.message));
+        }
+        out
+    }
+
+    #[test]
+    fn changes_to_a_populated_table_on_postgres() {
+        insta::assert_snapshot!(plan_text(Dialect::Postgres));
+    }
+
+    #[test]
+    fn changes_to_a_populated_table_on_sqlite_are_one_rebuild() {
+        insta::assert_snapshot!(plan_text(Dialect::Sqlite));
+    }
+
+    #[test]
+    fn rules_round_trip_by_name() {
+        for r in Rule::ALL {
+            assert_eq!(Rule::from_str(r.as_str()).unwrap(), r);
+            assert!(!r.reason().is_empty());
+            assert!(r.level() > RiskLevel::Low, "{r} needs approval");
+        }
+    }
+
+    #[test]
+    fn an_unknown_rule_name_is_a_validation_error_naming_the_rules() {
+        let e = Rule::from_str("data_los").unwrap_err();
+        assert_eq!(e.kind(), ErrorCode::Validation);
+        assert!(
+            e.message()
+                .starts_with("unknown risk rule `data_los` (did you mean `data_loss`?)"),
+            "{e}"
+        );
+        for r in Rule::ALL {
+            assert!(e.message().contains(r.as_str()), "{e}");
+        }
+        assert!(Rule::from_str("").is_err());
+        assert!("High".parse::<RiskLevel>().is_err());
+        assert_eq!("high".parse::<RiskLevel>().unwrap(), RiskLevel::High);
+    }
 
     #[test]
     fn narrowing_changes_are_recognized() {
