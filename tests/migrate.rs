@@ -334,6 +334,48 @@ async fn risky_changes_stop_boot_until_approved() {
 }
 
 #[tokio::test]
+async fn a_history_from_before_rollback_reasons_gains_their_columns() {
+    async fn drop_new_columns(db: &DataFlow) {
+        let mut conn = db.connection().unwrap();
+        for column in ["rolled_back_at", "rolled_back_by", "rollback_reason"] {
+            conn.batch_execute(&format!(
+                "ALTER TABLE dataflow_migrations DROP COLUMN {column}"
+            ))
+            .unwrap();
+        }
+    }
+    on_each_backend("old_history", |url| async move {
+        let db = boot(&url, schema::<v1::Person>()).await.unwrap();
+        drop_new_columns(&db).await;
+        drop(db);
+        // Migrating adds them back (under the lock) ...
+        let db = boot(&url, schema::<v2::Person>()).await.unwrap();
+        let undone = db
+            .migrations()
+            .rollback(
+                RollbackRequest::steps(1)
+                    .allow_data_loss()
+                    .reason("older history"),
+            )
+            .await
+            .unwrap();
+        let history = db.migrations().history().await.unwrap();
+        assert_eq!(history.last().unwrap().version, undone[0]);
+        assert_eq!(
+            history.last().unwrap().rollback_reason.as_deref(),
+            Some("older history")
+        );
+        // ... and so does reading the history.
+        drop_new_columns(&db).await;
+        let history = db.migrations().history().await.unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[1].status, MigrationStatus::RolledBack);
+        assert_eq!(history[1].rollback_reason, None);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn indexes_uniques_and_defaults_are_planned_and_applied() {
     on_each_backend("indexes", |url| async move {
         let db = boot(&url, schema::<v2::Person>()).await.unwrap();
@@ -520,6 +562,12 @@ async fn embedded_migration_files_run_at_boot_once_and_edits_are_drift() {
             ]
         );
         assert!(history.iter().all(|e| e.status == MigrationStatus::Applied));
+        let file = history
+            .iter()
+            .find(|e| e.source == MigrationSource::File)
+            .unwrap();
+        assert_eq!((file.risk, file.risk_str()), (None, "reviewed"));
+        assert!(file.rules.is_empty());
         let mut conn = db.connection().unwrap();
         conn.batch_execute("INSERT INTO notes (id, body, tag) VALUES ('n1', 'hello', 't')")
             .unwrap();

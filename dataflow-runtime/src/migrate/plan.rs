@@ -69,9 +69,10 @@ impl std::str::FromStr for RiskLevel {
 
 /// A named reason why an operation is riskier than `low`. Operators approve
 /// the rules a plan hits with `--allow <rule>`; the names are persisted in
-/// the history, so they never change.
+/// the history, so they never change; new rules may be added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Rule {
     /// Drops stored data (a column, or a table on rollback).
     DataLoss,
