@@ -22,7 +22,7 @@ pub use introspect::{LiveColumn, LiveForeignKey, LiveIndex, LiveSchema, LiveTabl
 pub use migrator::{ApplyRequest, Migrations, RollbackRequest};
 pub use plan::{plan, Drift, MigrationPlan, OpKind, Operation, RiskLevel, Rule, RuleHit};
 
-use history::{MigrationSource as Source, NewMigration};
+use history::NewMigration;
 use introspect::introspect;
 use lock::with_lock;
 
@@ -362,9 +362,8 @@ pub(crate) fn apply<C: Conn>(
         let missing: Vec<&str> = op
             .rules
             .iter()
-            .filter(|r| r.level > RiskLevel::Low)
+            .filter(|r| r.level > RiskLevel::Low && !o.allow.contains(&r.rule))
             .map(|r| r.rule.as_str())
-            .filter(|r| !o.allow.iter().any(|a| a.as_str() == *r))
             .collect();
         if !missing.is_empty() {
             return Err(Error::new(
@@ -392,7 +391,7 @@ pub(crate) fn apply<C: Conn>(
             version: &history::new_version(),
             name: o.name,
             app: o.app,
-            source: Source::Auto,
+            source: MigrationSource::Auto,
             up_sql: &history::joined(&up),
             down_sql: &history::joined(&down),
             risk: Some(plan.risk()),
