@@ -4,7 +4,9 @@
 
 mod support;
 
-use dataflow::migrate::{MigrationStatus, RiskLevel};
+use dataflow::migrate::{
+    ApplyRequest, MigrationSource, MigrationStatus, RiskLevel, RollbackRequest, Rule,
+};
 use dataflow::{DataFlow, Model, ModelSchema};
 use diesel::connection::SimpleConnection;
 use serde_json::json;
@@ -111,7 +113,7 @@ async fn first_boot_creates_and_later_boots_change_nothing() {
         db.execute("PersonCreateNode", json!({"name": "Ann"}))
             .await
             .unwrap();
-        let history = db.migration_history().await.unwrap();
+        let history = db.migrations().history().await.unwrap();
         assert_eq!(history.len(), 1);
         assert_eq!(history[0].status, MigrationStatus::Applied);
         assert!(
@@ -119,8 +121,8 @@ async fn first_boot_creates_and_later_boots_change_nothing() {
             "{}",
             history[0].up_sql
         );
-        assert_eq!(history[0].risk, "safe");
-        let models = db.registered_models().await.unwrap();
+        assert_eq!(history[0].risk, Some(RiskLevel::Safe));
+        let models = db.migrations().registered().await.unwrap();
         assert_eq!(models.len(), 1);
         assert_eq!(
             (
@@ -137,11 +139,11 @@ async fn first_boot_creates_and_later_boots_change_nothing() {
         for _ in 0..3 {
             let db = boot(&url, schema::<v1::Person>()).await.unwrap();
             assert_eq!(
-                db.migration_history().await.unwrap().len(),
+                db.migrations().history().await.unwrap().len(),
                 1,
                 "unchanged boots apply nothing"
             );
-            assert!(db.migration_plan().await.unwrap().is_empty());
+            assert!(db.migrations().plan().await.unwrap().is_empty());
             assert_eq!(
                 db.execute("PersonCountNode", json!({})).await.unwrap()["count"],
                 1
@@ -175,9 +177,9 @@ async fn a_nullable_field_is_added_at_boot_and_versioned() {
         )
         .await
         .unwrap();
-        let models = db.registered_models().await.unwrap();
+        let models = db.migrations().registered().await.unwrap();
         assert_eq!(models[0].version, 2);
-        let history = db.migration_history().await.unwrap();
+        let history = db.migrations().history().await.unwrap();
         assert_eq!(history.len(), 2);
         let last = &history[1];
         assert_eq!(last.status, MigrationStatus::Applied);
@@ -191,11 +193,11 @@ async fn a_nullable_field_is_added_at_boot_and_versioned() {
             "{}",
             last.down_sql
         );
-        assert_eq!(last.risk, "safe");
+        assert_eq!(last.risk, Some(RiskLevel::Safe));
         assert!(last.duration_ms.is_some());
         assert!(last.applied_at.is_some());
         assert!(
-            db.migration_plan().await.unwrap().is_empty(),
+            db.migrations().plan().await.unwrap().is_empty(),
             "applied plans re-plan to nothing"
         );
     })
@@ -234,7 +236,7 @@ async fn risky_changes_stop_boot_until_approved() {
 
         // Nothing was applied: the old version still works.
         let db = boot(&url, schema::<v2::Person>()).await.unwrap();
-        assert_eq!(db.migration_history().await.unwrap().len(), 1);
+        assert_eq!(db.migrations().history().await.unwrap().len(), 1);
         drop(db);
 
         // The rename, approved with a reason, keeps the data.
@@ -244,23 +246,27 @@ async fn risky_changes_stop_boot_until_approved() {
             .build()
             .await
             .unwrap();
-        let plan = db.migration_plan().await.unwrap();
+        let plan = db.migrations().plan().await.unwrap();
         assert_eq!(plan.risk(), RiskLevel::Medium);
-        assert_eq!(plan.rules(), ["breaking_rename"]);
+        assert_eq!(plan.rules(), [Rule::BreakingRename]);
         let e = db
-            .apply_migrations(vec![], Some("x".into()))
+            .migrations()
+            .apply(ApplyRequest::new().reason("x"))
             .await
             .unwrap_err();
         assert_eq!(e.code().as_str(), "migration_blocked");
         let e = db
-            .apply_migrations(vec!["breaking_rename".into()], None)
+            .migrations()
+            .apply(ApplyRequest::new().allow(Rule::BreakingRename))
             .await
             .unwrap_err();
         assert!(e.message().contains("--reason"), "{e}");
         let applied = db
-            .apply_migrations(
-                vec!["breaking_rename".into()],
-                Some("clients moved to full_name".into()),
+            .migrations()
+            .apply(
+                ApplyRequest::new()
+                    .allow(Rule::BreakingRename)
+                    .reason("clients moved to full_name"),
             )
             .await
             .unwrap()
@@ -269,20 +275,47 @@ async fn risky_changes_stop_boot_until_approved() {
             applied.reason.as_deref(),
             Some("clients moved to full_name")
         );
-        assert_eq!(applied.rules, "breaking_rename");
+        assert_eq!(applied.rules, [Rule::BreakingRename]);
         let rec = db
             .execute("PersonReadNode", json!({"filter": {"full_name": "Ann"}}))
             .await
             .unwrap();
         assert_eq!(rec["nickname"], "A");
-        assert!(db.migration_plan().await.unwrap().is_empty());
+        assert!(db.migrations().plan().await.unwrap().is_empty());
 
         // Rollback undoes it; a data-losing down needs the override.
-        let undone = db.rollback_migrations(None, 1, false).await.unwrap();
+        let undone = db
+            .migrations()
+            .rollback(RollbackRequest::steps(1).reason("clients are not ready"))
+            .await
+            .unwrap();
         assert_eq!(undone, std::slice::from_ref(&applied.version));
-        let history = db.migration_history().await.unwrap();
-        assert_eq!(history.last().unwrap().status, MigrationStatus::RolledBack);
-        let e = db.rollback_migrations(None, 1, false).await.unwrap_err();
+        let history = db.migrations().history().await.unwrap();
+        let undone = history.last().unwrap();
+        assert_eq!(undone.status, MigrationStatus::RolledBack);
+        assert_eq!(
+            undone.rollback_reason.as_deref(),
+            Some("clients are not ready"),
+            "the reason is recorded"
+        );
+        assert!(undone.rolled_back_at.is_some() && undone.rolled_back_by.is_some());
+        assert_eq!(
+            undone.reason.as_deref(),
+            Some("clients moved to full_name"),
+            "the apply reason is kept"
+        );
+        let e = db
+            .migrations()
+            .rollback(RollbackRequest::default().allow_data_loss())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "migration_blocked");
+        assert!(e.message().contains("--reason"), "{e}");
+        let e = db
+            .migrations()
+            .rollback(RollbackRequest::default())
+            .await
+            .unwrap_err();
         assert_eq!(
             e.code(),
             "migration_blocked",
@@ -301,6 +334,48 @@ async fn risky_changes_stop_boot_until_approved() {
 }
 
 #[tokio::test]
+async fn a_history_from_before_rollback_reasons_gains_their_columns() {
+    async fn drop_new_columns(db: &DataFlow) {
+        let mut conn = db.connection().unwrap();
+        for column in ["rolled_back_at", "rolled_back_by", "rollback_reason"] {
+            conn.batch_execute(&format!(
+                "ALTER TABLE dataflow_migrations DROP COLUMN {column}"
+            ))
+            .unwrap();
+        }
+    }
+    on_each_backend("old_history", |url| async move {
+        let db = boot(&url, schema::<v1::Person>()).await.unwrap();
+        drop_new_columns(&db).await;
+        drop(db);
+        // Migrating adds them back (under the lock) ...
+        let db = boot(&url, schema::<v2::Person>()).await.unwrap();
+        let undone = db
+            .migrations()
+            .rollback(
+                RollbackRequest::steps(1)
+                    .allow_data_loss()
+                    .reason("older history"),
+            )
+            .await
+            .unwrap();
+        let history = db.migrations().history().await.unwrap();
+        assert_eq!(history.last().unwrap().version, undone[0]);
+        assert_eq!(
+            history.last().unwrap().rollback_reason.as_deref(),
+            Some("older history")
+        );
+        // ... and so does reading the history.
+        drop_new_columns(&db).await;
+        let history = db.migrations().history().await.unwrap();
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[1].status, MigrationStatus::RolledBack);
+        assert_eq!(history[1].rollback_reason, None);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn indexes_uniques_and_defaults_are_planned_and_applied() {
     on_each_backend("indexes", |url| async move {
         let db = boot(&url, schema::<v2::Person>()).await.unwrap();
@@ -314,16 +389,20 @@ async fn indexes_uniques_and_defaults_are_planned_and_applied() {
             .build()
             .await
             .unwrap();
-        let plan = db.migration_plan().await.unwrap();
+        let plan = db.migrations().plan().await.unwrap();
         let summaries: Vec<&str> = plan.operations.iter().map(|o| o.summary.as_str()).collect();
         assert!(!plan.is_empty());
-        let allow: Vec<String> = plan.rules().iter().map(|r| r.to_string()).collect();
-        db.apply_migrations(allow, Some("index and unique nickname".into()))
+        db.migrations()
+            .apply(
+                ApplyRequest::new()
+                    .allow_all(plan.rules())
+                    .reason("index and unique nickname"),
+            )
             .await
             .unwrap()
             .unwrap();
         assert!(
-            db.migration_plan().await.unwrap().is_empty(),
+            db.migrations().plan().await.unwrap().is_empty(),
             "re-plans to nothing after {summaries:?}"
         );
         let e = db
@@ -351,7 +430,7 @@ async fn hand_made_columns_are_reported_as_drift() {
         conn.batch_execute("ALTER TABLE people ADD COLUMN legacy TEXT")
             .unwrap();
         drop(conn);
-        let plan = db.migration_plan().await.unwrap();
+        let plan = db.migrations().plan().await.unwrap();
         assert_eq!(plan.drift.len(), 1);
         assert_eq!(plan.drift[0].column.as_deref(), Some("legacy"));
         assert!(
@@ -401,7 +480,7 @@ async fn configuration_switches_turn_steps_off() {
                 .code(),
             "database"
         );
-        assert_eq!(db.migration_plan().await.unwrap().operations.len(), 1);
+        assert_eq!(db.migrations().plan().await.unwrap().operations.len(), 1);
         drop(db);
         // Without the registry the schema is still migrated, nothing is persisted.
         let db = DataFlow::builder(&url)
@@ -414,7 +493,7 @@ async fn configuration_switches_turn_steps_off() {
             db.execute("PersonCountNode", json!({})).await.unwrap()["count"],
             0
         );
-        assert!(db.registered_models().await.unwrap().is_empty());
+        assert!(db.migrations().registered().await.unwrap().is_empty());
         drop(db);
         let db = DataFlow::builder(&url)
             .models(&[schema::<v1::Person>()])
@@ -422,10 +501,10 @@ async fn configuration_switches_turn_steps_off() {
             .build()
             .await
             .unwrap();
-        assert!(db.registered_models().await.unwrap().is_empty());
+        assert!(db.migrations().registered().await.unwrap().is_empty());
         drop(db);
         let db = boot(&url, schema::<v1::Person>()).await.unwrap();
-        assert_eq!(db.registered_models().await.unwrap().len(), 1);
+        assert_eq!(db.migrations().registered().await.unwrap().len(), 1);
     })
     .await;
 }
@@ -443,10 +522,10 @@ async fn concurrent_boots_migrate_exactly_once() {
             b.await.unwrap().unwrap();
         }
         let db = boot(&url, schema::<v2::Person>()).await.unwrap();
-        let history = db.migration_history().await.unwrap();
+        let history = db.migrations().history().await.unwrap();
         assert_eq!(history.len(), 1, "{history:?}");
         assert_eq!(history[0].status, MigrationStatus::Applied);
-        assert_eq!(db.registered_models().await.unwrap()[0].version, 1);
+        assert_eq!(db.migrations().registered().await.unwrap()[0].version, 1);
     })
     .await;
 }
@@ -469,10 +548,10 @@ async fn embedded_migration_files_run_at_boot_once_and_edits_are_drift() {
             .build()
             .await
             .unwrap();
-        let history = db.migration_history().await.unwrap();
+        let history = db.migrations().history().await.unwrap();
         let files: Vec<(&str, &str)> = history
             .iter()
-            .filter(|e| e.source == "file")
+            .filter(|e| e.source == MigrationSource::File)
             .map(|e| (e.version.as_str(), e.name.as_str()))
             .collect();
         assert_eq!(
@@ -483,6 +562,12 @@ async fn embedded_migration_files_run_at_boot_once_and_edits_are_drift() {
             ]
         );
         assert!(history.iter().all(|e| e.status == MigrationStatus::Applied));
+        let file = history
+            .iter()
+            .find(|e| e.source == MigrationSource::File)
+            .unwrap();
+        assert_eq!((file.risk, file.risk_str()), (None, "reviewed"));
+        assert!(file.rules.is_empty());
         let mut conn = db.connection().unwrap();
         conn.batch_execute("INSERT INTO notes (id, body, tag) VALUES ('n1', 'hello', 't')")
             .unwrap();
@@ -494,7 +579,7 @@ async fn embedded_migration_files_run_at_boot_once_and_edits_are_drift() {
             .build()
             .await
             .unwrap();
-        assert_eq!(db.migration_history().await.unwrap().len(), 3);
+        assert_eq!(db.migrations().history().await.unwrap().len(), 3);
         drop(db);
         // A file edited after it was applied stops boot.
         static EDITED: &[dataflow::migrate::EmbeddedMigration] =
@@ -585,6 +670,20 @@ fn migrate_cli_plans_applies_stages_and_rolls_back() {
         let o = run(
             "v2",
             &[
+                "migrate", "apply", "--allow", "data_los", "--reason", "typo",
+            ],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(3), "an unknown rule: {err}");
+        assert!(
+            err.contains("unknown risk rule `data_los` (did you mean `data_loss`?)")
+                && err.contains("table_rewrite, narrowing_type_change"),
+            "names the known rules: {err}"
+        );
+
+        let o = run(
+            "v2",
+            &[
                 "migrate",
                 "apply",
                 "--allow",
@@ -638,6 +737,16 @@ fn migrate_cli_plans_applies_stages_and_rolls_back() {
         let o = run("v2", &["migrate", "status", "--json"]);
         let status: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(status["history"][1]["status"], "rolled_back");
+        assert_eq!(status["history"][1]["rollback_reason"], "undo");
+        assert_eq!(status["history"][1]["risk"], "destructive");
+        assert_eq!(status["history"][1]["rules"], "data_loss");
+        assert_eq!(status["history"][1]["source"], "auto");
+        let text = stdout(&run("v2", &["migrate", "status"]));
+        assert!(
+            text.lines()
+                .any(|l| l.contains(" rolled back at ") && l.ends_with(": undo")),
+            "{text}"
+        );
         assert_eq!(status["pending"]["operations"].as_array().unwrap().len(), 2);
 
         let dir = std::env::temp_dir().join(format!("dataflow-gen-{}", std::process::id()));
@@ -728,7 +837,7 @@ fn four_processes_booting_at_once_migrate_exactly_once() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             let db = boot(&url, schema::<v2::Person>()).await.unwrap();
-            let history = db.migration_history().await.unwrap();
+            let history = db.migrations().history().await.unwrap();
             assert_eq!(history.len(), 1, "{url}: {history:?}");
             assert_eq!(history[0].status, MigrationStatus::Applied);
         });
@@ -823,7 +932,7 @@ fn a_migration_killed_halfway_is_failed_and_retried() {
             .build()
             .await
             .unwrap();
-        let history = db.migration_history().await.unwrap();
+        let history = db.migrations().history().await.unwrap();
         let slow = history
             .iter()
             .find(|e| e.version == "20260301000000")
@@ -888,7 +997,7 @@ async fn staging_at_boot_trials_the_plan_first() {
             db.execute("PersonCountNode", json!({})).await.unwrap()["count"],
             1
         );
-        assert_eq!(db.migration_history().await.unwrap().len(), 2);
+        assert_eq!(db.migrations().history().await.unwrap().len(), 2);
     })
     .await;
 }
@@ -998,12 +1107,16 @@ async fn converge(url: &str, m: &'static ModelSchema, seed: u64) {
         .build()
         .await
         .unwrap_or_else(|e| panic!("seed {seed}: boot: {e}"));
-    let plan = db.migration_plan().await.unwrap();
-    let allow: Vec<String> = plan.rules().iter().map(|r| r.to_string()).collect();
-    db.apply_migrations(allow, Some("property test".into()))
+    let plan = db.migrations().plan().await.unwrap();
+    db.migrations()
+        .apply(
+            ApplyRequest::new()
+                .allow_all(plan.rules())
+                .reason("property test"),
+        )
         .await
         .unwrap_or_else(|e| panic!("seed {seed}: apply {:#?}: {e}", plan.operations));
-    let again = db.migration_plan().await.unwrap();
+    let again = db.migrations().plan().await.unwrap();
     assert!(
         again.is_empty(),
         "seed {seed}: after applying\n{:#?}\nthe plan is still\n{:#?}",

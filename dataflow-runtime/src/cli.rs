@@ -13,7 +13,9 @@
 //! from [`ErrorCode::exit_code`](crate::ErrorCode::exit_code).
 
 use crate::error::{Error, Result};
-use crate::migrate::{HistoryEntry, MigrationPlan, RiskLevel};
+use crate::migrate::{
+    ApplyRequest, HistoryEntry, MigrationPlan, MigrationStatus, RiskLevel, RollbackRequest, Rule,
+};
 use crate::DataFlow;
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -126,7 +128,7 @@ pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
     };
     match &cli.command {
         Command::Models => {
-            let models = db.registered_models().await?;
+            let models = db.migrations().registered().await?;
             if json_out {
                 return Ok(render(serde_json::to_value(&models).unwrap_or_default()));
             }
@@ -149,11 +151,11 @@ pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
         }
         Command::Migrate { command } => match command {
             MigrateCommand::Status => {
-                let history = db.migration_history().await?;
+                let history = db.migrations().history().await?;
                 let plan = if db.models().is_empty() {
                     None
                 } else {
-                    Some(db.migration_plan().await?)
+                    Some(db.migrations().plan().await?)
                 };
                 if json_out {
                     return Ok(render(json!({"history": history, "pending": plan})));
@@ -172,7 +174,7 @@ pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
             }
             MigrateCommand::Plan => {
                 needs_models(db)?;
-                let plan = db.migration_plan().await?;
+                let plan = db.migrations().plan().await?;
                 if json_out {
                     return Ok(render(serde_json::to_value(&plan).unwrap_or_default()));
                 }
@@ -184,15 +186,19 @@ pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
                 staging,
             } => {
                 needs_models(db)?;
+                let request = ApplyRequest {
+                    allow: rules(allow)?,
+                    reason: reason.clone(),
+                };
                 let mut out = String::new();
                 if *staging {
-                    let report = db.stage_migrations().await?;
+                    let report = db.migrations().stage().await?;
                     out.push_str(&format!("staging passed in {}:\n", report.sandbox));
                     for s in &report.steps {
                         out.push_str(&format!("  - {s}\n"));
                     }
                 }
-                match db.apply_migrations(allow.clone(), reason.clone()).await? {
+                match db.migrations().apply(request).await? {
                     None => out.push_str("Nothing to apply: the database matches the models.\n"),
                     Some(entry) if json_out => {
                         return Ok(render(serde_json::to_value(&entry).unwrap_or_default()))
@@ -201,7 +207,7 @@ pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
                         "Applied {} ({}, risk {}) in {} ms.\n",
                         entry.version,
                         entry.name,
-                        entry.risk,
+                        entry.risk_str(),
                         entry.duration_ms.unwrap_or_default()
                     )),
                 }
@@ -213,16 +219,13 @@ pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
                 allow,
                 reason,
             } => {
-                let data_loss = allow.iter().any(|a| a == "data_loss");
-                if data_loss && reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
-                    return Err(Error::new(
-                        crate::ErrorCode::MigrationBlocked,
-                        "--allow data_loss needs --reason \"...\"",
-                    ));
-                }
-                let undone = db
-                    .rollback_migrations(to.clone(), *steps, data_loss)
-                    .await?;
+                let request = RollbackRequest {
+                    to: to.clone(),
+                    steps: *steps,
+                    allow_data_loss: rules(allow)?.contains(&Rule::DataLoss),
+                    reason: reason.clone(),
+                };
+                let undone = db.migrations().rollback(request).await?;
                 if json_out {
                     return Ok(render(json!({"rolled_back": undone})));
                 }
@@ -230,7 +233,7 @@ pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
             }
             MigrateCommand::Generate { name, dir } => {
                 needs_models(db)?;
-                let plan = db.migration_plan().await?;
+                let plan = db.migrations().plan().await?;
                 if plan.is_empty() {
                     return Ok("Nothing to generate: the database matches the models.\n".into());
                 }
@@ -246,11 +249,16 @@ pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
                 ))
             }
             MigrateCommand::Unlock => {
-                let n = db.force_unlock().await?;
+                let n = db.migrations().unlock().await?;
                 Ok(format!("Removed {n} lock row(s).\n"))
             }
         },
     }
+}
+
+/// `--allow` values as rules; an unknown name is a validation error.
+fn rules(allow: &[String]) -> Result<Vec<Rule>> {
+    allow.iter().map(|a| a.parse()).collect()
 }
 
 /// Planning compares compiled models with the database, so it needs them.
@@ -322,16 +330,16 @@ fn history_table(history: &[HistoryEntry]) -> String {
             vec![
                 e.version.clone(),
                 e.name.clone(),
-                e.source.clone(),
+                e.source.to_string(),
                 e.status.as_str().to_string(),
-                e.risk.clone(),
+                e.risk_str().to_string(),
                 e.applied_at.clone().unwrap_or_default(),
                 e.duration_ms.map(|d| format!("{d} ms")).unwrap_or_default(),
                 e.applied_by.clone(),
             ]
         })
         .collect();
-    table(
+    let mut out = table(
         &[
             "version",
             "name",
@@ -343,7 +351,25 @@ fn history_table(history: &[HistoryEntry]) -> String {
             "by",
         ],
         &rows,
-    )
+    );
+    let rolled_back: Vec<&HistoryEntry> = history
+        .iter()
+        .filter(|e| e.status == MigrationStatus::RolledBack)
+        .collect();
+    if !rolled_back.is_empty() {
+        out.push('\n');
+    }
+    for e in rolled_back {
+        // Rolled back before reasons were recorded: the columns are empty.
+        out.push_str(&format!(
+            "{} rolled back at {} by {}: {}\n",
+            e.version,
+            e.rolled_back_at.as_deref().unwrap_or("?"),
+            e.rolled_back_by.as_deref().unwrap_or("?"),
+            e.rollback_reason.as_deref().unwrap_or("no reason given")
+        ));
+    }
+    out
 }
 
 /// A plain-text table with aligned columns.

@@ -3,9 +3,7 @@
 use crate::backend::{AnyConnection, Conn, ConnMut, Manager, Pool, Target};
 use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
-use crate::migrate::{
-    self, BootPolicy, EmbeddedMigration, HistoryEntry, MigrationPlan, RegisteredModel,
-};
+use crate::migrate::{self, BootPolicy, EmbeddedMigration, Migrations};
 use crate::node::NodeContext;
 use crate::nodes::{self, Op};
 use crate::registry::{NodeRef, Registry};
@@ -19,12 +17,13 @@ use std::sync::{Arc, Mutex};
 /// (a `&mut AnyConnection` or a [`ConnMut`]).
 macro_rules! on_conn {
     ($conn:expr, $c:ident => $body:expr) => {
-        match ConnMut::from($conn) {
-            ConnMut::Sqlite($c) => $body,
-            ConnMut::Postgresql($c) => $body,
+        match $crate::backend::ConnMut::from($conn) {
+            $crate::backend::ConnMut::Sqlite($c) => $body,
+            $crate::backend::ConnMut::Postgresql($c) => $body,
         }
     };
 }
+pub(crate) use on_conn;
 
 /// A cheap, cloneable handle to a booted database.
 #[derive(Clone)]
@@ -338,7 +337,7 @@ impl DataFlow {
     }
 
     /// Runs `f` on a pooled connection on the blocking pool.
-    async fn blocking<T: Send + 'static>(
+    pub(crate) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&DataFlow, &mut AnyConnection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -351,98 +350,26 @@ impl DataFlow {
         .map_err(|e| Error::internal(format!("task failed: {e}")))?
     }
 
-    /// The models and versions the persisted registry holds (no compiled
-    /// models needed).
-    pub async fn registered_models(&self) -> Result<Vec<RegisteredModel>> {
-        self.blocking(
-            |db, conn| on_conn!(conn, c => migrate::registered(c, &db.inner.config.application_id)),
-        )
-        .await
+    /// The database this handle was booted on.
+    pub(crate) fn target(&self) -> &Target {
+        &self.inner.target
     }
 
-    /// What it would take to bring the database to the compiled models.
-    pub async fn migration_plan(&self) -> Result<MigrationPlan> {
-        self.blocking(|db, conn| {
-            on_conn!(conn, c => migrate::plan_for(c, &db.inner.registry.models(), &db.inner.config.application_id))
-        })
-        .await
-    }
-
-    /// The migration history, oldest first.
-    pub async fn migration_history(&self) -> Result<Vec<HistoryEntry>> {
-        self.blocking(|_, conn| on_conn!(conn, c => migrate::history(c)))
-            .await
-    }
-
-    /// Plans and applies under the migration lock. Operations above low risk
-    /// need each rule they hit in `allow` and a `reason` (both recorded).
-    /// Returns `None` when there was nothing to do.
-    pub async fn apply_migrations(
-        &self,
-        allow: Vec<String>,
-        reason: Option<String>,
-    ) -> Result<Option<HistoryEntry>> {
-        self.blocking(move |db, conn| {
-            let cfg = &db.inner.config;
-            on_conn!(conn, c => {
-                migrate::with_lock(c, &db.inner.target, cfg.connect_timeout(), "migrate apply", |c| {
-                    let plan = migrate::plan_for(c, &db.inner.registry.models(), &cfg.application_id)?;
-                    if plan.is_empty() {
-                        return Ok(None);
-                    }
-                    let options = migrate::ApplyOptions {
-                        app: &cfg.application_id,
-                        applied_by: &applied_by(),
-                        allow: &allow,
-                        reason: reason.as_deref(),
-                        name: "manual",
-                        record_registry: cfg.uses_registry(),
-                    };
-                    migrate::apply(c, &db.inner.registry.models(), &plan, options).map(Some)
-                })
-            })
-        })
-        .await
-    }
-
-    /// Undoes applied migrations, newest first: the last `steps`, or all
-    /// after version `to`. Downs that drop data need `allow_data_loss`.
-    pub async fn rollback_migrations(
-        &self,
-        to: Option<String>,
-        steps: usize,
-        allow_data_loss: bool,
-    ) -> Result<Vec<String>> {
-        self.blocking(move |db, conn| {
-            on_conn!(conn, c => migrate::with_lock(c, &db.inner.target, db.inner.config.connect_timeout(), "migrate rollback", |c| {
-                migrate::rollback(c, to.as_deref(), steps, allow_data_loss)
-            }))
-        })
-        .await
-    }
-
-    /// `migrate apply --staging`: tries the current plan where it can be
-    /// thrown away and verifies it and its down SQL.
-    pub async fn stage_migrations(&self) -> Result<migrate::StagingReport> {
-        self.blocking(|db, conn| {
-            let app = &db.inner.config.application_id;
-            on_conn!(conn, c => {
-                let plan = migrate::plan_for(c, &db.inner.registry.models(), app)?;
-                migrate::stage(c, &db.inner.target, &db.inner.registry.models(), &plan, app)
-            })
-        })
-        .await
-    }
-
-    /// Removes a migration lock row left by a crashed process.
-    pub async fn force_unlock(&self) -> Result<usize> {
-        self.blocking(|_, conn| {
-            on_conn!(conn, c => {
-                migrate::ensure_internal_tables(c)?;
-                migrate::force_unlock(c)
-            })
-        })
-        .await
+    /// Plan, apply, stage, roll back and inspect schema migrations.
+    ///
+    /// ```no_run
+    /// # async fn f(db: dataflow::DataFlow) -> dataflow::Result<()> {
+    /// use dataflow::migrate::{ApplyRequest, Rule};
+    /// let plan = db.migrations().plan().await?;
+    /// if !plan.is_empty() {
+    ///     let req = ApplyRequest::new().allow_all(plan.rules()).reason("reviewed in PR 42");
+    ///     db.migrations().apply(req).await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn migrations(&self) -> Migrations<'_> {
+        Migrations::new(self)
     }
 
     /// Opens a database for tools that work from the persisted registry
@@ -491,15 +418,6 @@ impl DataFlow {
     }
 }
 
-/// Who applies migrations, for the history.
-fn applied_by() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
-    format!("{user}@{host} (pid {})", std::process::id())
-}
-
 fn boot(
     config: Config,
     target: Target,
@@ -514,7 +432,7 @@ fn boot(
             registry: config.uses_registry(),
             auto_apply: config.auto_migrate.unwrap_or(true),
             staging: config.staging.unwrap_or(false),
-            applied_by: applied_by(),
+            applied_by: migrate::applied_by(),
             embedded,
         };
         // Nothing changed ⇒ this one query is the whole schema step.

@@ -1,7 +1,7 @@
 //! The migration history and the registry tables: what was applied, when,
 //! by whom, how risky, and which model versions it produced.
 
-use super::{cell_text, exec, query, text, BootPolicy, MigrationPlan};
+use super::{cell_text, exec, opt_text, query, text, BootPolicy, RiskLevel, Rule};
 use crate::backend::Conn;
 use crate::error::{Error, ErrorCode, Result};
 use crate::schema::ModelSchema;
@@ -11,16 +11,22 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+/// Where a migration is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MigrationStatus {
+    /// Started and not finished; under the lock, a process that died mid-apply.
     Pending,
+    /// Committed.
     Applied,
+    /// Its transaction was rolled back; `error` says why.
     Failed,
+    /// Undone by `migrate rollback`.
     RolledBack,
 }
 
 impl MigrationStatus {
+    /// The status as persisted and printed: `pending`, `applied`, ...
     pub fn as_str(self) -> &'static str {
         match self {
             MigrationStatus::Pending => "pending",
@@ -40,108 +46,259 @@ impl MigrationStatus {
     }
 }
 
+/// Where a migration's SQL came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationSource {
+    /// Planned from the compiled models.
+    Auto,
+    /// A reviewed migration file (`embed_migrations!`).
+    File,
+}
+
+impl MigrationSource {
+    /// The source as persisted and printed: `auto` or `file`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationSource::Auto => "auto",
+            MigrationSource::File => "file",
+        }
+    }
+
+    fn parse(s: &str) -> Result<MigrationSource> {
+        match s {
+            "auto" => Ok(MigrationSource::Auto),
+            "file" => Ok(MigrationSource::File),
+            other => Err(Error::internal(format!(
+                "dataflow_migrations holds an unknown source `{other}`"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for MigrationSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the history shows the risk of a reviewed file, which the planner
+/// did not assess.
+const REVIEWED: &str = "reviewed";
+
 /// One row of the migration history.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HistoryEntry {
+    /// Sortable: `YYYYmmddHHMMSSmmm` for planned migrations, the directory
+    /// prefix for files.
     pub version: String,
+    /// `auto`, `manual`, or the file's name.
     pub name: String,
-    /// `auto` (planned from the models) or `file` (a reviewed migration file).
-    pub source: String,
+    /// Planned from the models, or a reviewed file.
+    pub source: MigrationSource,
+    /// Of the up SQL; an applied file whose checksum changed is drift.
     pub checksum: String,
+    /// The statements that were run, each ending in `;\n`.
     pub up_sql: String,
+    /// The statements that undo them, newest first.
     pub down_sql: String,
-    pub risk: String,
-    pub rules: String,
+    /// The plan's risk; `None` for a reviewed file (shown as `reviewed`).
+    #[serde(serialize_with = "risk_text")]
+    pub risk: Option<RiskLevel>,
+    /// The rules the plan hit (shown comma-separated).
+    #[serde(serialize_with = "rules_text")]
+    pub rules: Vec<Rule>,
+    /// Why it was approved (required above low risk).
     pub reason: Option<String>,
+    /// Where it is in its life.
     pub status: MigrationStatus,
+    /// When it started.
     pub started_at: String,
+    /// When it committed.
     pub applied_at: Option<String>,
+    /// `user@host (pid n)` of the process that applied it.
     pub applied_by: String,
+    /// How long the apply took.
     pub duration_ms: Option<i64>,
+    /// Why it failed (kept when a retry succeeds).
     pub error: Option<String>,
+    /// Running its down SQL destroys data.
     pub down_loses_data: bool,
+    /// When `migrate rollback` undid it.
+    pub rolled_back_at: Option<String>,
+    /// Who undid it.
+    pub rolled_back_by: Option<String>,
+    /// Why it was undone (`migrate rollback --reason`).
+    pub rollback_reason: Option<String>,
+}
+
+impl HistoryEntry {
+    /// The risk as persisted and printed: a level, or `reviewed`.
+    pub fn risk_str(&self) -> &'static str {
+        self.risk.map_or(REVIEWED, RiskLevel::as_str)
+    }
+}
+
+fn risk_text<S: serde::Serializer>(
+    risk: &Option<RiskLevel>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(risk.map_or(REVIEWED, RiskLevel::as_str))
+}
+
+fn rules_text<S: serde::Serializer>(rules: &[Rule], s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&join_rules(rules))
+}
+
+fn join_rules(rules: &[Rule]) -> String {
+    rules
+        .iter()
+        .map(|r| r.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A model as the registry knows it, readable without the user's binary.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RegisteredModel {
+    /// The model's name.
     pub name: String,
+    /// Starts at 1; every changed checksum is a new version.
     pub version: i64,
+    /// Of the compiled schema.
     pub checksum: String,
+    /// The table it lives in.
     pub table: String,
+    /// When this application first booted with the model.
     pub first_seen: String,
+    /// When it last booted with a changed model, or migrated.
     pub last_seen: String,
+    /// The compiled schema as JSON.
     pub schema: serde_json::Value,
 }
 
-const COLUMNS: &str = "version, name, source, checksum, up_sql, down_sql, risk, rules, reason, status, started_at, applied_at, applied_by, duration_ms, error, down_loses_data";
+const COLUMNS: &str = "version, name, source, checksum, up_sql, down_sql, risk, rules, reason, status, started_at, applied_at, applied_by, duration_ms, error, down_loses_data, rolled_back_at, rolled_back_by, rollback_reason";
 
-fn opt(c: &Cell) -> Option<String> {
-    match c {
-        Cell::Null => None,
-        c => Some(cell_text(c)),
+/// Columns added to `dataflow_migrations` after its first release, with
+/// their types: [`upgrade`] adds them to tables created before.
+pub(crate) const ADDED_COLUMNS: &[(&str, &str)] = &[
+    ("rolled_back_at", "TEXT"),
+    ("rolled_back_by", "TEXT"),
+    ("rollback_reason", "TEXT"),
+];
+
+/// Adds [`ADDED_COLUMNS`] that an existing `dataflow_migrations` lacks.
+pub(crate) fn upgrade<C: Conn>(conn: &mut C) -> Result<()> {
+    let sql = match C::DIALECT {
+        Dialect::Sqlite => "SELECT name FROM pragma_table_info('dataflow_migrations')",
+        Dialect::Postgres => "SELECT column_name::text FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = 'dataflow_migrations'",
+    };
+    let have: Vec<String> = query(conn, sql, vec![])?
+        .iter()
+        .map(|r| cell_text(&r[0]))
+        .collect();
+    for (name, ty) in ADDED_COLUMNS {
+        if !have.iter().any(|h| h == name) {
+            exec(
+                conn,
+                &format!("ALTER TABLE dataflow_migrations ADD COLUMN {name} {ty}"),
+                vec![],
+            )?;
+        }
     }
+    Ok(())
 }
 
-fn to_entry(r: &[Cell]) -> HistoryEntry {
-    HistoryEntry {
+fn to_entry(r: &[Cell]) -> Result<HistoryEntry> {
+    let risk = match cell_text(&r[6]).as_str() {
+        REVIEWED => None,
+        level => Some(level.parse::<RiskLevel>()?),
+    };
+    let rules = cell_text(&r[7])
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::parse)
+        .collect::<Result<Vec<Rule>>>()?;
+    Ok(HistoryEntry {
         version: cell_text(&r[0]),
         name: cell_text(&r[1]),
-        source: cell_text(&r[2]),
+        source: MigrationSource::parse(&cell_text(&r[2]))?,
         checksum: cell_text(&r[3]),
         up_sql: cell_text(&r[4]),
         down_sql: cell_text(&r[5]),
-        risk: cell_text(&r[6]),
-        rules: cell_text(&r[7]),
-        reason: opt(&r[8]),
+        risk,
+        rules,
+        reason: opt_text(&r[8]),
         status: MigrationStatus::parse(&cell_text(&r[9])),
         started_at: cell_text(&r[10]),
-        applied_at: opt(&r[11]),
+        applied_at: opt_text(&r[11]),
         applied_by: cell_text(&r[12]),
         duration_ms: match &r[13] {
             Cell::I64(i) => Some(*i),
             _ => None,
         },
-        error: opt(&r[14]),
+        error: opt_text(&r[14]),
         down_loses_data: matches!(r[15], Cell::Bool(true) | Cell::I64(1)),
-    }
-}
-
-/// The history, oldest first (empty before the first migration).
-pub fn list<C: Conn>(conn: &mut C) -> Result<Vec<HistoryEntry>> {
-    match query(
-        conn,
-        &format!("SELECT {COLUMNS} FROM dataflow_migrations ORDER BY version"),
-        vec![],
-    ) {
-        Ok(rows) => Ok(rows.iter().map(|r| to_entry(r)).collect()),
-        Err(e)
-            if e.kind() == ErrorCode::Database
-                && !super::table_exists(conn, "dataflow_migrations")? =>
-        {
-            Ok(Vec::new())
-        }
-        Err(e) => Err(e),
-    }
-}
-
-pub fn entry<C: Conn>(conn: &mut C, version: &str) -> Result<HistoryEntry> {
-    query(
-        conn,
-        &format!("SELECT {COLUMNS} FROM dataflow_migrations WHERE version = ?"),
-        vec![text(version)],
-    )?
-    .first()
-    .map(|r| to_entry(r))
-    .ok_or_else(|| {
-        Error::new(
-            ErrorCode::NotFound,
-            format!("no migration with version {version}"),
-        )
+        rolled_back_at: opt_text(&r[16]),
+        rolled_back_by: opt_text(&r[17]),
+        rollback_reason: opt_text(&r[18]),
     })
 }
 
-fn new_version() -> String {
+/// The history, oldest first (empty before the first migration).
+pub(crate) fn list<C: Conn>(conn: &mut C) -> Result<Vec<HistoryEntry>> {
+    let select = format!("SELECT {COLUMNS} FROM dataflow_migrations ORDER BY version");
+    let rows = match query(conn, &select, vec![]) {
+        Ok(rows) => rows,
+        Err(e) if e.code() == ErrorCode::Database => {
+            if !super::table_exists(conn, "dataflow_migrations")? {
+                return Ok(Vec::new());
+            }
+            // A history written by an older version: add the new columns.
+            conn.write_transaction(upgrade)?;
+            query(conn, &select, vec![])?
+        }
+        Err(e) => return Err(e),
+    };
+    rows.iter().map(|r| to_entry(r)).collect()
+}
+
+/// One migration by version.
+pub(crate) fn entry<C: Conn>(conn: &mut C, version: &str) -> Result<HistoryEntry> {
+    let row = query(
+        conn,
+        &format!("SELECT {COLUMNS} FROM dataflow_migrations WHERE version = ?"),
+        vec![text(version)],
+    )?;
+    match row.first() {
+        Some(r) => to_entry(r),
+        None => Err(Error::new(
+            ErrorCode::NotFound,
+            format!("no migration with version {version}"),
+        )),
+    }
+}
+
+/// A history row about to be recorded as `pending`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewMigration<'a> {
+    pub version: &'a str,
+    pub name: &'a str,
+    /// `application_id`.
+    pub app: &'a str,
+    pub source: MigrationSource,
+    /// Statements joined by `;\n` (see [`joined`]).
+    pub up_sql: &'a str,
+    pub down_sql: &'a str,
+    pub risk: Option<RiskLevel>,
+    pub rules: &'a [Rule],
+    pub reason: Option<&'a str>,
+    pub applied_by: &'a str,
+    pub down_loses_data: bool,
+}
+
+/// A new sortable version for a planned migration.
+pub(crate) fn new_version() -> String {
     let t = now();
     format!(
         "{}{:03}",
@@ -150,84 +307,44 @@ fn new_version() -> String {
     )
 }
 
-fn joined(sql: &[String]) -> String {
+/// Statements as one text, each ending in `;\n`.
+pub(crate) fn joined(sql: &[String]) -> String {
     sql.iter().map(|s| format!("{s};\n")).collect()
 }
 
 /// Records a migration as `pending` (committed on its own, so a crash
 /// mid-apply leaves a trace that the next boot marks `failed`).
-#[allow(clippy::too_many_arguments)]
-pub fn begin<C: Conn>(
-    conn: &mut C,
-    app: &str,
-    name: &str,
-    source: &str,
-    up: &[String],
-    down: &[String],
-    plan: &MigrationPlan,
-    reason: Option<&str>,
-    applied_by: &str,
-) -> Result<HistoryEntry> {
-    let version = new_version();
-    let up_sql = joined(up);
-    let rules = plan.rules().join(",");
-    insert(
-        conn,
-        &version,
-        name,
-        app,
-        source,
-        &up_sql,
-        &joined(down),
-        plan.risk().as_str(),
-        &rules,
-        reason,
-        applied_by,
-        plan.operations.iter().any(|o| o.down_loses_data),
-    )?;
-    entry(conn, &version)
+pub(crate) fn begin<C: Conn>(conn: &mut C, m: &NewMigration) -> Result<HistoryEntry> {
+    insert(conn, m)?;
+    entry(conn, m.version)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn insert<C: Conn>(
-    conn: &mut C,
-    version: &str,
-    name: &str,
-    app: &str,
-    source: &str,
-    up_sql: &str,
-    down_sql: &str,
-    risk: &str,
-    rules: &str,
-    reason: Option<&str>,
-    applied_by: &str,
-    down_loses_data: bool,
-) -> Result<()> {
-    let checksum = format!("{:016x}", super::fnv1a64(up_sql.as_bytes()));
+fn insert<C: Conn>(conn: &mut C, m: &NewMigration) -> Result<()> {
+    let checksum = format!("{:016x}", super::fnv1a64(m.up_sql.as_bytes()));
     exec(
         conn,
         "INSERT INTO dataflow_migrations (version, name, application_id, source, checksum, up_sql, down_sql, risk, rules, reason, status, started_at, applied_by, down_loses_data) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
         vec![
-            text(version),
-            text(name),
-            text(app),
-            text(source),
+            text(m.version),
+            text(m.name),
+            text(m.app),
+            text(m.source.as_str()),
             text(checksum),
-            text(up_sql),
-            text(down_sql),
-            text(risk),
-            text(rules),
-            reason.map_or(SqlValue::Null(crate::schema::FieldType::String), text),
+            text(m.up_sql),
+            text(m.down_sql),
+            text(m.risk.map_or(REVIEWED, RiskLevel::as_str)),
+            text(join_rules(m.rules)),
+            m.reason.map_or(SqlValue::Null(crate::schema::FieldType::String), text),
             text(format_datetime(&now())),
-            text(applied_by),
-            SqlValue::Bool(down_loses_data),
+            text(m.applied_by),
+            SqlValue::Bool(m.down_loses_data),
         ],
     )?;
     Ok(())
 }
 
-pub fn mark_applied<C: Conn>(conn: &mut C, version: &str, started: Instant) -> Result<()> {
+pub(crate) fn mark_applied<C: Conn>(conn: &mut C, version: &str, started: Instant) -> Result<()> {
     exec(
         conn,
         "UPDATE dataflow_migrations SET status = 'applied', applied_at = ?, duration_ms = ? WHERE version = ?",
@@ -236,7 +353,7 @@ pub fn mark_applied<C: Conn>(conn: &mut C, version: &str, started: Instant) -> R
     Ok(())
 }
 
-pub fn mark_failed<C: Conn>(conn: &mut C, version: &str, e: &Error) -> Result<()> {
+pub(crate) fn mark_failed<C: Conn>(conn: &mut C, version: &str, e: &Error) -> Result<()> {
     exec(
         conn,
         "UPDATE dataflow_migrations SET status = 'failed', error = ? WHERE version = ?",
@@ -247,7 +364,7 @@ pub fn mark_failed<C: Conn>(conn: &mut C, version: &str, e: &Error) -> Result<()
 
 /// Under the lock, a `pending` row belongs to a process that died mid-apply;
 /// its transaction was rolled back by the database, so it failed.
-pub fn recover_interrupted<C: Conn>(conn: &mut C) -> Result<usize> {
+pub(crate) fn recover_interrupted<C: Conn>(conn: &mut C) -> Result<usize> {
     exec(
         conn,
         "UPDATE dataflow_migrations SET status = 'failed', error = 'interrupted: the applying process stopped before it committed' WHERE status = 'pending'",
@@ -258,7 +375,7 @@ pub fn recover_interrupted<C: Conn>(conn: &mut C) -> Result<usize> {
 /// Runs `statements` and then `record` in one transaction. On SQLite,
 /// foreign keys are switched off around it (table rebuilds need that) and
 /// checked before commit.
-pub fn run_statements<C: Conn>(
+pub(crate) fn run_statements<C: Conn>(
     conn: &mut C,
     statements: &[String],
     record: impl FnOnce(&mut C) -> Result<()>,
@@ -281,7 +398,7 @@ pub fn run_statements<C: Conn>(
             }
             c.batch(s).map_err(|e| {
                 Error::new(
-                    e.kind(),
+                    e.code(),
                     format!(
                         "migration statement {} of {total} failed: {}\n  statement: {s}",
                         i + 1,
@@ -317,7 +434,7 @@ pub fn run_statements<C: Conn>(
 
 /// Writes the compiled models into the registry; a changed checksum is a
 /// new version, and every version is kept in the history.
-pub fn record_registry<C: Conn>(
+pub(crate) fn record_registry<C: Conn>(
     conn: &mut C,
     app: &str,
     models: &[&'static ModelSchema],
@@ -382,7 +499,7 @@ pub fn record_registry<C: Conn>(
 }
 
 /// The models in the registry, from the database alone.
-pub fn registered<C: Conn>(conn: &mut C, app: &str) -> Result<Vec<RegisteredModel>> {
+pub(crate) fn registered<C: Conn>(conn: &mut C, app: &str) -> Result<Vec<RegisteredModel>> {
     if !super::table_exists(conn, "dataflow_registry")? {
         return Ok(Vec::new());
     }
@@ -407,7 +524,10 @@ pub fn registered<C: Conn>(conn: &mut C, app: &str) -> Result<Vec<RegisteredMode
 
 /// Columns the registry recorded per table: a live column they include is
 /// ours (left over), one they do not is drift.
-pub fn known_columns<C: Conn>(conn: &mut C, app: &str) -> Result<BTreeMap<String, Vec<String>>> {
+pub(crate) fn known_columns<C: Conn>(
+    conn: &mut C,
+    app: &str,
+) -> Result<BTreeMap<String, Vec<String>>> {
     let rows = query(
         conn,
         "SELECT schema_json FROM dataflow_registry_history WHERE application_id = ?",
@@ -430,7 +550,7 @@ pub fn known_columns<C: Conn>(conn: &mut C, app: &str) -> Result<BTreeMap<String
 
 /// Runs the reviewed migration files that are not applied yet, in version
 /// order, refusing to go on when an applied file changed since (drift).
-pub fn run_embedded<C: Conn>(conn: &mut C, policy: &BootPolicy) -> Result<()> {
+pub(crate) fn run_embedded<C: Conn>(conn: &mut C, policy: &BootPolicy) -> Result<()> {
     if policy.embedded.is_empty() {
         return Ok(());
     }
@@ -472,17 +592,19 @@ pub fn run_embedded<C: Conn>(conn: &mut C, policy: &BootPolicy) -> Result<()> {
             None => {
                 insert(
                     conn,
-                    f.version(),
-                    f.name(),
-                    &policy.app,
-                    "file",
-                    f.up,
-                    f.down,
-                    "reviewed",
-                    "",
-                    None,
-                    &policy.applied_by,
-                    true,
+                    &NewMigration {
+                        version: f.version(),
+                        name: f.name(),
+                        app: &policy.app,
+                        source: MigrationSource::File,
+                        up_sql: f.up,
+                        down_sql: f.down,
+                        risk: None,
+                        rules: &[],
+                        reason: None,
+                        applied_by: &policy.applied_by,
+                        down_loses_data: true,
+                    },
                 )?;
                 apply_file(conn, &f)?;
             }
@@ -493,32 +615,26 @@ pub fn run_embedded<C: Conn>(conn: &mut C, policy: &BootPolicy) -> Result<()> {
 
 fn apply_file<C: Conn>(conn: &mut C, f: &super::EmbeddedMigration) -> Result<()> {
     let statements = vec![f.up.to_string()];
-    {
-        {
-            let started = Instant::now();
-            let version = f.version().to_string();
-            if let Err(e) =
-                run_statements(conn, &statements, |c| mark_applied(c, &version, started))
-            {
-                mark_failed(conn, &version, &e)?;
-                return Err(Error::new(
-                    e.kind(),
-                    format!("migration file {}: {}", f.dir, e.message()),
-                ));
-            }
-        }
+    let started = Instant::now();
+    let version = f.version();
+    if let Err(e) = run_statements(conn, &statements, |c| mark_applied(c, version, started)) {
+        mark_failed(conn, version, &e)?;
+        return Err(Error::new(
+            e.code(),
+            format!("migration file {}: {}", f.dir, e.message()),
+        ));
     }
     Ok(())
 }
 
 /// Runs the down SQL of every applied migration after `to` (newest first),
 /// refusing data-losing downs unless `allow_data_loss`.
-pub fn rollback<C: Conn>(
+pub(crate) fn rollback<C: Conn>(
     conn: &mut C,
-    to: Option<&str>,
-    steps: usize,
-    allow_data_loss: bool,
+    req: &super::RollbackRequest,
+    by: &str,
 ) -> Result<Vec<String>> {
+    let (to, steps, allow_data_loss) = (req.to.as_deref(), req.steps, req.allow_data_loss);
     let applied: Vec<HistoryEntry> = list(conn)?
         .into_iter()
         .filter(|e| e.status == MigrationStatus::Applied)
@@ -556,8 +672,13 @@ pub fn rollback<C: Conn>(
         run_statements(conn, &statements, |c| {
             exec(
                 c,
-                "UPDATE dataflow_migrations SET status = 'rolled_back' WHERE version = ?",
-                vec![text(&version)],
+                "UPDATE dataflow_migrations SET status = 'rolled_back', rolled_back_at = ?, rolled_back_by = ?, rollback_reason = ? WHERE version = ?",
+                vec![
+                    text(format_datetime(&now())),
+                    text(by),
+                    req.reason.as_deref().map_or(SqlValue::Null(crate::schema::FieldType::String), text),
+                    text(&version),
+                ],
             )?;
             // The models no longer match the database: the next boot or apply re-plans.
             exec(

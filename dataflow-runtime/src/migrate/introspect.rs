@@ -2,56 +2,71 @@
 //! nullability, defaults, primary keys, unique constraints, indexes and
 //! foreign keys, in one normalized shape for both backends.
 
-use super::query as rows;
+use super::{cell_text, opt_text, query as rows};
 use crate::backend::Conn;
 use crate::error::{Error, Result};
 use crate::sql::Dialect;
 use crate::value::Cell;
 use std::collections::BTreeMap;
 
+/// A column as the database has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveColumn {
+    /// The column name.
     pub name: String,
     /// Normalized, lower-case type: `text`, `integer`, `varchar(20)`, `timestamptz`, ...
     pub ty: String,
+    /// Whether it accepts NULL.
     pub nullable: bool,
     /// The default expression, normalized (`1`, `'draft'`, `true`).
     pub default: Option<String>,
+    /// It is the (single-column) primary key.
     pub primary_key: bool,
     /// A single-column unique constraint or unique index covers it.
     pub unique: bool,
-    /// An auto-increment / identity column.
-    pub identity: bool,
 }
 
+/// An index that is not the primary key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveIndex {
+    /// The index name.
     pub name: String,
+    /// The indexed columns, in order.
     pub columns: Vec<String>,
+    /// A unique index.
     pub unique: bool,
 }
 
+/// A single-column foreign key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveForeignKey {
+    /// The referencing column.
     pub column: String,
+    /// The referenced table.
     pub target_table: String,
+    /// The referenced column.
     pub target_column: String,
     /// `CASCADE`, `RESTRICT`, `SET NULL`, `NO ACTION`.
     pub on_delete: String,
 }
 
+/// A table as the database has it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LiveTable {
+    /// The table name.
     pub name: String,
+    /// Its columns, in table order.
     pub columns: Vec<LiveColumn>,
     /// Non-unique and unique indexes that are not the primary key.
     pub indexes: Vec<LiveIndex>,
+    /// Its foreign keys.
     pub foreign_keys: Vec<LiveForeignKey>,
     /// SQLite's original `CREATE TABLE` text (used to rebuild it back).
     pub create_sql: Option<String>,
 }
 
 impl LiveTable {
+    /// The column named `name`.
     pub fn column(&self, name: &str) -> Option<&LiveColumn> {
         self.columns.iter().find(|c| c.name == name)
     }
@@ -59,24 +74,6 @@ impl LiveTable {
 
 /// Every user table (internal `dataflow_*` tables excluded), by name.
 pub type LiveSchema = BTreeMap<String, LiveTable>;
-
-fn text(c: Cell) -> String {
-    match c {
-        Cell::Text(s) => s,
-        Cell::I64(i) => i.to_string(),
-        Cell::F64(f) => f.to_string(),
-        Cell::Bool(b) => b.to_string(),
-        Cell::Null => String::new(),
-        other => format!("{other:?}"),
-    }
-}
-
-fn opt_text(c: Cell) -> Option<String> {
-    match c {
-        Cell::Null => None,
-        c => Some(text(c)),
-    }
-}
 
 fn int(c: &Cell) -> i64 {
     match c {
@@ -88,7 +85,7 @@ fn int(c: &Cell) -> i64 {
 
 /// Normalizes a default expression: drops casts (`'x'::text`), parentheses
 /// and case differences so compiled and live defaults compare.
-pub fn normalize_default(d: &str) -> String {
+pub(crate) fn normalize_default(d: &str) -> String {
     let mut s = d.trim();
     while s.starts_with('(') && s.ends_with(')') {
         s = &s[1..s.len() - 1];
@@ -104,7 +101,7 @@ pub fn normalize_default(d: &str) -> String {
     }
 }
 
-pub fn introspect<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
+pub(crate) fn introspect<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
     match C::DIALECT {
         Dialect::Sqlite => sqlite(conn),
         Dialect::Postgres => postgres(conn),
@@ -120,11 +117,8 @@ fn sqlite<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
     )?;
     for t in tables {
         let mut it = t.into_iter();
-        let name = text(it.next().unwrap_or(Cell::Null));
-        let create_sql = it.next().and_then(opt_text);
-        let autoinc = create_sql
-            .as_deref()
-            .is_some_and(|s| s.to_ascii_uppercase().contains("AUTOINCREMENT"));
+        let name = cell_text(&it.next().unwrap_or(Cell::Null));
+        let create_sql = it.next().as_ref().and_then(opt_text);
         let mut columns = Vec::new();
         for c in rows(
             conn,
@@ -138,13 +132,12 @@ fn sqlite<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
                 .try_into()
                 .map_err(|_| Error::internal("pragma_table_info shape"))?;
             let pk = int(&pk) > 0;
-            let ty = text(ty).to_ascii_lowercase();
+            let ty = cell_text(&ty).to_ascii_lowercase();
             columns.push(LiveColumn {
-                name: text(n),
-                identity: pk && autoinc && ty == "integer",
+                name: cell_text(&n),
                 ty,
                 nullable: int(&notnull) == 0 && !pk,
-                default: opt_text(dflt).map(|d| normalize_default(&d)),
+                default: opt_text(&dflt).map(|d| normalize_default(&d)),
                 primary_key: pk,
                 unique: false,
             });
@@ -161,7 +154,8 @@ fn sqlite<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
             let [iname, unique, origin]: [Cell; 3] = idx
                 .try_into()
                 .map_err(|_| Error::internal("pragma_index_list shape"))?;
-            let (iname, unique, origin) = (text(iname), int(&unique) == 1, text(origin));
+            let (iname, unique, origin) =
+                (cell_text(&iname), int(&unique) == 1, cell_text(&origin));
             if origin == "pk" {
                 continue;
             }
@@ -171,7 +165,7 @@ fn sqlite<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
                 vec![],
             )?
             .into_iter()
-            .map(|r| text(r.into_iter().next().unwrap_or(Cell::Null)))
+            .map(|r| cell_text(&r.into_iter().next().unwrap_or(Cell::Null)))
             .collect();
             if unique && cols.len() == 1 {
                 if let Some(c) = columns.iter_mut().find(|c| c.name == cols[0]) {
@@ -200,10 +194,10 @@ fn sqlite<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
                 .try_into()
                 .map_err(|_| Error::internal("pragma_foreign_key_list shape"))?;
             foreign_keys.push(LiveForeignKey {
-                column: text(from),
-                target_table: text(table),
-                target_column: text(to),
-                on_delete: text(on_delete),
+                column: cell_text(&from),
+                target_table: cell_text(&table),
+                target_column: cell_text(&to),
+                on_delete: cell_text(&on_delete),
             });
         }
         out.insert(
@@ -231,7 +225,7 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
     let cols = rows(
         conn,
         "SELECT c.table_name::text, c.column_name::text, c.data_type::text, c.character_maximum_length::bigint, \
-                c.is_nullable = 'YES', c.column_default::text, c.is_identity = 'YES' \
+                c.is_nullable = 'YES', c.column_default::text \
          FROM information_schema.columns c JOIN information_schema.tables t \
            ON t.table_schema = c.table_schema AND t.table_name = c.table_name \
          WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE' AND c.table_name NOT LIKE 'dataflow\\_%' \
@@ -239,18 +233,17 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
         vec![],
     )?;
     for r in cols {
-        let [table, name, ty, len, nullable, default, identity]: [Cell; 7] =
+        let [table, name, ty, len, nullable, default]: [Cell; 6] =
             r.try_into().map_err(|_| Error::internal("columns shape"))?;
-        let table = text(table);
-        let ty = match (text(ty).as_str(), len) {
+        let table = cell_text(&table);
+        let ty = match (cell_text(&ty).as_str(), len) {
             ("character varying", Cell::I64(n)) => format!("varchar({n})"),
             ("character varying", _) => "varchar".into(),
             ("timestamp with time zone", _) => "timestamptz".into(),
             ("timestamp without time zone", _) => "timestamp".into(),
             (other, _) => other.to_string(),
         };
-        let identity = matches!(identity, Cell::Bool(true));
-        let default = opt_text(default)
+        let default = opt_text(&default)
             .filter(|d| !d.starts_with("nextval("))
             .map(|d| normalize_default(&d));
         out.entry(table.clone())
@@ -260,13 +253,12 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
             })
             .columns
             .push(LiveColumn {
-                name: text(name),
+                name: cell_text(&name),
                 ty,
                 nullable: matches!(nullable, Cell::Bool(true)),
                 default,
                 primary_key: false,
                 unique: false,
-                identity,
             });
     }
     // Indexes (including those behind PRIMARY KEY and UNIQUE constraints).
@@ -284,10 +276,10 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
     for r in idx {
         let [table, name, unique, primary, cols, constraint]: [Cell; 6] =
             r.try_into().map_err(|_| Error::internal("index shape"))?;
-        let Some(t) = out.get_mut(&text(table)) else {
+        let Some(t) = out.get_mut(&cell_text(&table)) else {
             continue;
         };
-        let cols: Vec<String> = text(cols)
+        let cols: Vec<String> = cell_text(&cols)
             .split(',')
             .filter(|s| !s.is_empty())
             .map(str::to_string)
@@ -304,7 +296,7 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
         }
         if !primary && !matches!(constraint, Cell::Bool(true)) {
             t.indexes.push(LiveIndex {
-                name: text(name),
+                name: cell_text(&name),
                 columns: cols,
                 unique,
             });
@@ -323,10 +315,10 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
     for r in fks {
         let [table, column, target, target_column, action]: [Cell; 5] =
             r.try_into().map_err(|_| Error::internal("fk shape"))?;
-        let Some(t) = out.get_mut(&text(table)) else {
+        let Some(t) = out.get_mut(&cell_text(&table)) else {
             continue;
         };
-        let on_delete = match text(action).as_str() {
+        let on_delete = match cell_text(&action).as_str() {
             "c" => "CASCADE",
             "r" => "RESTRICT",
             "n" => "SET NULL",
@@ -334,9 +326,9 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
             _ => "NO ACTION",
         };
         t.foreign_keys.push(LiveForeignKey {
-            column: text(column),
-            target_table: text(target),
-            target_column: text(target_column),
+            column: cell_text(&column),
+            target_table: cell_text(&target),
+            target_column: cell_text(&target_column),
             on_delete: on_delete.into(),
         });
     }
@@ -349,7 +341,7 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
 }
 
 /// Whether a table has at least one row (risk depends on it).
-pub fn has_rows<C: Conn>(conn: &mut C, table: &str) -> Result<bool> {
+pub(crate) fn has_rows<C: Conn>(conn: &mut C, table: &str) -> Result<bool> {
     let r = rows(
         conn,
         &format!("SELECT EXISTS (SELECT 1 FROM {})", crate::sql::quote(table)),

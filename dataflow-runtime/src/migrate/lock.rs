@@ -17,7 +17,7 @@ const PG_KEY: i64 = 0x6461_7461_666c_6f77;
 const SQLITE_TTL: chrono::Duration = chrono::Duration::seconds(120);
 
 /// Runs `f` while holding the migration lock.
-pub fn with_lock<C: Conn, T>(
+pub(crate) fn with_lock<C: Conn, T>(
     conn: &mut C,
     target: &Target,
     timeout: Duration,
@@ -81,6 +81,6 @@ pub fn with_lock<C: Conn, T>(
 }
 
 /// Removes a SQLite lock row left by a crashed process.
-pub fn force_unlock<C: Conn>(conn: &mut C) -> Result<usize> {
+pub(crate) fn force_unlock<C: Conn>(conn: &mut C) -> Result<usize> {
     exec(conn, "DELETE FROM dataflow_migration_lock", vec![])
 }

@@ -4,17 +4,27 @@
 //! query. Only when something differs does it take the migration lock,
 //! introspect, plan, assess risk and apply — safe and low-risk operations
 //! automatically, anything riskier only with an explicit, reasoned approval.
+//!
+//! Applications and the CLI use [`DataFlow::migrations`](crate::DataFlow::migrations);
+//! this module holds the types it returns.
 
+#![warn(missing_docs)]
+
+mod ddl;
 mod history;
 mod introspect;
 mod lock;
+mod migrator;
 mod plan;
 
-pub use history::{list as history, registered, rollback};
-pub use history::{HistoryEntry, MigrationStatus, RegisteredModel};
-pub use introspect::{introspect, LiveColumn, LiveForeignKey, LiveIndex, LiveSchema, LiveTable};
-pub use lock::{force_unlock, with_lock};
-pub use plan::{plan, Drift, MigrationPlan, OpKind, Operation, RiskLevel, RuleHit, RULES};
+pub use history::{HistoryEntry, MigrationSource, MigrationStatus, RegisteredModel};
+pub use introspect::{LiveColumn, LiveForeignKey, LiveIndex, LiveSchema, LiveTable};
+pub use migrator::{ApplyRequest, Migrations, RollbackRequest};
+pub use plan::{plan, Drift, MigrationPlan, OpKind, Operation, RiskLevel, Rule, RuleHit};
+
+use history::NewMigration;
+use introspect::introspect;
+use lock::with_lock;
 
 use crate::backend::Conn;
 use crate::error::{Error, ErrorCode, Result};
@@ -41,14 +51,27 @@ fn internal_ddl(d: Dialect) -> String {
            application_id TEXT NOT NULL, source TEXT NOT NULL, checksum TEXT NOT NULL, up_sql TEXT NOT NULL, \
            down_sql TEXT NOT NULL, risk TEXT NOT NULL, rules TEXT NOT NULL, reason TEXT, status TEXT NOT NULL, \
            started_at TEXT NOT NULL, applied_at TEXT, applied_by TEXT NOT NULL, duration_ms BIGINT, error TEXT, \
-           down_loses_data BOOLEAN NOT NULL DEFAULT FALSE);
+           down_loses_data BOOLEAN NOT NULL DEFAULT FALSE, rolled_back_at TEXT, rolled_back_by TEXT, \
+           rollback_reason TEXT);
          CREATE TABLE IF NOT EXISTS dataflow_migration_lock (id INTEGER PRIMARY KEY, holder TEXT NOT NULL, \
            acquired_at TEXT NOT NULL, expires_at TEXT NOT NULL);"
     )
 }
 
 pub(crate) fn ensure_internal_tables<C: Conn>(conn: &mut C) -> Result<()> {
-    conn.write_transaction(|c| c.batch(&internal_ddl(C::DIALECT)))
+    conn.write_transaction(|c| {
+        c.batch(&internal_ddl(C::DIALECT))?;
+        history::upgrade(c)
+    })
+}
+
+/// Who applies migrations, for the history.
+pub(crate) fn applied_by() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    format!("{user}@{host} (pid {})", std::process::id())
 }
 
 pub(crate) fn query<C: Conn>(
@@ -88,13 +111,23 @@ pub(crate) fn text(v: impl Into<String>) -> SqlValue {
     SqlValue::Text(v.into())
 }
 
+/// A cell of internal or catalog SQL as text (NULL is empty).
 pub(crate) fn cell_text(c: &Cell) -> String {
     match c {
         Cell::Text(s) => s.clone(),
         Cell::I64(i) => i.to_string(),
+        Cell::F64(f) => f.to_string(),
         Cell::Bool(b) => b.to_string(),
         Cell::Null => String::new(),
         other => format!("{other:?}"),
+    }
+}
+
+/// [`cell_text`], with NULL as `None`.
+pub(crate) fn opt_text(c: &Cell) -> Option<String> {
+    match c {
+        Cell::Null => None,
+        c => Some(cell_text(c)),
     }
 }
 
@@ -111,7 +144,7 @@ pub(crate) fn registry_matches<C: Conn>(
         vec![text(app)],
     ) {
         Ok(rows) => rows,
-        Err(e) if e.kind() == ErrorCode::Database => return Ok(false),
+        Err(e) if e.code() == ErrorCode::Database => return Ok(false),
         Err(e) => return Err(e),
     };
     if rows.len() != models.len() {
@@ -146,19 +179,25 @@ pub(crate) struct BootPolicy {
 pub struct EmbeddedMigration {
     /// The directory name: `<version>_<name>`.
     pub dir: &'static str,
+    /// `up.sql`.
     pub up: &'static str,
+    /// `down.sql`.
     pub down: &'static str,
 }
 
 impl EmbeddedMigration {
+    /// The directory name up to the first `_`.
     pub fn version(&self) -> &str {
         self.dir.split_once('_').map_or(self.dir, |(v, _)| v)
     }
 
+    /// The directory name after the first `_`.
     pub fn name(&self) -> &str {
         self.dir.split_once('_').map_or("", |(_, n)| n)
     }
 
+    /// Of `up.sql`, as the history records it (an applied file whose
+    /// checksum changed stops boot).
     pub fn checksum(&self) -> String {
         format!("{:016x}", fnv1a64(self.up.as_bytes()))
     }
@@ -182,7 +221,7 @@ pub(crate) fn boot_migrate<C: Conn>(
     models: &[&'static ModelSchema],
     policy: &BootPolicy,
 ) -> Result<()> {
-    lock::with_lock(conn, target, timeout, &policy.applied_by, |conn| {
+    with_lock(conn, target, timeout, &policy.applied_by, |conn| {
         history::recover_interrupted(conn)?;
         history::run_embedded(conn, policy)?;
         // Another process may have migrated while we waited for the lock.
@@ -218,7 +257,7 @@ pub(crate) fn boot_migrate<C: Conn>(
 }
 
 /// Introspects and plans against the registry's knowledge.
-pub fn plan_for<C: Conn>(
+pub(crate) fn plan_for<C: Conn>(
     conn: &mut C,
     models: &[&'static ModelSchema],
     app: &str,
@@ -297,12 +336,12 @@ fn blocked_error(plan: &MigrationPlan) -> Error {
 
 /// How [`apply`] runs and records a plan.
 #[derive(Debug, Clone, Copy)]
-pub struct ApplyOptions<'a> {
+pub(crate) struct ApplyOptions<'a> {
     pub app: &'a str,
     /// Recorded as `applied_by`.
     pub applied_by: &'a str,
     /// Risk rules the operator approved (`--allow <rule>`).
-    pub allow: &'a [String],
+    pub allow: &'a [Rule],
     /// Why (required for anything above low risk; recorded).
     pub reason: Option<&'a str>,
     /// The migration's name in the history.
@@ -313,7 +352,7 @@ pub struct ApplyOptions<'a> {
 /// Applies `plan` in one transaction and records it in the history (and
 /// the registry). Operations above low risk need every rule they hit in
 /// `allow`, and a reason.
-pub fn apply<C: Conn>(
+pub(crate) fn apply<C: Conn>(
     conn: &mut C,
     models: &[&'static ModelSchema],
     plan: &MigrationPlan,
@@ -323,9 +362,8 @@ pub fn apply<C: Conn>(
         let missing: Vec<&str> = op
             .rules
             .iter()
-            .filter(|r| r.level > RiskLevel::Low)
-            .map(|r| r.rule)
-            .filter(|r| !o.allow.iter().any(|a| a == r))
+            .filter(|r| r.level > RiskLevel::Low && !o.allow.contains(&r.rule))
+            .map(|r| r.rule.as_str())
             .collect();
         if !missing.is_empty() {
             return Err(Error::new(
@@ -346,27 +384,22 @@ pub fn apply<C: Conn>(
             "risky operations need --reason \"...\", which is recorded in the history",
         ));
     }
-    let up: Vec<String> = plan
-        .operations
-        .iter()
-        .flat_map(|op| op.up.iter().cloned())
-        .collect();
-    let down: Vec<String> = plan
-        .operations
-        .iter()
-        .rev()
-        .flat_map(|op| op.down.iter().cloned())
-        .collect();
+    let (up, down) = plan.statements();
     let entry = history::begin(
         conn,
-        o.app,
-        o.name,
-        "auto",
-        &up,
-        &down,
-        plan,
-        o.reason,
-        o.applied_by,
+        &NewMigration {
+            version: &history::new_version(),
+            name: o.name,
+            app: o.app,
+            source: MigrationSource::Auto,
+            up_sql: &history::joined(&up),
+            down_sql: &history::joined(&down),
+            risk: Some(plan.risk()),
+            rules: &plan.rules(),
+            reason: o.reason,
+            applied_by: o.applied_by,
+            down_loses_data: plan.operations.iter().any(|o| o.down_loses_data),
+        },
     )?;
     let started = Instant::now();
     let result = history::run_statements(conn, &up, |c| {
@@ -387,17 +420,19 @@ pub fn apply<C: Conn>(
 /// What `migrate apply --staging` found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct StagingReport {
+    /// How many operations the plan had.
     pub operations: usize,
     /// Where the trial ran: a copy of the SQLite file, or a rolled-back
     /// PostgreSQL transaction.
     pub sandbox: String,
+    /// What was verified, in order.
     pub steps: Vec<String>,
 }
 
 /// Applies `plan` where it can be thrown away, checks that it leaves nothing
 /// to plan, that its down SQL restores the previous shape and that it applies
 /// again. Nothing of it reaches the real database.
-pub fn stage<C: Conn>(
+pub(crate) fn stage<C: Conn>(
     conn: &mut C,
     target: &crate::backend::Target,
     models: &[&'static ModelSchema],
@@ -465,17 +500,7 @@ fn verify<C: Conn>(
     plan: &MigrationPlan,
     app: &str,
 ) -> Result<Vec<String>> {
-    let up: Vec<String> = plan
-        .operations
-        .iter()
-        .flat_map(|o| o.up.iter().cloned())
-        .collect();
-    let down: Vec<String> = plan
-        .operations
-        .iter()
-        .rev()
-        .flat_map(|o| o.down.iter().cloned())
-        .collect();
+    let (up, down) = plan.statements();
     let fail = |step: &str, e: Error| {
         Error::new(
             ErrorCode::MigrationBlocked,
@@ -535,7 +560,7 @@ pub fn write_files(
     let mut up = String::new();
     let mut down = String::new();
     for op in &plan.operations {
-        let rules: Vec<&str> = op.rules.iter().map(|r| r.rule).collect();
+        let rules: Vec<&str> = op.rules.iter().map(|r| r.rule.as_str()).collect();
         up.push_str(&format!(
             "-- {} [{}{}]\n",
             op.summary,

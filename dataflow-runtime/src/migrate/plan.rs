@@ -2,23 +2,32 @@
 //! operations, each with generated up/down SQL, a risk level and the rules
 //! that set it.
 
+use super::ddl;
 use super::introspect::{normalize_default, LiveColumn, LiveSchema, LiveTable};
-use crate::schema::{FieldSchema, FieldType, ModelSchema};
-use crate::sql::{expects_index, index_name, quote, Dialect};
+use crate::error::{Error, ErrorCode};
+use crate::schema::{FieldSchema, ModelSchema};
+use crate::sql::{quote, Dialect};
+use crate::value::did_you_mean;
 use serde::Serialize;
 
 /// How risky an operation is. `auto_migrate` applies `Safe` and `Low` only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RiskLevel {
+    /// Nothing can go wrong: a new table, a nullable column.
     Safe,
+    /// Cheap and reversible, applied at boot: dropping an index, a SQLite rebuild of an empty table.
     Low,
+    /// Can fail or block writers on a table with rows; needs approval.
     Medium,
+    /// Rewrites or locks a table with rows; needs approval.
     High,
+    /// Loses data; needs approval.
     Destructive,
 }
 
 impl RiskLevel {
+    /// The level as persisted and printed: `safe`, `low`, ...
     pub fn as_str(self) -> &'static str {
         match self {
             RiskLevel::Safe => "safe",
@@ -28,127 +37,237 @@ impl RiskLevel {
             RiskLevel::Destructive => "destructive",
         }
     }
+}
 
-    pub fn parse(s: &str) -> Option<RiskLevel> {
-        [
+impl std::fmt::Display for RiskLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RiskLevel {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<RiskLevel, Error> {
+        const ALL: [RiskLevel; 5] = [
             RiskLevel::Safe,
             RiskLevel::Low,
             RiskLevel::Medium,
             RiskLevel::High,
             RiskLevel::Destructive,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
+        ];
+        ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| {
+            Error::new(
+                ErrorCode::Validation,
+                format!(
+                    "unknown risk level `{s}`; the levels are safe, low, medium, high, destructive"
+                ),
+            )
+        })
+    }
+}
+
+/// A named reason why an operation is riskier than `low`. Operators approve
+/// the rules a plan hits with `--allow <rule>`; the names are persisted in
+/// the history, so they never change; new rules may be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Rule {
+    /// Drops stored data (a column, or a table on rollback).
+    DataLoss,
+    /// Rewrites the whole table.
+    TableRewrite,
+    /// A type change the new type cannot hold every old value of.
+    NarrowingTypeChange,
+    /// A NOT NULL column without a default, on a table with rows.
+    NotNullWithoutDefault,
+    /// Forbidding NULL in a column that may hold NULL.
+    NotNullOnExisting,
+    /// A renamed column: clients using the old name break.
+    BreakingRename,
+    /// A PostgreSQL index built without `CONCURRENTLY` on a table with rows.
+    IndexWithoutConcurrently,
+    /// A unique index on a table with rows.
+    UniqueLock,
+    /// A PostgreSQL foreign key added without `NOT VALID` on a table with rows.
+    FkWithoutNotValid,
+}
+
+impl Rule {
+    /// Every rule, in the order the README's table lists them.
+    pub const ALL: [Rule; 9] = [
+        Rule::DataLoss,
+        Rule::TableRewrite,
+        Rule::NarrowingTypeChange,
+        Rule::NotNullWithoutDefault,
+        Rule::NotNullOnExisting,
+        Rule::BreakingRename,
+        Rule::IndexWithoutConcurrently,
+        Rule::UniqueLock,
+        Rule::FkWithoutNotValid,
+    ];
+
+    /// The name used by `--allow` and in the history: `data_loss`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::DataLoss => "data_loss",
+            Rule::TableRewrite => "table_rewrite",
+            Rule::NarrowingTypeChange => "narrowing_type_change",
+            Rule::NotNullWithoutDefault => "not_null_without_default",
+            Rule::NotNullOnExisting => "not_null_on_existing",
+            Rule::BreakingRename => "breaking_rename",
+            Rule::IndexWithoutConcurrently => "index_without_concurrently",
+            Rule::UniqueLock => "unique_lock",
+            Rule::FkWithoutNotValid => "fk_without_not_valid",
+        }
+    }
+
+    /// The risk an operation that hits this rule has at least.
+    pub fn level(self) -> RiskLevel {
+        match self {
+            Rule::DataLoss | Rule::NarrowingTypeChange => RiskLevel::Destructive,
+            Rule::TableRewrite | Rule::NotNullWithoutDefault => RiskLevel::High,
+            Rule::NotNullOnExisting
+            | Rule::BreakingRename
+            | Rule::IndexWithoutConcurrently
+            | Rule::UniqueLock
+            | Rule::FkWithoutNotValid => RiskLevel::Medium,
+        }
+    }
+
+    /// What the rule means, in one line.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Rule::DataLoss => "drops stored data that cannot be recovered",
+            Rule::TableRewrite => "rewrites the whole table (slow, locks it, needs disk)",
+            Rule::NarrowingTypeChange => "the new type cannot hold every old value",
+            Rule::NotNullWithoutDefault => {
+                "a NOT NULL column without a default cannot be added to a table with rows"
+            }
+            Rule::NotNullOnExisting => "fails if existing rows hold NULL",
+            Rule::BreakingRename => "clients still using the old column name break",
+            Rule::IndexWithoutConcurrently => {
+                "CREATE INDEX without CONCURRENTLY blocks writes while it builds"
+            }
+            Rule::UniqueLock => "building a unique index locks the table and fails on duplicates",
+            Rule::FkWithoutNotValid => {
+                "adding a foreign key without NOT VALID scans and locks both tables"
+            }
+        }
+    }
+
+    /// This rule hit by an operation, with `detail` naming what it hit.
+    fn hit(self, detail: impl Into<String>) -> RuleHit {
+        let detail = detail.into();
+        RuleHit {
+            rule: self,
+            level: self.level(),
+            reason: if detail.is_empty() {
+                self.reason().to_string()
+            } else {
+                format!("{}: {detail}", self.reason())
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Rule {
+    type Err = Error;
+
+    /// A rule by its name; an unknown name is a validation error that lists
+    /// the known ones.
+    fn from_str(s: &str) -> Result<Rule, Error> {
+        Rule::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                let names = Rule::ALL.map(Rule::as_str);
+                Error::new(
+                    ErrorCode::Validation,
+                    format!(
+                        "unknown risk rule `{s}`{}; the rules are {}",
+                        did_you_mean(s, names),
+                        names.join(", ")
+                    ),
+                )
+            })
     }
 }
 
 /// A risk rule that applies to an operation, with its one-line reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RuleHit {
-    pub rule: &'static str,
+    /// Which rule.
+    pub rule: Rule,
+    /// Its level ([`Rule::level`]).
     pub level: RiskLevel,
+    /// What the rule means, and what in this operation hit it.
     pub reason: String,
 }
 
-/// The rules, their levels and what they mean.
-pub const RULES: &[(&str, RiskLevel, &str)] = &[
-    (
-        "data_loss",
-        RiskLevel::Destructive,
-        "drops stored data that cannot be recovered",
-    ),
-    (
-        "table_rewrite",
-        RiskLevel::High,
-        "rewrites the whole table (slow, locks it, needs disk)",
-    ),
-    (
-        "narrowing_type_change",
-        RiskLevel::Destructive,
-        "the new type cannot hold every old value",
-    ),
-    (
-        "not_null_without_default",
-        RiskLevel::High,
-        "a NOT NULL column without a default cannot be added to a table with rows",
-    ),
-    (
-        "not_null_on_existing",
-        RiskLevel::Medium,
-        "fails if existing rows hold NULL",
-    ),
-    (
-        "breaking_rename",
-        RiskLevel::Medium,
-        "clients still using the old column name break",
-    ),
-    (
-        "index_without_concurrently",
-        RiskLevel::Medium,
-        "CREATE INDEX without CONCURRENTLY blocks writes while it builds",
-    ),
-    (
-        "unique_lock",
-        RiskLevel::Medium,
-        "building a unique index locks the table and fails on duplicates",
-    ),
-    (
-        "fk_without_not_valid",
-        RiskLevel::Medium,
-        "adding a foreign key without NOT VALID scans and locks both tables",
-    ),
-];
-
-fn hit(rule: &'static str, detail: impl Into<String>) -> RuleHit {
-    let (_, level, reason) = RULES
-        .iter()
-        .find(|(r, _, _)| *r == rule)
-        .copied()
-        .unwrap_or((rule, RiskLevel::High, ""));
-    let detail = detail.into();
-    RuleHit {
-        rule,
-        level,
-        reason: if detail.is_empty() {
-            reason.to_string()
-        } else {
-            format!("{reason}: {detail}")
-        },
-    }
-}
-
+/// What an operation does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OpKind {
+    /// A model without a table.
     CreateTable,
+    /// A field without a column.
     AddColumn,
+    /// A column without a field.
     DropColumn,
+    /// `#[field(renamed_from = "old")]`.
     RenameColumn,
+    /// A field whose type changed (PostgreSQL).
     AlterColumnType,
+    /// A field that became required (PostgreSQL).
     SetNotNull,
+    /// A field that became optional (PostgreSQL).
     DropNotNull,
+    /// A changed default (PostgreSQL).
     SetDefault,
+    /// `#[field(index)]` or a foreign key without its index.
     AddIndex,
+    /// An index the model no longer asks for.
     DropIndex,
+    /// `#[field(unique)]` without a unique index.
     AddUnique,
+    /// A unique index the model no longer asks for.
     DropUnique,
+    /// A reference without its foreign key (PostgreSQL).
     AddForeignKey,
+    /// A foreign key the model no longer has (PostgreSQL).
     DropForeignKey,
     /// SQLite: recreate the table to change what `ALTER TABLE` cannot.
     RebuildTable,
 }
 
+/// One planned change, with the SQL that makes and undoes it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Operation {
+    /// The model it serves.
     pub model: String,
+    /// The model's table.
     pub table: String,
+    /// What it does.
     pub kind: OpKind,
+    /// The column it changes, if it is about one.
     pub column: Option<String>,
     /// One line for people: "add column users.nickname TEXT NULL".
     pub summary: String,
+    /// The statements that make the change.
     pub up: Vec<String>,
+    /// The statements that undo it, in order.
     pub down: Vec<String>,
+    /// The highest level of its rules (at least `low` for some kinds).
     pub risk: RiskLevel,
+    /// Why it is riskier than `safe`.
     pub rules: Vec<RuleHit>,
     /// Running `down` destroys data that `up` created or kept.
     pub down_loses_data: bool,
@@ -197,22 +316,30 @@ impl Operation {
 /// Something in the database that neither the models nor the registry explain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Drift {
+    /// The table it is in.
     pub table: String,
+    /// The unexplained column.
     pub column: Option<String>,
+    /// What was found, for people.
     pub message: String,
 }
 
+/// What it takes to bring the database to the compiled models.
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct MigrationPlan {
+    /// The changes, in the order they run.
     pub operations: Vec<Operation>,
+    /// What the database has that nothing explains (reported, never dropped silently).
     pub drift: Vec<Drift>,
 }
 
 impl MigrationPlan {
+    /// Nothing to do (drift aside).
     pub fn is_empty(&self) -> bool {
         self.operations.is_empty()
     }
 
+    /// The highest risk of its operations (`safe` when empty).
     pub fn risk(&self) -> RiskLevel {
         self.operations
             .iter()
@@ -221,44 +348,39 @@ impl MigrationPlan {
             .unwrap_or(RiskLevel::Safe)
     }
 
-    /// Every rule hit in the plan, once.
-    pub fn rules(&self) -> Vec<&'static str> {
-        let mut rules: Vec<&'static str> = self
+    /// The up SQL of every operation, in order, and the down SQL that undoes
+    /// them (newest first).
+    pub(crate) fn statements(&self) -> (Vec<String>, Vec<String>) {
+        let up = self
+            .operations
+            .iter()
+            .flat_map(|o| o.up.iter().cloned())
+            .collect();
+        let down = self
+            .operations
+            .iter()
+            .rev()
+            .flat_map(|o| o.down.iter().cloned())
+            .collect();
+        (up, down)
+    }
+
+    /// Every rule hit in the plan, once, by name.
+    pub fn rules(&self) -> Vec<Rule> {
+        let mut rules: Vec<Rule> = self
             .operations
             .iter()
             .flat_map(|o| o.rules.iter().map(|r| r.rule))
             .collect();
-        rules.sort_unstable();
+        rules.sort_unstable_by_key(|r| r.as_str());
         rules.dedup();
         rules
     }
 }
 
-/// The live type a field should have, as introspection reports it.
-pub fn expected_type(d: Dialect, f: &FieldSchema) -> String {
-    match d {
-        Dialect::Sqlite => d.column_type(f).to_ascii_lowercase(),
-        Dialect::Postgres => match f.ty {
-            FieldType::String => f
-                .max_length
-                .map_or("text".into(), |n| format!("varchar({n})")),
-            FieldType::I16 => "smallint".into(),
-            FieldType::I32 => "integer".into(),
-            FieldType::I64 => "bigint".into(),
-            FieldType::F32 => "real".into(),
-            FieldType::F64 => "double precision".into(),
-            FieldType::Bool => "boolean".into(),
-            FieldType::DateTime => "timestamptz".into(),
-            FieldType::Date => "date".into(),
-            FieldType::Uuid => "uuid".into(),
-            FieldType::Json => "jsonb".into(),
-            FieldType::Bytes => "bytea".into(),
-        },
-    }
-}
-
 fn expected_default(d: Dialect, f: &FieldSchema) -> Option<String> {
-    f.default.map(|v| normalize_default(&d.default_literal(v)))
+    f.default
+        .map(|v| normalize_default(&ddl::default_literal(d, v)))
 }
 
 /// Whether a change from `old` to `new` type can lose values.
@@ -288,10 +410,6 @@ fn narrowing(old: &str, new: &str) -> bool {
     }
 }
 
-fn unique_name(table: &str, column: &str) -> String {
-    format!("uq_{table}_{column}")
-}
-
 /// Plans the changes that bring `live` to the compiled `models`.
 /// `has_rows(table)` tells whether a table holds data (risk depends on it);
 /// `known` lists columns the registry recorded per table (to tell drift).
@@ -307,7 +425,7 @@ pub fn plan(
     for m in creation_order(models) {
         match live.get(m.table) {
             None => {
-                let up = d.create_table(m, lookup);
+                let up = ddl::create_table(d, m, lookup);
                 out.operations.push(
                     Operation::new(
                         m,
@@ -320,197 +438,220 @@ pub fn plan(
                     .lossy_down(),
                 );
             }
-            Some(t) => plan_table(d, m, t, has_rows, known, lookup, &mut out),
+            Some(t) => {
+                let ops =
+                    TablePlanner::new(d, m, t, &mut *has_rows, &lookup).plan(known, &mut out.drift);
+                out.operations.extend(ops);
+            }
         }
     }
     out
 }
 
-/// ADD COLUMN's definition. A unique constraint cannot be added in place
-/// (SQLite), so it comes as a separate unique index.
-fn column_def(
-    d: Dialect,
-    f: &FieldSchema,
-    lookup: impl Fn(&str) -> Option<&'static ModelSchema>,
-) -> String {
-    d.column_def(
-        &FieldSchema {
-            unique: false,
-            ..*f
-        },
-        lookup,
-    )
-}
-
-/// Whether a table holds rows, asked at most once.
-struct Populated {
-    table: &'static str,
-    known: Option<bool>,
-}
-
-impl Populated {
-    fn check(&mut self, has_rows: &mut dyn FnMut(&str) -> bool) -> bool {
-        *self.known.get_or_insert_with(|| has_rows(self.table))
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn plan_table(
+/// Plans the changes to one existing table.
+struct TablePlanner<'a> {
     d: Dialect,
     m: &'static ModelSchema,
-    t: &LiveTable,
-    has_rows: &mut dyn FnMut(&str) -> bool,
-    known: &dyn Fn(&str) -> Option<Vec<String>>,
-    lookup: impl Fn(&str) -> Option<&'static ModelSchema> + Copy,
-    out: &mut MigrationPlan,
-) {
-    let table = quote(m.table);
-    let mut populated = Populated {
-        table: m.table,
-        known: None,
-    };
-    let mut ops: Vec<Operation> = Vec::new();
-    // What SQLite's ALTER TABLE cannot do, collected into one rebuild.
-    let mut rebuild: Vec<(String, Vec<RuleHit>)> = Vec::new();
-    let mut renamed_sources: Vec<&str> = Vec::new();
+    /// The live table.
+    t: &'a LiveTable,
+    /// `m.table`, quoted.
+    table: String,
+    has_rows: &'a mut dyn FnMut(&str) -> bool,
+    /// Whether the table holds rows, asked at most once.
+    populated: Option<bool>,
+    lookup: &'a dyn Fn(&str) -> Option<&'static ModelSchema>,
+    ops: Vec<Operation>,
+    /// What SQLite's ALTER TABLE cannot do, collected into one rebuild.
+    rebuild: Vec<(String, Vec<RuleHit>)>,
+    /// Live columns that renamed fields take over.
+    renamed_sources: Vec<&'static str>,
+}
 
-    for f in m.fields {
-        let Some(live) = t.column(f.column) else {
-            if let Some(old) = f
-                .renamed_from
-                .filter(|old| t.column(old).is_some() && m.field(old).is_none())
-            {
-                renamed_sources.push(old);
-                ops.push(
-                    Operation::new(
-                        m,
-                        OpKind::RenameColumn,
-                        Some(f.column),
-                        format!("rename column {}.{old} to {}", m.table, f.column),
-                        vec![format!(
-                            "ALTER TABLE {table} RENAME COLUMN {} TO {}",
-                            quote(old),
-                            quote(f.column)
-                        )],
-                        vec![format!(
-                            "ALTER TABLE {table} RENAME COLUMN {} TO {}",
-                            quote(f.column),
-                            quote(old)
-                        )],
-                    )
-                    .rule(hit(
-                        "breaking_rename",
-                        format!("{}.{old} becomes {}", m.table, f.column),
-                    )),
-                );
-                continue;
-            }
-            let needs_value = !f.nullable && f.default.is_none();
-            let summary = format!(
-                "add column {}.{} {}{}",
-                m.table,
-                f.column,
-                d.column_type(f),
-                if f.nullable { " NULL" } else { " NOT NULL" }
-            );
-            if needs_value && populated.check(has_rows) {
-                ops.push(
-                    Operation::new(
-                        m,
-                        OpKind::AddColumn,
-                        Some(f.column),
-                        summary,
-                        vec![format!(
-                            "ALTER TABLE {table} ADD COLUMN {}",
-                            column_def(d, f, lookup)
-                        )],
-                        vec![format!(
-                            "ALTER TABLE {table} DROP COLUMN {}",
-                            quote(f.column)
-                        )],
-                    )
-                    .rule(hit(
-                        "not_null_without_default",
-                        format!("{}.{} on a table with rows", m.table, f.column),
-                    ))
-                    .lossy_down(),
-                );
-                continue;
-            }
-            if d == Dialect::Sqlite && (needs_value || f.unique) {
-                // SQLite cannot add NOT NULL-without-default or UNIQUE columns in place.
-                rebuild.push((summary, Vec::new()));
-                continue;
-            }
-            let mut up = vec![format!(
-                "ALTER TABLE {table} ADD COLUMN {}",
-                column_def(d, f, lookup)
-            )];
-            if f.unique {
-                up.push(format!(
-                    "CREATE UNIQUE INDEX {} ON {table} ({})",
-                    quote(&unique_name(m.table, f.column)),
-                    quote(f.column)
-                ));
-            }
-            if expects_index(f) {
-                up.push(format!(
-                    "CREATE INDEX {} ON {table} ({})",
-                    quote(&index_name(m.table, f.column)),
-                    quote(f.column)
-                ));
-            }
-            let mut down = Vec::new();
-            if expects_index(f) {
-                down.push(format!(
-                    "DROP INDEX {}",
-                    quote(&index_name(m.table, f.column))
-                ));
-            }
-            if f.unique {
-                down.push(format!(
-                    "DROP INDEX {}",
-                    quote(&unique_name(m.table, f.column))
-                ));
-            }
-            down.push(format!(
-                "ALTER TABLE {table} DROP COLUMN {}",
-                quote(f.column)
-            ));
-            let op = Operation::new(m, OpKind::AddColumn, Some(f.column), summary, up, down)
-                .lossy_down();
-            ops.push(if needs_value { op.low() } else { op });
-            continue;
-        };
-        if f.primary_key || live.primary_key {
-            continue;
-        }
-        plan_column(
+impl<'a> TablePlanner<'a> {
+    fn new(
+        d: Dialect,
+        m: &'static ModelSchema,
+        t: &'a LiveTable,
+        has_rows: &'a mut dyn FnMut(&str) -> bool,
+        lookup: &'a dyn Fn(&str) -> Option<&'static ModelSchema>,
+    ) -> Self {
+        TablePlanner {
             d,
             m,
-            f,
-            live,
             t,
-            &mut populated,
+            table: quote(m.table),
             has_rows,
+            populated: None,
             lookup,
-            &mut ops,
-            &mut rebuild,
-        );
+            ops: Vec::new(),
+            rebuild: Vec::new(),
+            renamed_sources: Vec::new(),
+        }
     }
 
-    let known_columns = known(m.table);
-    for live in &t.columns {
-        if m.fields.iter().any(|f| f.column == live.name)
-            || renamed_sources.contains(&live.name.as_str())
-        {
-            continue;
+    fn populated(&mut self) -> bool {
+        let table = self.m.table;
+        let has_rows = &mut self.has_rows;
+        *self.populated.get_or_insert_with(|| has_rows(table))
+    }
+
+    /// ADD COLUMN's definition. A unique constraint cannot be added in place
+    /// (SQLite), so it comes as a separate unique index.
+    fn add_column_def(&self, f: &FieldSchema) -> String {
+        ddl::column_def(
+            self.d,
+            &FieldSchema {
+                unique: false,
+                ..*f
+            },
+            self.lookup,
+        )
+    }
+
+    /// The table's operations; drift (columns nobody explains) goes to `drift`.
+    fn plan(
+        mut self,
+        known: &dyn Fn(&str) -> Option<Vec<String>>,
+        drift: &mut Vec<Drift>,
+    ) -> Vec<Operation> {
+        for f in self.m.fields {
+            match self.t.column(f.column) {
+                None => self.missing_column(f),
+                Some(live) if f.primary_key || live.primary_key => {}
+                Some(live) => self.column(f, live),
+            }
         }
-        let explained = known_columns
-            .as_ref()
-            .is_some_and(|k| k.contains(&live.name));
-        if !explained {
-            out.drift.push(Drift {
+        let known_columns = known(self.m.table);
+        for live in &self.t.columns {
+            self.unmodelled_column(live, known_columns.as_deref(), drift);
+        }
+        self.finish()
+    }
+
+    /// A field without a live column: renamed, or added.
+    fn missing_column(&mut self, f: &FieldSchema) {
+        let (d, m, t) = (self.d, self.m, self.t);
+        let table = self.table.clone();
+        if let Some(old) = f
+            .renamed_from
+            .filter(|old| t.column(old).is_some() && m.field(old).is_none())
+        {
+            self.renamed_sources.push(old);
+            self.ops.push(
+                Operation::new(
+                    m,
+                    OpKind::RenameColumn,
+                    Some(f.column),
+                    format!("rename column {}.{old} to {}", m.table, f.column),
+                    vec![format!(
+                        "ALTER TABLE {table} RENAME COLUMN {} TO {}",
+                        quote(old),
+                        quote(f.column)
+                    )],
+                    vec![format!(
+                        "ALTER TABLE {table} RENAME COLUMN {} TO {}",
+                        quote(f.column),
+                        quote(old)
+                    )],
+                )
+                .rule(Rule::BreakingRename.hit(format!("{}.{old} becomes {}", m.table, f.column))),
+            );
+            return;
+        }
+        let needs_value = !f.nullable && f.default.is_none();
+        let summary = format!(
+            "add column {}.{} {}{}",
+            m.table,
+            f.column,
+            ddl::column_type(d, f),
+            if f.nullable { " NULL" } else { " NOT NULL" }
+        );
+        if needs_value && self.populated() {
+            self.ops.push(
+                Operation::new(
+                    m,
+                    OpKind::AddColumn,
+                    Some(f.column),
+                    summary,
+                    vec![format!(
+                        "ALTER TABLE {table} ADD COLUMN {}",
+                        self.add_column_def(f)
+                    )],
+                    vec![format!(
+                        "ALTER TABLE {table} DROP COLUMN {}",
+                        quote(f.column)
+                    )],
+                )
+                .rule(
+                    Rule::NotNullWithoutDefault
+                        .hit(format!("{}.{} on a table with rows", m.table, f.column)),
+                )
+                .lossy_down(),
+            );
+            return;
+        }
+        if d == Dialect::Sqlite && (needs_value || f.unique) {
+            // SQLite cannot add NOT NULL-without-default or UNIQUE columns in place.
+            self.rebuild.push((summary, Vec::new()));
+            return;
+        }
+        let mut up = vec![format!(
+            "ALTER TABLE {table} ADD COLUMN {}",
+            self.add_column_def(f)
+        )];
+        if f.unique {
+            up.push(format!(
+                "CREATE UNIQUE INDEX {} ON {table} ({})",
+                quote(&ddl::unique_name(m.table, f.column)),
+                quote(f.column)
+            ));
+        }
+        if ddl::expects_index(f) {
+            up.push(format!(
+                "CREATE INDEX {} ON {table} ({})",
+                quote(&ddl::index_name(m.table, f.column)),
+                quote(f.column)
+            ));
+        }
+        let mut down = Vec::new();
+        if ddl::expects_index(f) {
+            down.push(format!(
+                "DROP INDEX {}",
+                quote(&ddl::index_name(m.table, f.column))
+            ));
+        }
+        if f.unique {
+            down.push(format!(
+                "DROP INDEX {}",
+                quote(&ddl::unique_name(m.table, f.column))
+            ));
+        }
+        down.push(format!(
+            "ALTER TABLE {table} DROP COLUMN {}",
+            quote(f.column)
+        ));
+        let op =
+            Operation::new(m, OpKind::AddColumn, Some(f.column), summary, up, down).lossy_down();
+        self.ops.push(if needs_value { op.low() } else { op });
+    }
+
+    /// A live column no field has: drift unless the registry knew it, and
+    /// dropped (data loss) unless a renamed field took it over.
+    fn unmodelled_column(
+        &mut self,
+        live: &LiveColumn,
+        known_columns: Option<&[String]>,
+        drift: &mut Vec<Drift>,
+    ) {
+        let (d, m, t) = (self.d, self.m, self.t);
+        let table = self.table.clone();
+        if m.fields.iter().any(|f| f.column == live.name)
+            || self.renamed_sources.contains(&live.name.as_str())
+        {
+            return;
+        }
+        if !known_columns.is_some_and(|k| k.contains(&live.name)) {
+            drift.push(Drift {
                 table: m.table.to_string(),
                 column: Some(live.name.clone()),
                 message: format!(
@@ -524,11 +665,11 @@ fn plan_table(
             || t.indexes.iter().any(|i| i.columns.contains(&live.name));
         let summary = format!("drop column {}.{}", m.table, live.name);
         if d == Dialect::Sqlite && constrained {
-            rebuild.push((
+            self.rebuild.push((
                 summary,
-                vec![hit("data_loss", format!("{}.{}", m.table, live.name))],
+                vec![Rule::DataLoss.hit(format!("{}.{}", m.table, live.name))],
             ));
-            continue;
+            return;
         }
         let mut add_back = format!(
             "ALTER TABLE {table} ADD COLUMN {} {}",
@@ -538,7 +679,7 @@ fn plan_table(
         if let Some(def) = &live.default {
             add_back.push_str(&format!(" DEFAULT {def}"));
         }
-        ops.push(
+        self.ops.push(
             Operation::new(
                 m,
                 OpKind::DropColumn,
@@ -550,308 +691,305 @@ fn plan_table(
                 )],
                 vec![add_back],
             )
-            .rule(hit("data_loss", format!("{}.{}", m.table, live.name))),
+            .rule(Rule::DataLoss.hit(format!("{}.{}", m.table, live.name))),
         );
     }
 
-    if !rebuild.is_empty() {
-        let mut op = rebuild_table(d, m, t, lookup);
-        op.summary = format!(
-            "rebuild table {} ({})",
-            m.table,
-            rebuild
-                .iter()
-                .map(|(s, _)| s.as_str())
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
-        let mut rules: Vec<RuleHit> = rebuild.into_iter().flat_map(|(_, r)| r).collect();
-        if populated.check(has_rows) {
-            rules.push(hit(
-                "table_rewrite",
-                format!("{} is copied into a new table", m.table),
-            ));
+    /// The in-place operations, or, when SQLite cannot do some of them, one
+    /// rebuild instead (renames stay in place).
+    fn finish(mut self) -> Vec<Operation> {
+        let (d, m, t) = (self.d, self.m, self.t);
+        if !self.rebuild.is_empty() {
+            let mut op = rebuild_table(d, m, t, self.lookup);
+            op.summary = format!(
+                "rebuild table {} ({})",
+                m.table,
+                self.rebuild
+                    .iter()
+                    .map(|(s, _)| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+            let mut rules: Vec<RuleHit> = std::mem::take(&mut self.rebuild)
+                .into_iter()
+                .flat_map(|(_, r)| r)
+                .collect();
+            if self.populated() {
+                rules.push(
+                    Rule::TableRewrite.hit(format!("{} is copied into a new table", m.table)),
+                );
+            }
+            for r in rules {
+                op = op.rule(r);
+            }
+            // The rebuild replaces the in-place operations of this table.
+            self.ops.retain(|o| o.kind == OpKind::RenameColumn);
+            self.ops.push(op.low());
         }
-        for r in rules {
-            op = op.rule(r);
-        }
-        // The rebuild replaces the in-place operations of this table.
-        ops.retain(|o| o.kind == OpKind::RenameColumn);
-        ops.push(op.low());
+        self.ops
     }
-    out.operations.extend(ops);
-}
 
-#[allow(clippy::too_many_arguments)]
-fn plan_column(
-    d: Dialect,
-    m: &'static ModelSchema,
-    f: &FieldSchema,
-    live: &LiveColumn,
-    t: &LiveTable,
-    populated: &mut Populated,
-    has_rows: &mut dyn FnMut(&str) -> bool,
-    lookup: impl Fn(&str) -> Option<&'static ModelSchema> + Copy,
-    ops: &mut Vec<Operation>,
-    rebuild: &mut Vec<(String, Vec<RuleHit>)>,
-) {
-    let table = quote(m.table);
-    let col = quote(f.column);
-    let name = format!("{}.{}", m.table, f.column);
-    let want_ty = expected_type(d, f);
-    if live.ty != want_ty {
-        let mut rules = vec![hit(
-            "table_rewrite",
-            format!("{name}: {} → {want_ty}", live.ty),
-        )];
-        if narrowing(&live.ty, &want_ty) {
-            rules.push(hit(
-                "narrowing_type_change",
-                format!("{name}: {} → {want_ty}", live.ty),
-            ));
-        }
-        let summary = format!("change type of {name} from {} to {want_ty}", live.ty);
-        if d == Dialect::Sqlite {
-            rebuild.push((summary, rules));
-        } else {
-            let mut op =
-                Operation::new(
+    /// The changes to one field that exists in the table as `live`.
+    fn column(&mut self, f: &FieldSchema, live: &LiveColumn) {
+        let (d, m, t, lookup) = (self.d, self.m, self.t, self.lookup);
+        let table = self.table.clone();
+        let col = quote(f.column);
+        let name = format!("{}.{}", m.table, f.column);
+        let want_ty = ddl::expected_type(d, f);
+        if live.ty != want_ty {
+            let mut rules =
+                vec![Rule::TableRewrite.hit(format!("{name}: {} → {want_ty}", live.ty))];
+            if narrowing(&live.ty, &want_ty) {
+                rules.push(
+                    Rule::NarrowingTypeChange.hit(format!("{name}: {} → {want_ty}", live.ty)),
+                );
+            }
+            let summary = format!("change type of {name} from {} to {want_ty}", live.ty);
+            if d == Dialect::Sqlite {
+                self.rebuild.push((summary, rules));
+            } else {
+                let mut op = Operation::new(
                     m,
                     OpKind::AlterColumnType,
                     Some(f.column),
                     summary,
-                    [alter_type(&table, &col, &d.column_type(f))]
+                    [ddl::alter_type(&table, &col, &ddl::column_type(d, f))]
                         .into_iter()
                         .chain(f.default.map(|v| {
                             format!(
                                 "ALTER TABLE {table} ALTER COLUMN {col} SET DEFAULT {}",
-                                d.default_literal(v)
+                                ddl::default_literal(d, v)
                             )
                         }))
                         .collect(),
-                    [alter_type(&table, &col, &live.ty.to_uppercase())]
+                    [ddl::alter_type(&table, &col, &live.ty.to_uppercase())]
                         .into_iter()
                         .chain(live.default.as_ref().map(|v| {
                             format!("ALTER TABLE {table} ALTER COLUMN {col} SET DEFAULT {v}")
                         }))
                         .collect(),
                 );
-            for r in rules {
-                op = op.rule(r);
+                for r in rules {
+                    op = op.rule(r);
+                }
+                self.ops.push(op);
             }
-            ops.push(op);
         }
-    }
-    if live.nullable != f.nullable {
-        let summary = format!(
-            "{} {name}",
-            if f.nullable {
-                "allow NULL in"
-            } else {
-                "forbid NULL in"
-            }
-        );
-        if d == Dialect::Sqlite {
-            rebuild.push((
-                summary,
+        if live.nullable != f.nullable {
+            let summary = format!(
+                "{} {name}",
                 if f.nullable {
-                    vec![]
+                    "allow NULL in"
                 } else {
-                    vec![hit("not_null_on_existing", name.clone())]
-                },
-            ));
-        } else if f.nullable {
-            ops.push(Operation::new(
-                m,
-                OpKind::DropNotNull,
-                Some(f.column),
-                summary,
-                vec![format!(
-                    "ALTER TABLE {table} ALTER COLUMN {col} DROP NOT NULL"
-                )],
-                vec![format!(
-                    "ALTER TABLE {table} ALTER COLUMN {col} SET NOT NULL"
-                )],
-            ));
-        } else {
+                    "forbid NULL in"
+                }
+            );
+            if d == Dialect::Sqlite {
+                self.rebuild.push((
+                    summary,
+                    if f.nullable {
+                        vec![]
+                    } else {
+                        vec![Rule::NotNullOnExisting.hit(name.clone())]
+                    },
+                ));
+            } else if f.nullable {
+                self.ops.push(Operation::new(
+                    m,
+                    OpKind::DropNotNull,
+                    Some(f.column),
+                    summary,
+                    vec![format!(
+                        "ALTER TABLE {table} ALTER COLUMN {col} DROP NOT NULL"
+                    )],
+                    vec![format!(
+                        "ALTER TABLE {table} ALTER COLUMN {col} SET NOT NULL"
+                    )],
+                ));
+            } else {
+                let op = Operation::new(
+                    m,
+                    OpKind::SetNotNull,
+                    Some(f.column),
+                    summary,
+                    vec![format!(
+                        "ALTER TABLE {table} ALTER COLUMN {col} SET NOT NULL"
+                    )],
+                    vec![format!(
+                        "ALTER TABLE {table} ALTER COLUMN {col} DROP NOT NULL"
+                    )],
+                );
+                let hit = self.populated();
+                self.ops.push(if hit {
+                    op.rule(Rule::NotNullOnExisting.hit(name.clone()))
+                } else {
+                    op
+                });
+            }
+        }
+        let want_default = expected_default(d, f);
+        // A PostgreSQL type change re-sets the default itself.
+        let retyped = d == Dialect::Postgres && live.ty != want_ty;
+        if live.default != want_default && !retyped {
+            let summary = format!(
+                "set default of {name} to {}",
+                want_default.as_deref().unwrap_or("none")
+            );
+            if d == Dialect::Sqlite {
+                self.rebuild.push((summary, Vec::new()));
+            } else {
+                let set = |v: &Option<String>| match v {
+                    Some(v) => format!("ALTER TABLE {table} ALTER COLUMN {col} SET DEFAULT {v}"),
+                    None => format!("ALTER TABLE {table} ALTER COLUMN {col} DROP DEFAULT"),
+                };
+                let want_sql = f.default.map(|v| ddl::default_literal(d, v));
+                self.ops.push(Operation::new(
+                    m,
+                    OpKind::SetDefault,
+                    Some(f.column),
+                    summary,
+                    vec![set(&want_sql)],
+                    vec![set(&live.default)],
+                ));
+            }
+        }
+        if f.unique && !live.unique {
+            let uq = quote(&ddl::unique_name(m.table, f.column));
             let op = Operation::new(
                 m,
-                OpKind::SetNotNull,
+                OpKind::AddUnique,
                 Some(f.column),
-                summary,
-                vec![format!(
-                    "ALTER TABLE {table} ALTER COLUMN {col} SET NOT NULL"
-                )],
-                vec![format!(
-                    "ALTER TABLE {table} ALTER COLUMN {col} DROP NOT NULL"
-                )],
+                format!("add unique constraint on {name}"),
+                vec![format!("CREATE UNIQUE INDEX {uq} ON {table} ({col})")],
+                vec![format!("DROP INDEX {uq}")],
             );
-            ops.push(if populated.check(has_rows) {
-                op.rule(hit("not_null_on_existing", name.clone()))
+            let hit = self.populated();
+            self.ops.push(if hit {
+                op.rule(Rule::UniqueLock.hit(name.clone()))
             } else {
                 op
             });
+        } else if !f.unique && live.unique {
+            let uq = ddl::unique_name(m.table, f.column);
+            if let Some(idx) = t
+                .indexes
+                .iter()
+                .find(|i| i.unique && i.columns == [f.column])
+            {
+                self.ops.push(
+                    Operation::new(
+                        m,
+                        OpKind::DropUnique,
+                        Some(f.column),
+                        format!("drop unique index on {name}"),
+                        vec![format!("DROP INDEX {}", quote(&idx.name))],
+                        vec![format!(
+                            "CREATE UNIQUE INDEX {} ON {table} ({col})",
+                            quote(&idx.name)
+                        )],
+                    )
+                    .low(),
+                );
+            } else if d == Dialect::Sqlite {
+                self.rebuild
+                    .push((format!("drop unique constraint on {name}"), Vec::new()));
+            } else {
+                self.ops.push(
+                    Operation::new(
+                        m,
+                        OpKind::DropUnique,
+                        Some(f.column),
+                        format!("drop unique constraint on {name}"),
+                        vec![format!(
+                            "ALTER TABLE {table} DROP CONSTRAINT {}",
+                            quote(&format!("{}_{}_key", m.table, f.column))
+                        )],
+                        vec![format!(
+                            "CREATE UNIQUE INDEX {} ON {table} ({col})",
+                            quote(&uq)
+                        )],
+                    )
+                    .low(),
+                );
+            }
         }
-    }
-    let want_default = expected_default(d, f);
-    // A PostgreSQL type change re-sets the default itself.
-    let retyped = d == Dialect::Postgres && live.ty != want_ty;
-    if live.default != want_default && !retyped {
-        let summary = format!(
-            "set default of {name} to {}",
-            want_default.as_deref().unwrap_or("none")
-        );
-        if d == Dialect::Sqlite {
-            rebuild.push((summary, Vec::new()));
-        } else {
-            let set = |v: &Option<String>| match v {
-                Some(v) => format!("ALTER TABLE {table} ALTER COLUMN {col} SET DEFAULT {v}"),
-                None => format!("ALTER TABLE {table} ALTER COLUMN {col} DROP DEFAULT"),
-            };
-            let want_sql = f.default.map(|v| d.default_literal(v));
-            ops.push(Operation::new(
-                m,
-                OpKind::SetDefault,
-                Some(f.column),
-                summary,
-                vec![set(&want_sql)],
-                vec![set(&live.default)],
-            ));
-        }
-    }
-    if f.unique && !live.unique {
-        let uq = quote(&unique_name(m.table, f.column));
-        let op = Operation::new(
-            m,
-            OpKind::AddUnique,
-            Some(f.column),
-            format!("add unique constraint on {name}"),
-            vec![format!("CREATE UNIQUE INDEX {uq} ON {table} ({col})")],
-            vec![format!("DROP INDEX {uq}")],
-        );
-        ops.push(if populated.check(has_rows) {
-            op.rule(hit("unique_lock", name.clone()))
-        } else {
-            op
-        });
-    } else if !f.unique && live.unique {
-        let uq = unique_name(m.table, f.column);
-        if let Some(idx) = t
+        let has_index = t
             .indexes
             .iter()
-            .find(|i| i.unique && i.columns == [f.column])
-        {
-            ops.push(
-                Operation::new(
-                    m,
-                    OpKind::DropUnique,
-                    Some(f.column),
-                    format!("drop unique index on {name}"),
-                    vec![format!("DROP INDEX {}", quote(&idx.name))],
-                    vec![format!(
-                        "CREATE UNIQUE INDEX {} ON {table} ({col})",
-                        quote(&idx.name)
-                    )],
-                )
-                .low(),
-            );
-        } else if d == Dialect::Sqlite {
-            rebuild.push((format!("drop unique constraint on {name}"), Vec::new()));
-        } else {
-            ops.push(
-                Operation::new(
-                    m,
-                    OpKind::DropUnique,
-                    Some(f.column),
-                    format!("drop unique constraint on {name}"),
-                    vec![format!(
-                        "ALTER TABLE {table} DROP CONSTRAINT {}",
-                        quote(&format!("{}_{}_key", m.table, f.column))
-                    )],
-                    vec![format!(
-                        "CREATE UNIQUE INDEX {} ON {table} ({col})",
-                        quote(&uq)
-                    )],
-                )
-                .low(),
-            );
-        }
-    }
-    let has_index = t
-        .indexes
-        .iter()
-        .any(|i| !i.unique && i.columns == [f.column]);
-    if expects_index(f) && !has_index {
-        let idx = quote(&index_name(m.table, f.column));
-        let op = Operation::new(
-            m,
-            OpKind::AddIndex,
-            Some(f.column),
-            format!("add index on {name}"),
-            vec![format!("CREATE INDEX {idx} ON {table} ({col})")],
-            vec![format!("DROP INDEX {idx}")],
-        );
-        ops.push(if d == Dialect::Postgres && populated.check(has_rows) {
-            op.rule(hit("index_without_concurrently", name.clone()))
-        } else {
-            op
-        });
-    } else if !expects_index(f) && has_index {
-        if let Some(idx) = t
-            .indexes
-            .iter()
-            .find(|i| !i.unique && i.columns == [f.column])
-        {
-            ops.push(
-                Operation::new(
-                    m,
-                    OpKind::DropIndex,
-                    Some(f.column),
-                    format!("drop index {}", idx.name),
-                    vec![format!("DROP INDEX {}", quote(&idx.name))],
-                    vec![format!(
-                        "CREATE INDEX {} ON {table} ({col})",
-                        quote(&idx.name)
-                    )],
-                )
-                .low(),
-            );
-        }
-    }
-    let live_fk = t.foreign_keys.iter().find(|fk| fk.column == f.column);
-    let want_fk = f
-        .references
-        .and_then(|fk| lookup(fk.model).map(|target| (target, fk)));
-    let same = match (live_fk, want_fk) {
-        (None, None) => true,
-        (Some(l), Some((target, fk))) => {
-            l.target_table == target.table
-                && l.target_column == target.primary_key().column
-                && l.on_delete == fk.on_delete.sql()
-        }
-        _ => false,
-    };
-    if !same {
-        let constraint = quote(&format!("{}_{}_fkey", m.table, f.column));
-        if d == Dialect::Sqlite {
-            rebuild.push((format!("change foreign key of {name}"), Vec::new()));
-            return;
-        }
-        if live_fk.is_some() {
-            ops.push(
-                Operation::new(
-                    m,
-                    OpKind::DropForeignKey,
-                    Some(f.column),
-                    format!("drop foreign key on {name}"),
-                    vec![format!("ALTER TABLE {table} DROP CONSTRAINT {constraint}")],
-                    vec![],
-                )
-                .low(),
-            );
-        }
-        if let Some((target, fk)) = want_fk {
+            .any(|i| !i.unique && i.columns == [f.column]);
+        if ddl::expects_index(f) && !has_index {
+            let idx = quote(&ddl::index_name(m.table, f.column));
             let op = Operation::new(
+                m,
+                OpKind::AddIndex,
+                Some(f.column),
+                format!("add index on {name}"),
+                vec![format!("CREATE INDEX {idx} ON {table} ({col})")],
+                vec![format!("DROP INDEX {idx}")],
+            );
+            let hit = d == Dialect::Postgres && self.populated();
+            self.ops.push(if hit {
+                op.rule(Rule::IndexWithoutConcurrently.hit(name.clone()))
+            } else {
+                op
+            });
+        } else if !ddl::expects_index(f) && has_index {
+            if let Some(idx) = t
+                .indexes
+                .iter()
+                .find(|i| !i.unique && i.columns == [f.column])
+            {
+                self.ops.push(
+                    Operation::new(
+                        m,
+                        OpKind::DropIndex,
+                        Some(f.column),
+                        format!("drop index {}", idx.name),
+                        vec![format!("DROP INDEX {}", quote(&idx.name))],
+                        vec![format!(
+                            "CREATE INDEX {} ON {table} ({col})",
+                            quote(&idx.name)
+                        )],
+                    )
+                    .low(),
+                );
+            }
+        }
+        let live_fk = t.foreign_keys.iter().find(|fk| fk.column == f.column);
+        let want_fk = f
+            .references
+            .and_then(|fk| lookup(fk.model).map(|target| (target, fk)));
+        let same = match (live_fk, want_fk) {
+            (None, None) => true,
+            (Some(l), Some((target, fk))) => {
+                l.target_table == target.table
+                    && l.target_column == target.primary_key().column
+                    && l.on_delete == fk.on_delete.sql()
+            }
+            _ => false,
+        };
+        if !same {
+            let constraint = quote(&format!("{}_{}_fkey", m.table, f.column));
+            if d == Dialect::Sqlite {
+                self.rebuild
+                    .push((format!("change foreign key of {name}"), Vec::new()));
+                return;
+            }
+            if live_fk.is_some() {
+                self.ops.push(
+                    Operation::new(
+                        m,
+                        OpKind::DropForeignKey,
+                        Some(f.column),
+                        format!("drop foreign key on {name}"),
+                        vec![format!("ALTER TABLE {table} DROP CONSTRAINT {constraint}")],
+                        vec![],
+                    )
+                    .low(),
+                );
+            }
+            if let Some((target, fk)) = want_fk {
+                let op = Operation::new(
                 m,
                 OpKind::AddForeignKey,
                 Some(f.column),
@@ -864,19 +1002,15 @@ fn plan_column(
                 )],
                 vec![format!("ALTER TABLE {table} DROP CONSTRAINT {constraint}")],
             );
-            ops.push(if populated.check(has_rows) {
-                op.rule(hit("fk_without_not_valid", name.clone()))
-            } else {
-                op
-            });
+                let hit = self.populated();
+                self.ops.push(if hit {
+                    op.rule(Rule::FkWithoutNotValid.hit(name.clone()))
+                } else {
+                    op
+                });
+            }
         }
     }
-}
-
-/// PostgreSQL type change through text, which every scalar type casts to
-/// and from (values that do not convert fail the migration, not corrupt it).
-fn alter_type(table: &str, col: &str, ty: &str) -> String {
-    format!("ALTER TABLE {table} ALTER COLUMN {col} DROP DEFAULT, ALTER COLUMN {col} TYPE {ty} USING {col}::text::{ty}")
 }
 
 /// SQLite's documented way to change what ALTER TABLE cannot: create the
@@ -885,11 +1019,10 @@ fn rebuild_table(
     d: Dialect,
     m: &'static ModelSchema,
     t: &LiveTable,
-    lookup: impl Fn(&str) -> Option<&'static ModelSchema> + Copy,
+    lookup: &dyn Fn(&str) -> Option<&'static ModelSchema>,
 ) -> Operation {
     let tmp = format!("__dataflow_new_{}", m.table);
-    let mut up: Vec<String> = d
-        .create_table_as(m, &tmp, lookup)
+    let mut up: Vec<String> = ddl::create_table_as(d, m, &tmp, lookup)
         .into_iter()
         .take(1)
         .collect();
@@ -927,25 +1060,14 @@ fn rebuild_table(
         quote(&tmp),
         quote(m.table)
     ));
-    up.extend(d.create_table(m, lookup).into_iter().skip(1));
+    up.extend(ddl::create_table(d, m, lookup).into_iter().skip(1));
     let mut down = Vec::new();
     if let Some(orig) = &t.create_sql {
         let back = format!("__dataflow_old_{}", m.table);
         if let Some(i) = orig.find('(') {
             down.push(format!("CREATE TABLE {} {}", quote(&back), &orig[i..]));
-            let live_common: Vec<&(&str, &str)> = common.iter().collect();
-            let cols_new = live_common
-                .iter()
-                .map(|(n, _)| quote(n))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let cols_old = live_common
-                .iter()
-                .map(|(_, o)| quote(o))
-                .collect::<Vec<_>>()
-                .join(", ");
             down.push(format!(
-                "INSERT INTO {} ({cols_old}) SELECT {cols_new} FROM {}",
+                "INSERT INTO {} ({old_cols}) SELECT {new_cols} FROM {}",
                 quote(&back),
                 quote(m.table)
             ));
@@ -1004,6 +1126,112 @@ pub(crate) fn creation_order(models: &[&'static ModelSchema]) -> Vec<&'static Mo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::migrate::ddl::tests::{AUTHOR, POST};
+    use crate::migrate::introspect::LiveIndex;
+    use std::str::FromStr;
+
+    /// `posts` as an older version left it: `title` unconstrained text, no
+    /// `body` or `author_id`, no default on `published`, no index on
+    /// `status`, and a `legacy` column nobody knows.
+    fn old_posts(d: Dialect) -> LiveTable {
+        let col = |name: &str, f: Option<&FieldSchema>| LiveColumn {
+            name: name.into(),
+            ty: f.map_or("text".into(), |f| ddl::expected_type(d, f)),
+            nullable: f.is_none_or(|f| f.nullable),
+            default: f.and_then(|f| expected_default(d, f)),
+            primary_key: name == "id",
+            unique: false,
+        };
+        let field = |name: &str| POST.field(name);
+        LiveTable {
+            name: "posts".into(),
+            columns: vec![
+                col("id", field("id")),
+                LiveColumn {
+                    nullable: false,
+                    ..col("title", None)
+                },
+                LiveColumn {
+                    default: None,
+                    ..col("published", field("published"))
+                },
+                col("status", field("status")),
+                col("score", field("score")),
+                col("published_at", field("published_at")),
+                col("legacy", None),
+            ],
+            indexes: vec![LiveIndex {
+                name: "idx_posts_legacy".into(),
+                columns: vec!["legacy".into()],
+                unique: false,
+            }],
+            foreign_keys: Vec::new(),
+            create_sql: Some("CREATE TABLE posts (id TEXT PRIMARY KEY, title TEXT NOT NULL, published INTEGER NOT NULL, status TEXT NOT NULL DEFAULT 'it''s new', score REAL NOT NULL, published_at TEXT NOT NULL, legacy TEXT)".into()),
+        }
+    }
+
+    fn plan_text(d: Dialect) -> String {
+        let mut live = LiveSchema::new();
+        live.insert("posts".into(), old_posts(d));
+        let plan = plan(d, &[&AUTHOR, &POST], &live, &mut |_| true, &|_| None);
+        let mut out = String::new();
+        for op in &plan.operations {
+            let rules: Vec<&str> = op.rules.iter().map(|r| r.rule.as_str()).collect();
+            out.push_str(&format!(
+                "{:?} {} [{}: {}]\n",
+                op.kind,
+                op.summary,
+                op.risk,
+                rules.join(", ")
+            ));
+            for s in &op.up {
+                out.push_str(&format!("  up:   {s}\n"));
+            }
+            for s in &op.down {
+                out.push_str(&format!("  down: {s}\n"));
+            }
+        }
+        for drift in &plan.drift {
+            out.push_str(&format!("drift: {}\n", drift.message));
+        }
+        out
+    }
+
+    #[test]
+    fn changes_to_a_populated_table_on_postgres() {
+        insta::assert_snapshot!(plan_text(Dialect::Postgres));
+    }
+
+    #[test]
+    fn changes_to_a_populated_table_on_sqlite_are_one_rebuild() {
+        insta::assert_snapshot!(plan_text(Dialect::Sqlite));
+    }
+
+    #[test]
+    fn rules_round_trip_by_name() {
+        for r in Rule::ALL {
+            assert_eq!(Rule::from_str(r.as_str()).unwrap(), r);
+            assert!(!r.reason().is_empty());
+            assert!(r.level() > RiskLevel::Low, "{r} needs approval");
+        }
+    }
+
+    #[test]
+    fn an_unknown_rule_name_is_a_validation_error_naming_the_rules() {
+        let e = Rule::from_str("data_los").unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Validation);
+        assert!(
+            e.message()
+                .starts_with("unknown risk rule `data_los` (did you mean `data_loss`?)"),
+            "{e}"
+        );
+        for r in Rule::ALL {
+            assert!(e.message().contains(r.as_str()), "{e}");
+        }
+        assert!(Rule::from_str("").is_err());
+        assert!("High".parse::<RiskLevel>().is_err());
+        assert_eq!("high".parse::<RiskLevel>().unwrap(), RiskLevel::High);
+    }
 
     #[test]
     fn narrowing_changes_are_recognized() {
