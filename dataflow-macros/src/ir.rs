@@ -230,3 +230,164 @@ mod tests {
         assert_eq!(default_table_name("Box"), "boxes");
     }
 }
+
+/// Checksums are persisted in every database's model registry, so the exact
+/// values the macro produces for these models must never change.
+#[cfg(test)]
+mod pinned_checksums {
+    use crate::parse::parse_model;
+    use proc_macro2::TokenStream;
+    use quote::quote;
+
+    fn checksum(attr: TokenStream, item: TokenStream) -> u64 {
+        parse_model(attr, syn::parse2(item).unwrap())
+            .unwrap()
+            .checksum()
+    }
+
+    /// Recorded from the macro as of f21bc8d, before the canonical form was
+    /// written out explicitly; one per case below, in order.
+    const PINNED: [u64; 5] = [
+        0x253383a2fa0a991c,
+        0x24f23001d95307ea,
+        0x1f9c3be71ad07a00,
+        0x08e0add0701248dc,
+        0xa736d5a5fa37d27d,
+    ];
+
+    #[test]
+    fn checksums_of_existing_models_never_change() {
+        let cases = cases();
+        assert_eq!(cases.len(), PINNED.len());
+        for (i, ((attr, item), pinned)) in cases.into_iter().zip(PINNED).enumerate() {
+            assert_eq!(checksum(attr, item), pinned, "case {i}");
+        }
+    }
+
+    fn cases() -> Vec<(TokenStream, TokenStream)> {
+        vec![
+            (
+                quote!(),
+                quote! {
+                    pub struct User {
+                        pub id: String,
+                        #[field(unique)]
+                        pub email: String,
+                        pub full_name: Option<String>,
+                        #[field(default = true)]
+                        pub active: bool,
+                    }
+                },
+            ),
+            (
+                quote!(
+                    table = "chat_sessions",
+                    soft_delete,
+                    timestamps = false,
+                    cache_ttl = "30s"
+                ),
+                quote! {
+                    pub struct Session {
+                        pub id: i64,
+                        #[field(references = "User", on_delete = "cascade", index)]
+                        pub user_id: String,
+                        #[field(max_length = 64, column = "session_token", renamed_from = "tok")]
+                        pub token: String,
+                        #[field(skip)]
+                        pub scratch: Vec<String>,
+                    }
+                },
+            ),
+            (
+                quote!(tenant_scoped, audit, append_only),
+                quote! {
+                    pub struct AllTypes {
+                        #[field(primary_key)]
+                        pub key: uuid::Uuid,
+                        pub s: String,
+                        pub a: i16,
+                        pub b: i32,
+                        pub c: i64,
+                        pub d: f32,
+                        pub e: f64,
+                        pub f: bool,
+                        pub g: chrono::DateTime<chrono::Utc>,
+                        pub h: chrono::NaiveDate,
+                        pub i: Uuid,
+                        pub j: serde_json::Value,
+                        pub k: Vec<u8>,
+                        pub os: Option<String>,
+                        pub oa: Option<i16>,
+                        pub ob: Option<i32>,
+                        pub oc: Option<i64>,
+                        pub od: Option<f32>,
+                        pub oe: Option<f64>,
+                        pub of: Option<bool>,
+                        pub og: Option<DateTime<Utc>>,
+                        pub oh: Option<NaiveDate>,
+                        pub oi: Option<Uuid>,
+                        pub oj: Option<JsonValue>,
+                        pub ok: Option<Vec<u8>>,
+                    }
+                },
+            ),
+            (
+                quote!(timestamps = true, soft_delete = false),
+                quote! {
+                    pub struct Defaults {
+                        pub id: i32,
+                        #[field(default = 0)]
+                        pub zero: i16,
+                        #[field(default = -12)]
+                        pub neg: i32,
+                        #[field(default = 9223372036854775807)]
+                        pub big: i64,
+                        #[field(default = 1.5)]
+                        pub half: f64,
+                        #[field(default = -0.25)]
+                        pub negf: f32,
+                        #[field(default = 3)]
+                        pub int_for_float: f64,
+                        #[field(default = 1e20)]
+                        pub huge: f64,
+                        #[field(default = 1e-7)]
+                        pub tiny: f64,
+                        #[field(default = 2.0)]
+                        pub two: f64,
+                        #[field(default = false)]
+                        pub off: bool,
+                        #[field(default = "draft")]
+                        pub status: String,
+                        #[field(default = "say \"hi\"\\ \n\ttab 'q' é ü 日本 \u{7f} \u{301}x")]
+                        pub escaped: String,
+                        #[field(default = "")]
+                        pub empty: Option<String>,
+                        pub created_at: chrono::DateTime<Utc>,
+                    }
+                },
+            ),
+            (
+                quote!(table = "line_items"),
+                quote! {
+                    pub struct OrderItem {
+                        pub id: i64,
+                        #[field(references = "Order", on_delete = "restrict")]
+                        pub order_id: i64,
+                        #[field(references = "Product", on_delete = "set_null")]
+                        pub product_id: Option<i64>,
+                        #[field(references = "Coupon", on_delete = "no_action", unique = true)]
+                        pub coupon_id: Option<String>,
+                        #[field(references = "Warehouse")]
+                        pub warehouse_id: String,
+                        #[field(index = false, unique = false, primary_key = false)]
+                        pub plain: String,
+                        #[field(renamed_from = "qty", column = "quantity_col")]
+                        pub quantity: i32,
+                        #[field(max_length = 255, unique, index)]
+                        pub sku: Option<String>,
+                    }
+                },
+            ),
+        ]
+    }
+}
