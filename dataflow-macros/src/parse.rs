@@ -2,9 +2,8 @@
 //! key's span, with a `help:` showing the right syntax) and complete (every
 //! problem in one pass, combined into one error).
 
-use crate::ir::{
-    default_table_name, DefaultLit, FieldIr, FieldType, Generated, ModelIr, OnDelete, Options,
-};
+use crate::ir::{DefaultLit, FieldIr, ModelIr, Options};
+use dataflow_core::{default_table_name, FieldType, Generated, OnDelete};
 use proc_macro2::{Span, TokenStream};
 use syn::meta::ParseNestedMeta;
 use syn::spanned::Spanned;

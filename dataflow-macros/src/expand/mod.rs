@@ -3,6 +3,7 @@
 mod nodes;
 mod register;
 mod schema;
+mod tokens;
 
 use crate::{ir::ModelIr, parse};
 use proc_macro2::TokenStream;

@@ -1,7 +1,8 @@
 //! `impl ::dataflow::Model` with the constant schema.
 
+use super::tokens::Path;
 use crate::ir::{DefaultLit, FieldIr, ModelIr};
-use proc_macro2::{Ident, Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::quote;
 
 fn opt_str(v: &Option<String>) -> TokenStream {
@@ -9,10 +10,6 @@ fn opt_str(v: &Option<String>) -> TokenStream {
         Some(s) => quote!(::core::option::Option::Some(#s)),
         None => quote!(::core::option::Option::None),
     }
-}
-
-fn ident(name: &str) -> Ident {
-    Ident::new(name, Span::call_site())
 }
 
 fn field(f: &FieldIr) -> TokenStream {
@@ -25,8 +22,8 @@ fn field(f: &FieldIr) -> TokenStream {
         index,
         ..
     } = f;
-    let ty = ident(f.ty.variant());
-    let generated = ident(f.generated.variant());
+    let ty = Path(f.ty);
+    let generated = Path(f.generated);
     let default = match &f.default {
         None => quote!(::core::option::Option::None),
         Some(d) => {
@@ -42,10 +39,10 @@ fn field(f: &FieldIr) -> TokenStream {
     let references = match &f.references {
         None => quote!(::core::option::Option::None),
         Some((model, on_delete)) => {
-            let on_delete = ident(on_delete.variant());
+            let on_delete = Path(*on_delete);
             quote!(::core::option::Option::Some(::dataflow::schema::ForeignKey {
                 model: #model,
-                on_delete: ::dataflow::schema::OnDelete::#on_delete,
+                on_delete: #on_delete,
             }))
         }
     };
@@ -58,7 +55,7 @@ fn field(f: &FieldIr) -> TokenStream {
         ::dataflow::schema::FieldSchema {
             name: #name,
             column: #column,
-            ty: ::dataflow::schema::FieldType::#ty,
+            ty: #ty,
             nullable: #nullable,
             primary_key: #primary_key,
             unique: #unique,
@@ -67,7 +64,7 @@ fn field(f: &FieldIr) -> TokenStream {
             references: #references,
             max_length: #max_length,
             renamed_from: #renamed_from,
-            generated: ::dataflow::schema::Generated::#generated,
+            generated: #generated,
         }
     }
 }
