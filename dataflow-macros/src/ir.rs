@@ -1,50 +1,184 @@
-//! The plain description of a model that parsing produces and every
-//! expansion step reads.
+//! The plain description of a model that parsing produces, the checks
+//! complete and every expansion step reads. It keeps the spans of fields and
+//! attribute values, so a check run after parsing still points at the
+//! user's tokens.
 
 use dataflow_core::checksum::{self, DefaultShape, FieldShape, ModelShape};
 use dataflow_core::{FieldType, Generated, OnDelete};
+use proc_macro2::{Span, TokenStream};
 use syn::{Ident, ItemStruct};
 
+/// A value set by an attribute key, with the tokens it came from (`key` or
+/// `key = value`), so a later check can point at exactly that attribute, as
+/// serde's `Attr` and axum's `(K, T)` do.
+#[derive(Debug, Clone)]
+pub struct Attr<T> {
+    /// The key and value as written.
+    pub tokens: TokenStream,
+    /// The parsed value.
+    pub value: T,
+}
+
+impl<T> Attr<T> {
+    /// An error spanning the attribute, from its key to its value.
+    pub fn error(&self, msg: impl std::fmt::Display) -> syn::Error {
+        syn::Error::new_spanned(&self.tokens, msg)
+    }
+}
+
+/// A `default = <literal>` value, type-checked against the field.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DefaultLit {
+    /// `true` / `false`
     Bool(bool),
+    /// An integer, sign included.
     Int(i64),
+    /// A float, sign included.
     Float(f64),
+    /// A string's value.
     Str(String),
 }
 
+/// One persisted field.
 #[derive(Debug, Clone)]
 pub struct FieldIr {
+    /// Where errors about the field point: its name, or for a managed
+    /// field the model it was added to.
+    pub span: Span,
+    /// The field's Rust type as written; `None` for managed fields.
+    pub rust_ty: Option<syn::Type>,
+    /// The Rust and JSON name.
     pub name: String,
+    /// The column name (`column = "..."`, default: `name`).
     pub column: String,
+    /// The storage type.
     pub ty: FieldType,
+    /// Whether the Rust type is an `Option`.
     pub nullable: bool,
-    pub primary_key: bool,
+    /// `#[field(primary_key)]`, or the `id` field the check chose.
+    pub primary_key: Option<Attr<()>>,
+    /// `unique`
     pub unique: bool,
+    /// `index`
     pub index: bool,
-    pub default: Option<DefaultLit>,
-    pub references: Option<(String, OnDelete)>,
-    pub max_length: Option<u32>,
+    /// `default = <literal>`
+    pub default: Option<Attr<DefaultLit>>,
+    /// `references = "Model"`
+    pub references: Option<Attr<String>>,
+    /// `on_delete = "..."`; see [`FieldIr::foreign_key`].
+    pub on_delete: Option<Attr<OnDelete>>,
+    /// `max_length = N`
+    pub max_length: Option<Attr<u32>>,
+    /// `renamed_from = "old"`
     pub renamed_from: Option<String>,
+    /// Who fills the value; set by the checks for keys and managed fields.
     pub generated: Generated,
 }
 
+impl FieldIr {
+    /// A plain, user-supplied `String` field named `name`; parsing and the
+    /// managed-field rules fill in the rest.
+    pub fn new(name: &str, span: Span) -> Self {
+        FieldIr {
+            span,
+            rust_ty: None,
+            name: name.to_string(),
+            column: name.to_string(),
+            ty: FieldType::String,
+            nullable: false,
+            primary_key: None,
+            unique: false,
+            index: false,
+            default: None,
+            references: None,
+            on_delete: None,
+            max_length: None,
+            renamed_from: None,
+            generated: Generated::No,
+        }
+    }
+
+    /// Whether this is the model's primary key.
+    pub fn is_primary_key(&self) -> bool {
+        self.primary_key.is_some()
+    }
+
+    /// The foreign key: the referenced model and the `on_delete` action
+    /// (`no_action` unless set).
+    pub fn foreign_key(&self) -> Option<(&str, OnDelete)> {
+        let action = self
+            .on_delete
+            .as_ref()
+            .map_or(OnDelete::NoAction, |a| a.value);
+        self.references.as_ref().map(|r| (r.value.as_str(), action))
+    }
+
+    /// An error pointing at the field.
+    pub fn error(&self, msg: impl std::fmt::Display) -> syn::Error {
+        syn::Error::new(self.span, msg)
+    }
+
+    /// The field as the checksum sees it.
+    fn shape(&self) -> FieldShape<'_> {
+        FieldShape {
+            name: &self.name,
+            column: &self.column,
+            ty: self.ty,
+            nullable: self.nullable,
+            primary_key: self.is_primary_key(),
+            unique: self.unique,
+            index: self.index,
+            default: self.default.as_ref().map(|d| match &d.value {
+                DefaultLit::Bool(b) => DefaultShape::Bool(*b),
+                DefaultLit::Int(i) => DefaultShape::Int(*i),
+                DefaultLit::Float(x) => DefaultShape::Float(*x),
+                DefaultLit::Str(s) => DefaultShape::Str(s),
+            }),
+            references: self.foreign_key(),
+            max_length: self.max_length.as_ref().map(|m| m.value),
+            renamed_from: self.renamed_from.as_deref(),
+            generated: self.generated,
+        }
+    }
+
+    /// An error pointing at the field's Rust type, else at the field.
+    pub fn type_error(&self, msg: impl std::fmt::Display) -> syn::Error {
+        match &self.rust_ty {
+            Some(ty) => syn::Error::new_spanned(ty, msg),
+            None => self.error(msg),
+        }
+    }
+}
+
+/// `#[dataflow::model(...)]`, as written.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
+    /// `table = "..."`
     pub table: Option<String>,
+    /// `soft_delete`
     pub soft_delete: bool,
+    /// `timestamps` (on unless `= false`)
     pub timestamps: bool,
+    /// `tenant_scoped`
     pub tenant_scoped: bool,
+    /// `audit`
     pub audit: bool,
+    /// `cache_ttl = "30s"`, in milliseconds.
     pub cache_ttl_ms: Option<u64>,
+    /// `append_only`
     pub append_only: bool,
 }
 
+/// One model: what every expansion step reads.
 #[derive(Debug)]
 pub struct ModelIr {
+    /// The struct's name token.
     pub ident: Ident,
+    /// The struct's name.
     pub name: String,
+    /// The table: `table = "..."` or the default name.
     pub table: String,
+    /// The model options.
     pub options: Options,
     /// Persisted fields, user-declared first, then the managed ones.
     pub fields: Vec<FieldIr>,
@@ -52,6 +186,7 @@ pub struct ModelIr {
     pub item: ItemStruct,
     /// Which serde derives the macro must add (the user may derive them).
     pub derive_serialize: bool,
+    /// Likewise for `Deserialize`.
     pub derive_deserialize: bool,
 }
 
@@ -79,40 +214,16 @@ impl ModelIr {
     }
 }
 
-impl FieldIr {
-    fn shape(&self) -> FieldShape<'_> {
-        FieldShape {
-            name: &self.name,
-            column: &self.column,
-            ty: self.ty,
-            nullable: self.nullable,
-            primary_key: self.primary_key,
-            unique: self.unique,
-            index: self.index,
-            default: self.default.as_ref().map(|d| match d {
-                DefaultLit::Bool(b) => DefaultShape::Bool(*b),
-                DefaultLit::Int(i) => DefaultShape::Int(*i),
-                DefaultLit::Float(x) => DefaultShape::Float(*x),
-                DefaultLit::Str(s) => DefaultShape::Str(s),
-            }),
-            references: self.references.as_ref().map(|(m, a)| (m.as_str(), *a)),
-            max_length: self.max_length,
-            renamed_from: self.renamed_from.as_deref(),
-            generated: self.generated,
-        }
-    }
-}
-
 /// Checksums are persisted in every database's model registry, so the exact
 /// values the macro produces for these models must never change.
 #[cfg(test)]
 mod pinned_checksums {
-    use crate::parse::parse_model;
+    use crate::expand::model_ir;
     use proc_macro2::TokenStream;
     use quote::quote;
 
     fn checksum(attr: TokenStream, item: TokenStream) -> u64 {
-        parse_model(attr, syn::parse2(item).unwrap())
+        model_ir(attr, syn::parse2(item).unwrap())
             .unwrap()
             .checksum()
     }

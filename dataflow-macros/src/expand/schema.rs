@@ -17,17 +17,17 @@ fn field(f: &FieldIr) -> TokenStream {
         name,
         column,
         nullable,
-        primary_key,
         unique,
         index,
         ..
     } = f;
+    let primary_key = f.is_primary_key();
     let ty = Path(f.ty);
     let generated = Path(f.generated);
     let default = match &f.default {
         None => quote!(::core::option::Option::None),
         Some(d) => {
-            let v = match d {
+            let v = match &d.value {
                 DefaultLit::Bool(b) => quote!(Bool(#b)),
                 DefaultLit::Int(i) => quote!(Int(#i)),
                 DefaultLit::Float(x) => quote!(Float(#x)),
@@ -36,17 +36,17 @@ fn field(f: &FieldIr) -> TokenStream {
             quote!(::core::option::Option::Some(::dataflow::schema::DefaultValue::#v))
         }
     };
-    let references = match &f.references {
+    let references = match f.foreign_key() {
         None => quote!(::core::option::Option::None),
         Some((model, on_delete)) => {
-            let on_delete = Path(*on_delete);
+            let on_delete = Path(on_delete);
             quote!(::core::option::Option::Some(::dataflow::schema::ForeignKey {
                 model: #model,
                 on_delete: #on_delete,
             }))
         }
     };
-    let max_length = match f.max_length {
+    let max_length = match f.max_length.as_ref().map(|m| m.value) {
         Some(n) => quote!(::core::option::Option::Some(#n)),
         None => quote!(::core::option::Option::None),
     };
