@@ -182,3 +182,114 @@ fn column_clashes(ir: &ModelIr, errors: &mut Errors) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::expand::model_ir;
+    use crate::ir::ModelIr;
+    use dataflow_core::{FieldType, Generated};
+    use proc_macro2::TokenStream;
+    use quote::quote;
+
+    fn ir(attr: TokenStream, item: TokenStream) -> syn::Result<ModelIr> {
+        model_ir(attr, syn::parse2(item).unwrap())
+    }
+
+    fn generated(ir: &ModelIr) -> Vec<(&str, Generated)> {
+        ir.fields
+            .iter()
+            .map(|f| (f.name.as_str(), f.generated))
+            .collect()
+    }
+
+    #[test]
+    fn the_id_field_is_the_key_unless_one_is_marked() {
+        let by_name = ir(
+            quote!(timestamps = false),
+            quote!(
+                struct A {
+                    id: i64,
+                    x: String,
+                }
+            ),
+        )
+        .unwrap();
+        assert!(by_name.fields[0].is_primary_key());
+        assert_eq!(by_name.fields[0].generated, Generated::AutoIncrement);
+
+        let marked = ir(
+            quote!(timestamps = false),
+            quote!(
+                struct A {
+                    id: i64,
+                    #[field(primary_key)]
+                    code: uuid::Uuid,
+                }
+            ),
+        )
+        .unwrap();
+        assert!(!marked.fields[0].is_primary_key());
+        assert_eq!(
+            generated(&marked),
+            [("id", Generated::No), ("code", Generated::Uuid7)]
+        );
+    }
+
+    #[test]
+    fn options_add_managed_fields_after_the_declared_ones() {
+        let m = ir(
+            quote!(soft_delete, tenant_scoped),
+            quote!(
+                struct A {
+                    id: String,
+                    updated_at: chrono::DateTime<chrono::Utc>,
+                }
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            generated(&m),
+            [
+                ("id", Generated::Uuid7),
+                ("updated_at", Generated::No),
+                ("tenant_id", Generated::Tenant),
+                ("created_at", Generated::CreatedAt),
+                ("deleted_at", Generated::DeletedAt),
+            ]
+        );
+        let deleted_at = m.fields.last().unwrap();
+        assert!(deleted_at.nullable && deleted_at.ty == FieldType::DateTime);
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported_in_one_pass() {
+        let err = ir(
+            quote!(soft_delete),
+            quote!(
+                struct A {
+                    #[field(primary_key)]
+                    a: Option<String>,
+                    #[field(primary_key, max_length = 3)]
+                    b: i32,
+                    #[field(column = "b", default = 70000)]
+                    c: i16,
+                    deleted_at: Option<String>,
+                }
+            ),
+        )
+        .unwrap_err();
+        let messages: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
+        let expected = [
+            "`max_length` applies to String fields",
+            "default 70000 does not fit `c` (i16)",
+            "marks more than one field `primary_key`: `a` and `b`",
+            "primary key `a` of `A` cannot be an Option",
+            "`soft_delete` manages a `deleted_at` column",
+            "two fields of `A` map to the column `b`",
+        ];
+        assert_eq!(messages.len(), expected.len(), "{messages:#?}");
+        for (m, e) in messages.iter().zip(expected) {
+            assert!(m.contains(e), "{m:?} should contain {e:?}");
+        }
+    }
+}
