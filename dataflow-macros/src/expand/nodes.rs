@@ -6,6 +6,7 @@ use dataflow_core::{node_name, Op};
 use proc_macro2::{Ident, TokenStream};
 use quote::quote;
 
+/// The eleven `{Model}{Op}Node` type aliases.
 pub fn expand(ir: &ModelIr) -> TokenStream {
     let ident = &ir.ident;
     let vis = &ir.item.vis;
