@@ -117,7 +117,8 @@ pub struct ModelSchema {
     /// (`created_at`, `updated_at`, `deleted_at`, `tenant_id`).
     pub fields: &'static [FieldSchema],
     pub options: ModelOptions,
-    /// FNV-1a 64 over the canonical schema, computed by the macro.
+    /// FNV-1a 64 over the canonical schema (`dataflow_core::checksum`),
+    /// computed by the macro.
     pub checksum: u64,
 }
 
