@@ -1,11 +1,14 @@
-//! Attribute parsing: strict (unknown or duplicate keys are errors at the
-//! key's span, with a `help:` showing the right syntax) and complete (every
-//! problem in one pass, combined into one error).
+//! Attribute syntax: the struct, its `#[field]` attributes and the model
+//! options become a [`ModelIr`]. Strict (unknown or duplicate keys are
+//! errors at the key's span, with a `help:` showing the right syntax) and
+//! complete (every problem in one pass). Whether the attributes make sense
+//! together is [`crate::check`]'s job.
 
-use crate::ir::{
-    default_table_name, DefaultLit, FieldIr, FieldType, Generated, ModelIr, OnDelete, Options,
-};
-use proc_macro2::{Span, TokenStream};
+use crate::errors::Errors;
+use crate::ir::{Attr, DefaultLit, FieldIr, ModelIr, Options};
+use dataflow_core::{default_table_name, FieldType, OnDelete};
+use proc_macro2::TokenStream;
+use quote::quote;
 use syn::meta::ParseNestedMeta;
 use syn::spanned::Spanned;
 use syn::{Fields, GenericArgument, ItemStruct, Lit, LitStr, PathArguments, Type};
@@ -16,33 +19,12 @@ e.g. #[dataflow::model(table = \"app_users\", soft_delete)]";
 
 const FIELD_HELP: &str = "help: valid field attributes are `primary_key`, `unique`, `index`, \
 `default = <literal>`, `references = \"Model\"`, `on_delete = \"cascade\" | \"restrict\" | \
-\"set_null\"`, `max_length = N`, `column = \"name\"`, `renamed_from = \"old_name\"`, `skip`; \
+\"set_null\" | \"no_action\"`, `max_length = N`, `column = \"name\"`, `renamed_from = \"old_name\"`, `skip`; \
 e.g. #[field(unique, max_length = 255)]";
 
 const TYPE_HELP: &str = "help: supported field types are String, i16, i32, i64, f32, f64, bool, \
 chrono::DateTime<Utc>, chrono::NaiveDate, uuid::Uuid, serde_json::Value, Vec<u8>, and Option<T> \
 of each";
-
-/// Accumulates every error so one compile shows them all.
-#[derive(Default)]
-struct Errors(Option<syn::Error>);
-
-impl Errors {
-    fn push(&mut self, err: syn::Error) {
-        match &mut self.0 {
-            Some(e) => e.combine(err),
-            None => self.0 = Some(err),
-        }
-    }
-
-    fn at(&mut self, span: Span, msg: impl std::fmt::Display) {
-        self.push(syn::Error::new(span, msg));
-    }
-
-    fn finish(self) -> syn::Result<()> {
-        self.0.map_or(Ok(()), Err)
-    }
-}
 
 /// Tracks keys already seen so duplicates are refused.
 #[derive(Default)]
@@ -69,6 +51,23 @@ fn path_name(path: &syn::Path) -> String {
         .join("::")
 }
 
+/// Consumes `= value`, if any, so parsing continues after a refused key.
+fn skip_value(meta: &ParseNestedMeta) -> syn::Result<()> {
+    if meta.input.peek(syn::Token![=]) {
+        let _: syn::Expr = meta.value()?.parse()?;
+    }
+    Ok(())
+}
+
+/// `key = value` as written, for [`Attr`]: errors span from key to value.
+fn attr_of<T>(meta: &ParseNestedMeta, value: &impl quote::ToTokens, parsed: T) -> Attr<T> {
+    let key = &meta.path;
+    Attr {
+        tokens: quote!(#key #value),
+        value: parsed,
+    }
+}
+
 fn parse_bool_flag(meta: &ParseNestedMeta) -> syn::Result<bool> {
     if meta.input.peek(syn::Token![=]) {
         let lit: syn::LitBool = meta.value()?.parse()?;
@@ -78,20 +77,70 @@ fn parse_bool_flag(meta: &ParseNestedMeta) -> syn::Result<bool> {
     }
 }
 
-pub fn parse_model(attr: TokenStream, item: ItemStruct) -> syn::Result<ModelIr> {
-    let mut errors = Errors::default();
+/// Parses the model options and the struct into a [`ModelIr`] holding the
+/// declared fields only; every syntax error goes to `errors`.
+pub fn parse_model(attr: TokenStream, mut item: ItemStruct, errors: &mut Errors) -> ModelIr {
+    let options = parse_options(attr, errors);
+
+    if !item.generics.params.is_empty() {
+        errors.at(
+            item.generics.span(),
+            "models cannot be generic\n\nhelp: declare one struct per model, e.g. `pub struct User { ... }`",
+        );
+    }
+
+    let name = item.ident.to_string();
+    let table = options
+        .table
+        .clone()
+        .unwrap_or_else(|| default_table_name(&name));
+
+    let mut fields = Vec::new();
+    match &mut item.fields {
+        Fields::Named(named) => {
+            for field in named.named.iter_mut() {
+                let attrs = std::mem::take(&mut field.attrs);
+                let (ours, theirs): (Vec<_>, Vec<_>) =
+                    attrs.into_iter().partition(|a| a.path().is_ident("field"));
+                field.attrs = theirs;
+                let ident = field.ident.clone().expect("named field");
+                match parse_field(&ident, &field.ty, &ours, errors) {
+                    Some(ParsedField::Persisted(f)) => fields.push(*f),
+                    Some(ParsedField::Skipped) => field.attrs.push(syn::parse_quote!(#[serde(skip)])),
+                    None => {}
+                }
+            }
+        }
+        _ => errors.at(
+            item.ident.span(),
+            "models must be structs with named fields\n\nhelp: e.g. `pub struct User { pub id: String, pub email: String }`",
+        ),
+    }
+
+    let derive_serialize = !has_derive(&item, "Serialize");
+    let derive_deserialize = !has_derive(&item, "Deserialize");
+    ModelIr {
+        ident: item.ident.clone(),
+        name,
+        table,
+        options,
+        fields,
+        item,
+        derive_serialize,
+        derive_deserialize,
+    }
+}
+
+/// `#[dataflow::model(...)]`.
+fn parse_options(attr: TokenStream, errors: &mut Errors) -> Options {
     let mut options = Options {
         timestamps: true,
         ..Options::default()
     };
     let mut seen = Seen::default();
     let parser = syn::meta::parser(|meta| {
-        if !seen.first(&meta, &mut errors, MODEL_HELP) {
-            // Consume a value, if any, so parsing continues after the duplicate.
-            if meta.input.peek(syn::Token![=]) {
-                let _: syn::Expr = meta.value()?.parse()?;
-            }
-            return Ok(());
+        if !seen.first(&meta, errors, MODEL_HELP) {
+            return skip_value(&meta);
         }
         let key = path_name(&meta.path);
         match key.as_str() {
@@ -131,9 +180,7 @@ pub fn parse_model(attr: TokenStream, item: ItemStruct) -> syn::Result<ModelIr> 
                     meta.path.span(),
                     format!("unknown model option `{key}`\n\n{MODEL_HELP}"),
                 );
-                if meta.input.peek(syn::Token![=]) {
-                    let _: syn::Expr = meta.value()?.parse()?;
-                }
+                skip_value(&meta)?;
             }
         }
         Ok(())
@@ -141,173 +188,32 @@ pub fn parse_model(attr: TokenStream, item: ItemStruct) -> syn::Result<ModelIr> 
     if let Err(e) = syn::parse::Parser::parse2(parser, attr) {
         errors.push(e);
     }
+    options
+}
 
-    if !item.generics.params.is_empty() {
-        errors.at(
-            item.generics.span(),
-            "models cannot be generic\n\nhelp: declare one struct per model, e.g. `pub struct User { ... }`",
-        );
-    }
-
-    let name = item.ident.to_string();
-    let table = options
-        .table
-        .clone()
-        .unwrap_or_else(|| default_table_name(&name));
-
-    let mut item = item;
-    let mut fields = Vec::new();
-    match &mut item.fields {
-        Fields::Named(named) => {
-            for field in named.named.iter_mut() {
-                let attrs = std::mem::take(&mut field.attrs);
-                let (ours, theirs): (Vec<_>, Vec<_>) =
-                    attrs.into_iter().partition(|a| a.path().is_ident("field"));
-                field.attrs = theirs;
-                let ident = field.ident.clone().expect("named field");
-                match parse_field(&ident, &field.ty, &ours, &mut errors) {
-                    Some(ParsedField::Persisted(f)) => fields.push(f),
-                    Some(ParsedField::Skipped) => field.attrs.push(syn::parse_quote!(#[serde(skip)])),
-                    None => {}
-                }
-            }
-        }
-        _ => errors.at(
-            item.ident.span(),
-            "models must be structs with named fields\n\nhelp: e.g. `pub struct User { pub id: String, pub email: String }`",
-        ),
-    }
-
-    // Exactly one primary key: `#[field(primary_key)]`, else the field named `id`.
-    let explicit: Vec<usize> = (0..fields.len())
-        .filter(|i| fields[*i].primary_key)
-        .collect();
-    if explicit.len() > 1 {
-        errors.at(
-            item.ident.span(),
-            format!("model `{name}` marks more than one field `primary_key`\n\nhelp: composite primary keys are not supported; keep one and mark the others `unique`"),
-        );
-    } else if explicit.is_empty() {
-        match fields.iter_mut().find(|f| f.name == "id") {
-            Some(f) => f.primary_key = true,
-            None if matches!(item.fields, Fields::Named(_)) => errors.at(
-                item.ident.span(),
-                format!("model `{name}` has no primary key\n\nhelp: add `pub id: String` (a UUID v7 is generated when a create omits it), `pub id: i64` (auto-increment), or mark a field #[field(primary_key)]"),
-            ),
-            None => {}
-        }
-    }
-    for f in fields.iter_mut().filter(|f| f.primary_key) {
-        let span = item.ident.span();
-        if f.nullable {
-            errors.at(
-                span,
-                format!("primary key `{}` of `{name}` cannot be an Option", f.name),
-            );
-        }
-        f.generated = match f.ty {
-            FieldType::String | FieldType::Uuid => Generated::Uuid7,
-            t if t.is_integer() => Generated::AutoIncrement,
-            _ => {
-                errors.at(
-                    span,
-                    format!(
-                        "primary key `{}` of `{name}` must be a String, an integer or a Uuid",
-                        f.name
-                    ),
-                );
-                Generated::No
-            }
-        };
-    }
-
-    let managed = |name: &str, ty, nullable, generated| FieldIr {
-        name: name.to_string(),
-        column: name.to_string(),
-        ty,
-        nullable,
-        primary_key: false,
-        unique: false,
-        index: false,
-        default: None,
-        references: None,
-        max_length: None,
-        renamed_from: None,
-        generated,
-    };
-    let declared =
-        |fields: &[FieldIr], n: &str| fields.iter().any(|f| f.name == n || f.column == n);
-    if options.tenant_scoped && !declared(&fields, "tenant_id") {
-        let mut f = managed("tenant_id", FieldType::String, false, Generated::Tenant);
-        f.index = true;
-        fields.push(f);
-    }
-    if options.timestamps {
-        for (n, g) in [
-            ("created_at", Generated::CreatedAt),
-            ("updated_at", Generated::UpdatedAt),
-        ] {
-            if !declared(&fields, n) {
-                fields.push(managed(n, FieldType::DateTime, false, g));
-            }
-        }
-    }
-    if options.soft_delete {
-        if declared(&fields, "deleted_at") {
-            errors.at(item.ident.span(), format!("`soft_delete` manages a `deleted_at` column, but `{name}` declares one\n\nhelp: remove the field; soft-deleted records carry `deleted_at` in their JSON"));
-        } else {
-            fields.push(managed(
-                "deleted_at",
-                FieldType::DateTime,
-                true,
-                Generated::DeletedAt,
-            ));
-        }
-    }
-    for (i, f) in fields.iter().enumerate() {
-        if fields[..i].iter().any(|g| g.column == f.column) {
-            errors.at(
-                item.ident.span(),
-                format!("two fields of `{name}` map to the column `{}`", f.column),
-            );
-        }
-    }
-
-    let has_derive = |want: &str| {
-        item.attrs.iter().any(|a| {
-            a.path().is_ident("derive")
-                && a.parse_args_with(
-                    syn::punctuated::Punctuated::<syn::Path, syn::Token![,]>::parse_terminated,
-                )
-                .map(|paths| {
-                    paths
-                        .iter()
-                        .any(|p| p.segments.last().is_some_and(|s| s.ident == want))
-                })
-                .unwrap_or(false)
-        })
-    };
-    let derive_serialize = !has_derive("Serialize");
-    let derive_deserialize = !has_derive("Deserialize");
-
-    errors.finish()?;
-    Ok(ModelIr {
-        ident: item.ident.clone(),
-        name,
-        table,
-        options,
-        fields,
-        item,
-        derive_serialize,
-        derive_deserialize,
+/// Whether the struct already derives `want` (by last path segment).
+fn has_derive(item: &ItemStruct, want: &str) -> bool {
+    item.attrs.iter().any(|a| {
+        a.path().is_ident("derive")
+            && a.parse_args_with(
+                syn::punctuated::Punctuated::<syn::Path, syn::Token![,]>::parse_terminated,
+            )
+            .map(|paths| {
+                paths
+                    .iter()
+                    .any(|p| p.segments.last().is_some_and(|s| s.ident == want))
+            })
+            .unwrap_or(false)
     })
 }
 
 enum ParsedField {
-    Persisted(FieldIr),
+    Persisted(Box<FieldIr>),
     Skipped,
 }
 
+/// One field's `#[field(...)]` attributes and Rust type; `None` when the
+/// type is unsupported (already reported).
 fn parse_field(
     ident: &syn::Ident,
     ty: &Type,
@@ -315,43 +221,30 @@ fn parse_field(
     errors: &mut Errors,
 ) -> Option<ParsedField> {
     let name = ident.to_string();
-    let mut f = FieldIr {
-        name: name.clone(),
-        column: name.clone(),
-        ty: FieldType::String,
-        nullable: false,
-        primary_key: false,
-        unique: false,
-        index: false,
-        default: None,
-        references: None,
-        max_length: None,
-        renamed_from: None,
-        generated: Generated::No,
-    };
+    let mut f = FieldIr::new(&name, ident.span());
     let mut skip = false;
-    let mut on_delete: Option<(OnDelete, Span)> = None;
-    let mut default_span = Span::call_site();
     let mut seen = Seen::default();
     for attr in attrs {
         let res = attr.parse_nested_meta(|meta| {
             if !seen.first(&meta, errors, FIELD_HELP) {
-                if meta.input.peek(syn::Token![=]) {
-                    let _: syn::Expr = meta.value()?.parse()?;
-                }
-                return Ok(());
+                return skip_value(&meta);
             }
             let key = path_name(&meta.path);
             match key.as_str() {
-                "primary_key" => f.primary_key = parse_bool_flag(&meta)?,
+                "primary_key" => {
+                    let path = &meta.path;
+                    f.primary_key = parse_bool_flag(&meta)?.then(|| Attr {
+                        tokens: quote!(#path),
+                        value: (),
+                    });
+                }
                 "unique" => f.unique = parse_bool_flag(&meta)?,
                 "index" => f.index = parse_bool_flag(&meta)?,
                 "skip" => skip = parse_bool_flag(&meta)?,
                 "default" => {
                     let expr: syn::Expr = meta.value()?.parse()?;
-                    default_span = expr.span();
                     match default_literal(&expr) {
-                        Some(d) => f.default = Some(d),
+                        Some(d) => f.default = Some(attr_of(&meta, &expr, d)),
                         None => errors.at(
                             expr.span(),
                             "`default` must be a literal\n\nhelp: e.g. #[field(default = true)], #[field(default = 0)], #[field(default = \"draft\")]",
@@ -361,7 +254,7 @@ fn parse_field(
                 "references" => {
                     let lit: LitStr = meta.value()?.parse()?;
                     if is_identifier(&lit.value()) {
-                        f.references = Some((lit.value(), OnDelete::NoAction));
+                        f.references = Some(attr_of(&meta, &lit, lit.value()));
                     } else {
                         errors.at(lit.span(), "`references` names a model\n\nhelp: e.g. #[field(references = \"User\")]");
                     }
@@ -376,14 +269,14 @@ fn parse_field(
                         _ => None,
                     };
                     match action {
-                        Some(a) => on_delete = Some((a, lit.span())),
-                        None => errors.at(lit.span(), format!("unknown `on_delete` action `{}`\n\nhelp: use \"cascade\", \"restrict\" or \"set_null\"", lit.value())),
+                        Some(a) => f.on_delete = Some(attr_of(&meta, &lit, a)),
+                        None => errors.at(lit.span(), format!("unknown `on_delete` action `{}`\n\nhelp: use \"cascade\", \"restrict\", \"set_null\" or \"no_action\"", lit.value())),
                     }
                 }
                 "max_length" => {
                     let lit: syn::LitInt = meta.value()?.parse()?;
                     match lit.base10_parse::<u32>() {
-                        Ok(n) if n > 0 => f.max_length = Some(n),
+                        Ok(n) if n > 0 => f.max_length = Some(attr_of(&meta, &lit, n)),
                         _ => errors.at(lit.span(), "`max_length` must be a positive integer\n\nhelp: e.g. #[field(max_length = 255)]"),
                     }
                 }
@@ -405,9 +298,7 @@ fn parse_field(
                 }
                 _ => {
                     errors.at(meta.path.span(), format!("unknown field attribute `{key}`\n\n{FIELD_HELP}"));
-                    if meta.input.peek(syn::Token![=]) {
-                        let _: syn::Expr = meta.value()?.parse()?;
-                    }
+                    skip_value(&meta)?;
                 }
             }
             Ok(())
@@ -423,62 +314,14 @@ fn parse_field(
         Some((t, nullable)) => {
             f.ty = t;
             f.nullable = nullable;
+            f.rust_ty = Some(ty.clone());
         }
         None => {
             errors.at(ty.span(), format!("unsupported type for field `{name}`\n\n{TYPE_HELP}; or mark the field #[field(skip)] to keep it out of the database"));
             return None;
         }
     }
-    if let Some((action, span)) = on_delete {
-        match &mut f.references {
-            Some((_, a)) => *a = action,
-            None => errors.at(span, "`on_delete` needs `references`\n\nhelp: e.g. #[field(references = \"User\", on_delete = \"cascade\")]"),
-        }
-        if action == OnDelete::SetNull && !f.nullable {
-            errors.at(span, format!("`on_delete = \"set_null\"` needs a nullable field, but `{name}` is not an Option"));
-        }
-    }
-    if f.max_length.is_some() && f.ty != FieldType::String {
-        errors.at(
-            ident.span(),
-            format!("`max_length` applies to String fields, and `{name}` is not one"),
-        );
-    }
-    if let Some(d) = &f.default {
-        let ok = matches!(
-            (f.ty, d),
-            (FieldType::Bool, DefaultLit::Bool(_))
-                | (
-                    FieldType::I16 | FieldType::I32 | FieldType::I64,
-                    DefaultLit::Int(_)
-                )
-                | (
-                    FieldType::F32 | FieldType::F64,
-                    DefaultLit::Int(_) | DefaultLit::Float(_)
-                )
-                | (FieldType::String, DefaultLit::Str(_))
-        );
-        if !ok {
-            errors.at(default_span, format!("the default does not match the type of `{name}` ({:?})\n\nhelp: e.g. `default = true` for bool, `default = 0` for integers, `default = \"text\"` for String", f.ty));
-        }
-        if let (FieldType::I16, DefaultLit::Int(v)) = (f.ty, d) {
-            if i16::try_from(*v).is_err() {
-                errors.at(
-                    default_span,
-                    format!("default {v} does not fit `{name}` (i16)"),
-                );
-            }
-        }
-        if let (FieldType::I32, DefaultLit::Int(v)) = (f.ty, d) {
-            if i32::try_from(*v).is_err() {
-                errors.at(
-                    default_span,
-                    format!("default {v} does not fit `{name}` (i32)"),
-                );
-            }
-        }
-    }
-    Some(ParsedField::Persisted(f))
+    Some(ParsedField::Persisted(Box::new(f)))
 }
 
 fn default_literal(expr: &syn::Expr) -> Option<DefaultLit> {

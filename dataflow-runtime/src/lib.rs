@@ -53,6 +53,7 @@ pub use crate::workflow::{
     new_run_id, ConnectionSpec, NodeSpec, Observer, Run, RunError, RunEvent, Workflow,
     WorkflowBuilder, WorkflowRuntime, WorkflowSpec,
 };
+#[doc(inline)]
 pub use dataflow_macros::{embed_migrations, model, node};
 
 /// Used by the code `#[dataflow::model]` generates; not a public API.

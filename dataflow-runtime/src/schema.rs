@@ -5,33 +5,18 @@
 //! these constants, so no per-model code runs at start-up.
 
 use serde::Serialize;
-use std::fmt;
 
-/// The storage type of one field, independent of the backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FieldType {
-    String,
-    I16,
-    I32,
-    I64,
-    F32,
-    F64,
-    Bool,
-    /// `chrono::DateTime<Utc>`
-    DateTime,
-    /// `chrono::NaiveDate`
-    Date,
-    Uuid,
-    /// `serde_json::Value`
-    Json,
-    /// `Vec<u8>`
-    Bytes,
+pub use dataflow_core::{node_name, FieldType, Generated, OnDelete, Op};
+
+/// The JSON Schema of a [`FieldType`]'s values; lives here rather than in
+/// `dataflow-core` because that crate has no dependencies.
+pub trait FieldTypeExt {
+    /// The JSON Schema fragment describing values of this type.
+    fn json_schema(self) -> serde_json::Value;
 }
 
-impl FieldType {
-    /// The JSON Schema fragment describing values of this type.
-    pub fn json_schema(self) -> serde_json::Value {
+impl FieldTypeExt for FieldType {
+    fn json_schema(self) -> serde_json::Value {
         use serde_json::json;
         match self {
             FieldType::String => json!({"type": "string"}),
@@ -48,27 +33,6 @@ impl FieldType {
                 json!({"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255}})
             }
         }
-    }
-
-    /// What a user must send, for error messages.
-    pub fn expected(self) -> &'static str {
-        match self {
-            FieldType::String => "a string",
-            FieldType::I16 => "an integer between -32768 and 32767",
-            FieldType::I32 => "a 32-bit integer",
-            FieldType::I64 => "a 64-bit integer",
-            FieldType::F32 | FieldType::F64 => "a number",
-            FieldType::Bool => "a boolean",
-            FieldType::DateTime => "an RFC 3339 date-time string such as \"2026-01-31T12:00:00Z\"",
-            FieldType::Date => "a date string such as \"2026-01-31\"",
-            FieldType::Uuid => "a UUID string",
-            FieldType::Json => "any JSON value",
-            FieldType::Bytes => "an array of bytes (integers 0-255)",
-        }
-    }
-
-    pub fn is_integer(self) -> bool {
-        matches!(self, FieldType::I16 | FieldType::I32 | FieldType::I64)
     }
 }
 
@@ -95,52 +59,12 @@ impl DefaultValue {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnDelete {
-    Cascade,
-    Restrict,
-    SetNull,
-    NoAction,
-}
-
-impl OnDelete {
-    pub fn sql(self) -> &'static str {
-        match self {
-            OnDelete::Cascade => "CASCADE",
-            OnDelete::Restrict => "RESTRICT",
-            OnDelete::SetNull => "SET NULL",
-            OnDelete::NoAction => "NO ACTION",
-        }
-    }
-}
-
 /// `#[field(references = "Model", on_delete = "...")]`: a foreign key to
 /// that model's primary key, resolved against the registry at boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ForeignKey {
     pub model: &'static str,
     pub on_delete: OnDelete,
-}
-
-/// Who fills a field's value when the user does not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Generated {
-    /// A value the user supplies.
-    No,
-    /// A UUID v7 primary key generated on create when absent.
-    Uuid7,
-    /// An auto-increment integer primary key.
-    AutoIncrement,
-    /// `created_at` (timestamps): set on create.
-    CreatedAt,
-    /// `updated_at` (timestamps): set on create and every update.
-    UpdatedAt,
-    /// `deleted_at` (soft delete): set by Delete.
-    DeletedAt,
-    /// `tenant_id` on tenant-scoped models: bound from the execution context.
-    Tenant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -193,7 +117,8 @@ pub struct ModelSchema {
     /// (`created_at`, `updated_at`, `deleted_at`, `tenant_id`).
     pub fields: &'static [FieldSchema],
     pub options: ModelOptions,
-    /// FNV-1a 64 over the canonical schema, computed by the macro.
+    /// FNV-1a 64 over the canonical schema (`dataflow_core::checksum`),
+    /// computed by the macro.
     pub checksum: u64,
 }
 
@@ -216,7 +141,7 @@ impl ModelSchema {
 
     /// The checksum as the fixed-width hex string stored in the registry.
     pub fn checksum_hex(&self) -> String {
-        format!("{:016x}", self.checksum)
+        dataflow_core::checksum::to_hex(self.checksum)
     }
 
     /// The names of the eleven node types of this model.
@@ -225,75 +150,6 @@ impl ModelSchema {
             .iter()
             .map(move |op| (node_name(self.name, *op), *op))
     }
-}
-
-/// The operation of a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Op {
-    Create,
-    Read,
-    Update,
-    Delete,
-    List,
-    Count,
-    Upsert,
-    BulkCreate,
-    BulkUpdate,
-    BulkDelete,
-    BulkUpsert,
-}
-
-impl Op {
-    pub const ALL: [Op; 11] = [
-        Op::Create,
-        Op::Read,
-        Op::Update,
-        Op::Delete,
-        Op::List,
-        Op::Count,
-        Op::Upsert,
-        Op::BulkCreate,
-        Op::BulkUpdate,
-        Op::BulkDelete,
-        Op::BulkUpsert,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::Create => "Create",
-            Op::Read => "Read",
-            Op::Update => "Update",
-            Op::Delete => "Delete",
-            Op::List => "List",
-            Op::Count => "Count",
-            Op::Upsert => "Upsert",
-            Op::BulkCreate => "BulkCreate",
-            Op::BulkUpdate => "BulkUpdate",
-            Op::BulkDelete => "BulkDelete",
-            Op::BulkUpsert => "BulkUpsert",
-        }
-    }
-
-    /// Whether the node writes (and so is refused on append-only models
-    /// when it changes existing rows).
-    pub fn changes_existing(self) -> bool {
-        matches!(
-            self,
-            Op::Update | Op::Delete | Op::Upsert | Op::BulkUpdate | Op::BulkDelete | Op::BulkUpsert
-        )
-    }
-}
-
-impl fmt::Display for Op {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// The node type name of `op` on `model`: `{Model}{Op}Node`, the one
-/// place this naming rule is written.
-pub fn node_name(model: &str, op: Op) -> String {
-    format!("{model}{}Node", op.name())
 }
 
 /// A model type declared with `#[dataflow::model]`.

@@ -1,10 +1,14 @@
 //! IR → generated code, one module per artifact.
 
+pub mod migrations;
+pub mod node;
 mod nodes;
 mod register;
 mod schema;
+mod tokens;
 
-use crate::{ir::ModelIr, parse};
+use crate::errors::Errors;
+use crate::{check, ir::ModelIr, parse};
 use proc_macro2::TokenStream;
 use quote::quote;
 use syn::ItemStruct;
@@ -21,7 +25,7 @@ pub fn model(attr: TokenStream, item: TokenStream) -> TokenStream {
             return out;
         }
     };
-    match parse::parse_model(attr, parsed.clone()) {
+    match model_ir(attr, parsed.clone()) {
         Ok(ir) => expand(&ir),
         Err(err) => {
             let mut out = err.to_compile_error();
@@ -30,6 +34,14 @@ pub fn model(attr: TokenStream, item: TokenStream) -> TokenStream {
             out
         }
     }
+}
+
+/// Parse, then check: the finished model, or every error found.
+pub fn model_ir(attr: TokenStream, item: ItemStruct) -> syn::Result<ModelIr> {
+    let mut errors = Errors::default();
+    let mut ir = parse::parse_model(attr, item, &mut errors);
+    check::check(&mut ir, &mut errors);
+    errors.finish().map(|()| ir)
 }
 
 /// Everything one model expands to.
@@ -72,100 +84,6 @@ fn strip_field_attrs(mut item: ItemStruct) -> TokenStream {
         field.attrs.retain(|a| !a.path().is_ident("field"));
     }
     quote!(#item)
-}
-
-/// Expands `#[dataflow::node]` on `impl Node for T`: the impl, unchanged,
-/// plus one `linkme` entry pointing at the unit struct `T`.
-pub fn node(attr: TokenStream, item: TokenStream) -> TokenStream {
-    let result = (|| -> syn::Result<TokenStream> {
-        if !attr.is_empty() {
-            return Err(syn::Error::new_spanned(
-                &attr,
-                "#[dataflow::node] takes no options\n\nhelp: the node's name comes from `fn name(&self)`",
-            ));
-        }
-        let imp: syn::ItemImpl = syn::parse2(item.clone())?;
-        let help = "#[dataflow::node] goes on `impl dataflow::Node for MyNode`, where `MyNode` is a unit struct\n\n\
-                    help: e.g. `pub struct Greet;` and `#[dataflow::node] impl Node for Greet { ... }`";
-        match &imp.trait_ {
-            Some((None, path, _)) if path.segments.last().is_some_and(|s| s.ident == "Node") => {}
-            _ => return Err(syn::Error::new_spanned(&imp.self_ty, help)),
-        }
-        let syn::Type::Path(ty) = &*imp.self_ty else {
-            return Err(syn::Error::new_spanned(&imp.self_ty, help));
-        };
-        if !imp.generics.params.is_empty() {
-            return Err(syn::Error::new_spanned(&imp.generics, "generic nodes cannot be registered\n\nhelp: register one unit struct per node type"));
-        }
-        let last = ty.path.segments.last().expect("a type path has a segment");
-        let static_name = syn::Ident::new(
-            &format!("__DATAFLOW_NODE_{}", last.ident.to_string().to_uppercase()),
-            last.ident.span(),
-        );
-        Ok(quote! {
-            #imp
-            #[::dataflow::__private::linkme::distributed_slice(::dataflow::__private::NODES)]
-            #[linkme(crate = ::dataflow::__private::linkme)]
-            #[doc(hidden)]
-            static #static_name: &'static dyn ::dataflow::Node = &#ty;
-        })
-    })();
-    result.unwrap_or_else(|err| {
-        let mut out = err.to_compile_error();
-        out.extend(item);
-        out
-    })
-}
-
-/// Expands `embed_migrations!("dir")` by reading the directory at compile
-/// time; `include_str!` makes edits to a file rebuild the crate.
-pub fn embed_migrations(input: TokenStream) -> TokenStream {
-    let result = (|| -> syn::Result<TokenStream> {
-        let rel = if input.is_empty() {
-            "migrations".to_string()
-        } else {
-            syn::parse2::<syn::LitStr>(input.clone())?.value()
-        };
-        let root = std::env::var("CARGO_MANIFEST_DIR")
-            .map_err(|_| syn::Error::new_spanned(&input, "CARGO_MANIFEST_DIR is not set"))?;
-        let dir = std::path::Path::new(&root).join(&rel);
-        let entries = std::fs::read_dir(&dir).map_err(|e| {
-            syn::Error::new(proc_macro2::Span::call_site(), format!("cannot read migrations directory {}: {e}\n\nhelp: create it with `migrate generate <name>`", dir.display()))
-        })?;
-        let mut dirs: Vec<std::path::PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_dir())
-            .collect();
-        dirs.sort();
-        let mut items = Vec::new();
-        for d in dirs {
-            let name = d
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string();
-            let up = d.join("up.sql");
-            if !up.is_file() {
-                return Err(syn::Error::new(
-                    proc_macro2::Span::call_site(),
-                    format!("migration {} has no up.sql", d.display()),
-                ));
-            }
-            let up = up.display().to_string();
-            let down = d.join("down.sql");
-            let down = if down.is_file() {
-                let p = down.display().to_string();
-                quote!(::core::include_str!(#p))
-            } else {
-                quote!("")
-            };
-            items.push(quote! {
-                ::dataflow::migrate::EmbeddedMigration { dir: #name, up: ::core::include_str!(#up), down: #down }
-            });
-        }
-        Ok(quote!(&[#(#items),*]))
-    })();
-    result.unwrap_or_else(|e| e.to_compile_error())
 }
 
 #[cfg(test)]
@@ -235,7 +153,7 @@ mod tests {
 
     #[test]
     fn checksum_changes_with_the_schema() {
-        let a = parse::parse_model(
+        let a = model_ir(
             quote!(),
             syn::parse_quote!(
                 pub struct A {
@@ -244,7 +162,7 @@ mod tests {
             ),
         )
         .unwrap();
-        let b = parse::parse_model(
+        let b = model_ir(
             quote!(),
             syn::parse_quote!(
                 pub struct A {
@@ -254,7 +172,7 @@ mod tests {
             ),
         )
         .unwrap();
-        let a2 = parse::parse_model(
+        let a2 = model_ir(
             quote!(),
             syn::parse_quote!(
                 pub struct A {

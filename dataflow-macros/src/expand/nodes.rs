@@ -2,28 +2,17 @@
 //! types, so a model adds no per-node code to compile.
 
 use crate::ir::ModelIr;
+use dataflow_core::{node_name, Op};
 use proc_macro2::{Ident, TokenStream};
 use quote::quote;
 
-pub const OPS: [&str; 11] = [
-    "Create",
-    "Read",
-    "Update",
-    "Delete",
-    "List",
-    "Count",
-    "Upsert",
-    "BulkCreate",
-    "BulkUpdate",
-    "BulkDelete",
-    "BulkUpsert",
-];
-
+/// The eleven `{Model}{Op}Node` type aliases.
 pub fn expand(ir: &ModelIr) -> TokenStream {
     let ident = &ir.ident;
     let vis = &ir.item.vis;
-    let aliases = OPS.iter().map(|op| {
-        let alias = Ident::new(&format!("{}{}Node", ir.name, op), ident.span());
+    let aliases = Op::ALL.iter().map(|op| {
+        let alias = Ident::new(&node_name(&ir.name, *op), ident.span());
+        // The runtime's generic node type: `CreateNode<M>`.
         let generic = Ident::new(&format!("{op}Node"), ident.span());
         let doc = format!("The {op} node of [`{}`].", ir.name);
         quote! {

@@ -4,6 +4,7 @@ use crate::ir::ModelIr;
 use proc_macro2::{Ident, TokenStream};
 use quote::quote;
 
+/// The model's registry entry.
 pub fn expand(ir: &ModelIr) -> TokenStream {
     let ident = &ir.ident;
     let static_name = Ident::new(

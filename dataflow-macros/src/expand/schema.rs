@@ -1,7 +1,8 @@
 //! `impl ::dataflow::Model` with the constant schema.
 
+use super::tokens::Path;
 use crate::ir::{DefaultLit, FieldIr, ModelIr};
-use proc_macro2::{Ident, Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::quote;
 
 fn opt_str(v: &Option<String>) -> TokenStream {
@@ -11,26 +12,22 @@ fn opt_str(v: &Option<String>) -> TokenStream {
     }
 }
 
-fn ident(name: &str) -> Ident {
-    Ident::new(name, Span::call_site())
-}
-
 fn field(f: &FieldIr) -> TokenStream {
     let FieldIr {
         name,
         column,
         nullable,
-        primary_key,
         unique,
         index,
         ..
     } = f;
-    let ty = ident(f.ty.variant());
-    let generated = ident(f.generated.variant());
+    let primary_key = f.is_primary_key();
+    let ty = Path(f.ty);
+    let generated = Path(f.generated);
     let default = match &f.default {
         None => quote!(::core::option::Option::None),
         Some(d) => {
-            let v = match d {
+            let v = match &d.value {
                 DefaultLit::Bool(b) => quote!(Bool(#b)),
                 DefaultLit::Int(i) => quote!(Int(#i)),
                 DefaultLit::Float(x) => quote!(Float(#x)),
@@ -39,17 +36,17 @@ fn field(f: &FieldIr) -> TokenStream {
             quote!(::core::option::Option::Some(::dataflow::schema::DefaultValue::#v))
         }
     };
-    let references = match &f.references {
+    let references = match f.foreign_key() {
         None => quote!(::core::option::Option::None),
         Some((model, on_delete)) => {
-            let on_delete = ident(on_delete.variant());
+            let on_delete = Path(on_delete);
             quote!(::core::option::Option::Some(::dataflow::schema::ForeignKey {
                 model: #model,
-                on_delete: ::dataflow::schema::OnDelete::#on_delete,
+                on_delete: #on_delete,
             }))
         }
     };
-    let max_length = match f.max_length {
+    let max_length = match f.max_length.as_ref().map(|m| m.value) {
         Some(n) => quote!(::core::option::Option::Some(#n)),
         None => quote!(::core::option::Option::None),
     };
@@ -58,7 +55,7 @@ fn field(f: &FieldIr) -> TokenStream {
         ::dataflow::schema::FieldSchema {
             name: #name,
             column: #column,
-            ty: ::dataflow::schema::FieldType::#ty,
+            ty: #ty,
             nullable: #nullable,
             primary_key: #primary_key,
             unique: #unique,
@@ -67,11 +64,12 @@ fn field(f: &FieldIr) -> TokenStream {
             references: #references,
             max_length: #max_length,
             renamed_from: #renamed_from,
-            generated: ::dataflow::schema::Generated::#generated,
+            generated: #generated,
         }
     }
 }
 
+/// `impl Model` with `const SCHEMA`.
 pub fn expand(ir: &ModelIr) -> TokenStream {
     let ident = &ir.ident;
     let name = &ir.name;

@@ -3,7 +3,7 @@
 
 use super::Op;
 use crate::filter::{FIELD_OPERATORS, LOGICAL_OPERATORS};
-use crate::schema::{FieldSchema, Generated, ModelSchema};
+use crate::schema::{FieldSchema, FieldTypeExt, Generated, ModelSchema};
 use serde_json::{json, Map, Value};
 
 fn nullable(f: &FieldSchema, mut s: Value) -> Value {

@@ -1,0 +1,9 @@
+#[dataflow::model]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    #[field(column = "email")]
+    pub contact: String,
+}
+
+fn main() {}

@@ -1,0 +1,7 @@
+#[dataflow::model]
+pub struct Token {
+    pub id: Option<String>,
+    pub value: String,
+}
+
+fn main() {}
