@@ -72,7 +72,7 @@ pub fn error_body(e: &Error) -> Value {
 /// An HTTP error response: the code's status and [`error_body`].
 pub(crate) fn http_error(e: &Error) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let status = axum::http::StatusCode::from_u16(e.kind().http_status())
+    let status = axum::http::StatusCode::from_u16(e.code().http_status())
         .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
     (status, axum::Json(error_body(e))).into_response()
 }
@@ -85,7 +85,7 @@ pub(crate) fn cli_error(e: &Error, json: bool) -> u8 {
     } else {
         eprintln!("error[{}]: {}", e.code(), e.message());
     }
-    e.kind().exit_code()
+    e.code().exit_code()
 }
 
 /// A failed MCP `tools/call`: a tool error (`isError: true`) whose content is

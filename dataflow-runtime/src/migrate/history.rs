@@ -320,7 +320,8 @@ pub(crate) fn begin<C: Conn>(conn: &mut C, m: &NewMigration) -> Result<HistoryEn
 }
 
 fn insert<C: Conn>(conn: &mut C, m: &NewMigration) -> Result<()> {
-    let checksum = format!("{:016x}", super::fnv1a64(m.up_sql.as_bytes()));
+    let checksum =
+        dataflow_core::checksum::to_hex(dataflow_core::checksum::fnv1a64(m.up_sql.as_bytes()));
     exec(
         conn,
         "INSERT INTO dataflow_migrations (version, name, application_id, source, checksum, up_sql, down_sql, risk, rules, reason, status, started_at, applied_by, down_loses_data) \

@@ -199,17 +199,8 @@ impl EmbeddedMigration {
     /// Of `up.sql`, as the history records it (an applied file whose
     /// checksum changed stops boot).
     pub fn checksum(&self) -> String {
-        format!("{:016x}", fnv1a64(self.up.as_bytes()))
+        dataflow_core::checksum::to_hex(dataflow_core::checksum::fnv1a64(self.up.as_bytes()))
     }
-}
-
-pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
 }
 
 /// Boot's schema step (after the fast check failed): lock, run reviewed
