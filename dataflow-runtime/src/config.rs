@@ -85,6 +85,7 @@ impl Config {
                 ErrorCode::Config,
                 format!("cannot read config {}: {e}", path.display()),
             )
+            .with_source(e)
         })?;
         serde_json::from_str(&text).map_err(|e| {
             Error::new(

@@ -169,6 +169,8 @@ struct Inner {
     node: Option<String>,
     /// The error was raised inside `node`'s run: its name leads the message.
     inside_node: bool,
+    /// The detail is about `model.field`, which the message names first.
+    about_field: bool,
     /// Which item of a bulk input (`data[i]`) the error is about.
     index: Option<usize>,
     /// The workflow node whose failure this is: `(id, node type)`.
@@ -184,6 +186,7 @@ impl PartialEq for Error {
             && self.inner.field == other.inner.field
             && self.inner.node == other.inner.node
             && self.inner.inside_node == other.inner.inside_node
+            && self.inner.about_field == other.inner.about_field
             && self.inner.index == other.inner.index
             && self.inner.step == other.inner.step
     }
@@ -201,6 +204,7 @@ impl Error {
                 field: None,
                 node: None,
                 inside_node: false,
+                about_field: false,
                 index: None,
                 step: None,
                 source: None,
@@ -212,6 +216,14 @@ impl Error {
         Error::new(ErrorCode::Validation, message)
             .with_model(model)
             .with_field_opt(field)
+    }
+
+    /// A validation error about the value of `model.field`: the message
+    /// reads `"{model}.{field}: {detail}"`.
+    pub(crate) fn invalid_field(model: &str, field: &str, detail: impl Into<String>) -> Self {
+        let mut e = Error::validation(model, Some(field), detail);
+        e.inner.about_field = true;
+        e
     }
 
     pub(crate) fn internal(message: impl Into<String>) -> Self {
@@ -295,6 +307,11 @@ impl Error {
         if let Some(i) = self.inner.index {
             m.push_str(&format!("data[{i}]: "));
         }
+        if let (true, Some(model), Some(field)) =
+            (self.inner.about_field, &self.inner.model, &self.inner.field)
+        {
+            m.push_str(&format!("{model}.{field}: "));
+        }
         m.push_str(&self.inner.detail);
         m
     }
@@ -376,5 +393,71 @@ impl std::error::Error for Error {
             .source
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_is_composed_from_where_and_what() {
+        let e = Error::invalid_field("User", "email", "expected a string, got an integer")
+            .at_item(3)
+            .in_node("UserBulkCreateNode");
+        assert_eq!(
+            e.message(),
+            "UserBulkCreateNode: data[3]: User.email: expected a string, got an integer"
+        );
+        assert_eq!(e.detail(), "expected a string, got an integer");
+        assert_eq!(
+            (e.code(), e.model(), e.field(), e.node(), e.index()),
+            (
+                ErrorCode::Validation,
+                Some("User"),
+                Some("email"),
+                Some("UserBulkCreateNode"),
+                Some(3)
+            )
+        );
+        // A second node context does not stack.
+        assert_eq!(e.clone().in_node("Other").message(), e.message());
+        let failed = e.in_step("create", "UserBulkCreateNode");
+        assert_eq!(failed.node(), Some("create"));
+        assert!(failed
+            .message()
+            .starts_with("node `create` (UserBulkCreateNode) failed: UserBulkCreateNode: data[3]"));
+        assert_eq!(
+            failed.to_json(),
+            serde_json::json!({
+                "code": "validation",
+                "message": failed.message(),
+                "model": "User",
+                "field": "email",
+                "node": "create",
+            })
+        );
+        assert_eq!(
+            failed.to_string(),
+            format!("validation: {}", failed.message())
+        );
+    }
+
+    #[test]
+    fn the_cause_is_kept_as_the_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = Error::new(ErrorCode::Config, "cannot read config").with_source(io);
+        let source = std::error::Error::source(&e).expect("a source");
+        assert_eq!(source.to_string(), "no such file");
+        assert!(std::error::Error::source(&Error::internal("x")).is_none());
+    }
+
+    #[test]
+    fn codes_read_as_their_names() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+            assert_eq!(code, code.as_str());
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
     }
 }
