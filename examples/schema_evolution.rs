@@ -63,7 +63,7 @@ async fn main() {
         Ok(db) => db,
         Err(e) => {
             eprintln!("error[{}]: {}", e.code(), e.message());
-            std::process::exit(i32::from(e.kind().exit_code()));
+            std::process::exit(i32::from(e.code().exit_code()));
         }
     };
     if cli {

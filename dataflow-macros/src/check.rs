@@ -10,7 +10,7 @@ use quote::ToTokens;
 use syn::Fields;
 
 /// Checks `ir` and completes it; every problem goes to `errors`.
-pub fn check(ir: &mut ModelIr, errors: &mut Errors) {
+pub(crate) fn check(ir: &mut ModelIr, errors: &mut Errors) {
     for f in &ir.fields {
         attributes_agree(f, errors);
     }

@@ -5,11 +5,11 @@ use proc_macro2::Span;
 
 /// Every error found so far, combined into one `syn::Error`.
 #[derive(Default)]
-pub struct Errors(Option<syn::Error>);
+pub(crate) struct Errors(Option<syn::Error>);
 
 impl Errors {
     /// Adds an error.
-    pub fn push(&mut self, err: syn::Error) {
+    pub(crate) fn push(&mut self, err: syn::Error) {
         match &mut self.0 {
             Some(e) => e.combine(err),
             None => self.0 = Some(err),
@@ -17,12 +17,12 @@ impl Errors {
     }
 
     /// Adds an error at `span`.
-    pub fn at(&mut self, span: Span, msg: impl std::fmt::Display) {
+    pub(crate) fn at(&mut self, span: Span, msg: impl std::fmt::Display) {
         self.push(syn::Error::new(span, msg));
     }
 
     /// `Err` with every error, if there was one.
-    pub fn finish(self) -> syn::Result<()> {
+    pub(crate) fn finish(self) -> syn::Result<()> {
         self.0.map_or(Ok(()), Err)
     }
 }

@@ -12,7 +12,7 @@ use syn::{Ident, ItemStruct};
 /// `key = value`), so a later check can point at exactly that attribute, as
 /// serde's `Attr` and axum's `(K, T)` do.
 #[derive(Debug, Clone)]
-pub struct Attr<T> {
+pub(crate) struct Attr<T> {
     /// The key and value as written.
     pub tokens: TokenStream,
     /// The parsed value.
@@ -21,14 +21,14 @@ pub struct Attr<T> {
 
 impl<T> Attr<T> {
     /// An error spanning the attribute, from its key to its value.
-    pub fn error(&self, msg: impl std::fmt::Display) -> syn::Error {
+    pub(crate) fn error(&self, msg: impl std::fmt::Display) -> syn::Error {
         syn::Error::new_spanned(&self.tokens, msg)
     }
 }
 
 /// A `default = <literal>` value, type-checked against the field.
 #[derive(Debug, Clone, PartialEq)]
-pub enum DefaultLit {
+pub(crate) enum DefaultLit {
     /// `true` / `false`
     Bool(bool),
     /// An integer, sign included.
@@ -41,7 +41,7 @@ pub enum DefaultLit {
 
 /// One persisted field.
 #[derive(Debug, Clone)]
-pub struct FieldIr {
+pub(crate) struct FieldIr {
     /// Where errors about the field point: its name, or for a managed
     /// field the model it was added to.
     pub span: Span,
@@ -78,7 +78,7 @@ pub struct FieldIr {
 impl FieldIr {
     /// A plain, user-supplied `String` field named `name`; parsing and the
     /// managed-field rules fill in the rest.
-    pub fn new(name: &str, span: Span) -> Self {
+    pub(crate) fn new(name: &str, span: Span) -> Self {
         FieldIr {
             span,
             rust_ty: None,
@@ -99,13 +99,13 @@ impl FieldIr {
     }
 
     /// Whether this is the model's primary key.
-    pub fn is_primary_key(&self) -> bool {
+    pub(crate) fn is_primary_key(&self) -> bool {
         self.primary_key.is_some()
     }
 
     /// The foreign key: the referenced model and the `on_delete` action
     /// (`no_action` unless set).
-    pub fn foreign_key(&self) -> Option<(&str, OnDelete)> {
+    pub(crate) fn foreign_key(&self) -> Option<(&str, OnDelete)> {
         let action = self
             .on_delete
             .as_ref()
@@ -114,7 +114,7 @@ impl FieldIr {
     }
 
     /// An error pointing at the field.
-    pub fn error(&self, msg: impl std::fmt::Display) -> syn::Error {
+    pub(crate) fn error(&self, msg: impl std::fmt::Display) -> syn::Error {
         syn::Error::new(self.span, msg)
     }
 
@@ -142,7 +142,7 @@ impl FieldIr {
     }
 
     /// An error pointing at the field's Rust type, else at the field.
-    pub fn type_error(&self, msg: impl std::fmt::Display) -> syn::Error {
+    pub(crate) fn type_error(&self, msg: impl std::fmt::Display) -> syn::Error {
         match &self.rust_ty {
             Some(ty) => syn::Error::new_spanned(ty, msg),
             None => self.error(msg),
@@ -152,7 +152,7 @@ impl FieldIr {
 
 /// `#[dataflow::model(...)]`, as written.
 #[derive(Debug, Clone, Default)]
-pub struct Options {
+pub(crate) struct Options {
     /// `table = "..."`
     pub table: Option<String>,
     /// `soft_delete`
@@ -171,7 +171,7 @@ pub struct Options {
 
 /// One model: what every expansion step reads.
 #[derive(Debug)]
-pub struct ModelIr {
+pub(crate) struct ModelIr {
     /// The struct's name token.
     pub ident: Ident,
     /// The struct's name.
@@ -209,7 +209,7 @@ impl ModelIr {
     }
 
     /// The checksum persisted with the model: see [`dataflow_core::checksum`].
-    pub fn checksum(&self) -> u64 {
+    pub(crate) fn checksum(&self) -> u64 {
         self.with_shape(checksum::checksum)
     }
 }

@@ -79,7 +79,7 @@ fn parse_bool_flag(meta: &ParseNestedMeta) -> syn::Result<bool> {
 
 /// Parses the model options and the struct into a [`ModelIr`] holding the
 /// declared fields only; every syntax error goes to `errors`.
-pub fn parse_model(attr: TokenStream, mut item: ItemStruct, errors: &mut Errors) -> ModelIr {
+pub(crate) fn parse_model(attr: TokenStream, mut item: ItemStruct, errors: &mut Errors) -> ModelIr {
     let options = parse_options(attr, errors);
 
     if !item.generics.params.is_empty() {

@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use std::path::PathBuf;
 
+/// The `dataflow` command line: models and migrations.
 #[derive(Debug, Parser)]
 #[command(
     name = "dataflow",
@@ -30,21 +31,25 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The `dataflow` commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The models and versions in the persisted registry.
     Models,
     /// Plan, apply and undo schema changes.
     Migrate {
+        /// Which migration step.
         #[command(subcommand)]
         command: MigrateCommand,
     },
 }
 
+/// The `dataflow migrate` commands.
 #[derive(Debug, Subcommand)]
 pub enum MigrateCommand {
     /// The history of applied, failed and rolled-back migrations, and what is pending.
@@ -53,8 +58,10 @@ pub enum MigrateCommand {
     Plan,
     /// Apply the plan. Operations above low risk need `--allow <rule>` for each rule and `--reason`.
     Apply {
+        /// A risk rule the plan may break (repeat for several).
         #[arg(long = "allow", value_name = "RULE")]
         allow: Vec<String>,
+        /// Why, recorded in the history (needed above low risk).
         #[arg(long)]
         reason: Option<String>,
         /// First apply where it can be thrown away (a copy of the SQLite file, a
@@ -73,12 +80,15 @@ pub enum MigrateCommand {
         /// `--allow data_loss` permits downs that drop data.
         #[arg(long = "allow", value_name = "RULE")]
         allow: Vec<String>,
+        /// Why, recorded in the history (needed with `--allow data_loss`).
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Write the plan as reviewable files: <dir>/<version>_<name>/up.sql and down.sql.
+    /// Write the plan as reviewable files: `DIR/VERSION_NAME/up.sql` and `down.sql`.
     Generate {
+        /// The migration's name (`add_tags`).
         name: String,
+        /// The folder of migration files.
         #[arg(long, default_value = "migrations")]
         dir: PathBuf,
     },

@@ -95,26 +95,31 @@ impl DataFlowBuilder {
         monitoring
     );
 
+    /// The most pooled connections (default 10).
     pub fn connection_pool_size(mut self, n: u32) -> Self {
         self.config.connection_pool_size = n;
         self
     }
 
+    /// Seconds after which a query counts as slow (not available yet: boot refuses it).
     pub fn slow_query_threshold(mut self, seconds: f64) -> Self {
         self.config.slow_query_threshold = Some(seconds);
         self
     }
 
+    /// Logs every SQL statement (never its values) to stderr.
     pub fn echo(mut self, on: bool) -> Self {
         self.config.echo = on;
         self
     }
 
+    /// This application's id in the persisted model registry (default `"default"`).
     pub fn application_id(mut self, id: impl Into<String>) -> Self {
         self.config.application_id = id.into();
         self
     }
 
+    /// How long to wait for a connection (default 5 s).
     pub fn connect_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.config.connect_timeout_ms = timeout.as_millis() as u64;
         self
@@ -134,6 +139,8 @@ impl DataFlowBuilder {
         self
     }
 
+    /// Checks the models, connects (failing fast when the database is
+    /// down), migrates as configured and opens a lazy pool.
     pub async fn build(self) -> Result<DataFlow> {
         DataFlow::boot_with(self.config, self.migrations, self.models).await
     }
@@ -172,10 +179,12 @@ impl DataFlow {
             .map_err(|e| Error::internal(format!("boot task failed: {e}")))?
     }
 
+    /// The configuration this database was booted with.
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
 
+    /// SQLite or PostgreSQL.
     pub fn dialect(&self) -> Dialect {
         self.inner.target.dialect()
     }

@@ -66,6 +66,7 @@ impl ErrorCode {
         ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
     }
 
+    /// The stable name: `"validation"`, `"not_found"`, ...
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::Validation => "validation",
@@ -314,12 +315,6 @@ impl Error {
         }
         m.push_str(&self.inner.detail);
         m
-    }
-
-    #[doc(hidden)]
-    #[deprecated(note = "use `code()`")]
-    pub fn kind(&self) -> ErrorCode {
-        self.inner.code
     }
 
     /// What went wrong, without where (the message without its prefixes).

@@ -38,6 +38,7 @@ pub mod nodes;
 mod registry;
 pub mod schema;
 mod sql;
+mod typed;
 mod value;
 mod workflow;
 mod writer;

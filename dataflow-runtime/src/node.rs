@@ -37,6 +37,7 @@ pub trait Node: Send + Sync + 'static {
     /// The JSON Schema of the input object.
     fn input_schema(&self) -> Value;
 
+    /// Runs the node on `input` (already checked against [`input_schema`](Self::input_schema)).
     fn run<'a>(&'a self, ctx: &'a NodeContext, input: Value) -> NodeFuture<'a>;
 
     /// Whether the node runs when only some of its upstream nodes ran (a
@@ -48,7 +49,9 @@ pub trait Node: Send + Sync + 'static {
 
 /// What a running node can reach.
 pub struct NodeContext {
+    /// The database the run uses.
     pub db: DataFlow,
+    /// The run this node belongs to (a fresh id outside a workflow).
     pub run_id: String,
     /// The node's id within its workflow (its type name outside one).
     pub node_id: String,

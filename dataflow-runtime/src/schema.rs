@@ -40,13 +40,18 @@ impl FieldTypeExt for FieldType {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum DefaultValue {
+    /// `default = true`
     Bool(bool),
+    /// `default = 42`
     Int(i64),
+    /// `default = 1.5`
     Float(f64),
+    /// `default = "text"`
     Str(&'static str),
 }
 
 impl DefaultValue {
+    /// The default as JSON (a non-finite float becomes `null`).
     pub fn to_json(self) -> serde_json::Value {
         match self {
             DefaultValue::Bool(b) => b.into(),
@@ -63,25 +68,38 @@ impl DefaultValue {
 /// that model's primary key, resolved against the registry at boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ForeignKey {
+    /// The referenced model's name.
     pub model: &'static str,
+    /// What deleting the referenced record does to this one.
     pub on_delete: OnDelete,
 }
 
+/// One persisted field of a model, as the macro read it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct FieldSchema {
     /// The name used in JSON and in Rust.
     pub name: &'static str,
     /// The column name (`#[field(column = "...")]`, default: the field name).
     pub column: &'static str,
+    /// The storage type.
     pub ty: FieldType,
+    /// `Option<T>` in Rust: the column accepts NULL.
     pub nullable: bool,
+    /// The model's primary key (exactly one field has it).
     pub primary_key: bool,
+    /// `#[field(unique)]`: a unique index.
     pub unique: bool,
+    /// `#[field(index)]`: a plain index.
     pub index: bool,
+    /// `#[field(default = ...)]`.
     pub default: Option<DefaultValue>,
+    /// `#[field(references = "Model")]`: a foreign key.
     pub references: Option<ForeignKey>,
+    /// `#[field(max_length = N)]` on a string.
     pub max_length: Option<u32>,
+    /// `#[field(renamed_from = "old")]`: migrations rename instead of drop + add.
     pub renamed_from: Option<&'static str>,
+    /// Who fills the value when the user does not.
     pub generated: Generated,
 }
 
@@ -97,25 +115,34 @@ impl FieldSchema {
     }
 }
 
+/// The model-level options of `#[dataflow::model(...)]`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct ModelOptions {
+    /// `soft_delete`: Delete sets `deleted_at`; reads skip deleted records.
     pub soft_delete: bool,
+    /// `timestamps` (default on): managed `created_at` / `updated_at`.
     pub timestamps: bool,
+    /// `tenant_scoped` (not available yet: boot refuses it).
     pub tenant_scoped: bool,
+    /// `audit` (not available yet: boot refuses it).
     pub audit: bool,
-    /// `cache_ttl = "30s"`, parsed by the macro.
+    /// `cache_ttl = "30s"`, parsed by the macro (not available yet: boot refuses it).
     pub cache_ttl_ms: Option<u64>,
+    /// `append_only`: records can be created and read, never changed or deleted.
     pub append_only: bool,
 }
 
 /// Everything the runtime knows about one model, fixed at compile time.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct ModelSchema {
+    /// The struct's name (`User`), which names its nodes (`UserCreateNode`).
     pub name: &'static str,
+    /// The table (`#[dataflow::model(table = "...")]`, default the snake_case plural).
     pub table: &'static str,
     /// Persisted fields in declaration order, including the managed ones
     /// (`created_at`, `updated_at`, `deleted_at`, `tenant_id`).
     pub fields: &'static [FieldSchema],
+    /// The model-level options.
     pub options: ModelOptions,
     /// FNV-1a 64 over the canonical schema (`dataflow_core::checksum`),
     /// computed by the macro.
@@ -123,18 +150,22 @@ pub struct ModelSchema {
 }
 
 impl ModelSchema {
+    /// The field named `name` (its JSON / Rust name, not its column).
     pub fn field(&self, name: &str) -> Option<&'static FieldSchema> {
         self.fields.iter().find(|f| f.name == name)
     }
 
+    /// The primary key field.
     pub fn primary_key(&self) -> &'static FieldSchema {
-        // The macro guarantees exactly one primary key.
+        // The macro guarantees exactly one primary key, and boot re-checks
+        // hand-built schemas (registry.rs).
         self.fields
             .iter()
             .find(|f| f.primary_key)
             .unwrap_or(&self.fields[0])
     }
 
+    /// The field that `generated` fills (`created_at`, `deleted_at`, ...), if the model has one.
     pub fn field_with(&self, generated: Generated) -> Option<&'static FieldSchema> {
         self.fields.iter().find(|f| f.generated == generated)
     }
@@ -154,5 +185,6 @@ impl ModelSchema {
 
 /// A model type declared with `#[dataflow::model]`.
 pub trait Model: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {
+    /// The model's compile-time description.
     const SCHEMA: ModelSchema;
 }

@@ -5,7 +5,7 @@ use quote::quote;
 
 /// Expands `embed_migrations!("dir")` by reading the directory at compile
 /// time; `include_str!` makes edits to a file rebuild the crate.
-pub fn expand(input: TokenStream) -> TokenStream {
+pub(crate) fn expand(input: TokenStream) -> TokenStream {
     let result = (|| -> syn::Result<TokenStream> {
         let rel = if input.is_empty() {
             "migrations".to_string()

@@ -1,7 +1,7 @@
 //! IR → generated code, one module per artifact.
 
-pub mod migrations;
-pub mod node;
+pub(crate) mod migrations;
+pub(crate) mod node;
 mod nodes;
 mod register;
 mod schema;
@@ -16,7 +16,7 @@ use syn::ItemStruct;
 /// Expands `#[dataflow::model]`. On error the struct is re-emitted (without
 /// its `#[field]` attributes) next to the error, so one mistake yields one
 /// message rather than a cascade of "cannot find type" errors.
-pub fn model(attr: TokenStream, item: TokenStream) -> TokenStream {
+pub(crate) fn model(attr: TokenStream, item: TokenStream) -> TokenStream {
     let parsed: ItemStruct = match syn::parse2(item.clone()) {
         Ok(parsed) => parsed,
         Err(err) => {
@@ -37,7 +37,7 @@ pub fn model(attr: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 /// Parse, then check: the finished model, or every error found.
-pub fn model_ir(attr: TokenStream, item: ItemStruct) -> syn::Result<ModelIr> {
+pub(crate) fn model_ir(attr: TokenStream, item: ItemStruct) -> syn::Result<ModelIr> {
     let mut errors = Errors::default();
     let mut ir = parse::parse_model(attr, item, &mut errors);
     check::check(&mut ir, &mut errors);
@@ -45,7 +45,7 @@ pub fn model_ir(attr: TokenStream, item: ItemStruct) -> syn::Result<ModelIr> {
 }
 
 /// Everything one model expands to.
-pub fn expand(ir: &ModelIr) -> TokenStream {
+pub(crate) fn expand(ir: &ModelIr) -> TokenStream {
     let item = item_with_serde(ir);
     let schema = schema::expand(ir);
     let nodes = nodes::expand(ir);

@@ -5,7 +5,7 @@ use quote::quote;
 
 /// Expands `#[dataflow::node]` on `impl Node for T`: the impl, unchanged,
 /// plus one `linkme` entry pointing at the unit struct `T`.
-pub fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
+pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     let result = (|| -> syn::Result<TokenStream> {
         if !attr.is_empty() {
             return Err(syn::Error::new_spanned(

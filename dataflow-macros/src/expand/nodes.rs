@@ -7,7 +7,7 @@ use proc_macro2::{Ident, TokenStream};
 use quote::quote;
 
 /// The eleven `{Model}{Op}Node` type aliases.
-pub fn expand(ir: &ModelIr) -> TokenStream {
+pub(super) fn expand(ir: &ModelIr) -> TokenStream {
     let ident = &ir.ident;
     let vis = &ir.item.vis;
     let aliases = Op::ALL.iter().map(|op| {

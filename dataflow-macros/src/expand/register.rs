@@ -5,7 +5,7 @@ use proc_macro2::{Ident, TokenStream};
 use quote::quote;
 
 /// The model's registry entry.
-pub fn expand(ir: &ModelIr) -> TokenStream {
+pub(super) fn expand(ir: &ModelIr) -> TokenStream {
     let ident = &ir.ident;
     let static_name = Ident::new(
         &format!("__DATAFLOW_MODEL_{}", ir.name.to_uppercase()),

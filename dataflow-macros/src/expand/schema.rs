@@ -70,7 +70,7 @@ fn field(f: &FieldIr) -> TokenStream {
 }
 
 /// `impl Model` with `const SCHEMA`.
-pub fn expand(ir: &ModelIr) -> TokenStream {
+pub(super) fn expand(ir: &ModelIr) -> TokenStream {
     let ident = &ir.ident;
     let name = &ir.name;
     let table = &ir.table;

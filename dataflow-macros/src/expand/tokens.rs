@@ -7,7 +7,7 @@ use quote::{quote, ToTokens};
 /// A `dataflow-core` value spelled as the absolute path generated code
 /// names it by: `Path(FieldType::I64)` → `::dataflow::schema::FieldType::I64`.
 /// A newtype because orphan rules forbid `impl ToTokens for FieldType` here.
-pub struct Path<T>(pub T);
+pub(super) struct Path<T>(pub T);
 
 impl ToTokens for Path<FieldType> {
     fn to_tokens(&self, out: &mut TokenStream) {

@@ -17,7 +17,9 @@ use std::time::Duration;
 /// The one connection type: diesel's `MultiConnection` over both backends.
 #[derive(diesel::MultiConnection)]
 pub enum AnyConnection {
+    /// A PostgreSQL connection.
     Postgresql(PgConnection),
+    /// A SQLite connection.
     Sqlite(SqliteConnection),
 }
 

@@ -4,11 +4,10 @@
 mod ops;
 mod params;
 mod schema;
-mod typed;
 
+pub use crate::typed::*;
 pub use ops::run;
 pub use schema::input_schema;
-pub use typed::*;
 
 pub use crate::schema::Op;
 

@@ -67,7 +67,7 @@ fn contextualize(err: Error, ctx: &Ctx) -> Error {
             .map_or(c, |f| f.name)
             .to_string()
     });
-    let err = match err.kind() {
+    let err = match err.code() {
         ErrorCode::UniqueViolation => {
             let f = field.as_deref().unwrap_or("a unique field");
             let e = Error::new(
@@ -99,7 +99,7 @@ fn contextualize(err: Error, ctx: &Ctx) -> Error {
         ErrorCode::Database | ErrorCode::Connection | ErrorCode::NotFound
             if !err.message().starts_with(ctx.node) =>
         {
-            let e = Error::new(err.kind(), format!("{}: {}", ctx.node, err.message()));
+            let e = Error::new(err.code(), format!("{}: {}", ctx.node, err.message()));
             match &field {
                 Some(f) => e.with_field(f),
                 None => e,
@@ -916,7 +916,7 @@ fn upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
             let existing =
                 match find_one(conn, ctx, &Target::Filter(&lookup), false, Op::BulkUpsert) {
                     Ok(row) => Some(row),
-                    Err(e) if e.kind() == ErrorCode::NotFound => None,
+                    Err(e) if e.code() == ErrorCode::NotFound => None,
                     Err(e) => return Err(e),
                 };
             if let Some(row) = existing {
@@ -948,7 +948,7 @@ fn upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
                         .ok_or_else(|| Error::internal("INSERT … RETURNING returned no row"))?;
                     return Ok(json!({"action": "created", "record": record(m, row)?}));
                 }
-                Err(e) if e.kind() == ErrorCode::UniqueViolation && attempt == 0 => continue,
+                Err(e) if e.code() == ErrorCode::UniqueViolation && attempt == 0 => continue,
                 Err(e) => return Err(e),
             }
         }

@@ -22,11 +22,15 @@ use template::Tpl;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowSpec {
+    /// The format version; this build reads and writes 1.
     #[serde(default = "spec_version")]
     pub version: u32,
+    /// What the workflow does (shown by nexus).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The nodes, in the order they were added.
     pub nodes: Vec<NodeSpec>,
+    /// Outputs fed into inputs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub connections: Vec<ConnectionSpec>,
     /// Declared run inputs (name → JSON Schema). When any are declared,
@@ -36,6 +40,7 @@ pub struct WorkflowSpec {
     /// Run every model node in one database transaction.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub transactional: bool,
+    /// A run's time limit in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
 }
@@ -44,12 +49,16 @@ fn spec_version() -> u32 {
     1
 }
 
+/// One node of a workflow: which type, under which id, with which parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
+    /// Unique in the workflow; names the node's output in `Run::results`.
     pub id: String,
+    /// The registered node type (`"UserCreateNode"`), `"type"` in JSON.
     #[serde(rename = "type")]
     pub node_type: String,
+    /// The parameters, with `{{input}}` templates.
     #[serde(default)]
     pub params: Value,
 }
@@ -58,9 +67,13 @@ pub struct NodeSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionSpec {
+    /// The node whose output is read.
     pub from: String,
+    /// A dotted path into that output (`"record.id"`).
     pub output: String,
+    /// The node whose input is set.
     pub to: String,
+    /// A dotted path into that input.
     pub input: String,
 }
 
@@ -78,6 +91,7 @@ impl Default for WorkflowBuilder {
 }
 
 impl WorkflowBuilder {
+    /// An empty workflow.
     pub fn new() -> Self {
         WorkflowBuilder {
             spec: WorkflowSpec {
@@ -132,6 +146,7 @@ impl WorkflowBuilder {
         self
     }
 
+    /// What the workflow does (shown by nexus in listings, OpenAPI and MCP).
     pub fn description(&mut self, text: impl Into<String>) -> &mut Self {
         self.spec.description = Some(text.into());
         self
@@ -144,6 +159,7 @@ impl WorkflowBuilder {
         self
     }
 
+    /// A time limit per run; a run over it fails with `timeout`.
     pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
         self.spec.timeout_ms = Some(timeout.as_millis() as u64);
         self
@@ -264,6 +280,7 @@ impl Workflow {
         serde_json::to_value(&self.plan.spec).expect("a workflow spec serializes")
     }
 
+    /// The serializable description this workflow was built from.
     pub fn spec(&self) -> &WorkflowSpec {
         &self.plan.spec
     }
@@ -274,6 +291,7 @@ impl Workflow {
         &self.plan.input_schema
     }
 
+    /// The node ids, in the order they were added.
     pub fn node_ids(&self) -> impl Iterator<Item = &str> {
         self.plan.nodes.iter().map(|n| n.id.as_str())
     }

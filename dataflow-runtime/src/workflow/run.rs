@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 /// The outcome of a successful run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Run {
+    /// The run's id (a UUID v7), also on its events.
     pub run_id: String,
     /// Node id → output.
     pub results: Map<String, Value>,
@@ -25,6 +26,7 @@ pub struct Run {
     pub timings: BTreeMap<String, Duration>,
     /// Nodes not run because a switch routed around them.
     pub skipped: Vec<String>,
+    /// How long the whole run took.
     pub duration: Duration,
 }
 
@@ -32,24 +34,40 @@ pub struct Run {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum RunEvent {
+    /// A run began.
     Started {
+        /// The run.
         run_id: String,
     },
+    /// A node finished, well or not.
     NodeFinished {
+        /// The run.
         run_id: String,
+        /// The node's id in the workflow.
         node: String,
+        /// The node's type.
         node_type: String,
+        /// Whether it succeeded.
         ok: bool,
+        /// How long it took.
         duration_ms: f64,
     },
+    /// A run succeeded.
     Finished {
+        /// The run.
         run_id: String,
+        /// How long it took.
         duration_ms: f64,
     },
+    /// A run failed.
     Failed {
+        /// The run.
         run_id: String,
+        /// The error code (`"unique_violation"`, ...).
         code: String,
+        /// The node that failed, if one did.
         node: Option<String>,
+        /// The error message.
         message: String,
     },
 }

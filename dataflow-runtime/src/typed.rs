@@ -1,9 +1,12 @@
 //! The typed Rust form of the nodes. `#[dataflow::model]` declares
 //! `UserCreateNode` as `CreateNode<User>`, and so on; each has a `run` with
 //! Rust types in and out, on top of the same JSON path every channel uses.
+//!
+//! It sits above [`DataFlow`] (it runs through it), and `nodes` re-exports
+//! it, so generated code names `dataflow::nodes::CreateNode<User>`.
 
-use super::Op;
 use crate::error::{Error, Result};
+use crate::schema::Op;
 use crate::schema::{FieldType, Model};
 use crate::DataFlow;
 use serde_json::{json, Value};
@@ -15,6 +18,7 @@ macro_rules! node_types {
         pub struct $ty<M>(PhantomData<fn() -> M>);
 
         impl<M: Model> $ty<M> {
+            /// The operation of this node.
             pub const OP: Op = Op::$op;
 
             /// The registered node type name, e.g. `"UserCreateNode"`.
@@ -24,7 +28,7 @@ macro_rules! node_types {
 
             /// The JSON Schema of this node's input.
             pub fn input_schema() -> Value {
-                super::input_schema(&M::SCHEMA, Op::$op)
+                crate::nodes::input_schema(&M::SCHEMA, Op::$op)
             }
 
             /// The JSON form, as used by workflows and every channel.
@@ -77,12 +81,14 @@ fn count_of(v: &Value, key: &str) -> u64 {
 }
 
 impl<M: Model> CreateNode<M> {
+    /// Creates `record` (an empty or zero id is generated) and returns it as stored.
     pub async fn run(db: &DataFlow, record: &M) -> Result<M> {
         from_json(Self::execute(db, record_params(record)?).await?)
     }
 }
 
 impl<M: Model> ReadNode<M> {
+    /// The record with primary key `id`; `not_found` when there is none.
     pub async fn run(db: &DataFlow, id: impl Into<Value>) -> Result<M> {
         from_json(Self::execute(db, json!({"id": id.into()})).await?)
     }
@@ -96,6 +102,7 @@ impl<M: Model> UpdateNode<M> {
 }
 
 impl<M: Model> DeleteNode<M> {
+    /// Deletes the record `id` (soft-deletes on `soft_delete` models).
     pub async fn run(db: &DataFlow, id: impl Into<Value>) -> Result<()> {
         Self::execute(db, json!({"id": id.into()})).await.map(drop)
     }
@@ -110,6 +117,7 @@ impl<M: Model> ListNode<M> {
 }
 
 impl<M: Model> CountNode<M> {
+    /// How many records match `filter` (`json!({})` for all).
     pub async fn run(db: &DataFlow, filter: Value) -> Result<u64> {
         Ok(count_of(
             &Self::execute(db, json!({"filter": filter})).await?,
@@ -121,7 +129,9 @@ impl<M: Model> CountNode<M> {
 /// What an upsert did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpsertAction {
+    /// No record matched: `record` was created.
     Created,
+    /// A record matched: `update` was applied to it.
     Updated,
 }
 
@@ -149,11 +159,14 @@ impl<M: Model> UpsertNode<M> {
 /// The result of a BulkCreate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BulkCreated {
+    /// How many records were inserted.
     pub inserted: u64,
+    /// Their primary keys, in input order.
     pub ids: Vec<Value>,
 }
 
 impl<M: Model> BulkCreateNode<M> {
+    /// Inserts `records` in one transaction per batch: all or none of a batch.
     pub async fn run(db: &DataFlow, records: &[M]) -> Result<BulkCreated> {
         let data = records
             .iter()
