@@ -1082,6 +1082,44 @@ async fn node_input_schemas_describe_the_input() {
     );
 }
 
+/// The node input schemas are a public contract (OpenAPI, MCP tools): one
+/// snapshot per model, every op, so any change to them shows up here.
+#[tokio::test]
+async fn node_input_schemas_are_stable() {
+    let db = DataFlow::builder(sqlite_url("schema_snapshots"))
+        .build()
+        .await
+        .unwrap();
+    let ops = [
+        "Create",
+        "Read",
+        "Update",
+        "Delete",
+        "List",
+        "Count",
+        "Upsert",
+        "BulkCreate",
+        "BulkUpdate",
+        "BulkDelete",
+        "BulkUpsert",
+    ];
+    // A string key, a soft-delete auto-increment key, and every field type.
+    for model in ["User", "Doc", "Sample"] {
+        let schemas: serde_json::Map<String, Value> = ops
+            .iter()
+            .map(|op| {
+                let node = format!("{model}{op}Node");
+                let schema = db.node_schema(&node).unwrap();
+                (node, schema)
+            })
+            .collect();
+        insta::assert_snapshot!(
+            format!("input_schemas_{model}"),
+            serde_json::to_string_pretty(&schemas).unwrap()
+        );
+    }
+}
+
 #[tokio::test]
 async fn invalid_database_urls_are_config_errors() {
     for url in [

@@ -376,3 +376,106 @@ fn like(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The SQL each filter renders, per dialect, without a database.
+
+    use super::render;
+    use crate::nodes::fixtures::{show, NOTE, USER};
+    use crate::schema::ModelSchema;
+    use crate::sql::{Dialect, Sql};
+    use serde_json::{json, Value};
+
+    /// `filter` rendered on SQLite and on PostgreSQL (or the error).
+    fn both(model: &ModelSchema, filter: Value) -> String {
+        [Dialect::Sqlite, Dialect::Postgres]
+            .map(|d| {
+                let mut sql = Sql::new(d);
+                let out = match render(&mut sql, model, &filter) {
+                    Ok(()) => show(&sql),
+                    Err(e) => format!("error[{}]: {}", e.code(), e.message()),
+                };
+                format!("-- {d:?}\n{out}\n")
+            })
+            .concat()
+    }
+
+    #[test]
+    fn empty_filters_select_everything() {
+        insta::assert_snapshot!(both(&USER, Value::Null) + &both(&USER, json!({})));
+    }
+
+    #[test]
+    fn implicit_equality_and_null() {
+        insta::assert_snapshot!(both(
+            &USER,
+            json!({"email": "a@x.io", "full_name": null, "active": true})
+        ));
+    }
+
+    #[test]
+    fn comparison_operators() {
+        insta::assert_snapshot!(both(
+            &USER,
+            json!({"age": {"$gt": 1, "$gte": 2, "$lt": 90, "$lte": 99}, "email": {"$ne": "a@x.io"}, "full_name": {"$eq": null}})
+        ));
+    }
+
+    #[test]
+    fn in_and_nin_with_and_without_null() {
+        insta::assert_snapshot!(
+            both(&USER, json!({"age": {"$in": [1, 2, 3]}}))
+                + &both(&USER, json!({"full_name": {"$in": ["a", null]}}))
+                + &both(&USER, json!({"age": {"$nin": [4, 5]}}))
+                + &both(&USER, json!({"full_name": {"$nin": [null, "b"]}}))
+                + &both(&USER, json!({"age": {"$in": []}, "email": {"$nin": []}}))
+        );
+    }
+
+    #[test]
+    fn null_and_exists() {
+        insta::assert_snapshot!(both(
+            &NOTE,
+            json!({"body": {"$null": true}, "deleted_at": {"$exists": true}, "tags": {"$null": false}})
+        ));
+    }
+
+    #[test]
+    fn like_and_ilike_differ_by_dialect() {
+        insta::assert_snapshot!(both(
+            &USER,
+            json!({"email": {"$like": "%@x.io"}, "full_name": {"$ilike": "ann%"}})
+        ));
+    }
+
+    #[test]
+    fn logical_operators_nest() {
+        insta::assert_snapshot!(both(
+            &USER,
+            json!({
+                "$or": [{"age": 1}, {"$and": [{"active": true}, {"email": {"$like": "%@x.io"}}]}],
+                "$not": {"full_name": null},
+                "age": {"$not": {"$gte": 65, "$lt": 70}}
+            })
+        ));
+    }
+
+    #[test]
+    fn columns_are_the_schema_columns() {
+        insta::assert_snapshot!(both(&NOTE, json!({"body": "b", "id": {"$in": [1, 2]}})));
+    }
+
+    #[test]
+    fn mistakes_are_validation_errors() {
+        insta::assert_snapshot!(
+            both(&USER, json!({"emial": "a"}))
+                + &both(&USER, json!({"age": {"$gtt": 1}}))
+                + &both(&USER, json!({"$nor": []}))
+                + &both(&USER, json!({"$or": []}))
+                + &both(&USER, json!({"age": "old"}))
+                + &both(&NOTE, json!({"tags": {"$eq": 1}}))
+                + &both(&USER, json!([]))
+        );
+    }
+}

@@ -6,6 +6,11 @@ mod params;
 mod schema;
 mod typed;
 
+#[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
+mod tests;
+
 pub use ops::run;
 pub use schema::input_schema;
 pub use typed::*;
