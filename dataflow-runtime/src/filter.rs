@@ -51,10 +51,9 @@ fn render_object(sql: &mut Sql, model: &ModelSchema, map: &Map<String, Value>) -
         return Ok(());
     }
     sql.push("(");
-    for (i, (key, value)) in map.iter().enumerate() {
-        if i > 0 {
-            sql.push(" AND ");
-        }
+    let mut terms = sql.separated(" AND ");
+    for (key, value) in map {
+        let sql = terms.item();
         match key.as_str() {
             "$and" | "$or" => {
                 let items = value.as_array().filter(|a| !a.is_empty()).ok_or_else(|| {
@@ -62,12 +61,10 @@ fn render_object(sql: &mut Sql, model: &ModelSchema, map: &Map<String, Value>) -
                 })?;
                 let joiner = if key == "$and" { " AND " } else { " OR " };
                 sql.push("(");
-                for (j, item) in items.iter().enumerate() {
-                    if j > 0 {
-                        sql.push(joiner);
-                    }
+                let mut alternatives = sql.separated(joiner);
+                for item in items {
                     match item {
-                        Value::Object(m) => render_object(sql, model, m)?,
+                        Value::Object(m) => render_object(alternatives.item(), model, m)?,
                         other => {
                             return Err(Error::validation(
                                 model.name,
@@ -149,10 +146,9 @@ fn render_field(
         unreachable!()
     };
     sql.push("(");
-    for (i, (op, operand)) in ops.iter().enumerate() {
-        if i > 0 {
-            sql.push(" AND ");
-        }
+    let mut terms = sql.separated(" AND ");
+    for (op, operand) in ops {
+        let sql = terms.item();
         match op.as_str() {
             "$eq" | "$ne" | "$gt" | "$gte" | "$lt" | "$lte" => {
                 compare(sql, model, field, op, operand)?
@@ -301,14 +297,8 @@ fn in_list(
         sql.push(if negate { "1=1" } else { "1=0" });
     } else {
         sql.ident(field.column)
-            .push(if negate { " NOT IN (" } else { " IN (" });
-        for (i, v) in values.into_iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.bind(v);
-        }
-        sql.push(")");
+            .push(if negate { " NOT IN " } else { " IN " })
+            .in_list(values);
     }
     match (negate, has_null) {
         (false, true) => {
