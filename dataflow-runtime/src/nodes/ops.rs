@@ -570,23 +570,7 @@ fn delete<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
     let m = ctx.model;
     let pk = m.primary_key();
     let delete_by = |conn: &mut C, t: &Target| -> Result<Option<Value>> {
-        let mut sql = Sql::new(C::DIALECT);
-        match m.field_with(Generated::DeletedAt) {
-            Some(deleted_at) => {
-                sql.push("UPDATE ")
-                    .ident(m.table)
-                    .push(" SET ")
-                    .ident(deleted_at.column)
-                    .push(" = ")
-                    .bind(now_value());
-                if let Some(u) = m.field_with(Generated::UpdatedAt) {
-                    sql.push(", ").ident(u.column).push(" = ").bind(now_value());
-                }
-            }
-            None => {
-                sql.push("DELETE FROM ").ident(m.table);
-            }
-        }
+        let mut sql = soft_or_hard_delete::<C>(m);
         sql.push(" WHERE ");
         where_target(&mut sql, m, t)?;
         live_only(&mut sql, m, false);
@@ -609,6 +593,29 @@ fn delete<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
         })?,
     };
     Ok(json!({"id": id, "deleted": true}))
+}
+
+/// The start of every delete, single or bulk: `DELETE FROM <table>`, or on
+/// soft-delete models the `UPDATE` that sets `deleted_at` (and `updated_at`,
+/// when the model has timestamps, to the same instant). One function, so
+/// Delete and BulkDelete cannot drift apart again.
+fn soft_or_hard_delete<C: Conn>(m: &ModelSchema) -> Sql {
+    let mut sql = Sql::new(C::DIALECT);
+    match m.field_with(Generated::DeletedAt) {
+        Some(deleted_at) => {
+            let now = now_value();
+            let updated_at = m
+                .field_with(Generated::UpdatedAt)
+                .map(|u| (u.column, now.clone()));
+            sql.push("UPDATE ")
+                .ident(m.table)
+                .set(std::iter::once((deleted_at.column, now)).chain(updated_at));
+        }
+        None => {
+            sql.push("DELETE FROM ").ident(m.table);
+        }
+    }
+    sql
 }
 
 // ---------------------------------------------------------------- reads
@@ -1095,20 +1102,7 @@ fn bulk_delete<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value
     let m = ctx.model;
     let f = p.filter("filter")?;
     confirm_scope(&p, f, "delete")?;
-    let mut sql = Sql::new(C::DIALECT);
-    match m.field_with(Generated::DeletedAt) {
-        Some(d) => {
-            sql.push("UPDATE ")
-                .ident(m.table)
-                .push(" SET ")
-                .ident(d.column)
-                .push(" = ")
-                .bind(now_value());
-        }
-        None => {
-            sql.push("DELETE FROM ").ident(m.table);
-        }
-    }
+    let mut sql = soft_or_hard_delete::<C>(m);
     sql.push(" WHERE ");
     filter::render(&mut sql, m, f)?;
     live_only(&mut sql, m, false);
