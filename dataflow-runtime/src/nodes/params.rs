@@ -6,6 +6,36 @@ use crate::schema::ModelSchema;
 use crate::value::{describe, did_you_mean};
 use serde_json::{Map, Value};
 
+/// One parameter of a node op, declared once in the op's table: the
+/// parser accepts exactly the names of the table, and the published JSON
+/// Schema describes exactly its entries.
+pub(crate) struct Param {
+    pub(crate) name: &'static str,
+    /// Its JSON Schema, built from the model.
+    pub(crate) schema: fn(&ModelSchema) -> Value,
+    /// Listed under `required` in the schema. The op checks presence where
+    /// it reads the value, with a message about that parameter.
+    pub(crate) required: bool,
+}
+
+impl Param {
+    pub(crate) const fn optional(name: &'static str, schema: fn(&ModelSchema) -> Value) -> Self {
+        Param {
+            name,
+            schema,
+            required: false,
+        }
+    }
+
+    pub(crate) const fn required(name: &'static str, schema: fn(&ModelSchema) -> Value) -> Self {
+        Param {
+            name,
+            schema,
+            required: true,
+        }
+    }
+}
+
 pub struct Params<'a> {
     pub model: &'static ModelSchema,
     pub node: &'a str,
@@ -13,12 +43,13 @@ pub struct Params<'a> {
 }
 
 impl<'a> Params<'a> {
-    /// Node parameters must be an object whose keys are all in `allowed`.
+    /// Node parameters must be an object whose keys are all in `allowed`,
+    /// the op's parameter table.
     pub fn new(
         model: &'static ModelSchema,
         node: &'a str,
         params: &'a Value,
-        allowed: &[&'static str],
+        allowed: &[Param],
     ) -> Result<Self> {
         let map = params.as_object().ok_or_else(|| {
             Error::validation(
@@ -33,13 +64,17 @@ impl<'a> Params<'a> {
         let p = Params { model, node, map };
         if !allowed.is_empty() {
             for key in map.keys() {
-                if !allowed.contains(&key.as_str()) {
-                    let hint = did_you_mean(key, allowed.iter().copied());
+                if !allowed.iter().any(|a| a.name == key) {
+                    let hint = did_you_mean(key, allowed.iter().map(|a| a.name));
                     return Err(p.error(
                         Some(key),
                         format!(
                             "unknown parameter `{key}`{hint}; expected one of: {}",
-                            allowed.join(", ")
+                            allowed
+                                .iter()
+                                .map(|a| a.name)
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     ));
                 }
