@@ -16,17 +16,20 @@ use crate::filter;
 use crate::value::{cell_to_json, Cell, SqlValue};
 use serde_json::{json, Map, Value};
 
+/// BulkCreate: the records, inserted in batches.
 pub(super) const BULK_CREATE: &[Param] = &[
     Param::required("data", s::records),
     Param::optional("batch_size", s::batch_size),
 ];
 
+/// BulkUpdate: the `fields` to change on every record a filter matches.
 pub(super) const BULK_UPDATE: &[Param] = &[
     Param::optional("filter", s::filter),
     Param::required("fields", s::changes),
     Param::optional("confirmed", s::confirmed),
 ];
 
+/// BulkDelete: every record a filter matches.
 pub(super) const BULK_DELETE: &[Param] = &[
     Param::optional("filter", s::filter),
     Param::optional("confirmed", s::confirmed),

@@ -10,7 +10,8 @@ use crate::value::{Cell, SqlValue};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 
-const fn field(name: &'static str, ty: FieldType) -> FieldSchema {
+/// A plain required field; the statics override what differs.
+pub(crate) const fn field(name: &'static str, ty: FieldType) -> FieldSchema {
     FieldSchema {
         name,
         column: name,

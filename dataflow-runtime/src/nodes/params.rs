@@ -19,6 +19,7 @@ pub(crate) struct Param {
 }
 
 impl Param {
+    /// A parameter the schema does not list as required.
     pub(crate) const fn optional(name: &'static str, schema: fn(&ModelSchema) -> Value) -> Self {
         Param {
             name,
@@ -27,6 +28,7 @@ impl Param {
         }
     }
 
+    /// A parameter the schema lists under `required`.
     pub(crate) const fn required(name: &'static str, schema: fn(&ModelSchema) -> Value) -> Self {
         Param {
             name,

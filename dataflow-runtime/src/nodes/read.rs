@@ -13,16 +13,18 @@ use crate::value::Cell;
 use serde_json::{json, Map, Value};
 
 /// The largest `limit` a List accepts.
-pub const MAX_LIMIT: u64 = 10_000;
+pub(super) const MAX_LIMIT: u64 = 10_000;
 /// The `limit` of a List that gives none.
 pub(super) const DEFAULT_LIMIT: u64 = 100;
 
+/// Read: one record by `id` or by a `filter` that matches one.
 pub(super) const READ: &[Param] = &[
     Param::optional("id", s::pk),
     Param::optional("filter", s::filter),
     Param::optional("include_deleted", s::include_deleted),
 ];
 
+/// List: a filtered, ordered page, by `offset` or after a cursor.
 pub(super) const LIST: &[Param] = &[
     Param::optional("filter", s::filter),
     Param::optional("order_by", s::order_by),
@@ -32,6 +34,7 @@ pub(super) const LIST: &[Param] = &[
     Param::optional("include_deleted", s::include_deleted),
 ];
 
+/// Count: the records a filter matches.
 pub(super) const COUNT: &[Param] = &[
     Param::optional("filter", s::filter),
     Param::optional("include_deleted", s::include_deleted),
@@ -116,14 +119,14 @@ pub(super) fn count<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<
     Ok(json!({"count": n}))
 }
 
-/// `SELECT COUNT(*) FROM <table>`.
+/// `SELECT COUNT(*) FROM <table>`, for Count and for the keys BulkUpsert finds.
 pub(super) fn count_sql<C: Conn>(ctx: &Ctx) -> Sql {
     let mut sql = Sql::new(C::DIALECT);
     sql.push("SELECT COUNT(*) FROM ").ident(ctx.model.table);
     sql
 }
 
-/// The number a `SELECT COUNT(*)` answered.
+/// The number a `SELECT COUNT(*)` answered (one place reads that cell).
 pub(super) fn scalar_count(mut rows: Vec<Vec<Cell>>) -> Result<i64> {
     match rows.pop().and_then(|r| r.into_iter().next()) {
         Some(Cell::I64(n)) => Ok(n),

@@ -19,6 +19,7 @@ pub(super) type Row = Vec<Option<SqlValue>>;
 /// An update's changes: each field with its new value.
 pub(super) type Assignments = Vec<(&'static FieldSchema, SqlValue)>;
 
+/// The `batch_size` of bulk writes that give none.
 pub(super) const DEFAULT_BATCH: u64 = 1_000;
 
 /// The current time as a bind value (timestamps are set by dataflow).

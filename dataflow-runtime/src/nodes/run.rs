@@ -157,6 +157,7 @@ impl Ctx<'_> {
         Ok(Value::Object(map))
     }
 
+    /// Rows in select-list order as JSON records.
     pub(super) fn records(&self, rows: Vec<Vec<Cell>>) -> Result<Vec<Value>> {
         rows.into_iter().map(|r| self.record(r)).collect()
     }

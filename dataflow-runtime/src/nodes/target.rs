@@ -140,3 +140,76 @@ pub(super) fn pk_value(m: &ModelSchema, row: Vec<Cell>) -> Result<SqlValue> {
         (_, cell) => coerce(m, pk, &cell_to_json(m, pk, cell)?),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{pk_index, pk_value};
+    use crate::nodes::fixtures::{field, NOTE, TAG, USER};
+    use crate::schema::{FieldSchema, FieldType, ModelSchema};
+    use crate::value::{cell_to_json, coerce, Cell};
+
+    /// A model of one field, its primary key.
+    const fn keyed(name: &'static str, fields: &'static [FieldSchema]) -> ModelSchema {
+        ModelSchema {
+            name,
+            table: name,
+            fields,
+            options: TAG.options,
+            checksum: 0,
+        }
+    }
+
+    static UUID_KEY: ModelSchema = keyed(
+        "U",
+        &[FieldSchema {
+            primary_key: true,
+            ..field("id", FieldType::Uuid)
+        }],
+    );
+    static I32_KEY: ModelSchema = keyed(
+        "I",
+        &[FieldSchema {
+            primary_key: true,
+            ..field("id", FieldType::I32)
+        }],
+    );
+    static I16_KEY: ModelSchema = keyed(
+        "S",
+        &[FieldSchema {
+            primary_key: true,
+            ..field("id", FieldType::I16)
+        }],
+    );
+
+    /// `pk_value` gives what the JSON round trip it replaced gave, for
+    /// values and for errors.
+    #[test]
+    fn pk_value_matches_the_json_round_trip() {
+        let uuid = "01936b2e-8f4a-7c3b-9d2e-0123456789ab";
+        let cases = [
+            (&USER, Cell::Text("u1".into())),
+            (&NOTE, Cell::I64(7)),
+            (&TAG, Cell::Text("a".into())),
+            (&UUID_KEY, Cell::Uuid(uuid.parse().unwrap())),
+            (&UUID_KEY, Cell::Text(uuid.into())),
+            (&UUID_KEY, Cell::Text("not a uuid".into())),
+            (&I32_KEY, Cell::I64(70_000)),
+            (&I16_KEY, Cell::I64(70_000)),
+            (&NOTE, Cell::Text("7".into())),
+            (&NOTE, Cell::Null),
+        ];
+        for (m, cell) in cases {
+            let mut row = vec![Cell::Null; m.fields.len()];
+            row[pk_index(m)] = cell.clone();
+            let pk = m.primary_key();
+            let old = cell_to_json(m, pk, cell.clone()).and_then(|json| coerce(m, pk, &json));
+            let new = pk_value(m, row);
+            assert_eq!(
+                format!("{new:?}"),
+                format!("{old:?}"),
+                "{} key from {cell:?}",
+                m.name
+            );
+        }
+    }
+}

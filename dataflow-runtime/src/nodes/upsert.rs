@@ -19,6 +19,7 @@ use crate::sql::Sql;
 use crate::value::SqlValue;
 use serde_json::{json, Map, Value};
 
+/// Upsert: the record `where` (or `conflict_on`) finds is updated, else created.
 pub(super) const UPSERT: &[Param] = &[
     Param::optional("where", s::filter),
     Param::optional("create", s::upsert_create),
@@ -26,6 +27,7 @@ pub(super) const UPSERT: &[Param] = &[
     Param::optional("conflict_on", s::conflict_on),
 ];
 
+/// BulkUpsert: records inserted, or updated on a `conflict_on` clash.
 pub(super) const BULK_UPSERT: &[Param] = &[
     Param::required("data", s::records),
     Param::optional("conflict_on", s::conflict_on),

@@ -14,12 +14,14 @@ use crate::sql::Sql;
 use crate::value::{cell_to_json, Cell};
 use serde_json::{json, Value};
 
+/// Update: one record by `id` or `filter`, and the `fields` to change.
 pub(super) const UPDATE: &[Param] = &[
     Param::optional("id", s::pk),
     Param::optional("filter", s::filter),
     Param::required("fields", s::changes),
 ];
 
+/// Delete: one record by `id` or `filter`.
 pub(super) const DELETE: &[Param] = &[
     Param::optional("id", s::pk),
     Param::optional("filter", s::filter),
