@@ -52,6 +52,13 @@ pub struct Doc {
     pub body: Option<String>,
 }
 
+/// Soft delete with timestamps (`Doc` has none): deleting must move `updated_at`.
+#[dataflow::model(soft_delete)]
+pub struct Memo {
+    pub id: String,
+    pub text: String,
+}
+
 #[dataflow::model(append_only)]
 pub struct AuditEntry {
     pub id: String,
@@ -336,6 +343,55 @@ async fn delete_hard_and_soft() {
                 .code(),
             "not_found"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn soft_delete_moves_updated_at_on_delete_and_bulk_delete() {
+    on_each_backend("soft_delete_updated_at", |db| async move {
+        let created = ok(
+            &db,
+            "MemoBulkCreateNode",
+            json!({"data": [{"text": "one"}, {"text": "two"}]}),
+        )
+        .await;
+        let ids = created["ids"].as_array().unwrap().clone();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        ok(&db, "MemoDeleteNode", json!({"id": ids[0]})).await;
+        let out = ok(
+            &db,
+            "MemoBulkDeleteNode",
+            json!({"filter": {"text": "two"}}),
+        )
+        .await;
+        assert_eq!(out["deleted"], 1);
+        let mut deleted = Vec::new();
+        for (id, by) in ids.iter().zip(["Delete", "BulkDelete"]) {
+            let rec = ok(
+                &db,
+                "MemoReadNode",
+                json!({"id": id, "include_deleted": true}),
+            )
+            .await;
+            deleted.push((by, rec));
+        }
+        let at = |rec: &Value, k: &str| {
+            DateTime::parse_from_rfc3339(rec[k].as_str().unwrap_or_else(|| panic!("{k}: {rec}")))
+                .unwrap()
+        };
+        for (by, rec) in &deleted {
+            assert!(
+                at(rec, "updated_at") > at(rec, "created_at"),
+                "{by} moves updated_at: {rec}"
+            );
+        }
+        for (by, rec) in &deleted {
+            assert_eq!(
+                rec["updated_at"], rec["deleted_at"],
+                "{by} sets deleted_at and updated_at to one instant: {rec}"
+            );
+        }
     })
     .await;
 }
@@ -1122,9 +1178,47 @@ async fn node_input_schemas_describe_the_input() {
     assert_eq!(db.node_schema("Nope").unwrap_err().code(), "unknown_node");
     assert_eq!(
         db.node_types().len(),
-        6 * 11 + 2,
+        7 * 11 + 2,
         "eleven per model plus SwitchNode and MergeNode"
     );
+}
+
+/// The node input schemas are a public contract (OpenAPI, MCP tools): one
+/// snapshot per model, every op, so any change to them shows up here.
+#[tokio::test]
+async fn node_input_schemas_are_stable() {
+    let db = DataFlow::builder(sqlite_url("schema_snapshots"))
+        .build()
+        .await
+        .unwrap();
+    let ops = [
+        "Create",
+        "Read",
+        "Update",
+        "Delete",
+        "List",
+        "Count",
+        "Upsert",
+        "BulkCreate",
+        "BulkUpdate",
+        "BulkDelete",
+        "BulkUpsert",
+    ];
+    // A string key, a soft-delete auto-increment key, and every field type.
+    for model in ["User", "Doc", "Sample"] {
+        let schemas: serde_json::Map<String, Value> = ops
+            .iter()
+            .map(|op| {
+                let node = format!("{model}{op}Node");
+                let schema = db.node_schema(&node).unwrap();
+                (node, schema)
+            })
+            .collect();
+        insta::assert_snapshot!(
+            format!("input_schemas_{model}"),
+            serde_json::to_string_pretty(&schemas).unwrap()
+        );
+    }
 }
 
 #[tokio::test]

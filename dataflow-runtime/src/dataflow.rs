@@ -299,12 +299,12 @@ impl DataFlow {
         params: Value,
     ) -> Result<Value> {
         let prepared = self.inner.registry.prepared(m);
-        let ctx = nodes::ops_ctx(
-            m,
-            &prepared.nodes[op as usize],
-            &prepared.columns,
-            self.inner.config.echo,
-        );
+        let ctx = nodes::Ctx {
+            model: m,
+            node: &prepared.nodes[op as usize],
+            columns: &prepared.columns,
+            echo: self.inner.config.echo,
+        };
         nodes::run(conn, &ctx, op, params)
     }
 

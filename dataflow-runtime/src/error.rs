@@ -227,6 +227,23 @@ impl Error {
         e
     }
 
+    /// The same error, reported against node parameter `param` (its `field`
+    /// becomes the parameter; a model field it named stays in the message).
+    pub(crate) fn for_param(mut self, param: &str) -> Self {
+        if self.inner.about_field {
+            let detail = self.message();
+            self.inner.detail = detail;
+            self.inner.about_field = false;
+        }
+        self.with_field(param)
+    }
+
+    /// The same error (code, where, source) saying what went wrong in other words.
+    pub(crate) fn reworded(mut self, detail: impl Into<String>) -> Self {
+        self.inner.detail = detail.into();
+        self
+    }
+
     pub(crate) fn internal(message: impl Into<String>) -> Self {
         Error::new(ErrorCode::Internal, message)
     }

@@ -9,15 +9,15 @@ use crate::sql::{Dialect, Sql};
 use crate::value::{coerce_non_null, describe, did_you_mean, SqlValue};
 use serde_json::{Map, Value};
 
-pub const FIELD_OPERATORS: [&str; 13] = [
+pub(crate) const FIELD_OPERATORS: [&str; 13] = [
     "$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$like", "$ilike", "$null",
     "$exists", "$not",
 ];
-pub const LOGICAL_OPERATORS: [&str; 3] = ["$and", "$or", "$not"];
+pub(crate) const LOGICAL_OPERATORS: [&str; 3] = ["$and", "$or", "$not"];
 
 /// Appends the boolean SQL expression for `filter` (`1=1` when empty).
 /// `filter` must be a JSON object (or null, meaning "everything").
-pub fn render(sql: &mut Sql, model: &ModelSchema, filter: &Value) -> Result<()> {
+pub(crate) fn render(sql: &mut Sql, model: &ModelSchema, filter: &Value) -> Result<()> {
     match filter {
         Value::Null => {
             sql.push("1=1");
@@ -28,8 +28,7 @@ pub fn render(sql: &mut Sql, model: &ModelSchema, filter: &Value) -> Result<()> 
             model.name,
             None,
             format!(
-                "{}: a filter must be an object such as {{\"email\": \"a@x.io\"}}, got {}",
-                model.name,
+                "a filter must be an object such as {{\"email\": \"a@x.io\"}}, got {}",
                 describe(other)
             ),
         )),
@@ -37,7 +36,7 @@ pub fn render(sql: &mut Sql, model: &ModelSchema, filter: &Value) -> Result<()> 
 }
 
 /// Whether a filter selects everything (`{}` or null).
-pub fn is_empty(filter: &Value) -> bool {
+pub(crate) fn is_empty(filter: &Value) -> bool {
     match filter {
         Value::Null => true,
         Value::Object(m) => m.is_empty(),
@@ -51,28 +50,25 @@ fn render_object(sql: &mut Sql, model: &ModelSchema, map: &Map<String, Value>) -
         return Ok(());
     }
     sql.push("(");
-    for (i, (key, value)) in map.iter().enumerate() {
-        if i > 0 {
-            sql.push(" AND ");
-        }
+    let mut terms = sql.separated(" AND ");
+    for (key, value) in map {
+        let sql = terms.item();
         match key.as_str() {
             "$and" | "$or" => {
                 let items = value.as_array().filter(|a| !a.is_empty()).ok_or_else(|| {
-                    Error::validation(model.name, None, format!("{}: `{key}` takes a non-empty array of filters", model.name))
+                    Error::validation(model.name, None, format!("`{key}` takes a non-empty array of filters"))
                 })?;
                 let joiner = if key == "$and" { " AND " } else { " OR " };
                 sql.push("(");
-                for (j, item) in items.iter().enumerate() {
-                    if j > 0 {
-                        sql.push(joiner);
-                    }
+                let mut alternatives = sql.separated(joiner);
+                for item in items {
                     match item {
-                        Value::Object(m) => render_object(sql, model, m)?,
+                        Value::Object(m) => render_object(alternatives.item(), model, m)?,
                         other => {
                             return Err(Error::validation(
                                 model.name,
                                 None,
-                                format!("{}: each item of `{key}` must be a filter object, got {}", model.name, describe(other)),
+                                format!("each item of `{key}` must be a filter object, got {}", describe(other)),
                             ))
                         }
                     }
@@ -84,7 +80,7 @@ fn render_object(sql: &mut Sql, model: &ModelSchema, map: &Map<String, Value>) -
                     return Err(Error::validation(
                         model.name,
                         None,
-                        format!("{}: `$not` takes a filter object, got {}", model.name, describe(value)),
+                        format!("`$not` takes a filter object, got {}", describe(value)),
                     ));
                 };
                 sql.push("NOT ");
@@ -95,8 +91,7 @@ fn render_object(sql: &mut Sql, model: &ModelSchema, map: &Map<String, Value>) -
                     model.name,
                     None,
                     format!(
-                        "{}: unknown filter operator `{k}` at the top level{}; use a field name or one of $and, $or, $not",
-                        model.name,
+                        "unknown filter operator `{k}` at the top level{}; use a field name or one of $and, $or, $not",
                         did_you_mean(k, LOGICAL_OPERATORS)
                     ),
                 ))
@@ -112,7 +107,7 @@ fn render_object(sql: &mut Sql, model: &ModelSchema, map: &Map<String, Value>) -
 }
 
 /// Looks a field up by its JSON name, with a "did you mean" on failure.
-pub fn field(model: &ModelSchema, name: &str) -> Result<&'static FieldSchema> {
+pub(crate) fn field(model: &ModelSchema, name: &str) -> Result<&'static FieldSchema> {
     model.field(name).ok_or_else(|| {
         Error::validation(
             model.name,
@@ -149,10 +144,9 @@ fn render_field(
         unreachable!()
     };
     sql.push("(");
-    for (i, (op, operand)) in ops.iter().enumerate() {
-        if i > 0 {
-            sql.push(" AND ");
-        }
+    let mut terms = sql.separated(" AND ");
+    for (op, operand) in ops {
+        let sql = terms.item();
         match op.as_str() {
             "$eq" | "$ne" | "$gt" | "$gte" | "$lt" | "$lte" => {
                 compare(sql, model, field, op, operand)?
@@ -161,15 +155,10 @@ fn render_field(
             "$like" | "$ilike" => like(sql, model, field, op == "$ilike", operand)?,
             "$null" | "$exists" => {
                 let b = operand.as_bool().ok_or_else(|| {
-                    Error::validation(
+                    Error::invalid_field(
                         model.name,
-                        Some(field.name),
-                        format!(
-                            "{}.{}: `{op}` takes true or false, got {}",
-                            model.name,
-                            field.name,
-                            describe(operand)
-                        ),
+                        field.name,
+                        format!("`{op}` takes true or false, got {}", describe(operand)),
                     )
                 })?;
                 // Every column exists in SQL: `$exists: true` means "has a value".
@@ -179,26 +168,21 @@ fn render_field(
             }
             "$not" => {
                 if !is_operator_object(operand) {
-                    return Err(Error::validation(
+                    return Err(Error::invalid_field(
                         model.name,
-                        Some(field.name),
-                        format!(
-                            "{}.{}: `$not` takes an operator object such as {{\"$gt\": 5}}",
-                            model.name, field.name
-                        ),
+                        field.name,
+                        "`$not` takes an operator object such as {\"$gt\": 5}".to_string(),
                     ));
                 }
                 sql.push("NOT ");
                 render_field(sql, model, field, operand)?;
             }
             other => {
-                return Err(Error::validation(
+                return Err(Error::invalid_field(
                     model.name,
-                    Some(field.name),
+                    field.name,
                     format!(
-                        "{}.{}: unknown filter operator `{other}`{}; supported: {}",
-                        model.name,
-                        field.name,
+                        "unknown filter operator `{other}`{}; supported: {}",
                         did_you_mean(other, FIELD_OPERATORS),
                         FIELD_OPERATORS.join(" ")
                     ),
@@ -212,13 +196,10 @@ fn render_field(
 
 fn comparable(model: &ModelSchema, field: &FieldSchema, op: &str) -> Result<()> {
     if field.ty == FieldType::Json {
-        return Err(Error::validation(
+        return Err(Error::invalid_field(
             model.name,
-            Some(field.name),
-            format!(
-                "{}.{}: JSON fields can only be filtered with $null or $exists, not `{op}`",
-                model.name, field.name
-            ),
+            field.name,
+            format!("JSON fields can only be filtered with $null or $exists, not `{op}`"),
         ));
     }
     Ok(())
@@ -242,13 +223,10 @@ fn compare(
                 sql.ident(field.column).push(" IS NOT NULL");
                 Ok(())
             }
-            _ => Err(Error::validation(
+            _ => Err(Error::invalid_field(
                 model.name,
-                Some(field.name),
-                format!(
-                    "{}.{}: `{op}` cannot compare with null; use $null",
-                    model.name, field.name
-                ),
+                field.name,
+                format!("`{op}` cannot compare with null; use $null"),
             )),
         };
     }
@@ -276,15 +254,10 @@ fn in_list(
     let op = if negate { "$nin" } else { "$in" };
     comparable(model, field, op)?;
     let items = operand.as_array().ok_or_else(|| {
-        Error::validation(
+        Error::invalid_field(
             model.name,
-            Some(field.name),
-            format!(
-                "{}.{}: `{op}` takes an array of values, got {}",
-                model.name,
-                field.name,
-                describe(operand)
-            ),
+            field.name,
+            format!("`{op}` takes an array of values, got {}", describe(operand)),
         )
     })?;
     let mut values = Vec::with_capacity(items.len());
@@ -301,14 +274,8 @@ fn in_list(
         sql.push(if negate { "1=1" } else { "1=0" });
     } else {
         sql.ident(field.column)
-            .push(if negate { " NOT IN (" } else { " IN (" });
-        for (i, v) in values.into_iter().enumerate() {
-            if i > 0 {
-                sql.push(", ");
-            }
-            sql.bind(v);
-        }
-        sql.push(")");
+            .push(if negate { " NOT IN " } else { " IN " })
+            .in_list(values);
     }
     match (negate, has_null) {
         (false, true) => {
@@ -336,23 +303,18 @@ fn like(
 ) -> Result<()> {
     let op = if insensitive { "$ilike" } else { "$like" };
     if field.ty != FieldType::String {
-        return Err(Error::validation(
+        return Err(Error::invalid_field(
             model.name,
-            Some(field.name),
-            format!(
-                "{}.{}: `{op}` applies to string fields only",
-                model.name, field.name
-            ),
+            field.name,
+            format!("`{op}` applies to string fields only"),
         ));
     }
     let pattern = operand.as_str().ok_or_else(|| {
-        Error::validation(
+        Error::invalid_field(
             model.name,
-            Some(field.name),
+            field.name,
             format!(
-                "{}.{}: `{op}` takes a pattern string such as \"%@x.io\", got {}",
-                model.name,
-                field.name,
+                "`{op}` takes a pattern string such as \"%@x.io\", got {}",
                 describe(operand)
             ),
         )
@@ -375,4 +337,107 @@ fn like(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The SQL each filter renders, per dialect, without a database.
+
+    use super::render;
+    use crate::nodes::fixtures::{show, NOTE, USER};
+    use crate::schema::ModelSchema;
+    use crate::sql::{Dialect, Sql};
+    use serde_json::{json, Value};
+
+    /// `filter` rendered on SQLite and on PostgreSQL (or the error).
+    fn both(model: &ModelSchema, filter: Value) -> String {
+        [Dialect::Sqlite, Dialect::Postgres]
+            .map(|d| {
+                let mut sql = Sql::new(d);
+                let out = match render(&mut sql, model, &filter) {
+                    Ok(()) => show(&sql),
+                    Err(e) => format!("error[{}]: {}", e.code(), e.message()),
+                };
+                format!("-- {d:?}\n{out}\n")
+            })
+            .concat()
+    }
+
+    #[test]
+    fn empty_filters_select_everything() {
+        insta::assert_snapshot!(both(&USER, Value::Null) + &both(&USER, json!({})));
+    }
+
+    #[test]
+    fn implicit_equality_and_null() {
+        insta::assert_snapshot!(both(
+            &USER,
+            json!({"email": "a@x.io", "full_name": null, "active": true})
+        ));
+    }
+
+    #[test]
+    fn comparison_operators() {
+        insta::assert_snapshot!(both(
+            &USER,
+            json!({"age": {"$gt": 1, "$gte": 2, "$lt": 90, "$lte": 99}, "email": {"$ne": "a@x.io"}, "full_name": {"$eq": null}})
+        ));
+    }
+
+    #[test]
+    fn in_and_nin_with_and_without_null() {
+        insta::assert_snapshot!(
+            both(&USER, json!({"age": {"$in": [1, 2, 3]}}))
+                + &both(&USER, json!({"full_name": {"$in": ["a", null]}}))
+                + &both(&USER, json!({"age": {"$nin": [4, 5]}}))
+                + &both(&USER, json!({"full_name": {"$nin": [null, "b"]}}))
+                + &both(&USER, json!({"age": {"$in": []}, "email": {"$nin": []}}))
+        );
+    }
+
+    #[test]
+    fn null_and_exists() {
+        insta::assert_snapshot!(both(
+            &NOTE,
+            json!({"body": {"$null": true}, "deleted_at": {"$exists": true}, "tags": {"$null": false}})
+        ));
+    }
+
+    #[test]
+    fn like_and_ilike_differ_by_dialect() {
+        insta::assert_snapshot!(both(
+            &USER,
+            json!({"email": {"$like": "%@x.io"}, "full_name": {"$ilike": "ann%"}})
+        ));
+    }
+
+    #[test]
+    fn logical_operators_nest() {
+        insta::assert_snapshot!(both(
+            &USER,
+            json!({
+                "$or": [{"age": 1}, {"$and": [{"active": true}, {"email": {"$like": "%@x.io"}}]}],
+                "$not": {"full_name": null},
+                "age": {"$not": {"$gte": 65, "$lt": 70}}
+            })
+        ));
+    }
+
+    #[test]
+    fn columns_are_the_schema_columns() {
+        insta::assert_snapshot!(both(&NOTE, json!({"body": "b", "id": {"$in": [1, 2]}})));
+    }
+
+    #[test]
+    fn mistakes_are_validation_errors() {
+        insta::assert_snapshot!(
+            both(&USER, json!({"emial": "a"}))
+                + &both(&USER, json!({"age": {"$gtt": 1}}))
+                + &both(&USER, json!({"$nor": []}))
+                + &both(&USER, json!({"$or": []}))
+                + &both(&USER, json!({"age": "old"}))
+                + &both(&NOTE, json!({"tags": {"$eq": 1}}))
+                + &both(&USER, json!([]))
+        );
+    }
 }

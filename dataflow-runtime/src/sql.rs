@@ -5,9 +5,12 @@
 use crate::schema::ModelSchema;
 use crate::value::{format_datetime, SqlValue};
 
+/// Which SQL a database speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dialect {
+    /// SQLite (the embedded default).
     Sqlite,
+    /// PostgreSQL.
     Postgres,
 }
 
@@ -30,7 +33,7 @@ impl Dialect {
 }
 
 /// `"name"`, with embedded quotes doubled.
-pub fn quote(ident: &str) -> String {
+pub(crate) fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
@@ -38,7 +41,7 @@ pub fn quote(ident: &str) -> String {
 /// writes the placeholders, so the same statement serves `?` (SQLite) and
 /// `$n` (PostgreSQL).
 #[derive(Debug, Clone)]
-pub struct Sql {
+pub(crate) struct Sql {
     pub(crate) dialect: Dialect,
     text: String,
     /// Where each bind goes in `text`.
@@ -47,7 +50,7 @@ pub struct Sql {
 }
 
 impl Sql {
-    pub fn new(dialect: Dialect) -> Self {
+    pub(crate) fn new(dialect: Dialect) -> Self {
         Sql {
             dialect,
             text: String::with_capacity(128),
@@ -56,16 +59,16 @@ impl Sql {
         }
     }
 
-    pub fn dialect(&self) -> Dialect {
+    pub(crate) fn dialect(&self) -> Dialect {
         self.dialect
     }
 
-    pub fn push(&mut self, s: &str) -> &mut Self {
+    pub(crate) fn push(&mut self, s: &str) -> &mut Self {
         self.text.push_str(s);
         self
     }
 
-    pub fn ident(&mut self, name: &str) -> &mut Self {
+    pub(crate) fn ident(&mut self, name: &str) -> &mut Self {
         self.text.push('"');
         if name.contains('"') {
             self.text.push_str(&name.replace('"', "\"\""));
@@ -78,7 +81,7 @@ impl Sql {
 
     /// Appends a placeholder bound to `v`. SQLite has no native timestamp,
     /// date, uuid or json types: those are stored as text in one fixed form.
-    pub fn bind(&mut self, v: SqlValue) -> &mut Self {
+    pub(crate) fn bind(&mut self, v: SqlValue) -> &mut Self {
         let v = match (self.dialect, v) {
             (Dialect::Sqlite, SqlValue::DateTime(dt)) => SqlValue::Text(format_datetime(&dt)),
             (Dialect::Sqlite, SqlValue::Date(d)) => {
@@ -93,7 +96,7 @@ impl Sql {
         self
     }
 
-    pub fn bind_count(&self) -> usize {
+    pub(crate) fn bind_count(&self) -> usize {
         self.binds.len()
     }
 
@@ -113,7 +116,7 @@ impl Sql {
     }
 
     /// The statement with `?` in place of values, for logs (values are never logged).
-    pub fn display(&self) -> String {
+    pub(crate) fn display(&self) -> String {
         self.pieces()
             .map(|(p, b)| {
                 if b.is_some() {
@@ -124,13 +127,201 @@ impl Sql {
             })
             .collect()
     }
+
+    /// Starts a list whose items `sep` separates, like sqlx's
+    /// `QueryBuilder::separated`: [`Separated::item`] writes the separator
+    /// before every item but the first, so callers never count.
+    pub(crate) fn separated(&mut self, sep: &'static str) -> Separated<'_> {
+        Separated {
+            sql: self,
+            sep,
+            first: true,
+        }
+    }
+
+    /// `("a", "b")`: a parenthesised list of quoted identifiers (the
+    /// columns of an INSERT, the key of an `ON CONFLICT`).
+    pub(crate) fn ident_list<'n>(&mut self, names: impl IntoIterator<Item = &'n str>) -> &mut Self {
+        self.push("(");
+        let mut list = self.separated(", ");
+        for name in names {
+            list.item().ident(name);
+        }
+        self.push(")")
+    }
+
+    /// `(?, ?)`: a parenthesised list of bound values, for `IN` and for one
+    /// row of `VALUES`. An empty list renders `()`, which SQL rejects:
+    /// callers handle "no values" themselves.
+    pub(crate) fn in_list(&mut self, values: impl IntoIterator<Item = SqlValue>) -> &mut Self {
+        self.push("(");
+        let mut list = self.separated(", ");
+        for v in values {
+            list.item().bind(v);
+        }
+        self.push(")")
+    }
+
+    /// ` VALUES (?, ?), (?, ?)`: the rows of a (multi-row) INSERT, taken by
+    /// value so bulk inserts move their values instead of copying them.
+    pub(crate) fn values<R>(&mut self, rows: impl IntoIterator<Item = R>) -> &mut Self
+    where
+        R: IntoIterator<Item = SqlValue>,
+    {
+        self.push(" VALUES ");
+        let mut list = self.separated(", ");
+        for row in rows {
+            list.item().in_list(row);
+        }
+        self
+    }
+
+    /// ` SET "a" = ?, "b" = ?`: assignments of bound values to columns.
+    pub(crate) fn set<'c>(
+        &mut self,
+        assignments: impl IntoIterator<Item = (&'c str, SqlValue)>,
+    ) -> &mut Self {
+        self.push(" SET ");
+        let mut list = self.separated(", ");
+        for (column, value) in assignments {
+            list.item().ident(column).push(" = ").bind(value);
+        }
+        self
+    }
+
+    /// ` RETURNING <columns>`, where `columns` is a select list already
+    /// quoted (see [`columns`]), so writes answer with whole records.
+    pub(crate) fn returning(&mut self, columns: &str) -> &mut Self {
+        self.push(" RETURNING ").push(columns)
+    }
+}
+
+/// A list being written into a [`Sql`], from [`Sql::separated`].
+pub(crate) struct Separated<'a> {
+    sql: &'a mut Sql,
+    sep: &'static str,
+    first: bool,
+}
+
+impl Separated<'_> {
+    /// The statement, positioned for the next item: after the separator,
+    /// unless this is the first item.
+    pub(crate) fn item(&mut self) -> &mut Sql {
+        if self.first {
+            self.first = false;
+        } else {
+            self.sql.push(self.sep);
+        }
+        self.sql
+    }
 }
 
 /// The select list of a model, in schema order.
-pub fn columns(m: &ModelSchema) -> String {
+pub(crate) fn columns(m: &ModelSchema) -> String {
     m.fields
         .iter()
         .map(|f| quote(f.column))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The binds of a statement, in order.
+    fn binds(sql: &Sql) -> Vec<SqlValue> {
+        sql.pieces().filter_map(|(_, b)| b.cloned()).collect()
+    }
+
+    #[test]
+    fn separated_writes_the_separator_between_items_only() {
+        let mut sql = Sql::new(Dialect::Sqlite);
+        let mut list = sql.separated(" AND ");
+        for c in ["a", "b", "c"] {
+            list.item().ident(c).push(" IS NULL");
+        }
+        assert_eq!(
+            sql.display(),
+            r#""a" IS NULL AND "b" IS NULL AND "c" IS NULL"#
+        );
+    }
+
+    #[test]
+    fn separated_without_items_writes_nothing() {
+        let mut sql = Sql::new(Dialect::Sqlite);
+        sql.push("x");
+        sql.separated(", ");
+        assert_eq!(sql.display(), "x");
+    }
+
+    #[test]
+    fn multi_row_insert_binds_every_value_in_row_order() {
+        let mut sql = Sql::new(Dialect::Postgres);
+        sql.push("INSERT INTO ")
+            .ident("t")
+            .push(" ")
+            .ident_list(["a", "b"])
+            .values([
+                vec![SqlValue::I64(1), SqlValue::Text("x".into())],
+                vec![SqlValue::I64(2), SqlValue::Text("y".into())],
+            ]);
+        assert_eq!(
+            sql.display(),
+            r#"INSERT INTO "t" ("a", "b") VALUES (?, ?), (?, ?)"#
+        );
+        assert_eq!(
+            binds(&sql),
+            [
+                SqlValue::I64(1),
+                SqlValue::Text("x".into()),
+                SqlValue::I64(2),
+                SqlValue::Text("y".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn set_assigns_bound_values_and_returning_lists_columns() {
+        let mut sql = Sql::new(Dialect::Sqlite);
+        sql.push("UPDATE ")
+            .ident("t")
+            .set([("a", SqlValue::Bool(true)), ("b\"c", SqlValue::I32(3))])
+            .returning(r#""a", "b""#);
+        assert_eq!(
+            sql.display(),
+            r#"UPDATE "t" SET "a" = ?, "b""c" = ? RETURNING "a", "b""#
+        );
+        assert_eq!(binds(&sql), [SqlValue::Bool(true), SqlValue::I32(3)]);
+    }
+
+    #[test]
+    fn in_list_binds_each_value() {
+        let mut sql = Sql::new(Dialect::Sqlite);
+        sql.ident("id")
+            .push(" IN ")
+            .in_list((1..=3).map(SqlValue::I64));
+        assert_eq!(sql.display(), r#""id" IN (?, ?, ?)"#);
+        assert_eq!(sql.bind_count(), 3);
+    }
+
+    #[test]
+    fn sqlite_binds_store_rich_types_as_text() {
+        let id = uuid::Uuid::nil();
+        let mut sql = Sql::new(Dialect::Sqlite);
+        sql.in_list([
+            SqlValue::Uuid(id),
+            SqlValue::Json(serde_json::json!({"a": 1})),
+        ]);
+        assert_eq!(
+            binds(&sql),
+            [
+                SqlValue::Text(id.to_string()),
+                SqlValue::Text(r#"{"a":1}"#.into())
+            ]
+        );
+        let mut sql = Sql::new(Dialect::Postgres);
+        sql.in_list([SqlValue::Uuid(id)]);
+        assert_eq!(binds(&sql), [SqlValue::Uuid(id)]);
+    }
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 /// A value ready to bind.
 #[derive(Debug, Clone, PartialEq)]
-pub enum SqlValue {
+pub(crate) enum SqlValue {
     Null(FieldType),
     Bool(bool),
     I16(i16),
@@ -27,7 +27,7 @@ pub enum SqlValue {
 
 /// A value read back from a row, before the schema gives it its JSON form.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Cell {
+pub(crate) enum Cell {
     Null,
     Bool(bool),
     I64(i64),
@@ -42,33 +42,27 @@ pub enum Cell {
 
 /// The one textual form of timestamps: fixed-width microseconds in UTC, so
 /// that SQLite's text comparison orders them correctly.
-pub fn format_datetime(dt: &DateTime<Utc>) -> String {
+pub(crate) fn format_datetime(dt: &DateTime<Utc>) -> String {
     dt.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 /// The current time at the precision both backends store.
-pub fn now() -> DateTime<Utc> {
+pub(crate) fn now() -> DateTime<Utc> {
     let now = Utc::now();
     let micros = now.timestamp_micros();
     DateTime::from_timestamp_micros(micros).unwrap_or(now)
 }
 
 fn type_error(model: &ModelSchema, field: &FieldSchema, got: &Value) -> Error {
-    Error::validation(
+    Error::invalid_field(
         model.name,
-        Some(field.name),
-        format!(
-            "{}.{}: expected {}, got {}",
-            model.name,
-            field.name,
-            field.ty.expected(),
-            describe(got)
-        ),
+        field.name,
+        format!("expected {}, got {}", field.ty.expected(), describe(got)),
     )
 }
 
 /// A short description of a JSON value for error messages (never the whole value).
-pub fn describe(v: &Value) -> &'static str {
+pub(crate) fn describe(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -82,20 +76,15 @@ pub fn describe(v: &Value) -> &'static str {
 
 /// Checks `v` against the field's type and converts it. `null` is accepted
 /// only for nullable fields.
-pub fn coerce(model: &ModelSchema, field: &FieldSchema, v: &Value) -> Result<SqlValue> {
+pub(crate) fn coerce(model: &ModelSchema, field: &FieldSchema, v: &Value) -> Result<SqlValue> {
     if v.is_null() {
         return if field.nullable {
             Ok(SqlValue::Null(field.ty))
         } else {
-            Err(Error::validation(
+            Err(Error::invalid_field(
                 model.name,
-                Some(field.name),
-                format!(
-                    "{}.{}: cannot be null (expected {})",
-                    model.name,
-                    field.name,
-                    field.ty.expected()
-                ),
+                field.name,
+                format!("cannot be null (expected {})", field.ty.expected()),
             ))
         };
     }
@@ -103,7 +92,7 @@ pub fn coerce(model: &ModelSchema, field: &FieldSchema, v: &Value) -> Result<Sql
 }
 
 /// [`coerce`] taking the value, so strings move instead of being copied.
-pub fn coerce_owned(model: &ModelSchema, field: &FieldSchema, v: Value) -> Result<SqlValue> {
+pub(crate) fn coerce_owned(model: &ModelSchema, field: &FieldSchema, v: Value) -> Result<SqlValue> {
     match (field.ty, v) {
         (FieldType::String, Value::String(s))
             if field.max_length.is_none_or(|max| s.len() <= max as usize) =>
@@ -116,7 +105,7 @@ pub fn coerce_owned(model: &ModelSchema, field: &FieldSchema, v: Value) -> Resul
 
 /// Like [`coerce`] for a given type (filters compare strings to `$like`
 /// patterns whatever the field is).
-pub fn coerce_non_null(
+pub(crate) fn coerce_non_null(
     model: &ModelSchema,
     field: &FieldSchema,
     ty: FieldType,
@@ -130,13 +119,10 @@ pub fn coerce_non_null(
             if let Some(max) = field.max_length {
                 let len = s.chars().count();
                 if len > max as usize {
-                    return Err(Error::validation(
+                    return Err(Error::invalid_field(
                         model.name,
-                        Some(field.name),
-                        format!(
-                            "{}.{}: is {len} characters long, at most {max} are allowed",
-                            model.name, field.name
-                        ),
+                        field.name,
+                        format!("is {len} characters long, at most {max} are allowed"),
                     ));
                 }
             }
@@ -177,7 +163,7 @@ pub fn coerce_non_null(
 }
 
 /// The JSON form of a stored value, by the field's declared type.
-pub fn cell_to_json(model: &ModelSchema, field: &FieldSchema, cell: Cell) -> Result<Value> {
+pub(crate) fn cell_to_json(model: &ModelSchema, field: &FieldSchema, cell: Cell) -> Result<Value> {
     let bad = |what: &str| {
         Error::internal(format!(
             "{}.{}: the database returned {what} for a {:?} column; the table does not match the model",
@@ -251,7 +237,10 @@ pub(crate) fn hint(suggestion: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
-pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn suggest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (levenshtein(name, c), c))

@@ -165,7 +165,7 @@ impl Target {
 }
 
 /// Replaces the password of a URL with `***`.
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     if let Some(scheme_end) = url.find("://") {
         let rest = &url[scheme_end + 3..];
         let auth_end = rest.find('/').unwrap_or(rest.len());
@@ -218,10 +218,10 @@ impl r2d2::ManageConnection for Manager {
     }
 }
 
-pub type Pool = r2d2::Pool<Manager>;
+pub(crate) type Pool = r2d2::Pool<Manager>;
 
 /// What the node code needs from a connection, implemented once per backend.
-pub trait Conn {
+pub(crate) trait Conn {
     const DIALECT: Dialect;
     /// Runs a statement, returning the affected row count.
     fn exec(&mut self, sql: &Sql) -> Result<usize>;
@@ -234,7 +234,7 @@ pub trait Conn {
 }
 
 /// A borrowed [`Sql`] as a diesel query (diesel's run methods take queries by value).
-pub struct SqlRef<'a>(pub &'a Sql);
+pub(crate) struct SqlRef<'a>(pub &'a Sql);
 
 impl QueryId for SqlRef<'_> {
     type QueryId = ();
@@ -294,12 +294,12 @@ fn transaction_with<C, T>(
 }
 
 /// A row read as cells; the schema turns cells into JSON afterwards.
-pub struct Cells(pub Vec<Cell>);
+pub(crate) struct Cells(pub Vec<Cell>);
 
 /// Maps a diesel error to a dataflow error, which keeps it as its source.
 /// Constraint failures become the user-facing codes; the table's model name
 /// is added by the caller.
-pub fn map_error(e: DieselError) -> Error {
+pub(crate) fn map_error(e: DieselError) -> Error {
     describe_diesel_error(&e).with_source(e)
 }
 

@@ -6,40 +6,75 @@ use crate::schema::ModelSchema;
 use crate::value::{describe, did_you_mean};
 use serde_json::{Map, Value};
 
-pub struct Params<'a> {
+/// One parameter of a node op, declared once in the op's table: the
+/// parser accepts exactly the names of the table, and the published JSON
+/// Schema describes exactly its entries.
+pub(crate) struct Param {
+    pub(crate) name: &'static str,
+    /// Its JSON Schema, built from the model.
+    pub(crate) schema: fn(&ModelSchema) -> Value,
+    /// Listed under `required` in the schema. The op checks presence where
+    /// it reads the value, with a message about that parameter.
+    pub(crate) required: bool,
+}
+
+impl Param {
+    /// A parameter the schema does not list as required.
+    pub(crate) const fn optional(name: &'static str, schema: fn(&ModelSchema) -> Value) -> Self {
+        Param {
+            name,
+            schema,
+            required: false,
+        }
+    }
+
+    /// A parameter the schema lists under `required`.
+    pub(crate) const fn required(name: &'static str, schema: fn(&ModelSchema) -> Value) -> Self {
+        Param {
+            name,
+            schema,
+            required: true,
+        }
+    }
+}
+
+pub(super) struct Params<'a> {
     pub model: &'static ModelSchema,
     pub node: &'a str,
     pub map: &'a Map<String, Value>,
 }
 
 impl<'a> Params<'a> {
-    /// Node parameters must be an object whose keys are all in `allowed`.
-    pub fn new(
+    /// Node parameters must be an object whose keys are all in `allowed`,
+    /// the op's parameter table.
+    pub(super) fn new(
         model: &'static ModelSchema,
         node: &'a str,
         params: &'a Value,
-        allowed: &[&'static str],
+        allowed: &[Param],
     ) -> Result<Self> {
         let map = params.as_object().ok_or_else(|| {
             Error::validation(
                 model.name,
                 None,
-                format!(
-                    "{node}: parameters must be a JSON object, got {}",
-                    describe(params)
-                ),
+                format!("parameters must be a JSON object, got {}", describe(params)),
             )
+            .in_node(node)
         })?;
         let p = Params { model, node, map };
         if !allowed.is_empty() {
             for key in map.keys() {
-                if !allowed.contains(&key.as_str()) {
-                    let hint = did_you_mean(key, allowed.iter().copied());
+                if !allowed.iter().any(|a| a.name == key) {
+                    let hint = did_you_mean(key, allowed.iter().map(|a| a.name));
                     return Err(p.error(
                         Some(key),
                         format!(
                             "unknown parameter `{key}`{hint}; expected one of: {}",
-                            allowed.join(", ")
+                            allowed
+                                .iter()
+                                .map(|a| a.name)
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     ));
                 }
@@ -48,16 +83,16 @@ impl<'a> Params<'a> {
         Ok(p)
     }
 
-    pub fn error(&self, field: Option<&str>, msg: impl std::fmt::Display) -> Error {
-        Error::validation(self.model.name, field, format!("{}: {msg}", self.node))
+    pub(super) fn error(&self, field: Option<&str>, msg: impl std::fmt::Display) -> Error {
+        Error::validation(self.model.name, field, msg.to_string()).in_node(self.node)
     }
 
     /// A present, non-null parameter.
-    pub fn get(&self, key: &str) -> Option<&'a Value> {
+    pub(super) fn get(&self, key: &str) -> Option<&'a Value> {
         self.map.get(key).filter(|v| !v.is_null())
     }
 
-    pub fn bool(&self, key: &str) -> Result<bool> {
+    pub(super) fn bool(&self, key: &str) -> Result<bool> {
         match self.get(key) {
             None => Ok(false),
             Some(Value::Bool(b)) => Ok(*b),
@@ -68,7 +103,7 @@ impl<'a> Params<'a> {
         }
     }
 
-    pub fn u64(&self, key: &str, default: u64, max: u64) -> Result<u64> {
+    pub(super) fn u64(&self, key: &str, default: u64, max: u64) -> Result<u64> {
         match self.get(key) {
             None => Ok(default),
             Some(v) => match v.as_u64() {
@@ -84,7 +119,7 @@ impl<'a> Params<'a> {
         }
     }
 
-    pub fn object(&self, key: &str) -> Result<Option<&'a Map<String, Value>>> {
+    pub(super) fn object(&self, key: &str) -> Result<Option<&'a Map<String, Value>>> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::Object(m)) => Ok(Some(m)),
@@ -95,7 +130,7 @@ impl<'a> Params<'a> {
         }
     }
 
-    pub fn array(&self, key: &str) -> Result<&'a Vec<Value>> {
+    pub(super) fn array(&self, key: &str) -> Result<&'a Vec<Value>> {
         match self.get(key) {
             Some(Value::Array(a)) => Ok(a),
             None => Err(self.error(
@@ -110,7 +145,7 @@ impl<'a> Params<'a> {
     }
 
     /// The filter parameter: an object, or absent (everything).
-    pub fn filter(&self, key: &str) -> Result<&'a Value> {
+    pub(super) fn filter(&self, key: &str) -> Result<&'a Value> {
         static EMPTY: Value = Value::Null;
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(&EMPTY),

@@ -1,7 +1,9 @@
 //! JSON Schemas (draft 2020-12) of node inputs, generated from the model
 //! schema. HTTP, CLI and MCP publish these, so they match what `run` accepts.
 
-use super::Op;
+use super::read::{DEFAULT_LIMIT, MAX_LIMIT};
+use super::row::DEFAULT_BATCH;
+use super::{Input, Op};
 use crate::filter::{FIELD_OPERATORS, LOGICAL_OPERATORS};
 use crate::schema::{FieldSchema, FieldTypeExt, Generated, ModelSchema};
 use serde_json::{json, Map, Value};
@@ -82,67 +84,83 @@ fn filter_schema(m: &ModelSchema) -> Value {
     })
 }
 
-fn object(props: Value, required: &[&str]) -> Value {
-    json!({"type": "object", "properties": props, "required": required, "additionalProperties": false})
-}
-
-/// The JSON Schema of the input of `{Model}{Op}Node`.
+/// The JSON Schema of the input of `{Model}{Op}Node`: Create takes the
+/// record itself, every other op the object its parameter table describes.
 pub fn input_schema(m: &ModelSchema, op: Op) -> Value {
-    let pk = field_schema(m.primary_key());
-    let filter = filter_schema(m);
-    let include_deleted = json!({"type": "boolean", "default": false});
-    let confirmed = json!({"type": "boolean", "default": false, "description": "required to act on every record with an empty filter"});
-    let conflict_on = json!({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1}]});
-    let batch_size = json!({"type": "integer", "minimum": 1, "default": 1000});
-    let mut schema = match op {
-        Op::Create => record_schema(m),
-        Op::Read => object(
-            json!({"id": pk, "filter": filter, "include_deleted": include_deleted}),
-            &[],
-        ),
-        Op::Update => object(
-            json!({"id": pk, "filter": filter, "fields": changes_schema(m)}),
-            &["fields"],
-        ),
-        Op::Delete => object(json!({"id": pk, "filter": filter}), &[]),
-        Op::List => object(
-            json!({
-                "filter": filter,
-                "order_by": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}], "description": "field names; a leading '-' sorts descending"},
-                "limit": {"type": "integer", "minimum": 0, "maximum": super::ops::MAX_LIMIT, "default": 100},
-                "offset": {"type": "integer", "minimum": 0},
-                "after": {"type": ["string", "null"], "description": "the `next` cursor of the previous page"},
-                "include_deleted": include_deleted,
-            }),
-            &[],
-        ),
-        Op::Count => object(
-            json!({"filter": filter, "include_deleted": include_deleted}),
-            &[],
-        ),
-        Op::Upsert => {
-            let mut create = record_schema(m);
-            create["required"] = json!([]);
-            object(
-                json!({"where": filter, "create": create, "update": changes_schema(m), "conflict_on": conflict_on}),
-                &[],
-            )
+    let mut schema = match super::input(op) {
+        Input::Record => record_schema(m),
+        Input::Params(params) => {
+            let props: Map<String, Value> = params
+                .iter()
+                .map(|p| (p.name.to_string(), (p.schema)(m)))
+                .collect();
+            let required: Vec<&str> = params
+                .iter()
+                .filter(|p| p.required)
+                .map(|p| p.name)
+                .collect();
+            json!({"type": "object", "properties": props, "required": required, "additionalProperties": false})
         }
-        Op::BulkCreate => object(
-            json!({"data": {"type": "array", "items": record_schema(m)}, "batch_size": batch_size}),
-            &["data"],
-        ),
-        Op::BulkUpdate => object(
-            json!({"filter": filter, "fields": changes_schema(m), "confirmed": confirmed}),
-            &["fields"],
-        ),
-        Op::BulkDelete => object(json!({"filter": filter, "confirmed": confirmed}), &[]),
-        Op::BulkUpsert => object(
-            json!({"data": {"type": "array", "items": record_schema(m)}, "conflict_on": conflict_on, "batch_size": batch_size}),
-            &["data"],
-        ),
     };
     schema["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
     schema["title"] = json!(crate::schema::node_name(m.name, op));
     schema
+}
+
+// Parameter schemas, named by the parameter tables of the ops (`Param::schema`).
+
+pub(super) fn pk(m: &ModelSchema) -> Value {
+    field_schema(m.primary_key())
+}
+
+pub(super) fn filter(m: &ModelSchema) -> Value {
+    filter_schema(m)
+}
+
+pub(super) fn changes(m: &ModelSchema) -> Value {
+    changes_schema(m)
+}
+
+/// Bulk `data`: an array of records as Create takes them.
+pub(super) fn records(m: &ModelSchema) -> Value {
+    json!({"type": "array", "items": record_schema(m)})
+}
+
+/// Upsert `create`: a record whose fields may also come from `where`, so none is required.
+pub(super) fn upsert_create(m: &ModelSchema) -> Value {
+    let mut create = record_schema(m);
+    create["required"] = json!([]);
+    create
+}
+
+pub(super) fn include_deleted(_: &ModelSchema) -> Value {
+    json!({"type": "boolean", "default": false})
+}
+
+pub(super) fn confirmed(_: &ModelSchema) -> Value {
+    json!({"type": "boolean", "default": false, "description": "required to act on every record with an empty filter"})
+}
+
+pub(super) fn conflict_on(_: &ModelSchema) -> Value {
+    json!({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1}]})
+}
+
+pub(super) fn batch_size(_: &ModelSchema) -> Value {
+    json!({"type": "integer", "minimum": 1, "default": DEFAULT_BATCH})
+}
+
+pub(super) fn order_by(_: &ModelSchema) -> Value {
+    json!({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}], "description": "field names; a leading '-' sorts descending"})
+}
+
+pub(super) fn limit(_: &ModelSchema) -> Value {
+    json!({"type": "integer", "minimum": 0, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT})
+}
+
+pub(super) fn offset(_: &ModelSchema) -> Value {
+    json!({"type": "integer", "minimum": 0})
+}
+
+pub(super) fn after(_: &ModelSchema) -> Value {
+    json!({"type": ["string", "null"], "description": "the `next` cursor of the previous page"})
 }

@@ -6,7 +6,7 @@
 use serde_json::{Map, Value};
 
 #[derive(Debug, Clone)]
-pub enum Tpl {
+pub(crate) enum Tpl {
     /// No templates inside.
     Literal(Value),
     /// The whole string is one template.
@@ -17,14 +17,14 @@ pub enum Tpl {
 }
 
 #[derive(Debug, Clone)]
-pub enum Piece {
+pub(crate) enum Piece {
     Lit(String),
     Input(String),
 }
 
 /// A template reference and where it sits in the parameters.
 #[derive(Debug, Clone)]
-pub struct Ref {
+pub(crate) struct Ref {
     pub name: String,
     pub path: Vec<String>,
     pub whole: bool,
@@ -70,7 +70,7 @@ fn pieces(s: &str) -> Vec<Piece> {
     out
 }
 
-pub fn compile(v: &Value) -> Tpl {
+pub(super) fn compile(v: &Value) -> Tpl {
     let t = match v {
         Value::String(s) => {
             let p = pieces(s);
@@ -96,7 +96,7 @@ pub fn compile(v: &Value) -> Tpl {
 }
 
 impl Tpl {
-    pub fn refs(&self) -> Vec<Ref> {
+    pub(crate) fn refs(&self) -> Vec<Ref> {
         let mut out = Vec::new();
         self.collect(&mut Vec::new(), &mut out);
         out
@@ -141,7 +141,7 @@ impl Tpl {
     /// Renders with `inputs`. A top-level parameter that is exactly one
     /// template of a missing input is left out when `omittable` says it may
     /// be; any other missing input is `Err(name)`.
-    pub fn render(
+    pub(crate) fn render(
         &self,
         inputs: &Map<String, Value>,
         omittable: &dyn Fn(&str) -> bool,

@@ -1,0 +1,152 @@
+//! The dispatcher: one entry point from an [`Op`] to its operation, and the
+//! context every operation shares (statement logging, rows as records, the
+//! error wording that names the node and the model).
+
+use super::Op;
+use crate::backend::Conn;
+use crate::error::{Error, ErrorCode, Result};
+use crate::schema::{Generated, ModelSchema};
+use crate::sql::Sql;
+use crate::value::{cell_to_json, Cell};
+use serde_json::{Map, Value};
+
+/// Everything a node run needs besides the connection.
+pub(crate) struct Ctx<'a> {
+    pub(crate) model: &'static ModelSchema,
+    pub(crate) node: &'a str,
+    /// The model's quoted column list, computed once per model.
+    pub(crate) columns: &'a str,
+    /// Log each statement (never its values) to stderr.
+    pub(crate) echo: bool,
+}
+
+/// Runs one node. Every error leaves with the node and model named.
+pub(crate) fn run<C: Conn>(conn: &mut C, ctx: &Ctx, op: Op, params: Value) -> Result<Value> {
+    let m = ctx.model;
+    if m.options.append_only && op.changes_existing() {
+        return Err(Error::new(
+            ErrorCode::NotAllowed,
+            format!(
+                "{} is append_only; records can be created and read, not changed or deleted",
+                m.name
+            ),
+        )
+        .with_model(m.name)
+        .in_node(ctx.node));
+    }
+    let result = match op {
+        Op::Create => super::write::create(conn, ctx, params),
+        Op::Read => super::read::read(conn, ctx, &params),
+        Op::Update => super::write::update(conn, ctx, &params),
+        Op::Delete => super::write::delete(conn, ctx, &params),
+        Op::List => super::read::list(conn, ctx, &params),
+        Op::Count => super::read::count(conn, ctx, &params),
+        Op::Upsert => super::upsert::upsert(conn, ctx, &params),
+        Op::BulkCreate => super::bulk::bulk_create(conn, ctx, params),
+        Op::BulkUpdate => super::bulk::bulk_update(conn, ctx, &params),
+        Op::BulkDelete => super::bulk::bulk_delete(conn, ctx, &params),
+        Op::BulkUpsert => super::upsert::bulk_upsert(conn, ctx, params),
+    };
+    result.map_err(|e| contextualize(e, ctx))
+}
+
+/// Gives database errors the model's words (the field instead of the
+/// column, a message that says what happened) and names the node and model.
+fn contextualize(err: Error, ctx: &Ctx) -> Error {
+    let m = ctx.model;
+    let field = err.field().map(|c| {
+        m.fields
+            .iter()
+            .find(|f| f.column == c)
+            .map_or(c, |f| f.name)
+            .to_string()
+    });
+    let err = match err.code() {
+        ErrorCode::UniqueViolation => {
+            let f = field.as_deref().unwrap_or("a unique field");
+            err.reworded(format!(
+                "a {} with this `{f}` already exists ({}.{f} is unique)",
+                m.name, m.name
+            ))
+            .with_field_opt(field.as_deref())
+        }
+        ErrorCode::FkViolation => {
+            let detail = match &field {
+                Some(f) => format!("`{f}` must reference an existing record"),
+                None => "the record is referenced by other records, or references one that does not exist".into(),
+            };
+            err.reworded(format!("foreign key violated on {}: {detail}", m.name))
+                .with_field_opt(field.as_deref())
+        }
+        ErrorCode::Database | ErrorCode::Connection | ErrorCode::NotFound => {
+            err.with_field_opt(field.as_deref())
+        }
+        _ => err,
+    };
+    let err = if err.model().is_none() {
+        err.with_model(m.name)
+    } else {
+        err
+    };
+    err.in_node(ctx.node)
+}
+
+impl Ctx<'_> {
+    /// Runs a statement, logging it first when `echo` is on.
+    pub(super) fn exec<C: Conn>(&self, conn: &mut C, sql: &Sql) -> Result<usize> {
+        self.log(sql);
+        conn.exec(sql)
+    }
+
+    /// Runs a query, logging it first when `echo` is on.
+    pub(super) fn query<C: Conn>(&self, conn: &mut C, sql: &Sql) -> Result<Vec<Vec<Cell>>> {
+        self.log(sql);
+        conn.query(sql)
+    }
+
+    fn log(&self, sql: &Sql) {
+        if self.echo {
+            eprintln!("[dataflow] {} ({} binds)", sql.display(), sql.bind_count());
+        }
+    }
+
+    /// `SELECT <all columns> FROM <table>`: every read returns whole records.
+    pub(super) fn select<C: Conn>(&self) -> Sql {
+        let mut sql = Sql::new(C::DIALECT);
+        sql.push("SELECT ")
+            .push(self.columns)
+            .push(" FROM ")
+            .ident(self.model.table);
+        sql
+    }
+
+    /// ` RETURNING <all columns>`, so writes answer with whole records.
+    pub(super) fn returning(&self, sql: &mut Sql) {
+        sql.returning(self.columns);
+    }
+
+    /// A row in select-list order (all fields) as a JSON record.
+    pub(super) fn record(&self, cells: Vec<Cell>) -> Result<Value> {
+        let m = self.model;
+        let mut map = Map::new();
+        for (field, cell) in m.fields.iter().zip(cells) {
+            map.insert(field.name.to_string(), cell_to_json(m, field, cell)?);
+        }
+        Ok(Value::Object(map))
+    }
+
+    /// Rows in select-list order as JSON records.
+    pub(super) fn records(&self, rows: Vec<Vec<Cell>>) -> Result<Vec<Value>> {
+        rows.into_iter().map(|r| self.record(r)).collect()
+    }
+}
+
+/// `AND deleted_at IS NULL` on soft-delete models unless deleted records are wanted.
+pub(super) fn live_only(sql: &mut Sql, m: &ModelSchema, include_deleted: bool) {
+    if include_deleted {
+        return;
+    }
+    if let Some(f) = m.field_with(Generated::DeletedAt) {
+        sql.push(" AND ").ident(f.column).push(" IS NULL");
+    }
+}

@@ -1,0 +1,120 @@
+//! The single-record writes: Create, Update and Delete, and the one
+//! soft-or-hard delete that Delete and BulkDelete share.
+
+use super::params::{Param, Params};
+use super::row::{assignments, insert_row, insert_sql, now_value, update_sql};
+use super::run::{live_only, Ctx};
+use super::schema as s;
+use super::target::{find_one, pk_value, Selector};
+use super::Op;
+use crate::backend::Conn;
+use crate::error::{Error, Result};
+use crate::schema::{Generated, ModelSchema};
+use crate::sql::Sql;
+use crate::value::{cell_to_json, Cell};
+use serde_json::{json, Value};
+
+/// Update: one record by `id` or `filter`, and the `fields` to change.
+pub(super) const UPDATE: &[Param] = &[
+    Param::optional("id", s::pk),
+    Param::optional("filter", s::filter),
+    Param::required("fields", s::changes),
+];
+
+/// Delete: one record by `id` or `filter`.
+pub(super) const DELETE: &[Param] = &[
+    Param::optional("id", s::pk),
+    Param::optional("filter", s::filter),
+];
+
+/// Create takes the record itself, so it has no parameter table.
+pub(super) fn create<C: Conn>(conn: &mut C, ctx: &Ctx, params: Value) -> Result<Value> {
+    let row = insert_row(ctx, params, &now_value(), None)?;
+    let mut sql = insert_sql::<C>(ctx.model, vec![row]);
+    ctx.returning(&mut sql);
+    let mut rows = ctx.query(conn, &sql)?;
+    ctx.record(
+        rows.pop()
+            .ok_or_else(|| Error::internal("INSERT … RETURNING returned no row"))?,
+    )
+}
+
+pub(super) fn update<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
+    let p = Params::new(ctx.model, ctx.node, params, UPDATE)?;
+    let sel = Selector::from_params(&p)?;
+    let sets = assignments(ctx, &p, "fields")?;
+    let m = ctx.model;
+    let update_by = |conn: &mut C, sel: &Selector| -> Result<Option<Value>> {
+        let mut sql = update_sql::<C>(m, &sets);
+        sql.push(" WHERE ");
+        sel.render(&mut sql, m)?;
+        live_only(&mut sql, m, false);
+        ctx.returning(&mut sql);
+        ctx.query(conn, &sql)?
+            .pop()
+            .map(|r| ctx.record(r))
+            .transpose()
+    };
+    match sel {
+        Selector::Id(_) => update_by(conn, &sel)?.ok_or_else(|| sel.not_found(ctx)),
+        Selector::Filter(_) => conn.write_transaction(|conn| {
+            let row = find_one(conn, ctx, &sel, false, Op::BulkUpdate)?;
+            let id = pk_value(m, row)?;
+            update_by(conn, &Selector::Id(id))?.ok_or_else(|| sel.not_found(ctx))
+        }),
+    }
+}
+
+pub(super) fn delete<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
+    let p = Params::new(ctx.model, ctx.node, params, DELETE)?;
+    let sel = Selector::from_params(&p)?;
+    let m = ctx.model;
+    let pk = m.primary_key();
+    let delete_by = |conn: &mut C, sel: &Selector| -> Result<Option<Value>> {
+        let mut sql = soft_or_hard_delete::<C>(m);
+        sql.push(" WHERE ");
+        sel.render(&mut sql, m)?;
+        live_only(&mut sql, m, false);
+        sql.push(" RETURNING ").ident(pk.column);
+        match ctx.query(conn, &sql)?.pop() {
+            Some(row) => Ok(Some(cell_to_json(
+                m,
+                pk,
+                row.into_iter().next().unwrap_or(Cell::Null),
+            )?)),
+            None => Ok(None),
+        }
+    };
+    let id = match sel {
+        Selector::Id(_) => delete_by(conn, &sel)?.ok_or_else(|| sel.not_found(ctx))?,
+        Selector::Filter(_) => conn.write_transaction(|conn| {
+            let row = find_one(conn, ctx, &sel, false, Op::BulkDelete)?;
+            let id = pk_value(m, row)?;
+            delete_by(conn, &Selector::Id(id))?.ok_or_else(|| sel.not_found(ctx))
+        })?,
+    };
+    Ok(json!({"id": id, "deleted": true}))
+}
+
+/// The start of every delete, single or bulk: `DELETE FROM <table>`, or on
+/// soft-delete models the `UPDATE` that sets `deleted_at` (and `updated_at`,
+/// when the model has timestamps, to the same instant). One function, so
+/// Delete and BulkDelete cannot drift apart again.
+pub(super) fn soft_or_hard_delete<C: Conn>(m: &ModelSchema) -> Sql {
+    let mut sql = Sql::new(C::DIALECT);
+    match m.field_with(Generated::DeletedAt) {
+        Some(deleted_at) => {
+            let now = now_value();
+            let updated_at = m
+                .field_with(Generated::UpdatedAt)
+                .map(|u| (u.column, now.clone()));
+            sql.push("UPDATE ")
+                .ident(m.table)
+                .set(std::iter::once((deleted_at.column, now)).chain(updated_at));
+        }
+        None => {
+            sql.push("DELETE FROM ").ident(m.table);
+        }
+    }
+    sql
+}
