@@ -267,22 +267,12 @@ fn node_table(models: &[&'static ModelSchema]) -> Result<HashMap<String, NodeRef
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::{FieldSchema, FieldType, ForeignKey, Generated, ModelOptions, OnDelete};
+    use crate::schema::{FieldSchema, FieldType, ForeignKey, ModelOptions, OnDelete};
 
     const fn field(name: &'static str, primary_key: bool) -> FieldSchema {
         FieldSchema {
-            name,
-            column: name,
-            ty: FieldType::I64,
-            nullable: false,
             primary_key,
-            unique: false,
-            index: false,
-            default: None,
-            references: None,
-            max_length: None,
-            renamed_from: None,
-            generated: Generated::No,
+            ..crate::nodes::fixtures::field(name, FieldType::I64)
         }
     }
 

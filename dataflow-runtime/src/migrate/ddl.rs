@@ -173,23 +173,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::schema::{ForeignKey, ModelOptions, OnDelete};
 
-    /// A required, non-key field of type `ty`.
-    pub(crate) const fn field(name: &'static str, ty: FieldType) -> FieldSchema {
-        FieldSchema {
-            name,
-            column: name,
-            ty,
-            nullable: false,
-            primary_key: false,
-            unique: false,
-            index: false,
-            default: None,
-            references: None,
-            max_length: None,
-            renamed_from: None,
-            generated: Generated::No,
-        }
-    }
+    pub(crate) use crate::nodes::fixtures::field;
 
     pub(crate) const fn model(
         name: &'static str,
