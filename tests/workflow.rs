@@ -31,6 +31,26 @@ pub struct Session {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Writes through the handle it is given: not allowed inside a transactional run.
+pub struct Enroll;
+
+#[dataflow::node]
+impl Node for Enroll {
+    fn name(&self) -> &'static str {
+        "EnrollNode"
+    }
+    fn input_schema(&self) -> Value {
+        json!({"type": "object", "properties": {"email": {"type": "string"}}, "required": ["email"]})
+    }
+    fn run<'a>(&'a self, ctx: &'a NodeContext, input: Value) -> NodeFuture<'a> {
+        Box::pin(async move {
+            ctx.db
+                .execute("UserCreateNode", json!({"email": input["email"]}))
+                .await
+        })
+    }
+}
+
 pub struct Greet;
 
 #[dataflow::node]
@@ -490,6 +510,48 @@ async fn a_long_transactional_run_blocks_no_tokio_worker() {
         "the creates waited {slowest:?}"
     );
     assert_eq!(user_count(&db).await, 17);
+}
+
+/// A hand-written node's write through the handle would escape the run's
+/// transaction (and on SQLite wait for it forever): refused, at once, the
+/// same on both backends; outside a transactional run it works.
+#[tokio::test]
+async fn hand_written_nodes_cannot_write_around_a_transactional_run() {
+    on_each_backend("enroll", |db| async move {
+        let mut wf = WorkflowBuilder::new();
+        wf.add_node("UserCreateNode", "first", json!({"email": "a@x.io"}))
+            .add_node("EnrollNode", "enroll", json!({"email": "b@x.io"}))
+            .add_connection("first", "email", "enroll", "after")
+            .transactional(true);
+        let workflow = wf.build(&db).unwrap();
+        let started = Instant::now();
+        let e = tokio::time::timeout(
+            Duration::from_secs(20),
+            db.runtime().execute(&workflow, json!({})),
+        )
+        .await
+        .expect("the run answers instead of waiting for itself")
+        .unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            (e.code().as_str(), e.node()),
+            ("not_allowed", Some("enroll"))
+        );
+        assert!(e.message().contains("add the write as a model node"), "{e}");
+        assert_eq!(user_count(&db).await, 0, "the run rolled back");
+
+        let mut plain = WorkflowBuilder::new();
+        plain.add_node("EnrollNode", "enroll", json!({"email": "c@x.io"}));
+        let plain = plain.build(&db).unwrap();
+        let run = db.runtime().execute(&plain, json!({})).await.unwrap();
+        assert_eq!(run.results["enroll"]["email"], "c@x.io");
+        assert_eq!(user_count(&db).await, 1);
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -25,6 +25,12 @@ macro_rules! on_conn {
 }
 pub(crate) use on_conn;
 
+tokio::task_local! {
+    /// Set while a hand-written node of a transactional run executes: its
+    /// writes through the handle are refused, the same on both backends.
+    static INSIDE_TRANSACTIONAL_RUN: ();
+}
+
 /// A cheap, cloneable handle to a booted database.
 #[derive(Clone)]
 pub struct DataFlow {
@@ -254,6 +260,16 @@ impl DataFlow {
         op: Op,
         params: Value,
     ) -> Result<Value> {
+        if WriteKind::of(op).is_some() && INSIDE_TRANSACTIONAL_RUN.try_with(|_| ()).is_ok() {
+            return Err(Error::new(
+                ErrorCode::NotAllowed,
+                "a hand-written node of a transactional workflow run cannot write through the \
+                 DataFlow handle: the write would be outside the run's transaction (and on \
+                 SQLite would wait for it); add the write as a model node of the run",
+            )
+            .with_model(m.name)
+            .with_node(crate::schema::node_name(m.name, op)));
+        }
         if let Some(writer) = &self.inner.sqlite_writer {
             if let Some(kind) = WriteKind::of(op) {
                 let db = self.clone();
@@ -315,9 +331,10 @@ impl DataFlow {
         params: &Value,
         run_id: &str,
     ) -> Result<Value> {
+        let node = self.execute_ref(r, node_id, params.clone(), Some(run_id));
         tokio::runtime::Handle::try_current()
             .map_err(|_| Error::internal("hand-written nodes need a tokio runtime"))?
-            .block_on(self.execute_ref(r, node_id, params.clone(), Some(run_id)))
+            .block_on(INSIDE_TRANSACTIONAL_RUN.scope((), node))
     }
 
     /// Runs `f` with this process's write access to the database: on SQLite

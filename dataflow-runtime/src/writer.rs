@@ -204,6 +204,16 @@ impl Writer {
         kind: WriteKind,
         write: impl FnOnce(&mut SqliteConnection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        if ON_WRITER_THREAD.get() {
+            // A write from inside a running job (a hand-written node of a
+            // transactional run) would queue behind the job it is part of.
+            return Err(Error::new(
+                ErrorCode::NotAllowed,
+                "this write was made inside a transaction that holds SQLite's single writer \
+                 (a hand-written node of a transactional workflow run), and would wait for \
+                 itself; write through model nodes of the run instead",
+            ));
+        }
         let alone = self.shared.active.fetch_add(1, Ordering::AcqRel) == 0;
         let _active = Active(&self.shared.active);
         // Under concurrent writes everything queues, so batches form.
@@ -256,7 +266,13 @@ impl Drop for Active<'_> {
     }
 }
 
+thread_local! {
+    /// Set on the writer thread, where a write must not queue again.
+    static ON_WRITER_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn serve(pool: &Pool, shared: &Shared, jobs: &mpsc::Receiver<Box<dyn Job>>) {
+    ON_WRITER_THREAD.set(true);
     // A transaction taken while a batch was forming waits here for its turn.
     let mut next: Option<Box<dyn Job>> = None;
     while let Some(first) = next.take().or_else(|| jobs.recv().ok()) {
