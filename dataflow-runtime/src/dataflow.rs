@@ -3,7 +3,7 @@
 use crate::backend::{AnyConnection, Conn, ConnMut, Manager, Pool, Target};
 use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
-use crate::migrate::{self, BootPolicy, EmbeddedMigration, Migrations};
+use crate::migrate::{self, BootPolicy, EmbeddedMigration};
 use crate::node::NodeContext;
 use crate::nodes::{self, Op};
 use crate::registry::{NodeRef, Registry};
@@ -42,8 +42,9 @@ struct Inner {
     target: Target,
     pool: Pool,
     registry: Registry,
-    /// SQLite has one writer at a time: every model write goes through this
-    /// queue and its thread (first come, first served; group commit).
+    /// SQLite has one writer at a time: every write (node writes,
+    /// transactional runs, migrations) goes through this queue and its
+    /// thread (first come, first served; group commit).
     sqlite_writer: Option<crate::writer::Writer>,
     /// Keeps a shared in-memory SQLite database alive.
     _keepalive: Option<Mutex<AnyConnection>>,
@@ -379,23 +380,6 @@ impl DataFlow {
     /// The database this handle was booted on.
     pub(crate) fn target(&self) -> &Target {
         &self.inner.target
-    }
-
-    /// Plan, apply, stage, roll back and inspect schema migrations.
-    ///
-    /// ```no_run
-    /// # async fn f(db: dataflow::DataFlow) -> dataflow::Result<()> {
-    /// use dataflow::migrate::{ApplyRequest, Rule};
-    /// let plan = db.migrations().plan().await?;
-    /// if !plan.is_empty() {
-    ///     let req = ApplyRequest::new().allow_all(plan.rules()).reason("reviewed in PR 42");
-    ///     db.migrations().apply(req).await?;
-    /// }
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn migrations(&self) -> Migrations<'_> {
-        Migrations::new(self)
     }
 
     /// Opens a database for tools that work from the persisted registry

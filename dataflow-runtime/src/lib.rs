@@ -33,6 +33,7 @@ mod error;
 mod filter;
 pub mod json_schema;
 pub mod migrate;
+mod migrations;
 mod node;
 pub mod nodes;
 mod registry;

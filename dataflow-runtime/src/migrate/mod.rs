@@ -11,20 +11,21 @@
 #![warn(missing_docs)]
 
 mod ddl;
-mod history;
+pub(crate) mod history;
 mod introspect;
-mod lock;
-mod migrator;
+pub(crate) mod lock;
 mod plan;
+mod request;
 
+pub use crate::migrations::Migrations;
 pub use history::{HistoryEntry, MigrationSource, MigrationStatus, RegisteredModel};
 pub use introspect::{LiveColumn, LiveForeignKey, LiveIndex, LiveSchema, LiveTable};
-pub use migrator::{ApplyRequest, Migrations, RollbackRequest};
 pub use plan::{plan, Drift, MigrationPlan, OpKind, Operation, RiskLevel, Rule, RuleHit};
+pub use request::{ApplyRequest, RollbackRequest};
 
 use history::NewMigration;
 use introspect::introspect;
-use lock::with_lock;
+pub(crate) use lock::with_lock;
 
 use crate::backend::Conn;
 use crate::error::{Error, ErrorCode, Result};

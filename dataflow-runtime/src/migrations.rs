@@ -1,117 +1,35 @@
 //! `db.migrations()`: what the CLI and applications do with migrations,
 //! as one view of a booted [`DataFlow`] (sqlx's `Migrator` plays this role).
-//! Every method runs on the blocking pool; the ones that write take the
-//! migration lock.
+//! Every method runs on the blocking pool, or for the ones that write, as a
+//! transaction of the SQLite writer; those take the migration lock.
+//!
+//! It sits above the handle (it runs through it); the migration engine in
+//! `migrate/` sits below it.
 
-use super::{HistoryEntry, MigrationPlan, RegisteredModel, Rule, StagingReport};
 use crate::dataflow::on_conn;
 use crate::error::{Error, ErrorCode, Result};
-use crate::migrate;
+use crate::migrate::{
+    self, ApplyRequest, HistoryEntry, MigrationPlan, RegisteredModel, RollbackRequest,
+    StagingReport,
+};
 use crate::DataFlow;
 
-/// What [`Migrations::apply`] is allowed to do.
-///
-/// ```
-/// use dataflow::migrate::{ApplyRequest, Rule};
-/// let req = ApplyRequest::new()
-///     .allow(Rule::DataLoss)
-///     .reason("summary replaces body");
-/// assert_eq!(req.allow, [Rule::DataLoss]);
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ApplyRequest {
-    /// The risk rules the operator approves (`--allow <rule>`): every rule
-    /// an operation above low risk hits must be here.
-    pub allow: Vec<Rule>,
-    /// Why (required above low risk; recorded in the history).
-    pub reason: Option<String>,
-}
-
-impl ApplyRequest {
-    /// Applies safe and low-risk plans only.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Approves one more rule.
-    pub fn allow(mut self, rule: Rule) -> Self {
-        self.allow.push(rule);
-        self
-    }
-
-    /// Approves these rules as well.
-    pub fn allow_all(mut self, rules: impl IntoIterator<Item = Rule>) -> Self {
-        self.allow.extend(rules);
-        self
-    }
-
-    /// Why the plan is applied.
-    pub fn reason(mut self, reason: impl Into<String>) -> Self {
-        self.reason = Some(reason.into());
-        self
-    }
-}
-
-/// What [`Migrations::rollback`] undoes. The default undoes the last
-/// applied migration.
-///
-/// ```
-/// use dataflow::migrate::RollbackRequest;
-/// let req = RollbackRequest::steps(2).allow_data_loss().reason("bad deploy");
-/// assert_eq!((req.steps, req.allow_data_loss), (2, true));
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RollbackRequest {
-    /// Undo every applied migration after this version (then `steps` is ignored).
-    pub to: Option<String>,
-    /// How many applied migrations to undo, newest first.
-    pub steps: usize,
-    /// Permit downs that drop data (`--allow data_loss`); needs a reason.
-    pub allow_data_loss: bool,
-    /// Why (recorded in the history with who and when).
-    pub reason: Option<String>,
-}
-
-impl Default for RollbackRequest {
-    fn default() -> Self {
-        RollbackRequest {
-            to: None,
-            steps: 1,
-            allow_data_loss: false,
-            reason: None,
-        }
-    }
-}
-
-impl RollbackRequest {
-    /// Undoes the last `steps` applied migrations.
-    pub fn steps(steps: usize) -> Self {
-        RollbackRequest {
-            steps,
-            ..Self::default()
-        }
-    }
-
-    /// Undoes every applied migration after `version`.
-    pub fn to(version: impl Into<String>) -> Self {
-        RollbackRequest {
-            to: Some(version.into()),
-            ..Self::default()
-        }
-    }
-
-    /// Permits downs that drop data.
-    pub fn allow_data_loss(mut self) -> Self {
-        self.allow_data_loss = true;
-        self
-    }
-
-    /// Why the migrations are undone.
-    pub fn reason(mut self, reason: impl Into<String>) -> Self {
-        self.reason = Some(reason.into());
-        self
+impl DataFlow {
+    /// Plan, apply, stage, roll back and inspect schema migrations.
+    ///
+    /// ```no_run
+    /// # async fn f(db: dataflow::DataFlow) -> dataflow::Result<()> {
+    /// use dataflow::migrate::{ApplyRequest, Rule};
+    /// let plan = db.migrations().plan().await?;
+    /// if !plan.is_empty() {
+    ///     let req = ApplyRequest::new().allow_all(plan.rules()).reason("reviewed in PR 42");
+    ///     db.migrations().apply(req).await?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn migrations(&self) -> Migrations<'_> {
+        Migrations::new(self)
     }
 }
 
