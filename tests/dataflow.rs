@@ -1460,3 +1460,142 @@ async fn concurrent_writes_fail_alone_and_are_visible_once_answered() {
         assert_eq!(count["count"], 1181, "{backend}: {bulk}");
     }
 }
+
+/// Filters that mean "every record" or "no record", however they are spelled.
+struct FilterGen(u64);
+
+impl FilterGen {
+    fn next(&mut self, n: u64) -> u64 {
+        // xorshift64*: seeded, so a failure names a replayable filter.
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+
+    /// True or false depending on the record.
+    fn depends(&mut self) -> Value {
+        match self.next(3) {
+            0 => json!({"active": true}),
+            1 => json!({"email": {"$like": "a%"}}),
+            _ => json!({"full_name": {"$null": true}}),
+        }
+    }
+
+    fn always(&mut self, depth: u32) -> Value {
+        let leaves = 5;
+        let pick = if depth == 0 {
+            self.next(leaves)
+        } else {
+            self.next(leaves + 5)
+        };
+        match pick {
+            0 => json!({}),
+            1 => json!({"id": {"$nin": []}}),
+            2 => json!({"email": {"$null": false}}),
+            3 => json!({"active": {"$exists": true}}),
+            4 => json!({"email": {"$like": "%"}}),
+            5 => json!({"$and": [self.always(depth - 1), self.always(depth - 1)]}),
+            6 => {
+                let mut items = vec![self.depends(), self.always(depth - 1)];
+                if self.next(2) == 0 {
+                    items.reverse();
+                }
+                json!({"$or": items})
+            }
+            7 => json!({"$not": self.never(depth - 1)}),
+            8 => json!({"id": {"$not": {"$in": []}}}),
+            _ => json!({"$and": [self.always(depth - 1)], "$or": [self.always(depth - 1)]}),
+        }
+    }
+
+    fn never(&mut self, depth: u32) -> Value {
+        let leaves = 3;
+        let pick = if depth == 0 {
+            self.next(leaves)
+        } else {
+            self.next(leaves + 3)
+        };
+        match pick {
+            0 => json!({"id": {"$in": []}}),
+            1 => json!({"email": {"$null": true}}),
+            2 => json!({"active": {"$exists": false}}),
+            3 => json!({"$not": self.always(depth - 1)}),
+            4 => json!({"$and": [self.depends(), self.never(depth - 1)]}),
+            _ => json!({"$or": [self.never(depth - 1), self.never(depth - 1)]}),
+        }
+    }
+}
+
+/// The whole-table guard decides on a filter's meaning, not its spelling:
+/// every generated tautology needs `confirmed: true` on BulkDelete and
+/// BulkUpdate (and really matches every record), every contradiction
+/// matches none and needs no confirmation.
+#[tokio::test]
+async fn every_filter_that_matches_everything_needs_confirmation() {
+    on_each_backend("tautologies", |db| async move {
+        for i in 0..6 {
+            let email = format!("{}{i}@x.io", if i % 2 == 0 { "a" } else { "b" });
+            ok(
+                &db,
+                "UserCreateNode",
+                json!({"email": email, "active": i % 3 == 0}),
+            )
+            .await;
+        }
+        let count_of = |filter: Value| {
+            let db = db.clone();
+            async move {
+                ok(&db, "UserCountNode", json!({"filter": filter})).await["count"]
+                    .as_i64()
+                    .unwrap()
+            }
+        };
+        let mut tautologies = vec![
+            json!({"$or": [{}]}),
+            json!({"$and": [{}]}),
+            json!({"id": {"$nin": []}}),
+            json!({"$not": {"$and": [{"$not": {}}]}}),
+        ];
+        let mut generator = FilterGen(0x5eed_f11e_7e57_0001);
+        tautologies.extend((0..40).map(|_| generator.always(4)));
+        for filter in tautologies {
+            assert_eq!(
+                count_of(filter.clone()).await,
+                6,
+                "{filter} matches everything"
+            );
+            let e = err(&db, "UserBulkDeleteNode", json!({"filter": filter})).await;
+            assert_eq!(e.code().as_str(), "confirmation_required", "{filter}: {e}");
+            let e = err(
+                &db,
+                "UserBulkUpdateNode",
+                json!({"filter": filter, "fields": {"full_name": "x"}}),
+            )
+            .await;
+            assert_eq!(e.code().as_str(), "confirmation_required", "{filter}: {e}");
+        }
+        assert_eq!(count(&db, "User").await, 6);
+        assert_eq!(count_of(json!({"full_name": "x"})).await, 0);
+
+        for _ in 0..20 {
+            let filter = generator.never(4);
+            assert_eq!(
+                count_of(filter.clone()).await,
+                0,
+                "{filter} matches nothing"
+            );
+            let out = ok(&db, "UserBulkDeleteNode", json!({"filter": filter})).await;
+            assert_eq!(out, json!({"deleted": 0}), "{filter}");
+        }
+        // A filter with always-true parts that still depends on the data is not refused.
+        let out = ok(
+            &db,
+            "UserBulkUpdateNode",
+            json!({"filter": {"$and": [{}, {"active": true}]}, "fields": {"full_name": "on"}}),
+        )
+        .await;
+        assert_eq!(out, json!({"updated": 2}));
+    })
+    .await;
+}

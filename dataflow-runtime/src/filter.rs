@@ -44,6 +44,123 @@ pub(crate) fn is_empty(filter: &Value) -> bool {
     }
 }
 
+/// Whether `filter` matches every record, whatever the data: `{}`, and
+/// anything that folds to "always true" (`{"$or": [{}]}`,
+/// `{"id": {"$nin": []}}`, `$not` of something never true, `$null: false`
+/// on a field that cannot be null, ...). Decided on meaning, not spelling,
+/// so whole-table guards cannot be bypassed by rewriting `{}`. Unknown
+/// parts count as "depends" (rendering reports them).
+pub(crate) fn matches_everything(model: &ModelSchema, filter: &Value) -> bool {
+    fold(model, filter, 0) == Truth::Always
+}
+
+/// A filter's value where it does not depend on the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Truth {
+    Always,
+    Never,
+    Depends,
+}
+
+impl Truth {
+    fn and(self, other: Truth) -> Truth {
+        match (self, other) {
+            (Truth::Never, _) | (_, Truth::Never) => Truth::Never,
+            (Truth::Always, Truth::Always) => Truth::Always,
+            _ => Truth::Depends,
+        }
+    }
+
+    fn or(self, other: Truth) -> Truth {
+        match (self, other) {
+            (Truth::Always, _) | (_, Truth::Always) => Truth::Always,
+            (Truth::Never, Truth::Never) => Truth::Never,
+            _ => Truth::Depends,
+        }
+    }
+
+    fn not(self) -> Truth {
+        match self {
+            Truth::Always => Truth::Never,
+            Truth::Never => Truth::Always,
+            Truth::Depends => Truth::Depends,
+        }
+    }
+}
+
+/// Deeper filters are not folded (they count as "depends").
+const MAX_FOLD_DEPTH: usize = 64;
+
+fn fold(model: &ModelSchema, filter: &Value, depth: usize) -> Truth {
+    if depth > MAX_FOLD_DEPTH {
+        return Truth::Depends;
+    }
+    match filter {
+        Value::Null => Truth::Always,
+        Value::Object(map) => map.iter().fold(Truth::Always, |t, (key, value)| {
+            t.and(fold_key(model, key, value, depth))
+        }),
+        _ => Truth::Depends,
+    }
+}
+
+fn fold_key(model: &ModelSchema, key: &str, value: &Value, depth: usize) -> Truth {
+    let items = || value.as_array().filter(|a| !a.is_empty());
+    match key {
+        "$and" => items().map_or(Truth::Depends, |a| {
+            a.iter()
+                .fold(Truth::Always, |t, f| t.and(fold(model, f, depth + 1)))
+        }),
+        "$or" => items().map_or(Truth::Depends, |a| {
+            a.iter()
+                .fold(Truth::Never, |t, f| t.or(fold(model, f, depth + 1)))
+        }),
+        "$not" if value.is_object() => fold(model, value, depth + 1).not(),
+        _ => match model.field(key) {
+            Some(field) if is_operator_object(value) => fold_field(field, value, depth + 1),
+            _ => Truth::Depends,
+        },
+    }
+}
+
+fn fold_field(field: &FieldSchema, ops: &Value, depth: usize) -> Truth {
+    let Value::Object(ops) = ops else {
+        return Truth::Depends;
+    };
+    if depth > MAX_FOLD_DEPTH {
+        return Truth::Depends;
+    }
+    let never_null = !field.nullable;
+    ops.iter().fold(Truth::Always, |t, (op, operand)| {
+        t.and(match (op.as_str(), operand) {
+            ("$in", Value::Array(a)) if a.is_empty() && field.ty != FieldType::Json => Truth::Never,
+            ("$nin", Value::Array(a)) if a.is_empty() && field.ty != FieldType::Json => {
+                Truth::Always
+            }
+            ("$null", Value::Bool(b)) if never_null => match b {
+                true => Truth::Never,
+                false => Truth::Always,
+            },
+            ("$exists", Value::Bool(b)) if never_null => match b {
+                true => Truth::Always,
+                false => Truth::Never,
+            },
+            ("$like" | "$ilike", Value::String(p))
+                if never_null
+                    && field.ty == FieldType::String
+                    && !p.is_empty()
+                    && p.chars().all(|c| c == '%') =>
+            {
+                Truth::Always
+            }
+            ("$not", inner) if is_operator_object(inner) => {
+                fold_field(field, inner, depth + 1).not()
+            }
+            _ => Truth::Depends,
+        })
+    })
+}
+
 fn render_object(sql: &mut Sql, model: &ModelSchema, map: &Map<String, Value>) -> Result<()> {
     if map.is_empty() {
         sql.push("1=1");

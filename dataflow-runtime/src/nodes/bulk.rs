@@ -92,13 +92,14 @@ fn sql_value_json(v: &SqlValue) -> Value {
     }
 }
 
-/// Refuses a whole-table change unless the caller confirmed it.
+/// Refuses a whole-table change (a filter that matches everything, however
+/// it is spelled) unless the caller confirmed it.
 fn confirm_scope(p: &Params, f: &Value, what: &str) -> Result<()> {
-    if filter::is_empty(f) && !p.bool("confirmed")? {
+    if filter::matches_everything(p.model, f) && !p.bool("confirmed")? {
         return Err(Error::new(
             ErrorCode::ConfirmationRequired,
             format!(
-                "an empty filter would {what} every {} record; pass \"confirmed\": true to do that on purpose",
+                "this filter matches every {} record (it is empty or always true), so it would {what} them all; pass \"confirmed\": true to do that on purpose",
                 p.model.name
             ),
         )
