@@ -1599,3 +1599,60 @@ async fn every_filter_that_matches_everything_needs_confirmation() {
     })
     .await;
 }
+
+/// Values one backend would change or refuse get the same answer on both:
+/// a NUL character in text or JSON and a float beyond `f32` are validation
+/// errors naming the field (PostgreSQL answered 500, `f32` stored infinity
+/// and read back null); an empty `id` on Create is generated, as in the
+/// typed form.
+#[tokio::test]
+async fn values_a_backend_cannot_keep_are_refused_on_both() {
+    on_each_backend("values", |db| async move {
+        let e = err(&db, "UserCreateNode", json!({"email": "a\u{0}b@x.io"})).await;
+        assert_eq!(
+            (e.code().as_str(), e.field()),
+            ("validation", Some("email"))
+        );
+        assert!(e.message().contains("NUL"), "{e}");
+        let e = err(&db, "UserListNode", json!({"filter": {"email": "a\u{0}"}})).await;
+        assert_eq!(
+            (e.code().as_str(), e.field()),
+            ("validation", Some("email"))
+        );
+        assert_eq!(count(&db, "User").await, 0);
+
+        let sample = |real: Value, doc: Value| {
+            json!({
+                "small": 1, "int": 1, "big": 1, "real": real, "double": 1.0, "flag": true,
+                "at": "2026-03-04T05:06:07Z", "day": "2026-02-28",
+                "uid": "67e55044-10b1-426f-9247-bb680e5fe0c8", "doc": doc, "bytes": [],
+            })
+        };
+        let e = err(&db, "SampleCreateNode", sample(json!(1e300), json!({}))).await;
+        assert_eq!((e.code().as_str(), e.field()), ("validation", Some("real")));
+        assert!(e.message().contains("out of range"), "{e}");
+        let e = err(
+            &db,
+            "SampleCreateNode",
+            sample(json!(1.5), json!({"k": ["a\u{0}"]})),
+        )
+        .await;
+        assert_eq!((e.code().as_str(), e.field()), ("validation", Some("doc")));
+        assert_eq!(count(&db, "Sample").await, 0);
+        let rec = ok(
+            &db,
+            "SampleCreateNode",
+            sample(json!(-3.0e38), json!({"k": "v"})),
+        )
+        .await;
+        assert_eq!(
+            rec["real"].as_f64().map(|x| x < -2.9e38),
+            Some(true),
+            "{rec}"
+        );
+
+        let rec = ok(&db, "UserCreateNode", json!({"id": "", "email": "e@x.io"})).await;
+        assert_eq!(rec["id"].as_str().map(str::len), Some(36), "{rec}");
+    })
+    .await;
+}

@@ -95,7 +95,7 @@ pub(crate) fn coerce(model: &ModelSchema, field: &FieldSchema, v: &Value) -> Res
 pub(crate) fn coerce_owned(model: &ModelSchema, field: &FieldSchema, v: Value) -> Result<SqlValue> {
     match (field.ty, v) {
         (FieldType::String, Value::String(s))
-            if field.max_length.is_none_or(|max| s.len() <= max as usize) =>
+            if field.max_length.is_none_or(|max| s.len() <= max as usize) && !s.contains('\0') =>
         {
             Ok(SqlValue::Text(s))
         }
@@ -116,6 +116,9 @@ pub(crate) fn coerce_non_null(
     Ok(match ty {
         FieldType::String => {
             let s = v.as_str().ok_or_else(err)?;
+            if s.contains('\0') {
+                return Err(nul_error(model, field));
+            }
             if let Some(max) = field.max_length {
                 let len = s.chars().count();
                 if len > max as usize {
@@ -131,7 +134,21 @@ pub(crate) fn coerce_non_null(
         FieldType::I16 => SqlValue::I16(i16::try_from(int()?).map_err(|_| err())?),
         FieldType::I32 => SqlValue::I32(i32::try_from(int()?).map_err(|_| err())?),
         FieldType::I64 => SqlValue::I64(int()?),
-        FieldType::F32 => SqlValue::F32(v.as_f64().ok_or_else(err)? as f32),
+        FieldType::F32 => {
+            let x = v.as_f64().ok_or_else(err)?;
+            // `as f32` would turn 1e300 into infinity, stored and read back as null.
+            if x.abs() > f64::from(f32::MAX) {
+                return Err(Error::invalid_field(
+                    model.name,
+                    field.name,
+                    format!(
+                        "{x} is out of range for a 32-bit float (at most ±{:e})",
+                        f32::MAX
+                    ),
+                ));
+            }
+            SqlValue::F32(x as f32)
+        }
         FieldType::F64 => SqlValue::F64(v.as_f64().ok_or_else(err)?),
         FieldType::Bool => SqlValue::Bool(v.as_bool().ok_or_else(err)?),
         FieldType::DateTime => {
@@ -146,7 +163,12 @@ pub(crate) fn coerce_non_null(
             SqlValue::Date(NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| err())?)
         }
         FieldType::Uuid => SqlValue::Uuid(v.as_str().and_then(|s| s.parse().ok()).ok_or_else(err)?),
-        FieldType::Json => SqlValue::Json(v.clone()),
+        FieldType::Json => {
+            if has_nul(v) {
+                return Err(nul_error(model, field));
+            }
+            SqlValue::Json(v.clone())
+        }
         FieldType::Bytes => {
             let arr = v.as_array().ok_or_else(err)?;
             let mut out = Vec::with_capacity(arr.len());
@@ -160,6 +182,26 @@ pub(crate) fn coerce_non_null(
             SqlValue::Bytes(out)
         }
     })
+}
+
+/// Text with a NUL character: PostgreSQL cannot store it (in text or
+/// jsonb), so neither backend does.
+fn nul_error(model: &ModelSchema, field: &FieldSchema) -> Error {
+    Error::invalid_field(
+        model.name,
+        field.name,
+        "contains a NUL character (\\u0000), which text cannot store",
+    )
+}
+
+/// Whether any string (or key) inside a JSON value contains a NUL character.
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 /// The JSON form of a stored value, by the field's declared type.

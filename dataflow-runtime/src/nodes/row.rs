@@ -69,8 +69,11 @@ pub(super) fn insert_row(ctx: &Ctx, data: Value, now: &SqlValue, at: Option<usiz
         // Taken out of the input, so strings move instead of being copied.
         let given = obj.remove(f.name);
         let value = match f.generated {
+            // An empty id means "generate one", as in the typed form.
             Generated::Uuid7 => match given {
-                Some(v) if !v.is_null() => Some(coerce_owned(m, f, v).map_err(located)?),
+                Some(v) if !v.is_null() && v.as_str() != Some("") => {
+                    Some(coerce_owned(m, f, v).map_err(located)?)
+                }
                 _ => Some(match f.ty {
                     FieldType::Uuid => SqlValue::Uuid(uuid::Uuid::now_v7()),
                     _ => SqlValue::Text(new_uuid_text()),
