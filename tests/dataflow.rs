@@ -1656,3 +1656,56 @@ async fn values_a_backend_cannot_keep_are_refused_on_both() {
     })
     .await;
 }
+
+/// Input nested thousands of levels deep is a validation error naming the
+/// limit on every model node, not a stack overflow that aborts the process.
+/// (The test builds and clones the deep value on a thread with a large
+/// stack; everything `dataflow` does with it runs on its ordinary threads.)
+#[test]
+fn deeply_nested_input_is_refused_not_a_crash() {
+    let big_stack = std::thread::Builder::new().stack_size(256 << 20);
+    let test = big_stack.spawn(|| {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(on_each_backend("deep-input", |db| async move {
+                // Built by moving (`json!` would copy the whole value at every level).
+                let mut filter = json!({"active": true});
+                for _ in 0..5_000 {
+                    let and = serde_json::Map::from_iter([(
+                        "$and".to_string(),
+                        Value::Array(vec![filter]),
+                    )]);
+                    filter = Value::Object(and);
+                }
+                for (node, params) in [
+                    ("UserListNode", json!({"filter": filter})),
+                    ("UserCountNode", json!({"filter": filter})),
+                    ("UserBulkDeleteNode", json!({"filter": filter})),
+                    (
+                        "UserBulkUpdateNode",
+                        json!({"filter": filter, "fields": {"active": false}}),
+                    ),
+                    (
+                        "UserCreateNode",
+                        json!({"email": "d@x.io", "full_name": filter}),
+                    ),
+                ] {
+                    let e = err(&db, node, params).await;
+                    assert_eq!(e.code().as_str(), "validation", "{node}");
+                    assert!(e.message().contains("deeper than 64"), "{node}: {e}");
+                    assert_eq!(e.node(), Some(node));
+                }
+                // Within the limit, nesting works.
+                let mut filter = json!({"active": true});
+                for _ in 0..20 {
+                    filter = json!({"$and": [filter]});
+                }
+                assert_eq!(
+                    ok(&db, "UserCountNode", json!({"filter": filter})).await["count"],
+                    0
+                );
+                assert_eq!(count(&db, "User").await, 0);
+            }))
+    });
+    test.unwrap().join().unwrap();
+}

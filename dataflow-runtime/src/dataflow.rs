@@ -25,6 +25,11 @@ macro_rules! on_conn {
 }
 pub(crate) use on_conn;
 
+/// How deeply a model node's input may nest JSON objects and arrays: deeper
+/// input is a validation error (taken apart without recursion) instead of a
+/// stack overflow that aborts the process.
+pub const MAX_INPUT_DEPTH: usize = 64;
+
 tokio::task_local! {
     /// Set while a hand-written node of a transactional run executes: its
     /// writes through the handle are refused, the same on both backends.
@@ -261,6 +266,17 @@ impl DataFlow {
         op: Op,
         params: Value,
     ) -> Result<Value> {
+        if crate::value::nesting(&params, MAX_INPUT_DEPTH) > MAX_INPUT_DEPTH {
+            crate::value::dismantle(params);
+            return Err(Error::validation(
+                m.name,
+                None,
+                format!(
+                    "the input nests deeper than {MAX_INPUT_DEPTH} levels of objects and arrays"
+                ),
+            )
+            .in_node(crate::schema::node_name(m.name, op)));
+        }
         if WriteKind::of(op).is_some() && INSIDE_TRANSACTIONAL_RUN.try_with(|_| ()).is_ok() {
             return Err(Error::new(
                 ErrorCode::NotAllowed,

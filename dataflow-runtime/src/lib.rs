@@ -46,7 +46,7 @@ mod writer;
 
 pub use crate::backend::AnyConnection;
 pub use crate::config::Config;
-pub use crate::dataflow::{DataFlow, DataFlowBuilder, PoolState};
+pub use crate::dataflow::{DataFlow, DataFlowBuilder, PoolState, MAX_INPUT_DEPTH};
 pub use crate::error::{Error, ErrorCode, Result};
 pub use crate::node::{MergeNode, Node, NodeContext, NodeFuture, SwitchNode};
 pub use crate::schema::{Model, ModelSchema};

@@ -254,6 +254,41 @@ fn cell_kind(c: &Cell) -> &'static str {
 }
 
 /// "did you mean" for unknown names.
+/// The nesting depth of `v` (a scalar is 0), counted without recursion and
+/// only up to just past `limit`.
+pub(crate) fn nesting(v: &Value, limit: usize) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0)];
+    while let Some((v, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        if depth > limit {
+            break;
+        }
+        match v {
+            Value::Array(a) => stack.extend(a.iter().map(|x| (x, depth + 1))),
+            Value::Object(m) => stack.extend(m.values().map(|x| (x, depth + 1))),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Drops `v` without recursion: dropping a value nested thousands of
+/// levels deep the ordinary way overflows the stack.
+pub(crate) fn dismantle(v: Value) {
+    let mut stack = vec![v];
+    while let Some(mut v) = stack.pop() {
+        match &mut v {
+            Value::Array(a) => stack.append(a),
+            Value::Object(m) => {
+                let m = std::mem::take(m);
+                stack.extend(m.into_iter().map(|(_, x)| x));
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A new UUID v7 (ids sort by creation time) as lower-case hyphenated
 /// text, without going through `fmt`.
 pub(crate) fn new_uuid7_text() -> String {
