@@ -266,7 +266,7 @@ impl DataFlow {
         op: Op,
         params: Value,
     ) -> Result<Value> {
-        if crate::value::nesting(&params, MAX_INPUT_DEPTH) > MAX_INPUT_DEPTH {
+        if crate::value::deeper_than(&params, MAX_INPUT_DEPTH) {
             crate::value::dismantle(params);
             return Err(Error::validation(
                 m.name,

@@ -16,16 +16,9 @@ pub(crate) const FIELD_OPERATORS: [&str; 13] = [
 pub(crate) const LOGICAL_OPERATORS: [&str; 3] = ["$and", "$or", "$not"];
 
 /// Appends the boolean SQL expression for `filter` (`1=1` when empty).
-/// `filter` must be a JSON object (or null, meaning "everything").
+/// `filter` must be a JSON object (or null, meaning "everything"); its depth
+/// is bounded by [`MAX_INPUT_DEPTH`](crate::MAX_INPUT_DEPTH), checked on entry.
 pub(crate) fn render(sql: &mut Sql, model: &ModelSchema, filter: &Value) -> Result<()> {
-    // Checked without recursion, before the recursive rendering below.
-    if crate::value::nesting(filter, MAX_DEPTH) > MAX_DEPTH {
-        return Err(Error::validation(
-            model.name,
-            Some("filter"),
-            format!("the filter nests deeper than {MAX_DEPTH} levels of objects and arrays"),
-        ));
-    }
     match filter {
         Value::Null => {
             sql.push("1=1");
@@ -42,11 +35,6 @@ pub(crate) fn render(sql: &mut Sql, model: &ModelSchema, filter: &Value) -> Resu
         )),
     }
 }
-
-/// How deeply a filter may nest JSON objects and arrays (`{"$and": [..]}`
-/// is two levels): deeper filters are validation errors instead of a
-/// stack overflow.
-pub(crate) const MAX_DEPTH: usize = 64;
 
 /// Whether a filter selects everything (`{}` or null).
 pub(crate) fn is_empty(filter: &Value) -> bool {

@@ -254,23 +254,20 @@ fn cell_kind(c: &Cell) -> &'static str {
 }
 
 /// "did you mean" for unknown names.
-/// The nesting depth of `v` (a scalar is 0), counted without recursion and
-/// only up to just past `limit`.
-pub(crate) fn nesting(v: &Value, limit: usize) -> usize {
-    let mut deepest = 0;
-    let mut stack = vec![(v, 0)];
-    while let Some((v, depth)) = stack.pop() {
-        deepest = deepest.max(depth);
-        if depth > limit {
-            break;
-        }
-        match v {
-            Value::Array(a) => stack.extend(a.iter().map(|x| (x, depth + 1))),
-            Value::Object(m) => stack.extend(m.values().map(|x| (x, depth + 1))),
-            _ => {}
-        }
+/// Whether `v` nests objects and arrays more than `limit` levels deep (a
+/// scalar is 0 levels). Recursion stops at `limit`, so it stays shallow
+/// however deep `v` is, and nothing is allocated.
+pub(crate) fn deeper_than(v: &Value, limit: usize) -> bool {
+    let children: &mut dyn Iterator<Item = &Value> = match v {
+        Value::Array(a) => &mut a.iter(),
+        Value::Object(m) => &mut m.values(),
+        _ => return false,
+    };
+    let mut children = children.peekable();
+    match limit {
+        0 => children.peek().is_some(),
+        _ => children.any(|c| deeper_than(c, limit - 1)),
     }
-    deepest
 }
 
 /// Drops `v` without recursion: dropping a value nested thousands of
@@ -343,6 +340,7 @@ fn levenshtein(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn suggests_close_names_only() {
@@ -356,5 +354,23 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         assert_eq!(format_datetime(&dt), "2026-01-02T03:04:05.000000Z");
+    }
+
+    #[test]
+    fn deeper_than_counts_levels_of_objects_and_arrays() {
+        assert!(!deeper_than(&json!(1), 0));
+        assert!(!deeper_than(&json!({}), 0));
+        assert!(deeper_than(&json!({"a": 1}), 0));
+        assert!(!deeper_than(&json!({"a": 1}), 1));
+        let and = json!({"$and": [{"x": 1}]});
+        assert!(deeper_than(&and, 2));
+        assert!(!deeper_than(&and, 3));
+        let mut deep = json!(1);
+        for _ in 0..200 {
+            deep = Value::Array(vec![deep]);
+        }
+        assert!(deeper_than(&deep, 64));
+        assert!(!deeper_than(&deep, 200));
+        dismantle(deep);
     }
 }
