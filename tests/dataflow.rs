@@ -1709,3 +1709,99 @@ fn deeply_nested_input_is_refused_not_a_crash() {
     });
     test.unwrap().join().unwrap();
 }
+
+/// `$in`/`$nin` lists are one parameter whatever their length (beyond
+/// SQLite's 32,766 and PostgreSQL's 65,535 parameters), on every type; and
+/// filters beyond the documented limits are validation errors, not 500s.
+#[tokio::test]
+async fn large_in_lists_and_filter_limits() {
+    on_each_backend("filter_limits", |db| async move {
+        let users = seed_users(&db, 5).await;
+        let n = |model: &'static str, f: Value| {
+            let db = db.clone();
+            async move {
+                ok(&db, &format!("{model}CountNode"), json!({"filter": f})).await["count"]
+                    .as_i64()
+                    .unwrap()
+            }
+        };
+        // 70,000 emails, two of which exist.
+        let mut emails: Vec<Value> = (0..70_000).map(|i| json!(format!("none{i}@x.io"))).collect();
+        emails.push(users[1]["email"].clone());
+        emails.push(users[3]["email"].clone());
+        assert_eq!(n("User", json!({"email": {"$in": emails.clone()}})).await, 2);
+        assert_eq!(n("User", json!({"email": {"$nin": emails.clone()}})).await, 3);
+        let e = ok(&db, "UserBulkDeleteNode", json!({"filter": {"email": {"$in": emails}}})).await;
+        assert_eq!(e["deleted"], 2, "{e}");
+        assert_eq!(count(&db, "User").await, 3);
+
+        // Every comparable type matches through the array form.
+        let sample = ok(&db, "SampleCreateNode", json!({
+            "small": -7, "int": 70000, "big": 9007199254740993i64, "real": 1.5, "double": -2.25,
+            "flag": true, "at": "2026-03-04T05:06:07.123456+02:00", "day": "2026-02-28",
+            "uid": "67e55044-10b1-426f-9247-bb680e5fe0c8", "doc": {}, "bytes": [0, 1, 254, 255],
+        })).await;
+        for (field, hit, miss) in [
+            ("id", sample["id"].clone(), json!("0190a0f0-0000-7000-8000-000000000000")),
+            ("small", json!(-7), json!(7)),
+            ("int", json!(70000), json!(1)),
+            ("big", json!(9007199254740993i64), json!(9007199254740992i64)),
+            ("real", json!(1.5), json!(1.25)),
+            ("double", json!(-2.25), json!(2.25)),
+            ("flag", json!(true), json!(false)),
+            ("at", json!("2026-03-04T03:06:07.123456Z"), json!("2026-03-04T03:06:07Z")),
+            ("day", json!("2026-02-28"), json!("2026-03-01")),
+            ("uid", json!("67e55044-10b1-426f-9247-bb680e5fe0c8"), json!("67e55044-10b1-426f-9247-bb680e5fe0c9")),
+            ("bytes", json!([0, 1, 254, 255]), json!([0, 1])),
+        ] {
+            assert_eq!(n("Sample", json!({field: {"$in": [miss.clone(), hit.clone()]}})).await, 1, "{field} $in");
+            assert_eq!(n("Sample", json!({field: {"$in": [miss.clone()]}})).await, 0, "{field} $in miss");
+            assert_eq!(n("Sample", json!({field: {"$nin": [hit]}})).await, 0, "{field} $nin");
+            assert_eq!(n("Sample", json!({field: {"$nin": [miss]}})).await, 1, "{field} $nin miss");
+        }
+
+        // Conditions: the limit itself renders and runs (on SQLite, well under
+        // its expression-depth limit); one more is a validation error.
+        let branches = |k: usize| {
+            let items: Vec<Value> = (0..k).map(|i| json!({"email": format!("b{i}@x.io")})).collect();
+            json!({"$or": items})
+        };
+        // `$or` + k × `email`: 1 + k conditions.
+        let at_limit = branches(dataflow::MAX_FILTER_CONDITIONS - 1);
+        assert_eq!(n("User", at_limit).await, 0);
+        for over in [branches(dataflow::MAX_FILTER_CONDITIONS), branches(5_000)] {
+            let e = err(&db, "UserListNode", json!({"filter": over})).await;
+            assert_eq!(e.code().as_str(), "validation", "{e}");
+            assert!(e.message().contains("more than 500 conditions"), "{e}");
+        }
+
+        // `$like` patterns: at most MAX_LIKE_PATTERN_BYTES.
+        let pattern = |len: usize| format!("{}%", "a".repeat(len - 1));
+        assert_eq!(n("User", json!({"email": {"$like": pattern(dataflow::MAX_LIKE_PATTERN_BYTES)}})).await, 0);
+        for op in ["$like", "$ilike"] {
+            let e = err(&db, "UserListNode", json!({"filter": {"email": {op: pattern(60_000)}}})).await;
+            assert_eq!((e.code().as_str(), e.field()), ("validation", Some("email")), "{e}");
+            assert!(e.message().contains("at most 10000"), "{e}");
+        }
+
+        // Indexed text: at most MAX_INDEXED_TEXT_BYTES, on both backends
+        // (PostgreSQL's B-tree would refuse ~2,700 bytes with a 500).
+        let long = |len: usize| format!("{}@x.io", "é".repeat((len - 5) / 2));
+        let fits = long(dataflow::MAX_INDEXED_TEXT_BYTES - 1);
+        assert!(fits.len() <= dataflow::MAX_INDEXED_TEXT_BYTES);
+        let rec = ok(&db, "UserCreateNode", json!({"email": fits})).await;
+        assert_eq!(rec["email"], json!(fits));
+        for len in [dataflow::MAX_INDEXED_TEXT_BYTES + 1, 3_000, 1_000_000] {
+            let e = err(&db, "UserCreateNode", json!({"email": long(len)})).await;
+            assert_eq!((e.code().as_str(), e.field()), ("validation", Some("email")), "{e}");
+            assert!(e.message().contains("at most 2000 bytes"), "{e}");
+        }
+        let e = err(&db, "UserBulkCreateNode", json!({"data": [{"email": "ok@x.io"}, {"email": long(3_000)}]})).await;
+        assert_eq!(e.code().as_str(), "validation", "{e}");
+        assert_eq!(count(&db, "User").await, 4, "no partial write");
+        // Unindexed text has no such limit.
+        let rec = ok(&db, "UserCreateNode", json!({"email": "big@x.io", "full_name": "n".repeat(100_000)})).await;
+        assert_eq!(rec["full_name"].as_str().map(str::len), Some(100_000));
+    })
+    .await;
+}

@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 use crate::schema::{FieldSchema, FieldType, ModelSchema};
 use crate::sql::{Dialect, Sql};
-use crate::value::{coerce_non_null, describe, did_you_mean, SqlValue};
+use crate::value::{coerce_non_null, describe, did_you_mean, SqlArray, SqlValue};
 use serde_json::{Map, Value};
 
 pub(crate) const FIELD_OPERATORS: [&str; 13] = [
@@ -14,6 +14,16 @@ pub(crate) const FIELD_OPERATORS: [&str; 13] = [
     "$exists", "$not",
 ];
 pub(crate) const LOGICAL_OPERATORS: [&str; 3] = ["$and", "$or", "$not"];
+
+/// How many conditions one filter may hold: every field name, operator and
+/// `$and`/`$or`/`$not` counts once (the values of an `$in` list do not:
+/// the list is one parameter, whatever its length). Beyond it the filter
+/// is a validation error, well before SQLite's expression-depth limit.
+pub const MAX_FILTER_CONDITIONS: usize = 500;
+
+/// The longest `$like`/`$ilike` pattern, in bytes (SQLite refuses patterns
+/// over 50,000 bytes; the limit is the same on both backends).
+pub const MAX_LIKE_PATTERN_BYTES: usize = 10_000;
 
 /// Appends the boolean SQL expression for `filter` (`1=1` when empty).
 /// `filter` must be a JSON object (or null, meaning "everything"); its depth
@@ -24,7 +34,20 @@ pub(crate) fn render(sql: &mut Sql, model: &ModelSchema, filter: &Value) -> Resu
             sql.push("1=1");
             Ok(())
         }
-        Value::Object(map) => render_object(sql, model, map),
+        Value::Object(map) => {
+            let conditions = conditions(filter, MAX_FILTER_CONDITIONS + 1);
+            if conditions > MAX_FILTER_CONDITIONS {
+                return Err(Error::validation(
+                    model.name,
+                    None,
+                    format!(
+                        "the filter holds more than {MAX_FILTER_CONDITIONS} conditions; \
+                         match a list of values with one `$in` instead of many `$or` branches"
+                    ),
+                ));
+            }
+            render_object(sql, model, map)
+        }
         other => Err(Error::validation(
             model.name,
             None,
@@ -34,6 +57,39 @@ pub(crate) fn render(sql: &mut Sql, model: &ModelSchema, filter: &Value) -> Resu
             ),
         )),
     }
+}
+
+/// The number of conditions in `filter` (field names, operators and
+/// logical operators), counting up to `limit` at most. Depth is bounded on
+/// node entry, so the recursion is too.
+fn conditions(filter: &Value, limit: usize) -> usize {
+    fn walk(v: &Value, n: &mut usize, limit: usize) {
+        match v {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    *n += 1;
+                    if *n >= limit {
+                        return;
+                    }
+                    if key != "$in" && key != "$nin" {
+                        walk(value, n, limit);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    if *n >= limit {
+                        return;
+                    }
+                    walk(item, n, limit);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut n = 0;
+    walk(filter, &mut n, limit);
+    n
 }
 
 /// Whether a filter selects everything (`{}` or null).
@@ -391,9 +447,25 @@ fn in_list(
     if values.is_empty() {
         sql.push(if negate { "1=1" } else { "1=0" });
     } else {
-        sql.ident(field.column)
-            .push(if negate { " NOT IN " } else { " IN " })
-            .in_list(values);
+        // The whole list is one parameter, so its length meets no
+        // parameter limit (SQLite's 32,766, PostgreSQL's 65,535).
+        let array = SqlValue::Array(SqlArray::collect(field.ty, values));
+        sql.ident(field.column);
+        match sql.dialect() {
+            Dialect::Postgres => {
+                sql.push(if negate { " <> ALL(" } else { " = ANY(" })
+                    .bind(array)
+                    .push(")");
+            }
+            Dialect::Sqlite => {
+                let element = if field.ty == FieldType::Bytes { "unhex(value)" } else { "value" };
+                sql.push(if negate { " NOT IN (SELECT " } else { " IN (SELECT " })
+                    .push(element)
+                    .push(" FROM json_each(")
+                    .bind(array)
+                    .push("))");
+            }
+        }
     }
     match (negate, has_null) {
         (false, true) => {
@@ -437,6 +509,16 @@ fn like(
             ),
         )
     })?;
+    if pattern.len() > MAX_LIKE_PATTERN_BYTES {
+        return Err(Error::invalid_field(
+            model.name,
+            field.name,
+            format!(
+                "the `{op}` pattern is {} bytes long, at most {MAX_LIKE_PATTERN_BYTES} are allowed",
+                pattern.len()
+            ),
+        ));
+    }
     let pattern = SqlValue::Text(pattern.to_string());
     match (sql.dialect(), insensitive) {
         (_, false) => {

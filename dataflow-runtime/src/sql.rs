@@ -89,6 +89,7 @@ impl Sql {
             }
             (Dialect::Sqlite, SqlValue::Uuid(u)) => SqlValue::Text(u.to_string()),
             (Dialect::Sqlite, SqlValue::Json(j)) => SqlValue::Text(j.to_string()),
+            (Dialect::Sqlite, SqlValue::Array(a)) => SqlValue::Text(a.to_sqlite_json()),
             (_, v) => v,
         };
         self.marks.push(self.text.len());

@@ -23,6 +23,88 @@ pub(crate) enum SqlValue {
     Uuid(uuid::Uuid),
     Json(Value),
     Bytes(Vec<u8>),
+    /// A whole `$in` list as one parameter (PostgreSQL `= ANY($1)`); on
+    /// SQLite [`Sql::bind`](crate::sql::Sql::bind) turns it into JSON text.
+    Array(SqlArray),
+}
+
+/// The values of one `$in` list, all of the field's type, bound as one
+/// array parameter so the list's length never meets a parameter limit.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum SqlArray {
+    Bool(Vec<bool>),
+    I16(Vec<i16>),
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    Text(Vec<String>),
+    DateTime(Vec<DateTime<Utc>>),
+    Date(Vec<NaiveDate>),
+    Uuid(Vec<uuid::Uuid>),
+    Bytes(Vec<Vec<u8>>),
+}
+
+impl SqlArray {
+    /// Collects values already coerced to `ty` (never null, never JSON).
+    pub(crate) fn collect(ty: FieldType, values: Vec<SqlValue>) -> SqlArray {
+        macro_rules! gather {
+            ($variant:ident) => {
+                SqlArray::$variant(
+                    values
+                        .into_iter()
+                        .filter_map(|v| match v {
+                            SqlValue::$variant(x) => Some(x),
+                            _ => None,
+                        })
+                        .collect(),
+                )
+            };
+        }
+        match ty {
+            FieldType::Bool => gather!(Bool),
+            FieldType::I16 => gather!(I16),
+            FieldType::I32 => gather!(I32),
+            FieldType::I64 => gather!(I64),
+            FieldType::F32 => gather!(F32),
+            FieldType::F64 => gather!(F64),
+            FieldType::DateTime => gather!(DateTime),
+            FieldType::Date => gather!(Date),
+            FieldType::Uuid => gather!(Uuid),
+            FieldType::Bytes => gather!(Bytes),
+            FieldType::String | FieldType::Json => gather!(Text),
+        }
+    }
+
+    /// SQLite's form: a JSON array of the values as SQLite stores them
+    /// (booleans as 0/1, timestamps, dates and uuids as their text form,
+    /// bytes as hex for `unhex`), read back with `json_each`.
+    pub(crate) fn to_sqlite_json(&self) -> String {
+        fn list<T>(items: &[T], f: impl Fn(&T) -> Value) -> String {
+            Value::Array(items.iter().map(f).collect()).to_string()
+        }
+        match self {
+            SqlArray::Bool(v) => list(v, |b| Value::from(u8::from(*b))),
+            SqlArray::I16(v) => list(v, |x| Value::from(*x)),
+            SqlArray::I32(v) => list(v, |x| Value::from(*x)),
+            SqlArray::I64(v) => list(v, |x| Value::from(*x)),
+            SqlArray::F32(v) => list(v, |x| Value::from(f64::from(*x))),
+            SqlArray::F64(v) => list(v, |x| Value::from(*x)),
+            SqlArray::Text(v) => list(v, |s| Value::from(s.as_str())),
+            SqlArray::DateTime(v) => list(v, |d| Value::from(format_datetime(d))),
+            SqlArray::Date(v) => list(v, |d| Value::from(d.format("%Y-%m-%d").to_string())),
+            SqlArray::Uuid(v) => list(v, |u| Value::from(u.to_string())),
+            SqlArray::Bytes(v) => list(v, |b| Value::from(hex(b))),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// A value read back from a row, before the schema gives it its JSON form.
@@ -95,7 +177,9 @@ pub(crate) fn coerce(model: &ModelSchema, field: &FieldSchema, v: &Value) -> Res
 pub(crate) fn coerce_owned(model: &ModelSchema, field: &FieldSchema, v: Value) -> Result<SqlValue> {
     match (field.ty, v) {
         (FieldType::String, Value::String(s))
-            if field.max_length.is_none_or(|max| s.len() <= max as usize) && !s.contains('\0') =>
+            if field.max_length.is_none_or(|max| s.len() <= max as usize)
+                && !(is_indexed(field) && s.len() > MAX_INDEXED_TEXT_BYTES)
+                && !s.contains('\0') =>
         {
             Ok(SqlValue::Text(s))
         }
@@ -118,6 +202,17 @@ pub(crate) fn coerce_non_null(
             let s = v.as_str().ok_or_else(err)?;
             if s.contains('\0') {
                 return Err(nul_error(model, field));
+            }
+            if is_indexed(field) && s.len() > MAX_INDEXED_TEXT_BYTES {
+                return Err(Error::invalid_field(
+                    model.name,
+                    field.name,
+                    format!(
+                        "is {} bytes long; an indexed text field (unique, index or primary key) \
+                         holds at most {MAX_INDEXED_TEXT_BYTES} bytes",
+                        s.len()
+                    ),
+                ));
             }
             if let Some(max) = field.max_length {
                 let len = s.chars().count();
@@ -182,6 +277,16 @@ pub(crate) fn coerce_non_null(
             SqlValue::Bytes(out)
         }
     })
+}
+
+/// The longest value, in bytes of UTF-8, of a text field with an index
+/// (`unique`, `index` or the primary key), on both backends: PostgreSQL's
+/// B-tree refuses index entries over about 2,700 bytes, so longer values
+/// are a validation error everywhere instead of a database error there.
+pub const MAX_INDEXED_TEXT_BYTES: usize = 2_000;
+
+fn is_indexed(field: &FieldSchema) -> bool {
+    field.unique || field.index || field.primary_key
 }
 
 /// Text with a NUL character: PostgreSQL cannot store it (in text or

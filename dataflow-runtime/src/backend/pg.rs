@@ -4,14 +4,14 @@ use super::{map_error, transaction_with, Cells, Conn, SqlRef};
 use crate::error::Result;
 use crate::schema::FieldType;
 use crate::sql::{Dialect, Sql};
-use crate::value::{Cell, SqlValue};
+use crate::value::{Cell, SqlArray, SqlValue};
 use diesel::connection::SimpleConnection;
 use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::pg::{Pg, PgValue};
 use diesel::query_builder::{AstPass, QueryFragment};
 use diesel::row::{Field, Row};
 use diesel::sql_types::{
-    BigInt, Binary, Bool, Date, Double, Float, Integer, Jsonb, Nullable, SmallInt, Text,
+    Array, BigInt, Binary, Bool, Date, Double, Float, Integer, Jsonb, Nullable, SmallInt, Text,
     Timestamptz, Untyped,
 };
 use diesel::{Connection, PgConnection, QueryResult, RunQueryDsl};
@@ -66,6 +66,21 @@ impl QueryFragment<Pg> for Sql {
                 SqlValue::Date(d) => out.push_bind_param::<Date, _>(d)?,
                 SqlValue::Uuid(u) => out.push_bind_param::<diesel::sql_types::Uuid, _>(u)?,
                 SqlValue::Json(j) => out.push_bind_param::<Jsonb, _>(j)?,
+                SqlValue::Array(a) => match a {
+                    SqlArray::Bool(v) => out.push_bind_param::<Array<Bool>, _>(v)?,
+                    SqlArray::I16(v) => out.push_bind_param::<Array<SmallInt>, _>(v)?,
+                    SqlArray::I32(v) => out.push_bind_param::<Array<Integer>, _>(v)?,
+                    SqlArray::I64(v) => out.push_bind_param::<Array<BigInt>, _>(v)?,
+                    SqlArray::F32(v) => out.push_bind_param::<Array<Float>, _>(v)?,
+                    SqlArray::F64(v) => out.push_bind_param::<Array<Double>, _>(v)?,
+                    SqlArray::Text(v) => out.push_bind_param::<Array<Text>, _>(v)?,
+                    SqlArray::DateTime(v) => out.push_bind_param::<Array<Timestamptz>, _>(v)?,
+                    SqlArray::Date(v) => out.push_bind_param::<Array<Date>, _>(v)?,
+                    SqlArray::Uuid(v) => {
+                        out.push_bind_param::<Array<diesel::sql_types::Uuid>, _>(v)?
+                    }
+                    SqlArray::Bytes(v) => out.push_bind_param::<Array<Binary>, _>(v)?,
+                },
             }
         }
         Ok(())

@@ -50,7 +50,8 @@ impl QueryFragment<Sqlite> for Sql {
                 SqlValue::DateTime(_)
                 | SqlValue::Date(_)
                 | SqlValue::Uuid(_)
-                | SqlValue::Json(_) => {
+                | SqlValue::Json(_)
+                | SqlValue::Array(_) => {
                     return Err(diesel::result::Error::SerializationError(
                         "typed value reached the SQLite binder unconverted".into(),
                     ))
