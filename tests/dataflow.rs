@@ -1726,44 +1726,100 @@ async fn large_in_lists_and_filter_limits() {
             }
         };
         // 70,000 emails, two of which exist.
-        let mut emails: Vec<Value> = (0..70_000).map(|i| json!(format!("none{i}@x.io"))).collect();
+        let mut emails: Vec<Value> = (0..70_000)
+            .map(|i| json!(format!("none{i}@x.io")))
+            .collect();
         emails.push(users[1]["email"].clone());
         emails.push(users[3]["email"].clone());
-        assert_eq!(n("User", json!({"email": {"$in": emails.clone()}})).await, 2);
-        assert_eq!(n("User", json!({"email": {"$nin": emails.clone()}})).await, 3);
-        let e = ok(&db, "UserBulkDeleteNode", json!({"filter": {"email": {"$in": emails}}})).await;
+        assert_eq!(
+            n("User", json!({"email": {"$in": emails.clone()}})).await,
+            2
+        );
+        assert_eq!(
+            n("User", json!({"email": {"$nin": emails.clone()}})).await,
+            3
+        );
+        let e = ok(
+            &db,
+            "UserBulkDeleteNode",
+            json!({"filter": {"email": {"$in": emails}}}),
+        )
+        .await;
         assert_eq!(e["deleted"], 2, "{e}");
         assert_eq!(count(&db, "User").await, 3);
 
         // Every comparable type matches through the array form.
-        let sample = ok(&db, "SampleCreateNode", json!({
-            "small": -7, "int": 70000, "big": 9007199254740993i64, "real": 1.5, "double": -2.25,
-            "flag": true, "at": "2026-03-04T05:06:07.123456+02:00", "day": "2026-02-28",
-            "uid": "67e55044-10b1-426f-9247-bb680e5fe0c8", "doc": {}, "bytes": [0, 1, 254, 255],
-        })).await;
+        let sample = ok(
+            &db,
+            "SampleCreateNode",
+            json!({
+                "small": -7, "int": 70000, "big": 9007199254740993i64, "real": 1.5, "double": -2.25,
+                "flag": true, "at": "2026-03-04T05:06:07.123456+02:00", "day": "2026-02-28",
+                "uid": "67e55044-10b1-426f-9247-bb680e5fe0c8", "doc": {}, "bytes": [0, 1, 254, 255],
+            }),
+        )
+        .await;
         for (field, hit, miss) in [
-            ("id", sample["id"].clone(), json!("0190a0f0-0000-7000-8000-000000000000")),
+            (
+                "id",
+                sample["id"].clone(),
+                json!("0190a0f0-0000-7000-8000-000000000000"),
+            ),
             ("small", json!(-7), json!(7)),
             ("int", json!(70000), json!(1)),
-            ("big", json!(9007199254740993i64), json!(9007199254740992i64)),
+            (
+                "big",
+                json!(9007199254740993i64),
+                json!(9007199254740992i64),
+            ),
             ("real", json!(1.5), json!(1.25)),
             ("double", json!(-2.25), json!(2.25)),
             ("flag", json!(true), json!(false)),
-            ("at", json!("2026-03-04T03:06:07.123456Z"), json!("2026-03-04T03:06:07Z")),
+            (
+                "at",
+                json!("2026-03-04T03:06:07.123456Z"),
+                json!("2026-03-04T03:06:07Z"),
+            ),
             ("day", json!("2026-02-28"), json!("2026-03-01")),
-            ("uid", json!("67e55044-10b1-426f-9247-bb680e5fe0c8"), json!("67e55044-10b1-426f-9247-bb680e5fe0c9")),
+            (
+                "uid",
+                json!("67e55044-10b1-426f-9247-bb680e5fe0c8"),
+                json!("67e55044-10b1-426f-9247-bb680e5fe0c9"),
+            ),
             ("bytes", json!([0, 1, 254, 255]), json!([0, 1])),
         ] {
-            assert_eq!(n("Sample", json!({field: {"$in": [miss.clone(), hit.clone()]}})).await, 1, "{field} $in");
-            assert_eq!(n("Sample", json!({field: {"$in": [miss.clone()]}})).await, 0, "{field} $in miss");
-            assert_eq!(n("Sample", json!({field: {"$nin": [hit]}})).await, 0, "{field} $nin");
-            assert_eq!(n("Sample", json!({field: {"$nin": [miss]}})).await, 1, "{field} $nin miss");
+            assert_eq!(
+                n(
+                    "Sample",
+                    json!({field: {"$in": [miss.clone(), hit.clone()]}})
+                )
+                .await,
+                1,
+                "{field} $in"
+            );
+            assert_eq!(
+                n("Sample", json!({field: {"$in": [miss.clone()]}})).await,
+                0,
+                "{field} $in miss"
+            );
+            assert_eq!(
+                n("Sample", json!({field: {"$nin": [hit]}})).await,
+                0,
+                "{field} $nin"
+            );
+            assert_eq!(
+                n("Sample", json!({field: {"$nin": [miss]}})).await,
+                1,
+                "{field} $nin miss"
+            );
         }
 
         // Conditions: the limit itself renders and runs (on SQLite, well under
         // its expression-depth limit); one more is a validation error.
         let branches = |k: usize| {
-            let items: Vec<Value> = (0..k).map(|i| json!({"email": format!("b{i}@x.io")})).collect();
+            let items: Vec<Value> = (0..k)
+                .map(|i| json!({"email": format!("b{i}@x.io")}))
+                .collect();
             json!({"$or": items})
         };
         // `$or` + k × `email`: 1 + k conditions.
@@ -1777,10 +1833,26 @@ async fn large_in_lists_and_filter_limits() {
 
         // `$like` patterns: at most MAX_LIKE_PATTERN_BYTES.
         let pattern = |len: usize| format!("{}%", "a".repeat(len - 1));
-        assert_eq!(n("User", json!({"email": {"$like": pattern(dataflow::MAX_LIKE_PATTERN_BYTES)}})).await, 0);
+        assert_eq!(
+            n(
+                "User",
+                json!({"email": {"$like": pattern(dataflow::MAX_LIKE_PATTERN_BYTES)}})
+            )
+            .await,
+            0
+        );
         for op in ["$like", "$ilike"] {
-            let e = err(&db, "UserListNode", json!({"filter": {"email": {op: pattern(60_000)}}})).await;
-            assert_eq!((e.code().as_str(), e.field()), ("validation", Some("email")), "{e}");
+            let e = err(
+                &db,
+                "UserListNode",
+                json!({"filter": {"email": {op: pattern(60_000)}}}),
+            )
+            .await;
+            assert_eq!(
+                (e.code().as_str(), e.field()),
+                ("validation", Some("email")),
+                "{e}"
+            );
             assert!(e.message().contains("at most 10000"), "{e}");
         }
 
@@ -1793,15 +1865,70 @@ async fn large_in_lists_and_filter_limits() {
         assert_eq!(rec["email"], json!(fits));
         for len in [dataflow::MAX_INDEXED_TEXT_BYTES + 1, 3_000, 1_000_000] {
             let e = err(&db, "UserCreateNode", json!({"email": long(len)})).await;
-            assert_eq!((e.code().as_str(), e.field()), ("validation", Some("email")), "{e}");
+            assert_eq!(
+                (e.code().as_str(), e.field()),
+                ("validation", Some("email")),
+                "{e}"
+            );
             assert!(e.message().contains("at most 2000 bytes"), "{e}");
         }
-        let e = err(&db, "UserBulkCreateNode", json!({"data": [{"email": "ok@x.io"}, {"email": long(3_000)}]})).await;
+        let e = err(
+            &db,
+            "UserBulkCreateNode",
+            json!({"data": [{"email": "ok@x.io"}, {"email": long(3_000)}]}),
+        )
+        .await;
         assert_eq!(e.code().as_str(), "validation", "{e}");
         assert_eq!(count(&db, "User").await, 4, "no partial write");
         // Unindexed text has no such limit.
-        let rec = ok(&db, "UserCreateNode", json!({"email": "big@x.io", "full_name": "n".repeat(100_000)})).await;
+        let rec = ok(
+            &db,
+            "UserCreateNode",
+            json!({"email": "big@x.io", "full_name": "n".repeat(100_000)}),
+        )
+        .await;
         assert_eq!(rec["full_name"].as_str().map(str::len), Some(100_000));
+    })
+    .await;
+}
+
+/// Messages quote a caller's values only in part: a long id, an unknown
+/// field name of a megabyte or a long filter come back as their start, `…`
+/// and their length, never whole.
+#[tokio::test]
+async fn messages_quote_input_in_part() {
+    on_each_backend("echo", |db| async move {
+        let id = format!("secret-{}", "x".repeat(1_500));
+        let e = err(&db, "UserReadNode", json!({"id": id})).await;
+        assert_eq!(e.code().as_str(), "not_found");
+        assert!(
+            e.message().contains(&format!("… ({} bytes)", id.len())),
+            "{e}"
+        );
+        assert!(!e.message().contains(&id[..100]), "{e}");
+
+        let name = "f".repeat(1 << 20);
+        let e = err(&db, "UserListNode", json!({"filter": {name.clone(): 1}})).await;
+        assert_eq!(e.code().as_str(), "validation");
+        assert!(e.message().len() < 400, "{}", e.message().len());
+        assert!(
+            e.field().is_some_and(|f| f.chars().count() <= 65),
+            "{:?}",
+            e.field().map(str::len)
+        );
+        let e = err(&db, "UserCreateNode", json!({name: 1, "email": "a@x.io"})).await;
+        assert!(e.message().len() < 400, "{}", e.message().len());
+
+        let filter = json!({"full_name": "y".repeat(1_500)});
+        let e = err(
+            &db,
+            "UserUpdateNode",
+            json!({"filter": filter, "fields": {"active": false}}),
+        )
+        .await;
+        assert_eq!(e.code().as_str(), "not_found");
+        assert!(e.message().len() < 300, "{e}");
+        assert!(e.message().len() <= dataflow::Error::MAX_MESSAGE_CHARS * 4);
     })
     .await;
 }

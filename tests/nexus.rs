@@ -838,11 +838,19 @@ fn events_stream_in_order_and_metrics_count_requests() {
         client.cancel().await.unwrap();
         result_json(&r)
     });
+    // A failed run whose input holds a secret: the 404 quotes only the
+    // start of it, and its `failed` event carries no input at all.
+    let secret = format!("sk_live_{}", "9".repeat(1_500));
+    let (status, body) = run("get_user", json!({"id": secret}));
+    assert_eq!(status, 404, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.len() < 300, "{message}");
+    assert!(message.contains("… (1508 bytes)"), "{message}");
 
     let mut text = String::new();
     let mut buf = [0u8; 4096];
     let started = Instant::now();
-    while text.matches("\"event\":\"finished\"").count() < 2 {
+    while text.matches("\"event\":\"failed\"").count() < 2 {
         let n = sse.read(&mut buf).unwrap();
         text.push_str(&String::from_utf8_lossy(&buf[..n]));
         assert!(
@@ -876,9 +884,20 @@ fn events_stream_in_order_and_metrics_count_requests() {
             ("get_user", "started"),
             ("get_user", "node_finished"),
             ("get_user", "finished"),
+            ("get_user", "started"),
+            ("get_user", "node_finished"),
+            ("get_user", "failed"),
         ]
     );
     assert_eq!(events[2]["code"], "fk_violation");
+    assert_eq!(events[11]["code"], "not_found");
+    assert_eq!(events[11]["node"], "user");
+    assert_eq!(events[11]["model"], "User");
+    assert!(
+        !text.contains("sk_live"),
+        "events carry no input values: {text}"
+    );
+    assert!(events.iter().all(|e| e.get("message").is_none()));
     assert_eq!(events[5]["run_id"], created["run_id"]);
     assert_eq!(events[8]["run_id"], via_mcp["run_id"]);
 

@@ -196,11 +196,15 @@ impl PartialEq for Error {
 impl Error {
     /// An error with `code` and a message that says what went wrong; add
     /// where with the `with_*` / [`in_node`](Self::in_node) methods.
+    ///
+    /// A message longer than [`MAX_MESSAGE_CHARS`](Self::MAX_MESSAGE_CHARS)
+    /// is cut there: messages travel to every client, and input echoed
+    /// into them must not come back whole.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Error {
             inner: Box::new(Inner {
                 code,
-                detail: message.into(),
+                detail: clip(message.into(), Self::MAX_MESSAGE_CHARS),
                 model: None,
                 field: None,
                 node: None,
@@ -210,6 +214,26 @@ impl Error {
                 step: None,
                 source: None,
             }),
+        }
+    }
+
+    /// How much of a caller's value a message quotes ([`Error::echo`]).
+    pub const MAX_ECHO_CHARS: usize = 64;
+
+    /// The longest message (and so the longest `error.message` any channel
+    /// answers); longer ones end in `…`.
+    pub const MAX_MESSAGE_CHARS: usize = 2_000;
+
+    /// A caller's value as a message quotes it: whole up to
+    /// [`MAX_ECHO_CHARS`](Self::MAX_ECHO_CHARS) characters, beyond that its
+    /// start, `…` and its length, so a 1 MB id does not come back in its
+    /// 404 and secrets in input are not repeated in full.
+    pub fn echo(value: &str) -> std::borrow::Cow<'_, str> {
+        match value.char_indices().nth(Self::MAX_ECHO_CHARS) {
+            None => std::borrow::Cow::Borrowed(value),
+            Some((end, _)) => {
+                std::borrow::Cow::Owned(format!("{}… ({} bytes)", &value[..end], value.len()))
+            }
         }
     }
 
@@ -256,19 +280,19 @@ impl Error {
 
     /// Names the field (or parameter, or workflow input) the error is about.
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
-        self.inner.field = Some(field.into());
+        self.inner.field = Some(clip(field.into(), Self::MAX_ECHO_CHARS));
         self
     }
 
     pub(crate) fn with_field_opt(mut self, field: Option<&str>) -> Self {
-        self.inner.field = field.map(str::to_string);
+        self.inner.field = field.map(|f| clip(f.to_string(), Self::MAX_ECHO_CHARS));
         self
     }
 
     /// Names the node (type name, or id in a workflow) the error is about,
     /// without changing the message.
     pub fn with_node(mut self, node: impl Into<String>) -> Self {
-        self.inner.node = Some(node.into());
+        self.inner.node = Some(clip(node.into(), Self::MAX_ECHO_CHARS));
         self
     }
 
@@ -277,7 +301,7 @@ impl Error {
     /// when the error was already raised inside a node.
     pub fn in_node(mut self, node: impl Into<String>) -> Self {
         if !self.inner.inside_node {
-            self.inner.node = Some(node.into());
+            self.inner.node = Some(clip(node.into(), Self::MAX_ECHO_CHARS));
             self.inner.inside_node = true;
         }
         self
@@ -405,6 +429,19 @@ impl std::error::Error for Error {
             .source
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// `s` cut to at most `max` characters, ending in `…` when cut.
+fn clip(s: String, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s,
+        Some((end, _)) => {
+            let mut s = s;
+            s.truncate(end);
+            s.push('…');
+            s
+        }
     }
 }
 

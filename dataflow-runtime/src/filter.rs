@@ -265,7 +265,8 @@ fn render_object(sql: &mut Sql, model: &ModelSchema, map: &Map<String, Value>) -
                     model.name,
                     None,
                     format!(
-                        "unknown filter operator `{k}` at the top level{}; use a field name or one of $and, $or, $not",
+                        "unknown filter operator `{}` at the top level{}; use a field name or one of $and, $or, $not",
+                        Error::echo(k),
                         did_you_mean(k, LOGICAL_OPERATORS)
                     ),
                 ))
@@ -287,8 +288,9 @@ pub(crate) fn field(model: &ModelSchema, name: &str) -> Result<&'static FieldSch
             model.name,
             Some(name),
             format!(
-                "{} has no field `{name}`{}; its fields are: {}",
+                "{} has no field `{}`{}; its fields are: {}",
                 model.name,
+                Error::echo(name),
                 did_you_mean(name, model.fields.iter().map(|f| f.name)),
                 model
                     .fields
@@ -356,7 +358,8 @@ fn render_field(
                     model.name,
                     field.name,
                     format!(
-                        "unknown filter operator `{other}`{}; supported: {}",
+                        "unknown filter operator `{}`{}; supported: {}",
+                        Error::echo(other),
                         did_you_mean(other, FIELD_OPERATORS),
                         FIELD_OPERATORS.join(" ")
                     ),
@@ -458,12 +461,20 @@ fn in_list(
                     .push(")");
             }
             Dialect::Sqlite => {
-                let element = if field.ty == FieldType::Bytes { "unhex(value)" } else { "value" };
-                sql.push(if negate { " NOT IN (SELECT " } else { " IN (SELECT " })
-                    .push(element)
-                    .push(" FROM json_each(")
-                    .bind(array)
-                    .push("))");
+                let element = if field.ty == FieldType::Bytes {
+                    "unhex(value)"
+                } else {
+                    "value"
+                };
+                sql.push(if negate {
+                    " NOT IN (SELECT "
+                } else {
+                    " IN (SELECT "
+                })
+                .push(element)
+                .push(" FROM json_each(")
+                .bind(array)
+                .push("))");
             }
         }
     }

@@ -77,7 +77,7 @@ impl fmt::Display for SchemaError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for seg in &self.path {
             match seg {
-                PathSegment::Property(k) => write!(f, "`{k}`: ")?,
+                PathSegment::Property(k) => write!(f, "`{}`: ", crate::Error::echo(k))?,
                 PathSegment::Item(i) => write!(f, "item {i}: ")?,
             }
         }
@@ -91,7 +91,7 @@ impl fmt::Display for SchemaError {
             SchemaErrorKind::TooLong(max) => write!(f, "must be at most {max} characters"),
             SchemaErrorKind::MissingProperty(p) => write!(f, "missing required property `{p}`"),
             SchemaErrorKind::UnknownProperty { name, suggestion } => {
-                write!(f, "unknown property `{name}`")?;
+                write!(f, "unknown property `{}`", crate::Error::echo(name))?;
                 f.write_str(&crate::value::hint(suggestion.as_deref()))
             }
             SchemaErrorKind::NoAlternative(errs) => {

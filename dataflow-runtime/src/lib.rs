@@ -47,12 +47,12 @@ mod writer;
 pub use crate::backend::AnyConnection;
 pub use crate::config::Config;
 pub use crate::dataflow::{DataFlow, DataFlowBuilder, PoolState, MAX_INPUT_DEPTH};
-pub use crate::filter::{MAX_FILTER_CONDITIONS, MAX_LIKE_PATTERN_BYTES};
-pub use crate::value::MAX_INDEXED_TEXT_BYTES;
 pub use crate::error::{Error, ErrorCode, Result};
+pub use crate::filter::{MAX_FILTER_CONDITIONS, MAX_LIKE_PATTERN_BYTES};
 pub use crate::node::{MergeNode, Node, NodeContext, NodeFuture, SwitchNode};
 pub use crate::schema::{Model, ModelSchema};
 pub use crate::sql::Dialect;
+pub use crate::value::MAX_INDEXED_TEXT_BYTES;
 pub use crate::workflow::{
     new_run_id, ConnectionSpec, NodeSpec, Observer, Run, RunError, RunEvent, Workflow,
     WorkflowBuilder, WorkflowRuntime, WorkflowSpec,

@@ -106,7 +106,7 @@ impl Registry {
                 let hint = crate::value::did_you_mean(node, self.nodes.keys().map(String::as_str));
                 Err(Error::new(
                     ErrorCode::UnknownNode,
-                    format!("unknown node type `{node}`{hint}"),
+                    format!("unknown node type `{}`{hint}", Error::echo(node)),
                 )
                 .with_node(node))
             }

@@ -101,10 +101,12 @@ impl SqlArray {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// A value read back from a row, before the schema gives it its JSON form.
@@ -420,10 +422,14 @@ pub(crate) fn suggest<'a>(
     name: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
+    let close = |c: &str| 2.max(c.len() / 3);
     candidates
         .into_iter()
+        // Lengths further apart than the allowed distance cannot be close
+        // (and a 1 MB unknown name costs nothing).
+        .filter(|c| name.len().abs_diff(c.len()) <= close(c) * 4)
         .map(|c| (levenshtein(name, c), c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .filter(|(d, c)| *d <= close(c))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }

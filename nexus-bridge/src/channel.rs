@@ -54,7 +54,7 @@ impl Shared {
                 known.join(", ")
             )
         } else {
-            format!("no workflow named `{name}`")
+            format!("no workflow named `{}`", Error::echo(name))
         };
         Error::new(ErrorCode::NotFound, message)
     }

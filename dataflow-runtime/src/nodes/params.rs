@@ -69,7 +69,8 @@ impl<'a> Params<'a> {
                     return Err(p.error(
                         Some(key),
                         format!(
-                            "unknown parameter `{key}`{hint}; expected one of: {}",
+                            "unknown parameter `{}`{hint}; expected one of: {}",
+                            Error::echo(key),
                             allowed
                                 .iter()
                                 .map(|a| a.name)

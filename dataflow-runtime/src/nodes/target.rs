@@ -66,7 +66,7 @@ impl<'a> Selector<'a> {
     pub(super) fn not_found(&self, ctx: &Ctx) -> Error {
         let what = match self {
             Selector::Id(v) => format!("with {} = {}", ctx.model.primary_key().name, show_value(v)),
-            Selector::Filter(f) => format!("matching {f}"),
+            Selector::Filter(f) => format!("matching {}", Error::echo(&f.to_string())),
         };
         Error::new(ErrorCode::NotFound, format!("no {} {what}", ctx.model.name))
     }
@@ -74,7 +74,7 @@ impl<'a> Selector<'a> {
 
 fn show_value(v: &SqlValue) -> String {
     match v {
-        SqlValue::Text(s) => format!("{s:?}"),
+        SqlValue::Text(s) => format!("{:?}", Error::echo(s)),
         SqlValue::I16(i) => i.to_string(),
         SqlValue::I32(i) => i.to_string(),
         SqlValue::I64(i) => i.to_string(),

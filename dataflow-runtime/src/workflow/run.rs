@@ -67,8 +67,12 @@ pub enum RunEvent {
         code: String,
         /// The node that failed, if one did.
         node: Option<String>,
-        /// The error message.
-        message: String,
+        /// The model the error is about, if any.
+        model: Option<String>,
+        /// The field, parameter or input the error is about, if any.
+        field: Option<String>,
+        // No message: events go to every listener, and messages may quote
+        // a caller's input (a token in a not-found message).
     },
 }
 
@@ -324,7 +328,8 @@ impl<'p> State<'p> {
                 run_id: run_id.to_string(),
                 code: e.code().to_string(),
                 node: e.node().map(str::to_string),
-                message: e.message().to_string(),
+                model: e.model().map(str::to_string),
+                field: e.field().map(str::to_string),
             });
         }
     }
@@ -661,7 +666,8 @@ fn validate_inputs(plan: &Plan, inputs: Value) -> Result<Map<String, Value>> {
             return Err(Error::new(
                 ErrorCode::Validation,
                 format!(
-                    "unknown workflow input `{k}`{hint}; the inputs are: {}",
+                    "unknown workflow input `{}`{hint}; the inputs are: {}",
+                    Error::echo(k),
                     props.keys().cloned().collect::<Vec<_>>().join(", ")
                 ),
             )
