@@ -1856,21 +1856,24 @@ async fn large_in_lists_and_filter_limits() {
             assert!(e.message().contains("at most 10000"), "{e}");
         }
 
-        // Indexed text: at most MAX_INDEXED_TEXT_BYTES, on both backends
-        // (PostgreSQL's B-tree would refuse ~2,700 bytes with a 500).
-        let long = |len: usize| format!("{}@x.io", "é".repeat((len - 5) / 2));
-        let fits = long(dataflow::MAX_INDEXED_TEXT_BYTES - 1);
-        assert!(fits.len() <= dataflow::MAX_INDEXED_TEXT_BYTES);
+        // Indexed text: at most MAX_INDEXED_TEXT_CHARS characters, on both
+        // backends (PostgreSQL's B-tree would refuse ~2,700 bytes with a
+        // 500): the limit in 4-byte characters still fits there.
+        let long = |chars: usize| format!("{}@x.io", "😀".repeat(chars - 5));
+        let fits = long(dataflow::MAX_INDEXED_TEXT_CHARS);
+        assert_eq!(fits.len(), 4 * 495 + 5);
         let rec = ok(&db, "UserCreateNode", json!({"email": fits})).await;
         assert_eq!(rec["email"], json!(fits));
-        for len in [dataflow::MAX_INDEXED_TEXT_BYTES + 1, 3_000, 1_000_000] {
+        let ascii = "a".repeat(dataflow::MAX_INDEXED_TEXT_CHARS);
+        ok(&db, "UserCreateNode", json!({"email": ascii})).await;
+        for len in [dataflow::MAX_INDEXED_TEXT_CHARS + 1, 3_000, 1_000_000] {
             let e = err(&db, "UserCreateNode", json!({"email": long(len)})).await;
             assert_eq!(
                 (e.code().as_str(), e.field()),
                 ("validation", Some("email")),
                 "{e}"
             );
-            assert!(e.message().contains("at most 2000 bytes"), "{e}");
+            assert!(e.message().contains("holds at most 500"), "{e}");
         }
         let e = err(
             &db,
@@ -1879,7 +1882,7 @@ async fn large_in_lists_and_filter_limits() {
         )
         .await;
         assert_eq!(e.code().as_str(), "validation", "{e}");
-        assert_eq!(count(&db, "User").await, 4, "no partial write");
+        assert_eq!(count(&db, "User").await, 5, "no partial write");
         // Unindexed text has no such limit.
         let rec = ok(
             &db,
@@ -1898,7 +1901,7 @@ async fn large_in_lists_and_filter_limits() {
 #[tokio::test]
 async fn messages_quote_input_in_part() {
     on_each_backend("echo", |db| async move {
-        let id = format!("secret-{}", "x".repeat(1_500));
+        let id = format!("secret-{}", "x".repeat(400));
         let e = err(&db, "UserReadNode", json!({"id": id})).await;
         assert_eq!(e.code().as_str(), "not_found");
         assert!(

@@ -307,6 +307,94 @@ async fn input_schema_is_derived_from_templates_and_node_schemas() {
     assert_eq!(user_count(&db).await, 0);
 }
 
+/// The input schema says what a run needs, exactly: a Read by `{{id}}`
+/// requires `id` (the node takes `id` or `filter`); with both templated the
+/// schema needs one of them; integral numbers (`3.0`) are integers, as
+/// JSON Schema counts them, in the schema check and in the node alike.
+#[tokio::test]
+async fn input_schema_requires_what_the_run_needs() {
+    let db = sqlite_db("input_schema_needs").await;
+    let mut wf = WorkflowBuilder::new();
+    wf.add_node("UserReadNode", "user", json!({"id": "{{id}}"}));
+    let by_id = wf.build(&db).unwrap();
+    assert_eq!(by_id.input_schema()["required"], json!(["id"]));
+    let e = db.runtime().execute(&by_id, json!({})).await.unwrap_err();
+    assert_eq!((e.code().as_str(), e.field()), ("validation", Some("id")));
+    assert!(
+        e.message().contains("missing required workflow input `id`"),
+        "{e}"
+    );
+    assert!(by_id.check_inputs(&json!({})).is_err());
+    assert!(by_id.check_inputs(&json!({"id": "x"})).is_ok());
+
+    let mut wf = WorkflowBuilder::new();
+    wf.add_node(
+        "UserReadNode",
+        "user",
+        json!({"id": "{{id}}", "filter": "{{where}}"}),
+    );
+    let either = wf.build(&db).unwrap();
+    let s = either.input_schema();
+    assert_eq!(s["required"], json!([]));
+    assert_eq!(
+        s["anyOf"],
+        json!([{"required": ["id"]}, {"required": ["where"]}])
+    );
+    let e = db.runtime().execute(&either, json!({})).await.unwrap_err();
+    assert_eq!(e.code().as_str(), "validation");
+    assert!(
+        e.message().contains("needs the input `id` or `where`"),
+        "{e}"
+    );
+    assert!(dataflow::json_schema::check(s, &json!({})).is_err());
+    assert!(dataflow::json_schema::check(s, &json!({"where": {}})).is_ok());
+
+    // A literal filter, or a connection, supplies what the node needs.
+    let mut wf = WorkflowBuilder::new();
+    wf.add_node(
+        "UserReadNode",
+        "user",
+        json!({"id": "{{id}}", "filter": {"email": "a@x.io"}}),
+    );
+    assert_eq!(wf.build(&db).unwrap().input_schema()["required"], json!([]));
+    // Nothing can supply it: a build error naming both.
+    let mut wf = WorkflowBuilder::new();
+    wf.add_node("UserReadNode", "user", json!({}));
+    let e = wf.build(&db).unwrap_err();
+    assert_eq!(e.code().as_str(), "validation");
+    assert!(e.message().contains("needs `id` or `filter`"), "{e}");
+
+    // 2.0 is an integer (JSON Schema's rule) in the workflow and in the node.
+    ok_create(&db, "a@x.io").await;
+    let mut wf = WorkflowBuilder::new();
+    wf.add_node("UserListNode", "users", json!({"limit": "{{limit}}"}));
+    let list = wf.build(&db).unwrap();
+    let run = db
+        .runtime()
+        .execute(&list, json!({"limit": 2.0}))
+        .await
+        .unwrap();
+    assert_eq!(
+        run.results["users"]["records"].as_array().map(Vec::len),
+        Some(1)
+    );
+    let e = db
+        .runtime()
+        .execute(&list, json!({"limit": 2.5}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code().as_str(), e.field()),
+        ("validation", Some("limit"))
+    );
+}
+
+async fn ok_create(db: &DataFlow, email: &str) {
+    db.execute("UserCreateNode", json!({"email": email}))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn build_refuses_what_cannot_run() {
     let db = sqlite_db("build_errors").await;

@@ -1,5 +1,5 @@
 //! The subset of JSON Schema that node and workflow input schemas use, and
-//! a checker for it: `type`, `anyOf`, `enum`, `minimum`, `maximum`,
+//! a checker for it: `type`, `anyOf`, `allOf`, `enum`, `minimum`, `maximum`,
 //! `maxLength`, `items`, `properties`, `required` and
 //! `additionalProperties: false`.
 //!
@@ -160,6 +160,14 @@ pub fn schema_at<'a>(schema: &'a Value, path: &[String]) -> Option<&'a Value> {
 
 /// Checks `v` against `schema` (the subset above): the first problem found.
 pub fn check(schema: &Value, v: &Value) -> Result<(), SchemaError> {
+    for s in schema
+        .get("allOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        check(s, v)?;
+    }
     if let Some(any) = schema.get("anyOf").and_then(Value::as_array) {
         let errs: Vec<SchemaError> = any.iter().filter_map(|s| check(s, v).err()).collect();
         if errs.len() == any.len() {
@@ -174,7 +182,7 @@ pub fn check(schema: &Value, v: &Value) -> Result<(), SchemaError> {
         };
         let fits = |t: &str| match t {
             "string" => v.is_string(),
-            "integer" => v.is_i64() || v.is_u64(),
+            "integer" => v.is_u64() || crate::value::as_integer(v).is_some(),
             "number" => v.is_number(),
             "boolean" => v.is_boolean(),
             "array" => v.is_array(),

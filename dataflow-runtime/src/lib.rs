@@ -52,7 +52,7 @@ pub use crate::filter::{MAX_FILTER_CONDITIONS, MAX_LIKE_PATTERN_BYTES};
 pub use crate::node::{MergeNode, Node, NodeContext, NodeFuture, SwitchNode};
 pub use crate::schema::{Model, ModelSchema};
 pub use crate::sql::Dialect;
-pub use crate::value::MAX_INDEXED_TEXT_BYTES;
+pub use crate::value::MAX_INDEXED_TEXT_CHARS;
 pub use crate::workflow::{
     new_run_id, ConnectionSpec, NodeSpec, Observer, Run, RunError, RunEvent, Workflow,
     WorkflowBuilder, WorkflowRuntime, WorkflowSpec,

@@ -19,11 +19,15 @@ impl FieldTypeExt for FieldType {
     fn json_schema(self) -> serde_json::Value {
         use serde_json::json;
         match self {
-            FieldType::String => json!({"type": "string"}),
+            // Text cannot hold NUL (PostgreSQL refuses it): said as a pattern.
+            FieldType::String => json!({"type": "string", "pattern": "^[^\\u0000]*$"}),
             FieldType::I16 => json!({"type": "integer", "minimum": i16::MIN, "maximum": i16::MAX}),
             FieldType::I32 => json!({"type": "integer", "minimum": i32::MIN, "maximum": i32::MAX}),
             FieldType::I64 => json!({"type": "integer"}),
-            FieldType::F32 | FieldType::F64 => json!({"type": "number"}),
+            FieldType::F32 => {
+                json!({"type": "number", "minimum": f64::from(f32::MIN), "maximum": f64::from(f32::MAX)})
+            }
+            FieldType::F64 => json!({"type": "number"}),
             FieldType::Bool => json!({"type": "boolean"}),
             FieldType::DateTime => json!({"type": "string", "format": "date-time"}),
             FieldType::Date => json!({"type": "string", "format": "date"}),

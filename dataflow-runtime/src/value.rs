@@ -146,6 +146,17 @@ fn type_error(model: &ModelSchema, field: &FieldSchema, got: &Value) -> Error {
 }
 
 /// A short description of a JSON value for error messages (never the whole value).
+/// `v` as an integer: a JSON integer, or a number with no fraction that
+/// a double holds exactly (`3.0`), as JSON Schema's `integer` counts it.
+pub(crate) fn as_integer(v: &Value) -> Option<i64> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    v.as_i64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() <= EXACT)
+            .map(|f| f as i64)
+    })
+}
+
 pub(crate) fn describe(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -180,7 +191,7 @@ pub(crate) fn coerce_owned(model: &ModelSchema, field: &FieldSchema, v: Value) -
     match (field.ty, v) {
         (FieldType::String, Value::String(s))
             if field.max_length.is_none_or(|max| s.len() <= max as usize)
-                && !(is_indexed(field) && s.len() > MAX_INDEXED_TEXT_BYTES)
+                && !(is_indexed(field) && s.len() > MAX_INDEXED_TEXT_CHARS)
                 && !s.contains('\0') =>
         {
             Ok(SqlValue::Text(s))
@@ -198,23 +209,25 @@ pub(crate) fn coerce_non_null(
     v: &Value,
 ) -> Result<SqlValue> {
     let err = || type_error(model, field, v);
-    let int = || v.as_i64().ok_or_else(err);
+    let int = || as_integer(v).ok_or_else(err);
     Ok(match ty {
         FieldType::String => {
             let s = v.as_str().ok_or_else(err)?;
             if s.contains('\0') {
                 return Err(nul_error(model, field));
             }
-            if is_indexed(field) && s.len() > MAX_INDEXED_TEXT_BYTES {
-                return Err(Error::invalid_field(
-                    model.name,
-                    field.name,
-                    format!(
-                        "is {} bytes long; an indexed text field (unique, index or primary key) \
-                         holds at most {MAX_INDEXED_TEXT_BYTES} bytes",
-                        s.len()
-                    ),
-                ));
+            if is_indexed(field) && s.len() > MAX_INDEXED_TEXT_CHARS {
+                let len = s.chars().count();
+                if len > MAX_INDEXED_TEXT_CHARS {
+                    return Err(Error::invalid_field(
+                        model.name,
+                        field.name,
+                        format!(
+                            "is {len} characters long; an indexed text field (unique, index or \
+                             primary key) holds at most {MAX_INDEXED_TEXT_CHARS}"
+                        ),
+                    ));
+                }
             }
             if let Some(max) = field.max_length {
                 let len = s.chars().count();
@@ -271,7 +284,7 @@ pub(crate) fn coerce_non_null(
             let mut out = Vec::with_capacity(arr.len());
             for b in arr {
                 out.push(
-                    b.as_u64()
+                    as_integer(b)
                         .and_then(|b| u8::try_from(b).ok())
                         .ok_or_else(err)?,
                 );
@@ -281,13 +294,15 @@ pub(crate) fn coerce_non_null(
     })
 }
 
-/// The longest value, in bytes of UTF-8, of a text field with an index
+/// The longest value, in characters, of a text field with an index
 /// (`unique`, `index` or the primary key), on both backends: PostgreSQL's
-/// B-tree refuses index entries over about 2,700 bytes, so longer values
-/// are a validation error everywhere instead of a database error there.
-pub const MAX_INDEXED_TEXT_BYTES: usize = 2_000;
+/// B-tree refuses index entries over about 2,700 bytes (500 characters are
+/// at most 2,000 bytes of UTF-8), so longer values are a validation error
+/// everywhere instead of a database error there. Input schemas say it as
+/// `maxLength`.
+pub const MAX_INDEXED_TEXT_CHARS: usize = 500;
 
-fn is_indexed(field: &FieldSchema) -> bool {
+pub(crate) fn is_indexed(field: &FieldSchema) -> bool {
     field.unique || field.index || field.primary_key
 }
 

@@ -137,6 +137,11 @@ fn start_async(s: AppState, name: String, inputs: Value) -> Result<Response, Api
     if !s.workflows.contains_key(&name) {
         return Err(ApiError(s.unknown_workflow(&name)));
     }
+    // Inputs are checked before the 202, so an async request that would
+    // fail validation is refused like a sync one.
+    if let Some(w) = s.workflows.get(&name) {
+        w.workflow.check_inputs(&inputs).map_err(ApiError)?;
+    }
     let run_id = dataflow::new_run_id();
     s.hub.set_run(
         &run_id,
@@ -212,16 +217,27 @@ async fn openapi(State(s): State<AppState>) -> Json<Value> {
         if let Some(m) = inputs.as_object_mut() {
             m.remove("$schema");
         }
+        // `{}` stands for `{"inputs": {}}`: `inputs` is required exactly
+        // when the empty inputs would be refused.
+        let needs_inputs = dataflow::json_schema::check(&inputs, &json!({})).is_err();
+        let body_required: &[&str] = if needs_inputs { &["inputs"] } else { &[] };
         paths.insert(
             format!("/workflows/{}/execute", w.name),
             json!({"post": {
                 "operationId": format!("execute_{}", w.name.replace('-', "_")),
                 "summary": w.description,
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {
-                    "type": "object", "properties": {"inputs": inputs}, "additionalProperties": false
+                    "type": "object",
+                    "properties": {
+                        "inputs": inputs,
+                        "mode": {"enum": ["sync", "async"], "description": "async: answer 202 with a run id at once; GET /runs/{id} reports the run"}
+                    },
+                    "required": body_required,
+                    "additionalProperties": false
                 }}}},
                 "responses": {
                     "200": {"description": "the outputs of every node", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RunResult"}}}},
+                    "202": {"description": "an async run was started", "content": {"application/json": {"schema": {"type": "object", "required": ["run_id"], "properties": {"run_id": {"type": "string"}}}}}},
                     "404": {"$ref": "#/components/responses/Error"},
                     "409": {"$ref": "#/components/responses/Error"},
                     "422": {"$ref": "#/components/responses/Error"},

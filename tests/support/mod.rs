@@ -34,3 +34,30 @@ pub fn backend_urls(name: &str) -> Vec<(&'static str, String)> {
     }
     urls
 }
+
+/// A peer tool installed by `.ci/run` (schemathesis, squawk, ...): its path
+/// when it is on `PATH` or in the CI virtualenv (`$DATAFLOW_CI_VENV/bin`).
+/// Missing, it fails the test under CI (`CI=true`) and skips it otherwise,
+/// saying why: a green CI run has really run the tool.
+pub fn peer_tool(name: &str) -> Option<std::path::PathBuf> {
+    let venv =
+        std::env::var_os("DATAFLOW_CI_VENV").map(|v| std::path::PathBuf::from(v).join("bin"));
+    let dirs = venv.into_iter().chain(
+        std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .collect::<Vec<_>>(),
+    );
+    for dir in dirs {
+        let path = dir.join(name);
+        if path.is_file() {
+            return Some(path);
+        }
+    }
+    let why = format!("`{name}` is not installed (.ci/run installs it into $DATAFLOW_CI_VENV)");
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{why}");
+    }
+    eprintln!("skipped: {why}");
+    None
+}

@@ -107,7 +107,7 @@ impl<'a> Params<'a> {
     pub(super) fn u64(&self, key: &str, default: u64, max: u64) -> Result<u64> {
         match self.get(key) {
             None => Ok(default),
-            Some(v) => match v.as_u64() {
+            Some(v) => match crate::value::as_integer(v).and_then(|n| u64::try_from(n).ok()) {
                 Some(n) if n <= max => Ok(n),
                 _ => Err(self.error(
                     Some(key),

@@ -5,7 +5,7 @@ use super::read::{DEFAULT_LIMIT, MAX_LIMIT};
 use super::row::DEFAULT_BATCH;
 use super::{Input, Op};
 use crate::filter::{FIELD_OPERATORS, LOGICAL_OPERATORS};
-use crate::schema::{FieldSchema, FieldTypeExt, Generated, ModelSchema};
+use crate::schema::{FieldSchema, FieldType, FieldTypeExt, Generated, ModelSchema};
 use serde_json::{json, Map, Value};
 
 fn nullable(f: &FieldSchema, mut s: Value) -> Value {
@@ -17,7 +17,13 @@ fn nullable(f: &FieldSchema, mut s: Value) -> Value {
 
 fn field_schema(f: &FieldSchema) -> Value {
     let mut s = f.ty.json_schema();
-    if let (Some(n), Value::Object(m)) = (f.max_length, &mut s) {
+    let indexed = (f.ty == FieldType::String && crate::value::is_indexed(f))
+        .then_some(crate::MAX_INDEXED_TEXT_CHARS as u32);
+    let max_length = match (f.max_length, indexed) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let (Some(n), Value::Object(m)) = (max_length, &mut s) {
         m.insert("maxLength".into(), n.into());
     }
     if let (Some(d), Value::Object(m)) = (f.default, &mut s) {
@@ -102,6 +108,10 @@ pub fn input_schema(m: &ModelSchema, op: Op) -> Value {
             json!({"type": "object", "properties": props, "required": required, "additionalProperties": false})
         }
     };
+    if matches!(op, Op::Read | Op::Update | Op::Delete) {
+        // The record is named by `id` or by a filter (`Selector`).
+        schema["anyOf"] = json!([{"required": ["id"]}, {"required": ["filter"]}]);
+    }
     schema["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
     schema["title"] = json!(crate::schema::node_name(m.name, op));
     schema

@@ -7,7 +7,7 @@ mod template;
 pub use run::{new_run_id, Observer, Run, RunError, RunEvent, WorkflowRuntime};
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::json_schema::{closed, properties, required, schema_at};
+use crate::json_schema::{self, closed, properties, required, schema_at};
 use crate::registry::NodeRef;
 use crate::value::did_you_mean;
 use crate::DataFlow;
@@ -291,6 +291,12 @@ impl Workflow {
         &self.plan.input_schema
     }
 
+    /// Checks run inputs as a run would before its first node, with the
+    /// same error: for callers that answer before running (async runs).
+    pub fn check_inputs(&self, inputs: &Value) -> Result<()> {
+        run::validate_inputs(&self.plan, inputs.clone()).map(drop)
+    }
+
     /// The node ids, in the order they were added.
     pub fn node_ids(&self) -> impl Iterator<Item = &str> {
         self.plan.nodes.iter().map(|n| n.id.as_str())
@@ -548,18 +554,109 @@ fn derive_input_schema(spec: &WorkflowSpec, nodes: &[PlanNode]) -> Result<Value>
         props.insert(name.clone(), schema.clone());
         required.entry(name.clone()).or_insert(false);
     }
+    let one_of_sets = alternatives_needed(nodes, &mut required)?;
     let required: Vec<&String> = required
         .iter()
         .filter(|(_, r)| **r)
         .map(|(k, _)| k)
         .collect();
-    Ok(json!({
+    let mut schema = json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "type": "object",
         "properties": props,
         "required": required,
         "additionalProperties": false
-    }))
+    });
+    let any_of = |sets: &Vec<Vec<String>>| json!({"anyOf": sets.iter().map(|s| json!({"required": s})).collect::<Vec<_>>()});
+    match one_of_sets.as_slice() {
+        [] => {}
+        [sets] => schema["anyOf"] = any_of(sets)["anyOf"].take(),
+        many => schema["allOf"] = many.iter().map(any_of).collect(),
+    }
+    Ok(schema)
+}
+
+/// Nodes whose schema needs one of several parameters (`id` or `filter`:
+/// an `anyOf` of `required` sets) where only omittable run inputs supply
+/// them: the inputs one alternative needs become required when it is the
+/// only one; with several, the run inputs need one of the sets (returned,
+/// per node). A node no alternative can be supplied for is a build error.
+fn alternatives_needed(
+    nodes: &[PlanNode],
+    required: &mut BTreeMap<String, bool>,
+) -> Result<Vec<Vec<Vec<String>>>> {
+    let mut out = Vec::new();
+    for n in nodes {
+        let schema = n.kind.input_schema();
+        let Some(alternatives) = schema.get("anyOf").and_then(Value::as_array) else {
+            continue;
+        };
+        let items: &[(String, Tpl)] = match &n.params {
+            Tpl::Object(items) => items,
+            _ => &[],
+        };
+        let literal: Vec<&str> = match &n.params {
+            Tpl::Literal(Value::Object(m)) => m.keys().map(String::as_str).collect(),
+            _ => Vec::new(),
+        };
+        // What supplies parameter `k`: always (a literal, a connection, a
+        // required input), an omittable input (its name), or nothing.
+        let supply = |k: &str| -> Option<Option<String>> {
+            if literal.contains(&k) || n.incoming.iter().any(|e| e.to_path[0] == k) {
+                return Some(None);
+            }
+            match items.iter().find(|(key, _)| key == k).map(|(_, t)| t) {
+                None => None,
+                Some(Tpl::Whole(name)) if !required.get(name).copied().unwrap_or(true) => {
+                    Some(Some(name.clone()))
+                }
+                Some(_) => Some(None),
+            }
+        };
+        let mut sets: Vec<Vec<String>> = Vec::new();
+        let mut always = false;
+        for alt in alternatives {
+            let keys: Vec<&str> = json_schema::required(alt).collect();
+            let supplied: Option<Vec<Option<String>>> = keys.iter().map(|k| supply(k)).collect();
+            match supplied {
+                Some(s) if s.iter().all(Option::is_none) => always = true,
+                Some(s) => sets.push(s.into_iter().flatten().collect()),
+                None => {}
+            }
+        }
+        if always {
+            continue;
+        }
+        match sets.len() {
+            0 => {
+                let names: Vec<String> = alternatives
+                    .iter()
+                    .map(|a| {
+                        json_schema::required(a)
+                            .map(|k| format!("`{k}`"))
+                            .collect::<Vec<_>>()
+                            .join(" and ")
+                    })
+                    .collect();
+                return Err(build_error(
+                    &n.id,
+                    format!(
+                        "node `{}` ({}) needs {}, but neither its params nor a connection supply it",
+                        n.id,
+                        n.node_type,
+                        names.join(" or ")
+                    ),
+                ));
+            }
+            1 => {
+                for name in sets.pop().expect("one set") {
+                    required.insert(name, true);
+                }
+            }
+            _ => out.push(sets),
+        }
+    }
+    Ok(out)
 }
 
 fn strip_default(mut schema: Value) -> Value {

@@ -643,7 +643,7 @@ fn run_in_order<C: Conn>(
 }
 
 /// Checks run inputs against the workflow's input schema.
-fn validate_inputs(plan: &Plan, inputs: Value) -> Result<Map<String, Value>> {
+pub(super) fn validate_inputs(plan: &Plan, inputs: Value) -> Result<Map<String, Value>> {
     let map = match inputs {
         Value::Object(m) => m,
         Value::Null => Map::new(),
@@ -684,6 +684,47 @@ fn validate_inputs(plan: &Plan, inputs: Value) -> Result<Map<String, Value>> {
                 format!("missing required workflow input `{req}`"),
             )
             .with_field(req));
+        }
+    }
+    // Inputs of which one set is needed (a node's `id` or `filter`).
+    let groups = schema
+        .get("anyOf")
+        .map(std::slice::from_ref)
+        .into_iter()
+        .flatten()
+        .chain(
+            schema
+                .get("allOf")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.get("anyOf")),
+        );
+    for group in groups {
+        let sets: Vec<Vec<&str>> = group
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| required(s).collect())
+            .collect();
+        if !sets
+            .iter()
+            .any(|set| set.iter().all(|k| map.contains_key(*k)))
+        {
+            let names: Vec<String> = sets
+                .iter()
+                .map(|s| {
+                    s.iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                })
+                .collect();
+            return Err(Error::new(
+                ErrorCode::Validation,
+                format!("the workflow needs the input {}", names.join(" or ")),
+            )
+            .with_field_opt(sets.first().and_then(|s| s.first()).copied()));
         }
     }
     Ok(map)
