@@ -71,6 +71,25 @@ impl Node for Greet {
     }
 }
 
+/// Answers with the context it runs in, seen two ways.
+pub struct WhoAmI;
+
+#[dataflow::node]
+impl Node for WhoAmI {
+    fn name(&self) -> &'static str {
+        "WhoAmINode"
+    }
+    fn input_schema(&self) -> Value {
+        json!({"type": "object"})
+    }
+    fn run<'a>(&'a self, ctx: &'a NodeContext, _input: Value) -> NodeFuture<'a> {
+        Box::pin(async move {
+            assert_eq!(ctx.context(), ctx.db.context());
+            Ok(serde_json::to_value(ctx.context()).unwrap())
+        })
+    }
+}
+
 pub struct Sleep;
 
 #[dataflow::node]
@@ -919,6 +938,86 @@ async fn custom_node_input_is_checked_against_its_schema() {
     assert!(e.message().contains("unknown property `nmae`"), "{e}");
 }
 
+/// `db.with_context(ctx)` is the same database with a context that every
+/// node of a run sees (hand-written ones through `ctx.context()`), on the
+/// concurrent and the transactional runtime, and that the run's events name.
+#[tokio::test]
+async fn the_context_reaches_every_node_and_event() {
+    use dataflow::{Context, RunEvent};
+    use std::sync::{Arc, Mutex};
+    let db = sqlite_db("context").await;
+    assert_eq!(db.context(), &Context::new());
+    let ctx = Context::new()
+        .actor("user:42")
+        .tenant("acme")
+        .roles(["editor", "viewer"])
+        .request_id("req-1");
+    let scoped = db.with_context(ctx.clone());
+    assert_eq!(scoped.context(), &ctx);
+    assert!(scoped.context().has_role("viewer") && !scoped.context().has_role("admin"));
+    assert_eq!(
+        db.context(),
+        &Context::new(),
+        "the original handle is unchanged"
+    );
+    let direct = scoped.execute("WhoAmINode", json!({})).await.unwrap();
+    assert_eq!(
+        direct,
+        json!({"actor": "user:42", "tenant": "acme", "roles": ["editor", "viewer"], "request_id": "req-1", "system": false})
+    );
+    // Same database: a write through one handle is read through the other.
+    scoped
+        .execute("UserCreateNode", json!({"email": "ctx@x.io"}))
+        .await
+        .unwrap();
+    assert_eq!(user_count(&db).await, 1);
+
+    for transactional in [false, true] {
+        let seen: Arc<Mutex<Vec<RunEvent>>> = Arc::default();
+        let sink = seen.clone();
+        let mut wf = WorkflowBuilder::new();
+        wf.add_node("WhoAmINode", "who", json!({}))
+            .add_node("UserCountNode", "count", json!({}))
+            .transactional(transactional);
+        let wf = wf.build(&db).unwrap();
+        let run = scoped
+            .runtime()
+            .with_observer(Arc::new(move |e: &RunEvent| {
+                sink.lock().unwrap().push(e.clone())
+            }))
+            .execute(&wf, json!({}))
+            .await
+            .unwrap();
+        assert_eq!(run.results["who"], direct, "transactional: {transactional}");
+        let events = seen.lock().unwrap().clone();
+        assert_eq!(events.len(), 4, "{events:?}");
+        for e in &events {
+            let (actor, request) = match e {
+                RunEvent::Started {
+                    actor, request_id, ..
+                }
+                | RunEvent::NodeFinished {
+                    actor, request_id, ..
+                }
+                | RunEvent::Finished {
+                    actor, request_id, ..
+                }
+                | RunEvent::Failed {
+                    actor, request_id, ..
+                } => (actor, request_id),
+            };
+            assert_eq!(
+                (actor.as_deref(), request.as_deref()),
+                (Some("user:42"), Some("req-1")),
+                "{e:?}"
+            );
+        }
+    }
+    let system = Context::system();
+    assert!(system.system);
+    assert_eq!(system.actor.as_deref(), Some("system"));
+}
+
 #[tokio::test]
 async fn observers_see_every_run_event_in_order() {
     use dataflow::RunEvent;
@@ -938,7 +1037,9 @@ async fn observers_see_every_run_event_in_order() {
     assert_eq!(
         events[0],
         RunEvent::Started {
-            run_id: run.run_id.clone()
+            run_id: run.run_id.clone(),
+            actor: None,
+            request_id: None,
         }
     );
     let nodes: Vec<&str> = events[1..3]

@@ -2,6 +2,7 @@
 
 use crate::backend::{AnyConnection, Conn, ConnMut, Manager, Pool, Target};
 use crate::config::Config;
+use crate::context::Context;
 use crate::error::{Error, ErrorCode, Result};
 use crate::migrate::{self, BootPolicy, EmbeddedMigration};
 use crate::node::NodeContext;
@@ -36,10 +37,12 @@ tokio::task_local! {
     static INSIDE_TRANSACTIONAL_RUN: ();
 }
 
-/// A cheap, cloneable handle to a booted database.
+/// A cheap, cloneable handle to a booted database, carrying the
+/// [`Context`] its calls run with ([`with_context`](Self::with_context)).
 #[derive(Clone)]
 pub struct DataFlow {
     inner: Arc<Inner>,
+    context: Arc<Context>,
 }
 
 struct Inner {
@@ -60,6 +63,7 @@ impl std::fmt::Debug for DataFlow {
         f.debug_struct("DataFlow")
             .field("database", &self.inner.target.display())
             .field("models", &self.inner.registry.models().len())
+            .field("context", &self.context)
             .finish()
     }
 }
@@ -189,6 +193,23 @@ impl DataFlow {
         tokio::task::spawn_blocking(move || boot(config, target, registry, embedded))
             .await
             .map_err(|e| Error::internal(format!("boot task failed: {e}")))?
+    }
+
+    /// A handle whose calls run with `context` (its tenant, actor, roles
+    /// and request id): the same pool, writer and registry, only the
+    /// context differs. `execute`, [`runtime`](Self::runtime), the typed
+    /// node forms and hand-written nodes' `ctx.db` all carry it.
+    pub fn with_context(&self, context: Context) -> DataFlow {
+        DataFlow {
+            inner: self.inner.clone(),
+            context: Arc::new(context),
+        }
+    }
+
+    /// The context this handle's calls run with (empty for the handle
+    /// [`build`](DataFlowBuilder::build) returns).
+    pub fn context(&self) -> &Context {
+        &self.context
     }
 
     /// The configuration this database was booted with.
@@ -496,6 +517,7 @@ fn boot(
         false => None,
     };
     Ok(DataFlow {
+        context: Arc::new(Context::new()),
         inner: Arc::new(Inner {
             config,
             target,

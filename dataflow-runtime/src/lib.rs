@@ -28,6 +28,7 @@
 mod backend;
 pub mod cli;
 mod config;
+mod context;
 mod dataflow;
 mod error;
 mod filter;
@@ -46,6 +47,7 @@ mod writer;
 
 pub use crate::backend::AnyConnection;
 pub use crate::config::Config;
+pub use crate::context::Context;
 pub use crate::dataflow::{DataFlow, DataFlowBuilder, PoolState, MAX_INPUT_DEPTH};
 pub use crate::error::{Error, ErrorCode, Result};
 pub use crate::filter::{MAX_FILTER_CONDITIONS, MAX_LIKE_PATTERN_BYTES};

@@ -57,6 +57,14 @@ pub struct NodeContext {
     pub node_id: String,
 }
 
+impl NodeContext {
+    /// The context of the call or run (tenant, actor, roles, request id);
+    /// `ctx.db` carries it too, so model nodes run through it see the same.
+    pub fn context(&self) -> &crate::Context {
+        self.db.context()
+    }
+}
+
 /// Hand-written nodes, filled by `#[dataflow::node]` at link time.
 #[linkme::distributed_slice]
 pub static NODES: [&'static dyn Node];

@@ -38,6 +38,10 @@ pub enum RunEvent {
     Started {
         /// The run.
         run_id: String,
+        /// Who started it ([`Context::actor`](crate::Context::actor)).
+        actor: Option<String>,
+        /// The request it belongs to.
+        request_id: Option<String>,
     },
     /// A node finished, well or not.
     NodeFinished {
@@ -51,6 +55,10 @@ pub enum RunEvent {
         ok: bool,
         /// How long it took.
         duration_ms: f64,
+        /// Who started the run.
+        actor: Option<String>,
+        /// The request the run belongs to.
+        request_id: Option<String>,
     },
     /// A run succeeded.
     Finished {
@@ -58,6 +66,10 @@ pub enum RunEvent {
         run_id: String,
         /// How long it took.
         duration_ms: f64,
+        /// Who started the run.
+        actor: Option<String>,
+        /// The request the run belongs to.
+        request_id: Option<String>,
     },
     /// A run failed.
     Failed {
@@ -71,6 +83,10 @@ pub enum RunEvent {
         model: Option<String>,
         /// The field, parameter or input the error is about, if any.
         field: Option<String>,
+        /// Who started the run.
+        actor: Option<String>,
+        /// The request the run belongs to.
+        request_id: Option<String>,
         // No message: events go to every listener, and messages may quote
         // a caller's input (a token in a not-found message).
     },
@@ -191,6 +207,8 @@ enum Next {
 /// The bookkeeping shared by the concurrent and the transactional runner.
 struct State<'p> {
     plan: &'p Plan,
+    /// The run's context: its events name the actor and request.
+    context: &'p crate::Context,
     observe: Option<(&'p Observer, &'p str)>,
     inputs: Map<String, Value>,
     status: Vec<Status>,
@@ -202,6 +220,7 @@ struct State<'p> {
 impl<'p> State<'p> {
     fn new(
         plan: &'p Plan,
+        context: &'p crate::Context,
         inputs: Map<String, Value>,
         observe: Option<(&'p Observer, &'p str)>,
     ) -> Self {
@@ -209,10 +228,13 @@ impl<'p> State<'p> {
         if let Some((o, run_id)) = observe {
             o(&RunEvent::Started {
                 run_id: run_id.to_string(),
+                actor: context.actor.clone(),
+                request_id: context.request_id.clone(),
             });
         }
         State {
             plan,
+            context,
             observe,
             inputs,
             status: vec![Status::Pending; n],
@@ -294,6 +316,8 @@ impl<'p> State<'p> {
                 node_type: node.node_type.clone(),
                 ok: result.is_ok(),
                 duration_ms: took.as_secs_f64() * 1e3,
+                actor: self.context.actor.clone(),
+                request_id: self.context.request_id.clone(),
             });
         }
         match result {
@@ -330,6 +354,8 @@ impl<'p> State<'p> {
                 node: e.node().map(str::to_string),
                 model: e.model().map(str::to_string),
                 field: e.field().map(str::to_string),
+                actor: self.context.actor.clone(),
+                request_id: self.context.request_id.clone(),
             });
         }
     }
@@ -353,6 +379,8 @@ impl<'p> State<'p> {
             o(&RunEvent::Finished {
                 run_id: run_id.clone(),
                 duration_ms: duration.as_secs_f64() * 1e3,
+                actor: self.context.actor.clone(),
+                request_id: self.context.request_id.clone(),
             });
         }
         let plan = self.plan;
@@ -431,6 +459,7 @@ impl WorkflowRuntime {
         let rid = run_id.clone();
         let mut state = State::new(
             plan,
+            self.db.context(),
             inputs,
             self.observer.as_ref().map(|o| (o, rid.as_str())),
         );
@@ -522,7 +551,12 @@ impl WorkflowRuntime {
             let plan = &*workflow.plan;
             let deadline = plan.timeout.map(|t| started + t);
             let rid = run_id.clone();
-            let mut state = State::new(plan, inputs, observer.as_ref().map(|o| (o, rid.as_str())));
+            let mut state = State::new(
+                plan,
+                db.context(),
+                inputs,
+                observer.as_ref().map(|o| (o, rid.as_str())),
+            );
             // Any failure rolls every model node back; `state` keeps what ran.
             let outcome = match conn {
                 ConnMut::Sqlite(c) => {

@@ -1,0 +1,92 @@
+//! Who is acting, for which tenant, with which roles, in which request:
+//! the execution context every node, workflow run and channel carries.
+
+use serde::Serialize;
+
+/// The execution context of a call: its actor (audit: who), tenant
+/// (multi-tenancy: whose data), roles (nexus RBAC) and request id
+/// (correlation in logs, audit rows and events).
+///
+/// Built with chained setters and attached with [`DataFlow::with_context`]:
+///
+/// ```
+/// # async fn f(db: dataflow::DataFlow) -> dataflow::Result<()> {
+/// let ctx = dataflow::Context::new()
+///     .actor("user:42")
+///     .tenant("acme")
+///     .roles(["editor"])
+///     .request_id("01J...");
+/// let scoped = db.with_context(ctx); // cheap: same pool, same writer
+/// assert_eq!(scoped.context().tenant.as_deref(), Some("acme"));
+/// # Ok(()) }
+/// ```
+///
+/// The fields are public to read; a context is made with the setters, so
+/// fields added later are not a breaking change.
+///
+/// [`DataFlow::with_context`]: crate::DataFlow::with_context
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct Context {
+    /// Who is acting (`"user:42"`, `"apikey:ci"`), if known.
+    pub actor: Option<String>,
+    /// Whose data the call may see and change, if any.
+    pub tenant: Option<String>,
+    /// The caller's roles (nexus checks them against a workflow's).
+    pub roles: Vec<String>,
+    /// The request this call belongs to, for correlation.
+    pub request_id: Option<String>,
+    /// [`Context::system`]: an operator's tool, which may act across tenants.
+    pub system: bool,
+}
+
+impl Context {
+    /// The empty context: no actor, no tenant, no roles.
+    pub fn new() -> Self {
+        Context::default()
+    }
+
+    /// The explicit escape hatch for admin tools: acts as `system` and may
+    /// read across tenants; writes to tenant-scoped models must still name
+    /// the tenant ([`tenant`](Self::tenant)).
+    pub fn system() -> Self {
+        Context {
+            actor: Some("system".into()),
+            system: true,
+            ..Context::default()
+        }
+    }
+
+    /// Sets who is acting.
+    pub fn actor(mut self, actor: impl Into<String>) -> Self {
+        self.actor = Some(actor.into());
+        self
+    }
+
+    /// Sets the tenant whose data the call may see and change.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// Sets the caller's roles.
+    pub fn roles<I, S>(mut self, roles: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.roles = roles.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the request id.
+    pub fn request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = Some(id.into());
+        self
+    }
+
+    /// Whether the caller has `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
