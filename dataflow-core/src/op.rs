@@ -63,6 +63,11 @@ impl Op {
         }
     }
 
+    /// Whether the node writes at all (creates, changes or deletes).
+    pub fn writes(self) -> bool {
+        !matches!(self, Op::Read | Op::List | Op::Count)
+    }
+
     /// Whether the node writes (and so is refused on append-only models
     /// when it changes existing rows).
     pub fn changes_existing(self) -> bool {

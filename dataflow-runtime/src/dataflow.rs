@@ -358,6 +358,8 @@ impl DataFlow {
             node: &prepared.nodes[op as usize],
             columns: &prepared.columns,
             echo: self.inner.config.echo,
+            context: &self.context,
+            tenant: None,
         };
         nodes::run(conn, &ctx, op, params)
     }

@@ -40,11 +40,14 @@ pub enum ErrorCode {
     MigrationBlocked,
     /// A bug or an unexpected state inside the framework.
     Internal,
+    /// A tenant-scoped model was used without a tenant in the context
+    /// (never "all tenants").
+    TenantRequired,
 }
 
 impl ErrorCode {
     /// Every code, for tables (status mappings, documentation, tests).
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::Validation,
         ErrorCode::NotFound,
         ErrorCode::UniqueViolation,
@@ -59,6 +62,7 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::MigrationBlocked,
         ErrorCode::Internal,
+        ErrorCode::TenantRequired,
     ];
 
     /// The code named `s` (the inverse of [`as_str`](Self::as_str)).
@@ -83,6 +87,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::MigrationBlocked => "migration_blocked",
             ErrorCode::Internal => "internal",
+            ErrorCode::TenantRequired => "tenant_required",
         }
     }
 }
@@ -99,6 +104,7 @@ impl ErrorCode {
             ErrorCode::Connection | ErrorCode::Timeout => 7,
             ErrorCode::Config | ErrorCode::NotSupported => 8,
             ErrorCode::Database | ErrorCode::Internal => 1,
+            ErrorCode::TenantRequired => 9,
         }
     }
 
@@ -118,6 +124,7 @@ impl ErrorCode {
             ErrorCode::Timeout => 504,
             ErrorCode::Config | ErrorCode::NotSupported => 501,
             ErrorCode::Database | ErrorCode::Internal => 500,
+            ErrorCode::TenantRequired => 403,
         }
     }
 }

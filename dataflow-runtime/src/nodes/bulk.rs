@@ -6,7 +6,7 @@ use super::row::{
     assignments, batches, bulk_rows, insert_sql, rows_per_batch, take_array, update_sql,
     DEFAULT_BATCH,
 };
-use super::run::{live_only, Ctx};
+use super::run::Ctx;
 use super::schema as s;
 use super::target::pk_index;
 use super::write::soft_or_hard_delete;
@@ -118,7 +118,7 @@ pub(super) fn bulk_update<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> R
     let mut sql = update_sql::<C>(m, &sets);
     sql.push(" WHERE ");
     filter::render(&mut sql, m, f)?;
-    live_only(&mut sql, m, false);
+    ctx.scope(&mut sql, false);
     let n = conn.write_transaction(|conn| ctx.exec(conn, &sql))?;
     Ok(json!({"updated": n}))
 }
@@ -131,7 +131,7 @@ pub(super) fn bulk_delete<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> R
     let mut sql = soft_or_hard_delete::<C>(m);
     sql.push(" WHERE ");
     filter::render(&mut sql, m, f)?;
-    live_only(&mut sql, m, false);
+    ctx.scope(&mut sql, false);
     let n = conn.write_transaction(|conn| ctx.exec(conn, &sql))?;
     Ok(json!({"deleted": n}))
 }

@@ -229,6 +229,8 @@ pub(crate) fn run_on_both(
             node: &node,
             columns: &columns,
             echo: false,
+            context: &crate::Context::new(),
+            tenant: None,
         };
         let mut conn = Recorder::<PG>::new(replies.iter().cloned());
         let answer = match super::run(&mut conn, &ctx, op, params) {

@@ -2,7 +2,7 @@
 
 use super::cursor::{encode_cursor, keyset, order_by, order_clause};
 use super::params::{Param, Params};
-use super::run::{live_only, Ctx};
+use super::run::Ctx;
 use super::schema as s;
 use super::target::Selector;
 use crate::backend::Conn;
@@ -48,7 +48,7 @@ pub(super) fn read<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<V
     let mut sql = ctx.select::<C>();
     sql.push(" WHERE ");
     sel.render(&mut sql, m)?;
-    live_only(&mut sql, m, include_deleted);
+    ctx.scope(&mut sql, include_deleted);
     if matches!(sel, Selector::Filter(_)) {
         sql.push(" ORDER BY ").ident(m.primary_key().column);
     }
@@ -83,7 +83,7 @@ pub(super) fn list<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<V
     let mut sql = ctx.select::<C>();
     sql.push(" WHERE ");
     filter::render(&mut sql, m, f)?;
-    live_only(&mut sql, m, p.bool("include_deleted")?);
+    ctx.scope(&mut sql, p.bool("include_deleted")?);
     if let Some(cursor) = after {
         keyset(&mut sql, &p, &order, cursor)?;
     }
@@ -114,7 +114,7 @@ pub(super) fn count<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<
     let mut sql = count_sql::<C>(ctx);
     sql.push(" WHERE ");
     filter::render(&mut sql, m, p.filter("filter")?)?;
-    live_only(&mut sql, m, p.bool("include_deleted")?);
+    ctx.scope(&mut sql, p.bool("include_deleted")?);
     let n = scalar_count(ctx.query(conn, &sql)?)?;
     Ok(json!({"count": n}))
 }

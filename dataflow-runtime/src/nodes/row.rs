@@ -85,15 +85,16 @@ pub(super) fn insert_row(ctx: &Ctx, data: Value, now: &SqlValue, at: Option<usiz
             },
             Generated::CreatedAt | Generated::UpdatedAt => Some(now.clone()),
             Generated::DeletedAt => Some(SqlValue::Null(f.ty)),
-            Generated::Tenant => {
-                return Err(located(Error::new(
-                    ErrorCode::NotSupported,
-                    format!(
-                        "{} is tenant_scoped, and multi-tenancy is not available yet",
-                        m.name
-                    ),
-                )))
-            }
+            // `run` resolved it from the context: writes always have one.
+            Generated::Tenant => match ctx.tenant {
+                Some(t) => Some(SqlValue::Text(t.to_string())),
+                None => {
+                    return Err(Error::new(
+                        ErrorCode::TenantRequired,
+                        format!("{} is tenant_scoped: set Context::tenant", m.name),
+                    ))
+                }
+            },
             Generated::No => match given {
                 Some(v) => Some(coerce_owned(m, f, v).map_err(located)?),
                 None => match f.default {

@@ -7,7 +7,7 @@ use crate::backend::Conn;
 use crate::error::{Error, ErrorCode, Result};
 use crate::schema::{Generated, ModelSchema};
 use crate::sql::Sql;
-use crate::value::{cell_to_json, Cell};
+use crate::value::{cell_to_json, Cell, SqlValue};
 use serde_json::{Map, Value};
 
 /// Everything a node run needs besides the connection.
@@ -18,11 +18,44 @@ pub(crate) struct Ctx<'a> {
     pub(crate) columns: &'a str,
     /// Log each statement (never its values) to stderr.
     pub(crate) echo: bool,
+    /// The caller's context (its tenant scopes tenant-scoped models).
+    pub(crate) context: &'a crate::Context,
+    /// The tenant every statement binds, on a tenant-scoped model (set by
+    /// [`run`] from the context; `None` elsewhere, and for a system
+    /// context reading across tenants).
+    pub(crate) tenant: Option<&'a str>,
 }
 
 /// Runs one node. Every error leaves with the node and model named.
 pub(crate) fn run<C: Conn>(conn: &mut C, ctx: &Ctx, op: Op, params: Value) -> Result<Value> {
     let m = ctx.model;
+    let tenant = if m.options.tenant_scoped {
+        match (
+            ctx.context.tenant.as_deref(),
+            ctx.context.system,
+            op.writes(),
+        ) {
+            (Some(t), _, _) => Some(t),
+            // A system context reads across tenants; it writes to one only.
+            (None, true, false) => None,
+            (None, system, _) => {
+                let why = if system {
+                    "a system context must name the tenant it writes for"
+                } else {
+                    "the call has no tenant in its context"
+                };
+                return Err(Error::new(
+                    ErrorCode::TenantRequired,
+                    format!("{} is tenant_scoped and {why}: set Context::tenant", m.name),
+                )
+                .with_model(m.name)
+                .in_node(ctx.node));
+            }
+        }
+    } else {
+        None
+    };
+    let ctx = &Ctx { tenant, ..*ctx };
     if m.options.append_only && op.changes_existing() {
         return Err(Error::new(
             ErrorCode::NotAllowed,
@@ -141,8 +174,23 @@ impl Ctx<'_> {
     }
 }
 
+impl Ctx<'_> {
+    /// What every statement on existing rows appends to its `WHERE`: `AND
+    /// deleted_at IS NULL` (soft delete, unless deleted records are wanted)
+    /// and `AND tenant_id = ?` (a tenant-scoped model, bound from the context).
+    pub(super) fn scope(&self, sql: &mut Sql, include_deleted: bool) {
+        live_only(sql, self.model, include_deleted);
+        if let (Some(t), Some(f)) = (self.tenant, self.model.field_with(Generated::Tenant)) {
+            sql.push(" AND ")
+                .ident(f.column)
+                .push(" = ")
+                .bind(SqlValue::Text(t.to_string()));
+        }
+    }
+}
+
 /// `AND deleted_at IS NULL` on soft-delete models unless deleted records are wanted.
-pub(super) fn live_only(sql: &mut Sql, m: &ModelSchema, include_deleted: bool) {
+fn live_only(sql: &mut Sql, m: &ModelSchema, include_deleted: bool) {
     if include_deleted {
         return;
     }

@@ -2,7 +2,7 @@
 //! must match exactly one record, and the primary key of a row read back.
 
 use super::params::Params;
-use super::run::{live_only, Ctx};
+use super::run::Ctx;
 use super::Op;
 use crate::backend::Conn;
 use crate::error::{Error, ErrorCode, Result};
@@ -96,7 +96,7 @@ pub(super) fn find_one<C: Conn>(
     let mut sql = ctx.select::<C>();
     sql.push(" WHERE ");
     s.render(&mut sql, m)?;
-    live_only(&mut sql, m, include_deleted);
+    ctx.scope(&mut sql, include_deleted);
     sql.push(" LIMIT 2");
     let mut rows = ctx.query(conn, &sql)?;
     match rows.len() {

@@ -129,6 +129,7 @@ pub(super) fn upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result
                         .ident(m.primary_key().column)
                         .push(" = ")
                         .bind(id);
+                    ctx.scope(&mut sql, true);
                     ctx.returning(&mut sql);
                     let row = ctx
                         .query(conn, &sql)?
@@ -216,6 +217,7 @@ pub(super) fn bulk_upsert<C: Conn>(conn: &mut C, ctx: &Ctx, mut params: Value) -
                     .ident(key.column)
                     .push(" IN ")
                     .in_list(keys);
+                ctx.scope(&mut sql, true);
                 scalar_count(ctx.query(conn, &sql)?)? as usize
             };
             let n = chunk.len();
@@ -238,7 +240,11 @@ fn bulk_upsert_sql<C: Conn>(
     updatable: &[&FieldSchema],
 ) -> Sql {
     let mut sql = insert_sql::<C>(ctx.model, rows);
-    sql.push(" ON CONFLICT ").ident_list([key.column]);
+    // On a tenant-scoped model keys are unique per tenant.
+    match ctx.model.field_with(Generated::Tenant) {
+        Some(t) => sql.push(" ON CONFLICT ").ident_list([t.column, key.column]),
+        None => sql.push(" ON CONFLICT ").ident_list([key.column]),
+    };
     if updatable.is_empty() {
         sql.push(" DO NOTHING");
     } else {

@@ -3,7 +3,7 @@
 
 use super::params::{Param, Params};
 use super::row::{assignments, insert_row, insert_sql, now_value, update_sql};
-use super::run::{live_only, Ctx};
+use super::run::Ctx;
 use super::schema as s;
 use super::target::{find_one, pk_value, Selector};
 use super::Op;
@@ -48,7 +48,7 @@ pub(super) fn update<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result
         let mut sql = update_sql::<C>(m, &sets);
         sql.push(" WHERE ");
         sel.render(&mut sql, m)?;
-        live_only(&mut sql, m, false);
+        ctx.scope(&mut sql, false);
         ctx.returning(&mut sql);
         ctx.query(conn, &sql)?
             .pop()
@@ -74,7 +74,7 @@ pub(super) fn delete<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result
         let mut sql = soft_or_hard_delete::<C>(m);
         sql.push(" WHERE ");
         sel.render(&mut sql, m)?;
-        live_only(&mut sql, m, false);
+        ctx.scope(&mut sql, false);
         sql.push(" RETURNING ").ident(pk.column);
         match ctx.query(conn, &sql)?.pop() {
             Some(row) => Ok(Some(cell_to_json(
