@@ -224,7 +224,7 @@ pub(crate) fn session_settings(
 /// A duration as a PostgreSQL time setting: `5s`, `250ms`.
 pub(crate) fn pg_duration(d: std::time::Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

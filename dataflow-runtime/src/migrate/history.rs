@@ -652,7 +652,7 @@ fn lock_timeout_error<C: Conn>(
 
 /// The tables a statement names after `ALTER TABLE`, `ON` (an index),
 /// `REFERENCES`, `DROP TABLE` or `LOCK TABLE`, unquoted, in order.
-pub(crate) fn tables_in(sql: &str) -> Vec<String> {
+fn tables_in(sql: &str) -> Vec<String> {
     let words = sql_words(sql);
     let mut out: Vec<String> = Vec::new();
     let skip = ["IF", "NOT", "EXISTS", "ONLY", "TABLE"];

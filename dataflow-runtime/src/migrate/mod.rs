@@ -74,12 +74,6 @@ impl Timeouts {
     }
 }
 
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts::from_config(&crate::Config::default())
-    }
-}
-
 /// Internal tables, created on first use.
 fn internal_ddl(d: Dialect) -> String {
     let id = match d {
