@@ -1296,11 +1296,11 @@ async fn a_table_lock_released_between_retries_lets_the_migration_through() {
         .unwrap();
     let mut holder = hold_people_lock(&url);
     let release = std::time::Duration::from_millis(700);
+    let started = std::time::Instant::now();
     let releaser = std::thread::spawn(move || {
         std::thread::sleep(release);
         holder.batch_execute("COMMIT").unwrap();
     });
-    let started = std::time::Instant::now();
     let entry = db
         .migrations()
         .apply(ApplyRequest::new())
