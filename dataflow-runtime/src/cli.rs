@@ -247,7 +247,15 @@ pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
                 if plan.is_empty() {
                     return Ok("Nothing to generate: the database matches the models.\n".into());
                 }
-                let path = crate::migrate::write_files(dir, name, &plan)?;
+                // The new version sorts after every file in `dir` and every applied migration.
+                let applied: Vec<String> = db
+                    .migrations()
+                    .history()
+                    .await?
+                    .into_iter()
+                    .map(|e| e.version)
+                    .collect();
+                let path = crate::migrate::write_files(dir, name, &plan, &applied)?;
                 if json_out {
                     return Ok(render(json!({"path": path.display().to_string()})));
                 }
@@ -287,6 +295,12 @@ fn plan_text(plan: &MigrationPlan) -> String {
         return "The database matches the models: nothing to do.\n".into();
     }
     let mut out = String::new();
+    if !plan.settings.is_empty() && !plan.is_empty() {
+        out.push_str("In one transaction that starts with:\n");
+        for s in &plan.settings {
+            out.push_str(&format!("     {s};\n"));
+        }
+    }
     for (i, op) in plan.operations.iter().enumerate() {
         out.push_str(&format!(
             "{}. {} — model {} — risk {}\n",

@@ -50,6 +50,22 @@ pub struct Config {
     pub echo: bool,
     /// How long to wait for a connection, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// PostgreSQL only: how long a migration statement waits for a table
+    /// lock (`SET LOCAL lock_timeout`) before the migration rolls back and
+    /// retries, in milliseconds (default 5 s; 0 waits forever). A DDL
+    /// statement queued behind a long transaction blocks every later query
+    /// on the table while it waits, so the wait is kept short.
+    pub migration_lock_timeout_ms: u64,
+    /// PostgreSQL only: the longest one migration statement may run
+    /// (`SET LOCAL statement_timeout`), in milliseconds (default 5 min; 0 is
+    /// no limit).
+    pub migration_statement_timeout_ms: u64,
+    /// PostgreSQL only: how many more times a migration whose lock wait timed
+    /// out is tried, from the start, before it fails (default 3).
+    pub migration_lock_retries: u32,
+    /// PostgreSQL only: the pause before the first retry after a lock
+    /// timeout, doubled before each further one, in milliseconds (default 500).
+    pub migration_retry_backoff_ms: u64,
 }
 
 impl Default for Config {
@@ -72,6 +88,10 @@ impl Default for Config {
             slow_query_threshold: None,
             echo: false,
             connect_timeout_ms: 5_000,
+            migration_lock_timeout_ms: 5_000,
+            migration_statement_timeout_ms: 300_000,
+            migration_lock_retries: 3,
+            migration_retry_backoff_ms: 500,
         }
     }
 }
@@ -126,6 +146,22 @@ impl Config {
     /// How long to wait for a connection.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms.max(1))
+    }
+
+    /// PostgreSQL: how long a migration statement waits for a table lock
+    /// (zero: forever).
+    pub fn migration_lock_timeout(&self) -> Duration {
+        Duration::from_millis(self.migration_lock_timeout_ms)
+    }
+
+    /// PostgreSQL: the longest one migration statement may run (zero: no limit).
+    pub fn migration_statement_timeout(&self) -> Duration {
+        Duration::from_millis(self.migration_statement_timeout_ms)
+    }
+
+    /// PostgreSQL: the pause before the first retry after a lock timeout.
+    pub fn migration_retry_backoff(&self) -> Duration {
+        Duration::from_millis(self.migration_retry_backoff_ms)
     }
 
     /// Whether boot reads and writes the persisted model registry.
@@ -184,6 +220,24 @@ impl Config {
                 ErrorCode::Config,
                 "connection_pool_size must be at least 1",
             ));
+        }
+        // PostgreSQL keeps both timeouts as a 32-bit count of milliseconds.
+        for (option, ms) in [
+            ("migration_lock_timeout_ms", self.migration_lock_timeout_ms),
+            (
+                "migration_statement_timeout_ms",
+                self.migration_statement_timeout_ms,
+            ),
+        ] {
+            if ms > i32::MAX as u64 {
+                return Err(Error::new(
+                    ErrorCode::Config,
+                    format!(
+                        "{option} must be at most {} (about 24 days); 0 turns the timeout off",
+                        i32::MAX
+                    ),
+                ));
+            }
         }
         if missing.is_empty() {
             Ok(())

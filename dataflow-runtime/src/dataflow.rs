@@ -141,6 +141,35 @@ impl DataFlowBuilder {
         self
     }
 
+    /// PostgreSQL: how long a migration statement waits for a table lock
+    /// before the migration rolls back and retries (default 5 s; zero waits
+    /// forever). SQLite has no such setting and ignores it.
+    pub fn migration_lock_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.config.migration_lock_timeout_ms = timeout.as_millis() as u64;
+        self
+    }
+
+    /// PostgreSQL: the longest one migration statement may run (default
+    /// 5 min; zero is no limit). SQLite ignores it.
+    pub fn migration_statement_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.config.migration_statement_timeout_ms = timeout.as_millis() as u64;
+        self
+    }
+
+    /// PostgreSQL: how many more times a migration whose lock wait timed out
+    /// is tried before it fails (default 3). SQLite ignores it.
+    pub fn migration_lock_retries(mut self, retries: u32) -> Self {
+        self.config.migration_lock_retries = retries;
+        self
+    }
+
+    /// PostgreSQL: the pause before the first retry after a lock timeout,
+    /// doubled before each further one (default 500 ms). SQLite ignores it.
+    pub fn migration_retry_backoff(mut self, backoff: std::time::Duration) -> Self {
+        self.config.migration_retry_backoff_ms = backoff.as_millis() as u64;
+        self
+    }
+
     /// Reviewed migration files (from `dataflow::embed_migrations!`), run at
     /// boot before the automatic step, recorded in the same history.
     pub fn migrations(mut self, migrations: &'static [EmbeddedMigration]) -> Self {
@@ -483,6 +512,7 @@ fn boot(
             staging: config.staging.unwrap_or(false),
             applied_by: migrate::applied_by(),
             embedded,
+            timeouts: migrate::Timeouts::from_config(&config),
         };
         // Nothing changed ⇒ this one query is the whole schema step.
         let unchanged = embedded.is_empty()

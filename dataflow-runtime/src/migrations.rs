@@ -58,7 +58,9 @@ impl<'a> Migrations<'a> {
     pub async fn plan(&self) -> Result<MigrationPlan> {
         self.db
             .blocking(|db, conn| {
-                on_conn!(conn, c => migrate::plan_for(c, db.models(), &db.config().application_id))
+                let cfg = db.config();
+                let timeouts = migrate::Timeouts::from_config(cfg);
+                on_conn!(conn, c => migrate::plan_for(c, db.models(), &cfg.application_id, &timeouts))
             })
             .await
     }
@@ -77,9 +79,10 @@ impl<'a> Migrations<'a> {
         self.db
             .exclusive(move |db, conn| {
                 let cfg = db.config();
+                let timeouts = migrate::Timeouts::from_config(cfg);
                 on_conn!(conn, c => {
                     migrate::with_lock(c, db.target(), cfg.connect_timeout(), "migrate apply", |c| {
-                        let plan = migrate::plan_for(c, db.models(), &cfg.application_id)?;
+                        let plan = migrate::plan_for(c, db.models(), &cfg.application_id, &timeouts)?;
                         if plan.is_empty() {
                             return Ok(None);
                         }
@@ -90,6 +93,7 @@ impl<'a> Migrations<'a> {
                             reason: req.reason.as_deref(),
                             name: "manual",
                             record_registry: cfg.uses_registry(),
+                            timeouts: &timeouts,
                         };
                         migrate::apply(c, db.models(), &plan, options).map(Some)
                     })
@@ -111,8 +115,9 @@ impl<'a> Migrations<'a> {
         self.db
             .exclusive(move |db, conn| {
                 let timeout = db.config().connect_timeout();
+                let timeouts = migrate::Timeouts::from_config(db.config());
                 on_conn!(conn, c => migrate::with_lock(c, db.target(), timeout, "migrate rollback", |c| {
-                    migrate::history::rollback(c, &req, &migrate::applied_by())
+                    migrate::history::rollback(c, &req, &migrate::applied_by(), &timeouts)
                 }))
             })
             .await
@@ -124,9 +129,10 @@ impl<'a> Migrations<'a> {
         self.db
             .blocking(|db, conn| {
                 let app = &db.config().application_id;
+                let timeouts = migrate::Timeouts::from_config(db.config());
                 on_conn!(conn, c => {
-                    let plan = migrate::plan_for(c, db.models(), app)?;
-                    migrate::stage(c, db.target(), db.models(), &plan, app)
+                    let plan = migrate::plan_for(c, db.models(), app, &timeouts)?;
+                    migrate::stage(c, db.target(), db.models(), &plan, app, &timeouts)
                 })
             })
             .await

@@ -55,7 +55,14 @@ pub fn peer_tool(name: &str) -> Option<std::path::PathBuf> {
         }
     }
     let why = format!("`{name}` is not installed (.ci/run installs it into $DATAFLOW_CI_VENV)");
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+    // The same reading of CI as the PostgreSQL harness.
+    let ci = std::env::var("CI").is_ok_and(|v| {
+        !matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "" | "0" | "false" | "no"
+        )
+    });
+    if ci {
         panic!("{why}");
     }
     eprintln!("skipped: {why}");

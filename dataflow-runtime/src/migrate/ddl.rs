@@ -162,6 +162,75 @@ pub(crate) fn unique_name(table: &str, column: &str) -> String {
     format!("uq_{table}_{column}")
 }
 
+/// `ADD COLUMN`; on PostgreSQL `IF NOT EXISTS`, so a reviewed file can be
+/// re-run (the planner only adds a column it did not find, and re-plans a
+/// column of the wrong shape). SQLite has no such clause.
+pub(crate) fn add_column(d: Dialect, table: &str, def: &str) -> String {
+    match d {
+        Dialect::Sqlite => format!("ALTER TABLE {table} ADD COLUMN {def}"),
+        Dialect::Postgres => format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {def}"),
+    }
+}
+
+/// `DROP COLUMN`; on PostgreSQL `IF EXISTS` (what it asks for is absence).
+pub(crate) fn drop_column(d: Dialect, table: &str, col: &str) -> String {
+    format!("ALTER TABLE {table} DROP COLUMN {}{col}", if_exists(d))
+}
+
+/// `DROP INDEX`; on PostgreSQL `IF EXISTS`.
+pub(crate) fn drop_index(d: Dialect, index: &str) -> String {
+    format!("DROP INDEX {}{index}", if_exists(d))
+}
+
+/// `DROP TABLE`; on PostgreSQL `IF EXISTS`.
+pub(crate) fn drop_table(d: Dialect, table: &str) -> String {
+    format!("DROP TABLE {}{table}", if_exists(d))
+}
+
+/// `DROP CONSTRAINT IF EXISTS` (PostgreSQL; SQLite rebuilds the table instead).
+pub(crate) fn drop_constraint(table: &str, constraint: &str) -> String {
+    format!("ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {constraint}")
+}
+
+/// Makes a drop re-runnable on PostgreSQL; SQLite's statements stay as they
+/// always were.
+fn if_exists(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Sqlite => "",
+        Dialect::Postgres => "IF EXISTS ",
+    }
+}
+
+/// The statements a migration transaction starts with. On PostgreSQL a DDL
+/// statement waiting for its lock behind one long transaction blocks every
+/// later query on the table, so it may wait only `lock` (then the migration
+/// rolls back and retries), and no statement may run longer than
+/// `statement`. Zero turns either off. SQLite has neither (its writer waits
+/// through `busy_timeout`).
+pub(crate) fn session_settings(
+    d: Dialect,
+    lock: std::time::Duration,
+    statement: std::time::Duration,
+) -> Vec<String> {
+    match d {
+        Dialect::Sqlite => Vec::new(),
+        Dialect::Postgres => vec![
+            format!("SET LOCAL lock_timeout = '{}'", pg_duration(lock)),
+            format!("SET LOCAL statement_timeout = '{}'", pg_duration(statement)),
+        ],
+    }
+}
+
+/// A duration as a PostgreSQL time setting: `5s`, `250ms`.
+pub(crate) fn pg_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
 /// PostgreSQL type change through text, which every scalar type casts to
 /// and from (values that do not convert fail the migration, not corrupt it).
 pub(crate) fn alter_type(table: &str, col: &str, ty: &str) -> String {
@@ -308,6 +377,47 @@ pub(crate) mod tests {
         };
         assert_eq!(expected_type(Dialect::Postgres, &f), "varchar(20)");
         assert_eq!(expected_type(Dialect::Sqlite, &f), "text");
+    }
+
+    #[test]
+    fn postgres_migrations_start_with_lock_and_statement_timeouts() {
+        use std::time::Duration;
+        assert_eq!(
+            session_settings(
+                Dialect::Postgres,
+                Duration::from_secs(5),
+                Duration::from_millis(300_250)
+            ),
+            [
+                "SET LOCAL lock_timeout = '5s'",
+                "SET LOCAL statement_timeout = '300250ms'"
+            ]
+        );
+        assert_eq!(pg_duration(Duration::ZERO), "0s");
+        assert!(
+            session_settings(Dialect::Sqlite, Duration::from_secs(5), Duration::ZERO).is_empty()
+        );
+    }
+
+    #[test]
+    fn drops_are_rerunnable_on_postgres_and_unchanged_on_sqlite() {
+        assert_eq!(
+            drop_column(Dialect::Postgres, "\"t\"", "\"c\""),
+            "ALTER TABLE \"t\" DROP COLUMN IF EXISTS \"c\""
+        );
+        assert_eq!(
+            drop_column(Dialect::Sqlite, "\"t\"", "\"c\""),
+            "ALTER TABLE \"t\" DROP COLUMN \"c\""
+        );
+        assert_eq!(
+            add_column(Dialect::Postgres, "\"t\"", "\"c\" TEXT"),
+            "ALTER TABLE \"t\" ADD COLUMN IF NOT EXISTS \"c\" TEXT"
+        );
+        assert_eq!(drop_index(Dialect::Sqlite, "\"i\""), "DROP INDEX \"i\"");
+        assert_eq!(
+            drop_table(Dialect::Postgres, "\"t\""),
+            "DROP TABLE IF EXISTS \"t\""
+        );
     }
 
     #[test]

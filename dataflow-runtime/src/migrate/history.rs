@@ -1,7 +1,7 @@
 //! The migration history and the registry tables: what was applied, when,
 //! by whom, how risky, and which model versions it produced.
 
-use super::{cell_text, exec, opt_text, query, text, BootPolicy, RiskLevel, Rule};
+use super::{cell_text, exec, opt_text, query, text, BootPolicy, RiskLevel, Rule, Timeouts};
 use crate::backend::Conn;
 use crate::error::{Error, ErrorCode, Result};
 use crate::schema::ModelSchema;
@@ -297,14 +297,102 @@ pub(crate) struct NewMigration<'a> {
     pub down_loses_data: bool,
 }
 
-/// A new sortable version for a planned migration.
-pub(crate) fn new_version() -> String {
-    let t = now();
-    format!(
-        "{}{:03}",
-        t.format("%Y%m%d%H%M%S"),
-        t.timestamp_subsec_millis()
+/// What the last digits of a version count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum VersionUnit {
+    /// `YYYYmmddHHMMSS`: migration files.
+    Seconds,
+    /// `YYYYmmddHHMMSSmmm`: planned migrations.
+    Millis,
+}
+
+impl VersionUnit {
+    fn format(self, t: chrono::NaiveDateTime) -> String {
+        match self {
+            VersionUnit::Seconds => t.format("%Y%m%d%H%M%S").to_string(),
+            VersionUnit::Millis => t.format("%Y%m%d%H%M%S%3f").to_string(),
+        }
+    }
+
+    fn step(self) -> chrono::Duration {
+        match self {
+            VersionUnit::Seconds => chrono::Duration::seconds(1),
+            VersionUnit::Millis => chrono::Duration::milliseconds(1),
+        }
+    }
+}
+
+/// A new version for a migration: `now`, or when that does not sort after
+/// every `existing` version (the history, the migration files), one unit
+/// after the greatest of them. Versions are compared as the history orders
+/// them, as text, so a file version (seconds) and a planned one
+/// (milliseconds) of the same second still sort in time order.
+pub(crate) fn next_version(
+    now: chrono::DateTime<chrono::Utc>,
+    unit: VersionUnit,
+    existing: impl IntoIterator<Item = String>,
+) -> Result<String> {
+    let candidate = unit.format(now.naive_utc());
+    let Some(greatest) = existing.into_iter().max() else {
+        return Ok(candidate);
+    };
+    if candidate > greatest {
+        return Ok(candidate);
+    }
+    // The greatest version as a time: seconds, then milliseconds if present.
+    let digits: String = greatest.chars().take_while(char::is_ascii_digit).collect();
+    let at = digits.get(..14).and_then(|s| {
+        let t = chrono::NaiveDateTime::parse_from_str(s, "%Y%m%d%H%M%S").ok()?;
+        let ms: i64 = digits.get(14..17).map_or(Some(0), |m| m.parse().ok())?;
+        Some(t + chrono::Duration::milliseconds(ms))
+    });
+    match at.map(|t| unit.format(t + unit.step())) {
+        Some(next) if next > greatest => Ok(next),
+        _ => Err(Error::new(
+            ErrorCode::Config,
+            format!(
+                "cannot choose a version after the existing migration version `{greatest}`, which is not a YYYYmmddHHMMSS time; versions must increase"
+            ),
+        )),
+    }
+}
+
+/// Every version in the history (none before the first migration).
+pub(crate) fn versions<C: Conn>(conn: &mut C) -> Result<Vec<String>> {
+    if !super::table_exists(conn, "dataflow_migrations")? {
+        return Ok(Vec::new());
+    }
+    Ok(
+        query(conn, "SELECT version FROM dataflow_migrations", vec![])?
+            .iter()
+            .map(|r| cell_text(&r[0]))
+            .collect(),
     )
+}
+
+/// The versions of the migration directories in `dir` (`<version>_<name>`;
+/// none when `dir` does not exist yet).
+pub(crate) fn file_versions(dir: &std::path::Path) -> Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(Error::new(
+                ErrorCode::Config,
+                format!("reading {}: {e}", dir.display()),
+            ))
+        }
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        if !entry.path().is_dir() {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let version = name.split_once('_').map_or(name.as_str(), |(v, _)| v);
+        out.push(version.to_string());
+    }
+    Ok(out)
 }
 
 /// Statements as one text, each ending in `;\n`.
@@ -376,19 +464,66 @@ pub(crate) fn recover_interrupted<C: Conn>(conn: &mut C) -> Result<usize> {
 /// Runs `statements` and then `record` in one transaction. On SQLite,
 /// foreign keys are switched off around it (table rebuilds need that) and
 /// checked before commit.
+///
+/// On PostgreSQL the transaction starts with `timeouts`' `SET LOCAL
+/// lock_timeout` and `statement_timeout`. When a statement's lock wait times
+/// out, the whole transaction rolls back, and after a pause it is tried
+/// again from the start, up to `timeouts.retries` more times; then it fails
+/// with [`ErrorCode::Timeout`] naming the table. Nothing of a failed attempt
+/// stays applied.
 pub(crate) fn run_statements<C: Conn>(
     conn: &mut C,
+    timeouts: &Timeouts,
     statements: &[String],
-    record: impl FnOnce(&mut C) -> Result<()>,
+    mut record: impl FnMut(&mut C) -> Result<()>,
 ) -> Result<()> {
     let sqlite = C::DIALECT == Dialect::Sqlite;
     if sqlite {
         conn.batch("PRAGMA foreign_keys = OFF")?;
     }
+    let settings = timeouts.settings(C::DIALECT);
+    let started = Instant::now();
+    let mut attempt = 1;
+    let result = loop {
+        let mut blocked = None;
+        match attempt_statements(conn, &settings, statements, &mut record, &mut blocked) {
+            Err(_) if blocked.is_some() && attempt <= timeouts.retries => {
+                std::thread::sleep(timeouts.pause(attempt));
+                attempt += 1;
+            }
+            Err(e) => match blocked {
+                Some(i) => {
+                    break Err(lock_timeout_error(
+                        conn, timeouts, statements, i, attempt, started,
+                    ))
+                }
+                None => break Err(e),
+            },
+            Ok(()) => break Ok(()),
+        }
+    };
+    if sqlite {
+        conn.batch("PRAGMA foreign_keys = ON")?;
+    }
+    result
+}
+
+/// One try of [`run_statements`]; `blocked` is set to the index of a
+/// statement whose lock wait timed out.
+fn attempt_statements<C: Conn>(
+    conn: &mut C,
+    settings: &[String],
+    statements: &[String],
+    record: &mut impl FnMut(&mut C) -> Result<()>,
+    blocked: &mut Option<usize>,
+) -> Result<()> {
     let total = statements.len();
     // Progress for people watching a long apply; quiet when piped (boot, tests, CI).
     let progress = total > 5 && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let result = conn.write_transaction(|c| {
+    conn.write_transaction(|c| {
+        for s in settings {
+            c.batch(s)?;
+        }
         for (i, s) in statements.iter().enumerate() {
             if progress {
                 eprintln!(
@@ -398,17 +533,30 @@ pub(crate) fn run_statements<C: Conn>(
                 );
             }
             c.batch(s).map_err(|e| {
+                let timeout = match pg_timeout(C::DIALECT, &e) {
+                    Some(PgTimeout::Lock) => {
+                        *blocked = Some(i);
+                        None
+                    }
+                    Some(PgTimeout::Statement) => Some(ErrorCode::Timeout),
+                    None => None,
+                };
                 Error::new(
-                    e.code(),
+                    timeout.unwrap_or(e.code()),
                     format!(
-                        "migration statement {} of {total} failed: {}\n  statement: {s}",
+                        "migration statement {} of {total} failed: {}{}\n  statement: {s}",
                         i + 1,
-                        e.message()
+                        e.message(),
+                        if timeout.is_some() {
+                            " (it ran longer than the migration statement_timeout; nothing was applied)"
+                        } else {
+                            ""
+                        }
                     ),
                 )
             })?;
         }
-        if sqlite {
+        if C::DIALECT == Dialect::Sqlite {
             let broken = query(
                 c,
                 "SELECT \"table\", parent FROM pragma_foreign_key_check",
@@ -426,11 +574,169 @@ pub(crate) fn run_statements<C: Conn>(
             }
         }
         record(c)
-    });
-    if sqlite {
-        conn.batch("PRAGMA foreign_keys = ON")?;
+    })
+}
+
+/// A PostgreSQL statement cancelled by one of the migration's timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PgTimeout {
+    /// `lock_timeout` (SQLSTATE 55P03, lock_not_available).
+    Lock,
+    /// `statement_timeout` (SQLSTATE 57014, query_canceled).
+    Statement,
+}
+
+/// Which timeout cancelled a statement, if one did. diesel does not expose
+/// the SQLSTATE, so the server's message is read; it is English unless the
+/// server translates messages (`lc_messages`), and then a lock timeout
+/// still rolls the migration back whole, only without retries.
+fn pg_timeout(d: Dialect, e: &Error) -> Option<PgTimeout> {
+    if d != Dialect::Postgres {
+        return None;
     }
-    result
+    let m = e.message();
+    if m.contains("canceling statement due to lock timeout") {
+        Some(PgTimeout::Lock)
+    } else if m.contains("canceling statement due to statement timeout") {
+        Some(PgTimeout::Statement)
+    } else {
+        None
+    }
+}
+
+/// The error after the last lock timeout: which table, how long, how often,
+/// and what to do.
+fn lock_timeout_error<C: Conn>(
+    conn: &mut C,
+    timeouts: &Timeouts,
+    statements: &[String],
+    index: usize,
+    attempts: u32,
+    started: Instant,
+) -> Error {
+    let statement = &statements[index];
+    let mut tables = tables_in(statement);
+    if tables.is_empty() {
+        // `DROP INDEX` names the index: find its table.
+        if let Some(index) = dropped_index(statement) {
+            let found = query(
+                conn,
+                "SELECT tablename::text FROM pg_indexes WHERE schemaname = current_schema() AND indexname = ?",
+                vec![text(index)],
+            );
+            tables.extend(found.unwrap_or_default().iter().map(|r| cell_text(&r[0])));
+        }
+    }
+    let what = match tables.as_slice() {
+        [] => "a table".to_string(),
+        [t] => format!("table `{t}`"),
+        ts => format!(
+            "one of the tables {}",
+            ts.iter()
+                .map(|t| format!("`{t}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    Error::new(
+        ErrorCode::Timeout,
+        format!(
+            "could not lock {what} within the migration lock_timeout ({}) in {attempts} attempt(s) over {:.1} s: another transaction holds a conflicting lock on it; nothing was applied. Retry when that transaction has finished, or raise migration_lock_timeout / migration_lock_retries.\n  statement {} of {}: {statement}",
+            super::ddl::pg_duration(timeouts.lock),
+            started.elapsed().as_secs_f64(),
+            index + 1,
+            statements.len(),
+        ),
+    )
+}
+
+/// The tables a statement names after `ALTER TABLE`, `ON` (an index),
+/// `REFERENCES`, `DROP TABLE` or `LOCK TABLE`, unquoted, in order.
+fn tables_in(sql: &str) -> Vec<String> {
+    let words = sql_words(sql);
+    let mut out: Vec<String> = Vec::new();
+    let skip = ["IF", "NOT", "EXISTS", "ONLY", "TABLE"];
+    for (i, w) in words.iter().enumerate() {
+        let upper = w.to_ascii_uppercase();
+        let after = match upper.as_str() {
+            "TABLE"
+                if i > 0
+                    && ["ALTER", "DROP", "LOCK"]
+                        .contains(&words[i - 1].to_ascii_uppercase().as_str()) =>
+            {
+                i + 1
+            }
+            // Not `ON DELETE` / `ON UPDATE` of a foreign key.
+            "ON" if words.get(i + 1).is_some_and(|n| {
+                ["DELETE", "UPDATE"].contains(&n.to_ascii_uppercase().as_str())
+            }) =>
+            {
+                continue
+            }
+            "ON" | "REFERENCES" => i + 1,
+            _ => continue,
+        };
+        if let Some(name) = words
+            .iter()
+            .skip(after)
+            .find(|w| !skip.contains(&w.to_ascii_uppercase().as_str()))
+        {
+            let name = unquote(name);
+            if !name.is_empty() && !out.contains(&name) {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+/// The index a `DROP INDEX` statement drops.
+fn dropped_index(sql: &str) -> Option<String> {
+    let words = sql_words(sql);
+    let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
+    if upper.first().map(String::as_str) != Some("DROP")
+        || upper.get(1).map(String::as_str) != Some("INDEX")
+    {
+        return None;
+    }
+    words
+        .iter()
+        .zip(&upper)
+        .skip(2)
+        .find(|(_, u)| !["IF", "EXISTS", "CONCURRENTLY"].contains(&u.as_str()))
+        .map(|(w, _)| unquote(w))
+}
+
+/// Words of a statement: quoted identifiers whole, `(`, `)`, `,` and `;` apart.
+fn sql_words(sql: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    for ch in sql.chars() {
+        match ch {
+            '"' => {
+                quoted = !quoted;
+                word.push(ch);
+            }
+            c if !quoted && (c.is_whitespace() || "(),;".contains(c)) => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+/// `"people"` → `people`, `public."people"` → `public.people`.
+fn unquote(name: &str) -> String {
+    name.replace("\"\"", "\u{0}")
+        .replace('"', "")
+        .replace('\u{0}', "\"")
 }
 
 /// Writes the compiled models into the registry; a changed checksum is a
@@ -560,7 +866,19 @@ pub(crate) fn run_embedded<C: Conn>(conn: &mut C, policy: &BootPolicy) -> Result
         .map(|e| (e.version.clone(), e))
         .collect();
     let mut files: Vec<_> = policy.embedded.to_vec();
-    files.sort_by(|a, b| a.dir.cmp(b.dir));
+    files.sort_by(|a, b| (a.version(), a.dir).cmp(&(b.version(), b.dir)));
+    // Two files of one version would run in name order and share one history row.
+    if let Some(w) = files.windows(2).find(|w| w[0].version() == w[1].version()) {
+        return Err(Error::new(
+            ErrorCode::MigrationBlocked,
+            format!(
+                "migrations {} and {} have the same version {}; give the later one a greater version (rename its directory) so they run in a defined order",
+                w[0].dir,
+                w[1].dir,
+                w[0].version()
+            ),
+        ));
+    }
     for f in files {
         match applied.get(f.version()) {
             Some(e) if e.status == MigrationStatus::Applied => {
@@ -588,7 +906,7 @@ pub(crate) fn run_embedded<C: Conn>(conn: &mut C, policy: &BootPolicy) -> Result
                     "UPDATE dataflow_migrations SET status = 'pending', started_at = ?, applied_by = ? WHERE version = ?",
                     vec![text(format_datetime(&now())), text(&policy.applied_by), text(f.version())],
                 )?;
-                apply_file(conn, &f)?;
+                apply_file(conn, &f, &policy.timeouts)?;
             }
             None => {
                 insert(
@@ -607,18 +925,24 @@ pub(crate) fn run_embedded<C: Conn>(conn: &mut C, policy: &BootPolicy) -> Result
                         down_loses_data: true,
                     },
                 )?;
-                apply_file(conn, &f)?;
+                apply_file(conn, &f, &policy.timeouts)?;
             }
         }
     }
     Ok(())
 }
 
-fn apply_file<C: Conn>(conn: &mut C, f: &super::EmbeddedMigration) -> Result<()> {
+fn apply_file<C: Conn>(
+    conn: &mut C,
+    f: &super::EmbeddedMigration,
+    timeouts: &Timeouts,
+) -> Result<()> {
     let statements = vec![f.up.to_string()];
     let started = Instant::now();
     let version = f.version();
-    if let Err(e) = run_statements(conn, &statements, |c| mark_applied(c, version, started)) {
+    if let Err(e) = run_statements(conn, timeouts, &statements, |c| {
+        mark_applied(c, version, started)
+    }) {
         mark_failed(conn, version, &e)?;
         return Err(Error::new(
             e.code(),
@@ -634,6 +958,7 @@ pub(crate) fn rollback<C: Conn>(
     conn: &mut C,
     req: &super::RollbackRequest,
     by: &str,
+    timeouts: &Timeouts,
 ) -> Result<Vec<String>> {
     let (to, steps, allow_data_loss) = (req.to.as_deref(), req.steps, req.allow_data_loss);
     let applied: Vec<HistoryEntry> = list(conn)?
@@ -670,7 +995,7 @@ pub(crate) fn rollback<C: Conn>(
             .map(str::to_string)
             .collect();
         let version = e.version.clone();
-        run_statements(conn, &statements, |c| {
+        run_statements(conn, timeouts, &statements, |c| {
             exec(
                 c,
                 "UPDATE dataflow_migrations SET status = 'rolled_back', rolled_back_at = ?, rolled_back_by = ?, rollback_reason = ? WHERE version = ?",
@@ -693,4 +1018,93 @@ pub(crate) fn rollback<C: Conn>(
         done.push(e.version.clone());
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
+        chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.3f")
+            .unwrap()
+            .and_utc()
+    }
+
+    fn next(now: &str, unit: VersionUnit, existing: &[&str]) -> Result<String> {
+        next_version(at(now), unit, existing.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn versions_are_the_time_when_it_sorts_last() {
+        let now = "2026-11-30 12:00:05.250";
+        assert_eq!(
+            next(now, VersionUnit::Seconds, &[]).unwrap(),
+            "20261130120005"
+        );
+        assert_eq!(
+            next(now, VersionUnit::Millis, &[]).unwrap(),
+            "20261130120005250"
+        );
+        assert_eq!(
+            next(now, VersionUnit::Seconds, &["20261130120004", "0001"]).unwrap(),
+            "20261130120005"
+        );
+    }
+
+    #[test]
+    fn versions_step_past_the_greatest_existing_one() {
+        let now = "2026-11-30 12:00:05.250";
+        // Generated twice in one second.
+        assert_eq!(
+            next(now, VersionUnit::Seconds, &["20261130120005"]).unwrap(),
+            "20261130120006"
+        );
+        // A planned migration of this second sorts after the file version.
+        assert_eq!(
+            next(now, VersionUnit::Seconds, &["20261130120005250"]).unwrap(),
+            "20261130120006"
+        );
+        // A minute boundary stays a valid time.
+        assert_eq!(
+            next(now, VersionUnit::Seconds, &["20261130120059"]).unwrap(),
+            "20261130120100"
+        );
+        assert_eq!(
+            next(now, VersionUnit::Millis, &["20261130120005250"]).unwrap(),
+            "20261130120005251"
+        );
+        assert_eq!(
+            next(now, VersionUnit::Millis, &["29991231235959"]).unwrap(),
+            "29991231235959001"
+        );
+        let e = next(now, VersionUnit::Seconds, &["9_custom"]).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Config);
+        assert!(e.message().contains("`9_custom`"), "{e}");
+    }
+
+    #[test]
+    fn the_tables_a_statement_locks_are_named() {
+        assert_eq!(
+            tables_in("ALTER TABLE \"people\" ADD COLUMN IF NOT EXISTS \"x\" TEXT"),
+            ["people"]
+        );
+        assert_eq!(
+            tables_in("ALTER TABLE \"members\" ADD CONSTRAINT \"m_fkey\" FOREIGN KEY (\"team_id\") REFERENCES \"teams\" (\"id\") ON DELETE CASCADE"),
+            ["members", "teams"]
+        );
+        assert_eq!(
+            tables_in("CREATE UNIQUE INDEX IF NOT EXISTS \"uq\" ON \"people\" (\"name\")"),
+            ["people"]
+        );
+        assert_eq!(
+            tables_in("DROP TABLE IF EXISTS \"a\"; LOCK TABLE b"),
+            ["a", "b"]
+        );
+        assert!(tables_in("CREATE TABLE IF NOT EXISTS \"t\" (\"id\" TEXT)").is_empty());
+        assert_eq!(
+            dropped_index("DROP INDEX IF EXISTS \"idx_people_name\"").as_deref(),
+            Some("idx_people_name")
+        );
+        assert_eq!(dropped_index("DROP TABLE \"t\""), None);
+    }
 }

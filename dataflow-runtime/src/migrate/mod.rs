@@ -33,7 +33,46 @@ use crate::schema::ModelSchema;
 use crate::sql::{Dialect, Sql};
 use crate::value::{Cell, SqlValue};
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How PostgreSQL migrations wait: for a table lock (then roll back, back
+/// off and retry from the start), and for one statement. SQLite has neither
+/// setting; its migrations ignore these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timeouts {
+    /// `SET LOCAL lock_timeout` (zero: wait forever).
+    pub lock: Duration,
+    /// `SET LOCAL statement_timeout` (zero: no limit).
+    pub statement: Duration,
+    /// Further attempts after a lock timeout.
+    pub retries: u32,
+    /// The pause before the first retry, doubled before each further one.
+    pub backoff: Duration,
+}
+
+impl Timeouts {
+    pub(crate) fn from_config(c: &crate::Config) -> Self {
+        Timeouts {
+            lock: c.migration_lock_timeout(),
+            statement: c.migration_statement_timeout(),
+            retries: c.migration_lock_retries,
+            backoff: c.migration_retry_backoff(),
+        }
+    }
+
+    /// The statements a migration transaction starts with.
+    pub(crate) fn settings(&self, d: Dialect) -> Vec<String> {
+        ddl::session_settings(d, self.lock, self.statement)
+    }
+
+    /// The pause after failed attempt `attempt` (1-based): the backoff,
+    /// doubled per attempt, at most a minute.
+    pub(crate) fn pause(&self, attempt: u32) -> Duration {
+        self.backoff
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+            .min(Duration::from_secs(60))
+    }
+}
 
 /// Internal tables, created on first use.
 fn internal_ddl(d: Dialect) -> String {
@@ -172,6 +211,7 @@ pub(crate) struct BootPolicy {
     pub staging: bool,
     pub applied_by: String,
     pub embedded: &'static [EmbeddedMigration],
+    pub timeouts: Timeouts,
 }
 
 /// A reviewed migration file compiled into the binary by
@@ -220,7 +260,7 @@ pub(crate) fn boot_migrate<C: Conn>(
         if policy.registry && registry_matches(conn, &policy.app, models)? {
             return Ok(());
         }
-        let plan = plan_for(conn, models, &policy.app)?;
+        let plan = plan_for(conn, models, &policy.app, &policy.timeouts)?;
         if plan.is_empty() {
             if policy.registry {
                 history::record_registry(conn, &policy.app, models, None)?;
@@ -234,7 +274,7 @@ pub(crate) fn boot_migrate<C: Conn>(
             return Err(blocked_error(&plan));
         }
         if policy.staging {
-            stage(conn, target, models, &plan, &policy.app)?;
+            stage(conn, target, models, &plan, &policy.app, &policy.timeouts)?;
         }
         let options = ApplyOptions {
             app: &policy.app,
@@ -243,16 +283,19 @@ pub(crate) fn boot_migrate<C: Conn>(
             reason: None,
             name: "auto",
             record_registry: policy.registry,
+            timeouts: &policy.timeouts,
         };
         apply(conn, models, &plan, options).map(drop)
     })
 }
 
-/// Introspects and plans against the registry's knowledge.
+/// Introspects and plans against the registry's knowledge; the plan carries
+/// the session settings its transaction will start with.
 pub(crate) fn plan_for<C: Conn>(
     conn: &mut C,
     models: &[&'static ModelSchema],
     app: &str,
+    timeouts: &Timeouts,
 ) -> Result<MigrationPlan> {
     let live = introspect(conn)?;
     let known = if table_exists(conn, "dataflow_registry_history")? {
@@ -276,9 +319,10 @@ pub(crate) fn plan_for<C: Conn>(
         rows_cache.insert(t.to_string(), v);
         v
     };
-    let plan = plan(C::DIALECT, models, &live, &mut has_rows, &|t| {
+    let mut plan = plan(C::DIALECT, models, &live, &mut has_rows, &|t| {
         known.get(t).cloned()
     });
+    plan.settings = timeouts.settings(C::DIALECT);
     match err {
         Some(e) => Err(e),
         None => Ok(plan),
@@ -339,6 +383,7 @@ pub(crate) struct ApplyOptions<'a> {
     /// The migration's name in the history.
     pub name: &'a str,
     pub record_registry: bool,
+    pub timeouts: &'a Timeouts,
 }
 
 /// Applies `plan` in one transaction and records it in the history (and
@@ -377,10 +422,15 @@ pub(crate) fn apply<C: Conn>(
         ));
     }
     let (up, down) = plan.statements();
+    let version = history::next_version(
+        crate::value::now(),
+        history::VersionUnit::Millis,
+        history::versions(conn)?,
+    )?;
     let entry = history::begin(
         conn,
         &NewMigration {
-            version: &history::new_version(),
+            version: &version,
             name: o.name,
             app: o.app,
             source: MigrationSource::Auto,
@@ -394,7 +444,7 @@ pub(crate) fn apply<C: Conn>(
         },
     )?;
     let started = Instant::now();
-    let result = history::run_statements(conn, &up, |c| {
+    let result = history::run_statements(conn, o.timeouts, &up, |c| {
         if o.record_registry {
             history::record_registry(c, o.app, models, Some(&entry.version))?;
         }
@@ -404,7 +454,13 @@ pub(crate) fn apply<C: Conn>(
         Ok(()) => history::entry(conn, &entry.version),
         Err(e) => {
             history::mark_failed(conn, &entry.version, &e)?;
-            Err(e)
+            // A lock or statement timeout names the table; say whose it is.
+            match plan.operations.iter().find(|op| {
+                e.code() == ErrorCode::Timeout && e.message().contains(&format!("`{}`", op.table))
+            }) {
+                Some(op) => Err(e.with_model(&op.model)),
+                None => Err(e),
+            }
         }
     }
 }
@@ -430,6 +486,7 @@ pub(crate) fn stage<C: Conn>(
     models: &[&'static ModelSchema],
     plan: &MigrationPlan,
     app: &str,
+    timeouts: &Timeouts,
 ) -> Result<StagingReport> {
     let ops = plan.operations.len();
     match target {
@@ -450,7 +507,7 @@ pub(crate) fn stage<C: Conn>(
                 else {
                     unreachable!("a SQLite target opens a SQLite connection")
                 };
-                verify(&mut c, models, plan, app)
+                verify(&mut c, models, plan, app, timeouts)
             })();
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{copy_path}{suffix}"));
@@ -469,7 +526,7 @@ pub(crate) fn stage<C: Conn>(
             const ROLLBACK: &str = "__dataflow_staging_rollback__";
             let mut steps = Vec::new();
             let outcome = conn.write_transaction(|c| {
-                steps = verify(c, models, plan, app)?;
+                steps = verify(c, models, plan, app, timeouts)?;
                 Err::<(), _>(Error::internal(ROLLBACK))
             });
             match outcome {
@@ -491,18 +548,20 @@ fn verify<C: Conn>(
     models: &[&'static ModelSchema],
     plan: &MigrationPlan,
     app: &str,
+    timeouts: &Timeouts,
 ) -> Result<Vec<String>> {
     let (up, down) = plan.statements();
     let fail = |step: &str, e: Error| {
-        Error::new(
-            ErrorCode::MigrationBlocked,
-            format!("staging failed at {step}: {}", e.message()),
-        )
+        let code = match e.code() {
+            ErrorCode::Timeout => ErrorCode::Timeout,
+            _ => ErrorCode::MigrationBlocked,
+        };
+        Error::new(code, format!("staging failed at {step}: {}", e.message()))
     };
     let mut steps = Vec::new();
-    history::run_statements(conn, &up, |_| Ok(())).map_err(|e| fail("apply", e))?;
+    history::run_statements(conn, timeouts, &up, |_| Ok(())).map_err(|e| fail("apply", e))?;
     steps.push(format!("applied {} statements", up.len()));
-    let after = plan_for(conn, models, app)?;
+    let after = plan_for(conn, models, app, timeouts)?;
     if !after.is_empty() {
         return Err(Error::new(
             ErrorCode::MigrationBlocked,
@@ -514,8 +573,8 @@ fn verify<C: Conn>(
         ));
     }
     steps.push("re-planned to nothing".into());
-    history::run_statements(conn, &down, |_| Ok(())).map_err(|e| fail("down", e))?;
-    let back = plan_for(conn, models, app)?;
+    history::run_statements(conn, timeouts, &down, |_| Ok(())).map_err(|e| fail("down", e))?;
+    let back = plan_for(conn, models, app, timeouts)?;
     if back.operations.len() != plan.operations.len() {
         return Err(Error::new(ErrorCode::MigrationBlocked, format!("staging: the down SQL did not restore the previous schema ({} operations planned instead of {})", back.operations.len(), plan.operations.len())));
     }
@@ -523,17 +582,24 @@ fn verify<C: Conn>(
         "down SQL ran ({} statements) and restored the previous schema",
         down.len()
     ));
-    history::run_statements(conn, &up, |_| Ok(())).map_err(|e| fail("re-apply", e))?;
+    history::run_statements(conn, timeouts, &up, |_| Ok(())).map_err(|e| fail("re-apply", e))?;
     steps.push("applied again".into());
     Ok(steps)
 }
 
 /// Writes the plan as a reviewable migration directory
 /// (`<dir>/<version>_<name>/up.sql` and `down.sql`, diesel's layout).
+///
+/// The version is the current time (`YYYYmmddHHMMSS`), or, when that does
+/// not sort after every migration already in `dir` or in `applied` (the
+/// history's versions), one second after the greatest of them: migrations
+/// generated within one second still run in the order they were written.
+/// On PostgreSQL both files start with the plan's `SET LOCAL` settings.
 pub fn write_files(
     dir: &std::path::Path,
     name: &str,
     plan: &MigrationPlan,
+    applied: &[String],
 ) -> Result<std::path::PathBuf> {
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || name.is_empty() {
         return Err(Error::new(
@@ -541,16 +607,21 @@ pub fn write_files(
             format!("migration name `{name}` must be letters, digits and `_`"),
         ));
     }
-    let version = crate::value::now().format("%Y%m%d%H%M%S").to_string();
+    let mut existing = history::file_versions(dir)?;
+    existing.extend(applied.iter().cloned());
+    let version =
+        history::next_version(crate::value::now(), history::VersionUnit::Seconds, existing)?;
     let path = dir.join(format!("{version}_{name}"));
-    std::fs::create_dir_all(&path).map_err(|e| {
-        Error::new(
-            ErrorCode::Config,
-            format!("creating {}: {e}", path.display()),
-        )
-    })?;
-    let mut up = String::new();
-    let mut down = String::new();
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::create_dir(&path))
+        .map_err(|e| {
+            Error::new(
+                ErrorCode::Config,
+                format!("creating {}: {e}", path.display()),
+            )
+        })?;
+    let mut up = settings_header(plan);
+    let mut down = settings_header(plan);
     for op in &plan.operations {
         let rules: Vec<&str> = op.rules.iter().map(|r| r.rule.as_str()).collect();
         up.push_str(&format!(
@@ -586,4 +657,20 @@ pub fn write_files(
     write("up.sql", &up)?;
     write("down.sql", &down)?;
     Ok(path)
+}
+
+/// The plan's session settings with a line on why (empty on SQLite).
+fn settings_header(plan: &MigrationPlan) -> String {
+    if plan.settings.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "-- One transaction: a statement waits at most lock_timeout for its table lock\n\
+         -- (then everything rolls back and the migration is retried) and runs at most statement_timeout.\n",
+    );
+    for s in &plan.settings {
+        out.push_str(s);
+        out.push_str(";\n");
+    }
+    out
 }

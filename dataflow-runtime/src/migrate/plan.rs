@@ -331,6 +331,10 @@ pub struct MigrationPlan {
     pub operations: Vec<Operation>,
     /// What the database has that nothing explains (reported, never dropped silently).
     pub drift: Vec<Drift>,
+    /// The statements the migration's transaction starts with, before the
+    /// operations: on PostgreSQL `SET LOCAL lock_timeout` and `SET LOCAL
+    /// statement_timeout` from the configuration; empty on SQLite.
+    pub settings: Vec<String>,
 }
 
 impl MigrationPlan {
@@ -433,7 +437,7 @@ pub fn plan(
                         None,
                         format!("create table {}", m.table),
                         up,
-                        vec![format!("DROP TABLE {}", quote(m.table))],
+                        vec![ddl::drop_table(d, &quote(m.table))],
                     )
                     .lossy_down(),
                 );
@@ -573,14 +577,8 @@ impl<'a> TablePlanner<'a> {
                     OpKind::AddColumn,
                     Some(f.column),
                     summary,
-                    vec![format!(
-                        "ALTER TABLE {table} ADD COLUMN {}",
-                        self.add_column_def(f)
-                    )],
-                    vec![format!(
-                        "ALTER TABLE {table} DROP COLUMN {}",
-                        quote(f.column)
-                    )],
+                    vec![ddl::add_column(d, &table, &self.add_column_def(f))],
+                    vec![ddl::drop_column(d, &table, &quote(f.column))],
                 )
                 .rule(
                     Rule::NotNullWithoutDefault
@@ -595,10 +593,7 @@ impl<'a> TablePlanner<'a> {
             self.rebuild.push((summary, Vec::new()));
             return;
         }
-        let mut up = vec![format!(
-            "ALTER TABLE {table} ADD COLUMN {}",
-            self.add_column_def(f)
-        )];
+        let mut up = vec![ddl::add_column(d, &table, &self.add_column_def(f))];
         if f.unique {
             up.push(format!(
                 "CREATE UNIQUE INDEX {} ON {table} ({})",
@@ -615,21 +610,18 @@ impl<'a> TablePlanner<'a> {
         }
         let mut down = Vec::new();
         if ddl::expects_index(f) {
-            down.push(format!(
-                "DROP INDEX {}",
-                quote(&ddl::index_name(m.table, f.column))
+            down.push(ddl::drop_index(
+                d,
+                &quote(&ddl::index_name(m.table, f.column)),
             ));
         }
         if f.unique {
-            down.push(format!(
-                "DROP INDEX {}",
-                quote(&ddl::unique_name(m.table, f.column))
+            down.push(ddl::drop_index(
+                d,
+                &quote(&ddl::unique_name(m.table, f.column)),
             ));
         }
-        down.push(format!(
-            "ALTER TABLE {table} DROP COLUMN {}",
-            quote(f.column)
-        ));
+        down.push(ddl::drop_column(d, &table, &quote(f.column)));
         let op =
             Operation::new(m, OpKind::AddColumn, Some(f.column), summary, up, down).lossy_down();
         self.ops.push(if needs_value { op.low() } else { op });
@@ -671,10 +663,10 @@ impl<'a> TablePlanner<'a> {
             ));
             return;
         }
-        let mut add_back = format!(
-            "ALTER TABLE {table} ADD COLUMN {} {}",
-            quote(&live.name),
-            live.ty.to_uppercase()
+        let mut add_back = ddl::add_column(
+            d,
+            &table,
+            &format!("{} {}", quote(&live.name), live.ty.to_uppercase()),
         );
         if let Some(def) = &live.default {
             add_back.push_str(&format!(" DEFAULT {def}"));
@@ -685,10 +677,7 @@ impl<'a> TablePlanner<'a> {
                 OpKind::DropColumn,
                 Some(&live.name),
                 summary,
-                vec![format!(
-                    "ALTER TABLE {table} DROP COLUMN {}",
-                    quote(&live.name)
-                )],
+                vec![ddl::drop_column(d, &table, &quote(&live.name))],
                 vec![add_back],
             )
             .rule(Rule::DataLoss.hit(format!("{}.{}", m.table, live.name))),
@@ -861,7 +850,7 @@ impl<'a> TablePlanner<'a> {
                 Some(f.column),
                 format!("add unique constraint on {name}"),
                 vec![format!("CREATE UNIQUE INDEX {uq} ON {table} ({col})")],
-                vec![format!("DROP INDEX {uq}")],
+                vec![ddl::drop_index(d, &uq)],
             );
             let hit = self.populated();
             self.ops.push(if hit {
@@ -882,7 +871,7 @@ impl<'a> TablePlanner<'a> {
                         OpKind::DropUnique,
                         Some(f.column),
                         format!("drop unique index on {name}"),
-                        vec![format!("DROP INDEX {}", quote(&idx.name))],
+                        vec![ddl::drop_index(d, &quote(&idx.name))],
                         vec![format!(
                             "CREATE UNIQUE INDEX {} ON {table} ({col})",
                             quote(&idx.name)
@@ -900,9 +889,9 @@ impl<'a> TablePlanner<'a> {
                         OpKind::DropUnique,
                         Some(f.column),
                         format!("drop unique constraint on {name}"),
-                        vec![format!(
-                            "ALTER TABLE {table} DROP CONSTRAINT {}",
-                            quote(&format!("{}_{}_key", m.table, f.column))
+                        vec![ddl::drop_constraint(
+                            &table,
+                            &quote(&format!("{}_{}_key", m.table, f.column)),
                         )],
                         vec![format!(
                             "CREATE UNIQUE INDEX {} ON {table} ({col})",
@@ -925,7 +914,7 @@ impl<'a> TablePlanner<'a> {
                 Some(f.column),
                 format!("add index on {name}"),
                 vec![format!("CREATE INDEX {idx} ON {table} ({col})")],
-                vec![format!("DROP INDEX {idx}")],
+                vec![ddl::drop_index(d, &idx)],
             );
             let hit = d == Dialect::Postgres && self.populated();
             self.ops.push(if hit {
@@ -945,7 +934,7 @@ impl<'a> TablePlanner<'a> {
                         OpKind::DropIndex,
                         Some(f.column),
                         format!("drop index {}", idx.name),
-                        vec![format!("DROP INDEX {}", quote(&idx.name))],
+                        vec![ddl::drop_index(d, &quote(&idx.name))],
                         vec![format!(
                             "CREATE INDEX {} ON {table} ({col})",
                             quote(&idx.name)
@@ -982,7 +971,7 @@ impl<'a> TablePlanner<'a> {
                         OpKind::DropForeignKey,
                         Some(f.column),
                         format!("drop foreign key on {name}"),
-                        vec![format!("ALTER TABLE {table} DROP CONSTRAINT {constraint}")],
+                        vec![ddl::drop_constraint(&table, &constraint)],
                         vec![],
                     )
                     .low(),
@@ -1000,7 +989,7 @@ impl<'a> TablePlanner<'a> {
                     quote(target.primary_key().column),
                     fk.on_delete.sql()
                 )],
-                vec![format!("ALTER TABLE {table} DROP CONSTRAINT {constraint}")],
+                vec![ddl::drop_constraint(&table, &constraint)],
             );
                 let hit = self.populated();
                 self.ops.push(if hit {
