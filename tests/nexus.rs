@@ -323,7 +323,7 @@ async fn every_channel_gives_the_same_answer() {
                 what: "oversized inputs",
                 workflow: "create_user",
                 inputs: Inputs::Json(json!({"email": big})),
-                error: Some(("validation", 422, 3, None)),
+                error: Some(("too_large", 413, 3, None)),
                 same_message: false,
             },
             Case {
@@ -1260,4 +1260,275 @@ async fn run_returns_the_exit_code() {
         .build(db)
         .unwrap();
     assert_eq!(app.run_from(["app", "serve"]).await, ExitCode::from(8));
+}
+
+// ------------------------------------------------------------------ hardening
+
+/// Issue 10, items 2, 3, 9 and part of 12: the listeners' limits (timeouts,
+/// connections, MCP sessions, async run store), the Host / Origin rule on
+/// both listeners, JSON answers for unrouted requests, `nosniff`, CORS, and
+/// configuration errors — each over real loopback sockets.
+mod hardening {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// Sends `head` (a request without its final blank line) and `body` on a
+    /// new connection, `Connection: close`, and reads the whole answer.
+    fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> support::http::Response {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(
+            s,
+            "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(body).unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        support::http::Response {
+            status,
+            headers,
+            body: body.to_string(),
+        }
+    }
+
+    fn header<'a>(r: &'a support::http::Response, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The start of a body, for assertion messages (results can be megabytes).
+    fn start(body: &str) -> &str {
+        &body[..body.floor_char_boundary(300)]
+    }
+
+    /// (status, error code) of an answer that must be the JSON error object.
+    fn error_of(r: &support::http::Response) -> (u16, String) {
+        let body: Value = serde_json::from_str(&r.body)
+            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {}", r.status, start(&r.body)));
+        let code = body["error"]["code"].as_str().unwrap_or_default().to_string();
+        assert!(
+            body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{}: an error with a message: {}",
+            r.status,
+            start(&r.body)
+        );
+        (r.status, code)
+    }
+
+    const INITIALIZE: &str = r#"{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}"#;
+
+    /// An MCP `initialize` POST with extra header lines.
+    fn initialize(addr: SocketAddr, headers: &str) -> support::http::Response {
+        exchange(
+            addr,
+            &format!(
+                "POST /mcp HTTP/1.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{headers}"
+            ),
+            INITIALIZE.as_bytes(),
+        )
+    }
+
+    async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        tokio::task::spawn_blocking(f).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn foreign_hosts_and_origins_are_refused_on_both_listeners() {
+        let s = InProcess::start(nexus::Nexus::builder()).await;
+        let (http, mcp) = (s.http, s.mcp);
+        let answers = blocking(move || {
+            let run = |host: &str, origin: Option<&str>| {
+                let origin = origin.map(|o| format!("\r\nOrigin: {o}")).unwrap_or_default();
+                exchange(
+                    http,
+                    &format!("POST /workflows/count/execute HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json{origin}"),
+                    br#"{"inputs": {}}"#,
+                )
+            };
+            let port = http.port();
+            let mcp_port = mcp.port();
+            (
+                run(&format!("127.0.0.1:{port}"), None),
+                run(&format!("localhost:{port}"), Some(&format!("http://localhost:{port}"))),
+                run("evil.com", None),
+                run(&format!("evil.com:{port}"), None),
+                run(&format!("127.0.0.1:{port}"), Some("http://evil.com")),
+                initialize(mcp, &format!("Host: 127.0.0.1:{mcp_port}")),
+                initialize(mcp, &format!("Host: localhost:{mcp_port}\r\nOrigin: http://localhost:5173")),
+                initialize(mcp, &format!("Host: 127.0.0.1:{mcp_port}\r\nOrigin: http://evil.com")),
+                initialize(mcp, &format!("Host: 127.0.0.1:{mcp_port}\r\nOrigin: null")),
+                initialize(mcp, "Host: evil.com"),
+            )
+        })
+        .await;
+        assert_eq!(answers.0.status, 200, "{}", answers.0.body);
+        assert_eq!(answers.1.status, 200, "{}", answers.1.body);
+        for r in [&answers.2, &answers.3, &answers.4] {
+            assert_eq!(error_of(r), (403, "forbidden".into()), "HTTP: {}", r.body);
+        }
+        assert_eq!(answers.5.status, 200, "{}", answers.5.body);
+        assert_eq!(answers.6.status, 200, "{}", answers.6.body);
+        for r in [&answers.7, &answers.8, &answers.9] {
+            assert_eq!(error_of(r), (403, "forbidden".into()), "MCP: {}", r.body);
+        }
+        let message = answers.2.json()["error"]["message"].to_string();
+        assert!(
+            message.contains("evil.com") && message.contains("allowed_hosts"),
+            "names the host and the option: {message}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unrouted_requests_answer_json_with_nosniff_and_no_cors() {
+        let s = InProcess::start(nexus::Nexus::builder()).await;
+        let (http, mcp) = (s.http, s.mcp);
+        let answers = blocking(move || {
+            let at = |addr: SocketAddr, method: &str, path: &str, extra: &str| {
+                exchange(
+                    addr,
+                    &format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json{extra}"),
+                    b"",
+                )
+            };
+            vec![
+                at(http, "GET", "/nope", ""),
+                at(http, "DELETE", "/health", ""),
+                at(http, "GET", "/workflows/count/execute", ""),
+                at(mcp, "GET", "/nope", ""),
+                at(http, "GET", "/health", &format!("\r\nOrigin: http://{http}")),
+            ]
+        })
+        .await;
+        assert_eq!(error_of(&answers[0]), (404, "not_found".into()));
+        assert_eq!(error_of(&answers[1]), (405, "method_not_allowed".into()));
+        assert_eq!(error_of(&answers[2]), (405, "method_not_allowed".into()));
+        assert_eq!(error_of(&answers[3]), (404, "not_found".into()));
+        assert_eq!(answers[4].status, 200);
+        for r in &answers {
+            assert_eq!(header(r, "x-content-type-options"), Some("nosniff"), "{:?}", r.headers);
+            assert_eq!(header(r, "access-control-allow-origin"), None, "CORS is off by default");
+        }
+        assert!(
+            header(&answers[1], "allow").is_some_and(|a| a.contains("GET")),
+            "a 405 says what is allowed: {:?}",
+            answers[1].headers
+        );
+    }
+
+    /// A malformed port in the example's environment is a configuration
+    /// error naming the variable, not a silent fallback to the default port.
+    #[test]
+    fn a_bad_port_variable_is_a_config_error() {
+        for var in ["NEXUS_API_PORT", "NEXUS_MCP_PORT"] {
+            let mut child = example(&support::sqlite_url("nexus_bad_port"))
+                .env("NEXUS_API_PORT", free_port().to_string())
+                .env("NEXUS_MCP_PORT", free_port().to_string())
+                .env(var, "abc")
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let started = Instant::now();
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if started.elapsed() > Duration::from_secs(20) {
+                    let _ = child.kill();
+                    panic!("{var}=abc: the example served instead of exiting");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let mut stderr = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+            assert_eq!(status.code(), Some(8), "{var}=abc: {stderr}");
+            assert!(
+                stderr.contains("error[config]") && stderr.contains(var) && stderr.contains("abc"),
+                "{stderr}"
+            );
+        }
+    }
+
+    /// The peak resident set of process `pid`, in MiB (Linux).
+    fn peak_rss_mib(pid: u32) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024)
+    }
+
+    /// The issue's flood: records with ~900 KB names, then async
+    /// `list_users` runs whose results are ~2.7 MB each. Before the bound
+    /// every result stayed in memory (1.5 GB for 480 runs); now the store
+    /// keeps at most 64 MiB, the oldest results answer 404, the newest is
+    /// kept, and the server's peak RSS stays under 300 MiB.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_async_flood_stays_within_the_store_bound() {
+        const RUNS: usize = 150;
+        let s = server(&support::sqlite_url("nexus_async_flood"));
+        for i in 0..3 {
+            let name = format!("{i}").repeat(900_000);
+            let r = request(
+                s.addr,
+                "POST",
+                "/workflows/create_user/execute",
+                Some(json!({"inputs": {"email": format!("big{i}@x.io"), "full_name": name}}).to_string().as_bytes()),
+            );
+            assert_eq!(r.status, 200, "{}", start(&r.body));
+        }
+        let body = json!({"inputs": {"active": true, "limit": 100}, "mode": "async"}).to_string();
+        let started = Instant::now();
+        let mut ids = Vec::new();
+        let mut refused = 0;
+        while ids.len() < RUNS {
+            let r = request(s.addr, "POST", "/workflows/list_users/execute", Some(body.as_bytes()));
+            match r.status {
+                202 => ids.push(r.json()["run_id"].as_str().unwrap().to_string()),
+                503 => {
+                    assert_eq!(error_of(&r), (503, "overloaded".into()));
+                    assert!(header(&r, "retry-after").is_some(), "{:?}", r.headers);
+                    refused += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => panic!("{other}: {}", r.body),
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "the flood took too long");
+        }
+        // The newest run finishes and is kept with its result.
+        let last = ids.last().unwrap();
+        let done = loop {
+            let r = request(s.addr, "GET", &format!("/runs/{last}"), None);
+            assert_eq!(r.status, 200, "{}", start(&r.body));
+            let v = r.json();
+            if v["status"] != "running" {
+                break v;
+            }
+            assert!(started.elapsed() < Duration::from_secs(90), "the last run never finished");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(done["status"], "finished");
+        assert_eq!(done["result"]["outputs"]["users"]["count"], 3);
+        let peak = peak_rss_mib(s.child.id()).expect("VmHWM");
+        eprintln!("async flood: {RUNS} runs of ~2.7 MB, {refused} refused (overloaded), peak RSS {peak} MiB");
+        // The oldest results were forgotten: a JSON `not_found`.
+        let r = request(s.addr, "GET", &format!("/runs/{}", ids[0]), None);
+        assert_eq!(error_of(&r), (404, "not_found".into()));
+        assert!(peak < 300, "peak RSS {peak} MiB");
+    }
 }
