@@ -166,7 +166,9 @@ fn start_async(s: AppState, name: String, inputs: Value) -> Result<Response, Api
                 json!({"run_id": id, "workflow": name, "status": "failed", "error": e.to_json()})
             }
         };
-        s.runs.finish(&id, status);
+        // Serializing a large result is CPU work: off the async workers.
+        let runs = s.runs.clone();
+        let _ = tokio::task::spawn_blocking(move || runs.finish(&id, status)).await;
         drop(slot);
     });
     let body =

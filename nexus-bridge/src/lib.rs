@@ -101,7 +101,7 @@ impl Default for NexusBuilder {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 256,
-            max_async_runs: 64,
+            max_async_runs: 16,
             async_store_max_runs: 10_000,
             async_store_max_bytes: 64 << 20,
             async_store_ttl: Duration::from_secs(3600),
@@ -173,9 +173,10 @@ impl NexusBuilder {
         /// connection has one, new connections wait in the listen backlog
         /// until one finishes.
         max_connections: usize;
-        /// The most `"mode": "async"` runs in progress at once (default 64);
+        /// The most `"mode": "async"` runs in progress at once (default 16);
         /// beyond it a start is refused with 503 `overloaded` and
-        /// `Retry-After`.
+        /// `Retry-After`. Results in flight cost up to this many times a
+        /// result's size, besides the outcomes kept.
         max_async_runs: usize;
         /// The most finished async runs whose outcome `GET /runs/{id}` keeps
         /// (default 10,000); the oldest are forgotten first.

@@ -203,7 +203,11 @@ impl HttpOptions {
     }
 }
 
-fn router_with(server: McpServer, options: HttpOptions, shutdown: CancellationToken) -> axum::Router {
+fn router_with(
+    server: McpServer,
+    options: HttpOptions,
+    shutdown: CancellationToken,
+) -> axum::Router {
     // The policy checks Host and Origin for every listener, so rmcp's own
     // host check (the same rule, with a plain-text answer) is off.
     let config = StreamableHttpServerConfig::default()

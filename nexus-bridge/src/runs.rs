@@ -93,10 +93,13 @@ impl Runs {
             text = status.to_string();
         }
         drop(status);
+        // Exactly its length: a serialized string's spare capacity would
+        // cost up to as much again, uncounted.
+        let text = Bytes::from(text.into_bytes().into_boxed_slice());
         let now = Instant::now();
         let mut store = self.lock();
         store.bytes += text.len();
-        store.by_id.insert(run_id.to_string(), Bytes::from(text));
+        store.by_id.insert(run_id.to_string(), text);
         store.finished.push_back((run_id.to_string(), now));
         self.evict(&mut store, now);
     }

@@ -317,10 +317,22 @@ mod tests {
         assert!(!ok(&[("host", "evil.com")]));
         assert!(!ok(&[]), "no Host: refused");
         assert!(!ok(&[("host", "user@localhost")]));
-        assert!(ok(&[("host", "localhost"), ("origin", "http://localhost:5173")]));
-        assert!(ok(&[("host", "localhost"), ("origin", "https://app.example.com")]));
-        assert!(ok(&[("host", "localhost"), ("origin", "https://app.example.com:443")]));
-        assert!(!ok(&[("host", "localhost"), ("origin", "http://app.example.com")]));
+        assert!(ok(&[
+            ("host", "localhost"),
+            ("origin", "http://localhost:5173")
+        ]));
+        assert!(ok(&[
+            ("host", "localhost"),
+            ("origin", "https://app.example.com")
+        ]));
+        assert!(ok(&[
+            ("host", "localhost"),
+            ("origin", "https://app.example.com:443")
+        ]));
+        assert!(!ok(&[
+            ("host", "localhost"),
+            ("origin", "http://app.example.com")
+        ]));
         assert!(!ok(&[("host", "localhost"), ("origin", "http://evil.com")]));
         assert!(!ok(&[("host", "localhost"), ("origin", "null")]));
         assert!(!ok(&[("host", "localhost"), ("origin", "file://")]));

@@ -135,9 +135,7 @@ struct Open {
 
 impl Open {
     fn add(&self, activity: Arc<Activity>) -> u64 {
-        let id = self
-            .next
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         lock(&self.connections).insert(id, activity);
         id
     }
@@ -229,7 +227,10 @@ impl Activity {
     /// Bytes arrived: a waiting connection's next head has begun.
     fn read(&self) {
         let mut phase = lock(&self.phase);
-        if let Phase::Waiting { head: head @ None, .. } = &mut *phase {
+        if let Phase::Waiting {
+            head: head @ None, ..
+        } = &mut *phase
+        {
             *head = Some(Instant::now());
             self.changed.notify_one();
         }
