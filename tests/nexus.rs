@@ -1958,4 +1958,49 @@ mod hardening {
             assert!(e.message().contains(names), "{e}");
         }
     }
+
+    /// A request body over the MCP transport's limit (4 MiB) is refused with
+    /// the JSON `too_large` error like the HTTP API's (a tool call's
+    /// arguments over 1 MiB are a `too_large` tool error: see the case table).
+    #[test]
+    fn an_oversized_mcp_body_is_413_too_large() {
+        let s = server(&support::sqlite_url("nexus_mcp_big"));
+        let mut stream = std::net::TcpStream::connect(s.mcp).unwrap();
+        let body = format!(
+            r#"{{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {{"name": "create_user", "arguments": {{"email": "{}"}}}}}}"#,
+            "x".repeat(5 << 20)
+        );
+        let mut writer = stream.try_clone().unwrap();
+        let head = format!(
+            "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n",
+            s.mcp,
+            body.len()
+        );
+        // The server may answer before it has read it all: write on the side.
+        let sending = std::thread::spawn(move || {
+            let _ = writer.write_all(head.as_bytes());
+            let _ = writer.write_all(body.as_bytes());
+        });
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&raw).contains("}}") {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        assert!(text.starts_with("HTTP/1.1 413"), "{}", start(&text));
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let error: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(error["error"]["code"], "too_large", "{body}");
+        drop(stream);
+        sending.join().unwrap();
+    }
 }

@@ -39,9 +39,17 @@ pub const MAX_INPUT_BYTES: usize = 1 << 20;
 
 /// The error for inputs over [`MAX_INPUT_BYTES`]: `too_large` on every channel.
 pub(crate) fn too_large(what: &str) -> Error {
+    too_large_over(what, MAX_INPUT_BYTES)
+}
+
+/// The error for `what` over `limit` bytes.
+pub(crate) fn too_large_over(what: &str, limit: usize) -> Error {
     Error::new(
         ErrorCode::TooLarge,
-        format!("{what}: payload too large: the limit is {MAX_INPUT_BYTES} bytes (1 MiB)"),
+        format!(
+            "{what}: payload too large: the limit is {limit} bytes ({} MiB)",
+            limit >> 20
+        ),
     )
 }
 

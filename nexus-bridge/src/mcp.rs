@@ -30,7 +30,7 @@
 //! ([`serve_http`], or [`router`] to mount it in an axum app). Get the
 //! server of an application with [`Nexus::mcp_server`](crate::Nexus::mcp_server).
 
-use crate::channel::{http_error, mcp_error, too_large, Shared, MAX_INPUT_BYTES};
+use crate::channel::{http_error, mcp_error, too_large, too_large_over, Shared, MAX_INPUT_BYTES};
 use crate::security::Policy;
 use crate::Registered;
 use axum::extract::State;
@@ -212,6 +212,7 @@ fn router_with(
     // host check (the same rule, with a plain-text answer) is off.
     let config = StreamableHttpServerConfig::default()
         .with_cancellation_token(shutdown)
+        .with_max_request_body_bytes(MAX_BODY_BYTES)
         .disable_allowed_hosts();
     let mut manager = LocalSessionManager::default();
     manager.session_config.keep_alive = Some(options.session_idle);
@@ -226,8 +227,27 @@ fn router_with(
     let app = axum::Router::new()
         .nest_service(MCP_PATH, service)
         .fallback(crate::http::no_route)
-        .layer(axum::middleware::from_fn_with_state(sessions, cap_sessions));
+        .layer(axum::middleware::from_fn_with_state(sessions, cap_sessions))
+        .layer(axum::middleware::from_fn(too_large_as_json));
     options.policy.apply(app)
+}
+
+/// The largest MCP request body the transport reads: room for tool
+/// arguments of [`MAX_INPUT_BYTES`] in any JSON spelling, so that arguments
+/// over it are answered in the protocol (a `too_large` tool error).
+const MAX_BODY_BYTES: usize = 4 * MAX_INPUT_BYTES;
+
+/// rmcp answers a body over [`MAX_BODY_BYTES`] with a plain-text 413: the
+/// JSON `too_large` error instead, as the HTTP API answers.
+async fn too_large_as_json(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(request).await;
+    if response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return http_error(&too_large_over("MCP request body", MAX_BODY_BYTES));
+    }
+    response
 }
 
 /// At most `max` MCP sessions: requests that may open one (a POST without
