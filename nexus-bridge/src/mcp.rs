@@ -179,7 +179,9 @@ pub async fn serve_stdio(server: McpServer) -> Result<()> {
 /// `allowed_hosts` are accepted in the `Host` header (and as the host of an
 /// `Origin`) in addition to [`LOCAL_HOSTS`]; an entry is a host (any port)
 /// or `host:port`, and `"*"` accepts every host (only for deployments behind
-/// their own checks). Sessions are bounded as [`Nexus::builder`](crate::Nexus::builder)'s
+/// their own checks); an entry that is neither matches nothing (the builder's
+/// [`allowed_hosts`](crate::NexusBuilder::allowed_hosts) refuses it with
+/// `config`). Sessions are bounded as [`Nexus::builder`](crate::Nexus::builder)'s
 /// defaults say (`mcp_max_sessions`, `mcp_session_idle`).
 pub fn router(server: McpServer, allowed_hosts: Vec<String>) -> axum::Router {
     let options = HttpOptions::defaults(&allowed_hosts);
