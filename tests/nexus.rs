@@ -1284,34 +1284,11 @@ mod hardening {
     /// Sends `head` (a request without its final blank line) and `body` on a
     /// new connection, `Connection: close`, and reads the whole answer.
     fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> support::http::Response {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        write!(
-            s,
+        let head = format!(
             "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
-        )
-        .unwrap();
-        s.write_all(body).unwrap();
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).unwrap();
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        support::http::Response {
-            status,
-            headers,
-            body: body.to_string(),
-        }
+        );
+        support::http::send(addr, head.as_bytes(), body)
     }
 
     fn header<'a>(r: &'a support::http::Response, name: &str) -> Option<&'a str> {
