@@ -239,7 +239,7 @@ async fn boot_to_ready(url: &str) -> f64 {
     ];
     let mut ready = String::new();
     let mut s = tokio::net::TcpStream::connect(http_addr).await.unwrap();
-    s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     s.read_to_string(&mut ready).await.unwrap();
@@ -281,7 +281,7 @@ async fn main() {
             let get = |addr: SocketAddr, method: &str, path: &str, body: &str| -> String {
                 use std::io::{Read, Write};
                 let mut s = std::net::TcpStream::connect(addr).unwrap();
-                write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+                write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
                 let mut out = String::new();
                 s.read_to_string(&mut out).unwrap();
                 out

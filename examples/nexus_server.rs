@@ -14,6 +14,7 @@
 //!
 //! Environment: `NEXUS_DATABASE_URL` (default `sqlite://nexus.db`), `NEXUS_API_PORT`
 //! (default 8000), `NEXUS_MCP_PORT` (default 3001; MCP at `http://127.0.0.1:3001/mcp`).
+//! A port that is not a number is a configuration error (exit code 8).
 
 use chrono::{DateTime, Utc};
 use dataflow::{DataFlow, WorkflowBuilder};
@@ -62,14 +63,8 @@ async fn main() -> ExitCode {
 /// Boots the database and registers the workflows.
 async fn app() -> Result<Nexus, dataflow::Error> {
     let url = std::env::var("NEXUS_DATABASE_URL").unwrap_or_else(|_| "sqlite://nexus.db".into());
-    let port: u16 = std::env::var("NEXUS_API_PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(8000);
-    let mcp_port: u16 = std::env::var("NEXUS_MCP_PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(3001);
+    let port = port_from_env("NEXUS_API_PORT", 8000)?;
+    let mcp_port = port_from_env("NEXUS_MCP_PORT", 3001)?;
     let db = DataFlow::builder(&url).build().await?;
 
     let mut create = WorkflowBuilder::new();
@@ -108,4 +103,22 @@ async fn app() -> Result<Nexus, dataflow::Error> {
     app.register("list_users", list.build(&db)?)?;
     app.register("start_conversation", start.build(&db)?)?;
     Ok(app)
+}
+
+/// The port in the variable `name`, or `default` when it is unset; anything
+/// else than a port number is a `config` error naming the variable.
+fn port_from_env(name: &str, default: u16) -> Result<u16, dataflow::Error> {
+    match std::env::var(name) {
+        Err(std::env::VarError::NotPresent) => Ok(default),
+        Ok(text) => text.trim().parse().map_err(|_| {
+            dataflow::Error::new(
+                dataflow::ErrorCode::Config,
+                format!("{name}=`{text}` is not a port number (0 to 65535)"),
+            )
+        }),
+        Err(std::env::VarError::NotUnicode(text)) => Err(dataflow::Error::new(
+            dataflow::ErrorCode::Config,
+            format!("{name}={text:?} is not a port number (0 to 65535)"),
+        )),
+    }
 }

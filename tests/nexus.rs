@@ -323,7 +323,7 @@ async fn every_channel_gives_the_same_answer() {
                 what: "oversized inputs",
                 workflow: "create_user",
                 inputs: Inputs::Json(json!({"email": big})),
-                error: Some(("validation", 422, 3, None)),
+                error: Some(("too_large", 413, 3, None)),
                 same_message: false,
             },
             Case {
@@ -1072,9 +1072,18 @@ struct InProcess {
 
 impl InProcess {
     async fn start(options: nexus::NexusBuilder) -> InProcess {
+        Self::start_with(options, |_, _| {}).await
+    }
+
+    /// [`start`](Self::start), with more workflows registered by `register`.
+    async fn start_with(
+        options: nexus::NexusBuilder,
+        register: impl FnOnce(&mut nexus::Nexus, &dataflow::DataFlow),
+    ) -> InProcess {
         let db = probe_db().await;
         let mut app = options.build(db.clone()).unwrap();
         app.register("count", probe_workflow(&db)).unwrap();
+        register(&mut app, &db);
         let app = std::sync::Arc::new(app);
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1317,4 +1326,715 @@ async fn run_returns_the_exit_code() {
         .build(db)
         .unwrap();
     assert_eq!(app.run_from(["app", "serve"]).await, ExitCode::from(8));
+}
+
+// ------------------------------------------------------------------ hardening
+
+/// Issue 10, items 2, 3, 9 and part of 12: the listeners' limits (timeouts,
+/// connections, MCP sessions, async run store), the Host / Origin rule on
+/// both listeners, JSON answers for unrouted requests, `nosniff`, CORS, and
+/// configuration errors — each over real loopback sockets.
+mod hardening {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// Sends `head` (a request without its final blank line) and `body` on a
+    /// new connection, `Connection: close`, and reads the whole answer.
+    fn exchange(addr: SocketAddr, head: &str, body: &[u8]) -> support::http::Response {
+        let head = format!(
+            "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        support::http::send(addr, head.as_bytes(), body)
+    }
+
+    fn header<'a>(r: &'a support::http::Response, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The start of a body, for assertion messages (results can be megabytes).
+    fn start(body: &str) -> &str {
+        &body[..body.floor_char_boundary(300)]
+    }
+
+    /// (status, error code) of an answer that must be the JSON error object.
+    fn error_of(r: &support::http::Response) -> (u16, String) {
+        let body: Value = serde_json::from_str(&r.body)
+            .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {}", r.status, start(&r.body)));
+        let code = body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{}: an error with a message: {}",
+            r.status,
+            start(&r.body)
+        );
+        (r.status, code)
+    }
+
+    const INITIALIZE: &str = r#"{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}"#;
+
+    /// An MCP `initialize` POST with extra header lines.
+    fn initialize(addr: SocketAddr, headers: &str) -> support::http::Response {
+        exchange(
+            addr,
+            &format!(
+                "POST /mcp HTTP/1.1\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{headers}"
+            ),
+            INITIALIZE.as_bytes(),
+        )
+    }
+
+    async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        tokio::task::spawn_blocking(f).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn foreign_hosts_and_origins_are_refused_on_both_listeners() {
+        let s = InProcess::start(nexus::Nexus::builder()).await;
+        let (http, mcp) = (s.http, s.mcp);
+        let answers = blocking(move || {
+            let run = |host: &str, origin: Option<&str>| {
+                let origin = origin.map(|o| format!("\r\nOrigin: {o}")).unwrap_or_default();
+                exchange(
+                    http,
+                    &format!("POST /workflows/count/execute HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json{origin}"),
+                    br#"{"inputs": {}}"#,
+                )
+            };
+            let port = http.port();
+            let mcp_port = mcp.port();
+            (
+                run(&format!("127.0.0.1:{port}"), None),
+                run(&format!("localhost:{port}"), Some(&format!("http://localhost:{port}"))),
+                run("evil.com", None),
+                run(&format!("evil.com:{port}"), None),
+                run(&format!("127.0.0.1:{port}"), Some("http://evil.com")),
+                initialize(mcp, &format!("Host: 127.0.0.1:{mcp_port}")),
+                initialize(mcp, &format!("Host: localhost:{mcp_port}\r\nOrigin: http://localhost:5173")),
+                initialize(mcp, &format!("Host: 127.0.0.1:{mcp_port}\r\nOrigin: http://evil.com")),
+                initialize(mcp, &format!("Host: 127.0.0.1:{mcp_port}\r\nOrigin: null")),
+                initialize(mcp, "Host: evil.com"),
+            )
+        })
+        .await;
+        assert_eq!(answers.0.status, 200, "{}", answers.0.body);
+        assert_eq!(answers.1.status, 200, "{}", answers.1.body);
+        for r in [&answers.2, &answers.3, &answers.4] {
+            assert_eq!(error_of(r), (403, "forbidden".into()), "HTTP: {}", r.body);
+        }
+        assert_eq!(answers.5.status, 200, "{}", answers.5.body);
+        assert_eq!(answers.6.status, 200, "{}", answers.6.body);
+        for r in [&answers.7, &answers.8, &answers.9] {
+            assert_eq!(error_of(r), (403, "forbidden".into()), "MCP: {}", r.body);
+        }
+        let message = answers.2.json()["error"]["message"].to_string();
+        assert!(
+            message.contains("evil.com") && message.contains("allowed_hosts"),
+            "names the host and the option: {message}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unrouted_requests_answer_json_with_nosniff_and_no_cors() {
+        let s = InProcess::start(nexus::Nexus::builder()).await;
+        let (http, mcp) = (s.http, s.mcp);
+        let answers = blocking(move || {
+            let at = |addr: SocketAddr, method: &str, path: &str, extra: &str| {
+                exchange(
+                    addr,
+                    &format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json{extra}"),
+                    b"",
+                )
+            };
+            vec![
+                at(http, "GET", "/nope", ""),
+                at(http, "DELETE", "/health", ""),
+                at(http, "GET", "/workflows/count/execute", ""),
+                at(mcp, "GET", "/nope", ""),
+                at(http, "GET", "/health", &format!("\r\nOrigin: http://{http}")),
+            ]
+        })
+        .await;
+        assert_eq!(error_of(&answers[0]), (404, "not_found".into()));
+        assert_eq!(error_of(&answers[1]), (405, "method_not_allowed".into()));
+        assert_eq!(error_of(&answers[2]), (405, "method_not_allowed".into()));
+        assert_eq!(error_of(&answers[3]), (404, "not_found".into()));
+        assert_eq!(answers[4].status, 200);
+        for r in &answers {
+            assert_eq!(
+                header(r, "x-content-type-options"),
+                Some("nosniff"),
+                "{:?}",
+                r.headers
+            );
+            assert_eq!(
+                header(r, "access-control-allow-origin"),
+                None,
+                "CORS is off by default"
+            );
+        }
+        assert!(
+            header(&answers[1], "allow").is_some_and(|a| a.contains("GET")),
+            "a 405 says what is allowed: {:?}",
+            answers[1].headers
+        );
+    }
+
+    /// A malformed port in the example's environment is a configuration
+    /// error naming the variable, not a silent fallback to the default port.
+    #[test]
+    fn a_bad_port_variable_is_a_config_error() {
+        for var in ["NEXUS_API_PORT", "NEXUS_MCP_PORT"] {
+            let mut child = example(&support::sqlite_url("nexus_bad_port"))
+                .env("NEXUS_API_PORT", free_port().to_string())
+                .env("NEXUS_MCP_PORT", free_port().to_string())
+                .env(var, "abc")
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let started = Instant::now();
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if started.elapsed() > Duration::from_secs(20) {
+                    let _ = child.kill();
+                    panic!("{var}=abc: the example served instead of exiting");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let mut stderr = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            assert_eq!(status.code(), Some(8), "{var}=abc: {stderr}");
+            assert!(
+                stderr.contains("error[config]") && stderr.contains(var) && stderr.contains("abc"),
+                "{stderr}"
+            );
+        }
+    }
+
+    /// The peak resident set of process `pid`, in MiB (Linux).
+    fn peak_rss_mib(pid: u32) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024)
+    }
+
+    /// The issue's flood: records with ~900 KB names, then async
+    /// `list_users` runs whose results are ~2.7 MB each (405 MB in all).
+    /// Before the bounds every result stayed in memory: this test measured a
+    /// peak RSS of 587 MiB (and the issue 1.5 GB for 480 runs). Now, with the
+    /// default bounds (16 runs at once, 64 MiB of outcomes kept), starts
+    /// beyond 16 are refused with `overloaded` and `Retry-After`, the oldest
+    /// outcomes answer 404, the newest is kept, and the peak stays under 400
+    /// MiB whatever the flood's length (measured: 230–330 MiB).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_async_flood_stays_within_the_store_bound() {
+        const RUNS: usize = 150;
+        let s = server(&support::sqlite_url("nexus_async_flood"));
+        for i in 0..3 {
+            let name = format!("{i}").repeat(900_000);
+            let r = request(
+                s.addr,
+                "POST",
+                "/workflows/create_user/execute",
+                Some(
+                    json!({"inputs": {"email": format!("big{i}@x.io"), "full_name": name}})
+                        .to_string()
+                        .as_bytes(),
+                ),
+            );
+            assert_eq!(r.status, 200, "{}", start(&r.body));
+        }
+        let body = json!({"inputs": {"active": true, "limit": 100}, "mode": "async"}).to_string();
+        let started = Instant::now();
+        let mut ids = Vec::new();
+        let mut refused = 0;
+        while ids.len() < RUNS {
+            let r = request(
+                s.addr,
+                "POST",
+                "/workflows/list_users/execute",
+                Some(body.as_bytes()),
+            );
+            match r.status {
+                202 => ids.push(r.json()["run_id"].as_str().unwrap().to_string()),
+                503 => {
+                    assert_eq!(error_of(&r), (503, "overloaded".into()));
+                    assert!(header(&r, "retry-after").is_some(), "{:?}", r.headers);
+                    refused += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => panic!("{other}: {}", r.body),
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the flood took too long"
+            );
+        }
+        // The newest run finishes and is kept with its result.
+        let last = ids.last().unwrap();
+        let done = loop {
+            let r = request(s.addr, "GET", &format!("/runs/{last}"), None);
+            assert_eq!(r.status, 200, "{}", start(&r.body));
+            let v = r.json();
+            if v["status"] != "running" {
+                break v;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(90),
+                "the last run never finished"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(done["status"], "finished");
+        assert_eq!(done["result"]["outputs"]["users"]["count"], 3);
+        let peak = peak_rss_mib(s.child.id()).expect("VmHWM");
+        eprintln!("async flood: {RUNS} runs of ~2.7 MB, {refused} refused (overloaded), peak RSS {peak} MiB");
+        // The oldest results were forgotten: a JSON `not_found`.
+        let r = request(s.addr, "GET", &format!("/runs/{}", ids[0]), None);
+        assert_eq!(error_of(&r), (404, "not_found".into()));
+        assert!(peak < 400, "peak RSS {peak} MiB");
+    }
+
+    /// Registers `slow`: sleeps `ms` milliseconds (a request in progress).
+    fn with_slow(app: &mut nexus::Nexus, db: &dataflow::DataFlow) {
+        let mut wf = dataflow::WorkflowBuilder::new();
+        wf.add_node("SlowNode", "slow", json!({"ms": "{{ms}}"}));
+        app.register("slow", wf.build(db).unwrap()).unwrap();
+    }
+
+    /// Whether the server closes `s` within `limit` (EOF or reset; nothing
+    /// is answered to a client that never sent a complete head).
+    fn closed_within(mut s: &std::net::TcpStream, limit: Duration) -> bool {
+        s.set_read_timeout(Some(limit.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        match s.read(&mut buf) {
+            Ok(0) => true,
+            Ok(n) => panic!("answered: {}", String::from_utf8_lossy(&buf[..n])),
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+
+    /// A kept-alive request on `s`: (status, body); the body has a length.
+    fn keep_alive_get(s: &mut std::net::TcpStream, addr: SocketAddr, path: &str) -> (u16, String) {
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .expect("a content length");
+        let mut body = vec![0u8; length];
+        s.read_exact(&mut body).unwrap();
+        (
+            head[9..12].parse().unwrap(),
+            String::from_utf8(body).unwrap(),
+        )
+    }
+
+    /// A bounded slow-client script on loopback: 200 silent sockets, 20 that
+    /// send part of a head and stop, 10 that trickle a byte every 100 ms; all
+    /// are closed by the header-read timeout while a legitimate request is
+    /// answered at once. A kept-alive connection may idle longer than the
+    /// header-read timeout, and is closed after the idle timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_and_idle_clients_are_closed_while_others_are_served() {
+        let options = nexus::Nexus::builder()
+            .header_read_timeout(Duration::from_millis(500))
+            .idle_timeout(Duration::from_millis(2500))
+            .max_connections(1000);
+        let s = InProcess::start(options).await;
+        let (http, mcp) = (s.http, s.mcp);
+        blocking(move || {
+            for addr in [http, mcp] {
+                let opened = Instant::now();
+                let silent: Vec<_> = (0..200)
+                    .map(|_| std::net::TcpStream::connect(addr).unwrap())
+                    .collect();
+                let partial: Vec<_> = (0..20)
+                    .map(|_| {
+                        let mut s = std::net::TcpStream::connect(addr).unwrap();
+                        write!(s, "GET /health HTTP/1.1\r\nHost: {addr}\r\nX-Slow: ").unwrap();
+                        s
+                    })
+                    .collect();
+                let trickling: Vec<_> = (0..10)
+                    .map(|_| {
+                        let mut s = std::net::TcpStream::connect(addr).unwrap();
+                        let reader = s.try_clone().unwrap();
+                        let writer = std::thread::spawn(move || {
+                            let started = Instant::now();
+                            // A byte every 100 ms until the server hangs up (bounded: 10 s).
+                            for b in "GET /health HTTP/1.1\r\nX-Slow: ".bytes().cycle() {
+                                if s.write_all(&[b]).is_err()
+                                    || started.elapsed() > Duration::from_secs(10)
+                                {
+                                    break;
+                                }
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                        });
+                        (reader, writer)
+                    })
+                    .collect();
+                // Served at once meanwhile (the MCP listener's unknown path: a JSON 404).
+                let asked = Instant::now();
+                let r = request(addr, "GET", "/health", None);
+                assert!(
+                    asked.elapsed() < Duration::from_millis(400),
+                    "answered in {:?}",
+                    asked.elapsed()
+                );
+                assert!(
+                    r.status == 200 || r.status == 404,
+                    "{} {}",
+                    r.status,
+                    r.body
+                );
+                let limit = Duration::from_secs(6);
+                let all_closed = silent
+                    .iter()
+                    .chain(&partial)
+                    .all(|s| closed_within(s, limit.saturating_sub(opened.elapsed())));
+                assert!(all_closed, "silent and partial sockets closed in {limit:?}");
+                for (reader, writer) in trickling {
+                    assert!(
+                        closed_within(&reader, limit.saturating_sub(opened.elapsed())),
+                        "a trickling head does not extend the timeout"
+                    );
+                    writer.join().unwrap();
+                }
+                assert!(
+                    opened.elapsed() >= Duration::from_millis(450),
+                    "not closed before the timeout: {:?}",
+                    opened.elapsed()
+                );
+            }
+
+            // Keep-alive: idle longer than the header-read timeout, then closed.
+            let mut s = std::net::TcpStream::connect(http).unwrap();
+            assert_eq!(keep_alive_get(&mut s, http, "/health").0, 200);
+            std::thread::sleep(Duration::from_millis(1200));
+            assert_eq!(
+                keep_alive_get(&mut s, http, "/health").0,
+                200,
+                "idle 1.2 s, under idle_timeout: still open"
+            );
+            let idle = Instant::now();
+            assert!(
+                closed_within(&s, Duration::from_secs(8)),
+                "closed when idle"
+            );
+            assert!(
+                idle.elapsed() >= Duration::from_millis(2000),
+                "closed by idle_timeout (2.5 s), not sooner: {:?}",
+                idle.elapsed()
+            );
+        })
+        .await;
+    }
+
+    /// At `max_connections`, a new connection takes the place of the one
+    /// that has waited longest for a request; connections with a request in
+    /// progress are never taken, and a new one then waits for one to finish.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_the_connection_limit_waiting_connections_make_room() {
+        let options = nexus::Nexus::builder()
+            .header_read_timeout(Duration::from_secs(30))
+            .max_connections(8);
+        let s = InProcess::start_with(options, with_slow).await;
+        let http = s.http;
+        blocking(move || {
+            let silent: Vec<_> = (0..8)
+                .map(|_| std::net::TcpStream::connect(http).unwrap())
+                .collect();
+            std::thread::sleep(Duration::from_millis(100));
+            let asked = Instant::now();
+            let r = request(http, "GET", "/health", None);
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert!(
+                asked.elapsed() < Duration::from_secs(5),
+                "served long before the 30 s timeout: {:?}",
+                asked.elapsed()
+            );
+            let closed = silent
+                .iter()
+                .filter(|s| closed_within(s, Duration::from_millis(200)))
+                .count();
+            assert!(closed >= 1, "a silent connection made room");
+        })
+        .await;
+
+        // Every connection busy: the next one waits, nobody is cut off.
+        let options = nexus::Nexus::builder().max_connections(2);
+        let s = InProcess::start_with(options, with_slow).await;
+        let slow = || {
+            post(
+                s.http,
+                "/workflows/slow/execute".into(),
+                br#"{"inputs": {"ms": 800}}"#.to_vec(),
+            )
+        };
+        let started = Instant::now();
+        let third = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let r = get(s.http, "/health").await;
+            (r, started.elapsed())
+        };
+        let (a, b, (c, waited)) = tokio::join!(slow(), slow(), third);
+        assert_eq!((a.status, b.status), (200, 200), "{} {}", a.body, b.body);
+        assert_eq!(c.status, 200, "{}", c.body);
+        assert!(
+            waited >= Duration::from_millis(700),
+            "the third connection waited for a slot: {waited:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn too_many_async_runs_are_refused_with_retry_after() {
+        let s = InProcess::start_with(nexus::Nexus::builder().max_async_runs(2), with_slow).await;
+        let start = || {
+            post(
+                s.http,
+                "/workflows/slow/execute".into(),
+                br#"{"inputs": {"ms": 600}, "mode": "async"}"#.to_vec(),
+            )
+        };
+        let (a, b) = tokio::join!(start(), start());
+        assert_eq!((a.status, b.status), (202, 202), "{} {}", a.body, b.body);
+        let refused = start().await;
+        assert_eq!(error_of(&refused), (503, "overloaded".into()));
+        assert_eq!(header(&refused, "retry-after"), Some("1"));
+        assert!(refused.body.contains("max_async_runs"), "{}", refused.body);
+        // Once they finish there is room again.
+        let id = a.json()["run_id"].as_str().unwrap().to_string();
+        let started = Instant::now();
+        while get(s.http, &format!("/runs/{id}")).await.json()["status"] == "running" {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the run never finished"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(start().await.status, 202);
+    }
+
+    /// At `mcp_max_sessions` a new session is refused with `overloaded` and
+    /// `Retry-After`; sessions idle for `mcp_session_idle` close and make room.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mcp_sessions_are_capped_and_expire_when_idle() {
+        let options = nexus::Nexus::builder()
+            .mcp_max_sessions(3)
+            .mcp_session_idle(Duration::from_millis(700));
+        let s = InProcess::start(options).await;
+        let mcp = s.mcp;
+        blocking(move || {
+            let host = format!("Host: {mcp}");
+            let sessions: Vec<String> = (0..3)
+                .map(|_| {
+                    let r = initialize(mcp, &host);
+                    assert_eq!(r.status, 200, "{}", r.body);
+                    header(&r, "mcp-session-id").expect("a session").to_string()
+                })
+                .collect();
+            let refused = initialize(mcp, &host);
+            assert_eq!(error_of(&refused), (503, "overloaded".into()));
+            assert_eq!(header(&refused, "retry-after"), Some("1"));
+            assert!(refused.body.contains("mcp_max_sessions"), "{}", refused.body);
+            // A request on an open session is not refused.
+            let ping = exchange(
+                mcp,
+                &format!(
+                    "POST /mcp HTTP/1.1\r\n{host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: {}",
+                    sessions[0]
+                ),
+                br#"{"jsonrpc": "2.0", "method": "notifications/initialized"}"#,
+            );
+            assert_eq!(ping.status, 202, "{}", ping.body);
+            // Idle sessions close; then there is room.
+            let started = Instant::now();
+            loop {
+                let r = initialize(mcp, &host);
+                if r.status == 200 {
+                    break;
+                }
+                assert_eq!(error_of(&r), (503, "overloaded".into()));
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "idle sessions never closed"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert!(started.elapsed() >= Duration::from_millis(400), "{:?}", started.elapsed());
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cors_and_allowed_hosts_when_configured() {
+        let options = nexus::Nexus::builder()
+            .cors(["https://app.example"])
+            .allowed_hosts(["api.example", "mcp.example:3001"]);
+        let s = InProcess::start(options).await;
+        let (http, mcp) = (s.http, s.mcp);
+        let answers = blocking(move || {
+            let at = |addr: SocketAddr, method: &str, host: &str, extra: &str| {
+                exchange(
+                    addr,
+                    &format!("{method} /health HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json{extra}"),
+                    b"",
+                )
+            };
+            vec![
+                at(http, "GET", "api.example", "\r\nOrigin: https://app.example"),
+                at(
+                    http,
+                    "OPTIONS",
+                    &http.to_string(),
+                    "\r\nOrigin: https://app.example\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: content-type",
+                ),
+                at(http, "GET", "api.example:8080", "\r\nOrigin: https://other.example"),
+                at(http, "GET", "mcp.example:3002", ""),
+                initialize(mcp, "Host: mcp.example:3001\r\nOrigin: https://app.example"),
+            ]
+        })
+        .await;
+        assert_eq!(answers[0].status, 200, "{}", answers[0].body);
+        assert_eq!(
+            header(&answers[0], "access-control-allow-origin"),
+            Some("https://app.example")
+        );
+        assert_eq!(
+            answers[1].status, 200,
+            "a preflight: {:?}",
+            answers[1].headers
+        );
+        assert_eq!(
+            header(&answers[1], "access-control-allow-origin"),
+            Some("https://app.example")
+        );
+        assert!(
+            header(&answers[1], "access-control-allow-methods").is_some_and(|m| m.contains("POST"))
+        );
+        assert_eq!(error_of(&answers[2]), (403, "forbidden".into()));
+        assert_eq!(
+            error_of(&answers[3]),
+            (403, "forbidden".into()),
+            "another port than the one listed"
+        );
+        assert_eq!(answers[4].status, 200, "{}", answers[4].body);
+        assert_eq!(
+            header(&answers[4], "access-control-allow-origin"),
+            Some("https://app.example")
+        );
+
+        // `*` accepts every host.
+        let any = InProcess::start(nexus::Nexus::builder().allowed_hosts(["*"])).await;
+        let r = blocking(move || {
+            exchange(
+                any.http,
+                "GET /health HTTP/1.1\r\nHost: anything.example",
+                b"",
+            )
+        })
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+
+    #[tokio::test]
+    async fn malformed_hosts_origins_and_bounds_fail_at_build() {
+        let db = probe_db().await;
+        for (b, names) in [
+            (
+                nexus::Nexus::builder().allowed_hosts(["http://x/"]),
+                "http://x/",
+            ),
+            (nexus::Nexus::builder().cors(["app.example"]), "app.example"),
+            (
+                nexus::Nexus::builder().max_connections(0),
+                "max_connections",
+            ),
+            (
+                nexus::Nexus::builder().mcp_session_idle(Duration::ZERO),
+                "mcp_session_idle",
+            ),
+        ] {
+            let e = b.build(db.clone()).err().expect("refused");
+            assert_eq!(e.code(), "config", "{e}");
+            assert!(e.message().contains(names), "{e}");
+        }
+    }
+
+    /// A request body over the MCP transport's limit (4 MiB) is refused with
+    /// the JSON `too_large` error like the HTTP API's (a tool call's
+    /// arguments over 1 MiB are a `too_large` tool error: see the case table).
+    #[test]
+    fn an_oversized_mcp_body_is_413_too_large() {
+        let s = server(&support::sqlite_url("nexus_mcp_big"));
+        let mut stream = std::net::TcpStream::connect(s.mcp).unwrap();
+        let body = format!(
+            r#"{{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {{"name": "create_user", "arguments": {{"email": "{}"}}}}}}"#,
+            "x".repeat(5 << 20)
+        );
+        let mut writer = stream.try_clone().unwrap();
+        let head = format!(
+            "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n",
+            s.mcp,
+            body.len()
+        );
+        // The server may answer before it has read it all: write on the side.
+        let sending = std::thread::spawn(move || {
+            let _ = writer.write_all(head.as_bytes());
+            let _ = writer.write_all(body.as_bytes());
+        });
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&raw).contains("}}") {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        assert!(text.starts_with("HTTP/1.1 413"), "{}", start(&text));
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let error: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(error["error"]["code"], "too_large", "{body}");
+        drop(stream);
+        sending.join().unwrap();
+    }
 }

@@ -43,11 +43,21 @@ pub enum ErrorCode {
     /// A tenant-scoped model was used without a tenant in the context
     /// (never "all tenants").
     TenantRequired,
+    /// The input is larger than a channel accepts (an HTTP body, a CLI
+    /// `--inputs` document, MCP tool arguments).
+    TooLarge,
+    /// A server refused the request: its `Host` or `Origin` is not allowed.
+    Forbidden,
+    /// A server is at a configured capacity (concurrent async runs, MCP
+    /// sessions); retry after a moment.
+    Overloaded,
+    /// A server route exists but not with this HTTP method.
+    MethodNotAllowed,
 }
 
 impl ErrorCode {
     /// Every code, for tables (status mappings, documentation, tests).
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::Validation,
         ErrorCode::NotFound,
         ErrorCode::UniqueViolation,
@@ -63,6 +73,10 @@ impl ErrorCode {
         ErrorCode::MigrationBlocked,
         ErrorCode::Internal,
         ErrorCode::TenantRequired,
+        ErrorCode::TooLarge,
+        ErrorCode::Forbidden,
+        ErrorCode::Overloaded,
+        ErrorCode::MethodNotAllowed,
     ];
 
     /// The code named `s` (the inverse of [`as_str`](Self::as_str)).
@@ -88,6 +102,10 @@ impl ErrorCode {
             ErrorCode::MigrationBlocked => "migration_blocked",
             ErrorCode::Internal => "internal",
             ErrorCode::TenantRequired => "tenant_required",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
         }
     }
 }
@@ -97,14 +115,17 @@ impl ErrorCode {
     /// (one table for every CLI; 0 is success, 2 is a usage error).
     pub fn exit_code(self) -> u8 {
         match self {
-            ErrorCode::Validation | ErrorCode::ConfirmationRequired => 3,
-            ErrorCode::NotFound | ErrorCode::UnknownNode => 4,
-            ErrorCode::UniqueViolation | ErrorCode::FkViolation | ErrorCode::NotAllowed => 5,
+            ErrorCode::Validation | ErrorCode::ConfirmationRequired | ErrorCode::TooLarge => 3,
+            ErrorCode::NotFound | ErrorCode::UnknownNode | ErrorCode::MethodNotAllowed => 4,
+            ErrorCode::UniqueViolation
+            | ErrorCode::FkViolation
+            | ErrorCode::NotAllowed
+            | ErrorCode::Forbidden => 5,
             ErrorCode::MigrationBlocked => 6,
-            ErrorCode::Connection | ErrorCode::Timeout => 7,
+            ErrorCode::Connection | ErrorCode::Timeout | ErrorCode::Overloaded => 7,
             ErrorCode::Config | ErrorCode::NotSupported => 8,
             ErrorCode::Database | ErrorCode::Internal => 1,
-            ErrorCode::TenantRequired => 9,
+            ErrorCode::TenantRequired => 5,
         }
     }
 
@@ -120,8 +141,11 @@ impl ErrorCode {
             | ErrorCode::FkViolation
             | ErrorCode::NotAllowed
             | ErrorCode::MigrationBlocked => 409,
-            ErrorCode::Connection => 503,
+            ErrorCode::Connection | ErrorCode::Overloaded => 503,
             ErrorCode::Timeout => 504,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Config | ErrorCode::NotSupported => 501,
             ErrorCode::Database | ErrorCode::Internal => 500,
             ErrorCode::TenantRequired => 403,

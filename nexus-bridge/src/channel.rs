@@ -16,6 +16,8 @@ pub(crate) struct Shared {
     pub(crate) workflows: Arc<BTreeMap<String, Registered>>,
     pub(crate) surface: Surface,
     pub(crate) hub: Arc<Hub>,
+    /// Runs started with `"mode": "async"`.
+    pub(crate) runs: Arc<crate::runs::Runs>,
 }
 
 /// What the servers publish besides running workflows (the builder's
@@ -35,11 +37,19 @@ pub(crate) struct Surface {
 /// CLI `--inputs` document, an MCP tool call's arguments.
 pub const MAX_INPUT_BYTES: usize = 1 << 20;
 
-/// The error for inputs over [`MAX_INPUT_BYTES`].
+/// The error for inputs over [`MAX_INPUT_BYTES`]: `too_large` on every channel.
 pub(crate) fn too_large(what: &str) -> Error {
+    too_large_over(what, MAX_INPUT_BYTES)
+}
+
+/// The error for `what` over `limit` bytes.
+pub(crate) fn too_large_over(what: &str, limit: usize) -> Error {
     Error::new(
-        ErrorCode::Validation,
-        format!("{what}: payload too large: the limit is {MAX_INPUT_BYTES} bytes (1 MiB)"),
+        ErrorCode::TooLarge,
+        format!(
+            "{what}: payload too large: the limit is {limit} bytes ({} MiB)",
+            limit >> 20
+        ),
     )
 }
 
@@ -69,13 +79,25 @@ pub fn error_body(e: &Error) -> Value {
 // How each channel reports an error, in one place. The code's HTTP status and
 // exit code come from one table, `ErrorCode::http_status` / `exit_code`.
 
-/// An HTTP error response: the code's status and [`error_body`].
+/// An HTTP error response: the code's status and [`error_body`]; an
+/// `overloaded` one says when to retry (`Retry-After`, in seconds).
 pub(crate) fn http_error(e: &Error) -> axum::response::Response {
     use axum::response::IntoResponse;
     let status = axum::http::StatusCode::from_u16(e.code().http_status())
         .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
-    (status, axum::Json(error_body(e))).into_response()
+    let mut response = (status, axum::Json(error_body(e))).into_response();
+    if e.code() == ErrorCode::Overloaded {
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+        );
+    }
+    response
 }
+
+/// When an `overloaded` caller should try again: capacity frees as runs
+/// finish and sessions expire, so soon.
+const RETRY_AFTER_SECONDS: &str = "1";
 
 /// Prints an error the CLI way (`error[code]: message` on stderr, or with
 /// `--json` the [`error_body`] on stdout) and returns its exit code.
@@ -105,12 +127,10 @@ pub(crate) fn mcp_error(
     }
 }
 
-/// Shared by the channels of one process: the event stream and the metrics.
+/// Shared by the channels of one process: the event stream, the metrics and
+/// the shutdown signal.
 pub(crate) struct Hub {
     pub(crate) events: tokio::sync::broadcast::Sender<String>,
-    /// Runs started with `"mode": "async"`, by run id (newest kept; in memory
-    /// until durability lands).
-    runs: std::sync::Mutex<std::collections::BTreeMap<String, Value>>,
     /// Cancelled when the servers shut down: ends long-lived streams (SSE,
     /// MCP sessions) so graceful shutdown does not wait on them.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
@@ -167,7 +187,6 @@ impl Hub {
         }
         Hub {
             events: tokio::sync::broadcast::channel(1024).0,
-            runs: Default::default(),
             shutdown: Default::default(),
             registry,
             requests,
@@ -189,29 +208,6 @@ impl Hub {
         let mut out = String::new();
         let _ = prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out);
         out
-    }
-}
-
-/// The most async runs whose status is kept.
-pub(crate) const KEPT_RUNS: usize = 10_000;
-
-impl Hub {
-    /// Records an async run's status, forgetting the oldest beyond [`KEPT_RUNS`].
-    pub(crate) fn set_run(&self, run_id: &str, status: Value) {
-        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
-        runs.insert(run_id.to_string(), status);
-        while runs.len() > KEPT_RUNS {
-            runs.pop_first();
-        }
-    }
-
-    /// An async run's last recorded status.
-    pub(crate) fn run(&self, run_id: &str) -> Option<Value> {
-        self.runs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(run_id)
-            .cloned()
     }
 }
 
@@ -297,7 +293,7 @@ mod tests {
     use super::*;
 
     /// The README's error table: every code's HTTP status and CLI exit code.
-    const TABLE: [(&str, u16, u8); 14] = [
+    const TABLE: [(&str, u16, u8); 19] = [
         ("validation", 422, 3),
         ("not_found", 404, 4),
         ("unique_violation", 409, 5),
@@ -312,6 +308,11 @@ mod tests {
         ("timeout", 504, 7),
         ("migration_blocked", 409, 6),
         ("internal", 500, 1),
+        ("tenant_required", 403, 5),
+        ("too_large", 413, 3),
+        ("forbidden", 403, 5),
+        ("overloaded", 503, 7),
+        ("method_not_allowed", 405, 4),
     ];
 
     #[test]
@@ -341,6 +342,9 @@ mod tests {
             ErrorCode::UnknownNode,
             ErrorCode::NotAllowed,
             ErrorCode::MigrationBlocked,
+            ErrorCode::TooLarge,
+            ErrorCode::Forbidden,
+            ErrorCode::MethodNotAllowed,
         ] {
             assert!((400..500).contains(&code.http_status()), "{code}");
         }
@@ -365,6 +369,11 @@ mod tests {
             let e = Error::new(code, "m");
             let r = http_error(&e);
             assert_eq!(r.status().as_u16(), code.http_status(), "{code}");
+            assert_eq!(
+                r.headers().get("retry-after").is_some(),
+                code == ErrorCode::Overloaded,
+                "{code}: only overloaded says when to retry"
+            );
             let body = axum::body::to_bytes(r.into_body(), usize::MAX)
                 .await
                 .unwrap();

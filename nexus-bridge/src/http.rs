@@ -1,5 +1,6 @@
 //! The HTTP API (axum). Routes the options turn off are not routed: they
-//! answer 404 `not_found` like any unknown path.
+//! answer 404 `not_found` like any unknown path; a known path with another
+//! method answers 405 `method_not_allowed`, both with the JSON error body.
 
 use crate::channel::{error_body, http_error, too_large, Shared};
 use crate::Registered;
@@ -14,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 type AppState = Shared;
 
-pub(crate) fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState, policy: crate::security::Policy) -> Router {
     let surface = state.surface;
     let mut api = Router::new()
         .route("/workflows/{name}/execute", post(run))
@@ -33,16 +34,27 @@ pub(crate) fn router(state: AppState) -> Router {
     if surface.events {
         api = api.route("/events", get(events));
     }
-    api.fallback(no_route)
+    let api = api
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(crate::channel::MAX_INPUT_BYTES))
-        .with_state(state)
+        .with_state(state);
+    policy.apply(api)
 }
 
 /// Any path not routed, including the ones the options turn off.
-async fn no_route(method: Method, uri: Uri) -> ApiError {
-    ApiError(Error::new(
+pub(crate) async fn no_route(method: Method, uri: Uri) -> Response {
+    http_error(&Error::new(
         ErrorCode::NotFound,
         format!("no route {method} {}", uri.path()),
+    ))
+}
+
+/// A routed path with a method it does not serve (axum adds `Allow`).
+async fn no_method(method: Method, uri: Uri) -> ApiError {
+    ApiError(Error::new(
+        ErrorCode::MethodNotAllowed,
+        format!("{} does not answer {method}", uri.path()),
     ))
 }
 
@@ -81,6 +93,12 @@ async fn run(
     let Json(body) = body.map_err(|e| {
         ApiError(if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large("request body")
+        } else if let JsonRejection::BytesRejection(e) = &e {
+            // The body stalled (header_read_timeout between reads) or broke off.
+            Error::new(
+                ErrorCode::Validation,
+                format!("request body: not received in full: {}", e.body_text()),
+            )
         } else {
             Error::new(
                 ErrorCode::Validation,
@@ -143,10 +161,7 @@ fn start_async(s: AppState, name: String, inputs: Value) -> Result<Response, Api
         w.workflow.check_inputs(&inputs).map_err(ApiError)?;
     }
     let run_id = dataflow::new_run_id();
-    s.hub.set_run(
-        &run_id,
-        json!({"run_id": run_id, "workflow": name, "status": "running"}),
-    );
+    let slot = s.runs.start(&run_id, &name).map_err(ApiError)?;
     let id = run_id.clone();
     tokio::spawn(async move {
         let result = s.execute(&name, inputs, "http", Some(id.clone())).await;
@@ -156,21 +171,36 @@ fn start_async(s: AppState, name: String, inputs: Value) -> Result<Response, Api
                 json!({"run_id": id, "workflow": name, "status": "failed", "error": e.to_json()})
             }
         };
-        s.hub.set_run(&id, status);
+        // Serializing a large result is CPU work: off the async workers.
+        let runs = s.runs.clone();
+        let _ = tokio::task::spawn_blocking(move || runs.finish(&id, status)).await;
+        drop(slot);
     });
     let body =
         json!({"run_id": run_id, "status": "running", "links": {"run": format!("/runs/{run_id}")}});
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-async fn run_status(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    s.hub
-        .run(&id)
-        .map(Json)
-        .ok_or_else(|| ApiError(Error::new(ErrorCode::NotFound, format!("no run `{id}`"))))
+/// An async run's status, as it was kept.
+async fn run_status(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+    match s.runs.get(&id) {
+        Some(status) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            status,
+        )
+            .into_response(),
+        None => http_error(&Error::new(
+            ErrorCode::NotFound,
+            format!(
+                "no run `{id}`: it was never started here, or its outcome is no longer kept \
+                 (async outcomes are kept within async_store_max_runs, async_store_max_bytes \
+                 and async_store_ttl)"
+            ),
+        )),
+    }
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

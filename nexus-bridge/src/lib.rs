@@ -19,6 +19,9 @@ mod channel;
 mod cli;
 mod http;
 pub mod mcp;
+mod runs;
+mod security;
+mod serve;
 
 pub use channel::{error_body, MAX_INPUT_BYTES};
 pub use dataflow;
@@ -29,6 +32,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A workflow as every channel publishes it.
 #[derive(Clone, Debug)]
@@ -66,6 +70,17 @@ pub struct NexusBuilder {
     rate_limit: Option<u32>,
     enable_durability: bool,
     enable_sessions: bool,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    max_connections: usize,
+    max_async_runs: usize,
+    async_store_max_runs: usize,
+    async_store_max_bytes: usize,
+    async_store_ttl: Duration,
+    mcp_max_sessions: usize,
+    mcp_session_idle: Duration,
+    allowed_hosts: Option<Vec<String>>,
+    cors: Option<Vec<String>>,
 }
 
 impl Default for NexusBuilder {
@@ -83,6 +98,17 @@ impl Default for NexusBuilder {
             rate_limit: None,
             enable_durability: false,
             enable_sessions: false,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 256,
+            max_async_runs: 16,
+            async_store_max_runs: 10_000,
+            async_store_max_bytes: 64 << 20,
+            async_store_ttl: Duration::from_secs(3600),
+            mcp_max_sessions: 256,
+            mcp_session_idle: Duration::from_secs(120),
+            allowed_hosts: None,
+            cors: None,
         }
     }
 }
@@ -130,6 +156,76 @@ impl NexusBuilder {
         enable_durability: bool;
         /// Only `false` (the default): sessions are not built yet.
         enable_sessions: bool;
+        /// How long a client has to send a request's head (default 10 s):
+        /// from accepting a new connection, or from the first byte of a
+        /// kept-alive connection's next request; also the longest pause
+        /// while a request body arrives. Then the connection is closed
+        /// (silent sockets, slowloris). Both listeners.
+        header_read_timeout: Duration;
+        /// How long a kept-alive connection may wait for its next request
+        /// (default 60 s) before it is closed. A connection with a request
+        /// in progress (a long run, an event stream) is never idle. Both
+        /// listeners.
+        idle_timeout: Duration;
+        /// The most connections each listener keeps open (default 256). At
+        /// the limit, a new connection takes the place of the connection
+        /// that has waited longest without a request in progress; when every
+        /// connection has one, new connections wait in the listen backlog
+        /// until one finishes.
+        max_connections: usize;
+        /// The most `"mode": "async"` runs in progress at once (default 16);
+        /// beyond it a start is refused with 503 `overloaded` and
+        /// `Retry-After`. Results in flight cost up to this many times a
+        /// result's size, besides the outcomes kept.
+        max_async_runs: usize;
+        /// The most finished async runs whose outcome `GET /runs/{id}` keeps
+        /// (default 10,000); the oldest are forgotten first.
+        async_store_max_runs: usize;
+        /// The most bytes of async outcomes kept, as JSON (default 64 MiB);
+        /// the oldest are forgotten first, and an outcome larger than this
+        /// keeps its status without its result.
+        async_store_max_bytes: usize;
+        /// How long an async run's outcome is kept after it finishes
+        /// (default 1 hour).
+        async_store_ttl: Duration;
+        /// The most MCP sessions open at once over streamable HTTP (default
+        /// 256); beyond it `initialize` is refused with 503 `overloaded` and
+        /// `Retry-After`.
+        mcp_max_sessions: usize;
+        /// How long an MCP session may go without a message before it is
+        /// closed (default 2 minutes); the client then initializes anew.
+        mcp_session_idle: Duration;
+    }
+
+    /// The hosts clients reach this server under, accepted in the `Host`
+    /// header and as the host of a browser's `Origin` on both listeners,
+    /// besides `localhost`, `127.0.0.1` and `::1` (always) and the
+    /// [`host`](Self::host) bound to (unless `0.0.0.0` / `::`). An entry is
+    /// a host (any port) or `host:port`; `"*"` accepts every host (for a
+    /// server behind a proxy that checks them). Other hosts and origins are
+    /// refused with 403 `forbidden`: a web page cannot reach a local server
+    /// by rebinding its own name to 127.0.0.1 (DNS rebinding).
+    pub fn allowed_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allowed_hosts = Some(hosts.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Lets web pages on these origins (`https://app.example.com`,
+    /// `http://localhost:5173`; `"*"` for any) call both listeners from a
+    /// browser: CORS headers on their requests and answers to their
+    /// preflights. Off by default: no CORS headers, and a request with an
+    /// `Origin` that is not on an allowed host is refused.
+    pub fn cors<I, S>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.cors = Some(origins.into_iter().map(Into::into).collect());
+        self
     }
 
     /// The interface to listen on (default `127.0.0.1`).
@@ -175,26 +271,96 @@ impl NexusBuilder {
                 ),
             ));
         }
+        self.check_bounds()?;
+        let policy = security::Policy::new(
+            &self.host,
+            self.allowed_hosts.as_deref(),
+            self.cors.as_deref(),
+        )?;
         let surface = channel::Surface {
             metrics: self.enable_monitoring,
             events: self.enable_sse_transport,
             discovery: self.enable_discovery,
         };
+        let runs = runs::Runs::new(runs::RunLimits {
+            max_running: self.max_async_runs,
+            max_kept: self.async_store_max_runs,
+            max_bytes: self.async_store_max_bytes,
+            ttl: self.async_store_ttl,
+        });
         Ok(Nexus {
             options: self,
+            policy,
             shared: channel::Shared {
                 db,
                 workflows: Arc::new(BTreeMap::new()),
                 surface,
                 hub: Arc::new(channel::Hub::new()),
+                runs: Arc::new(runs),
             },
         })
+    }
+
+    /// Every bound is at least one (a zero would refuse everything).
+    fn check_bounds(&self) -> Result<()> {
+        let counts = [
+            ("max_connections", self.max_connections),
+            ("max_async_runs", self.max_async_runs),
+            ("async_store_max_runs", self.async_store_max_runs),
+            ("async_store_max_bytes", self.async_store_max_bytes),
+            ("mcp_max_sessions", self.mcp_max_sessions),
+        ];
+        let durations = [
+            ("header_read_timeout", self.header_read_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("async_store_ttl", self.async_store_ttl),
+            ("mcp_session_idle", self.mcp_session_idle),
+        ];
+        let zero = counts
+            .iter()
+            .filter(|(_, n)| *n == 0)
+            .map(|(name, _)| *name)
+            .chain(
+                durations
+                    .iter()
+                    .filter(|(_, d)| d.is_zero())
+                    .map(|(name, _)| *name),
+            )
+            .next();
+        match zero {
+            Some(name) => Err(Error::new(
+                ErrorCode::Config,
+                format!("{name} must be more than zero"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The connection limits of each listener.
+    pub(crate) fn limits(&self) -> serve::Limits {
+        serve::Limits {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+        }
+    }
+
+    /// How MCP over streamable HTTP is served, under `policy`.
+    pub(crate) fn mcp_options(&self, policy: security::Policy) -> mcp::HttpOptions {
+        mcp::HttpOptions {
+            policy,
+            max_sessions: self.mcp_max_sessions,
+            session_idle: self.mcp_session_idle,
+            limits: self.limits(),
+        }
     }
 }
 
 /// The application: a database and its registered workflows.
 pub struct Nexus {
     options: NexusBuilder,
+    /// The Host / Origin / CORS rule of both listeners.
+    policy: security::Policy,
     pub(crate) shared: channel::Shared,
 }
 
@@ -268,8 +434,11 @@ impl Nexus {
     /// The HTTP API as an axum router (what `serve` listens with), with the
     /// routes the options turn on, to mount in a server of your own
     /// (`enable_http_transport` only decides what nexus listens on itself).
+    /// It applies the [`allowed_hosts`](NexusBuilder::allowed_hosts) and
+    /// [`cors`](NexusBuilder::cors) policy and `nosniff`; the connection
+    /// limits are the serving loop's and are not part of it.
     pub fn router(&self) -> axum::Router {
-        http::router(self.shared.clone())
+        http::router(self.shared.clone(), self.policy.clone())
     }
 
     /// The MCP server: one tool per registered workflow, sharing this
@@ -298,13 +467,13 @@ impl Nexus {
         self.serve_http_on(listener).await
     }
 
-    /// The HTTP API on a listener of the caller's (e.g. bound to port 0).
+    /// The HTTP API on a listener of the caller's (e.g. bound to port 0),
+    /// with the connection timeouts and limit of the options.
     pub async fn serve_http_on(&self, listener: tokio::net::TcpListener) -> Result<()> {
         self.http_enabled()?;
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(until_shutdown(self.shared.hub.shutdown.clone()))
-            .await
-            .map_err(|e| Error::new(ErrorCode::Internal, format!("HTTP server: {e}")))
+        let shutdown = self.shared.hub.shutdown.clone();
+        serve::serve(listener, self.router(), self.options.limits(), shutdown).await;
+        Ok(())
     }
 
     /// MCP over streamable HTTP at `http://host:mcp_port/mcp`.
@@ -315,16 +484,17 @@ impl Nexus {
         self.serve_mcp_on(listener).await
     }
 
-    /// MCP over streamable HTTP on a listener of the caller's; the `Host`
-    /// header must be a loopback name or the configured `host`.
+    /// MCP over streamable HTTP on a listener of the caller's, under the
+    /// same Host / Origin rule and connection limits as the HTTP API.
     pub async fn serve_mcp_on(&self, listener: tokio::net::TcpListener) -> Result<()> {
         mcp::serve_http_until(
             self.mcp_server(),
             listener,
-            vec![self.options.host.clone()],
+            self.options.mcp_options(self.policy.clone()),
             self.shared.hub.shutdown.clone(),
         )
-        .await
+        .await;
+        Ok(())
     }
 
     /// Stops every server of this application as Ctrl-C / SIGTERM would:

@@ -11,7 +11,15 @@
 //! (`-32602` invalid params) whose `data` is that body with code `not_found`.
 //!
 //! Arguments over [`MAX_INPUT_BYTES`] are refused
-//! with `validation`, as on HTTP and the CLI.
+//! with `too_large`, as on HTTP and the CLI.
+//!
+//! Over streamable HTTP the listener applies the HTTP API's rules: the
+//! allowed `Host` and `Origin` (403 `forbidden` otherwise, as the MCP
+//! specification asks against DNS rebinding), the CORS policy, `nosniff`,
+//! the connection timeouts and limit, and JSON errors for unknown paths.
+//! Sessions close after `mcp_session_idle` without a message, and at
+//! `mcp_max_sessions` a new one is refused with 503 `overloaded` and
+//! `Retry-After`.
 //!
 //! With [`enable_discovery(false)`](crate::NexusBuilder::enable_discovery)
 //! `tools/list` is empty (the server's instructions say so) and an unknown
@@ -22,8 +30,10 @@
 //! ([`serve_http`], or [`router`] to mount it in an axum app). Get the
 //! server of an application with [`Nexus::mcp_server`](crate::Nexus::mcp_server).
 
-use crate::channel::{mcp_error, too_large, Shared, MAX_INPUT_BYTES};
+use crate::channel::{http_error, mcp_error, too_large, too_large_over, Shared, MAX_INPUT_BYTES};
+use crate::security::Policy;
 use crate::Registered;
+use axum::extract::State;
 use dataflow::{Error, ErrorCode, Result};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, JsonObject,
@@ -34,15 +44,18 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use serde_json::Value;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The path the streamable HTTP transport is mounted at.
 pub const MCP_PATH: &str = "/mcp";
 
 /// Hosts always accepted in the `Host` header of streamable HTTP requests
-/// (rmcp rejects others to prevent DNS rebinding).
-pub const LOCAL_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+/// (others are refused with 403 `forbidden`, against DNS rebinding; the
+/// HTTP API applies the same rule).
+pub const LOCAL_HOSTS: [&str; 3] = crate::security::LOCAL_HOSTS;
 
 /// The MCP server of an application: its registered workflows, one tool each.
 #[derive(Clone)]
@@ -163,56 +176,156 @@ pub async fn serve_stdio(server: McpServer) -> Result<()> {
 
 /// The streamable HTTP transport mounted at `/mcp`, as an axum router.
 ///
-/// `allowed_hosts` are accepted in the `Host` header in addition to
-/// [`LOCAL_HOSTS`]; an entry is a host (any port) or `host:port`, and `"*"`
-/// accepts every host (only for deployments behind their own checks).
+/// `allowed_hosts` are accepted in the `Host` header (and as the host of an
+/// `Origin`) in addition to [`LOCAL_HOSTS`]; an entry is a host (any port)
+/// or `host:port`, and `"*"` accepts every host (only for deployments behind
+/// their own checks); an entry that is neither matches nothing (the builder's
+/// [`allowed_hosts`](crate::NexusBuilder::allowed_hosts) refuses it with
+/// `config`). Sessions are bounded as [`Nexus::builder`](crate::Nexus::builder)'s
+/// defaults say (`mcp_max_sessions`, `mcp_session_idle`).
 pub fn router(server: McpServer, allowed_hosts: Vec<String>) -> axum::Router {
-    router_with(server, allowed_hosts, CancellationToken::new())
+    let options = HttpOptions::defaults(&allowed_hosts);
+    router_with(server, options, CancellationToken::new())
+}
+
+/// How MCP over streamable HTTP is served: the Host / Origin / CORS policy
+/// and the bounds of its sessions.
+#[derive(Clone, Debug)]
+pub(crate) struct HttpOptions {
+    pub(crate) policy: Policy,
+    pub(crate) max_sessions: usize,
+    pub(crate) session_idle: Duration,
+    pub(crate) limits: crate::serve::Limits,
+}
+
+impl HttpOptions {
+    /// The builder's defaults, with the loopback names and `allowed_hosts`.
+    fn defaults(allowed_hosts: &[String]) -> HttpOptions {
+        crate::NexusBuilder::default().mcp_options(Policy::hosts(allowed_hosts))
+    }
 }
 
 fn router_with(
     server: McpServer,
-    allowed_hosts: Vec<String>,
+    options: HttpOptions,
     shutdown: CancellationToken,
 ) -> axum::Router {
-    let config = StreamableHttpServerConfig::default().with_cancellation_token(shutdown);
-    let config = if allowed_hosts.iter().any(|h| h == "*") {
-        config.disable_allowed_hosts()
-    } else {
-        let mut hosts: Vec<String> = LOCAL_HOSTS.iter().map(|h| h.to_string()).collect();
-        hosts.extend(allowed_hosts.into_iter().filter(|h| !h.is_empty()));
-        hosts.dedup();
-        config.with_allowed_hosts(hosts)
+    // The policy checks Host and Origin for every listener, so rmcp's own
+    // host check (the same rule, with a plain-text answer) is off.
+    let config = StreamableHttpServerConfig::default()
+        .with_cancellation_token(shutdown)
+        .with_max_request_body_bytes(MAX_BODY_BYTES)
+        .disable_allowed_hosts();
+    let mut manager = LocalSessionManager::default();
+    manager.session_config.keep_alive = Some(options.session_idle);
+    let manager = Arc::new(manager);
+    let sessions = Arc::new(SessionCap {
+        manager: manager.clone(),
+        max: options.max_sessions,
+        checking: tokio::sync::Mutex::new(()),
+        opening: Arc::new(AtomicUsize::new(0)),
+    });
+    let service = StreamableHttpService::new(move || Ok(server.clone()), manager, config);
+    let app = axum::Router::new()
+        .nest_service(MCP_PATH, service)
+        .fallback(crate::http::no_route)
+        .layer(axum::middleware::from_fn_with_state(sessions, cap_sessions))
+        .layer(axum::middleware::from_fn(too_large_as_json));
+    options.policy.apply(app)
+}
+
+/// The largest MCP request body the transport reads: room for tool
+/// arguments of [`MAX_INPUT_BYTES`] in any JSON spelling, so that arguments
+/// over it are answered in the protocol (a `too_large` tool error).
+const MAX_BODY_BYTES: usize = 4 * MAX_INPUT_BYTES;
+
+/// rmcp answers a body over [`MAX_BODY_BYTES`] with a plain-text 413: the
+/// JSON `too_large` error instead, as the HTTP API answers.
+async fn too_large_as_json(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let response = next.run(request).await;
+    if response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return http_error(&too_large_over("MCP request body", MAX_BODY_BYTES));
+    }
+    response
+}
+
+/// At most `max` MCP sessions: requests that may open one (a POST without
+/// `Mcp-Session-Id`) count as opening until answered, so concurrent
+/// `initialize`s never overshoot.
+struct SessionCap {
+    manager: Arc<LocalSessionManager>,
+    max: usize,
+    checking: tokio::sync::Mutex<()>,
+    opening: Arc<AtomicUsize>,
+}
+
+/// One request that may open a session, counted until it is answered.
+struct Opening(Arc<AtomicUsize>);
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn cap_sessions(
+    State(cap): State<Arc<SessionCap>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if request.method() != axum::http::Method::POST
+        || request.headers().contains_key("mcp-session-id")
+    {
+        return next.run(request).await;
+    }
+    let opening = {
+        let _one_at_a_time = cap.checking.lock().await;
+        let open = cap.manager.sessions.read().await.len();
+        if open + cap.opening.load(Ordering::SeqCst) >= cap.max {
+            return http_error(&Error::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "{} MCP sessions are open, the most this server keeps (mcp_max_sessions); \
+                     idle ones close after a while, retry then",
+                    cap.max
+                ),
+            ));
+        }
+        cap.opening.fetch_add(1, Ordering::SeqCst);
+        Opening(cap.opening.clone())
     };
-    let service = StreamableHttpService::new(
-        move || Ok(server.clone()),
-        Arc::new(LocalSessionManager::default()),
-        config,
-    );
-    axum::Router::new().nest_service(MCP_PATH, service)
+    let response = next.run(request).await;
+    drop(opening);
+    response
 }
 
 /// Serves the streamable HTTP transport at `/mcp` on `listener` until
-/// Ctrl-C / SIGTERM: open MCP sessions are closed, in-flight requests finish.
+/// Ctrl-C / SIGTERM: open MCP sessions are closed, in-flight requests
+/// finish. The listener is bounded as [`Nexus::builder`](crate::Nexus::builder)'s
+/// defaults say (timeouts, connections, sessions).
 pub async fn serve_http(
     server: McpServer,
     listener: tokio::net::TcpListener,
     allowed_hosts: Vec<String>,
 ) -> Result<()> {
-    serve_http_until(server, listener, allowed_hosts, CancellationToken::new()).await
+    let options = HttpOptions::defaults(&allowed_hosts);
+    serve_http_until(server, listener, options, CancellationToken::new()).await;
+    Ok(())
 }
 
-/// [`serve_http`], also cancelling `shutdown` when the signal arrives.
+/// [`serve_http`] with the application's options, also cancelling
+/// `shutdown` when the signal arrives.
 pub(crate) async fn serve_http_until(
     server: McpServer,
     listener: tokio::net::TcpListener,
-    allowed_hosts: Vec<String>,
+    options: HttpOptions,
     shutdown: CancellationToken,
-) -> Result<()> {
-    let app = router_with(server, allowed_hosts, shutdown.clone());
-    axum::serve(listener, app)
-        // Cancelling also ends the sessions' long-lived SSE streams.
-        .with_graceful_shutdown(crate::until_shutdown(shutdown))
-        .await
-        .map_err(|e| Error::new(ErrorCode::Internal, format!("MCP HTTP server: {e}")))
+) {
+    let limits = options.limits;
+    let app = router_with(server, options, shutdown.clone());
+    // Cancelling also ends the sessions' long-lived SSE streams.
+    crate::serve::serve(listener, app, limits, shutdown).await;
 }

@@ -28,15 +28,21 @@ pub fn request_with(
     headers: &[&str],
     body: Option<&[u8]>,
 ) -> Response {
-    let mut s = TcpStream::connect(addr).unwrap();
     let body = body.unwrap_or_default();
     let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
-    write!(
-        s,
+    let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    )
-    .unwrap();
+    );
+    send(addr, head.as_bytes(), body)
+}
+
+/// Sends `head` (every line of the request up to its blank line, written as
+/// given: the caller picks `Host` and `Connection`) and `body` on a new
+/// connection, and reads the answer to the end.
+pub fn send(addr: SocketAddr, head: &[u8], body: &[u8]) -> Response {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(head).unwrap();
     s.write_all(body).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
