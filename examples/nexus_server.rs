@@ -92,7 +92,9 @@ async fn app() -> Result<Nexus, dataflow::Error> {
             "conversation",
             json!({"user_id": "{{user_id}}", "title": "{{title}}"}),
         )
-        .add_connection("session", "id", "conversation", "session_id");
+        .add_connection("session", "id", "conversation", "session_id")
+        // It writes two models: both or neither.
+        .transactional(true);
 
     let mut app = Nexus::builder()
         .api_port(port)

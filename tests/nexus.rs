@@ -1060,6 +1060,137 @@ async fn sigterm_stops_the_server_with_open_sessions() {
     drop(client);
 }
 
+/// A run that fails after some nodes finished says which, with their
+/// outputs, on every channel: HTTP (sync and async), MCP, the CLI (`--url`,
+/// as a subprocess) and the Rust API. The workflow is not transactional,
+/// so what `first` wrote stays written, and the body is how callers learn it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_says_what_completed_on_every_channel() {
+    // Named `create_user` with an `email` input, so the example's CLI can
+    // be this server's client over `--url`.
+    let s = InProcess::start_with(nexus::Nexus::builder(), |app, db| {
+        let mut wf = dataflow::WorkflowBuilder::new();
+        wf.add_node("ProbeCreateNode", "first", json!({"id": "{{email}}"}))
+            .add_node("ProbeCreateNode", "second", json!({}))
+            .add_connection("first", "id", "second", "id");
+        app.register("create_user", wf.build(db).unwrap()).unwrap();
+    })
+    .await;
+    let check = |channel: &str, body: &Value, id: &str| {
+        assert_eq!(
+            body["error"]["code"], "unique_violation",
+            "{channel}: {body}"
+        );
+        assert_eq!(body["error"]["node"], "second", "{channel}: {body}");
+        assert_eq!(body["completed"]["first"]["id"], id, "{channel}: {body}");
+        assert!(
+            body["completed"].get("second").is_none(),
+            "{channel}: {body}"
+        );
+    };
+
+    let r = request(
+        s.http,
+        "POST",
+        "/workflows/create_user/execute",
+        Some(json!({"inputs": {"email": "k1"}}).to_string().as_bytes()),
+    );
+    assert_eq!(r.status, 409);
+    check("http", &r.json(), "k1");
+
+    let r = request(
+        s.http,
+        "POST",
+        "/workflows/create_user/execute",
+        Some(
+            json!({"inputs": {"email": "k2"}, "mode": "async"})
+                .to_string()
+                .as_bytes(),
+        ),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let run = r.json()["links"]["run"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    let status = loop {
+        let status = request(s.http, "GET", &run, None).json();
+        if status["status"] != "running" {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status["status"], "failed");
+    check("http async", &status, "k2");
+
+    let client = s.mcp_client().await;
+    let r = call(&client, "create_user", &json!({"email": "k3"}))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true));
+    check("mcp", &result_json(&r), "k3");
+    client.cancel().await.unwrap();
+
+    let e = s
+        .app
+        .execute("create_user", json!({"email": "k4"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().as_str(), "unique_violation");
+    assert_eq!(e.completed()["first"]["id"], "k4");
+
+    let out = example(&support::sqlite_url("nexus_completed_cli"))
+        .args([
+            "run",
+            "create_user",
+            "--email",
+            "k5",
+            "--url",
+            &format!("http://{}", s.http),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check(
+        "cli --url",
+        &serde_json::from_slice(&out.stdout).unwrap(),
+        "k5",
+    );
+    let out = example(&support::sqlite_url("nexus_completed_cli"))
+        .args([
+            "run",
+            "create_user",
+            "--email",
+            "k6",
+            "--url",
+            &format!("http://{}", s.http),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("error[unique_violation]"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "completed before the failure (written unless the workflow is transactional): first"
+        ),
+        "{stderr}"
+    );
+
+    // What completed stays written: this run was not transactional.
+    let n = s
+        .app
+        .db()
+        .execute("ProbeCountNode", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(n["count"], 6);
+}
+
 // ------------------------------------------------------------------ the options
 
 /// An application with one workflow, `count`, built with `options`, serving

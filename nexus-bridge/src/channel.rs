@@ -2,7 +2,7 @@
 //! shape, and how each channel reports an error.
 
 use crate::Registered;
-use dataflow::{DataFlow, Error, ErrorCode, Result};
+use dataflow::{DataFlow, Error, ErrorCode, RunError};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -76,16 +76,37 @@ pub fn error_body(e: &Error) -> Value {
     json!({"error": e.to_json()})
 }
 
+/// A failed run's body: [`error_body`] plus, when nodes finished before
+/// the failure, `"completed": {"<node id>": <output>}` — what a
+/// non-transactional run left written (a transactional one rolled it
+/// back). The same on HTTP, CLI `--json` and MCP.
+pub fn failure_body(e: &RunError) -> Value {
+    let mut body = error_body(e);
+    if !e.completed().is_empty() {
+        body["completed"] = Value::Object(e.completed().clone());
+    }
+    body
+}
+
 // How each channel reports an error, in one place. The code's HTTP status and
 // exit code come from one table, `ErrorCode::http_status` / `exit_code`.
 
 /// An HTTP error response: the code's status and [`error_body`]; an
 /// `overloaded` one says when to retry (`Retry-After`, in seconds).
 pub(crate) fn http_error(e: &Error) -> axum::response::Response {
+    http_answer(e, error_body(e))
+}
+
+/// A failed run over HTTP: the code's status and [`failure_body`].
+pub(crate) fn http_failure(e: &RunError) -> axum::response::Response {
+    http_answer(e, failure_body(e))
+}
+
+fn http_answer(e: &Error, body: Value) -> axum::response::Response {
     use axum::response::IntoResponse;
     let status = axum::http::StatusCode::from_u16(e.code().http_status())
         .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, axum::Json(error_body(e))).into_response();
+    let mut response = (status, axum::Json(body)).into_response();
     if e.code() == ErrorCode::Overloaded {
         response.headers_mut().insert(
             axum::http::header::RETRY_AFTER,
@@ -100,12 +121,20 @@ pub(crate) fn http_error(e: &Error) -> axum::response::Response {
 const RETRY_AFTER_SECONDS: &str = "1";
 
 /// Prints an error the CLI way (`error[code]: message` on stderr, or with
-/// `--json` the [`error_body`] on stdout) and returns its exit code.
-pub(crate) fn cli_error(e: &Error, json: bool) -> u8 {
+/// `--json` the [`failure_body`] on stdout) and returns its exit code. A
+/// run that failed after some nodes finished says which, both ways.
+pub(crate) fn cli_error(e: &RunError, json: bool) -> u8 {
     if json {
-        println!("{}", error_body(e));
+        println!("{}", failure_body(e));
     } else {
         eprintln!("error[{}]: {}", e.code(), e.message());
+        if !e.completed().is_empty() {
+            let nodes: Vec<&str> = e.completed().keys().map(String::as_str).collect();
+            eprintln!(
+                "completed before the failure (written unless the workflow is transactional): {}",
+                nodes.join(", ")
+            );
+        }
     }
     e.code().exit_code()
 }
@@ -114,11 +143,13 @@ pub(crate) fn cli_error(e: &Error, json: bool) -> u8 {
 /// the [`error_body`]; when no such tool exists, an invalid-params protocol
 /// error (-32602) whose `data` is that body.
 pub(crate) fn mcp_error(
-    e: &Error,
+    e: &RunError,
     tool_exists: bool,
 ) -> std::result::Result<rmcp::model::CallToolResult, rmcp::ErrorData> {
     if tool_exists {
-        Ok(rmcp::model::CallToolResult::structured_error(error_body(e)))
+        Ok(rmcp::model::CallToolResult::structured_error(failure_body(
+            e,
+        )))
     } else {
         Err(rmcp::ErrorData::invalid_params(
             e.to_string(),
@@ -222,11 +253,11 @@ impl Shared {
         inputs: Value,
         channel: &str,
         run_id: Option<String>,
-    ) -> Result<Value> {
+    ) -> std::result::Result<Value, RunError> {
         let started = Instant::now();
         let registered = self.workflows.get(name);
         let result = match registered {
-            None => Err(self.unknown_workflow(name)),
+            None => Err(self.unknown_workflow(name).into()),
             Some(w) => {
                 let (h, wf, metrics) = (self.hub.clone(), name.to_string(), self.surface.metrics);
                 let observer: dataflow::Observer = Arc::new(move |e: &dataflow::RunEvent| {
@@ -260,7 +291,6 @@ impl Shared {
                 run.map(|run| {
                     json!({"outputs": Value::Object(run.results), "run_id": run.run_id, "execution_time": started.elapsed().as_secs_f64()})
                 })
-                .map_err(dataflow::RunError::into_error)
             }
         };
         if !self.surface.metrics {
@@ -353,7 +383,7 @@ mod tests {
     #[test]
     fn mcp_errors_carry_the_error_body() {
         for code in ErrorCode::ALL {
-            let e = Error::new(code, "m").with_field("f");
+            let e: RunError = Error::new(code, "m").with_field("f").into();
             let tool = mcp_error(&e, true).expect("a failed run is a tool error");
             assert_eq!(tool.is_error, Some(true), "{code}");
             assert_eq!(tool.structured_content, Some(error_body(&e)), "{code}");

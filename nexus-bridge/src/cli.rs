@@ -4,7 +4,7 @@
 use crate::channel::{cli_error, too_large, MAX_INPUT_BYTES};
 use crate::{Nexus, Registered};
 use clap::{Arg, ArgAction, ArgMatches, Command};
-use dataflow::{Error, ErrorCode};
+use dataflow::{Error, ErrorCode, RunError};
 use serde_json::{Map, Value};
 use std::ffi::OsString;
 
@@ -221,7 +221,7 @@ fn inputs(w: &Registered, m: &ArgMatches) -> Result<Value, Error> {
 }
 
 /// Runs `name` on the nexus server at `url`: its answer, or its error.
-async fn remote(url: &str, name: &str, inputs: Value) -> Result<Value, Error> {
+async fn remote(url: &str, name: &str, inputs: Value) -> Result<Value, RunError> {
     let endpoint = format!("{}/workflows/{name}/execute", url.trim_end_matches('/'));
     let unreachable = |e: reqwest::Error| {
         Error::new(
@@ -245,7 +245,7 @@ async fn remote(url: &str, name: &str, inputs: Value) -> Result<Value, Error> {
     if status.is_success() {
         return Ok(body);
     }
-    Err(body
+    let error = body
         .get("error")
         .and_then(Error::from_json)
         .unwrap_or_else(|| {
@@ -253,7 +253,9 @@ async fn remote(url: &str, name: &str, inputs: Value) -> Result<Value, Error> {
                 ErrorCode::Internal,
                 format!("{endpoint} answered {status}: {body}"),
             )
-        }))
+        });
+    let completed = body["completed"].as_object().cloned().unwrap_or_default();
+    Err(RunError::new(error, completed))
 }
 
 /// Parses `args` (the first is the program name) and runs the command.
@@ -292,11 +294,11 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
                     .into_iter()
                     .flatten()
                     .any(|a| a == "--json");
-                return fail(&app.shared.unknown_workflow(name), json_out);
+                return fail(app.shared.unknown_workflow(name), json_out);
             };
             let json_out = sub.get_flag("json");
             let result = match (inputs(w, sub), sub.get_one::<String>("url")) {
-                (Err(e), _) => Err(e),
+                (Err(e), _) => Err(e.into()),
                 (Ok(inputs), Some(url)) => remote(url, name, inputs).await,
                 (Ok(inputs), None) => app.shared.execute(name, inputs, "cli", None).await,
             };
@@ -312,7 +314,7 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
                     );
                     Outcome::Exit(0)
                 }
-                Err(e) => fail(&e, json_out),
+                Err(e) => fail(e, json_out),
             }
         }
         Some((cmd @ ("models" | "migrate"), m)) => {
@@ -331,6 +333,6 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
 }
 
 /// Prints an error the CLI way and exits with its code.
-fn fail(e: &Error, json_out: bool) -> Outcome {
-    Outcome::Exit(cli_error(e, json_out))
+fn fail(e: impl Into<RunError>, json_out: bool) -> Outcome {
+    Outcome::Exit(cli_error(&e.into(), json_out))
 }

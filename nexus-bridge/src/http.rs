@@ -2,7 +2,7 @@
 //! answer 404 `not_found` like any unknown path; a known path with another
 //! method answers 405 `method_not_allowed`, both with the JSON error body.
 
-use crate::channel::{error_body, http_error, too_large, Shared};
+use crate::channel::{error_body, failure_body, http_error, http_failure, too_large, Shared};
 use crate::Registered;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -10,7 +10,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use dataflow::{Error, ErrorCode};
+use dataflow::{Error, ErrorCode, RunError};
 use serde_json::{json, Map, Value};
 
 type AppState = Shared;
@@ -52,18 +52,31 @@ pub(crate) async fn no_route(method: Method, uri: Uri) -> Response {
 
 /// A routed path with a method it does not serve (axum adds `Allow`).
 async fn no_method(method: Method, uri: Uri) -> ApiError {
-    ApiError(Error::new(
+    ApiError::from(Error::new(
         ErrorCode::MethodNotAllowed,
         format!("{} does not answer {method}", uri.path()),
     ))
 }
 
 /// An error as a response: its status from the one mapping, its JSON body.
-struct ApiError(Error);
+/// A handler's failure: an error, or a run that failed (with what completed).
+struct ApiError(RunError);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e.into())
+    }
+}
+
+impl From<RunError> for ApiError {
+    fn from(e: RunError) -> Self {
+        ApiError(e)
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        http_error(&self.0)
+        http_failure(&self.0)
     }
 }
 
@@ -81,7 +94,7 @@ async fn describe(
             v["workflow"] = w.workflow.to_json();
             Ok(Json(v))
         }
-        None => Err(ApiError(s.unknown_workflow(&name))),
+        None => Err(ApiError::from(s.unknown_workflow(&name))),
     }
 }
 
@@ -91,7 +104,7 @@ async fn run(
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body.map_err(|e| {
-        ApiError(if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::from(if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large("request body")
         } else if let JsonRejection::BytesRejection(e) = &e {
             // The body stalled (header_read_timeout between reads) or broke off.
@@ -109,7 +122,7 @@ async fn run(
     let (inputs, mode) = match body {
         Value::Object(mut m) => {
             if let Some(k) = m.keys().find(|k| *k != "inputs" && *k != "mode") {
-                return Err(ApiError(
+                return Err(ApiError::from(
                     Error::new(
                         ErrorCode::Validation,
                         format!("unknown request field `{k}`; send {{\"inputs\": {{...}}}}"),
@@ -123,7 +136,7 @@ async fn run(
             )
         }
         _ => {
-            return Err(ApiError(Error::new(
+            return Err(ApiError::from(Error::new(
                 ErrorCode::Validation,
                 "the request body must be an object: {\"inputs\": {...}}",
             )))
@@ -134,7 +147,7 @@ async fn run(
         Some("sync") => {}
         Some("async") => return start_async(s, name, inputs),
         _ => {
-            return Err(ApiError(
+            return Err(ApiError::from(
                 Error::new(
                     ErrorCode::Validation,
                     "`mode` must be \"sync\" or \"async\"",
@@ -146,29 +159,33 @@ async fn run(
     s.execute(&name, inputs, "http", None)
         .await
         .map(Json)
-        .map_err(ApiError)
+        .map_err(ApiError::from)
         .map(IntoResponse::into_response)
 }
 
 /// `"mode": "async"`: 202 with the run id at once; `GET /runs/{id}` reports it.
 fn start_async(s: AppState, name: String, inputs: Value) -> Result<Response, ApiError> {
     if !s.workflows.contains_key(&name) {
-        return Err(ApiError(s.unknown_workflow(&name)));
+        return Err(ApiError::from(s.unknown_workflow(&name)));
     }
     // Inputs are checked before the 202, so an async request that would
     // fail validation is refused like a sync one.
     if let Some(w) = s.workflows.get(&name) {
-        w.workflow.check_inputs(&inputs).map_err(ApiError)?;
+        w.workflow.check_inputs(&inputs).map_err(ApiError::from)?;
     }
     let run_id = dataflow::new_run_id();
-    let slot = s.runs.start(&run_id, &name).map_err(ApiError)?;
+    let slot = s.runs.start(&run_id, &name).map_err(ApiError::from)?;
     let id = run_id.clone();
     tokio::spawn(async move {
         let result = s.execute(&name, inputs, "http", Some(id.clone())).await;
         let status = match result {
             Ok(out) => json!({"run_id": id, "workflow": name, "status": "finished", "result": out}),
             Err(e) => {
-                json!({"run_id": id, "workflow": name, "status": "failed", "error": e.to_json()})
+                let mut status = failure_body(&e);
+                status["run_id"] = json!(id);
+                status["workflow"] = json!(name);
+                status["status"] = json!("failed");
+                status
             }
         };
         // Serializing a large result is CPU work: off the async workers.
@@ -287,7 +304,7 @@ async fn openapi(State(s): State<AppState>) -> Json<Value> {
                 }},
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
                     "code": {"type": "string"}, "message": {"type": "string"}, "node": {"type": "string"}, "field": {"type": "string"}, "model": {"type": "string"}
-                }}}}
+                }}, "completed": {"type": "object", "description": "a failed run: the outputs of the nodes that finished before the failure, by node id (still written unless the workflow is transactional)"}}}
             },
             "responses": {"Error": {"description": "an error with a stable code", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}
         }

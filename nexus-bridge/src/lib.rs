@@ -23,7 +23,7 @@ mod runs;
 mod security;
 mod serve;
 
-pub use channel::{error_body, MAX_INPUT_BYTES};
+pub use channel::{error_body, failure_body, MAX_INPUT_BYTES};
 pub use dataflow;
 
 use dataflow::{DataFlow, Error, ErrorCode, Result, Workflow};
@@ -559,8 +559,14 @@ impl Nexus {
     }
 
     /// Runs a registered workflow in this process, the path every channel
-    /// takes (its metrics are labelled `channel="direct"`).
-    pub async fn execute(&self, name: &str, inputs: Value) -> Result<Value> {
+    /// takes (its metrics are labelled `channel="direct"`). A failed run's
+    /// error reads as its [`Error`](dataflow::Error) and says which nodes
+    /// completed before it ([`RunError::completed`](dataflow::RunError::completed)).
+    pub async fn execute(
+        &self,
+        name: &str,
+        inputs: Value,
+    ) -> std::result::Result<Value, dataflow::RunError> {
         self.shared.execute(name, inputs, "direct", None).await
     }
 }
@@ -569,7 +575,7 @@ impl Nexus {
 /// reports an error, and returns the code's exit code: for a `main` that
 /// fails before [`Nexus::run`] (booting the database, registering).
 pub fn print_error(e: &Error) -> ExitCode {
-    ExitCode::from(channel::cli_error(e, false))
+    ExitCode::from(channel::cli_error(&e.clone().into(), false))
 }
 
 /// Waits for Ctrl-C / SIGTERM or `token`, then cancels `token`: every

@@ -111,7 +111,7 @@ impl McpServer {
         let known = self.shared.workflows.contains_key(name);
         let inputs = Value::Object(arguments.unwrap_or_default());
         let result = if known && inputs.to_string().len() > MAX_INPUT_BYTES {
-            Err(too_large("tool arguments"))
+            Err(too_large("tool arguments").into())
         } else {
             self.shared.execute(name, inputs, "mcp", None).await
         };

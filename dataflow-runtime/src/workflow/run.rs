@@ -102,7 +102,10 @@ pub struct RunError {
 }
 
 impl RunError {
-    fn new(error: Error, completed: Map<String, Value>) -> Self {
+    /// A run that failed with `error` after the nodes in `completed` (node
+    /// id → output) finished: for channels that carry a failure elsewhere
+    /// and back (nexus's CLI reading an HTTP error body).
+    pub fn new(error: Error, completed: Map<String, Value>) -> Self {
         RunError { error, completed }
     }
 
