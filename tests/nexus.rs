@@ -682,6 +682,133 @@ impl dataflow::Node for Slow {
     }
 }
 
+/// Answers with the caller's context; without a tenant it fails the way a
+/// tenant-scoped model does (`tenant_required`).
+pub struct Caller;
+
+#[dataflow::node]
+impl dataflow::Node for Caller {
+    fn name(&self) -> &'static str {
+        "CallerNode"
+    }
+    fn input_schema(&self) -> Value {
+        json!({"type": "object"})
+    }
+    fn run<'a>(
+        &'a self,
+        ctx: &'a dataflow::NodeContext,
+        _input: Value,
+    ) -> dataflow::NodeFuture<'a> {
+        Box::pin(async move {
+            let c = ctx.context();
+            if c.tenant.is_none() {
+                return Err(dataflow::Error::new(
+                    dataflow::ErrorCode::TenantRequired,
+                    "no tenant",
+                ));
+            }
+            Ok(json!({"tenant": c.tenant, "actor": c.actor, "request_id": c.request_id}))
+        })
+    }
+}
+
+/// Where a call's tenant comes from: `--tenant` / `--as` on the in-process
+/// CLI, and `X-Tenant-ID` on HTTP and MCP only with `trust_tenant_header`
+/// (ignored otherwise); `X-Request-ID` correlates on every channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_context_comes_only_from_trusted_places() {
+    let register = |app: &mut nexus::Nexus, db: &dataflow::DataFlow| {
+        let mut wf = dataflow::WorkflowBuilder::new();
+        wf.add_node("CallerNode", "me", json!({}));
+        app.register("whoami", wf.build(db).unwrap()).unwrap();
+    };
+    let whoami = |addr: SocketAddr, headers: &[&str]| {
+        request_with(
+            addr,
+            "POST",
+            "/workflows/whoami/execute",
+            headers,
+            Some(b"{}"),
+        )
+    };
+    let mcp_with_tenant = |addr: SocketAddr| async move {
+        let mut config =
+            rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+                format!("http://{addr}/mcp"),
+            );
+        config
+            .custom_headers
+            .insert("x-tenant-id".parse().unwrap(), "acme".parse().unwrap());
+        let transport = StreamableHttpClientTransport::from_config(config);
+        ().serve(transport).await.unwrap()
+    };
+
+    let plain = InProcess::start_with(nexus::Nexus::builder(), register).await;
+    let r = whoami(plain.http, &["X-Tenant-ID: acme"]);
+    assert_eq!(
+        r.status, 403,
+        "the header is ignored unless trusted: {}",
+        r.body
+    );
+    assert_eq!(r.json()["error"]["code"], "tenant_required");
+    let client = mcp_with_tenant(plain.mcp).await;
+    let r = call(&client, "whoami", &json!({})).await.unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert_eq!(result_json(&r)["error"]["code"], "tenant_required");
+    client.cancel().await.unwrap();
+    assert_eq!(
+        plain.app.run_from(["app", "run", "whoami"]).await,
+        std::process::ExitCode::from(5)
+    );
+    assert_eq!(
+        plain
+            .app
+            .run_from(["app", "run", "whoami", "--tenant", "acme", "--as", "ops"])
+            .await,
+        std::process::ExitCode::SUCCESS
+    );
+    let e = plain.app.execute("whoami", json!({})).await.unwrap_err();
+    assert_eq!(e.code().as_str(), "tenant_required");
+    let ok = plain
+        .app
+        .execute_in(
+            dataflow::Context::new().tenant("t1").actor("me"),
+            "whoami",
+            json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok["outputs"]["me"]["tenant"], "t1");
+
+    let trusted =
+        InProcess::start_with(nexus::Nexus::builder().trust_tenant_header(true), register).await;
+    let r = whoami(trusted.http, &["X-Tenant-ID: acme", "X-Request-ID: req-42"]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let me = &r.json()["outputs"]["me"];
+    assert_eq!(
+        (me["tenant"].as_str(), me["request_id"].as_str()),
+        (Some("acme"), Some("req-42"))
+    );
+    let r = whoami(trusted.http, &[]);
+    assert_eq!(r.status, 403, "no header, no tenant: {}", r.body);
+    let r = whoami(trusted.http, &["X-Tenant-ID: a b"]);
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].as_str()),
+        (422, Some("x-tenant-id"))
+    );
+    let r = whoami(trusted.http, &["X-Request-ID: "]);
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].as_str()),
+        (422, Some("x-request-id")),
+        "a malformed request id is refused, not replaced"
+    );
+    let client = mcp_with_tenant(trusted.mcp).await;
+    let r = call(&client, "whoami", &json!({})).await.unwrap();
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    assert_eq!(result_json(&r)["outputs"]["me"]["tenant"], "acme");
+    client.cancel().await.unwrap();
+}
+
 /// Shutdown lets in-flight requests finish, then the server returns and
 /// stops accepting connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

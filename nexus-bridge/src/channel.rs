@@ -31,6 +31,8 @@ pub(crate) struct Surface {
     /// Listing the workflows: `GET /workflows[/{name}]`, `/openapi.json`,
     /// MCP `tools/list`, and the names in an unknown-workflow error.
     pub(crate) discovery: bool,
+    /// `trust_tenant_header(true)`: `X-Tenant-ID` names the caller's tenant.
+    pub(crate) trust_tenant_header: bool,
 }
 
 /// The largest inputs accepted, on every channel: an HTTP request body, a
@@ -249,6 +251,7 @@ impl Shared {
     /// (unless monitoring is off: then none are recorded).
     pub(crate) async fn execute(
         &self,
+        context: dataflow::Context,
         name: &str,
         inputs: Value,
         channel: &str,
@@ -280,6 +283,7 @@ impl Shared {
                 });
                 let run = self
                     .db
+                    .with_context(context)
                     .runtime()
                     .with_observer(observer)
                     .execute_with_id(

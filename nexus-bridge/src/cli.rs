@@ -41,7 +41,7 @@ fn json_type(schema: &Value) -> &str {
 
 /// Flags every `run <workflow>` has; an input with one of these names is
 /// set through `--inputs`.
-const RESERVED: [&str; 3] = ["json", "inputs", "url"];
+const RESERVED: [&str; 5] = ["json", "inputs", "url", "tenant", "as"];
 
 /// `run <workflow>`: one subcommand per workflow, one flag per input.
 fn run_command(workflows: &[&Registered]) -> Command {
@@ -73,6 +73,18 @@ fn run_command(workflows: &[&Registered]) -> Command {
                     .long("url")
                     .value_name("URL")
                     .help("Run on the nexus server at URL (e.g. http://127.0.0.1:8000) instead of in this process"),
+            )
+            .arg(
+                Arg::new("tenant")
+                    .long("tenant")
+                    .value_name("TENANT")
+                    .help("Run as this tenant (with --url: sent as X-Tenant-ID, which the server honours only with trust_tenant_header)"),
+            )
+            .arg(
+                Arg::new("as")
+                    .long("as")
+                    .value_name("ACTOR")
+                    .help("Run as this actor (recorded in audit rows and run events; in this process only)"),
             );
         for (name, prop) in schema["properties"].as_object().into_iter().flatten() {
             if RESERVED.contains(&name.as_str()) {
@@ -221,7 +233,12 @@ fn inputs(w: &Registered, m: &ArgMatches) -> Result<Value, Error> {
 }
 
 /// Runs `name` on the nexus server at `url`: its answer, or its error.
-async fn remote(url: &str, name: &str, inputs: Value) -> Result<Value, RunError> {
+async fn remote(
+    url: &str,
+    name: &str,
+    inputs: Value,
+    tenant: Option<&String>,
+) -> Result<Value, RunError> {
     let endpoint = format!("{}/workflows/{name}/execute", url.trim_end_matches('/'));
     let unreachable = |e: reqwest::Error| {
         Error::new(
@@ -229,12 +246,13 @@ async fn remote(url: &str, name: &str, inputs: Value) -> Result<Value, RunError>
             format!("cannot reach the nexus server at {url}: {e}"),
         )
     };
-    let response = reqwest::Client::new()
+    let mut request = reqwest::Client::new()
         .post(&endpoint)
-        .json(&serde_json::json!({"inputs": inputs}))
-        .send()
-        .await
-        .map_err(unreachable)?;
+        .json(&serde_json::json!({"inputs": inputs}));
+    if let Some(t) = tenant {
+        request = request.header(crate::identity::TENANT_HEADER, t);
+    }
+    let response = request.send().await.map_err(unreachable)?;
     let status = response.status();
     let body: Value = response.json().await.map_err(|e| {
         Error::new(
@@ -299,8 +317,16 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
             let json_out = sub.get_flag("json");
             let result = match (inputs(w, sub), sub.get_one::<String>("url")) {
                 (Err(e), _) => Err(e.into()),
-                (Ok(inputs), Some(url)) => remote(url, name, inputs).await,
-                (Ok(inputs), None) => app.shared.execute(name, inputs, "cli", None).await,
+                (Ok(inputs), Some(url)) => {
+                    remote(url, name, inputs, sub.get_one::<String>("tenant")).await
+                }
+                (Ok(inputs), None) => match crate::identity::from_cli(
+                    sub.get_one::<String>("tenant").map(String::as_str),
+                    sub.get_one::<String>("as").map(String::as_str),
+                ) {
+                    Ok(context) => app.shared.execute(context, name, inputs, "cli", None).await,
+                    Err(e) => Err(e.into()),
+                },
             };
             match result {
                 Ok(v) => {

@@ -101,8 +101,10 @@ async fn describe(
 async fn run(
     State(s): State<AppState>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let context = crate::identity::from_request(s.surface.trust_tenant_header, Some(&headers))?;
     let Json(body) = body.map_err(|e| {
         ApiError::from(if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large("request body")
@@ -145,7 +147,7 @@ async fn run(
     match mode.as_ref().and_then(Value::as_str) {
         None if mode.is_none() => {}
         Some("sync") => {}
-        Some("async") => return start_async(s, name, inputs),
+        Some("async") => return start_async(s, context, name, inputs),
         _ => {
             return Err(ApiError::from(
                 Error::new(
@@ -156,7 +158,7 @@ async fn run(
             ))
         }
     }
-    s.execute(&name, inputs, "http", None)
+    s.execute(context, &name, inputs, "http", None)
         .await
         .map(Json)
         .map_err(ApiError::from)
@@ -164,7 +166,12 @@ async fn run(
 }
 
 /// `"mode": "async"`: 202 with the run id at once; `GET /runs/{id}` reports it.
-fn start_async(s: AppState, name: String, inputs: Value) -> Result<Response, ApiError> {
+fn start_async(
+    s: AppState,
+    context: dataflow::Context,
+    name: String,
+    inputs: Value,
+) -> Result<Response, ApiError> {
     if !s.workflows.contains_key(&name) {
         return Err(ApiError::from(s.unknown_workflow(&name)));
     }
@@ -177,7 +184,9 @@ fn start_async(s: AppState, name: String, inputs: Value) -> Result<Response, Api
     let slot = s.runs.start(&run_id, &name).map_err(ApiError::from)?;
     let id = run_id.clone();
     tokio::spawn(async move {
-        let result = s.execute(&name, inputs, "http", Some(id.clone())).await;
+        let result = s
+            .execute(context, &name, inputs, "http", Some(id.clone()))
+            .await;
         let status = match result {
             Ok(out) => json!({"run_id": id, "workflow": name, "status": "finished", "result": out}),
             Err(e) => {

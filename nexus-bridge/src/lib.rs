@@ -18,6 +18,7 @@
 mod channel;
 mod cli;
 mod http;
+mod identity;
 pub mod mcp;
 mod runs;
 mod security;
@@ -81,6 +82,7 @@ pub struct NexusBuilder {
     mcp_session_idle: Duration,
     allowed_hosts: Option<Vec<String>>,
     cors: Option<Vec<String>>,
+    trust_tenant_header: bool,
 }
 
 impl Default for NexusBuilder {
@@ -109,6 +111,7 @@ impl Default for NexusBuilder {
             mcp_session_idle: Duration::from_secs(120),
             allowed_hosts: None,
             cors: None,
+            trust_tenant_header: false,
         }
     }
 }
@@ -214,6 +217,15 @@ impl NexusBuilder {
         self
     }
 
+    /// Trust the `X-Tenant-ID` header as the caller's tenant (default
+    /// off: the header is ignored). Only for deployments behind a gateway
+    /// that authenticates callers and sets the header itself; anyone who
+    /// reaches the server directly could otherwise name any tenant.
+    pub fn trust_tenant_header(mut self, on: bool) -> Self {
+        self.trust_tenant_header = on;
+        self
+    }
+
     /// Lets web pages on these origins (`https://app.example.com`,
     /// `http://localhost:5173`; `"*"` for any) call both listeners from a
     /// browser: CORS headers on their requests and answers to their
@@ -281,6 +293,7 @@ impl NexusBuilder {
             metrics: self.enable_monitoring,
             events: self.enable_sse_transport,
             discovery: self.enable_discovery,
+            trust_tenant_header: self.trust_tenant_header,
         };
         let runs = runs::Runs::new(runs::RunLimits {
             max_running: self.max_async_runs,
@@ -560,14 +573,28 @@ impl Nexus {
 
     /// Runs a registered workflow in this process, the path every channel
     /// takes (its metrics are labelled `channel="direct"`). A failed run's
-    /// error reads as its [`Error`](dataflow::Error) and says which nodes
+    /// error reads as its [`Error`] and says which nodes
     /// completed before it ([`RunError::completed`](dataflow::RunError::completed)).
     pub async fn execute(
         &self,
         name: &str,
         inputs: Value,
     ) -> std::result::Result<Value, dataflow::RunError> {
-        self.shared.execute(name, inputs, "direct", None).await
+        self.execute_in(dataflow::Context::new(), name, inputs)
+            .await
+    }
+
+    /// [`execute`](Self::execute) with the caller's context (its tenant,
+    /// actor, roles and request id reach every node of the run).
+    pub async fn execute_in(
+        &self,
+        context: dataflow::Context,
+        name: &str,
+        inputs: Value,
+    ) -> std::result::Result<Value, dataflow::RunError> {
+        self.shared
+            .execute(context, name, inputs, "direct", None)
+            .await
     }
 }
 

@@ -108,12 +108,31 @@ impl McpServer {
         name: &str,
         arguments: Option<JsonObject>,
     ) -> std::result::Result<CallToolResult, ErrorData> {
+        self.call_with(None, name, arguments).await
+    }
+
+    /// [`call`](Self::call) for an MCP request over HTTP with these headers
+    /// (the caller's context comes from them).
+    async fn call_with(
+        &self,
+        headers: Option<&axum::http::HeaderMap>,
+        name: &str,
+        arguments: Option<JsonObject>,
+    ) -> std::result::Result<CallToolResult, ErrorData> {
         let known = self.shared.workflows.contains_key(name);
         let inputs = Value::Object(arguments.unwrap_or_default());
-        let result = if known && inputs.to_string().len() > MAX_INPUT_BYTES {
-            Err(too_large("tool arguments").into())
-        } else {
-            self.shared.execute(name, inputs, "mcp", None).await
+        let context =
+            crate::identity::from_request(self.shared.surface.trust_tenant_header, headers);
+        let result = match context {
+            Err(e) => Err(e.into()),
+            Ok(_) if known && inputs.to_string().len() > MAX_INPUT_BYTES => {
+                Err(too_large("tool arguments").into())
+            }
+            Ok(context) => {
+                self.shared
+                    .execute(context, name, inputs, "mcp", None)
+                    .await
+            }
         };
         match result {
             Ok(result) => Ok(CallToolResult::structured(result)),
@@ -149,9 +168,14 @@ impl ServerHandler for McpServer {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> std::result::Result<CallToolResponse, ErrorData> {
-        self.call(&request.name, request.arguments)
+        // Over streamable HTTP, rmcp hands over the request's head.
+        let headers = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .map(|p| &p.headers);
+        self.call_with(headers, &request.name, request.arguments)
             .await
             .map(CallToolResponse::from)
     }
