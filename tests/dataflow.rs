@@ -1709,3 +1709,188 @@ fn deeply_nested_input_is_refused_not_a_crash() {
     });
     test.unwrap().join().unwrap();
 }
+
+/// Issue 10, items 1 and 11: connections the server ended, a server that
+/// restarts, and a SQLite database that cannot take writes.
+mod hardening_pool {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// One request of a mixed load: a create, a read by id, a list or an
+    /// update, chosen by `n`.
+    async fn request(db: &DataFlow, id: &str, n: usize) -> Result<(), Error> {
+        let r = match n % 4 {
+            0 => {
+                let email = format!("load-{n}-{}@x.io", uuid::Uuid::now_v7().simple());
+                db.execute("UserCreateNode", json!({"email": email})).await
+            }
+            1 => db.execute("UserReadNode", json!({"id": id})).await,
+            2 => db.execute("UserListNode", json!({"limit": 3})).await,
+            _ => {
+                db.execute(
+                    "UserUpdateNode",
+                    json!({"id": id, "fields": {"full_name": format!("n{n}")}}),
+                )
+                .await
+            }
+        };
+        r.map(drop)
+    }
+
+    /// Keeps `tasks` requests in flight until `stop` is set; returns how
+    /// many failed, after checking that each failure is a `connection` error
+    /// (503), never another code.
+    fn load(
+        db: &DataFlow,
+        id: &str,
+        tasks: usize,
+        stop: &Arc<AtomicBool>,
+    ) -> Vec<tokio::task::JoinHandle<usize>> {
+        (0..tasks)
+            .map(|t| {
+                let (db, id, stop) = (db.clone(), id.to_string(), stop.clone());
+                tokio::spawn(async move {
+                    let mut failed = 0;
+                    let mut n = t;
+                    while !stop.load(Ordering::Acquire) {
+                        if let Err(e) = request(&db, &id, n).await {
+                            assert_eq!(e.code().as_str(), "connection", "{e}");
+                            assert_eq!(e.code().http_status(), 503);
+                            failed += 1;
+                        }
+                        n += tasks;
+                    }
+                    failed
+                })
+            })
+            .collect()
+    }
+
+    /// Waits (at most `within`) until `needed` requests in a row succeed,
+    /// then checks that the next 100, four at a time, all succeed too.
+    async fn every_request_succeeds_again(db: &DataFlow, id: &str, within: Duration) -> Duration {
+        let started = Instant::now();
+        let (mut in_a_row, mut n, needed) = (0, 0, 50);
+        let mut last = None;
+        while in_a_row < needed {
+            assert!(
+                started.elapsed() < within,
+                "no {needed} requests in a row succeeded within {within:?} ({in_a_row} did; last error: {last:?})"
+            );
+            match request(db, id, n).await {
+                Ok(()) => in_a_row += 1,
+                Err(e) => {
+                    assert_eq!(e.code().as_str(), "connection", "{e}");
+                    last = Some(e.to_string());
+                    in_a_row = 0;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            n += 1;
+        }
+        let recovered = started.elapsed();
+        let failures = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for t in 0..4 {
+            let (db, id, failures) = (db.clone(), id.to_string(), failures.clone());
+            tasks.push(tokio::spawn(async move {
+                for n in (t..100).step_by(4) {
+                    if let Err(e) = request(&db, &id, n).await {
+                        eprintln!("request {n} failed after recovery: {e}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(
+            failures.load(Ordering::Relaxed),
+            0,
+            "requests failed after recovery"
+        );
+        db.execute_ping()
+            .await
+            .expect("ready once every request succeeds");
+        recovered
+    }
+
+    async fn seed(db: &DataFlow) -> String {
+        let user = ok(db, "UserCreateNode", json!({"email": "seed@x.io"})).await;
+        user["id"].as_str().unwrap().to_string()
+    }
+
+    /// Terminating the server's connections over and over, under load:
+    /// requests fail with `connection` meanwhile, and once it stops every
+    /// request succeeds again within seconds (dead connections are found and
+    /// dropped, not handed out forever).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_recovers_from_terminated_connections() {
+        let Some(cluster) = postgres::own_cluster() else {
+            return;
+        };
+        let url = cluster.fresh_database("terminations");
+        let db = DataFlow::builder(&url)
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .await
+            .unwrap();
+        let id = seed(&db).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = load(&db, &id, 4, &stop);
+        let mut terminated = 0;
+        let storm = Instant::now();
+        while storm.elapsed() < Duration::from_secs(3) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            terminated += cluster.terminate_connections(&url);
+        }
+        stop.store(true, Ordering::Release);
+        let mut failed = 0;
+        for t in tasks {
+            failed += t.await.unwrap();
+        }
+        eprintln!("terminated {terminated} connections; {failed} requests failed meanwhile");
+        assert!(terminated > 0, "the storm terminated no connection");
+        let took = every_request_succeeds_again(&db, &id, Duration::from_secs(5)).await;
+        eprintln!("every request succeeded again after {took:?}");
+    }
+
+    /// A real server stop and `pg_ctl restart`: while the server is down
+    /// requests and readiness fail with `connection`; once it is back,
+    /// every request succeeds within seconds and readiness is Ok.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_recovers_from_a_server_restart() {
+        let Some(cluster) = postgres::own_cluster() else {
+            return;
+        };
+        let url = cluster.fresh_database("restart");
+        let db = DataFlow::builder(&url)
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .await
+            .unwrap();
+        let id = seed(&db).await;
+        // Several pooled connections, all about to die.
+        every_request_succeeds_again(&db, &id, Duration::from_secs(5)).await;
+        assert!(db.pool_state().connections >= 2, "{:?}", db.pool_state());
+
+        cluster.stop();
+        let e = db.execute_ping().await.unwrap_err();
+        assert_eq!(e.code().as_str(), "connection", "{e}");
+        for n in 0..4 {
+            let e = request(&db, &id, n).await.unwrap_err();
+            assert_eq!(e.code().as_str(), "connection", "{e}");
+        }
+        cluster.start();
+        let took = every_request_succeeds_again(&db, &id, Duration::from_secs(5)).await;
+        eprintln!("after a stop and start: every request succeeded again after {took:?}");
+
+        // `pg_ctl restart` between two requests: the pool's connections are
+        // all dead, and nothing in the pool knows it yet.
+        cluster.restart();
+        let took = every_request_succeeds_again(&db, &id, Duration::from_secs(5)).await;
+        eprintln!("after pg_ctl restart: every request succeeded again after {took:?}");
+    }
+}
