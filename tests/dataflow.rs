@@ -1893,4 +1893,124 @@ mod hardening_pool {
         let took = every_request_succeeds_again(&db, &id, Duration::from_secs(5)).await;
         eprintln!("after pg_ctl restart: every request succeeded again after {took:?}");
     }
+
+    /// `GET /ready` of a nexus serving `db` on a loopback port of its own:
+    /// (status, code of the error body or `None`).
+    async fn ready_over_http(db: &DataFlow) -> (u16, Option<String>) {
+        let app = Arc::new(nexus::Nexus::builder().build(db.clone()).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = tokio::spawn({
+            let app = app.clone();
+            async move { app.serve_http_on(listener).await }
+        });
+        let r = tokio::task::spawn_blocking(move || {
+            support::http::request(addr, "GET", "/ready", None)
+        })
+        .await
+        .unwrap();
+        app.shutdown();
+        served.await.unwrap().unwrap();
+        let body = r.json();
+        let code = body["error"]["code"]
+            .as_str()
+            .or(body["code"].as_str())
+            .map(str::to_string);
+        (r.status, code)
+    }
+
+    fn sqlite_path(url: &str) -> String {
+        url.strip_prefix("sqlite://").unwrap().to_string()
+    }
+
+    /// A database opened read-only cannot take writes: readiness fails with
+    /// `connection` (503 from nexus) while reads still work.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_ready_fails_when_the_database_is_read_only() {
+        let url = sqlite_url("ready_read_only");
+        let db = DataFlow::builder(&url).build().await.unwrap();
+        let id = seed(&db).await;
+        assert_eq!(ready_over_http(&db).await, (200, None));
+        drop(db);
+
+        // Opening read-only is how a test run as root gets a file it cannot
+        // write (chmod does not stop root).
+        let ro = format!("sqlite://file:{}?mode=ro", sqlite_path(&url));
+        let db = DataFlow::builder(&ro).build().await.unwrap();
+        ok(&db, "UserReadNode", json!({"id": id})).await;
+        let e = db.execute_ping().await.unwrap_err();
+        assert_eq!(e.code().as_str(), "connection", "{e}");
+        assert!(e.message().contains("cannot take writes"), "{e}");
+        assert!(e.message().contains("readonly"), "{e}");
+        assert_eq!(
+            ready_over_http(&db).await,
+            (503, Some("connection".to_string()))
+        );
+        let e = err(&db, "UserCreateNode", json!({"email": "new@x.io"})).await;
+        assert_eq!(e.code().as_str(), "connection", "{e}");
+        assert_eq!(e.code().http_status(), 503);
+    }
+
+    /// The size of the database's write-ahead log on disk.
+    fn wal_size(url: &str) -> u64 {
+        std::fs::metadata(format!("{}-wal", sqlite_path(url))).map_or(0, |m| m.len())
+    }
+
+    /// A database that cannot grow (its page limit reached, as a full disk
+    /// would): writes fail with `connection` and readiness fails; once there
+    /// is room again readiness passes, writes succeed and the write-ahead
+    /// log is truncated.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_recovers_after_the_database_was_full_and_truncates_its_log() {
+        let url = sqlite_url("full_disk");
+        // One pooled connection: the page limit set on it applies to every
+        // write (the limit is a setting of the connection).
+        let db = DataFlow::builder(&url)
+            .connection_pool_size(1)
+            .build()
+            .await
+            .unwrap();
+        seed(&db).await;
+        {
+            use diesel::connection::SimpleConnection;
+            let mut conn = db.connection().unwrap();
+            // SQLite keeps the limit at the current size: the file cannot grow.
+            conn.batch_execute("PRAGMA max_page_count = 1").unwrap();
+        }
+        let big: Vec<Value> = (0..50)
+            .map(|i| json!({"email": format!("big{i}@x.io"), "full_name": "x".repeat(4000)}))
+            .collect();
+        let e = err(&db, "UserBulkCreateNode", json!({"data": big})).await;
+        assert_eq!(e.code().as_str(), "connection", "{e}");
+        assert!(e.message().contains("full"), "{e}");
+        let e = db.execute_ping().await.unwrap_err();
+        assert_eq!(e.code().as_str(), "connection", "{e}");
+        assert!(e.message().contains("cannot take writes"), "{e}");
+        assert_eq!(
+            ready_over_http(&db).await,
+            (503, Some("connection".to_string()))
+        );
+
+        // Room again.
+        {
+            use diesel::connection::SimpleConnection;
+            let mut conn = db.connection().unwrap();
+            conn.batch_execute("PRAGMA max_page_count = 1073741823")
+                .unwrap();
+        }
+        db.execute_ping().await.expect("ready once there is room");
+        let created = ok(&db, "UserBulkCreateNode", json!({"data": big})).await;
+        assert_eq!(created["inserted"], 50);
+        assert_eq!(count(&db, "User").await, 51);
+        let started = Instant::now();
+        while wal_size(&url) > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the write-ahead log still has {} bytes",
+                wal_size(&url)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(count(&db, "User").await, 51);
+    }
 }

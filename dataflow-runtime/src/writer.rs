@@ -436,8 +436,9 @@ fn writable(c: &mut SqliteConnection) -> Result<()> {
             return Err(Error::new(
                 ErrorCode::Connection,
                 format!(
-                    "database or disk is full: the file has {} pages, its limit (max_page_count)",
-                    n(1)
+                    "database or disk is full: the file is at its page limit \
+                     (max_page_count = {})",
+                    n(2)
                 ),
             ));
         }
@@ -696,5 +697,107 @@ mod tests {
             );
             tokio::time::sleep(CHECKPOINT_EVERY).await;
         }
+    }
+
+    fn wal_size(target: &Target) -> u64 {
+        let file = target.sqlite_file().unwrap();
+        std::fs::metadata(format!("{}-wal", file.display())).map_or(0, |m| m.len())
+    }
+
+    /// Once no commit was seen for a while, the log is truncated to nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_log_is_truncated() {
+        let (pool, target) = pool("idle");
+        on_sqlite(&pool, |c| c.batch("CREATE TABLE t (x INTEGER NOT NULL)")).unwrap();
+        let writer = Writer::start(pool.clone(), &target, Duration::from_secs(5)).unwrap();
+        for x in 0..50 {
+            writer.write(WriteKind::Bulk, insert(x)).await.unwrap();
+        }
+        assert!(wal_size(&target) > 0, "the writes went to the log");
+        let started = std::time::Instant::now();
+        while wal_size(&target) > 0 {
+            assert!(
+                started.elapsed() < TRUNCATE_WHEN_IDLE_FOR + Duration::from_secs(3),
+                "the idle log still has {} bytes",
+                wal_size(&target)
+            );
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
+        }
+    }
+
+    /// Readers that always overlap keep the log from starting over, so
+    /// without truncation it grows with everything written; past its limit
+    /// it is truncated while the writes go on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_past_its_limit_is_truncated_under_load() {
+        let (pool, target) = pool("limit");
+        on_sqlite(&pool, |c| c.batch("CREATE TABLE big (body TEXT NOT NULL)")).unwrap();
+        let limit = 256 << 10;
+        let writer =
+            Writer::start_with_limit(pool.clone(), &target, Duration::from_secs(5), limit).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..2u64)
+            .map(|i| {
+                let (target, stop) = (target.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let Ok(AnyConnection::Sqlite(mut c)) = target.connect(Duration::from_secs(5))
+                    else {
+                        panic!("a reader cannot connect")
+                    };
+                    let mut count = crate::sql::Sql::new(Dialect::Sqlite);
+                    count.push("SELECT count(*) FROM big");
+                    std::thread::sleep(Duration::from_millis(15 * i));
+                    while !stop.load(Ordering::Acquire) {
+                        c.batch("BEGIN").unwrap();
+                        c.query(&count).unwrap();
+                        std::thread::sleep(Duration::from_millis(30));
+                        c.batch("COMMIT").unwrap();
+                    }
+                })
+            })
+            .collect();
+        let (mut written, mut largest, mut last, mut shrank) = (0u64, 0u64, 0u64, 0);
+        let started = std::time::Instant::now();
+        // Truncations are at most one a second: long enough for several.
+        while started.elapsed() < Duration::from_secs(4) {
+            writer
+                .write(WriteKind::Transaction, |c| {
+                    c.write_transaction(|c| {
+                        for _ in 0..20 {
+                            c.batch(&format!(
+                                "INSERT INTO big (body) VALUES ('{}')",
+                                "x".repeat(1000)
+                            ))?;
+                        }
+                        Ok(())
+                    })
+                })
+                .await
+                .unwrap();
+            written += 20 * 1000;
+            let size = wal_size(&target);
+            // Only a truncation makes the file smaller at these sizes.
+            if size < last {
+                shrank += 1;
+            }
+            (largest, last) = (largest.max(size), size);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.store(true, Ordering::Release);
+        for r in readers {
+            r.join().unwrap();
+        }
+        eprintln!(
+            "the log reached {largest} bytes for {written} bytes written, shrank {shrank} times"
+        );
+        // Without truncation: no shrinking, and a log larger than the data.
+        assert!(
+            shrank > 0,
+            "the log was never truncated (it reached {largest} bytes)"
+        );
+        assert!(
+            largest < written,
+            "the log reached {largest} bytes for {written} bytes written (limit {limit})"
+        );
     }
 }
