@@ -339,14 +339,17 @@ impl r2d2::ManageConnection for Manager {
 
     /// Called when a connection goes back to the pool.
     fn has_broken(&self, conn: &mut Pooled) -> bool {
-        let now = Instant::now();
-        conn.returned = now;
         if conn.lost {
-            self.lost_at.fetch_max(self.nanos(now), Ordering::AcqRel);
+            self.lost_at
+                .fetch_max(self.nanos(Instant::now()), Ordering::AcqRel);
             return true;
         }
         match &mut conn.conn {
-            AnyConnection::Postgresql(c) => diesel::r2d2::R2D2Connection::is_broken(c),
+            AnyConnection::Postgresql(c) => {
+                // Only PostgreSQL connections are checked by idle time.
+                conn.returned = Instant::now();
+                diesel::r2d2::R2D2Connection::is_broken(c)
+            }
             AnyConnection::Sqlite(c) => diesel::r2d2::R2D2Connection::is_broken(c),
         }
     }
@@ -466,6 +469,11 @@ fn describe_diesel_error(e: &DieselError) -> Error {
             err
         }
         DieselError::NotFound => Error::new(ErrorCode::NotFound, "no record matched"),
+        // The commit failed and so did the rollback: the commit's error
+        // says why (a connection that died is `connection`).
+        DieselError::RollbackErrorOnCommit { commit_error, .. } => {
+            describe_diesel_error(commit_error)
+        }
         DieselError::BrokenTransactionManager => Error::new(
             ErrorCode::Connection,
             "the connection's transaction state is broken",
@@ -544,6 +552,43 @@ mod tests {
             Dialect::Postgres
         );
         assert_eq!(Target::parse("nope").unwrap_err().code(), "config");
+    }
+
+    #[test]
+    fn the_sqlite_file_of_paths_and_uris() {
+        let file = |url: &str| Target::parse(url).unwrap().sqlite_file();
+        assert_eq!(file("sqlite://app.db"), Some("app.db".into()));
+        assert_eq!(file("sqlite:///abs/app.db"), Some("/abs/app.db".into()));
+        assert_eq!(
+            file("sqlite://file:/abs/app.db?mode=ro"),
+            Some("/abs/app.db".into())
+        );
+        assert_eq!(
+            file("sqlite://file:///abs/app.db?mode=ro"),
+            Some("/abs/app.db".into())
+        );
+        assert_eq!(
+            file("sqlite://file://localhost/abs/app.db"),
+            Some("/abs/app.db".into())
+        );
+        assert_eq!(file("sqlite::memory:"), None);
+        assert_eq!(file("postgres://u@h/db"), None);
+    }
+
+    #[test]
+    fn sqlite_storage_errors_are_connection_errors() {
+        for message in [
+            "database or disk is full",
+            "attempt to write a readonly database",
+            "disk I/O error",
+        ] {
+            let e = describe_diesel_error(&DieselError::DatabaseError(
+                DatabaseErrorKind::Unknown,
+                Box::new(message.to_string()),
+            ));
+            assert_eq!(e.code(), ErrorCode::Connection, "{message}");
+            assert_eq!(e.code().http_status(), 503);
+        }
     }
 
     #[test]
