@@ -1935,3 +1935,318 @@ async fn messages_quote_input_in_part() {
     })
     .await;
 }
+
+/// Issue 10, items 1 and 11: connections the server ended, a server that
+/// restarts, and a SQLite database that cannot take writes.
+mod hardening_pool {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// One request of a mixed load: a create, a read by id, a list, an
+    /// update or a bulk create (a transaction), chosen by `n`.
+    async fn request(db: &DataFlow, id: &str, n: usize) -> Result<(), Error> {
+        let r = match n % 5 {
+            4 => {
+                let tag = uuid::Uuid::now_v7().simple();
+                let data: Vec<Value> = (0..3)
+                    .map(|i| json!({"email": format!("bulk-{n}-{i}-{tag}@x.io")}))
+                    .collect();
+                db.execute("UserBulkCreateNode", json!({"data": data}))
+                    .await
+            }
+            0 => {
+                let email = format!("load-{n}-{}@x.io", uuid::Uuid::now_v7().simple());
+                db.execute("UserCreateNode", json!({"email": email})).await
+            }
+            1 => db.execute("UserReadNode", json!({"id": id})).await,
+            2 => db.execute("UserListNode", json!({"limit": 3})).await,
+            _ => {
+                db.execute(
+                    "UserUpdateNode",
+                    json!({"id": id, "fields": {"full_name": format!("n{n}")}}),
+                )
+                .await
+            }
+        };
+        r.map(drop)
+    }
+
+    /// Keeps `tasks` requests in flight until `stop` is set; returns how
+    /// many failed, after checking that each failure is a `connection` error
+    /// (503), never another code.
+    fn load(
+        db: &DataFlow,
+        id: &str,
+        tasks: usize,
+        stop: &Arc<AtomicBool>,
+    ) -> Vec<tokio::task::JoinHandle<usize>> {
+        (0..tasks)
+            .map(|t| {
+                let (db, id, stop) = (db.clone(), id.to_string(), stop.clone());
+                tokio::spawn(async move {
+                    let mut failed = 0;
+                    let mut n = t;
+                    while !stop.load(Ordering::Acquire) {
+                        if let Err(e) = request(&db, &id, n).await {
+                            assert_eq!(e.code().as_str(), "connection", "{e}");
+                            assert_eq!(e.code().http_status(), 503);
+                            failed += 1;
+                        }
+                        n += tasks;
+                    }
+                    failed
+                })
+            })
+            .collect()
+    }
+
+    /// Waits (at most `within`) until `needed` requests in a row succeed,
+    /// then checks that the next 100, four at a time, all succeed too.
+    async fn every_request_succeeds_again(db: &DataFlow, id: &str, within: Duration) -> Duration {
+        let started = Instant::now();
+        let (mut in_a_row, mut n, needed) = (0, 0, 50);
+        let mut last = None;
+        while in_a_row < needed {
+            assert!(
+                started.elapsed() < within,
+                "no {needed} requests in a row succeeded within {within:?} ({in_a_row} did; last error: {last:?})"
+            );
+            match request(db, id, n).await {
+                Ok(()) => in_a_row += 1,
+                Err(e) => {
+                    assert_eq!(e.code().as_str(), "connection", "{e}");
+                    last = Some(e.to_string());
+                    in_a_row = 0;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            n += 1;
+        }
+        let recovered = started.elapsed();
+        let failures = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for t in 0..4 {
+            let (db, id, failures) = (db.clone(), id.to_string(), failures.clone());
+            tasks.push(tokio::spawn(async move {
+                for n in (t..100).step_by(4) {
+                    if let Err(e) = request(&db, &id, n).await {
+                        eprintln!("request {n} failed after recovery: {e}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(
+            failures.load(Ordering::Relaxed),
+            0,
+            "requests failed after recovery"
+        );
+        db.execute_ping()
+            .await
+            .expect("ready once every request succeeds");
+        recovered
+    }
+
+    async fn seed(db: &DataFlow) -> String {
+        let user = ok(db, "UserCreateNode", json!({"email": "seed@x.io"})).await;
+        user["id"].as_str().unwrap().to_string()
+    }
+
+    /// Terminating the server's connections over and over, under load:
+    /// requests fail with `connection` meanwhile, and once it stops every
+    /// request succeeds again within seconds (dead connections are found and
+    /// dropped, not handed out forever).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_recovers_from_terminated_connections() {
+        let Some(cluster) = postgres::own_cluster() else {
+            return;
+        };
+        let url = cluster.fresh_database("terminations");
+        let db = DataFlow::builder(&url)
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .await
+            .unwrap();
+        let id = seed(&db).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = load(&db, &id, 4, &stop);
+        let mut terminated = 0;
+        let storm = Instant::now();
+        while storm.elapsed() < Duration::from_secs(3) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            terminated += cluster.terminate_connections(&url);
+        }
+        stop.store(true, Ordering::Release);
+        let mut failed = 0;
+        for t in tasks {
+            failed += t.await.unwrap();
+        }
+        eprintln!("terminated {terminated} connections; {failed} requests failed meanwhile");
+        assert!(terminated > 0, "the storm terminated no connection");
+        let took = every_request_succeeds_again(&db, &id, Duration::from_secs(5)).await;
+        eprintln!("every request succeeded again after {took:?}");
+    }
+
+    /// A real server stop and `pg_ctl restart`: while the server is down
+    /// requests and readiness fail with `connection`; once it is back,
+    /// every request succeeds within seconds and readiness is Ok.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_recovers_from_a_server_restart() {
+        let Some(cluster) = postgres::own_cluster() else {
+            return;
+        };
+        let url = cluster.fresh_database("restart");
+        let db = DataFlow::builder(&url)
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .await
+            .unwrap();
+        let id = seed(&db).await;
+        // Several pooled connections, all about to die.
+        let held: Vec<_> = (0..3).map(|_| db.connection().unwrap()).collect();
+        drop(held);
+        assert!(db.pool_state().connections >= 3, "{:?}", db.pool_state());
+        every_request_succeeds_again(&db, &id, Duration::from_secs(5)).await;
+
+        cluster.stop();
+        let e = db.execute_ping().await.unwrap_err();
+        assert_eq!(e.code().as_str(), "connection", "{e}");
+        for n in 0..4 {
+            let e = request(&db, &id, n).await.unwrap_err();
+            assert_eq!(e.code().as_str(), "connection", "{e}");
+        }
+        cluster.start();
+        let took = every_request_succeeds_again(&db, &id, Duration::from_secs(5)).await;
+        eprintln!("after a stop and start: every request succeeded again after {took:?}");
+
+        // `pg_ctl restart` between two requests: the pool's connections are
+        // all dead, and nothing in the pool knows it yet.
+        cluster.restart();
+        let took = every_request_succeeds_again(&db, &id, Duration::from_secs(5)).await;
+        eprintln!("after pg_ctl restart: every request succeeded again after {took:?}");
+    }
+
+    /// `GET /ready` of a nexus serving `db` on a loopback port of its own:
+    /// (status, code of the error body or `None`).
+    async fn ready_over_http(db: &DataFlow) -> (u16, Option<String>) {
+        let app = Arc::new(nexus::Nexus::builder().build(db.clone()).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = tokio::spawn({
+            let app = app.clone();
+            async move { app.serve_http_on(listener).await }
+        });
+        let r = tokio::task::spawn_blocking(move || {
+            support::http::request(addr, "GET", "/ready", None)
+        })
+        .await
+        .unwrap();
+        app.shutdown();
+        served.await.unwrap().unwrap();
+        let body = r.json();
+        let code = body["error"]["code"]
+            .as_str()
+            .or(body["code"].as_str())
+            .map(str::to_string);
+        (r.status, code)
+    }
+
+    fn sqlite_path(url: &str) -> String {
+        url.strip_prefix("sqlite://").unwrap().to_string()
+    }
+
+    /// A database opened read-only cannot take writes: readiness fails with
+    /// `connection` (503 from nexus) while reads still work.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_ready_fails_when_the_database_is_read_only() {
+        let url = sqlite_url("ready_read_only");
+        let db = DataFlow::builder(&url).build().await.unwrap();
+        let id = seed(&db).await;
+        assert_eq!(ready_over_http(&db).await, (200, None));
+        drop(db);
+
+        // Opening read-only is how a test run as root gets a file it cannot
+        // write (chmod does not stop root).
+        let ro = format!("sqlite://file:{}?mode=ro", sqlite_path(&url));
+        let db = DataFlow::builder(&ro).build().await.unwrap();
+        ok(&db, "UserReadNode", json!({"id": id})).await;
+        let e = db.execute_ping().await.unwrap_err();
+        assert_eq!(e.code().as_str(), "connection", "{e}");
+        assert!(e.message().contains("cannot take writes"), "{e}");
+        assert!(e.message().contains("readonly"), "{e}");
+        assert_eq!(
+            ready_over_http(&db).await,
+            (503, Some("connection".to_string()))
+        );
+        let e = err(&db, "UserCreateNode", json!({"email": "new@x.io"})).await;
+        assert_eq!(e.code().as_str(), "connection", "{e}");
+        assert_eq!(e.code().http_status(), 503);
+    }
+
+    /// The size of the database's write-ahead log on disk.
+    fn wal_size(url: &str) -> u64 {
+        std::fs::metadata(format!("{}-wal", sqlite_path(url))).map_or(0, |m| m.len())
+    }
+
+    /// A database that cannot grow (its page limit reached, as a full disk
+    /// would): writes fail with `connection` and readiness fails; once there
+    /// is room again readiness passes, writes succeed and the write-ahead
+    /// log is truncated.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_recovers_after_the_database_was_full_and_truncates_its_log() {
+        let url = sqlite_url("full_disk");
+        // One pooled connection: the page limit set on it applies to every
+        // write (the limit is a setting of the connection).
+        let db = DataFlow::builder(&url)
+            .connection_pool_size(1)
+            .build()
+            .await
+            .unwrap();
+        seed(&db).await;
+        {
+            use diesel::connection::SimpleConnection;
+            let mut conn = db.connection().unwrap();
+            // SQLite keeps the limit at the current size: the file cannot grow.
+            conn.batch_execute("PRAGMA max_page_count = 1").unwrap();
+        }
+        let big: Vec<Value> = (0..50)
+            .map(|i| json!({"email": format!("big{i}@x.io"), "full_name": "x".repeat(4000)}))
+            .collect();
+        let e = err(&db, "UserBulkCreateNode", json!({"data": big})).await;
+        assert_eq!(e.code().as_str(), "connection", "{e}");
+        assert!(e.message().contains("full"), "{e}");
+        let e = db.execute_ping().await.unwrap_err();
+        assert_eq!(e.code().as_str(), "connection", "{e}");
+        assert!(e.message().contains("cannot take writes"), "{e}");
+        assert_eq!(
+            ready_over_http(&db).await,
+            (503, Some("connection".to_string()))
+        );
+
+        // Room again.
+        {
+            use diesel::connection::SimpleConnection;
+            let mut conn = db.connection().unwrap();
+            conn.batch_execute("PRAGMA max_page_count = 1073741823")
+                .unwrap();
+        }
+        db.execute_ping().await.expect("ready once there is room");
+        let created = ok(&db, "UserBulkCreateNode", json!({"data": big})).await;
+        assert_eq!(created["inserted"], 50);
+        assert_eq!(count(&db, "User").await, 51);
+        let started = Instant::now();
+        while wal_size(&url) > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the write-ahead log still has {} bytes",
+                wal_size(&url)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(count(&db, "User").await, 51);
+    }
+}

@@ -353,11 +353,43 @@ impl DataFlow {
         }
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = db.inner.pool.get()?;
-            db.run_model_on_any(&mut conn, m, op, params)
+            if WriteKind::of(op).is_none() && db.dialect() == Dialect::Postgres {
+                // A read can run again: once more on another connection
+                // when the server had ended this one (a restart, a failover).
+                db.pooled(true, |c| db.run_model_on_any(c, m, op, params.clone()))
+            } else {
+                let mut params = Some(params);
+                db.pooled(false, |c| {
+                    let params = params.take().expect("runs once without retry");
+                    db.run_model_on_any(c, m, op, params)
+                })
+            }
         })
         .await
         .map_err(|e| Error::internal(format!("node task failed: {e}")))?
+    }
+
+    /// Runs `f` on a pooled connection on this thread. A connection that `f`
+    /// found dead is closed instead of going back to the pool; with `retry`
+    /// (only for work a second run cannot repeat: reads) `f` then runs once
+    /// more, on another connection, which the pool checks before handing it
+    /// out. A write is never retried: it may have been applied before the
+    /// connection died, and nothing proves it was not.
+    fn pooled<T>(
+        &self,
+        retry: bool,
+        mut f: impl FnMut(&mut AnyConnection) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.inner.pool.get()?;
+        let out = f(&mut conn);
+        if !(conn.note(&out) && retry) {
+            return out;
+        }
+        drop(conn);
+        let mut conn = self.inner.pool.get()?;
+        let out = f(&mut conn);
+        conn.note(&out);
+        out
     }
 
     fn run_model_on_any(
@@ -438,8 +470,10 @@ impl DataFlow {
     ) -> Result<T> {
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
-            let mut conn = db.inner.pool.get()?;
-            f(&db, &mut conn)
+            let mut f = Some(f);
+            db.pooled(false, |c| {
+                f.take().expect("runs once without retry")(&db, c)
+            })
         })
         .await
         .map_err(|e| Error::internal(format!("task failed: {e}")))?
@@ -474,17 +508,30 @@ impl DataFlow {
         }
     }
 
-    /// Whether the database answers (`/ready`): one pooled round trip.
+    /// Whether the database can serve requests (`/ready`): a round trip on
+    /// a pooled connection (one the server had ended is dropped and the
+    /// round trip tried once more, so a pool that cannot reach the database
+    /// fails and one that recovered passes), and on SQLite whether the
+    /// database can take writes: not read-only, not full (its disk, or its
+    /// page limit). Failures are `connection` errors (503 over HTTP).
     pub async fn execute_ping(&self) -> Result<()> {
-        self.blocking(|_, conn| {
-            diesel::connection::SimpleConnection::batch_execute(conn, "SELECT 1").map_err(|e| {
-                Error::new(
-                    ErrorCode::Connection,
-                    format!("the database does not answer: {e}"),
-                )
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || {
+            db.pooled(true, |conn| {
+                diesel::connection::SimpleConnection::batch_execute(conn, "SELECT 1").map_err(|e| {
+                    Error::new(
+                        ErrorCode::Connection,
+                        format!("the database does not answer: {}", e.to_string().trim_end()),
+                    )
+                })
             })
         })
         .await
+        .map_err(|e| Error::internal(format!("task failed: {e}")))??;
+        match &self.inner.sqlite_writer {
+            Some(writer) => writer.check_writable().await,
+            None => Ok(()),
+        }
     }
 
     /// A pooled connection, for tools and tests that need raw SQL. An
@@ -534,12 +581,12 @@ fn boot(
             config.connection_pool_size
         })
         .min_idle(Some(0))
-        .test_on_check_out(false)
+        // PostgreSQL: `Manager::is_valid` checks only a connection that sat
+        // idle or may have died with another one; a SQLite file has no
+        // server to lose.
+        .test_on_check_out(!sqlite)
         .connection_timeout(config.connect_timeout())
-        .build_unchecked(Manager {
-            target: target.clone(),
-            connect_timeout: config.connect_timeout(),
-        });
+        .build_unchecked(Manager::new(target.clone(), config.connect_timeout()));
     let sqlite_writer = match sqlite {
         true => Some(crate::writer::Writer::start(
             pool.clone(),

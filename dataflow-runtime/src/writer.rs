@@ -35,21 +35,57 @@
 //! the commit that crosses the threshold does that work while every write
 //! queued behind it waits: that was most of the writes' p99 under load.
 //!
+//! The same thread keeps the log from growing without end: a `PASSIVE`
+//! checkpoint never shrinks the file, and while readers keep using the log
+//! it cannot even start over, so a storm left a log many times the size of
+//! the database, and after a disk-full the space freed went to checkpoints
+//! while the log stayed. The log is truncated (`wal_checkpoint(TRUNCATE)`)
+//! when no commit was seen for [`TRUNCATE_WHEN_IDLE_FOR`], soon after a
+//! write failed for lack of space or a disk error, and, under load, when it
+//! outgrows [`WAL_SIZE_LIMIT`]: the truncation then holds writes back for at
+//! most the checkpoint connection's short busy timeout, at most once per
+//! [`TRUNCATE_AT_MOST_EVERY`]. Connections also set `journal_size_limit`, so
+//! a log that starts over is cut back to the limit.
+//!
 //! [`DataFlow`]: crate::DataFlow
 
-use crate::backend::{AnyConnection, Conn, Pool, Target};
+use crate::backend::{sqlite_cannot_write, AnyConnection, Conn, Pool, Target};
 use crate::error::{Error, ErrorCode, Result};
 use crate::schema::Op;
+use crate::sql::{Dialect, Sql};
+use crate::value::Cell;
 use diesel::SqliteConnection;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, TryLockError};
+use std::time::{Duration, Instant};
 
 /// The most writes committed together.
 pub(crate) const MAX_BATCH: usize = 256;
 
 /// How often the write-ahead log is checkpointed.
-pub(crate) const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// The write-ahead log is truncated once no commit was seen for this long.
+pub(crate) const TRUNCATE_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
+
+/// A log larger than this is truncated even while writes go on (and every
+/// connection's `journal_size_limit`).
+pub(crate) const WAL_SIZE_LIMIT: u64 = 64 << 20;
+
+/// Truncations hold writes back while they wait for readers: at most one
+/// attempt this often.
+pub(crate) const TRUNCATE_AT_MOST_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a truncation waits for the writer and the readers (the
+/// checkpoint connection's busy timeout) before it gives up until later.
+const TRUNCATE_PATIENCE_MS: u32 = 100;
+
+/// Less free space than this on the disk of the database file, and it
+/// cannot count on taking writes: a commit appends to the log, a checkpoint
+/// grows the file.
+pub(crate) const MIN_FREE_BYTES: u64 = 1 << 20;
 
 /// How a write goes through the writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +172,8 @@ pub(crate) struct Writer {
     queue: mpsc::Sender<Box<dyn Job>>,
     pool: Pool,
     shared: Arc<Shared>,
+    /// The database file, for the free space check (none in memory).
+    file: Option<PathBuf>,
     /// Dropping it stops the checkpoint thread.
     _checkpoints: Option<mpsc::Sender<()>>,
 }
@@ -149,16 +187,25 @@ struct Shared {
     active: AtomicUsize,
     /// Held while a batch or a write run at once is running.
     turn: Mutex<()>,
+    /// A write failed for lack of space or a disk error: the checkpoint
+    /// thread truncates the log as soon as it can.
+    truncate_wanted: AtomicBool,
 }
 
 impl Writer {
     /// Starts the writer thread, which takes a connection from `pool` per
     /// batch, and for a database file the checkpoint thread, which opens its
     /// own connection to `target` when it first runs.
-    pub(crate) fn start(
+    pub(crate) fn start(pool: Pool, target: &Target, connect_timeout: Duration) -> Result<Writer> {
+        Self::start_with_limit(pool, target, connect_timeout, WAL_SIZE_LIMIT)
+    }
+
+    /// [`start`](Self::start) with another bound on the log's size (tests).
+    pub(crate) fn start_with_limit(
         pool: Pool,
         target: &Target,
-        connect_timeout: std::time::Duration,
+        connect_timeout: Duration,
+        wal_limit: u64,
     ) -> Result<Writer> {
         let (queue, jobs) = mpsc::channel();
         let shared = Arc::new(Shared::default());
@@ -166,40 +213,72 @@ impl Writer {
         spawn("dataflow-sqlite-writer", move || {
             serve(&thread_pool, &thread_shared, &jobs)
         })?;
-        let checkpoints = match target {
-            Target::Sqlite { memory: false, .. } => {
-                let (target, (stop, stopped)) = (target.clone(), mpsc::channel::<()>());
+        let file = target.sqlite_file();
+        let checkpoints = match &file {
+            Some(file) => {
+                let (stop, stopped) = mpsc::channel::<()>();
+                let mut checkpointer = Checkpointer {
+                    target: target.clone(),
+                    connect_timeout,
+                    wal: PathBuf::from(format!("{}-wal", file.display())),
+                    wal_limit,
+                    shared: shared.clone(),
+                    conn: None,
+                    version: None,
+                    quiet_since: Instant::now(),
+                    next_truncate: Instant::now(),
+                };
                 spawn("dataflow-sqlite-checkpoint", move || {
-                    let mut conn = None;
                     // Runs until the `DataFlow` (holding `stop`) is dropped.
                     while let Err(mpsc::RecvTimeoutError::Timeout) =
                         stopped.recv_timeout(CHECKPOINT_EVERY)
                     {
-                        if conn.is_none() {
-                            conn = target.connect(connect_timeout).ok();
-                        }
-                        if let Some(AnyConnection::Sqlite(c)) = &mut conn {
-                            // Busy (another checkpoint, a reader on old pages) is
-                            // fine: the next round continues where this one stopped.
-                            let _ = c.batch("PRAGMA wal_checkpoint(PASSIVE)");
-                        }
+                        checkpointer.round();
                     }
                 })?;
                 Some(stop)
             }
-            _ => None,
+            None => None,
         };
         Ok(Writer {
             queue,
             pool,
             shared,
+            file,
             _checkpoints: checkpoints,
         })
+    }
+
+    /// Whether the database can take writes (for readiness), checked in
+    /// turn with the writes, so never waiting on this process's own: the
+    /// write lock can be taken, a write is accepted (a read-only file or
+    /// connection refuses it; it is rolled back, nothing reaches the disk),
+    /// the file is below its page limit, and the disk has space left.
+    pub(crate) async fn check_writable(&self) -> Result<()> {
+        self.write(WriteKind::Transaction, writable).await?;
+        match &self.file {
+            Some(file) => disk_has_room(file),
+            None => Ok(()),
+        }
     }
 
     /// Runs `write` as `kind` says (see [`WriteKind`]); answers once it is
     /// committed.
     pub(crate) async fn write<T: Send + 'static>(
+        &self,
+        kind: WriteKind,
+        write: impl FnOnce(&mut SqliteConnection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let out = self.write_unwatched(kind, write).await;
+        if let Err(e) = &out {
+            if storage_failure(e) {
+                self.shared.truncate_wanted.store(true, Ordering::Release);
+            }
+        }
+        out
+    }
+
+    async fn write_unwatched<T: Send + 'static>(
         &self,
         kind: WriteKind,
         write: impl FnOnce(&mut SqliteConnection) -> Result<T> + Send + 'static,
@@ -225,7 +304,7 @@ impl Writer {
                 Err(TryLockError::WouldBlock) => None,
             };
             if let (Some(_turn), Some(mut conn)) = (turn, self.pool.try_get()) {
-                if let AnyConnection::Sqlite(c) = &mut *conn {
+                if let AnyConnection::Sqlite(c) = &mut **conn {
                     return guarded(write, c);
                 }
             }
@@ -299,7 +378,7 @@ fn serve(pool: &Pool, shared: &Shared, jobs: &mpsc::Receiver<Box<dyn Job>>) {
 /// its result, or the error that kept the transaction from committing.
 fn commit(pool: &Pool, mut jobs: Vec<Box<dyn Job>>) {
     let outcome = pool.get().map_err(Error::from).and_then(|mut conn| {
-        let AnyConnection::Sqlite(c) = &mut *conn else {
+        let AnyConnection::Sqlite(c) = &mut **conn else {
             return Err(Error::new(
                 ErrorCode::Internal,
                 "the SQLite writer got a non-SQLite connection",
@@ -322,6 +401,152 @@ fn commit(pool: &Pool, mut jobs: Vec<Box<dyn Job>>) {
     let failed = outcome.err();
     for job in jobs {
         job.answer(failed.clone());
+    }
+}
+
+/// Whether a write failed because the database cannot take writes (full
+/// disk or file, read-only, disk error), rather than because of its input.
+fn storage_failure(e: &Error) -> bool {
+    e.code() == ErrorCode::Connection && sqlite_cannot_write(&e.message())
+}
+
+/// The write side of the readiness check, on the writer's connection.
+fn writable(c: &mut SqliteConnection) -> Result<()> {
+    let not_writable = |e: Error| {
+        Error::new(
+            ErrorCode::Connection,
+            format!("the database cannot take writes: {}", e.detail()),
+        )
+    };
+    c.write_transaction(|c| {
+        let cells = c.query(&one(
+            Dialect::Sqlite,
+            "SELECT user_version, page_count, max_page_count, freelist_count \
+             FROM pragma_user_version(), pragma_page_count(), pragma_max_page_count(), \
+             pragma_freelist_count()",
+        ))?;
+        let n = |i: usize| match cells.first().and_then(|row| row.get(i)) {
+            Some(Cell::I64(n)) => *n,
+            _ => 0,
+        };
+        // Rewrites the header with the value it has: refused on a read-only
+        // database; rolled back below, so nothing reaches the log.
+        c.batch(&format!("PRAGMA user_version = {}", n(0)))?;
+        if n(1) >= n(2) && n(3) == 0 {
+            return Err(Error::new(
+                ErrorCode::Connection,
+                format!(
+                    "database or disk is full: the file is at its page limit \
+                     (max_page_count = {})",
+                    n(2)
+                ),
+            ));
+        }
+        Err(Error::new(ErrorCode::Internal, ROLLED_BACK))
+    })
+    .or_else(|e| match e.detail() == ROLLED_BACK {
+        true => Ok(()),
+        false => Err(not_writable(e)),
+    })
+}
+
+/// Ends the readiness probe's transaction: it must change nothing.
+const ROLLED_BACK: &str = "the readiness probe rolls back";
+
+/// A statement without parameters.
+fn one(dialect: Dialect, text: &str) -> Sql {
+    let mut sql = Sql::new(dialect);
+    sql.push(text);
+    sql
+}
+
+/// Whether the disk holding `file` has [`MIN_FREE_BYTES`] left (for this
+/// process: a root process may use the blocks reserved for root).
+fn disk_has_room(file: &Path) -> Result<()> {
+    let Ok(fs) = rustix::fs::statvfs(file) else {
+        // No answer (the file is gone, say): the write probe has spoken.
+        return Ok(());
+    };
+    let blocks = match rustix::process::geteuid().is_root() {
+        true => fs.f_bfree,
+        false => fs.f_bavail,
+    };
+    let free = blocks.saturating_mul(fs.f_frsize);
+    match free >= MIN_FREE_BYTES {
+        true => Ok(()),
+        false => Err(Error::new(
+            ErrorCode::Connection,
+            format!(
+                "the database cannot take writes: database or disk is full ({free} bytes free on the disk of {})",
+                file.display()
+            ),
+        )),
+    }
+}
+
+/// What the checkpoint thread keeps between rounds.
+struct Checkpointer {
+    target: Target,
+    connect_timeout: Duration,
+    /// The log file.
+    wal: PathBuf,
+    wal_limit: u64,
+    shared: Arc<Shared>,
+    /// Its own connection, opened at the first round.
+    conn: Option<SqliteConnection>,
+    /// `PRAGMA data_version` at the last round: it changes with every
+    /// commit of another connection.
+    version: Option<i64>,
+    /// Since when no commit was seen.
+    quiet_since: Instant,
+    /// No truncation attempt before this.
+    next_truncate: Instant,
+}
+
+impl Checkpointer {
+    fn round(&mut self) {
+        if self.conn.is_none() {
+            self.conn = match self.target.connect(self.connect_timeout) {
+                Ok(AnyConnection::Sqlite(mut c)) => c
+                    .batch(&format!("PRAGMA busy_timeout = {TRUNCATE_PATIENCE_MS}"))
+                    .ok()
+                    .map(|()| c),
+                _ => None,
+            };
+        }
+        let Some(c) = &mut self.conn else { return };
+        // Busy (another checkpoint, a reader on old pages) is fine: the next
+        // round continues where this one stopped.
+        let _ = c.batch("PRAGMA wal_checkpoint(PASSIVE)");
+        let version = match c.query(&one(Dialect::Sqlite, "PRAGMA data_version")) {
+            Ok(rows) => match rows.first().and_then(|r| r.first()) {
+                Some(Cell::I64(v)) => Some(*v),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        let now = Instant::now();
+        if version != self.version {
+            self.version = version;
+            self.quiet_since = now;
+        }
+        let size = std::fs::metadata(&self.wal).map_or(0, |m| m.len());
+        if size == 0 || now < self.next_truncate {
+            return;
+        }
+        let after_error = self.shared.truncate_wanted.load(Ordering::Acquire);
+        let idle = now.duration_since(self.quiet_since) >= TRUNCATE_WHEN_IDLE_FOR;
+        if after_error || idle || size > self.wal_limit {
+            self.next_truncate = now + TRUNCATE_AT_MOST_EVERY;
+            let done = c
+                .query(&one(Dialect::Sqlite, "PRAGMA wal_checkpoint(TRUNCATE)"))
+                .is_ok_and(|rows| {
+                    matches!(rows.first().and_then(|r| r.first()), Some(Cell::I64(0)))
+                });
+            if done {
+                self.shared.truncate_wanted.store(false, Ordering::Release);
+            }
+        }
     }
 }
 
@@ -351,16 +576,13 @@ mod tests {
         let target = Target::parse(&format!("sqlite://{}", path.display())).unwrap();
         let pool = r2d2::Pool::builder()
             .max_size(4)
-            .build(Manager {
-                target: target.clone(),
-                connect_timeout: Duration::from_secs(5),
-            })
+            .build(Manager::new(target.clone(), Duration::from_secs(5)))
             .unwrap();
         (pool, target)
     }
 
     fn on_sqlite<T>(pool: &Pool, f: impl FnOnce(&mut SqliteConnection) -> T) -> T {
-        match &mut *pool.get().unwrap() {
+        match &mut **pool.get().unwrap() {
             AnyConnection::Sqlite(c) => f(c),
             AnyConnection::Postgresql(_) => unreachable!("a SQLite pool"),
         }
@@ -475,5 +697,107 @@ mod tests {
             );
             tokio::time::sleep(CHECKPOINT_EVERY).await;
         }
+    }
+
+    fn wal_size(target: &Target) -> u64 {
+        let file = target.sqlite_file().unwrap();
+        std::fs::metadata(format!("{}-wal", file.display())).map_or(0, |m| m.len())
+    }
+
+    /// Once no commit was seen for a while, the log is truncated to nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_log_is_truncated() {
+        let (pool, target) = pool("idle");
+        on_sqlite(&pool, |c| c.batch("CREATE TABLE t (x INTEGER NOT NULL)")).unwrap();
+        let writer = Writer::start(pool.clone(), &target, Duration::from_secs(5)).unwrap();
+        for x in 0..50 {
+            writer.write(WriteKind::Bulk, insert(x)).await.unwrap();
+        }
+        assert!(wal_size(&target) > 0, "the writes went to the log");
+        let started = std::time::Instant::now();
+        while wal_size(&target) > 0 {
+            assert!(
+                started.elapsed() < TRUNCATE_WHEN_IDLE_FOR + Duration::from_secs(3),
+                "the idle log still has {} bytes",
+                wal_size(&target)
+            );
+            tokio::time::sleep(CHECKPOINT_EVERY).await;
+        }
+    }
+
+    /// Readers that always overlap keep the log from starting over, so
+    /// without truncation it grows with everything written; past its limit
+    /// it is truncated while the writes go on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_past_its_limit_is_truncated_under_load() {
+        let (pool, target) = pool("limit");
+        on_sqlite(&pool, |c| c.batch("CREATE TABLE big (body TEXT NOT NULL)")).unwrap();
+        let limit = 256 << 10;
+        let writer =
+            Writer::start_with_limit(pool.clone(), &target, Duration::from_secs(5), limit).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..2u64)
+            .map(|i| {
+                let (target, stop) = (target.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let Ok(AnyConnection::Sqlite(mut c)) = target.connect(Duration::from_secs(5))
+                    else {
+                        panic!("a reader cannot connect")
+                    };
+                    let mut count = crate::sql::Sql::new(Dialect::Sqlite);
+                    count.push("SELECT count(*) FROM big");
+                    std::thread::sleep(Duration::from_millis(15 * i));
+                    while !stop.load(Ordering::Acquire) {
+                        c.batch("BEGIN").unwrap();
+                        c.query(&count).unwrap();
+                        std::thread::sleep(Duration::from_millis(30));
+                        c.batch("COMMIT").unwrap();
+                    }
+                })
+            })
+            .collect();
+        let (mut written, mut largest, mut last, mut shrank) = (0u64, 0u64, 0u64, 0);
+        let started = std::time::Instant::now();
+        // Truncations are at most one a second: long enough for several.
+        while started.elapsed() < Duration::from_secs(4) {
+            writer
+                .write(WriteKind::Transaction, |c| {
+                    c.write_transaction(|c| {
+                        for _ in 0..20 {
+                            c.batch(&format!(
+                                "INSERT INTO big (body) VALUES ('{}')",
+                                "x".repeat(1000)
+                            ))?;
+                        }
+                        Ok(())
+                    })
+                })
+                .await
+                .unwrap();
+            written += 20 * 1000;
+            let size = wal_size(&target);
+            // Only a truncation makes the file smaller at these sizes.
+            if size < last {
+                shrank += 1;
+            }
+            (largest, last) = (largest.max(size), size);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.store(true, Ordering::Release);
+        for r in readers {
+            r.join().unwrap();
+        }
+        eprintln!(
+            "the log reached {largest} bytes for {written} bytes written, shrank {shrank} times"
+        );
+        // Without truncation: no shrinking, and a log larger than the data.
+        assert!(
+            shrank > 0,
+            "the log was never truncated (it reached {largest} bytes)"
+        );
+        assert!(
+            largest < written,
+            "the log reached {largest} bytes for {written} bytes written (limit {limit})"
+        );
     }
 }

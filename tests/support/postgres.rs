@@ -727,3 +727,137 @@ fn details_block(details: &str) -> String {
         format!("\n{details}")
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A cluster of a test's own, for tests that stop, restart or disturb the server.
+
+/// A throwaway PostgreSQL cluster that belongs to one test, so that the test may stop, restart
+/// or terminate the server's connections without disturbing the shared cluster other tests use
+/// at the same time. Stopped and deleted when dropped (and by the watchdog if the process dies).
+pub struct OwnCluster {
+    cluster: Cluster,
+    admin_url: String,
+}
+
+/// Starts a cluster of the caller's own (see [`OwnCluster`]). `None` (after a `skipping
+/// PostgreSQL` line) when no PostgreSQL binaries are available and `CI` is unset; panics in CI.
+pub fn own_cluster() -> Option<OwnCluster> {
+    let started = Cluster::start().and_then(|cluster| {
+        let admin_url = format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port);
+        match connect_with_retry(&admin_url, Duration::from_secs(10)) {
+            Ok(_) => Ok(OwnCluster { cluster, admin_url }),
+            Err(e) => Err(Unavailable::with_details(
+                format!("own PostgreSQL cluster started but does not accept connections: {e}"),
+                cluster.log_tail(),
+            )),
+        }
+    });
+    match started {
+        Ok(own) => Some(own),
+        Err(err) if ci() => panic!(
+            "PostgreSQL is required because CI is set, but an own cluster cannot start: {}{}",
+            err.summary,
+            details_block(&err.details)
+        ),
+        Err(err) => {
+            eprintln!("skipping PostgreSQL: {}", err.summary);
+            None
+        }
+    }
+}
+
+impl OwnCluster {
+    /// A URL to a new, empty database on this cluster.
+    pub fn fresh_database(&self, hint: &str) -> String {
+        let server = Server {
+            admin_url: self.admin_url.clone(),
+            origin: "own cluster".into(),
+            cluster: None,
+        };
+        server
+            .create_database(hint)
+            .unwrap_or_else(|e| panic!("creating a database on the own cluster: {e}"))
+    }
+
+    /// Terminates every server process connected to the database of `url` (the way an operator
+    /// or a failover does), except the one asking. Returns how many were terminated.
+    pub fn terminate_connections(&self, url: &str) -> usize {
+        let db = url
+            .rsplit('/')
+            .next()
+            .and_then(|tail| tail.split(['?', '#']).next())
+            .unwrap_or_default();
+        use diesel::RunQueryDsl;
+        let mut conn = connect_with_retry(&self.admin_url, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("terminate_connections: {e}"));
+        #[derive(diesel::QueryableByName)]
+        struct Terminated {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let rows: Vec<Terminated> = diesel::sql_query(
+            "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind::<diesel::sql_types::Text, _>(db)
+        .load(&mut conn)
+        .unwrap_or_else(|e| panic!("terminate_connections: {e}"));
+        rows.first().map_or(0, |r| r.n as usize)
+    }
+
+    /// Stops the server (`pg_ctl stop -m fast`): every connection ends, new ones are refused.
+    pub fn stop(&self) {
+        self.pg_ctl(&["-m", "fast", "-w", "-t", "30", "stop"], "stop");
+    }
+
+    /// Starts the stopped server again, on the same port.
+    pub fn start(&self) {
+        if let Err(e) = self.cluster.pg_ctl_start() {
+            panic!(
+                "restarting the own cluster failed: {}{}",
+                e.summary,
+                details_block(&e.details)
+            );
+        }
+    }
+
+    /// `pg_ctl restart -m fast`: ends every connection and comes back on the same port.
+    pub fn restart(&self) {
+        self.pg_ctl(&["-m", "fast", "-w", "-t", "30", "restart"], "restart");
+    }
+
+    fn pg_ctl(&self, args: &[&str], what: &str) {
+        let mut cmd = self.cluster.pg_command("pg_ctl");
+        cmd.arg("-D")
+            .arg(self.cluster.data_dir())
+            .arg("-l")
+            .arg(self.cluster.log_file())
+            .args(args);
+        let out = self.cluster.root.join(format!("pg_ctl-{what}.out"));
+        match run_with_timeout(cmd, START_TIMEOUT + Duration::from_secs(10), &out) {
+            Ok((status, _)) if status.success() => {}
+            Ok((status, output)) => panic!(
+                "pg_ctl {what} on the own cluster failed ({status}): {output}\n{}",
+                self.cluster.log_tail()
+            ),
+            Err(e) => panic!("pg_ctl {what} on the own cluster: {}", e.summary),
+        }
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let mut cmd = self.cluster.pg_command("pg_ctl");
+        cmd.arg("-D").arg(self.cluster.data_dir()).args([
+            "-m",
+            "immediate",
+            "-w",
+            "-t",
+            "20",
+            "stop",
+        ]);
+        let out = self.cluster.root.join("pg_ctl-drop.out");
+        let _ = run_with_timeout(cmd, Duration::from_secs(30), &out);
+        let _ = fs::remove_dir_all(&self.cluster.root);
+    }
+}

@@ -12,7 +12,8 @@ use diesel::query_builder::{Query, QueryFragment, QueryId};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::Untyped;
 use diesel::{Connection, PgConnection, SqliteConnection};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// The one connection type: diesel's `MultiConnection` over both backends.
 #[derive(diesel::MultiConnection)]
@@ -41,7 +42,7 @@ impl<'a> From<&'a mut AnyConnection> for ConnMut<'a> {
 
 /// Where to connect, parsed from the database URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// A SQLite file path, or a shared in-memory database name.
     Sqlite {
         path: String,
@@ -55,7 +56,7 @@ pub enum Target {
 impl Target {
     /// Accepts `sqlite://rel.db`, `sqlite:///abs.db`, `sqlite::memory:`,
     /// `postgres://…` and `postgresql://…`.
-    pub fn parse(url: &str) -> Result<Target> {
+    pub(crate) fn parse(url: &str) -> Result<Target> {
         let bad = |why: &str| {
             Error::new(
                 ErrorCode::Config,
@@ -104,7 +105,29 @@ impl Target {
         Err(bad("unknown scheme"))
     }
 
-    pub fn dialect(&self) -> Dialect {
+    /// The SQLite database file (not for an in-memory database); a
+    /// `file:` URI's path without its query.
+    pub(crate) fn sqlite_file(&self) -> Option<std::path::PathBuf> {
+        let Target::Sqlite {
+            path,
+            memory: false,
+        } = self
+        else {
+            return None;
+        };
+        let Some(uri) = path.strip_prefix("file:") else {
+            return Some(path.into());
+        };
+        let uri = uri.split(['?', '#']).next().unwrap_or_default();
+        // `file:///abs` and `file://localhost/abs` name `/abs`.
+        let uri = match uri.strip_prefix("//") {
+            Some(rest) => &rest[rest.find('/').unwrap_or(rest.len())..],
+            None => uri,
+        };
+        (!uri.is_empty()).then(|| uri.into())
+    }
+
+    pub(crate) fn dialect(&self) -> Dialect {
         match self {
             Target::Sqlite { .. } => Dialect::Sqlite,
             Target::Postgres { .. } => Dialect::Postgres,
@@ -112,14 +135,15 @@ impl Target {
     }
 
     /// Opens and prepares one connection.
-    pub fn connect(&self, connect_timeout: Duration) -> Result<AnyConnection> {
+    pub(crate) fn connect(&self, connect_timeout: Duration) -> Result<AnyConnection> {
         match self {
             Target::Sqlite { path, .. } => {
                 let mut conn = SqliteConnection::establish(path)
                     .map_err(|e| connection_error(self, &e.to_string()))?;
                 conn.batch_execute(&format!(
-                    "PRAGMA busy_timeout = {}; PRAGMA foreign_keys = ON; PRAGMA case_sensitive_like = ON; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = 0;",
-                    connect_timeout.as_millis().max(1000)
+                    "PRAGMA busy_timeout = {}; PRAGMA foreign_keys = ON; PRAGMA case_sensitive_like = ON; PRAGMA synchronous = NORMAL; PRAGMA cache_size = -16384; PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {};",
+                    connect_timeout.as_millis().max(1000),
+                    crate::writer::WAL_SIZE_LIMIT,
                 ))
                 .map_err(|e| connection_error(self, &e.to_string()))?;
                 // Switching to WAL (once per file; it persists) can report "locked"
@@ -155,7 +179,7 @@ impl Target {
     }
 
     /// The URL without its password, safe to show.
-    pub fn display(&self) -> String {
+    pub(crate) fn display(&self) -> String {
         match self {
             Target::Sqlite { path, memory: true } => format!("sqlite::memory: ({path})"),
             Target::Sqlite { path, .. } => format!("sqlite://{path}"),
@@ -190,29 +214,142 @@ fn connection_error(target: &Target, detail: &str) -> Error {
     )
 }
 
-/// r2d2 manager that opens connections through [`Target::connect`].
+/// How long a PostgreSQL connection may sit idle in the pool before it is
+/// checked with a round trip when it is next handed out (HikariCP's
+/// `aliveBypassWindowMs` is the same idea and value): a busy pool pays
+/// nothing, a connection that waited through a restart is caught before use.
+pub(crate) const IDLE_BEFORE_CHECK: Duration = Duration::from_millis(500);
+
+/// A pooled connection and what the pool knows about it; derefs to the
+/// [`AnyConnection`].
+pub struct Pooled {
+    conn: AnyConnection,
+    /// A statement on it failed the way only a dead connection fails: it
+    /// is closed when it goes back, never handed out again.
+    lost: bool,
+    /// When it last went back to the pool.
+    returned: Instant,
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.conn
+    }
+}
+
+impl Pooled {
+    /// Looks at the outcome of work done on this connection: an error that
+    /// says the connection is dead marks it, so the pool closes it instead
+    /// of handing it out again. Returns whether it did.
+    pub(crate) fn note<T>(&mut self, outcome: &Result<T>) -> bool {
+        if let Err(e) = outcome {
+            if connection_lost(&self.conn, e) {
+                self.lost = true;
+            }
+        }
+        self.lost
+    }
+}
+
+/// Whether `e`, raised by work on `conn`, means `conn` is dead. On
+/// PostgreSQL every `connection` error raised while a connection is held is
+/// taken as such (diesel's `ClosedConnection` and `UnableToSendCommand`, a
+/// transaction state broken by them, a failed rollback): closing a live
+/// connection by mistake costs one reconnect, keeping a dead one fails every
+/// request it is handed to. A SQLite connection is a file handle; its
+/// `connection` errors (locked, full, read-only) are about the file.
+fn connection_lost(conn: &AnyConnection, e: &Error) -> bool {
+    matches!(conn, AnyConnection::Postgresql(_)) && e.code() == ErrorCode::Connection
+}
+
+/// r2d2 manager that opens connections through [`Target::connect`], closes
+/// the ones found dead and checks, before handing it out, a PostgreSQL
+/// connection that sat idle or that may have died with another one.
 #[derive(Debug)]
 pub struct Manager {
-    pub target: Target,
-    pub connect_timeout: Duration,
+    target: Target,
+    connect_timeout: Duration,
+    /// The pool's clock: `lost_at` counts from here.
+    epoch: Instant,
+    /// Nanoseconds after `epoch` when a connection of this pool was last
+    /// found dead (0: never). A restart, failover or mass termination ends
+    /// every connection at once, and the others are checked before use.
+    lost_at: AtomicU64,
+}
+
+impl Manager {
+    pub(crate) fn new(target: Target, connect_timeout: Duration) -> Manager {
+        Manager {
+            target,
+            connect_timeout,
+            epoch: Instant::now(),
+            lost_at: AtomicU64::new(0),
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        // At least 1: 0 means "never".
+        (at.saturating_duration_since(self.epoch).as_nanos() as u64).max(1)
+    }
+
+    /// Whether `conn` should be checked with a round trip before use.
+    fn needs_check(&self, conn: &Pooled) -> bool {
+        conn.returned.elapsed() >= IDLE_BEFORE_CHECK
+            || self.nanos(conn.returned) <= self.lost_at.load(Ordering::Acquire)
+    }
 }
 
 impl r2d2::ManageConnection for Manager {
-    type Connection = AnyConnection;
+    type Connection = Pooled;
     type Error = Error;
 
-    fn connect(&self) -> Result<AnyConnection> {
-        self.target.connect(self.connect_timeout)
+    fn connect(&self) -> Result<Pooled> {
+        Ok(Pooled {
+            conn: self.target.connect(self.connect_timeout)?,
+            lost: false,
+            returned: Instant::now(),
+        })
     }
 
-    fn is_valid(&self, conn: &mut AnyConnection) -> Result<()> {
-        conn.batch_execute("SELECT 1")
-            .map_err(|e| Error::new(ErrorCode::Connection, e.to_string()))
+    /// Called on checkout (the pool is built with `test_on_check_out` for
+    /// PostgreSQL): a round trip only for a connection that may be dead.
+    /// A failure here drops it and r2d2 takes the next one, so nothing of
+    /// the caller's was sent on it.
+    fn is_valid(&self, conn: &mut Pooled) -> Result<()> {
+        if conn.lost {
+            return Err(Error::new(ErrorCode::Connection, "the connection was lost"));
+        }
+        let check = self.needs_check(conn);
+        match &mut conn.conn {
+            AnyConnection::Postgresql(c) if check => c.batch_execute("SELECT 1").map_err(|e| {
+                self.lost_at
+                    .fetch_max(self.nanos(Instant::now()), Ordering::AcqRel);
+                Error::new(ErrorCode::Connection, e.to_string().trim().to_string())
+            }),
+            _ => Ok(()),
+        }
     }
 
-    fn has_broken(&self, conn: &mut AnyConnection) -> bool {
-        match conn {
-            AnyConnection::Postgresql(c) => diesel::r2d2::R2D2Connection::is_broken(c),
+    /// Called when a connection goes back to the pool.
+    fn has_broken(&self, conn: &mut Pooled) -> bool {
+        if conn.lost {
+            self.lost_at
+                .fetch_max(self.nanos(Instant::now()), Ordering::AcqRel);
+            return true;
+        }
+        match &mut conn.conn {
+            AnyConnection::Postgresql(c) => {
+                // Only PostgreSQL connections are checked by idle time.
+                conn.returned = Instant::now();
+                diesel::r2d2::R2D2Connection::is_broken(c)
+            }
             AnyConnection::Sqlite(c) => diesel::r2d2::R2D2Connection::is_broken(c),
         }
     }
@@ -321,21 +458,43 @@ fn describe_diesel_error(e: &DieselError) -> Error {
                     ErrorCode::FkViolation
                 }
                 _ if info.message().contains("database is locked") => ErrorCode::Connection,
+                _ if sqlite_cannot_write(info.message()) => ErrorCode::Connection,
                 _ => ErrorCode::Database,
             };
-            let mut err = Error::new(code, info.message().to_string());
+            // libpq's messages end with a newline.
+            let mut err = Error::new(code, info.message().trim_end().to_string());
             if let Some(c) = column {
                 err = err.with_field(c);
             }
             err
         }
         DieselError::NotFound => Error::new(ErrorCode::NotFound, "no record matched"),
+        // The commit failed and so did the rollback: the commit's error
+        // says why (a connection that died is `connection`).
+        DieselError::RollbackErrorOnCommit { commit_error, .. } => {
+            describe_diesel_error(commit_error)
+        }
         DieselError::BrokenTransactionManager => Error::new(
             ErrorCode::Connection,
             "the connection's transaction state is broken",
         ),
         other => Error::new(ErrorCode::Database, other.to_string()),
     }
+}
+
+/// Whether SQLite's `message` says the database cannot take writes right
+/// now: the disk (or the file's size limit) is full, the file or its
+/// directory is read-only, or the disk failed. None of it is the caller's
+/// doing, and a later attempt can succeed: `connection` (503), like a locked
+/// database, not `database` (500).
+pub(crate) fn sqlite_cannot_write(message: &str) -> bool {
+    [
+        "database or disk is full",
+        "attempt to write a readonly database",
+        "disk I/O error",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }
 
 /// The column a constraint error is about: SQLite says
@@ -393,6 +552,43 @@ mod tests {
             Dialect::Postgres
         );
         assert_eq!(Target::parse("nope").unwrap_err().code(), "config");
+    }
+
+    #[test]
+    fn the_sqlite_file_of_paths_and_uris() {
+        let file = |url: &str| Target::parse(url).unwrap().sqlite_file();
+        assert_eq!(file("sqlite://app.db"), Some("app.db".into()));
+        assert_eq!(file("sqlite:///abs/app.db"), Some("/abs/app.db".into()));
+        assert_eq!(
+            file("sqlite://file:/abs/app.db?mode=ro"),
+            Some("/abs/app.db".into())
+        );
+        assert_eq!(
+            file("sqlite://file:///abs/app.db?mode=ro"),
+            Some("/abs/app.db".into())
+        );
+        assert_eq!(
+            file("sqlite://file://localhost/abs/app.db"),
+            Some("/abs/app.db".into())
+        );
+        assert_eq!(file("sqlite::memory:"), None);
+        assert_eq!(file("postgres://u@h/db"), None);
+    }
+
+    #[test]
+    fn sqlite_storage_errors_are_connection_errors() {
+        for message in [
+            "database or disk is full",
+            "attempt to write a readonly database",
+            "disk I/O error",
+        ] {
+            let e = describe_diesel_error(&DieselError::DatabaseError(
+                DatabaseErrorKind::Unknown,
+                Box::new(message.to_string()),
+            ));
+            assert_eq!(e.code(), ErrorCode::Connection, "{message}");
+            assert_eq!(e.code().http_status(), 503);
+        }
     }
 
     #[test]
