@@ -95,6 +95,20 @@ pub(crate) fn keyed(m: &ModelSchema, column: &'static str) -> Vec<&'static str> 
     }
 }
 
+/// The columns of a field's plain index: [`keyed`], except for a foreign
+/// key into a global model, whose index leads with the key itself (what
+/// the database's `ON DELETE` lookups need).
+pub(crate) fn index_columns(
+    m: &ModelSchema,
+    f: &FieldSchema,
+    fk_target: impl Fn(&str) -> Option<&'static ModelSchema>,
+) -> Vec<&'static str> {
+    match foreign_key(m, f, fk_target) {
+        Some(fk) if !fk.composite() => vec![f.column],
+        _ => keyed(m, f.column),
+    }
+}
+
 /// `UNIQUE (tenant_id, id)` on a tenant-scoped model whose key the database
 /// numbers: what composite foreign keys into it reference.
 pub(crate) fn tenant_key_unique(m: &ModelSchema) -> Option<Vec<&'static str>> {
@@ -224,7 +238,7 @@ pub(crate) fn create_table_as(
             "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
             quote(&index_name(m.table, f.column)),
             quote(table),
-            quote_list(&keyed(m, f.column))
+            quote_list(&index_columns(m, f, &fk_target))
         ));
     }
     stmts
@@ -460,8 +474,99 @@ pub(crate) mod tests {
         ],
     );
 
+    pub(crate) const fn tenant_model(
+        name: &'static str,
+        table: &'static str,
+        fields: &'static [FieldSchema],
+    ) -> ModelSchema {
+        let mut m = model(name, table, fields);
+        m.options.tenant_scoped = true;
+        m
+    }
+
+    /// The managed tenant column, as the macro adds it.
+    pub(crate) const TENANT: FieldSchema = FieldSchema {
+        index: true,
+        generated: Generated::Tenant,
+        ..field("tenant_id", FieldType::String)
+    };
+
+    /// Tenant-scoped, with a user-writable key and a unique field.
+    pub(crate) static MEMBER: ModelSchema = tenant_model(
+        "Member",
+        "members",
+        &[
+            FieldSchema {
+                primary_key: true,
+                generated: Generated::Uuid7,
+                ..field("id", FieldType::String)
+            },
+            FieldSchema {
+                unique: true,
+                ..field("email", FieldType::String)
+            },
+            FieldSchema {
+                index: true,
+                ..field("rank", FieldType::I32)
+            },
+            TENANT,
+        ],
+    );
+
+    /// Tenant-scoped with an auto-increment key.
+    pub(crate) static TICKET: ModelSchema = tenant_model(
+        "Ticket",
+        "tickets",
+        &[
+            FieldSchema {
+                primary_key: true,
+                generated: Generated::AutoIncrement,
+                ..field("id", FieldType::I64)
+            },
+            TENANT,
+        ],
+    );
+
+    /// References two tenant-scoped models (composite keys) and a global one (plain).
+    pub(crate) static VISIT: ModelSchema = tenant_model(
+        "Visit",
+        "visits",
+        &[
+            FieldSchema {
+                primary_key: true,
+                ..field("id", FieldType::String)
+            },
+            FieldSchema {
+                references: Some(ForeignKey {
+                    model: "Member",
+                    on_delete: OnDelete::Cascade,
+                }),
+                ..field("member_id", FieldType::String)
+            },
+            FieldSchema {
+                nullable: true,
+                references: Some(ForeignKey {
+                    model: "Ticket",
+                    on_delete: OnDelete::Restrict,
+                }),
+                ..field("ticket_id", FieldType::I64)
+            },
+            FieldSchema {
+                nullable: true,
+                references: Some(ForeignKey {
+                    model: "Author",
+                    on_delete: OnDelete::SetNull,
+                }),
+                ..field("author_id", FieldType::I64)
+            },
+            TENANT,
+        ],
+    );
+
     pub(crate) fn lookup(name: &str) -> Option<&'static ModelSchema> {
-        [&AUTHOR, &POST].into_iter().find(|m| m.name == name)
+        [&AUTHOR, &POST, &MEMBER, &TICKET, &VISIT]
+            .into_iter()
+            .find(|m| m.name == name)
     }
 
     fn both_dialects(f: impl Fn(Dialect) -> Vec<String>) -> String {
@@ -477,6 +582,16 @@ pub(crate) mod tests {
         insta::assert_snapshot!(both_dialects(|d| {
             let mut stmts = create_table(d, &AUTHOR, lookup);
             stmts.extend(create_table(d, &POST, lookup));
+            stmts
+        }));
+    }
+
+    #[test]
+    fn tenant_scoped_tables_key_everything_by_tenant() {
+        insta::assert_snapshot!(both_dialects(|d| {
+            let mut stmts = create_table(d, &MEMBER, lookup);
+            stmts.extend(create_table(d, &TICKET, lookup));
+            stmts.extend(create_table(d, &VISIT, lookup));
             stmts
         }));
     }

@@ -761,18 +761,19 @@ impl<'a> TablePlanner<'a> {
             self.rebuild.push((summary, Vec::new()));
             return;
         }
-        let cols = ddl::quote_list(&ddl::keyed(m, f.column));
         let mut up = vec![ddl::add_column(d, &table, &self.add_column_def(f))];
         if f.unique {
             up.push(format!(
-                "CREATE UNIQUE INDEX {} ON {table} ({cols})",
+                "CREATE UNIQUE INDEX {} ON {table} ({})",
                 quote(&ddl::unique_name(m.table, f.column)),
+                ddl::quote_list(&ddl::keyed(m, f.column))
             ));
         }
         if ddl::expects_index(m, f) {
             up.push(format!(
-                "CREATE INDEX {} ON {table} ({cols})",
+                "CREATE INDEX {} ON {table} ({})",
                 quote(&ddl::index_name(m.table, f.column)),
+                ddl::quote_list(&ddl::index_columns(m, f, self.lookup))
             ));
         }
         let mut down = Vec::new();
@@ -1108,23 +1109,21 @@ impl<'a> TablePlanner<'a> {
             }
         }
         let pk = m.primary_key().column;
-        let stale: Vec<[String; 2]> = t
-            .unique_constraints
-            .iter()
-            .chain(t.indexes.iter().filter(|i| i.unique))
-            .filter_map(|i| match i.columns.as_slice() {
-                [a, b] if a == self.tenant_name() && b == pk => Some([i.name.clone(), String::new()]),
-                _ => None,
-            })
-            .collect();
         match ddl::tenant_key_unique(m) {
-            Some(cols) if t.unique_on(&cols).is_none() => {
-                self.add_unique(pk, &cols, &[]);
-            }
+            Some(cols) if t.unique_on(&cols).is_none() => self.add_unique(pk, &cols),
             Some(_) => {}
             None => {
-                for [name, _] in stale {
-                    self.drop_unique(pk, &name, &[self.tenant_name(), pk]);
+                let old = [self.tenant_name(), pk];
+                if let Some((index, constraint)) = t.unique_on(&old) {
+                    let name = index.name.clone();
+                    if constraint && d == Dialect::Sqlite {
+                        self.rebuild
+                            .push((format!("drop unique constraint on {}.{pk} per tenant", m.table), Vec::new()));
+                    } else if constraint {
+                        self.drop_unique_constraint(pk, &name, &old);
+                    } else {
+                        self.drop_unique(pk, &name, &old);
+                    }
                 }
             }
         }
@@ -1155,30 +1154,17 @@ impl<'a> TablePlanner<'a> {
                     Vec::new(),
                 ));
             } else if constraint {
-                self.ops.push(
-                    Operation::new(
-                        m,
-                        OpKind::DropUnique,
-                        Some(f.column),
-                        format!("drop unique constraint on {}.{}", m.table, f.column),
-                        vec![ddl::drop_constraint(&table, &quote(&name))],
-                        vec![format!(
-                            "CREATE UNIQUE INDEX {} ON {table} ({})",
-                            quote(&name),
-                            ddl::quote_list(&live_cols)
-                        )],
-                    )
-                    .low(),
-                );
+                self.drop_unique_constraint(f.column, &name, &live_cols);
             } else {
                 self.drop_unique(f.column, &name, &live_cols);
             }
         }
         if f.unique && !exact {
-            self.add_unique(f.column, &cols, &[]);
+            self.add_unique(f.column, &cols);
         }
         // The plain index.
         let want_index = ddl::expects_index(m, f);
+        let cols = ddl::index_columns(m, f, lookup);
         let mut has_index = false;
         let indexes: Vec<(String, Vec<String>)> = t
             .indexes
@@ -1311,7 +1297,7 @@ impl<'a> TablePlanner<'a> {
     }
 
     /// `CREATE UNIQUE INDEX uq_<table>_<column> ON .. (cols)`.
-    fn add_unique(&mut self, column: &str, cols: &[&str], _: &[&str]) {
+    fn add_unique(&mut self, column: &str, cols: &[&str]) {
         let (d, m) = (self.d, self.m);
         let table = self.table.clone();
         let name = format!("{}.{}", m.table, column);
@@ -1333,6 +1319,28 @@ impl<'a> TablePlanner<'a> {
         } else {
             op
         });
+    }
+
+    /// Drops the unique constraint `name` (on `cols`) of `column` (PostgreSQL;
+    /// SQLite rebuilds the table instead).
+    fn drop_unique_constraint(&mut self, column: &str, name: &str, cols: &[&str]) {
+        let m = self.m;
+        let table = self.table.clone();
+        self.ops.push(
+            Operation::new(
+                m,
+                OpKind::DropUnique,
+                Some(column),
+                format!("drop unique constraint on {}.{column}{}", m.table, per_tenant(cols)),
+                vec![ddl::drop_constraint(&table, &quote(name))],
+                vec![format!(
+                    "ALTER TABLE {table} ADD CONSTRAINT {} UNIQUE ({})",
+                    quote(name),
+                    ddl::quote_list(cols)
+                )],
+            )
+            .low(),
+        );
     }
 
     /// Drops the unique index `index` (on `cols`) of `column`.
