@@ -1912,10 +1912,18 @@ fn as_tenant(db: &DataFlow, tenant: &str) -> DataFlow {
 async fn a_tenant_scoped_schema_reboots_to_no_changes() {
     on_each_backend("tenant_reboot", |url| async move {
         let rls = url.starts_with("postgres");
+        let url = if rls {
+            postgres::as_plain_role(&url)
+        } else {
+            url
+        };
         let db = boot_tenants(&url, &tenant_accounts(), rls).await.unwrap();
         let history = db.migrations().history().await.unwrap();
         assert_eq!(history.len(), 1, "{history:#?}");
-        for stmt in ["PRIMARY KEY (\"tenant_id\", \"id\")", "UNIQUE (\"tenant_id\", \"email\")"] {
+        for stmt in [
+            "PRIMARY KEY (\"tenant_id\", \"id\")",
+            "UNIQUE (\"tenant_id\", \"email\")",
+        ] {
             assert!(history[0].up_sql.contains(stmt), "{}", history[0].up_sql);
         }
         assert_eq!(history[0].up_sql.contains("FORCE ROW LEVEL SECURITY"), rls);
@@ -1949,6 +1957,7 @@ async fn row_level_security_follows_the_configuration_at_boot() {
     let Some(url) = postgres::fresh_database("tenant_rls_toggle") else {
         return;
     };
+    let url = postgres::as_plain_role(&url);
     boot_tenants(&url, &tenant_accounts(), false).await.unwrap();
     for (rls, summary) in [
         (true, "enable row-level security on accounts"),
@@ -2010,7 +2019,10 @@ async fn tenant_scoped_on_for_a_table_with_rows_needs_the_allow_and_a_tenant() {
             .await
             .unwrap();
         let plan = db.migrations().plan().await.unwrap();
-        assert!(plan.rules().contains(&Rule::TenantBackfillRequired), "{plan:#?}");
+        assert!(
+            plan.rules().contains(&Rule::TenantBackfillRequired),
+            "{plan:#?}"
+        );
         let up: Vec<String> = plan.operations.iter().flat_map(|o| o.up.clone()).collect();
         assert!(up.iter().any(|s| s.contains(":'tenant'")), "{up:#?}");
         // The allow alone is not enough: the rows need a tenant.
@@ -2049,7 +2061,9 @@ async fn tenant_scoped_on_for_a_table_with_rows_needs_the_allow_and_a_tenant() {
             .unwrap();
         assert_eq!(account["tenant_id"], "ac'me");
         assert_eq!(
-            acme.execute("LoginReadNode", json!({"id": "l1"})).await.unwrap()["account_id"],
+            acme.execute("LoginReadNode", json!({"id": "l1"}))
+                .await
+                .unwrap()["account_id"],
             "a1"
         );
         let zeta = as_tenant(&db, "zeta");
@@ -2099,7 +2113,8 @@ async fn tenancy_mistakes_fail_boot_with_clear_errors() {
         .unwrap_err();
     assert_eq!(e.code().as_str(), "config");
     assert!(
-        e.message().contains("`Account` is tenant_scoped") && e.message().contains("multi_tenant(true)"),
+        e.message().contains("`Account` is tenant_scoped")
+            && e.message().contains("multi_tenant(true)"),
         "{e}"
     );
     // A global model may not point into a tenant.
@@ -2108,7 +2123,8 @@ async fn tenancy_mistakes_fail_boot_with_clear_errors() {
         .unwrap_err();
     assert_eq!(e.code().as_str(), "config");
     assert!(
-        e.message().contains("Login.account_id references `Account`")
+        e.message()
+            .contains("Login.account_id references `Account`")
             && e.message().contains("`Login` is not"),
         "{e}"
     );
@@ -2166,7 +2182,11 @@ async fn tenant_scoping_on_and_off_always_replans_to_nothing() {
             let mut rng = Rng(seed);
             for step in 0..4 {
                 let m = random_model(&mut rng);
-                let m = if (step + seed) % 2 == 0 { tenant_variant(m) } else { m };
+                let m = if (step + seed) % 2 == 0 {
+                    tenant_variant(m)
+                } else {
+                    m
+                };
                 let db = DataFlow::builder(&url)
                     .models(&[m])
                     .multi_tenant(true)

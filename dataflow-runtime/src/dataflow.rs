@@ -8,9 +8,9 @@ use crate::migrate::{self, BootPolicy, EmbeddedMigration};
 use crate::node::NodeContext;
 use crate::nodes::{self, Op};
 use crate::registry::{NodeRef, Registry};
+use crate::rls;
 use crate::schema::ModelSchema;
 use crate::sql::Dialect;
-use crate::rls;
 use crate::writer::{self, WriteKind};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
@@ -533,6 +533,9 @@ fn boot(
 ) -> Result<DataFlow> {
     let models = registry.models();
     let mut conn = target.connect(config.connect_timeout())?;
+    if config.row_level_security() {
+        on_conn!(&mut conn, c => rls::check_role(c))?;
+    }
     if !config.skip_migration.unwrap_or(false) {
         let policy = BootPolicy {
             app: config.application_id.clone(),

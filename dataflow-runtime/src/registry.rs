@@ -294,9 +294,7 @@ fn check_tenancy(m: &ModelSchema, multi_tenant: bool) -> Result<()> {
 /// key would null the tenant too).
 fn check_reference(m: &ModelSchema, f: &FieldSchema, target: &ModelSchema) -> Result<()> {
     let bad = |code: ErrorCode, why: String| {
-        Err(Error::new(code, why)
-            .with_model(m.name)
-            .with_field(f.name))
+        Err(Error::new(code, why).with_model(m.name).with_field(f.name))
     };
     if target.options.tenant_scoped && !m.options.tenant_scoped {
         return bad(
@@ -309,7 +307,10 @@ fn check_reference(m: &ModelSchema, f: &FieldSchema, target: &ModelSchema) -> Re
         );
     }
     let both = target.options.tenant_scoped && m.options.tenant_scoped;
-    if both && f.references.is_some_and(|r| r.on_delete == OnDelete::SetNull) {
+    if both
+        && f.references
+            .is_some_and(|r| r.on_delete == OnDelete::SetNull)
+    {
         return bad(
             ErrorCode::NotSupported,
             format!(

@@ -26,10 +26,10 @@
 
 use crate::backend::Conn;
 use crate::context::Context;
-use crate::error::Result;
+use crate::error::{Error, ErrorCode, Result};
 use crate::schema::Op;
 use crate::sql::{quote, Sql};
-use crate::value::SqlValue;
+use crate::value::{Cell, SqlValue};
 
 /// The name of the policy on every tenant-scoped table.
 pub(crate) const POLICY: &str = "dataflow_tenant";
@@ -69,6 +69,29 @@ pub(crate) fn set<C: Conn>(conn: &mut C, scope: &Scope<'_>) -> Result<()> {
         .bind(SqlValue::Text(all.to_string()))
         .push(", true)");
     conn.query(&sql).map(drop)
+}
+
+/// Refuses a connection role that PostgreSQL exempts from every policy (a
+/// superuser, or `BYPASSRLS`): with it the wall asked for would silently
+/// not be there.
+pub(crate) fn check_role<C: Conn>(conn: &mut C) -> Result<()> {
+    let mut sql = Sql::new(C::DIALECT);
+    sql.push(
+        "SELECT current_user::text, rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user",
+    );
+    let rows = conn.query(&sql)?;
+    match rows.first().map(Vec::as_slice) {
+        Some([role, Cell::Bool(true)]) => Err(Error::new(
+            ErrorCode::Config,
+            format!(
+                "row_level_security = true cannot guard anything for the role `{}`: it is a \
+                 superuser or has BYPASSRLS, which PostgreSQL exempts from every policy; connect \
+                 as a role without them (see the README's Multi-tenancy section)",
+                crate::migrate::cell_text(role)
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The statements that put the wall up on `table` (tenant column `tenant`).

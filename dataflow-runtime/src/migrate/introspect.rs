@@ -88,7 +88,12 @@ impl LiveTable {
     /// The unique constraint or unique index on exactly `columns`, and
     /// whether it is a constraint.
     pub(crate) fn unique_on(&self, columns: &[&str]) -> Option<(&LiveIndex, bool)> {
-        let same = |i: &&LiveIndex| i.columns.iter().map(String::as_str).eq(columns.iter().copied());
+        let same = |i: &&LiveIndex| {
+            i.columns
+                .iter()
+                .map(String::as_str)
+                .eq(columns.iter().copied())
+        };
         self.unique_constraints
             .iter()
             .find(same)

@@ -20,9 +20,9 @@ mod request;
 pub use crate::migrations::Migrations;
 pub use history::{HistoryEntry, MigrationSource, MigrationStatus, RegisteredModel};
 pub use introspect::{LiveColumn, LiveForeignKey, LiveIndex, LiveSchema, LiveTable};
+pub(crate) use plan::SchemaOptions;
 pub use plan::{plan, Drift, MigrationPlan, OpKind, Operation, RiskLevel, Rule, RuleHit};
 pub use request::{ApplyRequest, RollbackRequest};
-pub(crate) use plan::SchemaOptions;
 
 use history::NewMigration;
 use introspect::introspect;
@@ -318,7 +318,15 @@ pub(crate) fn boot_migrate<C: Conn>(
             return Err(blocked_error(&plan));
         }
         if policy.staging {
-            stage(conn, target, models, &plan, &policy.app, &policy.timeouts, &policy.schema)?;
+            stage(
+                conn,
+                target,
+                models,
+                &plan,
+                &policy.app,
+                &policy.timeouts,
+                &policy.schema,
+            )?;
         }
         let options = ApplyOptions {
             app: &policy.app,

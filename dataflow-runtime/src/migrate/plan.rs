@@ -811,10 +811,8 @@ impl<'a> TablePlanner<'a> {
         ));
         if d == Dialect::Sqlite {
             self.fill.push((f.column, literal));
-            self.rebuild.push((
-                format!("{summary}, backfilled with the tenant"),
-                vec![hit],
-            ));
+            self.rebuild
+                .push((format!("{summary}, backfilled with the tenant"), vec![hit]));
             return;
         }
         let table = self.table.clone();
@@ -867,7 +865,9 @@ impl<'a> TablePlanner<'a> {
         }
         let constrained = live.unique
             || live.primary_key
-            || t.foreign_keys.iter().any(|fk| fk.columns.contains(&live.name))
+            || t.foreign_keys
+                .iter()
+                .any(|fk| fk.columns.contains(&live.name))
             || t.unique_constraints
                 .iter()
                 .any(|i| i.columns.contains(&live.name))
@@ -1069,7 +1069,11 @@ impl<'a> TablePlanner<'a> {
         let (d, m, t) = (self.d, self.m, self.t);
         let table = self.table.clone();
         let want = ddl::primary_key(m);
-        let pk_changed = !t.primary_key.iter().map(String::as_str).eq(want.iter().copied());
+        let pk_changed = !t
+            .primary_key
+            .iter()
+            .map(String::as_str)
+            .eq(want.iter().copied());
         if pk_changed {
             let summary = format!(
                 "change the primary key of {} from ({}) to ({})",
@@ -1082,7 +1086,9 @@ impl<'a> TablePlanner<'a> {
             } else {
                 let name = quote(&format!("{}_pkey", m.table));
                 let live_name = t.primary_key_name.as_deref().map_or(name.clone(), quote);
-                let mut down = vec![format!("ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}")];
+                let mut down = vec![format!(
+                    "ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}"
+                )];
                 if !t.primary_key.is_empty() {
                     down[0].push_str(&format!(
                         ", ADD CONSTRAINT {live_name} PRIMARY KEY ({})",
@@ -1117,8 +1123,10 @@ impl<'a> TablePlanner<'a> {
                 if let Some((index, constraint)) = t.unique_on(&old) {
                     let name = index.name.clone();
                     if constraint && d == Dialect::Sqlite {
-                        self.rebuild
-                            .push((format!("drop unique constraint on {}.{pk} per tenant", m.table), Vec::new()));
+                        self.rebuild.push((
+                            format!("drop unique constraint on {}.{pk} per tenant", m.table),
+                            Vec::new(),
+                        ));
                     } else if constraint {
                         self.drop_unique_constraint(pk, &name, &old);
                     } else {
@@ -1143,7 +1151,13 @@ impl<'a> TablePlanner<'a> {
             .map(|i| (i, true))
             .chain(t.indexes.iter().filter(|i| i.unique).map(|i| (i, false)))
             .filter(|(i, _)| self.of_field(&i.columns, f.column))
-            .filter(|(i, _)| !i.columns.iter().map(String::as_str).eq(cols.iter().copied()) || !f.unique)
+            .filter(|(i, _)| {
+                !i.columns
+                    .iter()
+                    .map(String::as_str)
+                    .eq(cols.iter().copied())
+                    || !f.unique
+            })
             .map(|(i, c)| (i.name.clone(), c, i.columns.clone()))
             .collect();
         for (name, constraint, live_cols) in other {
@@ -1173,7 +1187,12 @@ impl<'a> TablePlanner<'a> {
             .map(|i| (i.name.clone(), i.columns.clone()))
             .collect();
         for (name, live_cols) in indexes {
-            if want_index && live_cols.iter().map(String::as_str).eq(cols.iter().copied()) {
+            if want_index
+                && live_cols
+                    .iter()
+                    .map(String::as_str)
+                    .eq(cols.iter().copied())
+            {
                 has_index = true;
                 continue;
             }
@@ -1224,7 +1243,10 @@ impl<'a> TablePlanner<'a> {
             (None, None) => true,
             (Some(l), Some(w)) => {
                 l.target_table == w.target_table
-                    && l.columns.iter().map(String::as_str).eq(w.columns.iter().copied())
+                    && l.columns
+                        .iter()
+                        .map(String::as_str)
+                        .eq(w.columns.iter().copied())
                     && l.target_columns
                         .iter()
                         .map(String::as_str)
@@ -1282,10 +1304,7 @@ impl<'a> TablePlanner<'a> {
             OpKind::AddForeignKey,
             Some(f.column),
             format!("add foreign key {name} → {}", fk.target_table),
-            vec![format!(
-                "ALTER TABLE {table} ADD {}",
-                fk.constraint()
-            )],
+            vec![format!("ALTER TABLE {table} ADD {}", fk.constraint())],
             vec![ddl::drop_constraint(&table, &constraint)],
         );
         let hit = self.populated();
@@ -1331,7 +1350,11 @@ impl<'a> TablePlanner<'a> {
                 m,
                 OpKind::DropUnique,
                 Some(column),
-                format!("drop unique constraint on {}.{column}{}", m.table, per_tenant(cols)),
+                format!(
+                    "drop unique constraint on {}.{column}{}",
+                    m.table,
+                    per_tenant(cols)
+                ),
                 vec![ddl::drop_constraint(&table, &quote(name))],
                 vec![format!(
                     "ALTER TABLE {table} ADD CONSTRAINT {} UNIQUE ({})",
@@ -1352,7 +1375,11 @@ impl<'a> TablePlanner<'a> {
                 m,
                 OpKind::DropUnique,
                 Some(column),
-                format!("drop unique index on {}.{column}{}", m.table, per_tenant(cols)),
+                format!(
+                    "drop unique index on {}.{column}{}",
+                    m.table,
+                    per_tenant(cols)
+                ),
                 vec![ddl::drop_index(d, &quote(index))],
                 vec![format!(
                     "CREATE UNIQUE INDEX {} ON {table} ({})",
