@@ -2045,6 +2045,19 @@ async fn tenant_scoped_on_for_a_table_with_rows_needs_the_allow_and_a_tenant() {
             .await
             .unwrap_err();
         assert_eq!(bad.code().as_str(), "validation");
+        // A trial where it can be thrown away: up, nothing left, down, up.
+        if !url.contains(":memory:") {
+            let report = db
+                .migrations()
+                .stage_for(&approved.clone().tenant("ac'me"))
+                .await
+                .unwrap();
+            assert_eq!(report.steps.len(), 4, "{report:#?}");
+            assert!(
+                !db.migrations().plan().await.unwrap().is_empty(),
+                "staging changed nothing"
+            );
+        }
         let entry = db
             .migrations()
             .apply(approved.tenant("ac'me"))
