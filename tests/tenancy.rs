@@ -338,3 +338,53 @@ async fn row_level_security_shows_a_raw_connection_only_its_tenant() {
     .await;
     assert_eq!(ok(&system, "AccountCountNode", json!({})).await["count"], 2);
 }
+
+#[tokio::test]
+async fn a_transactional_workflow_writes_within_its_tenant_and_rolls_back_whole() {
+    use dataflow::WorkflowBuilder;
+    on_each_backend("tenancy_workflow", |_, db| async move {
+        let mut wf = WorkflowBuilder::new();
+        wf.add_node(
+            "AccountCreateNode",
+            "account",
+            json!({"email": "{{email}}", "name": "{{name}}"}),
+        );
+        wf.add_node(
+            "LoginCreateNode",
+            "login",
+            json!({"id": "{{login}}", "device": "phone"}),
+        );
+        wf.add_connection("account", "id", "login", "account_id");
+        wf.transactional(true);
+        let workflow = wf.build(&db).unwrap();
+        let (a, b) = (tenant(&db, "acme"), tenant(&db, "zeta"));
+        let inputs =
+            |email: &str, login: &str| json!({"email": email, "name": "N", "login": login});
+        let run = a
+            .runtime()
+            .execute(&workflow, inputs("a@x.io", "l1"))
+            .await
+            .unwrap();
+        assert_eq!(run.results["login"]["tenant_id"], "acme");
+        assert_eq!(
+            run.results["login"]["account_id"],
+            run.results["account"]["id"]
+        );
+        // The second node fails (its id is taken in this tenant): nothing stays.
+        let e = a
+            .runtime()
+            .execute(&workflow, inputs("b@x.io", "l1"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code().as_str(), "unique_violation", "{e}");
+        assert_eq!(ok(&a, "AccountCountNode", json!({})).await["count"], 1);
+        // The same login id in another tenant is its own.
+        b.runtime()
+            .execute(&workflow, inputs("a@x.io", "l1"))
+            .await
+            .unwrap();
+        assert_eq!(ok(&b, "LoginCountNode", json!({})).await["count"], 1);
+        assert_eq!(ok(&a, "LoginCountNode", json!({})).await["count"], 1);
+    })
+    .await;
+}
