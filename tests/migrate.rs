@@ -2229,3 +2229,105 @@ async fn tenant_scoping_on_and_off_always_replans_to_nothing() {
         .await;
     }
 }
+
+mod notes_cascade {
+    #[dataflow::model(table = "notes", tenant_scoped)]
+    pub struct Note {
+        pub id: String,
+        #[field(references = "Account", on_delete = "cascade")]
+        pub account_id: Option<String>,
+    }
+}
+
+mod notes_set_null {
+    #[dataflow::model(table = "notes", tenant_scoped)]
+    pub struct Note {
+        pub id: String,
+        #[field(references = "Account", on_delete = "set_null")]
+        pub account_id: Option<String>,
+    }
+}
+
+mod notes_set_null_coded {
+    /// Adds a unique field: a SQLite rebuild of a table whose `set_null`
+    /// trigger sits on `accounts`.
+    #[dataflow::model(table = "notes", tenant_scoped)]
+    pub struct Note {
+        pub id: String,
+        #[field(references = "Account", on_delete = "set_null")]
+        pub account_id: Option<String>,
+        #[field(unique)]
+        pub code: Option<String>,
+    }
+}
+
+#[tokio::test]
+async fn on_delete_between_tenant_scoped_models_changes_back_and_forth() {
+    on_each_backend("tenant_on_delete", |url| async move {
+        let account = tenant_accounts()[0];
+        let cascade = schema::<notes_cascade::Note>();
+        let set_null = schema::<notes_set_null::Note>();
+        let coded = schema::<notes_set_null_coded::Note>();
+        for (i, note) in [set_null, cascade, set_null, coded].into_iter().enumerate() {
+            let db = DataFlow::builder(&url)
+                .models(&[account, note])
+                .multi_tenant(true)
+                .auto_migrate(false)
+                .build()
+                .await
+                .unwrap();
+            let plan = db.migrations().plan().await.unwrap();
+            db.migrations()
+                .apply(
+                    ApplyRequest::new()
+                        .allow_all(plan.rules())
+                        .reason("on_delete"),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("step {i}: {e}\n{plan:#?}"));
+            let after = db.migrations().plan().await.unwrap();
+            assert!(after.is_empty(), "step {i}: {:#?}", after.operations);
+            let (a, b) = (as_tenant(&db, "acme"), as_tenant(&db, "zeta"));
+            let (account_id, note_id) = (format!("a{i}"), format!("n{i}"));
+            for t in [&a, &b] {
+                t.execute(
+                    "AccountCreateNode",
+                    json!({"id": account_id, "email": format!("{i}@x.io"), "name": "A"}),
+                )
+                .await
+                .unwrap();
+                t.execute(
+                    "NoteCreateNode",
+                    json!({"id": note_id, "account_id": account_id}),
+                )
+                .await
+                .unwrap();
+            }
+            a.execute("AccountDeleteNode", json!({"id": account_id}))
+                .await
+                .unwrap();
+            let read = a.execute("NoteReadNode", json!({"id": note_id})).await;
+            if !std::ptr::eq(note, cascade) {
+                let cleared = read.unwrap();
+                assert_eq!(cleared["account_id"], json!(null), "step {i}: set_null");
+                assert_eq!(cleared["tenant_id"], "acme");
+            } else {
+                assert_eq!(
+                    read.unwrap_err().code().as_str(),
+                    "not_found",
+                    "step {i}: cascade"
+                );
+            }
+            let other = b
+                .execute("NoteReadNode", json!({"id": note_id}))
+                .await
+                .unwrap();
+            assert_eq!(
+                other["account_id"],
+                json!(account_id),
+                "step {i}: the other tenant"
+            );
+        }
+    })
+    .await;
+}

@@ -31,6 +31,15 @@ pub struct Login {
     pub device: String,
 }
 
+/// `set_null` between tenant-scoped models: the reference is cleared, the
+/// tenant kept.
+#[dataflow::model(tenant_scoped)]
+pub struct Note {
+    pub id: String,
+    #[field(references = "Account", on_delete = "set_null")]
+    pub account_id: Option<String>,
+}
+
 /// An auto-increment key on a tenant-scoped model.
 #[dataflow::model(tenant_scoped)]
 pub struct Counter {
@@ -385,6 +394,42 @@ async fn a_transactional_workflow_writes_within_its_tenant_and_rolls_back_whole(
             .unwrap();
         assert_eq!(ok(&b, "LoginCountNode", json!({})).await["count"], 1);
         assert_eq!(ok(&a, "LoginCountNode", json!({})).await["count"], 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn set_null_between_tenant_scoped_models_clears_the_reference_in_one_tenant() {
+    on_each_backend("tenancy_set_null", |_, db| async move {
+        let (a, b) = (tenant(&db, "acme"), tenant(&db, "zeta"));
+        for t in [&a, &b] {
+            ok(
+                t,
+                "AccountCreateNode",
+                json!({"id": "u1", "email": "u@x.io", "name": "U"}),
+            )
+            .await;
+            ok(t, "NoteCreateNode", json!({"id": "n1", "account_id": "u1"})).await;
+        }
+        ok(&a, "AccountDeleteNode", json!({"id": "u1"})).await;
+        let note = ok(&a, "NoteReadNode", json!({"id": "n1"})).await;
+        assert_eq!(
+            (&note["account_id"], &note["tenant_id"]),
+            (&Value::Null, &json!("acme"))
+        );
+        assert_eq!(
+            ok(&b, "NoteReadNode", json!({"id": "n1"})).await["account_id"],
+            "u1"
+        );
+        // A reference into another tenant is refused here too.
+        let e = err(
+            &b,
+            "NoteUpdateNode",
+            json!({"id": "n1", "fields": {"account_id": "gone"}}),
+        )
+        .await;
+        assert_eq!(e.code().as_str(), "fk_violation", "{e}");
+        assert!(db.migrations().plan().await.unwrap().is_empty());
     })
     .await;
 }

@@ -9,7 +9,7 @@
 use crate::error::{Error, ErrorCode, Result};
 use crate::node::{Node, BUILTINS, NODES};
 use crate::nodes;
-use crate::schema::{FieldSchema, FieldType, Generated, ModelSchema, OnDelete, Op};
+use crate::schema::{FieldSchema, FieldType, Generated, ModelSchema, Op};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -289,38 +289,19 @@ fn check_tenancy(m: &ModelSchema, multi_tenant: bool) -> Result<()> {
 }
 
 /// A reference must not cross out of a tenant: a global model cannot
-/// reference a tenant-scoped one (its rows would point into any tenant),
-/// and `set_null` between tenant-scoped models is refused (the composite
-/// key would null the tenant too).
+/// reference a tenant-scoped one (its rows would point into any tenant).
 fn check_reference(m: &ModelSchema, f: &FieldSchema, target: &ModelSchema) -> Result<()> {
-    let bad = |code: ErrorCode, why: String| {
-        Err(Error::new(code, why).with_model(m.name).with_field(f.name))
-    };
     if target.options.tenant_scoped && !m.options.tenant_scoped {
-        return bad(
+        return Err(Error::new(
             ErrorCode::Config,
             format!(
                 "{}.{} references `{}`, which is tenant_scoped, but `{}` is not: a global record \
                  could point into any tenant; make `{}` tenant_scoped too, or drop the reference",
                 m.name, f.name, target.name, m.name, m.name
             ),
-        );
-    }
-    let both = target.options.tenant_scoped && m.options.tenant_scoped;
-    if both
-        && f.references
-            .is_some_and(|r| r.on_delete == OnDelete::SetNull)
-    {
-        return bad(
-            ErrorCode::NotSupported,
-            format!(
-                "{}.{} references the tenant-scoped `{}` with on_delete = \"set_null\", which \
-                 the composite (tenant_id, {}) foreign key cannot do without clearing the \
-                 tenant as well; use \"cascade\", \"restrict\" or \"no_action\" (set_null \
-                 between tenant-scoped models is not available yet)",
-                m.name, f.name, target.name, f.column
-            ),
-        );
+        )
+        .with_model(m.name)
+        .with_field(f.name));
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! `CREATE TABLE` and index names. The planner is its only user, and the
 //! type table here is the one it compares introspected types against.
 
-use crate::schema::{DefaultValue, FieldSchema, FieldType, Generated, ModelSchema};
+use crate::schema::{DefaultValue, FieldSchema, FieldType, Generated, ModelSchema, OnDelete};
 use crate::sql::{quote, Dialect};
 
 /// The column type without identity: what introspection reports back
@@ -103,7 +103,7 @@ pub(crate) fn index_columns(
     f: &FieldSchema,
     fk_target: impl Fn(&str) -> Option<&'static ModelSchema>,
 ) -> Vec<&'static str> {
-    match foreign_key(m, f, fk_target) {
+    match foreign_key(Dialect::Sqlite, m, f, fk_target) {
         Some(fk) if !fk.composite() => vec![f.column],
         _ => keyed(m, f.column),
     }
@@ -129,8 +129,26 @@ pub(crate) struct ForeignKeyShape {
     pub target_table: &'static str,
     /// The referenced columns.
     pub target_columns: Vec<&'static str>,
-    /// `CASCADE`, `RESTRICT`, `SET NULL`, `NO ACTION`.
-    pub on_delete: &'static str,
+    /// The `ON DELETE` action as written: `CASCADE`, `RESTRICT`, `SET NULL`,
+    /// `NO ACTION`, and between tenant-scoped models `SET NULL ("col")` on
+    /// PostgreSQL (15+), which clears the reference and keeps the tenant.
+    pub on_delete: String,
+    /// SQLite has no `SET NULL (col)`: between tenant-scoped models its key
+    /// is `NO ACTION` and this trigger on the referenced table clears the
+    /// reference first.
+    pub trigger: Option<SetNullTrigger>,
+}
+
+/// SQLite's `ON DELETE SET NULL` of a composite key that keeps the tenant:
+/// `BEFORE DELETE` on the referenced table, one `UPDATE` of the referrers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SetNullTrigger {
+    /// `dataflow_set_null_<table>_<column>`.
+    pub name: String,
+    /// The referenced table, which the trigger is on.
+    pub table: &'static str,
+    /// `CREATE TRIGGER IF NOT EXISTS ..`.
+    pub sql: String,
 }
 
 impl ForeignKeyShape {
@@ -152,10 +170,16 @@ impl ForeignKeyShape {
     }
 }
 
+/// An `ON DELETE` action as introspection spells it back (identifiers unquoted).
+pub(crate) fn action_text(action: &str) -> String {
+    action.replace('"', "")
+}
+
 /// The foreign key of field `f`, if it references a model `fk_target` knows.
 /// Between tenant-scoped models it includes the tenant on both sides, so the
 /// database itself refuses a reference into another tenant.
 pub(crate) fn foreign_key(
+    d: Dialect,
     m: &ModelSchema,
     f: &FieldSchema,
     fk_target: impl Fn(&str) -> Option<&'static ModelSchema>,
@@ -163,16 +187,53 @@ pub(crate) fn foreign_key(
     let fk = f.references?;
     let target = fk_target(fk.model)?;
     let pk = target.primary_key().column;
+    let name = format!("{}_{}_fkey", m.table, f.column);
     let (columns, target_columns) = match (tenant_column(m), tenant_column(target)) {
         (Some(mine), Some(theirs)) => (vec![mine, f.column], vec![theirs, pk]),
-        _ => (vec![f.column], vec![pk]),
+        _ => {
+            return Some(ForeignKeyShape {
+                name,
+                columns: vec![f.column],
+                target_table: target.table,
+                target_columns: vec![pk],
+                on_delete: fk.on_delete.sql().to_string(),
+                trigger: None,
+            })
+        }
+    };
+    let (on_delete, trigger) = match (fk.on_delete, d) {
+        (OnDelete::SetNull, Dialect::Postgres) => (format!("SET NULL ({})", quote(f.column)), None),
+        (OnDelete::SetNull, Dialect::Sqlite) => {
+            let trigger = format!("dataflow_set_null_{}_{}", m.table, f.column);
+            let sql = format!(
+                "CREATE TRIGGER IF NOT EXISTS {} BEFORE DELETE ON {} FOR EACH ROW BEGIN \
+                 UPDATE {} SET {col} = NULL WHERE {} = OLD.{} AND {col} = OLD.{}; END",
+                quote(&trigger),
+                quote(target.table),
+                quote(m.table),
+                quote(columns[0]),
+                quote(target_columns[0]),
+                quote(pk),
+                col = quote(f.column),
+            );
+            (
+                OnDelete::NoAction.sql().to_string(),
+                Some(SetNullTrigger {
+                    name: trigger,
+                    table: target.table,
+                    sql,
+                }),
+            )
+        }
+        (action, _) => (action.sql().to_string(), None),
     };
     Some(ForeignKeyShape {
-        name: format!("{}_{}_fkey", m.table, f.column),
+        name,
         columns,
         target_table: target.table,
         target_columns,
-        on_delete: fk.on_delete.sql(),
+        on_delete,
+        trigger,
     })
 }
 
@@ -219,20 +280,25 @@ pub(crate) fn create_table_as(
         for f in m.fields.iter().filter(|f| f.unique && !f.primary_key) {
             parts.push(unique_constraint(m, f.column, &keyed(m, f.column)));
         }
-        for fk in m
-            .fields
-            .iter()
-            .filter_map(|f| foreign_key(m, f, &fk_target))
-            .filter(ForeignKeyShape::composite)
-        {
-            parts.push(fk.constraint());
-        }
     }
+    let composite: Vec<ForeignKeyShape> = m
+        .fields
+        .iter()
+        .filter_map(|f| foreign_key(d, m, f, &fk_target))
+        .filter(ForeignKeyShape::composite)
+        .collect();
+    parts.extend(composite.iter().map(ForeignKeyShape::constraint));
     let mut stmts = vec![format!(
         "CREATE TABLE IF NOT EXISTS {} ({})",
         quote(table),
         parts.join(", ")
     )];
+    stmts.extend(
+        composite
+            .into_iter()
+            .filter_map(|fk| fk.trigger)
+            .map(|t| t.sql),
+    );
     for f in m.fields.iter().filter(|f| expects_index(m, f)) {
         stmts.push(format!(
             "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
@@ -280,7 +346,7 @@ pub(crate) fn column_def(
         c.push_str(" DEFAULT ");
         c.push_str(&default_literal(d, v));
     }
-    if let Some(fk) = foreign_key(m, f, fk_target).filter(|fk| !fk.composite()) {
+    if let Some(fk) = foreign_key(d, m, f, fk_target).filter(|fk| !fk.composite()) {
         c.push_str(&format!(
             " REFERENCES {} ({}) ON DELETE {}",
             quote(fk.target_table),
@@ -558,6 +624,14 @@ pub(crate) mod tests {
                     on_delete: OnDelete::SetNull,
                 }),
                 ..field("author_id", FieldType::I64)
+            },
+            FieldSchema {
+                nullable: true,
+                references: Some(ForeignKey {
+                    model: "Member",
+                    on_delete: OnDelete::SetNull,
+                }),
+                ..field("host_id", FieldType::String)
             },
             TENANT,
         ],

@@ -53,6 +53,16 @@ pub struct LiveForeignKey {
     pub on_delete: String,
 }
 
+/// A trigger on a table (SQLite; dataflow makes them for `set_null`
+/// between tenant-scoped models).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveTrigger {
+    /// The trigger's name.
+    pub name: String,
+    /// Its `CREATE TRIGGER` text (a table rebuild makes it again).
+    pub sql: String,
+}
+
 /// A table as the database has it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LiveTable {
@@ -77,6 +87,8 @@ pub struct LiveTable {
     pub row_level_security: bool,
     /// PostgreSQL: the names of the table's row-level security policies.
     pub policies: Vec<String>,
+    /// SQLite: the triggers on the table.
+    pub triggers: Vec<LiveTrigger>,
 }
 
 impl LiveTable {
@@ -257,6 +269,20 @@ fn sqlite<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
             }
         }
         let foreign_keys = foreign_keys.into_iter().map(|(_, k)| k).collect();
+        let mut triggers = Vec::new();
+        for r in rows(
+            conn,
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? ORDER BY name",
+            vec![super::text(name.as_str())],
+        )? {
+            let [n, sql]: [Cell; 2] = r
+                .try_into()
+                .map_err(|_| Error::internal("sqlite_master trigger shape"))?;
+            triggers.push(LiveTrigger {
+                name: cell_text(&n),
+                sql: cell_text(&sql),
+            });
+        }
         out.insert(
             name.clone(),
             LiveTable {
@@ -270,6 +296,7 @@ fn sqlite<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
                 create_sql,
                 row_level_security: false,
                 policies: Vec::new(),
+                triggers,
             },
         );
     }
@@ -381,7 +408,7 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
                 ft.relname::text, \
                 array_to_string(ARRAY(SELECT a.attname FROM unnest(c.confkey) WITH ORDINALITY k(attnum, ord) \
                     JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum ORDER BY k.ord), ','), \
-                c.confdeltype::text \
+                c.confdeltype::text, pg_get_constraintdef(c.oid) \
          FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid JOIN pg_class ft ON ft.oid = c.confrelid \
          JOIN pg_namespace n ON n.oid = t.relnamespace \
          WHERE c.contype = 'f' AND n.nspname = current_schema() ORDER BY t.relname, c.conname",
@@ -395,7 +422,7 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
             .collect()
     };
     for r in fks {
-        let [table, name, columns, target, target_columns, action]: [Cell; 6] =
+        let [table, name, columns, target, target_columns, action, def]: [Cell; 7] =
             r.try_into().map_err(|_| Error::internal("fk shape"))?;
         let Some(t) = out.get_mut(&cell_text(&table)) else {
             continue;
@@ -407,12 +434,20 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
             "d" => "SET DEFAULT",
             _ => "NO ACTION",
         };
+        // PostgreSQL 15's `SET NULL (col)` clears only some of the columns.
+        let def = cell_text(&def);
+        let on_delete = match def.split_once("ON DELETE SET NULL (") {
+            Some((_, rest)) if on_delete == "SET NULL" => {
+                format!("SET NULL ({})", rest.split(')').next().unwrap_or_default())
+            }
+            _ => on_delete.to_string(),
+        };
         t.foreign_keys.push(LiveForeignKey {
             name: Some(cell_text(&name)),
             columns: list(&columns),
             target_table: cell_text(&target),
             target_columns: list(&target_columns),
-            on_delete: on_delete.into(),
+            on_delete: on_delete.replace('"', ""),
         });
     }
     let rls = rows(

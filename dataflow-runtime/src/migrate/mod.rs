@@ -19,7 +19,7 @@ mod request;
 
 pub use crate::migrations::Migrations;
 pub use history::{HistoryEntry, MigrationSource, MigrationStatus, RegisteredModel};
-pub use introspect::{LiveColumn, LiveForeignKey, LiveIndex, LiveSchema, LiveTable};
+pub use introspect::{LiveColumn, LiveForeignKey, LiveIndex, LiveSchema, LiveTable, LiveTrigger};
 pub(crate) use plan::SchemaOptions;
 pub use plan::{plan, Drift, MigrationPlan, OpKind, Operation, RiskLevel, Rule, RuleHit};
 pub use request::{ApplyRequest, RollbackRequest};

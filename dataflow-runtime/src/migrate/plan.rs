@@ -262,6 +262,10 @@ pub enum OpKind {
     EnableRowLevelSecurity,
     /// Row-level security the configuration no longer asks for (PostgreSQL).
     DisableRowLevelSecurity,
+    /// SQLite: the trigger that does `set_null` between tenant-scoped models.
+    AddTrigger,
+    /// SQLite: a `set_null` trigger the models no longer ask for.
+    DropTrigger,
 }
 
 /// One planned change, with the SQL that makes and undoes it.
@@ -505,7 +509,7 @@ pub(crate) fn plan_with(
                 );
             }
             Some(t) => {
-                let ops = TablePlanner::new(d, m, t, &mut *has_rows, &lookup, opts)
+                let ops = TablePlanner::new(d, m, t, &mut *has_rows, &lookup, opts, live)
                     .plan(known, &mut out.drift);
                 out.operations.extend(ops);
             }
@@ -543,6 +547,8 @@ struct TablePlanner<'a> {
     populated: Option<bool>,
     lookup: &'a dyn Fn(&str) -> Option<&'static ModelSchema>,
     opts: &'a SchemaOptions,
+    /// Every live table (a `set_null` trigger is on the referenced one).
+    live: &'a LiveSchema,
     ops: Vec<Operation>,
     /// What SQLite's ALTER TABLE cannot do, collected into one rebuild.
     rebuild: Vec<(String, Vec<RuleHit>)>,
@@ -560,6 +566,7 @@ impl<'a> TablePlanner<'a> {
         has_rows: &'a mut dyn FnMut(&str) -> bool,
         lookup: &'a dyn Fn(&str) -> Option<&'static ModelSchema>,
         opts: &'a SchemaOptions,
+        live: &'a LiveSchema,
     ) -> Self {
         TablePlanner {
             d,
@@ -570,6 +577,7 @@ impl<'a> TablePlanner<'a> {
             populated: None,
             lookup,
             opts,
+            live,
             ops: Vec::new(),
             rebuild: Vec::new(),
             fill: Vec::new(),
@@ -754,7 +762,7 @@ impl<'a> TablePlanner<'a> {
             );
             return;
         }
-        let composite_fk = ddl::foreign_key(m, f, self.lookup).filter(|fk| fk.composite());
+        let composite_fk = ddl::foreign_key(d, m, f, self.lookup).filter(|fk| fk.composite());
         if d == Dialect::Sqlite && (needs_value || f.unique || composite_fk.is_some()) {
             // SQLite cannot add NOT NULL-without-default, UNIQUE or
             // table-constraint columns in place.
@@ -906,7 +914,7 @@ impl<'a> TablePlanner<'a> {
     fn finish(mut self) -> Vec<Operation> {
         let (d, m, t) = (self.d, self.m, self.t);
         if !self.rebuild.is_empty() {
-            let mut op = rebuild_table(d, m, t, self.lookup, &self.fill);
+            let mut op = rebuild_table(d, m, t, self.live, self.lookup, &self.fill);
             op.summary = format!(
                 "rebuild table {} ({})",
                 m.table,
@@ -928,8 +936,11 @@ impl<'a> TablePlanner<'a> {
             for r in rules {
                 op = op.rule(r);
             }
-            // The rebuild replaces the in-place operations of this table.
-            self.ops.retain(|o| o.kind == OpKind::RenameColumn);
+            // The rebuild replaces the in-place operations of this table; it
+            // also makes the table's `set_null` triggers (on other tables)
+            // again, so only dropping an unwanted one stays.
+            self.ops
+                .retain(|o| matches!(o.kind, OpKind::RenameColumn | OpKind::DropTrigger));
             self.ops.push(op.low());
         }
         self.ops
@@ -1238,7 +1249,8 @@ impl<'a> TablePlanner<'a> {
             .foreign_keys
             .iter()
             .find(|fk| self.of_field(&fk.columns, f.column));
-        let want_fk = ddl::foreign_key(m, f, lookup);
+        let want_fk = ddl::foreign_key(d, m, f, lookup);
+        self.set_null_trigger(f, want_fk.as_ref().and_then(|w| w.trigger.as_ref()));
         let same = match (live_fk, &want_fk) {
             (None, None) => true,
             (Some(l), Some(w)) => {
@@ -1251,7 +1263,7 @@ impl<'a> TablePlanner<'a> {
                         .iter()
                         .map(String::as_str)
                         .eq(w.target_columns.iter().copied())
-                    && l.on_delete == w.on_delete
+                    && l.on_delete == ddl::action_text(&w.on_delete)
             }
             _ => false,
         };
@@ -1290,6 +1302,52 @@ impl<'a> TablePlanner<'a> {
         }
         if let Some(w) = want_fk {
             self.add_foreign_key(f, &w);
+        }
+    }
+
+    /// SQLite: the trigger that clears `f` when its tenant-scoped target is
+    /// deleted, made or dropped as the model asks.
+    fn set_null_trigger(&mut self, f: &FieldSchema, want: Option<&ddl::SetNullTrigger>) {
+        let m = self.m;
+        let name = format!("dataflow_set_null_{}_{}", m.table, f.column);
+        let live = self.live.values().find_map(|t| {
+            t.triggers
+                .iter()
+                .find(|tr| tr.name == name)
+                .map(|tr| (t.name.as_str(), tr))
+        });
+        let drop = format!("DROP TRIGGER IF EXISTS {}", quote(&name));
+        match (want, live) {
+            (Some(w), Some((table, _))) if table == w.table => {}
+            (Some(w), _) => self.ops.push(Operation::new(
+                m,
+                OpKind::AddTrigger,
+                Some(f.column),
+                format!(
+                    "add the set_null trigger of {}.{} on {}",
+                    m.table, f.column, w.table
+                ),
+                vec![drop.clone(), w.sql.clone()],
+                match live {
+                    Some((_, old)) => vec![drop, old.sql.clone()],
+                    None => vec![drop],
+                },
+            )),
+            (None, Some((table, old))) => self.ops.push(
+                Operation::new(
+                    m,
+                    OpKind::DropTrigger,
+                    Some(f.column),
+                    format!(
+                        "drop the set_null trigger of {}.{} on {table}",
+                        m.table, f.column
+                    ),
+                    vec![drop],
+                    vec![old.sql.clone()],
+                )
+                .low(),
+            ),
+            (None, None) => {}
         }
     }
 
@@ -1403,14 +1461,26 @@ fn per_tenant(cols: &[&str]) -> &'static str {
 
 /// SQLite's documented way to change what ALTER TABLE cannot: create the
 /// new shape, copy the common columns (and `fill` new ones with a
-/// literal), drop the old table, rename.
+/// literal), drop the old table, rename. Triggers go and come back around
+/// it: SQLite's rename re-reads every trigger, and one that names a table
+/// missing at that moment (the `set_null` triggers of this table's
+/// references, which sit on other tables) fails it.
 fn rebuild_table(
     d: Dialect,
     m: &'static ModelSchema,
     t: &LiveTable,
+    live: &LiveSchema,
     lookup: &dyn Fn(&str) -> Option<&'static ModelSchema>,
     fill: &[(&'static str, String)],
 ) -> Operation {
+    // This table's own `set_null` triggers: named after it, on other tables.
+    let own = format!("dataflow_set_null_{}_", m.table);
+    let referring: Vec<&super::LiveTrigger> = live
+        .values()
+        .flat_map(|lt| lt.triggers.iter())
+        .filter(|tr| tr.name.starts_with(&own))
+        .collect();
+    let drop_trigger = |name: &str| format!("DROP TRIGGER IF EXISTS {}", quote(name));
     let tmp = format!("__dataflow_new_{}", m.table);
     let mut up: Vec<String> = ddl::create_table_as(d, m, &tmp, lookup)
         .into_iter()
@@ -1449,13 +1519,33 @@ fn rebuild_table(
         quote(&tmp),
         quote(m.table)
     ));
+    up.extend(referring.iter().map(|tr| drop_trigger(&tr.name)));
     up.push(format!("DROP TABLE {}", quote(m.table)));
     up.push(format!(
         "ALTER TABLE {} RENAME TO {}",
         quote(&tmp),
         quote(m.table)
     ));
-    up.extend(ddl::create_table(d, m, lookup).into_iter().skip(1));
+    // Dropping the table dropped the triggers on it: the ones other models
+    // own come back as they were; this model's own come with its new shape
+    // (with its indexes), if it still wants them.
+    up.extend(
+        t.triggers
+            .iter()
+            .filter(|tr| !tr.name.starts_with(&own))
+            .map(|tr| tr.sql.clone()),
+    );
+    let rest: Vec<String> = ddl::create_table(d, m, lookup)
+        .into_iter()
+        .skip(1)
+        .collect();
+    let made: Vec<String> = m
+        .fields
+        .iter()
+        .filter_map(|f| ddl::foreign_key(d, m, f, lookup)?.trigger)
+        .map(|tr| tr.name)
+        .collect();
+    up.extend(rest);
     let mut down = Vec::new();
     if let Some(orig) = &t.create_sql {
         let back = format!("__dataflow_old_{}", m.table);
@@ -1466,6 +1556,7 @@ fn rebuild_table(
                 quote(&back),
                 quote(m.table)
             ));
+            down.extend(made.iter().map(|name| drop_trigger(name)));
             down.push(format!("DROP TABLE {}", quote(m.table)));
             down.push(format!(
                 "ALTER TABLE {} RENAME TO {}",
@@ -1486,6 +1577,9 @@ fn rebuild_table(
                     quote(m.table)
                 ));
             }
+            let mut again: Vec<&super::LiveTrigger> = t.triggers.iter().collect();
+            again.extend(referring.iter().filter(|tr| !t.triggers.contains(tr)));
+            down.extend(again.into_iter().map(|tr| tr.sql.clone()));
         }
     }
     Operation::new(m, OpKind::RebuildTable, None, String::new(), up, down)
@@ -1567,6 +1661,7 @@ mod tests {
             unique_constraints: Vec::new(),
             row_level_security: false,
             policies: Vec::new(),
+            triggers: Vec::new(),
         }
     }
 
