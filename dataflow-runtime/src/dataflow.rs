@@ -552,6 +552,7 @@ fn boot(
             && policy.registry
             && on_conn!(&mut conn, c => migrate::registry_matches(c, &policy.app, models, &policy.schema))?;
         if !unchanged {
+            on_conn!(&mut conn, c => migrate::check_server(c, models))?;
             on_conn!(&mut conn, c => migrate::boot_migrate(c, &target, config.connect_timeout(), models, &policy))?;
         }
     }

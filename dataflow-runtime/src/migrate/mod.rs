@@ -241,6 +241,42 @@ pub(crate) fn registry_matches<C: Conn>(
         .all(|m| persisted.get(m.name) == Some(&m.checksum_hex())))
 }
 
+/// Refuses models the PostgreSQL server cannot hold, before any DDL:
+/// `set_null` between tenant-scoped models needs `ON DELETE SET NULL (col)`
+/// (PostgreSQL 15+).
+pub(crate) fn check_server<C: Conn>(conn: &mut C, models: &[&'static ModelSchema]) -> Result<()> {
+    if C::DIALECT != Dialect::Postgres {
+        return Ok(());
+    }
+    let lookup = |name: &str| models.iter().copied().find(|m| m.name == name);
+    let Some((m, f)) = models.iter().find_map(|m| {
+        m.fields
+            .iter()
+            .find(|f| {
+                ddl::foreign_key(Dialect::Postgres, m, f, lookup)
+                    .is_some_and(|fk| fk.composite() && fk.on_delete.starts_with("SET NULL"))
+            })
+            .map(|f| (m, f))
+    }) else {
+        return Ok(());
+    };
+    let version = query(conn, "SELECT current_setting('server_version_num')::bigint", vec![])?;
+    match version.first().and_then(|r| r.first()) {
+        Some(Cell::I64(v)) if *v < 150_000 => Err(Error::new(
+            ErrorCode::NotSupported,
+            format!(
+                "{}.{} has on_delete = \"set_null\" between tenant-scoped models, which needs \
+                 ON DELETE SET NULL (column) from PostgreSQL 15; this server is {v}; use \
+                 \"cascade\", \"restrict\" or \"no_action\", or a newer server",
+                m.name, f.name
+            ),
+        )
+        .with_model(m.name)
+        .with_field(f.name)),
+        _ => Ok(()),
+    }
+}
+
 /// What boot does about the schema, from the configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct BootPolicy {
