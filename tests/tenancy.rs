@@ -433,3 +433,38 @@ async fn set_null_between_tenant_scoped_models_clears_the_reference_in_one_tenan
     })
     .await;
 }
+
+/// The boot check that finds nothing changed (registry `last_seen` stays)
+/// also covers the policies, so switching row-level security is noticed.
+#[tokio::test]
+async fn an_unchanged_boot_with_row_level_security_stops_at_the_fast_check() {
+    let Some(admin_url) = support::postgres::fresh_database("tenancy_rls_fast") else {
+        return;
+    };
+    let url = support::postgres::as_plain_role(&admin_url);
+    let boot = || {
+        DataFlow::builder(&url)
+            .multi_tenant(true)
+            .row_level_security(true)
+            .build()
+    };
+    boot().await.unwrap();
+    let mut raw = PgConnection::establish(&url).unwrap();
+    let seen = "SELECT string_agg(last_seen, ',' ORDER BY model) AS v FROM dataflow_registry";
+    let before = raw_texts(&mut raw, seen).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    boot().await.unwrap();
+    let after = raw_texts(&mut raw, seen).unwrap();
+    assert_eq!(
+        before, after,
+        "the second boot migrated nothing, recorded nothing"
+    );
+    // Without RLS the policies go: a change, noticed.
+    DataFlow::builder(&url)
+        .multi_tenant(true)
+        .build()
+        .await
+        .unwrap();
+    let off = raw_texts(&mut raw, seen).unwrap();
+    assert_ne!(after, off);
+}

@@ -260,7 +260,11 @@ pub(crate) fn check_server<C: Conn>(conn: &mut C, models: &[&'static ModelSchema
     }) else {
         return Ok(());
     };
-    let version = query(conn, "SELECT current_setting('server_version_num')::bigint", vec![])?;
+    let version = query(
+        conn,
+        "SELECT current_setting('server_version_num')::bigint",
+        vec![],
+    )?;
     match version.first().and_then(|r| r.first()) {
         Some(Cell::I64(v)) if *v < 150_000 => Err(Error::new(
             ErrorCode::NotSupported,
