@@ -1805,3 +1805,529 @@ async fn generated_postgres_migrations_set_timeouts_and_pass_squawk() {
     eprintln!("{}", report.join("\n"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ------------------------------------------------------------------ tenancy: composite keys, backfill, row-level security (issue 11 §2)
+//
+// `tenant_scoped` models key everything by tenant: `PRIMARY KEY (tenant_id,
+// id)`, `UNIQUE (tenant_id, email)`, `(tenant_id, col)` indexes and
+// composite foreign keys. The planner reads those back, so a booted schema
+// re-plans to nothing, and turning `tenant_scoped` on for a table with rows
+// needs `--allow tenant_backfill_required` and the tenant the rows go to.
+
+mod global_accounts {
+    #[dataflow::model(table = "accounts")]
+    pub struct Account {
+        pub id: String,
+        #[field(unique)]
+        pub email: String,
+        #[field(index)]
+        pub name: String,
+    }
+
+    #[dataflow::model(table = "logins")]
+    pub struct Login {
+        pub id: String,
+        #[field(references = "Account", on_delete = "cascade")]
+        pub account_id: String,
+    }
+}
+
+mod tenant_accounts {
+    #[dataflow::model(table = "accounts", tenant_scoped)]
+    pub struct Account {
+        pub id: String,
+        #[field(unique)]
+        pub email: String,
+        #[field(index)]
+        pub name: String,
+    }
+
+    #[dataflow::model(table = "logins", tenant_scoped)]
+    pub struct Login {
+        pub id: String,
+        #[field(references = "Account", on_delete = "cascade")]
+        pub account_id: String,
+    }
+
+    /// An auto-increment key: one sequence, `UNIQUE (tenant_id, id)`.
+    #[dataflow::model(table = "counters", tenant_scoped)]
+    pub struct Counter {
+        pub id: i64,
+        pub label: String,
+    }
+
+    /// References a tenant-scoped auto-increment key, and a global model.
+    #[dataflow::model(table = "tallies", tenant_scoped)]
+    pub struct Tally {
+        pub id: String,
+        #[field(references = "Counter", on_delete = "restrict")]
+        pub counter_id: i64,
+        #[field(references = "Region", on_delete = "set_null")]
+        pub region_id: Option<String>,
+    }
+
+    /// A global model that tenant-scoped ones may reference.
+    #[dataflow::model(table = "regions")]
+    pub struct Region {
+        pub id: String,
+        pub name: String,
+    }
+}
+
+fn global_accounts() -> [&'static ModelSchema; 2] {
+    [
+        schema::<global_accounts::Account>(),
+        schema::<global_accounts::Login>(),
+    ]
+}
+
+fn tenant_accounts() -> [&'static ModelSchema; 5] {
+    [
+        schema::<tenant_accounts::Account>(),
+        schema::<tenant_accounts::Login>(),
+        schema::<tenant_accounts::Counter>(),
+        schema::<tenant_accounts::Tally>(),
+        schema::<tenant_accounts::Region>(),
+    ]
+}
+
+async fn boot_tenants(
+    url: &str,
+    models: &[&'static ModelSchema],
+    rls: bool,
+) -> Result<DataFlow, dataflow::Error> {
+    DataFlow::builder(url)
+        .models(models)
+        .multi_tenant(true)
+        .row_level_security(rls)
+        .build()
+        .await
+}
+
+fn as_tenant(db: &DataFlow, tenant: &str) -> DataFlow {
+    db.with_context(dataflow::Context::new().tenant(tenant))
+}
+
+#[tokio::test]
+async fn a_tenant_scoped_schema_reboots_to_no_changes() {
+    on_each_backend("tenant_reboot", |url| async move {
+        let rls = url.starts_with("postgres");
+        let url = if rls {
+            postgres::as_plain_role(&url)
+        } else {
+            url
+        };
+        let db = boot_tenants(&url, &tenant_accounts(), rls).await.unwrap();
+        let history = db.migrations().history().await.unwrap();
+        assert_eq!(history.len(), 1, "{history:#?}");
+        for stmt in [
+            "PRIMARY KEY (\"tenant_id\", \"id\")",
+            "UNIQUE (\"tenant_id\", \"email\")",
+        ] {
+            assert!(history[0].up_sql.contains(stmt), "{}", history[0].up_sql);
+        }
+        assert_eq!(history[0].up_sql.contains("FORCE ROW LEVEL SECURITY"), rls);
+        drop(db);
+        // Every later boot: nothing to plan, nothing applied.
+        let db = boot_tenants(&url, &tenant_accounts(), rls).await.unwrap();
+        let plan = db.migrations().plan().await.unwrap();
+        assert!(plan.is_empty(), "{:#?}", plan.operations);
+        assert!(plan.drift.is_empty(), "{:#?}", plan.drift);
+        assert_eq!(db.migrations().history().await.unwrap().len(), 1);
+        // The keys work: rows of two tenants, a reference within one.
+        for t in ["acme", "zeta"] {
+            let db = as_tenant(&db, t);
+            let counter = db
+                .execute("CounterCreateNode", json!({"label": t}))
+                .await
+                .unwrap();
+            db.execute(
+                "TallyCreateNode",
+                json!({"id": "t1", "counter_id": counter["id"]}),
+            )
+            .await
+            .unwrap();
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn row_level_security_follows_the_configuration_at_boot() {
+    let Some(url) = postgres::fresh_database("tenant_rls_toggle") else {
+        return;
+    };
+    let url = postgres::as_plain_role(&url);
+    boot_tenants(&url, &tenant_accounts(), false).await.unwrap();
+    for (rls, summary) in [
+        (true, "enable row-level security on accounts"),
+        (false, "disable row-level security on accounts"),
+        (true, "enable row-level security on accounts"),
+    ] {
+        let before = DataFlow::builder(&url)
+            .models(&tenant_accounts())
+            .multi_tenant(true)
+            .row_level_security(rls)
+            .auto_migrate(false)
+            .build()
+            .await
+            .unwrap();
+        let plan = before.migrations().plan().await.unwrap();
+        assert!(
+            plan.operations.iter().any(|o| o.summary == summary),
+            "{:#?}",
+            plan.operations
+        );
+        assert!(plan.risk() <= RiskLevel::Low, "{:#?}", plan.operations);
+        // Applied at boot, then nothing is left.
+        let db = boot_tenants(&url, &tenant_accounts(), rls).await.unwrap();
+        assert!(db.migrations().plan().await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn tenant_scoped_on_for_a_table_with_rows_needs_the_allow_and_a_tenant() {
+    on_each_backend("tenant_backfill", |url| async move {
+        let db = DataFlow::builder(&url)
+            .models(&global_accounts())
+            .build()
+            .await
+            .unwrap();
+        db.execute(
+            "AccountCreateNode",
+            json!({"id": "a1", "email": "ann@x.io", "name": "Ann"}),
+        )
+        .await
+        .unwrap();
+        db.execute("LoginCreateNode", json!({"id": "l1", "account_id": "a1"}))
+            .await
+            .unwrap();
+        drop(db);
+        let models = &tenant_accounts()[..2];
+        let e = boot_tenants(&url, models, false).await.unwrap_err();
+        assert_eq!(e.code().as_str(), "migration_blocked", "{e}");
+        assert!(
+            e.message().contains("--allow tenant_backfill_required")
+                && e.message().contains("--tenant"),
+            "{e}"
+        );
+        let db = DataFlow::builder(&url)
+            .models(models)
+            .multi_tenant(true)
+            .auto_migrate(false)
+            .build()
+            .await
+            .unwrap();
+        let plan = db.migrations().plan().await.unwrap();
+        assert!(
+            plan.rules().contains(&Rule::TenantBackfillRequired),
+            "{plan:#?}"
+        );
+        let up: Vec<String> = plan.operations.iter().flat_map(|o| o.up.clone()).collect();
+        assert!(up.iter().any(|s| s.contains(":'tenant'")), "{up:#?}");
+        // The allow alone is not enough: the rows need a tenant.
+        let approved = ApplyRequest::new()
+            .allow_all(plan.rules())
+            .reason("accounts become per tenant");
+        let e = db.migrations().apply(approved.clone()).await.unwrap_err();
+        assert_eq!(e.code().as_str(), "migration_blocked");
+        assert!(e.message().contains("--tenant"), "{e}");
+        // Nor the tenant without the allow.
+        let e = db
+            .migrations()
+            .apply(ApplyRequest::new().tenant("acme").reason("r"))
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("tenant_backfill_required"), "{e}");
+        let bad = db
+            .migrations()
+            .apply(approved.clone().tenant("a\nb"))
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code().as_str(), "validation");
+        // A trial where it can be thrown away: up, nothing left, down, up.
+        if !url.contains(":memory:") {
+            let report = db
+                .migrations()
+                .stage_for(&approved.clone().tenant("ac'me"))
+                .await
+                .unwrap();
+            assert_eq!(report.steps.len(), 4, "{report:#?}");
+            assert!(
+                !db.migrations().plan().await.unwrap().is_empty(),
+                "staging changed nothing"
+            );
+        }
+        let entry = db
+            .migrations()
+            .apply(approved.tenant("ac'me"))
+            .await
+            .unwrap()
+            .expect("applied");
+        assert!(entry.up_sql.contains("'ac''me'"), "{}", entry.up_sql);
+        assert!(db.migrations().plan().await.unwrap().is_empty());
+        // The old rows belong to that tenant, and only to it.
+        let acme = as_tenant(&db, "ac'me");
+        let account = acme
+            .execute("AccountReadNode", json!({"id": "a1"}))
+            .await
+            .unwrap();
+        assert_eq!(account["tenant_id"], "ac'me");
+        assert_eq!(
+            acme.execute("LoginReadNode", json!({"id": "l1"}))
+                .await
+                .unwrap()["account_id"],
+            "a1"
+        );
+        let zeta = as_tenant(&db, "zeta");
+        let e = zeta
+            .execute("AccountReadNode", json!({"id": "a1"}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code().as_str(), "not_found");
+        // The new keys are per tenant: the same id and email again is no conflict.
+        zeta.execute(
+            "AccountCreateNode",
+            json!({"id": "a1", "email": "ann@x.io", "name": "Other Ann"}),
+        )
+        .await
+        .unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tenant_scoped_on_for_an_empty_table_is_applied_at_boot() {
+    on_each_backend("tenant_empty", |url| async move {
+        DataFlow::builder(&url)
+            .models(&global_accounts())
+            .build()
+            .await
+            .unwrap();
+        let db = boot_tenants(&url, &tenant_accounts()[..2], false)
+            .await
+            .unwrap();
+        let history = db.migrations().history().await.unwrap();
+        assert_eq!(history.len(), 2);
+        assert!(history[1].rules.is_empty(), "{:?}", history[1].rules);
+        assert!(db.migrations().plan().await.unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tenancy_mistakes_fail_boot_with_clear_errors() {
+    let url = sqlite_url("tenant_config");
+    let [account, login, ..] = tenant_accounts();
+    let e = DataFlow::builder(&url)
+        .models(&[account])
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().as_str(), "config");
+    assert!(
+        e.message().contains("`Account` is tenant_scoped")
+            && e.message().contains("multi_tenant(true)"),
+        "{e}"
+    );
+    // A global model may not point into a tenant.
+    let e = boot_tenants(&url, &[account, global_accounts()[1]], false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().as_str(), "config");
+    assert!(
+        e.message()
+            .contains("Login.account_id references `Account`")
+            && e.message().contains("`Login` is not"),
+        "{e}"
+    );
+    let e = DataFlow::builder(&url)
+        .models(&[account, login])
+        .row_level_security(true)
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().as_str(), "config");
+    assert!(e.message().contains("needs multi_tenant"), "{e}");
+    let e = boot_tenants(&url, &[account, login], true)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().as_str(), "not_supported");
+    assert!(e.message().contains("PostgreSQL"), "{e}");
+}
+
+/// `random_model` made tenant-scoped: the macro's managed `tenant_id` added.
+fn tenant_variant(m: &'static ModelSchema) -> &'static ModelSchema {
+    use dataflow::schema::{FieldSchema, FieldType, Generated};
+    let mut fields = m.fields.to_vec();
+    fields.push(FieldSchema {
+        name: "tenant_id",
+        column: "tenant_id",
+        ty: FieldType::String,
+        nullable: false,
+        primary_key: false,
+        unique: false,
+        index: true,
+        default: None,
+        references: None,
+        max_length: None,
+        renamed_from: None,
+        generated: Generated::Tenant,
+    });
+    let mut options = m.options;
+    options.tenant_scoped = true;
+    Box::leak(Box::new(ModelSchema {
+        fields: Box::leak(fields.into_boxed_slice()),
+        options,
+        checksum: m.checksum ^ 1,
+        ..*m
+    }))
+}
+
+#[tokio::test]
+async fn tenant_scoping_on_and_off_always_replans_to_nothing() {
+    let seeds: Vec<u64> = match std::env::var("DATAFLOW_PROPERTY_SEED") {
+        Ok(s) => vec![s.parse().unwrap()],
+        Err(_) => (1..=6).map(|i| i * 104_729).collect(),
+    };
+    for seed in seeds {
+        on_each_backend(&format!("tenant_prop_{seed}"), |url| async move {
+            let mut rng = Rng(seed);
+            for step in 0..4 {
+                let m = random_model(&mut rng);
+                let m = if (step + seed) % 2 == 0 {
+                    tenant_variant(m)
+                } else {
+                    m
+                };
+                let db = DataFlow::builder(&url)
+                    .models(&[m])
+                    .multi_tenant(true)
+                    .auto_migrate(false)
+                    .build()
+                    .await
+                    .unwrap_or_else(|e| panic!("seed {seed}: boot: {e}"));
+                let plan = db.migrations().plan().await.unwrap();
+                db.migrations()
+                    .apply(
+                        ApplyRequest::new()
+                            .allow_all(plan.rules())
+                            .tenant("t1")
+                            .reason("property test"),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("seed {seed}: apply {:#?}: {e}", plan.operations));
+                let again = db.migrations().plan().await.unwrap();
+                assert!(
+                    again.is_empty(),
+                    "seed {seed} step {step}: after applying\n{:#?}\nthe plan is still\n{:#?}",
+                    plan.operations,
+                    again.operations
+                );
+            }
+        })
+        .await;
+    }
+}
+
+mod notes_cascade {
+    #[dataflow::model(table = "notes", tenant_scoped)]
+    pub struct Note {
+        pub id: String,
+        #[field(references = "Account", on_delete = "cascade")]
+        pub account_id: Option<String>,
+    }
+}
+
+mod notes_set_null {
+    #[dataflow::model(table = "notes", tenant_scoped)]
+    pub struct Note {
+        pub id: String,
+        #[field(references = "Account", on_delete = "set_null")]
+        pub account_id: Option<String>,
+    }
+}
+
+mod notes_set_null_coded {
+    /// Adds a unique field: a SQLite rebuild of a table whose `set_null`
+    /// trigger sits on `accounts`.
+    #[dataflow::model(table = "notes", tenant_scoped)]
+    pub struct Note {
+        pub id: String,
+        #[field(references = "Account", on_delete = "set_null")]
+        pub account_id: Option<String>,
+        #[field(unique)]
+        pub code: Option<String>,
+    }
+}
+
+#[tokio::test]
+async fn on_delete_between_tenant_scoped_models_changes_back_and_forth() {
+    on_each_backend("tenant_on_delete", |url| async move {
+        let account = tenant_accounts()[0];
+        let cascade = schema::<notes_cascade::Note>();
+        let set_null = schema::<notes_set_null::Note>();
+        let coded = schema::<notes_set_null_coded::Note>();
+        for (i, note) in [set_null, cascade, set_null, coded].into_iter().enumerate() {
+            let db = DataFlow::builder(&url)
+                .models(&[account, note])
+                .multi_tenant(true)
+                .auto_migrate(false)
+                .build()
+                .await
+                .unwrap();
+            let plan = db.migrations().plan().await.unwrap();
+            db.migrations()
+                .apply(
+                    ApplyRequest::new()
+                        .allow_all(plan.rules())
+                        .reason("on_delete"),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("step {i}: {e}\n{plan:#?}"));
+            let after = db.migrations().plan().await.unwrap();
+            assert!(after.is_empty(), "step {i}: {:#?}", after.operations);
+            let (a, b) = (as_tenant(&db, "acme"), as_tenant(&db, "zeta"));
+            let (account_id, note_id) = (format!("a{i}"), format!("n{i}"));
+            for t in [&a, &b] {
+                t.execute(
+                    "AccountCreateNode",
+                    json!({"id": account_id, "email": format!("{i}@x.io"), "name": "A"}),
+                )
+                .await
+                .unwrap();
+                t.execute(
+                    "NoteCreateNode",
+                    json!({"id": note_id, "account_id": account_id}),
+                )
+                .await
+                .unwrap();
+            }
+            a.execute("AccountDeleteNode", json!({"id": account_id}))
+                .await
+                .unwrap();
+            let read = a.execute("NoteReadNode", json!({"id": note_id})).await;
+            if !std::ptr::eq(note, cascade) {
+                let cleared = read.unwrap();
+                assert_eq!(cleared["account_id"], json!(null), "step {i}: set_null");
+                assert_eq!(cleared["tenant_id"], "acme");
+            } else {
+                assert_eq!(
+                    read.unwrap_err().code().as_str(),
+                    "not_found",
+                    "step {i}: cascade"
+                );
+            }
+            let other = b
+                .execute("NoteReadNode", json!({"id": note_id}))
+                .await
+                .unwrap();
+            assert_eq!(
+                other["account_id"],
+                json!(account_id),
+                "step {i}: the other tenant"
+            );
+        }
+    })
+    .await;
+}

@@ -54,7 +54,8 @@ use proc_macro::TokenStream;
 /// | `timestamps = false` | by default `created_at` and `updated_at` (UTC timestamps) are added and maintained; a field you declare with either name is yours instead |
 /// | `soft_delete` | adds `deleted_at`; Delete/BulkDelete set it, reads skip such records unless `include_deleted: true`. The struct must not declare `deleted_at` |
 /// | `append_only` | Create and reads only: Update, Delete, Upsert and the bulk changes fail with `not_allowed` |
-/// | `tenant_scoped`, `audit`, `cache_ttl = "30s"` | parsed and checked now (`cache_ttl` takes `ms`, `s`, `m` or `h`); their features (multi-tenancy, audit log, query cache) come later, and until then a model that sets them fails boot with `not_supported` |
+/// | `tenant_scoped` | adds a managed `tenant_id` column that leads every key (`PRIMARY KEY (tenant_id, id)`, `UNIQUE (tenant_id, email)`, composite foreign keys) and that every node binds from the context's tenant; needs `multi_tenant(true)` at boot |
+/// | `audit`, `cache_ttl = "30s"` | parsed and checked now (`cache_ttl` takes `ms`, `s`, `m` or `h`); their features (audit log, query cache) come later, and until then a model that sets them fails boot with `not_supported` |
 ///
 /// Flags accept `= true` / `= false` as well as the bare key.
 ///

@@ -68,6 +68,10 @@ pub enum MigrateCommand {
         /// rolled-back PostgreSQL transaction), verify it and its down SQL.
         #[arg(long)]
         staging: bool,
+        /// The tenant that owns the existing rows of a table that becomes
+        /// tenant_scoped (with `--allow tenant_backfill_required`).
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Undo applied migrations, newest first.
     Rollback {
@@ -91,6 +95,10 @@ pub enum MigrateCommand {
         /// The folder of migration files.
         #[arg(long, default_value = "migrations")]
         dir: PathBuf,
+        /// The tenant a backfill assigns existing rows to (written into up.sql;
+        /// without it the file carries psql's `:'tenant'` variable).
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Remove a migration lock left by a crashed process (SQLite).
     Unlock,
@@ -194,15 +202,17 @@ pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
                 allow,
                 reason,
                 staging,
+                tenant,
             } => {
                 needs_models(db)?;
                 let request = ApplyRequest {
                     allow: rules(allow)?,
                     reason: reason.clone(),
+                    tenant: tenant.clone(),
                 };
                 let mut out = String::new();
                 if *staging {
-                    let report = db.migrations().stage().await?;
+                    let report = db.migrations().stage_for(&request).await?;
                     out.push_str(&format!("staging passed in {}:\n", report.sandbox));
                     for s in &report.steps {
                         out.push_str(&format!("  - {s}\n"));
@@ -241,9 +251,9 @@ pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
                 }
                 Ok(format!("Rolled back {}.\n", undone.join(", ")))
             }
-            MigrateCommand::Generate { name, dir } => {
+            MigrateCommand::Generate { name, dir, tenant } => {
                 needs_models(db)?;
-                let plan = db.migrations().plan().await?;
+                let plan = db.migrations().plan_for(&tenant_request(tenant)).await?;
                 if plan.is_empty() {
                     return Ok("Nothing to generate: the database matches the models.\n".into());
                 }
@@ -271,6 +281,14 @@ pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
                 Ok(format!("Removed {n} lock row(s).\n"))
             }
         },
+    }
+}
+
+/// A request that carries only `--tenant`, for planning.
+fn tenant_request(tenant: &Option<String>) -> ApplyRequest {
+    ApplyRequest {
+        tenant: tenant.clone(),
+        ..ApplyRequest::new()
     }
 }
 

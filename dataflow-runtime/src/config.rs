@@ -40,8 +40,14 @@ pub struct Config {
     pub connection_pool_size: u32,
     /// The audit log (not available yet: `true` fails boot).
     pub enable_audit_log: Option<bool>,
-    /// Multi-tenancy (not available yet: `true` fails boot).
+    /// Multi-tenancy: `tenant_scoped` models get a `tenant_id` column and
+    /// every statement binds the context's tenant (default off; a
+    /// `tenant_scoped` model without it fails boot).
     pub multi_tenant: Option<bool>,
+    /// PostgreSQL only: row-level security policies on tenant-scoped tables
+    /// as a second wall behind the statements' tenant filter (default off;
+    /// needs `multi_tenant`).
+    pub row_level_security: Option<bool>,
     /// Monitoring (not available yet: `true` fails boot).
     pub monitoring: Option<bool>,
     /// Seconds after which a query counts as slow (not available yet: setting it fails boot).
@@ -84,6 +90,7 @@ impl Default for Config {
             connection_pool_size: 10,
             enable_audit_log: None,
             multi_tenant: None,
+            row_level_security: None,
             monitoring: None,
             slow_query_threshold: None,
             echo: false,
@@ -164,6 +171,16 @@ impl Config {
         Duration::from_millis(self.migration_retry_backoff_ms)
     }
 
+    /// Whether `tenant_scoped` models are allowed (and enforced).
+    pub fn multi_tenant(&self) -> bool {
+        self.multi_tenant == Some(true)
+    }
+
+    /// Whether tenant-scoped tables get PostgreSQL row-level security.
+    pub fn row_level_security(&self) -> bool {
+        self.row_level_security == Some(true)
+    }
+
     /// Whether boot reads and writes the persisted model registry.
     pub fn uses_registry(&self) -> bool {
         !self.skip_registry.unwrap_or(false) && self.enable_model_persistence.unwrap_or(true)
@@ -193,11 +210,6 @@ impl Config {
                 self.enable_audit_log == Some(true),
                 "enable_audit_log = true",
                 "the audit log",
-            ),
-            (
-                self.multi_tenant == Some(true),
-                "multi_tenant = true",
-                "multi-tenancy",
             ),
             (
                 self.monitoring == Some(true),
@@ -238,6 +250,12 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if self.row_level_security == Some(true) && self.multi_tenant != Some(true) {
+            return Err(Error::new(
+                ErrorCode::Config,
+                "row_level_security = true needs multi_tenant = true: the policies guard tenant-scoped tables",
+            ));
         }
         if missing.is_empty() {
             Ok(())

@@ -8,6 +8,7 @@ use crate::migrate::{self, BootPolicy, EmbeddedMigration};
 use crate::node::NodeContext;
 use crate::nodes::{self, Op};
 use crate::registry::{NodeRef, Registry};
+use crate::rls;
 use crate::schema::ModelSchema;
 use crate::sql::Dialect;
 use crate::writer::{self, WriteKind};
@@ -117,6 +118,16 @@ impl DataFlowBuilder {
         self
     }
 
+    /// PostgreSQL: a second wall behind the tenant filter every statement
+    /// carries. Tenant-scoped tables get `ENABLE` and `FORCE ROW LEVEL
+    /// SECURITY` and a policy on `current_setting('dataflow.tenant')`, which
+    /// the runtime sets per transaction. Needs `multi_tenant(true)`; SQLite
+    /// refuses it. See the README's "Multi-tenancy" section for its cost.
+    pub fn row_level_security(mut self, on: bool) -> Self {
+        self.config.row_level_security = Some(on);
+        self
+    }
+
     /// Seconds after which a query counts as slow (not available yet: boot refuses it).
     pub fn slow_query_threshold(mut self, seconds: f64) -> Self {
         self.config.slow_query_threshold = Some(seconds);
@@ -217,8 +228,15 @@ impl DataFlow {
         models: Option<Vec<&'static ModelSchema>>,
     ) -> Result<DataFlow> {
         config.check_supported()?;
-        let registry = Registry::new(models)?;
+        let registry = Registry::new(models, config.multi_tenant())?;
         let target = Target::parse(&config.database_url)?;
+        if config.row_level_security() && target.dialect() != Dialect::Postgres {
+            return Err(Error::new(
+                ErrorCode::NotSupported,
+                "row_level_security = true needs PostgreSQL: SQLite has no row-level security \
+                 (every statement is still scoped to the context's tenant); turn it off for SQLite",
+            ));
+        }
         tokio::task::spawn_blocking(move || boot(config, target, registry, embedded))
             .await
             .map_err(|e| Error::internal(format!("boot task failed: {e}")))?
@@ -422,6 +440,17 @@ impl DataFlow {
             context: &self.context,
             tenant: None,
         };
+        if C::DIALECT == Dialect::Postgres
+            && m.options.tenant_scoped
+            && self.inner.config.row_level_security()
+        {
+            if let Some(scope) = rls::Scope::of(&self.context, op) {
+                return conn.write_transaction(|c| {
+                    rls::set(c, &scope)?;
+                    nodes::run(c, &ctx, op, params)
+                });
+            }
+        }
         nodes::run(conn, &ctx, op, params)
     }
 
@@ -551,6 +580,9 @@ fn boot(
 ) -> Result<DataFlow> {
     let models = registry.models();
     let mut conn = target.connect(config.connect_timeout())?;
+    if config.row_level_security() {
+        on_conn!(&mut conn, c => rls::check_role(c))?;
+    }
     if !config.skip_migration.unwrap_or(false) {
         let policy = BootPolicy {
             app: config.application_id.clone(),
@@ -560,12 +592,14 @@ fn boot(
             applied_by: migrate::applied_by(),
             embedded,
             timeouts: migrate::Timeouts::from_config(&config),
+            schema: migrate::SchemaOptions::from_config(&config),
         };
         // Nothing changed ⇒ this one query is the whole schema step.
         let unchanged = embedded.is_empty()
             && policy.registry
-            && on_conn!(&mut conn, c => migrate::registry_matches(c, &policy.app, models))?;
+            && on_conn!(&mut conn, c => migrate::registry_matches(c, &policy.app, models, &policy.schema))?;
         if !unchanged {
+            on_conn!(&mut conn, c => migrate::check_server(c, models))?;
             on_conn!(&mut conn, c => migrate::boot_migrate(c, &target, config.connect_timeout(), models, &policy))?;
         }
     }

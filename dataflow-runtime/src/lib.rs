@@ -38,6 +38,7 @@ mod migrations;
 mod node;
 pub mod nodes;
 mod registry;
+mod rls;
 pub mod schema;
 mod sql;
 mod typed;

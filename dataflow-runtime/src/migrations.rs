@@ -60,7 +60,8 @@ impl<'a> Migrations<'a> {
             .blocking(|db, conn| {
                 let cfg = db.config();
                 let timeouts = migrate::Timeouts::from_config(cfg);
-                on_conn!(conn, c => migrate::plan_for(c, db.models(), &cfg.application_id, &timeouts))
+                let schema = migrate::SchemaOptions::from_config(cfg);
+                on_conn!(conn, c => migrate::plan_for(c, db.models(), &cfg.application_id, &timeouts, &schema))
             })
             .await
     }
@@ -72,17 +73,41 @@ impl<'a> Migrations<'a> {
             .await
     }
 
+    /// The plan as [`apply`](Self::apply) with `req` would make it: with
+    /// `req.tenant` written into a tenant backfill.
+    pub async fn plan_for(&self, req: &ApplyRequest) -> Result<MigrationPlan> {
+        let tenant = backfill_tenant(req)?;
+        self.db
+            .blocking(move |db, conn| {
+                let cfg = db.config();
+                let timeouts = migrate::Timeouts::from_config(cfg);
+                let schema = migrate::SchemaOptions {
+                    backfill_tenant: tenant,
+                    ..migrate::SchemaOptions::from_config(cfg)
+                };
+                on_conn!(conn, c => migrate::plan_for(c, db.models(), &cfg.application_id, &timeouts, &schema))
+            })
+            .await
+    }
+
     /// Plans and applies under the migration lock. Operations above low risk
-    /// need each rule they hit in `allow` and a `reason` (both recorded).
+    /// need each rule they hit in `allow` and a `reason` (both recorded);
+    /// turning `tenant_scoped` on for a table with rows also needs
+    /// `req.tenant`, the tenant its rows are assigned to.
     /// Returns `None` when there was nothing to do.
     pub async fn apply(&self, req: ApplyRequest) -> Result<Option<HistoryEntry>> {
+        let tenant = backfill_tenant(&req)?;
         self.db
             .exclusive(move |db, conn| {
                 let cfg = db.config();
                 let timeouts = migrate::Timeouts::from_config(cfg);
+                let schema = migrate::SchemaOptions {
+                    backfill_tenant: tenant,
+                    ..migrate::SchemaOptions::from_config(cfg)
+                };
                 on_conn!(conn, c => {
                     migrate::with_lock(c, db.target(), cfg.connect_timeout(), "migrate apply", |c| {
-                        let plan = migrate::plan_for(c, db.models(), &cfg.application_id, &timeouts)?;
+                        let plan = migrate::plan_for(c, db.models(), &cfg.application_id, &timeouts, &schema)?;
                         if plan.is_empty() {
                             return Ok(None);
                         }
@@ -91,6 +116,7 @@ impl<'a> Migrations<'a> {
                             applied_by: &migrate::applied_by(),
                             allow: &req.allow,
                             reason: req.reason.as_deref(),
+                            tenant: schema.backfill_tenant.as_deref(),
                             name: "manual",
                             record_registry: cfg.uses_registry(),
                             timeouts: &timeouts,
@@ -126,13 +152,24 @@ impl<'a> Migrations<'a> {
     /// `migrate apply --staging`: tries the current plan where it can be
     /// thrown away and verifies it and its down SQL.
     pub async fn stage(&self) -> Result<StagingReport> {
+        self.stage_for(&ApplyRequest::new()).await
+    }
+
+    /// [`stage`](Self::stage) the plan as [`apply`](Self::apply) with `req`
+    /// would make it (its backfill tenant).
+    pub async fn stage_for(&self, req: &ApplyRequest) -> Result<StagingReport> {
+        let tenant = backfill_tenant(req)?;
         self.db
-            .blocking(|db, conn| {
+            .blocking(move |db, conn| {
                 let app = &db.config().application_id;
                 let timeouts = migrate::Timeouts::from_config(db.config());
+                let schema = migrate::SchemaOptions {
+                    backfill_tenant: tenant,
+                    ..migrate::SchemaOptions::from_config(db.config())
+                };
                 on_conn!(conn, c => {
-                    let plan = migrate::plan_for(c, db.models(), app, &timeouts)?;
-                    migrate::stage(c, db.target(), db.models(), &plan, app, &timeouts)
+                    let plan = migrate::plan_for(c, db.models(), app, &timeouts, &schema)?;
+                    migrate::stage(c, db.target(), db.models(), &plan, app, &timeouts, &schema)
                 })
             })
             .await
@@ -150,4 +187,20 @@ impl<'a> Migrations<'a> {
             })
             .await
     }
+}
+
+/// The backfill tenant of a request, checked: it is written into the
+/// migration's SQL (the history keeps what ran), so it must be a plain,
+/// printable string.
+fn backfill_tenant(req: &ApplyRequest) -> Result<Option<String>> {
+    let Some(t) = req.tenant.as_deref() else {
+        return Ok(None);
+    };
+    if t.is_empty() || t.len() > 255 || t.chars().any(char::is_control) {
+        return Err(Error::new(
+            ErrorCode::Validation,
+            "--tenant must be 1 to 255 bytes of printable text",
+        ));
+    }
+    Ok(Some(t.to_string()))
 }

@@ -9,7 +9,7 @@
 use crate::error::{Error, ErrorCode, Result};
 use crate::node::{Node, BUILTINS, NODES};
 use crate::nodes;
-use crate::schema::{ModelSchema, Op};
+use crate::schema::{FieldSchema, FieldType, Generated, ModelSchema, Op};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -65,9 +65,13 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    /// Checks `models` (every linked model when `None`) and builds the node table.
-    pub(crate) fn new(models: Option<Vec<&'static ModelSchema>>) -> Result<Registry> {
-        let models = validate(models.unwrap_or_else(|| MODELS.to_vec()))?;
+    /// Checks `models` (every linked model when `None`) and builds the node
+    /// table. `multi_tenant` is whether `tenant_scoped` models are allowed.
+    pub(crate) fn new(
+        models: Option<Vec<&'static ModelSchema>>,
+        multi_tenant: bool,
+    ) -> Result<Registry> {
+        let models = validate(models.unwrap_or_else(|| MODELS.to_vec()), multi_tenant)?;
         let nodes = node_table(&models)?;
         let prepared = models.iter().map(|m| (m.name, Prepared::new(m))).collect();
         Ok(Registry {
@@ -167,8 +171,12 @@ fn check_schema(m: &ModelSchema) -> Result<()> {
 }
 
 /// The models, checked: not empty, no duplicate names or tables, every
-/// schema well formed (hand-built ones too), every reference known.
-fn validate(mut models: Vec<&'static ModelSchema>) -> Result<Vec<&'static ModelSchema>> {
+/// schema well formed (hand-built ones too), every reference known, and
+/// tenancy consistent (see [`check_tenancy`]).
+fn validate(
+    mut models: Vec<&'static ModelSchema>,
+    multi_tenant: bool,
+) -> Result<Vec<&'static ModelSchema>> {
     if models.is_empty() {
         return Err(Error::new(
             ErrorCode::Config,
@@ -197,6 +205,7 @@ fn validate(mut models: Vec<&'static ModelSchema>) -> Result<Vec<&'static ModelS
             ));
         }
         check_schema(m)?;
+        check_tenancy(m, multi_tenant)?;
         for f in m.fields {
             if let Some(fk) = f.references {
                 let Some(target) = models.iter().find(|t| t.name == fk.model) else {
@@ -208,6 +217,7 @@ fn validate(mut models: Vec<&'static ModelSchema>) -> Result<Vec<&'static ModelS
                         ),
                     ));
                 };
+                check_reference(m, f, target)?;
                 let pk = target.primary_key();
                 let compatible = pk.ty == f.ty || (pk.ty.is_integer() && f.ty.is_integer());
                 if !compatible {
@@ -222,7 +232,6 @@ fn validate(mut models: Vec<&'static ModelSchema>) -> Result<Vec<&'static ModelS
             }
         }
         let unsupported = [
-            (m.options.tenant_scoped, "tenant_scoped (multi-tenancy)"),
             (m.options.audit, "audit (the audit log)"),
             (
                 m.options.cache_ttl_ms.is_some(),
@@ -240,6 +249,61 @@ fn validate(mut models: Vec<&'static ModelSchema>) -> Result<Vec<&'static ModelS
         }
     }
     Ok(models)
+}
+
+/// A `tenant_scoped` model needs `multi_tenant(true)` (without it nothing
+/// would bind the tenant: fail closed) and a managed `tenant_id` text
+/// column (the macro adds it; hand-built schemas are checked).
+fn check_tenancy(m: &ModelSchema, multi_tenant: bool) -> Result<()> {
+    let tenant = m.field_with(Generated::Tenant);
+    let bad = |why: String| Err(Error::new(ErrorCode::Config, why).with_model(m.name));
+    if !m.options.tenant_scoped {
+        return match tenant {
+            Some(f) => bad(format!(
+                "model `{}` has a tenant field `{}` but is not tenant_scoped",
+                m.name, f.name
+            )),
+            None => Ok(()),
+        };
+    }
+    if !multi_tenant {
+        return bad(format!(
+            "model `{}` is tenant_scoped, but multi-tenancy is off: turn it on with \
+             DataFlow::builder(..).multi_tenant(true) (config `multi_tenant`, env \
+             DATAFLOW_MULTI_TENANT=true), or remove tenant_scoped from the model",
+            m.name
+        ));
+    }
+    match tenant {
+        Some(f) if f.ty == FieldType::String && !f.nullable && !f.primary_key => Ok(()),
+        Some(f) => bad(format!(
+            "model `{}`: the tenant field `{}` must be a non-optional String that is not the primary key",
+            m.name, f.name
+        )),
+        None => bad(format!(
+            "model `{}` is tenant_scoped but has no tenant field (Generated::Tenant); \
+             #[dataflow::model(tenant_scoped)] adds `tenant_id`",
+            m.name
+        )),
+    }
+}
+
+/// A reference must not cross out of a tenant: a global model cannot
+/// reference a tenant-scoped one (its rows would point into any tenant).
+fn check_reference(m: &ModelSchema, f: &FieldSchema, target: &ModelSchema) -> Result<()> {
+    if target.options.tenant_scoped && !m.options.tenant_scoped {
+        return Err(Error::new(
+            ErrorCode::Config,
+            format!(
+                "{}.{} references `{}`, which is tenant_scoped, but `{}` is not: a global record \
+                 could point into any tenant; make `{}` tenant_scoped too, or drop the reference",
+                m.name, f.name, target.name, m.name, m.name
+            ),
+        )
+        .with_model(m.name)
+        .with_field(f.name));
+    }
+    Ok(())
 }
 
 /// Every node type by name: eleven per model, then the hand-written ones.
@@ -324,7 +388,7 @@ mod tests {
     static GOOD: ModelSchema = model("Good", &[field("id", true)]);
 
     fn refused(m: &'static ModelSchema) -> Error {
-        match Registry::new(Some(vec![m])) {
+        match Registry::new(Some(vec![m]), false) {
             Ok(_) => panic!("{} was accepted", m.name),
             Err(e) => e,
         }
@@ -345,7 +409,7 @@ mod tests {
         assert!(refused(&SAME_COLUMN).message().contains("column `id`"));
         let e = refused(&DANGLING);
         assert!(e.message().contains("references `Missing`"), "{e}");
-        let r = Registry::new(Some(vec![&GOOD])).unwrap();
+        let r = Registry::new(Some(vec![&GOOD]), false).unwrap();
         assert_eq!(r.models().len(), 1);
         assert_eq!(r.node_types().len(), Op::ALL.len() + BUILTINS.len());
         assert!(matches!(

@@ -126,7 +126,8 @@ pub struct ModelOptions {
     pub soft_delete: bool,
     /// `timestamps` (default on): managed `created_at` / `updated_at`.
     pub timestamps: bool,
-    /// `tenant_scoped` (not available yet: boot refuses it).
+    /// `tenant_scoped`: a managed `tenant_id` that every statement binds
+    /// from the context (boot needs `multi_tenant(true)`).
     pub tenant_scoped: bool,
     /// `audit` (not available yet: boot refuses it).
     pub audit: bool,

@@ -87,6 +87,32 @@ pub fn unreachable_url() -> String {
     format!("postgres://postgres@127.0.0.1:{port}/x")
 }
 
+/// The login role [`as_plain_role`] hands databases to.
+pub const PLAIN_ROLE: &str = "dataflow_plain";
+
+/// Hands `url`'s database (and its `public` schema) to [`PLAIN_ROLE`], a login role that is
+/// neither superuser nor `BYPASSRLS`, and returns the URL that connects as it. PostgreSQL exempts
+/// superusers (what the harness connects as) from every row-level security policy; tests of
+/// policies connect as this role, which then owns the tables it creates, as applications do.
+pub fn as_plain_role(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
+    let (_, host_db) = rest.split_once('@').expect("a URL with a user");
+    let db = host_db
+        .rsplit('/')
+        .next()
+        .and_then(|d| d.split('?').next())
+        .expect("a URL naming a database");
+    let mut admin = PgConnection::establish(url).unwrap_or_else(|e| panic!("as_plain_role: {e}"));
+    admin
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE {PLAIN_ROLE} LOGIN PASSWORD '{PLAIN_ROLE}' NOSUPERUSER NOBYPASSRLS; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
+             ALTER DATABASE \"{db}\" OWNER TO {PLAIN_ROLE}; ALTER SCHEMA public OWNER TO {PLAIN_ROLE};"
+        ))
+        .unwrap_or_else(|e| panic!("as_plain_role: {e}"));
+    format!("{scheme}://{PLAIN_ROLE}:{PLAIN_ROLE}@{host_db}")
+}
+
 // ---------------------------------------------------------------------------------------------
 
 struct Unavailable {

@@ -443,7 +443,8 @@ pub(crate) fn map_error(e: DieselError) -> Error {
 fn describe_diesel_error(e: &DieselError) -> Error {
     match e {
         DieselError::DatabaseError(kind, info) => {
-            let column = constraint_column(info.message(), info.details(), info.column_name());
+            let column = constraint_column(info.message(), info.details(), info.column_name())
+                .or_else(|| named_column(info.constraint_name()?, info.table_name()?));
             let code = match kind {
                 DatabaseErrorKind::UniqueViolation => ErrorCode::UniqueViolation,
                 DatabaseErrorKind::ForeignKeyViolation => ErrorCode::FkViolation,
@@ -499,18 +500,34 @@ pub(crate) fn sqlite_cannot_write(message: &str) -> bool {
 
 /// The column a constraint error is about: SQLite says
 /// `UNIQUE constraint failed: users.email`, PostgreSQL `Key (email)=(…)`.
+/// Of a composite key the last column: the keys dataflow makes composite
+/// lead with `tenant_id`, and the field is what follows it.
 fn constraint_column(message: &str, details: Option<&str>, column: Option<&str>) -> Option<String> {
     if let Some(c) = column {
         return Some(c.to_string());
     }
     if let Some(rest) = message.split("constraint failed: ").nth(1) {
-        let first = rest.split(',').next()?.trim();
-        return first.rsplit('.').next().map(str::to_string);
+        let last = rest.split(',').next_back()?.trim();
+        return last.rsplit('.').next().map(str::to_string);
     }
     let d = details?;
     let start = d.find("Key (")? + 5;
     let end = d[start..].find(')')? + start;
-    Some(d[start..end].split(',').next()?.trim().to_string())
+    Some(d[start..end].split(',').next_back()?.trim().to_string())
+}
+
+/// The column a constraint's name says it is about, for PostgreSQL errors
+/// without key details (it leaves them out on tables behind row-level
+/// security): `uq_<table>_<col>` (ours), `<table>_<col>_key` and
+/// `<table>_<col>_fkey` (PostgreSQL's defaults, which ours follow).
+fn named_column(constraint: &str, table: &str) -> Option<String> {
+    if let Some(col) = constraint.strip_prefix(&format!("uq_{table}_")) {
+        return Some(col.to_string());
+    }
+    let rest = constraint.strip_prefix(&format!("{table}_"))?;
+    rest.strip_suffix("_fkey")
+        .or_else(|| rest.strip_suffix("_key"))
+        .map(str::to_string)
 }
 
 impl From<r2d2::Error> for Error {
@@ -589,6 +606,41 @@ mod tests {
             assert_eq!(e.code(), ErrorCode::Connection, "{message}");
             assert_eq!(e.code().http_status(), 503);
         }
+    }
+
+    #[test]
+    fn composite_key_errors_name_the_field_after_the_tenant() {
+        let col = |m: &str, d: Option<&str>| constraint_column(m, d, None);
+        assert_eq!(
+            col(
+                "UNIQUE constraint failed: users.tenant_id, users.email",
+                None
+            )
+            .as_deref(),
+            Some("email")
+        );
+        assert_eq!(
+            col("x", Some("Key (tenant_id, email)=(a, b) already exists.")).as_deref(),
+            Some("email")
+        );
+        assert_eq!(
+            col("x", Some("Key (email)=(b) already exists.")).as_deref(),
+            Some("email")
+        );
+        // Without key details (row-level security), the constraint's name.
+        assert_eq!(
+            named_column("uq_users_email", "users").as_deref(),
+            Some("email")
+        );
+        assert_eq!(
+            named_column("logins_account_id_fkey", "logins").as_deref(),
+            Some("account_id")
+        );
+        assert_eq!(
+            named_column("users_email_key", "users").as_deref(),
+            Some("email")
+        );
+        assert_eq!(named_column("users_pkey", "users"), None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `CREATE TABLE` and index names. The planner is its only user, and the
 //! type table here is the one it compares introspected types against.
 
-use crate::schema::{DefaultValue, FieldSchema, FieldType, Generated, ModelSchema};
+use crate::schema::{DefaultValue, FieldSchema, FieldType, Generated, ModelSchema, OnDelete};
 use crate::sql::{quote, Dialect};
 
 /// The column type without identity: what introspection reports back
@@ -60,6 +60,191 @@ pub(crate) fn expected_type(d: Dialect, f: &FieldSchema) -> String {
     sql_type(d, f).to_ascii_lowercase()
 }
 
+/// The tenant column of a tenant-scoped model (`None` on global models).
+pub(crate) fn tenant_column(m: &ModelSchema) -> Option<&'static str> {
+    if !m.options.tenant_scoped {
+        return None;
+    }
+    m.field_with(Generated::Tenant).map(|f| f.column)
+}
+
+/// An integer key the database numbers: one sequence for all tenants, so
+/// it stays a single-column key (SQLite needs `INTEGER PRIMARY KEY`).
+pub(crate) fn auto_increment_key(m: &ModelSchema) -> bool {
+    let pk = m.primary_key();
+    pk.generated == Generated::AutoIncrement && pk.ty.is_integer()
+}
+
+/// The primary key's columns: `(tenant_id, id)` on a tenant-scoped model,
+/// so the same id in two tenants is no conflict (and no existence oracle);
+/// an auto-increment key stays alone (see [`tenant_key_unique`]).
+pub(crate) fn primary_key(m: &ModelSchema) -> Vec<&'static str> {
+    let pk = m.primary_key().column;
+    match tenant_column(m) {
+        Some(t) if !auto_increment_key(m) => vec![t, pk],
+        _ => vec![pk],
+    }
+}
+
+/// The columns a field's unique constraint, index or foreign key covers:
+/// the tenant first on a tenant-scoped model.
+pub(crate) fn keyed(m: &ModelSchema, column: &'static str) -> Vec<&'static str> {
+    match tenant_column(m) {
+        Some(t) => vec![t, column],
+        None => vec![column],
+    }
+}
+
+/// The columns of a field's plain index: [`keyed`], except for a foreign
+/// key into a global model, whose index leads with the key itself (what
+/// the database's `ON DELETE` lookups need).
+pub(crate) fn index_columns(
+    m: &ModelSchema,
+    f: &FieldSchema,
+    fk_target: impl Fn(&str) -> Option<&'static ModelSchema>,
+) -> Vec<&'static str> {
+    match foreign_key(Dialect::Sqlite, m, f, fk_target) {
+        Some(fk) if !fk.composite() => vec![f.column],
+        _ => keyed(m, f.column),
+    }
+}
+
+/// `UNIQUE (tenant_id, id)` on a tenant-scoped model whose key the database
+/// numbers: what composite foreign keys into it reference.
+pub(crate) fn tenant_key_unique(m: &ModelSchema) -> Option<Vec<&'static str>> {
+    match tenant_column(m) {
+        Some(t) if auto_increment_key(m) => Some(vec![t, m.primary_key().column]),
+        _ => None,
+    }
+}
+
+/// A foreign key as the model wants it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ForeignKeyShape {
+    /// The constraint's name (PostgreSQL's own default for one column).
+    pub name: String,
+    /// The referencing columns.
+    pub columns: Vec<&'static str>,
+    /// The referenced table.
+    pub target_table: &'static str,
+    /// The referenced columns.
+    pub target_columns: Vec<&'static str>,
+    /// The `ON DELETE` action as written: `CASCADE`, `RESTRICT`, `SET NULL`,
+    /// `NO ACTION`, and between tenant-scoped models `SET NULL ("col")` on
+    /// PostgreSQL (15+), which clears the reference and keeps the tenant.
+    pub on_delete: String,
+    /// SQLite has no `SET NULL (col)`: between tenant-scoped models its key
+    /// is `NO ACTION` and this trigger on the referenced table clears the
+    /// reference first.
+    pub trigger: Option<SetNullTrigger>,
+}
+
+/// SQLite's `ON DELETE SET NULL` of a composite key that keeps the tenant:
+/// `BEFORE DELETE` on the referenced table, one `UPDATE` of the referrers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SetNullTrigger {
+    /// `dataflow_set_null_<table>_<column>`.
+    pub name: String,
+    /// The referenced table, which the trigger is on.
+    pub table: &'static str,
+    /// `CREATE TRIGGER IF NOT EXISTS ..`.
+    pub sql: String,
+}
+
+impl ForeignKeyShape {
+    /// Both sides tenant-scoped: `(tenant_id, col) → target (tenant_id, id)`.
+    pub(crate) fn composite(&self) -> bool {
+        self.columns.len() > 1
+    }
+
+    /// `FOREIGN KEY (..) REFERENCES t (..) ON DELETE ..`, as a table constraint.
+    pub(crate) fn constraint(&self) -> String {
+        format!(
+            "CONSTRAINT {} FOREIGN KEY ({}) REFERENCES {} ({}) ON DELETE {}",
+            quote(&self.name),
+            quote_list(&self.columns),
+            quote(self.target_table),
+            quote_list(&self.target_columns),
+            self.on_delete
+        )
+    }
+}
+
+/// An `ON DELETE` action as introspection spells it back (identifiers unquoted).
+pub(crate) fn action_text(action: &str) -> String {
+    action.replace('"', "")
+}
+
+/// The foreign key of field `f`, if it references a model `fk_target` knows.
+/// Between tenant-scoped models it includes the tenant on both sides, so the
+/// database itself refuses a reference into another tenant.
+pub(crate) fn foreign_key(
+    d: Dialect,
+    m: &ModelSchema,
+    f: &FieldSchema,
+    fk_target: impl Fn(&str) -> Option<&'static ModelSchema>,
+) -> Option<ForeignKeyShape> {
+    let fk = f.references?;
+    let target = fk_target(fk.model)?;
+    let pk = target.primary_key().column;
+    let name = format!("{}_{}_fkey", m.table, f.column);
+    let (columns, target_columns) = match (tenant_column(m), tenant_column(target)) {
+        (Some(mine), Some(theirs)) => (vec![mine, f.column], vec![theirs, pk]),
+        _ => {
+            return Some(ForeignKeyShape {
+                name,
+                columns: vec![f.column],
+                target_table: target.table,
+                target_columns: vec![pk],
+                on_delete: fk.on_delete.sql().to_string(),
+                trigger: None,
+            })
+        }
+    };
+    let (on_delete, trigger) = match (fk.on_delete, d) {
+        (OnDelete::SetNull, Dialect::Postgres) => (format!("SET NULL ({})", quote(f.column)), None),
+        (OnDelete::SetNull, Dialect::Sqlite) => {
+            let trigger = format!("dataflow_set_null_{}_{}", m.table, f.column);
+            let sql = format!(
+                "CREATE TRIGGER IF NOT EXISTS {} BEFORE DELETE ON {} FOR EACH ROW BEGIN \
+                 UPDATE {} SET {col} = NULL WHERE {} = OLD.{} AND {col} = OLD.{}; END",
+                quote(&trigger),
+                quote(target.table),
+                quote(m.table),
+                quote(columns[0]),
+                quote(target_columns[0]),
+                quote(pk),
+                col = quote(f.column),
+            );
+            (
+                OnDelete::NoAction.sql().to_string(),
+                Some(SetNullTrigger {
+                    name: trigger,
+                    table: target.table,
+                    sql,
+                }),
+            )
+        }
+        (action, _) => (action.sql().to_string(), None),
+    };
+    Some(ForeignKeyShape {
+        name,
+        columns,
+        target_table: target.table,
+        target_columns,
+        on_delete,
+        trigger,
+    })
+}
+
+/// `"a", "b"`.
+pub(crate) fn quote_list(cols: &[impl AsRef<str>]) -> String {
+    cols.iter()
+        .map(|c| quote(c.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `CREATE TABLE IF NOT EXISTS` plus its indexes. `fk_target` resolves a
 /// referenced model name to its schema (checked at boot).
 pub(crate) fn create_table(
@@ -71,42 +256,82 @@ pub(crate) fn create_table(
 }
 
 /// [`create_table`] under another table name (SQLite table rebuilds).
+/// A global model's keys are column constraints; a tenant-scoped model's
+/// composite keys are table constraints after the columns.
 pub(crate) fn create_table_as(
     d: Dialect,
     m: &ModelSchema,
     table: &str,
     fk_target: impl Fn(&str) -> Option<&'static ModelSchema>,
 ) -> Vec<String> {
-    let cols: Vec<String> = m
+    let mut parts: Vec<String> = m
         .fields
         .iter()
-        .map(|f| column_def(d, f, &fk_target))
+        .map(|f| column_def(d, m, f, &fk_target))
         .collect();
+    if tenant_column(m).is_some() {
+        let pk = primary_key(m);
+        if pk.len() > 1 {
+            parts.push(format!("PRIMARY KEY ({})", quote_list(&pk)));
+        }
+        if let Some(cols) = tenant_key_unique(m) {
+            parts.push(unique_constraint(m, m.primary_key().column, &cols));
+        }
+        for f in m.fields.iter().filter(|f| f.unique && !f.primary_key) {
+            parts.push(unique_constraint(m, f.column, &keyed(m, f.column)));
+        }
+    }
+    let composite: Vec<ForeignKeyShape> = m
+        .fields
+        .iter()
+        .filter_map(|f| foreign_key(d, m, f, &fk_target))
+        .filter(ForeignKeyShape::composite)
+        .collect();
+    parts.extend(composite.iter().map(ForeignKeyShape::constraint));
     let mut stmts = vec![format!(
         "CREATE TABLE IF NOT EXISTS {} ({})",
         quote(table),
-        cols.join(", ")
+        parts.join(", ")
     )];
-    for f in m.fields.iter().filter(|f| expects_index(f)) {
+    stmts.extend(
+        composite
+            .into_iter()
+            .filter_map(|fk| fk.trigger)
+            .map(|t| t.sql),
+    );
+    for f in m.fields.iter().filter(|f| expects_index(m, f)) {
         stmts.push(format!(
             "CREATE INDEX IF NOT EXISTS {} ON {} ({})",
             quote(&index_name(m.table, f.column)),
             quote(table),
-            quote(f.column)
+            quote_list(&index_columns(m, f, &fk_target))
         ));
     }
     stmts
 }
 
+/// `CONSTRAINT uq_<table>_<column> UNIQUE (..)`.
+fn unique_constraint(m: &ModelSchema, column: &str, cols: &[&str]) -> String {
+    format!(
+        "CONSTRAINT {} UNIQUE ({})",
+        quote(&unique_name(m.table, column)),
+        quote_list(cols)
+    )
+}
+
 /// One column's definition: type, key, NOT NULL, UNIQUE, DEFAULT and
-/// REFERENCES — for CREATE TABLE and ADD COLUMN alike.
+/// REFERENCES — for CREATE TABLE and ADD COLUMN alike. What a
+/// tenant-scoped model's keys make composite is left to table
+/// constraints ([`create_table_as`]).
 pub(crate) fn column_def(
     d: Dialect,
+    m: &ModelSchema,
     f: &FieldSchema,
     fk_target: impl Fn(&str) -> Option<&'static ModelSchema>,
 ) -> String {
+    let scoped = tenant_column(m).is_some();
     let mut c = format!("{} {}", quote(f.column), column_type(d, f));
-    if f.primary_key {
+    if f.primary_key && primary_key(m).len() == 1 {
         c.push_str(" PRIMARY KEY");
         if d == Dialect::Sqlite && f.generated == Generated::AutoIncrement {
             c.push_str(" AUTOINCREMENT");
@@ -114,22 +339,19 @@ pub(crate) fn column_def(
     } else if !f.nullable {
         c.push_str(" NOT NULL");
     }
-    if f.unique && !f.primary_key {
+    if f.unique && !f.primary_key && !scoped {
         c.push_str(" UNIQUE");
     }
     if let Some(v) = f.default {
         c.push_str(" DEFAULT ");
         c.push_str(&default_literal(d, v));
     }
-    if let Some((target, fk)) = f
-        .references
-        .and_then(|fk| fk_target(fk.model).map(|t| (t, fk)))
-    {
+    if let Some(fk) = foreign_key(d, m, f, fk_target).filter(|fk| !fk.composite()) {
         c.push_str(&format!(
             " REFERENCES {} ({}) ON DELETE {}",
-            quote(target.table),
-            quote(target.primary_key().column),
-            fk.on_delete.sql()
+            quote(fk.target_table),
+            quote_list(&fk.target_columns),
+            fk.on_delete
         ));
     }
     c
@@ -147,9 +369,13 @@ pub(crate) fn default_literal(d: Dialect, v: DefaultValue) -> String {
 }
 
 /// Whether a field gets a plain index: asked for, or a foreign key (unique
-/// and primary-key columns are indexed by their constraint).
-pub(crate) fn expects_index(f: &FieldSchema) -> bool {
-    (f.index || f.references.is_some()) && !f.unique && !f.primary_key
+/// and primary-key columns are indexed by their constraint, and so is the
+/// tenant column, which leads every key of a tenant-scoped table).
+pub(crate) fn expects_index(m: &ModelSchema, f: &FieldSchema) -> bool {
+    (f.index || f.references.is_some())
+        && !f.unique
+        && !f.primary_key
+        && !(f.generated == Generated::Tenant && tenant_column(m).is_some())
 }
 
 /// The name of a field's plain index.
@@ -314,8 +540,107 @@ pub(crate) mod tests {
         ],
     );
 
+    pub(crate) const fn tenant_model(
+        name: &'static str,
+        table: &'static str,
+        fields: &'static [FieldSchema],
+    ) -> ModelSchema {
+        let mut m = model(name, table, fields);
+        m.options.tenant_scoped = true;
+        m
+    }
+
+    /// The managed tenant column, as the macro adds it.
+    pub(crate) const TENANT: FieldSchema = FieldSchema {
+        index: true,
+        generated: Generated::Tenant,
+        ..field("tenant_id", FieldType::String)
+    };
+
+    /// Tenant-scoped, with a user-writable key and a unique field.
+    pub(crate) static MEMBER: ModelSchema = tenant_model(
+        "Member",
+        "members",
+        &[
+            FieldSchema {
+                primary_key: true,
+                generated: Generated::Uuid7,
+                ..field("id", FieldType::String)
+            },
+            FieldSchema {
+                unique: true,
+                ..field("email", FieldType::String)
+            },
+            FieldSchema {
+                index: true,
+                ..field("rank", FieldType::I32)
+            },
+            TENANT,
+        ],
+    );
+
+    /// Tenant-scoped with an auto-increment key.
+    pub(crate) static TICKET: ModelSchema = tenant_model(
+        "Ticket",
+        "tickets",
+        &[
+            FieldSchema {
+                primary_key: true,
+                generated: Generated::AutoIncrement,
+                ..field("id", FieldType::I64)
+            },
+            TENANT,
+        ],
+    );
+
+    /// References two tenant-scoped models (composite keys) and a global one (plain).
+    pub(crate) static VISIT: ModelSchema = tenant_model(
+        "Visit",
+        "visits",
+        &[
+            FieldSchema {
+                primary_key: true,
+                ..field("id", FieldType::String)
+            },
+            FieldSchema {
+                references: Some(ForeignKey {
+                    model: "Member",
+                    on_delete: OnDelete::Cascade,
+                }),
+                ..field("member_id", FieldType::String)
+            },
+            FieldSchema {
+                nullable: true,
+                references: Some(ForeignKey {
+                    model: "Ticket",
+                    on_delete: OnDelete::Restrict,
+                }),
+                ..field("ticket_id", FieldType::I64)
+            },
+            FieldSchema {
+                nullable: true,
+                references: Some(ForeignKey {
+                    model: "Author",
+                    on_delete: OnDelete::SetNull,
+                }),
+                ..field("author_id", FieldType::I64)
+            },
+            FieldSchema {
+                nullable: true,
+                references: Some(ForeignKey {
+                    model: "Member",
+                    on_delete: OnDelete::SetNull,
+                }),
+                ..field("host_id", FieldType::String)
+            },
+            TENANT,
+        ],
+    );
+
     pub(crate) fn lookup(name: &str) -> Option<&'static ModelSchema> {
-        [&AUTHOR, &POST].into_iter().find(|m| m.name == name)
+        [&AUTHOR, &POST, &MEMBER, &TICKET, &VISIT]
+            .into_iter()
+            .find(|m| m.name == name)
     }
 
     fn both_dialects(f: impl Fn(Dialect) -> Vec<String>) -> String {
@@ -336,14 +661,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn tenant_scoped_tables_key_everything_by_tenant() {
+        insta::assert_snapshot!(both_dialects(|d| {
+            let mut stmts = create_table(d, &MEMBER, lookup);
+            stmts.extend(create_table(d, &TICKET, lookup));
+            stmts.extend(create_table(d, &VISIT, lookup));
+            stmts
+        }));
+    }
+
+    #[test]
     fn auto_increment_keys_are_identity_on_postgres_and_autoincrement_on_sqlite() {
         let id = &AUTHOR.fields[0];
         assert_eq!(
-            column_def(Dialect::Postgres, id, lookup),
+            column_def(Dialect::Postgres, &AUTHOR, id, lookup),
             "\"id\" BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
         );
         assert_eq!(
-            column_def(Dialect::Sqlite, id, lookup),
+            column_def(Dialect::Sqlite, &AUTHOR, id, lookup),
             "\"id\" INTEGER PRIMARY KEY AUTOINCREMENT"
         );
         assert_eq!(expected_type(Dialect::Postgres, id), "bigint");

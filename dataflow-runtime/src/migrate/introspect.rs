@@ -1,6 +1,7 @@
 //! Reading the live schema back from the database: tables, columns, types,
-//! nullability, defaults, primary keys, unique constraints, indexes and
-//! foreign keys, in one normalized shape for both backends.
+//! nullability, defaults, primary keys, unique constraints, indexes,
+//! foreign keys (composite ones too) and, on PostgreSQL, row-level
+//! security, in one normalized shape for both backends.
 
 use super::{cell_text, opt_text, query as rows};
 use crate::backend::Conn;
@@ -20,7 +21,7 @@ pub struct LiveColumn {
     pub nullable: bool,
     /// The default expression, normalized (`1`, `'draft'`, `true`).
     pub default: Option<String>,
-    /// It is the (single-column) primary key.
+    /// It is (part of) the primary key.
     pub primary_key: bool,
     /// A single-column unique constraint or unique index covers it.
     pub unique: bool,
@@ -37,17 +38,29 @@ pub struct LiveIndex {
     pub unique: bool,
 }
 
-/// A single-column foreign key.
+/// A foreign key, of one column or several (`(tenant_id, user_id)`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveForeignKey {
-    /// The referencing column.
-    pub column: String,
+    /// The constraint's name (PostgreSQL; SQLite's are not kept).
+    pub name: Option<String>,
+    /// The referencing columns, in key order.
+    pub columns: Vec<String>,
     /// The referenced table.
     pub target_table: String,
-    /// The referenced column.
-    pub target_column: String,
+    /// The referenced columns, in key order.
+    pub target_columns: Vec<String>,
     /// `CASCADE`, `RESTRICT`, `SET NULL`, `NO ACTION`.
     pub on_delete: String,
+}
+
+/// A trigger on a table (SQLite; dataflow makes them for `set_null`
+/// between tenant-scoped models).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveTrigger {
+    /// The trigger's name.
+    pub name: String,
+    /// Its `CREATE TRIGGER` text (a table rebuild makes it again).
+    pub sql: String,
 }
 
 /// A table as the database has it.
@@ -57,18 +70,53 @@ pub struct LiveTable {
     pub name: String,
     /// Its columns, in table order.
     pub columns: Vec<LiveColumn>,
-    /// Non-unique and unique indexes that are not the primary key.
+    /// The primary key's columns, in key order.
+    pub primary_key: Vec<String>,
+    /// The primary key constraint's name (PostgreSQL).
+    pub primary_key_name: Option<String>,
+    /// Indexes made with `CREATE INDEX` (plain and unique), not the ones
+    /// behind constraints.
     pub indexes: Vec<LiveIndex>,
+    /// `UNIQUE` constraints (of one column or several), with their names.
+    pub unique_constraints: Vec<LiveIndex>,
     /// Its foreign keys.
     pub foreign_keys: Vec<LiveForeignKey>,
     /// SQLite's original `CREATE TABLE` text (used to rebuild it back).
     pub create_sql: Option<String>,
+    /// PostgreSQL: row-level security is enabled and forced.
+    pub row_level_security: bool,
+    /// PostgreSQL: the names of the table's row-level security policies.
+    pub policies: Vec<String>,
+    /// SQLite: the triggers on the table.
+    pub triggers: Vec<LiveTrigger>,
 }
 
 impl LiveTable {
     /// The column named `name`.
     pub fn column(&self, name: &str) -> Option<&LiveColumn> {
         self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// The unique constraint or unique index on exactly `columns`, and
+    /// whether it is a constraint.
+    pub(crate) fn unique_on(&self, columns: &[&str]) -> Option<(&LiveIndex, bool)> {
+        let same = |i: &&LiveIndex| {
+            i.columns
+                .iter()
+                .map(String::as_str)
+                .eq(columns.iter().copied())
+        };
+        self.unique_constraints
+            .iter()
+            .find(same)
+            .map(|i| (i, true))
+            .or_else(|| {
+                self.indexes
+                    .iter()
+                    .filter(|i| i.unique)
+                    .find(same)
+                    .map(|i| (i, false))
+            })
     }
 }
 
@@ -120,6 +168,7 @@ fn sqlite<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
         let name = cell_text(&it.next().unwrap_or(Cell::Null));
         let create_sql = it.next().as_ref().and_then(opt_text);
         let mut columns = Vec::new();
+        let mut key: Vec<(i64, String)> = Vec::new();
         for c in rows(
             conn,
             &format!(
@@ -131,6 +180,9 @@ fn sqlite<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
             let [n, ty, notnull, dflt, pk]: [Cell; 5] = c
                 .try_into()
                 .map_err(|_| Error::internal("pragma_table_info shape"))?;
+            if int(&pk) > 0 {
+                key.push((int(&pk), cell_text(&n)));
+            }
             let pk = int(&pk) > 0;
             let ty = cell_text(&ty).to_ascii_lowercase();
             columns.push(LiveColumn {
@@ -142,7 +194,10 @@ fn sqlite<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
                 unique: false,
             });
         }
+        key.sort();
+        let primary_key: Vec<String> = key.into_iter().map(|(_, c)| c).collect();
         let mut indexes = Vec::new();
+        let mut unique_constraints = Vec::new();
         for idx in rows(
             conn,
             &format!(
@@ -172,32 +227,60 @@ fn sqlite<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
                     c.unique = true;
                 }
             }
-            // Constraint-backed indexes ("u") belong to the column definition.
-            if origin == "c" {
-                indexes.push(LiveIndex {
-                    name: iname,
-                    columns: cols,
-                    unique,
-                });
+            let index = LiveIndex {
+                name: iname,
+                columns: cols,
+                unique,
+            };
+            match origin.as_str() {
+                "c" => indexes.push(index),
+                // Constraint-backed: rebuilt with the table, never dropped alone.
+                _ => unique_constraints.push(index),
             }
         }
-        let mut foreign_keys = Vec::new();
+        let mut foreign_keys: Vec<(i64, LiveForeignKey)> = Vec::new();
         for fk in rows(
             conn,
             &format!(
-                "SELECT \"from\", \"table\", \"to\", on_delete FROM pragma_foreign_key_list({})",
+                "SELECT id, \"from\", \"table\", \"to\", on_delete FROM pragma_foreign_key_list({}) ORDER BY id, seq",
                 quote_lit(&name)
             ),
             vec![],
         )? {
-            let [from, table, to, on_delete]: [Cell; 4] = fk
+            let [id, from, table, to, on_delete]: [Cell; 5] = fk
                 .try_into()
                 .map_err(|_| Error::internal("pragma_foreign_key_list shape"))?;
-            foreign_keys.push(LiveForeignKey {
-                column: cell_text(&from),
-                target_table: cell_text(&table),
-                target_column: cell_text(&to),
-                on_delete: cell_text(&on_delete),
+            // One row per column of the key, in key order.
+            match foreign_keys.last_mut() {
+                Some((last, k)) if *last == int(&id) => {
+                    k.columns.push(cell_text(&from));
+                    k.target_columns.push(cell_text(&to));
+                }
+                _ => foreign_keys.push((
+                    int(&id),
+                    LiveForeignKey {
+                        name: None,
+                        columns: vec![cell_text(&from)],
+                        target_table: cell_text(&table),
+                        target_columns: vec![cell_text(&to)],
+                        on_delete: cell_text(&on_delete),
+                    },
+                )),
+            }
+        }
+        let foreign_keys = foreign_keys.into_iter().map(|(_, k)| k).collect();
+        let mut triggers = Vec::new();
+        for r in rows(
+            conn,
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? ORDER BY name",
+            vec![super::text(name.as_str())],
+        )? {
+            let [n, sql]: [Cell; 2] = r
+                .try_into()
+                .map_err(|_| Error::internal("sqlite_master trigger shape"))?;
+            triggers.push(LiveTrigger {
+                name: cell_text(&n),
+                sql: cell_text(&sql),
             });
         }
         out.insert(
@@ -205,9 +288,15 @@ fn sqlite<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
             LiveTable {
                 name,
                 columns,
+                primary_key,
+                primary_key_name: None,
                 indexes,
+                unique_constraints,
                 foreign_keys,
                 create_sql,
+                row_level_security: false,
+                policies: Vec::new(),
+                triggers,
             },
         );
     }
@@ -290,30 +379,50 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
         );
         if cols.len() == 1 {
             if let Some(c) = t.columns.iter_mut().find(|c| c.name == cols[0]) {
-                c.primary_key |= primary;
                 c.unique |= unique && !primary;
             }
         }
-        if !primary && !matches!(constraint, Cell::Bool(true)) {
-            t.indexes.push(LiveIndex {
-                name: cell_text(&name),
-                columns: cols,
-                unique,
-            });
+        let index = LiveIndex {
+            name: cell_text(&name),
+            columns: cols,
+            unique,
+        };
+        if primary {
+            for c in t.columns.iter_mut() {
+                c.primary_key |= index.columns.contains(&c.name);
+            }
+            // A constraint's index has the constraint's name.
+            t.primary_key_name = Some(index.name.clone());
+            t.primary_key = index.columns;
+        } else if matches!(constraint, Cell::Bool(true)) {
+            t.unique_constraints.push(index);
+        } else {
+            t.indexes.push(index);
         }
     }
     let fks = rows(
         conn,
-        "SELECT t.relname::text, a.attname::text, ft.relname::text, fa.attname::text, c.confdeltype::text \
+        "SELECT t.relname::text, c.conname::text, \
+                array_to_string(ARRAY(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(attnum, ord) \
+                    JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum ORDER BY k.ord), ','), \
+                ft.relname::text, \
+                array_to_string(ARRAY(SELECT a.attname FROM unnest(c.confkey) WITH ORDINALITY k(attnum, ord) \
+                    JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum ORDER BY k.ord), ','), \
+                c.confdeltype::text, pg_get_constraintdef(c.oid) \
          FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid JOIN pg_class ft ON ft.oid = c.confrelid \
          JOIN pg_namespace n ON n.oid = t.relnamespace \
-         JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] \
-         JOIN pg_attribute fa ON fa.attrelid = c.confrelid AND fa.attnum = c.confkey[1] \
-         WHERE c.contype = 'f' AND n.nspname = current_schema() ORDER BY t.relname, a.attname",
+         WHERE c.contype = 'f' AND n.nspname = current_schema() ORDER BY t.relname, c.conname",
         vec![],
     )?;
+    let list = |c: &Cell| -> Vec<String> {
+        cell_text(c)
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
     for r in fks {
-        let [table, column, target, target_column, action]: [Cell; 5] =
+        let [table, name, columns, target, target_columns, action, def]: [Cell; 7] =
             r.try_into().map_err(|_| Error::internal("fk shape"))?;
         let Some(t) = out.get_mut(&cell_text(&table)) else {
             continue;
@@ -325,12 +434,38 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
             "d" => "SET DEFAULT",
             _ => "NO ACTION",
         };
+        // PostgreSQL 15's `SET NULL (col)` clears only some of the columns.
+        let def = cell_text(&def);
+        let on_delete = match def.split_once("ON DELETE SET NULL (") {
+            Some((_, rest)) if on_delete == "SET NULL" => {
+                format!("SET NULL ({})", rest.split(')').next().unwrap_or_default())
+            }
+            _ => on_delete.to_string(),
+        };
         t.foreign_keys.push(LiveForeignKey {
-            column: cell_text(&column),
+            name: Some(cell_text(&name)),
+            columns: list(&columns),
             target_table: cell_text(&target),
-            target_column: cell_text(&target_column),
-            on_delete: on_delete.into(),
+            target_columns: list(&target_columns),
+            on_delete: on_delete.replace('"', ""),
         });
+    }
+    let rls = rows(
+        conn,
+        "SELECT t.relname::text, t.relrowsecurity AND t.relforcerowsecurity, \
+                COALESCE((SELECT string_agg(p.polname::text, ',' ORDER BY p.polname) FROM pg_policy p WHERE p.polrelid = t.oid), '') \
+         FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace \
+         WHERE n.nspname = current_schema() AND t.relkind = 'r' AND (t.relrowsecurity OR t.relforcerowsecurity \
+            OR EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = t.oid))",
+        vec![],
+    )?;
+    for r in rls {
+        let [table, on, policies]: [Cell; 3] =
+            r.try_into().map_err(|_| Error::internal("rls shape"))?;
+        if let Some(t) = out.get_mut(&cell_text(&table)) {
+            t.row_level_security = matches!(on, Cell::Bool(true));
+            t.policies = list(&policies);
+        }
     }
     for t in out.values_mut() {
         for c in t.columns.iter_mut().filter(|c| c.primary_key) {
@@ -340,13 +475,18 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
     Ok(out)
 }
 
-/// Whether a table has at least one row (risk depends on it).
+/// Whether a table has at least one row (risk depends on it). On
+/// PostgreSQL the question is asked as a system read across tenants, so a
+/// table behind row-level security answers for all its rows.
 pub(crate) fn has_rows<C: Conn>(conn: &mut C, table: &str) -> Result<bool> {
-    let r = rows(
-        conn,
-        &format!("SELECT EXISTS (SELECT 1 FROM {})", crate::sql::quote(table)),
-        vec![],
-    )?;
+    let sql = format!("SELECT EXISTS (SELECT 1 FROM {})", crate::sql::quote(table));
+    let r = match C::DIALECT {
+        Dialect::Sqlite => rows(conn, &sql, vec![])?,
+        Dialect::Postgres => conn.write_transaction(|c| {
+            crate::rls::set(c, &crate::rls::Scope::AllTenantsRead)?;
+            rows(c, &sql, vec![])
+        })?,
+    };
     Ok(r.first()
         .and_then(|r| r.first())
         .is_some_and(|c| int(c) == 1))

@@ -19,7 +19,8 @@ mod request;
 
 pub use crate::migrations::Migrations;
 pub use history::{HistoryEntry, MigrationSource, MigrationStatus, RegisteredModel};
-pub use introspect::{LiveColumn, LiveForeignKey, LiveIndex, LiveSchema, LiveTable};
+pub use introspect::{LiveColumn, LiveForeignKey, LiveIndex, LiveSchema, LiveTable, LiveTrigger};
+pub(crate) use plan::SchemaOptions;
 pub use plan::{plan, Drift, MigrationPlan, OpKind, Operation, RiskLevel, Rule, RuleHit};
 pub use request::{ApplyRequest, RollbackRequest};
 
@@ -172,23 +173,64 @@ pub(crate) fn opt_text(c: &Cell) -> Option<String> {
 }
 
 /// The one boot query: does every compiled checksum match the registry?
-/// `Ok(false)` also when the registry does not exist yet.
+/// `Ok(false)` also when the registry does not exist yet. On PostgreSQL
+/// with tenant-scoped models the same round trip also counts their tables'
+/// row-level security policies, which the configuration (not the models)
+/// decides: turning `row_level_security` on or off is a schema change too.
 pub(crate) fn registry_matches<C: Conn>(
     conn: &mut C,
     app: &str,
     models: &[&'static ModelSchema],
+    schema: &SchemaOptions,
 ) -> Result<bool> {
-    let rows = match query(
-        conn,
-        "SELECT model, checksum FROM dataflow_registry WHERE application_id = ?",
-        vec![text(app)],
-    ) {
+    let scoped: Vec<String> = models
+        .iter()
+        .filter(|m| m.options.tenant_scoped)
+        .map(|m| m.table.to_string())
+        .collect();
+    let rls = C::DIALECT == Dialect::Postgres && !scoped.is_empty();
+    let result = if rls {
+        let tables = || SqlValue::Array(crate::value::SqlArray::Text(scoped.clone()));
+        query(
+            conn,
+            "SELECT model, checksum, \
+               (SELECT COUNT(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                WHERE n.nspname = current_schema() AND c.relname = ANY(?) AND c.relrowsecurity AND c.relforcerowsecurity \
+                  AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'dataflow_tenant')), \
+               (SELECT COUNT(*) FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                WHERE n.nspname = current_schema() AND c.relname = ANY(?) AND p.polname = 'dataflow_tenant') \
+             FROM dataflow_registry WHERE application_id = ?",
+            vec![tables(), tables(), text(app)],
+        )
+    } else {
+        query(
+            conn,
+            "SELECT model, checksum FROM dataflow_registry WHERE application_id = ?",
+            vec![text(app)],
+        )
+    };
+    let rows = match result {
         Ok(rows) => rows,
         Err(e) if e.code() == ErrorCode::Database => return Ok(false),
         Err(e) => return Err(e),
     };
     if rows.len() != models.len() {
         return Ok(false);
+    }
+    if let Some(r) = rows.first().filter(|_| rls) {
+        let count = |c: Option<&Cell>| match c {
+            Some(Cell::I64(n)) => *n,
+            _ => -1,
+        };
+        let (guarded, policies) = (count(r.get(2)), count(r.get(3)));
+        let expected = if schema.row_level_security {
+            (scoped.len() as i64, scoped.len() as i64)
+        } else {
+            (0, 0)
+        };
+        if (guarded, policies) != expected {
+            return Ok(false);
+        }
     }
     let persisted: BTreeMap<String, String> = rows
         .iter()
@@ -197,6 +239,46 @@ pub(crate) fn registry_matches<C: Conn>(
     Ok(models
         .iter()
         .all(|m| persisted.get(m.name) == Some(&m.checksum_hex())))
+}
+
+/// Refuses models the PostgreSQL server cannot hold, before any DDL:
+/// `set_null` between tenant-scoped models needs `ON DELETE SET NULL (col)`
+/// (PostgreSQL 15+).
+pub(crate) fn check_server<C: Conn>(conn: &mut C, models: &[&'static ModelSchema]) -> Result<()> {
+    if C::DIALECT != Dialect::Postgres {
+        return Ok(());
+    }
+    let lookup = |name: &str| models.iter().copied().find(|m| m.name == name);
+    let Some((m, f)) = models.iter().find_map(|m| {
+        m.fields
+            .iter()
+            .find(|f| {
+                ddl::foreign_key(Dialect::Postgres, m, f, lookup)
+                    .is_some_and(|fk| fk.composite() && fk.on_delete.starts_with("SET NULL"))
+            })
+            .map(|f| (m, f))
+    }) else {
+        return Ok(());
+    };
+    let version = query(
+        conn,
+        "SELECT current_setting('server_version_num')::bigint",
+        vec![],
+    )?;
+    match version.first().and_then(|r| r.first()) {
+        Some(Cell::I64(v)) if *v < 150_000 => Err(Error::new(
+            ErrorCode::NotSupported,
+            format!(
+                "{}.{} has on_delete = \"set_null\" between tenant-scoped models, which needs \
+                 ON DELETE SET NULL (column) from PostgreSQL 15; this server is {v}; use \
+                 \"cascade\", \"restrict\" or \"no_action\", or a newer server",
+                m.name, f.name
+            ),
+        )
+        .with_model(m.name)
+        .with_field(f.name)),
+        _ => Ok(()),
+    }
 }
 
 /// What boot does about the schema, from the configuration.
@@ -212,6 +294,8 @@ pub(crate) struct BootPolicy {
     pub applied_by: String,
     pub embedded: &'static [EmbeddedMigration],
     pub timeouts: Timeouts,
+    /// Row-level security from the configuration (boot never backfills).
+    pub schema: SchemaOptions,
 }
 
 /// A reviewed migration file compiled into the binary by
@@ -257,10 +341,10 @@ pub(crate) fn boot_migrate<C: Conn>(
         history::recover_interrupted(conn)?;
         history::run_embedded(conn, policy)?;
         // Another process may have migrated while we waited for the lock.
-        if policy.registry && registry_matches(conn, &policy.app, models)? {
+        if policy.registry && registry_matches(conn, &policy.app, models, &policy.schema)? {
             return Ok(());
         }
-        let plan = plan_for(conn, models, &policy.app, &policy.timeouts)?;
+        let plan = plan_for(conn, models, &policy.app, &policy.timeouts, &policy.schema)?;
         if plan.is_empty() {
             if policy.registry {
                 history::record_registry(conn, &policy.app, models, None)?;
@@ -274,13 +358,22 @@ pub(crate) fn boot_migrate<C: Conn>(
             return Err(blocked_error(&plan));
         }
         if policy.staging {
-            stage(conn, target, models, &plan, &policy.app, &policy.timeouts)?;
+            stage(
+                conn,
+                target,
+                models,
+                &plan,
+                &policy.app,
+                &policy.timeouts,
+                &policy.schema,
+            )?;
         }
         let options = ApplyOptions {
             app: &policy.app,
             applied_by: &policy.applied_by,
             allow: &[],
             reason: None,
+            tenant: None,
             name: "auto",
             record_registry: policy.registry,
             timeouts: &policy.timeouts,
@@ -296,6 +389,7 @@ pub(crate) fn plan_for<C: Conn>(
     models: &[&'static ModelSchema],
     app: &str,
     timeouts: &Timeouts,
+    schema: &SchemaOptions,
 ) -> Result<MigrationPlan> {
     let live = introspect(conn)?;
     let known = if table_exists(conn, "dataflow_registry_history")? {
@@ -319,9 +413,14 @@ pub(crate) fn plan_for<C: Conn>(
         rows_cache.insert(t.to_string(), v);
         v
     };
-    let mut plan = plan(C::DIALECT, models, &live, &mut has_rows, &|t| {
-        known.get(t).cloned()
-    });
+    let mut plan = plan::plan_with(
+        C::DIALECT,
+        models,
+        &live,
+        &mut has_rows,
+        &|t| known.get(t).cloned(),
+        schema,
+    );
     plan.settings = timeouts.settings(C::DIALECT);
     match err {
         Some(e) => Err(e),
@@ -359,10 +458,15 @@ fn blocked_error(plan: &MigrationPlan) -> Error {
         .find(|o| o.risk > RiskLevel::Low)
         .map(|o| o.model.clone())
         .unwrap_or_default();
+    let tenant = if plan.rules().contains(&Rule::TenantBackfillRequired) {
+        " --tenant <the tenant that owns the existing rows>"
+    } else {
+        ""
+    };
     Error::new(
         ErrorCode::MigrationBlocked,
         format!(
-            "the schema change needs review; nothing was applied:\n{}\nreview it with `migrate plan`, then apply it with `migrate apply {} --reason \"...\"`",
+            "the schema change needs review; nothing was applied:\n{}\nreview it with `migrate plan`, then apply it with `migrate apply {}{tenant} --reason \"...\"`",
             lines.join("\n"),
             allow.join(" ")
         ),
@@ -380,6 +484,9 @@ pub(crate) struct ApplyOptions<'a> {
     pub allow: &'a [Rule],
     /// Why (required for anything above low risk; recorded).
     pub reason: Option<&'a str>,
+    /// The tenant a `tenant_backfill_required` operation assigns existing
+    /// rows to (the plan was made with it).
+    pub tenant: Option<&'a str>,
     /// The migration's name in the history.
     pub name: &'a str,
     pub record_registry: bool,
@@ -420,6 +527,22 @@ pub(crate) fn apply<C: Conn>(
             ErrorCode::MigrationBlocked,
             "risky operations need --reason \"...\", which is recorded in the history",
         ));
+    }
+    if let Some(op) = plan.operations.iter().find(|op| {
+        op.rules
+            .iter()
+            .any(|r| r.rule == Rule::TenantBackfillRequired)
+    }) {
+        if o.tenant.is_none() {
+            return Err(Error::new(
+                ErrorCode::MigrationBlocked,
+                format!(
+                    "`{}` assigns the existing rows of {} to one tenant: name it with --tenant <id>",
+                    op.summary, op.table
+                ),
+            )
+            .with_model(&op.model));
+        }
     }
     let (up, down) = plan.statements();
     let version = history::next_version(
@@ -487,6 +610,7 @@ pub(crate) fn stage<C: Conn>(
     plan: &MigrationPlan,
     app: &str,
     timeouts: &Timeouts,
+    schema: &SchemaOptions,
 ) -> Result<StagingReport> {
     let ops = plan.operations.len();
     match target {
@@ -507,7 +631,7 @@ pub(crate) fn stage<C: Conn>(
                 else {
                     unreachable!("a SQLite target opens a SQLite connection")
                 };
-                verify(&mut c, models, plan, app, timeouts)
+                verify(&mut c, models, plan, app, timeouts, schema)
             })();
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{copy_path}{suffix}"));
@@ -526,7 +650,7 @@ pub(crate) fn stage<C: Conn>(
             const ROLLBACK: &str = "__dataflow_staging_rollback__";
             let mut steps = Vec::new();
             let outcome = conn.write_transaction(|c| {
-                steps = verify(c, models, plan, app, timeouts)?;
+                steps = verify(c, models, plan, app, timeouts, schema)?;
                 Err::<(), _>(Error::internal(ROLLBACK))
             });
             match outcome {
@@ -549,6 +673,7 @@ fn verify<C: Conn>(
     plan: &MigrationPlan,
     app: &str,
     timeouts: &Timeouts,
+    schema: &SchemaOptions,
 ) -> Result<Vec<String>> {
     let (up, down) = plan.statements();
     let fail = |step: &str, e: Error| {
@@ -561,7 +686,7 @@ fn verify<C: Conn>(
     let mut steps = Vec::new();
     history::run_statements(conn, timeouts, &up, |_| Ok(())).map_err(|e| fail("apply", e))?;
     steps.push(format!("applied {} statements", up.len()));
-    let after = plan_for(conn, models, app, timeouts)?;
+    let after = plan_for(conn, models, app, timeouts, schema)?;
     if !after.is_empty() {
         return Err(Error::new(
             ErrorCode::MigrationBlocked,
@@ -574,7 +699,7 @@ fn verify<C: Conn>(
     }
     steps.push("re-planned to nothing".into());
     history::run_statements(conn, timeouts, &down, |_| Ok(())).map_err(|e| fail("down", e))?;
-    let back = plan_for(conn, models, app, timeouts)?;
+    let back = plan_for(conn, models, app, timeouts, schema)?;
     if back.operations.len() != plan.operations.len() {
         return Err(Error::new(ErrorCode::MigrationBlocked, format!("staging: the down SQL did not restore the previous schema ({} operations planned instead of {})", back.operations.len(), plan.operations.len())));
     }

@@ -5,7 +5,7 @@
 use super::ddl;
 use super::introspect::{normalize_default, LiveColumn, LiveSchema, LiveTable};
 use crate::error::{Error, ErrorCode};
-use crate::schema::{FieldSchema, ModelSchema};
+use crate::schema::{FieldSchema, Generated, ModelSchema};
 use crate::sql::{quote, Dialect};
 use crate::value::did_you_mean;
 use serde::Serialize;
@@ -92,11 +92,14 @@ pub enum Rule {
     UniqueLock,
     /// A PostgreSQL foreign key added without `NOT VALID` on a table with rows.
     FkWithoutNotValid,
+    /// `tenant_scoped` turned on for a table with rows: every existing row
+    /// is assigned to one tenant, given with `--tenant`.
+    TenantBackfillRequired,
 }
 
 impl Rule {
     /// Every rule, in the order the README's table lists them.
-    pub const ALL: [Rule; 9] = [
+    pub const ALL: [Rule; 10] = [
         Rule::DataLoss,
         Rule::TableRewrite,
         Rule::NarrowingTypeChange,
@@ -106,6 +109,7 @@ impl Rule {
         Rule::IndexWithoutConcurrently,
         Rule::UniqueLock,
         Rule::FkWithoutNotValid,
+        Rule::TenantBackfillRequired,
     ];
 
     /// The name used by `--allow` and in the history: `data_loss`, ...
@@ -120,6 +124,7 @@ impl Rule {
             Rule::IndexWithoutConcurrently => "index_without_concurrently",
             Rule::UniqueLock => "unique_lock",
             Rule::FkWithoutNotValid => "fk_without_not_valid",
+            Rule::TenantBackfillRequired => "tenant_backfill_required",
         }
     }
 
@@ -127,7 +132,9 @@ impl Rule {
     pub fn level(self) -> RiskLevel {
         match self {
             Rule::DataLoss | Rule::NarrowingTypeChange => RiskLevel::Destructive,
-            Rule::TableRewrite | Rule::NotNullWithoutDefault => RiskLevel::High,
+            Rule::TableRewrite | Rule::NotNullWithoutDefault | Rule::TenantBackfillRequired => {
+                RiskLevel::High
+            }
             Rule::NotNullOnExisting
             | Rule::BreakingRename
             | Rule::IndexWithoutConcurrently
@@ -153,6 +160,9 @@ impl Rule {
             Rule::UniqueLock => "building a unique index locks the table and fails on duplicates",
             Rule::FkWithoutNotValid => {
                 "adding a foreign key without NOT VALID scans and locks both tables"
+            }
+            Rule::TenantBackfillRequired => {
+                "the table becomes tenant_scoped and its existing rows need a tenant (`--tenant`)"
             }
         }
     }
@@ -246,6 +256,16 @@ pub enum OpKind {
     DropForeignKey,
     /// SQLite: recreate the table to change what `ALTER TABLE` cannot.
     RebuildTable,
+    /// A primary key of other columns (`(tenant_id, id)` on a tenant-scoped model; PostgreSQL).
+    AlterPrimaryKey,
+    /// `row_level_security`: the policy on a tenant-scoped table (PostgreSQL).
+    EnableRowLevelSecurity,
+    /// Row-level security the configuration no longer asks for (PostgreSQL).
+    DisableRowLevelSecurity,
+    /// SQLite: the trigger that does `set_null` between tenant-scoped models.
+    AddTrigger,
+    /// SQLite: a `set_null` trigger the models no longer ask for.
+    DropTrigger,
 }
 
 /// One planned change, with the SQL that makes and undoes it.
@@ -414,6 +434,37 @@ fn narrowing(old: &str, new: &str) -> bool {
     }
 }
 
+/// What the schema holds beyond the models, and what a change needs from
+/// the operator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SchemaOptions {
+    /// PostgreSQL row-level security on tenant-scoped tables (`row_level_security`).
+    pub row_level_security: bool,
+    /// The tenant that existing rows are assigned to when a model becomes
+    /// tenant-scoped (`migrate apply --tenant`).
+    pub backfill_tenant: Option<String>,
+}
+
+impl SchemaOptions {
+    pub(crate) fn from_config(c: &crate::Config) -> Self {
+        SchemaOptions {
+            row_level_security: c.row_level_security(),
+            backfill_tenant: None,
+        }
+    }
+}
+
+/// The tenant a backfill writes, as a SQL literal. Without one the SQL
+/// carries psql's `:'tenant'` variable: reviewable, runnable with
+/// `psql -v tenant=...`, and a syntax error anywhere else (dataflow
+/// refuses to apply it).
+fn tenant_literal(tenant: Option<&str>) -> String {
+    match tenant {
+        Some(t) => format!("'{}'", t.replace('\'', "''")),
+        None => ":'tenant'".into(),
+    }
+}
+
 /// Plans the changes that bring `live` to the compiled `models`.
 /// `has_rows(table)` tells whether a table holds data (risk depends on it);
 /// `known` lists columns the registry recorded per table (to tell drift).
@@ -424,12 +475,27 @@ pub fn plan(
     has_rows: &mut dyn FnMut(&str) -> bool,
     known: &dyn Fn(&str) -> Option<Vec<String>>,
 ) -> MigrationPlan {
+    plan_with(d, models, live, has_rows, known, &SchemaOptions::default())
+}
+
+/// [`plan`] with the configuration's and the operator's [`SchemaOptions`].
+pub(crate) fn plan_with(
+    d: Dialect,
+    models: &[&'static ModelSchema],
+    live: &LiveSchema,
+    has_rows: &mut dyn FnMut(&str) -> bool,
+    known: &dyn Fn(&str) -> Option<Vec<String>>,
+    opts: &SchemaOptions,
+) -> MigrationPlan {
     let lookup = |name: &str| models.iter().copied().find(|m| m.name == name);
     let mut out = MigrationPlan::default();
     for m in creation_order(models) {
         match live.get(m.table) {
             None => {
-                let up = ddl::create_table(d, m, lookup);
+                let mut up = ddl::create_table(d, m, lookup);
+                if let Some(tenant) = rls_wanted(d, m, opts) {
+                    up.extend(crate::rls::enable(m.table, tenant));
+                }
                 out.operations.push(
                     Operation::new(
                         m,
@@ -443,13 +509,29 @@ pub fn plan(
                 );
             }
             Some(t) => {
-                let ops =
-                    TablePlanner::new(d, m, t, &mut *has_rows, &lookup).plan(known, &mut out.drift);
+                let ops = TablePlanner::new(d, m, t, &mut *has_rows, &lookup, opts, live)
+                    .plan(known, &mut out.drift);
                 out.operations.extend(ops);
             }
         }
     }
+    // Foreign keys go first and come back last: a key they depend on (a
+    // primary key becoming `(tenant_id, id)`) can change in between, in any
+    // table, whatever the order of the tables.
+    let (drops, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut out.operations)
+        .into_iter()
+        .partition(|o| o.kind == OpKind::DropForeignKey);
+    let (adds, rest): (Vec<_>, Vec<_>) = rest
+        .into_iter()
+        .partition(|o| o.kind == OpKind::AddForeignKey);
+    out.operations = drops.into_iter().chain(rest).chain(adds).collect();
     out
+}
+
+/// The tenant column, when `m`'s table should be behind row-level security.
+fn rls_wanted(d: Dialect, m: &ModelSchema, opts: &SchemaOptions) -> Option<&'static str> {
+    let on = d == Dialect::Postgres && opts.row_level_security;
+    ddl::tenant_column(m).filter(|_| on)
 }
 
 /// Plans the changes to one existing table.
@@ -464,9 +546,14 @@ struct TablePlanner<'a> {
     /// Whether the table holds rows, asked at most once.
     populated: Option<bool>,
     lookup: &'a dyn Fn(&str) -> Option<&'static ModelSchema>,
+    opts: &'a SchemaOptions,
+    /// Every live table (a `set_null` trigger is on the referenced one).
+    live: &'a LiveSchema,
     ops: Vec<Operation>,
     /// What SQLite's ALTER TABLE cannot do, collected into one rebuild.
     rebuild: Vec<(String, Vec<RuleHit>)>,
+    /// Columns a rebuild fills with a literal (the backfilled tenant).
+    fill: Vec<(&'static str, String)>,
     /// Live columns that renamed fields take over.
     renamed_sources: Vec<&'static str>,
 }
@@ -478,6 +565,8 @@ impl<'a> TablePlanner<'a> {
         t: &'a LiveTable,
         has_rows: &'a mut dyn FnMut(&str) -> bool,
         lookup: &'a dyn Fn(&str) -> Option<&'static ModelSchema>,
+        opts: &'a SchemaOptions,
+        live: &'a LiveSchema,
     ) -> Self {
         TablePlanner {
             d,
@@ -487,8 +576,11 @@ impl<'a> TablePlanner<'a> {
             has_rows,
             populated: None,
             lookup,
+            opts,
+            live,
             ops: Vec::new(),
             rebuild: Vec::new(),
+            fill: Vec::new(),
             renamed_sources: Vec::new(),
         }
     }
@@ -504,6 +596,7 @@ impl<'a> TablePlanner<'a> {
     fn add_column_def(&self, f: &FieldSchema) -> String {
         ddl::column_def(
             self.d,
+            self.m,
             &FieldSchema {
                 unique: false,
                 ..*f
@@ -512,28 +605,105 @@ impl<'a> TablePlanner<'a> {
         )
     }
 
+    /// The tenant column the model has, or the one it had (`tenant_id`):
+    /// keys of either shape belong to the field they end with.
+    fn tenant_name(&self) -> &'static str {
+        ddl::tenant_column(self.m).unwrap_or("tenant_id")
+    }
+
+    /// Whether live key columns are `col`'s, in either shape: `(col)` or
+    /// `(tenant, col)`.
+    fn of_field(&self, cols: &[String], col: &str) -> bool {
+        match cols {
+            [c] => c == col,
+            [t, c] => t == self.tenant_name() && c == col,
+            _ => false,
+        }
+    }
+
     /// The table's operations; drift (columns nobody explains) goes to `drift`.
     fn plan(
         mut self,
         known: &dyn Fn(&str) -> Option<Vec<String>>,
         drift: &mut Vec<Drift>,
     ) -> Vec<Operation> {
-        for f in self.m.fields {
+        self.row_security(false);
+        // The tenant column first: the composite keys of the others need it.
+        let tenant_first = self
+            .m
+            .fields
+            .iter()
+            .filter(|f| f.generated == Generated::Tenant)
+            .chain(
+                self.m
+                    .fields
+                    .iter()
+                    .filter(|f| f.generated != Generated::Tenant),
+            );
+        for f in tenant_first {
             match self.t.column(f.column) {
                 None => self.missing_column(f),
                 Some(live) if f.primary_key || live.primary_key => {}
-                Some(live) => self.column(f, live),
+                Some(live) => {
+                    self.column(f, live);
+                    self.keys_of(f);
+                }
             }
         }
+        self.table_keys();
         let known_columns = known(self.m.table);
         for live in &self.t.columns {
             self.unmodelled_column(live, known_columns.as_deref(), drift);
         }
+        self.row_security(true);
         self.finish()
     }
 
+    /// PostgreSQL row-level security: taken down first (before the tenant
+    /// column it names can go), put up last (after the column exists).
+    fn row_security(&mut self, up: bool) {
+        let (d, m, t) = (self.d, self.m, self.t);
+        if d != Dialect::Postgres {
+            return;
+        }
+        let has_policy = t.policies.iter().any(|p| p == crate::rls::POLICY);
+        match (rls_wanted(d, m, self.opts), up) {
+            (Some(tenant), true) if !(has_policy && t.row_level_security) => {
+                let mut stmts = crate::rls::enable(m.table, tenant);
+                if has_policy {
+                    stmts.pop();
+                }
+                self.ops.push(
+                    Operation::new(
+                        m,
+                        OpKind::EnableRowLevelSecurity,
+                        None,
+                        format!("enable row-level security on {}", m.table),
+                        stmts,
+                        crate::rls::disable(m.table),
+                    )
+                    .low(),
+                );
+            }
+            (None, false) if has_policy => {
+                self.ops.push(
+                    Operation::new(
+                        m,
+                        OpKind::DisableRowLevelSecurity,
+                        None,
+                        format!("disable row-level security on {}", m.table),
+                        crate::rls::disable(m.table),
+                        crate::rls::enable(m.table, self.tenant_name()),
+                    )
+                    .low(),
+                );
+            }
+            _ => {}
+        }
+    }
+
     /// A field without a live column: renamed, or added.
-    fn missing_column(&mut self, f: &FieldSchema) {
+    fn missing_column(&mut self, f: &'static FieldSchema) {
         let (d, m, t) = (self.d, self.m, self.t);
         let table = self.table.clone();
         if let Some(old) = f
@@ -570,6 +740,10 @@ impl<'a> TablePlanner<'a> {
             ddl::column_type(d, f),
             if f.nullable { " NULL" } else { " NOT NULL" }
         );
+        if f.generated == Generated::Tenant && self.populated() {
+            self.backfill_tenant(f, summary);
+            return;
+        }
         if needs_value && self.populated() {
             self.ops.push(
                 Operation::new(
@@ -588,8 +762,10 @@ impl<'a> TablePlanner<'a> {
             );
             return;
         }
-        if d == Dialect::Sqlite && (needs_value || f.unique) {
-            // SQLite cannot add NOT NULL-without-default or UNIQUE columns in place.
+        let composite_fk = ddl::foreign_key(d, m, f, self.lookup).filter(|fk| fk.composite());
+        if d == Dialect::Sqlite && (needs_value || f.unique || composite_fk.is_some()) {
+            // SQLite cannot add NOT NULL-without-default, UNIQUE or
+            // table-constraint columns in place.
             self.rebuild.push((summary, Vec::new()));
             return;
         }
@@ -598,18 +774,18 @@ impl<'a> TablePlanner<'a> {
             up.push(format!(
                 "CREATE UNIQUE INDEX {} ON {table} ({})",
                 quote(&ddl::unique_name(m.table, f.column)),
-                quote(f.column)
+                ddl::quote_list(&ddl::keyed(m, f.column))
             ));
         }
-        if ddl::expects_index(f) {
+        if ddl::expects_index(m, f) {
             up.push(format!(
                 "CREATE INDEX {} ON {table} ({})",
                 quote(&ddl::index_name(m.table, f.column)),
-                quote(f.column)
+                ddl::quote_list(&ddl::index_columns(m, f, self.lookup))
             ));
         }
         let mut down = Vec::new();
-        if ddl::expects_index(f) {
+        if ddl::expects_index(m, f) {
             down.push(ddl::drop_index(
                 d,
                 &quote(&ddl::index_name(m.table, f.column)),
@@ -625,6 +801,49 @@ impl<'a> TablePlanner<'a> {
         let op =
             Operation::new(m, OpKind::AddColumn, Some(f.column), summary, up, down).lossy_down();
         self.ops.push(if needs_value { op.low() } else { op });
+        if let Some(fk) = composite_fk {
+            self.add_foreign_key(f, &fk);
+        }
+    }
+
+    /// `tenant_scoped` turned on for a table with rows: every existing row
+    /// goes to the operator's `--tenant`.
+    fn backfill_tenant(&mut self, f: &'static FieldSchema, summary: String) {
+        let (d, m) = (self.d, self.m);
+        let tenant = self.opts.backfill_tenant.as_deref();
+        let literal = tenant_literal(tenant);
+        let hit = Rule::TenantBackfillRequired.hit(format!(
+            "every row of {} is assigned to tenant {}",
+            m.table,
+            tenant.map_or_else(|| "<--tenant>".to_string(), |t| format!("`{t}`"))
+        ));
+        if d == Dialect::Sqlite {
+            self.fill.push((f.column, literal));
+            self.rebuild
+                .push((format!("{summary}, backfilled with the tenant"), vec![hit]));
+            return;
+        }
+        let table = self.table.clone();
+        let col = quote(f.column);
+        self.ops.push(
+            Operation::new(
+                m,
+                OpKind::AddColumn,
+                Some(f.column),
+                format!("{summary}, backfilled with the tenant"),
+                vec![
+                    ddl::add_column(
+                        d,
+                        &table,
+                        &format!("{} DEFAULT {literal}", self.add_column_def(f)),
+                    ),
+                    format!("ALTER TABLE {table} ALTER COLUMN {col} DROP DEFAULT"),
+                ],
+                vec![ddl::drop_column(d, &table, &col)],
+            )
+            .rule(hit)
+            .lossy_down(),
+        );
     }
 
     /// A live column no field has: drift unless the registry knew it, and
@@ -653,7 +872,13 @@ impl<'a> TablePlanner<'a> {
             });
         }
         let constrained = live.unique
-            || t.foreign_keys.iter().any(|fk| fk.column == live.name)
+            || live.primary_key
+            || t.foreign_keys
+                .iter()
+                .any(|fk| fk.columns.contains(&live.name))
+            || t.unique_constraints
+                .iter()
+                .any(|i| i.columns.contains(&live.name))
             || t.indexes.iter().any(|i| i.columns.contains(&live.name));
         let summary = format!("drop column {}.{}", m.table, live.name);
         if d == Dialect::Sqlite && constrained {
@@ -689,7 +914,7 @@ impl<'a> TablePlanner<'a> {
     fn finish(mut self) -> Vec<Operation> {
         let (d, m, t) = (self.d, self.m, self.t);
         if !self.rebuild.is_empty() {
-            let mut op = rebuild_table(d, m, t, self.lookup);
+            let mut op = rebuild_table(d, m, t, self.live, self.lookup, &self.fill);
             op.summary = format!(
                 "rebuild table {} ({})",
                 m.table,
@@ -711,16 +936,20 @@ impl<'a> TablePlanner<'a> {
             for r in rules {
                 op = op.rule(r);
             }
-            // The rebuild replaces the in-place operations of this table.
-            self.ops.retain(|o| o.kind == OpKind::RenameColumn);
+            // The rebuild replaces the in-place operations of this table; it
+            // also makes the table's `set_null` triggers (on other tables)
+            // again, so only dropping an unwanted one stays.
+            self.ops
+                .retain(|o| matches!(o.kind, OpKind::RenameColumn | OpKind::DropTrigger));
             self.ops.push(op.low());
         }
         self.ops
     }
 
-    /// The changes to one field that exists in the table as `live`.
+    /// The changes to one field that exists in the table as `live`: type,
+    /// nullability and default.
     fn column(&mut self, f: &FieldSchema, live: &LiveColumn) {
-        let (d, m, t, lookup) = (self.d, self.m, self.t, self.lookup);
+        let (d, m) = (self.d, self.m);
         let table = self.table.clone();
         let col = quote(f.column);
         let name = format!("{}.{}", m.table, f.column);
@@ -842,174 +1071,416 @@ impl<'a> TablePlanner<'a> {
                 ));
             }
         }
-        if f.unique && !live.unique {
-            let uq = quote(&ddl::unique_name(m.table, f.column));
-            let op = Operation::new(
-                m,
-                OpKind::AddUnique,
-                Some(f.column),
-                format!("add unique constraint on {name}"),
-                vec![format!("CREATE UNIQUE INDEX {uq} ON {table} ({col})")],
-                vec![ddl::drop_index(d, &uq)],
+    }
+
+    /// The table-level keys: the primary key (`(tenant_id, id)` on a
+    /// tenant-scoped model) and the `(tenant_id, id)` unique of an
+    /// auto-increment key.
+    fn table_keys(&mut self) {
+        let (d, m, t) = (self.d, self.m, self.t);
+        let table = self.table.clone();
+        let want = ddl::primary_key(m);
+        let pk_changed = !t
+            .primary_key
+            .iter()
+            .map(String::as_str)
+            .eq(want.iter().copied());
+        if pk_changed {
+            let summary = format!(
+                "change the primary key of {} from ({}) to ({})",
+                m.table,
+                t.primary_key.join(", "),
+                want.join(", ")
             );
-            let hit = self.populated();
-            self.ops.push(if hit {
-                op.rule(Rule::UniqueLock.hit(name.clone()))
+            if d == Dialect::Sqlite {
+                self.rebuild.push((summary, Vec::new()));
             } else {
-                op
-            });
-        } else if !f.unique && live.unique {
-            let uq = ddl::unique_name(m.table, f.column);
-            if let Some(idx) = t
-                .indexes
-                .iter()
-                .find(|i| i.unique && i.columns == [f.column])
-            {
-                self.ops.push(
-                    Operation::new(
-                        m,
-                        OpKind::DropUnique,
-                        Some(f.column),
-                        format!("drop unique index on {name}"),
-                        vec![ddl::drop_index(d, &quote(&idx.name))],
-                        vec![format!(
-                            "CREATE UNIQUE INDEX {} ON {table} ({col})",
-                            quote(&idx.name)
-                        )],
-                    )
-                    .low(),
+                let name = quote(&format!("{}_pkey", m.table));
+                let live_name = t.primary_key_name.as_deref().map_or(name.clone(), quote);
+                let mut down = vec![format!(
+                    "ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}"
+                )];
+                if !t.primary_key.is_empty() {
+                    down[0].push_str(&format!(
+                        ", ADD CONSTRAINT {live_name} PRIMARY KEY ({})",
+                        ddl::quote_list(&t.primary_key)
+                    ));
+                }
+                let op = Operation::new(
+                    m,
+                    OpKind::AlterPrimaryKey,
+                    None,
+                    summary,
+                    vec![format!(
+                        "ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {live_name}, ADD CONSTRAINT {name} PRIMARY KEY ({})",
+                        ddl::quote_list(&want)
+                    )],
+                    down,
                 );
-            } else if d == Dialect::Sqlite {
-                self.rebuild
-                    .push((format!("drop unique constraint on {name}"), Vec::new()));
-            } else {
-                self.ops.push(
-                    Operation::new(
-                        m,
-                        OpKind::DropUnique,
-                        Some(f.column),
-                        format!("drop unique constraint on {name}"),
-                        vec![ddl::drop_constraint(
-                            &table,
-                            &quote(&format!("{}_{}_key", m.table, f.column)),
-                        )],
-                        vec![format!(
-                            "CREATE UNIQUE INDEX {} ON {table} ({col})",
-                            quote(&uq)
-                        )],
-                    )
-                    .low(),
-                );
+                let hit = self.populated();
+                self.ops.push(if hit {
+                    op.rule(Rule::UniqueLock.hit(format!("{} ({})", m.table, want.join(", "))))
+                } else {
+                    op
+                });
             }
         }
-        let has_index = t
+        let pk = m.primary_key().column;
+        match ddl::tenant_key_unique(m) {
+            Some(cols) if t.unique_on(&cols).is_none() => self.add_unique(pk, &cols),
+            Some(_) => {}
+            None => {
+                let old = [self.tenant_name(), pk];
+                if let Some((index, constraint)) = t.unique_on(&old) {
+                    let name = index.name.clone();
+                    if constraint && d == Dialect::Sqlite {
+                        self.rebuild.push((
+                            format!("drop unique constraint on {}.{pk} per tenant", m.table),
+                            Vec::new(),
+                        ));
+                    } else if constraint {
+                        self.drop_unique_constraint(pk, &name, &old);
+                    } else {
+                        self.drop_unique(pk, &name, &old);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A field's unique constraint, plain index and foreign key, each
+    /// `(tenant_id, col)` on a tenant-scoped model and `(col)` elsewhere.
+    fn keys_of(&mut self, f: &'static FieldSchema) {
+        let (d, m, t, lookup) = (self.d, self.m, self.t, self.lookup);
+        let table = self.table.clone();
+        let cols = ddl::keyed(m, f.column);
+        // The unique constraint.
+        let exact = t.unique_on(&cols).is_some();
+        let other: Vec<(String, bool, Vec<String>)> = t
+            .unique_constraints
+            .iter()
+            .map(|i| (i, true))
+            .chain(t.indexes.iter().filter(|i| i.unique).map(|i| (i, false)))
+            .filter(|(i, _)| self.of_field(&i.columns, f.column))
+            .filter(|(i, _)| {
+                !i.columns
+                    .iter()
+                    .map(String::as_str)
+                    .eq(cols.iter().copied())
+                    || !f.unique
+            })
+            .map(|(i, c)| (i.name.clone(), c, i.columns.clone()))
+            .collect();
+        for (name, constraint, live_cols) in other {
+            let live_cols: Vec<&str> = live_cols.iter().map(String::as_str).collect();
+            if constraint && d == Dialect::Sqlite {
+                self.rebuild.push((
+                    format!("drop unique constraint on {}.{}", m.table, f.column),
+                    Vec::new(),
+                ));
+            } else if constraint {
+                self.drop_unique_constraint(f.column, &name, &live_cols);
+            } else {
+                self.drop_unique(f.column, &name, &live_cols);
+            }
+        }
+        if f.unique && !exact {
+            self.add_unique(f.column, &cols);
+        }
+        // The plain index.
+        let want_index = ddl::expects_index(m, f);
+        let cols = ddl::index_columns(m, f, lookup);
+        let mut has_index = false;
+        let indexes: Vec<(String, Vec<String>)> = t
             .indexes
             .iter()
-            .any(|i| !i.unique && i.columns == [f.column]);
-        if ddl::expects_index(f) && !has_index {
+            .filter(|i| !i.unique && self.of_field(&i.columns, f.column))
+            .map(|i| (i.name.clone(), i.columns.clone()))
+            .collect();
+        for (name, live_cols) in indexes {
+            if want_index
+                && live_cols
+                    .iter()
+                    .map(String::as_str)
+                    .eq(cols.iter().copied())
+            {
+                has_index = true;
+                continue;
+            }
+            let idx = quote(&name);
+            self.ops.push(
+                Operation::new(
+                    m,
+                    OpKind::DropIndex,
+                    Some(f.column),
+                    format!("drop index {name}"),
+                    vec![ddl::drop_index(d, &idx)],
+                    vec![format!(
+                        "CREATE INDEX {idx} ON {table} ({})",
+                        ddl::quote_list(&live_cols)
+                    )],
+                )
+                .low(),
+            );
+        }
+        if want_index && !has_index {
+            let name = format!("{}.{}", m.table, f.column);
             let idx = quote(&ddl::index_name(m.table, f.column));
             let op = Operation::new(
                 m,
                 OpKind::AddIndex,
                 Some(f.column),
                 format!("add index on {name}"),
-                vec![format!("CREATE INDEX {idx} ON {table} ({col})")],
+                vec![format!(
+                    "CREATE INDEX {idx} ON {table} ({})",
+                    ddl::quote_list(&cols)
+                )],
                 vec![ddl::drop_index(d, &idx)],
             );
             let hit = d == Dialect::Postgres && self.populated();
             self.ops.push(if hit {
-                op.rule(Rule::IndexWithoutConcurrently.hit(name.clone()))
+                op.rule(Rule::IndexWithoutConcurrently.hit(name))
             } else {
                 op
             });
-        } else if !ddl::expects_index(f) && has_index {
-            if let Some(idx) = t
-                .indexes
-                .iter()
-                .find(|i| !i.unique && i.columns == [f.column])
-            {
-                self.ops.push(
-                    Operation::new(
-                        m,
-                        OpKind::DropIndex,
-                        Some(f.column),
-                        format!("drop index {}", idx.name),
-                        vec![ddl::drop_index(d, &quote(&idx.name))],
-                        vec![format!(
-                            "CREATE INDEX {} ON {table} ({col})",
-                            quote(&idx.name)
-                        )],
-                    )
-                    .low(),
-                );
-            }
         }
-        let live_fk = t.foreign_keys.iter().find(|fk| fk.column == f.column);
-        let want_fk = f
-            .references
-            .and_then(|fk| lookup(fk.model).map(|target| (target, fk)));
-        let same = match (live_fk, want_fk) {
+        // The foreign key.
+        let live_fk = t
+            .foreign_keys
+            .iter()
+            .find(|fk| self.of_field(&fk.columns, f.column));
+        let want_fk = ddl::foreign_key(d, m, f, lookup);
+        self.set_null_trigger(f, want_fk.as_ref().and_then(|w| w.trigger.as_ref()));
+        let same = match (live_fk, &want_fk) {
             (None, None) => true,
-            (Some(l), Some((target, fk))) => {
-                l.target_table == target.table
-                    && l.target_column == target.primary_key().column
-                    && l.on_delete == fk.on_delete.sql()
+            (Some(l), Some(w)) => {
+                l.target_table == w.target_table
+                    && l.columns
+                        .iter()
+                        .map(String::as_str)
+                        .eq(w.columns.iter().copied())
+                    && l.target_columns
+                        .iter()
+                        .map(String::as_str)
+                        .eq(w.target_columns.iter().copied())
+                    && l.on_delete == ddl::action_text(&w.on_delete)
             }
             _ => false,
         };
-        if !same {
-            let constraint = quote(&format!("{}_{}_fkey", m.table, f.column));
-            if d == Dialect::Sqlite {
-                self.rebuild
-                    .push((format!("change foreign key of {name}"), Vec::new()));
-                return;
-            }
-            if live_fk.is_some() {
-                self.ops.push(
-                    Operation::new(
-                        m,
-                        OpKind::DropForeignKey,
-                        Some(f.column),
-                        format!("drop foreign key on {name}"),
-                        vec![ddl::drop_constraint(&table, &constraint)],
-                        vec![],
-                    )
-                    .low(),
-                );
-            }
-            if let Some((target, fk)) = want_fk {
-                let op = Operation::new(
-                m,
-                OpKind::AddForeignKey,
-                Some(f.column),
-                format!("add foreign key {name} → {}", target.table),
-                vec![format!(
-                    "ALTER TABLE {table} ADD CONSTRAINT {constraint} FOREIGN KEY ({col}) REFERENCES {} ({}) ON DELETE {}",
-                    quote(target.table),
-                    quote(target.primary_key().column),
-                    fk.on_delete.sql()
-                )],
-                vec![ddl::drop_constraint(&table, &constraint)],
-            );
-                let hit = self.populated();
-                self.ops.push(if hit {
-                    op.rule(Rule::FkWithoutNotValid.hit(name.clone()))
-                } else {
-                    op
-                });
-            }
+        if same {
+            return;
         }
+        let name = format!("{}.{}", m.table, f.column);
+        if d == Dialect::Sqlite {
+            self.rebuild
+                .push((format!("change foreign key of {name}"), Vec::new()));
+            return;
+        }
+        if let Some(l) = live_fk {
+            let constraint = quote(
+                l.name
+                    .as_deref()
+                    .unwrap_or(&format!("{}_{}_fkey", m.table, f.column)),
+            );
+            self.ops.push(
+                Operation::new(
+                    m,
+                    OpKind::DropForeignKey,
+                    Some(f.column),
+                    format!("drop foreign key on {name}"),
+                    vec![ddl::drop_constraint(&table, &constraint)],
+                    vec![format!(
+                        "ALTER TABLE {table} ADD CONSTRAINT {constraint} FOREIGN KEY ({}) REFERENCES {} ({}) ON DELETE {}",
+                        ddl::quote_list(&l.columns),
+                        quote(&l.target_table),
+                        ddl::quote_list(&l.target_columns),
+                        l.on_delete
+                    )],
+                )
+                .low(),
+            );
+        }
+        if let Some(w) = want_fk {
+            self.add_foreign_key(f, &w);
+        }
+    }
+
+    /// SQLite: the trigger that clears `f` when its tenant-scoped target is
+    /// deleted, made or dropped as the model asks.
+    fn set_null_trigger(&mut self, f: &FieldSchema, want: Option<&ddl::SetNullTrigger>) {
+        let m = self.m;
+        let name = format!("dataflow_set_null_{}_{}", m.table, f.column);
+        let live = self.live.values().find_map(|t| {
+            t.triggers
+                .iter()
+                .find(|tr| tr.name == name)
+                .map(|tr| (t.name.as_str(), tr))
+        });
+        let drop = format!("DROP TRIGGER IF EXISTS {}", quote(&name));
+        match (want, live) {
+            (Some(w), Some((table, _))) if table == w.table => {}
+            (Some(w), _) => self.ops.push(Operation::new(
+                m,
+                OpKind::AddTrigger,
+                Some(f.column),
+                format!(
+                    "add the set_null trigger of {}.{} on {}",
+                    m.table, f.column, w.table
+                ),
+                vec![drop.clone(), w.sql.clone()],
+                match live {
+                    Some((_, old)) => vec![drop, old.sql.clone()],
+                    None => vec![drop],
+                },
+            )),
+            (None, Some((table, old))) => self.ops.push(
+                Operation::new(
+                    m,
+                    OpKind::DropTrigger,
+                    Some(f.column),
+                    format!(
+                        "drop the set_null trigger of {}.{} on {table}",
+                        m.table, f.column
+                    ),
+                    vec![drop],
+                    vec![old.sql.clone()],
+                )
+                .low(),
+            ),
+            (None, None) => {}
+        }
+    }
+
+    /// `ALTER TABLE .. ADD CONSTRAINT .. FOREIGN KEY` (PostgreSQL).
+    fn add_foreign_key(&mut self, f: &FieldSchema, fk: &ddl::ForeignKeyShape) {
+        let m = self.m;
+        let table = self.table.clone();
+        let constraint = quote(&fk.name);
+        let name = format!("{}.{}", m.table, f.column);
+        let op = Operation::new(
+            m,
+            OpKind::AddForeignKey,
+            Some(f.column),
+            format!("add foreign key {name} → {}", fk.target_table),
+            vec![format!("ALTER TABLE {table} ADD {}", fk.constraint())],
+            vec![ddl::drop_constraint(&table, &constraint)],
+        );
+        let hit = self.populated();
+        self.ops.push(if hit {
+            op.rule(Rule::FkWithoutNotValid.hit(name))
+        } else {
+            op
+        });
+    }
+
+    /// `CREATE UNIQUE INDEX uq_<table>_<column> ON .. (cols)`.
+    fn add_unique(&mut self, column: &str, cols: &[&str]) {
+        let (d, m) = (self.d, self.m);
+        let table = self.table.clone();
+        let name = format!("{}.{}", m.table, column);
+        let uq = quote(&ddl::unique_name(m.table, column));
+        let op = Operation::new(
+            m,
+            OpKind::AddUnique,
+            Some(column),
+            format!("add unique constraint on {name}{}", per_tenant(cols)),
+            vec![format!(
+                "CREATE UNIQUE INDEX {uq} ON {table} ({})",
+                ddl::quote_list(cols)
+            )],
+            vec![ddl::drop_index(d, &uq)],
+        );
+        let hit = self.populated();
+        self.ops.push(if hit {
+            op.rule(Rule::UniqueLock.hit(name))
+        } else {
+            op
+        });
+    }
+
+    /// Drops the unique constraint `name` (on `cols`) of `column` (PostgreSQL;
+    /// SQLite rebuilds the table instead).
+    fn drop_unique_constraint(&mut self, column: &str, name: &str, cols: &[&str]) {
+        let m = self.m;
+        let table = self.table.clone();
+        self.ops.push(
+            Operation::new(
+                m,
+                OpKind::DropUnique,
+                Some(column),
+                format!(
+                    "drop unique constraint on {}.{column}{}",
+                    m.table,
+                    per_tenant(cols)
+                ),
+                vec![ddl::drop_constraint(&table, &quote(name))],
+                vec![format!(
+                    "ALTER TABLE {table} ADD CONSTRAINT {} UNIQUE ({})",
+                    quote(name),
+                    ddl::quote_list(cols)
+                )],
+            )
+            .low(),
+        );
+    }
+
+    /// Drops the unique index `index` (on `cols`) of `column`.
+    fn drop_unique(&mut self, column: &str, index: &str, cols: &[&str]) {
+        let (d, m) = (self.d, self.m);
+        let table = self.table.clone();
+        self.ops.push(
+            Operation::new(
+                m,
+                OpKind::DropUnique,
+                Some(column),
+                format!(
+                    "drop unique index on {}.{column}{}",
+                    m.table,
+                    per_tenant(cols)
+                ),
+                vec![ddl::drop_index(d, &quote(index))],
+                vec![format!(
+                    "CREATE UNIQUE INDEX {} ON {table} ({})",
+                    quote(index),
+                    ddl::quote_list(cols)
+                )],
+            )
+            .low(),
+        );
+    }
+}
+
+/// `" per tenant"` for a composite key.
+fn per_tenant(cols: &[&str]) -> &'static str {
+    if cols.len() > 1 {
+        " per tenant"
+    } else {
+        ""
     }
 }
 
 /// SQLite's documented way to change what ALTER TABLE cannot: create the
-/// new shape, copy the common columns, drop the old table, rename.
+/// new shape, copy the common columns (and `fill` new ones with a
+/// literal), drop the old table, rename. Triggers go and come back around
+/// it: SQLite's rename re-reads every trigger, and one that names a table
+/// missing at that moment (the `set_null` triggers of this table's
+/// references, which sit on other tables) fails it.
 fn rebuild_table(
     d: Dialect,
     m: &'static ModelSchema,
     t: &LiveTable,
+    live: &LiveSchema,
     lookup: &dyn Fn(&str) -> Option<&'static ModelSchema>,
+    fill: &[(&'static str, String)],
 ) -> Operation {
+    // This table's own `set_null` triggers: named after it, on other tables.
+    let own = format!("dataflow_set_null_{}_", m.table);
+    let referring: Vec<&super::LiveTrigger> = live
+        .values()
+        .flat_map(|lt| lt.triggers.iter())
+        .filter(|tr| tr.name.starts_with(&own))
+        .collect();
+    let drop_trigger = |name: &str| format!("DROP TRIGGER IF EXISTS {}", quote(name));
     let tmp = format!("__dataflow_new_{}", m.table);
     let mut up: Vec<String> = ddl::create_table_as(d, m, &tmp, lookup)
         .into_iter()
@@ -1038,18 +1509,43 @@ fn rebuild_table(
         .map(|(_, o)| quote(o))
         .collect::<Vec<_>>()
         .join(", ");
+    let (mut into, mut from) = (new_cols.clone(), old_cols.clone());
+    for (col, literal) in fill {
+        into.push_str(&format!(", {}", quote(col)));
+        from.push_str(&format!(", {literal}"));
+    }
     up.push(format!(
-        "INSERT INTO {} ({new_cols}) SELECT {old_cols} FROM {}",
+        "INSERT INTO {} ({into}) SELECT {from} FROM {}",
         quote(&tmp),
         quote(m.table)
     ));
+    up.extend(referring.iter().map(|tr| drop_trigger(&tr.name)));
     up.push(format!("DROP TABLE {}", quote(m.table)));
     up.push(format!(
         "ALTER TABLE {} RENAME TO {}",
         quote(&tmp),
         quote(m.table)
     ));
-    up.extend(ddl::create_table(d, m, lookup).into_iter().skip(1));
+    // Dropping the table dropped the triggers on it: the ones other models
+    // own come back as they were; this model's own come with its new shape
+    // (with its indexes), if it still wants them.
+    up.extend(
+        t.triggers
+            .iter()
+            .filter(|tr| !tr.name.starts_with(&own))
+            .map(|tr| tr.sql.clone()),
+    );
+    let rest: Vec<String> = ddl::create_table(d, m, lookup)
+        .into_iter()
+        .skip(1)
+        .collect();
+    let made: Vec<String> = m
+        .fields
+        .iter()
+        .filter_map(|f| ddl::foreign_key(d, m, f, lookup)?.trigger)
+        .map(|tr| tr.name)
+        .collect();
+    up.extend(rest);
     let mut down = Vec::new();
     if let Some(orig) = &t.create_sql {
         let back = format!("__dataflow_old_{}", m.table);
@@ -1060,6 +1556,7 @@ fn rebuild_table(
                 quote(&back),
                 quote(m.table)
             ));
+            down.extend(made.iter().map(|name| drop_trigger(name)));
             down.push(format!("DROP TABLE {}", quote(m.table)));
             down.push(format!(
                 "ALTER TABLE {} RENAME TO {}",
@@ -1080,6 +1577,9 @@ fn rebuild_table(
                     quote(m.table)
                 ));
             }
+            let mut again: Vec<&super::LiveTrigger> = t.triggers.iter().collect();
+            again.extend(referring.iter().filter(|tr| !t.triggers.contains(tr)));
+            down.extend(again.into_iter().map(|tr| tr.sql.clone()));
         }
     }
     Operation::new(m, OpKind::RebuildTable, None, String::new(), up, down)
@@ -1156,6 +1656,12 @@ mod tests {
             }],
             foreign_keys: Vec::new(),
             create_sql: Some("CREATE TABLE posts (id TEXT PRIMARY KEY, title TEXT NOT NULL, published INTEGER NOT NULL, status TEXT NOT NULL DEFAULT 'it''s new', score REAL NOT NULL, published_at TEXT NOT NULL, legacy TEXT)".into()),
+            primary_key: vec!["id".into()],
+            primary_key_name: None,
+            unique_constraints: Vec::new(),
+            row_level_security: false,
+            policies: Vec::new(),
+            triggers: Vec::new(),
         }
     }
 

@@ -20,6 +20,9 @@ pub struct ApplyRequest {
     pub allow: Vec<Rule>,
     /// Why (required above low risk; recorded in the history).
     pub reason: Option<String>,
+    /// The tenant that owns the existing rows of a table that becomes
+    /// `tenant_scoped` (`--tenant`; needed with `tenant_backfill_required`).
+    pub tenant: Option<String>,
 }
 
 impl ApplyRequest {
@@ -43,6 +46,13 @@ impl ApplyRequest {
     /// Why the plan is applied.
     pub fn reason(mut self, reason: impl Into<String>) -> Self {
         self.reason = Some(reason.into());
+        self
+    }
+
+    /// The tenant existing rows are assigned to when a model becomes
+    /// `tenant_scoped`.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
         self
     }
 }

@@ -50,7 +50,7 @@ pub(super) fn insert_row(ctx: &Ctx, data: Value, now: &SqlValue, at: Option<usiz
             ))
         }
     };
-    for key in obj.keys() {
+    for (key, given) in &obj {
         match m.field(key) {
             None => {
                 return Err(located(filter::field(m, key).expect_err("unknown field")));
@@ -59,6 +59,21 @@ pub(super) fn insert_row(ctx: &Ctx, data: Value, now: &SqlValue, at: Option<usiz
                 return Err(err(
                     Some(key),
                     format!("{}.{key} is set by dataflow and cannot be written", m.name),
+                ));
+            }
+            // One sequence numbers every tenant's rows: a chosen id could
+            // collide with another tenant's and so reveal that it exists.
+            Some(f)
+                if f.generated == Generated::AutoIncrement
+                    && m.options.tenant_scoped
+                    && !given.is_null() =>
+            {
+                return Err(err(
+                    Some(key),
+                    format!(
+                        "{}.{key} is numbered by the database on a tenant_scoped model and cannot be written",
+                        m.name
+                    ),
                 ));
             }
             Some(_) => {}
