@@ -44,6 +44,11 @@ fn attributes_agree(f: &FieldIr, errors: &mut Errors) {
     if let Some(default) = &f.default {
         default_fits(f, default, errors);
     }
+    if let (Some(sensitive), Some(_)) = (&f.sensitive, &f.primary_key) {
+        errors.push(sensitive.error(format!(
+            "`{name}` is the primary key, which the audit log records as the record id; it cannot be `sensitive`"
+        )));
+    }
 }
 
 /// `default = <literal>` must have the field's type and fit its range.
@@ -130,7 +135,8 @@ fn primary_key(ir: &mut ModelIr, errors: &mut Errors) {
 }
 
 /// The columns the model options manage: `tenant_id`, `created_at` and
-/// `updated_at` (unless declared), `deleted_at` (never declared).
+/// `updated_at` (unless declared), `deleted_at` (never declared), and
+/// `version` (declared as an integer to read it in Rust, else added).
 fn managed_fields(ir: &mut ModelIr, errors: &mut Errors) {
     let span = ir.ident.span();
     let o = &ir.options;
@@ -158,6 +164,9 @@ fn managed_fields(ir: &mut ModelIr, errors: &mut Errors) {
             }
         }
     }
+    if o.versioned {
+        version_field(fields, declared(fields, "version"), span, errors);
+    }
     if o.soft_delete {
         match declared(fields, "deleted_at") {
             Some(i) => errors.push(fields[i].error(format!("`soft_delete` manages a `deleted_at` column, but `{}` declares one\n\nhelp: remove the field; soft-deleted records carry `deleted_at` in their JSON", ir.name))),
@@ -168,6 +177,48 @@ fn managed_fields(ir: &mut ModelIr, errors: &mut Errors) {
                 ..FieldIr::new("deleted_at", span)
             }),
         }
+    }
+}
+
+/// `versioned`: the `version` column, starting at 1 (also the column
+/// default, so turning `versioned` on for a table with rows is safe). A
+/// declared `version` must be a plain integer and gets no `default`.
+fn version_field(
+    fields: &mut Vec<FieldIr>,
+    declared: Option<usize>,
+    span: proc_macro2::Span,
+    errors: &mut Errors,
+) {
+    let one = |span: proc_macro2::Span| {
+        Some(Attr {
+            tokens: syn::LitInt::new("1", span).into_token_stream(),
+            value: DefaultLit::Int(1),
+        })
+    };
+    match declared {
+        Some(i) => {
+            let f = &mut fields[i];
+            if !f.ty.is_integer() || f.nullable || f.is_primary_key() {
+                errors.push(f.type_error(format!(
+                    "`versioned` manages `{}` as the record's version, so it must be a plain integer (i32 or i64)\n\nhelp: declare `pub version: i64`, or leave it out and read it from the JSON form",
+                    f.name
+                )));
+            } else if let Some(d) = &f.default {
+                errors.push(d.error(format!(
+                    "`versioned` manages `{}`: it starts at 1 and cannot have a `default`",
+                    f.name
+                )));
+            } else {
+                f.generated = Generated::Version;
+                f.default = one(f.span);
+            }
+        }
+        None => fields.push(FieldIr {
+            ty: FieldType::I64,
+            generated: Generated::Version,
+            default: one(span),
+            ..FieldIr::new("version", span)
+        }),
     }
 }
 

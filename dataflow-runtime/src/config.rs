@@ -38,8 +38,15 @@ pub struct Config {
     pub enable_metrics: Option<bool>,
     /// The most pooled connections (default 10; 1 for `sqlite::memory:`).
     pub connection_pool_size: u32,
-    /// The audit log (not available yet: `true` fails boot).
+    /// The audit log for every model (default off): each write records who
+    /// changed what in `dataflow_audit`, in the write's transaction. A model
+    /// opts out with `#[dataflow::model(audit = false)]`; the model option
+    /// `audit` turns it on for that model alone.
     pub enable_audit_log: Option<bool>,
+    /// How long audit rows are kept, in milliseconds: the purge
+    /// (`DataFlow::purge_audit`, `dataflow audit purge`) deletes older ones.
+    /// `None` keeps them until purged with an explicit age.
+    pub audit_retention_ms: Option<u64>,
     /// Multi-tenancy (not available yet: `true` fails boot).
     pub multi_tenant: Option<bool>,
     /// Monitoring (not available yet: `true` fails boot).
@@ -83,6 +90,7 @@ impl Default for Config {
             enable_metrics: None,
             connection_pool_size: 10,
             enable_audit_log: None,
+            audit_retention_ms: None,
             multi_tenant: None,
             monitoring: None,
             slow_query_threshold: None,
@@ -164,6 +172,11 @@ impl Config {
         Duration::from_millis(self.migration_retry_backoff_ms)
     }
 
+    /// How long audit rows are kept, when set.
+    pub fn audit_retention(&self) -> Option<Duration> {
+        self.audit_retention_ms.map(Duration::from_millis)
+    }
+
     /// Whether boot reads and writes the persisted model registry.
     pub fn uses_registry(&self) -> bool {
         !self.skip_registry.unwrap_or(false) && self.enable_model_persistence.unwrap_or(true)
@@ -188,11 +201,6 @@ impl Config {
                 self.enable_metrics == Some(true),
                 "enable_metrics = true",
                 "metrics",
-            ),
-            (
-                self.enable_audit_log == Some(true),
-                "enable_audit_log = true",
-                "the audit log",
             ),
             (
                 self.multi_tenant == Some(true),

@@ -6,7 +6,7 @@ use crate::context::Context;
 use crate::error::{Error, ErrorCode, Result};
 use crate::migrate::{self, BootPolicy, EmbeddedMigration};
 use crate::node::NodeContext;
-use crate::nodes::{self, Op};
+use crate::nodes::{self, Op, Origin};
 use crate::registry::{NodeRef, Registry};
 use crate::schema::ModelSchema;
 use crate::sql::Dialect;
@@ -123,6 +123,13 @@ impl DataFlowBuilder {
         self
     }
 
+    /// How long audit rows are kept: [`DataFlow::purge_audit`] (and `dataflow
+    /// audit purge`) deletes rows older than this.
+    pub fn audit_retention(mut self, keep: std::time::Duration) -> Self {
+        self.config.audit_retention_ms = Some(keep.as_millis() as u64);
+        self
+    }
+
     /// Logs every SQL statement (never its values) to stderr.
     pub fn echo(mut self, on: bool) -> Self {
         self.config.echo = on;
@@ -217,7 +224,7 @@ impl DataFlow {
         models: Option<Vec<&'static ModelSchema>>,
     ) -> Result<DataFlow> {
         config.check_supported()?;
-        let registry = Registry::new(models)?;
+        let registry = Registry::new(models)?.with_audit(config.enable_audit_log == Some(true))?;
         let target = Target::parse(&config.database_url)?;
         tokio::task::spawn_blocking(move || boot(config, target, registry, embedded))
             .await
@@ -256,6 +263,12 @@ impl DataFlow {
         self.inner.registry.models()
     }
 
+    /// The models boot and the migration commands bring the database to:
+    /// the registered models and, with the audit log on, its table.
+    pub(crate) fn schema_models(&self) -> Vec<&'static ModelSchema> {
+        self.inner.registry.schema_models()
+    }
+
     /// The names of every registered node type.
     pub fn node_types(&self) -> Vec<String> {
         self.inner.registry.node_types()
@@ -284,7 +297,11 @@ impl DataFlow {
         run_id: Option<&str>,
     ) -> Result<Value> {
         match r {
-            NodeRef::Model(m, op) => self.execute_op(m, op, params).await,
+            NodeRef::Model(m, op) => {
+                // A workflow's node: its audit rows name the run and the node.
+                let origin = run_id.map(|r| (r.to_string(), node_id.to_string()));
+                self.execute_model(m, op, params, origin).await
+            }
             NodeRef::Custom(n) => {
                 // Hand-written nodes get input checked against their schema, like model nodes.
                 crate::json_schema::check(&n.input_schema(), &params).map_err(|e| {
@@ -316,6 +333,17 @@ impl DataFlow {
         op: Op,
         params: Value,
     ) -> Result<Value> {
+        self.execute_model(m, op, params, None).await
+    }
+
+    /// A model node; `origin` is `(run id, node id)` inside a workflow run.
+    async fn execute_model(
+        &self,
+        m: &'static ModelSchema,
+        op: Op,
+        params: Value,
+        origin: Option<(String, String)>,
+    ) -> Result<Value> {
         if crate::value::deeper_than(&params, MAX_INPUT_DEPTH) {
             crate::value::dismantle(params);
             return Err(Error::validation(
@@ -341,20 +369,22 @@ impl DataFlow {
             if let Some(kind) = WriteKind::of(op) {
                 let db = self.clone();
                 return writer
-                    .write(kind, move |c| db.run_model_on(c, m, op, params))
+                    .write(kind, move |c| {
+                        db.run_model_on(c, m, op, params, origin_of(&origin))
+                    })
                     .await;
             }
             // Reads that would wait for a connection go to a blocking thread.
             if writer::reads_inline(op) {
                 if let Some(mut conn) = self.inner.pool.try_get() {
-                    return self.run_model_on_any(&mut conn, m, op, params);
+                    return self.run_model_on_any(&mut conn, m, op, params, origin_of(&origin));
                 }
             }
         }
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = db.inner.pool.get()?;
-            db.run_model_on_any(&mut conn, m, op, params)
+            db.run_model_on_any(&mut conn, m, op, params, origin_of(&origin))
         })
         .await
         .map_err(|e| Error::internal(format!("node task failed: {e}")))?
@@ -366,29 +396,35 @@ impl DataFlow {
         m: &'static ModelSchema,
         op: Op,
         params: Value,
+        origin: Origin<'_>,
     ) -> Result<Value> {
         match conn {
-            AnyConnection::Sqlite(c) => self.run_model_on(c, m, op, params),
-            AnyConnection::Postgresql(c) => self.run_model_on(c, m, op, params),
+            AnyConnection::Sqlite(c) => self.run_model_on(c, m, op, params, origin),
+            AnyConnection::Postgresql(c) => self.run_model_on(c, m, op, params, origin),
         }
     }
 
-    /// A model node on a backend connection the caller holds.
+    /// A model node on a backend connection the caller holds; `origin`
+    /// names the workflow run and node it belongs to, if any.
     pub(crate) fn run_model_on<C: Conn>(
         &self,
         conn: &mut C,
         m: &'static ModelSchema,
         op: Op,
         params: Value,
+        origin: Origin<'_>,
     ) -> Result<Value> {
         let prepared = self.inner.registry.prepared(m);
         let ctx = nodes::Ctx {
-            model: m,
-            node: &prepared.nodes[op as usize],
-            columns: &prepared.columns,
-            echo: self.inner.config.echo,
-            context: &self.context,
-            tenant: None,
+            audited: m.audited(self.inner.config.enable_audit_log == Some(true)),
+            origin,
+            ..nodes::Ctx::new(
+                m,
+                &prepared.nodes[op as usize],
+                &prepared.columns,
+                self.inner.config.echo,
+                &self.context,
+            )
         };
         nodes::run(conn, &ctx, op, params)
     }
@@ -496,13 +532,25 @@ impl DataFlow {
     }
 }
 
+/// The [`Origin`] of an owned `(run id, node id)`.
+fn origin_of(origin: &Option<(String, String)>) -> Origin<'_> {
+    match origin {
+        Some((run, node)) => Origin {
+            run_id: Some(run),
+            node_id: Some(node),
+        },
+        None => Origin::default(),
+    }
+}
+
 fn boot(
     config: Config,
     target: Target,
     registry: Registry,
     embedded: &'static [EmbeddedMigration],
 ) -> Result<DataFlow> {
-    let models = registry.models();
+    let schema_models = registry.schema_models();
+    let models = schema_models.as_slice();
     let mut conn = target.connect(config.connect_timeout())?;
     if !config.skip_migration.unwrap_or(false) {
         let policy = BootPolicy {

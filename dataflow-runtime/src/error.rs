@@ -43,11 +43,14 @@ pub enum ErrorCode {
     /// A tenant-scoped model was used without a tenant in the context
     /// (never "all tenants").
     TenantRequired,
+    /// The record changed since the caller read it: its `version` is not
+    /// the `expected_version` (optimistic locking). Nothing was written.
+    Conflict,
 }
 
 impl ErrorCode {
     /// Every code, for tables (status mappings, documentation, tests).
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::Validation,
         ErrorCode::NotFound,
         ErrorCode::UniqueViolation,
@@ -63,6 +66,7 @@ impl ErrorCode {
         ErrorCode::MigrationBlocked,
         ErrorCode::Internal,
         ErrorCode::TenantRequired,
+        ErrorCode::Conflict,
     ];
 
     /// The code named `s` (the inverse of [`as_str`](Self::as_str)).
@@ -88,6 +92,7 @@ impl ErrorCode {
             ErrorCode::MigrationBlocked => "migration_blocked",
             ErrorCode::Internal => "internal",
             ErrorCode::TenantRequired => "tenant_required",
+            ErrorCode::Conflict => "conflict",
         }
     }
 }
@@ -99,7 +104,10 @@ impl ErrorCode {
         match self {
             ErrorCode::Validation | ErrorCode::ConfirmationRequired => 3,
             ErrorCode::NotFound | ErrorCode::UnknownNode => 4,
-            ErrorCode::UniqueViolation | ErrorCode::FkViolation | ErrorCode::NotAllowed => 5,
+            ErrorCode::UniqueViolation
+            | ErrorCode::FkViolation
+            | ErrorCode::NotAllowed
+            | ErrorCode::Conflict => 5,
             ErrorCode::MigrationBlocked => 6,
             ErrorCode::Connection | ErrorCode::Timeout => 7,
             ErrorCode::Config | ErrorCode::NotSupported => 8,
@@ -119,7 +127,8 @@ impl ErrorCode {
             ErrorCode::UniqueViolation
             | ErrorCode::FkViolation
             | ErrorCode::NotAllowed
-            | ErrorCode::MigrationBlocked => 409,
+            | ErrorCode::MigrationBlocked
+            | ErrorCode::Conflict => 409,
             ErrorCode::Connection => 503,
             ErrorCode::Timeout => 504,
             ErrorCode::Config | ErrorCode::NotSupported => 501,

@@ -60,7 +60,7 @@ impl<'a> Migrations<'a> {
             .blocking(|db, conn| {
                 let cfg = db.config();
                 let timeouts = migrate::Timeouts::from_config(cfg);
-                on_conn!(conn, c => migrate::plan_for(c, db.models(), &cfg.application_id, &timeouts))
+                on_conn!(conn, c => migrate::plan_for(c, &db.schema_models(), &cfg.application_id, &timeouts))
             })
             .await
     }
@@ -82,7 +82,7 @@ impl<'a> Migrations<'a> {
                 let timeouts = migrate::Timeouts::from_config(cfg);
                 on_conn!(conn, c => {
                     migrate::with_lock(c, db.target(), cfg.connect_timeout(), "migrate apply", |c| {
-                        let plan = migrate::plan_for(c, db.models(), &cfg.application_id, &timeouts)?;
+                        let plan = migrate::plan_for(c, &db.schema_models(), &cfg.application_id, &timeouts)?;
                         if plan.is_empty() {
                             return Ok(None);
                         }
@@ -95,7 +95,7 @@ impl<'a> Migrations<'a> {
                             record_registry: cfg.uses_registry(),
                             timeouts: &timeouts,
                         };
-                        migrate::apply(c, db.models(), &plan, options).map(Some)
+                        migrate::apply(c, &db.schema_models(), &plan, options).map(Some)
                     })
                 })
             })
@@ -131,8 +131,8 @@ impl<'a> Migrations<'a> {
                 let app = &db.config().application_id;
                 let timeouts = migrate::Timeouts::from_config(db.config());
                 on_conn!(conn, c => {
-                    let plan = migrate::plan_for(c, db.models(), app, &timeouts)?;
-                    migrate::stage(c, db.target(), db.models(), &plan, app, &timeouts)
+                    let plan = migrate::plan_for(c, &db.schema_models(), app, &timeouts)?;
+                    migrate::stage(c, db.target(), &db.schema_models(), &plan, app, &timeouts)
                 })
             })
             .await

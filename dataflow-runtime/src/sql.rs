@@ -23,6 +23,16 @@ impl Dialect {
         }
     }
 
+    /// What a `SELECT` of rows about to be changed ends with, so that no
+    /// other transaction changes them in between (PostgreSQL's row locks;
+    /// SQLite's single writer already holds the whole database).
+    pub fn lock_rows(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+
     /// `a IS DISTINCT FROM b`: inequality where NULL counts as a value.
     pub fn distinct_from(self) -> &'static str {
         match self {

@@ -257,9 +257,10 @@ pub(crate) mod tests {
                 soft_delete: false,
                 timestamps: false,
                 tenant_scoped: false,
-                audit: false,
+                audit: None,
                 cache_ttl_ms: None,
                 append_only: false,
+                versioned: false,
             },
             checksum: 0,
         }

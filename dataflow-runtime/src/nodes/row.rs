@@ -84,6 +84,8 @@ pub(super) fn insert_row(ctx: &Ctx, data: Value, now: &SqlValue, at: Option<usiz
                 _ => None,
             },
             Generated::CreatedAt | Generated::UpdatedAt => Some(now.clone()),
+            // Every record starts at version 1.
+            Generated::Version => Some(coerce(m, f, &Value::from(1))?),
             Generated::DeletedAt => Some(SqlValue::Null(f.ty)),
             // `run` resolved it from the context: writes always have one.
             Generated::Tenant => match ctx.tenant {
@@ -169,13 +171,57 @@ pub(super) fn assignments(ctx: &Ctx, p: &Params, key: &str) -> Result<Assignment
     Ok(out)
 }
 
-/// `UPDATE <table> SET <assignments>`, the start of every update.
+/// `UPDATE <table> SET <assignments>`, the start of every update; on a
+/// versioned model also `"version" = "version" + 1`.
 pub(super) fn update_sql<C: Conn>(m: &ModelSchema, sets: &[(&FieldSchema, SqlValue)]) -> Sql {
     let mut sql = Sql::new(C::DIALECT);
     sql.push("UPDATE ")
         .ident(m.table)
         .set(sets.iter().map(|(f, v)| (f.column, v.clone())));
+    if let Some(v) = m.field_with(Generated::Version) {
+        sql.push(", ")
+            .ident(v.column)
+            .push(" = ")
+            .ident(v.column)
+            .push(" + 1");
+    }
     sql
+}
+
+/// A new record's JSON form from its validated values, as the database
+/// will return it (`id` fills a key the database generates): the audit
+/// log's after-image of a bulk insert, without reading the rows back.
+pub(super) fn row_record(m: &ModelSchema, row: &Row, id: Option<&Value>) -> Value {
+    let mut map = serde_json::Map::with_capacity(m.fields.len());
+    for (f, v) in m.fields.iter().zip(row) {
+        let json = match v {
+            None => id.filter(|_| f.primary_key).cloned().unwrap_or(Value::Null),
+            Some(v) => sql_value_json(v),
+        };
+        map.insert(f.name.to_string(), json);
+    }
+    Value::Object(map)
+}
+
+/// A bound value's JSON form, the same as the stored value's
+/// (`value::cell_to_json`).
+pub(super) fn sql_value_json(v: &SqlValue) -> Value {
+    match v {
+        SqlValue::Null(_) => Value::Null,
+        SqlValue::Bool(b) => Value::Bool(*b),
+        SqlValue::I16(i) => Value::from(*i),
+        SqlValue::I32(i) => Value::from(*i),
+        SqlValue::I64(i) => Value::from(*i),
+        SqlValue::F32(x) => Value::from(f64::from(*x)),
+        SqlValue::F64(x) => Value::from(*x),
+        SqlValue::Text(s) => Value::String(s.clone()),
+        SqlValue::DateTime(dt) => Value::String(crate::value::format_datetime(dt)),
+        SqlValue::Date(d) => Value::String(d.format("%Y-%m-%d").to_string()),
+        SqlValue::Uuid(u) => Value::String(u.to_string()),
+        SqlValue::Json(j) => j.clone(),
+        SqlValue::Bytes(b) => Value::Array(b.iter().map(|x| Value::from(*x)).collect()),
+        SqlValue::Array(a) => Value::String(a.to_sqlite_json()),
+    }
 }
 
 /// `INSERT INTO t (present columns) VALUES (...), (...)`, taking the rows'

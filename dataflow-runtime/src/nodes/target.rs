@@ -85,6 +85,7 @@ fn show_value(v: &SqlValue) -> String {
 
 /// Finds the one record a node targets: `not_found` for none, a validation
 /// error for more than one, which suggests `alternative` (the bulk node).
+/// On PostgreSQL the row stays locked until the caller's transaction ends.
 pub(super) fn find_one<C: Conn>(
     conn: &mut C,
     ctx: &Ctx,
@@ -97,7 +98,8 @@ pub(super) fn find_one<C: Conn>(
     sql.push(" WHERE ");
     s.render(&mut sql, m)?;
     ctx.scope(&mut sql, include_deleted);
-    sql.push(" LIMIT 2");
+    // Every caller changes the record next: lock it until then.
+    sql.push(" LIMIT 2").push(C::DIALECT.lock_rows());
     let mut rows = ctx.query(conn, &sql)?;
     match rows.len() {
         0 => Err(s.not_found(ctx)),

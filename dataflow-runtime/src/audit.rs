@@ -1,0 +1,668 @@
+//! The audit log: who changed which record, how, from where, in the same
+//! transaction as the change.
+//!
+//! Every write node of an audited model (`enable_audit_log(true)`, or the
+//! model option `audit`) adds rows to `dataflow_audit` next to its own
+//! statements, inside the transaction that holds them: a write that rolls
+//! back leaves no audit row, a committed write always has its rows. Bulk
+//! nodes capture the records they change with one statement per batch and
+//! write their audit rows with multi-row INSERTs.
+//!
+//! What a row holds per operation (`op`):
+//!
+//! - `create`: `after` is the new record, `before` is null;
+//! - `update`: `before` and `after` hold only the fields that changed
+//!   (`updated_at` and `version` included);
+//! - `delete`: `before` is the record as it was, `after` is null (soft
+//!   deletes too);
+//! - `purge`: one row per purge of the log itself (`record_id` null,
+//!   `after` says how many rows went and the cutoff).
+//!
+//! Fields marked `#[field(sensitive)]` are recorded as `"***"`.
+//!
+//! The table is a built-in model (`dataflow_audit`), so the registry and
+//! the migration machinery create it and version it like any model's table,
+//! and [`AuditListNode`] reads it through the List node's code (filters,
+//! keyset cursors), restricted to the caller's tenant.
+
+use crate::backend::Conn;
+use crate::error::{Error, ErrorCode, Result};
+use crate::node::{Node, NodeContext, NodeFuture};
+use crate::nodes::Ctx;
+use crate::schema::{
+    DefaultValue, FieldSchema, FieldType, Generated, ModelOptions, ModelSchema, Op,
+};
+use crate::sql::Sql;
+use crate::value::{format_datetime, SqlValue};
+use crate::DataFlow;
+use serde_json::{json, Map, Value};
+
+/// The table's name, also its model's name in the registry.
+pub(crate) const TABLE: &str = "dataflow_audit";
+
+/// The name of the built-in node that lists audit rows.
+pub const AUDIT_LIST_NODE: &str = "AuditListNode";
+
+const fn field(name: &'static str, ty: FieldType, nullable: bool) -> FieldSchema {
+    FieldSchema {
+        name,
+        column: name,
+        ty,
+        nullable,
+        primary_key: false,
+        unique: false,
+        index: false,
+        default: None::<DefaultValue>,
+        references: None,
+        max_length: None,
+        renamed_from: None,
+        sensitive: false,
+        generated: Generated::No,
+    }
+}
+
+/// The audit table as a model: created, checked and versioned by the
+/// registry and the migration planner like the application's models
+/// (only when the audit log is on), never given nodes of its own.
+pub(crate) static AUDIT: ModelSchema = ModelSchema {
+    name: TABLE,
+    table: TABLE,
+    fields: &[
+        FieldSchema {
+            primary_key: true,
+            generated: Generated::AutoIncrement,
+            ..field("id", FieldType::I64, false)
+        },
+        FieldSchema {
+            index: true,
+            ..field("at", FieldType::DateTime, false)
+        },
+        field("actor", FieldType::String, true),
+        field("tenant", FieldType::String, true),
+        field("model", FieldType::String, false),
+        field("op", FieldType::String, false),
+        FieldSchema {
+            index: true,
+            ..field("record_id", FieldType::String, true)
+        },
+        field("before", FieldType::Json, true),
+        field("after", FieldType::Json, true),
+        field("run_id", FieldType::String, true),
+        field("node_id", FieldType::String, true),
+        field("request_id", FieldType::String, true),
+        field("channel", FieldType::String, true),
+    ],
+    options: ModelOptions {
+        soft_delete: false,
+        timestamps: false,
+        tenant_scoped: false,
+        audit: Some(false),
+        cache_ttl_ms: None,
+        append_only: true,
+        versioned: false,
+    },
+    // `dataflow_core::checksum` of the fields above; a test keeps it in step.
+    checksum: 0x1582_de25_1959_ae9d,
+};
+
+/// The columns an audit row is written with, in bind order (all but `id`).
+const WRITE_COLUMNS: [&str; 12] = [
+    "at",
+    "actor",
+    "tenant",
+    "model",
+    "op",
+    "record_id",
+    "before",
+    "after",
+    "run_id",
+    "node_id",
+    "request_id",
+    "channel",
+];
+
+/// What happened to one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Change {
+    fn as_str(self) -> &'static str {
+        match self {
+            Change::Create => "create",
+            Change::Update => "update",
+            Change::Delete => "delete",
+        }
+    }
+}
+
+/// The `op` values a row can have.
+const OPS: [&str; 4] = ["create", "update", "delete", "purge"];
+
+/// One audit row to write: a record's change with its before and after
+/// images (already masked and, for updates, reduced to the changed fields).
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) change: Change,
+    pub(crate) record_id: String,
+    pub(crate) before: Option<Value>,
+    pub(crate) after: Option<Value>,
+}
+
+impl Entry {
+    /// A created record.
+    pub(crate) fn created(m: &ModelSchema, mut after: Value) -> Entry {
+        mask(m, &mut after);
+        Entry {
+            change: Change::Create,
+            record_id: record_id(m, &after),
+            before: None,
+            after: Some(after),
+        }
+    }
+
+    /// A deleted record, as it was.
+    pub(crate) fn deleted(m: &ModelSchema, mut before: Value) -> Entry {
+        mask(m, &mut before);
+        Entry {
+            change: Change::Delete,
+            record_id: record_id(m, &before),
+            before: Some(before),
+            after: None,
+        }
+    }
+
+    /// An updated record: the fields whose values differ, before and after.
+    pub(crate) fn updated(m: &ModelSchema, before: &Value, after: &Value) -> Entry {
+        let (mut old, mut new) = (Map::new(), Map::new());
+        if let (Some(b), Some(a)) = (before.as_object(), after.as_object()) {
+            for (k, v) in a {
+                let was = b.get(k).unwrap_or(&Value::Null);
+                if was != v {
+                    old.insert(k.clone(), was.clone());
+                    new.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        let (mut old, mut new) = (Value::Object(old), Value::Object(new));
+        mask(m, &mut old);
+        mask(m, &mut new);
+        Entry {
+            change: Change::Update,
+            record_id: record_id(m, after),
+            before: Some(old),
+            after: Some(new),
+        }
+    }
+}
+
+/// The primary key of a record as the audit log stores it: text.
+pub(crate) fn record_id(m: &ModelSchema, record: &Value) -> String {
+    id_text(&record[m.primary_key().name])
+}
+
+fn id_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Replaces the value of every `sensitive` field present in `record` by `"***"`.
+pub(crate) fn mask(m: &ModelSchema, record: &mut Value) {
+    let Some(obj) = record.as_object_mut() else {
+        return;
+    };
+    for f in m.fields.iter().filter(|f| f.sensitive) {
+        if let Some(v) = obj.get_mut(f.name) {
+            *v = Value::String("***".into());
+        }
+    }
+}
+
+/// Writes `entries` as audit rows of `ctx`'s node run, with multi-row
+/// INSERTs (as many rows per statement as the dialect's bind limit allows).
+/// Runs inside the caller's transaction.
+pub(crate) fn write<C: Conn>(conn: &mut C, ctx: &Ctx, entries: Vec<Entry>) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let c = ctx.context;
+    let text = |s: Option<&str>| match s {
+        Some(s) => SqlValue::Text(s.to_string()),
+        None => SqlValue::Null(FieldType::String),
+    };
+    // The same for every row of this run of the node. SQLite gets the
+    // timestamp as text once, not formatted per row.
+    let at = match C::DIALECT {
+        crate::sql::Dialect::Sqlite => SqlValue::Text(format_datetime(&crate::value::now())),
+        crate::sql::Dialect::Postgres => SqlValue::DateTime(crate::value::now()),
+    };
+    let actor = text(c.actor.as_deref());
+    let tenant = text(ctx.tenant.or(c.tenant.as_deref()));
+    let model = SqlValue::Text(ctx.model.name.to_string());
+    let run_id = text(ctx.origin.run_id);
+    let node_id = text(Some(ctx.origin.node_id.unwrap_or(ctx.node)));
+    let request_id = text(c.request_id.as_deref());
+    let channel = text(c.channel.as_deref());
+    let json = |v: Option<Value>| match v {
+        Some(v) => SqlValue::Json(v),
+        None => SqlValue::Null(FieldType::Json),
+    };
+    let per_statement = (C::DIALECT.max_binds() / WRITE_COLUMNS.len()).max(1);
+    let mut entries = entries.into_iter().peekable();
+    while entries.peek().is_some() {
+        let mut sql = Sql::new(C::DIALECT);
+        sql.push("INSERT INTO ")
+            .ident(TABLE)
+            .push(" ")
+            .ident_list(WRITE_COLUMNS)
+            .values(entries.by_ref().take(per_statement).map(|e| {
+                [
+                    at.clone(),
+                    actor.clone(),
+                    tenant.clone(),
+                    model.clone(),
+                    SqlValue::Text(e.change.as_str().into()),
+                    SqlValue::Text(e.record_id),
+                    json(e.before),
+                    json(e.after),
+                    run_id.clone(),
+                    node_id.clone(),
+                    request_id.clone(),
+                    channel.clone(),
+                ]
+            }));
+        ctx.exec(conn, &sql)?;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ reading
+
+/// Lists audit rows (`AuditListNode`): filters by `model`, `record_id`,
+/// `actor`, `op` and a time range (`since` inclusive, `until` exclusive),
+/// newest first, `limit` per page and `after` (the previous page's `next`)
+/// for the next one. Only rows of the caller's tenant: a context without
+/// a tenant sees the rows written without one; [`Context::system`] sees
+/// every tenant's, or the one its `tenant` parameter names.
+///
+/// [`Context::system`]: crate::Context::system
+pub struct AuditListNode;
+
+/// The parameters of `AuditListNode`.
+const PARAMS: [&str; 9] = [
+    "model",
+    "record_id",
+    "actor",
+    "op",
+    "since",
+    "until",
+    "limit",
+    "after",
+    "tenant",
+];
+
+impl Node for AuditListNode {
+    fn name(&self) -> &'static str {
+        AUDIT_LIST_NODE
+    }
+
+    fn input_schema(&self) -> Value {
+        json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": AUDIT_LIST_NODE,
+            "type": "object",
+            "properties": {
+                "model": {"type": "string", "description": "the model whose records changed"},
+                "record_id": {"type": ["string", "integer"], "description": "the record's primary key"},
+                "actor": {"type": "string", "description": "who made the change (Context::actor)"},
+                "op": {"enum": OPS},
+                "since": {"type": "string", "format": "date-time", "description": "changes at or after this time"},
+                "until": {"type": "string", "format": "date-time", "description": "changes before this time"},
+                "limit": {"type": "integer", "minimum": 0, "maximum": crate::nodes::MAX_LIST_LIMIT, "default": crate::nodes::DEFAULT_LIST_LIMIT},
+                "after": {"type": ["string", "null"], "description": "the `next` cursor of the previous page"},
+                "tenant": {"type": "string", "description": "system contexts only: the tenant whose rows to list"}
+            },
+            "additionalProperties": false
+        })
+    }
+
+    fn run<'a>(&'a self, ctx: &'a NodeContext, input: Value) -> NodeFuture<'a> {
+        Box::pin(async move { ctx.db.audit_list(input).await })
+    }
+}
+
+fn invalid(field: &str, msg: impl Into<String>) -> Error {
+    Error::validation(TABLE, Some(field), msg.into()).in_node(AUDIT_LIST_NODE)
+}
+
+/// An RFC 3339 time parameter, checked here so the message names it.
+fn time_param(key: &str, v: &Value) -> Result<Value> {
+    let s = v.as_str().ok_or_else(|| {
+        invalid(
+            key,
+            format!("`{key}` must be an RFC 3339 time such as \"2026-01-31T12:00:00Z\""),
+        )
+    })?;
+    let t = chrono::DateTime::parse_from_rfc3339(s).map_err(|_| {
+        invalid(
+            key,
+            format!(
+                "`{key}` must be an RFC 3339 time such as \"2026-01-31T12:00:00Z\", got {:?}",
+                Error::echo(s)
+            ),
+        )
+    })?;
+    Ok(Value::String(format_datetime(
+        &t.with_timezone(&chrono::Utc),
+    )))
+}
+
+/// The List parameters on the audit model that an `AuditListNode` input
+/// asks for, with the tenant condition of `context`.
+pub(crate) fn list_params(context: &crate::Context, input: &Value) -> Result<Value> {
+    let obj = input.as_object().ok_or_else(|| {
+        Error::validation(TABLE, None, "parameters must be a JSON object".to_string())
+            .in_node(AUDIT_LIST_NODE)
+    })?;
+    let mut filter = Map::new();
+    let mut list = Map::new();
+    let mut at = Map::new();
+    for (k, v) in obj {
+        if v.is_null() {
+            continue;
+        }
+        match k.as_str() {
+            "model" | "actor" => {
+                if !v.is_string() {
+                    return Err(invalid(k, format!("`{k}` must be a string")));
+                }
+                filter.insert(k.clone(), v.clone());
+            }
+            "record_id" => match v {
+                Value::String(_) | Value::Number(_) => {
+                    filter.insert(k.clone(), Value::String(id_text(v)));
+                }
+                _ => return Err(invalid(k, "`record_id` must be a string or an integer")),
+            },
+            "op" => match v.as_str() {
+                Some(op) if OPS.contains(&op) => {
+                    filter.insert(k.clone(), v.clone());
+                }
+                _ => {
+                    return Err(invalid(
+                        k,
+                        format!("`op` must be one of {}", OPS.join(", ")),
+                    ))
+                }
+            },
+            "since" => {
+                at.insert("$gte".into(), time_param(k, v)?);
+            }
+            "until" => {
+                at.insert("$lt".into(), time_param(k, v)?);
+            }
+            "limit" | "after" => {
+                list.insert(k.clone(), v.clone());
+            }
+            "tenant" => {
+                if !context.system {
+                    return Err(invalid(
+                        k,
+                        "only a system context (Context::system) may name the tenant; other callers see their own tenant's rows",
+                    ));
+                }
+                if !v.is_string() {
+                    return Err(invalid(k, "`tenant` must be a string"));
+                }
+                filter.insert(k.clone(), v.clone());
+            }
+            other => {
+                let hint = crate::value::did_you_mean(other, PARAMS.iter().copied());
+                return Err(invalid(
+                    other,
+                    format!(
+                        "unknown parameter `{}`{hint}; expected one of: {}",
+                        Error::echo(other),
+                        PARAMS.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    if !at.is_empty() {
+        filter.insert("at".into(), Value::Object(at));
+    }
+    // The caller's tenant only; never every tenant unless the caller is the system.
+    match (&context.tenant, context.system) {
+        (Some(t), _) => {
+            filter.insert("tenant".into(), Value::String(t.clone()));
+        }
+        (None, true) => {}
+        (None, false) => {
+            filter.insert("tenant".into(), json!({"$null": true}));
+        }
+    }
+    list.insert("filter".into(), Value::Object(filter));
+    list.insert("order_by".into(), json!(["-id"]));
+    Ok(Value::Object(list))
+}
+
+/// Runs an audit listing on a connection.
+pub(crate) fn list_on<C: Conn>(
+    conn: &mut C,
+    context: &crate::Context,
+    echo: bool,
+    params: Value,
+) -> Result<Value> {
+    let columns = crate::sql::columns(&AUDIT);
+    let ctx = Ctx::new(&AUDIT, AUDIT_LIST_NODE, &columns, echo, context);
+    crate::nodes::run(conn, &ctx, Op::List, params)
+}
+
+/// Whether the audit table exists (a database whose audit log was never on has none).
+pub(crate) fn exists<C: Conn>(conn: &mut C) -> Result<bool> {
+    crate::migrate::table_exists(conn, TABLE)
+}
+
+/// The error for a database without an audit log.
+pub(crate) fn not_enabled() -> Error {
+    Error::new(
+        ErrorCode::Config,
+        "this database has no audit log (no `dataflow_audit` table): turn it on with \
+         `enable_audit_log(true)` or `#[dataflow::model(audit)]` and boot the application once",
+    )
+}
+
+/// Deletes the audit rows older than `cutoff` and records the purge as an
+/// audit row of its own; returns how many rows went.
+pub(crate) fn purge_on<C: Conn>(
+    conn: &mut C,
+    context: &crate::Context,
+    echo: bool,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> Result<u64> {
+    if !exists(conn)? {
+        return Err(not_enabled());
+    }
+    let columns = crate::sql::columns(&AUDIT);
+    let ctx = Ctx::new(&AUDIT, "audit purge", &columns, echo, context);
+    conn.write_transaction(|conn| {
+        let mut sql = Sql::new(C::DIALECT);
+        sql.push("DELETE FROM ")
+            .ident(TABLE)
+            .push(" WHERE ")
+            .ident("at")
+            .push(" < ")
+            .bind(SqlValue::DateTime(cutoff));
+        let n = ctx.exec(conn, &sql)?;
+        let mut sql = Sql::new(C::DIALECT);
+        let text = |s: Option<&str>| match s {
+            Some(s) => SqlValue::Text(s.to_string()),
+            None => SqlValue::Null(FieldType::String),
+        };
+        sql.push("INSERT INTO ")
+            .ident(TABLE)
+            .push(" ")
+            .ident_list(WRITE_COLUMNS)
+            .values([[
+                SqlValue::DateTime(crate::value::now()),
+                text(context.actor.as_deref()),
+                text(context.tenant.as_deref()),
+                SqlValue::Text(TABLE.into()),
+                SqlValue::Text("purge".into()),
+                SqlValue::Null(FieldType::String),
+                SqlValue::Null(FieldType::Json),
+                SqlValue::Json(json!({"deleted": n, "older_than": format_datetime(&cutoff)})),
+                SqlValue::Null(FieldType::String),
+                SqlValue::Null(FieldType::String),
+                text(context.request_id.as_deref()),
+                text(context.channel.as_deref()),
+            ]]);
+        ctx.exec(conn, &sql)?;
+        Ok(n as u64)
+    })
+}
+
+impl DataFlow {
+    /// Lists audit rows, as the built-in `AuditListNode` does (the same
+    /// input and output; the caller's tenant only). Works on any database
+    /// whose audit log was ever on, also one opened with
+    /// [`open_for_tools`](Self::open_for_tools).
+    pub async fn audit_list(&self, query: Value) -> Result<Value> {
+        let params = list_params(self.context(), &query)?;
+        self.blocking(move |db, conn| {
+            crate::dataflow::on_conn!(conn, c => {
+                if !exists(c)? {
+                    return Err(not_enabled());
+                }
+                list_on(c, db.context(), db.config().echo, params)
+            })
+        })
+        .await
+    }
+
+    /// Deletes audit rows older than `older_than`, or than the configured
+    /// [`audit_retention`](crate::DataFlowBuilder::audit_retention) when
+    /// `None`; returns how many were deleted. The purge itself is recorded
+    /// as an audit row (`op: "purge"`). Run it from a scheduled job, or
+    /// with `dataflow audit purge`.
+    pub async fn purge_audit(&self, older_than: Option<std::time::Duration>) -> Result<u64> {
+        let keep = older_than.or(self.config().audit_retention()).ok_or_else(|| {
+            Error::new(
+                ErrorCode::Config,
+                "no audit retention is configured: set `audit_retention(..)` or give the age to purge (`--older-than 30d`)",
+            )
+        })?;
+        let keep = chrono::Duration::from_std(keep)
+            .map_err(|_| Error::new(ErrorCode::Config, "the audit retention is too long"))?;
+        let cutoff = crate::value::now() - keep;
+        self.exclusive(move |db, conn| {
+            crate::dataflow::on_conn!(conn, c => purge_on(c, db.context(), db.config().echo, cutoff))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dataflow_core::checksum::{self, DefaultShape, FieldShape, ModelShape};
+
+    /// The constant checksum is the checksum of the schema as written, so a
+    /// change to the table's fields is a new registry version.
+    #[test]
+    fn audit_schema_checksum_matches_its_fields() {
+        let fields: Vec<FieldShape<'_>> = AUDIT
+            .fields
+            .iter()
+            .map(|f| FieldShape {
+                name: f.name,
+                column: f.column,
+                ty: f.ty,
+                nullable: f.nullable,
+                primary_key: f.primary_key,
+                unique: f.unique,
+                index: f.index,
+                default: f.default.map(|d| match d {
+                    DefaultValue::Bool(b) => DefaultShape::Bool(b),
+                    DefaultValue::Int(i) => DefaultShape::Int(i),
+                    DefaultValue::Float(x) => DefaultShape::Float(x),
+                    DefaultValue::Str(s) => DefaultShape::Str(s),
+                }),
+                references: None,
+                max_length: f.max_length,
+                renamed_from: f.renamed_from,
+                generated: f.generated,
+            })
+            .collect();
+        let o = AUDIT.options;
+        let sum = checksum::checksum(&ModelShape {
+            name: AUDIT.name,
+            table: AUDIT.table,
+            soft_delete: o.soft_delete,
+            timestamps: o.timestamps,
+            tenant_scoped: o.tenant_scoped,
+            audit: o.audit == Some(true),
+            append_only: o.append_only,
+            fields: &fields,
+        });
+        assert_eq!(AUDIT.checksum, sum, "set AUDIT.checksum to {sum:#x}");
+    }
+
+    #[test]
+    fn updates_record_only_the_changed_fields_and_mask_secrets() {
+        static M: ModelSchema = ModelSchema {
+            name: "M",
+            table: "m",
+            fields: &[
+                FieldSchema {
+                    primary_key: true,
+                    ..field("id", FieldType::I64, false)
+                },
+                field("a", FieldType::String, false),
+                FieldSchema {
+                    sensitive: true,
+                    ..field("secret", FieldType::String, false)
+                },
+            ],
+            options: AUDIT.options,
+            checksum: 0,
+        };
+        let e = Entry::updated(
+            &M,
+            &json!({"id": 7, "a": "x", "secret": "s1"}),
+            &json!({"id": 7, "a": "x", "secret": "s2"}),
+        );
+        assert_eq!(e.record_id, "7");
+        assert_eq!(e.before, Some(json!({"secret": "***"})));
+        assert_eq!(e.after, Some(json!({"secret": "***"})));
+        let e = Entry::created(&M, json!({"id": 7, "a": "x", "secret": "s1"}));
+        assert_eq!(e.after, Some(json!({"id": 7, "a": "x", "secret": "***"})));
+        assert_eq!(e.before, None);
+    }
+
+    #[test]
+    fn listing_binds_the_callers_tenant() {
+        let q = json!({"model": "User", "record_id": 5});
+        let p = list_params(&crate::Context::new().tenant("a"), &q).unwrap();
+        assert_eq!(
+            p["filter"],
+            json!({"model": "User", "record_id": "5", "tenant": "a"})
+        );
+        let p = list_params(&crate::Context::new(), &q).unwrap();
+        assert_eq!(p["filter"]["tenant"], json!({"$null": true}));
+        let p = list_params(&crate::Context::system(), &q).unwrap();
+        assert!(p["filter"].get("tenant").is_none());
+        let e = list_params(&crate::Context::new(), &json!({"tenant": "b"})).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Validation);
+        let e = list_params(&crate::Context::new(), &json!({"op": "drop"})).unwrap_err();
+        assert!(e.message().contains("create, update, delete, purge"), "{e}");
+        let e = list_params(&crate::Context::new(), &json!({"since": "yesterday"})).unwrap_err();
+        assert!(e.message().contains("RFC 3339"), "{e}");
+    }
+}
