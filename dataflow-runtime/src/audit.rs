@@ -478,8 +478,8 @@ pub(crate) fn not_enabled() -> Error {
     )
 }
 
-/// Deletes the audit rows older than `cutoff` and records the purge as an
-/// audit row of its own; returns how many rows went.
+/// Deletes the audit rows older than `cutoff` and records the purge (when
+/// it deleted any) as an audit row of its own; returns how many rows went.
 pub(crate) fn purge_on<C: Conn>(
     conn: &mut C,
     context: &crate::Context,
@@ -500,6 +500,9 @@ pub(crate) fn purge_on<C: Conn>(
             .push(" < ")
             .bind(SqlValue::DateTime(cutoff));
         let n = ctx.exec(conn, &sql)?;
+        if n == 0 {
+            return Ok(0);
+        }
         let mut sql = Sql::new(C::DIALECT);
         let text = |s: Option<&str>| match s {
             Some(s) => SqlValue::Text(s.to_string()),
@@ -548,9 +551,9 @@ impl DataFlow {
 
     /// Deletes audit rows older than `older_than`, or than the configured
     /// [`audit_retention`](crate::DataFlowBuilder::audit_retention) when
-    /// `None`; returns how many were deleted. The purge itself is recorded
-    /// as an audit row (`op: "purge"`). Run it from a scheduled job, or
-    /// with `dataflow audit purge`.
+    /// `None`; returns how many were deleted. A purge that deleted rows is
+    /// itself recorded as an audit row (`op: "purge"`). Run it from a
+    /// scheduled job, or with `dataflow audit purge`.
     pub async fn purge_audit(&self, older_than: Option<std::time::Duration>) -> Result<u64> {
         let keep = older_than.or(self.config().audit_retention()).ok_or_else(|| {
             Error::new(
