@@ -15,6 +15,14 @@ pub(crate) fn check(ir: &mut ModelIr, errors: &mut Errors) {
         attributes_agree(f, errors);
     }
     primary_key(ir, errors);
+    for f in ir.fields.iter().filter(|f| f.is_primary_key()) {
+        if let Some(sensitive) = &f.sensitive {
+            errors.push(sensitive.error(format!(
+                "`{}` is the primary key, which the audit log records as the record id; it cannot be `sensitive`\n\nhelp: mark the secret fields `sensitive`, not the key",
+                f.name
+            )));
+        }
+    }
     managed_fields(ir, errors);
     column_clashes(ir, errors);
 }
@@ -43,11 +51,6 @@ fn attributes_agree(f: &FieldIr, errors: &mut Errors) {
     }
     if let Some(default) = &f.default {
         default_fits(f, default, errors);
-    }
-    if let (Some(sensitive), Some(_)) = (&f.sensitive, &f.primary_key) {
-        errors.push(sensitive.error(format!(
-            "`{name}` is the primary key, which the audit log records as the record id; it cannot be `sensitive`"
-        )));
     }
 }
 
@@ -237,7 +240,7 @@ fn column_clashes(ir: &ModelIr, errors: &mut Errors) {
 #[cfg(test)]
 mod tests {
     use crate::expand::model_ir;
-    use crate::ir::ModelIr;
+    use crate::ir::{DefaultLit, ModelIr};
     use dataflow_core::{FieldType, Generated};
     use proc_macro2::TokenStream;
     use quote::quote;
@@ -310,6 +313,85 @@ mod tests {
         );
         let deleted_at = m.fields.last().unwrap();
         assert!(deleted_at.nullable && deleted_at.ty == FieldType::DateTime);
+    }
+
+    #[test]
+    fn versioned_adds_a_version_starting_at_one_or_takes_the_declared_one() {
+        let m = ir(
+            quote!(versioned, timestamps = false),
+            quote!(
+                struct A {
+                    id: String,
+                }
+            ),
+        )
+        .unwrap();
+        let v = m.fields.last().unwrap();
+        assert_eq!(
+            (v.name.as_str(), v.ty, v.generated, v.nullable),
+            ("version", FieldType::I64, Generated::Version, false)
+        );
+        assert_eq!(v.default.as_ref().map(|d| &d.value), Some(&DefaultLit::Int(1)));
+        let declared = ir(
+            quote!(versioned, timestamps = false),
+            quote!(
+                struct A {
+                    id: String,
+                    version: i32,
+                }
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            generated(&declared),
+            [("id", Generated::Uuid7), ("version", Generated::Version)]
+        );
+        assert_eq!(declared.fields[1].ty, FieldType::I32);
+        // Without `versioned`, a field named `version` is the user's.
+        let plain = ir(
+            quote!(timestamps = false),
+            quote!(
+                struct A {
+                    id: String,
+                    version: i32,
+                }
+            ),
+        )
+        .unwrap();
+        assert_eq!(plain.fields[1].generated, Generated::No);
+        let err = ir(
+            quote!(versioned),
+            quote!(
+                struct A {
+                    id: String,
+                    #[field(default = 3)]
+                    version: i64,
+                }
+            ),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cannot have a `default`"), "{err}");
+    }
+
+    #[test]
+    fn audit_is_on_off_or_unset_and_opting_out_keeps_the_checksum() {
+        let item = quote!(
+            struct A {
+                id: String,
+                #[field(sensitive)]
+                token: String,
+            }
+        );
+        let unset = ir(quote!(), item.clone()).unwrap();
+        let off = ir(quote!(audit = false), item.clone()).unwrap();
+        let on = ir(quote!(audit), item).unwrap();
+        assert_eq!(
+            (unset.options.audit, off.options.audit, on.options.audit),
+            (None, Some(false), Some(true))
+        );
+        assert_eq!(unset.checksum(), off.checksum());
+        assert_ne!(unset.checksum(), on.checksum());
+        assert!(unset.fields[1].sensitive.is_some());
     }
 
     #[test]

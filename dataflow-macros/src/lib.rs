@@ -54,7 +54,9 @@ use proc_macro::TokenStream;
 /// | `timestamps = false` | by default `created_at` and `updated_at` (UTC timestamps) are added and maintained; a field you declare with either name is yours instead |
 /// | `soft_delete` | adds `deleted_at`; Delete/BulkDelete set it, reads skip such records unless `include_deleted: true`. The struct must not declare `deleted_at` |
 /// | `append_only` | Create and reads only: Update, Delete, Upsert and the bulk changes fail with `not_allowed` |
-/// | `tenant_scoped`, `audit`, `cache_ttl = "30s"` | parsed and checked now (`cache_ttl` takes `ms`, `s`, `m` or `h`); their features (multi-tenancy, audit log, query cache) come later, and until then a model that sets them fails boot with `not_supported` |
+/// | `audit` | every write of the model is recorded in the audit log (`dataflow_audit`), in the write's transaction; `audit = false` opts the model out of `enable_audit_log(true)` |
+/// | `versioned` | adds `version` (1 on create, incremented by every update); Update, Upsert and BulkUpdate take `expected_version`, and a stale one is `conflict`. Declare `pub version: i64` (or `i32`) to read it in Rust |
+/// | `tenant_scoped`, `cache_ttl = "30s"` | parsed and checked now (`cache_ttl` takes `ms`, `s`, `m` or `h`); their features (multi-tenancy, query cache) come later, and until then a model that sets them fails boot with `not_supported` |
 ///
 /// Flags accept `= true` / `= false` as well as the bare key.
 ///
@@ -70,6 +72,7 @@ use proc_macro::TokenStream;
 /// | `max_length = N` | `String` fields only: checked on input; `VARCHAR(N)` on PostgreSQL |
 /// | `column = "name"` | column name, when it differs from the field name (JSON uses the field name); no two fields may share a column |
 /// | `renamed_from = "old"` | the column's previous name, for the migration planner |
+/// | `sensitive` | the audit log records `"***"` instead of the value (never the primary key) |
 /// | `skip` | not persisted (`#[serde(skip)]`; the type needs `Default`) |
 ///
 /// # Field types
