@@ -331,7 +331,10 @@ mod tests {
             (v.name.as_str(), v.ty, v.generated, v.nullable),
             ("version", FieldType::I64, Generated::Version, false)
         );
-        assert_eq!(v.default.as_ref().map(|d| &d.value), Some(&DefaultLit::Int(1)));
+        assert_eq!(
+            v.default.as_ref().map(|d| &d.value),
+            Some(&DefaultLit::Int(1))
+        );
         let declared = ir(
             quote!(versioned, timestamps = false),
             quote!(
