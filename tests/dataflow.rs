@@ -2133,6 +2133,10 @@ async fn every_write_node_records_its_changes_in_the_audit_log() {
         assert!(ids_desc.windows(2).all(|w| w[0] > w[1]), "{ids_desc:?}");
 
         // A generated integer key: the audit row names it; a soft delete is a delete.
+        let one = ok(&db, "TicketCreateNode", json!({"title": "single"})).await;
+        let rows = audit_rows(&db, json!({"model": "Ticket", "record_id": one["id"]})).await;
+        assert_eq!((rows.len(), &rows[0]["after"]), (1, &one));
+        assert_eq!(rows[0]["record_id"], json!(one["id"].to_string()));
         let t = ok(&db, "TicketBulkCreateNode", json!({"data": [{"title": "one"}, {"title": "two"}]})).await;
         let tid = t["ids"][1].as_i64().unwrap();
         let rows = audit_rows(&db, json!({"model": "Ticket", "record_id": tid})).await;
@@ -2415,6 +2419,20 @@ async fn sensitive_fields_never_reach_the_audit_log() {
         assert_eq!(
             (&update["before"]["api_key"], &update["after"]["api_key"]),
             (&json!("***"), &json!("***"))
+        );
+        // Nor in an error that quotes the caller's filter.
+        let e = err(
+            &db,
+            "AccountReadNode",
+            json!({"filter": {"$or": [{"api_key": "sk-live-9"}, {"email": "nobody@x.io"}]}}),
+        )
+        .await;
+        assert_eq!(e.code(), "not_found");
+        assert!(
+            !e.message().contains("sk-live")
+                && e.message().contains("***")
+                && e.message().contains("nobody@x.io"),
+            "{e}"
         );
     })
     .await;

@@ -33,6 +33,22 @@ impl Dialect {
         }
     }
 
+    /// Whether a `WITH` clause may hold an `INSERT … RETURNING` whose rows
+    /// feed another `INSERT` of the same statement (PostgreSQL's
+    /// data-modifying CTEs): a write and its audit row in one round trip.
+    pub fn writes_in_with(self) -> bool {
+        matches!(self, Dialect::Postgres)
+    }
+
+    /// `CAST(<json text> AS …)`: the type a JSON text parameter is stored
+    /// as in a JSON column (`None`: stored as the text itself).
+    pub(crate) fn json_cast(self) -> Option<&'static str> {
+        match self {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => Some("JSONB"),
+        }
+    }
+
     /// `a IS DISTINCT FROM b`: inequality where NULL counts as a value.
     pub fn distinct_from(self) -> &'static str {
         match self {
@@ -105,6 +121,24 @@ impl Sql {
         self.marks.push(self.text.len());
         self.binds.push(v);
         self
+    }
+
+    /// Appends another statement of the same dialect, its binds included.
+    pub(crate) fn append(&mut self, other: Sql) -> &mut Self {
+        let offset = self.text.len();
+        self.text.push_str(&other.text);
+        self.marks
+            .extend(other.marks.into_iter().map(|m| m + offset));
+        self.binds.extend(other.binds);
+        self
+    }
+
+    /// A bound JSON text, cast to the dialect's JSON column type.
+    pub(crate) fn bind_json_text(&mut self, v: SqlValue) -> &mut Self {
+        match self.dialect.json_cast() {
+            Some(ty) => self.push("CAST(").bind(v).push(" AS ").push(ty).push(")"),
+            None => self.bind(v),
+        }
     }
 
     pub(crate) fn bind_count(&self) -> usize {

@@ -3,7 +3,7 @@
 
 use super::params::{Param, Params};
 use super::row::{
-    assignments, batches, bulk_rows, insert_sql, row_record, rows_per_batch, sql_value_json,
+    assignments, batches, bulk_rows, insert_sql, row_json_text, rows_per_batch, sql_value_json,
     take_array, update_sql, DEFAULT_BATCH,
 };
 use super::run::Ctx;
@@ -61,15 +61,18 @@ pub(super) fn bulk_create<C: Conn>(conn: &mut C, ctx: &Ctx, mut params: Value) -
             .map(|r| sql_value_json(r[pk_index].as_ref().expect("pk given")))
             .collect()
     };
+    let mut done = 0;
     conn.write_transaction(|conn| {
         for chunk in batches(rows, batch) {
-            // The audit log's after-images, from the values about to be inserted.
-            let records: Vec<Value> = if ctx.audited {
-                chunk.iter().map(|r| row_record(m, r, None)).collect()
+            // The audit log's after-images, written from the values about
+            // to be inserted (no reading back).
+            let records: Vec<String> = if ctx.audited {
+                chunk.iter().map(|r| row_json_text(m, r)).collect()
             } else {
                 Vec::new()
             };
-            let first_new = ids.len();
+            let first = done;
+            done += chunk.len();
             let mut sql = insert_sql::<C>(m, chunk);
             if generated_ids {
                 sql.push(" RETURNING ").ident(pk.column);
@@ -86,12 +89,14 @@ pub(super) fn bulk_create<C: Conn>(conn: &mut C, ctx: &Ctx, mut params: Value) -
             if ctx.audited {
                 let entries = records
                     .into_iter()
-                    .enumerate()
-                    .map(|(i, mut record)| {
-                        if generated_ids {
-                            record[pk.name] = ids.get(first_new + i).cloned().unwrap_or_default();
-                        }
-                        Entry::created(m, record)
+                    .zip(&ids[first..])
+                    .map(|(text, id)| {
+                        let text = if generated_ids {
+                            with_key(&text, pk.name, id)
+                        } else {
+                            text
+                        };
+                        Entry::created_text(audit::id_text(id), text)
                     })
                     .collect();
                 audit::write(conn, ctx, entries)?;
@@ -103,6 +108,20 @@ pub(super) fn bulk_create<C: Conn>(conn: &mut C, ctx: &Ctx, mut params: Value) -
     out.insert("inserted".into(), inserted.into());
     out.insert("ids".into(), Value::Array(ids));
     Ok(Value::Object(out))
+}
+
+/// A record's JSON text with its generated key added in front.
+fn with_key(text: &str, key: &str, id: &Value) -> String {
+    let mut out = String::with_capacity(text.len() + key.len() + 24);
+    out.push('{');
+    out.push_str(&Value::from(key).to_string());
+    out.push(':');
+    out.push_str(&id.to_string());
+    if text.len() > 2 {
+        out.push(',');
+    }
+    out.push_str(text.get(1..).unwrap_or("}"));
+    out
 }
 
 /// Refuses a whole-table change (a filter that matches everything, however

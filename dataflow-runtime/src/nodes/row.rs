@@ -188,19 +188,55 @@ pub(super) fn update_sql<C: Conn>(m: &ModelSchema, sets: &[(&FieldSchema, SqlVal
     sql
 }
 
-/// A new record's JSON form from its validated values, as the database
-/// will return it (`id` fills a key the database generates): the audit
-/// log's after-image of a bulk insert, without reading the rows back.
-pub(super) fn row_record(m: &ModelSchema, row: &Row, id: Option<&Value>) -> Value {
-    let mut map = serde_json::Map::with_capacity(m.fields.len());
+/// A new record's JSON text for the audit log, written straight from its
+/// validated values (the same JSON as the record the database returns),
+/// `sensitive` fields as `"***"`. A key the database generates (`None`) is
+/// left out; the caller adds it once known.
+pub(super) fn row_json_text(m: &ModelSchema, row: &Row) -> String {
+    let mut out: Vec<u8> = Vec::with_capacity(32 * m.fields.len());
+    out.push(b'{');
+    let mut first = true;
     for (f, v) in m.fields.iter().zip(row) {
-        let json = match v {
-            None => id.filter(|_| f.primary_key).cloned().unwrap_or(Value::Null),
-            Some(v) => sql_value_json(v),
-        };
-        map.insert(f.name.to_string(), json);
+        let Some(v) = v else { continue };
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        json_into(&mut out, f.name);
+        out.push(b':');
+        if f.sensitive {
+            out.extend_from_slice(b"\"***\"");
+        } else {
+            sql_value_json_into(&mut out, v);
+        }
     }
-    Value::Object(map)
+    out.push(b'}');
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends `v` as JSON (serde_json cannot fail writing into a `Vec`).
+fn json_into<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    let _ = serde_json::to_writer(out, v);
+}
+
+/// Appends a bound value as JSON, as [`sql_value_json`] would give it.
+fn sql_value_json_into(out: &mut Vec<u8>, v: &SqlValue) {
+    match v {
+        SqlValue::Null(_) => out.extend_from_slice(b"null"),
+        SqlValue::Bool(b) => json_into(out, b),
+        SqlValue::I16(i) => json_into(out, i),
+        SqlValue::I32(i) => json_into(out, i),
+        SqlValue::I64(i) => json_into(out, i),
+        SqlValue::F32(x) => json_into(out, &f64::from(*x)),
+        SqlValue::F64(x) => json_into(out, x),
+        SqlValue::Text(s) => json_into(out, s.as_str()),
+        SqlValue::DateTime(dt) => json_into(out, &crate::value::format_datetime(dt)),
+        SqlValue::Date(d) => json_into(out, &d.format("%Y-%m-%d").to_string()),
+        SqlValue::Uuid(u) => json_into(out, &u.to_string()),
+        SqlValue::Json(j) => json_into(out, j),
+        SqlValue::Bytes(b) => json_into(out, b),
+        SqlValue::Array(_) => json_into(out, &sql_value_json(v)),
+    }
 }
 
 /// A bound value's JSON form, the same as the stored value's

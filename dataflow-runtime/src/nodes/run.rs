@@ -188,7 +188,7 @@ impl Ctx<'_> {
     }
 
     /// ` RETURNING <all columns>`, so writes answer with whole records.
-    pub(super) fn returning(&self, sql: &mut Sql) {
+    pub(crate) fn returning(&self, sql: &mut Sql) {
         sql.returning(self.columns);
     }
 

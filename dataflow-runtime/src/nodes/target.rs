@@ -66,9 +66,33 @@ impl<'a> Selector<'a> {
     pub(super) fn not_found(&self, ctx: &Ctx) -> Error {
         let what = match self {
             Selector::Id(v) => format!("with {} = {}", ctx.model.primary_key().name, show_value(v)),
-            Selector::Filter(f) => format!("matching {}", Error::echo(&f.to_string())),
+            Selector::Filter(f) => format!(
+                "matching {}",
+                Error::echo(&masked_filter(ctx.model, f).to_string())
+            ),
         };
         Error::new(ErrorCode::NotFound, format!("no {} {what}", ctx.model.name))
+    }
+}
+
+/// A filter as an error message may quote it: the values compared with
+/// `sensitive` fields replaced by `"***"`, however deep.
+fn masked_filter(m: &ModelSchema, f: &Value) -> Value {
+    match f {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let v = if m.field(k).is_some_and(|f| f.sensitive) {
+                        Value::String("***".into())
+                    } else {
+                        masked_filter(m, v)
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(|v| masked_filter(m, v)).collect()),
+        other => other.clone(),
     }
 }
 

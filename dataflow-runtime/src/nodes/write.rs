@@ -2,10 +2,12 @@
 //! soft-or-hard delete that Delete and BulkDelete share.
 
 use super::params::{Param, Params};
-use super::row::{assignments, insert_row, insert_sql, now_value, update_sql};
+use super::row::{
+    assignments, insert_row, insert_sql, now_value, row_json_text, sql_value_json, update_sql,
+};
 use super::run::Ctx;
 use super::schema as s;
-use super::target::{find_one, pk_value, Selector};
+use super::target::{find_one, pk_index, pk_value, Selector};
 use super::Op;
 use crate::audit::{self, Entry};
 use crate::backend::Conn;
@@ -32,6 +34,23 @@ pub(super) const DELETE: &[Param] = &[
 /// Create takes the record itself, so it has no parameter table.
 pub(super) fn create<C: Conn>(conn: &mut C, ctx: &Ctx, params: Value) -> Result<Value> {
     let row = insert_row(ctx, params, &now_value(), None)?;
+    if ctx.audited && C::DIALECT.writes_in_with() {
+        // The insert and its audit row in one statement (one round trip).
+        let pk = &row[pk_index(ctx.model)];
+        let record_id = pk.as_ref().map(|v| audit::id_text(&sql_value_json(v)));
+        let after = row_json_text(ctx.model, &row);
+        let sql = audit::insert_with_row::<C>(
+            ctx,
+            insert_sql::<C>(ctx.model, vec![row]),
+            record_id,
+            after,
+        );
+        let mut rows = ctx.query(conn, &sql)?;
+        return ctx.record(
+            rows.pop()
+                .ok_or_else(|| Error::internal("INSERT … RETURNING returned no row"))?,
+        );
+    }
     let mut sql = insert_sql::<C>(ctx.model, vec![row]);
     ctx.returning(&mut sql);
     let insert = |conn: &mut C| -> Result<Value> {
