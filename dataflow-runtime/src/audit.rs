@@ -277,24 +277,34 @@ fn json_text(v: Option<String>) -> SqlValue {
 }
 
 /// Writes `entries` as audit rows of `ctx`'s node run, inside the caller's
-/// transaction: multi-row INSERTs that bind the run's values once and four
-/// values per row (`INSERT … SELECT <run values>, v.* FROM (VALUES …) v`),
-/// as many rows per statement as the dialect's bind limit allows.
+/// transaction: multi-row INSERTs that bind the run's values once and the
+/// rest per row (`INSERT … SELECT <run values>, v.* FROM (VALUES …) v`), as
+/// many rows per statement as the dialect's bind limit allows. Rows of
+/// creates (all of a BulkCreate) bind two values each: the record id and
+/// the after-image.
 pub(crate) fn write<C: Conn>(conn: &mut C, ctx: &Ctx, entries: Vec<Entry>) -> Result<()> {
-    let per_statement = ((C::DIALECT.max_binds() - RUN_COLUMNS.len()) / ROW_COLUMNS.len()).max(1);
+    let creates = entries
+        .iter()
+        .all(|e| e.change == Change::Create && e.before.is_none());
+    let per_row = if creates { 2 } else { ROW_COLUMNS.len() };
+    let per_statement = ((C::DIALECT.max_binds() - RUN_COLUMNS.len() - 1) / per_row).max(1);
     let mut entries = entries.into_iter().peekable();
     while entries.peek().is_some() {
         let mut sql = insert_head::<C>(ctx);
-        sql.push(", \"column1\", \"column2\", ");
-        for c in ["column3", "column4"] {
-            match C::DIALECT.json_cast() {
-                Some(ty) => sql.push("CAST(").ident(c).push(" AS ").push(ty).push(")"),
-                None => sql.ident(c),
-            };
-            sql.push(if c == "column3" { ", " } else { "" });
-        }
-        sql.push(" FROM (")
-            .values(entries.by_ref().take(per_statement).map(|e| {
+        let rows = entries.by_ref().take(per_statement);
+        if creates {
+            sql.push(", ")
+                .bind(SqlValue::Text(Change::Create.as_str().into()))
+                .push(", \"column1\", NULL, ");
+            json_column(&mut sql, "column2");
+            sql.push(" FROM (")
+                .values(rows.map(|e| [SqlValue::Text(e.record_id), json_text(e.after)]));
+        } else {
+            sql.push(", \"column1\", \"column2\", ");
+            json_column(&mut sql, "column3");
+            sql.push(", ");
+            json_column(&mut sql, "column4");
+            sql.push(" FROM (").values(rows.map(|e| {
                 [
                     SqlValue::Text(e.change.as_str().into()),
                     SqlValue::Text(e.record_id),
@@ -302,10 +312,24 @@ pub(crate) fn write<C: Conn>(conn: &mut C, ctx: &Ctx, entries: Vec<Entry>) -> Re
                     json_text(e.after),
                 ]
             }));
+        }
         sql.push(") AS \"v\"");
         ctx.exec(conn, &sql)?;
     }
     Ok(())
+}
+
+/// A column of JSON text, as the dialect stores JSON.
+fn json_column(sql: &mut Sql, column: &str) {
+    match sql.dialect().json_cast() {
+        Some(ty) => sql
+            .push("CAST(")
+            .ident(column)
+            .push(" AS ")
+            .push(ty)
+            .push(")"),
+        None => sql.ident(column),
+    };
 }
 
 /// On a dialect that [`writes_in_with`](crate::Dialect::writes_in_with):
