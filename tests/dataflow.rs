@@ -2582,6 +2582,9 @@ async fn audit_cli_lists_and_purges() {
             0,
             "everything is younger than an hour"
         );
+        let newest = audit_rows(&db, json!({"limit": 1})).await[0]["id"]
+            .as_i64()
+            .unwrap();
         let (code, out, errs) = run(&["audit", "purge", "--older-than", "0s"]);
         assert_eq!(code, Some(0), "{errs}");
         assert!(out.contains("Deleted 3"), "{out}");
@@ -2594,6 +2597,16 @@ async fn audit_cli_lists_and_purges() {
                 &page["records"][0]["after"]["deleted"]
             ),
             (&json!("purge"), &json!(3))
+        );
+        // Row ids keep growing after a purge of everything: none is reused.
+        let purge_id = page["records"][0]["id"].as_i64().unwrap();
+        ok(&db, "TicketCreateNode", json!({"title": "after"})).await;
+        let latest = audit_rows(&db, json!({"limit": 1})).await[0]["id"]
+            .as_i64()
+            .unwrap();
+        assert!(
+            newest < purge_id && purge_id < latest,
+            "{newest} {purge_id} {latest}"
         );
     }
     // A database that never had the audit log.

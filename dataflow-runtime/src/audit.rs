@@ -84,8 +84,10 @@ pub(crate) static AUDIT: ModelSchema = ModelSchema {
             index: true,
             ..field("record_id", FieldType::String, true)
         },
-        field("before", FieldType::Json, true),
-        field("after", FieldType::Json, true),
+        // JSON text: cheaper to write than PostgreSQL's JSONB (cast it to
+        // query it in SQL); the listing returns it as JSON.
+        field("before", FieldType::String, true),
+        field("after", FieldType::String, true),
         field("run_id", FieldType::String, true),
         field("node_id", FieldType::String, true),
         field("request_id", FieldType::String, true),
@@ -101,7 +103,7 @@ pub(crate) static AUDIT: ModelSchema = ModelSchema {
         versioned: false,
     },
     // `dataflow_core::checksum` of the fields above; a test keeps it in step.
-    checksum: 0x64e1_7807_2be4_bcec,
+    checksum: 0xc3b9_c4b0_4ad8_d554,
 };
 
 /// The columns of an audit row that are the same for every row a node run
@@ -296,40 +298,23 @@ pub(crate) fn write<C: Conn>(conn: &mut C, ctx: &Ctx, entries: Vec<Entry>) -> Re
             sql.push(", ")
                 .bind(SqlValue::Text(Change::Create.as_str().into()))
                 .push(", \"column1\", NULL, ");
-            json_column(&mut sql, "column2");
-            sql.push(" FROM (")
+            sql.push("\"column2\" FROM (")
                 .values(rows.map(|e| [SqlValue::Text(e.record_id), json_text(e.after)]));
         } else {
-            sql.push(", \"column1\", \"column2\", ");
-            json_column(&mut sql, "column3");
-            sql.push(", ");
-            json_column(&mut sql, "column4");
-            sql.push(" FROM (").values(rows.map(|e| {
-                [
-                    SqlValue::Text(e.change.as_str().into()),
-                    SqlValue::Text(e.record_id),
-                    json_text(e.before),
-                    json_text(e.after),
-                ]
-            }));
+            sql.push(", \"column1\", \"column2\", \"column3\", \"column4\" FROM (")
+                .values(rows.map(|e| {
+                    [
+                        SqlValue::Text(e.change.as_str().into()),
+                        SqlValue::Text(e.record_id),
+                        json_text(e.before),
+                        json_text(e.after),
+                    ]
+                }));
         }
         sql.push(") AS \"v\"");
         ctx.exec(conn, &sql)?;
     }
     Ok(())
-}
-
-/// A column of JSON text, as the dialect stores JSON.
-fn json_column(sql: &mut Sql, column: &str) {
-    match sql.dialect().json_cast() {
-        Some(ty) => sql
-            .push("CAST(")
-            .ident(column)
-            .push(" AS ")
-            .push(ty)
-            .push(")"),
-        None => sql.ident(column),
-    };
 }
 
 /// On a dialect that [`writes_in_with`](crate::Dialect::writes_in_with):
@@ -363,13 +348,20 @@ pub(crate) fn insert_with_row<C: Conn>(
         }
     }
     sql.push(", NULL, ");
-    sql.bind_json_text(SqlValue::Text(after));
     if record_id_generated(ctx) {
-        sql.push(" || jsonb_build_object(")
-            .bind(SqlValue::Text(pk.name.to_string()))
-            .push("::text, \"inserted\".")
+        // `{"id":` || the new key || the rest of the record's text.
+        let key = format!("{{{}:", Value::from(pk.name));
+        let rest = match after.get(1..) {
+            Some(r) if r != "}" => format!(",{r}"),
+            _ => "}".to_string(),
+        };
+        sql.bind(SqlValue::Text(key))
+            .push(" || CAST(\"inserted\".")
             .ident(pk.column)
-            .push(")");
+            .push(" AS TEXT) || ")
+            .bind(SqlValue::Text(rest));
+    } else {
+        sql.bind(SqlValue::Text(after));
     }
     sql.push(" FROM \"inserted\") SELECT ")
         .push(ctx.columns)
@@ -561,7 +553,20 @@ pub(crate) fn list_on<C: Conn>(
 ) -> Result<Value> {
     let columns = crate::sql::columns(&AUDIT);
     let ctx = Ctx::new(&AUDIT, AUDIT_LIST_NODE, &columns, echo, context);
-    crate::nodes::run(conn, &ctx, Op::List, params)
+    let mut page = crate::nodes::run(conn, &ctx, Op::List, params)?;
+    // `before` and `after` are stored as JSON text; callers get JSON.
+    if let Some(records) = page.get_mut("records").and_then(Value::as_array_mut) {
+        for r in records {
+            for k in ["before", "after"] {
+                if let Some(Value::String(text)) = r.get(k) {
+                    r[k] = serde_json::from_str(text).map_err(|e| {
+                        Error::internal(format!("an audit row's `{k}` is not JSON: {e}"))
+                    })?;
+                }
+            }
+        }
+    }
+    Ok(page)
 }
 
 /// Whether the audit table exists (a database whose audit log was never on has none).
@@ -592,24 +597,41 @@ pub(crate) fn purge_on<C: Conn>(
     let columns = crate::sql::columns(&AUDIT);
     let ctx = Ctx::new(&AUDIT, "audit purge", &columns, echo, context);
     conn.write_transaction(|conn| {
+        let older = |sql: &mut Sql| {
+            sql.push(" FROM ")
+                .ident(TABLE)
+                .push(" WHERE ")
+                .ident("at")
+                .push(" < ")
+                .bind(SqlValue::DateTime(cutoff));
+        };
         let mut sql = Sql::new(C::DIALECT);
-        sql.push("DELETE FROM ")
-            .ident(TABLE)
-            .push(" WHERE ")
-            .ident("at")
-            .push(" < ")
-            .bind(SqlValue::DateTime(cutoff));
-        let n = ctx.exec(conn, &sql)?;
+        sql.push("SELECT COUNT(*)");
+        older(&mut sql);
+        let n = match ctx
+            .query(conn, &sql)?
+            .pop()
+            .and_then(|r| r.into_iter().next())
+        {
+            Some(crate::value::Cell::I64(n)) => n,
+            other => return Err(Error::internal(format!("COUNT(*) returned {other:?}"))),
+        };
         if n == 0 {
             return Ok(0);
         }
+        // The purge's own row goes in first: younger than the cutoff, it is
+        // the newest row and stays, so row ids are never handed out twice.
         let after = json!({"deleted": n, "older_than": format_datetime(&cutoff)});
         let mut sql = insert_head::<C>(&ctx);
         sql.push(", ")
             .bind(SqlValue::Text("purge".into()))
             .push(", NULL, NULL, ")
-            .bind_json_text(SqlValue::Text(after.to_string()));
+            .bind(SqlValue::Text(after.to_string()));
         ctx.exec(conn, &sql)?;
+        let mut sql = Sql::new(C::DIALECT);
+        sql.push("DELETE");
+        older(&mut sql);
+        let n = ctx.exec(conn, &sql)?;
         Ok(n as u64)
     })
 }

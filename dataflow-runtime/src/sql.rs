@@ -40,15 +40,6 @@ impl Dialect {
         matches!(self, Dialect::Postgres)
     }
 
-    /// `CAST(<json text> AS …)`: the type a JSON text parameter is stored
-    /// as in a JSON column (`None`: stored as the text itself).
-    pub(crate) fn json_cast(self) -> Option<&'static str> {
-        match self {
-            Dialect::Sqlite => None,
-            Dialect::Postgres => Some("JSONB"),
-        }
-    }
-
     /// `a IS DISTINCT FROM b`: inequality where NULL counts as a value.
     pub fn distinct_from(self) -> &'static str {
         match self {
@@ -131,14 +122,6 @@ impl Sql {
             .extend(other.marks.into_iter().map(|m| m + offset));
         self.binds.extend(other.binds);
         self
-    }
-
-    /// A bound JSON text, cast to the dialect's JSON column type.
-    pub(crate) fn bind_json_text(&mut self, v: SqlValue) -> &mut Self {
-        match self.dialect.json_cast() {
-            Some(ty) => self.push("CAST(").bind(v).push(" AS ").push(ty).push(")"),
-            None => self.bind(v),
-        }
     }
 
     pub(crate) fn bind_count(&self) -> usize {

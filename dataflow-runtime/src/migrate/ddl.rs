@@ -81,6 +81,13 @@ pub(crate) fn create_table_as(
         .fields
         .iter()
         .map(|f| column_def(d, f, &fk_target))
+        // The audit log's key is SQLite's rowid without AUTOINCREMENT, whose
+        // `sqlite_sequence` update would cost every audited write a page;
+        // its purge keeps the newest row, so ids are not reused (audit.rs).
+        .map(|c| match m.table == crate::audit::TABLE {
+            true => c.replace(" AUTOINCREMENT", ""),
+            false => c,
+        })
         .collect();
     let mut stmts = vec![format!(
         "CREATE TABLE IF NOT EXISTS {} ({})",

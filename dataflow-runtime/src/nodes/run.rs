@@ -166,7 +166,7 @@ impl Ctx<'_> {
     }
 
     /// Runs a query, logging it first when `echo` is on.
-    pub(super) fn query<C: Conn>(&self, conn: &mut C, sql: &Sql) -> Result<Vec<Vec<Cell>>> {
+    pub(crate) fn query<C: Conn>(&self, conn: &mut C, sql: &Sql) -> Result<Vec<Vec<Cell>>> {
         self.log(sql);
         conn.query(sql)
     }
