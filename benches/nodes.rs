@@ -1,5 +1,7 @@
 //! The node path (`db.execute("BenchUserCreateNode", json)`) against hand-written
-//! diesel doing the same SQL on the same table, side by side in one run.
+//! diesel doing the same SQL on the same table, side by side in one run; and
+//! the same node path on an audited copy of the model (`BenchAuditedUser`,
+//! every write also recording its audit rows in the same transaction).
 //!
 //! ```sh
 //! cargo bench --bench nodes      # full: SQLite + PostgreSQL, median of 5 rounds
@@ -43,6 +45,19 @@ pub struct BenchUser {
     pub age: i32,
 }
 
+/// `BenchUser` with the audit log on: the same fields, every write also
+/// records its audit rows (the `Audited` path).
+#[dataflow::model(audit)]
+pub struct BenchAuditedUser {
+    pub id: String,
+    #[field(unique)]
+    pub email: String,
+    pub full_name: Option<String>,
+    #[field(default = true)]
+    pub active: bool,
+    pub age: i32,
+}
+
 type Res<T> = Result<T, Box<dyn StdError + Send + Sync>>;
 
 /// The runtime's default pool size, set explicitly on both pools.
@@ -61,6 +76,14 @@ const READ: &str = "BenchUserReadNode";
 const LIST: &str = "BenchUserListNode";
 const BULK: &str = "BenchUserBulkCreateNode";
 const COUNT: &str = "BenchUserCountNode";
+const CREATE_AUDITED: &str = "BenchAuditedUserCreateNode";
+const READ_AUDITED: &str = "BenchAuditedUserReadNode";
+const LIST_AUDITED: &str = "BenchAuditedUserListNode";
+const BULK_AUDITED: &str = "BenchAuditedUserBulkCreateNode";
+const COUNT_AUDITED: &str = "BenchAuditedUserCountNode";
+/// Audit targets: audited / plain node path.
+const AUDIT_SINGLE_TARGET: f64 = 0.7;
+const AUDIT_BULK_TARGET: f64 = 0.5;
 
 // ------------------------------------------------------------------ configuration
 
@@ -159,11 +182,32 @@ trait Raw: 'static {
     fn count_like(c: &mut Self::Conn, pattern: &str) -> QueryResult<i64>;
     fn count_all(c: &mut Self::Conn) -> QueryResult<i64>;
     fn clear(c: &mut Self::Conn) -> QueryResult<()>;
+    /// Empties the audited model's table and the audit log.
+    fn clear_audited(c: &mut Self::Conn) -> QueryResult<()>;
+    /// Rows in the audit log.
+    fn count_audit(c: &mut Self::Conn) -> QueryResult<i64>;
     /// (column, declared type, nullable) in table order, as the database reports them.
     fn columns(c: &mut Self::Conn) -> QueryResult<Vec<(String, String, bool)>>;
     /// The columns the raw structs below are written against.
     fn expected_columns() -> Vec<(&'static str, &'static str, bool)>;
     fn version(c: &mut Self::Conn) -> QueryResult<String>;
+}
+
+#[derive(QueryableByName)]
+struct RowCount {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// `SELECT COUNT(*)` of a table, on either backend.
+fn count_rows<C>(c: &mut C, table: &str) -> QueryResult<i64>
+where
+    C: diesel::Connection,
+    diesel::query_builder::SqlQuery: diesel::query_dsl::LoadQuery<'static, C, RowCount>,
+{
+    let rows: Vec<RowCount> =
+        diesel::sql_query(format!("SELECT COUNT(*) AS n FROM {table}")).load(c)?;
+    Ok(rows.first().map_or(0, |r| r.n))
 }
 
 #[derive(QueryableByName)]
@@ -363,6 +407,15 @@ mod sqlite_raw {
             diesel::delete(bench_users::table).execute(c).map(drop)
         }
 
+        fn clear_audited(c: &mut SqliteConnection) -> QueryResult<()> {
+            use diesel::connection::SimpleConnection;
+            c.batch_execute("DELETE FROM bench_audited_users; DELETE FROM dataflow_audit")
+        }
+
+        fn count_audit(c: &mut SqliteConnection) -> QueryResult<i64> {
+            count_rows(c, "dataflow_audit")
+        }
+
         fn columns(c: &mut SqliteConnection) -> QueryResult<Vec<(String, String, bool)>> {
             let cols: Vec<ColumnInfo> = diesel::sql_query(
                 "SELECT name, type AS ty, (\"notnull\" = 0 AND pk = 0) AS nullable \
@@ -554,6 +607,16 @@ mod pg_raw {
                 .map(drop)
         }
 
+        fn clear_audited(c: &mut PgConnection) -> QueryResult<()> {
+            diesel::sql_query("TRUNCATE bench_audited_users, dataflow_audit")
+                .execute(c)
+                .map(drop)
+        }
+
+        fn count_audit(c: &mut PgConnection) -> QueryResult<i64> {
+            count_rows(c, "dataflow_audit")
+        }
+
         fn columns(c: &mut PgConnection) -> QueryResult<Vec<(String, String, bool)>> {
             let cols: Vec<ColumnInfo> = diesel::sql_query(
                 "SELECT column_name::text AS name, data_type::text AS ty, is_nullable::text = 'YES' AS nullable \
@@ -601,6 +664,8 @@ enum Path {
     RawAlt,
     /// `spawn_blocking` + pool checkout and no query: the fixed cost both paths pay.
     Floor,
+    /// The node path on the audited copy of the model.
+    Audited,
 }
 
 impl Path {
@@ -610,6 +675,7 @@ impl Path {
             Path::Raw => "raw diesel",
             Path::RawAlt => "a raw diesel variant (Raw::alt)",
             Path::Floor => "floor: spawn_blocking + pool checkout, no query",
+            Path::Audited => "node path, audited model (BenchAuditedUser)",
         }
     }
 }
@@ -692,6 +758,7 @@ fn paths<B: Raw>(kind: Kind, floor: bool) -> Vec<Path> {
     if floor {
         paths.push(Path::Floor);
     }
+    paths.push(Path::Audited);
     paths
 }
 
@@ -718,6 +785,8 @@ fn list_params() -> Value {
 struct Bench<B: Raw> {
     db: DataFlow,
     pool: Pool<ConnectionManager<B::Conn>>,
+    /// Records of the audited model, read by the `Audited` path.
+    audited_ids: Vec<String>,
 }
 
 impl<B: Raw> Bench<B> {
@@ -765,6 +834,26 @@ impl<B: Raw> Bench<B> {
             (Kind::Create, Path::Node) => {
                 let rec = self.node(CREATE, Input::new(tag, i).into_json()).await?;
                 Some(id_of(&rec)?)
+            }
+            (Kind::Create, Path::Audited) => {
+                let rec = self
+                    .node(CREATE_AUDITED, Input::new(tag, i).into_json())
+                    .await?;
+                Some(id_of(&rec)?)
+            }
+            (Kind::Read, Path::Audited) => {
+                let ids = &self.audited_ids;
+                let rec = self
+                    .node(READ_AUDITED, id_params(ids[i % ids.len()].clone()))
+                    .await?;
+                debug_assert!(rec["email"].is_string());
+                None
+            }
+            (Kind::List, Path::Audited) => {
+                // A full page once the Create line made enough records (the smoke run makes fewer).
+                let page = self.node(LIST_AUDITED, list_params()).await?;
+                debug_assert!(page["count"].as_u64() <= Some(LIST_LIMIT as u64));
+                None
             }
             (Kind::Create, _) => {
                 let input = Input::new(tag, i);
@@ -814,7 +903,12 @@ impl<B: Raw> Bench<B> {
         let mut created = Vec::new();
         for r in 0..cfg.rounds {
             for path in rotation(&line.paths(), r) {
-                let tag = format!("{}-{r}", if path == Path::Node { "node" } else { "raw" });
+                let who = match path {
+                    Path::Node => "node",
+                    Path::Audited => "audited",
+                    _ => "raw",
+                };
+                let tag = format!("{who}-{r}");
                 let start = Instant::now();
                 let mut done = 0;
                 while cfg.more(done, start) {
@@ -852,9 +946,10 @@ async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(Str
         .connect_timeout(CONNECT_TIMEOUT)
         .build()
         .await?;
-    let bench = Bench::<B> {
+    let mut bench = Bench::<B> {
         db,
         pool: B::pool(raw_target),
+        audited_ids: Vec::new(),
     };
     let (version, columns) = bench.raw(|c| Ok((B::version(c)?, B::columns(c)?))).await?;
     let expected: Vec<(String, String, bool)> = B::expected_columns()
@@ -868,6 +963,7 @@ async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(Str
         )
     })?;
     bench.raw(B::clear).await?;
+    bench.raw(B::clear_audited).await?;
 
     // Warm-up: opens the pool connections and fills both statement caches.
     for i in 0..cfg.warmup {
@@ -883,13 +979,43 @@ async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(Str
         bench.raw(B::list_alt).await?;
         let id = id_of(&rec)?;
         bench.raw(move |c| B::read_alt(c, &id)).await?;
+        let rec = bench
+            .node(CREATE_AUDITED, Input::new("warm-audited", i).into_json())
+            .await?;
+        bench
+            .node(READ_AUDITED, json!({"id": id_of(&rec)?}))
+            .await?;
+        bench.node(LIST_AUDITED, list_params()).await?;
     }
 
     let mut lines = Vec::new();
 
     // -------- Create
-    let mut line = Line::new("Create (single)", "ops/s", &[Path::Node, Path::Raw]);
+    let mut line = Line::new(
+        "Create (single)",
+        "ops/s",
+        &[Path::Node, Path::Raw, Path::Audited],
+    );
     let created = bench.single_ops(cfg, Kind::Create, &mut line, &[]).await?;
+    bench.audited_ids = created
+        .iter()
+        .filter(|(p, _)| *p == Path::Audited)
+        .map(|(_, id)| id.clone())
+        .collect();
+    // Every audited create has its audit row (and the warm-up's theirs).
+    let audited_rows = bench.node(COUNT_AUDITED, json!({})).await?["count"]
+        .as_i64()
+        .unwrap_or(-1);
+    let audit_rows = bench.raw(B::count_audit).await?;
+    check(
+        audited_rows == (bench.audited_ids.len() + cfg.warmup) as i64 && audit_rows == audited_rows,
+        || {
+            format!(
+                "Create (audited): {audited_rows} rows and {audit_rows} audit rows for {} creates",
+                bench.audited_ids.len() + cfg.warmup
+            )
+        },
+    )?;
     let node_ids: Vec<String> = created
         .iter()
         .filter(|(p, _)| *p == Path::Node)
@@ -986,21 +1112,27 @@ async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(Str
     let mut line = Line::new(
         format!("BulkCreate {} rows", thousands(n as f64)),
         "rows/s",
-        &[Path::Node, Path::Raw],
+        &[Path::Node, Path::Raw, Path::Audited],
     );
     for r in 0..cfg.rounds {
         for path in rotation(&line.paths(), r) {
             bench.raw(B::clear).await?;
+            bench.raw(B::clear_audited).await?;
             let tag = format!("bulk-{r}");
-            let elapsed = if path == Path::Node {
+            let elapsed = if matches!(path, Path::Node | Path::Audited) {
                 let data: Vec<Value> = (0..n).map(|i| Input::new(&tag, i).into_json()).collect();
                 let mut params = Map::new();
                 params.insert("data".into(), Value::Array(data));
                 // The runtime caps this at its bind limit: the same batches as raw.
                 params.insert("batch_size".into(), Value::from(1_000_000u64));
                 let params = Value::Object(params);
+                let node = if path == Path::Node {
+                    BULK
+                } else {
+                    BULK_AUDITED
+                };
                 let start = Instant::now();
-                let out = bench.node(BULK, params).await?;
+                let out = bench.node(node, params).await?;
                 let elapsed = start.elapsed();
                 check(
                     out["inserted"].as_u64() == Some(n as u64)
@@ -1024,7 +1156,17 @@ async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(Str
                 })?;
                 elapsed
             };
-            let rows = bench.raw(B::count_all).await?;
+            let rows = if path == Path::Audited {
+                let audit = bench.raw(B::count_audit).await?;
+                check(audit == n as i64, || {
+                    format!("BulkCreate (audited): {audit} audit rows for {n} records")
+                })?;
+                bench.node(COUNT_AUDITED, json!({})).await?["count"]
+                    .as_i64()
+                    .unwrap_or(-1)
+            } else {
+                bench.raw(B::count_all).await?
+            };
             check(rows == n as i64, || {
                 format!("BulkCreate ({path:?}): {rows} rows in the table after inserting {n}")
             })?;
@@ -1033,6 +1175,7 @@ async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(Str
     }
     lines.push(line);
     bench.raw(B::clear).await?;
+    bench.raw(B::clear_audited).await?;
     Ok((version, lines))
 }
 
@@ -1104,6 +1247,57 @@ fn print_table(title: &str, lines: &[Line], verbose: bool) {
                 println!("  rounds {} / {}: {}", l.name, l.describe(*p), r.join(", "));
             }
         }
+    }
+}
+
+/// The audited model against the plain one, per line (the same node path,
+/// the same rounds).
+fn print_audit_table(lines: &[Line]) {
+    let w = lines.iter().map(|l| l.name.len()).max().unwrap_or(4).max(4);
+    println!(
+        "\n{:<w$} | {:>18} | {:>18} | audited/plain | target",
+        "audit log", "plain model", "audited model"
+    );
+    for l in lines.iter().filter(|l| l.paths().contains(&Path::Audited)) {
+        let ratio = l.median(Path::Audited) / l.median(Path::Node);
+        println!(
+            "{:<w$} | {:>18} | {:>18} | {:>13.2} | {}",
+            l.name,
+            format!("{} {}", thousands(l.median(Path::Node)), l.unit),
+            format!("{} {}", thousands(l.median(Path::Audited)), l.unit),
+            ratio,
+            audit_target(l).map_or("(reads write no audit rows)".to_string(), |t| format!(
+                ">= {t}x"
+            )),
+        );
+    }
+}
+
+/// The audit target of a line: single writes and BulkCreate; reads have none.
+fn audit_target(l: &Line) -> Option<f64> {
+    if l.name.starts_with("BulkCreate") {
+        Some(AUDIT_BULK_TARGET)
+    } else if l.name.starts_with("Create") {
+        Some(AUDIT_SINGLE_TARGET)
+    } else {
+        None
+    }
+}
+
+/// The audit verdict of one backend, one line.
+fn audit_verdict(backend: &str, lines: &[Line]) -> String {
+    let misses: Vec<String> = lines
+        .iter()
+        .filter_map(|l| {
+            let target = audit_target(l)?;
+            let ratio = l.median(Path::Audited) / l.median(Path::Node);
+            (ratio < target).then(|| format!("{} at {ratio:.2}x (target {target}x)", l.name))
+        })
+        .collect();
+    if misses.is_empty() {
+        format!("{backend} audit targets (audited >= {AUDIT_SINGLE_TARGET}x plain for single writes, >= {AUDIT_BULK_TARGET}x for BulkCreate): met")
+    } else {
+        format!("{backend} audit targets: MISSED on {}", misses.join(", "))
     }
 }
 
@@ -1244,14 +1438,18 @@ async fn main() -> Res<()> {
             &lines,
             verbose,
         );
+        print_audit_table(&lines);
         verdicts.push(verdict("SQLite", &lines, Some(200_000.0)));
+        verdicts.push(audit_verdict("SQLite", &lines));
     }
     if backends.contains("postgres") {
         match postgres_url() {
             Ok(url) => {
                 let (version, lines) = run_backend::<pg_raw::Backend>(&cfg, &url, &url).await?;
                 print_table(&format!("{version}: {}", redact(&url)), &lines, verbose);
+                print_audit_table(&lines);
                 verdicts.push(verdict("PostgreSQL", &lines, None));
+                verdicts.push(audit_verdict("PostgreSQL", &lines));
             }
             Err(why) => println!("\nPostgreSQL: skipped ({why})"),
         }

@@ -4,7 +4,7 @@
 mod support;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use dataflow::{DataFlow, Error};
+use dataflow::{DataFlow, Error, Model as _};
 use serde_json::{json, Value};
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -1178,8 +1178,8 @@ async fn node_input_schemas_describe_the_input() {
     assert_eq!(db.node_schema("Nope").unwrap_err().code(), "unknown_node");
     assert_eq!(
         db.node_types().len(),
-        7 * 11 + 2,
-        "eleven per model plus SwitchNode and MergeNode"
+        11 * 11 + 3,
+        "eleven per model plus SwitchNode, MergeNode and (audited models here) AuditListNode"
     );
 }
 
@@ -1275,13 +1275,13 @@ async fn unreachable_postgres_fails_fast() {
 async fn options_for_missing_features_fail_boot() {
     let e = DataFlow::builder(sqlite_url("flags"))
         .enable_caching(true)
-        .enable_audit_log(true)
+        .enable_metrics(true)
         .build()
         .await
         .unwrap_err();
     assert_eq!(e.code().as_str(), "not_supported");
     assert!(
-        e.message().contains("enable_caching") && e.message().contains("enable_audit_log"),
+        e.message().contains("enable_caching") && e.message().contains("enable_metrics"),
         "{e}"
     );
     let e = DataFlow::builder(sqlite_url("flags"))
@@ -2249,4 +2249,822 @@ mod hardening_pool {
         }
         assert_eq!(count(&db, "User").await, 51);
     }
+}
+
+// ---- audit
+
+/// Audited by its own option (without `enable_audit_log`), versioned, with a secret.
+#[dataflow::model(audit, versioned)]
+pub struct Account {
+    pub id: String,
+    #[field(unique)]
+    pub email: String,
+    #[field(default = 0)]
+    pub balance: i64,
+    #[field(sensitive)]
+    pub api_key: Option<String>,
+}
+
+/// Audited, with a key the database generates, soft delete and no timestamps.
+#[dataflow::model(audit, soft_delete, timestamps = false)]
+pub struct Ticket {
+    pub id: i64,
+    pub title: String,
+}
+
+/// Opts out of `enable_audit_log`.
+#[dataflow::model(audit = false)]
+pub struct Scratch {
+    pub id: String,
+    pub note: String,
+}
+
+/// A handle that sees every tenant's audit rows.
+fn as_system(db: &DataFlow) -> DataFlow {
+    db.with_context(dataflow::Context::system())
+}
+
+/// The audit rows `query` selects (as the system, up to 1,000), newest first.
+async fn audit_rows(db: &DataFlow, mut query: Value) -> Vec<Value> {
+    if query.get("limit").is_none() {
+        query["limit"] = json!(1000);
+    }
+    ok(&as_system(db), "AuditListNode", query).await["records"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The fields that differ between two versions of a record, as an
+/// update's audit row holds them.
+fn changed(before: &Value, after: &Value) -> (Value, Value) {
+    let (mut b, mut a) = (serde_json::Map::new(), serde_json::Map::new());
+    for (k, v) in after.as_object().unwrap() {
+        if before[k] != *v {
+            b.insert(k.clone(), before[k].clone());
+            a.insert(k.clone(), v.clone());
+        }
+    }
+    (Value::Object(b), Value::Object(a))
+}
+
+fn masked(record: &Value) -> Value {
+    let mut r = record.clone();
+    if r.get("api_key").is_some() {
+        r["api_key"] = json!("***");
+    }
+    r
+}
+
+/// Every record of `model` (or every audit row, for `"audit"`), in key
+/// order, as text: "nothing changed" is this staying equal.
+async fn dump(db: &DataFlow, model: &str) -> String {
+    let rows = if model == "audit" {
+        Value::Array(audit_rows(db, json!({"limit": 10_000})).await)
+    } else {
+        ok(
+            db,
+            &format!("{model}ListNode"),
+            json!({"order_by": "id", "limit": 10_000, "include_deleted": true}),
+        )
+        .await["records"]
+            .clone()
+    };
+    serde_json::to_string(&rows).unwrap()
+}
+
+#[tokio::test]
+async fn every_write_node_records_its_changes_in_the_audit_log() {
+    on_each_backend("audit_nodes", |db| async move {
+        let db = db.with_context(
+            dataflow::Context::new()
+                .actor("user:7")
+                .request_id("req-1")
+                .channel("test"),
+        );
+        let rows_of = |op: &'static str, id: &str| {
+            let db = db.clone();
+            let id = id.to_string();
+            async move { audit_rows(&db, json!({"model": "Account", "record_id": id, "op": op})).await }
+        };
+
+        // Create: the new record, the secret masked, the caller's context.
+        let a = ok(&db, "AccountCreateNode", json!({"email": "a@x.io", "balance": 10, "api_key": "sk-1"})).await;
+        let id_a = a["id"].as_str().unwrap().to_string();
+        assert_eq!(a["version"], 1);
+        let rows = rows_of("create", &id_a).await;
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        let r = &rows[0];
+        assert_eq!(r["after"], masked(&a));
+        assert_eq!(r["before"], Value::Null);
+        assert_eq!(
+            (&r["actor"], &r["request_id"], &r["channel"], &r["node_id"], &r["tenant"], &r["run_id"]),
+            (&json!("user:7"), &json!("req-1"), &json!("test"), &json!("AccountCreateNode"), &Value::Null, &Value::Null)
+        );
+        assert_eq!((&r["model"], &r["record_id"]), (&json!("Account"), &json!(id_a)));
+        assert!(r["at"].as_str().unwrap().ends_with('Z'), "{r}");
+
+        // Update: only the fields that changed, before and after.
+        let u = ok(&db, "AccountUpdateNode", json!({"id": id_a, "fields": {"balance": 25}})).await;
+        assert_eq!(u["version"], 2);
+        let rows = rows_of("update", &id_a).await;
+        assert_eq!(rows.len(), 1);
+        let (before, after) = changed(&a, &u);
+        assert_eq!((&rows[0]["before"], &rows[0]["after"]), (&before, &after));
+        assert_eq!(rows[0]["before"]["balance"], 10);
+        assert_eq!(rows[0]["after"]["version"], 2);
+        assert_eq!(rows[0]["node_id"], "AccountUpdateNode");
+
+        // Upsert: an update of the match, then a create.
+        let up = ok(&db, "AccountUpsertNode", json!({"where": {"email": "a@x.io"}, "update": {"balance": 30}})).await;
+        assert_eq!(up["action"], "updated");
+        let rows = rows_of("update", &id_a).await;
+        assert_eq!(rows.len(), 2);
+        let (before, after) = changed(&u, &up["record"]);
+        assert_eq!((&rows[0]["before"], &rows[0]["after"]), (&before, &after));
+        let b = ok(&db, "AccountUpsertNode", json!({"where": {"email": "b@x.io"}, "create": {"balance": 1}})).await;
+        assert_eq!(b["action"], "created");
+        let rows = rows_of("create", b["record"]["id"].as_str().unwrap()).await;
+        assert_eq!(rows[0]["after"], masked(&b["record"]));
+
+        // BulkCreate: one row per record.
+        let out = ok(&db, "AccountBulkCreateNode", json!({"data": [
+            {"email": "c@x.io", "api_key": "sk-c"}, {"email": "d@x.io"}, {"email": "e@x.io"}
+        ], "batch_size": 2})).await;
+        let ids: Vec<String> = out["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+        for id in &ids {
+            let rows = rows_of("create", id).await;
+            assert_eq!(rows.len(), 1, "{id}");
+            let stored = ok(&db, "AccountReadNode", json!({"id": id})).await;
+            assert_eq!(rows[0]["after"], masked(&stored));
+            assert_eq!(rows[0]["node_id"], "AccountBulkCreateNode");
+        }
+
+        // BulkUpdate: one row per changed record, with its own before and after.
+        let before_c = ok(&db, "AccountReadNode", json!({"id": ids[0]})).await;
+        let n = ok(&db, "AccountBulkUpdateNode", json!({"filter": {"email": {"$in": ["c@x.io", "d@x.io"]}}, "fields": {"balance": 99}})).await;
+        assert_eq!(n["updated"], 2);
+        let after_c = ok(&db, "AccountReadNode", json!({"id": ids[0]})).await;
+        let rows = rows_of("update", &ids[0]).await;
+        assert_eq!(rows.len(), 1);
+        let (before, after) = changed(&before_c, &after_c);
+        assert_eq!((&rows[0]["before"], &rows[0]["after"]), (&before, &after));
+        assert_eq!(rows_of("update", &ids[1]).await.len(), 1);
+        assert_eq!(rows_of("update", &ids[2]).await.len(), 0);
+
+        // BulkUpsert: an update of the existing record, a create of the new one.
+        let n = ok(&db, "AccountBulkUpsertNode", json!({"data": [
+            {"email": "c@x.io", "balance": 5}, {"email": "f@x.io", "balance": 6}
+        ], "conflict_on": "email"})).await;
+        assert_eq!((n["inserted"].as_u64(), n["updated"].as_u64()), (Some(1), Some(1)));
+        let c2 = ok(&db, "AccountReadNode", json!({"id": ids[0]})).await;
+        assert_eq!(c2["version"], 3, "BulkUpsert increments the version");
+        let rows = rows_of("update", &ids[0]).await;
+        assert_eq!(rows.len(), 2);
+        // (BulkUpsert writes every column of the row: the omitted key is cleared.)
+        let (before, after) = changed(&after_c, &c2);
+        assert_eq!((&rows[0]["before"], &rows[0]["after"]), (&masked(&before), &masked(&after)));
+        let f = ok(&db, "AccountReadNode", json!({"filter": {"email": "f@x.io"}})).await;
+        assert_eq!(f["version"], 1);
+        assert_eq!(rows_of("create", f["id"].as_str().unwrap()).await[0]["after"], masked(&f));
+
+        // Delete and BulkDelete: the record as it was.
+        let last_a = ok(&db, "AccountReadNode", json!({"id": id_a})).await;
+        ok(&db, "AccountDeleteNode", json!({"id": id_a})).await;
+        let rows = rows_of("delete", &id_a).await;
+        assert_eq!((rows.len(), &rows[0]["before"], &rows[0]["after"]), (1, &masked(&last_a), &Value::Null));
+        let d = ok(&db, "AccountReadNode", json!({"id": ids[1]})).await;
+        let n = ok(&db, "AccountBulkDeleteNode", json!({"filter": {"email": {"$in": ["d@x.io", "e@x.io"]}}})).await;
+        assert_eq!(n["deleted"], 2);
+        assert_eq!(rows_of("delete", &ids[1]).await[0]["before"], masked(&d));
+        assert_eq!(rows_of("delete", &ids[2]).await.len(), 1);
+
+        // Totals: six creates, five updates, three deletes; nothing else.
+        let all = audit_rows(&db, json!({"model": "Account"})).await;
+        let count = |op: &str| all.iter().filter(|r| r["op"] == op).count();
+        assert_eq!((count("create"), count("update"), count("delete"), all.len()), (6, 5, 3, 14));
+        // Newest first.
+        let ids_desc: Vec<i64> = all.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+        assert!(ids_desc.windows(2).all(|w| w[0] > w[1]), "{ids_desc:?}");
+
+        // A generated integer key: the audit row names it; a soft delete is a delete.
+        let one = ok(&db, "TicketCreateNode", json!({"title": "single"})).await;
+        let rows = audit_rows(&db, json!({"model": "Ticket", "record_id": one["id"]})).await;
+        assert_eq!((rows.len(), &rows[0]["after"]), (1, &one));
+        assert_eq!(rows[0]["record_id"], json!(one["id"].to_string()));
+        let t = ok(&db, "TicketBulkCreateNode", json!({"data": [{"title": "one"}, {"title": "two"}]})).await;
+        let tid = t["ids"][1].as_i64().unwrap();
+        let rows = audit_rows(&db, json!({"model": "Ticket", "record_id": tid})).await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["after"], json!({"id": tid, "title": "two", "deleted_at": null}));
+        assert_eq!(rows[0]["record_id"], json!(tid.to_string()));
+        ok(&db, "TicketDeleteNode", json!({"id": tid})).await;
+        let rows = audit_rows(&db, json!({"model": "Ticket", "record_id": tid.to_string(), "op": "delete"})).await;
+        assert_eq!(rows[0]["before"]["title"], "two");
+        // Reads write nothing.
+        let before = audit_rows(&db, json!({})).await.len();
+        ok(&db, "TicketListNode", json!({})).await;
+        ok(&db, "AccountCountNode", json!({})).await;
+        assert_eq!(audit_rows(&db, json!({})).await.len(), before);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn failed_or_rolled_back_writes_leave_no_audit_rows() {
+    on_each_backend("audit_rollback", |db| async move {
+        ok(&db, "AccountCreateNode", json!({"email": "a@x.io"})).await;
+        let accounts = dump(&db, "Account").await;
+        let audit = dump(&db, "audit").await;
+
+        // BulkCreate whose last batch violates the unique email: the earlier
+        // batches (and their audit rows) were written, then rolled back.
+        let data: Vec<Value> = ["b", "c", "d", "e", "a"].iter().map(|n| json!({"email": format!("{n}@x.io")})).collect();
+        let e = err(&db, "AccountBulkCreateNode", json!({"data": data, "batch_size": 2})).await;
+        assert_eq!(e.code(), "unique_violation");
+        assert_eq!((dump(&db, "Account").await, dump(&db, "audit").await), (accounts.clone(), audit.clone()));
+
+        // A transactional workflow whose second node fails: nothing of either node.
+        let mut wf = dataflow::WorkflowBuilder::new();
+        wf.add_node("AccountCreateNode", "first", json!({"email": "{{a}}"}))
+            .add_node("AccountCreateNode", "second", json!({"email": "{{b}}"}))
+            .transactional(true);
+        let workflow = wf.build(&db).unwrap();
+        let e = db.runtime().execute(&workflow, json!({"a": "x@x.io", "b": "a@x.io"})).await.unwrap_err();
+        assert_eq!((e.code().as_str(), e.node()), ("unique_violation", Some("second")));
+        assert!(e.completed().contains_key("first"));
+        assert_eq!((dump(&db, "Account").await, dump(&db, "audit").await), (accounts.clone(), audit.clone()));
+
+        // The same run, committed: each node's row names the run and the node.
+        let run = db.runtime().execute(&workflow, json!({"a": "x@x.io", "b": "y@x.io"})).await.unwrap();
+        for node in ["first", "second"] {
+            let rows = audit_rows(&db, json!({"record_id": run.results[node]["id"]})).await;
+            assert_eq!(rows.len(), 1, "{node}");
+            assert_eq!((&rows[0]["run_id"], &rows[0]["node_id"]), (&json!(run.run_id), &json!(node)));
+        }
+        let accounts = dump(&db, "Account").await;
+        let audit = dump(&db, "audit").await;
+
+        // A failure after the data write, for every write node: with the
+        // audit table out of the way, the audit INSERT fails after the
+        // node's own statements, and the node's change is rolled back too.
+        let id = ok(&db, "AccountReadNode", json!({"filter": {"email": "x@x.io"}})).await["id"].clone();
+        let rename = |from: &str, to: &str| {
+            use diesel::connection::SimpleConnection as _;
+            db.connection().unwrap().batch_execute(&format!("ALTER TABLE \"{from}\" RENAME TO \"{to}\"")).unwrap();
+        };
+        rename("dataflow_audit", "dataflow_audit_away");
+        let attempts = [
+            ("AccountCreateNode", json!({"email": "new@x.io"})),
+            ("AccountUpdateNode", json!({"id": id, "fields": {"balance": 5}})),
+            ("AccountDeleteNode", json!({"id": id})),
+            ("AccountUpsertNode", json!({"where": {"email": "x@x.io"}, "update": {"balance": 6}})),
+            ("AccountUpsertNode", json!({"where": {"email": "n2@x.io"}})),
+            ("AccountBulkCreateNode", json!({"data": [{"email": "n3@x.io"}, {"email": "n4@x.io"}]})),
+            ("AccountBulkUpdateNode", json!({"filter": {}, "fields": {"balance": 7}, "confirmed": true})),
+            ("AccountBulkDeleteNode", json!({"filter": {}, "confirmed": true})),
+            ("AccountBulkUpsertNode", json!({"data": [{"email": "x@x.io", "balance": 8}, {"email": "n5@x.io"}], "conflict_on": "email"})),
+        ];
+        for (node, params) in attempts {
+            let e = err(&db, node, params).await;
+            assert_eq!(e.code(), "database", "{node}: {e}");
+            assert_eq!(dump(&db, "Account").await, accounts, "{node} left a change without its audit row");
+        }
+        rename("dataflow_audit_away", "dataflow_audit");
+        assert_eq!(dump(&db, "audit").await, audit);
+        // And with the table back, every write has its row again.
+        ok(&db, "AccountUpdateNode", json!({"id": id, "fields": {"balance": 5}})).await;
+        assert_eq!(audit_rows(&db, json!({"record_id": id, "op": "update"})).await.len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn audit_list_filters_pages_and_keeps_to_the_callers_tenant() {
+    on_each_backend("audit_list", |db| async move {
+        let alice = db.with_context(dataflow::Context::new().tenant("a").actor("alice"));
+        let bob = db.with_context(dataflow::Context::new().tenant("b").actor("bob"));
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            ids.push(
+                ok(
+                    &alice,
+                    "AccountCreateNode",
+                    json!({"email": format!("a{i}@x.io")}),
+                )
+                .await["id"]
+                    .clone(),
+            );
+        }
+        let mark = audit_rows(&db, json!({})).await[0]["at"].clone();
+        for i in 0..2 {
+            ok(
+                &bob,
+                "AccountCreateNode",
+                json!({"email": format!("b{i}@x.io")}),
+            )
+            .await;
+        }
+        ok(&db, "AccountCreateNode", json!({"email": "nobody@x.io"})).await;
+        ok(
+            &alice,
+            "AccountUpdateNode",
+            json!({"id": ids[0], "fields": {"balance": 3}}),
+        )
+        .await;
+
+        let list = |h: &DataFlow, q: Value| {
+            let h = h.clone();
+            async move { h.execute("AuditListNode", q).await }
+        };
+        let page = list(&alice, json!({})).await.unwrap();
+        assert_eq!(page["count"], 4);
+        assert!(page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["tenant"] == "a" && r["actor"] == "alice"));
+        assert_eq!(list(&bob, json!({})).await.unwrap()["count"], 2);
+        // No tenant: the rows written without one, never another tenant's.
+        let page = list(&db, json!({})).await.unwrap();
+        assert_eq!(page["count"], 1);
+        assert_eq!(page["records"][0]["tenant"], Value::Null);
+        // The system sees every tenant, or the one it names.
+        assert_eq!(audit_rows(&db, json!({})).await.len(), 7);
+        assert_eq!(audit_rows(&db, json!({"tenant": "b"})).await.len(), 2);
+        let e = list(&alice, json!({"tenant": "b"})).await.unwrap_err();
+        assert_eq!(
+            (e.code().as_str(), e.field()),
+            ("validation", Some("tenant"))
+        );
+
+        // Filters.
+        assert_eq!(audit_rows(&db, json!({"actor": "alice"})).await.len(), 4);
+        assert_eq!(
+            audit_rows(&db, json!({"actor": "alice", "op": "update"}))
+                .await
+                .len(),
+            1
+        );
+        assert_eq!(
+            list(&alice, json!({"record_id": ids[0]})).await.unwrap()["count"],
+            2
+        );
+        assert_eq!(
+            list(&bob, json!({"record_id": ids[0]})).await.unwrap()["count"],
+            0
+        );
+        assert_eq!(audit_rows(&db, json!({"model": "Ticket"})).await.len(), 0);
+        // `since` is inclusive, `until` exclusive: the mark is the third create.
+        assert_eq!(audit_rows(&db, json!({"since": mark})).await.len(), 5);
+        assert_eq!(audit_rows(&db, json!({"until": mark})).await.len(), 2);
+        assert_eq!(
+            audit_rows(
+                &db,
+                json!({"since": "2000-01-01T00:00:00Z", "until": "2000-01-02T00:00:00Z"})
+            )
+            .await
+            .len(),
+            0
+        );
+        for (bad, field) in [
+            (json!({"op": "drop"}), "op"),
+            (json!({"since": "yesterday"}), "since"),
+            (json!({"modle": "Account"}), "modle"),
+            (json!({"limit": -1}), "limit"),
+        ] {
+            let e = list(&alice, bad.clone()).await.unwrap_err();
+            assert_eq!(e.code(), "validation", "{bad}: {e}");
+            assert!(
+                e.message().contains(field) && e.message().contains("AuditListNode"),
+                "{bad}: {e}"
+            );
+        }
+
+        // Keyset pages: newest first, every row once.
+        let mut seen = Vec::new();
+        let mut after = Value::Null;
+        loop {
+            let page = as_system(&db)
+                .execute("AuditListNode", json!({"limit": 2, "after": after}))
+                .await
+                .unwrap();
+            seen.extend(
+                page["records"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["id"].as_i64().unwrap()),
+            );
+            after = page["next"].clone();
+            if after.is_null() {
+                break;
+            }
+        }
+        let mut sorted = seen.clone();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        sorted.dedup();
+        assert_eq!((seen.len(), &seen), (7, &sorted));
+        // A cursor from alice's listing shows bob nothing of alice's.
+        let first = list(&alice, json!({"limit": 1})).await.unwrap();
+        let page = list(&bob, json!({"after": first["next"]})).await.unwrap();
+        assert!(page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["tenant"] == "b"));
+
+        // A workflow serves it, with the run's context.
+        let mut wf = dataflow::WorkflowBuilder::new();
+        wf.add_node("AuditListNode", "log", json!({"model": "Account"}));
+        let workflow = wf.build(&db).unwrap();
+        let run = alice.runtime().execute(&workflow, json!({})).await.unwrap();
+        assert_eq!(run.results["log"]["count"], 4);
+        // Its input schema is published like any node's.
+        let schema = db.node_schema("AuditListNode").unwrap();
+        assert!(schema["properties"]["record_id"].is_object(), "{schema}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sensitive_fields_never_reach_the_audit_log() {
+    on_each_backend("audit_sensitive", |db| async move {
+        let a = ok(
+            &db,
+            "AccountCreateNode",
+            json!({"email": "s@x.io", "api_key": "sk-live-1"}),
+        )
+        .await;
+        assert_eq!(a["api_key"], "sk-live-1", "the record itself keeps it");
+        ok(
+            &db,
+            "AccountUpdateNode",
+            json!({"id": a["id"], "fields": {"api_key": "sk-live-2"}}),
+        )
+        .await;
+        ok(
+            &db,
+            "AccountBulkCreateNode",
+            json!({"data": [{"email": "t@x.io", "api_key": "sk-live-3"}]}),
+        )
+        .await;
+        ok(
+            &db,
+            "AccountBulkUpsertNode",
+            json!({"data": [{"email": "t@x.io", "api_key": "sk-live-4"}], "conflict_on": "email"}),
+        )
+        .await;
+        ok(
+            &db,
+            "AccountBulkUpdateNode",
+            json!({"filter": {"email": "s@x.io"}, "fields": {"api_key": "sk-live-5"}}),
+        )
+        .await;
+        ok(&db, "AccountDeleteNode", json!({"id": a["id"]})).await;
+        let rows = audit_rows(&db, json!({"model": "Account"})).await;
+        assert_eq!(rows.len(), 6);
+        let text = serde_json::to_string(&rows).unwrap();
+        assert!(!text.contains("sk-live"), "{text}");
+        // A change of the secret is recorded as a change, without the values.
+        let update = rows
+            .iter()
+            .find(|r| r["op"] == "update" && r["node_id"] == "AccountUpdateNode")
+            .unwrap();
+        assert_eq!(
+            (&update["before"]["api_key"], &update["after"]["api_key"]),
+            (&json!("***"), &json!("***"))
+        );
+        // Nor in an error that quotes the caller's filter.
+        let e = err(
+            &db,
+            "AccountReadNode",
+            json!({"filter": {"$or": [{"api_key": "sk-live-9"}, {"email": "nobody@x.io"}]}}),
+        )
+        .await;
+        assert_eq!(e.code(), "not_found");
+        assert!(
+            !e.message().contains("sk-live")
+                && e.message().contains("***")
+                && e.message().contains("nobody@x.io"),
+            "{e}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn enable_audit_log_covers_every_model_but_those_that_opt_out() {
+    for (label, url) in support::backend_urls("audit_config") {
+        eprintln!("--- on {label}");
+        let boot = || {
+            DataFlow::builder(&url)
+                .enable_audit_log(true)
+                .models(&[&User::SCHEMA, &Scratch::SCHEMA])
+                .build()
+        };
+        let db = boot().await.unwrap();
+        let u = ok(&db, "UserCreateNode", json!({"email": "u@x.io"})).await;
+        ok(&db, "ScratchCreateNode", json!({"note": "not audited"})).await;
+        let rows = audit_rows(&db, json!({})).await;
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(
+            (&rows[0]["model"], &rows[0]["record_id"]),
+            (&json!("User"), &u["id"])
+        );
+        // The table is versioned with the models: the next boot takes the
+        // one-query path, and the planner finds nothing to do.
+        let db = boot().await.unwrap();
+        assert!(db.migrations().plan().await.unwrap().is_empty());
+        let registered = db.migrations().registered().await.unwrap();
+        assert!(
+            registered
+                .iter()
+                .any(|m| m.name == "dataflow_audit" && m.table == "dataflow_audit"),
+            "{registered:?}"
+        );
+        assert_eq!(audit_rows(&db, json!({})).await.len(), 1);
+
+        // Without the audit log: no node, and the listing says why.
+        let plain_url = match label {
+            "sqlite" => sqlite_url("audit_off"),
+            _ => postgres::fresh_database("audit_off").unwrap(),
+        };
+        let plain = DataFlow::builder(&plain_url)
+            .models(&[&User::SCHEMA])
+            .build()
+            .await
+            .unwrap();
+        ok(&plain, "UserCreateNode", json!({"email": "u@x.io"})).await;
+        assert_eq!(
+            err(&plain, "AuditListNode", json!({})).await.code(),
+            "unknown_node"
+        );
+        let e = plain.audit_list(json!({})).await.unwrap_err();
+        assert_eq!(e.code(), "config");
+        assert!(e.message().contains("enable_audit_log"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn audit_cli_lists_and_purges() {
+    for (label, url) in support::backend_urls("audit_cli") {
+        eprintln!("--- on {label}");
+        let db = DataFlow::builder(&url).build().await.unwrap();
+        let db = db.with_context(dataflow::Context::new().actor("cli-test"));
+        let a = ok(&db, "AccountCreateNode", json!({"email": "a@x.io"})).await;
+        ok(
+            &db,
+            "AccountUpdateNode",
+            json!({"id": a["id"], "fields": {"balance": 2}}),
+        )
+        .await;
+        ok(&db, "TicketCreateNode", json!({"title": "t"})).await;
+        let bin = support::programs::dataflow_bin();
+        let run = |args: &[&str]| {
+            let o = std::process::Command::new(&bin)
+                .arg("--url")
+                .arg(&url)
+                .args(args)
+                .output()
+                .unwrap();
+            (
+                o.status.code(),
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        };
+        let json_of = |out: &str| -> Value {
+            serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
+        };
+
+        let (code, out, errs) = run(&["audit", "--model", "Account", "--json"]);
+        assert_eq!(code, Some(0), "{errs}");
+        let page = json_of(&out);
+        assert_eq!(page["count"], 2, "{page}");
+        assert_eq!(page["records"][0]["op"], "update");
+        let (code, out, _) = run(&[
+            "audit",
+            "--record",
+            a["id"].as_str().unwrap(),
+            "--actor",
+            "cli-test",
+            "--since",
+            "1h",
+        ]);
+        assert_eq!(code, Some(0));
+        assert!(
+            out.contains("update") && out.contains("create") && out.contains("balance"),
+            "{out}"
+        );
+        assert!(out.lines().next().unwrap().contains("actor"), "{out}");
+        let (_, out, _) = run(&["audit", "--until", "2000-01-01T00:00:00Z", "--json"]);
+        assert_eq!(json_of(&out)["count"], 0);
+        let (_, out, _) = run(&["audit", "--limit", "1"]);
+        assert!(out.contains("more: --after "), "{out}");
+        let (code, _, errs) = run(&["audit", "--since", "last tuesday"]);
+        assert_eq!(code, Some(3), "{errs}");
+
+        // The embedded CLI is the same command.
+        let cli = dataflow::cli::Cli {
+            json: true,
+            command: dataflow::cli::Command::Audit(dataflow::cli::AuditArgs {
+                command: None,
+                model: Some("Ticket".into()),
+                record: None,
+                actor: None,
+                op: None,
+                since: None,
+                until: None,
+                tenant: None,
+                limit: 100,
+                after: None,
+            }),
+        };
+        let out = dataflow::cli::execute(&db, &cli).await.unwrap();
+        assert_eq!(json_of(&out)["count"], 1);
+
+        // Purging: the retention, or an explicit age; the purge is recorded.
+        let (code, _, errs) = run(&["audit", "purge"]);
+        assert_eq!(code, Some(8), "no retention configured: {errs}");
+        let kept = DataFlow::builder(&url)
+            .audit_retention(Duration::from_secs(3600))
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(
+            kept.purge_audit(None).await.unwrap(),
+            0,
+            "everything is younger than an hour"
+        );
+        let newest = audit_rows(&db, json!({"limit": 1})).await[0]["id"]
+            .as_i64()
+            .unwrap();
+        let (code, out, errs) = run(&["audit", "purge", "--older-than", "0s"]);
+        assert_eq!(code, Some(0), "{errs}");
+        assert!(out.contains("Deleted 3"), "{out}");
+        let (_, out, _) = run(&["audit", "--json"]);
+        let page = json_of(&out);
+        assert_eq!(page["count"], 1, "{page}");
+        assert_eq!(
+            (
+                &page["records"][0]["op"],
+                &page["records"][0]["after"]["deleted"]
+            ),
+            (&json!("purge"), &json!(3))
+        );
+        // Row ids keep growing after a purge of everything: none is reused.
+        let purge_id = page["records"][0]["id"].as_i64().unwrap();
+        ok(&db, "TicketCreateNode", json!({"title": "after"})).await;
+        let latest = audit_rows(&db, json!({"limit": 1})).await[0]["id"]
+            .as_i64()
+            .unwrap();
+        assert!(
+            newest < purge_id && purge_id < latest,
+            "{newest} {purge_id} {latest}"
+        );
+    }
+    // A database that never had the audit log.
+    let fresh = sqlite_url("audit_cli_none");
+    let o = std::process::Command::new(support::programs::dataflow_bin())
+        .args(["--url", fresh.as_str(), "audit"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(8));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no audit log"));
+}
+
+// ---- optimistic locking
+
+/// Versioned and not audited; declares `version` to read it in Rust.
+#[dataflow::model(versioned)]
+#[derive(Debug)]
+pub struct Counter {
+    pub id: String,
+    #[field(unique)]
+    pub name: String,
+    pub n: i64,
+    pub version: i64,
+}
+
+#[tokio::test]
+async fn versioned_records_refuse_stale_writes() {
+    on_each_backend("versioned", |db| async move {
+        let c = ok(&db, "CounterCreateNode", json!({"name": "c", "n": 0})).await;
+        let id = c["id"].clone();
+        assert_eq!(c["version"], 1);
+        let c = ok(&db, "CounterUpdateNode", json!({"id": id, "fields": {"n": 1}})).await;
+        assert_eq!(c["version"], 2, "every update increments it");
+
+        // A stale expected_version: conflict (409, exit 5), nothing written.
+        let e = err(&db, "CounterUpdateNode", json!({"id": id, "fields": {"n": 9}, "expected_version": 1})).await;
+        assert_eq!((e.code().as_str(), e.code().http_status(), e.code().exit_code()), ("conflict", 409, 5));
+        assert_eq!(e.field(), Some("expected_version"));
+        assert!(e.message().contains("Counter") && e.message().contains("is 2"), "{e}");
+        let now = ok(&db, "CounterReadNode", json!({"id": id})).await;
+        assert_eq!((&now["n"], &now["version"]), (&json!(1), &json!(2)));
+        let c = ok(&db, "CounterUpdateNode", json!({"filter": {"name": "c"}, "fields": {"n": 2}, "expected_version": 2})).await;
+        assert_eq!((&c["n"], &c["version"]), (&json!(2), &json!(3)));
+        // Another model's missing record is still not_found.
+        let e = err(&db, "CounterUpdateNode", json!({"id": "nope", "fields": {"n": 1}, "expected_version": 1})).await;
+        assert_eq!(e.code(), "not_found");
+
+        // Upsert: the existing record must have the expected version; a
+        // missing one is a conflict too (the caller expected it to exist).
+        let up = ok(&db, "CounterUpsertNode", json!({"where": {"name": "c"}, "create": {"n": 0}, "update": {"n": 3}, "expected_version": 3})).await;
+        assert_eq!((&up["action"], &up["record"]["version"]), (&json!("updated"), &json!(4)));
+        let e = err(&db, "CounterUpsertNode", json!({"where": {"name": "c"}, "create": {"n": 0}, "update": {"n": 4}, "expected_version": 3})).await;
+        assert_eq!(e.code(), "conflict");
+        let e = err(&db, "CounterUpsertNode", json!({"where": {"name": "new"}, "create": {"n": 0}, "expected_version": 1})).await;
+        assert_eq!(e.code(), "conflict");
+        assert_eq!(count(&db, "Counter").await, 1);
+
+        // BulkUpdate: every matched record must have it, else nothing changes.
+        ok(&db, "CounterBulkCreateNode", json!({"data": [{"name": "x", "n": 0}, {"name": "y", "n": 0}]})).await;
+        let before = dump(&db, "Counter").await;
+        let e = err(&db, "CounterBulkUpdateNode", json!({"filter": {}, "fields": {"n": 7}, "confirmed": true, "expected_version": 1})).await;
+        assert_eq!(e.code(), "conflict");
+        assert_eq!(dump(&db, "Counter").await, before);
+        let n = ok(&db, "CounterBulkUpdateNode", json!({"filter": {"name": {"$in": ["x", "y"]}}, "fields": {"n": 7}, "expected_version": 1})).await;
+        assert_eq!(n["updated"], 2);
+        let y = ok(&db, "CounterReadNode", json!({"filter": {"name": "y"}})).await;
+        assert_eq!((&y["n"], &y["version"]), (&json!(7), &json!(2)));
+        // BulkUpsert increments existing records' versions, starts new ones at 1.
+        ok(&db, "CounterBulkUpsertNode", json!({"data": [{"name": "y", "n": 8}, {"name": "z", "n": 0}], "conflict_on": "name"})).await;
+        let page = ok(&db, "CounterListNode", json!({"filter": {"name": {"$in": ["y", "z"]}}, "order_by": "name"})).await;
+        assert_eq!((&page["records"][0]["version"], &page["records"][1]["version"]), (&json!(3), &json!(1)));
+
+        // The version is dataflow's: not writable, and only versioned models take expected_version.
+        for (node, params, field) in [
+            ("CounterUpdateNode", json!({"id": id, "fields": {"version": 9}}), "version"),
+            ("CounterCreateNode", json!({"name": "v", "n": 0, "version": 5}), "version"),
+            ("CounterUpdateNode", json!({"id": id, "fields": {"n": 1}, "expected_version": "4"}), "expected_version"),
+            ("UserUpdateNode", json!({"id": "u", "fields": {"active": true}, "expected_version": 1}), "expected_version"),
+        ] {
+            let e = err(&db, node, params.clone()).await;
+            assert_eq!((e.code().as_str(), e.field()), ("validation", Some(field)), "{node} {params}: {e}");
+        }
+        let e = err(&db, "UserUpdateNode", json!({"id": "u", "fields": {"active": true}, "expected_version": 1})).await;
+        assert!(e.message().contains("versioned"), "{e}");
+        let schema = db.node_schema("CounterUpdateNode").unwrap();
+        assert_eq!(schema["properties"]["expected_version"]["minimum"], 1);
+        assert!(db.node_schema("UserUpdateNode").unwrap()["properties"].get("expected_version").is_none());
+        assert!(db.node_schema("CounterCreateNode").unwrap()["properties"].get("version").is_none());
+
+        // The typed form.
+        let c = CounterCreateNode::run(&db, &Counter { id: String::new(), name: "typed".into(), n: 0, version: 0 }).await.unwrap();
+        assert_eq!(c.version, 1);
+        let e = CounterUpdateNode::run_if_version(&db, c.id.clone(), 2, json!({"n": 1})).await.unwrap_err();
+        assert_eq!(e.code(), "conflict");
+        let c = CounterUpdateNode::run_if_version(&db, c.id.clone(), 1, json!({"n": 1})).await.unwrap();
+        assert_eq!((c.n, c.version), (1, 2));
+        assert_eq!(CounterBulkUpdateNode::run_if_version(&db, json!({"name": "typed"}), 1, json!({"n": 2})).await.unwrap_err().code(), "conflict");
+        assert_eq!(CounterBulkUpdateNode::run_if_version(&db, json!({"name": "typed"}), 2, json!({"n": 2})).await.unwrap(), 1);
+        let (action, c) = CounterUpsertNode::run_if_version(&db, &c, "name", 3, json!({"n": 3})).await.unwrap();
+        assert_eq!((action, c.n, c.version), (dataflow::nodes::UpsertAction::Updated, 3, 4));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_updates_with_one_expected_version_exactly_one_wins() {
+    on_each_backend("versioned_race", |db| async move {
+        for model in ["Counter", "Account"] {
+            let create = match model {
+                "Counter" => json!({"name": "race", "n": 0}),
+                _ => json!({"email": "race@x.io"}),
+            };
+            let field = if model == "Counter" { "n" } else { "balance" };
+            let rec = ok(&db, &format!("{model}CreateNode"), create).await;
+            let tasks: Vec<_> = (1..=8)
+                .map(|i| {
+                    let db = db.clone();
+                    let params =
+                        json!({"id": rec["id"], "fields": {field: i}, "expected_version": 1});
+                    let node = format!("{model}UpdateNode");
+                    tokio::spawn(async move { db.execute(&node, params).await })
+                })
+                .collect();
+            let mut won = Vec::new();
+            for t in tasks {
+                match t.await.unwrap() {
+                    Ok(v) => won.push(v),
+                    Err(e) => assert_eq!(e.code(), "conflict", "{model}: {e}"),
+                }
+            }
+            assert_eq!(won.len(), 1, "{model}: exactly one update wins");
+            let now = ok(&db, &format!("{model}ReadNode"), json!({"id": rec["id"]})).await;
+            assert_eq!(
+                (&now["version"], &now[field]),
+                (&json!(2), &won[0][field]),
+                "{model}"
+            );
+            if model == "Account" {
+                let rows = audit_rows(&db, json!({"record_id": rec["id"], "op": "update"})).await;
+                assert_eq!(rows.len(), 1, "one audit row, for the winner");
+                assert_eq!(rows[0]["after"][field], won[0][field]);
+            }
+        }
+    })
+    .await;
 }

@@ -1053,6 +1053,7 @@ fn random_model(rng: &mut Rng) -> &'static ModelSchema {
         references: None,
         max_length: None,
         renamed_from: None,
+        sensitive: false,
         generated: Generated::Uuid7,
     };
     let mut fields = vec![base];
@@ -1087,6 +1088,7 @@ fn random_model(rng: &mut Rng) -> &'static ModelSchema {
                 None
             },
             renamed_from: None,
+            sensitive: false,
             generated: Generated::No,
         });
     }
@@ -1098,9 +1100,10 @@ fn random_model(rng: &mut Rng) -> &'static ModelSchema {
             soft_delete: false,
             timestamps: false,
             tenant_scoped: false,
-            audit: false,
+            audit: None,
             cache_ttl_ms: None,
             append_only: false,
+            versioned: false,
         },
         checksum: rng.next(),
     }))
@@ -2173,6 +2176,7 @@ fn tenant_variant(m: &'static ModelSchema) -> &'static ModelSchema {
         max_length: None,
         renamed_from: None,
         generated: Generated::Tenant,
+        sensitive: false,
     });
     let mut options = m.options;
     options.tenant_scoped = true;

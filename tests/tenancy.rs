@@ -718,6 +718,13 @@ async fn tenant_b_cannot_see_or_touch_tenant_a() {
             assert_eq!(e.code().as_str(), "tenant_required", "{node}: {e}");
             assert_eq!(e.code().http_status(), 403);
         }
+        let empty = db.with_context(Context::new().tenant(""));
+        let e = err(&empty, "TUserListNode", json!({})).await;
+        assert_eq!(
+            e.code().as_str(),
+            "tenant_required",
+            "an empty tenant names nobody"
+        );
         let e = err(&system, "TUserCreateNode", json!({"email": "s@x.io"})).await;
         assert_eq!(
             e.code().as_str(),

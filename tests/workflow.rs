@@ -963,7 +963,7 @@ async fn the_context_reaches_every_node_and_event() {
     let direct = scoped.execute("WhoAmINode", json!({})).await.unwrap();
     assert_eq!(
         direct,
-        json!({"actor": "user:42", "tenant": "acme", "roles": ["editor", "viewer"], "request_id": "req-1", "system": false})
+        json!({"actor": "user:42", "tenant": "acme", "roles": ["editor", "viewer"], "request_id": "req-1", "channel": null, "system": false})
     );
     // Same database: a write through one handle is read through the other.
     scoped

@@ -238,6 +238,7 @@ fn generated(g: Generated) -> &'static str {
         Generated::UpdatedAt => "UpdatedAt",
         Generated::DeletedAt => "DeletedAt",
         Generated::Tenant => "Tenant",
+        Generated::Version => "Version",
     }
 }
 

@@ -111,4 +111,6 @@ pub enum Generated {
     DeletedAt,
     /// `tenant_id` on tenant-scoped models: bound from the execution context.
     Tenant,
+    /// `version` on versioned models: 1 on create, incremented by every update.
+    Version,
 }

@@ -15,6 +15,14 @@ pub(crate) fn check(ir: &mut ModelIr, errors: &mut Errors) {
         attributes_agree(f, errors);
     }
     primary_key(ir, errors);
+    for f in ir.fields.iter().filter(|f| f.is_primary_key()) {
+        if let Some(sensitive) = &f.sensitive {
+            errors.push(sensitive.error(format!(
+                "`{}` is the primary key, which the audit log records as the record id; it cannot be `sensitive`\n\nhelp: mark the secret fields `sensitive`, not the key",
+                f.name
+            )));
+        }
+    }
     managed_fields(ir, errors);
     column_clashes(ir, errors);
 }
@@ -130,7 +138,8 @@ fn primary_key(ir: &mut ModelIr, errors: &mut Errors) {
 }
 
 /// The columns the model options manage: `tenant_id`, `created_at` and
-/// `updated_at` (unless declared), `deleted_at` (never declared).
+/// `updated_at` (unless declared), `deleted_at` (never declared), and
+/// `version` (declared as an integer to read it in Rust, else added).
 fn managed_fields(ir: &mut ModelIr, errors: &mut Errors) {
     let span = ir.ident.span();
     let o = &ir.options;
@@ -158,6 +167,9 @@ fn managed_fields(ir: &mut ModelIr, errors: &mut Errors) {
             }
         }
     }
+    if o.versioned {
+        version_field(fields, declared(fields, "version"), span, errors);
+    }
     if o.soft_delete {
         match declared(fields, "deleted_at") {
             Some(i) => errors.push(fields[i].error(format!("`soft_delete` manages a `deleted_at` column, but `{}` declares one\n\nhelp: remove the field; soft-deleted records carry `deleted_at` in their JSON", ir.name))),
@@ -168,6 +180,48 @@ fn managed_fields(ir: &mut ModelIr, errors: &mut Errors) {
                 ..FieldIr::new("deleted_at", span)
             }),
         }
+    }
+}
+
+/// `versioned`: the `version` column, starting at 1 (also the column
+/// default, so turning `versioned` on for a table with rows is safe). A
+/// declared `version` must be a plain integer and gets no `default`.
+fn version_field(
+    fields: &mut Vec<FieldIr>,
+    declared: Option<usize>,
+    span: proc_macro2::Span,
+    errors: &mut Errors,
+) {
+    let one = |span: proc_macro2::Span| {
+        Some(Attr {
+            tokens: syn::LitInt::new("1", span).into_token_stream(),
+            value: DefaultLit::Int(1),
+        })
+    };
+    match declared {
+        Some(i) => {
+            let f = &mut fields[i];
+            if !f.ty.is_integer() || f.nullable || f.is_primary_key() {
+                errors.push(f.type_error(format!(
+                    "`versioned` manages `{}` as the record's version, so it must be a plain integer (i32 or i64)\n\nhelp: declare `pub version: i64`, or leave it out and read it from the JSON form",
+                    f.name
+                )));
+            } else if let Some(d) = &f.default {
+                errors.push(d.error(format!(
+                    "`versioned` manages `{}`: it starts at 1 and cannot have a `default`",
+                    f.name
+                )));
+            } else {
+                f.generated = Generated::Version;
+                f.default = one(f.span);
+            }
+        }
+        None => fields.push(FieldIr {
+            ty: FieldType::I64,
+            generated: Generated::Version,
+            default: one(span),
+            ..FieldIr::new("version", span)
+        }),
     }
 }
 
@@ -186,7 +240,7 @@ fn column_clashes(ir: &ModelIr, errors: &mut Errors) {
 #[cfg(test)]
 mod tests {
     use crate::expand::model_ir;
-    use crate::ir::ModelIr;
+    use crate::ir::{DefaultLit, ModelIr};
     use dataflow_core::{FieldType, Generated};
     use proc_macro2::TokenStream;
     use quote::quote;
@@ -259,6 +313,88 @@ mod tests {
         );
         let deleted_at = m.fields.last().unwrap();
         assert!(deleted_at.nullable && deleted_at.ty == FieldType::DateTime);
+    }
+
+    #[test]
+    fn versioned_adds_a_version_starting_at_one_or_takes_the_declared_one() {
+        let m = ir(
+            quote!(versioned, timestamps = false),
+            quote!(
+                struct A {
+                    id: String,
+                }
+            ),
+        )
+        .unwrap();
+        let v = m.fields.last().unwrap();
+        assert_eq!(
+            (v.name.as_str(), v.ty, v.generated, v.nullable),
+            ("version", FieldType::I64, Generated::Version, false)
+        );
+        assert_eq!(
+            v.default.as_ref().map(|d| &d.value),
+            Some(&DefaultLit::Int(1))
+        );
+        let declared = ir(
+            quote!(versioned, timestamps = false),
+            quote!(
+                struct A {
+                    id: String,
+                    version: i32,
+                }
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            generated(&declared),
+            [("id", Generated::Uuid7), ("version", Generated::Version)]
+        );
+        assert_eq!(declared.fields[1].ty, FieldType::I32);
+        // Without `versioned`, a field named `version` is the user's.
+        let plain = ir(
+            quote!(timestamps = false),
+            quote!(
+                struct A {
+                    id: String,
+                    version: i32,
+                }
+            ),
+        )
+        .unwrap();
+        assert_eq!(plain.fields[1].generated, Generated::No);
+        let err = ir(
+            quote!(versioned),
+            quote!(
+                struct A {
+                    id: String,
+                    #[field(default = 3)]
+                    version: i64,
+                }
+            ),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cannot have a `default`"), "{err}");
+    }
+
+    #[test]
+    fn audit_is_on_off_or_unset_and_opting_out_keeps_the_checksum() {
+        let item = quote!(
+            struct A {
+                id: String,
+                #[field(sensitive)]
+                token: String,
+            }
+        );
+        let unset = ir(quote!(), item.clone()).unwrap();
+        let off = ir(quote!(audit = false), item.clone()).unwrap();
+        let on = ir(quote!(audit), item).unwrap();
+        assert_eq!(
+            (unset.options.audit, off.options.audit, on.options.audit),
+            (None, Some(false), Some(true))
+        );
+        assert_eq!(unset.checksum(), off.checksum());
+        assert_ne!(unset.checksum(), on.checksum());
+        assert!(unset.fields[1].sensitive.is_some());
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub(crate) struct FieldIr {
     pub max_length: Option<Attr<u32>>,
     /// `renamed_from = "old"`
     pub renamed_from: Option<String>,
+    /// `sensitive`: recorded as `"***"` in the audit log.
+    pub sensitive: Option<Attr<()>>,
     /// Who fills the value; set by the checks for keys and managed fields.
     pub generated: Generated,
 }
@@ -94,6 +96,7 @@ impl FieldIr {
             on_delete: None,
             max_length: None,
             renamed_from: None,
+            sensitive: None,
             generated: Generated::No,
         }
     }
@@ -161,12 +164,15 @@ pub(crate) struct Options {
     pub timestamps: bool,
     /// `tenant_scoped`
     pub tenant_scoped: bool,
-    /// `audit`
-    pub audit: bool,
+    /// `audit` (`Some(true)`), `audit = false` (`Some(false)`: opts out of
+    /// `enable_audit_log`), or unset.
+    pub audit: Option<bool>,
     /// `cache_ttl = "30s"`, in milliseconds.
     pub cache_ttl_ms: Option<u64>,
     /// `append_only`
     pub append_only: bool,
+    /// `versioned`: a managed `version` column for optimistic locking.
+    pub versioned: bool,
 }
 
 /// One model: what every expansion step reads.
@@ -202,7 +208,8 @@ impl ModelIr {
             soft_delete: o.soft_delete,
             timestamps: o.timestamps,
             tenant_scoped: o.tenant_scoped,
-            audit: o.audit,
+            // Opting out (`audit = false`) is the default's checksum.
+            audit: o.audit == Some(true),
             append_only: o.append_only,
             fields: &fields,
         })

@@ -55,7 +55,9 @@ use proc_macro::TokenStream;
 /// | `soft_delete` | adds `deleted_at`; Delete/BulkDelete set it, reads skip such records unless `include_deleted: true`. The struct must not declare `deleted_at` |
 /// | `append_only` | Create and reads only: Update, Delete, Upsert and the bulk changes fail with `not_allowed` |
 /// | `tenant_scoped` | adds a managed `tenant_id` column that leads every key (`PRIMARY KEY (tenant_id, id)`, `UNIQUE (tenant_id, email)`, composite foreign keys) and that every node binds from the context's tenant; needs `multi_tenant(true)` at boot |
-/// | `audit`, `cache_ttl = "30s"` | parsed and checked now (`cache_ttl` takes `ms`, `s`, `m` or `h`); their features (audit log, query cache) come later, and until then a model that sets them fails boot with `not_supported` |
+/// | `audit` | every write of the model is recorded in the audit log (`dataflow_audit`), in the write's transaction; `audit = false` opts the model out of `enable_audit_log(true)` |
+/// | `versioned` | adds `version` (1 on create, incremented by every update); Update, Upsert and BulkUpdate take `expected_version`, and a stale one is `conflict`. Declare `pub version: i64` (or `i32`) to read it in Rust |
+/// | `cache_ttl = "30s"` | parsed and checked now (`cache_ttl` takes `ms`, `s`, `m` or `h`); the query cache comes later, and until then a model that sets it fails boot with `not_supported` |
 ///
 /// Flags accept `= true` / `= false` as well as the bare key.
 ///
@@ -71,6 +73,7 @@ use proc_macro::TokenStream;
 /// | `max_length = N` | `String` fields only: checked on input; `VARCHAR(N)` on PostgreSQL |
 /// | `column = "name"` | column name, when it differs from the field name (JSON uses the field name); no two fields may share a column |
 /// | `renamed_from = "old"` | the column's previous name, for the migration planner |
+/// | `sensitive` | the audit log records `"***"` instead of the value (never the primary key) |
 /// | `skip` | not persisted (`#[serde(skip)]`; the type needs `Default`) |
 ///
 /// # Field types

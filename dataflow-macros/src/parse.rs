@@ -14,12 +14,13 @@ use syn::spanned::Spanned;
 use syn::{Fields, GenericArgument, ItemStruct, Lit, LitStr, PathArguments, Type};
 
 const MODEL_HELP: &str = "help: valid model options are `table = \"name\"`, `soft_delete`, \
-`timestamps = false`, `tenant_scoped`, `audit`, `cache_ttl = \"30s\"`, `append_only`; \
+`timestamps = false`, `tenant_scoped`, `audit` (or `audit = false`), `versioned`, \
+`cache_ttl = \"30s\"`, `append_only`; \
 e.g. #[dataflow::model(table = \"app_users\", soft_delete)]";
 
 const FIELD_HELP: &str = "help: valid field attributes are `primary_key`, `unique`, `index`, \
 `default = <literal>`, `references = \"Model\"`, `on_delete = \"cascade\" | \"restrict\" | \
-\"set_null\" | \"no_action\"`, `max_length = N`, `column = \"name\"`, `renamed_from = \"old_name\"`, `skip`; \
+\"set_null\" | \"no_action\"`, `max_length = N`, `column = \"name\"`, `renamed_from = \"old_name\"`, `sensitive`, `skip`; \
 e.g. #[field(unique, max_length = 255)]";
 
 const TYPE_HELP: &str = "help: supported field types are String, i16, i32, i64, f32, f64, bool, \
@@ -159,7 +160,8 @@ fn parse_options(attr: TokenStream, errors: &mut Errors) -> Options {
             "soft_delete" => options.soft_delete = parse_bool_flag(&meta)?,
             "timestamps" => options.timestamps = parse_bool_flag(&meta)?,
             "tenant_scoped" => options.tenant_scoped = parse_bool_flag(&meta)?,
-            "audit" => options.audit = parse_bool_flag(&meta)?,
+            "audit" => options.audit = Some(parse_bool_flag(&meta)?),
+            "versioned" => options.versioned = parse_bool_flag(&meta)?,
             "append_only" => options.append_only = parse_bool_flag(&meta)?,
             "cache_ttl" => {
                 let lit: LitStr = meta.value()?.parse()?;
@@ -241,6 +243,13 @@ fn parse_field(
                 "unique" => f.unique = parse_bool_flag(&meta)?,
                 "index" => f.index = parse_bool_flag(&meta)?,
                 "skip" => skip = parse_bool_flag(&meta)?,
+                "sensitive" => {
+                    let path = &meta.path;
+                    f.sensitive = parse_bool_flag(&meta)?.then(|| Attr {
+                        tokens: quote!(#path),
+                        value: (),
+                    });
+                }
                 "default" => {
                     let expr: syn::Expr = meta.value()?.parse()?;
                     match default_literal(&expr) {

@@ -8,7 +8,8 @@
 //! # }
 //! ```
 //!
-//! `models`, `migrate status|plan|apply|rollback|generate|unlock`. Output is
+//! `models`, `migrate status|plan|apply|rollback|generate|unlock`, `audit`
+//! (the audit log; `audit purge` applies the retention). Output is
 //! a readable table; `--json` prints JSON for machines. Exit codes come
 //! from [`ErrorCode::exit_code`](crate::ErrorCode::exit_code).
 
@@ -41,11 +42,63 @@ pub struct Cli {
 pub enum Command {
     /// The models and versions in the persisted registry.
     Models,
+    /// The audit log, newest first: who changed which record, and how.
+    /// Filters combine; `audit purge` deletes old rows.
+    Audit(AuditArgs),
     /// Plan, apply and undo schema changes.
     Migrate {
         /// Which migration step.
         #[command(subcommand)]
         command: MigrateCommand,
+    },
+}
+
+/// `dataflow audit`: filters of the listing, or `purge`. The CLI is an
+/// operator's tool: it sees every tenant's rows unless `--tenant` narrows them.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AuditArgs {
+    /// `purge`, instead of listing.
+    #[command(subcommand)]
+    pub command: Option<AuditCommand>,
+    /// Changes of this model's records.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Changes of the record with this primary key.
+    #[arg(long = "record", value_name = "ID")]
+    pub record: Option<String>,
+    /// Changes by this actor (`Context::actor`).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// `create`, `update`, `delete` or `purge`.
+    #[arg(long)]
+    pub op: Option<String>,
+    /// Changes at or after this time: RFC 3339 (`2026-01-31T12:00:00Z`) or an
+    /// age (`90s`, `30m`, `12h`, `7d`).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Changes before this time (RFC 3339 or an age).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Only this tenant's rows.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Rows per page.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u64,
+    /// The `next` cursor a previous page printed.
+    #[arg(long, value_name = "CURSOR")]
+    pub after: Option<String>,
+}
+
+/// The `dataflow audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Delete audit rows older than the retention (`audit_retention`) or `--older-than`.
+    Purge {
+        /// The age beyond which rows go: `30d`, `12h`, `90m`.
+        #[arg(long, value_name = "AGE")]
+        older_than: Option<String>,
     },
 }
 
@@ -167,6 +220,7 @@ pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
                 &rows,
             ))
         }
+        Command::Audit(args) => audit(db, args, json_out).await,
         Command::Migrate { command } => match command {
             MigrateCommand::Status => {
                 let history = db.migrations().history().await?;
@@ -290,6 +344,132 @@ fn tenant_request(tenant: &Option<String>) -> ApplyRequest {
         tenant: tenant.clone(),
         ..ApplyRequest::new()
     }
+}
+
+/// `dataflow audit`: a page of the audit log, or a purge.
+async fn audit(db: &DataFlow, args: &AuditArgs, json_out: bool) -> Result<String> {
+    let mut context = crate::Context::system().channel("cli");
+    if let Some(t) = &args.tenant {
+        context = context.tenant(t);
+    }
+    let db = db.with_context(context);
+    if let Some(AuditCommand::Purge { older_than }) = &args.command {
+        let age = older_than.as_deref().map(parse_age).transpose()?;
+        let n = db.purge_audit(age).await?;
+        if json_out {
+            return Ok(format!(
+                "{}
+",
+                json!({"deleted": n})
+            ));
+        }
+        return Ok(format!(
+            "Deleted {n} audit row(s).
+"
+        ));
+    }
+    let mut query = serde_json::Map::new();
+    let mut put = |k: &str, v: Option<serde_json::Value>| {
+        if let Some(v) = v {
+            query.insert(k.into(), v);
+        }
+    };
+    put("model", args.model.clone().map(Into::into));
+    put("record_id", args.record.clone().map(Into::into));
+    put("actor", args.actor.clone().map(Into::into));
+    put("op", args.op.clone().map(Into::into));
+    put("since", args.since.as_deref().map(time_arg).transpose()?);
+    put("until", args.until.as_deref().map(time_arg).transpose()?);
+    put("limit", Some(args.limit.into()));
+    put("after", args.after.clone().map(Into::into));
+    let page = db.audit_list(serde_json::Value::Object(query)).await?;
+    if json_out {
+        return Ok(format!(
+            "{}\n",
+            serde_json::to_string_pretty(&page).unwrap_or_default()
+        ));
+    }
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let rows: Vec<Vec<String>> = page["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            // The fields a change touched (an update records only those).
+            let image = if r["after"].is_object() {
+                &r["after"]
+            } else {
+                &r["before"]
+            };
+            let fields: Vec<&str> = image
+                .as_object()
+                .map(|o| o.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            vec![
+                text(&r["id"]),
+                text(&r["at"]),
+                text(&r["actor"]),
+                text(&r["tenant"]),
+                text(&r["model"]),
+                text(&r["op"]),
+                text(&r["record_id"]),
+                fields.join(", "),
+                text(&r["node_id"]),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "id", "at", "actor", "tenant", "model", "op", "record", "fields", "node",
+        ],
+        &rows,
+    );
+    if let Some(next) = page["next"].as_str() {
+        out.push_str(&format!("\nmore: --after {next}\n"));
+    }
+    Ok(out)
+}
+
+/// An RFC 3339 time, or an age before now (`30m`, `7d`).
+fn time_arg(s: &str) -> Result<serde_json::Value> {
+    if chrono::DateTime::parse_from_rfc3339(s).is_ok() {
+        return Ok(s.into());
+    }
+    let age = parse_age(s)?;
+    let age = chrono::Duration::from_std(age)
+        .map_err(|_| Error::new(crate::ErrorCode::Validation, "the age is too large"))?;
+    Ok(crate::value::format_datetime(&(crate::value::now() - age)).into())
+}
+
+/// `90s`, `30m`, `12h`, `7d`, `2w` as a duration.
+fn parse_age(s: &str) -> Result<std::time::Duration> {
+    let bad = || {
+        Error::new(
+            crate::ErrorCode::Validation,
+            format!(
+                "`{}` is neither an RFC 3339 time (2026-01-31T12:00:00Z) nor an age such as 90s, 30m, 12h, 7d or 2w",
+                Error::echo(s)
+            ),
+        )
+    };
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(secs)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(bad)
 }
 
 /// `--allow` values as rules; an unknown name is a validation error.

@@ -38,8 +38,15 @@ pub struct Config {
     pub enable_metrics: Option<bool>,
     /// The most pooled connections (default 10; 1 for `sqlite::memory:`).
     pub connection_pool_size: u32,
-    /// The audit log (not available yet: `true` fails boot).
+    /// The audit log for every model (default off): each write records who
+    /// changed what in `dataflow_audit`, in the write's transaction. A model
+    /// opts out with `#[dataflow::model(audit = false)]`; the model option
+    /// `audit` turns it on for that model alone.
     pub enable_audit_log: Option<bool>,
+    /// How long audit rows are kept, in milliseconds: the purge
+    /// (`DataFlow::purge_audit`, `dataflow audit purge`) deletes older ones.
+    /// `None` keeps them until purged with an explicit age.
+    pub audit_retention_ms: Option<u64>,
     /// Multi-tenancy: `tenant_scoped` models get a `tenant_id` column and
     /// every statement binds the context's tenant (default off; a
     /// `tenant_scoped` model without it fails boot).
@@ -89,6 +96,7 @@ impl Default for Config {
             enable_metrics: None,
             connection_pool_size: 10,
             enable_audit_log: None,
+            audit_retention_ms: None,
             multi_tenant: None,
             row_level_security: None,
             monitoring: None,
@@ -181,6 +189,11 @@ impl Config {
         self.row_level_security == Some(true)
     }
 
+    /// How long audit rows are kept, when set.
+    pub fn audit_retention(&self) -> Option<Duration> {
+        self.audit_retention_ms.map(Duration::from_millis)
+    }
+
     /// Whether boot reads and writes the persisted model registry.
     pub fn uses_registry(&self) -> bool {
         !self.skip_registry.unwrap_or(false) && self.enable_model_persistence.unwrap_or(true)
@@ -205,11 +218,6 @@ impl Config {
                 self.enable_metrics == Some(true),
                 "enable_metrics = true",
                 "metrics",
-            ),
-            (
-                self.enable_audit_log == Some(true),
-                "enable_audit_log = true",
-                "the audit log",
             ),
             (
                 self.monitoring == Some(true),

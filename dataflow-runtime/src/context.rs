@@ -36,6 +36,9 @@ pub struct Context {
     pub roles: Vec<String>,
     /// The request this call belongs to, for correlation.
     pub request_id: Option<String>,
+    /// The channel the call came through (`"http"`, `"cli"`, `"mcp"`),
+    /// recorded in audit rows; `None` for direct calls from Rust.
+    pub channel: Option<String>,
     /// [`Context::system`]: an operator's tool, which may act across tenants.
     pub system: bool,
 }
@@ -82,6 +85,13 @@ impl Context {
     /// Sets the request id.
     pub fn request_id(mut self, id: impl Into<String>) -> Self {
         self.request_id = Some(id.into());
+        self
+    }
+
+    /// Sets the channel the call came through (`"http"`, `"cli"`, `"mcp"`),
+    /// which audit rows record.
+    pub fn channel(mut self, channel: impl Into<String>) -> Self {
+        self.channel = Some(channel.into());
         self
     }
 

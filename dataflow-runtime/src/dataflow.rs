@@ -6,7 +6,7 @@ use crate::context::Context;
 use crate::error::{Error, ErrorCode, Result};
 use crate::migrate::{self, BootPolicy, EmbeddedMigration};
 use crate::node::NodeContext;
-use crate::nodes::{self, Op};
+use crate::nodes::{self, Op, Origin};
 use crate::registry::{NodeRef, Registry};
 use crate::rls;
 use crate::schema::ModelSchema;
@@ -134,6 +134,13 @@ impl DataFlowBuilder {
         self
     }
 
+    /// How long audit rows are kept: [`DataFlow::purge_audit`] (and `dataflow
+    /// audit purge`) deletes rows older than this.
+    pub fn audit_retention(mut self, keep: std::time::Duration) -> Self {
+        self.config.audit_retention_ms = Some(keep.as_millis() as u64);
+        self
+    }
+
     /// Logs every SQL statement (never its values) to stderr.
     pub fn echo(mut self, on: bool) -> Self {
         self.config.echo = on;
@@ -228,7 +235,8 @@ impl DataFlow {
         models: Option<Vec<&'static ModelSchema>>,
     ) -> Result<DataFlow> {
         config.check_supported()?;
-        let registry = Registry::new(models, config.multi_tenant())?;
+        let registry = Registry::new(models, config.multi_tenant())?
+            .with_audit(config.enable_audit_log == Some(true))?;
         let target = Target::parse(&config.database_url)?;
         if config.row_level_security() && target.dialect() != Dialect::Postgres {
             return Err(Error::new(
@@ -274,6 +282,12 @@ impl DataFlow {
         self.inner.registry.models()
     }
 
+    /// The models boot and the migration commands bring the database to:
+    /// the registered models and, with the audit log on, its table.
+    pub(crate) fn schema_models(&self) -> Vec<&'static ModelSchema> {
+        self.inner.registry.schema_models()
+    }
+
     /// The names of every registered node type.
     pub fn node_types(&self) -> Vec<String> {
         self.inner.registry.node_types()
@@ -302,7 +316,11 @@ impl DataFlow {
         run_id: Option<&str>,
     ) -> Result<Value> {
         match r {
-            NodeRef::Model(m, op) => self.execute_op(m, op, params).await,
+            NodeRef::Model(m, op) => {
+                // A workflow's node: its audit rows name the run and the node.
+                let origin = run_id.map(|r| (r.to_string(), node_id.to_string()));
+                self.execute_model(m, op, params, origin).await
+            }
             NodeRef::Custom(n) => {
                 // Hand-written nodes get input checked against their schema, like model nodes.
                 crate::json_schema::check(&n.input_schema(), &params).map_err(|e| {
@@ -334,6 +352,17 @@ impl DataFlow {
         op: Op,
         params: Value,
     ) -> Result<Value> {
+        self.execute_model(m, op, params, None).await
+    }
+
+    /// A model node; `origin` is `(run id, node id)` inside a workflow run.
+    async fn execute_model(
+        &self,
+        m: &'static ModelSchema,
+        op: Op,
+        params: Value,
+        origin: Option<(String, String)>,
+    ) -> Result<Value> {
         if crate::value::deeper_than(&params, MAX_INPUT_DEPTH) {
             crate::value::dismantle(params);
             return Err(Error::validation(
@@ -359,13 +388,15 @@ impl DataFlow {
             if let Some(kind) = WriteKind::of(op) {
                 let db = self.clone();
                 return writer
-                    .write(kind, move |c| db.run_model_on(c, m, op, params))
+                    .write(kind, move |c| {
+                        db.run_model_on(c, m, op, params, origin_of(&origin))
+                    })
                     .await;
             }
             // Reads that would wait for a connection go to a blocking thread.
             if writer::reads_inline(op) {
                 if let Some(mut conn) = self.inner.pool.try_get() {
-                    return self.run_model_on_any(&mut conn, m, op, params);
+                    return self.run_model_on_any(&mut conn, m, op, params, origin_of(&origin));
                 }
             }
         }
@@ -374,12 +405,14 @@ impl DataFlow {
             if WriteKind::of(op).is_none() && db.dialect() == Dialect::Postgres {
                 // A read can run again: once more on another connection
                 // when the server had ended this one (a restart, a failover).
-                db.pooled(true, |c| db.run_model_on_any(c, m, op, params.clone()))
+                db.pooled(true, |c| {
+                    db.run_model_on_any(c, m, op, params.clone(), origin_of(&origin))
+                })
             } else {
                 let mut params = Some(params);
                 db.pooled(false, |c| {
                     let params = params.take().expect("runs once without retry");
-                    db.run_model_on_any(c, m, op, params)
+                    db.run_model_on_any(c, m, op, params, origin_of(&origin))
                 })
             }
         })
@@ -416,29 +449,35 @@ impl DataFlow {
         m: &'static ModelSchema,
         op: Op,
         params: Value,
+        origin: Origin<'_>,
     ) -> Result<Value> {
         match conn {
-            AnyConnection::Sqlite(c) => self.run_model_on(c, m, op, params),
-            AnyConnection::Postgresql(c) => self.run_model_on(c, m, op, params),
+            AnyConnection::Sqlite(c) => self.run_model_on(c, m, op, params, origin),
+            AnyConnection::Postgresql(c) => self.run_model_on(c, m, op, params, origin),
         }
     }
 
-    /// A model node on a backend connection the caller holds.
+    /// A model node on a backend connection the caller holds; `origin`
+    /// names the workflow run and node it belongs to, if any.
     pub(crate) fn run_model_on<C: Conn>(
         &self,
         conn: &mut C,
         m: &'static ModelSchema,
         op: Op,
         params: Value,
+        origin: Origin<'_>,
     ) -> Result<Value> {
         let prepared = self.inner.registry.prepared(m);
         let ctx = nodes::Ctx {
-            model: m,
-            node: &prepared.nodes[op as usize],
-            columns: &prepared.columns,
-            echo: self.inner.config.echo,
-            context: &self.context,
-            tenant: None,
+            audited: m.audited(self.inner.config.enable_audit_log == Some(true)),
+            origin,
+            ..nodes::Ctx::new(
+                m,
+                &prepared.nodes[op as usize],
+                &prepared.columns,
+                self.inner.config.echo,
+                &self.context,
+            )
         };
         if C::DIALECT == Dialect::Postgres
             && m.options.tenant_scoped
@@ -572,13 +611,25 @@ impl DataFlow {
     }
 }
 
+/// The [`Origin`] of an owned `(run id, node id)`.
+fn origin_of(origin: &Option<(String, String)>) -> Origin<'_> {
+    match origin {
+        Some((run, node)) => Origin {
+            run_id: Some(run),
+            node_id: Some(node),
+        },
+        None => Origin::default(),
+    }
+}
+
 fn boot(
     config: Config,
     target: Target,
     registry: Registry,
     embedded: &'static [EmbeddedMigration],
 ) -> Result<DataFlow> {
-    let models = registry.models();
+    let schema_models = registry.schema_models();
+    let models = schema_models.as_slice();
     let mut conn = target.connect(config.connect_timeout())?;
     if config.row_level_security() {
         on_conn!(&mut conn, c => rls::check_role(c))?;

@@ -53,11 +53,14 @@ pub enum ErrorCode {
     Overloaded,
     /// A server route exists but not with this HTTP method.
     MethodNotAllowed,
+    /// The record changed since the caller read it: its `version` is not
+    /// the `expected_version` (optimistic locking). Nothing was written.
+    Conflict,
 }
 
 impl ErrorCode {
     /// Every code, for tables (status mappings, documentation, tests).
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::Validation,
         ErrorCode::NotFound,
         ErrorCode::UniqueViolation,
@@ -77,6 +80,7 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::Overloaded,
         ErrorCode::MethodNotAllowed,
+        ErrorCode::Conflict,
     ];
 
     /// The code named `s` (the inverse of [`as_str`](Self::as_str)).
@@ -106,6 +110,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Conflict => "conflict",
         }
     }
 }
@@ -120,7 +125,8 @@ impl ErrorCode {
             ErrorCode::UniqueViolation
             | ErrorCode::FkViolation
             | ErrorCode::NotAllowed
-            | ErrorCode::Forbidden => 5,
+            | ErrorCode::Forbidden
+            | ErrorCode::Conflict => 5,
             ErrorCode::MigrationBlocked => 6,
             ErrorCode::Connection | ErrorCode::Timeout | ErrorCode::Overloaded => 7,
             ErrorCode::Config | ErrorCode::NotSupported => 8,
@@ -140,7 +146,8 @@ impl ErrorCode {
             ErrorCode::UniqueViolation
             | ErrorCode::FkViolation
             | ErrorCode::NotAllowed
-            | ErrorCode::MigrationBlocked => 409,
+            | ErrorCode::MigrationBlocked
+            | ErrorCode::Conflict => 409,
             ErrorCode::Connection | ErrorCode::Overloaded => 503,
             ErrorCode::Timeout => 504,
             ErrorCode::TooLarge => 413,

@@ -25,6 +25,7 @@
 //! # }).unwrap();
 //! ```
 
+mod audit;
 mod backend;
 pub mod cli;
 mod config;
@@ -46,6 +47,7 @@ mod value;
 mod workflow;
 mod writer;
 
+pub use crate::audit::{AuditListNode, AUDIT_LIST_NODE};
 pub use crate::backend::AnyConnection;
 pub use crate::config::Config;
 pub use crate::context::Context;

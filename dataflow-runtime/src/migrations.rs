@@ -61,7 +61,7 @@ impl<'a> Migrations<'a> {
                 let cfg = db.config();
                 let timeouts = migrate::Timeouts::from_config(cfg);
                 let schema = migrate::SchemaOptions::from_config(cfg);
-                on_conn!(conn, c => migrate::plan_for(c, db.models(), &cfg.application_id, &timeouts, &schema))
+                on_conn!(conn, c => migrate::plan_for(c, &db.schema_models(), &cfg.application_id, &timeouts, &schema))
             })
             .await
     }
@@ -107,7 +107,7 @@ impl<'a> Migrations<'a> {
                 };
                 on_conn!(conn, c => {
                     migrate::with_lock(c, db.target(), cfg.connect_timeout(), "migrate apply", |c| {
-                        let plan = migrate::plan_for(c, db.models(), &cfg.application_id, &timeouts, &schema)?;
+                        let plan = migrate::plan_for(c, &db.schema_models(), &cfg.application_id, &timeouts, &schema)?;
                         if plan.is_empty() {
                             return Ok(None);
                         }
@@ -121,7 +121,7 @@ impl<'a> Migrations<'a> {
                             record_registry: cfg.uses_registry(),
                             timeouts: &timeouts,
                         };
-                        migrate::apply(c, db.models(), &plan, options).map(Some)
+                        migrate::apply(c, &db.schema_models(), &plan, options).map(Some)
                     })
                 })
             })
@@ -168,8 +168,8 @@ impl<'a> Migrations<'a> {
                     ..migrate::SchemaOptions::from_config(db.config())
                 };
                 on_conn!(conn, c => {
-                    let plan = migrate::plan_for(c, db.models(), app, &timeouts, &schema)?;
-                    migrate::stage(c, db.target(), db.models(), &plan, app, &timeouts, &schema)
+                    let plan = migrate::plan_for(c, &db.schema_models(), app, &timeouts, &schema)?;
+                    migrate::stage(c, db.target(), &db.schema_models(), &plan, app, &timeouts, &schema)
                 })
             })
             .await

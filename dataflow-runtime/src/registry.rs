@@ -62,6 +62,9 @@ pub(crate) struct Registry {
     models: Vec<&'static ModelSchema>,
     nodes: HashMap<String, NodeRef>,
     prepared: HashMap<&'static str, Prepared>,
+    /// The audit log is on for some model: its table is migrated with the
+    /// models and `AuditListNode` is registered.
+    audit: bool,
 }
 
 impl Registry {
@@ -78,7 +81,39 @@ impl Registry {
             models,
             nodes,
             prepared,
+            audit: false,
         })
+    }
+
+    /// Turns the audit log on when `enable_audit_log` or a model's `audit`
+    /// option asks for it: registers `AuditListNode` and adds the audit
+    /// table to what boot migrates.
+    pub(crate) fn with_audit(mut self, enable_audit_log: bool) -> Result<Registry> {
+        self.audit = enable_audit_log || self.models.iter().any(|m| m.options.audit == Some(true));
+        if self.audit {
+            let node: &'static dyn Node = &crate::audit::AuditListNode;
+            if self
+                .nodes
+                .insert(node.name().to_string(), NodeRef::Custom(node))
+                .is_some()
+            {
+                return Err(Error::new(
+                    ErrorCode::Config,
+                    format!("the node type `{}` is built in with the audit log; rename the hand-written node of that name", node.name()),
+                ));
+            }
+        }
+        Ok(self)
+    }
+
+    /// What boot and the migration commands bring the database to: the
+    /// models, and the audit table when the audit log is on.
+    pub(crate) fn schema_models(&self) -> Vec<&'static ModelSchema> {
+        let mut all = self.models.clone();
+        if self.audit {
+            all.push(&crate::audit::AUDIT);
+        }
+        all
     }
 
     /// No models and no nodes: for tools that read the persisted registry only.
@@ -87,6 +122,7 @@ impl Registry {
             models: Vec::new(),
             nodes: HashMap::new(),
             prepared: HashMap::new(),
+            audit: false,
         }
     }
 
@@ -231,13 +267,10 @@ fn validate(
                 }
             }
         }
-        let unsupported = [
-            (m.options.audit, "audit (the audit log)"),
-            (
-                m.options.cache_ttl_ms.is_some(),
-                "cache_ttl (the query cache)",
-            ),
-        ];
+        let unsupported = [(
+            m.options.cache_ttl_ms.is_some(),
+            "cache_ttl (the query cache)",
+        )];
         if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
             return Err(Error::new(
                 ErrorCode::NotSupported,
@@ -344,9 +377,10 @@ mod tests {
         soft_delete: false,
         timestamps: false,
         tenant_scoped: false,
-        audit: false,
+        audit: None,
         cache_ttl_ms: None,
         append_only: false,
+        versioned: false,
     };
 
     const fn model(name: &'static str, fields: &'static [FieldSchema]) -> ModelSchema {

@@ -103,6 +103,8 @@ pub struct FieldSchema {
     pub max_length: Option<u32>,
     /// `#[field(renamed_from = "old")]`: migrations rename instead of drop + add.
     pub renamed_from: Option<&'static str>,
+    /// `#[field(sensitive)]`: the audit log records `"***"` instead of the value.
+    pub sensitive: bool,
     /// Who fills the value when the user does not.
     pub generated: Generated,
 }
@@ -129,12 +131,17 @@ pub struct ModelOptions {
     /// `tenant_scoped`: a managed `tenant_id` that every statement binds
     /// from the context (boot needs `multi_tenant(true)`).
     pub tenant_scoped: bool,
-    /// `audit` (not available yet: boot refuses it).
-    pub audit: bool,
+    /// `audit` (`Some(true)`): every write is recorded in the audit log;
+    /// `audit = false` (`Some(false)`) opts out of `enable_audit_log`;
+    /// unset (`None`) follows `enable_audit_log`.
+    pub audit: Option<bool>,
     /// `cache_ttl = "30s"`, parsed by the macro (not available yet: boot refuses it).
     pub cache_ttl_ms: Option<u64>,
     /// `append_only`: records can be created and read, never changed or deleted.
     pub append_only: bool,
+    /// `versioned`: a managed `version` column (1 on create, incremented by
+    /// every update) and `expected_version` on updates (optimistic locking).
+    pub versioned: bool,
 }
 
 /// Everything the runtime knows about one model, fixed at compile time.
@@ -168,6 +175,12 @@ impl ModelSchema {
             .iter()
             .find(|f| f.primary_key)
             .unwrap_or(&self.fields[0])
+    }
+
+    /// Whether writes to this model are recorded in the audit log, given
+    /// the database's `enable_audit_log`.
+    pub fn audited(&self, enable_audit_log: bool) -> bool {
+        self.options.audit.unwrap_or(enable_audit_log)
     }
 
     /// The field that `generated` fills (`created_at`, `deleted_at`, ...), if the model has one.

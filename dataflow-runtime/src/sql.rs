@@ -23,6 +23,23 @@ impl Dialect {
         }
     }
 
+    /// What a `SELECT` of rows about to be changed ends with, so that no
+    /// other transaction changes them in between (PostgreSQL's row locks;
+    /// SQLite's single writer already holds the whole database).
+    pub fn lock_rows(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+
+    /// Whether a `WITH` clause may hold an `INSERT … RETURNING` whose rows
+    /// feed another `INSERT` of the same statement (PostgreSQL's
+    /// data-modifying CTEs): a write and its audit row in one round trip.
+    pub fn writes_in_with(self) -> bool {
+        matches!(self, Dialect::Postgres)
+    }
+
     /// `a IS DISTINCT FROM b`: inequality where NULL counts as a value.
     pub fn distinct_from(self) -> &'static str {
         match self {
@@ -94,6 +111,16 @@ impl Sql {
         };
         self.marks.push(self.text.len());
         self.binds.push(v);
+        self
+    }
+
+    /// Appends another statement of the same dialect, its binds included.
+    pub(crate) fn append(&mut self, other: Sql) -> &mut Self {
+        let offset = self.text.len();
+        self.text.push_str(&other.text);
+        self.marks
+            .extend(other.marks.into_iter().map(|m| m + offset));
+        self.binds.extend(other.binds);
         self
     }
 

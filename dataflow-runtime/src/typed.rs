@@ -60,6 +60,10 @@ fn record_params<M: Model>(record: &M) -> Result<Value> {
         .map_err(|e| Error::internal(format!("serializing {}: {e}", M::SCHEMA.name)))?;
     let pk = M::SCHEMA.primary_key();
     if let Some(obj) = v.as_object_mut() {
+        // A declared `version` of a versioned model is read, never written.
+        if let Some(f) = M::SCHEMA.field_with(crate::schema::Generated::Version) {
+            obj.remove(f.name);
+        }
         let unset = match obj.get(pk.name) {
             Some(Value::String(s)) => s.is_empty(),
             Some(Value::Number(n)) => pk.ty != FieldType::F64 && n.as_i64() == Some(0),
@@ -98,6 +102,23 @@ impl<M: Model> UpdateNode<M> {
     /// Changes `fields` (an object of field → new value) of the record `id`.
     pub async fn run(db: &DataFlow, id: impl Into<Value>, fields: Value) -> Result<M> {
         from_json(Self::execute(db, json!({"id": id.into(), "fields": fields})).await?)
+    }
+}
+
+impl<M: Model> UpdateNode<M> {
+    /// Optimistic locking on a `versioned` model: changes `fields` of the
+    /// record `id` only if its `version` is still `expected_version` (the
+    /// one the caller read); otherwise `conflict` and nothing is written.
+    /// The returned record has the new version.
+    pub async fn run_if_version(
+        db: &DataFlow,
+        id: impl Into<Value>,
+        expected_version: i64,
+        fields: Value,
+    ) -> Result<M> {
+        let params =
+            json!({"id": id.into(), "fields": fields, "expected_version": expected_version});
+        from_json(Self::execute(db, params).await?)
     }
 }
 
@@ -156,6 +177,33 @@ impl<M: Model> UpsertNode<M> {
     }
 }
 
+impl<M: Model> UpsertNode<M> {
+    /// [`run`](Self::run) on a `versioned` model with optimistic locking:
+    /// the existing record is updated only if its `version` is still
+    /// `expected_version`; a changed or missing record is `conflict`.
+    pub async fn run_if_version(
+        db: &DataFlow,
+        record: &M,
+        conflict_on: &str,
+        expected_version: i64,
+        update: Value,
+    ) -> Result<(UpsertAction, M)> {
+        let params = json!({
+            "create": record_params(record)?,
+            "update": update,
+            "conflict_on": conflict_on,
+            "expected_version": expected_version,
+        });
+        let mut out = Self::execute(db, params).await?;
+        let action = if out["action"] == "created" {
+            UpsertAction::Created
+        } else {
+            UpsertAction::Updated
+        };
+        Ok((action, from_json(out["record"].take())?))
+    }
+}
+
 /// The result of a BulkCreate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BulkCreated {
@@ -191,6 +239,22 @@ impl<M: Model> BulkUpdateNode<M> {
             &Self::execute(db, json!({"filter": filter, "fields": fields})).await?,
             "updated",
         ))
+    }
+}
+
+impl<M: Model> BulkUpdateNode<M> {
+    /// On a `versioned` model: changes the records `filter` matches only if
+    /// every one still has `version` `expected_version`; otherwise
+    /// `conflict` and nothing is written. Returns how many changed.
+    pub async fn run_if_version(
+        db: &DataFlow,
+        filter: Value,
+        expected_version: i64,
+        fields: Value,
+    ) -> Result<u64> {
+        let params =
+            json!({"filter": filter, "fields": fields, "expected_version": expected_version});
+        Ok(count_of(&Self::execute(db, params).await?, "updated"))
     }
 }
 

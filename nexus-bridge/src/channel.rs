@@ -327,7 +327,7 @@ mod tests {
     use super::*;
 
     /// The README's error table: every code's HTTP status and CLI exit code.
-    const TABLE: [(&str, u16, u8); 19] = [
+    const TABLE: [(&str, u16, u8); 20] = [
         ("validation", 422, 3),
         ("not_found", 404, 4),
         ("unique_violation", 409, 5),
@@ -347,6 +347,7 @@ mod tests {
         ("forbidden", 403, 5),
         ("overloaded", 503, 7),
         ("method_not_allowed", 405, 4),
+        ("conflict", 409, 5),
     ];
 
     #[test]

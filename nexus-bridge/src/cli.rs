@@ -148,6 +148,17 @@ fn root(workflows: &[&Registered]) -> Command {
                         .allow_hyphen_values(true),
                 ),
         )
+        .subcommand(
+            Command::new("audit")
+                .about("List or purge the audit log (see `audit --help`)")
+                .disable_help_flag(true)
+                .arg(
+                    Arg::new("rest")
+                        .num_args(0..)
+                        .trailing_var_arg(true)
+                        .allow_hyphen_values(true),
+                ),
+        )
 }
 
 /// A flag's text as the JSON value its schema asks for.
@@ -343,7 +354,7 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
                 Err(e) => fail(e, json_out),
             }
         }
-        Some((cmd @ ("models" | "migrate"), m)) => {
+        Some((cmd @ ("models" | "migrate" | "audit"), m)) => {
             let mut argv = vec![args[0].clone(), cmd.into()];
             argv.extend(
                 m.get_many::<String>("rest")

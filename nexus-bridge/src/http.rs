@@ -104,7 +104,8 @@ async fn run(
     headers: axum::http::HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let context = crate::identity::from_request(s.surface.trust_tenant_header, Some(&headers))?;
+    let context =
+        crate::identity::from_request("http", s.surface.trust_tenant_header, Some(&headers))?;
     let Json(body) = body.map_err(|e| {
         ApiError::from(if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large("request body")

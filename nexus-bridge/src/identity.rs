@@ -23,6 +23,7 @@ const MAX_ID_CHARS: usize = 128;
 /// The context of an HTTP request (the API, or MCP over HTTP); `headers`
 /// is `None` where there are none (MCP over stdio).
 pub(crate) fn from_request(
+    channel: &str,
     trust_tenant_header: bool,
     headers: Option<&HeaderMap>,
 ) -> Result<Context> {
@@ -39,7 +40,7 @@ pub(crate) fn from_request(
         })?;
         Ok(Some(text.to_string()))
     };
-    let mut ctx = Context::new();
+    let mut ctx = Context::new().channel(channel);
     ctx = ctx.request_id(header(REQUEST_ID_HEADER)?.unwrap_or_else(dataflow::new_run_id));
     if trust_tenant_header {
         if let Some(tenant) = header(TENANT_HEADER)? {
@@ -51,7 +52,9 @@ pub(crate) fn from_request(
 
 /// The context of an in-process CLI run: `--tenant` and `--as` (the actor).
 pub(crate) fn from_cli(tenant: Option<&str>, actor: Option<&str>) -> Result<Context> {
-    let mut ctx = Context::new().request_id(dataflow::new_run_id());
+    let mut ctx = Context::new()
+        .channel("cli")
+        .request_id(dataflow::new_run_id());
     for (flag, value) in [("--tenant", tenant), ("--as", actor)] {
         if value.is_some_and(|v| !valid_id(v)) {
             return Err(Error::new(
@@ -89,22 +92,26 @@ mod tests {
     #[test]
     fn the_tenant_header_counts_only_when_trusted() {
         let h = headers(&[("x-tenant-id", "acme"), ("x-request-id", "r-1")]);
-        let ignored = from_request(false, Some(&h)).unwrap();
+        let ignored = from_request("http", false, Some(&h)).unwrap();
         assert_eq!(
             (ignored.tenant, ignored.request_id.as_deref()),
             (None, Some("r-1"))
         );
-        let trusted = from_request(true, Some(&h)).unwrap();
+        let trusted = from_request("http", true, Some(&h)).unwrap();
         assert_eq!(trusted.tenant.as_deref(), Some("acme"));
-        let e = from_request(true, Some(&headers(&[("x-tenant-id", "a b")]))).unwrap_err();
+        let e = from_request("http", true, Some(&headers(&[("x-tenant-id", "a b")]))).unwrap_err();
         assert_eq!(
             (e.code(), e.field()),
             (ErrorCode::Validation, Some("x-tenant-id"))
         );
-        let e =
-            from_request(true, Some(&headers(&[("x-tenant-id", &"a".repeat(129))]))).unwrap_err();
+        let e = from_request(
+            "http",
+            true,
+            Some(&headers(&[("x-tenant-id", &"a".repeat(129))])),
+        )
+        .unwrap_err();
         assert_eq!(e.code(), ErrorCode::Validation);
-        let none = from_request(true, None).unwrap();
+        let none = from_request("mcp", true, None).unwrap();
         assert!(none.tenant.is_none() && none.request_id.is_some());
     }
 

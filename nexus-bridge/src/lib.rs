@@ -580,7 +580,7 @@ impl Nexus {
         name: &str,
         inputs: Value,
     ) -> std::result::Result<Value, dataflow::RunError> {
-        self.execute_in(dataflow::Context::new(), name, inputs)
+        self.execute_in(dataflow::Context::new().channel("direct"), name, inputs)
             .await
     }
 

@@ -122,7 +122,7 @@ impl McpServer {
         let known = self.shared.workflows.contains_key(name);
         let inputs = Value::Object(arguments.unwrap_or_default());
         let context =
-            crate::identity::from_request(self.shared.surface.trust_tenant_header, headers);
+            crate::identity::from_request("mcp", self.shared.surface.trust_tenant_header, headers);
         let result = match context {
             Err(e) => Err(e.into()),
             Ok(_) if known && inputs.to_string().len() > MAX_INPUT_BYTES => {

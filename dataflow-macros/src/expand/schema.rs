@@ -51,6 +51,7 @@ fn field(f: &FieldIr) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
     let renamed_from = opt_str(&f.renamed_from);
+    let sensitive = f.sensitive.is_some();
     quote! {
         ::dataflow::schema::FieldSchema {
             name: #name,
@@ -64,6 +65,7 @@ fn field(f: &FieldIr) -> TokenStream {
             references: #references,
             max_length: #max_length,
             renamed_from: #renamed_from,
+            sensitive: #sensitive,
             generated: #generated,
         }
     }
@@ -76,13 +78,17 @@ pub(super) fn expand(ir: &ModelIr) -> TokenStream {
     let table = &ir.table;
     let fields = ir.fields.iter().map(field);
     let o = &ir.options;
-    let (soft_delete, timestamps, tenant_scoped, audit, append_only) = (
+    let (soft_delete, timestamps, tenant_scoped, append_only, versioned) = (
         o.soft_delete,
         o.timestamps,
         o.tenant_scoped,
-        o.audit,
         o.append_only,
+        o.versioned,
     );
+    let audit = match o.audit {
+        Some(on) => quote!(::core::option::Option::Some(#on)),
+        None => quote!(::core::option::Option::None),
+    };
     let cache_ttl_ms = match o.cache_ttl_ms {
         Some(ms) => quote!(::core::option::Option::Some(#ms)),
         None => quote!(::core::option::Option::None),
@@ -101,6 +107,7 @@ pub(super) fn expand(ir: &ModelIr) -> TokenStream {
                     audit: #audit,
                     cache_ttl_ms: #cache_ttl_ms,
                     append_only: #append_only,
+                    versioned: #versioned,
                 },
                 checksum: #checksum,
             };

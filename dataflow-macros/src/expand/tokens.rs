@@ -51,6 +51,7 @@ impl ToTokens for Path<Generated> {
             Generated::UpdatedAt => quote!(UpdatedAt),
             Generated::DeletedAt => quote!(DeletedAt),
             Generated::Tenant => quote!(Tenant),
+            Generated::Version => quote!(Version),
         };
         out.extend(quote!(::dataflow::schema::Generated::#variant));
     }

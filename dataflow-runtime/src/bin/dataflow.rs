@@ -1,5 +1,6 @@
-//! `dataflow --url <database> models | migrate status`: the registry and the
-//! history from the database alone, without the application's binary.
+//! `dataflow --url <database> models | migrate status | audit`: the
+//! registry, the history and the audit log from the database alone,
+//! without the application's binary.
 //! Planning and applying need the compiled models: embed the CLI in the
 //! application with `dataflow::cli::run(&db)`.
 

@@ -268,6 +268,13 @@ pub(crate) fn create_table_as(
         .fields
         .iter()
         .map(|f| column_def(d, m, f, &fk_target))
+        // The audit log's key is SQLite's rowid without AUTOINCREMENT, whose
+        // `sqlite_sequence` update would cost every audited write a page;
+        // its purge keeps the newest row, so ids are not reused (audit.rs).
+        .map(|c| match m.table == crate::audit::TABLE {
+            true => c.replace(" AUTOINCREMENT", ""),
+            false => c,
+        })
         .collect();
     if tenant_column(m).is_some() {
         let pk = primary_key(m);
@@ -483,9 +490,10 @@ pub(crate) mod tests {
                 soft_delete: false,
                 timestamps: false,
                 tenant_scoped: false,
-                audit: false,
+                audit: None,
                 cache_ttl_ms: None,
                 append_only: false,
+                versioned: false,
             },
             checksum: 0,
         }

@@ -160,7 +160,7 @@ fn sqlite<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
     let mut out = LiveSchema::new();
     let tables = rows(
         conn,
-        "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name NOT LIKE 'dataflow_%' ORDER BY name",
+        "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND (name NOT LIKE 'dataflow_%' OR name = 'dataflow_audit') ORDER BY name",
         vec![],
     )?;
     for t in tables {
@@ -317,7 +317,7 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
                 c.is_nullable = 'YES', c.column_default::text \
          FROM information_schema.columns c JOIN information_schema.tables t \
            ON t.table_schema = c.table_schema AND t.table_name = c.table_name \
-         WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE' AND c.table_name NOT LIKE 'dataflow\\_%' \
+         WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE' AND (c.table_name NOT LIKE 'dataflow\\_%' OR c.table_name = 'dataflow_audit') \
          ORDER BY c.table_name, c.ordinal_position",
         vec![],
     )?;
@@ -359,7 +359,7 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
                 EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.oid AND c.contype IN ('u', 'p')) \
          FROM pg_index ix JOIN pg_class t ON t.oid = ix.indrelid JOIN pg_class i ON i.oid = ix.indexrelid \
          JOIN pg_namespace n ON n.oid = t.relnamespace \
-         WHERE n.nspname = current_schema() AND t.relname NOT LIKE 'dataflow\\_%' ORDER BY t.relname, i.relname",
+         WHERE n.nspname = current_schema() AND (t.relname NOT LIKE 'dataflow\\_%' OR t.relname = 'dataflow_audit') ORDER BY t.relname, i.relname",
         vec![],
     )?;
     for r in idx {

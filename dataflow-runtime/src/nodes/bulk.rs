@@ -3,18 +3,21 @@
 
 use super::params::{Param, Params};
 use super::row::{
-    assignments, batches, bulk_rows, insert_sql, rows_per_batch, take_array, update_sql,
-    DEFAULT_BATCH,
+    assignments, batches, bulk_rows, insert_sql, row_json_text, rows_per_batch, sql_value_json,
+    take_array, update_sql, DEFAULT_BATCH,
 };
 use super::run::Ctx;
 use super::schema as s;
 use super::target::pk_index;
-use super::write::soft_or_hard_delete;
+use super::write::{check_version, soft_or_hard_delete};
+use crate::audit::{self, Entry};
 use crate::backend::Conn;
 use crate::error::{Error, ErrorCode, Result};
 use crate::filter;
-use crate::value::{cell_to_json, Cell, SqlValue};
+use crate::schema::ModelSchema;
+use crate::value::{cell_to_json, Cell};
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 
 /// BulkCreate: the records, inserted in batches.
 pub(super) const BULK_CREATE: &[Param] = &[
@@ -22,11 +25,13 @@ pub(super) const BULK_CREATE: &[Param] = &[
     Param::optional("batch_size", s::batch_size),
 ];
 
-/// BulkUpdate: the `fields` to change on every record a filter matches.
+/// BulkUpdate: the `fields` to change on every record a filter matches
+/// (on a versioned model, only if each still has `expected_version`).
 pub(super) const BULK_UPDATE: &[Param] = &[
     Param::optional("filter", s::filter),
     Param::required("fields", s::changes),
     Param::optional("confirmed", s::confirmed),
+    Param::versioned("expected_version", s::expected_version),
 ];
 
 /// BulkDelete: every record a filter matches.
@@ -56,8 +61,18 @@ pub(super) fn bulk_create<C: Conn>(conn: &mut C, ctx: &Ctx, mut params: Value) -
             .map(|r| sql_value_json(r[pk_index].as_ref().expect("pk given")))
             .collect()
     };
+    let mut done = 0;
     conn.write_transaction(|conn| {
         for chunk in batches(rows, batch) {
+            // The audit log's after-images, written from the values about
+            // to be inserted (no reading back).
+            let records: Vec<String> = if ctx.audited {
+                chunk.iter().map(|r| row_json_text(m, r)).collect()
+            } else {
+                Vec::new()
+            };
+            let first = done;
+            done += chunk.len();
             let mut sql = insert_sql::<C>(m, chunk);
             if generated_ids {
                 sql.push(" RETURNING ").ident(pk.column);
@@ -71,6 +86,21 @@ pub(super) fn bulk_create<C: Conn>(conn: &mut C, ctx: &Ctx, mut params: Value) -
             } else {
                 ctx.exec(conn, &sql)?;
             }
+            if ctx.audited {
+                let entries = records
+                    .into_iter()
+                    .zip(&ids[first..])
+                    .map(|(text, id)| {
+                        let text = if generated_ids {
+                            with_key(&text, pk.name, id)
+                        } else {
+                            text
+                        };
+                        Entry::created_text(audit::id_text(id), text)
+                    })
+                    .collect();
+                audit::write(conn, ctx, entries)?;
+            }
         }
         Ok(())
     })?;
@@ -80,16 +110,18 @@ pub(super) fn bulk_create<C: Conn>(conn: &mut C, ctx: &Ctx, mut params: Value) -
     Ok(Value::Object(out))
 }
 
-/// A given primary key as reported back in `ids`.
-fn sql_value_json(v: &SqlValue) -> Value {
-    match v {
-        SqlValue::Text(s) => Value::String(s.clone()),
-        SqlValue::Uuid(u) => Value::String(u.to_string()),
-        SqlValue::I16(i) => Value::from(*i),
-        SqlValue::I32(i) => Value::from(*i),
-        SqlValue::I64(i) => Value::from(*i),
-        other => Value::String(format!("{other:?}")),
+/// A record's JSON text with its generated key added in front.
+fn with_key(text: &str, key: &str, id: &Value) -> String {
+    let mut out = String::with_capacity(text.len() + key.len() + 24);
+    out.push('{');
+    out.push_str(&Value::from(key).to_string());
+    out.push(':');
+    out.push_str(&id.to_string());
+    if text.len() > 2 {
+        out.push(',');
     }
+    out.push_str(text.get(1..).unwrap_or("}"));
+    out
 }
 
 /// Refuses a whole-table change (a filter that matches everything, however
@@ -114,7 +146,53 @@ pub(super) fn bulk_update<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> R
     let m = ctx.model;
     let f = p.filter("filter")?;
     let sets = assignments(ctx, &p, "fields")?;
+    let expected = p.expected_version()?;
     confirm_scope(&p, f, "update")?;
+    if ctx.audited || expected.is_some() {
+        return conn.write_transaction(|conn| {
+            let before = matching_records(conn, ctx, f)?;
+            let stale: Vec<Error> = before
+                .iter()
+                .filter_map(|r| check_version(ctx, r, expected).err())
+                .collect();
+            match stale.len() {
+                0 => {}
+                1 => return Err(stale.into_iter().next().expect("one")),
+                n => {
+                    return Err(stale.into_iter().next().expect("one").reworded(format!(
+                        "{n} of the {} {} records the filter matches changed since they were read (their `version` is not the expected_version {}); nothing was written",
+                        before.len(),
+                        m.name,
+                        expected.unwrap_or_default()
+                    )))
+                }
+            }
+            if before.is_empty() {
+                return Ok(json!({"updated": 0}));
+            }
+            let mut sql = update_sql::<C>(m, &sets);
+            sql.push(" WHERE ");
+            by_keys(&mut sql, m, &before)?;
+            ctx.scope(&mut sql, false);
+            let n = if ctx.audited {
+                ctx.returning(&mut sql);
+                let after = ctx.records(ctx.query(conn, &sql)?)?;
+                let old = by_id(m, &before);
+                let entries = after
+                    .iter()
+                    .filter_map(|a| {
+                        old.get(&audit::record_id(m, a))
+                            .map(|b| Entry::updated(m, b, a))
+                    })
+                    .collect();
+                audit::write(conn, ctx, entries)?;
+                after.len()
+            } else {
+                ctx.exec(conn, &sql)?
+            };
+            Ok(json!({"updated": n}))
+        });
+    }
     let mut sql = update_sql::<C>(m, &sets);
     sql.push(" WHERE ");
     filter::render(&mut sql, m, f)?;
@@ -128,10 +206,53 @@ pub(super) fn bulk_delete<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> R
     let m = ctx.model;
     let f = p.filter("filter")?;
     confirm_scope(&p, f, "delete")?;
+    if ctx.audited {
+        return conn.write_transaction(|conn| {
+            let before = matching_records(conn, ctx, f)?;
+            if before.is_empty() {
+                return Ok(json!({"deleted": 0}));
+            }
+            let mut sql = soft_or_hard_delete::<C>(m);
+            sql.push(" WHERE ");
+            by_keys(&mut sql, m, &before)?;
+            ctx.scope(&mut sql, false);
+            let n = ctx.exec(conn, &sql)?;
+            let entries = before.into_iter().map(|b| Entry::deleted(m, b)).collect();
+            audit::write(conn, ctx, entries)?;
+            Ok(json!({"deleted": n}))
+        });
+    }
     let mut sql = soft_or_hard_delete::<C>(m);
     sql.push(" WHERE ");
     filter::render(&mut sql, m, f)?;
     ctx.scope(&mut sql, false);
     let n = conn.write_transaction(|conn| ctx.exec(conn, &sql))?;
     Ok(json!({"deleted": n}))
+}
+
+/// The live records a bulk filter matches, locked until the write commits:
+/// the before-images of an audited bulk change, in one statement.
+fn matching_records<C: Conn>(conn: &mut C, ctx: &Ctx, f: &Value) -> Result<Vec<Value>> {
+    let mut sql = ctx.select::<C>();
+    sql.push(" WHERE ");
+    filter::render(&mut sql, ctx.model, f)?;
+    ctx.scope(&mut sql, false);
+    sql.push(C::DIALECT.lock_rows());
+    ctx.records(ctx.query(conn, &sql)?)
+}
+
+/// `pk IN (…)` for exactly these records (one bound array, whatever their
+/// number), so the change touches the rows whose before-images were taken.
+pub(super) fn by_keys(sql: &mut crate::sql::Sql, m: &ModelSchema, records: &[Value]) -> Result<()> {
+    let pk = m.primary_key().name;
+    let keys: Vec<Value> = records.iter().map(|r| r[pk].clone()).collect();
+    filter::render(sql, m, &json!({ pk: {"$in": keys} }))
+}
+
+/// Records by their audit record id.
+pub(super) fn by_id<'r>(m: &ModelSchema, records: &'r [Value]) -> HashMap<String, &'r Value> {
+    records
+        .iter()
+        .map(|r| (audit::record_id(m, r), r))
+        .collect()
 }

@@ -24,6 +24,7 @@ pub(crate) const fn field(name: &'static str, ty: FieldType) -> FieldSchema {
         references: None,
         max_length: None,
         renamed_from: None,
+        sensitive: false,
         generated: Generated::No,
     }
 }
@@ -32,9 +33,10 @@ const OPTIONS: ModelOptions = ModelOptions {
     soft_delete: false,
     timestamps: true,
     tenant_scoped: false,
-    audit: false,
+    audit: None,
     cache_ttl_ms: None,
     append_only: false,
+    versioned: false,
 };
 
 /// `User`: a generated UUID-text key, a unique field, a nullable one, a
@@ -224,14 +226,8 @@ pub(crate) fn run_on_both(
     ) -> String {
         let columns = crate::sql::columns(model);
         let node = crate::schema::node_name(model.name, op);
-        let ctx = super::Ctx {
-            model,
-            node: &node,
-            columns: &columns,
-            echo: false,
-            context: &crate::Context::new(),
-            tenant: None,
-        };
+        let context = crate::Context::new();
+        let ctx = super::Ctx::new(model, &node, &columns, false, &context);
         let mut conn = Recorder::<PG>::new(replies.iter().cloned());
         let answer = match super::run(&mut conn, &ctx, op, params) {
             Ok(v) => v.to_string(),

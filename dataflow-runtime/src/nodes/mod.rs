@@ -25,7 +25,8 @@ pub(crate) mod fixtures;
 mod tests;
 
 pub use crate::typed::*;
-pub(crate) use run::{run, Ctx};
+pub(crate) use read::{DEFAULT_LIMIT as DEFAULT_LIST_LIMIT, MAX_LIMIT as MAX_LIST_LIMIT};
+pub(crate) use run::{run, Ctx, Origin};
 pub use schema::input_schema;
 
 pub use crate::schema::Op;

@@ -16,6 +16,17 @@ pub(crate) struct Param {
     /// Listed under `required` in the schema. The op checks presence where
     /// it reads the value, with a message about that parameter.
     pub(crate) required: bool,
+    /// Whether models of this kind have the parameter (`expected_version`:
+    /// versioned models only); elsewhere it is unknown and unpublished.
+    pub(crate) applies: fn(&ModelSchema) -> bool,
+}
+
+fn always(_: &ModelSchema) -> bool {
+    true
+}
+
+fn is_versioned(m: &ModelSchema) -> bool {
+    m.options.versioned
 }
 
 impl Param {
@@ -25,6 +36,17 @@ impl Param {
             name,
             schema,
             required: false,
+            applies: always,
+        }
+    }
+
+    /// An optional parameter of versioned models only.
+    pub(crate) const fn versioned(name: &'static str, schema: fn(&ModelSchema) -> Value) -> Self {
+        Param {
+            name,
+            schema,
+            required: false,
+            applies: is_versioned,
         }
     }
 
@@ -34,6 +56,7 @@ impl Param {
             name,
             schema,
             required: true,
+            applies: always,
         }
     }
 }
@@ -64,6 +87,15 @@ impl<'a> Params<'a> {
         let p = Params { model, node, map };
         if !allowed.is_empty() {
             for key in map.keys() {
+                if allowed.iter().any(|a| a.name == key && !(a.applies)(model)) {
+                    return Err(p.error(
+                        Some(key),
+                        format!(
+                            "`{key}` applies to versioned models, and {} is not one (#[dataflow::model(versioned)])",
+                            model.name
+                        ),
+                    ));
+                }
                 if !allowed.iter().any(|a| a.name == key) {
                     let hint = did_you_mean(key, allowed.iter().map(|a| a.name));
                     return Err(p.error(
@@ -73,6 +105,7 @@ impl<'a> Params<'a> {
                             Error::echo(key),
                             allowed
                                 .iter()
+                                .filter(|a| (a.applies)(model))
                                 .map(|a| a.name)
                                 .collect::<Vec<_>>()
                                 .join(", ")
@@ -101,6 +134,23 @@ impl<'a> Params<'a> {
                 Some(key),
                 format!("`{key}` must be true or false, got {}", describe(v)),
             )),
+        }
+    }
+
+    /// `expected_version`: the version the caller last read, if given.
+    pub(super) fn expected_version(&self) -> Result<Option<i64>> {
+        match self.get("expected_version") {
+            None => Ok(None),
+            Some(v) => match crate::value::as_integer(v) {
+                Some(n) if n >= 1 => Ok(Some(n)),
+                _ => Err(self.error(
+                    Some("expected_version"),
+                    format!(
+                        "`expected_version` must be the record's `version` as read (an integer from 1), got {}",
+                        show(v)
+                    ),
+                )),
+            },
         }
     }
 

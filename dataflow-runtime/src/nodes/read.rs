@@ -13,9 +13,9 @@ use crate::value::Cell;
 use serde_json::{json, Map, Value};
 
 /// The largest `limit` a List accepts.
-pub(super) const MAX_LIMIT: u64 = 10_000;
+pub(crate) const MAX_LIMIT: u64 = 10_000;
 /// The `limit` of a List that gives none.
-pub(super) const DEFAULT_LIMIT: u64 = 100;
+pub(crate) const DEFAULT_LIMIT: u64 = 100;
 
 /// Read: one record by `id` or by a `filter` that matches one.
 pub(super) const READ: &[Param] = &[

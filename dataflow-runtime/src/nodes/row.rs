@@ -99,6 +99,8 @@ pub(super) fn insert_row(ctx: &Ctx, data: Value, now: &SqlValue, at: Option<usiz
                 _ => None,
             },
             Generated::CreatedAt | Generated::UpdatedAt => Some(now.clone()),
+            // Every record starts at version 1.
+            Generated::Version => Some(coerce(m, f, &Value::from(1))?),
             Generated::DeletedAt => Some(SqlValue::Null(f.ty)),
             // `run` resolved it from the context: writes always have one.
             Generated::Tenant => match ctx.tenant {
@@ -184,13 +186,93 @@ pub(super) fn assignments(ctx: &Ctx, p: &Params, key: &str) -> Result<Assignment
     Ok(out)
 }
 
-/// `UPDATE <table> SET <assignments>`, the start of every update.
+/// `UPDATE <table> SET <assignments>`, the start of every update; on a
+/// versioned model also `"version" = "version" + 1`.
 pub(super) fn update_sql<C: Conn>(m: &ModelSchema, sets: &[(&FieldSchema, SqlValue)]) -> Sql {
     let mut sql = Sql::new(C::DIALECT);
     sql.push("UPDATE ")
         .ident(m.table)
         .set(sets.iter().map(|(f, v)| (f.column, v.clone())));
+    if let Some(v) = m.field_with(Generated::Version) {
+        sql.push(", ")
+            .ident(v.column)
+            .push(" = ")
+            .ident(v.column)
+            .push(" + 1");
+    }
     sql
+}
+
+/// A new record's JSON text for the audit log, written straight from its
+/// validated values (the same JSON as the record the database returns),
+/// `sensitive` fields as `"***"`. A key the database generates (`None`) is
+/// left out; the caller adds it once known.
+pub(super) fn row_json_text(m: &ModelSchema, row: &Row) -> String {
+    let mut out: Vec<u8> = Vec::with_capacity(32 * m.fields.len());
+    out.push(b'{');
+    let mut first = true;
+    for (f, v) in m.fields.iter().zip(row) {
+        let Some(v) = v else { continue };
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        json_into(&mut out, f.name);
+        out.push(b':');
+        if f.sensitive {
+            out.extend_from_slice(b"\"***\"");
+        } else {
+            sql_value_json_into(&mut out, v);
+        }
+    }
+    out.push(b'}');
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends `v` as JSON (serde_json cannot fail writing into a `Vec`).
+fn json_into<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    let _ = serde_json::to_writer(out, v);
+}
+
+/// Appends a bound value as JSON, as [`sql_value_json`] would give it.
+fn sql_value_json_into(out: &mut Vec<u8>, v: &SqlValue) {
+    match v {
+        SqlValue::Null(_) => out.extend_from_slice(b"null"),
+        SqlValue::Bool(b) => json_into(out, b),
+        SqlValue::I16(i) => json_into(out, i),
+        SqlValue::I32(i) => json_into(out, i),
+        SqlValue::I64(i) => json_into(out, i),
+        SqlValue::F32(x) => json_into(out, &f64::from(*x)),
+        SqlValue::F64(x) => json_into(out, x),
+        SqlValue::Text(s) => json_into(out, s.as_str()),
+        SqlValue::DateTime(dt) => json_into(out, &crate::value::format_datetime(dt)),
+        SqlValue::Date(d) => json_into(out, &d.format("%Y-%m-%d").to_string()),
+        SqlValue::Uuid(u) => json_into(out, &u.to_string()),
+        SqlValue::Json(j) => json_into(out, j),
+        SqlValue::Bytes(b) => json_into(out, b),
+        SqlValue::Array(_) => json_into(out, &sql_value_json(v)),
+    }
+}
+
+/// A bound value's JSON form, the same as the stored value's
+/// (`value::cell_to_json`).
+pub(super) fn sql_value_json(v: &SqlValue) -> Value {
+    match v {
+        SqlValue::Null(_) => Value::Null,
+        SqlValue::Bool(b) => Value::Bool(*b),
+        SqlValue::I16(i) => Value::from(*i),
+        SqlValue::I32(i) => Value::from(*i),
+        SqlValue::I64(i) => Value::from(*i),
+        SqlValue::F32(x) => Value::from(f64::from(*x)),
+        SqlValue::F64(x) => Value::from(*x),
+        SqlValue::Text(s) => Value::String(s.clone()),
+        SqlValue::DateTime(dt) => Value::String(crate::value::format_datetime(dt)),
+        SqlValue::Date(d) => Value::String(d.format("%Y-%m-%d").to_string()),
+        SqlValue::Uuid(u) => Value::String(u.to_string()),
+        SqlValue::Json(j) => j.clone(),
+        SqlValue::Bytes(b) => Value::Array(b.iter().map(|x| Value::from(*x)).collect()),
+        SqlValue::Array(a) => Value::String(a.to_sqlite_json()),
+    }
 }
 
 /// `INSERT INTO t (present columns) VALUES (...), (...)`, taking the rows'

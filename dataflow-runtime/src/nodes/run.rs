@@ -24,14 +24,49 @@ pub(crate) struct Ctx<'a> {
     /// [`run`] from the context; `None` elsewhere, and for a system
     /// context reading across tenants).
     pub(crate) tenant: Option<&'a str>,
+    /// Writes record audit rows in their transaction.
+    pub(crate) audited: bool,
+    /// The workflow run and node this run belongs to, for audit rows.
+    pub(crate) origin: Origin<'a>,
+}
+
+/// Where a node run comes from: its workflow run and the node's id in it
+/// (both `None` for a direct call, whose audit rows name the node type).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Origin<'a> {
+    pub(crate) run_id: Option<&'a str>,
+    pub(crate) node_id: Option<&'a str>,
+}
+
+impl<'a> Ctx<'a> {
+    /// A run of `node` on `model`, unaudited, outside any workflow.
+    pub(crate) fn new(
+        model: &'static ModelSchema,
+        node: &'a str,
+        columns: &'a str,
+        echo: bool,
+        context: &'a crate::Context,
+    ) -> Self {
+        Ctx {
+            model,
+            node,
+            columns,
+            echo,
+            context,
+            tenant: None,
+            audited: false,
+            origin: Origin::default(),
+        }
+    }
 }
 
 /// Runs one node. Every error leaves with the node and model named.
 pub(crate) fn run<C: Conn>(conn: &mut C, ctx: &Ctx, op: Op, params: Value) -> Result<Value> {
     let m = ctx.model;
     let tenant = if m.options.tenant_scoped {
+        // An empty tenant names nobody: it counts as none (fail closed).
         match (
-            ctx.context.tenant.as_deref(),
+            ctx.context.tenant.as_deref().filter(|t| !t.is_empty()),
             ctx.context.system,
             op.writes(),
         ) {
@@ -126,13 +161,13 @@ fn contextualize(err: Error, ctx: &Ctx) -> Error {
 
 impl Ctx<'_> {
     /// Runs a statement, logging it first when `echo` is on.
-    pub(super) fn exec<C: Conn>(&self, conn: &mut C, sql: &Sql) -> Result<usize> {
+    pub(crate) fn exec<C: Conn>(&self, conn: &mut C, sql: &Sql) -> Result<usize> {
         self.log(sql);
         conn.exec(sql)
     }
 
     /// Runs a query, logging it first when `echo` is on.
-    pub(super) fn query<C: Conn>(&self, conn: &mut C, sql: &Sql) -> Result<Vec<Vec<Cell>>> {
+    pub(crate) fn query<C: Conn>(&self, conn: &mut C, sql: &Sql) -> Result<Vec<Vec<Cell>>> {
         self.log(sql);
         conn.query(sql)
     }
@@ -154,7 +189,7 @@ impl Ctx<'_> {
     }
 
     /// ` RETURNING <all columns>`, so writes answer with whole records.
-    pub(super) fn returning(&self, sql: &mut Sql) {
+    pub(crate) fn returning(&self, sql: &mut Sql) {
         sql.returning(self.columns);
     }
 

@@ -96,15 +96,11 @@ pub fn input_schema(m: &ModelSchema, op: Op) -> Value {
     let mut schema = match super::input(op) {
         Input::Record => record_schema(m),
         Input::Params(params) => {
-            let props: Map<String, Value> = params
-                .iter()
+            let params = || params.iter().filter(|p| (p.applies)(m));
+            let props: Map<String, Value> = params()
                 .map(|p| (p.name.to_string(), (p.schema)(m)))
                 .collect();
-            let required: Vec<&str> = params
-                .iter()
-                .filter(|p| p.required)
-                .map(|p| p.name)
-                .collect();
+            let required: Vec<&str> = params().filter(|p| p.required).map(|p| p.name).collect();
             json!({"type": "object", "properties": props, "required": required, "additionalProperties": false})
         }
     };
@@ -153,6 +149,10 @@ pub(super) fn confirmed(_: &ModelSchema) -> Value {
 
 pub(super) fn conflict_on(_: &ModelSchema) -> Value {
     json!({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1}]})
+}
+
+pub(super) fn expected_version(_: &ModelSchema) -> Value {
+    json!({"type": "integer", "minimum": 1, "description": "the record's `version` as the caller read it; a record changed since is a `conflict` and nothing is written"})
 }
 
 pub(super) fn batch_size(_: &ModelSchema) -> Value {

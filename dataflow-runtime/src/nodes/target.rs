@@ -66,9 +66,33 @@ impl<'a> Selector<'a> {
     pub(super) fn not_found(&self, ctx: &Ctx) -> Error {
         let what = match self {
             Selector::Id(v) => format!("with {} = {}", ctx.model.primary_key().name, show_value(v)),
-            Selector::Filter(f) => format!("matching {}", Error::echo(&f.to_string())),
+            Selector::Filter(f) => format!(
+                "matching {}",
+                Error::echo(&masked_filter(ctx.model, f).to_string())
+            ),
         };
         Error::new(ErrorCode::NotFound, format!("no {} {what}", ctx.model.name))
+    }
+}
+
+/// A filter as an error message may quote it: the values compared with
+/// `sensitive` fields replaced by `"***"`, however deep.
+fn masked_filter(m: &ModelSchema, f: &Value) -> Value {
+    match f {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let v = if m.field(k).is_some_and(|f| f.sensitive) {
+                        Value::String("***".into())
+                    } else {
+                        masked_filter(m, v)
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(|v| masked_filter(m, v)).collect()),
+        other => other.clone(),
     }
 }
 
@@ -85,6 +109,7 @@ fn show_value(v: &SqlValue) -> String {
 
 /// Finds the one record a node targets: `not_found` for none, a validation
 /// error for more than one, which suggests `alternative` (the bulk node).
+/// On PostgreSQL the row stays locked until the caller's transaction ends.
 pub(super) fn find_one<C: Conn>(
     conn: &mut C,
     ctx: &Ctx,
@@ -97,7 +122,8 @@ pub(super) fn find_one<C: Conn>(
     sql.push(" WHERE ");
     s.render(&mut sql, m)?;
     ctx.scope(&mut sql, include_deleted);
-    sql.push(" LIMIT 2");
+    // Every caller changes the record next: lock it until then.
+    sql.push(" LIMIT 2").push(C::DIALECT.lock_rows());
     let mut rows = ctx.query(conn, &sql)?;
     match rows.len() {
         0 => Err(s.not_found(ctx)),

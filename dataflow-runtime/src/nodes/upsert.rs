@@ -9,15 +9,18 @@ use super::row::{
 };
 use super::run::Ctx;
 use super::schema as s;
-use super::target::{find_one, pk_value, Selector};
+use super::target::{find_one, Selector};
+use super::write::check_version;
 use super::Op;
+use crate::audit::{self, Entry};
 use crate::backend::Conn;
 use crate::error::{Error, ErrorCode, Result};
 use crate::filter;
 use crate::schema::{FieldSchema, Generated};
 use crate::sql::Sql;
-use crate::value::SqlValue;
+use crate::value::{coerce, SqlValue};
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 
 /// Upsert: the record `where` (or `conflict_on`) finds is updated, else created.
 pub(super) const UPSERT: &[Param] = &[
@@ -25,6 +28,7 @@ pub(super) const UPSERT: &[Param] = &[
     Param::optional("create", s::upsert_create),
     Param::optional("update", s::changes),
     Param::optional("conflict_on", s::conflict_on),
+    Param::versioned("expected_version", s::expected_version),
 ];
 
 /// BulkUpsert: records inserted, or updated on a `conflict_on` clash.
@@ -110,6 +114,7 @@ pub(super) fn upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result
         Vec::new()
     };
     let new_row = insert_row(ctx, Value::Object(to_create), &now_value(), None)?;
+    let expected = p.expected_version()?;
 
     conn.write_transaction(|conn| {
         for attempt in 0..2 {
@@ -120,24 +125,39 @@ pub(super) fn upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result
                     Err(e) => return Err(e),
                 };
             if let Some(row) = existing {
-                let rec = if sets.is_empty() {
-                    ctx.record(row)?
-                } else {
-                    let id = pk_value(m, row)?;
-                    let mut sql = update_sql::<C>(m, &sets);
-                    sql.push(" WHERE ")
-                        .ident(m.primary_key().column)
-                        .push(" = ")
-                        .bind(id);
-                    ctx.scope(&mut sql, true);
-                    ctx.returning(&mut sql);
-                    let row = ctx
-                        .query(conn, &sql)?
-                        .pop()
-                        .ok_or_else(|| Error::internal("UPDATE … RETURNING returned no row"))?;
-                    ctx.record(row)?
-                };
+                let before = ctx.record(row)?;
+                check_version(ctx, &before, expected)?;
+                if sets.is_empty() {
+                    return Ok(json!({"action": "updated", "record": before}));
+                }
+                let id = coerce(m, m.primary_key(), &before[m.primary_key().name])?;
+                let mut sql = update_sql::<C>(m, &sets);
+                sql.push(" WHERE ")
+                    .ident(m.primary_key().column)
+                    .push(" = ")
+                    .bind(id);
+                ctx.scope(&mut sql, true);
+                ctx.returning(&mut sql);
+                let row = ctx
+                    .query(conn, &sql)?
+                    .pop()
+                    .ok_or_else(|| Error::internal("UPDATE … RETURNING returned no row"))?;
+                let rec = ctx.record(row)?;
+                if ctx.audited {
+                    audit::write(conn, ctx, vec![Entry::updated(m, &before, &rec)])?;
+                }
                 return Ok(json!({"action": "updated", "record": rec}));
+            }
+            if let Some(v) = expected {
+                // The caller expects a record at version `v`; there is none.
+                return Err(Error::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "expected_version {v} names a {} record that does not exist (any more); nothing was written (leave expected_version out to create it)",
+                        m.name
+                    ),
+                )
+                .with_field("expected_version"));
             }
             // A concurrent insert of the same key loses the race with a unique
             // violation inside the savepoint; look again and update instead.
@@ -148,7 +168,11 @@ pub(super) fn upsert<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result
                     let row = rows
                         .pop()
                         .ok_or_else(|| Error::internal("INSERT … RETURNING returned no row"))?;
-                    return Ok(json!({"action": "created", "record": ctx.record(row)?}));
+                    let rec = ctx.record(row)?;
+                    if ctx.audited {
+                        audit::write(conn, ctx, vec![Entry::created(m, rec.clone())])?;
+                    }
+                    return Ok(json!({"action": "created", "record": rec}));
                 }
                 Err(e) if e.code() == ErrorCode::UniqueViolation && attempt == 0 => continue,
                 Err(e) => return Err(e),
@@ -199,7 +223,11 @@ pub(super) fn bulk_upsert<C: Conn>(conn: &mut C, ctx: &Ctx, mut params: Value) -
         .zip(&rows[0])
         .filter(|(_, v)| v.is_some())
         .map(|(f, _)| f)
-        .filter(|f| f.name != key.name && !f.primary_key && f.generated != Generated::CreatedAt)
+        .filter(|f| {
+            f.name != key.name
+                && !f.primary_key
+                && !matches!(f.generated, Generated::CreatedAt | Generated::Version)
+        })
         .collect();
     let (mut inserted, mut updated) = (0usize, 0usize);
     conn.write_transaction(|conn| {
@@ -209,6 +237,40 @@ pub(super) fn bulk_upsert<C: Conn>(conn: &mut C, ctx: &Ctx, mut params: Value) -
                 .filter_map(|r| r[key_index].clone())
                 .filter(|v| !matches!(v, SqlValue::Null(_)))
                 .collect();
+            let n = chunk.len();
+            if ctx.audited {
+                // Before-images of the records this batch updates (one
+                // statement, locked), after-images from RETURNING.
+                let before: HashMap<String, Value> = if keys.is_empty() {
+                    HashMap::new()
+                } else {
+                    let mut sql = ctx.select::<C>();
+                    sql.push(" WHERE ")
+                        .ident(key.column)
+                        .push(" IN ")
+                        .in_list(keys);
+                    ctx.scope(&mut sql, true);
+                    sql.push(C::DIALECT.lock_rows());
+                    ctx.records(ctx.query(conn, &sql)?)?
+                        .into_iter()
+                        .map(|r| (r[key.name].to_string(), r))
+                        .collect()
+                };
+                let mut sql = bulk_upsert_sql::<C>(ctx, chunk, key, &updatable);
+                ctx.returning(&mut sql);
+                let entries = ctx
+                    .records(ctx.query(conn, &sql)?)?
+                    .into_iter()
+                    .map(|after| match before.get(&after[key.name].to_string()) {
+                        Some(b) => Entry::updated(m, b, &after),
+                        None => Entry::created(m, after),
+                    })
+                    .collect();
+                audit::write(conn, ctx, entries)?;
+                inserted += n - before.len();
+                updated += before.len();
+                continue;
+            }
             let existing = if keys.is_empty() {
                 0
             } else {
@@ -220,7 +282,6 @@ pub(super) fn bulk_upsert<C: Conn>(conn: &mut C, ctx: &Ctx, mut params: Value) -
                 ctx.scope(&mut sql, true);
                 scalar_count(ctx.query(conn, &sql)?)? as usize
             };
-            let n = chunk.len();
             let sql = bulk_upsert_sql::<C>(ctx, chunk, key, &updatable);
             ctx.exec(conn, &sql)?;
             inserted += n - existing;
@@ -255,6 +316,15 @@ fn bulk_upsert_sql<C: Conn>(
                 .ident(f.column)
                 .push(" = excluded.")
                 .ident(f.column);
+        }
+        if let Some(v) = ctx.model.field_with(Generated::Version) {
+            list.item()
+                .ident(v.column)
+                .push(" = ")
+                .ident(ctx.model.table)
+                .push(".")
+                .ident(v.column)
+                .push(" + 1");
         }
     }
     sql

@@ -2,16 +2,19 @@
 //! soft-or-hard delete that Delete and BulkDelete share.
 
 use super::params::{Param, Params};
-use super::row::{assignments, insert_row, insert_sql, now_value, update_sql};
+use super::row::{
+    assignments, insert_row, insert_sql, now_value, row_json_text, sql_value_json, update_sql,
+};
 use super::run::Ctx;
 use super::schema as s;
-use super::target::{find_one, pk_value, Selector};
+use super::target::{find_one, pk_index, pk_value, Selector};
 use super::Op;
+use crate::audit::{self, Entry};
 use crate::backend::Conn;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::schema::{Generated, ModelSchema};
 use crate::sql::Sql;
-use crate::value::{cell_to_json, Cell};
+use crate::value::{cell_to_json, coerce, Cell};
 use serde_json::{json, Value};
 
 /// Update: one record by `id` or `filter`, and the `fields` to change.
@@ -19,6 +22,7 @@ pub(super) const UPDATE: &[Param] = &[
     Param::optional("id", s::pk),
     Param::optional("filter", s::filter),
     Param::required("fields", s::changes),
+    Param::versioned("expected_version", s::expected_version),
 ];
 
 /// Delete: one record by `id` or `filter`.
@@ -30,19 +34,47 @@ pub(super) const DELETE: &[Param] = &[
 /// Create takes the record itself, so it has no parameter table.
 pub(super) fn create<C: Conn>(conn: &mut C, ctx: &Ctx, params: Value) -> Result<Value> {
     let row = insert_row(ctx, params, &now_value(), None)?;
+    if ctx.audited && C::DIALECT.writes_in_with() {
+        // The insert and its audit row in one statement (one round trip).
+        let pk = &row[pk_index(ctx.model)];
+        let record_id = pk.as_ref().map(|v| audit::id_text(&sql_value_json(v)));
+        let after = row_json_text(ctx.model, &row);
+        let sql = audit::insert_with_row::<C>(
+            ctx,
+            insert_sql::<C>(ctx.model, vec![row]),
+            record_id,
+            after,
+        );
+        let mut rows = ctx.query(conn, &sql)?;
+        return ctx.record(
+            rows.pop()
+                .ok_or_else(|| Error::internal("INSERT … RETURNING returned no row"))?,
+        );
+    }
     let mut sql = insert_sql::<C>(ctx.model, vec![row]);
     ctx.returning(&mut sql);
-    let mut rows = ctx.query(conn, &sql)?;
-    ctx.record(
-        rows.pop()
-            .ok_or_else(|| Error::internal("INSERT … RETURNING returned no row"))?,
-    )
+    let insert = |conn: &mut C| -> Result<Value> {
+        let mut rows = ctx.query(conn, &sql)?;
+        ctx.record(
+            rows.pop()
+                .ok_or_else(|| Error::internal("INSERT … RETURNING returned no row"))?,
+        )
+    };
+    if !ctx.audited {
+        return insert(conn);
+    }
+    conn.write_transaction(|conn| {
+        let record = insert(conn)?;
+        audit::write(conn, ctx, vec![Entry::created(ctx.model, record.clone())])?;
+        Ok(record)
+    })
 }
 
 pub(super) fn update<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
     let p = Params::new(ctx.model, ctx.node, params, UPDATE)?;
     let sel = Selector::from_params(&p)?;
     let sets = assignments(ctx, &p, "fields")?;
+    let expected = p.expected_version()?;
     let m = ctx.model;
     let update_by = |conn: &mut C, sel: &Selector| -> Result<Option<Value>> {
         let mut sql = update_sql::<C>(m, &sets);
@@ -55,6 +87,20 @@ pub(super) fn update<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result
             .map(|r| ctx.record(r))
             .transpose()
     };
+    if ctx.audited || expected.is_some() {
+        // The record as it was (locked until the write commits): the audit
+        // log's before-image and the version to check.
+        return conn.write_transaction(|conn| {
+            let before = ctx.record(find_one(conn, ctx, &sel, false, Op::BulkUpdate)?)?;
+            check_version(ctx, &before, expected)?;
+            let id = coerce(m, m.primary_key(), &before[m.primary_key().name])?;
+            let after = update_by(conn, &Selector::Id(id))?.ok_or_else(|| sel.not_found(ctx))?;
+            if ctx.audited {
+                audit::write(conn, ctx, vec![Entry::updated(m, &before, &after)])?;
+            }
+            Ok(after)
+        });
+    }
     match sel {
         Selector::Id(_) => update_by(conn, &sel)?.ok_or_else(|| sel.not_found(ctx)),
         Selector::Filter(_) => conn.write_transaction(|conn| {
@@ -63,6 +109,30 @@ pub(super) fn update<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result
             update_by(conn, &Selector::Id(id))?.ok_or_else(|| sel.not_found(ctx))
         }),
     }
+}
+
+/// Optimistic locking: `conflict` unless `record` has the version the
+/// caller expects.
+pub(super) fn check_version(ctx: &Ctx, record: &Value, expected: Option<i64>) -> Result<()> {
+    let (Some(expected), Some(f)) = (expected, ctx.model.field_with(Generated::Version)) else {
+        return Ok(());
+    };
+    let actual = record[f.name].as_i64();
+    if actual == Some(expected) {
+        return Ok(());
+    }
+    let m = ctx.model;
+    Err(Error::new(
+        ErrorCode::Conflict,
+        format!(
+            "the {} record {} changed since it was read: its `{}` is {}, not the expected_version {expected}; read it again and retry (nothing was written)",
+            m.name,
+            crate::audit::record_id(m, record),
+            f.name,
+            actual.map_or_else(|| "unknown".to_string(), |v| v.to_string()),
+        ),
+    )
+    .with_field("expected_version"))
 }
 
 pub(super) fn delete<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result<Value> {
@@ -86,6 +156,13 @@ pub(super) fn delete<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> Result
         }
     };
     let id = match sel {
+        _ if ctx.audited => conn.write_transaction(|conn| {
+            let before = ctx.record(find_one(conn, ctx, &sel, false, Op::BulkDelete)?)?;
+            let id = coerce(m, pk, &before[pk.name])?;
+            let id = delete_by(conn, &Selector::Id(id))?.ok_or_else(|| sel.not_found(ctx))?;
+            audit::write(conn, ctx, vec![Entry::deleted(m, before)])?;
+            Ok(id)
+        })?,
         Selector::Id(_) => delete_by(conn, &sel)?.ok_or_else(|| sel.not_found(ctx))?,
         Selector::Filter(_) => conn.write_transaction(|conn| {
             let row = find_one(conn, ctx, &sel, false, Op::BulkDelete)?;

@@ -652,7 +652,16 @@ fn run_in_order<C: Conn>(
                 let t = Instant::now();
                 let r =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match node.kind {
-                        NodeRef::Model(m, op) => db.run_model_on(conn, m, op, input),
+                        NodeRef::Model(m, op) => db.run_model_on(
+                            conn,
+                            m,
+                            op,
+                            input,
+                            crate::nodes::Origin {
+                                run_id: Some(run_id),
+                                node_id: Some(&node.id),
+                            },
+                        ),
                         NodeRef::Custom(_) => {
                             db.execute_ref_blocking_custom(node.kind, &node.id, &input, run_id)
                         }

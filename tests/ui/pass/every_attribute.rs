@@ -7,7 +7,7 @@ pub struct Author {
     pub id: String,
 }
 
-#[dataflow::model(table = "articles", soft_delete, timestamps = false, audit, cache_ttl = "5m")]
+#[dataflow::model(table = "articles", soft_delete, timestamps = false, audit, versioned, cache_ttl = "5m")]
 pub struct Article {
     #[field(primary_key)]
     pub key: i64,
@@ -21,6 +21,8 @@ pub struct Article {
     pub score: f64,
     #[field(default = "draft")]
     pub status: String,
+    #[field(sensitive)]
+    pub secret: Option<String>,
     pub body: Option<serde_json::Value>,
     pub published_on: Option<chrono::NaiveDate>,
     #[field(skip)]
@@ -39,5 +41,8 @@ fn main() {
     assert_eq!(s.field("body").unwrap().ty, FieldType::Json);
     assert!(s.field("cached").is_none());
     assert_eq!(s.fields.last().unwrap().generated, Generated::DeletedAt);
+    assert!(s.field("secret").unwrap().sensitive && !heading.sensitive);
+    assert_eq!(s.field("version").unwrap().generated, Generated::Version);
+    assert_eq!((s.options.audit, s.options.versioned), (Some(true), true));
     assert_eq!(Author::SCHEMA.table, "authors");
 }
