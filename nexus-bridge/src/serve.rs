@@ -237,6 +237,8 @@ impl Activity {
     }
 
     /// A request's head was read: busy until the returned guard drops.
+    /// No wake-up: busy only moves the deadline away (to none), and the
+    /// connection's task finds that out when its old deadline passes.
     fn begin(self: &Arc<Self>) -> Busy {
         let mut phase = lock(&self.phase);
         *phase = match *phase {
@@ -244,7 +246,6 @@ impl Activity {
             // Too late to close: the request is served.
             _ => Phase::Busy(1),
         };
-        self.changed.notify_one();
         Busy(self.clone())
     }
 }
@@ -301,8 +302,17 @@ impl Connection {
         let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
         tokio::pin!(conn);
         let mut stopping = false;
+        // One timer for the connection's life, moved only when its
+        // deadline moves (not one timer per wake-up).
+        let mut armed = activity.deadline(&self.limits);
+        let timer = tokio::time::sleep_until(armed.unwrap_or_else(far_future));
+        tokio::pin!(timer);
         loop {
             let deadline = activity.deadline(&self.limits);
+            if deadline != armed {
+                armed = deadline;
+                timer.as_mut().reset(deadline.unwrap_or_else(far_future));
+            }
             tokio::select! {
                 _ = conn.as_mut() => break,
                 _ = self.shutdown.cancelled(), if !stopping => {
@@ -310,10 +320,13 @@ impl Connection {
                     conn.as_mut().graceful_shutdown();
                 }
                 _ = activity.changed.notified() => {}
-                _ = sleep_until(deadline) => {
+                _ = timer.as_mut(), if armed.is_some() => {
                     if activity.deadline(&self.limits).is_some_and(|d| d <= Instant::now()) {
                         break;
                     }
+                    // Not yet due (the connection got busy, or its deadline
+                    // moved): re-arm on the next turn.
+                    armed = None;
                 }
             }
         }
@@ -321,11 +334,9 @@ impl Connection {
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
+/// A deadline that never comes (a year away), for a timer with none.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(365 * 24 * 3600)
 }
 
 /// A response body; the request counts as in progress until it is dropped.
