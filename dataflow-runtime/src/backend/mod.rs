@@ -229,6 +229,10 @@ pub struct Pooled {
     lost: bool,
     /// When it last went back to the pool.
     returned: Instant,
+    /// When it was last handed out: it was alive then, and may have died
+    /// any time after (a connection in use when the server went away comes
+    /// back after the loss was seen, and must still be checked).
+    handed_out: Instant,
 }
 
 impl std::ops::Deref for Pooled {
@@ -302,7 +306,7 @@ impl Manager {
     /// Whether `conn` should be checked with a round trip before use.
     fn needs_check(&self, conn: &Pooled) -> bool {
         conn.returned.elapsed() >= IDLE_BEFORE_CHECK
-            || self.nanos(conn.returned) <= self.lost_at.load(Ordering::Acquire)
+            || self.nanos(conn.handed_out) <= self.lost_at.load(Ordering::Acquire)
     }
 }
 
@@ -315,6 +319,7 @@ impl r2d2::ManageConnection for Manager {
             conn: self.target.connect(self.connect_timeout)?,
             lost: false,
             returned: Instant::now(),
+            handed_out: Instant::now(),
         })
     }
 
@@ -327,14 +332,18 @@ impl r2d2::ManageConnection for Manager {
             return Err(Error::new(ErrorCode::Connection, "the connection was lost"));
         }
         let check = self.needs_check(conn);
-        match &mut conn.conn {
+        let valid = match &mut conn.conn {
             AnyConnection::Postgresql(c) if check => c.batch_execute("SELECT 1").map_err(|e| {
                 self.lost_at
                     .fetch_max(self.nanos(Instant::now()), Ordering::AcqRel);
                 Error::new(ErrorCode::Connection, e.to_string().trim().to_string())
             }),
             _ => Ok(()),
+        };
+        if valid.is_ok() {
+            conn.handed_out = Instant::now();
         }
+        valid
     }
 
     /// Called when a connection goes back to the pool.
