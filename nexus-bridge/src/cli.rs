@@ -126,39 +126,26 @@ fn root(workflows: &[&Registered]) -> Command {
                 .arg(Arg::new("json").long("json").action(ArgAction::SetTrue)),
         )
         .subcommand(run_command(workflows))
-        .subcommand(
-            Command::new("models")
-                .about("The models in the persisted registry")
-                .disable_help_flag(true)
-                .arg(
-                    Arg::new("rest")
-                        .num_args(0..)
-                        .trailing_var_arg(true)
-                        .allow_hyphen_values(true),
-                ),
-        )
-        .subcommand(
-            Command::new("migrate")
-                .about("Plan, apply and undo schema changes (see `migrate --help`)")
-                .disable_help_flag(true)
-                .arg(
-                    Arg::new("rest")
-                        .num_args(0..)
-                        .trailing_var_arg(true)
-                        .allow_hyphen_values(true),
-                ),
-        )
-        .subcommand(
-            Command::new("audit")
-                .about("List or purge the audit log (see `audit --help`)")
-                .disable_help_flag(true)
-                .arg(
-                    Arg::new("rest")
-                        .num_args(0..)
-                        .trailing_var_arg(true)
-                        .allow_hyphen_values(true),
-                ),
-        )
+        .subcommand(forwarded("models", "The models in the persisted registry"))
+        .subcommand(forwarded(
+            "migrate",
+            "Plan, apply and undo schema changes (see `migrate --help`)",
+        ))
+        .subcommand(forwarded(
+            "audit",
+            "List or purge the audit log (see `audit --help`)",
+        ))
+}
+
+/// A command handed whole to dataflow's own CLI (its arguments, `--help`
+/// included, are parsed there).
+fn forwarded(name: &'static str, about: &'static str) -> Command {
+    Command::new(name).about(about).disable_help_flag(true).arg(
+        Arg::new("rest")
+            .num_args(0..)
+            .trailing_var_arg(true)
+            .allow_hyphen_values(true),
+    )
 }
 
 /// A flag's text as the JSON value its schema asks for.
