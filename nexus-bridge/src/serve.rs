@@ -27,6 +27,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -65,7 +66,7 @@ pub(crate) async fn serve(
     let signal = crate::until_shutdown(shutdown.clone());
     tokio::pin!(signal);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -85,6 +86,7 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let conn = Connection {
             stream,
+            peer,
             app: app.clone(),
             limits,
             open: open.clone(),
@@ -273,6 +275,9 @@ type App = tower_http::timeout::RequestBodyTimeout<Router>;
 /// One accepted connection and what it needs to serve itself.
 struct Connection {
     stream: TcpStream,
+    /// The client's address, handed to every request of the connection as
+    /// `ConnectInfo<SocketAddr>` (rate limits and failed logins by source).
+    peer: SocketAddr,
     app: App,
     limits: Limits,
     open: Arc<Open>,
@@ -288,7 +293,9 @@ impl Connection {
             activity: activity.clone(),
         });
         let (app, on_request) = (self.app, activity.clone());
-        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let peer = axum::extract::ConnectInfo(self.peer);
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            request.extensions_mut().insert(peer);
             let busy = on_request.begin();
             let call = tower::ServiceExt::oneshot(app.clone(), request);
             async move {
