@@ -1,7 +1,9 @@
 //! The node path (`db.execute("BenchUserCreateNode", json)`) against hand-written
 //! diesel doing the same SQL on the same table, side by side in one run; and
 //! the same node path on an audited copy of the model (`BenchAuditedUser`,
-//! every write also recording its audit rows in the same transaction).
+//! every write also recording its audit rows in the same transaction); and
+//! last the multi-tenancy lines (`support/tenancy.rs`: a plain model, the
+//! same model `tenant_scoped`, and on PostgreSQL behind row-level security).
 //!
 //! ```sh
 //! cargo bench --bench nodes      # full: SQLite + PostgreSQL, median of 5 rounds
@@ -33,6 +35,8 @@ use serde_json::{json, Map, Value};
 
 #[path = "../tests/support/postgres.rs"]
 mod postgres;
+#[path = "support/tenancy.rs"]
+mod tenancy;
 
 #[dataflow::model]
 pub struct BenchUser {
@@ -941,7 +945,10 @@ fn id_of(rec: &Value) -> Res<String> {
 
 /// Boots both paths on `url`, checks the table, runs every line.
 async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(String, Vec<Line>)> {
+    // Multi-tenant because the tenancy lines' tenant-scoped model is linked
+    // into this program too; the plain and audited models are global.
     let db = DataFlow::builder(url)
+        .multi_tenant(true)
         .connection_pool_size(POOL_SIZE)
         .connect_timeout(CONNECT_TIMEOUT)
         .build()
@@ -1454,6 +1461,13 @@ async fn main() -> Res<()> {
             Err(why) => println!("\nPostgreSQL: skipped ({why})"),
         }
     }
+    // The multi-tenancy lines: a plain model, the same model tenant_scoped
+    // and (PostgreSQL) behind row-level security, in their own databases.
+    let tenancy_backends: Vec<&str> = ["sqlite", "postgres"]
+        .into_iter()
+        .filter(|b| backends.contains(b))
+        .collect();
+    tenancy::run(true, &tenancy_backends, "cargo bench --bench nodes").await?;
     println!("\nload average at end: {}", loadavg());
     for v in verdicts {
         println!("{v}");
