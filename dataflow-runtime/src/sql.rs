@@ -124,6 +124,21 @@ impl Sql {
         self
     }
 
+    /// Names the `n`th (from 1) parameter bound so far again, as `?n` on
+    /// SQLite and `$n` on PostgreSQL, binding nothing new. Only for a
+    /// statement that started with this `Sql` (an [`append`](Self::append)ed
+    /// copy would name another statement's parameter).
+    pub(crate) fn param_ref(&mut self, n: usize) -> &mut Self {
+        debug_assert!(n >= 1 && n <= self.binds.len());
+        let mark = match self.dialect {
+            Dialect::Sqlite => '?',
+            Dialect::Postgres => '$',
+        };
+        self.text.push(mark);
+        self.text.push_str(&n.to_string());
+        self
+    }
+
     pub(crate) fn bind_count(&self) -> usize {
         self.binds.len()
     }

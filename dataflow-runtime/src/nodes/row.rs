@@ -278,23 +278,68 @@ pub(super) fn sql_value_json(v: &SqlValue) -> Value {
 /// `INSERT INTO t (present columns) VALUES (...), (...)`, taking the rows'
 /// values (no copies: bulk inserts bind hundreds of thousands of them).
 /// The first row decides the columns; [`bulk_rows`] makes all rows agree.
+///
+/// Of several rows, the columns dataflow fills with one value for the
+/// whole input (the tenant, the timestamps, the first version, a live
+/// `deleted_at`) go first and are bound once: the first row binds them,
+/// and every other row names those parameters again (`?1` / `$1`), so a
+/// tenant-scoped insert binds no more per row than a global one. The
+/// statement must start here (nothing bound before it).
 pub(super) fn insert_sql<C: Conn>(m: &ModelSchema, rows: Vec<Row>) -> Sql {
     let mut sql = Sql::new(C::DIALECT);
     let Some(first) = rows.first() else {
         return sql;
     };
-    let present = m
+    let shared: Vec<bool> = m
         .fields
         .iter()
-        .zip(first)
-        .filter(|(_, v)| v.is_some())
-        .map(|(f, _)| f.column);
+        .map(|f| rows.len() > 1 && same_for_every_row(f))
+        .collect();
+    // Column positions: the shared ones first, then the rest, each only
+    // where the first row has a value.
+    let order: Vec<usize> = (0..m.fields.len())
+        .filter(|&i| shared[i])
+        .chain((0..m.fields.len()).filter(|&i| !shared[i]))
+        .filter(|&i| first[i].is_some())
+        .collect();
+    let n_shared = order.iter().take_while(|&&i| shared[i]).count();
     sql.push("INSERT INTO ")
         .ident(m.table)
         .push(" ")
-        .ident_list(present)
-        .values(rows.into_iter().map(|row| row.into_iter().flatten()));
+        .ident_list(order.iter().map(|&i| m.fields[i].column))
+        .push(" VALUES ");
+    for (r, mut row) in rows.into_iter().enumerate() {
+        if r > 0 {
+            sql.push(", ");
+        }
+        sql.push("(");
+        for (k, &i) in order.iter().enumerate() {
+            if k > 0 {
+                sql.push(", ");
+            }
+            let value = row[i].take().unwrap_or(SqlValue::Null(m.fields[i].ty));
+            if r > 0 && k < n_shared {
+                sql.param_ref(k + 1);
+            } else {
+                sql.bind(value);
+            }
+        }
+        sql.push(")");
+    }
     sql
+}
+
+/// Whether [`insert_row`] gives `f` the same value in every row of one
+/// input (so a multi-row insert can bind it once).
+fn same_for_every_row(f: &FieldSchema) -> bool {
+    matches!(
+        f.generated,
+        Generated::Tenant
+            | Generated::CreatedAt
+            | Generated::UpdatedAt
+            | Generated::Version
+            | Generated::DeletedAt
+    )
 }
 
 /// Validates every record before anything is written: one bad record
