@@ -189,7 +189,12 @@ async fn variants(backend: &str, cfg: &Cfg) -> Res<Vec<(Variant, Vec<String>)>> 
     // two instances on one SQLite file would checkpoint each other's WAL
     // in the middle of the other's timed writes.
     let mut roots: Vec<(String, bool, DataFlow)> = Vec::new();
+    // `DATAFLOW_BENCH_VARIANTS=tenant_scoped` runs some variants (profiling).
+    let only = std::env::var("DATAFLOW_BENCH_VARIANTS").unwrap_or_default();
     for (name, url, rls) in urls {
+        if !only.is_empty() && !only.split(',').any(|o| o == name) {
+            continue;
+        }
         let root = match roots.iter().find(|(u, r, _)| *u == url && *r == rls) {
             Some((_, _, db)) => db.clone(),
             None => {
@@ -258,7 +263,11 @@ pub async fn run(full: bool, backends: &[&str], command: &str) -> Res<()> {
         Cfg {
             rounds: 1,
             ops: 20,
-            bulk_rows: 500,
+            // `DATAFLOW_BENCH_BULK_ROWS` (profiling under callgrind).
+            bulk_rows: std::env::var("DATAFLOW_BENCH_BULK_ROWS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(500),
             min_round: Duration::ZERO,
         }
     };
