@@ -45,6 +45,7 @@ const TARGET: f64 = 0.9;
 const ROUND_CAP: Duration = Duration::from_secs(3);
 
 struct Cfg {
+    full: bool,
     rounds: usize,
     ops: usize,
     bulk_rows: usize,
@@ -113,9 +114,9 @@ impl Variant {
         let start = Instant::now();
         let mut done = 0;
         // At least `cfg.ops` calls and `cfg.min_round` (a round of fast
-        // reads is otherwise a few milliseconds, all noise), at most ROUND_CAP.
+        // reads is otherwise a few milliseconds, all noise), at most ROUND_CAP (full runs: a smoke or profiling run does all its calls).
         while (done < cfg.ops || start.elapsed() < cfg.min_round)
-            && !(done >= 50 && start.elapsed() > ROUND_CAP)
+            && !(done >= 50 && cfg.full && start.elapsed() > ROUND_CAP)
         {
             let params = match op {
                 "Create" => record(&format!("r{round}"), done),
@@ -254,6 +255,7 @@ fn thousands(x: f64) -> String {
 pub async fn run(full: bool, backends: &[&str], command: &str) -> Res<()> {
     let cfg = if full {
         Cfg {
+            full: true,
             rounds: 7,
             ops: 2_000,
             bulk_rows: 100_000,
@@ -261,8 +263,13 @@ pub async fn run(full: bool, backends: &[&str], command: &str) -> Res<()> {
         }
     } else {
         Cfg {
+            full: false,
             rounds: 1,
-            ops: 20,
+            // `DATAFLOW_BENCH_OPS` (profiling under callgrind).
+            ops: std::env::var("DATAFLOW_BENCH_OPS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(20),
             // `DATAFLOW_BENCH_BULK_ROWS` (profiling under callgrind).
             bulk_rows: std::env::var("DATAFLOW_BENCH_BULK_ROWS")
                 .ok()
