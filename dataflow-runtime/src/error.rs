@@ -380,7 +380,15 @@ impl Error {
         if let Some(step) = &self.inner.step {
             m.push_str(&format!("node `{}` ({}) failed: ", step.0, step.1));
         }
-        if let (true, Some(node)) = (self.inner.inside_node, &self.inner.node) {
+        // Inside a workflow step the step already names the node type.
+        let named_by_step = self
+            .inner
+            .step
+            .as_ref()
+            .is_some_and(|s| Some(&s.1) == self.inner.node.as_ref());
+        if let (true, false, Some(node)) =
+            (self.inner.inside_node, named_by_step, &self.inner.node)
+        {
             m.push_str(node);
             m.push_str(": ");
         }
@@ -513,7 +521,7 @@ mod tests {
         assert_eq!(failed.node(), Some("create"));
         assert!(failed
             .message()
-            .starts_with("node `create` (UserBulkCreateNode) failed: UserBulkCreateNode: data[3]"));
+            .starts_with("node `create` (UserBulkCreateNode) failed: data[3]"));
         assert_eq!(
             failed.to_json(),
             serde_json::json!({

@@ -36,12 +36,18 @@ impl MigrationStatus {
         }
     }
 
-    fn parse(s: &str) -> MigrationStatus {
+    /// A status read back from `dataflow_migrations`; one this version
+    /// does not know (a newer version's, or a hand edit) is an error rather
+    /// than a guess: read as `pending`, it would be applied again.
+    fn parse(s: &str) -> Result<MigrationStatus> {
         match s {
-            "applied" => MigrationStatus::Applied,
-            "failed" => MigrationStatus::Failed,
-            "rolled_back" => MigrationStatus::RolledBack,
-            _ => MigrationStatus::Pending,
+            "pending" => Ok(MigrationStatus::Pending),
+            "applied" => Ok(MigrationStatus::Applied),
+            "failed" => Ok(MigrationStatus::Failed),
+            "rolled_back" => Ok(MigrationStatus::RolledBack),
+            other => Err(Error::internal(format!(
+                "dataflow_migrations holds an unknown status `{other}`"
+            ))),
         }
     }
 }
@@ -229,7 +235,7 @@ fn to_entry(r: &[Cell]) -> Result<HistoryEntry> {
         risk,
         rules,
         reason: opt_text(&r[8]),
-        status: MigrationStatus::parse(&cell_text(&r[9])),
+        status: MigrationStatus::parse(&cell_text(&r[9]))?,
         started_at: cell_text(&r[10]),
         applied_at: opt_text(&r[11]),
         applied_by: cell_text(&r[12]),
@@ -1032,6 +1038,20 @@ mod tests {
 
     fn next(now: &str, unit: VersionUnit, existing: &[&str]) -> Result<String> {
         next_version(at(now), unit, existing.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn statuses_round_trip_and_unknown_ones_are_errors() {
+        for status in [
+            MigrationStatus::Pending,
+            MigrationStatus::Applied,
+            MigrationStatus::Failed,
+            MigrationStatus::RolledBack,
+        ] {
+            assert_eq!(MigrationStatus::parse(status.as_str()).unwrap(), status);
+        }
+        let e = MigrationStatus::parse("archived").unwrap_err();
+        assert!(e.message().contains("unknown status `archived`"), "{e}");
     }
 
     #[test]
