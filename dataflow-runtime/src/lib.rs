@@ -37,6 +37,7 @@ pub mod json_schema;
 pub mod migrate;
 mod migrations;
 mod node;
+mod raw;
 pub mod nodes;
 mod registry;
 mod rls;
