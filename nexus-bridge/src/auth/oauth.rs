@@ -60,14 +60,18 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(
             "response_types_supported": [],
         }))
     };
-    Router::new()
-        .route(RESOURCE_METADATA_PATH, get(protected))
-        .route(
+    let mut routes = Router::new()
+        .route(RESOURCE_METADATA_PATH, get(protected.clone()))
+        .route(SERVER_METADATA_PATH, get(server))
+        .route(TOKEN_PATH, post(token).with_state(auth));
+    if !resource_path.is_empty() {
+        // RFC 9728 §3.1: the metadata of `/mcp` at the path with it appended.
+        routes = routes.route(
             &format!("{RESOURCE_METADATA_PATH}{resource_path}"),
             get(protected),
-        )
-        .route(SERVER_METADATA_PATH, get(server))
-        .route(TOKEN_PATH, post(token).with_state(auth))
+        );
+    }
+    routes
 }
 
 /// An RFC 6749 §5.2 error.
