@@ -2505,7 +2505,10 @@ mod auth {
         let (code, out) = keys_cli(&url, &["revoke", revoked["id"].as_str().unwrap()]).await;
         assert_eq!((code, &out["revoked"]), (0, &json!(true)), "{out}");
         let (code, again) = keys_cli(&url, &["revoke", revoked["id"].as_str().unwrap()]).await;
-        assert_eq!((code, again["error"]["code"].as_str()), (4, Some("not_found")));
+        assert_eq!(
+            (code, again["error"]["code"].as_str()),
+            (4, Some("not_found"))
+        );
         let (_, expired) = keys_cli(&url, &["create", "--name", "brief", "--expires", "1s"]).await;
         let (code, bad) = keys_cli(&url, &["create", "--name", "x", "--expires", "soon"]).await;
         assert_eq!((code, bad["error"]["field"].as_str()), (3, Some("expires")));
@@ -2523,16 +2526,63 @@ mod auth {
         let cases: Vec<(&str, Option<String>, &str)> = vec![
             ("no token", None, "authentication required"),
             ("garbage", Some("not-a-token".into()), "not a JWT"),
-            ("expired", Some(hs256(&claims(json!({"exp": now() - 3600})))), "has expired"),
-            ("not yet valid", Some(hs256(&claims(json!({"nbf": now() + 3600})))), "not valid yet"),
-            ("wrong signature", Some(sign(Algorithm::HS256, &EncodingKey::from_secret(b"another-secret-of-at-least-32-bytes!!").unwrap(), &claims(json!({})), None)), "signature does not verify"),
-            ("alg none", Some(alg_none()), "not a JWT with a supported algorithm"),
-            ("HS256 signed with the RSA public key", Some(confusion), "signature does not verify"),
-            ("wrong issuer", Some(hs256(&claims(json!({"iss": "https://evil.test"})))), "issuer"),
-            ("wrong audience", Some(rs256(&claims(json!({"aud": "other"})), None)), "audience"),
-            ("no subject", Some(hs256(&json!({"iss": ISSUER, "aud": AUDIENCE, "exp": now() + 60}))), "`sub`"),
-            ("revoked key", Some(revoked["key"].as_str().unwrap().into()), "revoked"),
-            ("expired key", Some(expired["key"].as_str().unwrap().into()), "API key has expired"),
+            (
+                "expired",
+                Some(hs256(&claims(json!({"exp": now() - 3600})))),
+                "has expired",
+            ),
+            (
+                "not yet valid",
+                Some(hs256(&claims(json!({"nbf": now() + 3600})))),
+                "not valid yet",
+            ),
+            (
+                "wrong signature",
+                Some(sign(
+                    Algorithm::HS256,
+                    &EncodingKey::from_secret(b"another-secret-of-at-least-32-bytes!!").unwrap(),
+                    &claims(json!({})),
+                    None,
+                )),
+                "signature does not verify",
+            ),
+            (
+                "alg none",
+                Some(alg_none()),
+                "not a JWT with a supported algorithm",
+            ),
+            (
+                "HS256 signed with the RSA public key",
+                Some(confusion),
+                "signature does not verify",
+            ),
+            (
+                "wrong issuer",
+                Some(hs256(&claims(json!({"iss": "https://evil.test"})))),
+                "issuer",
+            ),
+            (
+                "wrong audience",
+                Some(rs256(&claims(json!({"aud": "other"})), None)),
+                "audience",
+            ),
+            (
+                "no subject",
+                Some(hs256(
+                    &json!({"iss": ISSUER, "aud": AUDIENCE, "exp": now() + 60}),
+                )),
+                "`sub`",
+            ),
+            (
+                "revoked key",
+                Some(revoked["key"].as_str().unwrap().into()),
+                "revoked",
+            ),
+            (
+                "expired key",
+                Some(expired["key"].as_str().unwrap().into()),
+                "API key has expired",
+            ),
             ("unknown key", Some(unknown_key), "unknown API key"),
         ];
         let mut presented = vec![SECRET.to_string(), key.clone()];
@@ -2549,10 +2599,16 @@ mod auth {
             let message = error["message"].as_str().unwrap();
             assert!(message.contains(says), "{what}: {message}");
             if let Some(t) = token {
-                assert!(!http.body.contains(t.as_str()), "{what}: the body echoes the credential");
+                assert!(
+                    !http.body.contains(t.as_str()),
+                    "{what}: the body echoes the credential"
+                );
             }
             let challenge = header(&http, "www-authenticate").unwrap_or_default();
-            assert!(challenge.starts_with("Bearer realm=\"nexus\""), "{what}: {challenge}");
+            assert!(
+                challenge.starts_with("Bearer realm=\"nexus\""),
+                "{what}: {challenge}"
+            );
             assert_eq!(
                 challenge.contains("error=\"invalid_token\""),
                 token.is_some(),
@@ -2565,12 +2621,19 @@ mod auth {
 
             let mcp = mcp_initialize(s.mcp, headers).await;
             assert_eq!(mcp.status, 401, "{what} on MCP: {}", mcp.body);
-            assert_eq!(mcp.json()["error"], error, "{what}: MCP answers the same error");
+            assert_eq!(
+                mcp.json()["error"],
+                error,
+                "{what}: MCP answers the same error"
+            );
             assert!(header(&mcp, "www-authenticate").is_some(), "{what}");
 
             let (exit, body) = cli_remote(&s, token.as_deref()).await;
             assert_eq!(exit, 9, "{what} on the CLI: {body}");
-            assert_eq!(body["error"], error, "{what}: the CLI prints the same error");
+            assert_eq!(
+                body["error"], error,
+                "{what}: the CLI prints the same error"
+            );
         }
 
         let good = [
@@ -2588,7 +2651,9 @@ mod auth {
             let client = mcp_client_with(s.mcp, token).await;
             let tools = client.list_all_tools().await.unwrap();
             assert!(tools.iter().any(|t| t.name == "list_users"), "{what}");
-            let r = call(&client, "list_users", &json!({"active": true, "limit": 10})).await.unwrap();
+            let r = call(&client, "list_users", &json!({"active": true, "limit": 10}))
+                .await
+                .unwrap();
             assert_ne!(r.is_error, Some(true), "{what}: {r:?}");
             client.cancel().await.unwrap();
         }
@@ -2615,7 +2680,13 @@ mod auth {
             let addr = s.addr;
             async move {
                 tokio::task::spawn_blocking(move || {
-                    request_with(addr, "GET", "/metrics", &[&format!("Authorization: Bearer {token}")], None)
+                    request_with(
+                        addr,
+                        "GET",
+                        "/metrics",
+                        &[&format!("Authorization: Bearer {token}")],
+                        None,
+                    )
                 })
                 .await
                 .unwrap()
@@ -2632,7 +2703,10 @@ mod auth {
         assert_eq!(r.status, 200, "{}", r.body);
         assert!(r.body.contains("nexus_requests_total"), "{}", r.body);
         for secret in &presented {
-            assert!(!r.body.contains(secret.as_str()), "/metrics holds a credential");
+            assert!(
+                !r.body.contains(secret.as_str()),
+                "/metrics holds a credential"
+            );
         }
 
         // What the server printed holds no secret, key or token.
@@ -2642,8 +2716,14 @@ mod auth {
         let _ = s.child.wait();
         let mut printed = String::new();
         for pipe in [
-            s.child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read>),
-            s.child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read>),
+            s.child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+            s.child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read>),
         ]
         .into_iter()
         .flatten()
@@ -2651,9 +2731,15 @@ mod auth {
             let mut pipe = pipe;
             let _ = pipe.read_to_string(&mut printed);
         }
-        assert!(printed.contains("nexus: HTTP API on"), "captured: {printed}");
+        assert!(
+            printed.contains("nexus: HTTP API on"),
+            "captured: {printed}"
+        );
         for secret in &presented {
-            assert!(!printed.contains(secret.as_str()), "the server printed a credential");
+            assert!(
+                !printed.contains(secret.as_str()),
+                "the server printed a credential"
+            );
         }
     }
 
@@ -2666,7 +2752,9 @@ mod auth {
         for (backend, url) in support::backend_urls("auth-oauth") {
             let (code, client) = keys_cli(
                 &url,
-                &["create", "--name", "svc", "--role", "reader", "--tenant", "acme", "--client"],
+                &[
+                    "create", "--name", "svc", "--role", "reader", "--tenant", "acme", "--client",
+                ],
             )
             .await;
             assert_eq!(code, 0, "{backend}: {client}");
@@ -2677,11 +2765,17 @@ mod auth {
             assert!(client.get("key").is_none(), "{client}");
             let (_, listed) = keys_cli(&url, &["list"]).await;
             let listed_text = listed.to_string();
-            assert!(listed_text.contains(&id) && !listed_text.contains(&secret), "{backend}: {listed}");
+            assert!(
+                listed_text.contains(&id) && !listed_text.contains(&secret),
+                "{backend}: {listed}"
+            );
             assert_eq!(listed[0]["client"], true, "{listed}");
             assert_eq!(listed[0]["tenant"], "acme", "{listed}");
 
-            let env = [("NEXUS_API_KEYS", "1"), ("NEXUS_AUTH_FAILURES_PER_MINUTE", "1000")];
+            let env = [
+                ("NEXUS_API_KEYS", "1"),
+                ("NEXUS_AUTH_FAILURES_PER_MINUTE", "1000"),
+            ];
             let s = server_with(&url, &env, false);
             let token_request = |headers: Vec<String>, body: String| {
                 let addr = s.addr;
@@ -2702,22 +2796,37 @@ mod auth {
             };
             let basic = {
                 use base64_for_tests::encode;
-                format!("Authorization: Basic {}", encode(format!("{id}:{secret}").as_bytes()))
+                format!(
+                    "Authorization: Basic {}",
+                    encode(format!("{id}:{secret}").as_bytes())
+                )
             };
-            let r = token_request(vec![basic.clone()], "grant_type=client_credentials".into()).await;
+            let r =
+                token_request(vec![basic.clone()], "grant_type=client_credentials".into()).await;
             assert_eq!(r.status, 200, "{backend}: {}", r.body);
             let t = r.json();
-            assert_eq!((t["token_type"].as_str(), t["expires_in"].as_u64()), (Some("Bearer"), Some(900)));
+            assert_eq!(
+                (t["token_type"].as_str(), t["expires_in"].as_u64()),
+                (Some("Bearer"), Some(900))
+            );
             assert_eq!(header(&r, "cache-control"), Some("no-store"));
             let access = t["access_token"].as_str().unwrap().to_string();
             assert_eq!(access.split('.').count(), 3, "a JWT");
 
             let r = http_list(s.addr, vec![format!("Authorization: Bearer {access}")]).await;
-            assert_eq!(r.status, 200, "{backend}: the issued token works: {}", r.body);
+            assert_eq!(
+                r.status, 200,
+                "{backend}: the issued token works: {}",
+                r.body
+            );
             let client_mcp = mcp_client_with(s.mcp, &access).await;
-            let r = call(&client_mcp, "list_users", &json!({"active": true, "limit": 10}))
-                .await
-                .unwrap();
+            let r = call(
+                &client_mcp,
+                "list_users",
+                &json!({"active": true, "limit": 10}),
+            )
+            .await
+            .unwrap();
             assert_ne!(r.is_error, Some(true), "{r:?}");
             client_mcp.cancel().await.unwrap();
 
@@ -2738,11 +2847,20 @@ mod auth {
             assert!(r.json()["error_description"].is_string());
             assert!(!r.body.contains(&secret));
             let r = token_request(vec![basic.clone()], "grant_type=password".into()).await;
-            assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("unsupported_grant_type")));
+            assert_eq!(
+                (r.status, r.json()["error"].as_str()),
+                (400, Some("unsupported_grant_type"))
+            );
             let r = token_request(vec![basic.clone()], "".into()).await;
-            assert_eq!((r.status, r.json()["error"].as_str()), (400, Some("invalid_request")));
+            assert_eq!(
+                (r.status, r.json()["error"].as_str()),
+                (400, Some("invalid_request"))
+            );
             let r = token_request(vec![], "grant_type=client_credentials".into()).await;
-            assert_eq!((r.status, r.json()["error"].as_str()), (401, Some("invalid_client")));
+            assert_eq!(
+                (r.status, r.json()["error"].as_str()),
+                (401, Some("invalid_client"))
+            );
 
             // A client secret is for the token endpoint, not an API key.
             let r = http_list(s.addr, vec![format!("Authorization: Bearer {secret}")]).await;
@@ -2776,7 +2894,11 @@ mod auth {
                 b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
             let mut out = String::new();
             for chunk in bytes.chunks(3) {
-                let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+                let b = [
+                    chunk[0],
+                    *chunk.get(1).unwrap_or(&0),
+                    *chunk.get(2).unwrap_or(&0),
+                ];
                 let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
                 for i in 0..4 {
                     if i <= chunk.len() {
@@ -2797,7 +2919,9 @@ mod auth {
     }
 
     /// An application on `db` served on free loopback ports in this process.
-    async fn serve_app(app: nexus::Nexus) -> (std::sync::Arc<nexus::Nexus>, SocketAddr, SocketAddr) {
+    async fn serve_app(
+        app: nexus::Nexus,
+    ) -> (std::sync::Arc<nexus::Nexus>, SocketAddr, SocketAddr) {
         let app = std::sync::Arc::new(app);
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -2814,7 +2938,7 @@ mod auth {
     /// cannot override it; the actor is the token's `sub`.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_tokens_tenant_scopes_the_data() {
-        let db = dataflow::DataFlow::builder(&support::sqlite_url("auth-tenant"))
+        let db = dataflow::DataFlow::builder(support::sqlite_url("auth-tenant"))
             .models(&[&<Memo as dataflow::Model>::SCHEMA])
             .multi_tenant(true)
             .build()
@@ -2830,7 +2954,8 @@ mod auth {
         app.register("add_memo", add.build(&db).unwrap()).unwrap();
         let mut list = dataflow::WorkflowBuilder::new();
         list.add_node("MemoListNode", "memos", json!({}));
-        app.register("list_memos", list.build(&db).unwrap()).unwrap();
+        app.register("list_memos", list.build(&db).unwrap())
+            .unwrap();
         let mut me = dataflow::WorkflowBuilder::new();
         me.add_node("CallerNode", "me", json!({}));
         app.register("whoami", me.build(&db).unwrap()).unwrap();
@@ -2846,7 +2971,13 @@ mod auth {
                 let mut h = vec![auth.as_str()];
                 h.extend(extra.iter().map(String::as_str));
                 let body = json!({"inputs": body}).to_string();
-                request_with(http, "POST", &format!("/workflows/{name}/execute"), &h, Some(body.as_bytes()))
+                request_with(
+                    http,
+                    "POST",
+                    &format!("/workflows/{name}/execute"),
+                    &h,
+                    Some(body.as_bytes()),
+                )
             })
             .await
             .unwrap()
@@ -2858,8 +2989,14 @@ mod auth {
             assert_eq!(r.status, 200, "{}", r.body);
             r.json()["outputs"]["memos"]["count"].as_i64().unwrap()
         };
-        assert_eq!(count(run("list_memos", acme.clone(), vec![], json!({})).await), 1);
-        assert_eq!(count(run("list_memos", globex.clone(), vec![], json!({})).await), 0);
+        assert_eq!(
+            count(run("list_memos", acme.clone(), vec![], json!({})).await),
+            1
+        );
+        assert_eq!(
+            count(run("list_memos", globex.clone(), vec![], json!({})).await),
+            0
+        );
         let spoof = vec!["X-Tenant-ID: acme".to_string()];
         assert_eq!(
             count(run("list_memos", globex.clone(), spoof, json!({})).await),
@@ -2867,7 +3004,12 @@ mod auth {
             "the header never overrides the token's tenant"
         );
         let r = run("whoami", globex.clone(), vec![], json!({})).await;
-        assert_eq!(r.json()["outputs"]["me"]["actor"], "user@globex", "{}", r.body);
+        assert_eq!(
+            r.json()["outputs"]["me"]["actor"],
+            "user@globex",
+            "{}",
+            r.body
+        );
 
         let client = mcp_client_with(mcp, &globex).await;
         let r = call(&client, "list_memos", &json!({})).await.unwrap();
@@ -2889,14 +3031,21 @@ mod auth {
     async fn failed_sign_ins_are_limited_per_address() {
         let db = probe_db().await;
         let mut app = nexus::Nexus::builder()
-            .auth(nexus::Auth::new().jwt_hs256(SECRET).failed_attempts_per_minute(3))
+            .auth(
+                nexus::Auth::new()
+                    .jwt_hs256(SECRET)
+                    .failed_attempts_per_minute(3),
+            )
             .build(db.clone())
             .unwrap();
         app.register("count", probe_workflow(&db)).unwrap();
         let (app, http, _) = serve_app(app).await;
         let exec = |token: Option<String>| async move {
             tokio::task::spawn_blocking(move || {
-                let h: Vec<String> = token.iter().map(|t| format!("Authorization: Bearer {t}")).collect();
+                let h: Vec<String> = token
+                    .iter()
+                    .map(|t| format!("Authorization: Bearer {t}"))
+                    .collect();
                 let h: Vec<&str> = h.iter().map(String::as_str).collect();
                 request_with(http, "POST", "/workflows/count/execute", &h, Some(b"{}"))
             })
@@ -2904,17 +3053,34 @@ mod auth {
             .unwrap()
         };
         for _ in 0..5 {
-            assert_eq!(exec(None).await.status, 401, "no credentials: not an attempt");
+            assert_eq!(
+                exec(None).await.status,
+                401,
+                "no credentials: not an attempt"
+            );
         }
         for i in 0..3 {
-            assert_eq!(exec(Some(format!("guess-{i}"))).await.status, 401, "attempt {i}");
+            assert_eq!(
+                exec(Some(format!("guess-{i}"))).await.status,
+                401,
+                "attempt {i}"
+            );
         }
         let r = exec(Some("guess-4".into())).await;
-        assert_eq!((r.status, r.json()["error"]["code"].as_str()), (429, Some("rate_limited")), "{}", r.body);
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].as_str()),
+            (429, Some("rate_limited")),
+            "{}",
+            r.body
+        );
         let retry: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
         assert!((1..=60).contains(&retry), "{retry}");
         let good = hs256(&json!({"sub": "ops", "exp": now() + 60}));
-        assert_eq!(exec(Some(good.clone())).await.status, 429, "blocked while waiting");
+        assert_eq!(
+            exec(Some(good.clone())).await.status,
+            429,
+            "blocked while waiting"
+        );
         assert_eq!(get(http, "/health").await.status, 200);
         // One attempt comes back every 20 s (3 a minute).
         tokio::time::sleep(Duration::from_secs(retry + 1)).await;
@@ -2929,13 +3095,32 @@ mod auth {
     async fn auth_without_credentials_is_a_boot_error() {
         let db = probe_db().await;
         for (what, b) in [
-            ("enable_auth alone", nexus::Nexus::builder().enable_auth(true)),
-            ("no source", nexus::Nexus::builder().auth(nexus::Auth::new().jwt_issuer("x"))),
-            ("short secret", nexus::Nexus::builder().auth(nexus::Auth::new().jwt_hs256("short"))),
-            ("bad PEM", nexus::Nexus::builder().auth(nexus::Auth::new().jwt_rs256_pem("nope"))),
-            ("missing JWKS", nexus::Nexus::builder().auth(nexus::Auth::new().jwks_file("/nonexistent/jwks.json"))),
+            (
+                "enable_auth alone",
+                nexus::Nexus::builder().enable_auth(true),
+            ),
+            (
+                "no source",
+                nexus::Nexus::builder().auth(nexus::Auth::new().jwt_issuer("x")),
+            ),
+            (
+                "short secret",
+                nexus::Nexus::builder().auth(nexus::Auth::new().jwt_hs256("short")),
+            ),
+            (
+                "bad PEM",
+                nexus::Nexus::builder().auth(nexus::Auth::new().jwt_rs256_pem("nope")),
+            ),
+            (
+                "missing JWKS",
+                nexus::Nexus::builder()
+                    .auth(nexus::Auth::new().jwks_file("/nonexistent/jwks.json")),
+            ),
         ] {
-            let e = b.build(db.clone()).err().unwrap_or_else(|| panic!("{what}: built"));
+            let e = b
+                .build(db.clone())
+                .err()
+                .unwrap_or_else(|| panic!("{what}: built"));
             assert_eq!(e.code().as_str(), "config", "{what}: {e}");
         }
         let debug = format!("{:?}", nexus::Auth::new().jwt_hs256(SECRET));
@@ -2967,15 +3152,24 @@ mod auth {
         let token = rs256(&json!({"sub": "svc", "exp": now() + 600}), Some("rsa-1"));
         let exec = |token: String| async move {
             tokio::task::spawn_blocking(move || {
-                request_with(http, "POST", "/workflows/count/execute",
-                    &[&format!("Authorization: Bearer {token}")], Some(b"{}"))
+                request_with(
+                    http,
+                    "POST",
+                    "/workflows/count/execute",
+                    &[&format!("Authorization: Bearer {token}")],
+                    Some(b"{}"),
+                )
             })
             .await
             .unwrap()
         };
         let r = exec(token.clone()).await;
         assert_eq!(r.status, 401, "no key with this kid yet: {}", r.body);
-        let r = exec(rs256(&json!({"sub": "svc", "exp": now() + 600}), Some("rsa-0"))).await;
+        let r = exec(rs256(
+            &json!({"sub": "svc", "exp": now() + 600}),
+            Some("rsa-0"),
+        ))
+        .await;
         assert_eq!(r.status, 200, "the kid in the file: {}", r.body);
         std::fs::write(&path, &jwks).unwrap();
         tokio::time::sleep(Duration::from_millis(1300)).await;

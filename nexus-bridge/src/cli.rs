@@ -158,7 +158,12 @@ fn keys_command() -> Command {
         .subcommand(
             Command::new("create")
                 .about("Make a key and print it once (only its hash is stored)")
-                .arg(Arg::new("name").long("name").required(true).value_name("NAME"))
+                .arg(
+                    Arg::new("name")
+                        .long("name")
+                        .required(true)
+                        .value_name("NAME"),
+                )
                 .arg(
                     Arg::new("role")
                         .long("role")
@@ -177,11 +182,17 @@ fn keys_command() -> Command {
                     Arg::new("client")
                         .long("client")
                         .action(ArgAction::SetTrue)
-                        .help("An OAuth client: prints a client id and secret for POST /oauth/token"),
+                        .help(
+                            "An OAuth client: prints a client id and secret for POST /oauth/token",
+                        ),
                 )
                 .arg(json()),
         )
-        .subcommand(Command::new("list").about("Every key, without secrets").arg(json()))
+        .subcommand(
+            Command::new("list")
+                .about("Every key, without secrets")
+                .arg(json()),
+        )
         .subcommand(
             Command::new("revoke")
                 .about("Revoke a key by id")
@@ -195,7 +206,10 @@ fn parse_age(flag: &str, s: &str) -> Result<std::time::Duration, Error> {
     let bad = || {
         Error::new(
             ErrorCode::Validation,
-            format!("--{flag}: expected an age such as 90s, 30m, 12h, 7d or 2w, got `{}`", Error::echo(s)),
+            format!(
+                "--{flag}: expected an age such as 90s, 30m, 12h, 7d or 2w, got `{}`",
+                Error::echo(s)
+            ),
         )
         .with_field(flag)
     };
@@ -223,14 +237,9 @@ async fn keys(app: &Nexus, m: &ArgMatches) -> Outcome {
         None => return Outcome::Exit(USAGE),
     };
     let json_out = sub.get_flag("json");
-    let Some(store) = app.shared.auth.as_ref().and_then(|a| a.keys.as_ref()) else {
-        return fail(
-            Error::new(
-                ErrorCode::Config,
-                "API keys are off: build the app with `.auth(nexus::Auth::new().api_keys(true))`",
-            ),
-            json_out,
-        );
+    let store = match app.key_store() {
+        Ok(store) => store,
+        Err(e) => return fail(e, json_out),
     };
     let result = match cmd {
         "create" => {
@@ -288,8 +297,8 @@ async fn keys(app: &Nexus, m: &ArgMatches) -> Outcome {
                 ),
                 "list" => {
                     println!(
-                        "{:<14} {:<22} {:<16} {:<20} {:<10} {}",
-                        "ID", "PREFIX", "NAME", "ROLES", "TENANT", "STATE"
+                        "{:<14} {:<22} {:<16} {:<20} {:<10} STATE",
+                        "ID", "PREFIX", "NAME", "ROLES", "TENANT"
                     );
                     for k in v.as_array().into_iter().flatten() {
                         let state = if !k["revoked"].is_null() {

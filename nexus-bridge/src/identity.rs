@@ -48,7 +48,9 @@ pub(crate) fn from_request(
     let mut ctx = Context::new().channel(channel);
     ctx = ctx.request_id(header(REQUEST_ID_HEADER)?.unwrap_or_else(dataflow::new_run_id));
     if let Some(who) = identity {
-        ctx = ctx.actor(who.actor.clone()).roles(who.roles.iter().cloned());
+        ctx = ctx
+            .actor(who.actor.clone())
+            .roles(who.roles.iter().cloned());
         if let Some(tenant) = &who.tenant {
             ctx = ctx.tenant(tenant.clone());
         }
@@ -111,7 +113,13 @@ mod tests {
         );
         let trusted = from_request("http", true, Some(&h), None).unwrap();
         assert_eq!(trusted.tenant.as_deref(), Some("acme"));
-        let e = from_request("http", true, Some(&headers(&[("x-tenant-id", "a b")])), None).unwrap_err();
+        let e = from_request(
+            "http",
+            true,
+            Some(&headers(&[("x-tenant-id", "a b")])),
+            None,
+        )
+        .unwrap_err();
         assert_eq!(
             (e.code(), e.field()),
             (ErrorCode::Validation, Some("x-tenant-id"))
@@ -138,12 +146,22 @@ mod tests {
         };
         let ctx = from_request("http", true, Some(&h), Some(&who)).unwrap();
         assert_eq!(
-            (ctx.actor.as_deref(), ctx.tenant.as_deref(), ctx.roles.clone()),
+            (
+                ctx.actor.as_deref(),
+                ctx.tenant.as_deref(),
+                ctx.roles.clone()
+            ),
             (Some("user:1"), Some("acme"), vec!["reader".to_string()])
         );
-        let no_tenant = Identity { tenant: None, ..who };
+        let no_tenant = Identity {
+            tenant: None,
+            ..who
+        };
         let ctx = from_request("http", true, Some(&h), Some(&no_tenant)).unwrap();
-        assert_eq!(ctx.tenant, None, "the header never adds a tenant to an identity");
+        assert_eq!(
+            ctx.tenant, None,
+            "the header never adds a tenant to an identity"
+        );
         assert_eq!(ctx.request_id.as_deref(), Some("r-2"));
     }
 

@@ -459,6 +459,48 @@ impl Nexus {
         Ok(())
     }
 
+    /// Makes an API key, as `keys create` does (needs
+    /// [`Auth::api_keys`]): `{"id", "name", "roles", "tenant", "created",
+    /// "expires", "key"}`, the key shown this once (only its hash is
+    /// stored). `expires_in: None` never expires.
+    pub async fn create_api_key(
+        &self,
+        name: &str,
+        roles: &[&str],
+        tenant: Option<&str>,
+        expires_in: Option<Duration>,
+    ) -> Result<Value> {
+        self.key_store()?
+            .create(auth::keys::NewKey {
+                name: name.to_string(),
+                roles: roles.iter().map(|r| r.to_string()).collect(),
+                tenant: tenant.map(str::to_string),
+                expires_in,
+                client: false,
+            })
+            .await
+    }
+
+    /// Revokes the API key (or OAuth client) `id`, as `keys revoke` does;
+    /// this process refuses it at once, others once their cache of it
+    /// expires ([`Auth::api_key_cache_ttl`]).
+    pub async fn revoke_api_key(&self, id: &str) -> Result<()> {
+        self.key_store()?.revoke(id).await
+    }
+
+    pub(crate) fn key_store(&self) -> Result<&auth::keys::Keys> {
+        self.shared
+            .auth
+            .as_ref()
+            .and_then(|a| a.keys.as_ref())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::Config,
+                    "API keys are off: build the app with `.auth(nexus::Auth::new().api_keys(true))`",
+                )
+            })
+    }
+
     /// The registered workflows, in name order.
     pub fn workflows(&self) -> impl Iterator<Item = &Registered> {
         self.shared.workflows.values()

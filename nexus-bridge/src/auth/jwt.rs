@@ -133,9 +133,7 @@ impl Jwt {
             Some(ErrorKind::ImmatureSignature) => "the token is not valid yet (nbf)".into(),
             Some(ErrorKind::InvalidSignature) => "the token's signature does not verify".into(),
             Some(ErrorKind::InvalidIssuer) => "the token's issuer (iss) is not accepted".into(),
-            Some(ErrorKind::InvalidAudience) => {
-                "the token's audience (aud) is not accepted".into()
-            }
+            Some(ErrorKind::InvalidAudience) => "the token's audience (aud) is not accepted".into(),
             Some(ErrorKind::InvalidAlgorithm) => {
                 "the token's algorithm does not match its key".into()
             }
@@ -147,7 +145,11 @@ impl Jwt {
     fn identity(&self, mut claims: Map<String, Value>) -> std::result::Result<Identity, Refusal> {
         let actor = match claims.remove("sub") {
             Some(Value::String(s)) if super::keys::valid_text(&s) => s,
-            _ => return Err(invalid("the token's `sub` must be 1 to 128 visible characters")),
+            _ => {
+                return Err(invalid(
+                    "the token's `sub` must be 1 to 128 visible characters",
+                ))
+            }
         };
         let tenant = match claims.remove(&self.tenant_claim) {
             None | Some(Value::Null) => None,
@@ -216,8 +218,12 @@ impl Jwt {
 /// `N` bytes from the operating system's random source.
 pub(super) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     let mut bytes = [0u8; N];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| Error::new(ErrorCode::Internal, format!("the OS random source failed: {e}")))?;
+    getrandom::fill(&mut bytes).map_err(|e| {
+        Error::new(
+            ErrorCode::Internal,
+            format!("the OS random source failed: {e}"),
+        )
+    })?;
     Ok(bytes)
 }
 

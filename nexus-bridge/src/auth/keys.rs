@@ -206,7 +206,10 @@ impl Keys {
         if n == 0 {
             return Err(Error::new(
                 ErrorCode::NotFound,
-                format!("no API key `{}` that is not revoked already", Error::echo(id)),
+                format!(
+                    "no API key `{}` that is not revoked already",
+                    Error::echo(id)
+                ),
             ));
         }
         super::lock(&self.cache).clear();

@@ -263,8 +263,7 @@ impl Authenticator {
     /// Checks the options: at least one credential source, keys that parse.
     pub(crate) fn new(auth: Option<&Auth>, db: &DataFlow) -> Result<Authenticator> {
         let auth = auth.cloned().unwrap_or_default();
-        if auth.hs256.is_none() && auth.pems.is_empty() && auth.jwks.is_none() && !auth.api_keys
-        {
+        if auth.hs256.is_none() && auth.pems.is_empty() && auth.jwks.is_none() && !auth.api_keys {
             return Err(Error::new(
                 ErrorCode::Config,
                 "enable_auth(true) has no credential source: give `.auth(nexus::Auth::new()...)` \
@@ -305,7 +304,9 @@ impl Authenticator {
         let bearer = match headers.get(axum::http::header::AUTHORIZATION) {
             None => None,
             Some(v) => {
-                let text = v.to_str().map_err(|_| invalid("the Authorization header is not text"))?;
+                let text = v
+                    .to_str()
+                    .map_err(|_| invalid("the Authorization header is not text"))?;
                 let (scheme, token) = text.split_once(' ').unwrap_or((text, ""));
                 if !scheme.eq_ignore_ascii_case("bearer") {
                     return Err(invalid("the Authorization header must be `Bearer <token>`"));
@@ -315,7 +316,10 @@ impl Authenticator {
         };
         let api_key = headers
             .get("x-api-key")
-            .map(|v| v.to_str().map_err(|_| invalid("the X-API-Key header is not text")))
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| invalid("the X-API-Key header is not text"))
+            })
             .transpose()?;
         match (bearer, api_key) {
             (None, None) => Err(Refusal::Missing),
@@ -361,9 +365,13 @@ impl Authenticator {
         if self.failures.len() > 100_000 {
             self.failures.retain_recent();
         }
-        let wait = self.failures.check_key(&ip).err()?.wait_time_from(
-            governor::clock::Clock::now(&governor::clock::DefaultClock::default()),
-        );
+        let wait = self
+            .failures
+            .check_key(&ip)
+            .err()?
+            .wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
         let mut blocked = lock(&self.blocked);
         if blocked.len() > 100_000 {
             let now = Instant::now();
@@ -396,9 +404,7 @@ pub(crate) fn client_ip(request: &Request) -> IpAddr {
 pub(crate) fn too_many_failures(seconds: u64) -> Response {
     let mut response = http_error(&Error::new(
         ErrorCode::RateLimited,
-        format!(
-            "too many failed sign-ins from this address; retry in {seconds} s"
-        ),
+        format!("too many failed sign-ins from this address; retry in {seconds} s"),
     ));
     response
         .headers_mut()
@@ -487,7 +493,7 @@ pub(crate) async fn middleware(
         }
     };
     if let Guard::Role(role) = need {
-        if !identity.roles.iter().any(|r| *r == role) {
+        if !identity.roles.contains(&role) {
             return http_error(&Error::new(
                 ErrorCode::Forbidden,
                 format!("{} needs the role `{role}`", request.uri().path()),

@@ -61,7 +61,7 @@ pub(crate) fn routes<S: Clone + Send + Sync + 'static>(
         }))
     };
     let mut routes = Router::new()
-        .route(RESOURCE_METADATA_PATH, get(protected.clone()))
+        .route(RESOURCE_METADATA_PATH, get(protected))
         .route(SERVER_METADATA_PATH, get(server))
         .route(TOKEN_PATH, post(token).with_state(auth));
     if !resource_path.is_empty() {
@@ -152,24 +152,23 @@ async fn token(State(auth): State<Arc<Authenticator>>, request: Request) -> Resp
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(basic_credentials);
-    let (client_id, secret) = match (basic, form.get("client_id"), form.get("client_secret")) {
-        (Some(creds), None, None) => creds,
-        (None, Some(id), Some(secret)) => (id.clone(), secret.clone()),
-        (Some(_), _, _) => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                "authenticate the client one way: HTTP Basic or the form, not both",
-            )
-        }
-        _ => {
-            return oauth_error(
+    let (client_id, secret) =
+        match (basic, form.get("client_id"), form.get("client_secret")) {
+            (Some(creds), None, None) => creds,
+            (None, Some(id), Some(secret)) => (id.clone(), secret.clone()),
+            (Some(_), _, _) => {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "authenticate the client one way: HTTP Basic or the form, not both",
+                )
+            }
+            _ => return oauth_error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 "client authentication is required (HTTP Basic, or client_id and client_secret)",
-            )
-        }
-    };
+            ),
+        };
     let identity = match &auth.keys {
         None => Err(Refusal::Invalid("no client is accepted here".into())),
         Some(keys) => keys.client(&client_id, &secret).await,
@@ -259,7 +258,8 @@ mod tests {
 
     #[test]
     fn forms_decode_and_refuse_repeats() {
-        let form = serde_urlencoded_pairs(b"grant_type=client_credentials&client_id=a%2Bb+c").unwrap();
+        let form =
+            serde_urlencoded_pairs(b"grant_type=client_credentials&client_id=a%2Bb+c").unwrap();
         assert_eq!(form["client_id"], "a+b c");
         assert!(serde_urlencoded_pairs(b"a=1&a=2").is_err());
         assert!(serde_urlencoded_pairs(b"a=%zz").is_err());
