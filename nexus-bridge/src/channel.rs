@@ -384,6 +384,8 @@ mod tests {
             ErrorCode::TooLarge,
             ErrorCode::Forbidden,
             ErrorCode::MethodNotAllowed,
+            ErrorCode::Unauthenticated,
+            ErrorCode::RateLimited,
         ] {
             assert!((400..500).contains(&code.http_status()), "{code}");
         }

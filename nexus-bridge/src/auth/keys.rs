@@ -223,9 +223,7 @@ impl Keys {
             .map(|(p, _)| p)
             .filter(|p| p.len() == 16 && p.bytes().all(|b| b.is_ascii_hexdigit()))
             .ok_or_else(|| invalid("the API key is malformed"))?;
-        self.ensure_table()
-            .await
-            .map_err(|_| invalid("the API key store is unavailable"))?;
+        self.ensure_table().await.map_err(Refusal::Unavailable)?;
         let rows = self
             .db
             .raw_query(
@@ -234,7 +232,7 @@ impl Keys {
                 vec![json!(prefix)],
             )
             .await
-            .map_err(|_| invalid("the API key store is unavailable"))?;
+            .map_err(Refusal::Unavailable)?;
         let r = rows
             .into_iter()
             .next()

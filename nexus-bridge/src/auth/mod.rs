@@ -240,11 +240,14 @@ pub(crate) struct Identity {
     pub(crate) roles: Vec<String>,
 }
 
-/// Why a request has no identity: no credentials, or refused ones.
+/// Why a request has no identity: no credentials, refused ones, or a
+/// store that could not be asked (fails closed, as that error: a database
+/// outage is a 503, not a wrong password).
 #[derive(Debug)]
 pub(crate) enum Refusal {
     Missing,
     Invalid(String),
+    Unavailable(Error),
 }
 
 /// The authentication of one application: credential checks and the
@@ -420,6 +423,7 @@ pub(crate) fn unauthenticated(refusal: &Refusal, headers: &HeaderMap) -> Respons
                              (a JWT or an API key) or `X-API-Key: <key>`"
             .to_string(),
         Refusal::Invalid(why) => format!("invalid credentials: {why}"),
+        Refusal::Unavailable(e) => return http_error(e),
     };
     let mut response = http_error(&Error::new(ErrorCode::Unauthenticated, message));
     let mut challenge = String::from("Bearer realm=\"nexus\"");
@@ -483,6 +487,7 @@ pub(crate) async fn middleware(
     }
     let identity = match auth.authenticate(request.headers()).await {
         Ok(identity) => identity,
+        Err(Refusal::Unavailable(e)) => return http_error(&e),
         Err(refusal) => {
             if matches!(refusal, Refusal::Invalid(_)) {
                 if let Some(seconds) = auth.failed(ip) {

@@ -175,6 +175,13 @@ async fn token(State(auth): State<Arc<Authenticator>>, request: Request) -> Resp
     };
     let identity = match identity {
         Ok(identity) => identity,
+        Err(Refusal::Unavailable(_)) => {
+            return oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the client store cannot be read; retry later",
+            )
+        }
         Err(_) => {
             if let Some(seconds) = auth.failed(ip) {
                 return too_many_failures(seconds);
