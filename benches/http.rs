@@ -127,6 +127,22 @@ fn raw_router(pool: RawPool) -> Router {
         .with_state(pool)
 }
 
+/// [`serve`], handing each request the client's address as nexus' own
+/// listener does (the failed sign-in limit keys on it).
+async fn serve_with_peer(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    addr
+}
+
 async fn serve(router: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -200,8 +216,16 @@ fn wrk(url: &str, script: Option<&str>) -> WrkResult {
 
 /// The benchmarked application: `get_user` and `create_user` over one model.
 async fn nexus_app(url: &str) -> (DataFlow, nexus::Nexus) {
+    nexus_app_with(url, nexus::Nexus::builder()).await
+}
+
+/// The HS256 secret of the authenticated application.
+const SECRET: &str = "a-bench-secret-of-at-least-thirty-two-bytes";
+
+/// [`nexus_app`] with these options.
+async fn nexus_app_with(url: &str, options: nexus::NexusBuilder) -> (DataFlow, nexus::Nexus) {
     let db = DataFlow::builder(url).build().await.expect("boot");
-    let mut app = nexus::Nexus::builder().build(db.clone()).unwrap();
+    let mut app = options.build(db.clone()).unwrap();
     let mut get = WorkflowBuilder::new();
     get.add_node("HttpUserReadNode", "user", json!({"id": "{{id}}"}));
     app.register("get_user", get.build(&db).unwrap()).unwrap();
@@ -264,6 +288,27 @@ async fn main() {
         .unwrap();
     let id = seed["id"].as_str().unwrap().to_string();
     let nexus_addr = serve(app.router()).await;
+    // The same application with authentication on: a JWT and an API key.
+    let (_, authed) = nexus_app_with(
+        &url,
+        nexus::Nexus::builder().auth(nexus::Auth::new().jwt_hs256(SECRET).api_keys(true)),
+    )
+    .await;
+    let key = authed
+        .create_api_key("bench", &["reader"], None, None)
+        .await
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let exp = chrono::Utc::now().timestamp() + 3600;
+    let jwt = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "bench", "exp": exp, "roles": ["reader"]}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let authed_addr = serve_with_peer(authed.router()).await;
 
     let pool: RawPool = Pool::builder()
         .max_size(10)
@@ -277,15 +322,40 @@ async fn main() {
     let nexus_get = format!("http://{nexus_addr}/workflows/get_user/execute");
     let check = tokio::task::spawn_blocking({
         let (id, raw_addr, nexus_addr) = (id.clone(), raw_addr, nexus_addr);
+        let (jwt, key) = (jwt.clone(), key.clone());
         move || {
-            let get = |addr: SocketAddr, method: &str, path: &str, body: &str| -> String {
+            let get_as = |addr: SocketAddr,
+                          method: &str,
+                          path: &str,
+                          body: &str,
+                          auth: &str|
+             -> String {
                 use std::io::{Read, Write};
                 let mut s = std::net::TcpStream::connect(addr).unwrap();
-                write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+                write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
                 let mut out = String::new();
                 s.read_to_string(&mut out).unwrap();
                 out
             };
+            let get = |addr: SocketAddr, method: &str, path: &str, body: &str| -> String {
+                get_as(addr, method, path, body, "")
+            };
+            let body = format!("{{\"inputs\": {{\"id\": \"{id}\"}}}}");
+            for auth in [
+                format!("Authorization: Bearer {jwt}\r\n"),
+                format!("Authorization: Bearer {key}\r\n"),
+            ] {
+                let a = get_as(
+                    authed_addr,
+                    "POST",
+                    "/workflows/get_user/execute",
+                    &body,
+                    &auth,
+                );
+                assert!(a.contains("seed@x.io"), "{a}");
+            }
+            let a = get(authed_addr, "POST", "/workflows/get_user/execute", &body);
+            assert!(a.starts_with("HTTP/1.1 401"), "{a}");
             let a = get(
                 nexus_addr,
                 "POST",
@@ -327,6 +397,17 @@ async fn main() {
         return;
     }
     let get_body = format!("wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\nwrk.body = '{{\"inputs\": {{\"id\": \"{id}\"}}}}'\n");
+    let authed_get = format!("http://{authed_addr}/workflows/get_user/execute");
+    let with_auth =
+        |auth: &str| format!("{get_body}wrk.headers['Authorization'] = 'Bearer {auth}'\n");
+    let auth_lines = [
+        ("auth off", wrk(&nexus_get, Some(&get_body))),
+        ("JWT (HS256)", wrk(&authed_get, Some(&with_auth(&jwt)))),
+        (
+            "API key (cached verification)",
+            wrk(&authed_get, Some(&with_auth(&key))),
+        ),
+    ];
     let lines = [
         (
             "get_user",
@@ -368,6 +449,23 @@ async fn main() {
         }
     }
     println!("\ntargets: nexus ≥ 0.8× the hand-written handler; p99 < 10 ms at 32 connections");
+    println!("\nget_user with authentication, same run:\n");
+    println!("| get_user | req/s | ratio to auth off | p50 / p99 ms |");
+    println!("|---|---:|---:|---:|");
+    let off = auth_lines[0].1.rps;
+    for (what, r) in &auth_lines {
+        println!(
+            "| {what} | {:.0} | {:.2} | {:.2} / {:.2} |",
+            r.rps,
+            r.rps / off,
+            r.p50_ms,
+            r.p99_ms
+        );
+        if r.non_2xx > 0 {
+            println!("  ({what}: non-2xx responses: {})", r.non_2xx);
+        }
+    }
+    println!("\ntargets: JWT ≥ 0.9× auth off; API key ≥ 0.85×");
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }

@@ -15,6 +15,18 @@
 //! Environment: `NEXUS_DATABASE_URL` (default `sqlite://nexus.db`), `NEXUS_API_PORT`
 //! (default 8000), `NEXUS_MCP_PORT` (default 3001; MCP at `http://127.0.0.1:3001/mcp`).
 //! A port that is not a number is a configuration error (exit code 8).
+//!
+//! Authentication is on when a credential source is given:
+//! `NEXUS_JWT_SECRET` (HS256, 32+ bytes), `NEXUS_JWT_PUBLIC_KEY` (a file with
+//! an RS256 public key in PEM), `NEXUS_API_KEYS=1` (keys made with
+//! `keys create`); `NEXUS_JWT_ISSUER` / `NEXUS_JWT_AUDIENCE` restrict tokens,
+//! and `NEXUS_AUTH_FAILURES_PER_MINUTE` bounds failed sign-ins per address.
+//!
+//! ```sh
+//! NEXUS_API_KEYS=1 cargo run --example nexus_server -- keys create --name ci --role reader
+//! NEXUS_API_KEYS=1 cargo run --example nexus_server &
+//! cargo run --example nexus_server -- run list_users --url http://127.0.0.1:8000 --token nxk_...
+//! ```
 
 use chrono::{DateTime, Utc};
 use dataflow::{DataFlow, WorkflowBuilder};
@@ -96,15 +108,57 @@ async fn app() -> Result<Nexus, dataflow::Error> {
         // It writes two models: both or neither.
         .transactional(true);
 
-    let mut app = Nexus::builder()
-        .api_port(port)
-        .mcp_port(mcp_port)
-        .build(db.clone())?;
+    let mut builder = Nexus::builder().api_port(port).mcp_port(mcp_port);
+    if let Some(auth) = auth_from_env()? {
+        builder = builder.auth(auth);
+    }
+    let mut app = builder.build(db.clone())?;
     app.register("create_user", create.build(&db)?)?;
     app.register("get_user", get.build(&db)?)?;
     app.register("list_users", list.build(&db)?)?;
     app.register("start_conversation", start.build(&db)?)?;
     Ok(app)
+}
+
+/// The authentication the environment asks for (`None`: auth off).
+fn auth_from_env() -> Result<Option<nexus::Auth>, dataflow::Error> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let mut auth = nexus::Auth::new();
+    let mut any = false;
+    if let Some(secret) = var("NEXUS_JWT_SECRET") {
+        auth = auth.jwt_hs256(secret);
+        any = true;
+    }
+    if let Some(path) = var("NEXUS_JWT_PUBLIC_KEY") {
+        let pem = std::fs::read(&path).map_err(|e| {
+            dataflow::Error::new(
+                dataflow::ErrorCode::Config,
+                format!("NEXUS_JWT_PUBLIC_KEY={path}: {e}"),
+            )
+        })?;
+        auth = auth.jwt_rs256_pem(pem);
+        any = true;
+    }
+    if var("NEXUS_API_KEYS").as_deref() == Some("1") {
+        auth = auth.api_keys(true);
+        any = true;
+    }
+    if let Some(iss) = var("NEXUS_JWT_ISSUER") {
+        auth = auth.jwt_issuer(iss);
+    }
+    if let Some(aud) = var("NEXUS_JWT_AUDIENCE") {
+        auth = auth.jwt_audience(aud);
+    }
+    if let Some(n) = var("NEXUS_AUTH_FAILURES_PER_MINUTE") {
+        let n = n.parse().map_err(|_| {
+            dataflow::Error::new(
+                dataflow::ErrorCode::Config,
+                format!("NEXUS_AUTH_FAILURES_PER_MINUTE=`{n}` is not a number"),
+            )
+        })?;
+        auth = auth.failed_attempts_per_minute(n);
+    }
+    Ok(any.then_some(auth))
 }
 
 /// The port in the variable `name`, or `default` when it is unset; anything

@@ -60,12 +60,24 @@ impl Server {
 }
 
 fn server(url: &str) -> Server {
+    server_with(url, &[], false)
+}
+
+/// [`server`] with more environment variables, and its output captured
+/// (`piped`) for tests that read what it printed.
+fn server_with(url: &str, env: &[(&str, &str)], piped: bool) -> Server {
     let (port, mcp_port) = (free_port(), free_port());
-    let mut child = example(url)
+    let mut command = example(url);
+    command
         .env("NEXUS_API_PORT", port.to_string())
         .env("NEXUS_MCP_PORT", mcp_port.to_string())
-        .spawn()
-        .unwrap();
+        .envs(env.iter().copied());
+    if piped {
+        command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+    }
+    let mut child = command.spawn().unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mcp: SocketAddr = format!("127.0.0.1:{mcp_port}").parse().unwrap();
     let started = Instant::now();
@@ -630,7 +642,6 @@ async fn discovery_health_openapi_and_tools() {
 async fn options_for_missing_features_fail_at_build() {
     let db = probe_db().await;
     for b in [
-        nexus::Nexus::builder().enable_auth(true),
         nexus::Nexus::builder().rate_limit(100),
         nexus::Nexus::builder().auto_discovery(true),
     ] {
@@ -849,7 +860,9 @@ async fn shutdown_lets_in_flight_requests_finish() {
 }
 
 async fn probe_db() -> dataflow::DataFlow {
+    // Only `Probe`: `auth::Memo` is tenant-scoped and has its own database.
     dataflow::DataFlow::builder("sqlite::memory:")
+        .models(&[&<Probe as dataflow::Model>::SCHEMA])
         .build()
         .await
         .unwrap()
@@ -2294,5 +2307,875 @@ mod hardening {
         assert_eq!(error["error"]["code"], "too_large", "{body}");
         drop(stream);
         sending.join().unwrap();
+    }
+}
+
+/// Authentication (`enable_auth`): the security table on HTTP, MCP and the
+/// CLI with `--url`, API keys and OAuth client credentials on both
+/// backends, the tenant of a token reaching a tenant-scoped model, the
+/// failed sign-in limit, JWKS reload, and no secret in what the server
+/// prints or answers.
+mod auth {
+    use super::*;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+    const SECRET: &str = "a-test-secret-of-at-least-thirty-two-bytes";
+    const ISSUER: &str = "https://id.test";
+    const AUDIENCE: &str = "nexus-tests";
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/auth")
+            .join(name)
+    }
+
+    fn now() -> i64 {
+        chrono::Utc::now().timestamp()
+    }
+
+    /// Valid claims for `sub`, with `extra` merged over them.
+    fn claims(extra: Value) -> Value {
+        let mut c = json!({"sub": "user:1", "iss": ISSUER, "aud": AUDIENCE,
+            "exp": now() + 600, "nbf": now() - 10, "roles": ["reader"]});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    }
+
+    fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value, kid: Option<&str>) -> String {
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_string);
+        jsonwebtoken::encode(&header, claims, key).unwrap()
+    }
+
+    fn hs256(claims: &Value) -> String {
+        sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+            claims,
+            None,
+        )
+    }
+
+    fn rs256(claims: &Value, kid: Option<&str>) -> String {
+        let pem = std::fs::read(fixture("rsa_private.pem")).unwrap();
+        sign(
+            Algorithm::RS256,
+            &EncodingKey::from_rsa_pem(&pem).unwrap(),
+            claims,
+            kid,
+        )
+    }
+
+    /// `{"alg":"none","typ":"JWT"}`, base64url: an unsigned token's header.
+    const NONE_HEADER: &str = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0";
+
+    /// A token with `alg: none` and no signature, carrying valid claims.
+    fn alg_none() -> String {
+        let valid = hs256(&claims(json!({})));
+        let payload = valid.split('.').nth(1).unwrap();
+        format!("{NONE_HEADER}.{payload}.")
+    }
+
+    fn env_of<'a>(url_env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+        url_env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+
+    /// The example server's variables for auth with every source.
+    fn auth_env() -> Vec<(&'static str, String)> {
+        vec![
+            ("NEXUS_JWT_SECRET", SECRET.to_string()),
+            (
+                "NEXUS_JWT_PUBLIC_KEY",
+                fixture("rsa_public.pem").display().to_string(),
+            ),
+            ("NEXUS_JWT_ISSUER", ISSUER.to_string()),
+            ("NEXUS_JWT_AUDIENCE", AUDIENCE.to_string()),
+            ("NEXUS_API_KEYS", "1".to_string()),
+            ("NEXUS_AUTH_FAILURES_PER_MINUTE", "1000".to_string()),
+        ]
+    }
+
+    /// `nexus_server keys <args> --json` on `url`: (exit code, JSON).
+    async fn keys_cli(url: &str, args: &[&str]) -> (i32, Value) {
+        let out = tokio::process::Command::from(example(url))
+            .env("NEXUS_API_KEYS", "1")
+            .arg("keys")
+            .args(args)
+            .arg("--json")
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+            panic!(
+                "`keys {args:?}` printed no JSON: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), v)
+    }
+
+    /// `run list_users --url <server> --json`, with `--token` when given.
+    async fn cli_remote(s: &Server, token: Option<&str>) -> (i32, Value) {
+        let mut c = tokio::process::Command::from(example(&s.url));
+        c.env_remove("NEXUS_TOKEN")
+            .args(["run", "list_users", "--url", &s.base(), "--json"])
+            .args(["--active", "true", "--limit", "10"]);
+        if let Some(t) = token {
+            c.args(["--token", t]);
+        }
+        let out = c.output().await.unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+            panic!(
+                "run --url printed no JSON: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), v)
+    }
+
+    fn header<'a>(r: &'a support::http::Response, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `POST /workflows/list_users/execute` with these headers.
+    async fn http_list(addr: SocketAddr, headers: Vec<String>) -> support::http::Response {
+        tokio::task::spawn_blocking(move || {
+            let h: Vec<&str> = headers.iter().map(String::as_str).collect();
+            request_with(
+                addr,
+                "POST",
+                "/workflows/list_users/execute",
+                &h,
+                Some(br#"{"inputs": {"active": true, "limit": 10}}"#),
+            )
+        })
+        .await
+        .unwrap()
+    }
+
+    /// An MCP `initialize` POST with these headers (what an MCP client sends first).
+    async fn mcp_initialize(addr: SocketAddr, headers: Vec<String>) -> support::http::Response {
+        tokio::task::spawn_blocking(move || {
+            let mut h: Vec<&str> = headers.iter().map(String::as_str).collect();
+            h.push("Accept: application/json, text/event-stream");
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
+            .to_string();
+            request_with(addr, "POST", "/mcp", &h, Some(body.as_bytes()))
+        })
+        .await
+        .unwrap()
+    }
+
+    /// A real MCP client sending `Authorization: Bearer <token>` on every request.
+    async fn mcp_client_with(addr: SocketAddr, token: &str) -> RunningService<RoleClient, ()> {
+        let config =
+            rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+                format!("http://{addr}/mcp"),
+            )
+            .auth_header(token.to_string());
+        let transport = StreamableHttpClientTransport::from_config(config);
+        tokio::time::timeout(Duration::from_secs(30), ().serve(transport))
+            .await
+            .expect("MCP initialize in time")
+            .unwrap()
+    }
+
+    /// Every way to fail authentication, on HTTP, MCP over HTTP and the CLI
+    /// with `--url`: 401 `unauthenticated` (exit code 9) with the same error
+    /// object everywhere and the RFC 6750 challenge; valid JWTs (HS256,
+    /// RS256) and API keys (either header) pass on every channel; `/metrics`
+    /// needs the `metrics` role; nothing the server printed or answered
+    /// holds a secret, a key or a token.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_security_table_is_the_same_on_every_channel() {
+        let url = support::sqlite_url("auth-table");
+        let (code, reader) = keys_cli(&url, &["create", "--name", "ci", "--role", "reader"]).await;
+        assert_eq!(code, 0, "{reader}");
+        let key = reader["key"].as_str().unwrap().to_string();
+        assert!(key.starts_with("nxk_"), "{key}");
+        let (_, revoked) = keys_cli(&url, &["create", "--name", "old", "--role", "reader"]).await;
+        let (code, out) = keys_cli(&url, &["revoke", revoked["id"].as_str().unwrap()]).await;
+        assert_eq!((code, &out["revoked"]), (0, &json!(true)), "{out}");
+        let (code, again) = keys_cli(&url, &["revoke", revoked["id"].as_str().unwrap()]).await;
+        assert_eq!(
+            (code, again["error"]["code"].as_str()),
+            (4, Some("not_found"))
+        );
+        let (_, expired) = keys_cli(&url, &["create", "--name", "brief", "--expires", "1s"]).await;
+        let (code, bad) = keys_cli(&url, &["create", "--name", "x", "--expires", "soon"]).await;
+        assert_eq!((code, bad["error"]["field"].as_str()), (3, Some("expires")));
+        let env = auth_env();
+        let s = server_with(&url, &env_of(&env), true);
+        tokio::time::sleep(Duration::from_millis(2100)).await; // `brief` expires
+
+        let unknown_key = format!("nxk_{}_{}", "0123456789abcdef", "f".repeat(64));
+        let confusion = sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(&std::fs::read(fixture("rsa_public.pem")).unwrap()).unwrap(),
+            &claims(json!({})),
+            None,
+        );
+        let cases: Vec<(&str, Option<String>, &str)> = vec![
+            ("no token", None, "authentication required"),
+            ("garbage", Some("not-a-token".into()), "not a JWT"),
+            (
+                "expired",
+                Some(hs256(&claims(json!({"exp": now() - 3600})))),
+                "has expired",
+            ),
+            (
+                "not yet valid",
+                Some(hs256(&claims(json!({"nbf": now() + 3600})))),
+                "not valid yet",
+            ),
+            (
+                "wrong signature",
+                Some(sign(
+                    Algorithm::HS256,
+                    &EncodingKey::from_secret(b"another-secret-of-at-least-32-bytes!!").unwrap(),
+                    &claims(json!({})),
+                    None,
+                )),
+                "signature does not verify",
+            ),
+            (
+                "alg none",
+                Some(alg_none()),
+                "not a JWT with a supported algorithm",
+            ),
+            (
+                "HS256 signed with the RSA public key",
+                Some(confusion),
+                "signature does not verify",
+            ),
+            (
+                "wrong issuer",
+                Some(hs256(&claims(json!({"iss": "https://evil.test"})))),
+                "issuer",
+            ),
+            (
+                "wrong audience",
+                Some(rs256(&claims(json!({"aud": "other"})), None)),
+                "audience",
+            ),
+            (
+                "no subject",
+                Some(hs256(
+                    &json!({"iss": ISSUER, "aud": AUDIENCE, "exp": now() + 60}),
+                )),
+                "`sub`",
+            ),
+            (
+                "revoked key",
+                Some(revoked["key"].as_str().unwrap().into()),
+                "revoked",
+            ),
+            (
+                "expired key",
+                Some(expired["key"].as_str().unwrap().into()),
+                "API key has expired",
+            ),
+            ("unknown key", Some(unknown_key), "unknown API key"),
+        ];
+        let mut presented = vec![SECRET.to_string(), key.clone()];
+        for (what, token, says) in &cases {
+            let headers: Vec<String> = token
+                .iter()
+                .map(|t| format!("Authorization: Bearer {t}"))
+                .collect();
+            presented.extend(token.iter().cloned());
+            let http = http_list(s.addr, headers.clone()).await;
+            assert_eq!(http.status, 401, "{what}: {}", http.body);
+            let error = http.json()["error"].clone();
+            assert_eq!(error["code"], "unauthenticated", "{what}: {error}");
+            let message = error["message"].as_str().unwrap();
+            assert!(message.contains(says), "{what}: {message}");
+            if let Some(t) = token {
+                assert!(
+                    !http.body.contains(t.as_str()),
+                    "{what}: the body echoes the credential"
+                );
+            }
+            let challenge = header(&http, "www-authenticate").unwrap_or_default();
+            assert!(
+                challenge.starts_with("Bearer realm=\"nexus\""),
+                "{what}: {challenge}"
+            );
+            assert_eq!(
+                challenge.contains("error=\"invalid_token\""),
+                token.is_some(),
+                "{what}: {challenge}"
+            );
+            assert!(
+                challenge.contains("resource_metadata=\"http://"),
+                "{what}: {challenge}"
+            );
+
+            let mcp = mcp_initialize(s.mcp, headers).await;
+            assert_eq!(mcp.status, 401, "{what} on MCP: {}", mcp.body);
+            assert_eq!(
+                mcp.json()["error"],
+                error,
+                "{what}: MCP answers the same error"
+            );
+            assert!(header(&mcp, "www-authenticate").is_some(), "{what}");
+
+            let (exit, body) = cli_remote(&s, token.as_deref()).await;
+            assert_eq!(exit, 9, "{what} on the CLI: {body}");
+            assert_eq!(
+                body["error"], error,
+                "{what}: the CLI prints the same error"
+            );
+        }
+
+        let good = [
+            ("HS256", hs256(&claims(json!({})))),
+            ("RS256", rs256(&claims(json!({})), None)),
+            ("API key", key.clone()),
+        ];
+        for (what, token) in &good {
+            presented.push(token.clone());
+            let r = http_list(s.addr, vec![format!("Authorization: Bearer {token}")]).await;
+            assert_eq!(r.status, 200, "{what}: {}", r.body);
+            let (exit, body) = cli_remote(&s, Some(token)).await;
+            assert_eq!(exit, 0, "{what} on the CLI: {body}");
+            assert!(body["outputs"]["users"].is_object(), "{body}");
+            let client = mcp_client_with(s.mcp, token).await;
+            let tools = client.list_all_tools().await.unwrap();
+            assert!(tools.iter().any(|t| t.name == "list_users"), "{what}");
+            let r = call(&client, "list_users", &json!({"active": true, "limit": 10}))
+                .await
+                .unwrap();
+            assert_ne!(r.is_error, Some(true), "{what}: {r:?}");
+            client.cancel().await.unwrap();
+        }
+        let r = http_list(s.addr, vec![format!("X-API-Key: {key}")]).await;
+        assert_eq!(r.status, 200, "X-API-Key: {}", r.body);
+        let r = http_list(
+            s.addr,
+            vec![
+                format!("X-API-Key: {key}"),
+                format!("Authorization: Bearer {key}"),
+            ],
+        )
+        .await;
+        assert_eq!(r.status, 401, "one credential only: {}", r.body);
+
+        // Open: health and readiness; closed: everything else, unknown paths too.
+        for path in ["/health", "/ready"] {
+            assert_eq!(get(s.addr, path).await.status, 200, "{path}");
+        }
+        for path in ["/workflows", "/openapi.json", "/no/such/path", "/metrics"] {
+            assert_eq!(get(s.addr, path).await.status, 401, "{path}");
+        }
+        let metrics = |token: String| {
+            let addr = s.addr;
+            async move {
+                tokio::task::spawn_blocking(move || {
+                    request_with(
+                        addr,
+                        "GET",
+                        "/metrics",
+                        &[&format!("Authorization: Bearer {token}")],
+                        None,
+                    )
+                })
+                .await
+                .unwrap()
+            }
+        };
+        let r = metrics(hs256(&claims(json!({})))).await;
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "metrics needs its role: {}",
+            r.body
+        );
+        let r = metrics(hs256(&claims(json!({"roles": ["metrics"]})))).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.contains("nexus_requests_total"), "{}", r.body);
+        for secret in &presented {
+            assert!(
+                !r.body.contains(secret.as_str()),
+                "/metrics holds a credential"
+            );
+        }
+
+        // What the server printed holds no secret, key or token.
+        use std::io::Read;
+        let mut s = s;
+        let _ = s.child.kill();
+        let _ = s.child.wait();
+        let mut printed = String::new();
+        for pipe in [
+            s.child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+            s.child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let mut pipe = pipe;
+            let _ = pipe.read_to_string(&mut printed);
+        }
+        assert!(
+            printed.contains("nexus: HTTP API on"),
+            "captured: {printed}"
+        );
+        for secret in &presented {
+            assert!(
+                !printed.contains(secret.as_str()),
+                "the server printed a credential"
+            );
+        }
+    }
+
+    /// API keys and OAuth client credentials on SQLite and PostgreSQL:
+    /// `keys create --client` makes a client; `POST /oauth/token` (HTTP
+    /// Basic or the form) issues a JWT the API and MCP accept; RFC 6749
+    /// errors; the metadata on both listeners points at the token endpoint.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn oauth_client_credentials_end_to_end() {
+        for (backend, url) in support::backend_urls("auth-oauth") {
+            let (code, client) = keys_cli(
+                &url,
+                &[
+                    "create", "--name", "svc", "--role", "reader", "--tenant", "acme", "--client",
+                ],
+            )
+            .await;
+            assert_eq!(code, 0, "{backend}: {client}");
+            let (id, secret) = (
+                client["client_id"].as_str().unwrap().to_string(),
+                client["client_secret"].as_str().unwrap().to_string(),
+            );
+            assert!(client.get("key").is_none(), "{client}");
+            let (_, listed) = keys_cli(&url, &["list"]).await;
+            let listed_text = listed.to_string();
+            assert!(
+                listed_text.contains(&id) && !listed_text.contains(&secret),
+                "{backend}: {listed}"
+            );
+            assert_eq!(listed[0]["client"], true, "{listed}");
+            assert_eq!(listed[0]["tenant"], "acme", "{listed}");
+
+            let env = [
+                ("NEXUS_API_KEYS", "1"),
+                ("NEXUS_AUTH_FAILURES_PER_MINUTE", "1000"),
+            ];
+            let s = server_with(&url, &env, false);
+            let token_request = |headers: Vec<String>, body: String| {
+                let addr = s.addr;
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+                        let head = format!(
+                            "POST /oauth/token HTTP/1.1\r\nHost: {addr}\r\n\
+                             Content-Type: application/x-www-form-urlencoded\r\n{extra}\
+                             Content-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        support::http::send(addr, head.as_bytes(), body.as_bytes())
+                    })
+                    .await
+                    .unwrap()
+                }
+            };
+            let basic = {
+                use base64_for_tests::encode;
+                format!(
+                    "Authorization: Basic {}",
+                    encode(format!("{id}:{secret}").as_bytes())
+                )
+            };
+            let r =
+                token_request(vec![basic.clone()], "grant_type=client_credentials".into()).await;
+            assert_eq!(r.status, 200, "{backend}: {}", r.body);
+            let t = r.json();
+            assert_eq!(
+                (t["token_type"].as_str(), t["expires_in"].as_u64()),
+                (Some("Bearer"), Some(900))
+            );
+            assert_eq!(header(&r, "cache-control"), Some("no-store"));
+            let access = t["access_token"].as_str().unwrap().to_string();
+            assert_eq!(access.split('.').count(), 3, "a JWT");
+
+            let r = http_list(s.addr, vec![format!("Authorization: Bearer {access}")]).await;
+            assert_eq!(
+                r.status, 200,
+                "{backend}: the issued token works: {}",
+                r.body
+            );
+            let client_mcp = mcp_client_with(s.mcp, &access).await;
+            let r = call(
+                &client_mcp,
+                "list_users",
+                &json!({"active": true, "limit": 10}),
+            )
+            .await
+            .unwrap();
+            assert_ne!(r.is_error, Some(true), "{r:?}");
+            client_mcp.cancel().await.unwrap();
+
+            let r = token_request(
+                vec![],
+                format!("grant_type=client_credentials&client_id={id}&client_secret={secret}"),
+            )
+            .await;
+            assert_eq!(r.status, 200, "client_secret_post: {}", r.body);
+
+            let r = token_request(
+                vec![],
+                format!("grant_type=client_credentials&client_id={id}&client_secret={secret}x"),
+            )
+            .await;
+            assert_eq!(r.status, 401, "{}", r.body);
+            assert_eq!(r.json()["error"], "invalid_client");
+            assert!(r.json()["error_description"].is_string());
+            assert!(!r.body.contains(&secret));
+            let r = token_request(vec![basic.clone()], "grant_type=password".into()).await;
+            assert_eq!(
+                (r.status, r.json()["error"].as_str()),
+                (400, Some("unsupported_grant_type"))
+            );
+            let r = token_request(vec![basic.clone()], "".into()).await;
+            assert_eq!(
+                (r.status, r.json()["error"].as_str()),
+                (400, Some("invalid_request"))
+            );
+            let r = token_request(vec![], "grant_type=client_credentials".into()).await;
+            assert_eq!(
+                (r.status, r.json()["error"].as_str()),
+                (401, Some("invalid_client"))
+            );
+
+            // A client secret is for the token endpoint, not an API key.
+            let r = http_list(s.addr, vec![format!("Authorization: Bearer {secret}")]).await;
+            assert_eq!(r.status, 401, "{}", r.body);
+
+            for (addr, resource) in [(s.addr, ""), (s.mcp, "/mcp")] {
+                let r = get(addr, "/.well-known/oauth-protected-resource").await;
+                assert_eq!(r.status, 200, "{}", r.body);
+                let m = r.json();
+                assert_eq!(m["resource"], format!("http://{addr}{resource}"));
+                let server = m["authorization_servers"][0].as_str().unwrap().to_string();
+                let r = get(addr, "/.well-known/oauth-authorization-server").await;
+                let meta = r.json();
+                assert_eq!(meta["issuer"], server);
+                assert_eq!(meta["token_endpoint"], format!("{server}/oauth/token"));
+                assert_eq!(meta["grant_types_supported"], json!(["client_credentials"]));
+            }
+
+            // Revoked, the client gets no more tokens.
+            let (code, _) = keys_cli(&url, &["revoke", &id]).await;
+            assert_eq!(code, 0);
+            let r = token_request(vec![basic], "grant_type=client_credentials".into()).await;
+            assert_eq!(r.status, 401, "{backend}: revoked: {}", r.body);
+        }
+    }
+
+    /// Base64 for HTTP Basic in the tests (the standard alphabet, padded).
+    mod base64_for_tests {
+        pub fn encode(bytes: &[u8]) -> String {
+            const A: &[u8; 64] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+            let mut out = String::new();
+            for chunk in bytes.chunks(3) {
+                let b = [
+                    chunk[0],
+                    *chunk.get(1).unwrap_or(&0),
+                    *chunk.get(2).unwrap_or(&0),
+                ];
+                let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+                for i in 0..4 {
+                    if i <= chunk.len() {
+                        out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                    } else {
+                        out.push('=');
+                    }
+                }
+            }
+            out
+        }
+    }
+
+    #[dataflow::model(tenant_scoped)]
+    pub struct Memo {
+        pub id: String,
+        pub text: String,
+    }
+
+    /// An application on `db` served on free loopback ports in this process.
+    async fn serve_app(
+        app: nexus::Nexus,
+    ) -> (std::sync::Arc<nexus::Nexus>, SocketAddr, SocketAddr) {
+        let app = std::sync::Arc::new(app);
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (h, m) = (http.local_addr().unwrap(), mcp.local_addr().unwrap());
+        let a = app.clone();
+        tokio::spawn(async move { a.serve_http_on(http).await });
+        let a = app.clone();
+        tokio::spawn(async move { a.serve_mcp_on(mcp).await });
+        (app, h, m)
+    }
+
+    /// The tenant claim is the call's tenant: a tenant-scoped model shows
+    /// each token only its tenant's rows, on HTTP and MCP; `X-Tenant-ID`
+    /// cannot override it; the actor is the token's `sub`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_tokens_tenant_scopes_the_data() {
+        let db = dataflow::DataFlow::builder(support::sqlite_url("auth-tenant"))
+            .models(&[&<Memo as dataflow::Model>::SCHEMA])
+            .multi_tenant(true)
+            .build()
+            .await
+            .unwrap();
+        let mut app = nexus::Nexus::builder()
+            .trust_tenant_header(true)
+            .auth(nexus::Auth::new().jwt_hs256(SECRET).tenant_claim("org"))
+            .build(db.clone())
+            .unwrap();
+        let mut add = dataflow::WorkflowBuilder::new();
+        add.add_node("MemoCreateNode", "memo", json!({"text": "{{text}}"}));
+        app.register("add_memo", add.build(&db).unwrap()).unwrap();
+        let mut list = dataflow::WorkflowBuilder::new();
+        list.add_node("MemoListNode", "memos", json!({}));
+        app.register("list_memos", list.build(&db).unwrap())
+            .unwrap();
+        let mut me = dataflow::WorkflowBuilder::new();
+        me.add_node("CallerNode", "me", json!({}));
+        app.register("whoami", me.build(&db).unwrap()).unwrap();
+        let (app, http, mcp) = serve_app(app).await;
+
+        let token = |org: &str| {
+            hs256(&json!({"sub": format!("user@{org}"), "org": org, "exp": now() + 600}))
+        };
+        let (acme, globex) = (token("acme"), token("globex"));
+        let run = |name: &'static str, token: String, extra: Vec<String>, body: Value| async move {
+            tokio::task::spawn_blocking(move || {
+                let auth = format!("Authorization: Bearer {token}");
+                let mut h = vec![auth.as_str()];
+                h.extend(extra.iter().map(String::as_str));
+                let body = json!({"inputs": body}).to_string();
+                request_with(
+                    http,
+                    "POST",
+                    &format!("/workflows/{name}/execute"),
+                    &h,
+                    Some(body.as_bytes()),
+                )
+            })
+            .await
+            .unwrap()
+        };
+        let r = run("add_memo", acme.clone(), vec![], json!({"text": "acme's"})).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["outputs"]["memo"]["tenant_id"], "acme");
+        let count = |r: support::http::Response| {
+            assert_eq!(r.status, 200, "{}", r.body);
+            r.json()["outputs"]["memos"]["count"].as_i64().unwrap()
+        };
+        assert_eq!(
+            count(run("list_memos", acme.clone(), vec![], json!({})).await),
+            1
+        );
+        assert_eq!(
+            count(run("list_memos", globex.clone(), vec![], json!({})).await),
+            0
+        );
+        let spoof = vec!["X-Tenant-ID: acme".to_string()];
+        assert_eq!(
+            count(run("list_memos", globex.clone(), spoof, json!({})).await),
+            0,
+            "the header never overrides the token's tenant"
+        );
+        let r = run("whoami", globex.clone(), vec![], json!({})).await;
+        assert_eq!(
+            r.json()["outputs"]["me"]["actor"],
+            "user@globex",
+            "{}",
+            r.body
+        );
+
+        let client = mcp_client_with(mcp, &globex).await;
+        let r = call(&client, "list_memos", &json!({})).await.unwrap();
+        assert_eq!(result_json(&r)["outputs"]["memos"]["count"], 0);
+        client.cancel().await.unwrap();
+        let client = mcp_client_with(mcp, &acme).await;
+        let r = call(&client, "list_memos", &json!({})).await.unwrap();
+        assert_eq!(result_json(&r)["outputs"]["memos"]["count"], 1);
+        let r = call(&client, "whoami", &json!({})).await.unwrap();
+        assert_eq!(result_json(&r)["outputs"]["me"]["tenant"], "acme");
+        client.cancel().await.unwrap();
+        app.shutdown();
+    }
+
+    /// Failed sign-ins from one address: past the limit, 429 `rate_limited`
+    /// with `Retry-After`, even for good credentials, until it may retry;
+    /// `/health` stays open; a request without credentials is no attempt.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_sign_ins_are_limited_per_address() {
+        let db = probe_db().await;
+        let mut app = nexus::Nexus::builder()
+            .auth(
+                nexus::Auth::new()
+                    .jwt_hs256(SECRET)
+                    .failed_attempts_per_minute(3),
+            )
+            .build(db.clone())
+            .unwrap();
+        app.register("count", probe_workflow(&db)).unwrap();
+        let (app, http, _) = serve_app(app).await;
+        let exec = |token: Option<String>| async move {
+            tokio::task::spawn_blocking(move || {
+                let h: Vec<String> = token
+                    .iter()
+                    .map(|t| format!("Authorization: Bearer {t}"))
+                    .collect();
+                let h: Vec<&str> = h.iter().map(String::as_str).collect();
+                request_with(http, "POST", "/workflows/count/execute", &h, Some(b"{}"))
+            })
+            .await
+            .unwrap()
+        };
+        for _ in 0..5 {
+            assert_eq!(
+                exec(None).await.status,
+                401,
+                "no credentials: not an attempt"
+            );
+        }
+        for i in 0..3 {
+            assert_eq!(
+                exec(Some(format!("guess-{i}"))).await.status,
+                401,
+                "attempt {i}"
+            );
+        }
+        let r = exec(Some("guess-4".into())).await;
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].as_str()),
+            (429, Some("rate_limited")),
+            "{}",
+            r.body
+        );
+        let retry: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+        let good = hs256(&json!({"sub": "ops", "exp": now() + 60}));
+        assert_eq!(
+            exec(Some(good.clone())).await.status,
+            429,
+            "blocked while waiting"
+        );
+        assert_eq!(get(http, "/health").await.status, 200);
+        // One attempt comes back every 20 s (3 a minute).
+        tokio::time::sleep(Duration::from_secs(retry + 1)).await;
+        let r = exec(Some(good)).await;
+        assert_eq!(r.status, 200, "after Retry-After: {}", r.body);
+        app.shutdown();
+    }
+
+    /// Options: auth on without a credential source, and keys that do not
+    /// parse, are `config` errors at build (never an open server).
+    #[tokio::test]
+    async fn auth_without_credentials_is_a_boot_error() {
+        let db = probe_db().await;
+        for (what, b) in [
+            (
+                "enable_auth alone",
+                nexus::Nexus::builder().enable_auth(true),
+            ),
+            (
+                "no source",
+                nexus::Nexus::builder().auth(nexus::Auth::new().jwt_issuer("x")),
+            ),
+            (
+                "short secret",
+                nexus::Nexus::builder().auth(nexus::Auth::new().jwt_hs256("short")),
+            ),
+            (
+                "bad PEM",
+                nexus::Nexus::builder().auth(nexus::Auth::new().jwt_rs256_pem("nope")),
+            ),
+            (
+                "missing JWKS",
+                nexus::Nexus::builder()
+                    .auth(nexus::Auth::new().jwks_file("/nonexistent/jwks.json")),
+            ),
+        ] {
+            let e = b
+                .build(db.clone())
+                .err()
+                .unwrap_or_else(|| panic!("{what}: built"));
+            assert_eq!(e.code().as_str(), "config", "{what}: {e}");
+        }
+        let debug = format!("{:?}", nexus::Auth::new().jwt_hs256(SECRET));
+        assert!(!debug.contains(SECRET), "Debug redacts the secret: {debug}");
+        let e = nexus::Nexus::builder().build(db.clone()).unwrap();
+        assert_eq!(
+            e.run_from(["app", "keys", "list"]).await,
+            std::process::ExitCode::from(8),
+            "keys without api_keys(true) is a config error"
+        );
+    }
+
+    /// A JWKS file: keys are matched by `kid`, and a changed file is read
+    /// again within a second, with no restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_changed_jwks_file_is_read_again() {
+        let dir = std::env::temp_dir().join(format!("nexus-jwks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("jwks.json");
+        let jwks = std::fs::read_to_string(fixture("jwks.json")).unwrap();
+        std::fs::write(&path, jwks.replace("\"rsa-1\"", "\"rsa-0\"")).unwrap();
+        let db = probe_db().await;
+        let mut app = nexus::Nexus::builder()
+            .auth(nexus::Auth::new().jwks_file(&path))
+            .build(db.clone())
+            .unwrap();
+        app.register("count", probe_workflow(&db)).unwrap();
+        let (app, http, _) = serve_app(app).await;
+        let token = rs256(&json!({"sub": "svc", "exp": now() + 600}), Some("rsa-1"));
+        let exec = |token: String| async move {
+            tokio::task::spawn_blocking(move || {
+                request_with(
+                    http,
+                    "POST",
+                    "/workflows/count/execute",
+                    &[&format!("Authorization: Bearer {token}")],
+                    Some(b"{}"),
+                )
+            })
+            .await
+            .unwrap()
+        };
+        let r = exec(token.clone()).await;
+        assert_eq!(r.status, 401, "no key with this kid yet: {}", r.body);
+        let r = exec(rs256(
+            &json!({"sub": "svc", "exp": now() + 600}),
+            Some("rsa-0"),
+        ))
+        .await;
+        assert_eq!(r.status, 200, "the kid in the file: {}", r.body);
+        std::fs::write(&path, &jwks).unwrap();
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let r = exec(token).await;
+        assert_eq!(r.status, 200, "the new file's key: {}", r.body);
+        app.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

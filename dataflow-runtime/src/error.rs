@@ -56,11 +56,18 @@ pub enum ErrorCode {
     /// The record changed since the caller read it: its `version` is not
     /// the `expected_version` (optimistic locking). Nothing was written.
     Conflict,
+    /// A server with authentication on could not tell who is calling: no
+    /// credentials, or ones it does not accept (bad signature, expired,
+    /// revoked, wrong issuer or audience).
+    Unauthenticated,
+    /// Too many requests from one source (failed sign-ins from one client
+    /// address); retry after the `Retry-After` seconds.
+    RateLimited,
 }
 
 impl ErrorCode {
     /// Every code, for tables (status mappings, documentation, tests).
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::Validation,
         ErrorCode::NotFound,
         ErrorCode::UniqueViolation,
@@ -81,6 +88,8 @@ impl ErrorCode {
         ErrorCode::Overloaded,
         ErrorCode::MethodNotAllowed,
         ErrorCode::Conflict,
+        ErrorCode::Unauthenticated,
+        ErrorCode::RateLimited,
     ];
 
     /// The code named `s` (the inverse of [`as_str`](Self::as_str)).
@@ -111,6 +120,8 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }
@@ -128,8 +139,12 @@ impl ErrorCode {
             | ErrorCode::Forbidden
             | ErrorCode::Conflict => 5,
             ErrorCode::MigrationBlocked => 6,
-            ErrorCode::Connection | ErrorCode::Timeout | ErrorCode::Overloaded => 7,
+            ErrorCode::Connection
+            | ErrorCode::Timeout
+            | ErrorCode::Overloaded
+            | ErrorCode::RateLimited => 7,
             ErrorCode::Config | ErrorCode::NotSupported => 8,
+            ErrorCode::Unauthenticated => 9,
             ErrorCode::Database | ErrorCode::Internal => 1,
             ErrorCode::TenantRequired => 5,
         }
@@ -152,6 +167,8 @@ impl ErrorCode {
             ErrorCode::Timeout => 504,
             ErrorCode::TooLarge => 413,
             ErrorCode::Forbidden => 403,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::RateLimited => 429,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Config | ErrorCode::NotSupported => 501,
             ErrorCode::Database | ErrorCode::Internal => 500,

@@ -38,6 +38,7 @@ pub mod migrate;
 mod migrations;
 mod node;
 pub mod nodes;
+mod raw;
 mod registry;
 mod rls;
 pub mod schema;

@@ -18,6 +18,8 @@ pub(crate) struct Shared {
     pub(crate) hub: Arc<Hub>,
     /// Runs started with `"mode": "async"`.
     pub(crate) runs: Arc<crate::runs::Runs>,
+    /// With `enable_auth(true)`: who may call, checked on both listeners.
+    pub(crate) auth: Option<Arc<crate::auth::Authenticator>>,
 }
 
 /// What the servers publish besides running workflows (the builder's
@@ -327,7 +329,7 @@ mod tests {
     use super::*;
 
     /// The README's error table: every code's HTTP status and CLI exit code.
-    const TABLE: [(&str, u16, u8); 20] = [
+    const TABLE: [(&str, u16, u8); 22] = [
         ("validation", 422, 3),
         ("not_found", 404, 4),
         ("unique_violation", 409, 5),
@@ -348,6 +350,8 @@ mod tests {
         ("overloaded", 503, 7),
         ("method_not_allowed", 405, 4),
         ("conflict", 409, 5),
+        ("unauthenticated", 401, 9),
+        ("rate_limited", 429, 7),
     ];
 
     #[test]
@@ -380,6 +384,8 @@ mod tests {
             ErrorCode::TooLarge,
             ErrorCode::Forbidden,
             ErrorCode::MethodNotAllowed,
+            ErrorCode::Unauthenticated,
+            ErrorCode::RateLimited,
         ] {
             assert!((400..500).contains(&code.http_status()), "{code}");
         }

@@ -41,7 +41,7 @@ fn json_type(schema: &Value) -> &str {
 
 /// Flags every `run <workflow>` has; an input with one of these names is
 /// set through `--inputs`.
-const RESERVED: [&str; 5] = ["json", "inputs", "url", "tenant", "as"];
+const RESERVED: [&str; 6] = ["json", "inputs", "url", "tenant", "as", "token"];
 
 /// `run <workflow>`: one subcommand per workflow, one flag per input.
 fn run_command(workflows: &[&Registered]) -> Command {
@@ -79,6 +79,12 @@ fn run_command(workflows: &[&Registered]) -> Command {
                     .long("tenant")
                     .value_name("TENANT")
                     .help("Run as this tenant (with --url: sent as X-Tenant-ID, which the server honours only with trust_tenant_header)"),
+            )
+            .arg(
+                Arg::new("token")
+                    .long("token")
+                    .value_name("TOKEN")
+                    .help("With --url: the credentials (a JWT or an API key), sent as `Authorization: Bearer`; default: the NEXUS_TOKEN variable"),
             )
             .arg(
                 Arg::new("as")
@@ -126,6 +132,7 @@ fn root(workflows: &[&Registered]) -> Command {
                 .arg(Arg::new("json").long("json").action(ArgAction::SetTrue)),
         )
         .subcommand(run_command(workflows))
+        .subcommand(keys_command())
         .subcommand(forwarded("models", "The models in the persisted registry"))
         .subcommand(forwarded(
             "migrate",
@@ -135,6 +142,195 @@ fn root(workflows: &[&Registered]) -> Command {
             "audit",
             "List or purge the audit log (see `audit --help`)",
         ))
+}
+
+/// `keys create | list | revoke`: the API keys of `Auth::api_keys(true)`.
+fn keys_command() -> Command {
+    let json = || {
+        Arg::new("json")
+            .long("json")
+            .action(ArgAction::SetTrue)
+            .help("Print the result as compact JSON")
+    };
+    Command::new("keys")
+        .about("Create, list and revoke API keys and OAuth clients (Auth::api_keys(true))")
+        .subcommand_required(true)
+        .subcommand(
+            Command::new("create")
+                .about("Make a key and print it once (only its hash is stored)")
+                .arg(
+                    Arg::new("name")
+                        .long("name")
+                        .required(true)
+                        .value_name("NAME"),
+                )
+                .arg(
+                    Arg::new("role")
+                        .long("role")
+                        .value_name("ROLE")
+                        .action(ArgAction::Append)
+                        .help("A role of the key (repeat for several)"),
+                )
+                .arg(Arg::new("tenant").long("tenant").value_name("TENANT"))
+                .arg(
+                    Arg::new("expires")
+                        .long("expires")
+                        .value_name("AGE")
+                        .help("Expire after 90s, 30m, 12h, 7d or 2w (default: never)"),
+                )
+                .arg(
+                    Arg::new("client")
+                        .long("client")
+                        .action(ArgAction::SetTrue)
+                        .help(
+                            "An OAuth client: prints a client id and secret for POST /oauth/token",
+                        ),
+                )
+                .arg(json()),
+        )
+        .subcommand(
+            Command::new("list")
+                .about("Every key, without secrets")
+                .arg(json()),
+        )
+        .subcommand(
+            Command::new("revoke")
+                .about("Revoke a key by id")
+                .arg(Arg::new("id").required(true).value_name("ID"))
+                .arg(json()),
+        )
+}
+
+/// `90s`, `30m`, `12h`, `7d`, `2w`.
+fn parse_age(flag: &str, s: &str) -> Result<std::time::Duration, Error> {
+    let bad = || {
+        Error::new(
+            ErrorCode::Validation,
+            format!(
+                "--{flag}: expected an age such as 90s, 30m, 12h, 7d or 2w, got `{}`",
+                Error::echo(s)
+            ),
+        )
+        .with_field(flag)
+    };
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(unit) {
+        Some(secs) if secs > 0 => Ok(std::time::Duration::from_secs(secs)),
+        _ => Err(bad()),
+    }
+}
+
+/// Runs a `keys` command against the application's database.
+async fn keys(app: &Nexus, m: &ArgMatches) -> Outcome {
+    let (cmd, sub) = match m.subcommand() {
+        Some(c) => c,
+        None => return Outcome::Exit(USAGE),
+    };
+    let json_out = sub.get_flag("json");
+    let store = match app.key_store() {
+        Ok(store) => store,
+        Err(e) => return fail(e, json_out),
+    };
+    let result = match cmd {
+        "create" => {
+            let expires = match sub.get_one::<String>("expires") {
+                Some(raw) => match parse_age("expires", raw) {
+                    Ok(d) => Some(d),
+                    Err(e) => return fail(e, json_out),
+                },
+                None => None,
+            };
+            store
+                .create(crate::auth::keys::NewKey {
+                    name: sub.get_one::<String>("name").cloned().unwrap_or_default(),
+                    roles: sub
+                        .get_many::<String>("role")
+                        .into_iter()
+                        .flatten()
+                        .cloned()
+                        .collect(),
+                    tenant: sub.get_one::<String>("tenant").cloned(),
+                    expires_in: expires,
+                    client: sub.get_flag("client"),
+                })
+                .await
+        }
+        "list" => store.list().await,
+        "revoke" => {
+            let id = sub.get_one::<String>("id").cloned().unwrap_or_default();
+            store
+                .revoke(&id)
+                .await
+                .map(|()| serde_json::json!({"id": id, "revoked": true}))
+        }
+        _ => return Outcome::Exit(USAGE),
+    };
+    match result {
+        Err(e) => fail(e, json_out),
+        Ok(v) if json_out => {
+            println!("{v}");
+            Outcome::Exit(0)
+        }
+        Ok(v) => {
+            match cmd {
+                "create" if v.get("client_id").is_some() => println!(
+                    "OAuth client `{}` created (shown once; only its hash is stored):\nclient_id:     {}\nclient_secret: {}",
+                    v["name"].as_str().unwrap_or_default(),
+                    v["client_id"].as_str().unwrap_or_default(),
+                    v["client_secret"].as_str().unwrap_or_default()
+                ),
+                "create" => println!(
+                    "API key `{}` ({}) created (shown once; only its hash is stored):\n{}",
+                    v["name"].as_str().unwrap_or_default(),
+                    v["id"].as_str().unwrap_or_default(),
+                    v["key"].as_str().unwrap_or_default()
+                ),
+                "list" => {
+                    println!(
+                        "{:<14} {:<22} {:<16} {:<20} {:<10} STATE",
+                        "ID", "PREFIX", "NAME", "ROLES", "TENANT"
+                    );
+                    for k in v.as_array().into_iter().flatten() {
+                        let state = if !k["revoked"].is_null() {
+                            "revoked".to_string()
+                        } else if let Some(e) = k["expires"].as_str() {
+                            format!("expires {e}")
+                        } else {
+                            "active".to_string()
+                        };
+                        let roles: Vec<&str> = k["roles"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .collect();
+                        println!(
+                            "{:<14} {:<22} {:<16} {:<20} {:<10} {}{}",
+                            k["id"].as_str().unwrap_or_default(),
+                            k["prefix"].as_str().unwrap_or_default(),
+                            k["name"].as_str().unwrap_or_default(),
+                            roles.join(","),
+                            k["tenant"].as_str().unwrap_or("-"),
+                            state,
+                            if k["client"] == true { " (client)" } else { "" }
+                        );
+                    }
+                }
+                _ => println!("revoked {}", v["id"].as_str().unwrap_or_default()),
+            }
+            Outcome::Exit(0)
+        }
+    }
 }
 
 /// A command handed whole to dataflow's own CLI (its arguments, `--help`
@@ -236,6 +432,7 @@ async fn remote(
     name: &str,
     inputs: Value,
     tenant: Option<&String>,
+    token: Option<String>,
 ) -> Result<Value, RunError> {
     let endpoint = format!("{}/workflows/{name}/execute", url.trim_end_matches('/'));
     let unreachable = |e: reqwest::Error| {
@@ -249,6 +446,9 @@ async fn remote(
         .json(&serde_json::json!({"inputs": inputs}));
     if let Some(t) = tenant {
         request = request.header(crate::identity::TENANT_HEADER, t);
+    }
+    if let Some(token) = token.filter(|t| !t.is_empty()) {
+        request = request.bearer_auth(token);
     }
     let response = request.send().await.map_err(unreachable)?;
     let status = response.status();
@@ -316,7 +516,11 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
             let result = match (inputs(w, sub), sub.get_one::<String>("url")) {
                 (Err(e), _) => Err(e.into()),
                 (Ok(inputs), Some(url)) => {
-                    remote(url, name, inputs, sub.get_one::<String>("tenant")).await
+                    let token = sub
+                        .get_one::<String>("token")
+                        .cloned()
+                        .or_else(|| std::env::var("NEXUS_TOKEN").ok());
+                    remote(url, name, inputs, sub.get_one::<String>("tenant"), token).await
                 }
                 (Ok(inputs), None) => match crate::identity::from_cli(
                     sub.get_one::<String>("tenant").map(String::as_str),
@@ -341,6 +545,7 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
                 Err(e) => fail(e, json_out),
             }
         }
+        Some(("keys", m)) => keys(app, m).await,
         Some((cmd @ ("models" | "migrate" | "audit"), m)) => {
             let mut argv = vec![args[0].clone(), cmd.into()];
             argv.extend(

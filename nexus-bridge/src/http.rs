@@ -34,11 +34,21 @@ pub(crate) fn router(state: AppState, policy: crate::security::Policy) -> Router
     if surface.events {
         api = api.route("/events", get(events));
     }
-    let api = api
+    let auth = state.auth.clone();
+    if let Some(auth) = &auth {
+        api = api.merge(crate::auth::oauth::routes(auth.clone(), ""));
+    }
+    let mut api = api
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(crate::channel::MAX_INPUT_BYTES))
         .with_state(state);
+    if let Some(auth) = auth {
+        api = api.layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::auth::middleware,
+        ));
+    }
     policy.apply(api)
 }
 
@@ -102,10 +112,15 @@ async fn run(
     State(s): State<AppState>,
     Path(name): Path<String>,
     headers: axum::http::HeaderMap,
+    identity: Option<axum::Extension<crate::auth::Identity>>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let context =
-        crate::identity::from_request("http", s.surface.trust_tenant_header, Some(&headers))?;
+    let context = crate::identity::from_request(
+        "http",
+        s.surface.trust_tenant_header,
+        Some(&headers),
+        identity.as_ref().map(|i| &i.0),
+    )?;
     let Json(body) = body.map_err(|e| {
         ApiError::from(if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large("request body")

@@ -15,6 +15,7 @@
 //! [`ErrorCode::http_status`], [`ErrorCode::exit_code`], and a tool error
 //! carrying [`error_body`].
 
+mod auth;
 mod channel;
 mod cli;
 mod http;
@@ -24,6 +25,7 @@ mod runs;
 mod security;
 mod serve;
 
+pub use auth::Auth;
 pub use channel::{error_body, failure_body, MAX_INPUT_BYTES};
 pub use dataflow;
 
@@ -83,6 +85,7 @@ pub struct NexusBuilder {
     allowed_hosts: Option<Vec<String>>,
     cors: Option<Vec<String>>,
     trust_tenant_header: bool,
+    auth: Option<Auth>,
 }
 
 impl Default for NexusBuilder {
@@ -112,6 +115,7 @@ impl Default for NexusBuilder {
             allowed_hosts: None,
             cors: None,
             trust_tenant_header: false,
+            auth: None,
         }
     }
 }
@@ -152,7 +156,11 @@ impl NexusBuilder {
         /// error names no others; a caller who knows a name still runs it on
         /// every channel. The CLI is the operator's and still lists them.
         enable_discovery: bool;
-        /// Only `false` (the default): auth and RBAC are not built yet.
+        /// Whether every request must prove who it comes from (default
+        /// off). On, it needs a credential source from
+        /// [`auth`](Self::auth) (else `build` fails with `config`, never an
+        /// open server); [`auth`](Self::auth) turns it on by itself. See
+        /// [`Auth`] for what stays open and how identities become contexts.
         enable_auth: bool;
         /// Only `false` (the default): idempotency keys and the run journal
         /// are not built yet.
@@ -246,6 +254,14 @@ impl NexusBuilder {
         self
     }
 
+    /// Authentication: the credential sources and rules (see [`Auth`]);
+    /// turns [`enable_auth`](Self::enable_auth) on.
+    pub fn auth(mut self, auth: Auth) -> Self {
+        self.auth = Some(auth);
+        self.enable_auth = true;
+        self
+    }
+
     /// Requests per second per caller: not built yet, so setting it fails
     /// `build` with `not_supported`.
     pub fn rate_limit(mut self, per_second: u32) -> Self {
@@ -261,7 +277,6 @@ impl NexusBuilder {
                 self.auto_discovery,
                 "auto_discovery(true) (registration never scans files; only false is supported)",
             ),
-            (self.enable_auth, "enable_auth(true) (auth and RBAC)"),
             (self.rate_limit.is_some(), "rate_limit (rate limiting)"),
             (
                 self.enable_durability,
@@ -295,6 +310,10 @@ impl NexusBuilder {
             discovery: self.enable_discovery,
             trust_tenant_header: self.trust_tenant_header,
         };
+        let auth = match self.enable_auth {
+            true => Some(Arc::new(auth::Authenticator::new(self.auth.as_ref(), &db)?)),
+            false => None,
+        };
         let runs = runs::Runs::new(runs::RunLimits {
             max_running: self.max_async_runs,
             max_kept: self.async_store_max_runs,
@@ -310,6 +329,7 @@ impl NexusBuilder {
                 surface,
                 hub: Arc::new(channel::Hub::new()),
                 runs: Arc::new(runs),
+                auth,
             },
         })
     }
@@ -437,6 +457,48 @@ impl Nexus {
         );
         self.shared.workflows = Arc::new(all);
         Ok(())
+    }
+
+    /// Makes an API key, as `keys create` does (needs
+    /// [`Auth::api_keys`]): `{"id", "name", "roles", "tenant", "created",
+    /// "expires", "key"}`, the key shown this once (only its hash is
+    /// stored). `expires_in: None` never expires.
+    pub async fn create_api_key(
+        &self,
+        name: &str,
+        roles: &[&str],
+        tenant: Option<&str>,
+        expires_in: Option<Duration>,
+    ) -> Result<Value> {
+        self.key_store()?
+            .create(auth::keys::NewKey {
+                name: name.to_string(),
+                roles: roles.iter().map(|r| r.to_string()).collect(),
+                tenant: tenant.map(str::to_string),
+                expires_in,
+                client: false,
+            })
+            .await
+    }
+
+    /// Revokes the API key (or OAuth client) `id`, as `keys revoke` does;
+    /// this process refuses it at once, others once their cache of it
+    /// expires ([`Auth::api_key_cache_ttl`]).
+    pub async fn revoke_api_key(&self, id: &str) -> Result<()> {
+        self.key_store()?.revoke(id).await
+    }
+
+    pub(crate) fn key_store(&self) -> Result<&auth::keys::Keys> {
+        self.shared
+            .auth
+            .as_ref()
+            .and_then(|a| a.keys.as_ref())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::Config,
+                    "API keys are off: build the app with `.auth(nexus::Auth::new().api_keys(true))`",
+                )
+            })
     }
 
     /// The registered workflows, in name order.

@@ -115,14 +115,18 @@ impl McpServer {
     /// (the caller's context comes from them).
     async fn call_with(
         &self,
-        headers: Option<&axum::http::HeaderMap>,
+        request: Option<&axum::http::request::Parts>,
         name: &str,
         arguments: Option<JsonObject>,
     ) -> std::result::Result<CallToolResult, ErrorData> {
         let known = self.shared.workflows.contains_key(name);
         let inputs = Value::Object(arguments.unwrap_or_default());
-        let context =
-            crate::identity::from_request("mcp", self.shared.surface.trust_tenant_header, headers);
+        let context = crate::identity::from_request(
+            "mcp",
+            self.shared.surface.trust_tenant_header,
+            request.map(|p| &p.headers),
+            request.and_then(|p| p.extensions.get::<crate::auth::Identity>()),
+        );
         let result = match context {
             Err(e) => Err(e.into()),
             Ok(_) if known && inputs.to_string().len() > MAX_INPUT_BYTES => {
@@ -170,12 +174,10 @@ impl ServerHandler for McpServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> std::result::Result<CallToolResponse, ErrorData> {
-        // Over streamable HTTP, rmcp hands over the request's head.
-        let headers = context
-            .extensions
-            .get::<axum::http::request::Parts>()
-            .map(|p| &p.headers);
-        self.call_with(headers, &request.name, request.arguments)
+        // Over streamable HTTP, rmcp hands over the request's head (with
+        // the identity the auth middleware verified for this very request).
+        let parts = context.extensions.get::<axum::http::request::Parts>();
+        self.call_with(parts, &request.name, request.arguments)
             .await
             .map(CallToolResponse::from)
     }
@@ -249,12 +251,23 @@ fn router_with(
         checking: tokio::sync::Mutex::new(()),
         opening: Arc::new(AtomicUsize::new(0)),
     });
+    let auth = server.shared.auth.clone();
     let service = StreamableHttpService::new(move || Ok(server.clone()), manager, config);
-    let app = axum::Router::new()
-        .nest_service(MCP_PATH, service)
+    let mut app = axum::Router::new().nest_service(MCP_PATH, service);
+    if let Some(auth) = &auth {
+        app = app.merge(crate::auth::oauth::routes(auth.clone(), MCP_PATH));
+    }
+    let mut app = app
         .fallback(crate::http::no_route)
         .layer(axum::middleware::from_fn_with_state(sessions, cap_sessions))
         .layer(axum::middleware::from_fn(too_large_as_json));
+    // Outside the session cap: an unauthenticated request opens nothing.
+    if let Some(auth) = auth {
+        app = app.layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::auth::middleware,
+        ));
+    }
     options.policy.apply(app)
 }
 
