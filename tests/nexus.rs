@@ -631,7 +631,6 @@ async fn options_for_missing_features_fail_at_build() {
     let db = probe_db().await;
     for b in [
         nexus::Nexus::builder().enable_auth(true),
-        nexus::Nexus::builder().rate_limit(100),
         nexus::Nexus::builder().auto_discovery(true),
     ] {
         let e = b.build(db.clone()).err().expect("refused");

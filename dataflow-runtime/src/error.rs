@@ -56,11 +56,14 @@ pub enum ErrorCode {
     /// The record changed since the caller read it: its `version` is not
     /// the `expected_version` (optimistic locking). Nothing was written.
     Conflict,
+    /// A server's rate limit refused the call (per caller, per workflow or
+    /// for the whole instance); the answer says when to retry.
+    RateLimited,
 }
 
 impl ErrorCode {
     /// Every code, for tables (status mappings, documentation, tests).
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::Validation,
         ErrorCode::NotFound,
         ErrorCode::UniqueViolation,
@@ -81,6 +84,7 @@ impl ErrorCode {
         ErrorCode::Overloaded,
         ErrorCode::MethodNotAllowed,
         ErrorCode::Conflict,
+        ErrorCode::RateLimited,
     ];
 
     /// The code named `s` (the inverse of [`as_str`](Self::as_str)).
@@ -111,6 +115,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }
@@ -128,7 +133,10 @@ impl ErrorCode {
             | ErrorCode::Forbidden
             | ErrorCode::Conflict => 5,
             ErrorCode::MigrationBlocked => 6,
-            ErrorCode::Connection | ErrorCode::Timeout | ErrorCode::Overloaded => 7,
+            ErrorCode::Connection
+            | ErrorCode::Timeout
+            | ErrorCode::Overloaded
+            | ErrorCode::RateLimited => 7,
             ErrorCode::Config | ErrorCode::NotSupported => 8,
             ErrorCode::Database | ErrorCode::Internal => 1,
             ErrorCode::TenantRequired => 5,
@@ -153,6 +161,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => 413,
             ErrorCode::Forbidden => 403,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::RateLimited => 429,
             ErrorCode::Config | ErrorCode::NotSupported => 501,
             ErrorCode::Database | ErrorCode::Internal => 500,
             ErrorCode::TenantRequired => 403,

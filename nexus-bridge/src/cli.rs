@@ -1,7 +1,7 @@
 //! The command line: the registered workflows as subcommands with typed
 //! flags derived from their input schemas.
 
-use crate::channel::{cli_error, too_large, MAX_INPUT_BYTES};
+use crate::channel::{cli_error, too_large, Caller, Origin, MAX_INPUT_BYTES};
 use crate::{Nexus, Registered};
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use dataflow::{Error, ErrorCode, RunError};
@@ -41,7 +41,7 @@ fn json_type(schema: &Value) -> &str {
 
 /// Flags every `run <workflow>` has; an input with one of these names is
 /// set through `--inputs`.
-const RESERVED: [&str; 5] = ["json", "inputs", "url", "tenant", "as"];
+const RESERVED: [&str; 6] = ["json", "inputs", "url", "tenant", "as", "role"];
 
 /// `run <workflow>`: one subcommand per workflow, one flag per input.
 fn run_command(workflows: &[&Registered]) -> Command {
@@ -85,6 +85,13 @@ fn run_command(workflows: &[&Registered]) -> Command {
                     .long("as")
                     .value_name("ACTOR")
                     .help("Run as this actor (recorded in audit rows and run events; in this process only)"),
+            )
+            .arg(
+                Arg::new("role")
+                    .long("role")
+                    .value_name("ROLE")
+                    .action(ArgAction::Append)
+                    .help("Run with this role (repeatable) to try the app's roles; without it this process runs as the operator, whom roles do not restrict (in this process only)"),
             );
         for (name, prop) in schema["properties"].as_object().into_iter().flatten() {
             if RESERVED.contains(&name.as_str()) {
@@ -310,19 +317,42 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
                     .into_iter()
                     .flatten()
                     .any(|a| a == "--json");
-                return fail(app.shared.unknown_workflow(name), json_out);
+                let operator = Caller::new(dataflow::Context::new(), Origin::Operator);
+                return fail(app.shared.unknown_workflow(&operator, name), json_out);
             };
             let json_out = sub.get_flag("json");
+            let roles: Vec<String> = sub
+                .get_many::<String>("role")
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
             let result = match (inputs(w, sub), sub.get_one::<String>("url")) {
                 (Err(e), _) => Err(e.into()),
+                (Ok(_), Some(_)) if !roles.is_empty() => Err(Error::new(
+                    ErrorCode::Validation,
+                    "--role tries roles in this process; a server takes the caller's roles from its credentials",
+                )
+                .with_field("role")
+                .into()),
                 (Ok(inputs), Some(url)) => {
                     remote(url, name, inputs, sub.get_one::<String>("tenant")).await
                 }
                 (Ok(inputs), None) => match crate::identity::from_cli(
                     sub.get_one::<String>("tenant").map(String::as_str),
                     sub.get_one::<String>("as").map(String::as_str),
+                    &roles,
                 ) {
-                    Ok(context) => app.shared.execute(context, name, inputs, "cli", None).await,
+                    Ok(context) => {
+                        // The operator, unless roles were asked for.
+                        let origin = if roles.is_empty() {
+                            Origin::Operator
+                        } else {
+                            Origin::InProcess
+                        };
+                        let caller = Caller::new(context, origin);
+                        app.shared.execute(caller, name, inputs, "cli").await
+                    }
                     Err(e) => Err(e.into()),
                 },
             };
