@@ -86,19 +86,17 @@ impl Role {
         self
     }
 
-    fn grants(&self, name: &str, needs: &Needs) -> bool {
-        if self.all || self.workflows.contains(name) {
-            return true;
-        }
-        match needs {
-            Needs::NameOnly => false,
-            Needs::Models(nodes) => nodes.iter().all(|(model, writes)| {
-                if *writes {
-                    self.write.contains(model)
-                } else {
-                    self.read.contains(model)
-                }
-            }),
+    /// Whether this role grants workflow `name` by itself (all, by name).
+    fn names(&self, name: &str) -> bool {
+        self.all || self.workflows.contains(name)
+    }
+
+    /// Whether this role grants reading (or writing) `model`.
+    fn model(&self, model: &str, writes: bool) -> bool {
+        if writes {
+            self.write.contains(model)
+        } else {
+            self.read.contains(model)
         }
     }
 }
@@ -193,12 +191,24 @@ impl Roles {
         })
     }
 
-    /// Whether `roles` grant workflow `name` (which needs `needs`).
+    /// Whether `roles` together grant workflow `name` (which needs
+    /// `needs`): one names it, or each of its nodes' models is granted by
+    /// one of them (a reader and a writer role may run a read-and-write
+    /// workflow).
     pub(crate) fn grants(&self, roles: &[String], name: &str, needs: &Needs) -> bool {
-        roles
-            .iter()
-            .filter_map(|r| self.roles.get(r))
-            .any(|role| role.grants(name, needs))
+        let held = || roles.iter().filter_map(|r| self.roles.get(r));
+        if held().any(|role| role.names(name)) {
+            return true;
+        }
+        match needs {
+            Needs::NameOnly => false,
+            Needs::Models(nodes) => {
+                !nodes.is_empty()
+                    && nodes
+                        .iter()
+                        .all(|(model, writes)| held().any(|role| role.model(model, *writes)))
+            }
+        }
     }
 
     /// A workflow name a role grants that is not registered: a typo that
@@ -243,11 +253,33 @@ mod tests {
         let r = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(roles.grants(&r(&["reader"]), "get_user", &read_user));
         assert!(!roles.grants(&r(&["reader"]), "create_user", &write_user));
-        assert!(!roles.grants(&r(&["empty"]), "get_user", &read_user), "no rules, nothing");
-        assert!(!roles.grants(&r(&["ghost"]), "get_user", &read_user), "unknown role, nothing");
-        assert!(!roles.grants(&[], "get_user", &read_user), "no roles, nothing");
+        assert!(
+            !roles.grants(&r(&["empty"]), "get_user", &read_user),
+            "no rules, nothing"
+        );
+        assert!(
+            !roles.grants(&r(&["ghost"]), "get_user", &read_user),
+            "unknown role, nothing"
+        );
+        assert!(
+            !roles.grants(&[], "get_user", &read_user),
+            "no roles, nothing"
+        );
         assert!(!roles.grants(&r(&["reader"]), "custom", &Needs::NameOnly));
         assert!(roles.grants(&r(&["named"]), "custom", &Needs::NameOnly));
         assert!(roles.grants(&r(&["ghost", "admin"]), "custom", &Needs::NameOnly));
+        let writer = Roles {
+            roles: [
+                ("reader".to_string(), Role::default().models_read(["User"])),
+                ("writer".to_string(), Role::default().models_write(["User"])),
+            ]
+            .into(),
+            ..roles
+        };
+        assert!(!writer.grants(&r(&["writer"]), "upsert", &write_user));
+        assert!(
+            writer.grants(&r(&["reader", "writer"]), "upsert", &write_user),
+            "roles add up"
+        );
     }
 }

@@ -181,9 +181,7 @@ impl Shared {
     pub(crate) fn may_call(&self, caller: &Caller, w: &Registered) -> bool {
         !self.access.enforced
             || !caller.checked()
-            || self
-                .access
-                .grants(&caller.context.roles, &w.name, &w.needs)
+            || self.access.grants(&caller.context.roles, &w.name, &w.needs)
     }
 
     /// The workflows listings show `caller` (`GET /workflows`,
