@@ -2723,3 +2723,63 @@ async fn workflow_and_global_limits() {
     );
     assert!(header(&r, "ratelimit").is_some_and(|v| v.starts_with("\"global\";r=0;t=")));
 }
+
+/// An MCP client talking to `server` (the stdio framing of `myapp mcp`)
+/// over a loopback TCP connection.
+async fn mcp_client_of(server: nexus::mcp::McpServer) -> RunningService<RoleClient, ()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let running = server.serve(stream).await.unwrap();
+        let _ = running.waiting().await;
+    });
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), ().serve(stream))
+        .await
+        .expect("MCP initialize in time")
+        .unwrap()
+}
+
+/// MCP `tools/list` shows each caller the tools its roles grant, and calls
+/// are checked the same way (`myapp mcp --role ...`, `McpServer::with_roles`);
+/// without roles the stdio server is the operator's and lists everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_tools_list_differs_by_role() {
+    let s = InProcess::start_with(rbac_roles(), register_rbac_workflows).await;
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["counter"], &["count"]),
+        (&["reader"], &["count"]),
+        (&["writer"], &["create"]),
+        (
+            &["reader", "writer"],
+            &["count", "create", "create_and_count"],
+        ),
+        (&["admin"], &["count", "create", "create_and_count", "slow"]),
+        (&["ghost"], &[]),
+        (&["nothing"], &[]),
+    ];
+    for (roles, tools) in cases {
+        let client = mcp_client_of(s.app.mcp_server().with_roles(roles.iter().copied())).await;
+        let listed: Vec<String> = client
+            .list_all_tools()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        assert_eq!(listed, *tools, "{roles:?}");
+        let r = call(&client, "slow", &json!({})).await.unwrap();
+        let allowed = tools.contains(&"slow");
+        assert_eq!(r.is_error == Some(true), !allowed, "{roles:?}: {r:?}");
+        if !allowed {
+            assert_eq!(result_json(&r)["error"]["code"], "forbidden");
+        }
+        client.cancel().await.unwrap();
+    }
+    let operator = mcp_client_of(s.app.mcp_server()).await;
+    assert_eq!(operator.list_all_tools().await.unwrap().len(), 4);
+    let r = call(&operator, "slow", &json!({})).await.unwrap();
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    operator.cancel().await.unwrap();
+}

@@ -12,8 +12,9 @@ use std::ffi::OsString;
 pub(crate) enum Outcome {
     /// `serve` (the default): the HTTP API and MCP over HTTP.
     Serve,
-    /// `mcp`: MCP over stdin/stdout.
-    McpStdio,
+    /// `mcp`: MCP over stdin/stdout, as the operator or (`--role`) as a
+    /// caller with these roles.
+    McpStdio(Vec<String>),
     /// A command that ran (or a usage error): the process exit code.
     Exit(u8),
 }
@@ -125,7 +126,14 @@ fn root(workflows: &[&Registered]) -> Command {
         )
         .subcommand(
             Command::new("mcp")
-                .about("Serve MCP over stdin/stdout (for an agent that starts this program)"),
+                .about("Serve MCP over stdin/stdout (for an agent that starts this program)")
+                .arg(
+                    Arg::new("role")
+                        .long("role")
+                        .value_name("ROLE")
+                        .action(ArgAction::Append)
+                        .help("Answer as a caller with this role (repeatable) to try the app's roles; without it the agent acts as the operator"),
+                ),
         )
         .subcommand(
             Command::new("workflows")
@@ -293,7 +301,13 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
     };
     match matches.subcommand() {
         None | Some(("serve", _)) => Outcome::Serve,
-        Some(("mcp", _)) => Outcome::McpStdio,
+        Some(("mcp", m)) => Outcome::McpStdio(
+            m.get_many::<String>("role")
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+        ),
         Some(("workflows", m)) => {
             if m.get_flag("json") {
                 println!(

@@ -681,7 +681,11 @@ impl Nexus {
         }
         let served = match cli::dispatch(self, args.into_iter().map(Into::into).collect()).await {
             cli::Outcome::Serve => self.serve().await,
-            cli::Outcome::McpStdio => self.serve_mcp_stdio().await,
+            cli::Outcome::McpStdio(roles) if roles.is_empty() => self.serve_mcp_stdio().await,
+            cli::Outcome::McpStdio(roles) => match self.check_names() {
+                Ok(()) => mcp::serve_stdio(self.mcp_server().with_roles(roles)).await,
+                Err(e) => Err(e),
+            },
             cli::Outcome::Exit(code) => return ExitCode::from(code),
         };
         match served {

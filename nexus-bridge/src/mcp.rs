@@ -66,6 +66,8 @@ pub struct McpServer {
     /// Served over streamable HTTP: callers are remote (roles and rate
     /// limits apply). Otherwise (stdio, direct calls) the operator calls.
     remote: bool,
+    /// Not remote: answer as a caller with these roles (`mcp --role`).
+    roles: Option<Vec<String>>,
 }
 
 impl McpServer {
@@ -73,24 +75,41 @@ impl McpServer {
         McpServer {
             shared,
             remote: false,
+            roles: None,
         }
+    }
+
+    /// This server answering over stdio (or any stream) as a caller with
+    /// `roles` instead of the operator: `tools/list` and every call are
+    /// checked against them, as `myapp mcp --role reader` does, to try the
+    /// app's roles. Over streamable HTTP the roles come from each request.
+    pub fn with_roles<I, S>(mut self, roles: I) -> McpServer
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.roles = Some(roles.into_iter().map(Into::into).collect());
+        self
     }
 
     /// The caller of an MCP request: over HTTP, the context identity builds
     /// from the request's head, from the client's address (no head at all
-    /// is a caller without roles: fail closed); over stdio, the operator.
+    /// is a caller without roles: fail closed); over stdio, the operator, or
+    /// a caller with the roles of [`with_roles`](Self::with_roles).
     fn caller(&self, head: Option<&axum::http::request::Parts>) -> Result<Caller> {
         let context = crate::identity::from_request(
             "mcp",
             self.shared.surface.trust_tenant_header,
             head.map(|p| &p.headers),
         )?;
-        let origin = if self.remote {
-            Origin::Remote(head.and_then(|p| crate::http::client_addr(&p.extensions)))
-        } else {
-            Origin::Operator
-        };
-        Ok(Caller::new(context, origin))
+        Ok(match (&self.roles, self.remote) {
+            (_, true) => Caller::new(
+                context,
+                Origin::Remote(head.and_then(|p| crate::http::client_addr(&p.extensions))),
+            ),
+            (Some(roles), false) => Caller::new(context.roles(roles.clone()), Origin::InProcess),
+            (None, false) => Caller::new(context, Origin::Operator),
+        })
     }
 
     /// The tool published for a registered workflow.
