@@ -292,7 +292,6 @@ async fn main() {
     let nexus_get = format!("http://{nexus_addr}/workflows/get_user/execute");
     let check = tokio::task::spawn_blocking({
         let (id, raw_addr, nexus_addr) = (id.clone(), raw_addr, nexus_addr);
-        let limited_addr = limited_addr;
         move || {
             let get = |addr: SocketAddr, method: &str, path: &str, body: &str| -> String {
                 use std::io::{Read, Write};
