@@ -2591,7 +2591,9 @@ fn header<'a>(r: &'a support::http::Response, name: &str) -> Option<&'a str> {
 /// the CLI with `--url` (exit 7).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_refuse_one_caller_and_spare_another() {
-    const LIMIT: u32 = 30;
+    // One call back every 6 s after the burst: the checks after the flood
+    // run well within it, even on a loaded machine.
+    const LIMIT: u32 = 10;
     let s = InProcess::start(nexus::Nexus::builder().rate_limit(LIMIT)).await;
     let path = "/workflows/count/execute";
     let started = Instant::now();
@@ -2601,7 +2603,7 @@ async fn rate_limits_refuse_one_caller_and_spare_another() {
         match r.status {
             200 => {
                 ok += 1;
-                assert_eq!(header(&r, "ratelimit-policy"), Some("\"caller\";q=30;w=60"));
+                assert_eq!(header(&r, "ratelimit-policy"), Some("\"caller\";q=10;w=60"));
                 assert!(header(&r, "ratelimit").is_some_and(|v| v.starts_with("\"caller\";r=")));
             }
             429 => last_refusal = Some(r),
@@ -2629,12 +2631,12 @@ async fn rate_limits_refuse_one_caller_and_spare_another() {
     );
     let retry: u64 = header(&refused, "retry-after").unwrap().parse().unwrap();
     assert!(
-        (1..=2).contains(&retry),
+        (1..=6).contains(&retry),
         "one call back within 60 / {LIMIT} s: {retry}"
     );
     assert_eq!(
         header(&refused, "ratelimit-policy"),
-        Some("\"caller\";q=30;w=60")
+        Some("\"caller\";q=10;w=60")
     );
     assert_eq!(
         header(&refused, "ratelimit"),
