@@ -642,7 +642,7 @@ async fn discovery_health_openapi_and_tools() {
 async fn options_for_missing_features_fail_at_build() {
     let db = probe_db().await;
     for b in [
-        nexus::Nexus::builder().rate_limit(100),
+        nexus::Nexus::builder().enable_sessions(true),
         nexus::Nexus::builder().auto_discovery(true),
     ] {
         let e = b.build(db.clone()).err().expect("refused");
@@ -3178,4 +3178,493 @@ mod auth {
         app.shutdown();
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+/// The workflows the RBAC tests register besides `count` (ProbeCountNode,
+/// reads Probe): `create` (writes Probe), `create_and_count` (writes and
+/// reads Probe) and `slow` (a hand-written node: granted only by name).
+fn register_rbac_workflows(app: &mut nexus::Nexus, db: &dataflow::DataFlow) {
+    let mut create = dataflow::WorkflowBuilder::new();
+    create.add_node("ProbeCreateNode", "create", json!({"id": "{{id}}"}));
+    app.register("create", create.build(db).unwrap()).unwrap();
+    let mut both = dataflow::WorkflowBuilder::new();
+    both.add_node("ProbeCreateNode", "create", json!({"id": "{{id}}"}))
+        .add_node("ProbeCountNode", "count", json!({}));
+    app.register("create_and_count", both.build(db).unwrap())
+        .unwrap();
+    let mut slow = dataflow::WorkflowBuilder::new();
+    slow.add_node("SlowNode", "slow", json!({"ms": 0}));
+    app.register("slow", slow.build(db).unwrap()).unwrap();
+}
+
+fn rbac_roles() -> nexus::NexusBuilder {
+    nexus::Nexus::builder()
+        .role("counter", |r| r.workflows(["count"]))
+        .role("reader", |r| r.models_read(["Probe"]))
+        .role("writer", |r| r.models_write(["Probe"]))
+        .role("nothing", |r| r)
+        .role("admin", |r| r.all())
+}
+
+/// Roles decide what a context may run: by name, by model (read / write
+/// through generated nodes), or all; unknown roles, roles without rules and
+/// no roles grant nothing; the operator and `Context::system()` are exempt.
+/// In process (`execute_in`) and on the in-process CLI with `--role`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_decide_what_a_context_may_run() {
+    let s = InProcess::start_with(rbac_roles(), register_rbac_workflows).await;
+    let app = &s.app;
+    let as_roles = |roles: &[&str]| dataflow::Context::new().roles(roles.iter().copied());
+    let mut n = 0;
+    let mut inputs = |name: &str| {
+        n += 1;
+        match name {
+            "create" | "create_and_count" => json!({"id": format!("p{n}")}),
+            _ => json!({}),
+        }
+    };
+    let cases: &[(&[&str], &str, bool)] = &[
+        (&["counter"], "count", true),
+        (&["counter"], "create", false),
+        (&["counter"], "slow", false),
+        (&["reader"], "count", true),
+        (&["reader"], "create", false),
+        (&["reader"], "slow", false),
+        (&["writer"], "create", true),
+        (&["writer"], "count", false),
+        (&["writer"], "create_and_count", false),
+        (&["reader", "writer"], "create_and_count", true),
+        (&["nothing"], "count", false),
+        (&["ghost"], "count", false),
+        (&[], "count", false),
+        (&["ghost", "admin"], "slow", true),
+    ];
+    for (roles, name, allowed) in cases {
+        let result = app.execute_in(as_roles(roles), name, inputs(name)).await;
+        match (allowed, result) {
+            (true, Ok(out)) => assert!(out["run_id"].is_string()),
+            (false, Err(e)) => {
+                assert_eq!(e.code().as_str(), "forbidden", "{roles:?} {name}: {e}");
+                assert_eq!(e.code().http_status(), 403);
+                assert!(e.message().contains(name), "{e}");
+            }
+            (allowed, r) => panic!("{roles:?} {name}: expected allowed={allowed}, got {r:?}"),
+        }
+    }
+    // Nothing ran for the refused writes: only the admitted creates wrote.
+    let count = app.execute("count", json!({})).await.unwrap();
+    assert_eq!(count["outputs"]["count"]["count"], 2);
+    // The operator and the system context are not restricted by roles.
+    app.execute("slow", json!({})).await.unwrap();
+    app.execute_in(dataflow::Context::system(), "slow", json!({}))
+        .await
+        .unwrap();
+
+    // The in-process CLI: the operator unless `--role` is given.
+    let run = |args: &'static [&'static str]| async move {
+        let mut argv = vec!["app", "run"];
+        argv.extend_from_slice(args);
+        argv.push("--json");
+        app.run_from(argv).await
+    };
+    assert_eq!(run(&["slow"]).await, std::process::ExitCode::SUCCESS);
+    assert_eq!(
+        run(&["slow", "--role", "reader"]).await,
+        std::process::ExitCode::from(5),
+        "forbidden exits 5"
+    );
+    assert_eq!(
+        run(&["slow", "--role", "reader", "--role", "admin"]).await,
+        std::process::ExitCode::SUCCESS
+    );
+    assert_eq!(
+        run(&["count", "--role", "reader"]).await,
+        std::process::ExitCode::SUCCESS
+    );
+    assert_eq!(
+        run(&["count", "--role", "ghost"]).await,
+        std::process::ExitCode::from(5)
+    );
+    let url = format!("http://{}", s.http);
+    let remote_role: Vec<&str> = vec!["app", "run", "count", "--role", "admin", "--url", &url];
+    assert_eq!(
+        app.run_from(remote_role).await,
+        std::process::ExitCode::from(3),
+        "--role is not sent to a server: a validation error"
+    );
+}
+
+/// Over the listeners a caller's roles come from its credentials (the auth
+/// issue); without any, a caller has no roles and so runs, sees and lists
+/// nothing once roles are declared: 403 `forbidden` (or 404 with
+/// `forbidden_as_not_found`), empty `/workflows`, `/openapi.json` and MCP
+/// `tools/list` (all of them with `list_forbidden_workflows`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_without_roles_gets_nothing_over_http_and_mcp() {
+    let s = InProcess::start_with(rbac_roles(), register_rbac_workflows).await;
+    let (status, body) = s.execute("count").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    let (status, body) = s.execute("nope").await;
+    assert_eq!(status, 404);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        !message.contains("count"),
+        "lists no forbidden name: {message}"
+    );
+    assert_eq!(
+        get(s.http, "/workflows").await.json()["workflows"],
+        json!([])
+    );
+    assert_eq!(
+        get(s.http, "/openapi.json").await.json()["paths"],
+        json!({})
+    );
+    let r = get(s.http, "/workflows/count").await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let client = s.mcp_client().await;
+    assert!(
+        client.list_all_tools().await.unwrap().is_empty(),
+        "tools/list"
+    );
+    let r = call(&client, "count", &json!({})).await.unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert_eq!(result_json(&r)["error"]["code"], "forbidden");
+    client.cancel().await.unwrap();
+    // Nothing was written by the refused calls; the operator still runs all.
+    let (status, _) = s.execute("create").await;
+    assert_eq!(status, 403);
+    let count = s.app.execute("count", json!({})).await.unwrap();
+    assert_eq!(count["outputs"]["count"]["count"], 0);
+
+    let hidden = InProcess::start_with(
+        rbac_roles().forbidden_as_not_found(true),
+        register_rbac_workflows,
+    )
+    .await;
+    let (status, body) = hidden.execute("count").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    assert_eq!(
+        hidden.execute("nope").await.1["error"]["message"]
+            .as_str()
+            .map(|m| m.replace("nope", "count")),
+        body["error"]["message"].as_str().map(String::from),
+        "a forbidden name reads like an unknown one"
+    );
+    let client = hidden.mcp_client().await;
+    match call(&client, "count", &json!({})).await {
+        Err(ServiceError::McpError(e)) => assert_eq!(e.code, RpcCode::INVALID_PARAMS),
+        other => panic!("a hidden tool is no tool: {other:?}"),
+    }
+    client.cancel().await.unwrap();
+
+    let listed = InProcess::start_with(
+        rbac_roles().list_forbidden_workflows(true),
+        register_rbac_workflows,
+    )
+    .await;
+    assert_eq!(
+        get(listed.http, "/workflows").await.json()["workflows"]
+            .as_array()
+            .map(Vec::len),
+        Some(4)
+    );
+    let client = listed.mcp_client().await;
+    assert_eq!(client.list_all_tools().await.unwrap().len(), 4);
+    let r = call(&client, "count", &json!({})).await.unwrap();
+    assert_eq!(
+        result_json(&r)["error"]["code"],
+        "forbidden",
+        "listed, still refused"
+    );
+    client.cancel().await.unwrap();
+}
+
+/// Role mistakes are configuration errors: a duplicate role or an unknown
+/// model at `build`, a workflow that is never registered when serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_mistakes_are_config_errors() {
+    let db = probe_db().await;
+    for b in [
+        nexus::Nexus::builder()
+            .role("a", |r| r)
+            .role("a", |r| r.all()),
+        nexus::Nexus::builder().role("a", |r| r.models_read(["Nope"])),
+        nexus::Nexus::builder().role("a b", |r| r.all()),
+        nexus::Nexus::builder().rate_limit(0),
+    ] {
+        let e = b.build(db.clone()).err().expect("refused");
+        assert_eq!(e.code().as_str(), "config", "{e}");
+    }
+    let mut app = nexus::Nexus::builder()
+        .role("a", |r| r.workflows(["typo"]))
+        .build(db.clone())
+        .unwrap();
+    app.register("count", probe_workflow(&db)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = app.serve_http_on(listener).await.unwrap_err();
+    assert_eq!(e.code().as_str(), "config");
+    assert!(e.message().contains("typo"), "{e}");
+    assert_eq!(
+        app.run_from(["app", "run", "count"]).await,
+        std::process::ExitCode::from(8)
+    );
+}
+
+/// `POST path` with `body` from the local address `source` (another
+/// loopback address is another client).
+async fn post_from(
+    source: &str,
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+) -> support::http::Response {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    support::http::Response {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+fn header<'a>(r: &'a support::http::Response, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `rate_limit(n)` per caller per minute: ten times the limit from one
+/// client, in bounded time, never lets more than the burst plus what GCRA
+/// refills meanwhile through; the refusals are 429 `rate_limited` with
+/// `Retry-After` and the IETF `RateLimit-Policy` / `RateLimit` headers;
+/// another client is unaffected; after `Retry-After` the first client
+/// succeeds again. The same counters refuse it on MCP (a tool error) and
+/// the CLI with `--url` (exit 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_refuse_one_caller_and_spare_another() {
+    // One call back every 6 s after the burst: the checks after the flood
+    // run well within it, even on a loaded machine.
+    const LIMIT: u32 = 10;
+    let s = InProcess::start(nexus::Nexus::builder().rate_limit(LIMIT)).await;
+    let path = "/workflows/count/execute";
+    let started = Instant::now();
+    let (mut ok, mut last_refusal) = (0u32, None);
+    for _ in 0..LIMIT * 10 {
+        let r = post_from("127.0.0.1", s.http, path, "{}").await;
+        match r.status {
+            200 => {
+                ok += 1;
+                assert_eq!(header(&r, "ratelimit-policy"), Some("\"caller\";q=10;w=60"));
+                assert!(header(&r, "ratelimit").is_some_and(|v| v.starts_with("\"caller\";r=")));
+            }
+            429 => last_refusal = Some(r),
+            other => panic!("only 200 or 429: {other} {}", r.body),
+        }
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(30),
+        "bounded in time: {elapsed:?}"
+    );
+    // GCRA refills one call every 60 / LIMIT seconds after the burst.
+    let refilled = (elapsed.as_secs_f64() / (60.0 / f64::from(LIMIT))).ceil() as u32;
+    assert!(ok >= LIMIT, "the burst goes through: {ok}");
+    assert!(
+        ok <= LIMIT + refilled,
+        "{ok} > {LIMIT} + {refilled} in {elapsed:?}"
+    );
+    let refused = last_refusal.expect("some calls were refused");
+    assert_eq!(
+        refused.json()["error"]["code"],
+        "rate_limited",
+        "{}",
+        refused.body
+    );
+    let retry: u64 = header(&refused, "retry-after").unwrap().parse().unwrap();
+    assert!(
+        (1..=6).contains(&retry),
+        "one call back within 60 / {LIMIT} s: {retry}"
+    );
+    assert_eq!(
+        header(&refused, "ratelimit-policy"),
+        Some("\"caller\";q=10;w=60")
+    );
+    assert_eq!(
+        header(&refused, "ratelimit"),
+        Some(format!("\"caller\";r=0;t={retry}").as_str())
+    );
+
+    // Another client has its own allowance.
+    let other = post_from("127.0.0.2", s.http, path, "{}").await;
+    assert_eq!(other.status, 200, "{}", other.body);
+    // The same client is refused on MCP and on the CLI with --url.
+    let client = s.mcp_client().await;
+    let r = call(&client, "count", &json!({})).await.unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert_eq!(result_json(&r)["error"]["code"], "rate_limited");
+    let url = format!("http://{}", s.http);
+    let remote: Vec<&str> = vec!["app", "run", "count", "--url", &url, "--json"];
+    assert_eq!(
+        s.app.run_from(remote).await,
+        std::process::ExitCode::from(7)
+    );
+    // In process nothing is limited.
+    s.app.execute("count", json!({})).await.unwrap();
+
+    // Retry-After is honoured: after it the client succeeds again.
+    tokio::time::sleep(Duration::from_secs(retry)).await;
+    let again = post_from("127.0.0.1", s.http, path, "{}").await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    client.cancel().await.unwrap();
+}
+
+/// A per-workflow limit counts each caller's calls of that workflow only;
+/// the global limit counts every caller's calls together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_and_global_limits() {
+    let s = InProcess::start_with(
+        nexus::Nexus::builder().rate_limit_workflow("count", 2),
+        register_rbac_workflows,
+    )
+    .await;
+    let count = "/workflows/count/execute";
+    for _ in 0..2 {
+        assert_eq!(
+            post_from("127.0.0.1", s.http, count, "{}").await.status,
+            200
+        );
+    }
+    let r = post_from("127.0.0.1", s.http, count, "{}").await;
+    assert_eq!(
+        (r.status, header(&r, "ratelimit-policy")),
+        (429, Some("\"workflow:count\";q=2;w=60")),
+        "{}",
+        r.body
+    );
+    let slow = "/workflows/slow/execute";
+    assert_eq!(
+        post_from("127.0.0.1", s.http, slow, "{}").await.status,
+        200,
+        "another workflow"
+    );
+    assert_eq!(
+        post_from("127.0.0.2", s.http, count, "{}").await.status,
+        200,
+        "another caller"
+    );
+
+    let g = InProcess::start(nexus::Nexus::builder().rate_limit_global(3).rate_limit(100)).await;
+    let mut statuses = Vec::new();
+    for source in [
+        "127.0.0.1",
+        "127.0.0.2",
+        "127.0.0.3",
+        "127.0.0.4",
+        "127.0.0.5",
+    ] {
+        statuses.push(post_from(source, g.http, count, "{}").await.status);
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 429, 429],
+        "three calls a minute in all"
+    );
+    let r = post_from("127.0.0.6", g.http, count, "{}").await;
+    assert_eq!(
+        header(&r, "ratelimit-policy"),
+        Some("\"caller\";q=100;w=60, \"global\";q=3;w=60")
+    );
+    assert!(header(&r, "ratelimit").is_some_and(|v| v.starts_with("\"global\";r=0;t=")));
+}
+
+/// An MCP client talking to `server` (the stdio framing of `myapp mcp`)
+/// over a loopback TCP connection.
+async fn mcp_client_of(server: nexus::mcp::McpServer) -> RunningService<RoleClient, ()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let running = server.serve(stream).await.unwrap();
+        let _ = running.waiting().await;
+    });
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), ().serve(stream))
+        .await
+        .expect("MCP initialize in time")
+        .unwrap()
+}
+
+/// MCP `tools/list` shows each caller the tools its roles grant, and calls
+/// are checked the same way (`myapp mcp --role ...`, `McpServer::with_roles`);
+/// without roles the stdio server is the operator's and lists everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_tools_list_differs_by_role() {
+    let s = InProcess::start_with(rbac_roles(), register_rbac_workflows).await;
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["counter"], &["count"]),
+        (&["reader"], &["count"]),
+        (&["writer"], &["create"]),
+        (
+            &["reader", "writer"],
+            &["count", "create", "create_and_count"],
+        ),
+        (&["admin"], &["count", "create", "create_and_count", "slow"]),
+        (&["ghost"], &[]),
+        (&["nothing"], &[]),
+    ];
+    for (roles, tools) in cases {
+        let client = mcp_client_of(s.app.mcp_server().with_roles(roles.iter().copied())).await;
+        let listed: Vec<String> = client
+            .list_all_tools()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        assert_eq!(listed, *tools, "{roles:?}");
+        let r = call(&client, "slow", &json!({})).await.unwrap();
+        let allowed = tools.contains(&"slow");
+        assert_eq!(r.is_error == Some(true), !allowed, "{roles:?}: {r:?}");
+        if !allowed {
+            assert_eq!(result_json(&r)["error"]["code"], "forbidden");
+        }
+        client.cancel().await.unwrap();
+    }
+    let operator = mcp_client_of(s.app.mcp_server()).await;
+    assert_eq!(operator.list_all_tools().await.unwrap().len(), 4);
+    let r = call(&operator, "slow", &json!({})).await.unwrap();
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    operator.cancel().await.unwrap();
 }

@@ -60,8 +60,9 @@ pub enum ErrorCode {
     /// credentials, or ones it does not accept (bad signature, expired,
     /// revoked, wrong issuer or audience).
     Unauthenticated,
-    /// Too many requests from one source (failed sign-ins from one client
-    /// address); retry after the `Retry-After` seconds.
+    /// A rate limit refused the call: per caller, per workflow or for the
+    /// whole instance, or too many failed sign-ins from one client address;
+    /// the answer says when to retry (`Retry-After`).
     RateLimited,
 }
 

@@ -1,10 +1,12 @@
 //! What every channel shares: running a registered workflow, the output
 //! shape, and how each channel reports an error.
 
+use crate::limits::{Decision, Limit};
 use crate::Registered;
-use dataflow::{DataFlow, Error, ErrorCode, RunError};
+use dataflow::{Context, DataFlow, Error, ErrorCode, RunError, Workflow};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,6 +22,110 @@ pub(crate) struct Shared {
     pub(crate) runs: Arc<crate::runs::Runs>,
     /// With `enable_auth(true)`: who may call, checked on both listeners.
     pub(crate) auth: Option<Arc<crate::auth::Authenticator>>,
+    /// Who may call which workflow.
+    pub(crate) access: Arc<crate::access::Roles>,
+    /// The rate limits calls over a listener are checked against.
+    pub(crate) limits: Arc<crate::limits::RateLimits>,
+}
+
+/// Where a call comes from, which decides what is checked before it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Whoever runs the program: the in-process CLI without `--role`, MCP
+    /// over stdio, `Nexus::execute`. Neither roles nor rate limits apply.
+    Operator,
+    /// A context of its own in this process (`Nexus::execute_in`, the CLI
+    /// with `--role`): its roles decide; no rate limits.
+    InProcess,
+    /// Over a listener (the HTTP API, MCP over HTTP), from this address when
+    /// known: its roles decide, and rate limits apply.
+    Remote(Option<IpAddr>),
+}
+
+/// Who is calling: the context identity built, and where it came from.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    pub(crate) context: Context,
+    pub(crate) origin: Origin,
+}
+
+impl Caller {
+    pub(crate) fn new(context: Context, origin: Origin) -> Caller {
+        Caller { context, origin }
+    }
+
+    /// Whether roles decide: not for the operator, nor for the explicit
+    /// `Context::system()` escape hatch.
+    fn checked(&self) -> bool {
+        self.origin != Origin::Operator && !self.context.system
+    }
+
+    /// The key its rate limits count under: the actor, else the client's
+    /// address; callers with neither share one key. `None`: not limited.
+    fn rate_key(&self) -> Option<String> {
+        let Origin::Remote(address) = self.origin else {
+            return None;
+        };
+        Some(match (&self.context.actor, address) {
+            (Some(actor), _) => format!("actor:{actor}"),
+            (None, Some(ip)) => format!("ip:{ip}"),
+            (None, None) => "anonymous".to_string(),
+        })
+    }
+}
+
+/// A call that passed the gate ([`Shared::admit`]): the only way to run a
+/// workflow, so no channel can skip the checks.
+pub(crate) struct Admission {
+    context: Context,
+    name: String,
+    workflow: Workflow,
+    /// The rate limits' state after this call, for the `RateLimit` headers.
+    pub(crate) rate: Option<RateState>,
+}
+
+/// A call the gate refused, with the rate limits' state when a limit did.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) error: Error,
+    pub(crate) rate: Option<RateState>,
+}
+
+impl From<Error> for Refusal {
+    fn from(error: Error) -> Self {
+        Refusal { error, rate: None }
+    }
+}
+
+/// The IETF `RateLimit-Policy` / `RateLimit` headers of a call, and
+/// `Retry-After` when it was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RateState {
+    pub(crate) policy: String,
+    pub(crate) state: String,
+    pub(crate) retry_after: Option<u64>,
+}
+
+impl RateState {
+    /// The headers after these checks: every limit applied in the policy,
+    /// the one with the least room (or the one that refused) in `RateLimit`.
+    fn of(applied: &[(&Limit, Decision)]) -> Option<RateState> {
+        let (limit, decision) = applied.iter().min_by_key(|(_, d)| match d {
+            Decision::Limited { .. } => None,
+            d => Some(d.remaining()),
+        })?;
+        let policy: Vec<String> = applied.iter().map(|(l, _)| l.policy_header()).collect();
+        Some(RateState {
+            policy: policy.join(", "),
+            state: decision.header(limit),
+            retry_after: match decision {
+                Decision::Limited { retry_after } => {
+                    Some(crate::limits::whole_seconds(*retry_after).max(1))
+                }
+                Decision::Allowed { .. } => None,
+            },
+        })
+    }
 }
 
 /// What the servers publish besides running workflows (the builder's
@@ -58,11 +164,11 @@ pub(crate) fn too_large_over(what: &str, limit: usize) -> Error {
 }
 
 impl Shared {
-    /// The error for a workflow name nobody registered: it lists the
-    /// registered names unless discovery is off.
-    pub(crate) fn unknown_workflow(&self, name: &str) -> Error {
+    /// The error for a workflow name nobody registered: it lists the names
+    /// `caller` may see unless discovery is off.
+    pub(crate) fn unknown_workflow(&self, caller: &Caller, name: &str) -> Error {
         let message = if self.surface.discovery {
-            let known: Vec<&str> = self.workflows.keys().map(String::as_str).collect();
+            let known: Vec<&str> = self.visible(caller).map(|w| w.name.as_str()).collect();
             format!(
                 "no workflow named `{name}`; registered: {}",
                 known.join(", ")
@@ -71,6 +177,103 @@ impl Shared {
             format!("no workflow named `{}`", Error::echo(name))
         };
         Error::new(ErrorCode::NotFound, message)
+    }
+
+    /// Whether `caller` may run `w` (always, while no roles are enforced).
+    pub(crate) fn may_call(&self, caller: &Caller, w: &Registered) -> bool {
+        !self.access.enforced
+            || !caller.checked()
+            || self.access.grants(&caller.context.roles, &w.name, &w.needs)
+    }
+
+    /// The workflows listings show `caller` (`GET /workflows`,
+    /// `/openapi.json`, MCP `tools/list`): the ones it may run, or all of
+    /// them with `list_forbidden_workflows(true)`.
+    pub(crate) fn visible<'a>(
+        &'a self,
+        caller: &'a Caller,
+    ) -> impl Iterator<Item = &'a Registered> + 'a {
+        self.workflows
+            .values()
+            .filter(move |w| self.access.list_all || self.may_call(caller, w))
+    }
+
+    /// Workflow `name` as `caller` may use it: `not_found` when nobody
+    /// registered it, `forbidden` when the caller's roles do not grant it
+    /// (`not_found`, as if unregistered, with `forbidden_as_not_found`).
+    pub(crate) fn lookup(&self, caller: &Caller, name: &str) -> Result<&Registered, Error> {
+        match self.workflows.get(name) {
+            Some(w) if self.may_call(caller, w) => Ok(w),
+            Some(_) if !self.access.hide_forbidden => {
+                let roles = if caller.context.roles.is_empty() {
+                    "the caller has no roles".to_string()
+                } else {
+                    format!("the caller's roles ({})", caller.context.roles.join(", "))
+                };
+                Err(Error::new(
+                    ErrorCode::Forbidden,
+                    format!("{roles}: none of them may run workflow `{name}`"),
+                ))
+            }
+            _ => Err(self.unknown_workflow(caller, name)),
+        }
+    }
+
+    /// The gate every call passes before any node runs, on every channel:
+    /// the workflow exists and the caller's roles grant it, then its rate
+    /// limits (per workflow, per caller, for the instance) have room. A
+    /// refusal is counted in the metrics like a failed run.
+    pub(crate) async fn admit(
+        &self,
+        caller: Caller,
+        name: &str,
+        channel: &str,
+    ) -> Result<Admission, Refusal> {
+        let started = Instant::now();
+        let admitted: Result<Admission, Refusal> = async {
+            let workflow = self.lookup(&caller, name)?.workflow.clone();
+            let rate = self.rate_limit(&caller, name).await?;
+            Ok(Admission {
+                context: caller.context,
+                name: name.to_string(),
+                workflow,
+                rate,
+            })
+        }
+        .await;
+        if let Err(refusal) = &admitted {
+            self.record(name, channel, refusal.error.code().as_str(), started);
+        }
+        admitted
+    }
+
+    /// Counts `caller`'s call of `name` against the limits that apply.
+    async fn rate_limit(&self, caller: &Caller, name: &str) -> Result<Option<RateState>, Refusal> {
+        let Some(key) = caller.rate_key().filter(|_| !self.limits.is_empty()) else {
+            return Ok(None);
+        };
+        let mut applied = Vec::with_capacity(3);
+        for (limiter, key) in self.limits.for_call(name, &key) {
+            let decision = limiter.check(key).await?;
+            applied.push((limiter.limit(), decision));
+            if let Decision::Limited { retry_after } = decision {
+                let limit = limiter.limit();
+                let error = Error::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "rate limit `{}` ({} calls a minute) reached calling workflow `{name}`; retry in {} s",
+                        limit.name(),
+                        limit.calls_per_minute(),
+                        crate::limits::whole_seconds(retry_after).max(1)
+                    ),
+                );
+                return Err(Refusal {
+                    error,
+                    rate: RateState::of(&applied),
+                });
+            }
+        }
+        Ok(RateState::of(&applied))
     }
 }
 
@@ -111,11 +314,45 @@ fn http_answer(e: &Error, body: Value) -> axum::response::Response {
     let status = axum::http::StatusCode::from_u16(e.code().http_status())
         .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (status, axum::Json(body)).into_response();
-    if e.code() == ErrorCode::Overloaded {
+    let retry = match e.code() {
+        ErrorCode::Overloaded => Some(RETRY_AFTER_SECONDS),
+        ErrorCode::RateLimited => Some(RATE_LIMITED_RETRY_SECONDS),
+        _ => None,
+    };
+    if let Some(seconds) = retry {
         response.headers_mut().insert(
             axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            axum::http::HeaderValue::from_static(seconds),
         );
+    }
+    response
+}
+
+/// A refused call over HTTP: its error, with the rate limits' headers
+/// (`Retry-After` from the limit that refused).
+pub(crate) fn http_refusal(refusal: &Refusal) -> axum::response::Response {
+    with_rate(http_error(&refusal.error), refusal.rate.as_ref())
+}
+
+/// `response` with the IETF `RateLimit-Policy` / `RateLimit` headers of
+/// `rate` (and its `Retry-After`), when rate limits applied.
+pub(crate) fn with_rate(
+    mut response: axum::response::Response,
+    rate: Option<&RateState>,
+) -> axum::response::Response {
+    let Some(rate) = rate else {
+        return response;
+    };
+    let headers = response.headers_mut();
+    let values = [
+        ("ratelimit-policy", Some(rate.policy.clone())),
+        ("ratelimit", Some(rate.state.clone())),
+        ("retry-after", rate.retry_after.map(|s| s.to_string())),
+    ];
+    for (name, value) in values {
+        if let Some(Ok(v)) = value.map(axum::http::HeaderValue::try_from) {
+            headers.insert(name, v);
+        }
     }
     response
 }
@@ -123,6 +360,10 @@ fn http_answer(e: &Error, body: Value) -> axum::response::Response {
 /// When an `overloaded` caller should try again: capacity frees as runs
 /// finish and sessions expire, so soon.
 const RETRY_AFTER_SECONDS: &str = "1";
+
+/// `Retry-After` of a `rate_limited` error that does not say when (the
+/// gate's refusals always do): a whole window.
+const RATE_LIMITED_RETRY_SECONDS: &str = "60";
 
 /// Prints an error the CLI way (`error[code]: message` on stderr, or with
 /// `--json` the [`failure_body`] on stdout) and returns its exit code. A
@@ -247,67 +488,87 @@ impl Hub {
 }
 
 impl Shared {
-    /// Runs `name` with `inputs`, the one path every channel takes:
-    /// `{"outputs": {node: output}, "run_id", "execution_time"}`. The run's
-    /// events are published and its metrics recorded under `channel`
-    /// (unless monitoring is off: then none are recorded).
+    /// Admits `caller`'s call of `name` ([`admit`](Self::admit)) and runs it
+    /// ([`run`](Self::run)): for channels without rate-limit headers.
     pub(crate) async fn execute(
         &self,
-        context: dataflow::Context,
+        caller: Caller,
         name: &str,
+        inputs: Value,
+        channel: &str,
+    ) -> std::result::Result<Value, RunError> {
+        match self.admit(caller, name, channel).await {
+            Ok(admission) => self.run(admission, inputs, channel, None).await,
+            Err(refusal) => Err(refusal.error.into()),
+        }
+    }
+
+    /// Runs an admitted call with `inputs`, the one path every channel
+    /// takes: `{"outputs": {node: output}, "run_id", "execution_time"}`.
+    /// The run's events are published and its metrics recorded under
+    /// `channel` (unless monitoring is off: then none are recorded).
+    pub(crate) async fn run(
+        &self,
+        admission: Admission,
         inputs: Value,
         channel: &str,
         run_id: Option<String>,
     ) -> std::result::Result<Value, RunError> {
         let started = Instant::now();
-        let registered = self.workflows.get(name);
-        let result = match registered {
-            None => Err(self.unknown_workflow(name).into()),
-            Some(w) => {
-                let (h, wf, metrics) = (self.hub.clone(), name.to_string(), self.surface.metrics);
-                let observer: dataflow::Observer = Arc::new(move |e: &dataflow::RunEvent| {
-                    match e {
-                        dataflow::RunEvent::NodeFinished {
-                            node, duration_ms, ..
-                        } if metrics => h
-                            .nodes
-                            .with_label_values(&[wf.as_str(), node.as_str()])
-                            .observe(duration_ms / 1e3),
-                        _ => {}
-                    }
-                    // Events are for whoever listens now; with nobody listening
-                    // none are built.
-                    if h.events.receiver_count() > 0 {
-                        let mut v = serde_json::to_value(e).unwrap_or_default();
-                        v["workflow"] = Value::String(wf.clone());
-                        let _ = h.events.send(v.to_string());
-                    }
-                });
-                let run = self
-                    .db
-                    .with_context(context)
-                    .runtime()
-                    .with_observer(observer)
-                    .execute_with_id(
-                        &w.workflow,
-                        inputs,
-                        run_id.unwrap_or_else(dataflow::new_run_id),
-                    )
-                    .await;
-                run.map(|run| {
-                    json!({"outputs": Value::Object(run.results), "run_id": run.run_id, "execution_time": started.elapsed().as_secs_f64()})
-                })
+        let Admission {
+            context,
+            name,
+            workflow,
+            ..
+        } = admission;
+        let (h, wf, metrics) = (self.hub.clone(), name.clone(), self.surface.metrics);
+        let observer: dataflow::Observer = Arc::new(move |e: &dataflow::RunEvent| {
+            match e {
+                dataflow::RunEvent::NodeFinished {
+                    node, duration_ms, ..
+                } if metrics => h
+                    .nodes
+                    .with_label_values(&[wf.as_str(), node.as_str()])
+                    .observe(duration_ms / 1e3),
+                _ => {}
             }
-        };
-        if !self.surface.metrics {
-            return result;
-        }
+            // Events are for whoever listens now; with nobody listening
+            // none are built.
+            if h.events.receiver_count() > 0 {
+                let mut v = serde_json::to_value(e).unwrap_or_default();
+                v["workflow"] = Value::String(wf.clone());
+                let _ = h.events.send(v.to_string());
+            }
+        });
+        let result = self
+            .db
+            .with_context(context)
+            .runtime()
+            .with_observer(observer)
+            .execute_with_id(
+                &workflow,
+                inputs,
+                run_id.unwrap_or_else(dataflow::new_run_id),
+            )
+            .await
+            .map(|run| {
+                json!({"outputs": Value::Object(run.results), "run_id": run.run_id, "execution_time": started.elapsed().as_secs_f64()})
+            });
         let code = match &result {
             Ok(_) => "ok",
             Err(e) => e.code().as_str(),
         };
+        self.record(&name, channel, code, started);
+        result
+    }
+
+    /// Counts a call in the metrics (unless monitoring is off).
+    fn record(&self, name: &str, channel: &str, code: &str, started: Instant) {
+        if !self.surface.metrics {
+            return;
+        }
         // Unknown names share one label: a label per typo would grow without bound.
-        let label = if registered.is_some() {
+        let label = if self.workflows.contains_key(name) {
             name
         } else {
             "(unknown)"
@@ -320,7 +581,6 @@ impl Shared {
             .latency
             .with_label_values(&[label, channel])
             .observe(started.elapsed().as_secs_f64());
-        result
     }
 }
 
@@ -412,8 +672,8 @@ mod tests {
             assert_eq!(r.status().as_u16(), code.http_status(), "{code}");
             assert_eq!(
                 r.headers().get("retry-after").is_some(),
-                code == ErrorCode::Overloaded,
-                "{code}: only overloaded says when to retry"
+                code == ErrorCode::Overloaded || code == ErrorCode::RateLimited,
+                "{code}: only overloaded and rate_limited say when to retry"
             );
             let body = axum::body::to_bytes(r.into_body(), usize::MAX)
                 .await

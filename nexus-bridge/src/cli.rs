@@ -1,7 +1,7 @@
 //! The command line: the registered workflows as subcommands with typed
 //! flags derived from their input schemas.
 
-use crate::channel::{cli_error, too_large, MAX_INPUT_BYTES};
+use crate::channel::{cli_error, too_large, Caller, Origin, MAX_INPUT_BYTES};
 use crate::{Nexus, Registered};
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use dataflow::{Error, ErrorCode, RunError};
@@ -12,8 +12,9 @@ use std::ffi::OsString;
 pub(crate) enum Outcome {
     /// `serve` (the default): the HTTP API and MCP over HTTP.
     Serve,
-    /// `mcp`: MCP over stdin/stdout.
-    McpStdio,
+    /// `mcp`: MCP over stdin/stdout, as the operator or (`--role`) as a
+    /// caller with these roles.
+    McpStdio(Vec<String>),
     /// A command that ran (or a usage error): the process exit code.
     Exit(u8),
 }
@@ -41,7 +42,7 @@ fn json_type(schema: &Value) -> &str {
 
 /// Flags every `run <workflow>` has; an input with one of these names is
 /// set through `--inputs`.
-const RESERVED: [&str; 6] = ["json", "inputs", "url", "tenant", "as", "token"];
+const RESERVED: [&str; 7] = ["json", "inputs", "url", "tenant", "as", "token", "role"];
 
 /// `run <workflow>`: one subcommand per workflow, one flag per input.
 fn run_command(workflows: &[&Registered]) -> Command {
@@ -91,6 +92,13 @@ fn run_command(workflows: &[&Registered]) -> Command {
                     .long("as")
                     .value_name("ACTOR")
                     .help("Run as this actor (recorded in audit rows and run events; in this process only)"),
+            )
+            .arg(
+                Arg::new("role")
+                    .long("role")
+                    .value_name("ROLE")
+                    .action(ArgAction::Append)
+                    .help("Run with this role (repeatable) to try the app's roles; without it this process runs as the operator, whom roles do not restrict (in this process only)"),
             );
         for (name, prop) in schema["properties"].as_object().into_iter().flatten() {
             if RESERVED.contains(&name.as_str()) {
@@ -124,7 +132,14 @@ fn root(workflows: &[&Registered]) -> Command {
         )
         .subcommand(
             Command::new("mcp")
-                .about("Serve MCP over stdin/stdout (for an agent that starts this program)"),
+                .about("Serve MCP over stdin/stdout (for an agent that starts this program)")
+                .arg(
+                    Arg::new("role")
+                        .long("role")
+                        .value_name("ROLE")
+                        .action(ArgAction::Append)
+                        .help("Answer as a caller with this role (repeatable) to try the app's roles; without it the agent acts as the operator"),
+                ),
         )
         .subcommand(
             Command::new("workflows")
@@ -486,7 +501,13 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
     };
     match matches.subcommand() {
         None | Some(("serve", _)) => Outcome::Serve,
-        Some(("mcp", _)) => Outcome::McpStdio,
+        Some(("mcp", m)) => Outcome::McpStdio(
+            m.get_many::<String>("role")
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+        ),
         Some(("workflows", m)) => {
             if m.get_flag("json") {
                 println!(
@@ -510,11 +531,24 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
                     .into_iter()
                     .flatten()
                     .any(|a| a == "--json");
-                return fail(app.shared.unknown_workflow(name), json_out);
+                let operator = Caller::new(dataflow::Context::new(), Origin::Operator);
+                return fail(app.shared.unknown_workflow(&operator, name), json_out);
             };
             let json_out = sub.get_flag("json");
+            let roles: Vec<String> = sub
+                .get_many::<String>("role")
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect();
             let result = match (inputs(w, sub), sub.get_one::<String>("url")) {
                 (Err(e), _) => Err(e.into()),
+                (Ok(_), Some(_)) if !roles.is_empty() => Err(Error::new(
+                    ErrorCode::Validation,
+                    "--role tries roles in this process; a server takes the caller's roles from its credentials",
+                )
+                .with_field("role")
+                .into()),
                 (Ok(inputs), Some(url)) => {
                     let token = sub
                         .get_one::<String>("token")
@@ -525,8 +559,18 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
                 (Ok(inputs), None) => match crate::identity::from_cli(
                     sub.get_one::<String>("tenant").map(String::as_str),
                     sub.get_one::<String>("as").map(String::as_str),
+                    &roles,
                 ) {
-                    Ok(context) => app.shared.execute(context, name, inputs, "cli", None).await,
+                    Ok(context) => {
+                        // The operator, unless roles were asked for.
+                        let origin = if roles.is_empty() {
+                            Origin::Operator
+                        } else {
+                            Origin::InProcess
+                        };
+                        let caller = Caller::new(context, origin);
+                        app.shared.execute(caller, name, inputs, "cli").await
+                    }
                     Err(e) => Err(e.into()),
                 },
             };

@@ -2,18 +2,63 @@
 //! answer 404 `not_found` like any unknown path; a known path with another
 //! method answers 405 `method_not_allowed`, both with the JSON error body.
 
-use crate::channel::{error_body, failure_body, http_error, http_failure, too_large, Shared};
+use crate::channel::{
+    error_body, failure_body, http_error, http_failure, http_refusal, too_large, with_rate, Caller,
+    Origin, Shared,
+};
 use crate::Registered;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use dataflow::{Error, ErrorCode, RunError};
 use serde_json::{json, Map, Value};
+use std::net::{IpAddr, SocketAddr};
 
 type AppState = Shared;
+
+/// Where a request comes from: the client's address, from the
+/// `ConnectInfo` the listeners attach to every request (absent when the
+/// router is served by other means), and with auth on the identity its
+/// credentials proved (the auth middleware attaches it).
+pub(crate) struct ClientAddr(
+    pub(crate) Option<IpAddr>,
+    pub(crate) Option<crate::auth::Identity>,
+);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            client_addr(&parts.extensions),
+            parts.extensions.get::<crate::auth::Identity>().cloned(),
+        ))
+    }
+}
+
+/// The client address in a request's extensions.
+pub(crate) fn client_addr(extensions: &axum::http::Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// The caller of an HTTP request: the context identity builds from its
+/// headers, calling over a listener from its address.
+fn caller(s: &Shared, headers: &HeaderMap, client: ClientAddr) -> Result<Caller, Error> {
+    let context = crate::identity::from_request(
+        "http",
+        s.surface.trust_tenant_header,
+        Some(headers),
+        client.1.as_ref(),
+    )?;
+    Ok(Caller::new(context, Origin::Remote(client.0)))
+}
 
 pub(crate) fn router(state: AppState, policy: crate::security::Policy) -> Router {
     let surface = state.surface;
@@ -90,37 +135,37 @@ impl IntoResponse for ApiError {
     }
 }
 
-async fn list(State(s): State<AppState>) -> Json<Value> {
-    Json(json!({"workflows": s.workflows.values().map(Registered::summary).collect::<Vec<_>>()}))
+async fn list(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    client: ClientAddr,
+) -> Result<Json<Value>, ApiError> {
+    let caller = caller(&s, &headers, client)?;
+    let listed: Vec<Value> = s.visible(&caller).map(Registered::summary).collect();
+    Ok(Json(json!({ "workflows": listed })))
 }
 
 async fn describe(
     State(s): State<AppState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
+    client: ClientAddr,
 ) -> Result<Json<Value>, ApiError> {
-    match s.workflows.get(&name) {
-        Some(w) => {
-            let mut v = w.summary();
-            v["workflow"] = w.workflow.to_json();
-            Ok(Json(v))
-        }
-        None => Err(ApiError::from(s.unknown_workflow(&name))),
-    }
+    let caller = caller(&s, &headers, client)?;
+    let w = s.lookup(&caller, &name)?;
+    let mut v = w.summary();
+    v["workflow"] = w.workflow.to_json();
+    Ok(Json(v))
 }
 
 async fn run(
     State(s): State<AppState>,
     Path(name): Path<String>,
-    headers: axum::http::HeaderMap,
-    identity: Option<axum::Extension<crate::auth::Identity>>,
+    headers: HeaderMap,
+    client: ClientAddr,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let context = crate::identity::from_request(
-        "http",
-        s.surface.trust_tenant_header,
-        Some(&headers),
-        identity.as_ref().map(|i| &i.0),
-    )?;
+    let caller = caller(&s, &headers, client)?;
     let Json(body) = body.map_err(|e| {
         ApiError::from(if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large("request body")
@@ -160,10 +205,10 @@ async fn run(
             )))
         }
     };
-    match mode.as_ref().and_then(Value::as_str) {
-        None if mode.is_none() => {}
-        Some("sync") => {}
-        Some("async") => return start_async(s, context, name, inputs),
+    let is_async = match mode.as_ref().and_then(Value::as_str) {
+        None if mode.is_none() => false,
+        Some("sync") => false,
+        Some("async") => true,
         _ => {
             return Err(ApiError::from(
                 Error::new(
@@ -173,24 +218,32 @@ async fn run(
                 .with_field("mode"),
             ))
         }
-    }
-    s.execute(context, &name, inputs, "http", None)
-        .await
-        .map(Json)
-        .map_err(ApiError::from)
-        .map(IntoResponse::into_response)
+    };
+    // Roles and rate limits before anything runs (or is accepted).
+    let admission = match s.admit(caller, &name, "http").await {
+        Ok(admission) => admission,
+        Err(refusal) => return Ok(http_refusal(&refusal)),
+    };
+    let rate = admission.rate.clone();
+    let response = if is_async {
+        start_async(s, admission, name, inputs)
+    } else {
+        s.run(admission, inputs, "http", None)
+            .await
+            .map(|out| Json(out).into_response())
+            .map_err(ApiError::from)
+    };
+    let response = response.unwrap_or_else(IntoResponse::into_response);
+    Ok(with_rate(response, rate.as_ref()))
 }
 
 /// `"mode": "async"`: 202 with the run id at once; `GET /runs/{id}` reports it.
 fn start_async(
     s: AppState,
-    context: dataflow::Context,
+    admission: crate::channel::Admission,
     name: String,
     inputs: Value,
 ) -> Result<Response, ApiError> {
-    if !s.workflows.contains_key(&name) {
-        return Err(ApiError::from(s.unknown_workflow(&name)));
-    }
     // Inputs are checked before the 202, so an async request that would
     // fail validation is refused like a sync one.
     if let Some(w) = s.workflows.get(&name) {
@@ -200,9 +253,7 @@ fn start_async(
     let slot = s.runs.start(&run_id, &name).map_err(ApiError::from)?;
     let id = run_id.clone();
     tokio::spawn(async move {
-        let result = s
-            .execute(context, &name, inputs, "http", Some(id.clone()))
-            .await;
+        let result = s.run(admission, inputs, "http", Some(id.clone())).await;
         let status = match result {
             Ok(out) => json!({"run_id": id, "workflow": name, "status": "finished", "result": out}),
             Err(e) => {
@@ -281,9 +332,14 @@ async fn ready(State(s): State<AppState>) -> Response {
     }
 }
 
-async fn openapi(State(s): State<AppState>) -> Json<Value> {
+async fn openapi(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    client: ClientAddr,
+) -> Result<Json<Value>, ApiError> {
+    let caller = caller(&s, &headers, client)?;
     let mut paths = Map::new();
-    for w in s.workflows.values() {
+    for w in s.visible(&caller) {
         // Inside the document the dialect is the document's (OAS 3.1 base).
         let mut inputs = w.workflow.input_schema().clone();
         if let Some(m) = inputs.as_object_mut() {
@@ -310,15 +366,17 @@ async fn openapi(State(s): State<AppState>) -> Json<Value> {
                 "responses": {
                     "200": {"description": "the outputs of every node", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RunResult"}}}},
                     "202": {"description": "an async run was started", "content": {"application/json": {"schema": {"type": "object", "required": ["run_id"], "properties": {"run_id": {"type": "string"}}}}}},
+                    "403": {"$ref": "#/components/responses/Error"},
                     "404": {"$ref": "#/components/responses/Error"},
                     "409": {"$ref": "#/components/responses/Error"},
                     "422": {"$ref": "#/components/responses/Error"},
+                    "429": {"$ref": "#/components/responses/Error"},
                     "500": {"$ref": "#/components/responses/Error"}
                 }
             }}),
         );
     }
-    Json(json!({
+    Ok(Json(json!({
         "openapi": "3.1.0",
         "info": {"title": "nexus workflows", "version": env!("CARGO_PKG_VERSION")},
         "paths": paths,
@@ -333,5 +391,5 @@ async fn openapi(State(s): State<AppState>) -> Json<Value> {
             },
             "responses": {"Error": {"description": "an error with a stable code", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}
         }
-    }))
+    })))
 }

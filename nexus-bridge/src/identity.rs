@@ -64,12 +64,21 @@ pub(crate) fn from_request(
     Ok(ctx)
 }
 
-/// The context of an in-process CLI run: `--tenant` and `--as` (the actor).
-pub(crate) fn from_cli(tenant: Option<&str>, actor: Option<&str>) -> Result<Context> {
+/// The context of an in-process CLI run: `--tenant`, `--as` (the actor)
+/// and `--role` (roles to try the app's policy with).
+pub(crate) fn from_cli(
+    tenant: Option<&str>,
+    actor: Option<&str>,
+    roles: &[String],
+) -> Result<Context> {
     let mut ctx = Context::new()
         .channel("cli")
         .request_id(dataflow::new_run_id());
-    for (flag, value) in [("--tenant", tenant), ("--as", actor)] {
+    let roles_given = roles.iter().map(|r| ("--role", Some(r.as_str())));
+    for (flag, value) in [("--tenant", tenant), ("--as", actor)]
+        .into_iter()
+        .chain(roles_given)
+    {
         if value.is_some_and(|v| !valid_id(v)) {
             return Err(Error::new(
                 ErrorCode::Validation,
@@ -84,7 +93,7 @@ pub(crate) fn from_cli(tenant: Option<&str>, actor: Option<&str>) -> Result<Cont
     if let Some(a) = actor {
         ctx = ctx.actor(a);
     }
-    Ok(ctx)
+    Ok(ctx.roles(roles))
 }
 
 fn valid_id(s: &str) -> bool {
@@ -167,11 +176,13 @@ mod tests {
 
     #[test]
     fn cli_flags_name_tenant_and_actor() {
-        let ctx = from_cli(Some("acme"), Some("ops")).unwrap();
+        let ctx = from_cli(Some("acme"), Some("ops"), &["reader".into()]).unwrap();
+        assert_eq!(ctx.roles, ["reader"]);
         assert_eq!(
             (ctx.tenant.as_deref(), ctx.actor.as_deref()),
             (Some("acme"), Some("ops"))
         );
-        assert!(from_cli(Some(""), None).is_err());
+        assert!(from_cli(Some(""), None, &[]).is_err());
+        assert!(from_cli(None, None, &["a b".into()]).is_err());
     }
 }

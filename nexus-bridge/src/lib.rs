@@ -15,16 +15,19 @@
 //! [`ErrorCode::http_status`], [`ErrorCode::exit_code`], and a tool error
 //! carrying [`error_body`].
 
+mod access;
 mod auth;
 mod channel;
 mod cli;
 mod http;
 mod identity;
+pub mod limits;
 pub mod mcp;
 mod runs;
 mod security;
 mod serve;
 
+pub use access::Role;
 pub use auth::Auth;
 pub use channel::{error_body, failure_body, MAX_INPUT_BYTES};
 pub use dataflow;
@@ -47,6 +50,8 @@ pub struct Registered {
     pub description: String,
     /// The workflow that runs.
     pub workflow: Workflow,
+    /// What a role needs to grant it besides its name (its nodes' models).
+    pub(crate) needs: access::Needs,
 }
 
 impl Registered {
@@ -71,6 +76,12 @@ pub struct NexusBuilder {
     enable_discovery: bool,
     enable_auth: bool,
     rate_limit: Option<u32>,
+    rate_limit_global: Option<u32>,
+    rate_limit_workflows: Vec<(String, u32)>,
+    rate_limit_store: Option<Arc<dyn limits::RateStore>>,
+    roles: Vec<(String, Role)>,
+    forbidden_as_not_found: bool,
+    list_forbidden_workflows: bool,
     enable_durability: bool,
     enable_sessions: bool,
     header_read_timeout: Duration,
@@ -101,6 +112,12 @@ impl Default for NexusBuilder {
             enable_discovery: true,
             enable_auth: false,
             rate_limit: None,
+            rate_limit_global: None,
+            rate_limit_workflows: Vec::new(),
+            rate_limit_store: None,
+            roles: Vec::new(),
+            forbidden_as_not_found: false,
+            list_forbidden_workflows: false,
             enable_durability: false,
             enable_sessions: false,
             header_read_timeout: Duration::from_secs(10),
@@ -162,6 +179,17 @@ impl NexusBuilder {
         /// open server); [`auth`](Self::auth) turns it on by itself. See
         /// [`Auth`] for what stays open and how identities become contexts.
         enable_auth: bool;
+        /// A workflow the caller's roles do not grant answers as if it were
+        /// not registered, 404 `not_found` (default off: 403 `forbidden`).
+        /// On, a caller cannot tell a forbidden name from an unknown one; off,
+        /// a caller who guesses a name learns it exists, and is told why it
+        /// may not run it. Listings never show forbidden workflows either way
+        /// (unless [`list_forbidden_workflows`](Self::list_forbidden_workflows)).
+        forbidden_as_not_found: bool;
+        /// Whether `GET /workflows`, `/openapi.json` and MCP `tools/list`
+        /// show every workflow (default off: only those the caller's roles
+        /// grant). Calling one is still refused.
+        list_forbidden_workflows: bool;
         /// Only `false` (the default): idempotency keys and the run journal
         /// are not built yet.
         enable_durability: bool;
@@ -262,10 +290,59 @@ impl NexusBuilder {
         self
     }
 
-    /// Requests per second per caller: not built yet, so setting it fails
-    /// `build` with `not_supported`.
-    pub fn rate_limit(mut self, per_second: u32) -> Self {
-        self.rate_limit = Some(per_second);
+    /// Declares role `name` and what it grants (see [`Role`]): workflows by
+    /// name, every workflow, or reading / writing models through their
+    /// generated nodes. Once any role is declared, every call over HTTP and
+    /// MCP over HTTP (and [`Nexus::execute_in`], the CLI with `--role`) runs
+    /// only what its context's roles grant; a role declared twice, or naming
+    /// a model the database does not have, fails `build` with `config`, and
+    /// one naming a workflow that is never registered fails serving.
+    ///
+    /// ```no_run
+    /// # fn f(db: dataflow::DataFlow) -> dataflow::Result<()> {
+    /// let app = nexus::Nexus::builder()
+    ///     .role("reader", |r| r.workflows(["get_user", "list_users"]))
+    ///     .role("editor", |r| r.models_read(["User"]).models_write(["User"]))
+    ///     .role("admin", |r| r.all())
+    ///     .build(db)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn role(mut self, name: impl Into<String>, grant: impl FnOnce(Role) -> Role) -> Self {
+        self.roles.push((name.into(), grant(Role::default())));
+        self
+    }
+
+    /// At most `per_minute` workflow calls per caller per minute (the
+    /// caller is its actor, else its client address), in bursts of up to
+    /// `per_minute`. Over it a call is refused with 429 `rate_limited`,
+    /// `Retry-After` and the `RateLimit` headers. Counted per instance in
+    /// memory unless [`rate_limit_store`](Self::rate_limit_store) says
+    /// otherwise; only calls over a listener (HTTP API, MCP over HTTP) count.
+    pub fn rate_limit(mut self, per_minute: u32) -> Self {
+        self.rate_limit = Some(per_minute);
+        self
+    }
+
+    /// At most `per_minute` workflow calls per minute for the whole
+    /// instance, whoever calls.
+    pub fn rate_limit_global(mut self, per_minute: u32) -> Self {
+        self.rate_limit_global = Some(per_minute);
+        self
+    }
+
+    /// At most `per_minute` calls of workflow `name` per caller per minute
+    /// (besides [`rate_limit`](Self::rate_limit)), for workflows dearer
+    /// than the rest.
+    pub fn rate_limit_workflow(mut self, name: impl Into<String>, per_minute: u32) -> Self {
+        self.rate_limit_workflows.push((name.into(), per_minute));
+        self
+    }
+
+    /// Where rate-limit counters live (default: this process's memory,
+    /// [`limits::MemoryStore`]); a shared store makes several instances
+    /// count together.
+    pub fn rate_limit_store(mut self, store: Arc<dyn limits::RateStore>) -> Self {
+        self.rate_limit_store = Some(store);
         self
     }
 
@@ -277,7 +354,6 @@ impl NexusBuilder {
                 self.auto_discovery,
                 "auto_discovery(true) (registration never scans files; only false is supported)",
             ),
-            (self.rate_limit.is_some(), "rate_limit (rate limiting)"),
             (
                 self.enable_durability,
                 "enable_durability(true) (idempotency keys and the run journal)",
@@ -303,6 +379,19 @@ impl NexusBuilder {
             &self.host,
             self.allowed_hosts.as_deref(),
             self.cors.as_deref(),
+        )?;
+        let access = access::Roles::new(
+            &self.roles,
+            &db,
+            self.enable_auth,
+            self.forbidden_as_not_found,
+            self.list_forbidden_workflows,
+        )?;
+        let limits = limits::RateLimits::new(
+            self.rate_limit,
+            self.rate_limit_global,
+            &self.rate_limit_workflows,
+            self.rate_limit_store.clone(),
         )?;
         let surface = channel::Surface {
             metrics: self.enable_monitoring,
@@ -330,6 +419,8 @@ impl NexusBuilder {
                 hub: Arc::new(channel::Hub::new()),
                 runs: Arc::new(runs),
                 auth,
+                access: Arc::new(access),
+                limits: Arc::new(limits),
             },
         })
     }
@@ -446,6 +537,7 @@ impl Nexus {
         } else {
             description.to_string()
         };
+        let needs = access::Needs::of(&self.shared.db, &workflow);
         let mut all = (*self.shared.workflows).clone();
         all.insert(
             name.to_string(),
@@ -453,6 +545,7 @@ impl Nexus {
                 name: name.to_string(),
                 description,
                 workflow,
+                needs,
             },
         );
         self.shared.workflows = Arc::new(all);
@@ -546,6 +639,7 @@ impl Nexus {
     /// with the connection timeouts and limit of the options.
     pub async fn serve_http_on(&self, listener: tokio::net::TcpListener) -> Result<()> {
         self.http_enabled()?;
+        self.check_names()?;
         let shutdown = self.shared.hub.shutdown.clone();
         serve::serve(listener, self.router(), self.options.limits(), shutdown).await;
         Ok(())
@@ -562,6 +656,7 @@ impl Nexus {
     /// MCP over streamable HTTP on a listener of the caller's, under the
     /// same Host / Origin rule and connection limits as the HTTP API.
     pub async fn serve_mcp_on(&self, listener: tokio::net::TcpListener) -> Result<()> {
+        self.check_names()?;
         mcp::serve_http_until(
             self.mcp_server(),
             listener,
@@ -581,7 +676,28 @@ impl Nexus {
 
     /// MCP over stdin/stdout (nothing else may write to stdout in this mode).
     pub async fn serve_mcp_stdio(&self) -> Result<()> {
+        self.check_names()?;
         mcp::serve_stdio(self.mcp_server()).await
+    }
+
+    /// Refuses to serve (or run) when a role or a per-workflow rate limit
+    /// names a workflow that is not registered: a typo that would silently
+    /// grant or limit nothing.
+    fn check_names(&self) -> Result<()> {
+        let workflows = &self.shared.workflows;
+        if let Some((role, name)) = self.shared.access.unregistered(workflows) {
+            return Err(Error::new(
+                ErrorCode::Config,
+                format!("role `{role}` grants workflow `{name}`, which is not registered"),
+            ));
+        }
+        if let Some(name) = self.shared.limits.unregistered(workflows) {
+            return Err(Error::new(
+                ErrorCode::Config,
+                format!("rate_limit_workflow names workflow `{name}`, which is not registered"),
+            ));
+        }
+        Ok(())
     }
 
     /// Refuses to serve HTTP when the options say not to.
@@ -622,9 +738,16 @@ impl Nexus {
         I: IntoIterator<Item = T>,
         T: Into<OsString>,
     {
+        if let Err(e) = self.check_names() {
+            return print_error(&e);
+        }
         let served = match cli::dispatch(self, args.into_iter().map(Into::into).collect()).await {
             cli::Outcome::Serve => self.serve().await,
-            cli::Outcome::McpStdio => self.serve_mcp_stdio().await,
+            cli::Outcome::McpStdio(roles) if roles.is_empty() => self.serve_mcp_stdio().await,
+            cli::Outcome::McpStdio(roles) => match self.check_names() {
+                Ok(()) => mcp::serve_stdio(self.mcp_server().with_roles(roles)).await,
+                Err(e) => Err(e),
+            },
             cli::Outcome::Exit(code) => return ExitCode::from(code),
         };
         match served {
@@ -633,8 +756,9 @@ impl Nexus {
         }
     }
 
-    /// Runs a registered workflow in this process, the path every channel
-    /// takes (its metrics are labelled `channel="direct"`). A failed run's
+    /// Runs a registered workflow in this process as the operator (roles
+    /// and rate limits do not apply), the path every channel takes (its
+    /// metrics are labelled `channel="direct"`). A failed run's
     /// error reads as its [`Error`] and says which nodes
     /// completed before it ([`RunError::completed`](dataflow::RunError::completed)).
     pub async fn execute(
@@ -642,21 +766,28 @@ impl Nexus {
         name: &str,
         inputs: Value,
     ) -> std::result::Result<Value, dataflow::RunError> {
-        self.execute_in(dataflow::Context::new().channel("direct"), name, inputs)
-            .await
+        let caller = channel::Caller::new(
+            dataflow::Context::new().channel("direct"),
+            channel::Origin::Operator,
+        );
+        self.shared.execute(caller, name, inputs, "direct").await
     }
 
     /// [`execute`](Self::execute) with the caller's context (its tenant,
-    /// actor, roles and request id reach every node of the run).
+    /// actor, roles and request id reach every node of the run). Once roles
+    /// are declared, the context's roles decide whether it may run `name`
+    /// (`forbidden` otherwise), unless it is [`Context::system`]; rate limits
+    /// do not apply in process.
+    ///
+    /// [`Context::system`]: dataflow::Context::system
     pub async fn execute_in(
         &self,
         context: dataflow::Context,
         name: &str,
         inputs: Value,
     ) -> std::result::Result<Value, dataflow::RunError> {
-        self.shared
-            .execute(context, name, inputs, "direct", None)
-            .await
+        let caller = channel::Caller::new(context, channel::Origin::InProcess);
+        self.shared.execute(caller, name, inputs, "direct").await
     }
 }
 

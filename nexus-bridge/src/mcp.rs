@@ -30,7 +30,9 @@
 //! ([`serve_http`], or [`router`] to mount it in an axum app). Get the
 //! server of an application with [`Nexus::mcp_server`](crate::Nexus::mcp_server).
 
-use crate::channel::{http_error, mcp_error, too_large, too_large_over, Shared, MAX_INPUT_BYTES};
+use crate::channel::{
+    http_error, mcp_error, too_large, too_large_over, Caller, Origin, Shared, MAX_INPUT_BYTES,
+};
 use crate::security::Policy;
 use crate::Registered;
 use axum::extract::State;
@@ -61,11 +63,56 @@ pub const LOCAL_HOSTS: [&str; 3] = crate::security::LOCAL_HOSTS;
 #[derive(Clone)]
 pub struct McpServer {
     shared: Shared,
+    /// Served over streamable HTTP: callers are remote (roles and rate
+    /// limits apply). Otherwise (stdio, direct calls) the operator calls.
+    remote: bool,
+    /// Not remote: answer as a caller with these roles (`mcp --role`).
+    roles: Option<Vec<String>>,
 }
 
 impl McpServer {
     pub(crate) fn new(shared: Shared) -> Self {
-        McpServer { shared }
+        McpServer {
+            shared,
+            remote: false,
+            roles: None,
+        }
+    }
+
+    /// This server answering over stdio (or any stream) as a caller with
+    /// `roles` instead of the operator: `tools/list` and every call are
+    /// checked against them, as `myapp mcp --role reader` does, to try the
+    /// app's roles. Over streamable HTTP the roles come from each request.
+    pub fn with_roles<I, S>(mut self, roles: I) -> McpServer
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.roles = Some(roles.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The caller of an MCP request: over HTTP, the context identity builds
+    /// from the request's head, from the client's address (no head at all
+    /// is a caller without roles: fail closed); over stdio, the operator, or
+    /// a caller with the roles of [`with_roles`](Self::with_roles).
+    fn caller(&self, head: Option<&axum::http::request::Parts>) -> Result<Caller> {
+        let context = crate::identity::from_request(
+            "mcp",
+            self.shared.surface.trust_tenant_header,
+            head.map(|p| &p.headers),
+            // Over streamable HTTP: the identity the auth middleware
+            // verified for this very request.
+            head.and_then(|p| p.extensions.get::<crate::auth::Identity>()),
+        )?;
+        Ok(match (&self.roles, self.remote) {
+            (_, true) => Caller::new(
+                context,
+                Origin::Remote(head.and_then(|p| crate::http::client_addr(&p.extensions))),
+            ),
+            (Some(roles), false) => Caller::new(context.roles(roles.clone()), Origin::InProcess),
+            (None, false) => Caller::new(context, Origin::Operator),
+        })
     }
 
     /// The tool published for a registered workflow.
@@ -86,16 +133,17 @@ impl McpServer {
         )
     }
 
-    /// Every tool, in name order: what `tools/list` answers unless
-    /// discovery is off.
+    /// Every tool, in name order: what `tools/list` answers the operator
+    /// unless discovery is off.
     pub fn tools(&self) -> Vec<Tool> {
         self.shared.workflows.values().map(Self::tool).collect()
     }
 
-    /// What `tools/list` answers: every tool, or none with discovery off.
-    fn listed_tools(&self) -> Vec<Tool> {
+    /// What `tools/list` answers `caller`: the tools it may call (or all,
+    /// with `list_forbidden_workflows`), or none with discovery off.
+    fn listed_tools(&self, caller: &Caller) -> Vec<Tool> {
         if self.shared.surface.discovery {
-            self.tools()
+            self.shared.visible(caller).map(Self::tool).collect()
         } else {
             Vec::new()
         }
@@ -111,32 +159,29 @@ impl McpServer {
         self.call_with(None, name, arguments).await
     }
 
-    /// [`call`](Self::call) for an MCP request over HTTP with these headers
-    /// (the caller's context comes from them).
+    /// [`call`](Self::call) for an MCP request over HTTP with this head
+    /// (the caller's context and address come from it).
     async fn call_with(
         &self,
-        request: Option<&axum::http::request::Parts>,
+        head: Option<&axum::http::request::Parts>,
         name: &str,
         arguments: Option<JsonObject>,
     ) -> std::result::Result<CallToolResult, ErrorData> {
-        let known = self.shared.workflows.contains_key(name);
         let inputs = Value::Object(arguments.unwrap_or_default());
-        let context = crate::identity::from_request(
-            "mcp",
-            self.shared.surface.trust_tenant_header,
-            request.map(|p| &p.headers),
-            request.and_then(|p| p.extensions.get::<crate::auth::Identity>()),
-        );
-        let result = match context {
+        let caller = self.caller(head);
+        // A tool the caller may not see is "no such tool" only when a
+        // forbidden workflow reads as unregistered (`forbidden_as_not_found`).
+        let known = match (&caller, self.shared.workflows.get(name)) {
+            (_, None) => false,
+            (Ok(c), Some(w)) => !self.shared.access.hide_forbidden || self.shared.may_call(c, w),
+            (Err(_), Some(_)) => true,
+        };
+        let result = match caller {
             Err(e) => Err(e.into()),
             Ok(_) if known && inputs.to_string().len() > MAX_INPUT_BYTES => {
                 Err(too_large("tool arguments").into())
             }
-            Ok(context) => {
-                self.shared
-                    .execute(context, name, inputs, "mcp", None)
-                    .await
-            }
+            Ok(caller) => self.shared.execute(caller, name, inputs, "mcp").await,
         };
         match result {
             Ok(result) => Ok(CallToolResult::structured(result)),
@@ -164,9 +209,13 @@ impl ServerHandler for McpServer {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> std::result::Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(self.listed_tools()))
+        let head = context.extensions.get::<axum::http::request::Parts>();
+        let caller = self.caller(head).map_err(|e| {
+            ErrorData::invalid_params(e.to_string(), Some(crate::channel::error_body(&e)))
+        })?;
+        Ok(ListToolsResult::with_all_items(self.listed_tools(&caller)))
     }
 
     async fn call_tool(
@@ -174,15 +223,15 @@ impl ServerHandler for McpServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> std::result::Result<CallToolResponse, ErrorData> {
-        // Over streamable HTTP, rmcp hands over the request's head (with
-        // the identity the auth middleware verified for this very request).
-        let parts = context.extensions.get::<axum::http::request::Parts>();
-        self.call_with(parts, &request.name, request.arguments)
+        // Over streamable HTTP, rmcp hands over the request's head.
+        let head = context.extensions.get::<axum::http::request::Parts>();
+        self.call_with(head, &request.name, request.arguments)
             .await
             .map(CallToolResponse::from)
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
+        // No caller here: what the operator sees (calls are checked in `call_tool`).
         self.shared.workflows.get(name).map(Self::tool)
     }
 }
@@ -232,10 +281,11 @@ impl HttpOptions {
 }
 
 fn router_with(
-    server: McpServer,
+    mut server: McpServer,
     options: HttpOptions,
     shutdown: CancellationToken,
 ) -> axum::Router {
+    server.remote = true;
     // The policy checks Host and Origin for every listener, so rmcp's own
     // host check (the same rule, with a plain-text answer) is off.
     let config = StreamableHttpServerConfig::default()
