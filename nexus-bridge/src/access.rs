@@ -135,7 +135,8 @@ impl Needs {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Roles {
     roles: BTreeMap<String, Role>,
-    /// Whether calls are checked at all: roles are declared, or auth is on.
+    /// Whether calls are checked at all: once roles are declared (with auth
+    /// on and none declared, every authenticated caller runs everything).
     pub(crate) enforced: bool,
     /// A workflow the caller may not run answers as if it did not exist.
     pub(crate) hide_forbidden: bool,
@@ -148,7 +149,6 @@ impl Roles {
     pub(crate) fn new(
         declared: &[(String, Role)],
         db: &DataFlow,
-        auth: bool,
         hide_forbidden: bool,
         list_all: bool,
     ) -> Result<Roles> {
@@ -184,7 +184,7 @@ impl Roles {
             }
         }
         Ok(Roles {
-            enforced: auth || !roles.is_empty(),
+            enforced: !roles.is_empty(),
             roles,
             hide_forbidden,
             list_all,

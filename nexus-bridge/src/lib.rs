@@ -383,7 +383,6 @@ impl NexusBuilder {
         let access = access::Roles::new(
             &self.roles,
             &db,
-            self.enable_auth,
             self.forbidden_as_not_found,
             self.list_forbidden_workflows,
         )?;
