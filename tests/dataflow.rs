@@ -3228,7 +3228,7 @@ async fn cache_sees_writes_of_other_connections_and_processes() {
                 seen = Some(done.elapsed());
                 break;
             }
-            tokio::time::sleep(Duration::from_micros(200)).await;
+            tokio::task::yield_now().await;
         }
         let seen = seen.unwrap_or_else(|| panic!("{label}: the raw delete was never seen"));
         eprintln!("{label}: a raw write was seen after {seen:?}");
