@@ -15,7 +15,8 @@
 //! timed.
 //!
 //! Knobs: `DATAFLOW_BENCH_BACKENDS=sqlite` (or `postgres`) runs one backend,
-//! `DATAFLOW_BENCH_VERBOSE=1` prints every round, `DATAFLOW_BENCH_KEEP_DB=1`
+//! `DATAFLOW_BENCH_VERBOSE=1` prints every round, `DATAFLOW_BENCH_ONLY_CACHE=1` runs
+//! only the query cache's lines, `DATAFLOW_BENCH_KEEP_DB=1`
 //! keeps the SQLite file for inspection.
 //!
 //! PostgreSQL comes from `DATAFLOW_BENCH_POSTGRES_URL` (its `bench_users` table is
@@ -1222,15 +1223,22 @@ async fn cache_lines(cfg: &Cfg, url: &str) -> Res<Vec<CacheLine>> {
         .map(|i| Input::new("cache", i).into_json())
         .collect();
     off.execute(BULK, json!({"data": data})).await?;
-    let ids: Vec<String> = off
-        .execute(LIST, json!({"limit": 200}))
-        .await?["records"]
+    let ids: Vec<String> = off.execute(LIST, json!({"limit": 200})).await?["records"]
         .as_array()
-        .map(|rs| rs.iter().filter_map(|r| r["id"].as_str().map(str::to_string)).collect())
+        .map(|rs| {
+            rs.iter()
+                .filter_map(|r| r["id"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
-    check(ids.len() == 200, || format!("cache bench: {} records seeded", ids.len()))?;
+    check(ids.len() == 200, || {
+        format!("cache bench: {} records seeded", ids.len())
+    })?;
     let mut lines = Vec::new();
-    for (kind, name) in [(Kind::Read, "Read by id"), (Kind::List, "List active=true, limit 20")] {
+    for (kind, name) in [
+        (Kind::Read, "Read by id"),
+        (Kind::List, "List active=true, limit 20"),
+    ] {
         for cold in [false, true] {
             let mut line = CacheLine {
                 name: format!("{name}, {} hits", if cold { "0 %" } else { "90 %" }),
@@ -1245,14 +1253,19 @@ async fn cache_lines(cfg: &Cfg, url: &str) -> Res<Vec<CacheLine>> {
             }
             let ops = if cold { cfg.ops.min(2_000) } else { cfg.ops };
             for r in 0..cfg.rounds {
-                let order: [bool; 2] = if r % 2 == 0 { [false, true] } else { [true, false] };
+                let order: [bool; 2] = if r % 2 == 0 {
+                    [false, true]
+                } else {
+                    [true, false]
+                };
                 for cached in order {
                     let db = if cached { &on } else { &off };
                     let before = on.cache_stats();
                     let rate = cache_round(db, kind, cold, &ids, ops).await?;
                     if cached {
                         let after = on.cache_stats();
-                        let lookups = (after.hits + after.misses - before.hits - before.misses) as f64;
+                        let lookups =
+                            (after.hits + after.misses - before.hits - before.misses) as f64;
                         line.hit_rate = (after.hits - before.hits) as f64 / lookups.max(1.0);
                         line.on.push(rate);
                     } else {
@@ -1277,7 +1290,13 @@ async fn cache_lines(cfg: &Cfg, url: &str) -> Res<Vec<CacheLine>> {
 
 /// `ops` timed reads: each after a write (`cold`), or ten reads of the same
 /// query after each write. Reads per second of read time.
-async fn cache_round(db: &DataFlow, kind: Kind, cold: bool, ids: &[String], ops: usize) -> Res<f64> {
+async fn cache_round(
+    db: &DataFlow,
+    kind: Kind,
+    cold: bool,
+    ids: &[String],
+    ops: usize,
+) -> Res<f64> {
     let reads_per_write = if cold { 1 } else { 10 };
     let mut timed = Duration::ZERO;
     let mut done = 0;
@@ -1296,7 +1315,11 @@ async fn cache_round(db: &DataFlow, kind: Kind, cold: bool, ids: &[String], ops:
                 Kind::List => list_params(),
                 _ => id_params(id.clone()),
             };
-            let node = if matches!(kind, Kind::List) { LIST } else { READ };
+            let node = if matches!(kind, Kind::List) {
+                LIST
+            } else {
+                READ
+            };
             let start = Instant::now();
             let out = db.execute(node, params).await?;
             timed += start.elapsed();
@@ -1309,15 +1332,23 @@ async fn cache_round(db: &DataFlow, kind: Kind, cold: bool, ids: &[String], ops:
 }
 
 fn print_cache_table(backend: &str, lines: &[CacheLine]) {
-    println!("
-query cache on {backend} (reads/s, median; writes between reads untimed)");
+    println!(
+        "
+query cache on {backend} (reads/s, median; writes between reads untimed)"
+    );
     let w = lines.iter().map(|l| l.name.len()).max().unwrap_or(4).max(4);
     println!(
         "{:<w$} | {:>16} | {:>16} | {:>8} | ratio (on/off) | target",
         "line", "cache off", "cache on", "hits"
     );
     for l in lines {
-        let target = if l.cold { ">= 0.95" } else if l.name.starts_with("List") { ">= 10 (PostgreSQL)" } else { "-" };
+        let target = if l.cold {
+            ">= 0.95"
+        } else if l.name.starts_with("List") {
+            ">= 10 (PostgreSQL)"
+        } else {
+            "-"
+        };
         println!(
             "{:<w$} | {:>16} | {:>16} | {:>7.0}% | {:>14.2} | {target}",
             l.name,
@@ -1599,7 +1630,8 @@ async fn main() -> Res<()> {
         loadavg()
     );
     let mut verdicts = Vec::new();
-    if backends.contains("sqlite") {
+    let only_cache = std::env::var_os("DATAFLOW_BENCH_ONLY_CACHE").is_some();
+    if backends.contains("sqlite") && !only_cache {
         let (version, lines) = run_backend::<sqlite_raw::Backend>(&cfg, &sqlite_url, &path).await?;
         print_table(
             &format!("{version}: {path} (WAL, synchronous=NORMAL)"),
@@ -1609,6 +1641,8 @@ async fn main() -> Res<()> {
         print_audit_table(&lines);
         verdicts.push(verdict("SQLite", &lines, Some(200_000.0)));
         verdicts.push(audit_verdict("SQLite", &lines));
+    }
+    if backends.contains("sqlite") {
         let cache = cache_lines(&cfg, &sqlite_url).await?;
         print_cache_table("SQLite", &cache);
         verdicts.push(cache_verdict("SQLite", &cache, false));
@@ -1616,11 +1650,13 @@ async fn main() -> Res<()> {
     if backends.contains("postgres") {
         match postgres_url() {
             Ok(url) => {
-                let (version, lines) = run_backend::<pg_raw::Backend>(&cfg, &url, &url).await?;
-                print_table(&format!("{version}: {}", redact(&url)), &lines, verbose);
-                print_audit_table(&lines);
-                verdicts.push(verdict("PostgreSQL", &lines, None));
-                verdicts.push(audit_verdict("PostgreSQL", &lines));
+                if !only_cache {
+                    let (version, lines) = run_backend::<pg_raw::Backend>(&cfg, &url, &url).await?;
+                    print_table(&format!("{version}: {}", redact(&url)), &lines, verbose);
+                    print_audit_table(&lines);
+                    verdicts.push(verdict("PostgreSQL", &lines, None));
+                    verdicts.push(audit_verdict("PostgreSQL", &lines));
+                }
                 let cache = cache_lines(&cfg, &url).await?;
                 print_cache_table("PostgreSQL", &cache);
                 verdicts.push(cache_verdict("PostgreSQL", &cache, true));

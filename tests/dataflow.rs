@@ -3207,7 +3207,12 @@ async fn cache_sees_writes_of_other_connections_and_processes() {
             .build()
             .await
             .unwrap();
-        ok(&db, "UserBulkCreateNode", json!({"data": [{"email": "a@x.io"}, {"email": "b@x.io"}]})).await;
+        ok(
+            &db,
+            "UserBulkCreateNode",
+            json!({"data": [{"email": "a@x.io"}, {"email": "b@x.io"}]}),
+        )
+        .await;
         assert_eq!(cached(&db, "UserCountNode", json!({})).await["count"], 2);
         // A raw statement on a connection of its own.
         let raw = |sql: &str| match label {
@@ -3232,7 +3237,10 @@ async fn cache_sees_writes_of_other_connections_and_processes() {
         }
         let seen = seen.unwrap_or_else(|| panic!("{label}: the raw delete was never seen"));
         eprintln!("{label}: a raw write was seen after {seen:?}");
-        assert!(seen < Duration::from_secs(1), "{label}: seen after {seen:?}");
+        assert!(
+            seen < Duration::from_secs(1),
+            "{label}: seen after {seen:?}"
+        );
 
         // Another process: the quickstart example, a DataFlow of its own.
         assert_eq!(cached(&db, "UserCountNode", json!({})).await["count"], 1);
@@ -3240,11 +3248,17 @@ async fn cache_sees_writes_of_other_connections_and_processes() {
             .arg(&url)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let started = Instant::now();
         let users = loop {
             let page = ok(&db, "UserListNode", json!({})).await;
-            let raw_count = ok(&db, "UserCountNode", json!({})).await["count"].as_i64().unwrap();
+            let raw_count = ok(&db, "UserCountNode", json!({})).await["count"]
+                .as_i64()
+                .unwrap();
             if emails(&page).iter().any(|e| e.ends_with("@example.io"))
                 && raw_count == page["count"].as_i64().unwrap()
             {
@@ -3256,16 +3270,28 @@ async fn cache_sees_writes_of_other_connections_and_processes() {
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
-        assert!(!emails(&users).contains(&"b@x.io".to_string()), "{label}: the child deleted b: {users}");
+        assert!(
+            !emails(&users).contains(&"b@x.io".to_string()),
+            "{label}: the child deleted b: {users}"
+        );
     }
 }
 
 #[tokio::test]
 async fn cache_keys_ignore_json_order_and_whitespace() {
     on_each_backend_cached("cache_keys", |_, _, db| async move {
-        ok(&db, "UserCreateNode", json!({"email": "k@x.io", "active": true})).await;
-        let a: Value = serde_json::from_str(r#"{"filter": {"active": true, "email": "k@x.io"}, "limit": 5}"#).unwrap();
-        let b: Value = serde_json::from_str(r#"{ "limit":5,"filter":{ "email":"k@x.io","active":true } }"#).unwrap();
+        ok(
+            &db,
+            "UserCreateNode",
+            json!({"email": "k@x.io", "active": true}),
+        )
+        .await;
+        let a: Value =
+            serde_json::from_str(r#"{"filter": {"active": true, "email": "k@x.io"}, "limit": 5}"#)
+                .unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{ "limit":5,"filter":{ "email":"k@x.io","active":true } }"#)
+                .unwrap();
         ok(&db, "UserListNode", a).await;
         let before = db.cache_stats();
         ok(&db, "UserListNode", b).await;
@@ -3284,17 +3310,31 @@ async fn cache_stats_are_exact_after_a_known_workload() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         for _ in 0..2 {
             ok(&db, "UserReadNode", json!({"id": u["id"]})).await;
-            ok(&db, "UserListNode", json!({"filter": {"active": true}, "limit": 20})).await;
+            ok(
+                &db,
+                "UserListNode",
+                json!({"filter": {"active": true}, "limit": 20}),
+            )
+            .await;
             ok(&db, "UserCountNode", json!({})).await;
         }
-        ok(&db, "UserListNode", json!({"limit": 20, "filter": {"active": true}})).await;
+        ok(
+            &db,
+            "UserListNode",
+            json!({"limit": 20, "filter": {"active": true}}),
+        )
+        .await;
         let other = db.with_context(dataflow::Context::new().tenant("other"));
         ok(&other, "UserCountNode", json!({})).await;
         let s = db.cache_stats();
         assert_eq!(s.hits - base.hits, 4, "{label}: {s:?}");
         assert_eq!(s.misses - base.misses, 4, "{label}: {s:?}");
         let writes = if label == "sqlite" { 2 } else { 1 };
-        assert_eq!(s.invalidations - base.invalidations, writes, "{label}: {s:?}");
+        assert_eq!(
+            s.invalidations - base.invalidations,
+            writes,
+            "{label}: {s:?}"
+        );
         assert_eq!(s.entries, 4, "{label}: {s:?}");
         assert_eq!(s.evictions, 0, "{label}: {s:?}");
         assert!(s.bytes > 0 && s.bytes < 10_000, "{label}: {s:?}");
@@ -3303,7 +3343,10 @@ async fn cache_stats_are_exact_after_a_known_workload() {
         assert_eq!(db.cache_stats().entries, 4);
         db.cache_clear(Some("User")).unwrap();
         assert_eq!(db.cache_stats().entries, 0);
-        assert_eq!(db.cache_clear(Some("Nope")).unwrap_err().code().as_str(), "not_found");
+        assert_eq!(
+            db.cache_clear(Some("Nope")).unwrap_err().code().as_str(),
+            "not_found"
+        );
         ok(&db, "UserCountNode", json!({})).await;
         db.cache_clear(None).unwrap();
         let s = db.cache_stats();
@@ -3363,7 +3406,11 @@ async fn cache_passes_through_while_its_listen_connection_is_down() {
     let Some(url) = postgres::fresh_database("cache_listen") else {
         return;
     };
-    let db = DataFlow::builder(&url).enable_caching(true).build().await.unwrap();
+    let db = DataFlow::builder(&url)
+        .enable_caching(true)
+        .build()
+        .await
+        .unwrap();
     ok(&db, "UserCreateNode", json!({"email": "l@x.io"})).await;
     cached(&db, "UserCountNode", json!({})).await;
     let mut admin = diesel::PgConnection::establish(&url).unwrap();
@@ -3375,7 +3422,10 @@ async fn cache_passes_through_while_its_listen_connection_is_down() {
         .unwrap();
     let started = Instant::now();
     while db.cache_stats().available {
-        assert!(started.elapsed() < Duration::from_secs(2), "the drop was never noticed");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the drop was never noticed"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     // Down (or just back): nothing stale is ever served.
@@ -3384,16 +3434,27 @@ async fn cache_passes_through_while_its_listen_connection_is_down() {
     assert_eq!(ok(&db, "UserCountNode", json!({})).await["count"], 2);
     let started = Instant::now();
     while !db.cache_stats().available {
-        assert!(started.elapsed() < Duration::from_secs(5), "the listener never came back");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the listener never came back"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let back = db.cache_stats();
-    assert!(back.invalidations > base.invalidations, "invalidated on return: {back:?}");
+    assert!(
+        back.invalidations > base.invalidations,
+        "invalidated on return: {back:?}"
+    );
     assert_eq!(cached(&db, "UserCountNode", json!({})).await["count"], 2);
-    admin.batch_execute("DELETE FROM users WHERE id = 'raw'").unwrap();
+    admin
+        .batch_execute("DELETE FROM users WHERE id = 'raw'")
+        .unwrap();
     let started = Instant::now();
     while ok(&db, "UserCountNode", json!({})).await["count"] != 1 {
-        assert!(started.elapsed() < Duration::from_secs(1), "the new listener hears");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the new listener hears"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
@@ -3420,14 +3481,26 @@ async fn cache_change_triggers_are_migrated() {
             .unwrap()
             .n
     };
-    let on = DataFlow::builder(&url).enable_caching(true).build().await.unwrap();
+    let on = DataFlow::builder(&url)
+        .enable_caching(true)
+        .build()
+        .await
+        .unwrap();
     let models = on.models().len() as i64;
     assert_eq!(triggers(), models);
     // An unchanged boot with the cache stops at the fast check.
-    DataFlow::builder(&url).enable_caching(true).build().await.unwrap();
+    DataFlow::builder(&url)
+        .enable_caching(true)
+        .build()
+        .await
+        .unwrap();
     let off = DataFlow::builder(&url).build().await.unwrap();
     assert_eq!(triggers(), models, "boot without the cache leaves them");
-    let applied = off.migrations().apply(dataflow::migrate::ApplyRequest::new()).await.unwrap();
+    let applied = off
+        .migrations()
+        .apply(dataflow::migrate::ApplyRequest::new())
+        .await
+        .unwrap();
     assert!(applied.is_some());
     assert_eq!(triggers(), 0, "migrate apply without the cache drops them");
     drop(on);

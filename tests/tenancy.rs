@@ -772,24 +772,83 @@ async fn the_query_cache_never_serves_one_tenant_anothers_entry() {
         let (a, b) = (tenant(&db, "a"), tenant(&db, "b"));
         let same_id = json!({"id": "acc-1", "email": "x@x.io", "name": "A's"});
         ok(&a, "AccountCreateNode", same_id).await;
-        ok(&b, "AccountCreateNode", json!({"id": "acc-1", "email": "x@x.io", "name": "B's"})).await;
-        ok(&a, "AccountCreateNode", json!({"email": "y@x.io", "name": "A2"})).await;
+        ok(
+            &b,
+            "AccountCreateNode",
+            json!({"id": "acc-1", "email": "x@x.io", "name": "B's"}),
+        )
+        .await;
+        ok(
+            &a,
+            "AccountCreateNode",
+            json!({"email": "y@x.io", "name": "A2"}),
+        )
+        .await;
         for _ in 0..2 {
-            assert_eq!(ok(&a, "AccountReadNode", json!({"id": "acc-1"})).await["name"], "A's", "{label}");
-            assert_eq!(ok(&a, "AccountCountNode", json!({})).await["count"], 2, "{label}");
-            assert_eq!(ok(&a, "AccountListNode", json!({"filter": {"email": "x@x.io"}})).await["records"][0]["name"], "A's");
+            assert_eq!(
+                ok(&a, "AccountReadNode", json!({"id": "acc-1"})).await["name"],
+                "A's",
+                "{label}"
+            );
+            assert_eq!(
+                ok(&a, "AccountCountNode", json!({})).await["count"],
+                2,
+                "{label}"
+            );
+            assert_eq!(
+                ok(
+                    &a,
+                    "AccountListNode",
+                    json!({"filter": {"email": "x@x.io"}})
+                )
+                .await["records"][0]["name"],
+                "A's"
+            );
         }
         let before = db.cache_stats();
-        assert_eq!(ok(&b, "AccountReadNode", json!({"id": "acc-1"})).await["name"], "B's", "{label}");
-        assert_eq!(ok(&b, "AccountCountNode", json!({})).await["count"], 1, "{label}");
-        assert_eq!(ok(&b, "AccountListNode", json!({"filter": {"email": "x@x.io"}})).await["records"][0]["name"], "B's");
+        assert_eq!(
+            ok(&b, "AccountReadNode", json!({"id": "acc-1"})).await["name"],
+            "B's",
+            "{label}"
+        );
+        assert_eq!(
+            ok(&b, "AccountCountNode", json!({})).await["count"],
+            1,
+            "{label}"
+        );
+        assert_eq!(
+            ok(
+                &b,
+                "AccountListNode",
+                json!({"filter": {"email": "x@x.io"}})
+            )
+            .await["records"][0]["name"],
+            "B's"
+        );
         let after = db.cache_stats();
-        assert_eq!(after.hits, before.hits, "{label}: B got none of A's entries");
+        assert_eq!(
+            after.hits, before.hits,
+            "{label}: B got none of A's entries"
+        );
         assert_eq!(after.misses, before.misses + 3, "{label}");
         // No tenant: refused, not answered from anyone's entry.
-        assert_eq!(err(&db, "AccountCountNode", json!({})).await.code().as_str(), "tenant_required");
+        assert_eq!(
+            err(&db, "AccountCountNode", json!({}))
+                .await
+                .code()
+                .as_str(),
+            "tenant_required"
+        );
         let system = db.with_context(Context::system());
-        assert_eq!(ok(&system, "AccountCountNode", json!({})).await["count"], 3, "{label}");
-        assert_eq!(ok(&a, "AccountCountNode", json!({})).await["count"], 2, "{label}");
+        assert_eq!(
+            ok(&system, "AccountCountNode", json!({})).await["count"],
+            3,
+            "{label}"
+        );
+        assert_eq!(
+            ok(&a, "AccountCountNode", json!({})).await["count"],
+            2,
+            "{label}"
+        );
     }
 }

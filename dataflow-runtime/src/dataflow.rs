@@ -806,7 +806,12 @@ fn boot(
             )?;
             if target.dialect() == Dialect::Postgres {
                 let origin = origin.clone().unwrap_or_default();
-                crate::cache::listen(&cache, &config.database_url, origin, config.connect_timeout())?;
+                crate::cache::listen(
+                    &cache,
+                    &config.database_url,
+                    origin,
+                    config.connect_timeout(),
+                )?;
             }
             Some(cache)
         }

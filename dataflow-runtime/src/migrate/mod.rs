@@ -255,7 +255,9 @@ pub(crate) fn registry_matches<C: Conn>(
          WHERE n.nspname = current_schema() AND c.relname = ANY(?) AND t.tgname = 'dataflow_changes'",
         vec![SqlValue::Array(crate::value::SqlArray::Text(tables.clone()))],
     )?;
-    Ok(matches!(rows.first().and_then(|r| r.first()), Some(Cell::I64(n)) if *n == tables.len() as i64))
+    Ok(
+        matches!(rows.first().and_then(|r| r.first()), Some(Cell::I64(n)) if *n == tables.len() as i64),
+    )
 }
 
 /// Refuses models the PostgreSQL server cannot hold, before any DDL:

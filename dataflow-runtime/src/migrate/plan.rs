@@ -479,7 +479,8 @@ impl SchemaOptions {
 /// Whether `m`'s table gets the query cache's change trigger.
 fn change_trigger_wanted(d: Dialect, m: &ModelSchema, opts: &SchemaOptions) -> Option<bool> {
     let model = !std::ptr::eq(m, &crate::audit::AUDIT);
-    opts.change_triggers.filter(|_| d == Dialect::Postgres && model)
+    opts.change_triggers
+        .filter(|_| d == Dialect::Postgres && model)
 }
 
 /// The tenant a backfill writes, as a SQL literal. Without one the SQL
