@@ -10,8 +10,15 @@
 //! cargo test --bench nodes       # smoke: tiny, SQLite only, checks both paths agree
 //! ```
 //!
+//! The query cache (`enable_caching`) is measured in the same run, after the
+//! lines above: Read by id and List (filter, limit 20) with the cache on and
+//! off, at a 90 % hit workload (a write, then ten reads of the same query: one
+//! miss, nine hits) and at 0 % (a write before every read); only the reads are
+//! timed.
+//!
 //! Knobs: `DATAFLOW_BENCH_BACKENDS=sqlite` (or `postgres`) runs one backend,
-//! `DATAFLOW_BENCH_VERBOSE=1` prints every round, `DATAFLOW_BENCH_KEEP_DB=1`
+//! `DATAFLOW_BENCH_VERBOSE=1` prints every round, `DATAFLOW_BENCH_ONLY_CACHE=1` runs
+//! only the query cache's lines, `DATAFLOW_BENCH_KEEP_DB=1`
 //! keeps the SQLite file for inspection.
 //!
 //! PostgreSQL comes from `DATAFLOW_BENCH_POSTGRES_URL` (its `bench_users` table is
@@ -1186,6 +1193,196 @@ async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(Str
     Ok((version, lines))
 }
 
+// ------------------------------------------------------------------ query cache
+
+/// One cache line: reads/s with the cache off and on, per round.
+struct CacheLine {
+    name: String,
+    /// 0 % hits (`true`) or 90 %.
+    cold: bool,
+    off: Vec<f64>,
+    on: Vec<f64>,
+    /// The hit rate the cache really had on this line.
+    hit_rate: f64,
+}
+
+impl CacheLine {
+    fn ratio(&self) -> f64 {
+        median(&self.on) / median(&self.off)
+    }
+}
+
+/// Read by id and List, cache on and off, at 90 % and 0 % hits. Both
+/// handles are on the same database; rounds alternate which goes first.
+async fn cache_lines(cfg: &Cfg, url: &str) -> Res<Vec<CacheLine>> {
+    let on = DataFlow::builder(url)
+        .connection_pool_size(POOL_SIZE)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .enable_caching(true)
+        .build()
+        .await?;
+    let off = DataFlow::builder(url)
+        .connection_pool_size(POOL_SIZE)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()
+        .await?;
+    let data: Vec<Value> = (0..200)
+        .map(|i| Input::new("cache", i).into_json())
+        .collect();
+    off.execute(BULK, json!({"data": data})).await?;
+    let ids: Vec<String> = off.execute(LIST, json!({"limit": 200})).await?["records"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .filter_map(|r| r["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    check(ids.len() == 200, || {
+        format!("cache bench: {} records seeded", ids.len())
+    })?;
+    let mut lines = Vec::new();
+    for (kind, name) in [
+        (Kind::Read, "Read by id"),
+        (Kind::List, "List active=true, limit 20"),
+    ] {
+        for cold in [false, true] {
+            let mut line = CacheLine {
+                name: format!("{name}, {} hits", if cold { "0 %" } else { "90 %" }),
+                cold,
+                off: Vec::new(),
+                on: Vec::new(),
+                hit_rate: 0.0,
+            };
+            // A warm-up pass of each, untimed.
+            for db in [&off, &on] {
+                cache_round(db, kind, cold, &ids, cfg.warmup.max(10)).await?;
+            }
+            let ops = if cold { cfg.ops.min(2_000) } else { cfg.ops };
+            for r in 0..cfg.rounds {
+                let order: [bool; 2] = if r % 2 == 0 {
+                    [false, true]
+                } else {
+                    [true, false]
+                };
+                for cached in order {
+                    let db = if cached { &on } else { &off };
+                    let before = on.cache_stats();
+                    let rate = cache_round(db, kind, cold, &ids, ops).await?;
+                    if cached {
+                        let after = on.cache_stats();
+                        let lookups =
+                            (after.hits + after.misses - before.hits - before.misses) as f64;
+                        line.hit_rate = (after.hits - before.hits) as f64 / lookups.max(1.0);
+                        line.on.push(rate);
+                    } else {
+                        line.off.push(rate);
+                    }
+                }
+            }
+            lines.push(line);
+        }
+    }
+    off.execute(
+        "BenchUserBulkDeleteNode",
+        json!({"filter": {}, "confirmed": true}),
+    )
+    .await?;
+    // PostgreSQL: the cache's change triggers go again (cache off + migrate).
+    off.migrations()
+        .apply(dataflow::migrate::ApplyRequest::new())
+        .await?;
+    Ok(lines)
+}
+
+/// `ops` timed reads: each after a write (`cold`), or ten reads of the same
+/// query after each write. Reads per second of read time.
+async fn cache_round(
+    db: &DataFlow,
+    kind: Kind,
+    cold: bool,
+    ids: &[String],
+    ops: usize,
+) -> Res<f64> {
+    let reads_per_write = if cold { 1 } else { 10 };
+    let mut timed = Duration::ZERO;
+    let mut done = 0;
+    let mut block = 0usize;
+    while done < ops {
+        let id = &ids[block % ids.len()];
+        let mut fields = Map::new();
+        fields.insert("age".into(), Value::from((block % 80) as i64 + 18));
+        db.execute(
+            "BenchUserUpdateNode",
+            json!({"id": id, "fields": Value::Object(fields)}),
+        )
+        .await?;
+        for _ in 0..reads_per_write {
+            let params = match kind {
+                Kind::List => list_params(),
+                _ => id_params(id.clone()),
+            };
+            let node = if matches!(kind, Kind::List) {
+                LIST
+            } else {
+                READ
+            };
+            let start = Instant::now();
+            let out = db.execute(node, params).await?;
+            timed += start.elapsed();
+            check(!out.is_null(), || format!("{node}: no answer"))?;
+            done += 1;
+        }
+        block += 1;
+    }
+    Ok(done as f64 / timed.as_secs_f64())
+}
+
+fn print_cache_table(backend: &str, lines: &[CacheLine]) {
+    println!(
+        "
+query cache on {backend} (reads/s, median; writes between reads untimed)"
+    );
+    let w = lines.iter().map(|l| l.name.len()).max().unwrap_or(4).max(4);
+    println!(
+        "{:<w$} | {:>16} | {:>16} | {:>8} | ratio (on/off) | target",
+        "line", "cache off", "cache on", "hits"
+    );
+    for l in lines {
+        let target = if l.cold {
+            ">= 0.95"
+        } else if l.name.starts_with("List") {
+            ">= 10 (PostgreSQL)"
+        } else {
+            "-"
+        };
+        println!(
+            "{:<w$} | {:>16} | {:>16} | {:>7.0}% | {:>14.2} | {target}",
+            l.name,
+            thousands(median(&l.off)),
+            thousands(median(&l.on)),
+            l.hit_rate * 100.0,
+            l.ratio()
+        );
+    }
+}
+
+fn cache_verdict(backend: &str, lines: &[CacheLine], postgres: bool) -> String {
+    let mut missed = Vec::new();
+    for l in lines {
+        if l.cold && l.ratio() < 0.95 {
+            missed.push(format!("{}: {:.2} < 0.95", l.name, l.ratio()));
+        }
+        if postgres && !l.cold && l.name.starts_with("List") && l.ratio() < 10.0 {
+            missed.push(format!("{}: {:.2} < 10", l.name, l.ratio()));
+        }
+    }
+    match missed.is_empty() {
+        true => format!("{backend} query cache: targets met"),
+        false => format!("{backend} query cache: MISSED {}", missed.join("; ")),
+    }
+}
+
 // ------------------------------------------------------------------ output
 
 fn thousands(x: f64) -> String {
@@ -1400,7 +1597,9 @@ async fn main() -> Res<()> {
     if !cfg.full {
         let started = Instant::now();
         let (_, lines) = run_backend::<sqlite_raw::Backend>(&cfg, &sqlite_url, &path).await?;
-        let summary: Vec<String> = lines.iter().map(|l| l.name.clone()).collect();
+        let cache = cache_lines(&cfg, &sqlite_url).await?;
+        let mut summary: Vec<String> = lines.iter().map(|l| l.name.clone()).collect();
+        summary.extend(cache.iter().map(|l| format!("{} (cache)", l.name)));
         println!(
             "nodes bench smoke (SQLite, {} ops per line, {} bulk rows): node and raw paths agree on {} in {:.1?}; \
              run `cargo bench --bench nodes` for numbers",
@@ -1438,7 +1637,8 @@ async fn main() -> Res<()> {
         loadavg()
     );
     let mut verdicts = Vec::new();
-    if backends.contains("sqlite") {
+    let only_cache = std::env::var_os("DATAFLOW_BENCH_ONLY_CACHE").is_some();
+    if backends.contains("sqlite") && !only_cache {
         let (version, lines) = run_backend::<sqlite_raw::Backend>(&cfg, &sqlite_url, &path).await?;
         print_table(
             &format!("{version}: {path} (WAL, synchronous=NORMAL)"),
@@ -1449,14 +1649,24 @@ async fn main() -> Res<()> {
         verdicts.push(verdict("SQLite", &lines, Some(200_000.0)));
         verdicts.push(audit_verdict("SQLite", &lines));
     }
+    if backends.contains("sqlite") {
+        let cache = cache_lines(&cfg, &sqlite_url).await?;
+        print_cache_table("SQLite", &cache);
+        verdicts.push(cache_verdict("SQLite", &cache, false));
+    }
     if backends.contains("postgres") {
         match postgres_url() {
             Ok(url) => {
-                let (version, lines) = run_backend::<pg_raw::Backend>(&cfg, &url, &url).await?;
-                print_table(&format!("{version}: {}", redact(&url)), &lines, verbose);
-                print_audit_table(&lines);
-                verdicts.push(verdict("PostgreSQL", &lines, None));
-                verdicts.push(audit_verdict("PostgreSQL", &lines));
+                if !only_cache {
+                    let (version, lines) = run_backend::<pg_raw::Backend>(&cfg, &url, &url).await?;
+                    print_table(&format!("{version}: {}", redact(&url)), &lines, verbose);
+                    print_audit_table(&lines);
+                    verdicts.push(verdict("PostgreSQL", &lines, None));
+                    verdicts.push(audit_verdict("PostgreSQL", &lines));
+                }
+                let cache = cache_lines(&cfg, &url).await?;
+                print_cache_table("PostgreSQL", &cache);
+                verdicts.push(cache_verdict("PostgreSQL", &cache, true));
             }
             Err(why) => println!("\nPostgreSQL: skipped ({why})"),
         }

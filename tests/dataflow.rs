@@ -1274,16 +1274,12 @@ async fn unreachable_postgres_fails_fast() {
 #[tokio::test]
 async fn options_for_missing_features_fail_boot() {
     let e = DataFlow::builder(sqlite_url("flags"))
-        .enable_caching(true)
         .enable_metrics(true)
         .build()
         .await
         .unwrap_err();
     assert_eq!(e.code().as_str(), "not_supported");
-    assert!(
-        e.message().contains("enable_caching") && e.message().contains("enable_metrics"),
-        "{e}"
-    );
+    assert!(e.message().contains("enable_metrics"), "{e}");
     let e = DataFlow::builder(sqlite_url("flags"))
         .connection_pool_size(0)
         .build()
@@ -3067,4 +3063,445 @@ async fn concurrent_updates_with_one_expected_version_exactly_one_wins() {
         }
     })
     .await;
+}
+
+// ------------------------------------------------------------------ Query cache
+
+/// A database with the query cache on, on each backend.
+async fn on_each_backend_cached<F, Fut>(name: &str, body: F)
+where
+    F: Fn(&'static str, String, DataFlow) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for (label, url) in support::backend_urls(name) {
+        eprintln!("--- {name} on {label}");
+        let db = DataFlow::builder(&url)
+            .enable_caching(true)
+            .build()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: boot on {label} failed: {e}"));
+        assert!(db.cache_stats().available, "{label}: the cache serves");
+        body(label, url, db).await;
+    }
+}
+
+/// Reads `node` twice: the second answer must be the cache's (a hit) and
+/// the same as the first.
+async fn cached(db: &DataFlow, node: &str, params: Value) -> Value {
+    let first = ok(db, node, params.clone()).await;
+    let hits = db.cache_stats().hits;
+    let second = ok(db, node, params.clone()).await;
+    assert_eq!(db.cache_stats().hits, hits + 1, "{node} {params}: a hit");
+    assert_eq!(first, second, "{node} {params}");
+    second
+}
+
+fn emails(page: &Value) -> Vec<String> {
+    let mut out: Vec<String> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["email"].as_str().unwrap().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn cache_reads_your_writes_through_every_write_node() {
+    on_each_backend_cached("cache_ryw", |label, _, db| async move {
+        let all = json!({"order_by": "email"});
+        let count = || json!({});
+        // Create.
+        assert_eq!(cached(&db, "UserCountNode", count()).await["count"], 0);
+        cached(&db, "UserListNode", all.clone()).await;
+        let ann = ok(&db, "UserCreateNode", json!({"email": "ann@x.io"})).await;
+        assert_eq!(ok(&db, "UserCountNode", count()).await["count"], 1, "{label}");
+        assert_eq!(emails(&ok(&db, "UserListNode", all.clone()).await), ["ann@x.io"]);
+        // Update.
+        let by_id = json!({"id": ann["id"]});
+        assert_eq!(cached(&db, "UserReadNode", by_id.clone()).await["full_name"], Value::Null);
+        ok(&db, "UserUpdateNode", json!({"id": ann["id"], "fields": {"full_name": "Ann"}})).await;
+        assert_eq!(ok(&db, "UserReadNode", by_id.clone()).await["full_name"], "Ann", "{label}");
+        // Upsert (an update of the existing record).
+        cached(&db, "UserReadNode", by_id.clone()).await;
+        ok(
+            &db,
+            "UserUpsertNode",
+            json!({"where": {"email": "ann@x.io"}, "update": {"full_name": "Ann Lee"}, "create": {}}),
+        )
+        .await;
+        assert_eq!(ok(&db, "UserReadNode", by_id.clone()).await["full_name"], "Ann Lee", "{label}");
+        // BulkCreate.
+        cached(&db, "UserCountNode", count()).await;
+        ok(
+            &db,
+            "UserBulkCreateNode",
+            json!({"data": [{"email": "bob@x.io"}, {"email": "eve@x.io", "active": false}]}),
+        )
+        .await;
+        assert_eq!(ok(&db, "UserCountNode", count()).await["count"], 3, "{label}");
+        // BulkUpdate.
+        let inactive = json!({"filter": {"active": false}});
+        assert_eq!(cached(&db, "UserCountNode", inactive.clone()).await["count"], 1);
+        ok(&db, "UserBulkUpdateNode", json!({"filter": {"email": "bob@x.io"}, "fields": {"active": false}})).await;
+        assert_eq!(ok(&db, "UserCountNode", inactive.clone()).await["count"], 2, "{label}");
+        // BulkUpsert.
+        cached(&db, "UserListNode", all.clone()).await;
+        ok(
+            &db,
+            "UserBulkUpsertNode",
+            json!({"conflict_on": "email", "data": [{"email": "bob@x.io", "full_name": "Bob"}, {"email": "cy@x.io"}]}),
+        )
+        .await;
+        assert_eq!(
+            emails(&ok(&db, "UserListNode", all.clone()).await),
+            ["ann@x.io", "bob@x.io", "cy@x.io", "eve@x.io"],
+            "{label}"
+        );
+        // Delete.
+        cached(&db, "UserReadNode", by_id.clone()).await;
+        ok(&db, "UserDeleteNode", json!({"id": ann["id"]})).await;
+        assert_eq!(err(&db, "UserReadNode", by_id.clone()).await.code().as_str(), "not_found", "{label}");
+        // BulkDelete.
+        assert_eq!(cached(&db, "UserCountNode", count()).await["count"], 3);
+        ok(
+            &db,
+            "UserBulkDeleteNode",
+            json!({"filter": {"email": {"$in": ["bob@x.io", "eve@x.io"]}}, "confirmed": true}),
+        )
+        .await;
+        assert_eq!(ok(&db, "UserCountNode", count()).await["count"], 1, "{label}");
+        // A failed write leaves the cache right too (nothing changed).
+        assert_eq!(cached(&db, "UserCountNode", count()).await["count"], 1);
+        err(&db, "UserCreateNode", json!({"email": "cy@x.io"})).await;
+        assert_eq!(ok(&db, "UserCountNode", count()).await["count"], 1, "{label}");
+        // A transactional workflow's writes, too.
+        cached(&db, "UserCountNode", count()).await;
+        let mut wf = dataflow::WorkflowBuilder::new();
+        wf.add_node("UserCreateNode", "make", json!({"email": "tx@x.io"}))
+            .add_node("UserReadNode", "after", json!({}))
+            .add_connection("make", "id", "after", "id")
+            .transactional(true);
+        let wf = wf.build(&db).unwrap();
+        let run = db.runtime().execute(&wf, json!({})).await.unwrap();
+        assert_eq!(run.results["after"]["email"], "tx@x.io", "{label}: the run reads its own write");
+        assert_eq!(ok(&db, "UserCountNode", count()).await["count"], 2, "{label}");
+    })
+    .await;
+}
+
+/// A statement through another connection (diesel, outside the runtime)
+/// and another process (the quickstart example, a second `DataFlow`) are
+/// seen by cached reads within the documented bound.
+#[tokio::test]
+async fn cache_sees_writes_of_other_connections_and_processes() {
+    use diesel::connection::SimpleConnection as _;
+    use diesel::Connection as _;
+    for (label, url) in support::backend_urls("cache_others") {
+        eprintln!("--- on {label}");
+        // Only the quickstart's User here: its boot adds its other models.
+        let db = DataFlow::builder(&url)
+            .enable_caching(true)
+            .models(&[&User::SCHEMA])
+            .build()
+            .await
+            .unwrap();
+        ok(
+            &db,
+            "UserBulkCreateNode",
+            json!({"data": [{"email": "a@x.io"}, {"email": "b@x.io"}]}),
+        )
+        .await;
+        assert_eq!(cached(&db, "UserCountNode", json!({})).await["count"], 2);
+        // A raw statement on a connection of its own.
+        let raw = |sql: &str| match label {
+            "sqlite" => diesel::SqliteConnection::establish(url.trim_start_matches("sqlite://"))
+                .unwrap()
+                .batch_execute(sql)
+                .unwrap(),
+            _ => diesel::PgConnection::establish(&url)
+                .unwrap()
+                .batch_execute(sql)
+                .unwrap(),
+        };
+        raw("DELETE FROM users WHERE email = 'a@x.io'");
+        let done = Instant::now();
+        let mut seen = None;
+        while done.elapsed() < Duration::from_secs(5) {
+            if ok(&db, "UserCountNode", json!({})).await["count"] == 1 {
+                seen = Some(done.elapsed());
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let seen = seen.unwrap_or_else(|| panic!("{label}: the raw delete was never seen"));
+        eprintln!("{label}: a raw write was seen after {seen:?}");
+        assert!(
+            seen < Duration::from_secs(1),
+            "{label}: seen after {seen:?}"
+        );
+
+        // Another process: the quickstart example, a DataFlow of its own.
+        assert_eq!(cached(&db, "UserCountNode", json!({})).await["count"], 1);
+        let out = std::process::Command::new(support::programs::example("quickstart"))
+            .arg(&url)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let started = Instant::now();
+        let users = loop {
+            let page = ok(&db, "UserListNode", json!({})).await;
+            let raw_count = ok(&db, "UserCountNode", json!({})).await["count"]
+                .as_i64()
+                .unwrap();
+            if emails(&page).iter().any(|e| e.ends_with("@example.io"))
+                && raw_count == page["count"].as_i64().unwrap()
+            {
+                break page;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{label}: the child's writes were not seen: {page}"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        assert!(
+            !emails(&users).contains(&"b@x.io".to_string()),
+            "{label}: the child deleted b: {users}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cache_keys_ignore_json_order_and_whitespace() {
+    on_each_backend_cached("cache_keys", |_, _, db| async move {
+        ok(
+            &db,
+            "UserCreateNode",
+            json!({"email": "k@x.io", "active": true}),
+        )
+        .await;
+        let a: Value =
+            serde_json::from_str(r#"{"filter": {"active": true, "email": "k@x.io"}, "limit": 5}"#)
+                .unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{ "limit":5,"filter":{ "email":"k@x.io","active":true } }"#)
+                .unwrap();
+        ok(&db, "UserListNode", a).await;
+        let before = db.cache_stats();
+        ok(&db, "UserListNode", b).await;
+        assert_eq!(db.cache_stats().hits, before.hits + 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cache_stats_are_exact_after_a_known_workload() {
+    on_each_backend_cached("cache_stats", |label, _, db| async move {
+        let base = db.cache_stats();
+        let u = ok(&db, "UserCreateNode", json!({"email": "s@x.io"})).await;
+        // The write's own invalidation (SQLite: and the data_version it
+        // moved, asked at once); PostgreSQL skips its own notification.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..2 {
+            ok(&db, "UserReadNode", json!({"id": u["id"]})).await;
+            ok(
+                &db,
+                "UserListNode",
+                json!({"filter": {"active": true}, "limit": 20}),
+            )
+            .await;
+            ok(&db, "UserCountNode", json!({})).await;
+        }
+        ok(
+            &db,
+            "UserListNode",
+            json!({"limit": 20, "filter": {"active": true}}),
+        )
+        .await;
+        let other = db.with_context(dataflow::Context::new().tenant("other"));
+        ok(&other, "UserCountNode", json!({})).await;
+        let s = db.cache_stats();
+        assert_eq!(s.hits - base.hits, 4, "{label}: {s:?}");
+        assert_eq!(s.misses - base.misses, 4, "{label}: {s:?}");
+        let writes = if label == "sqlite" { 2 } else { 1 };
+        assert_eq!(
+            s.invalidations - base.invalidations,
+            writes,
+            "{label}: {s:?}"
+        );
+        assert_eq!(s.entries, 4, "{label}: {s:?}");
+        assert_eq!(s.evictions, 0, "{label}: {s:?}");
+        assert!(s.bytes > 0 && s.bytes < 10_000, "{label}: {s:?}");
+        // Clearing one model, then all.
+        db.cache_clear(Some("Doc")).unwrap();
+        assert_eq!(db.cache_stats().entries, 4);
+        db.cache_clear(Some("User")).unwrap();
+        assert_eq!(db.cache_stats().entries, 0);
+        assert_eq!(
+            db.cache_clear(Some("Nope")).unwrap_err().code().as_str(),
+            "not_found"
+        );
+        ok(&db, "UserCountNode", json!({})).await;
+        db.cache_clear(None).unwrap();
+        let s = db.cache_stats();
+        assert_eq!((s.entries, s.bytes), (0, 0), "{label}: {s:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cache_entries_expire_after_the_ttl() {
+    for (label, url) in support::backend_urls("cache_ttl") {
+        let db = DataFlow::builder(&url)
+            .enable_caching(true)
+            .cache_ttl(Duration::from_millis(150))
+            .build()
+            .await
+            .unwrap();
+        ok(&db, "UserCountNode", json!({})).await;
+        let s = db.cache_stats();
+        ok(&db, "UserCountNode", json!({})).await;
+        assert_eq!(db.cache_stats().hits, s.hits + 1, "{label}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = db.cache_stats();
+        ok(&db, "UserCountNode", json!({})).await;
+        let after = db.cache_stats();
+        assert_eq!(after.hits, before.hits, "{label}: expired, not served");
+        assert_eq!(after.misses, before.misses + 1, "{label}");
+    }
+}
+
+#[tokio::test]
+async fn cache_stays_within_its_byte_bound() {
+    for (label, url) in support::backend_urls("cache_bound") {
+        let db = DataFlow::builder(&url)
+            .enable_caching(true)
+            .cache_max_bytes(16 * 1024)
+            .build()
+            .await
+            .unwrap();
+        seed_users(&db, 20).await;
+        for i in 0..200 {
+            ok(&db, "UserListNode", json!({"limit": 20, "offset": i % 7, "filter": {"full_name": {"$ne": format!("x{i}")}}})).await;
+        }
+        let s = db.cache_stats();
+        assert!(s.evictions > 0, "{label}: {s:?}");
+        assert!(s.bytes <= 16 * 1024, "{label}: {s:?}");
+        assert!(s.entries > 0 && s.entries < 200, "{label}: {s:?}");
+    }
+}
+
+/// PostgreSQL: the LISTEN connection killed on the server; the cache passes
+/// every read through until it is back, then invalidates everything once.
+#[tokio::test]
+async fn cache_passes_through_while_its_listen_connection_is_down() {
+    use diesel::connection::SimpleConnection as _;
+    use diesel::Connection as _;
+    let Some(url) = postgres::fresh_database("cache_listen") else {
+        return;
+    };
+    let db = DataFlow::builder(&url)
+        .enable_caching(true)
+        .build()
+        .await
+        .unwrap();
+    ok(&db, "UserCreateNode", json!({"email": "l@x.io"})).await;
+    cached(&db, "UserCountNode", json!({})).await;
+    let mut admin = diesel::PgConnection::establish(&url).unwrap();
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND query = 'LISTEN dataflow_changes'",
+        )
+        .unwrap();
+    let started = Instant::now();
+    while db.cache_stats().available {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the drop was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Down (or just back): nothing stale is ever served.
+    let base = db.cache_stats();
+    admin.batch_execute("INSERT INTO users (id, email, active, created_at, updated_at) VALUES ('raw', 'raw@x.io', true, now(), now())").unwrap();
+    assert_eq!(ok(&db, "UserCountNode", json!({})).await["count"], 2);
+    let started = Instant::now();
+    while !db.cache_stats().available {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the listener never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let back = db.cache_stats();
+    assert!(
+        back.invalidations > base.invalidations,
+        "invalidated on return: {back:?}"
+    );
+    assert_eq!(cached(&db, "UserCountNode", json!({})).await["count"], 2);
+    admin
+        .batch_execute("DELETE FROM users WHERE id = 'raw'")
+        .unwrap();
+    let started = Instant::now();
+    while ok(&db, "UserCountNode", json!({})).await["count"] != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the new listener hears"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// PostgreSQL: the change triggers come with the cache's migrations, stay
+/// when an instance without the cache boots, and go with
+/// `enable_caching(false)` + `migrate apply`.
+#[tokio::test]
+async fn cache_change_triggers_are_migrated() {
+    use diesel::Connection as _;
+    use diesel::RunQueryDsl as _;
+    let Some(url) = postgres::fresh_database("cache_triggers") else {
+        return;
+    };
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let triggers = || {
+        let mut c = diesel::PgConnection::establish(&url).unwrap();
+        diesel::sql_query("SELECT COUNT(*) AS n FROM pg_trigger WHERE tgname = 'dataflow_changes'")
+            .get_result::<N>(&mut c)
+            .unwrap()
+            .n
+    };
+    let on = DataFlow::builder(&url)
+        .enable_caching(true)
+        .build()
+        .await
+        .unwrap();
+    let models = on.models().len() as i64;
+    assert_eq!(triggers(), models);
+    // An unchanged boot with the cache stops at the fast check.
+    DataFlow::builder(&url)
+        .enable_caching(true)
+        .build()
+        .await
+        .unwrap();
+    let off = DataFlow::builder(&url).build().await.unwrap();
+    assert_eq!(triggers(), models, "boot without the cache leaves them");
+    let applied = off
+        .migrations()
+        .apply(dataflow::migrate::ApplyRequest::new())
+        .await
+        .unwrap();
+    assert!(applied.is_some());
+    assert_eq!(triggers(), 0, "migrate apply without the cache drops them");
+    drop(on);
 }

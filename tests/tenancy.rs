@@ -750,3 +750,105 @@ async fn tenant_b_cannot_see_or_touch_tenant_a() {
     })
     .await;
 }
+
+/// The query cache keys on the tenant: what tenant A read (and cached) is
+/// never served to B, for the same query, by id, filter or count; a system
+/// context's cross-tenant read is an entry of its own.
+#[tokio::test]
+async fn the_query_cache_never_serves_one_tenant_anothers_entry() {
+    let mut urls = support::backend_urls("tenancy_cache");
+    if let Some(url) = support::postgres::fresh_database("tenancy_cache_rls") {
+        urls.push(("postgres+rls", support::postgres::as_plain_role(&url)));
+    }
+    for (label, url) in urls {
+        eprintln!("--- on {label}");
+        let db = DataFlow::builder(&url)
+            .multi_tenant(true)
+            .row_level_security(label == "postgres+rls")
+            .enable_caching(true)
+            .build()
+            .await
+            .unwrap();
+        let (a, b) = (tenant(&db, "a"), tenant(&db, "b"));
+        let same_id = json!({"id": "acc-1", "email": "x@x.io", "name": "A's"});
+        ok(&a, "AccountCreateNode", same_id).await;
+        ok(
+            &b,
+            "AccountCreateNode",
+            json!({"id": "acc-1", "email": "x@x.io", "name": "B's"}),
+        )
+        .await;
+        ok(
+            &a,
+            "AccountCreateNode",
+            json!({"email": "y@x.io", "name": "A2"}),
+        )
+        .await;
+        for _ in 0..2 {
+            assert_eq!(
+                ok(&a, "AccountReadNode", json!({"id": "acc-1"})).await["name"],
+                "A's",
+                "{label}"
+            );
+            assert_eq!(
+                ok(&a, "AccountCountNode", json!({})).await["count"],
+                2,
+                "{label}"
+            );
+            assert_eq!(
+                ok(
+                    &a,
+                    "AccountListNode",
+                    json!({"filter": {"email": "x@x.io"}})
+                )
+                .await["records"][0]["name"],
+                "A's"
+            );
+        }
+        let before = db.cache_stats();
+        assert_eq!(
+            ok(&b, "AccountReadNode", json!({"id": "acc-1"})).await["name"],
+            "B's",
+            "{label}"
+        );
+        assert_eq!(
+            ok(&b, "AccountCountNode", json!({})).await["count"],
+            1,
+            "{label}"
+        );
+        assert_eq!(
+            ok(
+                &b,
+                "AccountListNode",
+                json!({"filter": {"email": "x@x.io"}})
+            )
+            .await["records"][0]["name"],
+            "B's"
+        );
+        let after = db.cache_stats();
+        assert_eq!(
+            after.hits, before.hits,
+            "{label}: B got none of A's entries"
+        );
+        assert_eq!(after.misses, before.misses + 3, "{label}");
+        // No tenant: refused, not answered from anyone's entry.
+        assert_eq!(
+            err(&db, "AccountCountNode", json!({}))
+                .await
+                .code()
+                .as_str(),
+            "tenant_required"
+        );
+        let system = db.with_context(Context::system());
+        assert_eq!(
+            ok(&system, "AccountCountNode", json!({})).await["count"],
+            3,
+            "{label}"
+        );
+        assert_eq!(
+            ok(&a, "AccountCountNode", json!({})).await["count"],
+            2,
+            "{label}"
+        );
+    }
+}

@@ -57,7 +57,7 @@ use proc_macro::TokenStream;
 /// | `tenant_scoped` | adds a managed `tenant_id` column that leads every key (`PRIMARY KEY (tenant_id, id)`, `UNIQUE (tenant_id, email)`, composite foreign keys) and that every node binds from the context's tenant; needs `multi_tenant(true)` at boot |
 /// | `audit` | every write of the model is recorded in the audit log (`dataflow_audit`), in the write's transaction; `audit = false` opts the model out of `enable_audit_log(true)` |
 /// | `versioned` | adds `version` (1 on create, incremented by every update); Update, Upsert and BulkUpdate take `expected_version`, and a stale one is `conflict`. Declare `pub version: i64` (or `i32`) to read it in Rust |
-/// | `cache_ttl = "30s"` | parsed and checked now (`cache_ttl` takes `ms`, `s`, `m` or `h`); the query cache comes later, and until then a model that sets it fails boot with `not_supported` |
+/// | `cache_ttl = "30s"` | the query cache keeps this model's Read, List and Count results at most this long (`ms`, `s`, `m` or `h`; overrides the configured `cache_ttl`; no effect with the cache off) |
 ///
 /// Flags accept `= true` / `= false` as well as the bare key.
 ///

@@ -32,8 +32,16 @@ pub struct Config {
     pub staging: Option<bool>,
     /// Schema discovery (not available yet: `true` fails boot).
     pub enable_schema_discovery: Option<bool>,
-    /// The query cache (not available yet: `true` fails boot).
+    /// The query cache of Read, List and Count results (default off; see
+    /// the README's "Query cache"). On PostgreSQL it needs the change
+    /// triggers its migrations create; `false` with `migrate apply` drops them.
     pub enable_caching: Option<bool>,
+    /// The query cache's bound in bytes (default 64 MiB).
+    pub cache_max_bytes: Option<u64>,
+    /// How long a cached result is kept at most, in milliseconds (default:
+    /// until a write invalidates it or it is evicted); a model's
+    /// `cache_ttl` overrides it.
+    pub cache_ttl_ms: Option<u64>,
     /// Query metrics (not available yet: `true` fails boot).
     pub enable_metrics: Option<bool>,
     /// The most pooled connections (default 10; 1 for `sqlite::memory:`).
@@ -93,6 +101,8 @@ impl Default for Config {
             staging: None,
             enable_schema_discovery: None,
             enable_caching: None,
+            cache_max_bytes: None,
+            cache_ttl_ms: None,
             enable_metrics: None,
             connection_pool_size: 10,
             enable_audit_log: None,
@@ -179,6 +189,22 @@ impl Config {
         Duration::from_millis(self.migration_retry_backoff_ms)
     }
 
+    /// Whether the query cache is on.
+    pub fn caching(&self) -> bool {
+        self.enable_caching == Some(true)
+    }
+
+    /// The query cache's bound in bytes.
+    pub fn cache_max_bytes(&self) -> u64 {
+        self.cache_max_bytes
+            .unwrap_or(crate::cache::DEFAULT_CACHE_MAX_BYTES)
+    }
+
+    /// The query cache's TTL, when set.
+    pub fn cache_ttl(&self) -> Option<Duration> {
+        self.cache_ttl_ms.map(Duration::from_millis)
+    }
+
     /// Whether `tenant_scoped` models are allowed (and enforced).
     pub fn multi_tenant(&self) -> bool {
         self.multi_tenant == Some(true)
@@ -208,11 +234,6 @@ impl Config {
                 self.enable_schema_discovery == Some(true),
                 "enable_schema_discovery = true",
                 "schema discovery",
-            ),
-            (
-                self.enable_caching == Some(true),
-                "enable_caching = true",
-                "the query cache",
             ),
             (
                 self.enable_metrics == Some(true),

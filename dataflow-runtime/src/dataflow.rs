@@ -1,6 +1,7 @@
 //! The `DataFlow` handle: boot, node lookup and execution.
 
 use crate::backend::{AnyConnection, Conn, ConnMut, Manager, Pool, Target};
+use crate::cache::{CacheStats, QueryCache};
 use crate::config::Config;
 use crate::context::Context;
 use crate::error::{Error, ErrorCode, Result};
@@ -57,6 +58,8 @@ struct Inner {
     sqlite_writer: Option<crate::writer::Writer>,
     /// Keeps a shared in-memory SQLite database alive.
     _keepalive: Option<Mutex<AnyConnection>>,
+    /// The query cache (`enable_caching`).
+    cache: Option<Arc<QueryCache>>,
 }
 
 impl std::fmt::Debug for DataFlow {
@@ -125,6 +128,20 @@ impl DataFlowBuilder {
     /// refuses it. See the README's "Multi-tenancy" section for its cost.
     pub fn row_level_security(mut self, on: bool) -> Self {
         self.config.row_level_security = Some(on);
+        self
+    }
+
+    /// The query cache's bound in bytes (default 64 MiB): the least
+    /// recently and least frequently used entries are evicted past it.
+    pub fn cache_max_bytes(mut self, bytes: u64) -> Self {
+        self.config.cache_max_bytes = Some(bytes);
+        self
+    }
+
+    /// The longest the query cache keeps a result (default: until a write
+    /// invalidates it or it is evicted); a model's `cache_ttl` overrides it.
+    pub fn cache_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.config.cache_ttl_ms = Some(ttl.as_millis() as u64);
         self
     }
 
@@ -384,6 +401,52 @@ impl DataFlow {
             .with_model(m.name)
             .with_node(crate::schema::node_name(m.name, op)));
         }
+        let Some(cache) = self.inner.cache.clone() else {
+            return self.dispatch_model(m, op, params, origin).await;
+        };
+        if WriteKind::of(op).is_some() {
+            // Invalidated after the write answered (committed or failed) and
+            // before the caller has the answer. The write runs as a task of
+            // its own, so a caller that stops waiting (a dropped request)
+            // cannot skip the invalidation of a write that still commits.
+            let db = self.clone();
+            let write = tokio::spawn(async move {
+                let out = db.dispatch_model(m, op, params, origin).await;
+                cache.invalidate_written(m);
+                out
+            });
+            return write
+                .await
+                .map_err(|e| Error::internal(format!("node task failed: {e}")))?;
+        }
+        // Reads of a hand-written node inside a transactional run see the
+        // run's writes only on its connection: never from the cache.
+        let key = match INSIDE_TRANSACTIONAL_RUN.try_with(|_| ()) {
+            Ok(()) => None,
+            Err(_) => cache.key(m, op, &self.context, &params),
+        };
+        let Some(key) = key else {
+            return self.dispatch_model(m, op, params, origin).await;
+        };
+        if let Some(hit) = cache.get(&key) {
+            return Ok(hit);
+        }
+        let generation = cache.generation(&key);
+        let out = self.dispatch_model(m, op, params, origin).await;
+        if let Ok(v) = &out {
+            cache.put(key, generation, v);
+        }
+        out
+    }
+
+    /// A model node on this process's connections, without the cache.
+    async fn dispatch_model(
+        &self,
+        m: &'static ModelSchema,
+        op: Op,
+        params: Value,
+        origin: Option<(String, String)>,
+    ) -> Result<Value> {
         if let Some(writer) = &self.inner.sqlite_writer {
             if let Some(kind) = WriteKind::of(op) {
                 let db = self.clone();
@@ -602,6 +665,52 @@ impl DataFlow {
         }
     }
 
+    /// The query cache's counters and size (all zero with the cache off).
+    /// Cheap: counters, and the cache's pending bookkeeping done first so
+    /// `bytes` and `entries` are current.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.inner
+            .cache
+            .as_ref()
+            .map_or_else(CacheStats::default, |c| c.stats())
+    }
+
+    /// Drops the query cache's entries of `model` (a model name, e.g.
+    /// `"User"`), or every entry with `None`. An unknown model is
+    /// `not_found`; with the cache off it does nothing.
+    pub fn cache_clear(&self, model: Option<&str>) -> Result<()> {
+        let Some(cache) = &self.inner.cache else {
+            return Ok(());
+        };
+        let m = match model {
+            None => None,
+            Some(name) => Some(
+                self.models()
+                    .iter()
+                    .copied()
+                    .find(|m| m.name == name)
+                    .ok_or_else(|| {
+                        Error::new(ErrorCode::NotFound, format!("no model named `{name}`"))
+                            .with_model(name)
+                    })?,
+            ),
+        };
+        cache.clear(m)
+    }
+
+    /// After a change this process made outside the model nodes (a
+    /// transactional workflow run, a migration): `models`' cached results
+    /// are stale (every model's with `None`). Called after the commit,
+    /// before the change's answer is returned.
+    pub(crate) fn invalidate_cache(&self, models: Option<&[&'static ModelSchema]>) {
+        if let Some(cache) = &self.inner.cache {
+            match models {
+                None => cache.invalidate_all(),
+                Some(ms) => ms.iter().for_each(|m| cache.invalidate(m)),
+            }
+        }
+    }
+
     /// A pooled connection, for tools and tests that need raw SQL. An
     /// escape hatch: a write through it bypasses the SQLite writer (it may
     /// wait in SQLite's busy handler) and the registry.
@@ -643,7 +752,7 @@ fn boot(
             applied_by: migrate::applied_by(),
             embedded,
             timeouts: migrate::Timeouts::from_config(&config),
-            schema: migrate::SchemaOptions::from_config(&config),
+            schema: migrate::SchemaOptions::for_boot(&config),
         };
         // Nothing changed ⇒ this one query is the whole schema step.
         let unchanged = embedded.is_empty()
@@ -655,6 +764,10 @@ fn boot(
         }
     }
     let memory = matches!(target, Target::Sqlite { memory: true, .. });
+    // PostgreSQL with the query cache: this instance's mark on its writes'
+    // notifications.
+    let origin = (config.caching() && target.dialect() == Dialect::Postgres)
+        .then(crate::value::new_uuid7_text);
     let sqlite = target.dialect() == Dialect::Sqlite;
     let pool = r2d2::Pool::builder()
         // A shared-cache in-memory database locks whole tables between its
@@ -671,13 +784,37 @@ fn boot(
         // server to lose.
         .test_on_check_out(!sqlite)
         .connection_timeout(config.connect_timeout())
-        .build_unchecked(Manager::new(target.clone(), config.connect_timeout()));
+        .build_unchecked(
+            Manager::new(target.clone(), config.connect_timeout()).with_origin(origin.clone()),
+        );
     let sqlite_writer = match sqlite {
         true => Some(crate::writer::Writer::start(
             pool.clone(),
             &target,
             config.connect_timeout(),
         )?),
+        false => None,
+    };
+    let cache = match config.caching() {
+        true => {
+            let cache = QueryCache::new(
+                registry.models(),
+                config.cache_max_bytes(),
+                config.cache_ttl(),
+                &target,
+                config.connect_timeout(),
+            )?;
+            if target.dialect() == Dialect::Postgres {
+                let origin = origin.clone().unwrap_or_default();
+                crate::cache::listen(
+                    &cache,
+                    &config.database_url,
+                    origin,
+                    config.connect_timeout(),
+                )?;
+            }
+            Some(cache)
+        }
         false => None,
     };
     Ok(DataFlow {
@@ -689,6 +826,7 @@ fn boot(
             sqlite_writer,
             registry,
             _keepalive: memory.then(|| Mutex::new(conn)),
+            cache,
         }),
     })
 }

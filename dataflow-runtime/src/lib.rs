@@ -27,6 +27,7 @@
 
 mod audit;
 mod backend;
+mod cache;
 pub mod cli;
 mod config;
 mod context;
@@ -50,6 +51,7 @@ mod writer;
 
 pub use crate::audit::{AuditListNode, AUDIT_LIST_NODE};
 pub use crate::backend::AnyConnection;
+pub use crate::cache::{CacheStats, DEFAULT_CACHE_MAX_BYTES, SQLITE_CHECK_EVERY};
 pub use crate::config::Config;
 pub use crate::context::Context;
 pub use crate::dataflow::{DataFlow, DataFlowBuilder, PoolState, MAX_INPUT_DEPTH};

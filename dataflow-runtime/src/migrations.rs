@@ -105,7 +105,7 @@ impl<'a> Migrations<'a> {
                     backfill_tenant: tenant,
                     ..migrate::SchemaOptions::from_config(cfg)
                 };
-                on_conn!(conn, c => {
+                let out = on_conn!(conn, c => {
                     migrate::with_lock(c, db.target(), cfg.connect_timeout(), "migrate apply", |c| {
                         let plan = migrate::plan_for(c, &db.schema_models(), &cfg.application_id, &timeouts, &schema)?;
                         if plan.is_empty() {
@@ -123,7 +123,10 @@ impl<'a> Migrations<'a> {
                         };
                         migrate::apply(c, &db.schema_models(), &plan, options).map(Some)
                     })
-                })
+                });
+                // The schema changed: no cached result is trusted.
+                db.invalidate_cache(None);
+                out
             })
             .await
     }
@@ -142,9 +145,11 @@ impl<'a> Migrations<'a> {
             .exclusive(move |db, conn| {
                 let timeout = db.config().connect_timeout();
                 let timeouts = migrate::Timeouts::from_config(db.config());
-                on_conn!(conn, c => migrate::with_lock(c, db.target(), timeout, "migrate rollback", |c| {
+                let out = on_conn!(conn, c => migrate::with_lock(c, db.target(), timeout, "migrate rollback", |c| {
                     migrate::history::rollback(c, &req, &migrate::applied_by(), &timeouts)
-                }))
+                }));
+                db.invalidate_cache(None);
+                out
             })
             .await
     }

@@ -267,19 +267,6 @@ fn validate(
                 }
             }
         }
-        let unsupported = [(
-            m.options.cache_ttl_ms.is_some(),
-            "cache_ttl (the query cache)",
-        )];
-        if let Some((_, what)) = unsupported.iter().find(|(on, _)| *on) {
-            return Err(Error::new(
-                ErrorCode::NotSupported,
-                format!(
-                    "model `{}` sets {what}, a feature this version does not have yet",
-                    m.name
-                ),
-            ));
-        }
     }
     Ok(models)
 }

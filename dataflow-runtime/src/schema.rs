@@ -135,7 +135,8 @@ pub struct ModelOptions {
     /// `audit = false` (`Some(false)`) opts out of `enable_audit_log`;
     /// unset (`None`) follows `enable_audit_log`.
     pub audit: Option<bool>,
-    /// `cache_ttl = "30s"`, parsed by the macro (not available yet: boot refuses it).
+    /// `cache_ttl = "30s"`: how long the query cache keeps this model's
+    /// results at most (overrides the configured `cache_ttl`).
     pub cache_ttl_ms: Option<u64>,
     /// `append_only`: records can be created and read, never changed or deleted.
     pub append_only: bool,

@@ -286,6 +286,11 @@ pub struct Manager {
     /// found dead (0: never). A restart, failover or mass termination ends
     /// every connection at once, and the others are checked before use.
     lost_at: AtomicU64,
+    /// PostgreSQL with the query cache: every connection sets
+    /// `dataflow.origin` to this, which the change triggers put in their
+    /// notifications, so this instance's listener skips its own writes
+    /// (already invalidated when they answered).
+    origin: Option<String>,
 }
 
 impl Manager {
@@ -295,7 +300,14 @@ impl Manager {
             connect_timeout,
             epoch: Instant::now(),
             lost_at: AtomicU64::new(0),
+            origin: None,
         }
+    }
+
+    /// Connections set `dataflow.origin` to `origin` (see [`Manager::origin`]).
+    pub(crate) fn with_origin(mut self, origin: Option<String>) -> Manager {
+        self.origin = origin;
+        self
     }
 
     fn nanos(&self, at: Instant) -> u64 {
@@ -315,8 +327,14 @@ impl r2d2::ManageConnection for Manager {
     type Error = Error;
 
     fn connect(&self) -> Result<Pooled> {
+        let mut conn = self.target.connect(self.connect_timeout)?;
+        if let (Some(origin), AnyConnection::Postgresql(c)) = (&self.origin, &mut conn) {
+            // A generated UUID: nothing to quote.
+            c.batch_execute(&format!("SET dataflow.origin = '{origin}'"))
+                .map_err(|e| connection_error(&self.target, &e.to_string()))?;
+        }
         Ok(Pooled {
-            conn: self.target.connect(self.connect_timeout)?,
+            conn,
             lost: false,
             returned: Instant::now(),
             handed_out: Instant::now(),

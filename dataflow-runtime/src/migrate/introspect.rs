@@ -87,6 +87,9 @@ pub struct LiveTable {
     pub row_level_security: bool,
     /// PostgreSQL: the names of the table's row-level security policies.
     pub policies: Vec<String>,
+    /// PostgreSQL: the query cache's change trigger (`dataflow_changes`,
+    /// which notifies other processes of every write) is on the table.
+    pub change_trigger: bool,
     /// SQLite: the triggers on the table.
     pub triggers: Vec<LiveTrigger>,
 }
@@ -296,6 +299,7 @@ fn sqlite<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
                 create_sql,
                 row_level_security: false,
                 policies: Vec::new(),
+                change_trigger: false,
                 triggers,
             },
         );
@@ -465,6 +469,18 @@ fn postgres<C: Conn>(conn: &mut C) -> Result<LiveSchema> {
         if let Some(t) = out.get_mut(&cell_text(&table)) {
             t.row_level_security = matches!(on, Cell::Bool(true));
             t.policies = list(&policies);
+        }
+    }
+    let changes = rows(
+        conn,
+        "SELECT c.relname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = current_schema() AND t.tgname = 'dataflow_changes' AND NOT t.tgisinternal",
+        vec![],
+    )?;
+    for r in changes {
+        if let Some(t) = r.first().and_then(|c| out.get_mut(&cell_text(c))) {
+            t.change_trigger = true;
         }
     }
     for t in out.values_mut() {

@@ -236,9 +236,28 @@ pub(crate) fn registry_matches<C: Conn>(
         .iter()
         .map(|r| (cell_text(&r[0]), cell_text(&r[1])))
         .collect();
-    Ok(models
+    let same = models
         .iter()
-        .all(|m| persisted.get(m.name) == Some(&m.checksum_hex())))
+        .all(|m| persisted.get(m.name) == Some(&m.checksum_hex()));
+    if !same || C::DIALECT != Dialect::Postgres || schema.change_triggers != Some(true) {
+        return Ok(same);
+    }
+    // The query cache's change triggers: one more round trip, with the cache on.
+    let tables: Vec<String> = models
+        .iter()
+        .filter(|m| !std::ptr::eq(**m, &crate::audit::AUDIT))
+        .map(|m| m.table.to_string())
+        .collect();
+    let rows = query(
+        conn,
+        "SELECT COUNT(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = current_schema() AND c.relname = ANY(?) AND t.tgname = 'dataflow_changes'",
+        vec![SqlValue::Array(crate::value::SqlArray::Text(tables.clone()))],
+    )?;
+    Ok(
+        matches!(rows.first().and_then(|r| r.first()), Some(Cell::I64(n)) if *n == tables.len() as i64),
+    )
 }
 
 /// Refuses models the PostgreSQL server cannot hold, before any DDL:

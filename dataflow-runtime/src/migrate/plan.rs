@@ -266,6 +266,12 @@ pub enum OpKind {
     AddTrigger,
     /// SQLite: a `set_null` trigger the models no longer ask for.
     DropTrigger,
+    /// PostgreSQL: the query cache's change trigger (`enable_caching`),
+    /// which notifies every instance of a write to the table.
+    AddChangeTrigger,
+    /// PostgreSQL: a change trigger the configuration no longer asks for
+    /// (`enable_caching(false)` and `migrate apply`).
+    DropChangeTrigger,
 }
 
 /// One planned change, with the SQL that makes and undoes it.
@@ -443,15 +449,38 @@ pub(crate) struct SchemaOptions {
     /// The tenant that existing rows are assigned to when a model becomes
     /// tenant-scoped (`migrate apply --tenant`).
     pub backfill_tenant: Option<String>,
+    /// PostgreSQL: the query cache's change triggers on the model tables:
+    /// wanted (`Some(true)`), to be dropped (`Some(false)`), or left as
+    /// they are (`None`: boot with the cache off, so an instance without
+    /// the cache never takes them from one with it).
+    pub change_triggers: Option<bool>,
 }
 
 impl SchemaOptions {
+    /// What the migration commands bring the schema to.
     pub(crate) fn from_config(c: &crate::Config) -> Self {
         SchemaOptions {
             row_level_security: c.row_level_security(),
             backfill_tenant: None,
+            change_triggers: Some(c.caching()),
         }
     }
+
+    /// What boot brings the schema to: change triggers are added with the
+    /// cache on, and never dropped.
+    pub(crate) fn for_boot(c: &crate::Config) -> Self {
+        SchemaOptions {
+            change_triggers: c.caching().then_some(true),
+            ..Self::from_config(c)
+        }
+    }
+}
+
+/// Whether `m`'s table gets the query cache's change trigger.
+fn change_trigger_wanted(d: Dialect, m: &ModelSchema, opts: &SchemaOptions) -> Option<bool> {
+    let model = !std::ptr::eq(m, &crate::audit::AUDIT);
+    opts.change_triggers
+        .filter(|_| d == Dialect::Postgres && model)
 }
 
 /// The tenant a backfill writes, as a SQL literal. Without one the SQL
@@ -495,6 +524,9 @@ pub(crate) fn plan_with(
                 let mut up = ddl::create_table(d, m, lookup);
                 if let Some(tenant) = rls_wanted(d, m, opts) {
                     up.extend(crate::rls::enable(m.table, tenant));
+                }
+                if change_trigger_wanted(d, m, opts) == Some(true) {
+                    up.extend(crate::cache::trigger_up(m.table));
                 }
                 out.operations.push(
                     Operation::new(
@@ -656,7 +688,39 @@ impl<'a> TablePlanner<'a> {
             self.unmodelled_column(live, known_columns.as_deref(), drift);
         }
         self.row_security(true);
+        self.change_trigger();
         self.finish()
+    }
+
+    /// PostgreSQL: the query cache's change trigger, added or dropped as
+    /// the configuration says (boot never drops it).
+    fn change_trigger(&mut self) {
+        let (d, m, t) = (self.d, self.m, self.t);
+        match (change_trigger_wanted(d, m, self.opts), t.change_trigger) {
+            (Some(true), false) => self.ops.push(
+                Operation::new(
+                    m,
+                    OpKind::AddChangeTrigger,
+                    None,
+                    format!("add the query cache's change trigger on {}", m.table),
+                    crate::cache::trigger_up(m.table),
+                    crate::cache::trigger_down(m.table),
+                )
+                .low(),
+            ),
+            (Some(false), true) => self.ops.push(
+                Operation::new(
+                    m,
+                    OpKind::DropChangeTrigger,
+                    None,
+                    format!("drop the query cache's change trigger on {}", m.table),
+                    crate::cache::trigger_down(m.table),
+                    crate::cache::trigger_up(m.table),
+                )
+                .low(),
+            ),
+            _ => {}
+        }
     }
 
     /// PostgreSQL row-level security: taken down first (before the tenant
@@ -1661,6 +1725,7 @@ mod tests {
             unique_constraints: Vec::new(),
             row_level_security: false,
             policies: Vec::new(),
+            change_trigger: false,
             triggers: Vec::new(),
         }
     }

@@ -569,6 +569,17 @@ impl WorkflowRuntime {
                     c.write_transaction(|c| run_in_order(db, c, &mut state, &run_id, deadline))
                 }
             };
+            // Committed (or rolled back): the query cache forgets what the
+            // run's model nodes may have changed, before the run answers.
+            let written: Vec<_> = plan
+                .nodes
+                .iter()
+                .filter_map(|n| match n.kind {
+                    NodeRef::Model(m, op) if op.writes() => Some(m),
+                    _ => None,
+                })
+                .collect();
+            db.invalidate_cache(Some(&written));
             Ok(match outcome {
                 Ok(()) => state.into_run(run_id, started),
                 Err(e) => {
