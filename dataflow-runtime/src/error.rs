@@ -404,8 +404,7 @@ impl Error {
             .step
             .as_ref()
             .is_some_and(|s| Some(&s.1) == self.inner.node.as_ref());
-        if let (true, false, Some(node)) =
-            (self.inner.inside_node, named_by_step, &self.inner.node)
+        if let (true, false, Some(node)) = (self.inner.inside_node, named_by_step, &self.inner.node)
         {
             m.push_str(node);
             m.push_str(": ");
