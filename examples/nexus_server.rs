@@ -21,6 +21,8 @@
 //! an RS256 public key in PEM), `NEXUS_API_KEYS=1` (keys made with
 //! `keys create`); `NEXUS_JWT_ISSUER` / `NEXUS_JWT_AUDIENCE` restrict tokens,
 //! and `NEXUS_AUTH_FAILURES_PER_MINUTE` bounds failed sign-ins per address.
+//! With auth on it declares roles: `reader` (get and list users), `editor`
+//! (also create users and start conversations) and `admin` (everything).
 //!
 //! ```sh
 //! NEXUS_API_KEYS=1 cargo run --example nexus_server -- keys create --name ci --role reader
@@ -110,7 +112,17 @@ async fn app() -> Result<Nexus, dataflow::Error> {
 
     let mut builder = Nexus::builder().api_port(port).mcp_port(mcp_port);
     if let Some(auth) = auth_from_env()? {
-        builder = builder.auth(auth);
+        // Who may run what, once callers prove who they are: readers read
+        // users, editors also create users and conversations, admins run
+        // everything (a token's `roles` claim, an API key's `--role`).
+        builder = builder
+            .auth(auth)
+            .role("reader", |r| r.models_read(["User"]))
+            .role("editor", |r| {
+                r.models_read(["User", "Session", "Conversation"])
+                    .models_write(["User", "Session", "Conversation"])
+            })
+            .role("admin", |r| r.all());
     }
     let mut app = builder.build(db.clone())?;
     app.register("create_user", create.build(&db)?)?;

@@ -3024,6 +3024,167 @@ mod auth {
         app.shutdown();
     }
 
+    /// Roles from credentials decide on every channel: the example server
+    /// (auth on, roles `reader` / `editor` / `admin`) with API keys and JWTs.
+    /// A reader lists users but may not create one — 403 `forbidden` over
+    /// HTTP, a tool error over MCP, exit code 5 from the CLI with `--url`,
+    /// the same error object on each, and nothing written; an editor creates;
+    /// an unknown role grants nothing; MCP `tools/list` shows each caller
+    /// only what it may call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn roles_from_credentials_decide_on_every_channel() {
+        let url = support::sqlite_url("auth-roles");
+        let mut keys = std::collections::HashMap::new();
+        for role in ["reader", "editor", "ghost"] {
+            let (code, out) = keys_cli(&url, &["create", "--name", role, "--role", role]).await;
+            assert_eq!(code, 0, "{out}");
+            keys.insert(role, out["key"].as_str().unwrap().to_string());
+        }
+        let env = auth_env();
+        let s = server_with(&url, &env_of(&env), false);
+        let bearer = |t: &str| vec![format!("Authorization: Bearer {t}")];
+        let create = |addr: SocketAddr, headers: Vec<String>, email: &'static str| async move {
+            tokio::task::spawn_blocking(move || {
+                let h: Vec<&str> = headers.iter().map(String::as_str).collect();
+                let body = json!({"inputs": {"email": email, "full_name": "R", "active": true}})
+                    .to_string();
+                request_with(
+                    addr,
+                    "POST",
+                    "/workflows/create_user/execute",
+                    &h,
+                    Some(body.as_bytes()),
+                )
+            })
+            .await
+            .unwrap()
+        };
+
+        // HTTP.
+        let r = http_list(s.addr, bearer(&keys["reader"])).await;
+        assert_eq!(r.status, 200, "a reader lists users: {}", r.body);
+        let refused = create(s.addr, bearer(&keys["reader"]), "reader@x.io").await;
+        assert_eq!(refused.status, 403, "{}", refused.body);
+        let http_error = refused.json()["error"].clone();
+        assert_eq!(http_error["code"], "forbidden", "{http_error}");
+        assert!(
+            http_error["message"]
+                .as_str()
+                .unwrap()
+                .contains("create_user"),
+            "{http_error}"
+        );
+        let r = http_list(s.addr, bearer(&keys["ghost"])).await;
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "an unknown role grants nothing: {}",
+            r.body
+        );
+        let r = create(s.addr, bearer(&keys["editor"]), "editor@x.io").await;
+        assert_eq!(r.status, 200, "an editor creates: {}", r.body);
+        let admin = hs256(&claims(json!({"sub": "root", "roles": ["admin"]})));
+        let r = create(s.addr, bearer(&admin), "admin@x.io").await;
+        assert_eq!(r.status, 200, "an admin JWT creates: {}", r.body);
+        let none = hs256(&claims(json!({"sub": "nobody", "roles": []})));
+        let r = http_list(s.addr, bearer(&none)).await;
+        assert_eq!(
+            r.status, 403,
+            "a token without roles runs nothing: {}",
+            r.body
+        );
+        let listed = tokio::task::spawn_blocking({
+            let (addr, h) = (s.addr, bearer(&keys["reader"]));
+            move || {
+                let h: Vec<&str> = h.iter().map(String::as_str).collect();
+                request_with(addr, "GET", "/workflows", &h, None)
+            }
+        })
+        .await
+        .unwrap();
+        let names: Vec<String> = listed.json()["workflows"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}", listed.body))
+            .iter()
+            .map(|w| w["name"].as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            names.contains(&"list_users".to_string())
+                && !names.contains(&"create_user".to_string()),
+            "a reader's /workflows: {names:?}"
+        );
+
+        // MCP over HTTP: tools/list by role, the same refusal as a tool error.
+        let reader = mcp_client_with(s.mcp, &keys["reader"]).await;
+        let tools: Vec<String> = reader
+            .list_all_tools()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        assert!(
+            tools.contains(&"get_user".to_string()) && !tools.contains(&"create_user".to_string()),
+            "a reader's tools: {tools:?}"
+        );
+        let r = call(
+            &reader,
+            "create_user",
+            &json!({"email": "mcp@x.io", "full_name": "M", "active": true}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.is_error, Some(true), "{r:?}");
+        let mcp_error = result_json(&r)["error"].clone();
+        assert_eq!(mcp_error, http_error, "the same error object on MCP");
+        reader.cancel().await.unwrap();
+        let editor = mcp_client_with(s.mcp, &keys["editor"]).await;
+        let tools: Vec<String> = editor
+            .list_all_tools()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        assert!(tools.contains(&"create_user".to_string()), "{tools:?}");
+        editor.cancel().await.unwrap();
+
+        // The CLI with --url.
+        let out = tokio::process::Command::from(example(&s.url))
+            .env_remove("NEXUS_TOKEN")
+            .args(["run", "create_user", "--url", &s.base(), "--json"])
+            .args([
+                "--email",
+                "cli@x.io",
+                "--full_name",
+                "C",
+                "--active",
+                "true",
+            ])
+            .args(["--token", &keys["reader"]])
+            .output()
+            .await
+            .unwrap();
+        let printed: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(out.status.code(), Some(5), "{printed}");
+        assert_eq!(
+            printed["error"], http_error,
+            "the same error object on the CLI"
+        );
+
+        // Refused calls wrote nothing: only the editor's and the admin's users.
+        let r = http_list(s.addr, bearer(&admin)).await;
+        let mut emails: Vec<String> = r.json()["outputs"]["users"]["records"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}", r.body))
+            .iter()
+            .map(|u| u["email"].as_str().unwrap().to_string())
+            .collect();
+        emails.sort();
+        assert_eq!(emails, ["admin@x.io", "editor@x.io"]);
+    }
+
     /// Failed sign-ins from one address: past the limit, 429 `rate_limited`
     /// with `Retry-After`, even for good credentials, until it may retry;
     /// `/health` stays open; a request without credentials is no attempt.
