@@ -1073,7 +1073,8 @@ fn events_stream_in_order_and_metrics_count_requests() {
         r#"nexus_requests_total{channel="mcp",code="ok",workflow="get_user"} 1"#,
         r#"nexus_request_duration_seconds_bucket{channel="mcp","#,
         r#"nexus_node_duration_seconds_count{node="create",workflow="create_user"} 1"#,
-        "nexus_db_pool_connections{state=\"open\"}",
+        "dataflow_pool_connections ",
+        r#"dataflow_node_calls_total{model="User",op="Create"} "#,
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }

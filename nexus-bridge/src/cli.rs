@@ -135,6 +135,10 @@ fn root(workflows: &[&Registered]) -> Command {
             "audit",
             "List or purge the audit log (see `audit --help`)",
         ))
+        .subcommand(forwarded(
+            "monitor",
+            "A live view of the metrics; --url watches a running server (see `monitor --help`)",
+        ))
 }
 
 /// A command handed whole to dataflow's own CLI (its arguments, `--help`
@@ -341,7 +345,7 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
                 Err(e) => fail(e, json_out),
             }
         }
-        Some((cmd @ ("models" | "migrate" | "audit"), m)) => {
+        Some((cmd @ ("models" | "migrate" | "audit" | "monitor"), m)) => {
             let mut argv = vec![args[0].clone(), cmd.into()];
             argv.extend(
                 m.get_many::<String>("rest")
