@@ -234,6 +234,9 @@ impl Metrics {
                     .iter()
                     .map(|op| {
                         let labels = [m.name, op.name()];
+                        // Zero series up front, so a dashboard's rate() has
+                        // something to read before the first slow statement.
+                        slow.with_label_values(&labels);
                         OpHandles {
                             calls: calls.with_label_values(&labels),
                             duration: duration.with_label_values(&labels),
