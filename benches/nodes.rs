@@ -998,7 +998,10 @@ async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(Str
             .node(CREATE, Input::new("warm-node", i).into_json())
             .await?;
         bench.node(READ, json!({"id": id_of(&rec)?})).await?;
-        bench.db_off.execute(READ, json!({"id": id_of(&rec)?})).await?;
+        bench
+            .db_off
+            .execute(READ, json!({"id": id_of(&rec)?}))
+            .await?;
         bench.node(LIST, list_params()).await?;
         let input = Input::new("warm-raw", i);
         let id = bench.raw(move |c| B::create(c, input)).await?;
@@ -1307,7 +1310,10 @@ const METRICS_TARGET: f64 = 0.97;
 /// Metrics on (the default) against off, on the lines that measured both.
 fn print_metrics_table(lines: &[Line]) -> Vec<(String, f64)> {
     let mut ratios = Vec::new();
-    for l in lines.iter().filter(|l| l.paths().contains(&Path::MetricsOff)) {
+    for l in lines
+        .iter()
+        .filter(|l| l.paths().contains(&Path::MetricsOff))
+    {
         let ratio = l.median(Path::Node) / l.median(Path::MetricsOff);
         println!(
             "\nmetrics {} | metrics on {} {} | metrics off {} {} | on/off {ratio:.3} | target >= {METRICS_TARGET}x",
@@ -1326,11 +1332,18 @@ fn metrics_verdict(backend: &str, ratios: &[(String, f64)]) -> String {
     let parts: Vec<String> = ratios
         .iter()
         .map(|(name, r)| {
-            let met = if *r >= METRICS_TARGET { "met" } else { "MISSED" };
+            let met = if *r >= METRICS_TARGET {
+                "met"
+            } else {
+                "MISSED"
+            };
             format!("{name} on/off {r:.3} ({met})")
         })
         .collect();
-    format!("{backend} metrics target (on >= {METRICS_TARGET}x off): {}", parts.join(", "))
+    format!(
+        "{backend} metrics target (on >= {METRICS_TARGET}x off): {}",
+        parts.join(", ")
+    )
 }
 
 /// The audit target of a line: single writes and BulkCreate; reads have none.

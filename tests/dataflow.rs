@@ -3077,11 +3077,26 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 async fn metrics_count_a_known_workload_exactly() {
     on_each_backend("metrics_workload", |db| async move {
         let before = db.metrics();
-        assert_eq!(metric(&before, "dataflow_migrations_applied_total"), Some(1.0), "{before}");
-        assert_eq!(metric(&before, "dataflow_node_calls_total{model=\"User\",op=\"Create\"}"), Some(0.0));
+        assert_eq!(
+            metric(&before, "dataflow_migrations_applied_total"),
+            Some(1.0),
+            "{before}"
+        );
+        assert_eq!(
+            metric(
+                &before,
+                "dataflow_node_calls_total{model=\"User\",op=\"Create\"}"
+            ),
+            Some(0.0)
+        );
         let mut ids = Vec::new();
         for i in 0..3 {
-            let u = ok(&db, "UserCreateNode", json!({"email": format!("m{i}@x.io")})).await;
+            let u = ok(
+                &db,
+                "UserCreateNode",
+                json!({"email": format!("m{i}@x.io")}),
+            )
+            .await;
             ids.push(u["id"].clone());
         }
         let e = err(&db, "UserCreateNode", json!({"email": "m0@x.io"})).await;
@@ -3089,34 +3104,79 @@ async fn metrics_count_a_known_workload_exactly() {
         ok(&db, "UserReadNode", json!({"id": ids[0]})).await;
         ok(&db, "UserReadNode", json!({"id": ids[1]})).await;
         err(&db, "UserReadNode", json!({"id": "missing"})).await;
-        let page = ok(&db, "UserListNode", json!({"filter": {"email": {"$like": "m%"}}})).await;
+        let page = ok(
+            &db,
+            "UserListNode",
+            json!({"filter": {"email": {"$like": "m%"}}}),
+        )
+        .await;
         assert_eq!(page["records"].as_array().unwrap().len(), 3);
-        ok(&db, "UserBulkCreateNode", json!({"data": [{"email": "b1@x.io"}, {"email": "b2@x.io"}]})).await;
-        ok(&db, "UserBulkDeleteNode", json!({"filter": {"email": {"$like": "b%"}}})).await;
+        ok(
+            &db,
+            "UserBulkCreateNode",
+            json!({"data": [{"email": "b1@x.io"}, {"email": "b2@x.io"}]}),
+        )
+        .await;
+        ok(
+            &db,
+            "UserBulkDeleteNode",
+            json!({"filter": {"email": {"$like": "b%"}}}),
+        )
+        .await;
 
         let text = db.metrics();
         let v = |s: &str| metric(&text, s).unwrap_or_else(|| panic!("{s} in\n{text}"));
         for (series, want) in [
-            (r#"dataflow_node_calls_total{model="User",op="Create"}"#, 4.0),
-            (r#"dataflow_node_errors_total{code="unique_violation",model="User",op="Create"}"#, 1.0),
-            (r#"dataflow_node_duration_seconds_count{model="User",op="Create"}"#, 4.0),
+            (
+                r#"dataflow_node_calls_total{model="User",op="Create"}"#,
+                4.0,
+            ),
+            (
+                r#"dataflow_node_errors_total{code="unique_violation",model="User",op="Create"}"#,
+                1.0,
+            ),
+            (
+                r#"dataflow_node_duration_seconds_count{model="User",op="Create"}"#,
+                4.0,
+            ),
             // Rows are observed for successful calls only.
             (r#"dataflow_node_rows_count{model="User",op="Create"}"#, 3.0),
             (r#"dataflow_node_rows_sum{model="User",op="Create"}"#, 3.0),
             (r#"dataflow_node_calls_total{model="User",op="Read"}"#, 3.0),
-            (r#"dataflow_node_errors_total{code="not_found",model="User",op="Read"}"#, 1.0),
+            (
+                r#"dataflow_node_errors_total{code="not_found",model="User",op="Read"}"#,
+                1.0,
+            ),
             (r#"dataflow_node_rows_sum{model="User",op="Read"}"#, 2.0),
             (r#"dataflow_node_calls_total{model="User",op="List"}"#, 1.0),
             (r#"dataflow_node_rows_sum{model="User",op="List"}"#, 3.0),
-            (r#"dataflow_node_rows_bucket{model="User",op="List",le="2"}"#, 0.0),
-            (r#"dataflow_node_rows_bucket{model="User",op="List",le="5"}"#, 1.0),
-            (r#"dataflow_node_rows_sum{model="User",op="BulkCreate"}"#, 2.0),
-            (r#"dataflow_node_rows_sum{model="User",op="BulkDelete"}"#, 2.0),
-            (r#"dataflow_node_calls_total{model="Session",op="Create"}"#, 0.0),
+            (
+                r#"dataflow_node_rows_bucket{model="User",op="List",le="2"}"#,
+                0.0,
+            ),
+            (
+                r#"dataflow_node_rows_bucket{model="User",op="List",le="5"}"#,
+                1.0,
+            ),
+            (
+                r#"dataflow_node_rows_sum{model="User",op="BulkCreate"}"#,
+                2.0,
+            ),
+            (
+                r#"dataflow_node_rows_sum{model="User",op="BulkDelete"}"#,
+                2.0,
+            ),
+            (
+                r#"dataflow_node_calls_total{model="Session",op="Create"}"#,
+                0.0,
+            ),
             ("dataflow_pool_size", 10.0),
             ("dataflow_pool_waiting", 0.0),
             ("dataflow_pool_timeouts_total", 0.0),
-            (r#"dataflow_slow_queries_total{model="User",op="Create"}"#, 0.0),
+            (
+                r#"dataflow_slow_queries_total{model="User",op="Create"}"#,
+                0.0,
+            ),
             ("dataflow_migrations_blocked", 0.0),
             ("dataflow_cache_hits_total", 0.0),
             ("dataflow_cache_misses_total", 0.0),
@@ -3160,9 +3220,16 @@ async fn metrics_off_export_nothing_and_pool_timeouts_count() {
     assert_eq!(e.code().as_str(), "connection", "{e}");
     drop(held);
     let text = db.metrics();
-    assert_eq!(metric(&text, "dataflow_pool_timeouts_total"), Some(1.0), "{text}");
     assert_eq!(
-        metric(&text, r#"dataflow_node_errors_total{code="connection",model="User",op="List"}"#),
+        metric(&text, "dataflow_pool_timeouts_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"dataflow_node_errors_total{code="connection",model="User",op="List"}"#
+        ),
         Some(1.0),
         "{text}"
     );
@@ -3210,30 +3277,60 @@ async fn slow_queries_are_logged_with_bind_marks_never_values() {
             .await
             .unwrap();
         let secret = format!("sk-live-{label}-4242@x.io");
-        let u = ok(&db, "UserCreateNode", json!({"email": secret, "full_name": "Hidden Name"})).await;
+        let u = ok(
+            &db,
+            "UserCreateNode",
+            json!({"email": secret, "full_name": "Hidden Name"}),
+        )
+        .await;
         ok(&db, "UserListNode", json!({"filter": {"email": secret}})).await;
-        ok(&db, "UserUpdateNode", json!({"id": u["id"], "fields": {"full_name": "Other Secret"}})).await;
+        ok(
+            &db,
+            "UserUpdateNode",
+            json!({"id": u["id"], "fields": {"full_name": "Other Secret"}}),
+        )
+        .await;
         let text = captured.text();
         let events: Vec<&str> = text.lines().filter(|l| l.contains("slow query")).collect();
         assert!(events.len() >= 3, "{label}: {text}");
         for e in &events {
             assert!(e.contains("WARN"), "{e}");
             assert!(!e.contains("sk-live"), "{label}: a bound value leaked: {e}");
-            assert!(!e.contains("Hidden Name") && !e.contains("Other Secret"), "{e}");
+            assert!(
+                !e.contains("Hidden Name") && !e.contains("Other Secret"),
+                "{e}"
+            );
         }
         let create = events
             .iter()
-            .find(|e| e.contains("op=\"Create\"") && e.contains(&format!("INSERT INTO")))
+            .find(|e| e.contains("op=\"Create\"") && e.contains("INSERT INTO"))
             .unwrap_or_else(|| panic!("{label}: no Create event in {text}"));
         assert!(create.contains("model=\"User\""), "{create}");
         assert!(create.contains("duration_ms="), "{create}");
-        assert!(create.contains('?') || create.contains("$1"), "bind marks: {create}");
+        assert!(
+            create.contains('?') || create.contains("$1"),
+            "bind marks: {create}"
+        );
         let metrics = db.metrics();
-        let creates = metric(&metrics, r#"dataflow_slow_queries_total{model="User",op="Create"}"#).unwrap();
+        let creates = metric(
+            &metrics,
+            r#"dataflow_slow_queries_total{model="User",op="Create"}"#,
+        )
+        .unwrap();
         assert!(creates >= 1.0, "{metrics}");
-        assert!(metric(&metrics, r#"dataflow_slow_queries_total{model="User",op="List"}"#).unwrap() >= 1.0);
+        assert!(
+            metric(
+                &metrics,
+                r#"dataflow_slow_queries_total{model="User",op="List"}"#
+            )
+            .unwrap()
+                >= 1.0
+        );
         let h = db.health().await.unwrap();
-        assert!(h.slow_queries.recent >= 3 && h.slow_queries.total >= 3, "{h:?}");
+        assert!(
+            h.slow_queries.recent >= 3 && h.slow_queries.total >= 3,
+            "{h:?}"
+        );
         assert_eq!(h.slow_queries.threshold_ms, Some(0.0));
         // A negative threshold is a configuration error, not a silent no-op.
         let mut config = db.config().clone();
@@ -3256,7 +3353,9 @@ async fn health_reports_readiness_and_blocked_migrations() {
         assert!(h.pool.saturation >= 0.0 && h.pool.saturation <= 1.0);
         assert_eq!(h.cache, None, "the cache reports once it is wired in");
         match db.dialect() {
-            dataflow::Dialect::Sqlite => assert_eq!(h.writer.as_ref().map(|w| w.queue_depth), Some(0)),
+            dataflow::Dialect::Sqlite => {
+                assert_eq!(h.writer.as_ref().map(|w| w.queue_depth), Some(0))
+            }
             dataflow::Dialect::Postgres => assert!(h.writer.is_none()),
         }
         let json = serde_json::to_value(&h).unwrap();
@@ -3267,14 +3366,25 @@ async fn health_reports_readiness_and_blocked_migrations() {
 
     for (label, url) in support::backend_urls("health_blocked") {
         // The models need tables nobody created: blocked, not ready.
-        let db = DataFlow::builder(&url).auto_migrate(false).build().await.unwrap();
+        let db = DataFlow::builder(&url)
+            .auto_migrate(false)
+            .build()
+            .await
+            .unwrap();
         let h = db.health().await.unwrap();
         assert!(!h.ready, "{label}: {h:?}");
         assert!(h.database.answers, "{label}");
-        assert_eq!(h.migrations.state, dataflow::MigrationState::Blocked, "{label}");
+        assert_eq!(
+            h.migrations.state,
+            dataflow::MigrationState::Blocked,
+            "{label}"
+        );
         let detail = h.migrations.detail.unwrap();
         assert!(detail.contains("dataflow migrate plan"), "{detail}");
-        assert_eq!(metric(&db.metrics(), "dataflow_migrations_blocked"), Some(1.0));
+        assert_eq!(
+            metric(&db.metrics(), "dataflow_migrations_blocked"),
+            Some(1.0)
+        );
         // Applying clears it.
         db.migrations().apply(Default::default()).await.unwrap();
         let h = db.health().await.unwrap();
@@ -3282,7 +3392,10 @@ async fn health_reports_readiness_and_blocked_migrations() {
         assert_eq!(h.migrations.applied, 1);
         let text = db.metrics();
         assert_eq!(metric(&text, "dataflow_migrations_blocked"), Some(0.0));
-        assert_eq!(metric(&text, "dataflow_migrations_applied_total"), Some(1.0));
+        assert_eq!(
+            metric(&text, "dataflow_migrations_applied_total"),
+            Some(1.0)
+        );
     }
 
     let off = DataFlow::builder(sqlite_url("health_off"))
@@ -3290,7 +3403,10 @@ async fn health_reports_readiness_and_blocked_migrations() {
         .build()
         .await
         .unwrap();
-    assert_eq!(off.health().await.unwrap_err().code().as_str(), "not_supported");
+    assert_eq!(
+        off.health().await.unwrap_err().code().as_str(),
+        "not_supported"
+    );
 }
 
 #[tokio::test]
@@ -3316,7 +3432,12 @@ async fn monitor_once_json_reports_the_interval() {
     // Traffic during the interval.
     tokio::time::sleep(Duration::from_millis(100)).await;
     for i in 0..5 {
-        ok(&db, "UserCreateNode", json!({"email": format!("mon{i}@x.io")})).await;
+        ok(
+            &db,
+            "UserCreateNode",
+            json!({"email": format!("mon{i}@x.io")}),
+        )
+        .await;
     }
     let out = run.await.unwrap().unwrap();
     let v: Value = serde_json::from_str(&out).unwrap();
@@ -3328,6 +3449,9 @@ async fn monitor_once_json_reports_the_interval() {
         .unwrap_or_else(|| panic!("{v}"));
     assert_eq!(row["calls_total"], 5.0);
     assert!(row["ops_per_second"].as_f64().unwrap() > 0.0, "{row}");
-    assert!(row["p50_ms"].as_f64().is_some() && row["p99_ms"].as_f64().is_some(), "{row}");
+    assert!(
+        row["p50_ms"].as_f64().is_some() && row["p99_ms"].as_f64().is_some(),
+        "{row}"
+    );
     assert_eq!(v["pool"]["size"], 10.0);
 }

@@ -2327,10 +2327,20 @@ fn traffic(addr: SocketAddr) {
         let body = format!(
             r#"{{"inputs": {{"email": "dash{i}-{n}@x.io", "full_name": "D", "active": true}}}}"#
         );
-        let r = request(addr, "POST", "/workflows/create_user/execute", Some(body.as_bytes()));
+        let r = request(
+            addr,
+            "POST",
+            "/workflows/create_user/execute",
+            Some(body.as_bytes()),
+        );
         assert_eq!(r.status, 200, "{}", r.body);
     }
-    let r = request(addr, "POST", "/workflows/get_user/execute", Some(br#"{"inputs": {"id": "nobody"}}"#));
+    let r = request(
+        addr,
+        "POST",
+        "/workflows/get_user/execute",
+        Some(br#"{"inputs": {"id": "nobody"}}"#),
+    );
     assert_eq!(r.status, 404, "{}", r.body);
     let r = request(
         addr,
@@ -2350,14 +2360,24 @@ fn dashboard_queries_name_exported_metrics() {
     let text = scrape.body;
     // One registry: each family is declared once.
     for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
-        assert_eq!(text.matches(&format!("{line}\n")).count(), 1, "{line} twice");
+        assert_eq!(
+            text.matches(&format!("{line}\n")).count(),
+            1,
+            "{line} twice"
+        );
     }
     let exported = |name: &str| {
-        text.lines()
-            .any(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        text.lines().any(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
     };
     let dashboard: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards/dataflow-nexus.json")).unwrap(),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/dashboards/dataflow-nexus.json"
+        ))
+        .unwrap(),
     )
     .unwrap();
     let mut checked = Vec::new();
@@ -2367,7 +2387,11 @@ fn dashboard_queries_name_exported_metrics() {
             let names = metric_names(expr);
             assert!(!names.is_empty(), "{}: {expr}", panel["title"]);
             for name in names {
-                assert!(exported(&name), "panel {}: `{name}` is not exported:\n{text}", panel["title"]);
+                assert!(
+                    exported(&name),
+                    "panel {}: `{name}` is not exported:\n{text}",
+                    panel["title"]
+                );
                 checked.push(name);
             }
         }
@@ -2382,7 +2406,10 @@ fn dashboard_queries_name_exported_metrics() {
         "dataflow_pool_waiting",
         "dataflow_slow_queries_total",
     ] {
-        assert!(checked.iter().any(|n| n == family), "the dashboard has no {family}");
+        assert!(
+            checked.iter().any(|n| n == family),
+            "the dashboard has no {family}"
+        );
     }
     // And the exporter's values follow the traffic exactly.
     for line in [
@@ -2401,7 +2428,10 @@ fn ready_and_verbose_health_report_the_database() {
     let plain = request(s.addr, "GET", "/health", None);
     assert_eq!((plain.status, plain.json()), (200, json!({"status": "ok"})));
     let ready = request(s.addr, "GET", "/ready", None);
-    assert_eq!((ready.status, ready.json()), (200, json!({"status": "ready"})));
+    assert_eq!(
+        (ready.status, ready.json()),
+        (200, json!({"status": "ready"}))
+    );
     let verbose = request(s.addr, "GET", "/health?verbose", None);
     assert_eq!(verbose.status, 200, "{}", verbose.body);
     let v = verbose.json();
@@ -2436,14 +2466,27 @@ async fn ready_is_503_while_a_migration_is_blocked() {
     let r = get(addr, "/ready").await;
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.json()["error"]["code"], "connection");
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("blocked"), "{}", r.body);
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("blocked"),
+        "{}",
+        r.body
+    );
     let v = get(addr, "/health?verbose").await.json();
     assert_eq!(v["status"], "degraded");
     assert_eq!(v["report"]["migrations"]["state"], "blocked");
-    assert!(get(addr, "/metrics").await.body.contains("dataflow_migrations_blocked 1"));
+    assert!(get(addr, "/metrics")
+        .await
+        .body
+        .contains("dataflow_migrations_blocked 1"));
     db.migrations().apply(Default::default()).await.unwrap();
     assert_eq!(get(addr, "/ready").await.status, 200);
-    assert!(get(addr, "/metrics").await.body.contains("dataflow_migrations_applied_total 1"));
+    assert!(get(addr, "/metrics")
+        .await
+        .body
+        .contains("dataflow_migrations_applied_total 1"));
     app.shutdown();
 }
 
@@ -2456,7 +2499,12 @@ impl Tmux {
     }
 
     fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux").arg("-L").arg(&self.0).args(args).output().unwrap();
+        let out = Command::new("tmux")
+            .arg("-L")
+            .arg(&self.0)
+            .args(args)
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -2468,7 +2516,10 @@ impl Tmux {
             if pane.contains(want) {
                 return pane;
             }
-            assert!(started.elapsed() < Duration::from_secs(20), "`{want}` never shown:\n{pane}");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "`{want}` never shown:\n{pane}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -2500,7 +2551,17 @@ fn monitor_draws_live_in_a_terminal_and_quits_on_q_or_ctrl_c() {
             s.base(),
             exit_file.display()
         );
-        tmux.run(&["new-session", "-d", "-s", "mon", "-x", "150", "-y", "30", &command]);
+        tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "mon",
+            "-x",
+            "150",
+            "-y",
+            "30",
+            &command,
+        ]);
         let pane = tmux.wait_for("Create");
         assert!(pane.contains("dataflow monitor"), "{pane}");
         assert!(pane.contains("OPS/S") && pane.contains("P99 MS"), "{pane}");
@@ -2515,17 +2576,32 @@ fn monitor_draws_live_in_a_terminal_and_quits_on_q_or_ctrl_c() {
             if let Ok(code) = std::fs::read_to_string(&exit_file) {
                 break code;
             }
-            assert!(started.elapsed() < Duration::from_secs(10), "{label}: the monitor did not exit");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{label}: the monitor did not exit"
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         assert_eq!(code.trim(), "0", "{label}: exits cleanly");
     }
     // For scripts: one interval as JSON, without a terminal.
     let out = Command::new(&bin)
-        .args(["monitor", "--url", &s.base(), "--once", "--json", "--interval-ms", "300"])
+        .args([
+            "monitor",
+            "--url",
+            &s.base(),
+            "--once",
+            "--json",
+            "--interval-ms",
+            "300",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let create = v["ops"]
         .as_array()
@@ -2536,8 +2612,16 @@ fn monitor_draws_live_in_a_terminal_and_quits_on_q_or_ctrl_c() {
     assert_eq!(create["calls_total"], 9.0, "three rounds of traffic");
     assert_eq!(v["source"], s.base());
     // Without a terminal the live view refuses, with the way out.
-    let out = Command::new(&bin).args(["monitor", "--url", &s.base()]).output().unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(&bin)
+        .args(["monitor", "--url", &s.base()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("--once --json"));
     // A closed loopback port: a connection error, not a hang.
     let closed = format!("http://127.0.0.1:{}", free_port());

@@ -269,7 +269,9 @@ impl Config {
             if !(t.is_finite() && t >= 0.0) {
                 return Err(Error::new(
                     ErrorCode::Config,
-                    format!("slow_query_threshold must be a number of seconds, at least 0 (got {t})"),
+                    format!(
+                        "slow_query_threshold must be a number of seconds, at least 0 (got {t})"
+                    ),
                 ));
             }
         }

@@ -378,7 +378,11 @@ impl DataFlow {
         params: Value,
         origin: Option<(String, String)>,
     ) -> Result<Value> {
-        let span = self.node_span(m, op, origin.as_ref().map(|(r, n)| (r.as_str(), n.as_str())));
+        let span = self.node_span(
+            m,
+            op,
+            origin.as_ref().map(|(r, n)| (r.as_str(), n.as_str())),
+        );
         let started = Instant::now();
         let out = self
             .execute_model_unobserved(m, op, params, origin)
@@ -751,7 +755,8 @@ impl DataFlow {
         } else {
             let schema = migrate::SchemaOptions::from_config(config);
             let app = &config.application_id;
-            let matches = on_conn!(&mut *conn, c => migrate::registry_matches(c, app, &models, &schema))?;
+            let matches =
+                on_conn!(&mut *conn, c => migrate::registry_matches(c, app, &models, &schema))?;
             if matches {
                 (MigrationState::Current, None)
             } else {

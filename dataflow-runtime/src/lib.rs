@@ -62,9 +62,6 @@ pub use crate::health::{
     PoolHealth, SlowQueryHealth, WriterHealth,
 };
 pub use crate::metrics::{MetricsCollector, FAMILIES as METRIC_FAMILIES};
-/// The `prometheus` crate dataflow's [`MetricsCollector`] implements
-/// `Collector` of (register it in a registry of the same version).
-pub use prometheus;
 pub use crate::node::{MergeNode, Node, NodeContext, NodeFuture, SwitchNode};
 pub use crate::schema::{Model, ModelSchema};
 pub use crate::sql::Dialect;
@@ -75,6 +72,9 @@ pub use crate::workflow::{
 };
 #[doc(inline)]
 pub use dataflow_macros::{embed_migrations, model, node};
+/// The `prometheus` crate dataflow's [`MetricsCollector`] implements
+/// `Collector` of (register it in a registry of the same version).
+pub use prometheus;
 
 /// Used by the code `#[dataflow::model]` generates; not a public API.
 #[doc(hidden)]

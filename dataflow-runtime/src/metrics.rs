@@ -319,11 +319,7 @@ impl Metrics {
             return;
         }
         let secs = took.as_secs_f64();
-        match self
-            .handles
-            .get(m.name)
-            .and_then(|h| h.get(op as usize))
-        {
+        match self.handles.get(m.name).and_then(|h| h.get(op as usize)) {
             Some(h) => {
                 h.calls.inc();
                 h.duration.observe(secs);
@@ -476,7 +472,12 @@ impl Collector for MetricsCollector {
         if !self.0.enabled {
             return vec![];
         }
-        let mut descs: Vec<&Desc> = self.0.collectors().into_iter().flat_map(|c| c.desc()).collect();
+        let mut descs: Vec<&Desc> = self
+            .0
+            .collectors()
+            .into_iter()
+            .flat_map(|c| c.desc())
+            .collect();
         descs.extend(self.0.live_descs.iter());
         descs
     }

@@ -226,10 +226,7 @@ fn quantile(prev: &[(f64, f64)], cur: &[(f64, f64)], q: f64) -> Option<f64> {
     let delta: Vec<(f64, f64)> = cur
         .iter()
         .map(|(le, n)| {
-            let before = prev
-                .iter()
-                .find(|(l, _)| l == le)
-                .map_or(0.0, |(_, n)| *n);
+            let before = prev.iter().find(|(l, _)| l == le).map_or(0.0, |(_, n)| *n);
             (*le, n - before)
         })
         .collect();
@@ -353,7 +350,14 @@ fn render(v: &View, width: usize) -> Vec<String> {
     for r in &v.ops {
         lines.push(format!(
             "{:<24} {:<11} {:>9.1} {:>9} {:>9} {:>7} {:>10} {:>8}",
-            r.model, r.op, r.ops_per_second, ms(r.p50_ms), ms(r.p99_ms), r.errors, r.calls_total, r.errors_total
+            r.model,
+            r.op,
+            r.ops_per_second,
+            ms(r.p50_ms),
+            ms(r.p99_ms),
+            r.errors,
+            r.calls_total,
+            r.errors_total
         ));
     }
     if v.ops.is_empty() {
@@ -375,7 +379,12 @@ fn render(v: &View, width: usize) -> Vec<String> {
 
 /// Runs the monitor: one interval (`once`, printed as JSON with `json`)
 /// or the live view until `q` / Ctrl-C.
-pub(crate) async fn run(source: Source<'_>, interval: Duration, once: bool, json: bool) -> Result<String> {
+pub(crate) async fn run(
+    source: Source<'_>,
+    interval: Duration,
+    once: bool,
+    json: bool,
+) -> Result<String> {
     let interval = interval.max(Duration::from_millis(100));
     let name = source.name();
     let mut prev = source.scrape().await?;
@@ -384,10 +393,7 @@ pub(crate) async fn run(source: Source<'_>, interval: Duration, once: bool, json
         let cur = source.scrape().await?;
         let v = view(name, &prev, &cur);
         return Ok(match json {
-            true => format!(
-                "{}\n",
-                serde_json::to_string_pretty(&v).unwrap_or_default()
-            ),
+            true => format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default()),
             false => render(&v, usize::MAX)
                 .into_iter()
                 .map(|l| l.replace("\x1b[1m", "").replace("\x1b[0m", "") + "\n")
@@ -418,8 +424,14 @@ pub(crate) async fn run(source: Source<'_>, interval: Duration, once: bool, json
                 continue;
             }
             if let Ok(Event::Key(k)) = event::read() {
-                let ctrl_c = k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
-                if ctrl_c || matches!(k.code, KeyCode::Char('q') | KeyCode::Char('Q') | KeyCode::Esc) {
+                let ctrl_c =
+                    k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
+                if ctrl_c
+                    || matches!(
+                        k.code,
+                        KeyCode::Char('q') | KeyCode::Char('Q') | KeyCode::Esc
+                    )
+                {
                     let _ = keys.blocking_send(());
                     break;
                 }
@@ -443,7 +455,11 @@ pub(crate) async fn run(source: Source<'_>, interval: Duration, once: bool, json
                 prev = cur;
                 render(&v, width).join("\r\n")
             }
-            Err(e) => format!("error[{}]: {}\r\n(retrying; q to quit)", e.code(), e.message()),
+            Err(e) => format!(
+                "error[{}]: {}\r\n(retrying; q to quit)",
+                e.code(),
+                e.message()
+            ),
         };
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

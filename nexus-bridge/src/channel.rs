@@ -1,13 +1,13 @@
 //! What every channel shares: running a registered workflow, the output
 //! shape, and how each channel reports an error.
 
-use tracing::Instrument;
 use crate::Registered;
 use dataflow::{DataFlow, Error, ErrorCode, RunError};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 
 /// What the channels of one application share: the database, the
 /// registered workflows, what is published, and the event stream and metrics.

@@ -277,7 +277,9 @@ async fn ready(State(s): State<AppState>) -> Response {
                     ErrorCode::Connection,
                     format!(
                         "a migration is blocked: {}",
-                        detail.as_deref().unwrap_or("the schema does not match the models")
+                        detail
+                            .as_deref()
+                            .unwrap_or("the schema does not match the models")
                     ),
                 ),
             };
@@ -294,9 +296,10 @@ async fn health(
     State(s): State<AppState>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Response {
-    let verbose = query
-        .as_deref()
-        .is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
+    let verbose = query.as_deref().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "verbose" || p.starts_with("verbose="))
+    });
     if !verbose {
         return Json(json!({"status": "ok"})).into_response();
     }
