@@ -762,14 +762,33 @@ impl DataFlow {
             } else {
                 let timeouts = migrate::Timeouts::from_config(config);
                 let plan = on_conn!(&mut *conn, c => migrate::plan_for(c, &models, app, &timeouts, &schema))?;
-                match plan.is_empty() {
-                    true => (MigrationState::Current, None),
-                    false => (
+                // Only what these models need blocks them: a column or index
+                // they do not ask for (a newer version migrated during a
+                // rolling deploy) leaves this instance able to serve.
+                let needed: Vec<&str> = plan
+                    .operations
+                    .iter()
+                    .filter(|o| blocks(o.kind))
+                    .map(|o| o.summary.as_str())
+                    .collect();
+                match (needed.is_empty(), plan.is_empty()) {
+                    (_, true) => (MigrationState::Current, None),
+                    (true, false) => (
+                        MigrationState::Current,
+                        Some(format!(
+                            "the database has {} difference(s) these models do not need (another \
+                             version's schema?); `dataflow migrate plan` lists them",
+                            plan.operations.len()
+                        )),
+                    ),
+                    (false, false) => (
                         MigrationState::Blocked,
                         Some(format!(
-                            "{} schema change(s) the models need are not applied (highest risk: {}); \
-                             review them with `dataflow migrate plan`, apply with `dataflow migrate apply`",
-                            plan.operations.len(),
+                            "{} schema change(s) the models need are not applied ({}; highest risk \
+                             of the plan: {}); review them with `dataflow migrate plan`, apply with \
+                             `dataflow migrate apply`",
+                            needed.len(),
+                            needed.iter().take(3).copied().collect::<Vec<_>>().join("; "),
                             plan.risk().as_str()
                         )),
                     ),
@@ -964,6 +983,26 @@ fn boot(
         context: Arc::new(Context::new()),
         inner,
     })
+}
+
+/// Whether a planned operation is something the models need to work (a
+/// table, a column, a type, a constraint they rely on), rather than
+/// something the database has beyond them.
+fn blocks(kind: migrate::OpKind) -> bool {
+    use migrate::OpKind as K;
+    matches!(
+        kind,
+        K::CreateTable
+            | K::AddColumn
+            | K::RenameColumn
+            | K::AlterColumnType
+            | K::AddUnique
+            | K::AddForeignKey
+            | K::RebuildTable
+            | K::AlterPrimaryKey
+            | K::EnableRowLevelSecurity
+            | K::AddTrigger
+    )
 }
 
 /// The pool, the writer queue and the cache, read now.
