@@ -4,6 +4,8 @@
 //! every write also recording its audit rows in the same transaction); and
 //! last the multi-tenancy lines (`support/tenancy.rs`: a plain model, the
 //! same model `tenant_scoped`, and on PostgreSQL behind row-level security).
+//! Read by id also runs with metrics on (the default) against a second
+//! handle on the same database booted with `enable_metrics(false)`.
 //!
 //! ```sh
 //! cargo bench --bench nodes      # full: SQLite + PostgreSQL, median of 5 rounds
@@ -677,6 +679,9 @@ enum Path {
     Floor,
     /// The node path on the audited copy of the model.
     Audited,
+    /// The node path of a second handle on the same database booted with
+    /// `enable_metrics(false)` (the default path has metrics on).
+    MetricsOff,
 }
 
 impl Path {
@@ -687,6 +692,7 @@ impl Path {
             Path::RawAlt => "a raw diesel variant (Raw::alt)",
             Path::Floor => "floor: spawn_blocking + pool checkout, no query",
             Path::Audited => "node path, audited model (BenchAuditedUser)",
+            Path::MetricsOff => "node path, enable_metrics(false)",
         }
     }
 }
@@ -770,6 +776,9 @@ fn paths<B: Raw>(kind: Kind, floor: bool) -> Vec<Path> {
         paths.push(Path::Floor);
     }
     paths.push(Path::Audited);
+    if matches!(kind, Kind::Read) {
+        paths.push(Path::MetricsOff);
+    }
     paths
 }
 
@@ -795,6 +804,8 @@ fn list_params() -> Value {
 
 struct Bench<B: Raw> {
     db: DataFlow,
+    /// The same database with `enable_metrics(false)` (the `MetricsOff` path).
+    db_off: DataFlow,
     pool: Pool<ConnectionManager<B::Conn>>,
     /// Records of the audited model, read by the `Audited` path.
     audited_ids: Vec<String>,
@@ -870,6 +881,15 @@ impl<B: Raw> Bench<B> {
                 let input = Input::new(tag, i);
                 Some(self.raw(move |c| B::create(c, input)).await?)
             }
+            (Kind::Read, Path::MetricsOff) => {
+                let rec = self
+                    .db_off
+                    .execute(READ, id_params(ids[i % ids.len()].clone()))
+                    .await?;
+                debug_assert!(rec["email"].is_string());
+                None
+            }
+            (_, Path::MetricsOff) => return Err("MetricsOff is measured on Read by id".into()),
             (Kind::Read, Path::Node) => {
                 let rec = self
                     .node(READ, id_params(ids[i % ids.len()].clone()))
@@ -960,8 +980,15 @@ async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(Str
         .connect_timeout(CONNECT_TIMEOUT)
         .build()
         .await?;
+    let db_off = DataFlow::builder(url)
+        .connection_pool_size(POOL_SIZE)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .enable_metrics(false)
+        .build()
+        .await?;
     let mut bench = Bench::<B> {
         db,
+        db_off,
         pool: B::pool(raw_target),
         audited_ids: Vec::new(),
     };
@@ -985,6 +1012,10 @@ async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(Str
             .node(CREATE, Input::new("warm-node", i).into_json())
             .await?;
         bench.node(READ, json!({"id": id_of(&rec)?})).await?;
+        bench
+            .db_off
+            .execute(READ, json!({"id": id_of(&rec)?}))
+            .await?;
         bench.node(LIST, list_params()).await?;
         let input = Input::new("warm-raw", i);
         let id = bench.raw(move |c| B::create(c, input)).await?;
@@ -1477,6 +1508,48 @@ fn print_audit_table(lines: &[Line]) {
     }
 }
 
+/// The metrics target: Read by id with metrics on >= this times off.
+const METRICS_TARGET: f64 = 0.97;
+
+/// Metrics on (the default) against off, on the lines that measured both.
+fn print_metrics_table(lines: &[Line]) -> Vec<(String, f64)> {
+    let mut ratios = Vec::new();
+    for l in lines
+        .iter()
+        .filter(|l| l.paths().contains(&Path::MetricsOff))
+    {
+        let ratio = l.median(Path::Node) / l.median(Path::MetricsOff);
+        println!(
+            "\nmetrics {} | metrics on {} {} | metrics off {} {} | on/off {ratio:.3} | target >= {METRICS_TARGET}x",
+            l.name,
+            thousands(l.median(Path::Node)),
+            l.unit,
+            thousands(l.median(Path::MetricsOff)),
+            l.unit,
+        );
+        ratios.push((l.name.clone(), ratio));
+    }
+    ratios
+}
+
+fn metrics_verdict(backend: &str, ratios: &[(String, f64)]) -> String {
+    let parts: Vec<String> = ratios
+        .iter()
+        .map(|(name, r)| {
+            let met = if *r >= METRICS_TARGET {
+                "met"
+            } else {
+                "MISSED"
+            };
+            format!("{name} on/off {r:.3} ({met})")
+        })
+        .collect();
+    format!(
+        "{backend} metrics target (on >= {METRICS_TARGET}x off): {}",
+        parts.join(", ")
+    )
+}
+
 /// The audit target of a line: single writes and BulkCreate; reads have none.
 fn audit_target(l: &Line) -> Option<f64> {
     if l.name.starts_with("BulkCreate") {
@@ -1622,7 +1695,7 @@ async fn main() -> Res<()> {
         cfg.rounds
     );
     println!("command: cargo bench --bench nodes   ({})", args.join(" "));
-    println!("targets: node >= 0.8x raw on every line; BulkCreate >= 200,000 rows/s on SQLite");
+    println!("targets: node >= 0.8x raw on every line; BulkCreate >= 200,000 rows/s on SQLite; Read by id with metrics on >= 0.97x off");
     println!(
         "setup: {} CPUs; pool size {POOL_SIZE} on both paths, one op at a time; single-op rounds: {} ops or {:?}; \
          bulk: {} rows into an empty table, batches of max_binds/{COLUMNS} rows in one transaction",
@@ -1646,8 +1719,10 @@ async fn main() -> Res<()> {
             verbose,
         );
         print_audit_table(&lines);
+        let metrics = print_metrics_table(&lines);
         verdicts.push(verdict("SQLite", &lines, Some(200_000.0)));
         verdicts.push(audit_verdict("SQLite", &lines));
+        verdicts.push(metrics_verdict("SQLite", &metrics));
     }
     if backends.contains("sqlite") {
         let cache = cache_lines(&cfg, &sqlite_url).await?;
@@ -1661,8 +1736,10 @@ async fn main() -> Res<()> {
                     let (version, lines) = run_backend::<pg_raw::Backend>(&cfg, &url, &url).await?;
                     print_table(&format!("{version}: {}", redact(&url)), &lines, verbose);
                     print_audit_table(&lines);
+                    let metrics = print_metrics_table(&lines);
                     verdicts.push(verdict("PostgreSQL", &lines, None));
                     verdicts.push(audit_verdict("PostgreSQL", &lines));
+                    verdicts.push(metrics_verdict("PostgreSQL", &metrics));
                 }
                 let cache = cache_lines(&cfg, &url).await?;
                 print_cache_table("PostgreSQL", &cache);
@@ -1677,7 +1754,9 @@ async fn main() -> Res<()> {
         .into_iter()
         .filter(|b| backends.contains(b))
         .collect();
-    tenancy::run(true, &tenancy_backends, "cargo bench --bench nodes").await?;
+    if !only_cache {
+        tenancy::run(true, &tenancy_backends, "cargo bench --bench nodes").await?;
+    }
     println!("\nload average at end: {}", loadavg());
     for v in verdicts {
         println!("{v}");

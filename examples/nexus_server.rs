@@ -68,6 +68,12 @@ pub struct Conversation {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // dataflow's spans and events (slow queries, `echo`) under RUST_LOG,
+    // e.g. `RUST_LOG=dataflow=info`; nothing is printed without it.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     match app().await {
         Ok(app) => app.run().await,
         Err(e) => nexus::print_error(&e),

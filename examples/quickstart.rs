@@ -45,6 +45,12 @@ fn show(label: &str, v: &Value) {
 
 #[tokio::main]
 async fn main() -> Result<(), dataflow::Error> {
+    // dataflow's spans and events (slow queries, `echo`) under RUST_LOG,
+    // e.g. `RUST_LOG=dataflow=info`; nothing is printed without it.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let url = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "sqlite://quickstart.db".into());

@@ -49,6 +49,12 @@ fn take(args: &mut Vec<String>, flag: &str, default: &str) -> String {
 
 #[tokio::main]
 async fn main() {
+    // dataflow's spans and events (slow queries, `echo`) under RUST_LOG,
+    // e.g. `RUST_LOG=dataflow=info`; nothing is printed without it.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let mut args: Vec<String> = std::env::args().collect();
     let url = take(&mut args, "--url", "sqlite://evolve.db");
     let schema = take(&mut args, "--schema", "v1");

@@ -1274,12 +1274,12 @@ async fn unreachable_postgres_fails_fast() {
 #[tokio::test]
 async fn options_for_missing_features_fail_boot() {
     let e = DataFlow::builder(sqlite_url("flags"))
-        .enable_metrics(true)
+        .enable_schema_discovery(true)
         .build()
         .await
         .unwrap_err();
     assert_eq!(e.code().as_str(), "not_supported");
-    assert!(e.message().contains("enable_metrics"), "{e}");
+    assert!(e.message().contains("enable_schema_discovery"), "{e}");
     let e = DataFlow::builder(sqlite_url("flags"))
         .connection_pool_size(0)
         .build()
@@ -3504,4 +3504,395 @@ async fn cache_change_triggers_are_migrated() {
     assert!(applied.is_some());
     assert_eq!(triggers(), 0, "migrate apply without the cache drops them");
     drop(on);
+}
+
+// ---- Metrics, slow queries, health (issue 13, sections 2 and 3) ----
+
+/// The value of one exposition line (`name{labels}` as printed), if present.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_a_known_workload_exactly() {
+    on_each_backend("metrics_workload", |db| async move {
+        let before = db.metrics();
+        assert_eq!(
+            metric(&before, "dataflow_migrations_applied_total"),
+            Some(1.0),
+            "{before}"
+        );
+        assert_eq!(
+            metric(
+                &before,
+                "dataflow_node_calls_total{model=\"User\",op=\"Create\"}"
+            ),
+            Some(0.0)
+        );
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let u = ok(
+                &db,
+                "UserCreateNode",
+                json!({"email": format!("m{i}@x.io")}),
+            )
+            .await;
+            ids.push(u["id"].clone());
+        }
+        let e = err(&db, "UserCreateNode", json!({"email": "m0@x.io"})).await;
+        assert_eq!(e.code().as_str(), "unique_violation");
+        ok(&db, "UserReadNode", json!({"id": ids[0]})).await;
+        ok(&db, "UserReadNode", json!({"id": ids[1]})).await;
+        err(&db, "UserReadNode", json!({"id": "missing"})).await;
+        let page = ok(
+            &db,
+            "UserListNode",
+            json!({"filter": {"email": {"$like": "m%"}}}),
+        )
+        .await;
+        assert_eq!(page["records"].as_array().unwrap().len(), 3);
+        ok(
+            &db,
+            "UserBulkCreateNode",
+            json!({"data": [{"email": "b1@x.io"}, {"email": "b2@x.io"}]}),
+        )
+        .await;
+        ok(
+            &db,
+            "UserBulkDeleteNode",
+            json!({"filter": {"email": {"$like": "b%"}}}),
+        )
+        .await;
+
+        let text = db.metrics();
+        let v = |s: &str| metric(&text, s).unwrap_or_else(|| panic!("{s} in\n{text}"));
+        for (series, want) in [
+            (
+                r#"dataflow_node_calls_total{model="User",op="Create"}"#,
+                4.0,
+            ),
+            (
+                r#"dataflow_node_errors_total{code="unique_violation",model="User",op="Create"}"#,
+                1.0,
+            ),
+            (
+                r#"dataflow_node_duration_seconds_count{model="User",op="Create"}"#,
+                4.0,
+            ),
+            // Rows are observed for successful calls only.
+            (r#"dataflow_node_rows_count{model="User",op="Create"}"#, 3.0),
+            (r#"dataflow_node_rows_sum{model="User",op="Create"}"#, 3.0),
+            (r#"dataflow_node_calls_total{model="User",op="Read"}"#, 3.0),
+            (
+                r#"dataflow_node_errors_total{code="not_found",model="User",op="Read"}"#,
+                1.0,
+            ),
+            (r#"dataflow_node_rows_sum{model="User",op="Read"}"#, 2.0),
+            (r#"dataflow_node_calls_total{model="User",op="List"}"#, 1.0),
+            (r#"dataflow_node_rows_sum{model="User",op="List"}"#, 3.0),
+            (
+                r#"dataflow_node_rows_bucket{model="User",op="List",le="2"}"#,
+                0.0,
+            ),
+            (
+                r#"dataflow_node_rows_bucket{model="User",op="List",le="5"}"#,
+                1.0,
+            ),
+            (
+                r#"dataflow_node_rows_sum{model="User",op="BulkCreate"}"#,
+                2.0,
+            ),
+            (
+                r#"dataflow_node_rows_sum{model="User",op="BulkDelete"}"#,
+                2.0,
+            ),
+            (
+                r#"dataflow_node_calls_total{model="Session",op="Create"}"#,
+                0.0,
+            ),
+            ("dataflow_pool_size", 10.0),
+            ("dataflow_pool_waiting", 0.0),
+            ("dataflow_pool_timeouts_total", 0.0),
+            (
+                r#"dataflow_slow_queries_total{model="User",op="Create"}"#,
+                0.0,
+            ),
+            ("dataflow_migrations_blocked", 0.0),
+            ("dataflow_cache_hits_total", 0.0),
+            ("dataflow_cache_misses_total", 0.0),
+        ] {
+            assert_eq!(v(series), want, "{series}");
+        }
+        assert_eq!(
+            text.matches(r#"dataflow_node_errors_total{"#).count(),
+            2,
+            "only the two failing calls have error series:\n{text}"
+        );
+        assert!(v("dataflow_pool_connections") >= 1.0);
+        if db.dialect() == dataflow::Dialect::Sqlite {
+            // The bulk writes went through the writer thread, one per batch.
+            assert!(v("dataflow_writer_batch_size_count") >= 2.0, "{text}");
+            assert_eq!(v("dataflow_writer_queue_depth"), 0.0);
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn metrics_off_export_nothing_and_pool_timeouts_count() {
+    let db = DataFlow::builder(sqlite_url("metrics_off"))
+        .enable_metrics(false)
+        .build()
+        .await
+        .unwrap();
+    ok(&db, "UserCountNode", json!({})).await;
+    assert_eq!(db.metrics(), "");
+
+    // One connection, held: the next call waits, times out and is counted.
+    let db = DataFlow::builder(sqlite_url("pool_timeouts"))
+        .connection_pool_size(1)
+        .connect_timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let held = db.connection().unwrap();
+    let e = err(&db, "UserListNode", json!({})).await;
+    assert_eq!(e.code().as_str(), "connection", "{e}");
+    drop(held);
+    let text = db.metrics();
+    assert_eq!(
+        metric(&text, "dataflow_pool_timeouts_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"dataflow_node_errors_total{code="connection",model="User",op="List"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    let h = db.health().await.unwrap();
+    assert_eq!(h.pool.timeouts, 1);
+    assert_eq!(h.pool.size, 1);
+}
+
+/// Captures what `tracing` events print, for the slow-query test.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn slow_queries_are_logged_with_bind_marks_never_values() {
+    // Statements run on the blocking pool and the writer thread: a global
+    // subscriber sees them (this is the only test of this binary that sets one;
+    // slow events come only from databases with a threshold, so only this test's).
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+    for (label, url) in support::backend_urls("slow_queries") {
+        let db = DataFlow::builder(&url)
+            .slow_query_threshold(Duration::ZERO)
+            .build()
+            .await
+            .unwrap();
+        let secret = format!("sk-live-{label}-4242@x.io");
+        let u = ok(
+            &db,
+            "UserCreateNode",
+            json!({"email": secret, "full_name": "Hidden Name"}),
+        )
+        .await;
+        ok(&db, "UserListNode", json!({"filter": {"email": secret}})).await;
+        ok(
+            &db,
+            "UserUpdateNode",
+            json!({"id": u["id"], "fields": {"full_name": "Other Secret"}}),
+        )
+        .await;
+        let text = captured.text();
+        let events: Vec<&str> = text.lines().filter(|l| l.contains("slow query")).collect();
+        assert!(events.len() >= 3, "{label}: {text}");
+        for e in &events {
+            assert!(e.contains("WARN"), "{e}");
+            assert!(!e.contains("sk-live"), "{label}: a bound value leaked: {e}");
+            assert!(
+                !e.contains("Hidden Name") && !e.contains("Other Secret"),
+                "{e}"
+            );
+        }
+        let create = events
+            .iter()
+            .find(|e| e.contains("op=\"Create\"") && e.contains("INSERT INTO"))
+            .unwrap_or_else(|| panic!("{label}: no Create event in {text}"));
+        assert!(create.contains("model=\"User\""), "{create}");
+        assert!(create.contains("duration_ms="), "{create}");
+        assert!(
+            create.contains('?') || create.contains("$1"),
+            "bind marks: {create}"
+        );
+        let metrics = db.metrics();
+        let creates = metric(
+            &metrics,
+            r#"dataflow_slow_queries_total{model="User",op="Create"}"#,
+        )
+        .unwrap();
+        assert!(creates >= 1.0, "{metrics}");
+        assert!(
+            metric(
+                &metrics,
+                r#"dataflow_slow_queries_total{model="User",op="List"}"#
+            )
+            .unwrap()
+                >= 1.0
+        );
+        let h = db.health().await.unwrap();
+        assert!(
+            h.slow_queries.recent >= 3 && h.slow_queries.total >= 3,
+            "{h:?}"
+        );
+        assert_eq!(h.slow_queries.threshold_ms, Some(0.0));
+        // A negative threshold is a configuration error, not a silent no-op.
+        let mut config = db.config().clone();
+        config.slow_query_threshold = Some(-1.0);
+        let e = DataFlow::from_config(config).await.unwrap_err();
+        assert_eq!(e.code().as_str(), "config", "{e}");
+    }
+}
+
+#[tokio::test]
+async fn health_reports_readiness_and_blocked_migrations() {
+    on_each_backend("health_report", |db| async move {
+        ok(&db, "UserCreateNode", json!({"email": "h@x.io"})).await;
+        let h = db.health().await.unwrap();
+        assert!(h.ready, "{h:?}");
+        assert!(h.database.answers && h.database.error.is_none());
+        assert_eq!(h.migrations.state, dataflow::MigrationState::Current);
+        assert_eq!(h.migrations.applied, 1);
+        assert_eq!(h.pool.size, 10);
+        assert!(h.pool.saturation >= 0.0 && h.pool.saturation <= 1.0);
+        assert_eq!(h.cache, None, "the cache reports once it is wired in");
+        match db.dialect() {
+            dataflow::Dialect::Sqlite => {
+                assert_eq!(h.writer.as_ref().map(|w| w.queue_depth), Some(0))
+            }
+            dataflow::Dialect::Postgres => assert!(h.writer.is_none()),
+        }
+        let json = serde_json::to_value(&h).unwrap();
+        assert_eq!(json["migrations"]["state"], "current");
+        assert_eq!(json["ready"], true);
+    })
+    .await;
+
+    for (label, url) in support::backend_urls("health_blocked") {
+        // The models need tables nobody created: blocked, not ready.
+        let db = DataFlow::builder(&url)
+            .auto_migrate(false)
+            .build()
+            .await
+            .unwrap();
+        let h = db.health().await.unwrap();
+        assert!(!h.ready, "{label}: {h:?}");
+        assert!(h.database.answers, "{label}");
+        assert_eq!(
+            h.migrations.state,
+            dataflow::MigrationState::Blocked,
+            "{label}"
+        );
+        let detail = h.migrations.detail.unwrap();
+        assert!(detail.contains("dataflow migrate plan"), "{detail}");
+        assert_eq!(
+            metric(&db.metrics(), "dataflow_migrations_blocked"),
+            Some(1.0)
+        );
+        // Applying clears it.
+        db.migrations().apply(Default::default()).await.unwrap();
+        let h = db.health().await.unwrap();
+        assert!(h.ready, "{label}: {h:?}");
+        assert_eq!(h.migrations.applied, 1);
+        let text = db.metrics();
+        assert_eq!(metric(&text, "dataflow_migrations_blocked"), Some(0.0));
+        assert_eq!(
+            metric(&text, "dataflow_migrations_applied_total"),
+            Some(1.0)
+        );
+    }
+
+    let off = DataFlow::builder(sqlite_url("health_off"))
+        .monitoring(false)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(
+        off.health().await.unwrap_err().code().as_str(),
+        "not_supported"
+    );
+}
+
+#[tokio::test]
+async fn monitor_once_json_reports_the_interval() {
+    let url = sqlite_url("monitor_once");
+    let db = DataFlow::builder(&url).build().await.unwrap();
+    let cli = db.clone();
+    let run = tokio::spawn(async move {
+        dataflow::cli::execute(
+            &cli,
+            &dataflow::cli::Cli {
+                json: true,
+                command: dataflow::cli::Command::Monitor(dataflow::cli::MonitorArgs {
+                    url: None,
+                    token: None,
+                    once: true,
+                    interval_ms: 500,
+                }),
+            },
+        )
+        .await
+    });
+    // Traffic during the interval.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..5 {
+        ok(
+            &db,
+            "UserCreateNode",
+            json!({"email": format!("mon{i}@x.io")}),
+        )
+        .await;
+    }
+    let out = run.await.unwrap().unwrap();
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let row = v["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["model"] == "User" && r["op"] == "Create")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(row["calls_total"], 5.0);
+    assert!(row["ops_per_second"].as_f64().unwrap() > 0.0, "{row}");
+    assert!(
+        row["p50_ms"].as_f64().is_some() && row["p99_ms"].as_f64().is_some(),
+        "{row}"
+    );
+    assert_eq!(v["pool"]["size"], 10.0);
 }

@@ -2335,3 +2335,38 @@ async fn on_delete_between_tenant_scoped_models_changes_back_and_forth() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn health_blocks_only_on_changes_the_models_need() {
+    on_each_backend("health_rolling", |url| async move {
+        // v1 serves; v2 (a new nullable column) is deployed and migrates.
+        let old = boot(&url, schema::<v1::Person>()).await.unwrap();
+        assert_eq!(
+            old.health().await.unwrap().migrations.state,
+            dataflow::MigrationState::Current
+        );
+        let new = boot(&url, schema::<v2::Person>()).await.unwrap();
+        // The old instance can still serve: the extra column is not its need.
+        let h = old.health().await.unwrap();
+        assert!(h.ready, "{h:?}");
+        assert_eq!(h.migrations.state, dataflow::MigrationState::Current);
+        assert!(h.migrations.detail.unwrap().contains("do not need"));
+        assert!(new.health().await.unwrap().ready);
+    })
+    .await;
+    on_each_backend("health_needs", |url| async move {
+        boot(&url, schema::<v1::Person>()).await.unwrap();
+        let pending = DataFlow::builder(&url)
+            .models(&[schema::<v2::Person>()])
+            .auto_migrate(false)
+            .build()
+            .await
+            .unwrap();
+        let h = pending.health().await.unwrap();
+        assert!(!h.ready, "{h:?}");
+        assert_eq!(h.migrations.state, dataflow::MigrationState::Blocked);
+        let detail = h.migrations.detail.unwrap();
+        assert!(detail.contains("nickname"), "names the change: {detail}");
+    })
+    .await;
+}

@@ -1086,7 +1086,8 @@ fn events_stream_in_order_and_metrics_count_requests() {
         r#"nexus_requests_total{channel="mcp",code="ok",workflow="get_user"} 1"#,
         r#"nexus_request_duration_seconds_bucket{channel="mcp","#,
         r#"nexus_node_duration_seconds_count{node="create",workflow="create_user"} 1"#,
-        "nexus_db_pool_connections{state=\"open\"}",
+        "dataflow_pool_connections ",
+        r#"dataflow_node_calls_total{model="User",op="Create"} "#,
     ] {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
@@ -3828,4 +3829,341 @@ async fn mcp_tools_list_differs_by_role() {
     let r = call(&operator, "slow", &json!({})).await.unwrap();
     assert_ne!(r.is_error, Some(true), "{r:?}");
     operator.cancel().await.unwrap();
+}
+
+// ---- Metrics, health and the monitor (issue 13) ----
+
+/// Every `nexus_*` / `dataflow_*` name in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut word = String::new();
+    for c in expr.chars().chain([' ']) {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+            continue;
+        }
+        if (word.starts_with("nexus_") || word.starts_with("dataflow_")) && !names.contains(&word) {
+            names.push(word.clone());
+        }
+        word.clear();
+    }
+    names
+}
+
+/// Unique emails across calls of [`traffic`].
+static DASH: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Some traffic on every channel family: creates, reads (one not found), lists.
+fn traffic(addr: SocketAddr) {
+    for i in 0..3 {
+        let n = DASH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let body = format!(
+            r#"{{"inputs": {{"email": "dash{i}-{n}@x.io", "full_name": "D", "active": true}}}}"#
+        );
+        let r = request(
+            addr,
+            "POST",
+            "/workflows/create_user/execute",
+            Some(body.as_bytes()),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let r = request(
+        addr,
+        "POST",
+        "/workflows/get_user/execute",
+        Some(br#"{"inputs": {"id": "nobody"}}"#),
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = request(
+        addr,
+        "POST",
+        "/workflows/list_users/execute",
+        Some(br#"{"inputs": {"active": true, "limit": 10}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[test]
+fn dashboard_queries_name_exported_metrics() {
+    let s = server(&support::sqlite_url("nexus_dashboard"));
+    traffic(s.addr);
+    let scrape = request(s.addr, "GET", "/metrics", None);
+    assert_eq!(scrape.status, 200);
+    let text = scrape.body;
+    // One registry: each family is declared once.
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        assert_eq!(
+            text.matches(&format!("{line}\n")).count(),
+            1,
+            "{line} twice"
+        );
+    }
+    let exported = |name: &str| {
+        text.lines().any(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+    };
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/dashboards/dataflow-nexus.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut checked = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let names = metric_names(expr);
+            assert!(!names.is_empty(), "{}: {expr}", panel["title"]);
+            for name in names {
+                assert!(
+                    exported(&name),
+                    "panel {}: `{name}` is not exported:\n{text}",
+                    panel["title"]
+                );
+                checked.push(name);
+            }
+        }
+    }
+    // The dashboard covers what the issue asks for.
+    for family in [
+        "nexus_requests_total",
+        "nexus_request_duration_seconds_bucket",
+        "dataflow_node_duration_seconds_bucket",
+        "dataflow_node_errors_total",
+        "dataflow_cache_hits_total",
+        "dataflow_pool_waiting",
+        "dataflow_slow_queries_total",
+    ] {
+        assert!(
+            checked.iter().any(|n| n == family),
+            "the dashboard has no {family}"
+        );
+    }
+    // And the exporter's values follow the traffic exactly.
+    for line in [
+        r#"dataflow_node_calls_total{model="User",op="Create"} 3"#,
+        r#"dataflow_node_errors_total{code="not_found",model="User",op="Read"} 1"#,
+        r#"nexus_requests_total{channel="http",code="not_found",workflow="get_user"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+}
+
+#[test]
+fn ready_and_verbose_health_report_the_database() {
+    let s = server(&support::sqlite_url("nexus_health"));
+    traffic(s.addr);
+    let plain = request(s.addr, "GET", "/health", None);
+    assert_eq!((plain.status, plain.json()), (200, json!({"status": "ok"})));
+    let ready = request(s.addr, "GET", "/ready", None);
+    assert_eq!(
+        (ready.status, ready.json()),
+        (200, json!({"status": "ready"}))
+    );
+    let verbose = request(s.addr, "GET", "/health?verbose", None);
+    assert_eq!(verbose.status, 200, "{}", verbose.body);
+    let v = verbose.json();
+    assert_eq!(v["status"], "ok");
+    let report = &v["report"];
+    assert_eq!(report["ready"], true);
+    assert_eq!(report["database"]["answers"], true);
+    assert_eq!(report["database"]["dialect"], "sqlite");
+    assert_eq!(report["migrations"]["state"], "current");
+    assert_eq!(report["pool"]["timeouts"], 0);
+    assert!(report["pool"]["size"].as_u64().unwrap() >= 1);
+    assert_eq!(report["writer"]["queue_depth"], 0);
+    assert_eq!(report["slow_queries"]["recent"], 0);
+    assert!(report["cache"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_503_while_a_migration_is_blocked() {
+    let url = support::sqlite_url("nexus_blocked");
+    // The schema step is left to an operator: the tables do not exist.
+    let db = dataflow::DataFlow::builder(&url)
+        .models(&[&<Probe as dataflow::Model>::SCHEMA])
+        .auto_migrate(false)
+        .build()
+        .await
+        .unwrap();
+    let app = std::sync::Arc::new(nexus::Nexus::builder().build(db.clone()).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let a = app.clone();
+    tokio::spawn(async move { a.serve_http_on(listener).await });
+    let r = get(addr, "/ready").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "connection");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("blocked"),
+        "{}",
+        r.body
+    );
+    let v = get(addr, "/health?verbose").await.json();
+    assert_eq!(v["status"], "degraded");
+    assert_eq!(v["report"]["migrations"]["state"], "blocked");
+    assert!(get(addr, "/metrics")
+        .await
+        .body
+        .contains("dataflow_migrations_blocked 1"));
+    db.migrations().apply(Default::default()).await.unwrap();
+    assert_eq!(get(addr, "/ready").await.status, 200);
+    assert!(get(addr, "/metrics")
+        .await
+        .body
+        .contains("dataflow_migrations_applied_total 1"));
+    app.shutdown();
+}
+
+/// A tmux server of this test's own (its own socket), killed on drop.
+struct Tmux(String);
+
+impl Tmux {
+    fn new(name: &str) -> Tmux {
+        Tmux(format!("dataflow-{name}-{}", std::process::id()))
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .arg("-L")
+            .arg(&self.0)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until the pane shows `want` (or the test fails with what it shows).
+    fn wait_for(&self, want: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let pane = self.run(&["capture-pane", "-p", "-t", "mon"]);
+            if pane.contains(want) {
+                return pane;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "`{want}` never shown:\n{pane}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.run(&["kill-server"]);
+    }
+}
+
+#[test]
+fn monitor_draws_live_in_a_terminal_and_quits_on_q_or_ctrl_c() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        panic!("tmux is needed to test the monitor under a real terminal");
+    }
+    let s = server(&support::sqlite_url("nexus_monitor"));
+    traffic(s.addr);
+    let bin = support::programs::dataflow_bin();
+    let dir = std::env::temp_dir().join(format!("dataflow-monitor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (key, label) in [("q", "q"), ("C-c", "ctrl_c")] {
+        let exit_file = dir.join(format!("exit-{label}"));
+        let _ = std::fs::remove_file(&exit_file);
+        let tmux = Tmux::new(label);
+        let command = format!(
+            "{} monitor --url {} --interval-ms 300; echo $? > {}",
+            bin.display(),
+            s.base(),
+            exit_file.display()
+        );
+        tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "mon",
+            "-x",
+            "150",
+            "-y",
+            "30",
+            &command,
+        ]);
+        let pane = tmux.wait_for("Create");
+        assert!(pane.contains("dataflow monitor"), "{pane}");
+        assert!(pane.contains("OPS/S") && pane.contains("P99 MS"), "{pane}");
+        assert!(pane.contains("User"), "{pane}");
+        assert!(pane.contains("pool"), "{pane}");
+        // New traffic shows as a rate in a later frame.
+        traffic(s.addr);
+        tmux.wait_for("Read");
+        tmux.run(&["send-keys", "-t", "mon", key]);
+        let started = Instant::now();
+        let code = loop {
+            if let Ok(code) = std::fs::read_to_string(&exit_file) {
+                break code;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{label}: the monitor did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(code.trim(), "0", "{label}: exits cleanly");
+    }
+    // For scripts: one interval as JSON, without a terminal.
+    let out = Command::new(&bin)
+        .args([
+            "monitor",
+            "--url",
+            &s.base(),
+            "--once",
+            "--json",
+            "--interval-ms",
+            "300",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let create = v["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["model"] == "User" && r["op"] == "Create")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(create["calls_total"], 9.0, "three rounds of traffic");
+    assert_eq!(v["source"], s.base());
+    // Without a terminal the live view refuses, with the way out.
+    let out = Command::new(&bin)
+        .args(["monitor", "--url", &s.base()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--once --json"));
+    // A closed loopback port: a connection error, not a hang.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let out = Command::new(&bin)
+        .args(["monitor", "--url", &closed, "--once", "--json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "connection", "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

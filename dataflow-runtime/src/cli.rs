@@ -9,7 +9,8 @@
 //! ```
 //!
 //! `models`, `migrate status|plan|apply|rollback|generate|unlock`, `audit`
-//! (the audit log; `audit purge` applies the retention). Output is
+//! (the audit log; `audit purge` applies the retention), `monitor` (a live
+//! view of the metrics, of this database or of a nexus at `--url`). Output is
 //! a readable table; `--json` prints JSON for machines. Exit codes come
 //! from [`ErrorCode::exit_code`](crate::ErrorCode::exit_code).
 
@@ -45,6 +46,11 @@ pub enum Command {
     /// The audit log, newest first: who changed which record, and how.
     /// Filters combine; `audit purge` deletes old rows.
     Audit(AuditArgs),
+    /// A live view of the metrics (ops/s, p50/p99 per model × operation,
+    /// errors, pool, cache hit ratio), refreshed every second; `q` or Ctrl-C
+    /// quits. `--url` watches a running nexus; `--once --json` prints one
+    /// interval for scripts.
+    Monitor(MonitorArgs),
     /// Plan, apply and undo schema changes.
     Migrate {
         /// Which migration step.
@@ -89,6 +95,24 @@ pub struct AuditArgs {
     /// The `next` cursor a previous page printed.
     #[arg(long, value_name = "CURSOR")]
     pub after: Option<String>,
+}
+
+/// `dataflow monitor`.
+#[derive(Debug, clap::Args)]
+pub struct MonitorArgs {
+    /// A running nexus (`http://host:port`) whose `/metrics` to watch
+    /// (default: this program's own database).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// A bearer token for a nexus with auth on.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Print one interval and exit (with `--json`: as JSON).
+    #[arg(long)]
+    pub once: bool,
+    /// The refresh interval in milliseconds.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub interval_ms: u64,
 }
 
 /// The `dataflow audit` subcommands.
@@ -191,6 +215,60 @@ where
     }
 }
 
+/// `dataflow monitor --url <nexus>` without a database of its own (the
+/// standalone binary): `args` as for [`run_from`], starting with the
+/// program name.
+pub async fn monitor_from<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let out = match &cli.command {
+        Command::Monitor(MonitorArgs {
+            url: Some(url),
+            token,
+            once,
+            interval_ms,
+        }) => match crate::monitor::Source::remote(url, token.clone()) {
+            Ok(source) => {
+                crate::monitor::run(
+                    source,
+                    std::time::Duration::from_millis(*interval_ms),
+                    *once,
+                    cli.json,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        },
+        _ => Err(Error::new(
+            crate::ErrorCode::Validation,
+            "monitor without a database needs --url http://host:port (a running nexus)",
+        )),
+    };
+    match out {
+        Ok(out) => {
+            print!("{out}");
+            0
+        }
+        Err(e) => {
+            if cli.json {
+                println!("{}", json!({"error": e.to_json()}));
+            } else {
+                eprintln!("error[{}]: {}", e.code(), e.message());
+            }
+            i32::from(e.code().exit_code())
+        }
+    }
+}
+
 /// Runs a parsed command and returns what to print.
 pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
     let json_out = cli.json;
@@ -198,6 +276,19 @@ pub async fn execute(db: &DataFlow, cli: &Cli) -> Result<String> {
         format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
     };
     match &cli.command {
+        Command::Monitor(m) => {
+            let source = match &m.url {
+                Some(url) => crate::monitor::Source::remote(url, m.token.clone())?,
+                None => crate::monitor::Source::Local(db),
+            };
+            crate::monitor::run(
+                source,
+                std::time::Duration::from_millis(m.interval_ms),
+                m.once,
+                json_out,
+            )
+            .await
+        }
         Command::Models => {
             let models = db.migrations().registered().await?;
             if json_out {

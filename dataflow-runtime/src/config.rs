@@ -42,7 +42,9 @@ pub struct Config {
     /// until a write invalidates it or it is evicted); a model's
     /// `cache_ttl` overrides it.
     pub cache_ttl_ms: Option<u64>,
-    /// Query metrics (not available yet: `true` fails boot).
+    /// Query metrics (default on): per model × operation calls, errors,
+    /// latency and rows, pool, writer, migration and slow-query families,
+    /// as Prometheus text from `DataFlow::metrics` (and nexus `/metrics`).
     pub enable_metrics: Option<bool>,
     /// The most pooled connections (default 10; 1 for `sqlite::memory:`).
     pub connection_pool_size: u32,
@@ -63,11 +65,15 @@ pub struct Config {
     /// as a second wall behind the statements' tenant filter (default off;
     /// needs `multi_tenant`).
     pub row_level_security: Option<bool>,
-    /// Monitoring (not available yet: `true` fails boot).
+    /// Monitoring (default on): `DataFlow::health`, the report behind nexus
+    /// `/ready` and `/health?verbose`; off, `health` answers `not_supported`.
     pub monitoring: Option<bool>,
-    /// Seconds after which a query counts as slow (not available yet: setting it fails boot).
+    /// Seconds after which a statement counts as slow: a `tracing` WARN
+    /// event (SQL shape, never values) and `dataflow_slow_queries_total`
+    /// (default: none).
     pub slow_query_threshold: Option<f64>,
-    /// Log every SQL statement (never its values) to stderr.
+    /// A `tracing` event (target `dataflow::sql`, INFO) for every SQL
+    /// statement: its shape and bind count, never its values.
     pub echo: bool,
     /// How long to wait for a connection, in milliseconds.
     pub connect_timeout_ms: u64,
@@ -220,6 +226,21 @@ impl Config {
         self.audit_retention_ms.map(Duration::from_millis)
     }
 
+    /// Whether query metrics are recorded (default on).
+    pub fn metrics(&self) -> bool {
+        self.enable_metrics != Some(false)
+    }
+
+    /// Whether `DataFlow::health` reports (default on).
+    pub fn monitoring(&self) -> bool {
+        self.monitoring != Some(false)
+    }
+
+    /// The time after which a statement counts as slow, when set.
+    pub fn slow_query_threshold(&self) -> Option<Duration> {
+        self.slow_query_threshold.map(Duration::from_secs_f64)
+    }
+
     /// Whether boot reads and writes the persisted model registry.
     pub fn uses_registry(&self) -> bool {
         !self.skip_registry.unwrap_or(false) && self.enable_model_persistence.unwrap_or(true)
@@ -234,21 +255,6 @@ impl Config {
                 self.enable_schema_discovery == Some(true),
                 "enable_schema_discovery = true",
                 "schema discovery",
-            ),
-            (
-                self.enable_metrics == Some(true),
-                "enable_metrics = true",
-                "metrics",
-            ),
-            (
-                self.monitoring == Some(true),
-                "monitoring = true",
-                "monitoring",
-            ),
-            (
-                self.slow_query_threshold.is_some(),
-                "slow_query_threshold",
-                "slow-query monitoring",
             ),
         ];
         let missing: Vec<String> = pending
@@ -276,6 +282,16 @@ impl Config {
                     format!(
                         "{option} must be at most {} (about 24 days); 0 turns the timeout off",
                         i32::MAX
+                    ),
+                ));
+            }
+        }
+        if let Some(t) = self.slow_query_threshold {
+            if !(t.is_finite() && t >= 0.0) {
+                return Err(Error::new(
+                    ErrorCode::Config,
+                    format!(
+                        "slow_query_threshold must be a number of seconds, at least 0 (got {t})"
                     ),
                 ));
             }

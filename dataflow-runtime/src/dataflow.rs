@@ -5,6 +5,11 @@ use crate::cache::{CacheStats, QueryCache};
 use crate::config::Config;
 use crate::context::Context;
 use crate::error::{Error, ErrorCode, Result};
+use crate::health::{
+    CacheHealth, DatabaseHealth, HealthError, HealthReport, MigrationHealth, MigrationState,
+    PoolHealth, SlowQueryHealth, WriterHealth,
+};
+use crate::metrics::{Metrics, MetricsCollector, SlowWatch};
 use crate::migrate::{self, BootPolicy, EmbeddedMigration};
 use crate::node::NodeContext;
 use crate::nodes::{self, Op, Origin};
@@ -14,7 +19,9 @@ use crate::schema::ModelSchema;
 use crate::sql::Dialect;
 use crate::writer::{self, WriteKind};
 use serde_json::Value;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// Runs `$body` with `$c` bound to the backend connection inside `$conn`
 /// (a `&mut AnyConnection` or a [`ConnMut`]).
@@ -56,6 +63,8 @@ struct Inner {
     /// transactional runs, migrations) goes through this queue and its
     /// thread (first come, first served; group commit).
     sqlite_writer: Option<crate::writer::Writer>,
+    /// Query metrics, the slow-query count and the pool's waits.
+    metrics: Arc<Metrics>,
     /// Keeps a shared in-memory SQLite database alive.
     _keepalive: Option<Mutex<AnyConnection>>,
     /// The query cache (`enable_caching`).
@@ -145,9 +154,12 @@ impl DataFlowBuilder {
         self
     }
 
-    /// Seconds after which a query counts as slow (not available yet: boot refuses it).
-    pub fn slow_query_threshold(mut self, seconds: f64) -> Self {
-        self.config.slow_query_threshold = Some(seconds);
+    /// A statement slower than `threshold` emits a `tracing` WARN event
+    /// (target `dataflow::slow_query`: model, operation, the SQL with its
+    /// bind marks, never the values, and the duration) and counts in
+    /// `dataflow_slow_queries_total{model,op}`.
+    pub fn slow_query_threshold(mut self, threshold: std::time::Duration) -> Self {
+        self.config.slow_query_threshold = Some(threshold.as_secs_f64());
         self
     }
 
@@ -158,7 +170,9 @@ impl DataFlowBuilder {
         self
     }
 
-    /// Logs every SQL statement (never its values) to stderr.
+    /// A `tracing` event for every SQL statement (target `dataflow::sql`,
+    /// INFO): its shape and bind count, never its values. Printed only
+    /// where a subscriber is installed (`tracing-subscriber`).
     pub fn echo(mut self, on: bool) -> Self {
         self.config.echo = on;
         self
@@ -373,7 +387,61 @@ impl DataFlow {
     }
 
     /// A model node; `origin` is `(run id, node id)` inside a workflow run.
+    /// Inside a span (`dataflow.node`) and counted in the metrics.
     async fn execute_model(
+        &self,
+        m: &'static ModelSchema,
+        op: Op,
+        params: Value,
+        origin: Option<(String, String)>,
+    ) -> Result<Value> {
+        let span = self.node_span(
+            m,
+            op,
+            origin.as_ref().map(|(r, n)| (r.as_str(), n.as_str())),
+        );
+        let started = Instant::now();
+        let out = self
+            .execute_model_unobserved(m, op, params, origin)
+            .instrument(span)
+            .await;
+        self.inner.metrics.record(m, op, started.elapsed(), &out);
+        out
+    }
+
+    /// The span of one model node call: model, operation, node, and the
+    /// run, tenant and request it belongs to.
+    pub(crate) fn node_span(
+        &self,
+        m: &'static ModelSchema,
+        op: Op,
+        origin: Option<(&str, &str)>,
+    ) -> tracing::Span {
+        let c = &*self.context;
+        tracing::info_span!(
+            "dataflow.node",
+            model = m.name,
+            op = op.name(),
+            run_id = origin.map(|o| o.0),
+            node_id = origin.map(|o| o.1),
+            tenant = c.tenant.as_deref(),
+            request_id = c.request_id.as_deref(),
+        )
+    }
+
+    /// Records a model node call made on a connection the caller holds (a
+    /// transactional run's node).
+    pub(crate) fn record_call(
+        &self,
+        m: &'static ModelSchema,
+        op: Op,
+        took: Duration,
+        out: &Result<Value>,
+    ) {
+        self.inner.metrics.record(m, op, took, out);
+    }
+
+    async fn execute_model_unobserved(
         &self,
         m: &'static ModelSchema,
         op: Op,
@@ -494,16 +562,29 @@ impl DataFlow {
         retry: bool,
         mut f: impl FnMut(&mut AnyConnection) -> Result<T>,
     ) -> Result<T> {
-        let mut conn = self.inner.pool.get()?;
+        let mut conn = self.checkout()?;
         let out = f(&mut conn);
         if !(conn.note(&out) && retry) {
             return out;
         }
         drop(conn);
-        let mut conn = self.inner.pool.get()?;
+        let mut conn = self.checkout()?;
         let out = f(&mut conn);
         conn.note(&out);
         out
+    }
+
+    /// A pooled connection, counted in the pool's waiting gauge while it
+    /// is awaited and in its timeouts when none came in time.
+    fn checkout(&self) -> Result<r2d2::PooledConnection<Manager>> {
+        let metrics = &self.inner.metrics;
+        metrics.pool_waiting.inc();
+        let conn = self.inner.pool.get();
+        metrics.pool_waiting.dec();
+        conn.map_err(|e| {
+            metrics.pool_timeouts.inc();
+            Error::from(e)
+        })
     }
 
     fn run_model_on_any(
@@ -533,6 +614,15 @@ impl DataFlow {
         let prepared = self.inner.registry.prepared(m);
         let ctx = nodes::Ctx {
             audited: m.audited(self.inner.config.enable_audit_log == Some(true)),
+            slow: self
+                .inner
+                .config
+                .slow_query_threshold()
+                .map(|threshold| SlowWatch {
+                    threshold,
+                    metrics: &self.inner.metrics,
+                    op: op.name(),
+                }),
             origin,
             ..nodes::Ctx::new(
                 m,
@@ -628,6 +718,191 @@ impl DataFlow {
         tokio::task::spawn_blocking(move || boot(config, target, Registry::empty(), &[]))
             .await
             .map_err(|e| Error::internal(format!("boot task failed: {e}")))?
+    }
+
+    /// The query metrics as Prometheus text (version 0.0.4): calls, errors
+    /// by code, latency and rows per model × operation, the pool, the
+    /// SQLite writer, migrations, slow queries and the query cache. Empty
+    /// with `enable_metrics(false)`. See the README's "Metrics and
+    /// monitoring" section for the families.
+    pub fn metrics(&self) -> String {
+        self.metrics_collector().text()
+    }
+
+    /// The same families as a `prometheus` collector, to register in an
+    /// application's own registry (nexus does: one scrape of `/metrics`).
+    pub fn metrics_collector(&self) -> MetricsCollector {
+        MetricsCollector(self.inner.metrics.clone())
+    }
+
+    /// The health report (`monitoring`, on by default): whether the
+    /// database answers, the pool's saturation, recent slow queries, lock
+    /// waits, the cache's hit ratio, the migration state and the SQLite
+    /// writer's queue. `ready` is what nexus `/ready` answers: the
+    /// database answers and no migration is blocked. With
+    /// `monitoring(false)` it fails with `not_supported`.
+    pub async fn health(&self) -> Result<HealthReport> {
+        let config = &self.inner.config;
+        if !config.monitoring() {
+            return Err(Error::new(
+                ErrorCode::NotSupported,
+                "monitoring is off: the health report needs monitoring(true) (the default)",
+            ));
+        }
+        let ping = self.execute_ping().await;
+        let (migrations, lock_waits) = match &ping {
+            Ok(()) => {
+                let db = self.clone();
+                tokio::task::spawn_blocking(move || db.pooled(true, |c| db.probe(c)))
+                    .await
+                    .map_err(|e| Error::internal(format!("task failed: {e}")))??
+            }
+            Err(_) => (
+                MigrationHealth {
+                    state: MigrationState::Unknown,
+                    applied: self.inner.metrics.migrations_applied.get(),
+                    detail: None,
+                },
+                0,
+            ),
+        };
+        let live = self.live();
+        let metrics = &self.inner.metrics;
+        let in_use = live.connections.saturating_sub(live.idle);
+        let writer_queue = live.writer_queue.map(|d| d as u64);
+        let report = HealthReport {
+            ready: ping.is_ok() && migrations.state != MigrationState::Blocked,
+            database: DatabaseHealth {
+                dialect: match self.dialect() {
+                    Dialect::Sqlite => "sqlite",
+                    Dialect::Postgres => "postgres",
+                },
+                answers: ping.is_ok(),
+                error: ping.err().map(|e| HealthError {
+                    code: e.code().as_str(),
+                    message: e.message().to_string(),
+                }),
+            },
+            pool: PoolHealth {
+                size: live.pool_size,
+                connections: live.connections,
+                idle: live.idle,
+                in_use,
+                waiting: metrics.pool_waiting.get().max(0) as u64,
+                timeouts: metrics.pool_timeouts.get(),
+                saturation: f64::from(in_use) / f64::from(live.pool_size.max(1)),
+            },
+            slow_queries: SlowQueryHealth {
+                threshold_ms: config.slow_query_threshold().map(|t| t.as_secs_f64() * 1e3),
+                window_seconds: crate::metrics::SLOW_WINDOW.as_secs(),
+                recent: metrics.recent_slow(crate::metrics::SLOW_WINDOW),
+                total: metrics.slow_total(),
+            },
+            lock_waits: lock_waits + writer_queue.unwrap_or(0),
+            cache: self.cache_health(&live.cache),
+            migrations,
+            writer: writer_queue.map(|queue_depth| WriterHealth { queue_depth }),
+        };
+        Ok(report)
+    }
+
+    /// The health report's database side: the migration state and, on
+    /// PostgreSQL, the sessions of this database waiting for a lock.
+    fn probe(&self, conn: &mut AnyConnection) -> Result<(MigrationHealth, u64)> {
+        let config = &self.inner.config;
+        let applied = self.inner.metrics.migrations_applied.get();
+        let models = self.schema_models();
+        let checked = config.uses_registry() && !config.skip_migration.unwrap_or(false);
+        let (state, detail) = if !checked {
+            (MigrationState::Unchecked, None)
+        } else {
+            let schema = migrate::SchemaOptions::from_config(config);
+            let app = &config.application_id;
+            let matches =
+                on_conn!(&mut *conn, c => migrate::registry_matches(c, app, &models, &schema))?;
+            if matches {
+                (MigrationState::Current, None)
+            } else {
+                let timeouts = migrate::Timeouts::from_config(config);
+                let plan = on_conn!(&mut *conn, c => migrate::plan_for(c, &models, app, &timeouts, &schema))?;
+                // Only what these models need blocks them: a column or index
+                // they do not ask for (a newer version migrated during a
+                // rolling deploy) leaves this instance able to serve.
+                let needed: Vec<&str> = plan
+                    .operations
+                    .iter()
+                    .filter(|o| blocks(o.kind))
+                    .map(|o| o.summary.as_str())
+                    .collect();
+                match (needed.is_empty(), plan.is_empty()) {
+                    (_, true) => (MigrationState::Current, None),
+                    (true, false) => (
+                        MigrationState::Current,
+                        Some(format!(
+                            "the database has {} difference(s) these models do not need (another \
+                             version's schema?); `dataflow migrate plan` lists them",
+                            plan.operations.len()
+                        )),
+                    ),
+                    (false, false) => (
+                        MigrationState::Blocked,
+                        Some(format!(
+                            "{} schema change(s) the models need are not applied ({}; highest risk \
+                             of the plan: {}); review them with `dataflow migrate plan`, apply with \
+                             `dataflow migrate apply`",
+                            needed.len(),
+                            needed.iter().take(3).copied().collect::<Vec<_>>().join("; "),
+                            plan.risk().as_str()
+                        )),
+                    ),
+                }
+            }
+        };
+        self.inner
+            .metrics
+            .migrations_blocked
+            .set(i64::from(state == MigrationState::Blocked));
+        let lock_waits = match conn {
+            AnyConnection::Postgresql(c) => {
+                let rows = migrate::query(
+                    c,
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    vec![],
+                )?;
+                match rows.first().and_then(|r| r.first()) {
+                    Some(crate::value::Cell::I64(n)) => (*n).max(0) as u64,
+                    _ => 0,
+                }
+            }
+            AnyConnection::Sqlite(_) => 0,
+        };
+        Ok((
+            MigrationHealth {
+                state,
+                applied,
+                detail,
+            },
+            lock_waits,
+        ))
+    }
+
+    /// Values read when metrics are scraped or health is asked.
+    fn live(&self) -> crate::metrics::Live {
+        live_of(&self.inner)
+    }
+
+    /// The cache part of the health report. Seam for the query cache: `None`
+    /// until it is wired in (then: `Some` when caching is on, from
+    /// `cache_stats()`).
+    fn cache_health(&self, c: &crate::metrics::CacheCounters) -> Option<CacheHealth> {
+        let _ = c;
+        None
+    }
+
+    /// The metrics of this database (for the migration commands).
+    pub(crate) fn metrics_handle(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// Connections the pool holds, and how many of them are idle.
@@ -743,6 +1018,7 @@ fn boot(
     if config.row_level_security() {
         on_conn!(&mut conn, c => rls::check_role(c))?;
     }
+    let mut boot_outcome = migrate::BootOutcome::default();
     if !config.skip_migration.unwrap_or(false) {
         let policy = BootPolicy {
             app: config.application_id.clone(),
@@ -760,7 +1036,7 @@ fn boot(
             && on_conn!(&mut conn, c => migrate::registry_matches(c, &policy.app, models, &policy.schema))?;
         if !unchanged {
             on_conn!(&mut conn, c => migrate::check_server(c, models))?;
-            on_conn!(&mut conn, c => migrate::boot_migrate(c, &target, config.connect_timeout(), models, &policy))?;
+            boot_outcome = on_conn!(&mut conn, c => migrate::boot_migrate(c, &target, config.connect_timeout(), models, &policy))?;
         }
     }
     let memory = matches!(target, Target::Sqlite { memory: true, .. });
@@ -787,12 +1063,20 @@ fn boot(
         .build_unchecked(
             Manager::new(target.clone(), config.connect_timeout()).with_origin(origin.clone()),
         );
+    let metrics = Arc::new(Metrics::new(config.metrics(), registry.models()));
+    metrics.migrations_applied.inc_by(boot_outcome.applied);
+    metrics
+        .migrations_blocked
+        .set(i64::from(boot_outcome.pending));
     let sqlite_writer = match sqlite {
-        true => Some(crate::writer::Writer::start(
-            pool.clone(),
-            &target,
-            config.connect_timeout(),
-        )?),
+        true => {
+            let writer =
+                crate::writer::Writer::start(pool.clone(), &target, config.connect_timeout())?;
+            if config.metrics() {
+                writer.observe_batches(metrics.writer_batch.clone());
+            }
+            Some(writer)
+        }
         false => None,
     };
     let cache = match config.caching() {
@@ -817,18 +1101,59 @@ fn boot(
         }
         false => None,
     };
+    let inner = Arc::new(Inner {
+        config,
+        target,
+        pool,
+        sqlite_writer,
+        registry,
+        metrics,
+        _keepalive: memory.then(|| Mutex::new(conn)),
+        cache,
+    });
+    // Scrape-time values come from the handle; a weak reference, so the
+    // metrics do not keep the database alive.
+    let weak: Weak<Inner> = Arc::downgrade(&inner);
+    inner.metrics.set_live(Box::new(move || {
+        weak.upgrade().map(|i| live_of(&i)).unwrap_or_default()
+    }));
     Ok(DataFlow {
         context: Arc::new(Context::new()),
-        inner: Arc::new(Inner {
-            config,
-            target,
-            pool,
-            sqlite_writer,
-            registry,
-            _keepalive: memory.then(|| Mutex::new(conn)),
-            cache,
-        }),
+        inner,
     })
+}
+
+/// Whether a planned operation is something the models need to work (a
+/// table, a column, a type, a constraint they rely on), rather than
+/// something the database has beyond them.
+fn blocks(kind: migrate::OpKind) -> bool {
+    use migrate::OpKind as K;
+    matches!(
+        kind,
+        K::CreateTable
+            | K::AddColumn
+            | K::RenameColumn
+            | K::AlterColumnType
+            | K::AddUnique
+            | K::AddForeignKey
+            | K::RebuildTable
+            | K::AlterPrimaryKey
+            | K::EnableRowLevelSecurity
+            | K::AddTrigger
+    )
+}
+
+/// The pool, the writer queue and the cache, read now.
+fn live_of(inner: &Inner) -> crate::metrics::Live {
+    let state = inner.pool.state();
+    crate::metrics::Live {
+        pool_size: inner.pool.max_size(),
+        connections: state.connections,
+        idle: state.idle_connections,
+        writer_queue: inner.sqlite_writer.as_ref().map(|w| w.queue_depth()),
+        // Seam for the query cache: its `cache_stats()` goes here.
+        cache: crate::metrics::CacheCounters::default(),
+    }
 }
 
 #[cfg(test)]

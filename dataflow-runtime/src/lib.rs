@@ -34,9 +34,12 @@ mod context;
 mod dataflow;
 mod error;
 mod filter;
+mod health;
 pub mod json_schema;
+mod metrics;
 pub mod migrate;
 mod migrations;
+mod monitor;
 mod node;
 pub mod nodes;
 mod raw;
@@ -57,6 +60,11 @@ pub use crate::context::Context;
 pub use crate::dataflow::{DataFlow, DataFlowBuilder, PoolState, MAX_INPUT_DEPTH};
 pub use crate::error::{Error, ErrorCode, Result};
 pub use crate::filter::{MAX_FILTER_CONDITIONS, MAX_LIKE_PATTERN_BYTES};
+pub use crate::health::{
+    CacheHealth, DatabaseHealth, HealthError, HealthReport, MigrationHealth, MigrationState,
+    PoolHealth, SlowQueryHealth, WriterHealth,
+};
+pub use crate::metrics::{MetricsCollector, FAMILIES as METRIC_FAMILIES};
 pub use crate::node::{MergeNode, Node, NodeContext, NodeFuture, SwitchNode};
 pub use crate::schema::{Model, ModelSchema};
 pub use crate::sql::Dialect;
@@ -67,6 +75,9 @@ pub use crate::workflow::{
 };
 #[doc(inline)]
 pub use dataflow_macros::{embed_migrations, model, node};
+/// The `prometheus` crate dataflow's [`MetricsCollector`] implements
+/// `Collector` of (register it in a registry of the same version).
+pub use prometheus;
 
 /// Used by the code `#[dataflow::model]` generates; not a public API.
 #[doc(hidden)]

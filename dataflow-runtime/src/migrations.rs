@@ -129,6 +129,13 @@ impl<'a> Migrations<'a> {
                 out
             })
             .await
+            .inspect(|applied| {
+                if applied.is_some() {
+                    let m = self.db.metrics_handle();
+                    m.migrations_applied.inc();
+                    m.migrations_blocked.set(0);
+                }
+            })
     }
 
     /// Undoes applied migrations, newest first: the last `steps`, or all

@@ -197,6 +197,8 @@ struct Shared {
     /// A write failed for lack of space or a disk error: the checkpoint
     /// thread truncates the log as soon as it can.
     truncate_wanted: AtomicBool,
+    /// Writes per commit of the thread, when metrics are on.
+    batches: std::sync::OnceLock<prometheus::Histogram>,
 }
 
 impl Writer {
@@ -254,6 +256,16 @@ impl Writer {
             file,
             _checkpoints: checkpoints,
         })
+    }
+
+    /// Records the size of every batch the thread commits in `histogram`.
+    pub(crate) fn observe_batches(&self, histogram: prometheus::Histogram) {
+        let _ = self.shared.batches.set(histogram);
+    }
+
+    /// Writes sent to the thread and not yet taken by it.
+    pub(crate) fn queue_depth(&self) -> usize {
+        self.shared.queued.load(Ordering::Acquire)
     }
 
     /// Whether the database can take writes (for readiness), checked in
@@ -377,6 +389,9 @@ fn serve(pool: &Pool, shared: &Shared, jobs: &mpsc::Receiver<Box<dyn Job>>) {
         }
         // A transaction held back in `next` stays counted until it runs.
         shared.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+        if let Some(h) = shared.batches.get() {
+            h.observe(batch.len() as f64);
+        }
         commit(pool, batch);
     }
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 
 /// What the channels of one application share: the database, the
 /// registered workflows, what is published, and the event stream and metrics.
@@ -414,12 +415,14 @@ pub(crate) struct Hub {
     requests: prometheus::IntCounterVec,
     latency: prometheus::HistogramVec,
     nodes: prometheus::HistogramVec,
-    pool: prometheus::IntGaugeVec,
 }
 
 impl Hub {
-    pub(crate) fn new() -> Hub {
-        use prometheus::{histogram_opts, opts, HistogramVec, IntCounterVec, IntGaugeVec};
+    /// The hub of a server on `db`: one registry holds nexus's families and
+    /// dataflow's (its query, pool, writer, migration and cache metrics),
+    /// so `/metrics` is one scrape and a family declared twice fails here.
+    pub(crate) fn new(db: &DataFlow) -> Hub {
+        use prometheus::{histogram_opts, opts, HistogramVec, IntCounterVec};
         let registry = prometheus::Registry::new();
         let requests = IntCounterVec::new(
             opts!(
@@ -445,19 +448,11 @@ impl Hub {
             &["workflow", "node"],
         )
         .expect("valid metric");
-        let pool = IntGaugeVec::new(
-            opts!(
-                "nexus_db_pool_connections",
-                "Database pool connections by state"
-            ),
-            &["state"],
-        )
-        .expect("valid metric");
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(nodes.clone()),
-            Box::new(pool.clone()),
+            Box::new(db.metrics_collector()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -468,19 +463,11 @@ impl Hub {
             requests,
             latency,
             nodes,
-            pool,
         }
     }
 
-    /// The Prometheus text exposition, with the pool's current state.
-    pub(crate) fn metrics_text(&self, db: &DataFlow) -> String {
-        let dataflow::PoolState {
-            connections: all,
-            idle,
-            ..
-        } = db.pool_state();
-        self.pool.with_label_values(&["open"]).set(i64::from(all));
-        self.pool.with_label_values(&["idle"]).set(i64::from(idle));
+    /// The Prometheus text exposition: nexus's families and dataflow's.
+    pub(crate) fn metrics_text(&self) -> String {
         let mut out = String::new();
         let _ = prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out);
         out
@@ -550,6 +537,11 @@ impl Shared {
                 inputs,
                 run_id.unwrap_or_else(dataflow::new_run_id),
             )
+            .instrument(tracing::info_span!(
+                "nexus.request",
+                workflow = name.as_str(),
+                channel = channel
+            ))
             .await
             .map(|run| {
                 json!({"outputs": Value::Object(run.results), "run_id": run.run_id, "execution_time": started.elapsed().as_secs_f64()})

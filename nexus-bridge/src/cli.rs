@@ -157,6 +157,10 @@ fn root(workflows: &[&Registered]) -> Command {
             "audit",
             "List or purge the audit log (see `audit --help`)",
         ))
+        .subcommand(forwarded(
+            "monitor",
+            "A live view of the metrics; --url watches a running server (see `monitor --help`)",
+        ))
 }
 
 /// `keys create | list | revoke`: the API keys of `Auth::api_keys(true)`.
@@ -590,7 +594,7 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
             }
         }
         Some(("keys", m)) => keys(app, m).await,
-        Some((cmd @ ("models" | "migrate" | "audit"), m)) => {
+        Some((cmd @ ("models" | "migrate" | "audit" | "monitor"), m)) => {
             let mut argv = vec![args[0].clone(), cmd.into()];
             argv.extend(
                 m.get_many::<String>("rest")

@@ -65,7 +65,7 @@ pub(crate) fn router(state: AppState, policy: crate::security::Policy) -> Router
     let mut api = Router::new()
         .route("/workflows/{name}/execute", post(run))
         .route("/runs/{id}", get(run_status))
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/health", get(health))
         .route("/ready", get(ready));
     if surface.discovery {
         api = api
@@ -302,7 +302,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        s.hub.metrics_text(&s.db),
+        s.hub.metrics_text(),
     )
         .into_response()
 }
@@ -325,10 +325,62 @@ async fn events(
     axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default())
 }
 
+/// Ready: the database answers and (with dataflow's monitoring on, the
+/// default) no migration is blocked. 503 with the reason otherwise.
 async fn ready(State(s): State<AppState>) -> Response {
-    match s.db.execute_ping().await {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+    if !s.db.config().monitoring() {
+        return match s.db.execute_ping().await {
+            Ok(()) => Json(json!({"status": "ready"})).into_response(),
+            Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(error_body(&e))).into_response(),
+        };
+    }
+    match s.db.health().await {
+        Ok(h) if h.ready => Json(json!({"status": "ready"})).into_response(),
+        Ok(h) => {
+            let e = match (&h.database.error, &h.migrations.detail) {
+                (Some(e), _) => Error::new(ErrorCode::Connection, e.message.clone()),
+                (None, detail) => Error::new(
+                    ErrorCode::Connection,
+                    format!(
+                        "a migration is blocked: {}",
+                        detail
+                            .as_deref()
+                            .unwrap_or("the schema does not match the models")
+                    ),
+                ),
+            };
+            (StatusCode::SERVICE_UNAVAILABLE, Json(error_body(&e))).into_response()
+        }
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, Json(error_body(&e))).into_response(),
+    }
+}
+
+/// `{"status": "ok"}` while the process serves; `?verbose` adds dataflow's
+/// health report (`DataFlow::health`) as `report`, when monitoring is on
+/// (nexus `enable_monitoring` and dataflow `monitoring`, both the default).
+async fn health(
+    State(s): State<AppState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let verbose = query.as_deref().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "verbose" || p.starts_with("verbose="))
+    });
+    if !verbose {
+        return Json(json!({"status": "ok"})).into_response();
+    }
+    if !s.surface.metrics {
+        return http_error(&Error::new(
+            ErrorCode::NotFound,
+            "/health?verbose needs monitoring: enable_monitoring(true) (the default)",
+        ));
+    }
+    match s.db.health().await {
+        Ok(report) => {
+            let status = if report.ready { "ok" } else { "degraded" };
+            Json(json!({"status": status, "report": report})).into_response()
+        }
+        Err(e) => http_error(&e),
     }
 }
 

@@ -408,6 +408,7 @@ impl NexusBuilder {
             max_bytes: self.async_store_max_bytes,
             ttl: self.async_store_ttl,
         });
+        let hub = Arc::new(channel::Hub::new(&db));
         Ok(Nexus {
             options: self,
             policy,
@@ -415,7 +416,7 @@ impl NexusBuilder {
                 db,
                 workflows: Arc::new(BTreeMap::new()),
                 surface,
-                hub: Arc::new(channel::Hub::new()),
+                hub,
                 runs: Arc::new(runs),
                 auth,
                 access: Arc::new(access),

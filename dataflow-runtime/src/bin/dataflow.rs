@@ -3,10 +3,16 @@
 //! without the application's binary.
 //! Planning and applying need the compiled models: embed the CLI in the
 //! application with `dataflow::cli::run(&db)`.
+//! `dataflow monitor --url http://host:port`: the live metrics view of a
+//! running nexus.
 
 #[tokio::main]
 async fn main() {
     let mut args: Vec<String> = std::env::args().collect();
+    // `monitor --url` names a running nexus, not a database.
+    if args.get(1).map(String::as_str) == Some("monitor") {
+        std::process::exit(dataflow::cli::monitor_from(args).await);
+    }
     let url = match args.iter().position(|a| a == "--url") {
         Some(i) if i + 1 < args.len() => {
             let url = args.remove(i + 1);

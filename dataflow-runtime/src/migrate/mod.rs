@@ -355,23 +355,26 @@ pub(crate) fn boot_migrate<C: Conn>(
     timeout: std::time::Duration,
     models: &[&'static ModelSchema],
     policy: &BootPolicy,
-) -> Result<()> {
+) -> Result<BootOutcome> {
     with_lock(conn, target, timeout, &policy.applied_by, |conn| {
         history::recover_interrupted(conn)?;
         history::run_embedded(conn, policy)?;
         // Another process may have migrated while we waited for the lock.
         if policy.registry && registry_matches(conn, &policy.app, models, &policy.schema)? {
-            return Ok(());
+            return Ok(BootOutcome::default());
         }
         let plan = plan_for(conn, models, &policy.app, &policy.timeouts, &policy.schema)?;
         if plan.is_empty() {
             if policy.registry {
                 history::record_registry(conn, &policy.app, models, None)?;
             }
-            return Ok(());
+            return Ok(BootOutcome::default());
         }
         if !policy.auto_apply {
-            return Ok(());
+            return Ok(BootOutcome {
+                applied: 0,
+                pending: true,
+            });
         }
         if plan.risk() > RiskLevel::Low {
             return Err(blocked_error(&plan));
@@ -397,8 +400,20 @@ pub(crate) fn boot_migrate<C: Conn>(
             record_registry: policy.registry,
             timeouts: &policy.timeouts,
         };
-        apply(conn, models, &plan, options).map(drop)
+        apply(conn, models, &plan, options).map(|_| BootOutcome {
+            applied: 1,
+            pending: false,
+        })
     })
+}
+
+/// What boot's schema step did (for the metrics and the health report).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct BootOutcome {
+    /// Migrations the automatic step applied.
+    pub(crate) applied: u64,
+    /// Changes the models need were left for an operator (`auto_migrate` off).
+    pub(crate) pending: bool,
 }
 
 /// Introspects and plans against the registry's knowledge; the plan carries

@@ -16,8 +16,10 @@ pub(crate) struct Ctx<'a> {
     pub(crate) node: &'a str,
     /// The model's quoted column list, computed once per model.
     pub(crate) columns: &'a str,
-    /// Log each statement (never its values) to stderr.
+    /// A `tracing` event per statement (never its values).
     pub(crate) echo: bool,
+    /// Times each statement against the slow-query threshold, when set.
+    pub(crate) slow: Option<crate::metrics::SlowWatch<'a>>,
     /// The caller's context (its tenant scopes tenant-scoped models).
     pub(crate) context: &'a crate::Context,
     /// The tenant every statement binds, on a tenant-scoped model (set by
@@ -52,6 +54,7 @@ impl<'a> Ctx<'a> {
             node,
             columns,
             echo,
+            slow: None,
             context,
             tenant: None,
             audited: false,
@@ -163,19 +166,61 @@ impl Ctx<'_> {
     /// Runs a statement, logging it first when `echo` is on.
     pub(crate) fn exec<C: Conn>(&self, conn: &mut C, sql: &Sql) -> Result<usize> {
         self.log(sql);
-        conn.exec(sql)
+        match self.slow {
+            None => conn.exec(sql),
+            Some(w) => {
+                let started = std::time::Instant::now();
+                let out = conn.exec(sql);
+                self.timed(&w, sql, started.elapsed());
+                out
+            }
+        }
     }
 
     /// Runs a query, logging it first when `echo` is on.
     pub(crate) fn query<C: Conn>(&self, conn: &mut C, sql: &Sql) -> Result<Vec<Vec<Cell>>> {
         self.log(sql);
-        conn.query(sql)
+        match self.slow {
+            None => conn.query(sql),
+            Some(w) => {
+                let started = std::time::Instant::now();
+                let out = conn.query(sql);
+                self.timed(&w, sql, started.elapsed());
+                out
+            }
+        }
     }
 
     fn log(&self, sql: &Sql) {
         if self.echo {
-            eprintln!("[dataflow] {} ({} binds)", sql.display(), sql.bind_count());
+            tracing::info!(
+                target: "dataflow::sql",
+                model = self.model.name,
+                node = self.node,
+                binds = sql.bind_count(),
+                "{}",
+                sql.display()
+            );
         }
+    }
+
+    /// A statement over the threshold: a WARN event with its shape (bind
+    /// marks, never values) and a count.
+    fn timed(&self, w: &crate::metrics::SlowWatch<'_>, sql: &Sql, took: std::time::Duration) {
+        if took < w.threshold {
+            return;
+        }
+        w.metrics.slow_statement(self.model.name, w.op);
+        tracing::warn!(
+            target: "dataflow::slow_query",
+            model = self.model.name,
+            op = w.op,
+            node = self.node,
+            duration_ms = took.as_secs_f64() * 1e3,
+            threshold_ms = w.threshold.as_secs_f64() * 1e3,
+            sql = %sql.display(),
+            "slow query"
+        );
     }
 
     /// `SELECT <all columns> FROM <table>`: every read returns whole records.

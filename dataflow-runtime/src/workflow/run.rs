@@ -14,6 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// The outcome of a successful run.
 #[derive(Debug, Clone, PartialEq)]
@@ -443,11 +444,22 @@ impl WorkflowRuntime {
     ) -> Result<Run, RunError> {
         let plan = &workflow.plan;
         let inputs = validate_inputs(plan, inputs)?;
+        let c = self.db.context();
+        let span = tracing::info_span!(
+            "dataflow.run",
+            run_id = run_id.as_str(),
+            transactional = plan.spec.transactional,
+            tenant = c.tenant.as_deref(),
+            request_id = c.request_id.as_deref(),
+        );
         if plan.spec.transactional {
             self.run_transactional(workflow.clone(), inputs, run_id)
+                .instrument(span)
                 .await
         } else {
-            self.run_concurrent(plan, inputs, run_id).await
+            self.run_concurrent(plan, inputs, run_id)
+                .instrument(span)
+                .await
         }
     }
 
@@ -550,7 +562,10 @@ impl WorkflowRuntime {
         let started = Instant::now();
         // One transaction with this database's write access (on SQLite: one
         // job of the writer thread, so it never races the other writes).
+        // The run's span, entered on the thread that runs the transaction.
+        let span = tracing::Span::current();
         let run = self.db.exclusive(move |db, conn| {
+            let _entered = span.enter();
             let plan = &*workflow.plan;
             let deadline = plan.timeout.map(|t| started + t);
             let rid = run_id.clone();
@@ -663,16 +678,23 @@ fn run_in_order<C: Conn>(
                 let t = Instant::now();
                 let r =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match node.kind {
-                        NodeRef::Model(m, op) => db.run_model_on(
-                            conn,
-                            m,
-                            op,
-                            input,
-                            crate::nodes::Origin {
-                                run_id: Some(run_id),
-                                node_id: Some(&node.id),
-                            },
-                        ),
+                        NodeRef::Model(m, op) => {
+                            let span = db.node_span(m, op, Some((run_id, &node.id)));
+                            let out = span.in_scope(|| {
+                                db.run_model_on(
+                                    conn,
+                                    m,
+                                    op,
+                                    input,
+                                    crate::nodes::Origin {
+                                        run_id: Some(run_id),
+                                        node_id: Some(&node.id),
+                                    },
+                                )
+                            });
+                            db.record_call(m, op, t.elapsed(), &out);
+                            out
+                        }
                         NodeRef::Custom(_) => {
                             db.execute_ref_blocking_custom(node.kind, &node.id, &input, run_id)
                         }

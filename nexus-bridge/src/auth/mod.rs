@@ -457,15 +457,20 @@ enum Guard {
     Role(String),
 }
 
-fn guard(auth: &Authenticator, path: &str) -> Guard {
+fn guard(auth: &Authenticator, path: &str, query: Option<&str>) -> Guard {
+    // `/health?verbose` reports the pool, slow statements and migrations:
+    // for the same callers as `/metrics`.
+    let verbose = query.is_some_and(|q| q.split('&').any(|p| p.starts_with("verbose")));
+    let metrics = || match &auth.metrics_role {
+        Some(role) => Guard::Role(role.clone()),
+        None => Guard::Identity,
+    };
     match path {
+        "/health" if verbose => metrics(),
         "/health" | "/ready" | oauth::TOKEN_PATH => Guard::Open,
         p if p.starts_with("/.well-known/") => Guard::Open,
         "/openapi.json" if auth.public_openapi => Guard::Open,
-        "/metrics" => match &auth.metrics_role {
-            Some(role) => Guard::Role(role.clone()),
-            None => Guard::Identity,
-        },
+        "/metrics" => metrics(),
         _ => Guard::Identity,
     }
 }
@@ -477,7 +482,7 @@ pub(crate) async fn middleware(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let need = guard(&auth, request.uri().path());
+    let need = guard(&auth, request.uri().path(), request.uri().query());
     if matches!(need, Guard::Open) {
         return next.run(request).await;
     }
