@@ -3896,3 +3896,46 @@ async fn monitor_once_json_reports_the_interval() {
     );
     assert_eq!(v["pool"]["size"], 10.0);
 }
+
+/// The query cache's counters reach the metrics and the health report:
+/// after one miss and one hit, `dataflow_cache_hits_total` / `_misses_total`
+/// say so and `health().cache` has the same numbers and a ratio of 0.5.
+#[tokio::test]
+async fn cache_counters_reach_metrics_and_health() {
+    on_each_backend_cached("cache_metrics", |label, _, db| async move {
+        ok(&db, "UserCreateNode", json!({"email": "m@x.io"})).await;
+        let before = db.cache_stats();
+        cached(&db, "UserCountNode", json!({})).await;
+        let after = db.cache_stats();
+        assert_eq!(
+            (after.hits - before.hits, after.misses - before.misses),
+            (1, 1),
+            "{label}"
+        );
+        let text = db.metrics();
+        assert_eq!(
+            metric(&text, "dataflow_cache_hits_total"),
+            Some(after.hits as f64),
+            "{label}: {text}"
+        );
+        assert_eq!(
+            metric(&text, "dataflow_cache_misses_total"),
+            Some(after.misses as f64),
+            "{label}"
+        );
+        assert!(
+            metric(&text, "dataflow_cache_entries").unwrap() >= 1.0,
+            "{label}"
+        );
+        let health = db.health().await.unwrap();
+        let cache = health.cache.expect("the cache is on");
+        assert_eq!(
+            (cache.hits, cache.misses),
+            (after.hits, after.misses),
+            "{label}"
+        );
+        let ratio = after.hits as f64 / (after.hits + after.misses) as f64;
+        assert_eq!(cache.hit_ratio, Some(ratio), "{label}");
+    })
+    .await;
+}

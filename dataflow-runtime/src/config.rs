@@ -250,13 +250,11 @@ impl Config {
     /// so nothing is silently ignored.
     pub fn check_supported(&self) -> Result<()> {
         // Options whose features are not built yet: (asked for, option, feature).
-        let pending = [
-            (
-                self.enable_schema_discovery == Some(true),
-                "enable_schema_discovery = true",
-                "schema discovery",
-            ),
-        ];
+        let pending = [(
+            self.enable_schema_discovery == Some(true),
+            "enable_schema_discovery = true",
+            "schema discovery",
+        )];
         let missing: Vec<String> = pending
             .iter()
             .filter(|(asked, ..)| *asked)

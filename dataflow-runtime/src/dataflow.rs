@@ -892,12 +892,17 @@ impl DataFlow {
         live_of(&self.inner)
     }
 
-    /// The cache part of the health report. Seam for the query cache: `None`
-    /// until it is wired in (then: `Some` when caching is on, from
-    /// `cache_stats()`).
+    /// The cache part of the health report: `None` with the cache off.
     fn cache_health(&self, c: &crate::metrics::CacheCounters) -> Option<CacheHealth> {
-        let _ = c;
-        None
+        self.inner.cache.as_ref()?;
+        let lookups = c.hits + c.misses;
+        Some(CacheHealth {
+            hits: c.hits,
+            misses: c.misses,
+            hit_ratio: (lookups > 0).then(|| c.hits as f64 / lookups as f64),
+            entries: c.entries,
+            bytes: c.bytes,
+        })
     }
 
     /// The metrics of this database (for the migration commands).
@@ -1151,8 +1156,22 @@ fn live_of(inner: &Inner) -> crate::metrics::Live {
         connections: state.connections,
         idle: state.idle_connections,
         writer_queue: inner.sqlite_writer.as_ref().map(|w| w.queue_depth()),
-        // Seam for the query cache: its `cache_stats()` goes here.
-        cache: crate::metrics::CacheCounters::default(),
+        cache: inner
+            .cache
+            .as_ref()
+            .map(|c| {
+                let s = c.stats();
+                crate::metrics::CacheCounters {
+                    hits: s.hits,
+                    misses: s.misses,
+                    // Entries moka dropped: for room, and past their TTL.
+                    evictions: s.evictions + s.expirations,
+                    invalidations: s.invalidations,
+                    bytes: s.bytes,
+                    entries: s.entries,
+                }
+            })
+            .unwrap_or_default(),
     }
 }
 

@@ -90,11 +90,8 @@ pub(crate) struct Live {
     pub(crate) cache: CacheCounters,
 }
 
-/// The query cache's counters, exported as `dataflow_cache_*`.
-///
-/// Seam for the query cache (built separately): until it is wired in,
-/// [`DataFlow`](crate::DataFlow) reports all zeros and the health report's
-/// `cache` is `None`; after it, `live()` fills this from `cache_stats()`.
+/// The query cache's counters, exported as `dataflow_cache_*`: read from
+/// `DataFlow::cache_stats` at scrape time (all zeros with the cache off).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct CacheCounters {
     pub(crate) hits: u64,
