@@ -981,6 +981,7 @@ async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(Str
         .build()
         .await?;
     let db_off = DataFlow::builder(url)
+        .multi_tenant(true)
         .connection_pool_size(POOL_SIZE)
         .connect_timeout(CONNECT_TIMEOUT)
         .enable_metrics(false)
@@ -1247,12 +1248,14 @@ impl CacheLine {
 /// handles are on the same database; rounds alternate which goes first.
 async fn cache_lines(cfg: &Cfg, url: &str) -> Res<Vec<CacheLine>> {
     let on = DataFlow::builder(url)
+        .multi_tenant(true)
         .connection_pool_size(POOL_SIZE)
         .connect_timeout(CONNECT_TIMEOUT)
         .enable_caching(true)
         .build()
         .await?;
     let off = DataFlow::builder(url)
+        .multi_tenant(true)
         .connection_pool_size(POOL_SIZE)
         .connect_timeout(CONNECT_TIMEOUT)
         .build()
