@@ -445,19 +445,12 @@ async fn audit(db: &DataFlow, args: &AuditArgs, json_out: bool) -> Result<String
     }
     let db = db.with_context(context);
     if let Some(AuditCommand::Purge { older_than }) = &args.command {
-        let age = older_than.as_deref().map(parse_age).transpose()?;
+        let age = older_than.as_deref().map(age_arg).transpose()?;
         let n = db.purge_audit(age).await?;
         if json_out {
-            return Ok(format!(
-                "{}
-",
-                json!({"deleted": n})
-            ));
+            return Ok(format!("{}\n", json!({"deleted": n})));
         }
-        return Ok(format!(
-            "Deleted {n} audit row(s).
-"
-        ));
+        return Ok(format!("Deleted {n} audit row(s).\n"));
     }
     let mut query = serde_json::Map::new();
     let mut put = |k: &str, v: Option<serde_json::Value>| {
@@ -530,15 +523,34 @@ fn time_arg(s: &str) -> Result<serde_json::Value> {
     if chrono::DateTime::parse_from_rfc3339(s).is_ok() {
         return Ok(s.into());
     }
-    let age = parse_age(s)?;
+    let age = age_arg(s)?;
     let age = chrono::Duration::from_std(age)
         .map_err(|_| Error::new(crate::ErrorCode::Validation, "the age is too large"))?;
     Ok(crate::value::format_datetime(&(crate::value::now() - age)).into())
 }
 
-/// `90s`, `30m`, `12h`, `7d`, `2w` as a duration.
-fn parse_age(s: &str) -> Result<std::time::Duration> {
-    let bad = || {
+/// `90s`, `30m`, `12h`, `7d`, `2w` as a duration: the ages the CLIs accept
+/// (`audit --since`, `migrate history --older-than`, nexus `keys create
+/// --expires`). `0s` is an age (purge everything); `None` for anything else,
+/// including an overflowing age.
+pub fn parse_age(s: &str) -> Option<std::time::Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return None,
+    };
+    n.checked_mul(unit).map(std::time::Duration::from_secs)
+}
+
+/// [`parse_age`], or a validation error that says what is accepted.
+fn age_arg(s: &str) -> Result<std::time::Duration> {
+    parse_age(s).ok_or_else(|| {
         Error::new(
             crate::ErrorCode::Validation,
             format!(
@@ -546,21 +558,7 @@ fn parse_age(s: &str) -> Result<std::time::Duration> {
                 Error::echo(s)
             ),
         )
-    };
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(secs)
-        .map(std::time::Duration::from_secs)
-        .ok_or_else(bad)
+    })
 }
 
 /// `--allow` values as rules; an unknown name is a validation error.
@@ -720,4 +718,37 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str("(none)\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_age;
+    use std::time::Duration;
+
+    #[test]
+    fn ages_parse_with_every_unit_and_nothing_else() {
+        let cases = [
+            ("0s", Some(0)),
+            ("90s", Some(90)),
+            ("30m", Some(1_800)),
+            ("12h", Some(43_200)),
+            ("7d", Some(604_800)),
+            ("2w", Some(1_209_600)),
+            ("", None),
+            ("7", None),
+            ("d", None),
+            ("7y", None),
+            ("-7d", None),
+            ("7 d", None),
+            ("99999999999999999999d", None),
+            ("18446744073709551615w", None),
+        ];
+        for (input, secs) in cases {
+            assert_eq!(
+                parse_age(input),
+                secs.map(Duration::from_secs),
+                "{input:?}"
+            );
+        }
+    }
 }

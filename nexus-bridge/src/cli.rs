@@ -220,9 +220,10 @@ fn keys_command() -> Command {
         )
 }
 
-/// `90s`, `30m`, `12h`, `7d`, `2w`.
+/// A positive age flag (`--expires 90d`) through [`dataflow::cli::parse_age`].
 fn parse_age(flag: &str, s: &str) -> Result<std::time::Duration, Error> {
-    let bad = || {
+    let age = dataflow::cli::parse_age(s).filter(|age| !age.is_zero());
+    age.ok_or_else(|| {
         Error::new(
             ErrorCode::Validation,
             format!(
@@ -231,22 +232,7 @@ fn parse_age(flag: &str, s: &str) -> Result<std::time::Duration, Error> {
             ),
         )
         .with_field(flag)
-    };
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    let unit = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        "w" => 604_800,
-        _ => return Err(bad()),
-    };
-    match n.checked_mul(unit) {
-        Some(secs) if secs > 0 => Ok(std::time::Duration::from_secs(secs)),
-        _ => Err(bad()),
-    }
+    })
 }
 
 /// Runs a `keys` command against the application's database.
