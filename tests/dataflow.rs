@@ -86,6 +86,18 @@ pub struct Sample {
     pub scratch: Vec<String>,
 }
 
+/// For the Aggregate node: nullable group and value fields, integers and
+/// floats, soft delete.
+#[dataflow::model(soft_delete)]
+pub struct Sale {
+    pub id: String,
+    pub region: Option<String>,
+    pub user_id: String,
+    pub amount: i64,
+    pub price: f64,
+    pub qty: Option<i32>,
+}
+
 /// Runs `body` against a fresh SQLite file and a fresh PostgreSQL database.
 async fn on_each_backend<F, Fut>(name: &str, body: F)
 where
@@ -1178,8 +1190,8 @@ async fn node_input_schemas_describe_the_input() {
     assert_eq!(db.node_schema("Nope").unwrap_err().code(), "unknown_node");
     assert_eq!(
         db.node_types().len(),
-        11 * 11 + 3,
-        "eleven per model plus SwitchNode, MergeNode and (audited models here) AuditListNode"
+        12 * 12 + 3,
+        "twelve per model plus SwitchNode, MergeNode and (audited models here) AuditListNode"
     );
 }
 
@@ -1203,6 +1215,7 @@ async fn node_input_schemas_are_stable() {
         "BulkUpdate",
         "BulkDelete",
         "BulkUpsert",
+        "Aggregate",
     ];
     // A string key, a soft-delete auto-increment key, and every field type.
     for model in ["User", "Doc", "Sample"] {
@@ -3938,4 +3951,233 @@ async fn cache_counters_reach_metrics_and_health() {
         assert_eq!(cache.hit_ratio, Some(ratio), "{label}");
     })
     .await;
+}
+
+/// The Aggregate node on both backends against hand-computed groups: NULL
+/// groups and NULL values, every function, `having`, ordering by an
+/// aggregate, empty results, soft delete, typed results that are the same
+/// JSON on SQLite and PostgreSQL, and the mistakes it refuses.
+#[tokio::test]
+async fn aggregate_groups_match_hand_computed_results() {
+    on_each_backend("aggregate", |db| async move {
+        let rows = [
+            (json!("north"), "u1", 10, 1.5, json!(2)),
+            (json!("north"), "u1", 20, 2.5, json!(null)),
+            (json!("north"), "u2", 30, 3.0, json!(4)),
+            (json!("south"), "u2", 5, 0.5, json!(1)),
+            (json!(null), "u3", 7, 1.0, json!(null)),
+            (json!("south"), "u3", 100, 10.0, json!(5)),
+        ];
+        let mut ids = Vec::new();
+        for (region, user, amount, price, qty) in rows {
+            let rec = ok(
+                &db,
+                "SaleCreateNode",
+                json!({"region": region, "user_id": user, "amount": amount, "price": price, "qty": qty}),
+            )
+            .await;
+            ids.push(rec["id"].clone());
+        }
+        // The last one is soft-deleted: left out unless asked for.
+        ok(&db, "SaleDeleteNode", json!({"id": ids[5]})).await;
+        let every = json!({
+            "n": {"$count": "*"},
+            "total": {"$sum": "amount"},
+            "mean": {"$avg": "amount"},
+            "qty": {"$sum": "qty"},
+            "qty_n": {"$count": "qty"},
+            "users": {"$count_distinct": "user_id"},
+            "lo": {"$min": "amount"},
+            "hi": {"$max": "amount"},
+            "revenue": {"$sum": "price"},
+        });
+        let out = ok(
+            &db,
+            "SaleAggregateNode",
+            json!({"group_by": "region", "aggregates": every}),
+        )
+        .await;
+        assert_eq!(
+            out,
+            json!({"count": 3, "groups": [
+                {"region": null, "n": 1, "total": 7, "mean": 7.0, "qty": null, "qty_n": 0,
+                 "users": 1, "lo": 7, "hi": 7, "revenue": 1.0},
+                {"region": "north", "n": 3, "total": 60, "mean": 20.0, "qty": 6, "qty_n": 2,
+                 "users": 2, "lo": 10, "hi": 30, "revenue": 7.0},
+                {"region": "south", "n": 1, "total": 5, "mean": 5.0, "qty": 1, "qty_n": 1,
+                 "users": 1, "lo": 5, "hi": 5, "revenue": 0.5},
+            ]})
+        );
+        // Integer sums stay integers and averages are numbers, on both backends.
+        assert!(out["groups"][1]["total"].is_i64() && out["groups"][1]["mean"].is_f64());
+
+        // `having` on an aggregate, `order_by` an aggregate (descending).
+        let n_total = json!({"n": {"$count": "*"}, "total": {"$sum": "amount"}});
+        let out = ok(
+            &db,
+            "SaleAggregateNode",
+            json!({"group_by": ["region"], "aggregates": n_total, "having": {"n": {"$gte": 2}}}),
+        )
+        .await;
+        assert_eq!(out["groups"], json!([{"region": "north", "n": 3, "total": 60}]));
+        let out = ok(
+            &db,
+            "SaleAggregateNode",
+            json!({"group_by": "region", "aggregates": n_total, "order_by": "-total", "limit": 2}),
+        )
+        .await;
+        assert_eq!(
+            out["groups"],
+            json!([{"region": "north", "n": 3, "total": 60}, {"region": null, "n": 1, "total": 7}])
+        );
+        let out = ok(
+            &db,
+            "SaleAggregateNode",
+            json!({"group_by": "region", "aggregates": n_total, "order_by": "-total", "offset": 2}),
+        )
+        .await;
+        assert_eq!(out["groups"], json!([{"region": "south", "n": 1, "total": 5}]));
+        let out = ok(
+            &db,
+            "SaleAggregateNode",
+            json!({"group_by": "region", "aggregates": n_total,
+                   "having": {"$or": [{"total": {"$lt": 6}}, {"total": {"$in": [60]}}]}}),
+        )
+        .await;
+        assert_eq!(
+            out["groups"],
+            json!([{"region": "north", "n": 3, "total": 60}, {"region": "south", "n": 1, "total": 5}])
+        );
+
+        // Two group fields; a filter; soft-deleted records on request.
+        let out = ok(
+            &db,
+            "SaleAggregateNode",
+            json!({"filter": {"region": {"$ne": null}}, "group_by": ["region", "user_id"],
+                   "aggregates": {"n": {"$count": "*"}}, "include_deleted": true}),
+        )
+        .await;
+        assert_eq!(
+            out["groups"],
+            json!([
+                {"region": "north", "user_id": "u1", "n": 2},
+                {"region": "north", "user_id": "u2", "n": 1},
+                {"region": "south", "user_id": "u2", "n": 1},
+                {"region": "south", "user_id": "u3", "n": 1},
+            ])
+        );
+
+        // Nothing matches: no groups, or one all-table group of zero / null.
+        let none = json!({"region": "west"});
+        let out = ok(
+            &db,
+            "SaleAggregateNode",
+            json!({"filter": none, "group_by": "region", "aggregates": n_total}),
+        )
+        .await;
+        assert_eq!(out, json!({"count": 0, "groups": []}));
+        let out = ok(
+            &db,
+            "SaleAggregateNode",
+            json!({"filter": none, "aggregates": {"n": {"$count": "*"}, "total": {"$sum": "amount"}, "hi": {"$max": "price"}}}),
+        )
+        .await;
+        assert_eq!(out, json!({"count": 1, "groups": [{"n": 0, "total": null, "hi": null}]}));
+
+        // $min of a timestamp has the field's form.
+        let first = ok(&db, "SaleReadNode", json!({"id": ids[0]})).await["created_at"].clone();
+        let out = ok(
+            &db,
+            "SaleAggregateNode",
+            json!({"filter": {"id": ids[0]}, "aggregates": {"first": {"$min": "created_at"}}}),
+        )
+        .await;
+        assert_eq!(out["groups"][0]["first"], first);
+
+        // The typed form.
+        let groups = SaleAggregateNode::run(
+            &db,
+            json!({"group_by": "user_id", "aggregates": {"n": {"$count": "*"}}}),
+        )
+        .await
+        .unwrap();
+        let counts: Vec<(Value, Value)> = groups
+            .iter()
+            .map(|g| (g["user_id"].clone(), g["n"].clone()))
+            .collect();
+        assert_eq!(
+            counts,
+            vec![(json!("u1"), json!(2)), (json!("u2"), json!(2)), (json!("u3"), json!(1))]
+        );
+
+        // Mistakes: a validation error naming the node, the parameter and
+        // the field, and nothing runs.
+        let cases = [
+            (json!({"aggregates": {"x": {"$sum": "region"}}}), "aggregates", "Sale.region"),
+            (json!({"aggregates": {"x": {"$median": "amount"}}}), "aggregates", "$median"),
+            (json!({"aggregates": {"x": {"$sum": "nope"}}}), "aggregates", "nope"),
+            (json!({"aggregates": {"x": {"$min": "id", "$max": "id"}}}), "aggregates", "one function"),
+            (json!({"aggregates": {"x": {"$count": "*"}}, "having": {"y": 1}}), "having", "`y`"),
+            (json!({"aggregates": {"x": {"$count": "*"}}, "having": {"x": "many"}}), "having", "an integer"),
+            (json!({"group_by": "region", "order_by": "total"}), "order_by", "`total`"),
+            (json!({"group_by": ["region", "region"]}), "group_by", "twice"),
+            (json!({"group_by": "region", "aggregates": {"region": {"$count": "*"}}}), "aggregates", "`region`"),
+            (json!({}), "aggregates", "give `aggregates`"),
+            (json!({"aggregates": {"x": {"$count": "*"}}, "limit": -1}), "limit", "limit"),
+            (json!({"aggregates": {"x": {"$count": "*"}}, "groups": 1}), "groups", "unknown parameter"),
+        ];
+        for (input, param, says) in cases {
+            let e = err(&db, "SaleAggregateNode", input.clone()).await;
+            assert_eq!(e.code(), "validation", "{input}: {e}");
+            assert_eq!(e.field(), Some(param), "{input}: {e}");
+            assert!(e.message().contains(says), "{input}: {e}");
+            assert!(e.to_string().contains("SaleAggregateNode"), "{input}: {e}");
+        }
+    })
+    .await;
+}
+
+/// With the query cache on, an Aggregate answer is cached like a List and a
+/// write through any node is seen by the next Aggregate (read your writes).
+#[tokio::test]
+async fn aggregate_answers_are_cached_and_never_stale() {
+    for (label, url) in support::backend_urls("aggregate_cache") {
+        let db = DataFlow::builder(&url)
+            .enable_caching(true)
+            .build()
+            .await
+            .unwrap();
+        let query = json!({"group_by": "user_id", "aggregates": {"total": {"$sum": "amount"}}});
+        let sale =
+            |user: &str, amount: i64| json!({"user_id": user, "amount": amount, "price": 1.0});
+        ok(&db, "SaleCreateNode", sale("u1", 5)).await;
+        let first = ok(&db, "SaleAggregateNode", query.clone()).await;
+        assert_eq!(
+            first["groups"],
+            json!([{"user_id": "u1", "total": 5}]),
+            "{label}"
+        );
+        let hits = db.cache_stats().hits;
+        assert_eq!(
+            ok(&db, "SaleAggregateNode", query.clone()).await,
+            first,
+            "{label}"
+        );
+        assert_eq!(
+            db.cache_stats().hits,
+            hits + 1,
+            "{label}: the second call is a hit"
+        );
+        ok(
+            &db,
+            "SaleBulkCreateNode",
+            json!({"data": [sale("u1", 1), sale("u2", 2)]}),
+        )
+        .await;
+        assert_eq!(
+            ok(&db, "SaleAggregateNode", query).await["groups"],
+            json!([{"user_id": "u1", "total": 6}, {"user_id": "u2", "total": 2}]),
+            "{label}"
+        );
+    }
 }

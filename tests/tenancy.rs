@@ -852,3 +852,46 @@ async fn the_query_cache_never_serves_one_tenant_anothers_entry() {
         );
     }
 }
+
+/// Aggregate obeys the tenant like every read: a tenant's groups count its
+/// records only, a call without a tenant is refused, and a system context
+/// aggregates across tenants.
+#[tokio::test]
+async fn aggregates_count_only_the_callers_tenant() {
+    on_each_backend("tenancy_aggregate", |label, db| async move {
+        let (a, b) = (tenant(&db, "a"), tenant(&db, "b"));
+        for (who, email, name) in [
+            (&a, "1@x.io", "x"),
+            (&a, "2@x.io", "y"),
+            (&b, "1@x.io", "x"),
+        ] {
+            ok(
+                who,
+                "AccountCreateNode",
+                json!({"email": email, "name": name}),
+            )
+            .await;
+        }
+        let query = json!({"group_by": "name", "aggregates": {"n": {"$count": "*"}}});
+        let groups = |out: Value| out["groups"].clone();
+        assert_eq!(
+            groups(ok(&a, "AccountAggregateNode", query.clone()).await),
+            json!([{"name": "x", "n": 1}, {"name": "y", "n": 1}]),
+            "{label}"
+        );
+        assert_eq!(
+            groups(ok(&b, "AccountAggregateNode", query.clone()).await),
+            json!([{"name": "x", "n": 1}]),
+            "{label}"
+        );
+        let e = err(&db, "AccountAggregateNode", query.clone()).await;
+        assert_eq!(e.code(), "tenant_required", "{label}: {e}");
+        let system = db.with_context(Context::system());
+        assert_eq!(
+            groups(ok(&system, "AccountAggregateNode", query).await),
+            json!([{"name": "x", "n": 2}, {"name": "y", "n": 1}]),
+            "{label}"
+        );
+    })
+    .await;
+}

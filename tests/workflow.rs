@@ -1066,3 +1066,34 @@ async fn observers_see_every_run_event_in_order() {
         "started"
     );
 }
+
+/// The twelfth node runs in a workflow like the others: a write, then an
+/// Aggregate that sees it.
+#[tokio::test]
+async fn an_aggregate_node_runs_in_a_workflow() {
+    on_each_backend("workflow_aggregate", |db| async move {
+        let mut wf = WorkflowBuilder::new();
+        wf.add_node("UserCreateNode", "create", json!({"email": "{{email}}"}));
+        wf.add_node(
+            "UserAggregateNode",
+            "stats",
+            json!({"group_by": "active", "aggregates": {"n": {"$count": "*"}, "named": {"$count": "full_name"}}}),
+        );
+        wf.add_connection("create", "id", "stats", "filter.id");
+        let workflow = wf.build(&db).unwrap();
+        // Not counted: the connection filters the Aggregate to the new user.
+        db.execute("UserCreateNode", json!({"email": "other@x.io", "full_name": "O"}))
+            .await
+            .unwrap();
+        let run = db
+            .runtime()
+            .execute(&workflow, json!({"email": "agg@x.io"}))
+            .await
+            .unwrap();
+        assert_eq!(
+            run.results["stats"],
+            json!({"count": 1, "groups": [{"active": true, "n": 1, "named": 0}]})
+        );
+    })
+    .await;
+}

@@ -1,4 +1,4 @@
-//! The eleven operations every model gets a node for, and the one rule
+//! The twelve operations every model gets a node for, and the one rule
 //! that names those nodes.
 
 use std::fmt;
@@ -28,11 +28,13 @@ pub enum Op {
     BulkDelete,
     /// Insert or update many records.
     BulkUpsert,
+    /// Group the records matching a filter and aggregate them.
+    Aggregate,
 }
 
 impl Op {
     /// Every operation, in the order nodes are listed.
-    pub const ALL: [Op; 11] = [
+    pub const ALL: [Op; 12] = [
         Op::Create,
         Op::Read,
         Op::Update,
@@ -44,6 +46,7 @@ impl Op {
         Op::BulkUpdate,
         Op::BulkDelete,
         Op::BulkUpsert,
+        Op::Aggregate,
     ];
 
     /// The name as it appears in node names: `"BulkCreate"`.
@@ -60,12 +63,13 @@ impl Op {
             Op::BulkUpdate => "BulkUpdate",
             Op::BulkDelete => "BulkDelete",
             Op::BulkUpsert => "BulkUpsert",
+            Op::Aggregate => "Aggregate",
         }
     }
 
     /// Whether the node writes at all (creates, changes or deletes).
     pub fn writes(self) -> bool {
-        !matches!(self, Op::Read | Op::List | Op::Count)
+        !matches!(self, Op::Read | Op::List | Op::Count | Op::Aggregate)
     }
 
     /// Whether the node writes (and so is refused on append-only models
@@ -102,7 +106,7 @@ mod tests {
             node_name("OrderItem", Op::BulkUpsert),
             "OrderItemBulkUpsertNode"
         );
-        assert_eq!(Op::ALL.len(), 11);
+        assert_eq!(Op::ALL.len(), 12);
         assert_eq!(Op::BulkDelete.to_string(), "BulkDelete");
     }
 }

@@ -20,7 +20,7 @@ mod parse;
 use proc_macro::TokenStream;
 
 /// Declares a persisted model: one annotated struct becomes a table, a
-/// constant schema and eleven CRUD nodes.
+/// constant schema and twelve nodes (eleven CRUD nodes and Aggregate).
 ///
 /// ```ignore
 /// #[dataflow::model(soft_delete)]

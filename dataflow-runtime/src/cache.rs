@@ -244,7 +244,7 @@ impl QueryCache {
         context: &Context,
         params: &Value,
     ) -> Option<Key> {
-        if !matches!(op, Op::Read | Op::List | Op::Count) || !self.available() {
+        if op.writes() || !self.available() {
             return None;
         }
         let model = *self.index.get(&address(m))?;

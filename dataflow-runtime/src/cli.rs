@@ -744,11 +744,7 @@ mod tests {
             ("18446744073709551615w", None),
         ];
         for (input, secs) in cases {
-            assert_eq!(
-                parse_age(input),
-                secs.map(Duration::from_secs),
-                "{input:?}"
-            );
+            assert_eq!(parse_age(input), secs.map(Duration::from_secs), "{input:?}");
         }
     }
 }

@@ -1,6 +1,6 @@
 //! # dataflow
 //!
-//! One annotated struct becomes a schema, eleven CRUD nodes and a table on
+//! One annotated struct becomes a schema, twelve nodes (CRUD and Aggregate) and a table on
 //! SQLite (embedded, the default) or PostgreSQL.
 //!
 //! ```

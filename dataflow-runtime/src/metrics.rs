@@ -446,6 +446,7 @@ pub(crate) fn rows_of(op: Op, out: &Value) -> u64 {
             .and_then(Value::as_array)
             .map_or(0, |r| r.len() as u64),
         Op::Count => 1,
+        Op::Aggregate => n("count"),
         Op::BulkCreate => n("inserted"),
         Op::BulkUpdate => n("updated"),
         Op::BulkDelete => n("deleted"),

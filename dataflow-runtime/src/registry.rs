@@ -326,7 +326,7 @@ fn check_reference(m: &ModelSchema, f: &FieldSchema, target: &ModelSchema) -> Re
     Ok(())
 }
 
-/// Every node type by name: eleven per model, then the hand-written ones.
+/// Every node type by name: twelve per model, then the hand-written ones.
 fn node_table(models: &[&'static ModelSchema]) -> Result<HashMap<String, NodeRef>> {
     let mut nodes = HashMap::with_capacity(models.len() * Op::ALL.len() + NODES.len());
     for m in models {

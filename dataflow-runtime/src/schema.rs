@@ -194,7 +194,7 @@ impl ModelSchema {
         dataflow_core::checksum::to_hex(self.checksum)
     }
 
-    /// The names of the eleven node types of this model.
+    /// The names of the twelve node types of this model.
     pub fn node_names(&self) -> impl Iterator<Item = (String, Op)> + '_ {
         Op::ALL
             .iter()

@@ -51,6 +51,7 @@ node_types! {
     BulkUpdateNode => BulkUpdate,
     BulkDeleteNode => BulkDelete,
     BulkUpsertNode => BulkUpsert,
+    AggregateNode => Aggregate,
 }
 
 /// A record as node input. An empty string or zero primary key means
@@ -134,6 +135,16 @@ impl<M: Model> ListNode<M> {
     pub async fn run(db: &DataFlow, query: Value) -> Result<Vec<M>> {
         let mut out = Self::execute(db, query).await?;
         from_json(out["records"].take())
+    }
+}
+
+impl<M: Model> AggregateNode<M> {
+    /// `query` takes the Aggregate parameters (`filter`, `group_by`,
+    /// `aggregates`, `having`, `order_by`, `limit`, ...); the answer is the
+    /// groups, each an object of the group fields and the aggregate names.
+    pub async fn run(db: &DataFlow, query: Value) -> Result<Vec<serde_json::Map<String, Value>>> {
+        let mut out = Self::execute(db, query).await?;
+        from_json(out["groups"].take())
     }
 }
 

@@ -111,7 +111,7 @@ impl WriteKind {
     /// How a node operation writes, or `None` when it only reads.
     pub(crate) fn of(op: Op) -> Option<WriteKind> {
         match op {
-            Op::Read | Op::List | Op::Count => None,
+            Op::Read | Op::List | Op::Count | Op::Aggregate => None,
             Op::Create | Op::Update | Op::Upsert => Some(WriteKind::SingleRow),
             Op::Delete | Op::BulkCreate | Op::BulkUpdate | Op::BulkDelete | Op::BulkUpsert => {
                 Some(WriteKind::Bulk)

@@ -1,4 +1,4 @@
-//! The eleven `{Model}{Op}Node` types: aliases of the runtime's generic node
+//! The twelve `{Model}{Op}Node` types: aliases of the runtime's generic node
 //! types, so a model adds no per-node code to compile.
 
 use crate::ir::ModelIr;
@@ -6,7 +6,7 @@ use dataflow_core::{node_name, Op};
 use proc_macro2::{Ident, TokenStream};
 use quote::quote;
 
-/// The eleven `{Model}{Op}Node` type aliases.
+/// The twelve `{Model}{Op}Node` type aliases.
 pub(super) fn expand(ir: &ModelIr) -> TokenStream {
     let ident = &ir.ident;
     let vis = &ir.item.vis;

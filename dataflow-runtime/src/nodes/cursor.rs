@@ -21,32 +21,10 @@ pub(super) struct Order {
 /// tie-breaker unless already present.
 pub(super) fn order_by(p: &Params) -> Result<Vec<Order>> {
     let m = p.model;
-    let items: Vec<&str> =
-        match p.get("order_by") {
-            None => Vec::new(),
-            Some(Value::String(s)) => vec![s.as_str()],
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| {
-                    v.as_str().ok_or_else(|| {
-                        p.error(
-                            Some("order_by"),
-                            "`order_by` items must be strings such as \"-created_at\"",
-                        )
-                    })
-                })
-                .collect::<Result<_>>()?,
-            Some(_) => return Err(p.error(
-                Some("order_by"),
-                "`order_by` must be a field name or an array such as [\"-created_at\", \"email\"]",
-            )),
-        };
+    let items = p.names("order_by", "[\"-created_at\", \"email\"]")?;
     let mut out: Vec<Order> = Vec::with_capacity(items.len() + 1);
     for item in items {
-        let (desc, name) = match item.strip_prefix('-') {
-            Some(n) => (true, n),
-            None => (false, item.strip_prefix('+').unwrap_or(item)),
-        };
+        let (desc, name) = Params::direction(item);
         let field = filter::field(m, name).map_err(|e| e.for_param("order_by"))?;
         if matches!(field.ty, FieldType::Json | FieldType::Bytes) {
             return Err(p.error(
@@ -82,12 +60,18 @@ pub(super) fn order_clause(sql: &mut Sql, order: &[Order]) {
         // (on others it would keep PostgreSQL from using an index).
         list.item()
             .ident(o.field.column)
-            .push(match (o.desc, o.field.nullable) {
-                (false, false) => " ASC",
-                (true, false) => " DESC",
-                (false, true) => " ASC NULLS FIRST",
-                (true, true) => " DESC NULLS LAST",
-            });
+            .push(direction_sql(o.desc, o.field.nullable));
+    }
+}
+
+/// ` ASC` / ` DESC`, with one NULL placement on both backends (first
+/// ascending, last descending) where the value can be NULL.
+pub(super) fn direction_sql(desc: bool, nullable: bool) -> &'static str {
+    match (desc, nullable) {
+        (false, false) => " ASC",
+        (true, false) => " DESC",
+        (false, true) => " ASC NULLS FIRST",
+        (true, true) => " DESC NULLS LAST",
     }
 }
 

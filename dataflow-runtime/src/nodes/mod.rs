@@ -1,4 +1,4 @@
-//! The eleven nodes every model gets. Their logic is written once, driven
+//! The twelve nodes every model gets. Their logic is written once, driven
 //! by the model's constant schema, so models add no code to compile.
 //!
 //! One module per concern: `run` dispatches an [`Op`] and holds the
@@ -8,6 +8,7 @@
 //! lists, and `schema` publishes the input JSON Schemas from the same
 //! parameter tables the operations parse with.
 
+mod aggregate;
 mod bulk;
 mod cursor;
 mod params;
@@ -56,5 +57,6 @@ pub(crate) fn input(op: Op) -> Input {
         Op::BulkUpdate => Input::Params(bulk::BULK_UPDATE),
         Op::BulkDelete => Input::Params(bulk::BULK_DELETE),
         Op::BulkUpsert => Input::Params(upsert::BULK_UPSERT),
+        Op::Aggregate => Input::Params(aggregate::AGGREGATE),
     }
 }

@@ -195,6 +195,41 @@ impl<'a> Params<'a> {
         }
     }
 
+    /// A parameter that is one name or an array of names (`order_by`,
+    /// `group_by`); absent is none. `example` shows the array form.
+    pub(super) fn names(&self, key: &str, example: &str) -> Result<Vec<&'a str>> {
+        match self.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::String(s)) => Ok(vec![s.as_str()]),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| {
+                    v.as_str().ok_or_else(|| {
+                        self.error(
+                            Some(key),
+                            format!("`{key}` items must be strings, as in {example}"),
+                        )
+                    })
+                })
+                .collect(),
+            Some(v) => Err(self.error(
+                Some(key),
+                format!(
+                    "`{key}` must be a name or an array such as {example}, got {}",
+                    describe(v)
+                ),
+            )),
+        }
+    }
+
+    /// An `order_by` entry: `"-name"` is descending, `"name"` or `"+name"` ascending.
+    pub(super) fn direction(item: &str) -> (bool, &str) {
+        match item.strip_prefix('-') {
+            Some(n) => (true, n),
+            None => (false, item.strip_prefix('+').unwrap_or(item)),
+        }
+    }
+
     /// The filter parameter: an object, or absent (everything).
     pub(super) fn filter(&self, key: &str) -> Result<&'a Value> {
         static EMPTY: Value = Value::Null;

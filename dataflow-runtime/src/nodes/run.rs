@@ -117,6 +117,7 @@ pub(crate) fn run<C: Conn>(conn: &mut C, ctx: &Ctx, op: Op, params: Value) -> Re
         Op::BulkUpdate => super::bulk::bulk_update(conn, ctx, &params),
         Op::BulkDelete => super::bulk::bulk_delete(conn, ctx, &params),
         Op::BulkUpsert => super::upsert::bulk_upsert(conn, ctx, params),
+        Op::Aggregate => super::aggregate::aggregate(conn, ctx, &params),
     };
     result.map_err(|e| contextualize(e, ctx))
 }

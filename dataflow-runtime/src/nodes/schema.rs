@@ -174,3 +174,46 @@ pub(super) fn offset(_: &ModelSchema) -> Value {
 pub(super) fn after(_: &ModelSchema) -> Value {
     json!({"type": ["string", "null"], "description": "the `next` cursor of the previous page"})
 }
+
+/// Aggregate `group_by`: field names.
+pub(super) fn group_by(m: &ModelSchema) -> Value {
+    let names: Vec<&str> = m
+        .fields
+        .iter()
+        .filter(|f| f.ty != FieldType::Json)
+        .map(|f| f.name)
+        .collect();
+    let name = json!({"type": "string", "enum": names});
+    json!({"anyOf": [name.clone(), {"type": "array", "items": name, "uniqueItems": true}], "description": "the fields whose values form the groups"})
+}
+
+/// Aggregate `aggregates`: output name → one function over a field it accepts.
+pub(super) fn aggregates(m: &ModelSchema) -> Value {
+    use super::aggregate::{accepts, Func, FUNCTIONS};
+    let functions: Vec<Value> = FUNCTIONS
+        .iter()
+        .map(|name| {
+            let func = Func::named(name).expect("FUNCTIONS are named");
+            let mut args: Vec<&str> = if func == Func::Count { vec!["*"] } else { Vec::new() };
+            args.extend(m.fields.iter().filter(|f| accepts(func, f.ty).is_ok()).map(|f| f.name));
+            json!({"type": "object", "properties": {*name: {"type": "string", "enum": args}}, "required": [name], "additionalProperties": false})
+        })
+        .collect();
+    json!({
+        "type": "object",
+        "maxProperties": super::aggregate::MAX_AGGREGATES,
+        "propertyNames": {"pattern": "^[^$]"},
+        "additionalProperties": {"oneOf": functions},
+        "description": "named aggregates, e.g. {\"n\": {\"$count\": \"*\"}, \"total\": {\"$sum\": \"amount\"}}: $count (a field or \"*\"), $count_distinct, $sum and $avg (numeric fields), $min and $max (numbers, strings, dates, timestamps)"
+    })
+}
+
+/// Aggregate `having`: the filter grammar over the aggregate names.
+pub(super) fn having(_: &ModelSchema) -> Value {
+    json!({"type": "object", "description": "conditions on the aggregates by name, in the filter grammar: {\"n\": {\"$gte\": 2}}; $eq $ne $gt $gte $lt $lte $in $nin $null $not, and $and $or $not"})
+}
+
+/// Aggregate `order_by`: group fields or aggregate names.
+pub(super) fn aggregate_order_by(_: &ModelSchema) -> Value {
+    json!({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}], "description": "group fields or aggregate names; a leading '-' sorts descending"})
+}

@@ -236,3 +236,41 @@ fn bulk_upsert_counts_existing_keys_then_inserts_on_conflict() {
         )
     );
 }
+
+#[test]
+fn aggregate_groups_with_having_and_order_in_one_statement() {
+    insta::assert_snapshot!(
+        run_on_both(
+            &USER,
+            Op::Aggregate,
+            json!({
+                "filter": {"active": true},
+                "group_by": ["full_name"],
+                "aggregates": {
+                    "n": {"$count": "*"},
+                    "total": {"$sum": "age"},
+                    "mean": {"$avg": "age"},
+                    "first": {"$min": "created_at"},
+                    "emails": {"$count_distinct": "email"}
+                },
+                "having": {"n": {"$gte": 2}, "$or": [{"mean": {"$lt": 40.5}}, {"first": {"$null": true}}]},
+                "order_by": ["-total"],
+                "limit": 10,
+                "offset": 1
+            }),
+            &[vec![vec![
+                Cell::Text("Ann".into()),
+                Cell::I64(3),
+                at(),
+                Cell::F64(30.0),
+                Cell::I64(3),
+                Cell::I64(90)
+            ]]],
+        ) + &run_on_both(
+            &NOTE,
+            Op::Aggregate,
+            json!({"aggregates": {"n": {"$count": "*"}}}),
+            &[vec![vec![Cell::I64(0)]]],
+        )
+    );
+}
