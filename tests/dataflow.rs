@@ -4181,3 +4181,57 @@ async fn aggregate_answers_are_cached_and_never_stale() {
         );
     }
 }
+
+/// `max_affected` on BulkUpdate, BulkDelete and BulkUpsert, plain (Sale) and
+/// audited (Ticket): over the limit the call is `too_many_rows` (422) saying
+/// how many rows it would have changed, and nothing changes (no rows, no
+/// audit rows); at the limit it runs.
+#[tokio::test]
+async fn max_affected_refuses_bulk_writes_over_the_limit_and_changes_nothing() {
+    on_each_backend("max_affected", |db| async move {
+        let sales: Vec<Value> = (0..5)
+            .map(|i| json!({"user_id": format!("u{i}"), "amount": i, "price": 1.0}))
+            .collect();
+        ok(&db, "SaleBulkCreateNode", json!({"data": sales})).await;
+        for i in 0..5 {
+            ok(&db, "TicketCreateNode", json!({"title": format!("t{i}")})).await;
+        }
+        let audit_rows = |db: DataFlow| async move {
+            ok(&as_system(&db), "AuditListNode", json!({"limit": 1000})).await["count"].clone()
+        };
+        let audited_before = audit_rows(db.clone()).await;
+        let over = [
+            ("SaleBulkUpdateNode", json!({"filter": {"amount": {"$gte": 2}}, "fields": {"price": 9.0}, "max_affected": 2}), "update 3 Sale"),
+            ("SaleBulkDeleteNode", json!({"filter": {"amount": {"$gte": 2}}, "max_affected": 2}), "delete 3 Sale"),
+            ("TicketBulkUpdateNode", json!({"filter": {"title": {"$like": "t%"}}, "fields": {"title": "x"}, "confirmed": true, "max_affected": 4}), "update 5 Ticket"),
+            ("TicketBulkDeleteNode", json!({"filter": {"id": {"$gt": 0}}, "confirmed": true, "max_affected": 0}), "delete 5 Ticket"),
+            ("SaleBulkUpsertNode", json!({"data": [{"id": "s1", "user_id": "a", "amount": 1, "price": 1.0}, {"id": "s2", "user_id": "b", "amount": 1, "price": 1.0}], "max_affected": 1}), "insert or update 2 Sale"),
+        ];
+        for (node, input, says) in over {
+            let e = err(&db, node, input.clone()).await;
+            assert_eq!(e.code(), "too_many_rows", "{node}: {e}");
+            assert_eq!(e.code().http_status(), 422);
+            assert_eq!(e.field(), Some("max_affected"), "{e}");
+            assert!(e.message().contains(says), "{node}: {e}");
+            assert!(e.message().contains("nothing was changed"), "{e}");
+        }
+        // Nothing changed: every sale and ticket is as created, no audit row.
+        let untouched = ok(&db, "SaleCountNode", json!({"filter": {"price": 1.0}})).await;
+        assert_eq!(untouched["count"], 5);
+        assert_eq!(count(&db, "Ticket").await, 5);
+        assert_eq!(
+            ok(&db, "TicketCountNode", json!({"filter": {"title": {"$like": "t%"}}})).await["count"],
+            5
+        );
+        assert_eq!(audit_rows(db.clone()).await, audited_before);
+        // At the limit the writes run.
+        let out = ok(&db, "SaleBulkUpdateNode", json!({"filter": {"amount": {"$gte": 2}}, "fields": {"price": 9.0}, "max_affected": 3})).await;
+        assert_eq!(out["updated"], 3);
+        let out = ok(&db, "TicketBulkDeleteNode", json!({"filter": {"id": {"$gt": 0}}, "confirmed": true, "max_affected": 5})).await;
+        assert_eq!(out["deleted"], 5);
+        let e = err(&db, "SaleBulkDeleteNode", json!({"filter": {}, "confirmed": true, "max_affected": -1})).await;
+        assert_eq!(e.code(), "validation", "{e}");
+        assert_eq!(e.field(), Some("max_affected"), "{e}");
+    })
+    .await;
+}

@@ -64,11 +64,14 @@ pub enum ErrorCode {
     /// whole instance, or too many failed sign-ins from one client address;
     /// the answer says when to retry (`Retry-After`).
     RateLimited,
+    /// A bulk write would change more rows than its `max_affected` allows;
+    /// nothing was changed, and the message says how many it would have.
+    TooManyRows,
 }
 
 impl ErrorCode {
     /// Every code, for tables (status mappings, documentation, tests).
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::Validation,
         ErrorCode::NotFound,
         ErrorCode::UniqueViolation,
@@ -91,6 +94,7 @@ impl ErrorCode {
         ErrorCode::Conflict,
         ErrorCode::Unauthenticated,
         ErrorCode::RateLimited,
+        ErrorCode::TooManyRows,
     ];
 
     /// The code named `s` (the inverse of [`as_str`](Self::as_str)).
@@ -123,6 +127,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManyRows => "too_many_rows",
         }
     }
 }
@@ -132,7 +137,10 @@ impl ErrorCode {
     /// (one table for every CLI; 0 is success, 2 is a usage error).
     pub fn exit_code(self) -> u8 {
         match self {
-            ErrorCode::Validation | ErrorCode::ConfirmationRequired | ErrorCode::TooLarge => 3,
+            ErrorCode::Validation
+            | ErrorCode::ConfirmationRequired
+            | ErrorCode::TooLarge
+            | ErrorCode::TooManyRows => 3,
             ErrorCode::NotFound | ErrorCode::UnknownNode | ErrorCode::MethodNotAllowed => 4,
             ErrorCode::UniqueViolation
             | ErrorCode::FkViolation
@@ -157,7 +165,7 @@ impl ErrorCode {
     /// error is never a 2xx. Exhaustive, so a new code must pick its status.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::Validation | ErrorCode::ConfirmationRequired => 422,
+            ErrorCode::Validation | ErrorCode::ConfirmationRequired | ErrorCode::TooManyRows => 422,
             ErrorCode::NotFound | ErrorCode::UnknownNode => 404,
             ErrorCode::UniqueViolation
             | ErrorCode::FkViolation

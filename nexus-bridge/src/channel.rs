@@ -581,7 +581,7 @@ mod tests {
     use super::*;
 
     /// The README's error table: every code's HTTP status and CLI exit code.
-    const TABLE: [(&str, u16, u8); 22] = [
+    const TABLE: [(&str, u16, u8); 23] = [
         ("validation", 422, 3),
         ("not_found", 404, 4),
         ("unique_violation", 409, 5),
@@ -604,6 +604,7 @@ mod tests {
         ("conflict", 409, 5),
         ("unauthenticated", 401, 9),
         ("rate_limited", 429, 7),
+        ("too_many_rows", 422, 3),
     ];
 
     #[test]
@@ -638,6 +639,7 @@ mod tests {
             ErrorCode::MethodNotAllowed,
             ErrorCode::Unauthenticated,
             ErrorCode::RateLimited,
+            ErrorCode::TooManyRows,
         ] {
             assert!((400..500).contains(&code.http_status()), "{code}");
         }

@@ -32,13 +32,40 @@ pub(super) const BULK_UPDATE: &[Param] = &[
     Param::required("fields", s::changes),
     Param::optional("confirmed", s::confirmed),
     Param::versioned("expected_version", s::expected_version),
+    Param::optional("max_affected", s::max_affected),
 ];
 
 /// BulkDelete: every record a filter matches.
 pub(super) const BULK_DELETE: &[Param] = &[
     Param::optional("filter", s::filter),
     Param::optional("confirmed", s::confirmed),
+    Param::optional("max_affected", s::max_affected),
 ];
+
+/// `max_affected`: the most rows a bulk write may change; absent, no limit.
+pub(super) fn max_affected(p: &Params) -> Result<Option<u64>> {
+    match p.get("max_affected") {
+        None => Ok(None),
+        Some(_) => p.u64("max_affected", 0, i64::MAX as u64).map(Some),
+    }
+}
+
+/// Refuses a bulk write that changes `n` rows when `max` allows fewer: the
+/// caller returns the error inside the write's transaction, so nothing stays.
+pub(super) fn within_max(p: &Params, max: Option<u64>, n: usize, verb: &str) -> Result<()> {
+    match max {
+        Some(max) if n as u64 > max => Err(Error::new(
+            ErrorCode::TooManyRows,
+            format!(
+                "{} would {verb} {n} {} records, more than max_affected ({max}); nothing was changed",
+                p.node, p.model.name
+            ),
+        )
+        .with_model(p.model.name)
+        .with_field("max_affected")),
+        _ => Ok(()),
+    }
+}
 
 pub(super) fn bulk_create<C: Conn>(conn: &mut C, ctx: &Ctx, mut params: Value) -> Result<Value> {
     let p = Params::new(ctx.model, ctx.node, &params, BULK_CREATE)?;
@@ -147,6 +174,7 @@ pub(super) fn bulk_update<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> R
     let f = p.filter("filter")?;
     let sets = assignments(ctx, &p, "fields")?;
     let expected = p.expected_version()?;
+    let max = max_affected(&p)?;
     confirm_scope(&p, f, "update")?;
     if ctx.audited || expected.is_some() {
         return conn.write_transaction(|conn| {
@@ -170,6 +198,7 @@ pub(super) fn bulk_update<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> R
             if before.is_empty() {
                 return Ok(json!({"updated": 0}));
             }
+            within_max(&p, max, before.len(), "update")?;
             let mut sql = update_sql::<C>(m, &sets);
             sql.push(" WHERE ");
             by_keys(&mut sql, m, &before)?;
@@ -197,7 +226,11 @@ pub(super) fn bulk_update<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> R
     sql.push(" WHERE ");
     filter::render(&mut sql, m, f)?;
     ctx.scope(&mut sql, false);
-    let n = conn.write_transaction(|conn| ctx.exec(conn, &sql))?;
+    let n = conn.write_transaction(|conn| {
+        let n = ctx.exec(conn, &sql)?;
+        within_max(&p, max, n, "update")?;
+        Ok(n)
+    })?;
     Ok(json!({"updated": n}))
 }
 
@@ -205,6 +238,7 @@ pub(super) fn bulk_delete<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> R
     let p = Params::new(ctx.model, ctx.node, params, BULK_DELETE)?;
     let m = ctx.model;
     let f = p.filter("filter")?;
+    let max = max_affected(&p)?;
     confirm_scope(&p, f, "delete")?;
     if ctx.audited {
         return conn.write_transaction(|conn| {
@@ -212,6 +246,7 @@ pub(super) fn bulk_delete<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> R
             if before.is_empty() {
                 return Ok(json!({"deleted": 0}));
             }
+            within_max(&p, max, before.len(), "delete")?;
             let mut sql = soft_or_hard_delete::<C>(m);
             sql.push(" WHERE ");
             by_keys(&mut sql, m, &before)?;
@@ -226,7 +261,11 @@ pub(super) fn bulk_delete<C: Conn>(conn: &mut C, ctx: &Ctx, params: &Value) -> R
     sql.push(" WHERE ");
     filter::render(&mut sql, m, f)?;
     ctx.scope(&mut sql, false);
-    let n = conn.write_transaction(|conn| ctx.exec(conn, &sql))?;
+    let n = conn.write_transaction(|conn| {
+        let n = ctx.exec(conn, &sql)?;
+        within_max(&p, max, n, "delete")?;
+        Ok(n)
+    })?;
     Ok(json!({"deleted": n}))
 }
 

@@ -217,3 +217,8 @@ pub(super) fn having(_: &ModelSchema) -> Value {
 pub(super) fn aggregate_order_by(_: &ModelSchema) -> Value {
     json!({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}], "description": "group fields or aggregate names; a leading '-' sorts descending"})
 }
+
+/// Bulk writes' `max_affected`: a guard on how many rows may change.
+pub(super) fn max_affected(_: &ModelSchema) -> Value {
+    json!({"type": "integer", "minimum": 0, "description": "the most rows this call may change; if more would, nothing changes and the error (`too_many_rows`) says how many"})
+}

@@ -36,6 +36,7 @@ pub(super) const BULK_UPSERT: &[Param] = &[
     Param::required("data", s::records),
     Param::optional("conflict_on", s::conflict_on),
     Param::optional("batch_size", s::batch_size),
+    Param::optional("max_affected", s::max_affected),
 ];
 
 /// The fields that identify a record for upserts: the primary key or one unique field.
@@ -187,7 +188,9 @@ pub(super) fn bulk_upsert<C: Conn>(conn: &mut C, ctx: &Ctx, mut params: Value) -
     // The parameters are read first; then `data` is taken out of them.
     let (key, batch) = {
         let p = Params::new(ctx.model, ctx.node, &params, BULK_UPSERT)?;
-        p.array("data")?;
+        // Every record is inserted or updated: the count is known up front.
+        let rows = p.array("data")?.len();
+        super::bulk::within_max(&p, super::bulk::max_affected(&p)?, rows, "insert or update")?;
         let key = conflict_field(&p)?;
         let batch = rows_per_batch::<C>(m, p.u64("batch_size", DEFAULT_BATCH, 1_000_000)?);
         (key, batch)
