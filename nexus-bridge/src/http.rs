@@ -7,7 +7,7 @@ use crate::channel::{
     Origin, Shared,
 };
 use crate::Registered;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
@@ -57,7 +57,23 @@ fn caller(s: &Shared, headers: &HeaderMap, client: ClientAddr) -> Result<Caller,
         Some(headers),
         client.1.as_ref(),
     )?;
-    Ok(Caller::new(context, Origin::Remote(client.0)))
+    let session = match headers.get(crate::sessions::HEADER) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|s| !s.is_empty() && s.len() <= 128)
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorCode::Validation,
+                        "the X-Session-Id header must be a session id (`nxs_...`)",
+                    )
+                    .with_field(crate::sessions::HEADER)
+                })?
+                .to_string(),
+        ),
+    };
+    Ok(Caller::new(context, Origin::Remote(client.0)).with_session(session))
 }
 
 pub(crate) fn router(state: AppState, policy: crate::security::Policy) -> Router {
@@ -78,6 +94,12 @@ pub(crate) fn router(state: AppState, policy: crate::security::Policy) -> Router
     }
     if surface.events {
         api = api.route("/events", get(events));
+    }
+    if state.sessions.is_some() {
+        api = api.route("/sessions", post(session_create)).route(
+            "/sessions/{id}",
+            get(session_get).patch(session_patch).delete(session_delete),
+        );
     }
     let auth = state.auth.clone();
     if let Some(auth) = &auth {
@@ -235,6 +257,81 @@ async fn run(
     };
     let response = response.unwrap_or_else(IntoResponse::into_response);
     Ok(with_rate(response, rate.as_ref()))
+}
+
+/// A JSON request body as a value (`null` when empty), with the errors
+/// `run` gives for a malformed or oversized one.
+fn json_body(body: &Result<axum::body::Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(too_large("request body").into())
+        }
+        Err(e) => {
+            return Err(Error::new(
+                ErrorCode::Validation,
+                format!("request body: not received in full: {}", e.body_text()),
+            )
+            .into())
+        }
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::from(Error::new(
+            ErrorCode::Validation,
+            format!("request body: invalid JSON: {e}"),
+        ))
+    })
+}
+
+/// `POST /sessions` with the initial data (an object, or no body): 201
+/// `{"id", "data", "created", "expires"}`.
+async fn session_create(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    client: ClientAddr,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = caller(&s, &headers, client)?;
+    let data = json_body(&body)?;
+    let created = s.sessions()?.create(&caller, data).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn session_get(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    client: ClientAddr,
+) -> Result<Json<Value>, ApiError> {
+    let caller = caller(&s, &headers, client)?;
+    Ok(Json(s.sessions()?.get(&caller, &id).await?))
+}
+
+/// `PATCH /sessions/{id}`: an RFC 7386 merge patch of the data.
+async fn session_patch(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    client: ClientAddr,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = caller(&s, &headers, client)?;
+    let patch = json_body(&body)?;
+    Ok(Json(s.sessions()?.patch(&caller, &id, patch).await?))
+}
+
+async fn session_delete(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    client: ClientAddr,
+) -> Result<StatusCode, ApiError> {
+    let caller = caller(&s, &headers, client)?;
+    s.sessions()?.delete(&caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `"mode": "async"`: 202 with the run id at once; `GET /runs/{id}` reports it.

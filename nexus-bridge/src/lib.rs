@@ -26,11 +26,13 @@ pub mod mcp;
 mod runs;
 mod security;
 mod serve;
+mod sessions;
 
 pub use access::Role;
 pub use auth::Auth;
 pub use channel::{error_body, failure_body, MAX_INPUT_BYTES};
 pub use dataflow;
+pub use sessions::{MAX_SESSION_BYTES, MCP_META_KEY as SESSION_MCP_META_KEY};
 
 use dataflow::{DataFlow, Error, ErrorCode, Result, Workflow};
 use serde_json::{json, Value};
@@ -52,6 +54,8 @@ pub struct Registered {
     pub workflow: Workflow,
     /// What a role needs to grant it besides its name (its nodes' models).
     pub(crate) needs: access::Needs,
+    /// Session keys set from the run's outputs: (key, node id and path).
+    pub(crate) session_outputs: Vec<(String, Vec<String>)>,
 }
 
 impl Registered {
@@ -84,6 +88,7 @@ pub struct NexusBuilder {
     list_forbidden_workflows: bool,
     enable_durability: bool,
     enable_sessions: bool,
+    session_ttl: Duration,
     header_read_timeout: Duration,
     idle_timeout: Duration,
     max_connections: usize,
@@ -120,6 +125,7 @@ impl Default for NexusBuilder {
             list_forbidden_workflows: false,
             enable_durability: false,
             enable_sessions: false,
+            session_ttl: Duration::from_secs(24 * 3600),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 256,
@@ -193,8 +199,19 @@ impl NexusBuilder {
         /// Only `false` (the default): idempotency keys and the run journal
         /// are not built yet.
         enable_durability: bool;
-        /// Only `false` (the default): sessions are not built yet.
+        /// Sessions (default off): JSON data in the app's database table
+        /// `nexus_sessions`, made with `POST /sessions`, CLI `session create`
+        /// or the MCP tool `session_create`, read by workflow templates as
+        /// `{{session.<key>}}` and written by
+        /// [`session_output`](Nexus::session_output); a call names one with
+        /// `X-Session-Id`, `--session` or the MCP `_meta` key
+        /// [`SESSION_MCP_META_KEY`]. Only the caller that made a session
+        /// (same actor and tenant) may use it; others get `not_found`.
         enable_sessions: bool;
+        /// How long a session lives after it is made (default 24 hours;
+        /// use does not extend it). Expired sessions answer `not_found` and
+        /// their rows are deleted.
+        session_ttl: Duration;
         /// How long a client has to send a request's head (default 10 s):
         /// from accepting a new connection, or from the first byte of a
         /// kept-alive connection's next request; also the longest pause
@@ -358,7 +375,6 @@ impl NexusBuilder {
                 self.enable_durability,
                 "enable_durability(true) (idempotency keys and the run journal)",
             ),
-            (self.enable_sessions, "enable_sessions(true) (sessions)"),
         ];
         let missing: Vec<&str> = pending
             .iter()
@@ -409,6 +425,9 @@ impl NexusBuilder {
             ttl: self.async_store_ttl,
         });
         let hub = Arc::new(channel::Hub::new(&db));
+        let sessions = self
+            .enable_sessions
+            .then(|| Arc::new(sessions::Sessions::new(db.clone(), self.session_ttl)));
         Ok(Nexus {
             options: self,
             policy,
@@ -421,6 +440,7 @@ impl NexusBuilder {
                 auth,
                 access: Arc::new(access),
                 limits: Arc::new(limits),
+                sessions,
             },
         })
     }
@@ -439,6 +459,7 @@ impl NexusBuilder {
             ("idle_timeout", self.idle_timeout),
             ("async_store_ttl", self.async_store_ttl),
             ("mcp_session_idle", self.mcp_session_idle),
+            ("session_ttl", self.session_ttl),
         ];
         let zero = counts
             .iter()
@@ -522,6 +543,12 @@ impl Nexus {
                 format!("workflow name `{name}` must be lower-case letters, digits, `_` or `-`"),
             ));
         }
+        if self.shared.sessions.is_some() && sessions::TOOLS.contains(&name) {
+            return Err(Error::new(
+                ErrorCode::Validation,
+                format!("workflow name `{name}` is taken by the sessions' MCP tool of that name (enable_sessions)"),
+            ));
+        }
         if self.shared.workflows.contains_key(name) {
             return Err(Error::new(
                 ErrorCode::Validation,
@@ -546,8 +573,70 @@ impl Nexus {
                 description,
                 workflow,
                 needs,
+                session_outputs: Vec::new(),
             },
         );
+        self.shared.workflows = Arc::new(all);
+        Ok(())
+    }
+
+    /// After a successful run of `workflow` with a session, sets the
+    /// session's `key` to the run's output at `output`: a node id and a
+    /// dotted path into its output (`"create.id"`, `"users.records.0"`).
+    /// Every output of one run is one merge into the session, after the
+    /// run's writes (a failed run changes no session); a missing or `null`
+    /// output removes the key. A run without a session writes none. Needs
+    /// `enable_sessions(true)`; the workflow and node must exist.
+    ///
+    /// ```no_run
+    /// # fn f(app: &mut nexus::Nexus) -> dataflow::Result<()> {
+    /// // `create_user` creates with node `create`; later runs read
+    /// // `{{session.user_id}}`.
+    /// app.session_output("create_user", "user_id", "create.id")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn session_output(&mut self, workflow: &str, key: &str, output: &str) -> Result<()> {
+        if self.shared.sessions.is_none() {
+            return Err(Error::new(
+                ErrorCode::Config,
+                "session_output needs sessions: build the app with enable_sessions(true)",
+            ));
+        }
+        let valid_key = !key.is_empty()
+            && key.len() <= 128
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid_key {
+            return Err(Error::new(
+                ErrorCode::Config,
+                format!("session key `{key}` must be letters, digits or `_`"),
+            ));
+        }
+        let path: Vec<String> = output.split('.').map(str::to_string).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(Error::new(
+                ErrorCode::Config,
+                format!("session output `{output}` is not a dotted path such as `create.id`"),
+            ));
+        }
+        let mut all = (*self.shared.workflows).clone();
+        let Some(w) = all.get_mut(workflow) else {
+            return Err(Error::new(
+                ErrorCode::Config,
+                format!("session_output names workflow `{workflow}`, which is not registered"),
+            ));
+        };
+        if !w.workflow.node_ids().any(|n| n == path[0]) {
+            return Err(Error::new(
+                ErrorCode::Config,
+                format!(
+                    "session output `{output}`: workflow `{workflow}` has no node `{}`",
+                    path[0]
+                ),
+            )
+            .with_node(path[0].clone()));
+        }
+        w.session_outputs.retain(|(k, _)| k != key);
+        w.session_outputs.push((key.to_string(), path));
         self.shared.workflows = Arc::new(all);
         Ok(())
     }
@@ -640,6 +729,7 @@ impl Nexus {
     pub async fn serve_http_on(&self, listener: tokio::net::TcpListener) -> Result<()> {
         self.http_enabled()?;
         self.check_names()?;
+        self.prepare_tables().await?;
         let shutdown = self.shared.hub.shutdown.clone();
         serve::serve(listener, self.router(), self.options.limits(), shutdown).await;
         Ok(())
@@ -657,6 +747,7 @@ impl Nexus {
     /// same Host / Origin rule and connection limits as the HTTP API.
     pub async fn serve_mcp_on(&self, listener: tokio::net::TcpListener) -> Result<()> {
         self.check_names()?;
+        self.prepare_tables().await?;
         mcp::serve_http_until(
             self.mcp_server(),
             listener,
@@ -698,6 +789,15 @@ impl Nexus {
             ));
         }
         Ok(())
+    }
+
+    /// Creates nexus's own tables the options need (`nexus_sessions`) before
+    /// serving, so a server that cannot is a boot error.
+    async fn prepare_tables(&self) -> Result<()> {
+        match &self.shared.sessions {
+            Some(sessions) => sessions.ensure_table().await,
+            None => Ok(()),
+        }
     }
 
     /// Refuses to serve HTTP when the options say not to.
