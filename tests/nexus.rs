@@ -1056,6 +1056,7 @@ fn events_stream_in_order_and_metrics_count_requests() {
             ("create_user", "started"),
             ("create_user", "node_finished"),
             ("create_user", "finished"),
+            ("create_user", "created"),
             ("get_user", "started"),
             ("get_user", "node_finished"),
             ("get_user", "finished"),
@@ -1065,16 +1066,29 @@ fn events_stream_in_order_and_metrics_count_requests() {
         ]
     );
     assert_eq!(events[2]["code"], "fk_violation");
-    assert_eq!(events[11]["code"], "not_found");
-    assert_eq!(events[11]["node"], "user");
-    assert_eq!(events[11]["model"], "User");
+    assert_eq!(events[12]["code"], "not_found");
+    assert_eq!(events[12]["node"], "user");
+    assert_eq!(events[12]["model"], "User");
+    // The model change, after the run that made it.
+    assert_eq!(
+        (
+            &events[6]["model"],
+            &events[6]["record_id"],
+            &events[6]["run_id"]
+        ),
+        (
+            &json!("User"),
+            &created["outputs"]["create"]["id"],
+            &created["run_id"]
+        )
+    );
     assert!(
         !text.contains("sk_live"),
         "events carry no input values: {text}"
     );
     assert!(events.iter().all(|e| e.get("message").is_none()));
     assert_eq!(events[5]["run_id"], created["run_id"]);
-    assert_eq!(events[8]["run_id"], via_mcp["run_id"]);
+    assert_eq!(events[9]["run_id"], via_mcp["run_id"]);
 
     let metrics = request(s.addr, "GET", "/metrics", None).body;
     for line in [

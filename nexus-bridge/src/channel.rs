@@ -441,7 +441,9 @@ pub(crate) fn mcp_error(
 /// Shared by the channels of one process: the event stream, the metrics and
 /// the shutdown signal.
 pub(crate) struct Hub {
-    pub(crate) events: tokio::sync::broadcast::Sender<String>,
+    pub(crate) events: Arc<crate::events::Events>,
+    /// Models whose change events carry the record (`event_records`).
+    pub(crate) event_records: std::collections::BTreeSet<String>,
     /// Cancelled when the servers shut down: ends long-lived streams (SSE,
     /// MCP sessions) so graceful shutdown does not wait on them.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
@@ -455,7 +457,11 @@ impl Hub {
     /// The hub of a server on `db`: one registry holds nexus's families and
     /// dataflow's (its query, pool, writer, migration and cache metrics),
     /// so `/metrics` is one scrape and a family declared twice fails here.
-    pub(crate) fn new(db: &DataFlow) -> Hub {
+    pub(crate) fn new(
+        db: &DataFlow,
+        event_buffer: usize,
+        event_records: std::collections::BTreeSet<String>,
+    ) -> Hub {
         use prometheus::{histogram_opts, opts, HistogramVec, IntCounterVec};
         let registry = prometheus::Registry::new();
         let requests = IntCounterVec::new(
@@ -491,7 +497,8 @@ impl Hub {
             registry.register(m).expect("unique metric");
         }
         Hub {
-            events: tokio::sync::broadcast::channel(1024).0,
+            events: Arc::new(crate::events::Events::new(event_buffer)),
+            event_records,
             shutdown: Default::default(),
             registry,
             requests,
@@ -544,6 +551,9 @@ impl Shared {
             ..
         } = admission;
         let caller_context = context.clone();
+        let run_id = run_id.unwrap_or_else(dataflow::new_run_id);
+        let events = self.surface.events;
+        let tenant = Value::from(context.tenant.clone());
         let (h, wf, metrics) = (self.hub.clone(), name.clone(), self.surface.metrics);
         let observer: dataflow::Observer = Arc::new(move |e: &dataflow::RunEvent| {
             match e {
@@ -555,12 +565,13 @@ impl Shared {
                     .observe(duration_ms / 1e3),
                 _ => {}
             }
-            // Events are for whoever listens now; with nobody listening
-            // none are built.
-            if h.events.receiver_count() > 0 {
-                let mut v = serde_json::to_value(e).unwrap_or_default();
-                v["workflow"] = Value::String(wf.clone());
-                let _ = h.events.send(v.to_string());
+            // Kept for replay (`Last-Event-ID`) even with nobody listening.
+            if events {
+                if let Ok(Value::Object(mut v)) = serde_json::to_value(e) {
+                    v.insert("workflow".into(), Value::String(wf.clone()));
+                    v.insert("tenant".into(), tenant.clone());
+                    h.events.publish(v);
+                }
             }
         });
         let result = self
@@ -568,11 +579,7 @@ impl Shared {
             .with_context(context)
             .runtime()
             .with_observer(observer)
-            .execute_with_id(
-                &workflow,
-                inputs,
-                run_id.unwrap_or_else(dataflow::new_run_id),
-            )
+            .execute_with_id(&workflow, inputs, run_id.clone())
             .instrument(tracing::info_span!(
                 "nexus.request",
                 workflow = name.as_str(),
@@ -582,6 +589,9 @@ impl Shared {
             .map(|run| {
                 json!({"outputs": Value::Object(run.results), "run_id": run.run_id, "execution_time": started.elapsed().as_secs_f64()})
             });
+        if events {
+            self.publish_changes(&caller_context, &name, &run_id, &result);
+        }
         let result = match (result, session) {
             (Ok(out), Some(id)) => self
                 .write_session(&caller_context, &name, &id, &out)
@@ -595,6 +605,45 @@ impl Shared {
         };
         self.record(&name, channel, code, started);
         result
+    }
+
+    /// The model change events of a run: its write nodes' outputs (those
+    /// that completed, when a non-transactional run failed).
+    fn publish_changes(
+        &self,
+        context: &Context,
+        name: &str,
+        run_id: &str,
+        result: &std::result::Result<Value, RunError>,
+    ) {
+        let Some(w) = self.workflows.get(name) else {
+            return;
+        };
+        if w.writes.is_empty() {
+            return;
+        }
+        let outputs = match result {
+            Ok(out) => match out["outputs"].as_object() {
+                Some(o) => o,
+                None => return,
+            },
+            // A transactional run that failed wrote nothing.
+            Err(_) if w.workflow.spec().transactional => return,
+            Err(e) => e.completed(),
+        };
+        for write in &w.writes {
+            let Some(out) = outputs.get(&write.node) else {
+                continue;
+            };
+            let records = self.hub.event_records.contains(write.model.name);
+            for change in crate::events::changes(write, out, records) {
+                let mut body = change;
+                body.insert("workflow".into(), Value::from(name));
+                body.insert("tenant".into(), Value::from(context.tenant.clone()));
+                body.insert("run_id".into(), Value::from(run_id));
+                self.hub.events.publish(body);
+            }
+        }
     }
 
     /// After a successful run with a session: the workflow's

@@ -404,22 +404,57 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Server-sent events: every run's `started`, `node_finished`,
-/// `finished`/`failed`, as JSON with the workflow's name, in order.
+/// Server-sent events: runs (`started`, `node_finished`, `finished` /
+/// `failed`) and model changes (`created`, `updated`, `deleted`), as JSON,
+/// in order, each with an `id`; `Last-Event-ID` replays what followed it
+/// (see `events`). A caller sees only its own tenant's events, and once
+/// roles are enforced only those of workflows it may run and models it may
+/// read.
 async fn events(
     State(s): State<AppState>,
-) -> axum::response::sse::Sse<
-    impl tokio_stream::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
-> {
+    headers: HeaderMap,
+    client: ClientAddr,
+) -> Result<Response, ApiError> {
+    use crate::events::{Event, Scope};
     use tokio_stream::StreamExt;
+    let caller = caller(&s, &headers, client)?;
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (replay, receiver) = s.hub.events.subscribe(last.as_deref());
+    let shutdown = s.hub.shutdown.clone().cancelled_owned();
+    let visible = move |e: &Event| {
+        if e.tenant != caller.context.tenant {
+            return false;
+        }
+        if !s.access.enforced {
+            return true;
+        }
+        match &e.scope {
+            Scope::Run(workflow) => s
+                .workflows
+                .get(workflow)
+                .is_some_and(|w| s.may_call(&caller, w)),
+            Scope::Model(model) => s.access.may_read_model(&caller.context.roles, model),
+        }
+    };
+    let live = tokio_stream::wrappers::BroadcastStream::new(receiver).filter_map(|e| e.ok());
+    let stream = tokio_stream::iter(replay)
+        .chain(live)
+        .filter(move |e| visible(e))
+        .map(|e| {
+            Ok::<_, std::convert::Infallible>(
+                axum::response::sse::Event::default()
+                    .id(e.id.clone())
+                    .data(e.data.clone()),
+            )
+        });
     // Ends at shutdown, so graceful shutdown does not wait on listeners.
-    let stream = futures_util::StreamExt::take_until(
-        tokio_stream::wrappers::BroadcastStream::new(s.hub.events.subscribe()),
-        s.hub.shutdown.clone().cancelled_owned(),
-    )
-    .filter_map(|msg| msg.ok())
-    .map(|data| Ok(axum::response::sse::Event::default().data(data)));
-    axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default())
+    let stream = futures_util::StreamExt::take_until(stream, shutdown);
+    Ok(axum::response::sse::Sse::new(stream)
+        .keep_alive(axum::response::sse::KeepAlive::default())
+        .into_response())
 }
 
 /// Ready: the database answers and (with dataflow's monitoring on, the

@@ -19,6 +19,7 @@ mod access;
 mod auth;
 mod channel;
 mod cli;
+mod events;
 mod http;
 mod identity;
 pub mod limits;
@@ -56,6 +57,8 @@ pub struct Registered {
     pub(crate) needs: access::Needs,
     /// Session keys set from the run's outputs: (key, node id and path).
     pub(crate) session_outputs: Vec<(String, Vec<String>)>,
+    /// Its model nodes that write: the sources of its change events.
+    pub(crate) writes: Vec<events::Write>,
 }
 
 impl Registered {
@@ -89,6 +92,8 @@ pub struct NexusBuilder {
     enable_durability: bool,
     enable_sessions: bool,
     session_ttl: Duration,
+    event_buffer: usize,
+    event_records: Vec<String>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
     max_connections: usize,
@@ -126,6 +131,8 @@ impl Default for NexusBuilder {
             enable_durability: false,
             enable_sessions: false,
             session_ttl: Duration::from_secs(24 * 3600),
+            event_buffer: 1024,
+            event_records: Vec::new(),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 256,
@@ -170,9 +177,13 @@ impl NexusBuilder {
         /// stdio work as before, and [`serve_http`](Nexus::serve_http) /
         /// [`serve_http_on`](Nexus::serve_http_on) refuse with `config`.
         enable_http_transport: bool;
-        /// Whether `GET /events` (server-sent run events) is served (default
-        /// on). Off, `/events` answers 404.
+        /// Whether `GET /events` (server-sent events of runs and model
+        /// changes, filtered by the caller's tenant and roles) is served
+        /// (default on). Off, `/events` answers 404 and no events are made.
         enable_sse_transport: bool;
+        /// How many events each instance keeps for clients that reconnect
+        /// with `Last-Event-ID` (default 1024).
+        event_buffer: usize;
         /// Whether clients can enumerate the workflows (default on). Off,
         /// `GET /workflows`, `GET /workflows/{name}` and `/openapi.json`
         /// answer 404, MCP `tools/list` is empty, and an unknown-workflow
@@ -290,6 +301,19 @@ impl NexusBuilder {
         S: Into<String>,
     {
         self.cors = Some(origins.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Model change events (`created`, `updated`, `deleted` on `/events`)
+    /// of these models carry the record itself (default: none, only the
+    /// model, record id, tenant and run id). Sensitive fields read
+    /// `"***"`. A model the database does not have fails `build` with `config`.
+    pub fn event_records<I, S>(mut self, models: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.event_records = models.into_iter().map(Into::into).collect();
         self
     }
 
@@ -424,7 +448,22 @@ impl NexusBuilder {
             max_bytes: self.async_store_max_bytes,
             ttl: self.async_store_ttl,
         });
-        let hub = Arc::new(channel::Hub::new(&db));
+        if let Some(unknown) = self
+            .event_records
+            .iter()
+            .find(|m| !db.models().iter().any(|s| s.name == m.as_str()))
+        {
+            return Err(Error::new(
+                ErrorCode::Config,
+                format!("event_records names model `{unknown}`, which this database does not have"),
+            )
+            .with_model(unknown.clone()));
+        }
+        let hub = Arc::new(channel::Hub::new(
+            &db,
+            self.event_buffer,
+            self.event_records.iter().cloned().collect(),
+        ));
         let sessions = self
             .enable_sessions
             .then(|| Arc::new(sessions::Sessions::new(db.clone(), self.session_ttl)));
@@ -453,6 +492,7 @@ impl NexusBuilder {
             ("async_store_max_runs", self.async_store_max_runs),
             ("async_store_max_bytes", self.async_store_max_bytes),
             ("mcp_max_sessions", self.mcp_max_sessions),
+            ("event_buffer", self.event_buffer),
         ];
         let durations = [
             ("header_read_timeout", self.header_read_timeout),
@@ -565,6 +605,7 @@ impl Nexus {
             description.to_string()
         };
         let needs = access::Needs::of(&self.shared.db, &workflow);
+        let writes = events::Write::of(&self.shared.db, &workflow);
         let mut all = (*self.shared.workflows).clone();
         all.insert(
             name.to_string(),
@@ -574,6 +615,7 @@ impl Nexus {
                 workflow,
                 needs,
                 session_outputs: Vec::new(),
+                writes,
             },
         );
         self.shared.workflows = Arc::new(all);
@@ -791,13 +833,18 @@ impl Nexus {
         Ok(())
     }
 
-    /// Creates nexus's own tables the options need (`nexus_sessions`) before
-    /// serving, so a server that cannot is a boot error.
+    /// Before serving: creates nexus's own tables the options need
+    /// (`nexus_sessions`), so a server that cannot is a boot error, and on
+    /// PostgreSQL joins the other instances' event stream.
     async fn prepare_tables(&self) -> Result<()> {
-        match &self.shared.sessions {
-            Some(sessions) => sessions.ensure_table().await,
-            None => Ok(()),
+        if let Some(sessions) = &self.shared.sessions {
+            sessions.ensure_table().await?;
         }
+        if self.options.enable_sse_transport {
+            let hub = &self.shared.hub;
+            hub.events.connect(&self.shared.db, &hub.shutdown)?;
+        }
+        Ok(())
     }
 
     /// Refuses to serve HTTP when the options say not to.
