@@ -4771,4 +4771,306 @@ mod sessions {
             .expect("refused");
         assert_eq!(e.code(), "config");
     }
+
+    /// A server-sent events client on a real loopback connection.
+    struct Sse {
+        stream: std::net::TcpStream,
+        text: String,
+        seen: usize,
+    }
+
+    impl Sse {
+        /// `GET /events` with `headers`, once the response head arrived
+        /// (so the subscription exists before anything runs).
+        fn open(addr: SocketAddr, headers: &[String]) -> Sse {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+            write!(
+                stream,
+                "GET /events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{extra}\r\n"
+            )
+            .unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                stream.read_exact(&mut byte).unwrap();
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            assert!(
+                head.contains("200 OK") && head.contains("text/event-stream"),
+                "{head}"
+            );
+            Sse {
+                stream,
+                text: String::new(),
+                seen: 0,
+            }
+        }
+
+        /// Every complete event so far: (SSE id, JSON data).
+        fn events(&self) -> Vec<(String, Value)> {
+            let mut out = Vec::new();
+            // Chunked framing aside, an event is its `id:` and `data:` lines.
+            let mut id = String::new();
+            for line in self.text.lines() {
+                if let Some(i) = line.strip_prefix("id: ") {
+                    id = i.trim().to_string();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    if let Ok(v) = serde_json::from_str::<Value>(d.trim()) {
+                        out.push((id.clone(), v));
+                    }
+                }
+            }
+            out
+        }
+
+        /// Reads until `done` holds for the events so far (10 s at most).
+        fn until(
+            &mut self,
+            what: &str,
+            done: impl Fn(&[(String, Value)]) -> bool,
+        ) -> Vec<(String, Value)> {
+            use std::io::Read;
+            let started = Instant::now();
+            let mut buf = [0u8; 8192];
+            loop {
+                let events = self.events();
+                if done(&events) {
+                    self.seen = events.len();
+                    return events;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "{what}: not in {}",
+                    self.text
+                );
+                let n = self.stream.read(&mut buf).unwrap_or(0);
+                self.text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    }
+
+    /// Whether `events` hold the `kind` event of run `run_id`.
+    fn has(events: &[(String, Value)], kind: &str, run_id: &Value) -> bool {
+        events
+            .iter()
+            .any(|(_, e)| e["event"] == kind && &e["run_id"] == run_id)
+    }
+
+    /// An app on `url` with API keys, a tenant-less model `Note`, and two
+    /// roles: `writer` (reads and writes notes) and `runner` (may run
+    /// `create_note` by name, but not read notes).
+    async fn events_app(url: &str) -> (InProcess, [String; 3]) {
+        let db = dataflow::DataFlow::builder(url)
+            .models(&[&<Note as dataflow::Model>::SCHEMA])
+            .build()
+            .await
+            .unwrap();
+        let mut app = nexus::Nexus::builder()
+            .auth(nexus::Auth::new().api_keys(true))
+            .role("writer", |r| r.models_read(["Note"]).models_write(["Note"]))
+            .role("runner", |r| r.workflows(["create_note"]))
+            .event_records(["Note"])
+            .build(db.clone())
+            .unwrap();
+        let mut wf = dataflow::WorkflowBuilder::new();
+        wf.add_node("NoteCreateNode", "note", json!({"text": "{{text}}"}));
+        app.register("create_note", wf.build(&db).unwrap()).unwrap();
+        let mut keys = Vec::new();
+        for (name, role, tenant) in [
+            ("aw", "writer", "a"),
+            ("ar", "runner", "a"),
+            ("bw", "writer", "b"),
+        ] {
+            let k = app
+                .create_api_key(name, &[role], Some(tenant), None)
+                .await
+                .unwrap();
+            keys.push(k["key"].as_str().unwrap().to_string());
+        }
+        (InProcess::serve(app).await, keys.try_into().unwrap())
+    }
+
+    /// Issue 14 §4: a Create through a workflow is a `created` event with
+    /// its model, record id, tenant and run id on a real SSE client; tenant
+    /// B never sees tenant A's events; a role without the model sees the
+    /// run but not the change; `Last-Event-ID` replays what followed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn model_changes_reach_their_tenant_and_roles_and_replay() {
+        for (backend, url) in support::backend_urls("events-filter") {
+            let (app, [aw, ar, bw]) = events_app(&url).await;
+            let bearer = |k: &str| vec![format!("Authorization: Bearer {k}")];
+            let addr = app.http;
+            let (mut sa, mut sr, mut sb) = tokio::task::block_in_place(|| {
+                (
+                    Sse::open(addr, &bearer(&aw)),
+                    Sse::open(addr, &bearer(&ar)),
+                    Sse::open(addr, &bearer(&bw)),
+                )
+            });
+            let mut runs = Vec::new();
+            for (key, text) in [(&aw, "a1"), (&bw, "b1"), (&aw, "a2"), (&bw, "b2")] {
+                let r = http(
+                    addr,
+                    "POST",
+                    "/workflows/create_note/execute",
+                    key,
+                    None,
+                    Some(json!({"inputs": {"text": text}})),
+                )
+                .await;
+                assert_eq!(r.status, 200, "{backend}: {}", r.body);
+                runs.push(r.json());
+            }
+            let run_id = |i: usize| runs[i]["run_id"].clone();
+            let note_id = |i: usize| runs[i]["outputs"]["note"]["id"].clone();
+
+            let (a, r, b) = tokio::task::block_in_place(|| {
+                (
+                    sa.until("a2 created", |e| has(e, "created", &run_id(2))),
+                    sr.until("a2 finished", |e| {
+                        e.iter()
+                            .any(|(_, v)| v["event"] == "finished" && v["run_id"] == run_id(2))
+                    }),
+                    sb.until("b2 created", |e| has(e, "created", &run_id(3))),
+                )
+            });
+            // The writer of tenant a: its runs and changes, with the record.
+            let created: Vec<&Value> = a
+                .iter()
+                .map(|(_, e)| e)
+                .filter(|e| e["event"] == "created")
+                .collect();
+            assert_eq!(created.len(), 2, "{backend}: {a:?}");
+            assert_eq!(
+                (
+                    &created[0]["model"],
+                    &created[0]["record_id"],
+                    &created[0]["tenant"],
+                    &created[0]["run_id"]
+                ),
+                (&json!("Note"), &note_id(0), &json!("a"), &run_id(0)),
+                "{backend}"
+            );
+            assert_eq!(
+                created[0]["record"]["text"], "a1",
+                "{backend}: records are on for Note"
+            );
+            assert!(
+                a.iter().all(|(_, e)| e["tenant"] == "a"),
+                "{backend}: only tenant a: {a:?}"
+            );
+            assert!(
+                a.iter()
+                    .all(|(id, e)| !id.is_empty() && e["id"] == json!(id)),
+                "{backend}: every event has its id"
+            );
+            // Tenant b's writer: only b.
+            assert!(
+                b.iter().all(|(_, e)| e["tenant"] == "b"),
+                "{backend}: {b:?}"
+            );
+            assert!(
+                has(&b, "created", &run_id(1)) && !has(&b, "started", &run_id(0)),
+                "{backend}"
+            );
+            // A role that may run the workflow but not read the model.
+            assert!(
+                has(&r, "started", &run_id(0)),
+                "{backend}: runs are visible"
+            );
+            assert!(
+                r.iter().all(|(_, e)| e["event"] != "created"),
+                "{backend}: no model changes: {r:?}"
+            );
+            assert!(r.iter().all(|(_, e)| e["tenant"] == "a"), "{backend}");
+
+            // Reconnect after a1's change: a2's events are replayed, not a1's nor b's.
+            let after = a
+                .iter()
+                .find(|(_, e)| e["event"] == "created" && e["run_id"] == run_id(0))
+                .unwrap()
+                .0
+                .clone();
+            let mut headers = bearer(&aw);
+            headers.push(format!("Last-Event-ID: {after}"));
+            let replayed = tokio::task::block_in_place(|| {
+                Sse::open(addr, &headers).until("replay of a2", |e| has(e, "created", &run_id(2)))
+            });
+            let kinds: Vec<(&str, &Value)> = replayed
+                .iter()
+                .map(|(_, e)| (e["event"].as_str().unwrap(), &e["run_id"]))
+                .collect();
+            assert_eq!(
+                kinds,
+                [
+                    ("started", &run_id(2)),
+                    ("node_finished", &run_id(2)),
+                    ("finished", &run_id(2)),
+                    ("created", &run_id(2))
+                ],
+                "{backend}"
+            );
+            drop(app);
+        }
+    }
+
+    /// Issue 14 §5 for events: two instances on one PostgreSQL database; a
+    /// run on A reaches a subscriber of B, its change included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_from_one_instance_reach_anothers_subscribers_on_postgres() {
+        let Some(url) = support::postgres::fresh_database("events-instances") else {
+            eprintln!("skipped: PostgreSQL is not available");
+            return;
+        };
+        let (a, b) = (server(&url), server(&url));
+        let addr_b = b.addr;
+        let mut sse = tokio::task::block_in_place(|| Sse::open(addr_b, &[]));
+        let r = post(
+            a.addr,
+            "/workflows/create_user/execute".into(),
+            json!({"inputs": {"email": "both@x.io"}})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let run = r.json();
+        let events = tokio::task::block_in_place(|| {
+            sse.until("A's change on B", |e| has(e, "created", &run["run_id"]))
+        });
+        let change = events
+            .iter()
+            .map(|(_, e)| e)
+            .find(|e| e["event"] == "created")
+            .unwrap();
+        assert_eq!(
+            (
+                &change["model"],
+                &change["record_id"],
+                &change["tenant"],
+                &change["workflow"]
+            ),
+            (
+                &json!("User"),
+                &run["outputs"]["create"]["id"],
+                &Value::Null,
+                &json!("create_user")
+            )
+        );
+        assert!(change.get("record").is_none(), "records are opt-in");
+        assert!(
+            has(&events, "started", &run["run_id"]),
+            "the run's own events too"
+        );
+        // B's ids are B's own: a client of B can resume with them.
+        let ids: Vec<&str> = events.iter().map(|(id, _)| id.as_str()).collect();
+        let prefix = ids[0].split('-').next().unwrap();
+        assert!(ids.iter().all(|id| id.starts_with(prefix)), "{ids:?}");
+    }
 }
