@@ -641,10 +641,12 @@ async fn discovery_health_openapi_and_tools() {
 #[tokio::test]
 async fn options_for_missing_features_fail_at_build() {
     let db = probe_db().await;
-    for b in [nexus::Nexus::builder().auto_discovery(true)] {
-        let e = b.build(db.clone()).err().expect("refused");
-        assert_eq!(e.code().as_str(), "not_supported", "{e}");
-    }
+    let e = nexus::Nexus::builder()
+        .auto_discovery(true)
+        .build(db.clone())
+        .err()
+        .expect("refused");
+    assert_eq!(e.code().as_str(), "not_supported", "{e}");
     let mut app = nexus::Nexus::builder().build(db.clone()).unwrap();
     let wf = probe_workflow(&db);
     app.register("count", wf.clone()).unwrap();
@@ -4499,6 +4501,61 @@ mod sessions {
             )
             .await;
             assert_eq!(r.status, 404, "{backend}: {}", r.body);
+            // The in-process CLI (the operator): create, run with, change, delete.
+            let (code, made) = cli_json(
+                &url,
+                &[
+                    "session",
+                    "create",
+                    "--as",
+                    "ops",
+                    &format!(r#"{{"user_id": {user_id}}}"#),
+                ],
+            )
+            .await;
+            assert_eq!(code, 0, "{backend}: {made}");
+            let sid = made["id"].as_str().unwrap();
+            let (code, v) = cli_json(&url, &["run", "whoami", "--session", sid]).await;
+            assert_eq!(
+                (code, &v["outputs"]["user"]["id"]),
+                (0, &user_id),
+                "{backend}: {v}"
+            );
+            let (code, v) = cli_json(
+                &url,
+                &["session", "set", sid, r#"{"user_id": null, "k": [1]}"#],
+            )
+            .await;
+            assert_eq!(
+                (code, &v["data"]),
+                (0, &json!({"k": [1]})),
+                "{backend}: {v}"
+            );
+            let (code, v) = cli_json(&url, &["run", "whoami", "--session", sid]).await;
+            assert_eq!(
+                (code, v["error"]["field"].as_str()),
+                (3, Some("session.user_id")),
+                "{backend}: {v}"
+            );
+            // Made as actor `ops`: not ann's.
+            let r = http(
+                again.addr,
+                "GET",
+                &format!("/sessions/{sid}"),
+                &ann,
+                None,
+                None,
+            )
+            .await;
+            assert_eq!(r.status, 404, "{backend}: {}", r.body);
+            let (code, v) = cli_json(&url, &["session", "delete", sid]).await;
+            assert_eq!((code, &v["deleted"]), (0, &json!(true)), "{backend}: {v}");
+            let (code, v) = cli_json(&url, &["session", "get", sid]).await;
+            assert_eq!(
+                (code, v["error"]["code"].as_str()),
+                (4, Some("not_found")),
+                "{backend}: {v}"
+            );
         }
     }
 

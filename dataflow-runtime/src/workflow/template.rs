@@ -229,8 +229,13 @@ impl Tpl {
                         Ok(v) => {
                             out.insert(k.clone(), v);
                         }
-                        // A missing input for an optional top-level parameter omits it.
-                        Err(_) if depth == 0 && matches!(t, Tpl::Whole(_)) && omittable(k) => {}
+                        // A missing input for an optional top-level parameter
+                        // omits it; a missing session value is always an error
+                        // (the session was expected to hold it).
+                        Err(_)
+                            if depth == 0
+                                && matches!(t, Tpl::Whole(n) if !n.starts_with(SESSION))
+                                && omittable(k) => {}
                         Err(name) => return Err(name),
                     }
                 }
@@ -260,6 +265,11 @@ mod tests {
         assert_eq!(
             t.render(&Map::new(), None, &|_| false).unwrap_err(),
             "session.user_id"
+        );
+        assert_eq!(
+            t.render(&Map::new(), None, &|_| true).unwrap_err(),
+            "session.user_id",
+            "never omitted, even for an optional parameter"
         );
         assert!(matches!(compile(&json!("{{session.}}")), Tpl::Literal(_)));
         assert!(matches!(compile(&json!("{{other.x}}")), Tpl::Literal(_)));
