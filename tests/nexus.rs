@@ -4813,6 +4813,13 @@ mod sessions {
             .register("session_get", probe_workflow(&db))
             .unwrap_err();
         assert_eq!(e.code(), "validation");
+        // With sessions on, /openapi.json documents them (and stays valid).
+        let on = InProcess::start(nexus::Nexus::builder().enable_sessions(true)).await;
+        let api = get(on.http, "/openapi.json").await.json();
+        assert!(api["paths"]["/sessions/{id}"]["patch"].is_object());
+        if let Err(errors) = openapi::validate(&api) {
+            panic!("{errors:#?}");
+        }
         let e = app.session_output("count", "k", "count.count").unwrap_err();
         assert_eq!(e.code(), "config", "an unregistered workflow");
         app.register("count", probe_workflow(&db)).unwrap();

@@ -457,6 +457,50 @@ async fn events(
         .into_response())
 }
 
+/// The `/sessions` operations, for `/openapi.json` with sessions on.
+fn session_paths(paths: &mut Map<String, Value>) {
+    let session = json!({"application/json": {"schema": {"type": "object", "required": ["id", "data", "created", "expires"], "properties": {
+        "id": {"type": "string"}, "data": {"type": "object"},
+        "created": {"type": "string", "format": "date-time"}, "expires": {"type": "string", "format": "date-time"}
+    }}}});
+    let error = |code: &str| {
+        (
+            code.to_string(),
+            json!({"$ref": "#/components/responses/Error"}),
+        )
+    };
+    let errors =
+        |codes: &[&str]| -> Map<String, Value> { codes.iter().map(|c| error(c)).collect() };
+    let with = |mut m: Map<String, Value>, code: &str, v: Value| {
+        m.insert(code.to_string(), v);
+        Value::Object(m)
+    };
+    let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let body = |what: &str, required: bool| json!({"required": required, "description": what, "content": {"application/json": {"schema": {"type": "object"}}}});
+    paths.insert(
+        "/sessions".into(),
+        json!({"post": {
+            "operationId": "session_create",
+            "summary": "Make a session of the caller's with the initial data",
+            "requestBody": body("the initial data (or no body)", false),
+            "responses": with(errors(&["413", "422", "500"]), "201", json!({"description": "the session", "content": session})),
+        }}),
+    );
+    paths.insert(
+        "/sessions/{id}".into(),
+        json!({
+            "parameters": id,
+            "get": {"operationId": "session_get", "summary": "Read a session of the caller's",
+                "responses": with(errors(&["404", "500"]), "200", json!({"description": "the session", "content": session}))},
+            "patch": {"operationId": "session_set", "summary": "Merge into a session's data (RFC 7386 merge patch)",
+                "requestBody": body("the merge patch", true),
+                "responses": with(errors(&["404", "409", "413", "422", "500"]), "200", json!({"description": "the session", "content": session}))},
+            "delete": {"operationId": "session_delete", "summary": "Delete a session of the caller's",
+                "responses": with(errors(&["404", "500"]), "204", json!({"description": "deleted"}))},
+        }),
+    );
+}
+
 /// Ready: the database answers and (with dataflow's monitoring on, the
 /// default) no migration is blocked. 503 with the reason otherwise.
 async fn ready(State(s): State<AppState>) -> Response {
@@ -559,6 +603,9 @@ async fn openapi(
                 }
             }}),
         );
+    }
+    if s.sessions.is_some() {
+        session_paths(&mut paths);
     }
     Ok(Json(json!({
         "openapi": "3.1.0",
