@@ -24,6 +24,16 @@
 //! With auth on it declares roles: `reader` (get and list users), `editor`
 //! (also create users and start conversations) and `admin` (everything).
 //!
+//! `NEXUS_SESSIONS=1` turns sessions on: `create_user` keeps the new user's
+//! id in the caller's session (`user_id`), and `whoami` reads that user
+//! through `{{session.user_id}}`.
+//!
+//! ```sh
+//! NEXUS_SESSIONS=1 cargo run --example nexus_server -- session create --json   # {"id": "nxs_...", ...}
+//! NEXUS_SESSIONS=1 cargo run --example nexus_server -- run create_user --email d@x.io --session nxs_...
+//! NEXUS_SESSIONS=1 cargo run --example nexus_server -- run whoami --session nxs_...
+//! ```
+//!
 //! ```sh
 //! NEXUS_API_KEYS=1 cargo run --example nexus_server -- keys create --name ci --role reader
 //! NEXUS_API_KEYS=1 cargo run --example nexus_server &
@@ -130,11 +140,21 @@ async fn app() -> Result<Nexus, dataflow::Error> {
             })
             .role("admin", |r| r.all());
     }
-    let mut app = builder.build(db.clone())?;
+    let sessions = std::env::var("NEXUS_SESSIONS").as_deref() == Ok("1");
+    let mut app = builder.enable_sessions(sessions).build(db.clone())?;
     app.register("create_user", create.build(&db)?)?;
     app.register("get_user", get.build(&db)?)?;
     app.register("list_users", list.build(&db)?)?;
     app.register("start_conversation", start.build(&db)?)?;
+    if sessions {
+        // The session remembers who was created; `whoami` reads them back.
+        app.session_output("create_user", "user_id", "create.id")?;
+        let mut whoami = WorkflowBuilder::new();
+        whoami
+            .description("Read the user this session created")
+            .add_node("UserReadNode", "user", json!({"id": "{{session.user_id}}"}));
+        app.register("whoami", whoami.build(&db)?)?;
+    }
     Ok(app)
 }
 

@@ -641,13 +641,12 @@ async fn discovery_health_openapi_and_tools() {
 #[tokio::test]
 async fn options_for_missing_features_fail_at_build() {
     let db = probe_db().await;
-    for b in [
-        nexus::Nexus::builder().enable_sessions(true),
-        nexus::Nexus::builder().auto_discovery(true),
-    ] {
-        let e = b.build(db.clone()).err().expect("refused");
-        assert_eq!(e.code().as_str(), "not_supported", "{e}");
-    }
+    let e = nexus::Nexus::builder()
+        .auto_discovery(true)
+        .build(db.clone())
+        .err()
+        .expect("refused");
+    assert_eq!(e.code().as_str(), "not_supported", "{e}");
     let mut app = nexus::Nexus::builder().build(db.clone()).unwrap();
     let wf = probe_workflow(&db);
     app.register("count", wf.clone()).unwrap();
@@ -1059,6 +1058,7 @@ fn events_stream_in_order_and_metrics_count_requests() {
             ("create_user", "started"),
             ("create_user", "node_finished"),
             ("create_user", "finished"),
+            ("create_user", "created"),
             ("get_user", "started"),
             ("get_user", "node_finished"),
             ("get_user", "finished"),
@@ -1068,16 +1068,29 @@ fn events_stream_in_order_and_metrics_count_requests() {
         ]
     );
     assert_eq!(events[2]["code"], "fk_violation");
-    assert_eq!(events[11]["code"], "not_found");
-    assert_eq!(events[11]["node"], "user");
-    assert_eq!(events[11]["model"], "User");
+    assert_eq!(events[12]["code"], "not_found");
+    assert_eq!(events[12]["node"], "user");
+    assert_eq!(events[12]["model"], "User");
+    // The model change, after the run that made it.
+    assert_eq!(
+        (
+            &events[6]["model"],
+            &events[6]["record_id"],
+            &events[6]["run_id"]
+        ),
+        (
+            &json!("User"),
+            &created["outputs"]["create"]["id"],
+            &created["run_id"]
+        )
+    );
     assert!(
         !text.contains("sk_live"),
         "events carry no input values: {text}"
     );
     assert!(events.iter().all(|e| e.get("message").is_none()));
     assert_eq!(events[5]["run_id"], created["run_id"]);
-    assert_eq!(events[8]["run_id"], via_mcp["run_id"]);
+    assert_eq!(events[9]["run_id"], via_mcp["run_id"]);
 
     let metrics = request(s.addr, "GET", "/metrics", None).body;
     for line in [
@@ -4166,4 +4179,962 @@ fn monitor_draws_live_in_a_terminal_and_quits_on_q_or_ctrl_c() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["error"]["code"], "connection", "{v}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ------------------------------------------------------------------ sessions and events
+
+/// Sessions (`enable_sessions(true)`): made on one channel, used on every
+/// other, by one caller only, for their TTL, on any instance of one
+/// database; and the model-change events of `/events`.
+mod sessions {
+    use super::*;
+
+    /// `nexus_server` with sessions and API keys on.
+    const ENV: [(&str, &str); 2] = [("NEXUS_SESSIONS", "1"), ("NEXUS_API_KEYS", "1")];
+
+    /// `nexus_server <args> --json` with sessions and keys on → (exit code, JSON printed).
+    async fn cli_json(url: &str, args: &[&str]) -> (i32, Value) {
+        let out = tokio::process::Command::from(example(url))
+            .envs(ENV)
+            .env_remove("NEXUS_TOKEN")
+            .args(args)
+            .arg("--json")
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+            panic!(
+                "`{args:?}` printed no JSON: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), v)
+    }
+
+    /// A new API key with `role` (made by `keys create` in a subprocess).
+    async fn key(url: &str, name: &str, role: &str) -> String {
+        let (code, v) = cli_json(url, &["keys", "create", "--name", name, "--role", role]).await;
+        assert_eq!(code, 0, "{v}");
+        v["key"].as_str().unwrap().to_string()
+    }
+
+    /// `method path` with a bearer token, a session and a JSON body.
+    async fn http(
+        addr: SocketAddr,
+        method: &'static str,
+        path: &str,
+        token: &str,
+        session: Option<&str>,
+        body: Option<Value>,
+    ) -> support::http::Response {
+        let path = path.to_string();
+        let mut headers = vec![format!("Authorization: Bearer {token}")];
+        if let Some(s) = session {
+            headers.push(format!("X-Session-Id: {s}"));
+        }
+        tokio::task::spawn_blocking(move || {
+            let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+            let body = body.map(|b| b.to_string().into_bytes());
+            request_with(addr, method, &path, &headers, body.as_deref())
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn mcp_as(addr: SocketAddr, token: &str) -> RunningService<RoleClient, ()> {
+        let config =
+            rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+                format!("http://{addr}/mcp"),
+            )
+            .auth_header(token.to_string());
+        let transport = StreamableHttpClientTransport::from_config(config);
+        tokio::time::timeout(Duration::from_secs(30), ().serve(transport))
+            .await
+            .expect("MCP initialize in time")
+            .unwrap()
+    }
+
+    /// A tool call with the session in `_meta` (`nexus/session`).
+    async fn call_in_session(
+        client: &RunningService<RoleClient, ()>,
+        tool: &str,
+        session: &str,
+    ) -> CallToolResult {
+        let mut meta = rmcp::model::RequestMetaObject::new();
+        meta.0
+             .0
+            .insert(nexus::SESSION_MCP_META_KEY.into(), json!(session));
+        let mut params = CallToolRequestParams::new(tool.to_string());
+        params.meta = Some(meta);
+        client.call_tool(params).await.unwrap()
+    }
+
+    /// Starts `n` servers on `url` at the same moment (so their boots race).
+    fn servers_at_once(url: &str, n: usize) -> Vec<Server> {
+        let starts: Vec<_> = (0..n)
+            .map(|_| {
+                let url = url.to_string();
+                std::thread::spawn(move || server_with(&url, &ENV, false))
+            })
+            .collect();
+        starts.into_iter().map(|t| t.join().unwrap()).collect()
+    }
+
+    /// The acceptance path of issue 14 §3: a session made over HTTP is
+    /// written by a run (`session_output`), read by a workflow template on
+    /// MCP and by the CLI over `--url`; another caller gets `not_found` on
+    /// every channel; the session survives a restart, and on PostgreSQL two
+    /// instances (booted at once on a fresh database) share it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_made_on_http_is_used_on_mcp_and_the_cli_by_its_owner_only() {
+        for (backend, url) in support::backend_urls("sessions-channels") {
+            let ann = key(&url, "ann", "admin").await;
+            let bob = key(&url, "bob", "admin").await;
+            let n = if backend == "postgres" { 2 } else { 1 };
+            let mut servers = servers_at_once(&url, n);
+            let a = &servers[0];
+
+            let made = http(
+                a.addr,
+                "POST",
+                "/sessions",
+                &ann,
+                None,
+                Some(json!({"theme": "dark"})),
+            )
+            .await;
+            assert_eq!(made.status, 201, "{backend}: {}", made.body);
+            let id = made.json()["id"].as_str().unwrap().to_string();
+            assert!(
+                id.len() == 52
+                    && id.starts_with("nxs_")
+                    && id[4..].bytes().all(|b| b.is_ascii_hexdigit()),
+                "{backend}: 192 random bits: {id}"
+            );
+            assert_eq!(made.json()["data"], json!({"theme": "dark"}));
+
+            // A run with the session writes its output into it.
+            let created = http(
+                a.addr,
+                "POST",
+                "/workflows/create_user/execute",
+                &ann,
+                Some(&id),
+                Some(json!({"inputs": {"email": format!("ann-{backend}@x.io")}})),
+            )
+            .await;
+            assert_eq!(created.status, 200, "{backend}: {}", created.body);
+            let user_id = created.json()["outputs"]["create"]["id"].clone();
+            let read = http(a.addr, "GET", &format!("/sessions/{id}"), &ann, None, None).await;
+            assert_eq!(read.status, 200, "{backend}: {}", read.body);
+            assert_eq!(
+                read.json()["data"],
+                json!({"theme": "dark", "user_id": user_id})
+            );
+
+            // MCP: `whoami` reads `{{session.user_id}}`.
+            let mcp = mcp_as(a.mcp, &ann).await;
+            let r = call_in_session(&mcp, "whoami", &id).await;
+            assert_ne!(r.is_error, Some(true), "{backend}: {r:?}");
+            assert_eq!(result_json(&r)["outputs"]["user"]["id"], user_id);
+            let tools = mcp.list_all_tools().await.unwrap();
+            assert!(
+                tools.iter().any(|t| t.name == "session_set"),
+                "{backend}: session tools listed"
+            );
+            let set = call(
+                &mcp,
+                "session_set",
+                &json!({"id": id, "data": {"theme": null, "lang": "de"}}),
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                result_json(&set)["data"],
+                json!({"lang": "de", "user_id": user_id})
+            );
+            mcp.cancel().await.unwrap();
+
+            // The CLI over --url, as the same caller.
+            let (code, v) = cli_json(
+                &url,
+                &["session", "get", &id, "--url", &a.base(), "--token", &ann],
+            )
+            .await;
+            assert_eq!(
+                (code, &v["data"]["user_id"]),
+                (0, &user_id),
+                "{backend}: {v}"
+            );
+            let (code, v) = cli_json(
+                &url,
+                &[
+                    "run",
+                    "whoami",
+                    "--session",
+                    &id,
+                    "--url",
+                    &a.base(),
+                    "--token",
+                    &ann,
+                ],
+            )
+            .await;
+            assert_eq!(
+                (code, &v["outputs"]["user"]["id"]),
+                (0, &user_id),
+                "{backend}: {v}"
+            );
+
+            // Another caller: not_found everywhere, as for an id never made.
+            let unknown = format!("nxs_{}", "0".repeat(48));
+            for sid in [id.as_str(), unknown.as_str()] {
+                let r = http(a.addr, "GET", &format!("/sessions/{sid}"), &bob, None, None).await;
+                assert_eq!(
+                    (r.status, r.json()["error"]["code"].as_str()),
+                    (404, Some("not_found")),
+                    "{backend}"
+                );
+                let r = http(
+                    a.addr,
+                    "PATCH",
+                    &format!("/sessions/{sid}"),
+                    &bob,
+                    None,
+                    Some(json!({"x": 1})),
+                )
+                .await;
+                assert_eq!(r.status, 404, "{backend}: {}", r.body);
+                let r = http(
+                    a.addr,
+                    "POST",
+                    "/workflows/whoami/execute",
+                    &bob,
+                    Some(sid),
+                    Some(json!({})),
+                )
+                .await;
+                assert_eq!(r.status, 404, "{backend}: {}", r.body);
+            }
+            let mcp = mcp_as(a.mcp, &bob).await;
+            let r = call_in_session(&mcp, "whoami", &id).await;
+            assert_eq!(r.is_error, Some(true), "{backend}: {r:?}");
+            assert_eq!(result_json(&r)["error"]["code"], "not_found");
+            mcp.cancel().await.unwrap();
+            let (code, v) = cli_json(
+                &url,
+                &["session", "get", &id, "--url", &a.base(), "--token", &bob],
+            )
+            .await;
+            assert_eq!(
+                (code, v["error"]["code"].as_str()),
+                (4, Some("not_found")),
+                "{backend}: {v}"
+            );
+            // The owner's data is untouched by the refused calls.
+            let read = http(a.addr, "GET", &format!("/sessions/{id}"), &ann, None, None).await;
+            assert_eq!(
+                read.json()["data"],
+                json!({"lang": "de", "user_id": user_id})
+            );
+
+            // The second instance on the same PostgreSQL database.
+            if let Some(b) = servers.get(1) {
+                let r = http(
+                    b.addr,
+                    "POST",
+                    "/workflows/whoami/execute",
+                    &ann,
+                    Some(&id),
+                    Some(json!({})),
+                )
+                .await;
+                assert_eq!(r.status, 200, "{backend} B: {}", r.body);
+                assert_eq!(r.json()["outputs"]["user"]["id"], user_id);
+                let r = http(
+                    b.addr,
+                    "PATCH",
+                    &format!("/sessions/{id}"),
+                    &ann,
+                    None,
+                    Some(json!({"on": "b"})),
+                )
+                .await;
+                assert_eq!(r.status, 200, "{backend} B: {}", r.body);
+                let r = http(a.addr, "GET", &format!("/sessions/{id}"), &ann, None, None).await;
+                assert_eq!(r.json()["data"]["on"], "b", "{backend}: A sees B's write");
+            }
+
+            // A restart: a new process on the same database still has it.
+            servers.clear();
+            let again = server_with(&url, &ENV, false);
+            let r = http(
+                again.addr,
+                "GET",
+                &format!("/sessions/{id}"),
+                &ann,
+                None,
+                None,
+            )
+            .await;
+            assert_eq!(r.status, 200, "{backend} after restart: {}", r.body);
+            assert_eq!(r.json()["data"]["user_id"], user_id);
+            // Deleted: gone for everyone.
+            let r = http(
+                again.addr,
+                "DELETE",
+                &format!("/sessions/{id}"),
+                &ann,
+                None,
+                None,
+            )
+            .await;
+            assert_eq!(r.status, 204, "{backend}: {}", r.body);
+            let r = http(
+                again.addr,
+                "GET",
+                &format!("/sessions/{id}"),
+                &ann,
+                None,
+                None,
+            )
+            .await;
+            assert_eq!(r.status, 404, "{backend}: {}", r.body);
+            // The in-process CLI (the operator): create, run with, change, delete.
+            let (code, made) = cli_json(
+                &url,
+                &[
+                    "session",
+                    "create",
+                    "--as",
+                    "ops",
+                    &format!(r#"{{"user_id": {user_id}}}"#),
+                ],
+            )
+            .await;
+            assert_eq!(code, 0, "{backend}: {made}");
+            let sid = made["id"].as_str().unwrap();
+            let (code, v) = cli_json(&url, &["run", "whoami", "--session", sid]).await;
+            assert_eq!(
+                (code, &v["outputs"]["user"]["id"]),
+                (0, &user_id),
+                "{backend}: {v}"
+            );
+            let (code, v) = cli_json(
+                &url,
+                &["session", "set", sid, r#"{"user_id": null, "k": [1]}"#],
+            )
+            .await;
+            assert_eq!(
+                (code, &v["data"]),
+                (0, &json!({"k": [1]})),
+                "{backend}: {v}"
+            );
+            let (code, v) = cli_json(&url, &["run", "whoami", "--session", sid]).await;
+            assert_eq!(
+                (code, v["error"]["field"].as_str()),
+                (3, Some("session.user_id")),
+                "{backend}: {v}"
+            );
+            // Made as actor `ops`: not ann's.
+            let r = http(
+                again.addr,
+                "GET",
+                &format!("/sessions/{sid}"),
+                &ann,
+                None,
+                None,
+            )
+            .await;
+            assert_eq!(r.status, 404, "{backend}: {}", r.body);
+            let (code, v) = cli_json(&url, &["session", "delete", sid]).await;
+            assert_eq!((code, &v["deleted"]), (0, &json!(true)), "{backend}: {v}");
+            let (code, v) = cli_json(&url, &["session", "get", sid]).await;
+            assert_eq!(
+                (code, v["error"]["code"].as_str()),
+                (4, Some("not_found")),
+                "{backend}: {v}"
+            );
+        }
+    }
+
+    #[dataflow::model]
+    pub struct Note {
+        pub id: String,
+        pub text: String,
+    }
+
+    /// An in-process app on `url` with sessions (TTL `ttl`), the tenant
+    /// header trusted, and `note_for_session` reading `{{session.note}}`.
+    async fn session_app(url: &str, ttl: Duration) -> InProcess {
+        let db = dataflow::DataFlow::builder(url)
+            .models(&[&<Note as dataflow::Model>::SCHEMA])
+            .build()
+            .await
+            .unwrap();
+        let mut app = nexus::Nexus::builder()
+            .enable_sessions(true)
+            .session_ttl(ttl)
+            .trust_tenant_header(true)
+            .build(db.clone())
+            .unwrap();
+        let mut wf = dataflow::WorkflowBuilder::new();
+        wf.add_node(
+            "NoteCreateNode",
+            "note",
+            json!({"text": "{{session.note}} {{suffix}}"}),
+        );
+        app.register("note_for_session", wf.build(&db).unwrap())
+            .unwrap();
+        app.session_output("note_for_session", "last_note", "note.id")
+            .unwrap();
+        InProcess::serve(app).await
+    }
+
+    async fn as_tenant(
+        addr: SocketAddr,
+        method: &'static str,
+        path: &str,
+        tenant: &str,
+        session: Option<&str>,
+        body: Option<&str>,
+    ) -> support::http::Response {
+        let (path, body) = (path.to_string(), body.map(|b| b.as_bytes().to_vec()));
+        let mut headers = vec![format!("X-Tenant-ID: {tenant}")];
+        if let Some(s) = session {
+            headers.push(format!("X-Session-Id: {s}"));
+        }
+        tokio::task::spawn_blocking(move || {
+            let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+            request_with(addr, method, &path, &headers, body.as_deref())
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Expired sessions answer `not_found` and their rows are purged; a
+    /// session of another tenant is `not_found`; bad input has its code.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sessions_expire_are_purged_and_stay_with_their_tenant() {
+        for (backend, url) in support::backend_urls("sessions-expiry") {
+            let app = session_app(&url, Duration::from_millis(700)).await;
+            let made = as_tenant(
+                app.http,
+                "POST",
+                "/sessions",
+                "acme",
+                None,
+                Some(r#"{"note": "hi"}"#),
+            )
+            .await;
+            assert_eq!(made.status, 201, "{backend}: {}", made.body);
+            let id = made.json()["id"].as_str().unwrap().to_string();
+
+            let run = as_tenant(
+                app.http,
+                "POST",
+                "/workflows/note_for_session/execute",
+                "acme",
+                Some(&id),
+                Some(r#"{"inputs": {"suffix": "there"}}"#),
+            )
+            .await;
+            assert_eq!(run.status, 200, "{backend}: {}", run.body);
+            assert_eq!(run.json()["outputs"]["note"]["text"], "hi there");
+            let note_id = run.json()["outputs"]["note"]["id"].clone();
+            let got = as_tenant(
+                app.http,
+                "GET",
+                &format!("/sessions/{id}"),
+                "acme",
+                None,
+                None,
+            )
+            .await;
+            assert_eq!(
+                got.json()["data"],
+                json!({"note": "hi", "last_note": note_id}),
+                "{backend}"
+            );
+
+            // Another tenant: not found; the run does not happen.
+            let other = as_tenant(
+                app.http,
+                "GET",
+                &format!("/sessions/{id}"),
+                "globex",
+                None,
+                None,
+            )
+            .await;
+            assert_eq!(
+                (other.status, other.json()["error"]["code"].as_str()),
+                (404, Some("not_found")),
+                "{backend}"
+            );
+            let other = as_tenant(
+                app.http,
+                "POST",
+                "/workflows/note_for_session/execute",
+                "globex",
+                Some(&id),
+                Some(r#"{"inputs": {"suffix": "x"}}"#),
+            )
+            .await;
+            assert_eq!(other.status, 404, "{backend}: {}", other.body);
+
+            // Bad input: stable codes.
+            let bad = as_tenant(
+                app.http,
+                "PATCH",
+                &format!("/sessions/{id}"),
+                "acme",
+                None,
+                Some("[1]"),
+            )
+            .await;
+            assert_eq!(
+                (bad.status, bad.json()["error"]["code"].as_str()),
+                (422, Some("validation")),
+                "{backend}"
+            );
+            let bad = as_tenant(
+                app.http,
+                "POST",
+                "/sessions",
+                "acme",
+                None,
+                Some("\"text\""),
+            )
+            .await;
+            assert_eq!(bad.status, 422, "{backend}: {}", bad.body);
+            let big = format!(r#"{{"blob": "{}"}}"#, "x".repeat(nexus::MAX_SESSION_BYTES));
+            let bad = as_tenant(app.http, "POST", "/sessions", "acme", None, Some(&big)).await;
+            assert_eq!(
+                (bad.status, bad.json()["error"]["code"].as_str()),
+                (413, Some("too_large")),
+                "{backend}"
+            );
+            let none = as_tenant(
+                app.http,
+                "POST",
+                "/workflows/note_for_session/execute",
+                "acme",
+                None,
+                Some(r#"{"inputs": {"suffix": "x"}}"#),
+            )
+            .await;
+            assert_eq!(
+                (none.status, none.json()["error"]["field"].as_str()),
+                (422, Some("session.note")),
+                "{backend}: {}",
+                none.body
+            );
+
+            // Expiry, then purge on the next create.
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            let gone = as_tenant(
+                app.http,
+                "GET",
+                &format!("/sessions/{id}"),
+                "acme",
+                None,
+                None,
+            )
+            .await;
+            assert_eq!(gone.status, 404, "{backend}: expired: {}", gone.body);
+            let next = as_tenant(app.http, "POST", "/sessions", "acme", None, None).await;
+            assert_eq!(next.status, 201, "{backend}: {}", next.body);
+            let rows = app
+                .app
+                .db()
+                .raw_query(
+                    "SELECT COUNT(*) FROM nexus_sessions WHERE id = ?",
+                    vec![json!(id)],
+                )
+                .await
+                .unwrap();
+            assert_eq!(rows[0][0], json!(0), "{backend}: the expired row is purged");
+        }
+    }
+
+    impl InProcess {
+        /// Serves `app` (its workflows registered) like [`InProcess::start`].
+        async fn serve(app: nexus::Nexus) -> InProcess {
+            let app = std::sync::Arc::new(app);
+            let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let (http_addr, mcp_addr) = (http.local_addr().unwrap(), mcp.local_addr().unwrap());
+            let a = app.clone();
+            tokio::spawn(async move { a.serve_http_on(http).await });
+            let a = app.clone();
+            tokio::spawn(async move { a.serve_mcp_on(mcp).await });
+            InProcess {
+                app,
+                http: http_addr,
+                mcp: mcp_addr,
+            }
+        }
+    }
+
+    /// Sessions off: naming one is refused, not ignored; the names of the
+    /// session tools are reserved once they are on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_on_an_app_without_sessions_is_refused() {
+        let off = InProcess::start(nexus::Nexus::builder()).await;
+        let r = tokio::task::spawn_blocking({
+            let addr = off.http;
+            move || {
+                request_with(
+                    addr,
+                    "POST",
+                    "/workflows/count/execute",
+                    &["X-Session-Id: nxs_x"],
+                    Some(b"{}"),
+                )
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].as_str()),
+            (422, Some("validation")),
+            "{}",
+            r.body
+        );
+        assert_not_served(off.http, "/sessions/nxs_x").await;
+        let db = probe_db().await;
+        let mut app = nexus::Nexus::builder()
+            .enable_sessions(true)
+            .build(db.clone())
+            .unwrap();
+        let e = app
+            .register("session_get", probe_workflow(&db))
+            .unwrap_err();
+        assert_eq!(e.code(), "validation");
+        // With sessions on, /openapi.json documents them (and stays valid).
+        let on = InProcess::start(nexus::Nexus::builder().enable_sessions(true)).await;
+        let api = get(on.http, "/openapi.json").await.json();
+        assert!(api["paths"]["/sessions/{id}"]["patch"].is_object());
+        if let Err(errors) = openapi::validate(&api) {
+            panic!("{errors:#?}");
+        }
+        let e = app.session_output("count", "k", "count.count").unwrap_err();
+        assert_eq!(e.code(), "config", "an unregistered workflow");
+        app.register("count", probe_workflow(&db)).unwrap();
+        let e = app.session_output("count", "k", "nope.count").unwrap_err();
+        assert_eq!(
+            (e.code(), e.node()),
+            (dataflow::ErrorCode::Config, Some("nope"))
+        );
+        let e = nexus::Nexus::builder()
+            .session_ttl(Duration::ZERO)
+            .build(db)
+            .err()
+            .expect("refused");
+        assert_eq!(e.code(), "config");
+    }
+
+    /// A server-sent events client on a real loopback connection.
+    struct Sse {
+        stream: std::net::TcpStream,
+        text: String,
+        seen: usize,
+    }
+
+    impl Sse {
+        /// `GET /events` with `headers`, once the response head arrived
+        /// (so the subscription exists before anything runs).
+        fn open(addr: SocketAddr, headers: &[String]) -> Sse {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+            write!(
+                stream,
+                "GET /events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{extra}\r\n"
+            )
+            .unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                stream.read_exact(&mut byte).unwrap();
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            assert!(
+                head.contains("200 OK") && head.contains("text/event-stream"),
+                "{head}"
+            );
+            Sse {
+                stream,
+                text: String::new(),
+                seen: 0,
+            }
+        }
+
+        /// Every complete event so far: (SSE id, JSON data).
+        fn events(&self) -> Vec<(String, Value)> {
+            let mut out = Vec::new();
+            // Chunked framing aside, an event is its `id:` and `data:` lines.
+            let mut id = String::new();
+            for line in self.text.lines() {
+                if let Some(i) = line.strip_prefix("id: ") {
+                    id = i.trim().to_string();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    if let Ok(v) = serde_json::from_str::<Value>(d.trim()) {
+                        out.push((id.clone(), v));
+                    }
+                }
+            }
+            out
+        }
+
+        /// Reads until `done` holds for the events so far (10 s at most).
+        fn until(
+            &mut self,
+            what: &str,
+            done: impl Fn(&[(String, Value)]) -> bool,
+        ) -> Vec<(String, Value)> {
+            use std::io::Read;
+            let started = Instant::now();
+            let mut buf = [0u8; 8192];
+            loop {
+                let events = self.events();
+                if done(&events) {
+                    self.seen = events.len();
+                    return events;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "{what}: not in {}",
+                    self.text
+                );
+                let n = self.stream.read(&mut buf).unwrap_or(0);
+                self.text.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        }
+    }
+
+    /// Whether `events` hold the `kind` event of run `run_id`.
+    fn has(events: &[(String, Value)], kind: &str, run_id: &Value) -> bool {
+        events
+            .iter()
+            .any(|(_, e)| e["event"] == kind && &e["run_id"] == run_id)
+    }
+
+    /// An app on `url` with API keys, a tenant-less model `Note`, and two
+    /// roles: `writer` (reads and writes notes) and `runner` (may run
+    /// `create_note` by name, but not read notes).
+    async fn events_app(url: &str) -> (InProcess, [String; 3]) {
+        let db = dataflow::DataFlow::builder(url)
+            .models(&[&<Note as dataflow::Model>::SCHEMA])
+            .build()
+            .await
+            .unwrap();
+        let mut app = nexus::Nexus::builder()
+            .auth(nexus::Auth::new().api_keys(true))
+            .role("writer", |r| r.models_read(["Note"]).models_write(["Note"]))
+            .role("runner", |r| r.workflows(["create_note"]))
+            .event_records(["Note"])
+            .build(db.clone())
+            .unwrap();
+        let mut wf = dataflow::WorkflowBuilder::new();
+        wf.add_node("NoteCreateNode", "note", json!({"text": "{{text}}"}));
+        app.register("create_note", wf.build(&db).unwrap()).unwrap();
+        let mut keys = Vec::new();
+        for (name, role, tenant) in [
+            ("aw", "writer", "a"),
+            ("ar", "runner", "a"),
+            ("bw", "writer", "b"),
+        ] {
+            let k = app
+                .create_api_key(name, &[role], Some(tenant), None)
+                .await
+                .unwrap();
+            keys.push(k["key"].as_str().unwrap().to_string());
+        }
+        (InProcess::serve(app).await, keys.try_into().unwrap())
+    }
+
+    /// Issue 14 §4: a Create through a workflow is a `created` event with
+    /// its model, record id, tenant and run id on a real SSE client; tenant
+    /// B never sees tenant A's events; a role without the model sees the
+    /// run but not the change; `Last-Event-ID` replays what followed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn model_changes_reach_their_tenant_and_roles_and_replay() {
+        for (backend, url) in support::backend_urls("events-filter") {
+            let (app, [aw, ar, bw]) = events_app(&url).await;
+            let bearer = |k: &str| vec![format!("Authorization: Bearer {k}")];
+            let addr = app.http;
+            let (mut sa, mut sr, mut sb) = tokio::task::block_in_place(|| {
+                (
+                    Sse::open(addr, &bearer(&aw)),
+                    Sse::open(addr, &bearer(&ar)),
+                    Sse::open(addr, &bearer(&bw)),
+                )
+            });
+            let mut runs = Vec::new();
+            for (key, text) in [(&aw, "a1"), (&bw, "b1"), (&aw, "a2"), (&bw, "b2")] {
+                let r = http(
+                    addr,
+                    "POST",
+                    "/workflows/create_note/execute",
+                    key,
+                    None,
+                    Some(json!({"inputs": {"text": text}})),
+                )
+                .await;
+                assert_eq!(r.status, 200, "{backend}: {}", r.body);
+                runs.push(r.json());
+            }
+            let run_id = |i: usize| runs[i]["run_id"].clone();
+            let note_id = |i: usize| runs[i]["outputs"]["note"]["id"].clone();
+
+            let (a, r, b) = tokio::task::block_in_place(|| {
+                (
+                    sa.until("a2 created", |e| has(e, "created", &run_id(2))),
+                    sr.until("a2 finished", |e| {
+                        e.iter()
+                            .any(|(_, v)| v["event"] == "finished" && v["run_id"] == run_id(2))
+                    }),
+                    sb.until("b2 created", |e| has(e, "created", &run_id(3))),
+                )
+            });
+            // The writer of tenant a: its runs and changes, with the record.
+            let created: Vec<&Value> = a
+                .iter()
+                .map(|(_, e)| e)
+                .filter(|e| e["event"] == "created")
+                .collect();
+            assert_eq!(created.len(), 2, "{backend}: {a:?}");
+            assert_eq!(
+                (
+                    &created[0]["model"],
+                    &created[0]["record_id"],
+                    &created[0]["tenant"],
+                    &created[0]["run_id"]
+                ),
+                (&json!("Note"), &note_id(0), &json!("a"), &run_id(0)),
+                "{backend}"
+            );
+            assert_eq!(
+                created[0]["record"]["text"], "a1",
+                "{backend}: records are on for Note"
+            );
+            assert!(
+                a.iter().all(|(_, e)| e["tenant"] == "a"),
+                "{backend}: only tenant a: {a:?}"
+            );
+            assert!(
+                a.iter()
+                    .all(|(id, e)| !id.is_empty() && e["id"] == json!(id)),
+                "{backend}: every event has its id"
+            );
+            // Tenant b's writer: only b.
+            assert!(
+                b.iter().all(|(_, e)| e["tenant"] == "b"),
+                "{backend}: {b:?}"
+            );
+            assert!(
+                has(&b, "created", &run_id(1)) && !has(&b, "started", &run_id(0)),
+                "{backend}"
+            );
+            // A role that may run the workflow but not read the model.
+            assert!(
+                has(&r, "started", &run_id(0)),
+                "{backend}: runs are visible"
+            );
+            assert!(
+                r.iter().all(|(_, e)| e["event"] != "created"),
+                "{backend}: no model changes: {r:?}"
+            );
+            assert!(r.iter().all(|(_, e)| e["tenant"] == "a"), "{backend}");
+
+            // Reconnect after a1's change: a2's events are replayed, not a1's nor b's.
+            let after = a
+                .iter()
+                .find(|(_, e)| e["event"] == "created" && e["run_id"] == run_id(0))
+                .unwrap()
+                .0
+                .clone();
+            let mut headers = bearer(&aw);
+            headers.push(format!("Last-Event-ID: {after}"));
+            let replayed = tokio::task::block_in_place(|| {
+                Sse::open(addr, &headers).until("replay of a2", |e| has(e, "created", &run_id(2)))
+            });
+            let kinds: Vec<(&str, &Value)> = replayed
+                .iter()
+                .map(|(_, e)| (e["event"].as_str().unwrap(), &e["run_id"]))
+                .collect();
+            assert_eq!(
+                kinds,
+                [
+                    ("started", &run_id(2)),
+                    ("node_finished", &run_id(2)),
+                    ("finished", &run_id(2)),
+                    ("created", &run_id(2))
+                ],
+                "{backend}"
+            );
+            drop(app);
+        }
+    }
+
+    /// Issue 14 §5 for events: two instances on one PostgreSQL database; a
+    /// run on A reaches a subscriber of B, its change included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_from_one_instance_reach_anothers_subscribers_on_postgres() {
+        let Some(url) = support::postgres::fresh_database("events-instances") else {
+            eprintln!("skipped: PostgreSQL is not available");
+            return;
+        };
+        let (a, b) = (server(&url), server(&url));
+        let addr_b = b.addr;
+        let mut sse = tokio::task::block_in_place(|| Sse::open(addr_b, &[]));
+        let r = post(
+            a.addr,
+            "/workflows/create_user/execute".into(),
+            json!({"inputs": {"email": "both@x.io"}})
+                .to_string()
+                .into_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let run = r.json();
+        let events = tokio::task::block_in_place(|| {
+            sse.until("A's change on B", |e| has(e, "created", &run["run_id"]))
+        });
+        let change = events
+            .iter()
+            .map(|(_, e)| e)
+            .find(|e| e["event"] == "created")
+            .unwrap();
+        assert_eq!(
+            (
+                &change["model"],
+                &change["record_id"],
+                &change["tenant"],
+                &change["workflow"]
+            ),
+            (
+                &json!("User"),
+                &run["outputs"]["create"]["id"],
+                &Value::Null,
+                &json!("create_user")
+            )
+        );
+        assert!(change.get("record").is_none(), "records are opt-in");
+        assert!(
+            has(&events, "started", &run["run_id"]),
+            "the run's own events too"
+        );
+        // B's ids are B's own: a client of B can resume with them.
+        let ids: Vec<&str> = events.iter().map(|(id, _)| id.as_str()).collect();
+        let prefix = ids[0].split('-').next().unwrap();
+        assert!(ids.iter().all(|id| id.starts_with(prefix)), "{ids:?}");
+    }
 }

@@ -2,6 +2,8 @@
 //! the execution context every node, workflow run and channel carries.
 
 use serde::Serialize;
+use serde_json::{Map, Value};
+use std::sync::Arc;
 
 /// The execution context of a call: its actor (audit: who), tenant
 /// (multi-tenancy: whose data), roles (nexus RBAC) and request id
@@ -41,6 +43,34 @@ pub struct Context {
     pub channel: Option<String>,
     /// [`Context::system`]: an operator's tool, which may act across tenants.
     pub system: bool,
+    /// The caller's session data (nexus sessions), which workflow templates
+    /// read as `{{session.<key>}}`. Never serialized (audit rows, events).
+    #[serde(skip)]
+    pub session: Option<SessionData>,
+}
+
+/// A session's data as a run sees it: a JSON object, cheap to clone. Its
+/// `Debug` names the keys only, so logging a context never prints what a
+/// session holds.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SessionData(Arc<Map<String, Value>>);
+
+impl SessionData {
+    /// The data `map`.
+    pub fn new(map: Map<String, Value>) -> Self {
+        SessionData(Arc::new(map))
+    }
+
+    /// The data.
+    pub fn data(&self) -> &Map<String, Value> {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SessionData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 impl Context {
@@ -92,6 +122,12 @@ impl Context {
     /// which audit rows record.
     pub fn channel(mut self, channel: impl Into<String>) -> Self {
         self.channel = Some(channel.into());
+        self
+    }
+
+    /// Attaches session data, read by templates as `{{session.<key>}}`.
+    pub fn session(mut self, data: SessionData) -> Self {
+        self.session = Some(data);
         self
     }
 

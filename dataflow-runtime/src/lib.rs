@@ -56,7 +56,7 @@ pub use crate::audit::{AuditListNode, AUDIT_LIST_NODE};
 pub use crate::backend::AnyConnection;
 pub use crate::cache::{CacheStats, DEFAULT_CACHE_MAX_BYTES, SQLITE_CHECK_EVERY};
 pub use crate::config::Config;
-pub use crate::context::Context;
+pub use crate::context::{Context, SessionData};
 pub use crate::dataflow::{DataFlow, DataFlowBuilder, PoolState, MAX_INPUT_DEPTH};
 pub use crate::error::{Error, ErrorCode, Result};
 pub use crate::filter::{MAX_FILTER_CONDITIONS, MAX_LIKE_PATTERN_BYTES};

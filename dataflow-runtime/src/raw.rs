@@ -6,6 +6,10 @@
 //! come from input); `?` marks each value, on SQLite and PostgreSQL alike.
 //! Writes go through [`DataFlow`]'s write path (the SQLite writer thread, so
 //! they never wait in SQLite's busy handler); reads use a pooled connection.
+//!
+//! [`DataFlow::notify`] and [`DataFlow::listen`] carry short messages
+//! between processes on one database (PostgreSQL `NOTIFY` / `LISTEN`; a
+//! no-op on SQLite, whose processes share no server to tell).
 
 use crate::dataflow::on_conn;
 use crate::error::{Error, Result};
@@ -41,6 +45,52 @@ impl DataFlow {
             .collect())
     }
 
+    /// Sends `payload` to every process listening on `channel`
+    /// ([`listen`](Self::listen)), this one included, once the statement
+    /// commits (at once: it runs on its own). PostgreSQL caps a payload
+    /// below 8000 bytes; a longer one is refused. On SQLite it does nothing.
+    pub async fn notify(&self, channel: &str, payload: &str) -> Result<()> {
+        if self.dialect() != crate::sql::Dialect::Postgres {
+            return Ok(());
+        }
+        self.raw_query(
+            "SELECT pg_notify(?, ?)",
+            vec![Value::from(channel), Value::from(payload)],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The payloads sent to `channel` with [`notify`](Self::notify) by any
+    /// process on this database, from now on, on a connection of their own
+    /// (a thread polls it every few milliseconds; a lost connection is
+    /// opened again, and what was sent meanwhile is missed). Dropping the
+    /// receiver stops it. `None` on SQLite. `channel` is a lower-case
+    /// identifier (`nexus_events`).
+    pub fn listen(&self, channel: &str) -> Result<Option<tokio::sync::mpsc::Receiver<String>>> {
+        let crate::backend::Target::Postgres { .. } = self.target() else {
+            return Ok(None);
+        };
+        let valid = !channel.is_empty()
+            && channel.len() <= 63
+            && channel
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            return Err(Error::internal(format!(
+                "listen: `{channel}` is not a lower-case identifier"
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let (target, timeout) = (self.target().clone(), self.config().connect_timeout());
+        let statement = format!("LISTEN {channel}");
+        std::thread::Builder::new()
+            .name(format!("dataflow-listen-{channel}"))
+            .spawn(move || listen_loop(&target, timeout, &statement, &tx))
+            .map_err(|e| Error::internal(format!("listen: cannot start a thread: {e}")))?;
+        Ok(Some(rx))
+    }
+
     fn raw_sql(&self, statement: &str, params: Vec<Value>) -> Result<Sql> {
         let mut pieces = statement.split('?');
         let mut sql = Sql::new(self.dialect());
@@ -59,6 +109,48 @@ impl DataFlow {
             )));
         }
         Ok(sql)
+    }
+}
+
+/// How often a listening connection is asked for what arrived.
+const LISTEN_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Holds a connection listening with `statement` and forwards what arrives,
+/// until the receiver is dropped.
+fn listen_loop(
+    target: &crate::backend::Target,
+    timeout: std::time::Duration,
+    statement: &str,
+    tx: &tokio::sync::mpsc::Sender<String>,
+) {
+    use diesel::connection::SimpleConnection;
+    while !tx.is_closed() {
+        let mut conn = match target.connect(timeout) {
+            Ok(crate::backend::AnyConnection::Postgresql(c)) => c,
+            _ => {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                continue;
+            }
+        };
+        if conn.batch_execute(statement).is_err() {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            continue;
+        }
+        'connected: while !tx.is_closed() {
+            let mut received = Vec::new();
+            for n in conn.notifications_iter() {
+                match n {
+                    Ok(n) => received.push(n.payload),
+                    Err(_) => break 'connected,
+                }
+            }
+            for payload in received {
+                if tx.blocking_send(payload).is_err() {
+                    return;
+                }
+            }
+            std::thread::sleep(LISTEN_POLL);
+        }
     }
 }
 

@@ -211,6 +211,15 @@ impl Roles {
         }
     }
 
+    /// Whether `roles` may see `model`'s records: one of them grants
+    /// everything or reading it.
+    pub(crate) fn may_read_model(&self, roles: &[String], model: &str) -> bool {
+        roles
+            .iter()
+            .filter_map(|r| self.roles.get(r))
+            .any(|role| role.all || role.read.contains(model))
+    }
+
     /// A workflow name a role grants that is not registered: a typo that
     /// would otherwise grant nothing without a word.
     pub(crate) fn unregistered<'a>(

@@ -27,6 +27,8 @@ pub(crate) struct Shared {
     pub(crate) access: Arc<crate::access::Roles>,
     /// The rate limits calls over a listener are checked against.
     pub(crate) limits: Arc<crate::limits::RateLimits>,
+    /// With `enable_sessions(true)`: the sessions in the database.
+    pub(crate) sessions: Option<Arc<crate::sessions::Sessions>>,
 }
 
 /// Where a call comes from, which decides what is checked before it runs.
@@ -48,11 +50,23 @@ pub(crate) enum Origin {
 pub(crate) struct Caller {
     pub(crate) context: Context,
     pub(crate) origin: Origin,
+    /// The session the call names (`X-Session-Id`, `--session`, MCP `_meta`).
+    pub(crate) session: Option<String>,
 }
 
 impl Caller {
     pub(crate) fn new(context: Context, origin: Origin) -> Caller {
-        Caller { context, origin }
+        Caller {
+            context,
+            origin,
+            session: None,
+        }
+    }
+
+    /// This caller, naming session `id` for its run.
+    pub(crate) fn with_session(mut self, id: Option<String>) -> Caller {
+        self.session = id;
+        self
     }
 
     /// Whether roles decide: not for the operator, nor for the explicit
@@ -81,6 +95,8 @@ pub(crate) struct Admission {
     context: Context,
     name: String,
     workflow: Workflow,
+    /// The session the run reads (in its context) and writes back to.
+    session: Option<String>,
     /// The rate limits' state after this call, for the `RateLimit` headers.
     pub(crate) rate: Option<RateState>,
 }
@@ -165,6 +181,18 @@ pub(crate) fn too_large_over(what: &str, limit: usize) -> Error {
 }
 
 impl Shared {
+    /// The sessions, or `validation` when the app has them off (a caller
+    /// naming a session must not be silently ignored).
+    pub(crate) fn sessions(&self) -> Result<&crate::sessions::Sessions, Error> {
+        self.sessions.as_deref().ok_or_else(|| {
+            Error::new(
+                ErrorCode::Validation,
+                "this server has no sessions (the app is built without enable_sessions(true))",
+            )
+            .with_field("session")
+        })
+    }
+
     /// The error for a workflow name nobody registered: it lists the names
     /// `caller` may see unless discovery is off.
     pub(crate) fn unknown_workflow(&self, caller: &Caller, name: &str) -> Error {
@@ -234,10 +262,16 @@ impl Shared {
         let admitted: Result<Admission, Refusal> = async {
             let workflow = self.lookup(&caller, name)?.workflow.clone();
             let rate = self.rate_limit(&caller, name).await?;
+            let mut context = caller.context.clone();
+            if let Some(id) = &caller.session {
+                let data = self.sessions()?.data(&caller, id).await?;
+                context = context.session(data);
+            }
             Ok(Admission {
-                context: caller.context,
+                context,
                 name: name.to_string(),
                 workflow,
+                session: caller.session,
                 rate,
             })
         }
@@ -407,7 +441,9 @@ pub(crate) fn mcp_error(
 /// Shared by the channels of one process: the event stream, the metrics and
 /// the shutdown signal.
 pub(crate) struct Hub {
-    pub(crate) events: tokio::sync::broadcast::Sender<String>,
+    pub(crate) events: Arc<crate::events::Events>,
+    /// Models whose change events carry the record (`event_records`).
+    pub(crate) event_records: std::collections::BTreeSet<String>,
     /// Cancelled when the servers shut down: ends long-lived streams (SSE,
     /// MCP sessions) so graceful shutdown does not wait on them.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
@@ -421,7 +457,11 @@ impl Hub {
     /// The hub of a server on `db`: one registry holds nexus's families and
     /// dataflow's (its query, pool, writer, migration and cache metrics),
     /// so `/metrics` is one scrape and a family declared twice fails here.
-    pub(crate) fn new(db: &DataFlow) -> Hub {
+    pub(crate) fn new(
+        db: &DataFlow,
+        event_buffer: usize,
+        event_records: std::collections::BTreeSet<String>,
+    ) -> Hub {
         use prometheus::{histogram_opts, opts, HistogramVec, IntCounterVec};
         let registry = prometheus::Registry::new();
         let requests = IntCounterVec::new(
@@ -457,7 +497,8 @@ impl Hub {
             registry.register(m).expect("unique metric");
         }
         Hub {
-            events: tokio::sync::broadcast::channel(1024).0,
+            events: Arc::new(crate::events::Events::new(event_buffer)),
+            event_records,
             shutdown: Default::default(),
             registry,
             requests,
@@ -506,8 +547,13 @@ impl Shared {
             context,
             name,
             workflow,
+            session,
             ..
         } = admission;
+        let caller_context = context.clone();
+        let run_id = run_id.unwrap_or_else(dataflow::new_run_id);
+        let events = self.surface.events;
+        let tenant = Value::from(context.tenant.clone());
         let (h, wf, metrics) = (self.hub.clone(), name.clone(), self.surface.metrics);
         let observer: dataflow::Observer = Arc::new(move |e: &dataflow::RunEvent| {
             match e {
@@ -519,12 +565,13 @@ impl Shared {
                     .observe(duration_ms / 1e3),
                 _ => {}
             }
-            // Events are for whoever listens now; with nobody listening
-            // none are built.
-            if h.events.receiver_count() > 0 {
-                let mut v = serde_json::to_value(e).unwrap_or_default();
-                v["workflow"] = Value::String(wf.clone());
-                let _ = h.events.send(v.to_string());
+            // Kept for replay (`Last-Event-ID`) even with nobody listening.
+            if events {
+                if let Ok(Value::Object(mut v)) = serde_json::to_value(e) {
+                    v.insert("workflow".into(), Value::String(wf.clone()));
+                    v.insert("tenant".into(), tenant.clone());
+                    h.events.publish(v);
+                }
             }
         });
         let result = self
@@ -532,11 +579,7 @@ impl Shared {
             .with_context(context)
             .runtime()
             .with_observer(observer)
-            .execute_with_id(
-                &workflow,
-                inputs,
-                run_id.unwrap_or_else(dataflow::new_run_id),
-            )
+            .execute_with_id(&workflow, inputs, run_id.clone())
             .instrument(tracing::info_span!(
                 "nexus.request",
                 workflow = name.as_str(),
@@ -546,12 +589,107 @@ impl Shared {
             .map(|run| {
                 json!({"outputs": Value::Object(run.results), "run_id": run.run_id, "execution_time": started.elapsed().as_secs_f64()})
             });
+        if events {
+            self.publish_changes(&caller_context, &name, &run_id, &result);
+        }
+        let result = match (result, session) {
+            (Ok(out), Some(id)) => self
+                .write_session(&caller_context, &name, &id, &out)
+                .await
+                .map(|()| out),
+            (result, _) => result,
+        };
         let code = match &result {
             Ok(_) => "ok",
             Err(e) => e.code().as_str(),
         };
         self.record(&name, channel, code, started);
         result
+    }
+
+    /// The model change events of a run: its write nodes' outputs (those
+    /// that completed, when a non-transactional run failed).
+    fn publish_changes(
+        &self,
+        context: &Context,
+        name: &str,
+        run_id: &str,
+        result: &std::result::Result<Value, RunError>,
+    ) {
+        let Some(w) = self.workflows.get(name) else {
+            return;
+        };
+        if w.writes.is_empty() {
+            return;
+        }
+        let outputs = match result {
+            Ok(out) => match out["outputs"].as_object() {
+                Some(o) => o,
+                None => return,
+            },
+            // A transactional run that failed wrote nothing.
+            Err(_) if w.workflow.spec().transactional => return,
+            Err(e) => e.completed(),
+        };
+        for write in &w.writes {
+            let Some(out) = outputs.get(&write.node) else {
+                continue;
+            };
+            let records = self.hub.event_records.contains(write.model.name);
+            for change in crate::events::changes(write, out, records) {
+                let mut body = change;
+                body.insert("workflow".into(), Value::from(name));
+                body.insert("tenant".into(), Value::from(context.tenant.clone()));
+                body.insert("run_id".into(), Value::from(run_id));
+                self.hub.events.publish(body);
+            }
+        }
+    }
+
+    /// After a successful run with a session: the workflow's
+    /// [`session_output`](crate::Nexus::session_output)s, merged into the
+    /// session. A failure says the run's writes happened.
+    async fn write_session(
+        &self,
+        context: &Context,
+        name: &str,
+        id: &str,
+        out: &Value,
+    ) -> std::result::Result<(), RunError> {
+        let Some(w) = self.workflows.get(name) else {
+            return Ok(());
+        };
+        if w.session_outputs.is_empty() {
+            return Ok(());
+        }
+        let mut patch = serde_json::Map::new();
+        for (key, path) in &w.session_outputs {
+            let value = path
+                .iter()
+                .try_fold(&out["outputs"], |cur, seg| match cur {
+                    Value::Object(m) => m.get(seg),
+                    Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+                    _ => None,
+                })
+                .cloned()
+                .unwrap_or(Value::Null);
+            patch.insert(key.clone(), value);
+        }
+        let caller = Caller::new(context.clone(), Origin::Operator);
+        let written = match self.sessions() {
+            Ok(s) => s.patch(&caller, id, Value::Object(patch)).await,
+            Err(e) => Err(e),
+        };
+        written.map(drop).map_err(|e| {
+            let e = Error::new(
+                e.code(),
+                format!(
+                    "the run finished, but writing its session outputs failed: {}",
+                    e.message()
+                ),
+            );
+            RunError::new(e, out["outputs"].as_object().cloned().unwrap_or_default())
+        })
     }
 
     /// Counts a call in the metrics (unless monitoring is off).

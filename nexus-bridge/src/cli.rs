@@ -42,7 +42,9 @@ fn json_type(schema: &Value) -> &str {
 
 /// Flags every `run <workflow>` has; an input with one of these names is
 /// set through `--inputs`.
-const RESERVED: [&str; 7] = ["json", "inputs", "url", "tenant", "as", "token", "role"];
+const RESERVED: [&str; 8] = [
+    "json", "inputs", "url", "tenant", "as", "token", "role", "session",
+];
 
 /// `run <workflow>`: one subcommand per workflow, one flag per input.
 fn run_command(workflows: &[&Registered]) -> Command {
@@ -99,6 +101,12 @@ fn run_command(workflows: &[&Registered]) -> Command {
                     .value_name("ROLE")
                     .action(ArgAction::Append)
                     .help("Run with this role (repeatable) to try the app's roles; without it this process runs as the operator, whom roles do not restrict (in this process only)"),
+            )
+            .arg(
+                Arg::new("session")
+                    .long("session")
+                    .value_name("ID")
+                    .help("Run with this session (enable_sessions): templates read {{session.<key>}}; with --url sent as X-Session-Id"),
             );
         for (name, prop) in schema["properties"].as_object().into_iter().flatten() {
             if RESERVED.contains(&name.as_str()) {
@@ -148,6 +156,7 @@ fn root(workflows: &[&Registered]) -> Command {
         )
         .subcommand(run_command(workflows))
         .subcommand(keys_command())
+        .subcommand(session_command())
         .subcommand(forwarded("models", "The models in the persisted registry"))
         .subcommand(forwarded(
             "migrate",
@@ -218,6 +227,150 @@ fn keys_command() -> Command {
                 .arg(Arg::new("id").required(true).value_name("ID"))
                 .arg(json()),
         )
+}
+
+/// `session create | get | set | delete` (enable_sessions), in this
+/// process or (`--url`) on a server.
+fn session_command() -> Command {
+    let common = |c: Command| {
+        c.arg(
+            Arg::new("json")
+                .long("json")
+                .action(ArgAction::SetTrue)
+                .help("Print the result as compact JSON"),
+        )
+        .arg(
+            Arg::new("url")
+                .long("url")
+                .value_name("URL")
+                .help("On the nexus server at URL instead of in this process"),
+        )
+        .arg(
+            Arg::new("token")
+                .long("token")
+                .value_name("TOKEN")
+                .help("With --url: the credentials; default: the NEXUS_TOKEN variable"),
+        )
+        .arg(
+            Arg::new("tenant")
+                .long("tenant")
+                .value_name("TENANT")
+                .help("As this tenant (with --url: sent as X-Tenant-ID)"),
+        )
+        .arg(
+            Arg::new("as")
+                .long("as")
+                .value_name("ACTOR")
+                .help("As this actor (in this process only; the session belongs to it)"),
+        )
+    };
+    let id = || Arg::new("id").required(true).value_name("ID");
+    let data = |required: bool| Arg::new("data").required(required).value_name("JSON");
+    Command::new("session")
+        .about("Create, read, change and delete sessions (enable_sessions)")
+        .subcommand_required(true)
+        .subcommand(common(
+            Command::new("create")
+                .about("Make a session (with initial data, a JSON object) and print it")
+                .arg(data(false)),
+        ))
+        .subcommand(common(
+            Command::new("get").about("Print a session").arg(id()),
+        ))
+        .subcommand(common(
+            Command::new("set")
+                .about("Merge JSON into a session's data (RFC 7386: null removes a key)")
+                .arg(id())
+                .arg(data(true)),
+        ))
+        .subcommand(common(
+            Command::new("delete").about("Delete a session").arg(id()),
+        ))
+}
+
+/// Runs a `session` command in this process or on `--url`.
+async fn session(app: &Nexus, m: &ArgMatches) -> Outcome {
+    let Some((cmd, sub)) = m.subcommand() else {
+        return Outcome::Exit(USAGE);
+    };
+    let json_out = sub.get_flag("json");
+    // Not every subcommand has both (`try_`: never a panic for one it lacks).
+    let arg = |name: &str| sub.try_get_one::<String>(name).ok().flatten();
+    let id = arg("id").cloned().unwrap_or_default();
+    let data = match arg("data").map(|raw| inputs_document(raw)) {
+        None => Value::Null,
+        Some(Ok(v)) => v,
+        Some(Err(e)) => return fail(e, json_out),
+    };
+    let tenant = sub.get_one::<String>("tenant");
+    let result: Result<Value, RunError> = match sub.get_one::<String>("url") {
+        Some(url) => {
+            let token = sub
+                .get_one::<String>("token")
+                .cloned()
+                .or_else(|| std::env::var("NEXUS_TOKEN").ok());
+            let (method, path, body) = match cmd {
+                "create" => (reqwest::Method::POST, "/sessions".to_string(), Some(data)),
+                "get" => (reqwest::Method::GET, format!("/sessions/{id}"), None),
+                "set" => (
+                    reqwest::Method::PATCH,
+                    format!("/sessions/{id}"),
+                    Some(data),
+                ),
+                _ => (reqwest::Method::DELETE, format!("/sessions/{id}"), None),
+            };
+            let request = Remote {
+                url,
+                tenant,
+                token,
+                session: None,
+            };
+            request.send(method, &path, body).await.map(|v| {
+                if cmd == "delete" {
+                    serde_json::json!({"id": id, "deleted": true})
+                } else {
+                    v
+                }
+            })
+        }
+        None => {
+            let context = match crate::identity::from_cli(
+                tenant.map(String::as_str),
+                sub.get_one::<String>("as").map(String::as_str),
+                &[],
+            ) {
+                Ok(c) => c,
+                Err(e) => return fail(e, json_out),
+            };
+            // The operator reaches every session; it makes them as
+            // `--as` / `--tenant` say.
+            let caller = Caller::new(context, Origin::Operator);
+            match app.shared.sessions() {
+                Err(e) => Err(e.into()),
+                Ok(sessions) => match cmd {
+                    "create" => sessions.create(&caller, data).await,
+                    "get" => sessions.get(&caller, &id).await,
+                    "set" => sessions.patch(&caller, &id, data).await,
+                    _ => sessions
+                        .delete(&caller, &id)
+                        .await
+                        .map(|()| serde_json::json!({"id": id, "deleted": true})),
+                }
+                .map_err(RunError::from),
+            }
+        }
+    };
+    match result {
+        Ok(v) => {
+            if json_out {
+                println!("{v}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+            Outcome::Exit(0)
+        }
+        Err(e) => fail(e, json_out),
+    }
 }
 
 /// A positive age flag (`--expires 90d`) through [`dataflow::cli::parse_age`].
@@ -431,6 +584,52 @@ fn inputs(w: &Registered, m: &ArgMatches) -> Result<Value, Error> {
     Ok(Value::Object(out))
 }
 
+/// A request to the nexus server at `url`, as the CLI's `--url` sends it.
+struct Remote<'a> {
+    url: &'a str,
+    tenant: Option<&'a String>,
+    token: Option<String>,
+    session: Option<&'a String>,
+}
+
+impl Remote<'_> {
+    /// Sends `method path` with `body` as JSON: the answer, or its error.
+    async fn send(
+        self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, RunError> {
+        let url = self.url;
+        let endpoint = format!("{}{path}", url.trim_end_matches('/'));
+        let unreachable = |e: reqwest::Error| {
+            Error::new(
+                ErrorCode::Connection,
+                format!("cannot reach the nexus server at {url}: {e}"),
+            )
+        };
+        let mut request = reqwest::Client::new().request(method, &endpoint);
+        if let Some(body) = body.filter(|b| !b.is_null()) {
+            request = request.json(&body);
+        }
+        if let Some(t) = self.tenant {
+            request = request.header(crate::identity::TENANT_HEADER, t);
+        }
+        if let Some(s) = self.session {
+            request = request.header(crate::sessions::HEADER, s);
+        }
+        if let Some(token) = self.token.filter(|t| !t.is_empty()) {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(unreachable)?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NO_CONTENT {
+            return Ok(Value::Null);
+        }
+        answer(response, &endpoint, status).await
+    }
+}
+
 /// Runs `name` on the nexus server at `url`: its answer, or its error.
 async fn remote(
     url: &str,
@@ -438,25 +637,29 @@ async fn remote(
     inputs: Value,
     tenant: Option<&String>,
     token: Option<String>,
+    session: Option<&String>,
 ) -> Result<Value, RunError> {
-    let endpoint = format!("{}/workflows/{name}/execute", url.trim_end_matches('/'));
-    let unreachable = |e: reqwest::Error| {
-        Error::new(
-            ErrorCode::Connection,
-            format!("cannot reach the nexus server at {url}: {e}"),
-        )
+    let request = Remote {
+        url,
+        tenant,
+        token,
+        session,
     };
-    let mut request = reqwest::Client::new()
-        .post(&endpoint)
-        .json(&serde_json::json!({"inputs": inputs}));
-    if let Some(t) = tenant {
-        request = request.header(crate::identity::TENANT_HEADER, t);
-    }
-    if let Some(token) = token.filter(|t| !t.is_empty()) {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.map_err(unreachable)?;
-    let status = response.status();
+    request
+        .send(
+            reqwest::Method::POST,
+            &format!("/workflows/{name}/execute"),
+            Some(serde_json::json!({"inputs": inputs})),
+        )
+        .await
+}
+
+/// A server's JSON answer, or the error its body carries.
+async fn answer(
+    response: reqwest::Response,
+    endpoint: &str,
+    status: reqwest::StatusCode,
+) -> Result<Value, RunError> {
     let body: Value = response.json().await.map_err(|e| {
         Error::new(
             ErrorCode::Connection,
@@ -544,7 +747,15 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
                         .get_one::<String>("token")
                         .cloned()
                         .or_else(|| std::env::var("NEXUS_TOKEN").ok());
-                    remote(url, name, inputs, sub.get_one::<String>("tenant"), token).await
+                    remote(
+                        url,
+                        name,
+                        inputs,
+                        sub.get_one::<String>("tenant"),
+                        token,
+                        sub.get_one::<String>("session"),
+                    )
+                    .await
                 }
                 (Ok(inputs), None) => match crate::identity::from_cli(
                     sub.get_one::<String>("tenant").map(String::as_str),
@@ -558,7 +769,8 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
                         } else {
                             Origin::InProcess
                         };
-                        let caller = Caller::new(context, origin);
+                        let caller = Caller::new(context, origin)
+                            .with_session(sub.get_one::<String>("session").cloned());
                         app.shared.execute(caller, name, inputs, "cli").await
                     }
                     Err(e) => Err(e.into()),
@@ -580,6 +792,7 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
             }
         }
         Some(("keys", m)) => keys(app, m).await,
+        Some(("session", m)) => session(app, m).await,
         Some((cmd @ ("models" | "migrate" | "audit" | "monitor"), m)) => {
             let mut argv = vec![args[0].clone(), cmd.into()];
             argv.extend(

@@ -7,7 +7,7 @@ use crate::channel::{
     Origin, Shared,
 };
 use crate::Registered;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
@@ -57,7 +57,23 @@ fn caller(s: &Shared, headers: &HeaderMap, client: ClientAddr) -> Result<Caller,
         Some(headers),
         client.1.as_ref(),
     )?;
-    Ok(Caller::new(context, Origin::Remote(client.0)))
+    let session = match headers.get(crate::sessions::HEADER) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|s| !s.is_empty() && s.len() <= 128)
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorCode::Validation,
+                        "the X-Session-Id header must be a session id (`nxs_...`)",
+                    )
+                    .with_field(crate::sessions::HEADER)
+                })?
+                .to_string(),
+        ),
+    };
+    Ok(Caller::new(context, Origin::Remote(client.0)).with_session(session))
 }
 
 pub(crate) fn router(state: AppState, policy: crate::security::Policy) -> Router {
@@ -78,6 +94,12 @@ pub(crate) fn router(state: AppState, policy: crate::security::Policy) -> Router
     }
     if surface.events {
         api = api.route("/events", get(events));
+    }
+    if state.sessions.is_some() {
+        api = api.route("/sessions", post(session_create)).route(
+            "/sessions/{id}",
+            get(session_get).patch(session_patch).delete(session_delete),
+        );
     }
     let auth = state.auth.clone();
     if let Some(auth) = &auth {
@@ -237,6 +259,81 @@ async fn run(
     Ok(with_rate(response, rate.as_ref()))
 }
 
+/// A JSON request body as a value (`null` when empty), with the errors
+/// `run` gives for a malformed or oversized one.
+fn json_body(body: &Result<axum::body::Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(too_large("request body").into())
+        }
+        Err(e) => {
+            return Err(Error::new(
+                ErrorCode::Validation,
+                format!("request body: not received in full: {}", e.body_text()),
+            )
+            .into())
+        }
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::from(Error::new(
+            ErrorCode::Validation,
+            format!("request body: invalid JSON: {e}"),
+        ))
+    })
+}
+
+/// `POST /sessions` with the initial data (an object, or no body): 201
+/// `{"id", "data", "created", "expires"}`.
+async fn session_create(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    client: ClientAddr,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let caller = caller(&s, &headers, client)?;
+    let data = json_body(&body)?;
+    let created = s.sessions()?.create(&caller, data).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn session_get(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    client: ClientAddr,
+) -> Result<Json<Value>, ApiError> {
+    let caller = caller(&s, &headers, client)?;
+    Ok(Json(s.sessions()?.get(&caller, &id).await?))
+}
+
+/// `PATCH /sessions/{id}`: an RFC 7386 merge patch of the data.
+async fn session_patch(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    client: ClientAddr,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = caller(&s, &headers, client)?;
+    let patch = json_body(&body)?;
+    Ok(Json(s.sessions()?.patch(&caller, &id, patch).await?))
+}
+
+async fn session_delete(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    client: ClientAddr,
+) -> Result<StatusCode, ApiError> {
+    let caller = caller(&s, &headers, client)?;
+    s.sessions()?.delete(&caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `"mode": "async"`: 202 with the run id at once; `GET /runs/{id}` reports it.
 fn start_async(
     s: AppState,
@@ -307,22 +404,101 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Server-sent events: every run's `started`, `node_finished`,
-/// `finished`/`failed`, as JSON with the workflow's name, in order.
+/// Server-sent events: runs (`started`, `node_finished`, `finished` /
+/// `failed`) and model changes (`created`, `updated`, `deleted`), as JSON,
+/// in order, each with an `id`; `Last-Event-ID` replays what followed it
+/// (see `events`). A caller sees only its own tenant's events, and once
+/// roles are enforced only those of workflows it may run and models it may
+/// read.
 async fn events(
     State(s): State<AppState>,
-) -> axum::response::sse::Sse<
-    impl tokio_stream::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
-> {
+    headers: HeaderMap,
+    client: ClientAddr,
+) -> Result<Response, ApiError> {
+    use crate::events::{Event, Scope};
     use tokio_stream::StreamExt;
+    let caller = caller(&s, &headers, client)?;
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (replay, receiver) = s.hub.events.subscribe(last.as_deref());
+    let shutdown = s.hub.shutdown.clone().cancelled_owned();
+    let visible = move |e: &Event| {
+        if e.tenant != caller.context.tenant {
+            return false;
+        }
+        if !s.access.enforced {
+            return true;
+        }
+        match &e.scope {
+            Scope::Run(workflow) => s
+                .workflows
+                .get(workflow)
+                .is_some_and(|w| s.may_call(&caller, w)),
+            Scope::Model(model) => s.access.may_read_model(&caller.context.roles, model),
+        }
+    };
+    let live = tokio_stream::wrappers::BroadcastStream::new(receiver).filter_map(|e| e.ok());
+    let stream = tokio_stream::iter(replay)
+        .chain(live)
+        .filter(move |e| visible(e))
+        .map(|e| {
+            Ok::<_, std::convert::Infallible>(
+                axum::response::sse::Event::default()
+                    .id(e.id.clone())
+                    .data(e.data.clone()),
+            )
+        });
     // Ends at shutdown, so graceful shutdown does not wait on listeners.
-    let stream = futures_util::StreamExt::take_until(
-        tokio_stream::wrappers::BroadcastStream::new(s.hub.events.subscribe()),
-        s.hub.shutdown.clone().cancelled_owned(),
-    )
-    .filter_map(|msg| msg.ok())
-    .map(|data| Ok(axum::response::sse::Event::default().data(data)));
-    axum::response::sse::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default())
+    let stream = futures_util::StreamExt::take_until(stream, shutdown);
+    Ok(axum::response::sse::Sse::new(stream)
+        .keep_alive(axum::response::sse::KeepAlive::default())
+        .into_response())
+}
+
+/// The `/sessions` operations, for `/openapi.json` with sessions on.
+fn session_paths(paths: &mut Map<String, Value>) {
+    let session = json!({"application/json": {"schema": {"type": "object", "required": ["id", "data", "created", "expires"], "properties": {
+        "id": {"type": "string"}, "data": {"type": "object"},
+        "created": {"type": "string", "format": "date-time"}, "expires": {"type": "string", "format": "date-time"}
+    }}}});
+    let error = |code: &str| {
+        (
+            code.to_string(),
+            json!({"$ref": "#/components/responses/Error"}),
+        )
+    };
+    let errors =
+        |codes: &[&str]| -> Map<String, Value> { codes.iter().map(|c| error(c)).collect() };
+    let with = |mut m: Map<String, Value>, code: &str, v: Value| {
+        m.insert(code.to_string(), v);
+        Value::Object(m)
+    };
+    let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let body = |what: &str, required: bool| json!({"required": required, "description": what, "content": {"application/json": {"schema": {"type": "object"}}}});
+    paths.insert(
+        "/sessions".into(),
+        json!({"post": {
+            "operationId": "session_create",
+            "summary": "Make a session of the caller's with the initial data",
+            "requestBody": body("the initial data (or no body)", false),
+            "responses": with(errors(&["413", "422", "500"]), "201", json!({"description": "the session", "content": session})),
+        }}),
+    );
+    paths.insert(
+        "/sessions/{id}".into(),
+        json!({
+            "parameters": id,
+            "get": {"operationId": "session_get", "summary": "Read a session of the caller's",
+                "responses": with(errors(&["404", "500"]), "200", json!({"description": "the session", "content": session}))},
+            "patch": {"operationId": "session_set", "summary": "Merge into a session's data (RFC 7386 merge patch)",
+                "requestBody": body("the merge patch", true),
+                "responses": with(errors(&["404", "409", "413", "422", "500"]), "200", json!({"description": "the session", "content": session}))},
+            "delete": {"operationId": "session_delete", "summary": "Delete a session of the caller's",
+                "responses": with(errors(&["404", "500"]), "204", json!({"description": "deleted"}))},
+        }),
+    );
 }
 
 /// Ready: the database answers and (with dataflow's monitoring on, the
@@ -427,6 +603,9 @@ async fn openapi(
                 }
             }}),
         );
+    }
+    if s.sessions.is_some() {
+        session_paths(&mut paths);
     }
     Ok(Json(json!({
         "openapi": "3.1.0",

@@ -19,6 +19,7 @@ mod access;
 mod auth;
 mod channel;
 mod cli;
+mod events;
 mod http;
 mod identity;
 pub mod limits;
@@ -26,11 +27,13 @@ pub mod mcp;
 mod runs;
 mod security;
 mod serve;
+mod sessions;
 
 pub use access::Role;
 pub use auth::Auth;
 pub use channel::{error_body, failure_body, MAX_INPUT_BYTES};
 pub use dataflow;
+pub use sessions::{MAX_SESSION_BYTES, MCP_META_KEY as SESSION_MCP_META_KEY};
 
 use dataflow::{DataFlow, Error, ErrorCode, Result, Workflow};
 use serde_json::{json, Value};
@@ -52,6 +55,10 @@ pub struct Registered {
     pub workflow: Workflow,
     /// What a role needs to grant it besides its name (its nodes' models).
     pub(crate) needs: access::Needs,
+    /// Session keys set from the run's outputs: (key, node id and path).
+    pub(crate) session_outputs: Vec<(String, Vec<String>)>,
+    /// Its model nodes that write: the sources of its change events.
+    pub(crate) writes: Vec<events::Write>,
 }
 
 impl Registered {
@@ -84,6 +91,9 @@ pub struct NexusBuilder {
     list_forbidden_workflows: bool,
     enable_durability: bool,
     enable_sessions: bool,
+    session_ttl: Duration,
+    event_buffer: usize,
+    event_records: Vec<String>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
     max_connections: usize,
@@ -120,6 +130,9 @@ impl Default for NexusBuilder {
             list_forbidden_workflows: false,
             enable_durability: false,
             enable_sessions: false,
+            session_ttl: Duration::from_secs(24 * 3600),
+            event_buffer: 1024,
+            event_records: Vec::new(),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 256,
@@ -164,9 +177,13 @@ impl NexusBuilder {
         /// stdio work as before, and [`serve_http`](Nexus::serve_http) /
         /// [`serve_http_on`](Nexus::serve_http_on) refuse with `config`.
         enable_http_transport: bool;
-        /// Whether `GET /events` (server-sent run events) is served (default
-        /// on). Off, `/events` answers 404.
+        /// Whether `GET /events` (server-sent events of runs and model
+        /// changes, filtered by the caller's tenant and roles) is served
+        /// (default on). Off, `/events` answers 404 and no events are made.
         enable_sse_transport: bool;
+        /// How many events each instance keeps for clients that reconnect
+        /// with `Last-Event-ID` (default 1024).
+        event_buffer: usize;
         /// Whether clients can enumerate the workflows (default on). Off,
         /// `GET /workflows`, `GET /workflows/{name}` and `/openapi.json`
         /// answer 404, MCP `tools/list` is empty, and an unknown-workflow
@@ -193,8 +210,19 @@ impl NexusBuilder {
         /// Only `false` (the default): idempotency keys and the run journal
         /// are not built yet.
         enable_durability: bool;
-        /// Only `false` (the default): sessions are not built yet.
+        /// Sessions (default off): JSON data in the app's database table
+        /// `nexus_sessions`, made with `POST /sessions`, CLI `session create`
+        /// or the MCP tool `session_create`, read by workflow templates as
+        /// `{{session.<key>}}` and written by
+        /// [`session_output`](Nexus::session_output); a call names one with
+        /// `X-Session-Id`, `--session` or the MCP `_meta` key
+        /// [`SESSION_MCP_META_KEY`]. Only the caller that made a session
+        /// (same actor and tenant) may use it; others get `not_found`.
         enable_sessions: bool;
+        /// How long a session lives after it is made (default 24 hours;
+        /// use does not extend it). Expired sessions answer `not_found` and
+        /// their rows are deleted.
+        session_ttl: Duration;
         /// How long a client has to send a request's head (default 10 s):
         /// from accepting a new connection, or from the first byte of a
         /// kept-alive connection's next request; also the longest pause
@@ -273,6 +301,19 @@ impl NexusBuilder {
         S: Into<String>,
     {
         self.cors = Some(origins.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Model change events (`created`, `updated`, `deleted` on `/events`)
+    /// of these models carry the record itself (default: none, only the
+    /// model, record id, tenant and run id). Sensitive fields read
+    /// `"***"`. A model the database does not have fails `build` with `config`.
+    pub fn event_records<I, S>(mut self, models: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.event_records = models.into_iter().map(Into::into).collect();
         self
     }
 
@@ -358,7 +399,6 @@ impl NexusBuilder {
                 self.enable_durability,
                 "enable_durability(true) (idempotency keys and the run journal)",
             ),
-            (self.enable_sessions, "enable_sessions(true) (sessions)"),
         ];
         let missing: Vec<&str> = pending
             .iter()
@@ -408,7 +448,25 @@ impl NexusBuilder {
             max_bytes: self.async_store_max_bytes,
             ttl: self.async_store_ttl,
         });
-        let hub = Arc::new(channel::Hub::new(&db));
+        if let Some(unknown) = self
+            .event_records
+            .iter()
+            .find(|m| !db.models().iter().any(|s| s.name == m.as_str()))
+        {
+            return Err(Error::new(
+                ErrorCode::Config,
+                format!("event_records names model `{unknown}`, which this database does not have"),
+            )
+            .with_model(unknown.clone()));
+        }
+        let hub = Arc::new(channel::Hub::new(
+            &db,
+            self.event_buffer,
+            self.event_records.iter().cloned().collect(),
+        ));
+        let sessions = self
+            .enable_sessions
+            .then(|| Arc::new(sessions::Sessions::new(db.clone(), self.session_ttl)));
         Ok(Nexus {
             options: self,
             policy,
@@ -421,6 +479,7 @@ impl NexusBuilder {
                 auth,
                 access: Arc::new(access),
                 limits: Arc::new(limits),
+                sessions,
             },
         })
     }
@@ -433,12 +492,14 @@ impl NexusBuilder {
             ("async_store_max_runs", self.async_store_max_runs),
             ("async_store_max_bytes", self.async_store_max_bytes),
             ("mcp_max_sessions", self.mcp_max_sessions),
+            ("event_buffer", self.event_buffer),
         ];
         let durations = [
             ("header_read_timeout", self.header_read_timeout),
             ("idle_timeout", self.idle_timeout),
             ("async_store_ttl", self.async_store_ttl),
             ("mcp_session_idle", self.mcp_session_idle),
+            ("session_ttl", self.session_ttl),
         ];
         let zero = counts
             .iter()
@@ -522,6 +583,12 @@ impl Nexus {
                 format!("workflow name `{name}` must be lower-case letters, digits, `_` or `-`"),
             ));
         }
+        if self.shared.sessions.is_some() && sessions::TOOLS.contains(&name) {
+            return Err(Error::new(
+                ErrorCode::Validation,
+                format!("workflow name `{name}` is taken by the sessions' MCP tool of that name (enable_sessions)"),
+            ));
+        }
         if self.shared.workflows.contains_key(name) {
             return Err(Error::new(
                 ErrorCode::Validation,
@@ -538,6 +605,7 @@ impl Nexus {
             description.to_string()
         };
         let needs = access::Needs::of(&self.shared.db, &workflow);
+        let writes = events::Write::of(&self.shared.db, &workflow);
         let mut all = (*self.shared.workflows).clone();
         all.insert(
             name.to_string(),
@@ -546,8 +614,71 @@ impl Nexus {
                 description,
                 workflow,
                 needs,
+                session_outputs: Vec::new(),
+                writes,
             },
         );
+        self.shared.workflows = Arc::new(all);
+        Ok(())
+    }
+
+    /// After a successful run of `workflow` with a session, sets the
+    /// session's `key` to the run's output at `output`: a node id and a
+    /// dotted path into its output (`"create.id"`, `"users.records.0"`).
+    /// Every output of one run is one merge into the session, after the
+    /// run's writes (a failed run changes no session); a missing or `null`
+    /// output removes the key. A run without a session writes none. Needs
+    /// `enable_sessions(true)`; the workflow and node must exist.
+    ///
+    /// ```no_run
+    /// # fn f(app: &mut nexus::Nexus) -> dataflow::Result<()> {
+    /// // `create_user` creates with node `create`; later runs read
+    /// // `{{session.user_id}}`.
+    /// app.session_output("create_user", "user_id", "create.id")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn session_output(&mut self, workflow: &str, key: &str, output: &str) -> Result<()> {
+        if self.shared.sessions.is_none() {
+            return Err(Error::new(
+                ErrorCode::Config,
+                "session_output needs sessions: build the app with enable_sessions(true)",
+            ));
+        }
+        let valid_key = !key.is_empty()
+            && key.len() <= 128
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid_key {
+            return Err(Error::new(
+                ErrorCode::Config,
+                format!("session key `{key}` must be letters, digits or `_`"),
+            ));
+        }
+        let path: Vec<String> = output.split('.').map(str::to_string).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(Error::new(
+                ErrorCode::Config,
+                format!("session output `{output}` is not a dotted path such as `create.id`"),
+            ));
+        }
+        let mut all = (*self.shared.workflows).clone();
+        let Some(w) = all.get_mut(workflow) else {
+            return Err(Error::new(
+                ErrorCode::Config,
+                format!("session_output names workflow `{workflow}`, which is not registered"),
+            ));
+        };
+        if !w.workflow.node_ids().any(|n| n == path[0]) {
+            return Err(Error::new(
+                ErrorCode::Config,
+                format!(
+                    "session output `{output}`: workflow `{workflow}` has no node `{}`",
+                    path[0]
+                ),
+            )
+            .with_node(path[0].clone()));
+        }
+        w.session_outputs.retain(|(k, _)| k != key);
+        w.session_outputs.push((key.to_string(), path));
         self.shared.workflows = Arc::new(all);
         Ok(())
     }
@@ -640,6 +771,7 @@ impl Nexus {
     pub async fn serve_http_on(&self, listener: tokio::net::TcpListener) -> Result<()> {
         self.http_enabled()?;
         self.check_names()?;
+        self.prepare_tables().await?;
         let shutdown = self.shared.hub.shutdown.clone();
         serve::serve(listener, self.router(), self.options.limits(), shutdown).await;
         Ok(())
@@ -657,6 +789,7 @@ impl Nexus {
     /// same Host / Origin rule and connection limits as the HTTP API.
     pub async fn serve_mcp_on(&self, listener: tokio::net::TcpListener) -> Result<()> {
         self.check_names()?;
+        self.prepare_tables().await?;
         mcp::serve_http_until(
             self.mcp_server(),
             listener,
@@ -696,6 +829,20 @@ impl Nexus {
                 ErrorCode::Config,
                 format!("rate_limit_workflow names workflow `{name}`, which is not registered"),
             ));
+        }
+        Ok(())
+    }
+
+    /// Before serving: creates nexus's own tables the options need
+    /// (`nexus_sessions`), so a server that cannot is a boot error, and on
+    /// PostgreSQL joins the other instances' event stream.
+    async fn prepare_tables(&self) -> Result<()> {
+        if let Some(sessions) = &self.shared.sessions {
+            sessions.ensure_table().await?;
+        }
+        if self.options.enable_sse_transport {
+            let hub = &self.shared.hub;
+            hub.events.connect(&self.shared.db, &hub.shutdown)?;
         }
         Ok(())
     }

@@ -26,6 +26,14 @@
 //! tool's error names no others; a client that knows a tool's name still
 //! calls it.
 //!
+//! With [`enable_sessions(true)`](crate::NexusBuilder::enable_sessions)
+//! four more tools manage sessions, answering like the HTTP API:
+//! `session_create {data?}`, `session_get {id}`, `session_set {id, data}`
+//! (an RFC 7386 merge patch) and `session_delete {id}`. A tool call runs its
+//! workflow with a session named in the request's `_meta` under
+//! [`MCP_META_KEY`](crate::SESSION_MCP_META_KEY) (`"nexus/session"`), or over
+//! streamable HTTP in the `X-Session-Id` header.
+//!
 //! Two transports: stdio ([`serve_stdio`]) and streamable HTTP at `/mcp`
 //! ([`serve_http`], or [`router`] to mount it in an axum app). Get the
 //! server of an application with [`Nexus::mcp_server`](crate::Nexus::mcp_server).
@@ -133,17 +141,91 @@ impl McpServer {
         )
     }
 
-    /// Every tool, in name order: what `tools/list` answers the operator
-    /// unless discovery is off.
+    /// Every tool, in name order (the session tools last): what
+    /// `tools/list` answers the operator unless discovery is off.
     pub fn tools(&self) -> Vec<Tool> {
-        self.shared.workflows.values().map(Self::tool).collect()
+        let mut tools: Vec<Tool> = self.shared.workflows.values().map(Self::tool).collect();
+        tools.extend(self.session_tools());
+        tools
+    }
+
+    /// The session tools, when sessions are on.
+    fn session_tools(&self) -> Vec<Tool> {
+        if self.shared.sessions.is_none() {
+            return Vec::new();
+        }
+        let id = serde_json::json!({"type": "string", "description": "the session id (`nxs_...`)"});
+        let data = |what: &str| serde_json::json!({"type": "object", "description": what});
+        let schema = |props: Value, required: &[&str]| -> Arc<JsonObject> {
+            let v = serde_json::json!({"type": "object", "properties": props, "required": required, "additionalProperties": false});
+            Arc::new(v.as_object().cloned().unwrap_or_default())
+        };
+        vec![
+            Tool::new(
+                "session_create",
+                "Create a session for this caller with optional initial data; returns {id, data, created, expires}",
+                schema(serde_json::json!({"data": data("the initial data")}), &[]),
+            ),
+            Tool::new(
+                "session_get",
+                "Read a session of this caller: {id, data, created, expires}",
+                schema(serde_json::json!({"id": id}), &["id"]),
+            ),
+            Tool::new(
+                "session_set",
+                "Merge data into a session (RFC 7386 merge patch: keys set, null removes)",
+                schema(
+                    serde_json::json!({"id": id, "data": data("the merge patch")}),
+                    &["id", "data"],
+                ),
+            ),
+            Tool::new(
+                "session_delete",
+                "Delete a session of this caller",
+                schema(serde_json::json!({"id": id}), &["id"]),
+            ),
+        ]
+    }
+
+    /// A call of a session tool (`None`: `name` is not one, or sessions are off).
+    async fn session_tool(
+        &self,
+        caller: &Caller,
+        name: &str,
+        arguments: &Value,
+    ) -> Option<std::result::Result<Value, Error>> {
+        let sessions = self.shared.sessions.as_deref()?;
+        if !crate::sessions::TOOLS.contains(&name) {
+            return None;
+        }
+        let id = arguments["id"].as_str().unwrap_or_default();
+        let needs_id = name != "session_create";
+        if needs_id && id.is_empty() {
+            return Some(Err(Error::new(
+                ErrorCode::Validation,
+                format!("{name}: `id` (a session id) is required"),
+            )
+            .with_field("id")));
+        }
+        let data = arguments.get("data").cloned().unwrap_or(Value::Null);
+        Some(match name {
+            "session_create" => sessions.create(caller, data).await,
+            "session_get" => sessions.get(caller, id).await,
+            "session_set" => sessions.patch(caller, id, data).await,
+            _ => sessions
+                .delete(caller, id)
+                .await
+                .map(|()| serde_json::json!({"id": id, "deleted": true})),
+        })
     }
 
     /// What `tools/list` answers `caller`: the tools it may call (or all,
     /// with `list_forbidden_workflows`), or none with discovery off.
     fn listed_tools(&self, caller: &Caller) -> Vec<Tool> {
         if self.shared.surface.discovery {
-            self.shared.visible(caller).map(Self::tool).collect()
+            let mut tools: Vec<Tool> = self.shared.visible(caller).map(Self::tool).collect();
+            tools.extend(self.session_tools());
+            tools
         } else {
             Vec::new()
         }
@@ -156,7 +238,7 @@ impl McpServer {
         name: &str,
         arguments: Option<JsonObject>,
     ) -> std::result::Result<CallToolResult, ErrorData> {
-        self.call_with(None, name, arguments).await
+        self.call_with(None, None, name, arguments).await
     }
 
     /// [`call`](Self::call) for an MCP request over HTTP with this head
@@ -164,11 +246,26 @@ impl McpServer {
     async fn call_with(
         &self,
         head: Option<&axum::http::request::Parts>,
+        session: Option<String>,
         name: &str,
         arguments: Option<JsonObject>,
     ) -> std::result::Result<CallToolResult, ErrorData> {
         let inputs = Value::Object(arguments.unwrap_or_default());
-        let caller = self.caller(head);
+        // The session: the `_meta` key, else (over HTTP) the header.
+        let session = session.or_else(|| {
+            head.and_then(|p| p.headers.get(crate::sessions::HEADER))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        });
+        let caller = self.caller(head).map(|c| c.with_session(session));
+        if let Ok(c) = &caller {
+            if let Some(done) = self.session_tool(c, name, &inputs).await {
+                return match done {
+                    Ok(v) => Ok(CallToolResult::structured(v)),
+                    Err(e) => mcp_error(&e.into(), true),
+                };
+            }
+        }
         // A tool the caller may not see is "no such tool" only when a
         // forbidden workflow reads as unregistered (`forbidden_as_not_found`).
         let known = match (&caller, self.shared.workflows.get(name)) {
@@ -225,14 +322,25 @@ impl ServerHandler for McpServer {
     ) -> std::result::Result<CallToolResponse, ErrorData> {
         // Over streamable HTTP, rmcp hands over the request's head.
         let head = context.extensions.get::<axum::http::request::Parts>();
-        self.call_with(head, &request.name, request.arguments)
+        let session = request
+            .meta
+            .as_ref()
+            .and_then(|m| m.0 .0.get(crate::sessions::MCP_META_KEY))
+            .or_else(|| context.meta.0 .0.get(crate::sessions::MCP_META_KEY))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        self.call_with(head, session, &request.name, request.arguments)
             .await
             .map(CallToolResponse::from)
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
         // No caller here: what the operator sees (calls are checked in `call_tool`).
-        self.shared.workflows.get(name).map(Self::tool)
+        self.shared
+            .workflows
+            .get(name)
+            .map(Self::tool)
+            .or_else(|| self.session_tools().into_iter().find(|t| t.name == name))
     }
 }
 

@@ -198,12 +198,13 @@ impl Policy {
         Some(
             CorsLayer::new()
                 .allow_origin(allow)
-                .allow_methods([Method::GET, Method::POST, Method::DELETE])
+                .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
                 .allow_headers([
                     header::CONTENT_TYPE,
                     header::ACCEPT,
                     header::AUTHORIZATION,
                     HeaderName::from_static("last-event-id"),
+                    HeaderName::from_static("x-session-id"),
                     HeaderName::from_static("mcp-session-id"),
                     HeaderName::from_static("mcp-protocol-version"),
                 ])

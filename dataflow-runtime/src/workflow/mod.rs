@@ -521,7 +521,13 @@ fn derive_input_schema(spec: &WorkflowSpec, nodes: &[PlanNode]) -> Result<Value>
     let mut required: BTreeMap<String, bool> = BTreeMap::new();
     for n in nodes {
         let node_schema = n.kind.input_schema();
-        for r in n.params.refs() {
+        // `{{session.*}}` reads the caller's session, not a run input.
+        for r in n
+            .params
+            .refs()
+            .into_iter()
+            .filter(|r| !r.name.starts_with(template::SESSION))
+        {
             if !spec.inputs.is_empty() && !spec.inputs.contains_key(&r.name) {
                 return Err(build_error(
                     &n.id,

@@ -255,19 +255,24 @@ impl<'p> State<'p> {
             return Next::Skip;
         }
         let joins_any = node.kind.joins_any();
-        let mut input = match node
-            .params
-            .render(&self.inputs, &|k| node.optional.iter().any(|o| o == k))
-        {
+        let session = self.context.session.as_ref().map(|s| s.data());
+        let mut input = match node.params.render(&self.inputs, session, &|k| {
+            node.optional.iter().any(|o| o == k)
+        }) {
             Ok(v) => v,
             Err(name) => {
-                return Next::Fail(
-                    Error::new(
-                        ErrorCode::Validation,
-                        format!("node `{}`: the run input `{name}` is missing", node.id),
-                    )
-                    .with_field(name),
-                )
+                let message = match (name.strip_prefix(super::template::SESSION), session) {
+                    (None, _) => format!("node `{}`: the run input `{name}` is missing", node.id),
+                    (Some(_), None) => format!(
+                        "node `{}`: the template `{{{{{name}}}}}` reads the session, but the run has none (pass a session id)",
+                        node.id
+                    ),
+                    (Some(path), Some(_)) => format!(
+                        "node `{}`: the session has no `{path}` (template `{{{{{name}}}}}`)",
+                        node.id
+                    ),
+                };
+                return Next::Fail(Error::new(ErrorCode::Validation, message).with_field(name));
             }
         };
         let mut delivered = 0;

@@ -2,6 +2,10 @@
 //! build time. A string that is exactly one template takes the input's JSON
 //! value (and type); templates inside longer strings are interpolated as
 //! text. Anything else, such as SQL's `$1`, is left alone.
+//!
+//! `{{session.user_id}}` (a dotted path after `session.`) reads the
+//! caller's session data ([`Context::session`](crate::Context::session))
+//! instead of a run input.
 
 use serde_json::{Map, Value};
 
@@ -30,10 +34,43 @@ pub(crate) struct Ref {
     pub whole: bool,
 }
 
-fn is_name(s: &str) -> bool {
+/// The prefix of a template that reads the session rather than an input.
+pub(crate) const SESSION: &str = "session.";
+
+fn is_ident(s: &str) -> bool {
     let mut c = s.chars();
     matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
         && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+}
+
+/// A run input's name, or `session.` and a dotted path (`session.user.id`).
+fn is_name(s: &str) -> bool {
+    match s.strip_prefix(SESSION) {
+        Some(path) => path.split('.').all(|seg| {
+            !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        }),
+        None => is_ident(s),
+    }
+}
+
+/// What a template names: a run input, or a value in the session data.
+fn lookup<'v>(
+    inputs: &'v Map<String, Value>,
+    session: Option<&'v Map<String, Value>>,
+    name: &str,
+) -> Option<&'v Value> {
+    match name.strip_prefix(SESSION) {
+        None => inputs.get(name),
+        Some(path) => {
+            let mut segs = path.split('.');
+            let first = session?.get(segs.next()?)?;
+            segs.try_fold(first, |cur, seg| match cur {
+                Value::Object(m) => m.get(seg),
+                Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+                _ => None,
+            })
+        }
+    }
 }
 
 /// Splits a string into literal text and template names.
@@ -138,26 +175,29 @@ impl Tpl {
         }
     }
 
-    /// Renders with `inputs`. A top-level parameter that is exactly one
-    /// template of a missing input is left out when `omittable` says it may
-    /// be; any other missing input is `Err(name)`.
+    /// Renders with `inputs` (and `session` for `{{session.*}}`). A
+    /// top-level parameter that is exactly one template of a missing input
+    /// is left out when `omittable` says it may be; any other missing input
+    /// is `Err(name)`.
     pub(crate) fn render(
         &self,
         inputs: &Map<String, Value>,
+        session: Option<&Map<String, Value>>,
         omittable: &dyn Fn(&str) -> bool,
     ) -> Result<Value, String> {
-        self.render_at(inputs, omittable, 0)
+        self.render_at(inputs, session, omittable, 0)
     }
 
     fn render_at(
         &self,
         inputs: &Map<String, Value>,
+        session: Option<&Map<String, Value>>,
         omittable: &dyn Fn(&str) -> bool,
         depth: usize,
     ) -> Result<Value, String> {
         Ok(match self {
             Tpl::Literal(v) => v.clone(),
-            Tpl::Whole(name) => match inputs.get(name) {
+            Tpl::Whole(name) => match lookup(inputs, session, name) {
                 Some(v) => v.clone(),
                 None => return Err(name.clone()),
             },
@@ -166,7 +206,7 @@ impl Tpl {
                 for piece in p {
                     match piece {
                         Piece::Lit(l) => s.push_str(l),
-                        Piece::Input(name) => match inputs.get(name) {
+                        Piece::Input(name) => match lookup(inputs, session, name) {
                             Some(Value::String(v)) => s.push_str(v),
                             Some(v) => s.push_str(&v.to_string()),
                             None => return Err(name.clone()),
@@ -178,19 +218,24 @@ impl Tpl {
             Tpl::Array(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for t in items {
-                    out.push(t.render_at(inputs, omittable, depth + 1)?);
+                    out.push(t.render_at(inputs, session, omittable, depth + 1)?);
                 }
                 Value::Array(out)
             }
             Tpl::Object(items) => {
                 let mut out = Map::new();
                 for (k, t) in items {
-                    match t.render_at(inputs, omittable, depth + 1) {
+                    match t.render_at(inputs, session, omittable, depth + 1) {
                         Ok(v) => {
                             out.insert(k.clone(), v);
                         }
-                        // A missing input for an optional top-level parameter omits it.
-                        Err(_) if depth == 0 && matches!(t, Tpl::Whole(_)) && omittable(k) => {}
+                        // A missing input for an optional top-level parameter
+                        // omits it; a missing session value is always an error
+                        // (the session was expected to hold it).
+                        Err(_)
+                            if depth == 0
+                                && matches!(t, Tpl::Whole(n) if !n.starts_with(SESSION))
+                                && omittable(k) => {}
                         Err(name) => return Err(name),
                     }
                 }
@@ -206,7 +251,28 @@ mod tests {
     use serde_json::json;
 
     fn render(t: &Value, inputs: Value) -> Result<Value, String> {
-        compile(t).render(inputs.as_object().unwrap(), &|k| k == "opt")
+        compile(t).render(inputs.as_object().unwrap(), None, &|k| k == "opt")
+    }
+
+    #[test]
+    fn session_templates_read_the_session_data() {
+        let session = json!({"user_id": "u1", "prefs": {"lang": ["de"]}});
+        let t = compile(&json!({"id": "{{session.user_id}}", "l": "x {{ session.prefs.lang.0 }}"}));
+        let refs: Vec<String> = t.refs().into_iter().map(|r| r.name).collect();
+        assert_eq!(refs, ["session.user_id", "session.prefs.lang.0"]);
+        let out = t.render(&Map::new(), session.as_object(), &|_| false);
+        assert_eq!(out.unwrap(), json!({"id": "u1", "l": "x de"}));
+        assert_eq!(
+            t.render(&Map::new(), None, &|_| false).unwrap_err(),
+            "session.user_id"
+        );
+        assert_eq!(
+            t.render(&Map::new(), None, &|_| true).unwrap_err(),
+            "session.user_id",
+            "never omitted, even for an optional parameter"
+        );
+        assert!(matches!(compile(&json!("{{session.}}")), Tpl::Literal(_)));
+        assert!(matches!(compile(&json!("{{other.x}}")), Tpl::Literal(_)));
     }
 
     #[test]

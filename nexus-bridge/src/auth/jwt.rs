@@ -216,7 +216,7 @@ impl Jwt {
 }
 
 /// `N` bytes from the operating system's random source.
-pub(super) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).map_err(|e| {
         Error::new(

@@ -16,7 +16,7 @@
 //! The in-process CLI and MCP over stdio are the operator's (whoever can run
 //! the program can read its database): they take no credentials.
 
-mod jwt;
+pub(crate) mod jwt;
 pub(crate) mod keys;
 pub(crate) mod oauth;
 
