@@ -3494,7 +3494,11 @@ async fn cache_change_triggers_are_migrated() {
         .build()
         .await
         .unwrap();
-    let off = DataFlow::builder(&url).build().await.unwrap();
+    let off = DataFlow::builder(&url)
+        .enable_caching(false)
+        .build()
+        .await
+        .unwrap();
     assert_eq!(triggers(), models, "boot without the cache leaves them");
     let applied = off
         .migrations()

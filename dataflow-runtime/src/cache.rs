@@ -166,7 +166,7 @@ struct Admission {
 const WASTED_LIMIT: u32 = 4;
 
 /// A write-hot model's reads: one in this many probes the cache.
-const PROBE_EVERY: u32 = 16;
+const PROBE_EVERY: u32 = 32;
 
 impl Admission {
     /// Whether a read of this model should skip the cache.
@@ -231,6 +231,10 @@ pub(crate) struct QueryCache {
     counters: Arc<Counters>,
     /// Serving hits (PostgreSQL: the listener is connected).
     available: AtomicBool,
+    /// Per model: other connections' writes to its table are seen
+    /// (PostgreSQL: its table has the change trigger, as the listener
+    /// found; SQLite: always). A model without is never cached.
+    tracked: Box<[AtomicBool]>,
     sqlite: Option<SqliteWatch>,
 }
 
@@ -292,6 +296,10 @@ impl QueryCache {
                 .collect(),
             counters,
             available: AtomicBool::new(target.dialect() == Dialect::Sqlite),
+            tracked: models
+                .iter()
+                .map(|_| AtomicBool::new(target.dialect() == Dialect::Sqlite))
+                .collect(),
             sqlite,
         }))
     }
@@ -311,6 +319,9 @@ impl QueryCache {
             return None;
         }
         let model = *self.index.get(&address(m))?;
+        if !self.tracked[model].load(Ordering::Acquire) {
+            return None;
+        }
         if self.admission[model].skip() {
             self.counters.misses.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -404,6 +415,25 @@ impl QueryCache {
             self.bump(i);
             self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// PostgreSQL: which models' tables have the change trigger now
+    /// (`tables`: the tables that have it); `true` when all do. A model
+    /// without it is not cached: nothing would tell this instance of other
+    /// connections' writes to it (boot with `skip_migration`, or without
+    /// the migration that adds it applied). One that gets it is bumped
+    /// first: writes made before were not notified.
+    fn track(&self, tables: &std::collections::HashSet<String>) -> bool {
+        let mut all = true;
+        for (table, &i) in &self.tables {
+            let has = tables.contains(table);
+            all &= has;
+            if has && !self.tracked[i].load(Ordering::Acquire) {
+                self.bump(i);
+            }
+            self.tracked[i].store(has, Ordering::Release);
+        }
+        all
     }
 
     /// Every model's entries are stale (counted as one invalidation).
@@ -593,20 +623,25 @@ fn listener(
     loop {
         let client = url.parse::<postgres::Config>().and_then(|mut config| {
             config.connect_timeout(connect_timeout);
+            config.application_name("dataflow-cache-listen");
             let mut client = config.connect(postgres::NoTls)?;
+            // Which tables notify, asked before LISTEN: a trigger added in
+            // between is found by the next check (and its model bumped).
+            let triggered = triggered_tables(&mut client)?;
             client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
-            Ok(client)
+            Ok((client, triggered))
         });
         match client {
-            Ok(mut client) => {
+            Ok((mut client, triggered)) => {
                 let Some(c) = cache.upgrade() else { return };
+                let all = c.track(&triggered);
                 // Changes made while nobody listened are unknown.
                 c.invalidate_all();
                 c.available.store(true, Ordering::Release);
                 drop(c);
                 let _ = ready.send(());
                 backoff = Duration::from_millis(20);
-                if !serve(cache, &mut client, origin) {
+                if !serve(cache, &mut client, origin, all) {
                     return;
                 }
                 if let Some(c) = cache.upgrade() {
@@ -624,9 +659,31 @@ fn listener(
     }
 }
 
+/// The tables of the current schema that have the change trigger.
+fn triggered_tables(
+    client: &mut postgres::Client,
+) -> std::result::Result<std::collections::HashSet<String>, postgres::Error> {
+    Ok(client
+        .query(
+            "SELECT c.relname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = current_schema() AND t.tgname = $1 AND NOT t.tgisinternal",
+            &[&CHANNEL],
+        )?
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect())
+}
+
 /// Turns notifications into invalidations until the connection drops
-/// (`true`) or the cache is gone (`false`).
-fn serve(cache: &Weak<QueryCache>, client: &mut postgres::Client, origin: &str) -> bool {
+/// (`true`) or the cache is gone (`false`). While some model's table lacks
+/// the change trigger (`all_tracked` false), asks again after every poll.
+fn serve(
+    cache: &Weak<QueryCache>,
+    client: &mut postgres::Client,
+    origin: &str,
+    mut all_tracked: bool,
+) -> bool {
     use postgres::fallible_iterator::FallibleIterator;
     loop {
         {
@@ -643,11 +700,20 @@ fn serve(cache: &Weak<QueryCache>, client: &mut postgres::Client, origin: &str) 
                 }
             }
         }
-        if cache.strong_count() == 0 {
-            return false;
-        }
         if client.is_closed() {
             return true;
+        }
+        if !all_tracked {
+            let Some(c) = cache.upgrade() else {
+                return false;
+            };
+            match triggered_tables(client) {
+                Ok(tables) => all_tracked = c.track(&tables),
+                Err(_) => return true,
+            }
+        }
+        if cache.strong_count() == 0 {
+            return false;
         }
     }
 }
