@@ -17,6 +17,8 @@
 //! off, at 100 % hits (reads only, of queries read before), at a 90 % hit
 //! workload (a write, then ten reads of the same query: one miss, nine hits)
 //! and at 0 % (a write before every read); only the reads are timed.
+//! `DATAFLOW_BENCH_ONLY_METRICS=1 cargo bench --bench nodes` runs only
+//! Read by id with metrics on and off (SQLite, 15 interleaved rounds).
 //! `DATAFLOW_BENCH_ONLY_CACHE=1` also works in smoke mode (with
 //! `DATAFLOW_BENCH_OPS=N`: a short run to profile under callgrind).
 //!
@@ -979,17 +981,21 @@ fn id_of(rec: &Value) -> Res<String> {
 /// Boots both paths on `url`, checks the table, runs every line.
 async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(String, Vec<Line>)> {
     // Multi-tenant because the tenancy lines' tenant-scoped model is linked
-    // into this program too; the plain and audited models are global.
+    // into this program too; the plain and audited models are global. The
+    // query cache (on by default) is off: these lines measure the node
+    // path to the database (the cache has lines of its own).
     let db = DataFlow::builder(url)
         .multi_tenant(true)
         .connection_pool_size(POOL_SIZE)
         .connect_timeout(CONNECT_TIMEOUT)
+        .enable_caching(false)
         .build()
         .await?;
     let db_off = DataFlow::builder(url)
         .multi_tenant(true)
         .connection_pool_size(POOL_SIZE)
         .connect_timeout(CONNECT_TIMEOUT)
+        .enable_caching(false)
         .enable_metrics(false)
         .build()
         .await?;
@@ -1229,6 +1235,95 @@ async fn run_backend<B: Raw>(cfg: &Cfg, url: &str, raw_target: &str) -> Res<(Str
     bench.raw(B::clear).await?;
     bench.raw(B::clear_audited).await?;
     Ok((version, lines))
+}
+
+// ------------------------------------------------------------------ metrics only
+
+/// Rounds of the metrics-only run (`DATAFLOW_BENCH_ONLY_METRICS=1`).
+const METRICS_ROUNDS: usize = 15;
+
+/// Read by id on SQLite with metrics on (the default) and off, two handles
+/// on the same database (query cache off on both), in interleaved rounds
+/// of `ops` reads that alternate which side goes first: reads/s per round,
+/// (on, off).
+async fn metrics_rounds(url: &str, rounds: usize, ops: usize) -> Res<(Vec<f64>, Vec<f64>)> {
+    let boot = |metrics: bool| {
+        DataFlow::builder(url)
+            .multi_tenant(true)
+            .connection_pool_size(POOL_SIZE)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .enable_caching(false)
+            .enable_metrics(metrics)
+            .build()
+    };
+    let on = boot(true).await?;
+    let off = boot(false).await?;
+    let data: Vec<Value> = (0..200)
+        .map(|i| Input::new("metrics", i).into_json())
+        .collect();
+    on.execute(BULK, json!({"data": data})).await?;
+    let ids: Vec<String> = on.execute(LIST, json!({"limit": 200})).await?["records"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .filter_map(|r| r["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    check(ids.len() == 200, || {
+        format!("metrics bench: {} records", ids.len())
+    })?;
+    let read = |db: &DataFlow, n: usize| {
+        let db = db.clone();
+        let ids = ids.clone();
+        async move {
+            let start = Instant::now();
+            for i in 0..n {
+                let rec = db
+                    .execute(READ, id_params(ids[i % ids.len()].clone()))
+                    .await?;
+                check(rec["email"].is_string(), || {
+                    "metrics bench: no record".into()
+                })?;
+            }
+            Res::Ok(n as f64 / start.elapsed().as_secs_f64())
+        }
+    };
+    read(&on, ops / 4 + 10).await?;
+    read(&off, ops / 4 + 10).await?;
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        if r % 2 == 0 {
+            a.push(read(&on, ops).await?);
+            b.push(read(&off, ops).await?);
+        } else {
+            b.push(read(&off, ops).await?);
+            a.push(read(&on, ops).await?);
+        }
+    }
+    on.execute(
+        "BenchUserBulkDeleteNode",
+        json!({"filter": {}, "confirmed": true}),
+    )
+    .await?;
+    Ok((a, b))
+}
+
+/// Prints the metrics-only table; the verdict line.
+fn print_metrics_only(on: &[f64], off: &[f64]) -> String {
+    let paired: Vec<f64> = on.iter().zip(off).map(|(a, b)| a / b).collect();
+    let ratio = median(on) / median(off);
+    println!(
+        "\nmetrics on/off, Read by id (SQLite file), {} interleaved rounds (reads/s, median)",
+        on.len()
+    );
+    println!("metrics on  | {:>10}", thousands(median(on)));
+    println!("metrics off | {:>10}", thousands(median(off)));
+    println!(
+        "on/off      | {ratio:>10.3} (median of per-round ratios {:.3}; target >= {METRICS_TARGET})",
+        median(&paired)
+    );
+    metrics_verdict("SQLite", &[("Read by id".to_string(), ratio)])
 }
 
 // ------------------------------------------------------------------ query cache
@@ -1748,7 +1843,11 @@ async fn main() -> Res<()> {
         let started = Instant::now();
         let lines = match only_cache {
             true => Vec::new(),
-            false => run_backend::<sqlite_raw::Backend>(&cfg, &sqlite_url, &path).await?.1,
+            false => {
+                run_backend::<sqlite_raw::Backend>(&cfg, &sqlite_url, &path)
+                    .await?
+                    .1
+            }
         };
         let cache = cache_lines(&cfg, &sqlite_url).await?;
         if only_cache {
@@ -1793,6 +1892,13 @@ async fn main() -> Res<()> {
         loadavg()
     );
     let mut verdicts = Vec::new();
+    if std::env::var_os("DATAFLOW_BENCH_ONLY_METRICS").is_some() {
+        let (on, off) = metrics_rounds(&sqlite_url, METRICS_ROUNDS, 20_000).await?;
+        let v = print_metrics_only(&on, &off);
+        println!("\nload average at end: {}", loadavg());
+        println!("{v}");
+        return Ok(());
+    }
     if backends.contains("sqlite") && !only_cache {
         let (version, lines) = run_backend::<sqlite_raw::Backend>(&cfg, &sqlite_url, &path).await?;
         print_table(

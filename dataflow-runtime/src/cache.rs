@@ -1,6 +1,8 @@
-//! The query cache (`enable_caching(true)`): Read, List and Count results
-//! per model, keyed by tenant, model and the normalized query, bounded in
-//! bytes, never stale.
+//! The query cache (on by default; `enable_caching(false)` turns it off):
+//! Read, List and Count results per model, keyed by tenant, model and the
+//! input JSON, bounded in bytes, never stale. Only answers likely to be
+//! read again are stored (see [`Admission`]), so a workload that never
+//! hits pays almost nothing.
 //!
 //! # Why it is never stale
 //!
