@@ -3623,8 +3623,10 @@ async fn metrics_count_a_known_workload_exactly() {
                 0.0,
             ),
             ("dataflow_migrations_blocked", 0.0),
+            // The query cache is on by default: the four reads (one
+            // failed) each looked it up once, and none repeated.
             ("dataflow_cache_hits_total", 0.0),
-            ("dataflow_cache_misses_total", 0.0),
+            ("dataflow_cache_misses_total", 4.0),
         ] {
             assert_eq!(v(series), want, "{series}");
         }
@@ -3796,7 +3798,8 @@ async fn health_reports_readiness_and_blocked_migrations() {
         assert_eq!(h.migrations.applied, 1);
         assert_eq!(h.pool.size, 10);
         assert!(h.pool.saturation >= 0.0 && h.pool.saturation <= 1.0);
-        assert_eq!(h.cache, None, "the cache reports once it is wired in");
+        let cache = h.cache.as_ref().expect("the cache is on by default");
+        assert_eq!((cache.hits, cache.misses), (0, 0), "no reads yet: {h:?}");
         match db.dialect() {
             dataflow::Dialect::Sqlite => {
                 assert_eq!(h.writer.as_ref().map(|w| w.queue_depth), Some(0))
