@@ -66,6 +66,12 @@ pub(crate) fn trigger_up(table: &str) -> Vec<String> {
              $$BEGIN PERFORM pg_notify('{CHANNEL}', TG_TABLE_NAME || ':' || \
              COALESCE(current_setting('dataflow.origin', true), '')); RETURN NULL; END$$"
         ),
+        // Idempotent: two generated migration files that both add it (the
+        // second generated before the first was applied) run in turn.
+        format!(
+            "DROP TRIGGER IF EXISTS {CHANNEL} ON {}",
+            crate::sql::quote(table)
+        ),
         format!(
             "CREATE TRIGGER {CHANNEL} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} \
              FOR EACH STATEMENT EXECUTE FUNCTION {NOTIFY_FUNCTION}()",
