@@ -3507,7 +3507,11 @@ async fn cache_change_triggers_are_migrated() {
         .build()
         .await
         .unwrap();
-    let off = DataFlow::builder(&url).build().await.unwrap();
+    let off = DataFlow::builder(&url)
+        .enable_caching(false)
+        .build()
+        .await
+        .unwrap();
     assert_eq!(triggers(), models, "boot without the cache leaves them");
     let applied = off
         .migrations()
@@ -3632,8 +3636,10 @@ async fn metrics_count_a_known_workload_exactly() {
                 0.0,
             ),
             ("dataflow_migrations_blocked", 0.0),
+            // The query cache is on by default: the four reads (one
+            // failed) each looked it up once, and none repeated.
             ("dataflow_cache_hits_total", 0.0),
-            ("dataflow_cache_misses_total", 0.0),
+            ("dataflow_cache_misses_total", 4.0),
         ] {
             assert_eq!(v(series), want, "{series}");
         }
@@ -3805,7 +3811,8 @@ async fn health_reports_readiness_and_blocked_migrations() {
         assert_eq!(h.migrations.applied, 1);
         assert_eq!(h.pool.size, 10);
         assert!(h.pool.saturation >= 0.0 && h.pool.saturation <= 1.0);
-        assert_eq!(h.cache, None, "the cache reports once it is wired in");
+        let cache = h.cache.as_ref().expect("the cache is on by default");
+        assert_eq!((cache.hits, cache.misses), (0, 0), "no reads yet: {h:?}");
         match db.dialect() {
             dataflow::Dialect::Sqlite => {
                 assert_eq!(h.writer.as_ref().map(|w| w.queue_depth), Some(0))
@@ -4234,4 +4241,134 @@ async fn max_affected_refuses_bulk_writes_over_the_limit_and_changes_nothing() {
         assert_eq!(e.field(), Some("max_affected"), "{e}");
     })
     .await;
+}
+
+// ---- Query cache: admission, untracked tables, on by default (issue 13) ----
+
+/// The cache is on by default, and a model whose reads are always after a
+/// write (write-hot) stops being stored — its reads still see every write
+/// — until reads repeat again, when it is cached again.
+#[tokio::test]
+async fn cache_is_on_by_default_and_skips_write_hot_models() {
+    for (label, url) in support::backend_urls("cache_write_hot") {
+        eprintln!("--- on {label}");
+        let db = DataFlow::builder(&url).build().await.unwrap();
+        assert!(db.cache_stats().available, "{label}: on by default");
+        let u = ok(&db, "UserCreateNode", json!({"email": "hot@x.io"})).await;
+        // Every read right after a write of its model: stored, never served.
+        for i in 0..8 {
+            let name = format!("n{i}");
+            ok(
+                &db,
+                "UserUpdateNode",
+                json!({"id": u["id"], "fields": {"full_name": name}}),
+            )
+            .await;
+            let read = ok(&db, "UserReadNode", json!({"id": u["id"]})).await;
+            assert_eq!(read["full_name"], name.as_str(), "{label}: read your write");
+        }
+        // Write-hot now: reads of new queries are not stored (one in 32 probes).
+        let before = db.cache_stats();
+        for i in 0..20 {
+            let name = format!("m{i}");
+            ok(
+                &db,
+                "UserUpdateNode",
+                json!({"id": u["id"], "fields": {"full_name": name}}),
+            )
+            .await;
+            let page = ok(&db, "UserListNode", json!({"filter": {"full_name": name}})).await;
+            assert_eq!(page["count"], 1, "{label}: read your write {i}");
+        }
+        let after = db.cache_stats();
+        assert!(
+            after.entries <= before.entries + 1,
+            "{label}: a write-hot model stores (almost) nothing: {before:?} -> {after:?}"
+        );
+        assert_eq!(
+            after.misses - before.misses,
+            20,
+            "{label}: skipped reads count as misses"
+        );
+        assert_eq!(after.hits, before.hits, "{label}");
+        // The writes stop: a probe stores, the next probe is served, and the
+        // model is cached again.
+        let by_id = json!({"id": u["id"]});
+        let mut reads = 0;
+        while db.cache_stats().hits == after.hits {
+            let read = ok(&db, "UserReadNode", by_id.clone()).await;
+            assert_eq!(read["full_name"], "m19", "{label}");
+            reads += 1;
+            assert!(reads <= 100, "{label}: never cached again");
+        }
+        let count = cached(&db, "UserCountNode", json!({})).await;
+        assert_eq!(count["count"], 1, "{label}");
+    }
+}
+
+/// PostgreSQL: a model whose table lacks the change trigger (booted with
+/// `skip_migration` on a database migrated without the cache) is never
+/// served from the cache — another connection's write would go unseen —
+/// and is cached once its trigger is there.
+#[tokio::test]
+async fn cache_skips_tables_without_the_change_trigger() {
+    use diesel::connection::SimpleConnection as _;
+    use diesel::Connection as _;
+    let Some(url) = postgres::fresh_database("cache_untracked") else {
+        return;
+    };
+    let plain = DataFlow::builder(&url)
+        .enable_caching(false)
+        .build()
+        .await
+        .unwrap();
+    ok(&plain, "UserCreateNode", json!({"email": "u@x.io"})).await;
+    let db = DataFlow::builder(&url)
+        .skip_migration(true)
+        .build()
+        .await
+        .unwrap();
+    assert!(db.cache_stats().available);
+    let base = db.cache_stats();
+    for _ in 0..3 {
+        assert_eq!(ok(&db, "UserCountNode", json!({})).await["count"], 1);
+    }
+    assert_eq!(db.cache_stats().hits, base.hits, "no trigger: never served");
+    let mut raw = diesel::PgConnection::establish(&url).unwrap();
+    raw.batch_execute("INSERT INTO users (id, email, active, created_at, updated_at) VALUES ('r1', 'r1@x.io', true, now(), now())")
+        .unwrap();
+    assert_eq!(
+        ok(&db, "UserCountNode", json!({})).await["count"],
+        2,
+        "a raw write is seen at once"
+    );
+    // The trigger comes with this instance's migration (the cache is on).
+    db.migrations()
+        .apply(dataflow::migrate::ApplyRequest::new())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let hits = db.cache_stats().hits;
+        ok(&db, "UserCountNode", json!({})).await;
+        ok(&db, "UserCountNode", json!({})).await;
+        if db.cache_stats().hits > hits {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "cached once the trigger is there"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    raw.batch_execute("DELETE FROM users WHERE id = 'r1'")
+        .unwrap();
+    let started = Instant::now();
+    while ok(&db, "UserCountNode", json!({})).await["count"] != 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "the raw delete is notified"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }

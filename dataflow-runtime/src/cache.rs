@@ -1,6 +1,8 @@
-//! The query cache (`enable_caching(true)`): Read, List and Count results
-//! per model, keyed by tenant, model and the normalized query, bounded in
-//! bytes, never stale.
+//! The query cache (on by default; `enable_caching(false)` turns it off):
+//! Read, List and Count results per model, keyed by tenant, model and the
+//! input JSON, bounded in bytes, never stale. Only answers likely to be
+//! read again are stored (see [`Admission`]), so a workload that never
+//! hits pays almost nothing.
 //!
 //! # Why it is never stale
 //!
@@ -33,9 +35,7 @@ use crate::value::Cell;
 use moka::notification::RemovalCause;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,12 @@ pub(crate) fn trigger_up(table: &str) -> Vec<String> {
             "CREATE OR REPLACE FUNCTION {NOTIFY_FUNCTION}() RETURNS trigger LANGUAGE plpgsql AS \
              $$BEGIN PERFORM pg_notify('{CHANNEL}', TG_TABLE_NAME || ':' || \
              COALESCE(current_setting('dataflow.origin', true), '')); RETURN NULL; END$$"
+        ),
+        // Idempotent: two generated migration files that both add it (the
+        // second generated before the first was applied) run in turn.
+        format!(
+            "DROP TRIGGER IF EXISTS {CHANNEL} ON {}",
+            crate::sql::quote(table)
         ),
         format!(
             "CREATE TRIGGER {CHANNEL} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {} \
@@ -113,29 +119,24 @@ pub struct CacheStats {
 }
 
 /// One cached query: the model (its index), the op, who asks, and the
-/// normalized input.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// input. The input is kept as the caller's JSON value: its equality and
+/// hash are serde_json's, which ignore object key order (and whitespace
+/// never reaches a value), so two inputs share an entry exactly when they
+/// are the same JSON; no canonical text is built.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Key {
     model: usize,
     op: u8,
     tenant: Option<Box<str>>,
     system: bool,
-    query: Box<str>,
-}
-
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.model.hash(state);
-        self.op.hash(state);
-        self.tenant.hash(state);
-        self.system.hash(state);
-        self.query.hash(state);
-    }
+    query: Value,
 }
 
 #[derive(Clone)]
 struct Entry {
     generation: u64,
+    /// [`approx_bytes`] of the value, for the weigher.
+    bytes: usize,
     value: Arc<Value>,
     ttl: Option<Duration>,
 }
@@ -145,6 +146,71 @@ struct Ttl;
 impl moka::Expiry<Key, Entry> for Ttl {
     fn expire_after_create(&self, _: &Key, value: &Entry, _: Instant) -> Option<Duration> {
         value.ttl
+    }
+}
+
+/// The admission policy of one model: whether its answers are worth
+/// storing. A generation (the time between two invalidations of the model)
+/// in which answers were stored but none was ever served is wasted; after
+/// [`WASTED_LIMIT`] wasted generations in a row the model is write-hot, and
+/// its reads skip the cache altogether (no key, no lookup, no copy) except
+/// one in [`PROBE_EVERY`], which takes the whole path. The first hit (a
+/// probe's, once the writes calm down) makes it cacheable again. Only
+/// whether an answer is stored depends on this: what is served is decided
+/// by the generations alone, so this never makes a read stale.
+#[derive(Default)]
+struct Admission {
+    /// An answer was stored in the current generation.
+    stored: AtomicBool,
+    /// An answer was served in the current generation.
+    served: AtomicBool,
+    /// Wasted generations in a row (up to [`WASTED_LIMIT`]).
+    wasted: AtomicU32,
+    /// Reads of the write-hot model, to pick the probes.
+    skipped: AtomicU32,
+}
+
+/// Wasted generations in a row that make a model write-hot.
+const WASTED_LIMIT: u32 = 4;
+
+/// A write-hot model's reads: one in this many probes the cache.
+const PROBE_EVERY: u32 = 32;
+
+impl Admission {
+    /// Whether a read of this model should skip the cache.
+    fn skip(&self) -> bool {
+        self.wasted.load(Ordering::Relaxed) >= WASTED_LIMIT
+            && !self
+                .skipped
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(PROBE_EVERY)
+    }
+
+    fn served(&self) {
+        if !self.served.load(Ordering::Relaxed) {
+            self.served.store(true, Ordering::Relaxed);
+        }
+        if self.wasted.load(Ordering::Relaxed) != 0 {
+            self.wasted.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn stored(&self) {
+        if !self.stored.load(Ordering::Relaxed) {
+            self.stored.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The generation ended: was it wasted?
+    fn ended(&self) {
+        let stored = self.stored.swap(false, Ordering::Relaxed);
+        let served = self.served.swap(false, Ordering::Relaxed);
+        if stored && !served {
+            let w = self.wasted.load(Ordering::Relaxed);
+            if w < WASTED_LIMIT {
+                self.wasted.store(w + 1, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -162,6 +228,8 @@ pub(crate) struct QueryCache {
     entries: moka::sync::Cache<Key, Entry>,
     /// One generation per model, in registry order.
     generations: Box<[AtomicU64]>,
+    /// Per model: whether its answers are worth storing.
+    admission: Box<[Admission]>,
     /// Model (by address) → index.
     index: HashMap<usize, usize>,
     /// Table → index, for notifications.
@@ -171,6 +239,10 @@ pub(crate) struct QueryCache {
     counters: Arc<Counters>,
     /// Serving hits (PostgreSQL: the listener is connected).
     available: AtomicBool,
+    /// Per model: other connections' writes to its table are seen
+    /// (PostgreSQL: its table has the change trigger, as the listener
+    /// found; SQLite: always). A model without is never cached.
+    tracked: Box<[AtomicBool]>,
     sqlite: Option<SqliteWatch>,
 }
 
@@ -189,7 +261,7 @@ impl QueryCache {
         let entries = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|k: &Key, v: &Entry| {
-                let bytes = 96 + k.query.len() + approx_bytes(&v.value);
+                let bytes = 96 + approx_bytes(&k.query) + v.bytes;
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
             .expire_after(Ttl)
@@ -215,6 +287,7 @@ impl QueryCache {
         Ok(Arc::new(QueryCache {
             entries,
             generations: models.iter().map(|_| AtomicU64::new(0)).collect(),
+            admission: models.iter().map(|_| Admission::default()).collect(),
             index: models
                 .iter()
                 .enumerate()
@@ -231,12 +304,18 @@ impl QueryCache {
                 .collect(),
             counters,
             available: AtomicBool::new(target.dialect() == Dialect::Sqlite),
+            tracked: models
+                .iter()
+                .map(|_| AtomicBool::new(target.dialect() == Dialect::Sqlite))
+                .collect(),
             sqlite,
         }))
     }
 
-    /// The key of a cacheable read, or `None` when the cache cannot serve
-    /// it now (not a read, a model it does not know, the listener down).
+    /// The key of a cacheable read, or `None` when the cache does not
+    /// serve it now (not a read, a model it does not know, the listener
+    /// down) or the model is write-hot (see [`Admission`]; counted as a
+    /// miss: the read goes to the database).
     pub(crate) fn key(
         &self,
         m: &'static ModelSchema,
@@ -248,14 +327,19 @@ impl QueryCache {
             return None;
         }
         let model = *self.index.get(&address(m))?;
-        let mut query = String::with_capacity(64);
-        canonical(params, &mut query);
+        if !self.tracked[model].load(Ordering::Acquire) {
+            return None;
+        }
+        if self.admission[model].skip() {
+            self.counters.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         Some(Key {
             model,
             op: op as u8,
             tenant: context.tenant.as_deref().map(Into::into),
             system: context.system,
-            query: query.into_boxed_str(),
+            query: params.clone(),
         })
     }
 
@@ -277,14 +361,12 @@ impl QueryCache {
         match self.entries.get(key) {
             Some(e) if e.generation == current && self.available() => {
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                self.admission[key.model].served();
                 Some(Value::clone(&e.value))
             }
-            Some(_) => {
-                self.entries.invalidate(key);
-                self.counters.misses.fetch_add(1, Ordering::Relaxed);
-                None
-            }
-            None => {
+            // An entry of an old generation is left for the insert that
+            // follows this miss to replace (or for eviction).
+            _ => {
                 self.counters.misses.fetch_add(1, Ordering::Relaxed);
                 None
             }
@@ -298,10 +380,12 @@ impl QueryCache {
             return;
         }
         let ttl = self.ttls[key.model];
+        self.admission[key.model].stored();
         self.entries.insert(
             key,
             Entry {
                 generation,
+                bytes: approx_bytes(value),
                 value: Arc::new(value.clone()),
                 ttl,
             },
@@ -341,6 +425,25 @@ impl QueryCache {
         }
     }
 
+    /// PostgreSQL: which models' tables have the change trigger now
+    /// (`tables`: the tables that have it); `true` when all do. A model
+    /// without it is not cached: nothing would tell this instance of other
+    /// connections' writes to it (boot with `skip_migration`, or without
+    /// the migration that adds it applied). One that gets it is bumped
+    /// first: writes made before were not notified.
+    fn track(&self, tables: &std::collections::HashSet<String>) -> bool {
+        let mut all = true;
+        for (table, &i) in &self.tables {
+            let has = tables.contains(table);
+            all &= has;
+            if has && !self.tracked[i].load(Ordering::Acquire) {
+                self.bump(i);
+            }
+            self.tracked[i].store(has, Ordering::Release);
+        }
+        all
+    }
+
     /// Every model's entries are stale (counted as one invalidation).
     pub(crate) fn invalidate_all(&self) {
         for i in 0..self.generations.len() {
@@ -351,6 +454,7 @@ impl QueryCache {
 
     fn bump(&self, i: usize) {
         self.generations[i].fetch_add(1, Ordering::AcqRel);
+        self.admission[i].ended();
     }
 
     /// Drops `m`'s entries (all models' with `None`) now.
@@ -396,48 +500,6 @@ impl QueryCache {
 
 fn address(m: &'static ModelSchema) -> usize {
     std::ptr::from_ref(m) as usize
-}
-
-/// The input as one canonical string: object keys sorted, no whitespace
-/// (the order and spacing of the caller's JSON do not matter).
-fn canonical(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_unstable();
-            out.push('{');
-            for (n, k) in keys.into_iter().enumerate() {
-                if n > 0 {
-                    out.push(',');
-                }
-                string(k, out);
-                out.push(':');
-                canonical(&map[k], out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (n, item) in items.iter().enumerate() {
-                if n > 0 {
-                    out.push(',');
-                }
-                canonical(item, out);
-            }
-            out.push(']');
-        }
-        Value::String(s) => string(s, out),
-        Value::Number(n) => {
-            let _ = write!(out, "{n}");
-        }
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Null => out.push_str("null"),
-    }
-}
-
-fn string(s: &str, out: &mut String) {
-    // serde_json's escaping: the same text for the same string.
-    out.push_str(&Value::from(s).to_string());
 }
 
 /// About how many bytes a JSON value holds in memory.
@@ -569,20 +631,25 @@ fn listener(
     loop {
         let client = url.parse::<postgres::Config>().and_then(|mut config| {
             config.connect_timeout(connect_timeout);
+            config.application_name("dataflow-cache-listen");
             let mut client = config.connect(postgres::NoTls)?;
+            // Which tables notify, asked before LISTEN: a trigger added in
+            // between is found by the next check (and its model bumped).
+            let triggered = triggered_tables(&mut client)?;
             client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
-            Ok(client)
+            Ok((client, triggered))
         });
         match client {
-            Ok(mut client) => {
+            Ok((mut client, triggered)) => {
                 let Some(c) = cache.upgrade() else { return };
+                let all = c.track(&triggered);
                 // Changes made while nobody listened are unknown.
                 c.invalidate_all();
                 c.available.store(true, Ordering::Release);
                 drop(c);
                 let _ = ready.send(());
                 backoff = Duration::from_millis(20);
-                if !serve(cache, &mut client, origin) {
+                if !serve(cache, &mut client, origin, all) {
                     return;
                 }
                 if let Some(c) = cache.upgrade() {
@@ -600,9 +667,31 @@ fn listener(
     }
 }
 
+/// The tables of the current schema that have the change trigger.
+fn triggered_tables(
+    client: &mut postgres::Client,
+) -> std::result::Result<std::collections::HashSet<String>, postgres::Error> {
+    Ok(client
+        .query(
+            "SELECT c.relname::text FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = current_schema() AND t.tgname = $1 AND NOT t.tgisinternal",
+            &[&CHANNEL],
+        )?
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect())
+}
+
 /// Turns notifications into invalidations until the connection drops
-/// (`true`) or the cache is gone (`false`).
-fn serve(cache: &Weak<QueryCache>, client: &mut postgres::Client, origin: &str) -> bool {
+/// (`true`) or the cache is gone (`false`). While some model's table lacks
+/// the change trigger (`all_tracked` false), asks again after every poll.
+fn serve(
+    cache: &Weak<QueryCache>,
+    client: &mut postgres::Client,
+    origin: &str,
+    mut all_tracked: bool,
+) -> bool {
     use postgres::fallible_iterator::FallibleIterator;
     loop {
         {
@@ -619,11 +708,20 @@ fn serve(cache: &Weak<QueryCache>, client: &mut postgres::Client, origin: &str) 
                 }
             }
         }
-        if cache.strong_count() == 0 {
-            return false;
-        }
         if client.is_closed() {
             return true;
+        }
+        if !all_tracked {
+            let Some(c) = cache.upgrade() else {
+                return false;
+            };
+            match triggered_tables(client) {
+                Ok(tables) => all_tracked = c.track(&tables),
+                Err(_) => return true,
+            }
+        }
+        if cache.strong_count() == 0 {
+            return false;
         }
     }
 }

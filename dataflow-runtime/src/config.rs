@@ -32,7 +32,7 @@ pub struct Config {
     pub staging: Option<bool>,
     /// Schema discovery (not available yet: `true` fails boot).
     pub enable_schema_discovery: Option<bool>,
-    /// The query cache of Read, List and Count results (default off; see
+    /// The query cache of Read, List and Count results (default on; see
     /// the README's "Query cache"). On PostgreSQL it needs the change
     /// triggers its migrations create; `false` with `migrate apply` drops them.
     pub enable_caching: Option<bool>,
@@ -195,9 +195,9 @@ impl Config {
         Duration::from_millis(self.migration_retry_backoff_ms)
     }
 
-    /// Whether the query cache is on.
+    /// Whether the query cache is on (it is unless turned off).
     pub fn caching(&self) -> bool {
-        self.enable_caching == Some(true)
+        self.enable_caching != Some(false)
     }
 
     /// The query cache's bound in bytes.
