@@ -62,7 +62,13 @@ async fn main() {
     let path =
         std::env::temp_dir().join(format!("dataflow-bench-workflow-{}.db", std::process::id()));
     let url = format!("sqlite://{}", path.display());
-    let db = DataFlow::builder(&url).build().await.expect("boot");
+    // The query cache (on by default) would answer both sides from memory;
+    // the runtime's overhead is measured against a real read.
+    let db = DataFlow::builder(&url)
+        .enable_caching(false)
+        .build()
+        .await
+        .expect("boot");
     let item = db
         .execute("BenchItemCreateNode", json!({"name": "bench"}))
         .await
