@@ -64,11 +64,15 @@ pub enum ErrorCode {
     /// whole instance, or too many failed sign-ins from one client address;
     /// the answer says when to retry (`Retry-After`).
     RateLimited,
+    /// An `Idempotency-Key` the caller already used with a different
+    /// request (another workflow or other inputs): nothing ran; send the
+    /// first request again, or use a new key.
+    IdempotencyMismatch,
 }
 
 impl ErrorCode {
     /// Every code, for tables (status mappings, documentation, tests).
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::Validation,
         ErrorCode::NotFound,
         ErrorCode::UniqueViolation,
@@ -91,6 +95,7 @@ impl ErrorCode {
         ErrorCode::Conflict,
         ErrorCode::Unauthenticated,
         ErrorCode::RateLimited,
+        ErrorCode::IdempotencyMismatch,
     ];
 
     /// The code named `s` (the inverse of [`as_str`](Self::as_str)).
@@ -123,6 +128,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::IdempotencyMismatch => "idempotency_mismatch",
         }
     }
 }
@@ -132,7 +138,10 @@ impl ErrorCode {
     /// (one table for every CLI; 0 is success, 2 is a usage error).
     pub fn exit_code(self) -> u8 {
         match self {
-            ErrorCode::Validation | ErrorCode::ConfirmationRequired | ErrorCode::TooLarge => 3,
+            ErrorCode::Validation
+            | ErrorCode::ConfirmationRequired
+            | ErrorCode::TooLarge
+            | ErrorCode::IdempotencyMismatch => 3,
             ErrorCode::NotFound | ErrorCode::UnknownNode | ErrorCode::MethodNotAllowed => 4,
             ErrorCode::UniqueViolation
             | ErrorCode::FkViolation
@@ -157,7 +166,9 @@ impl ErrorCode {
     /// error is never a 2xx. Exhaustive, so a new code must pick its status.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::Validation | ErrorCode::ConfirmationRequired => 422,
+            ErrorCode::Validation
+            | ErrorCode::ConfirmationRequired
+            | ErrorCode::IdempotencyMismatch => 422,
             ErrorCode::NotFound | ErrorCode::UnknownNode => 404,
             ErrorCode::UniqueViolation
             | ErrorCode::FkViolation

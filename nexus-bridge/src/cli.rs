@@ -42,7 +42,16 @@ fn json_type(schema: &Value) -> &str {
 
 /// Flags every `run <workflow>` has; an input with one of these names is
 /// set through `--inputs`.
-const RESERVED: [&str; 7] = ["json", "inputs", "url", "tenant", "as", "token", "role"];
+const RESERVED: [&str; 8] = [
+    "json",
+    "inputs",
+    "url",
+    "tenant",
+    "as",
+    "token",
+    "role",
+    "idempotency-key",
+];
 
 /// `run <workflow>`: one subcommand per workflow, one flag per input.
 fn run_command(workflows: &[&Registered]) -> Command {
@@ -86,6 +95,12 @@ fn run_command(workflows: &[&Registered]) -> Command {
                     .long("token")
                     .value_name("TOKEN")
                     .help("With --url: the credentials (a JWT or an API key), sent as `Authorization: Bearer`; default: the NEXUS_TOKEN variable"),
+            )
+            .arg(
+                Arg::new("idempotency-key")
+                    .long("idempotency-key")
+                    .value_name("KEY")
+                    .help("Run at most once for this key: a retry with the same key and inputs prints the first run's result (needs enable_durability; with --url: sent as the Idempotency-Key header)"),
             )
             .arg(
                 Arg::new("as")
@@ -452,6 +467,7 @@ async fn remote(
     inputs: Value,
     tenant: Option<&String>,
     token: Option<String>,
+    key: Option<&String>,
 ) -> Result<Value, RunError> {
     let endpoint = format!("{}/workflows/{name}/execute", url.trim_end_matches('/'));
     let unreachable = |e: reqwest::Error| {
@@ -468,6 +484,9 @@ async fn remote(
     }
     if let Some(token) = token.filter(|t| !t.is_empty()) {
         request = request.bearer_auth(token);
+    }
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
     }
     let response = request.send().await.map_err(unreachable)?;
     let status = response.status();
@@ -558,7 +577,15 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
                         .get_one::<String>("token")
                         .cloned()
                         .or_else(|| std::env::var("NEXUS_TOKEN").ok());
-                    remote(url, name, inputs, sub.get_one::<String>("tenant"), token).await
+                    remote(
+                        url,
+                        name,
+                        inputs,
+                        sub.get_one::<String>("tenant"),
+                        token,
+                        sub.get_one::<String>("idempotency-key"),
+                    )
+                    .await
                 }
                 (Ok(inputs), None) => match crate::identity::from_cli(
                     sub.get_one::<String>("tenant").map(String::as_str),
@@ -573,7 +600,11 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
                             Origin::InProcess
                         };
                         let caller = Caller::new(context, origin);
-                        app.shared.execute(caller, name, inputs, "cli").await
+                        let key = sub.get_one::<String>("idempotency-key").map(String::as_str);
+                        app.shared
+                            .execute_keyed(caller, name, inputs, "cli", key)
+                            .await
+                            .map(|(v, _)| v)
                     }
                     Err(e) => Err(e.into()),
                 },

@@ -19,6 +19,7 @@ mod access;
 mod auth;
 mod channel;
 mod cli;
+mod durable;
 mod http;
 mod identity;
 pub mod limits;
@@ -52,6 +53,9 @@ pub struct Registered {
     pub workflow: Workflow,
     /// What a role needs to grant it besides its name (its nodes' models).
     pub(crate) needs: access::Needs,
+    /// The checksum of its definition (a journaled run resumes only under
+    /// the same one).
+    pub(crate) checksum: Arc<str>,
 }
 
 impl Registered {
@@ -83,6 +87,8 @@ pub struct NexusBuilder {
     forbidden_as_not_found: bool,
     list_forbidden_workflows: bool,
     enable_durability: bool,
+    durability_retention: Duration,
+    durability_lease: Duration,
     enable_sessions: bool,
     header_read_timeout: Duration,
     idle_timeout: Duration,
@@ -119,6 +125,8 @@ impl Default for NexusBuilder {
             forbidden_as_not_found: false,
             list_forbidden_workflows: false,
             enable_durability: false,
+            durability_retention: Duration::from_secs(24 * 3600),
+            durability_lease: Duration::from_secs(30),
             enable_sessions: false,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
@@ -190,9 +198,22 @@ impl NexusBuilder {
         /// show every workflow (default off: only those the caller's roles
         /// grant). Calling one is still refused.
         list_forbidden_workflows: bool;
-        /// Only `false` (the default): idempotency keys and the run journal
-        /// are not built yet.
+        /// Durable requests (default off): `Idempotency-Key` on every
+        /// channel (HTTP header, CLI `--idempotency-key`, MCP
+        /// `_meta["idempotency-key"]`) answers a retried request once, and
+        /// every run is journaled in the database (`nexus_runs`,
+        /// `nexus_run_nodes`) so `GET /runs/{id}` survives restarts and a
+        /// run cut off by a crash is resumed after its last completed node.
+        /// See the README's "Durable requests".
         enable_durability: bool;
+        /// How long an idempotency key's response is kept, and a finished
+        /// run's journal (default 24 hours); expired rows are purged every
+        /// minute while serving, and by [`Nexus::purge_durable`].
+        durability_retention: Duration;
+        /// How long a run's lease lasts (default 30 s): its instance renews
+        /// it every third of it; once it has expired (the instance died)
+        /// another instance, or this one restarted, resumes the run.
+        durability_lease: Duration;
         /// Only `false` (the default): sessions are not built yet.
         enable_sessions: bool;
         /// How long a client has to send a request's head (default 10 s):
@@ -354,10 +375,6 @@ impl NexusBuilder {
                 self.auto_discovery,
                 "auto_discovery(true) (registration never scans files; only false is supported)",
             ),
-            (
-                self.enable_durability,
-                "enable_durability(true) (idempotency keys and the run journal)",
-            ),
             (self.enable_sessions, "enable_sessions(true) (sessions)"),
         ];
         let missing: Vec<&str> = pending
@@ -409,6 +426,13 @@ impl NexusBuilder {
             ttl: self.async_store_ttl,
         });
         let hub = Arc::new(channel::Hub::new(&db));
+        let durable = self.enable_durability.then(|| {
+            Arc::new(durable::Durable::new(
+                db.clone(),
+                self.durability_retention,
+                self.durability_lease,
+            ))
+        });
         Ok(Nexus {
             options: self,
             policy,
@@ -421,6 +445,7 @@ impl NexusBuilder {
                 auth,
                 access: Arc::new(access),
                 limits: Arc::new(limits),
+                durable,
             },
         })
     }
@@ -438,6 +463,8 @@ impl NexusBuilder {
             ("header_read_timeout", self.header_read_timeout),
             ("idle_timeout", self.idle_timeout),
             ("async_store_ttl", self.async_store_ttl),
+            ("durability_retention", self.durability_retention),
+            ("durability_lease", self.durability_lease),
             ("mcp_session_idle", self.mcp_session_idle),
         ];
         let zero = counts
@@ -538,6 +565,7 @@ impl Nexus {
             description.to_string()
         };
         let needs = access::Needs::of(&self.shared.db, &workflow);
+        let checksum = durable::checksum(&workflow).into();
         let mut all = (*self.shared.workflows).clone();
         all.insert(
             name.to_string(),
@@ -546,6 +574,7 @@ impl Nexus {
                 description,
                 workflow,
                 needs,
+                checksum,
             },
         );
         self.shared.workflows = Arc::new(all);
@@ -640,6 +669,7 @@ impl Nexus {
     pub async fn serve_http_on(&self, listener: tokio::net::TcpListener) -> Result<()> {
         self.http_enabled()?;
         self.check_names()?;
+        self.boot_durability().await?;
         let shutdown = self.shared.hub.shutdown.clone();
         serve::serve(listener, self.router(), self.options.limits(), shutdown).await;
         Ok(())
@@ -657,6 +687,7 @@ impl Nexus {
     /// same Host / Origin rule and connection limits as the HTTP API.
     pub async fn serve_mcp_on(&self, listener: tokio::net::TcpListener) -> Result<()> {
         self.check_names()?;
+        self.boot_durability().await?;
         mcp::serve_http_until(
             self.mcp_server(),
             listener,
@@ -677,7 +708,34 @@ impl Nexus {
     /// MCP over stdin/stdout (nothing else may write to stdout in this mode).
     pub async fn serve_mcp_stdio(&self) -> Result<()> {
         self.check_names()?;
+        self.boot_durability().await?;
         mcp::serve_stdio(self.mcp_server()).await
+    }
+
+    /// With durability on: creates its tables (a database that cannot is a
+    /// boot error, not a first request's), then starts the loop that renews
+    /// this instance's run leases, resumes runs whose lease expired (at
+    /// once: the runs a crash cut off) and purges expired rows.
+    async fn boot_durability(&self) -> Result<()> {
+        if let Some(d) = &self.shared.durable {
+            d.ensure_tables().await?;
+            durable::Durable::start(&self.shared);
+        }
+        Ok(())
+    }
+
+    /// Deletes expired idempotency keys and the journal of runs finished
+    /// longer ago than [`durability_retention`](NexusBuilder::durability_retention)
+    /// (serving does it every minute); returns how many rows went. `config`
+    /// without durability.
+    pub async fn purge_durable(&self) -> Result<u64> {
+        match &self.shared.durable {
+            Some(d) => d.purge().await,
+            None => Err(Error::new(
+                ErrorCode::Config,
+                "durability is off: build the app with `enable_durability(true)`",
+            )),
+        }
     }
 
     /// Refuses to serve (or run) when a role or a per-workflow rate limit

@@ -156,7 +156,7 @@ impl McpServer {
         name: &str,
         arguments: Option<JsonObject>,
     ) -> std::result::Result<CallToolResult, ErrorData> {
-        self.call_with(None, name, arguments).await
+        self.call_with(None, name, arguments, None).await
     }
 
     /// [`call`](Self::call) for an MCP request over HTTP with this head
@@ -166,6 +166,7 @@ impl McpServer {
         head: Option<&axum::http::request::Parts>,
         name: &str,
         arguments: Option<JsonObject>,
+        key: Option<std::result::Result<String, Error>>,
     ) -> std::result::Result<CallToolResult, ErrorData> {
         let inputs = Value::Object(arguments.unwrap_or_default());
         let caller = self.caller(head);
@@ -181,10 +182,31 @@ impl McpServer {
             Ok(_) if known && inputs.to_string().len() > MAX_INPUT_BYTES => {
                 Err(too_large("tool arguments").into())
             }
-            Ok(caller) => self.shared.execute(caller, name, inputs, "mcp").await,
+            Ok(caller) => match key {
+                None => self
+                    .shared
+                    .execute(caller, name, inputs, "mcp")
+                    .await
+                    .map(|v| (v, false)),
+                Some(Err(e)) => Err(e.into()),
+                Some(Ok(key)) => {
+                    self.shared
+                        .execute_keyed(caller, name, inputs, "mcp", Some(&key))
+                        .await
+                }
+            },
         };
         match result {
-            Ok(result) => Ok(CallToolResult::structured(result)),
+            Ok((result, replayed)) => {
+                let mut r = CallToolResult::structured(result);
+                if replayed {
+                    // The HTTP header's counterpart.
+                    let mut meta = rmcp::model::MetaObject::default();
+                    meta.0.insert(IDEMPOTENT_REPLAYED.into(), Value::Bool(true));
+                    r.meta = Some(meta);
+                }
+                Ok(r)
+            }
             Err(e) => mcp_error(&e, known),
         }
     }
@@ -225,7 +247,9 @@ impl ServerHandler for McpServer {
     ) -> std::result::Result<CallToolResponse, ErrorData> {
         // Over streamable HTTP, rmcp hands over the request's head.
         let head = context.extensions.get::<axum::http::request::Parts>();
-        self.call_with(head, &request.name, request.arguments)
+        let key = idempotency_key(request.meta.as_ref().map(|m| &m.0 .0))
+            .or_else(|| idempotency_key(Some(&context.meta.0 .0)));
+        self.call_with(head, &request.name, request.arguments, key)
             .await
             .map(CallToolResponse::from)
     }
@@ -233,6 +257,22 @@ impl ServerHandler for McpServer {
     fn get_tool(&self, name: &str) -> Option<Tool> {
         // No caller here: what the operator sees (calls are checked in `call_tool`).
         self.shared.workflows.get(name).map(Self::tool)
+    }
+}
+
+/// The `_meta` key a `tools/call` carries its idempotency key under
+/// (`{"_meta": {"idempotency-key": "..."}}`), as HTTP's `Idempotency-Key`.
+pub const IDEMPOTENCY_META_KEY: &str = "idempotency-key";
+
+/// The `_meta` key of a result replayed for an idempotency key (`true`).
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// The idempotency key in a request's `_meta`: `None` without one, an
+/// error when it is not a string.
+fn idempotency_key(meta: Option<&JsonObject>) -> Option<std::result::Result<String, Error>> {
+    match meta?.get(IDEMPOTENCY_META_KEY)? {
+        Value::String(k) => Some(Ok(k.clone())),
+        _ => Some(Err(crate::durable::bad_key())),
     }
 }
 
