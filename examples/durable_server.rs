@@ -14,7 +14,8 @@
 //! ```
 //!
 //! `onboard` is three nodes: create an `Account`, pause (a hand-written node
-//! that sleeps `pause_ms`), create its `Welcome`. Environment:
+//! that sleeps `pause_ms`), create its `Welcome`; `onboard_tx` is the same in
+//! one transaction. Environment:
 //! `NEXUS_DATABASE_URL` (default `sqlite://durable.db`), `NEXUS_API_PORT`
 //! (8000), `NEXUS_MCP_PORT` (3001), `NEXUS_LEASE_MS` (the run lease, default
 //! 30000), `NEXUS_ONBOARD_TEXT` (the welcome text: changing it changes the
@@ -110,6 +111,20 @@ async fn app() -> Result<Nexus, dataflow::Error> {
         .add_node("WelcomeCreateNode", "welcome", json!({"text": text}))
         .add_connection("account", "id", "pause", "value")
         .add_connection("pause", "value", "welcome", "account_id");
+    // The same, all or nothing: its journal entries commit with its writes.
+    let mut onboard_tx = WorkflowBuilder::new();
+    onboard_tx
+        .description("onboard in one transaction")
+        .add_node(
+            "AccountCreateNode",
+            "account",
+            json!({"email": "{{email}}"}),
+        )
+        .add_node("PauseNode", "pause", json!({"ms": "{{pause_ms}}"}))
+        .add_node("WelcomeCreateNode", "welcome", json!({"text": "welcome!"}))
+        .add_connection("account", "id", "pause", "value")
+        .add_connection("pause", "value", "welcome", "account_id")
+        .transactional(true);
     let mut accounts = WorkflowBuilder::new();
     accounts.description("List accounts").add_node(
         "AccountListNode",
@@ -138,6 +153,7 @@ async fn app() -> Result<Nexus, dataflow::Error> {
         .trust_tenant_header(trust_tenant)
         .build(db.clone())?;
     app.register("onboard", onboard.build(&db)?)?;
+    app.register("onboard_tx", onboard_tx.build(&db)?)?;
     app.register("create_account", create.build(&db)?)?;
     app.register("list_accounts", accounts.build(&db)?)?;
     app.register("list_welcomes", welcomes.build(&db)?)?;

@@ -4484,7 +4484,8 @@ mod durability {
     /// The crash test, on both backends: `onboard` (create an account,
     /// pause, create its welcome) is killed with SIGKILL during the pause,
     /// sync with an idempotency key and async. The restarted server resumes
-    /// both after their last journaled node: the account exists once, each
+    /// both after their last journaled node (and a transactional run, which
+    /// committed nothing, whole): the account exists once, each
     /// welcome was written once, `GET /runs/{id}` says `finished`, and the
     /// retried key answers the resumed run's response.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -4504,7 +4505,12 @@ mod durability {
             .await;
             assert_eq!(started.status, 202, "{backend}: {}", started.body);
             let async_id = started.json()["run_id"].as_str().unwrap().to_string();
-            tokio::time::sleep(Duration::from_millis(1200)).await;
+            // And a transactional run: nothing of it is committed at the
+            // kill, so it runs whole again, once.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let tx = json!({"inputs": {"email": "tx@x.io", "pause_ms": 2000}});
+            let tx_pending = tokio::spawn(post_with(s.addr, "onboard_tx", &[], tx));
+            tokio::time::sleep(Duration::from_millis(900)).await;
             s.child.kill().unwrap(); // SIGKILL
             s.child.wait().unwrap();
             let cut = pending.await.unwrap();
@@ -4553,7 +4559,23 @@ mod durability {
                 "{backend}: {async_status}"
             );
 
-            let accounts = records(s.addr, "list_accounts").await;
+            // The transactional run (resumed without a key to wait on).
+            let accounts = loop {
+                let accounts = records(s.addr, "list_accounts").await;
+                if accounts.iter().any(|a| a["email"] == "tx@x.io") {
+                    break accounts;
+                }
+                assert!(Instant::now() < deadline, "{backend}: tx never resumed");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            };
+            let welcomes = loop {
+                let welcomes = records(s.addr, "list_welcomes").await;
+                if welcomes.len() >= 3 {
+                    break welcomes;
+                }
+                assert!(Instant::now() < deadline, "{backend}: tx never finished");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            };
             let emails: Vec<&str> = accounts
                 .iter()
                 .filter_map(|a| a["email"].as_str())
@@ -4568,10 +4590,14 @@ mod durability {
                 1,
                 "{backend}"
             );
-            let welcomes = records(s.addr, "list_welcomes").await;
+            assert_eq!(
+                emails.iter().filter(|e| **e == "tx@x.io").count(),
+                1,
+                "{backend}"
+            );
             assert_eq!(
                 welcomes.len(),
-                2,
+                3,
                 "{backend}: node 3 ran once per run: {welcomes:?}"
             );
             assert!(welcomes.iter().any(|w| w["account_id"] == account_id));
@@ -4621,6 +4647,48 @@ mod durability {
                 records(s.addr, "list_welcomes").await.is_empty(),
                 "{backend}"
             );
+        }
+    }
+
+    /// Retention: `purge_durable` deletes expired keys and the journal of
+    /// runs finished before the retention; the purged key then runs anew.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn purge_forgets_expired_keys_and_runs() {
+        for (backend, url) in support::backend_urls("durable_purge") {
+            let db = dataflow::DataFlow::builder(&url)
+                .models(&[&<Probe as dataflow::Model>::SCHEMA])
+                .build()
+                .await
+                .unwrap();
+            let mut app = nexus::Nexus::builder()
+                .enable_durability(true)
+                .durability_retention(Duration::from_millis(300))
+                .build(db.clone())
+                .unwrap();
+            app.register("count", probe_workflow(&db)).unwrap();
+            let app = std::sync::Arc::new(app);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let a = app.clone();
+            tokio::spawn(async move { a.serve_http_on(listener).await });
+            let key = ["Idempotency-Key: p1"];
+            let first = post_with(addr, "count", &key, json!({})).await;
+            assert_eq!(first.status, 200, "{backend}: {}", first.body);
+            let again = post_with(addr, "count", &key, json!({})).await;
+            assert_eq!(header(&again, "idempotent-replayed"), Some("true"));
+            assert_eq!(
+                app.purge_durable().await.unwrap(),
+                0,
+                "{backend}: nothing expired"
+            );
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            // The key, the two runs' journal (one node each).
+            let purged = app.purge_durable().await.unwrap();
+            assert!(purged >= 3, "{backend}: {purged} rows");
+            let fresh = post_with(addr, "count", &key, json!({})).await;
+            assert_eq!(fresh.status, 200, "{backend}");
+            assert_eq!(header(&fresh, "idempotent-replayed"), None, "{backend}");
+            app.shutdown();
         }
     }
 }
