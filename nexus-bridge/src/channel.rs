@@ -551,10 +551,11 @@ impl Shared {
         let fingerprint = crate::durable::fingerprint(name, false, &inputs);
         let run_id = dataflow::new_run_id();
         let scope = admission.scope.clone();
+        let (this, id, channel_name) = (self.clone(), run_id.clone(), channel.to_string());
         let answer = durable
-            .once(&scope, key, name, &fingerprint, &run_id, async {
-                let result = self
-                    .run(admission, inputs, channel, Some(run_id.clone()), false)
+            .once(&scope, key, name, &fingerprint, &run_id, async move {
+                let result = this
+                    .run(admission, inputs, &channel_name, Some(id), false)
                     .await;
                 crate::durable::Stored::of_run(&result)
             })
@@ -612,36 +613,48 @@ impl Shared {
                 )
                 .await;
         };
-        // Journaled before any node runs: a crash from here on is resumed.
-        let mode = if is_async { "async" } else { "sync" };
-        if let Err(e) = durable
-            .begin(&run_id, &name, &checksum, &inputs, &context, &scope, mode)
-            .await
-        {
-            self.record(&name, channel, e.code().as_str(), started);
-            return Err(e.into());
-        }
-        let result = self
-            .run_journaled(
-                context,
-                &name,
-                &workflow,
-                inputs,
-                channel,
-                run_id.clone(),
-                serde_json::Map::new(),
-                started,
+        // A task of its own: a journaled run goes on to its end when the
+        // caller goes away (a dropped connection), as it would be resumed.
+        let (this, durable, channel) = (self.clone(), durable.clone(), channel.to_string());
+        let task = tokio::spawn(async move {
+            // Journaled before any node runs: a crash from here on is resumed.
+            let mode = if is_async { "async" } else { "sync" };
+            if let Err(e) = durable
+                .begin(&run_id, &name, &checksum, &inputs, &context, &scope, mode)
+                .await
+            {
+                this.record(&name, &channel, e.code().as_str(), started);
+                return Err(e.into());
+            }
+            let result = this
+                .run_journaled(
+                    context,
+                    &name,
+                    &workflow,
+                    inputs,
+                    &channel,
+                    run_id.clone(),
+                    serde_json::Map::new(),
+                    started,
+                )
+                .await;
+            if let Err(e) = durable
+                .finish(&run_id, &run_status(&run_id, &name, &result))
+                .await
+            {
+                // Its lease lapses once this instance stops; another pass
+                // then finds every node journaled and records the end.
+                tracing::warn!(error = %e, run_id, "nexus durability: cannot record a run's end");
+            }
+            result
+        });
+        task.await.unwrap_or_else(|e| {
+            Err(Error::new(
+                ErrorCode::Internal,
+                format!("a journaled run's task failed: {e}"),
             )
-            .await;
-        if let Err(e) = durable
-            .finish(&run_id, &run_status(&run_id, &name, &result))
-            .await
-        {
-            // The run's lease expires and another pass finds every node
-            // journaled: it records the end then.
-            tracing::warn!(error = %e, run_id, "nexus durability: cannot record a run's end");
-        }
-        result
+            .into())
+        })
     }
 
     /// Runs `workflow` as `run_id` (journaled when durability is on), the

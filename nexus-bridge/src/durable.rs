@@ -86,8 +86,10 @@ pub(crate) struct Durable {
     /// This instance, as `lease_owner`.
     owner: String,
     ready: tokio::sync::OnceCell<()>,
-    /// Whether the lease / resume / purge loop runs.
+    /// Whether the resume / purge loop runs.
     started: AtomicBool,
+    /// Whether the lease renewal loop runs (from the first run on).
+    renewing: AtomicBool,
 }
 
 /// What claiming an idempotency key gave.
@@ -286,6 +288,7 @@ impl Durable {
             owner: dataflow::new_run_id(),
             ready: tokio::sync::OnceCell::new(),
             started: AtomicBool::new(false),
+            renewing: AtomicBool::new(false),
         }
     }
 
@@ -491,7 +494,7 @@ impl Durable {
     /// Runs `f` once for `key`: the first request runs it and its answer is
     /// stored; a retry gets the stored answer (`replayed`).
     pub(crate) async fn once<F>(
-        &self,
+        self: &std::sync::Arc<Self>,
         scope: &str,
         key: &str,
         workflow: &str,
@@ -500,7 +503,7 @@ impl Durable {
         f: F,
     ) -> Result<Stored>
     where
-        F: std::future::Future<Output = Stored>,
+        F: std::future::Future<Output = Stored> + Send + 'static,
     {
         match self
             .claim(scope, key, workflow, fingerprint, run_id)
@@ -512,9 +515,20 @@ impl Durable {
                 replayed: true,
             }),
             Claim::Owned => {
-                let answer = f.await;
-                self.complete(scope, key, &answer).await?;
-                Ok(answer)
+                // A task of its own: a caller that goes away (a dropped
+                // connection) neither stops the run nor leaves the key
+                // claimed for ever; its retry gets the answer.
+                let (me, scope, key) = (self.clone(), scope.to_string(), key.to_string());
+                let task = tokio::spawn(async move {
+                    let answer = f.await;
+                    me.complete(&scope, &key, &answer).await.map(|()| answer)
+                });
+                task.await.map_err(|e| {
+                    Error::new(
+                        ErrorCode::Internal,
+                        format!("a keyed request's task failed: {e}"),
+                    )
+                })?
             }
         }
     }
@@ -532,10 +546,11 @@ impl Durable {
         Ok(!rows.is_empty())
     }
 
-    /// Journals a run about to start, leased to this instance.
+    /// Journals a run about to start, leased to this instance (whose
+    /// renewal loop starts with its first run, serving or not).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn begin(
-        &self,
+        self: &std::sync::Arc<Self>,
         run_id: &str,
         workflow: &str,
         checksum: &str,
@@ -545,6 +560,7 @@ impl Durable {
         mode: &str,
     ) -> Result<()> {
         self.ensure_tables().await?;
+        self.renew_leases();
         let now = now_ms();
         self.db
             .raw_execute(
@@ -626,6 +642,27 @@ impl Durable {
             caller: row[0].as_str().unwrap_or_default().to_string(),
             status,
         }))
+    }
+
+    /// Starts (once) the loop renewing this instance's leases every third
+    /// of a lease; it ends with the application.
+    fn renew_leases(self: &std::sync::Arc<Self>) {
+        if self.renewing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let weak = std::sync::Arc::downgrade(self);
+        let tick = (self.lease / 3).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                let Some(durable) = weak.upgrade() else {
+                    return;
+                };
+                if let Err(e) = durable.renew().await {
+                    tracing::warn!(error = %e, "nexus durability: cannot renew leases");
+                }
+            }
+        });
     }
 
     /// Renews the leases of this instance's runs.
@@ -747,8 +784,7 @@ impl Durable {
         Ok(keys + nodes + runs)
     }
 
-    /// Starts (once) the loop that renews this instance's leases, resumes
-    /// runs whose lease expired (at once, then every third of a lease) and
+    /// Starts (once) the loop that resumes runs whose lease expired (at once, then every third of a lease) and
     /// purges expired rows (every minute), until shutdown.
     pub(crate) fn start(shared: &Shared) {
         let Some(durable) = shared.durable.clone() else {
@@ -766,9 +802,7 @@ impl Durable {
                 if let Err(e) = durable.ensure_tables().await {
                     tracing::warn!(error = %e, "nexus durability: cannot create its tables");
                 } else {
-                    if let Err(e) = durable.renew().await {
-                        tracing::warn!(error = %e, "nexus durability: cannot renew leases");
-                    }
+                    durable.renew_leases();
                     match durable.claim_expired().await {
                         Ok(rows) => {
                             for row in rows {

@@ -270,15 +270,10 @@ async fn keyed(
     let fingerprint = crate::durable::fingerprint(&name, is_async, &inputs);
     let run_id = dataflow::new_run_id();
     let scope = admission.scope.clone();
-    let work = async {
+    let (id, workflow) = (run_id.clone(), name.clone());
+    let work = async move {
         if is_async {
-            match start_async(
-                s.clone(),
-                admission,
-                name.clone(),
-                inputs,
-                Some(run_id.clone()),
-            ) {
+            match start_async(s.clone(), admission, workflow, inputs, Some(id)) {
                 Ok(body) => crate::durable::Stored {
                     status: 202,
                     body: body.to_string(),
@@ -287,9 +282,7 @@ async fn keyed(
                 Err(e) => crate::durable::Stored::of_run(&Err(e)),
             }
         } else {
-            let result = s
-                .run(admission, inputs, "http", Some(run_id.clone()), false)
-                .await;
+            let result = s.run(admission, inputs, "http", Some(id), false).await;
             crate::durable::Stored::of_run(&result)
         }
     };
