@@ -4691,4 +4691,45 @@ mod durability {
             app.shutdown();
         }
     }
+
+    /// Two instances on one database (two processes): concurrent requests
+    /// with one key, sent to both, run once; the rest wait (409) and then
+    /// replay the one answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_instances_run_a_key_once() {
+        for (backend, url) in support::backend_urls("durable_two") {
+            let (a, b) = (spawn(&url, &[]), spawn(&url, &[]));
+            let key: &'static [&'static str] = &["Idempotency-Key: shared-1"];
+            let body = json!({"inputs": {"email": "two@x.io", "pause_ms": 800}});
+            let sends: Vec<_> = (0..8)
+                .map(|i| {
+                    let addr = if i % 2 == 0 { a.addr } else { b.addr };
+                    tokio::spawn(post_with(addr, "onboard", key, body.clone()))
+                })
+                .collect();
+            let mut statuses = Vec::new();
+            for s in sends {
+                statuses.push(s.await.unwrap().status);
+            }
+            assert_eq!(
+                statuses.iter().filter(|s| **s == 200).count(),
+                1,
+                "{backend}: one runs, the others are told to wait: {statuses:?}"
+            );
+            assert!(
+                statuses.iter().all(|s| *s == 200 || *s == 409),
+                "{backend}: {statuses:?}"
+            );
+            let replay = post_with(b.addr, "onboard", key, body.clone()).await;
+            assert_eq!(
+                header(&replay, "idempotent-replayed"),
+                Some("true"),
+                "{backend}"
+            );
+            let again = post_with(a.addr, "onboard", key, body).await;
+            assert_eq!(again.body, replay.body, "{backend}: one answer on both");
+            let accounts = records(a.addr, "list_accounts").await;
+            assert_eq!(accounts.len(), 1, "{backend}: {accounts:?}");
+        }
+    }
 }
