@@ -4518,6 +4518,7 @@ mod durability {
                 cut.status, 0,
                 "{backend}: the connection died with the server"
             );
+            assert_eq!(tx_pending.await.unwrap().status, 0, "{backend}");
 
             let s = spawn(&url, &env);
             // The key's request resumes: 409 while it runs, then its answer.
