@@ -4,8 +4,14 @@
 //!
 //! ```sh
 //! cargo bench --bench http      # full: wrk -t2 -c32 -d10s --latency, each line
+//! cargo bench --bench http -- durability   # only the durability lines
 //! cargo test --bench http       # smoke: one request per endpoint, checks they agree
 //! ```
+//!
+//! The durability lines: `create_user` with `enable_durability` off, on
+//! without a key (journaled), on with a fresh `Idempotency-Key` per request,
+//! and the replay of one stored key (SQLite only: this bench has no
+//! PostgreSQL mode yet).
 
 use axum::extract::State;
 use axum::routing::post;
@@ -157,6 +163,13 @@ fn create_script(path: &str) -> String {
     )
 }
 
+/// [`create_script`] with a fresh `Idempotency-Key` per request.
+fn keyed_create_script(path: &str) -> String {
+    format!(
+        "counter = 0\nprefix = tostring({{}}):sub(8)\nrequest = function()\n  counter = counter + 1\n  local body = '{{\"inputs\": {{\"email\": \"k' .. prefix .. '-' .. counter .. '@x.io\"}}}}'\n  return wrk.format('POST', '{path}', {{['Content-Type'] = 'application/json', ['Idempotency-Key'] = 'k' .. prefix .. '-' .. counter}}, body)\nend\n"
+    )
+}
+
 #[derive(Clone, Copy)]
 struct WrkResult {
     rps: f64,
@@ -280,9 +293,101 @@ async fn boot_to_ready(url: &str) -> f64 {
     ms
 }
 
+/// The durability lines: `create_user` off, on without a key, on with a
+/// fresh key per request, and the replay of a stored key.
+async fn durability(url: &str, full: bool) {
+    let (_, off) = nexus_app(url).await;
+    let (_, on) = nexus_app_with(url, nexus::Nexus::builder().enable_durability(true)).await;
+    let (off_addr, on_addr) = (serve(off.router()).await, serve(on.router()).await);
+    let path = "/workflows/create_user/execute";
+    let replay_body = "{\"inputs\": {\"email\": \"replayed@x.io\"}}";
+    // The stored response every replay answers; checked to be replayed.
+    let check = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let send = || {
+            let mut s = std::net::TcpStream::connect(on_addr).unwrap();
+            write!(s, "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nIdempotency-Key: bench-replay\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{replay_body}", replay_body.len()).unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        };
+        let (first, again) = (send(), send());
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        assert!(
+            again
+                .to_ascii_lowercase()
+                .contains("idempotent-replayed: true"),
+            "{again}"
+        );
+    });
+    check.await.unwrap();
+    if !full {
+        println!("http bench smoke: durability on answers and replays a stored key");
+        return;
+    }
+    let replay_script = format!("wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\nwrk.headers['Idempotency-Key'] = 'bench-replay'\nwrk.body = '{replay_body}'\n");
+    let lines = [
+        (
+            "durability off",
+            wrk(
+                &format!("http://{off_addr}{path}"),
+                Some(&create_script(path)),
+            ),
+        ),
+        (
+            "on, no key (journaled)",
+            wrk(
+                &format!("http://{on_addr}{path}"),
+                Some(&create_script(path)),
+            ),
+        ),
+        (
+            "on, a fresh key per request",
+            wrk(
+                &format!("http://{on_addr}{path}"),
+                Some(&keyed_create_script(path)),
+            ),
+        ),
+        (
+            "on, replay of a stored key",
+            wrk(&format!("http://{on_addr}{path}"), Some(&replay_script)),
+        ),
+    ];
+    println!("\ncreate_user with durability, SQLite file, same run (wrk -t2 -c32 -d10s):\n");
+    println!("| create_user | req/s | ratio to off | p50 / p99 ms |");
+    println!("|---|---:|---:|---:|");
+    let off_rps = lines[0].1.rps;
+    for (what, r) in &lines {
+        println!(
+            "| {what} | {:.0} | {:.2} | {:.2} / {:.2} |",
+            r.rps,
+            r.rps / off_rps,
+            r.p50_ms,
+            r.p99_ms
+        );
+        if r.non_2xx > 0 {
+            println!("  ({what}: non-2xx responses: {})", r.non_2xx);
+        }
+    }
+    println!(
+        "\nreplay / fresh key: {:.2} (target ≥ 2); on with key / off: {:.2} (target ≥ 0.7 on PostgreSQL)",
+        lines[3].1.rps / lines[2].1.rps,
+        lines[2].1.rps / off_rps
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
+    if std::env::args().any(|a| a == "durability") {
+        let path =
+            std::env::temp_dir().join(format!("dataflow-bench-durable-{}.db", std::process::id()));
+        durability(&format!("sqlite://{}", path.display()), full).await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        return;
+    }
     let path = std::env::temp_dir().join(format!("dataflow-bench-http-{}.db", std::process::id()));
     let url = format!("sqlite://{}", path.display());
     let (db, app) = nexus_app(&url).await;
@@ -409,6 +514,7 @@ async fn main() {
     );
     if !full {
         println!("http bench smoke: nexus and the raw axum handler agree (run `cargo bench --bench http` for numbers)");
+        durability(&url, false).await;
         return;
     }
     if Command::new("wrk").arg("--version").output().is_err() {
@@ -490,6 +596,7 @@ async fn main() {
         }
     }
     println!("\ntargets: JWT ≥ 0.9× auth off; API key ≥ 0.85×");
+    durability(&url, true).await;
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }

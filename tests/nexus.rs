@@ -5139,3 +5139,570 @@ mod sessions {
         assert!(ids.iter().all(|id| id.starts_with(prefix)), "{ids:?}");
     }
 }
+
+/// Durable requests (`enable_durability(true)`), against the
+/// `durable_server` example as a child process on both backends:
+/// idempotency keys on every channel, the run journal behind `GET
+/// /runs/{id}`, and runs resumed after a real `kill -9`.
+mod durability {
+    use super::*;
+
+    /// The `durable_server` example on `url` with free ports; killed on drop.
+    fn spawn(url: &str, env: &[(&str, &str)]) -> Server {
+        let (port, mcp_port) = (free_port(), free_port());
+        let mut child = Command::new(support::programs::example("durable_server"))
+            .env("NEXUS_DATABASE_URL", url)
+            .env("NEXUS_API_PORT", port.to_string())
+            .env("NEXUS_MCP_PORT", mcp_port.to_string())
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mcp: SocketAddr = format!("127.0.0.1:{mcp_port}").parse().unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err()
+            || std::net::TcpStream::connect(mcp).is_err()
+        {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the server exited before listening: {status}");
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "not started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server {
+            child,
+            addr,
+            mcp,
+            url: url.to_string(),
+        }
+    }
+
+    /// `POST /workflows/{workflow}/execute` with `body` and these headers.
+    async fn post_with(
+        addr: SocketAddr,
+        workflow: &str,
+        headers: &[&str],
+        body: Value,
+    ) -> support::http::Response {
+        let path = format!("/workflows/{workflow}/execute");
+        let headers: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+            request_with(
+                addr,
+                "POST",
+                &path,
+                &headers,
+                Some(body.to_string().as_bytes()),
+            )
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn get_with(addr: SocketAddr, path: &str, headers: &[&str]) -> support::http::Response {
+        let path = path.to_string();
+        let headers: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+            request_with(addr, "GET", &path, &headers, None)
+        })
+        .await
+        .unwrap()
+    }
+
+    /// The records a list workflow answers.
+    async fn records(addr: SocketAddr, workflow: &str) -> Vec<Value> {
+        let r = post_with(addr, workflow, &[], json!({})).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        let node = v["outputs"].as_object().unwrap().values().next().unwrap();
+        node["records"].as_array().unwrap().clone()
+    }
+
+    /// `durable_server run <args> --json`: (exit code, JSON printed).
+    async fn cli_run(url: &str, args: &[&str]) -> (i32, Value) {
+        let out = tokio::process::Command::new(support::programs::example("durable_server"))
+            .env("NEXUS_DATABASE_URL", url)
+            .arg("run")
+            .args(args)
+            .arg("--json")
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+            panic!(
+                "`run {args:?}` printed no JSON: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code().unwrap_or(-1), v)
+    }
+
+    /// The semantics of the IETF draft and Stripe, per backend: the first
+    /// request runs and its answer is stored; a retry gets it byte for byte
+    /// with `Idempotent-Replayed: true` (inputs in another key order are the
+    /// same request); another request under the key is 422
+    /// `idempotency_mismatch` and runs nothing; a retry while the first
+    /// runs is 409 `conflict` with `Retry-After`; errors are stored and
+    /// replayed; keys are per caller (another tenant's same key runs anew,
+    /// and cannot read the other's run); without a key nothing is
+    /// deduplicated; an expired key runs anew.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idempotency_keys_answer_once_per_caller() {
+        for (backend, url) in support::backend_urls("durable_keys") {
+            let s = spawn(
+                &url,
+                &[
+                    ("NEXUS_TRUST_TENANT_HEADER", "1"),
+                    ("NEXUS_RETENTION_MS", "4000"),
+                ],
+            );
+            let a = ["Idempotency-Key: k1", "X-Tenant-ID: a"];
+            let body = json!({"inputs": {"email": "a@x.io", "pause_ms": 0}});
+            let first = post_with(s.addr, "onboard", &a, body.clone()).await;
+            assert_eq!(first.status, 200, "{backend}: {}", first.body);
+            assert_eq!(header(&first, "idempotent-replayed"), None);
+            let reordered = json!({"inputs": {"pause_ms": 0, "email": "a@x.io"}});
+            let again = post_with(s.addr, "onboard", &a, reordered).await;
+            assert_eq!(again.status, 200, "{backend}");
+            assert_eq!(again.body, first.body, "{backend}: byte for byte");
+            assert_eq!(header(&again, "idempotent-replayed"), Some("true"));
+            let run_id = first.json()["run_id"].as_str().unwrap().to_string();
+
+            let other = json!({"inputs": {"email": "b@x.io", "pause_ms": 0}});
+            let mismatch = post_with(s.addr, "onboard", &a, other).await;
+            assert_eq!(mismatch.status, 422, "{backend}: {}", mismatch.body);
+            assert_eq!(mismatch.json()["error"]["code"], "idempotency_mismatch");
+            assert_eq!(
+                records(s.addr, "list_accounts").await.len(),
+                1,
+                "nothing ran"
+            );
+
+            // Another caller (tenant b) with the same key: its own request.
+            let b = ["Idempotency-Key: k1", "X-Tenant-ID: b"];
+            let theirs = json!({"inputs": {"email": "b@x.io", "pause_ms": 0}});
+            let r = post_with(s.addr, "onboard", &b, theirs).await;
+            assert_eq!(r.status, 200, "{backend}: {}", r.body);
+            assert_eq!(header(&r, "idempotent-replayed"), None);
+            // Runs are journaled and shown only to whoever started them.
+            let mine = get_with(s.addr, &format!("/runs/{run_id}"), &["X-Tenant-ID: a"]).await;
+            assert_eq!(mine.status, 200, "{backend}: {}", mine.body);
+            assert_eq!(mine.json()["status"], "finished");
+            assert_eq!(mine.json()["workflow"], "onboard");
+            let not_theirs =
+                get_with(s.addr, &format!("/runs/{run_id}"), &["X-Tenant-ID: b"]).await;
+            assert_eq!(not_theirs.status, 404, "{backend}: fail closed");
+            let anonymous = get_with(s.addr, &format!("/runs/{run_id}"), &[]).await;
+            assert_eq!(anonymous.status, 404, "{backend}");
+
+            // A retry while the first request runs: 409 with Retry-After.
+            let slow = json!({"inputs": {"email": "c@x.io", "pause_ms": 1500}});
+            let k2: &'static [&'static str] = &["Idempotency-Key: k2", "X-Tenant-ID: a"];
+            let running = tokio::spawn(post_with(s.addr, "onboard", k2, slow.clone()));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let busy = post_with(s.addr, "onboard", k2, slow.clone()).await;
+            assert_eq!(busy.status, 409, "{backend}: {}", busy.body);
+            assert_eq!(busy.json()["error"]["code"], "conflict");
+            assert_eq!(header(&busy, "retry-after"), Some("1"));
+            let done = running.await.unwrap();
+            assert_eq!(done.status, 200, "{backend}: {}", done.body);
+            let after = post_with(s.addr, "onboard", k2, slow).await;
+            assert_eq!(after.body, done.body, "{backend}");
+
+            // Errors are stored and replayed (the email is taken).
+            let k3 = ["Idempotency-Key: k3", "X-Tenant-ID: a"];
+            let taken = json!({"inputs": {"email": "a@x.io", "pause_ms": 0}});
+            let e1 = post_with(s.addr, "onboard", &k3, taken.clone()).await;
+            assert_eq!(e1.status, 409, "{backend}: {}", e1.body);
+            assert_eq!(e1.json()["error"]["code"], "unique_violation");
+            let e2 = post_with(s.addr, "onboard", &k3, taken).await;
+            assert_eq!((e2.status, &e2.body), (409, &e1.body), "{backend}");
+            assert_eq!(header(&e2, "idempotent-replayed"), Some("true"));
+
+            // Without a key nothing is deduplicated: the same create twice
+            // runs twice (the second meets the unique email).
+            let plain = json!({"inputs": {"email": "d@x.io"}});
+            let p1 = post_with(s.addr, "create_account", &[], plain.clone()).await;
+            let p2 = post_with(s.addr, "create_account", &[], plain).await;
+            assert_eq!((p1.status, p2.status), (200, 409), "{backend}: {}", p2.body);
+
+            // A malformed key is refused before anything runs.
+            let long = format!("Idempotency-Key: {}", "k".repeat(256));
+            let bad = post_with(
+                s.addr,
+                "create_account",
+                &[&long],
+                json!({"inputs": {"email": "e@x.io"}}),
+            )
+            .await;
+            assert_eq!(bad.status, 422, "{backend}: {}", bad.body);
+
+            // Past the retention the key is free again: it runs anew.
+            tokio::time::sleep(Duration::from_millis(4200)).await;
+            let fresh = post_with(
+                s.addr,
+                "onboard",
+                &k3,
+                json!({"inputs": {"email": "f@x.io", "pause_ms": 0}}),
+            )
+            .await;
+            assert_eq!(fresh.status, 200, "{backend}: expired: {}", fresh.body);
+            assert_eq!(header(&fresh, "idempotent-replayed"), None);
+        }
+    }
+
+    /// The same key on the CLI (in process and with `--url`) and on MCP
+    /// (`_meta["idempotency-key"]`, over streamable HTTP) answers once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cli_and_mcp_take_keys_too() {
+        for (backend, url) in support::backend_urls("durable_channels") {
+            // In process: the operator's keys.
+            let args = [
+                "create_account",
+                "--email",
+                "cli@x.io",
+                "--idempotency-key",
+                "c1",
+            ];
+            let (code, first) = cli_run(&url, &args).await;
+            assert_eq!(code, 0, "{backend}: {first}");
+            let (code, again) = cli_run(&url, &args).await;
+            assert_eq!((code, &again), (0, &first), "{backend}: replayed");
+            let other = [
+                "create_account",
+                "--email",
+                "x@x.io",
+                "--idempotency-key",
+                "c1",
+            ];
+            let (code, mismatch) = cli_run(&url, &other).await;
+            assert_eq!(code, 3, "{backend}: {mismatch}");
+            assert_eq!(mismatch["error"]["code"], "idempotency_mismatch");
+
+            let s = spawn(&url, &[]);
+            let base = s.base();
+            let remote = [
+                "create_account",
+                "--email",
+                "url@x.io",
+                "--idempotency-key",
+                "u1",
+                "--url",
+                &base,
+            ];
+            let (code, first) = cli_run(&url, &remote).await;
+            assert_eq!(code, 0, "{backend}: {first}");
+            let (code, again) = cli_run(&url, &remote).await;
+            assert_eq!(
+                (code, &again),
+                (0, &first),
+                "{backend}: replayed over --url"
+            );
+
+            let client = s.mcp_client().await;
+            let keyed = || {
+                let mut p = CallToolRequestParams::new("create_account")
+                    .with_arguments(json!({"email": "mcp@x.io"}).as_object().unwrap().clone());
+                p.meta = Some(rmcp::model::RequestMetaObject::from(
+                    json!({"idempotency-key": "m1"})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                ));
+                p
+            };
+            let r1 = client.call_tool(keyed()).await.unwrap();
+            assert_ne!(r1.is_error, Some(true), "{backend}: {r1:?}");
+            let r2 = client.call_tool(keyed()).await.unwrap();
+            assert_eq!(result_json(&r2), result_json(&r1), "{backend}: replayed");
+            assert_eq!(
+                r2.meta
+                    .as_ref()
+                    .and_then(|m| m.0.get("idempotent-replayed")),
+                Some(&json!(true)),
+                "{backend}"
+            );
+            assert!(
+                r1.meta.is_none(),
+                "{backend}: the first answer is not a replay"
+            );
+            let accounts = records(s.addr, "list_accounts").await;
+            assert_eq!(accounts.len(), 3, "{backend}: one each: {accounts:?}");
+            client.cancel().await.unwrap();
+        }
+    }
+
+    /// Without durability a key is refused (`not_supported`), never
+    /// silently ignored.
+    #[tokio::test]
+    async fn a_key_without_durability_is_refused() {
+        let url = support::sqlite_url("durable_off");
+        let s = super::server(&url);
+        let r = post_with(
+            s.addr,
+            "create_user",
+            &["Idempotency-Key: k"],
+            json!({"inputs": {"email": "a@x.io"}}),
+        )
+        .await;
+        assert_eq!(r.status, 501, "{}", r.body);
+        assert_eq!(r.json()["error"]["code"], "not_supported");
+    }
+
+    /// The crash test, on both backends: `onboard` (create an account,
+    /// pause, create its welcome) is killed with SIGKILL during the pause,
+    /// sync with an idempotency key and async. The restarted server resumes
+    /// both after their last journaled node (and a transactional run, which
+    /// committed nothing, whole): the account exists once, each
+    /// welcome was written once, `GET /runs/{id}` says `finished`, and the
+    /// retried key answers the resumed run's response.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_run_resumes_after_its_last_node() {
+        for (backend, url) in support::backend_urls("durable_crash") {
+            let env = [("NEXUS_LEASE_MS", "1000")];
+            let mut s = spawn(&url, &env);
+            let key: &'static [&'static str] = &["Idempotency-Key: crash-1"];
+            let sync = json!({"inputs": {"email": "sync@x.io", "pause_ms": 3000}});
+            let pending = tokio::spawn(post_with(s.addr, "onboard", key, sync.clone()));
+            let started = post_with(
+                s.addr,
+                "onboard",
+                &[],
+                json!({"inputs": {"email": "async@x.io", "pause_ms": 3000}, "mode": "async"}),
+            )
+            .await;
+            assert_eq!(started.status, 202, "{backend}: {}", started.body);
+            let async_id = started.json()["run_id"].as_str().unwrap().to_string();
+            // And a transactional run: nothing of it is committed at the
+            // kill, so it runs whole again, once.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let tx = json!({"inputs": {"email": "tx@x.io", "pause_ms": 2000}});
+            let tx_pending = tokio::spawn(post_with(s.addr, "onboard_tx", &[], tx));
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            s.child.kill().unwrap(); // SIGKILL
+            s.child.wait().unwrap();
+            let cut = pending.await.unwrap();
+            assert_eq!(
+                cut.status, 0,
+                "{backend}: the connection died with the server"
+            );
+            assert_eq!(tx_pending.await.unwrap().status, 0, "{backend}");
+
+            let s = spawn(&url, &env);
+            // The key's request resumes: 409 while it runs, then its answer.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let answer = loop {
+                let r = post_with(s.addr, "onboard", key, sync.clone()).await;
+                if r.status != 409 {
+                    break r;
+                }
+                assert_eq!(header(&r, "retry-after"), Some("1"), "{backend}");
+                assert!(Instant::now() < deadline, "{backend}: never resumed");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            };
+            assert_eq!(answer.status, 200, "{backend}: {}", answer.body);
+            assert_eq!(header(&answer, "idempotent-replayed"), Some("true"));
+            let out = answer.json();
+            let run_id = out["run_id"].as_str().unwrap().to_string();
+            let account_id = out["outputs"]["account"]["id"].clone();
+            assert_eq!(out["outputs"]["welcome"]["account_id"], account_id);
+            let status = get(s.addr, &format!("/runs/{run_id}")).await;
+            assert_eq!(
+                status.json()["status"],
+                "finished",
+                "{backend}: {}",
+                status.body
+            );
+            // The async run, too.
+            let async_status = loop {
+                let r = get(s.addr, &format!("/runs/{async_id}")).await;
+                assert_eq!(r.status, 200, "{backend}: {}", r.body);
+                if r.json()["status"] != "running" {
+                    break r.json();
+                }
+                assert!(Instant::now() < deadline, "{backend}: async never resumed");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            };
+            assert_eq!(
+                async_status["status"], "finished",
+                "{backend}: {async_status}"
+            );
+
+            // The transactional run (resumed without a key to wait on).
+            let accounts = loop {
+                let accounts = records(s.addr, "list_accounts").await;
+                if accounts.iter().any(|a| a["email"] == "tx@x.io") {
+                    break accounts;
+                }
+                assert!(Instant::now() < deadline, "{backend}: tx never resumed");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            };
+            let welcomes = loop {
+                let welcomes = records(s.addr, "list_welcomes").await;
+                if welcomes.len() >= 3 {
+                    break welcomes;
+                }
+                assert!(Instant::now() < deadline, "{backend}: tx never finished");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            };
+            let emails: Vec<&str> = accounts
+                .iter()
+                .filter_map(|a| a["email"].as_str())
+                .collect();
+            assert_eq!(
+                emails.iter().filter(|e| **e == "sync@x.io").count(),
+                1,
+                "{backend}"
+            );
+            assert_eq!(
+                emails.iter().filter(|e| **e == "async@x.io").count(),
+                1,
+                "{backend}"
+            );
+            assert_eq!(
+                emails.iter().filter(|e| **e == "tx@x.io").count(),
+                1,
+                "{backend}"
+            );
+            assert_eq!(
+                welcomes.len(),
+                3,
+                "{backend}: node 3 ran once per run: {welcomes:?}"
+            );
+            assert!(welcomes.iter().any(|w| w["account_id"] == account_id));
+        }
+    }
+
+    /// A run whose workflow changed while it was cut off is not resumed: it
+    /// fails with `conflict` saying so, and its key answers that.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_changed_workflow_is_not_resumed() {
+        for (backend, url) in support::backend_urls("durable_changed") {
+            let mut s = spawn(&url, &[("NEXUS_LEASE_MS", "1000")]);
+            let key: &'static [&'static str] = &["Idempotency-Key: changed-1"];
+            let body = json!({"inputs": {"email": "v1@x.io", "pause_ms": 3000}});
+            let pending = tokio::spawn(post_with(s.addr, "onboard", key, body.clone()));
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            s.child.kill().unwrap();
+            s.child.wait().unwrap();
+            let _ = pending.await;
+            let s = spawn(
+                &url,
+                &[
+                    ("NEXUS_LEASE_MS", "1000"),
+                    ("NEXUS_ONBOARD_TEXT", "hello v2"),
+                ],
+            );
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let r = loop {
+                let r = post_with(s.addr, "onboard", key, body.clone()).await;
+                if r.status != 409 || r.json()["error"]["field"] != "idempotency-key" {
+                    break r;
+                }
+                assert!(Instant::now() < deadline, "{backend}: never settled");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            };
+            assert_eq!(r.status, 409, "{backend}: {}", r.body);
+            let e = &r.json()["error"];
+            assert_eq!(e["code"], "conflict", "{backend}: {e}");
+            assert!(
+                e["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("definition changed"),
+                "{backend}: {e}"
+            );
+            assert!(
+                records(s.addr, "list_welcomes").await.is_empty(),
+                "{backend}"
+            );
+        }
+    }
+
+    /// Retention: `purge_durable` deletes expired keys and the journal of
+    /// runs finished before the retention; the purged key then runs anew.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn purge_forgets_expired_keys_and_runs() {
+        for (backend, url) in support::backend_urls("durable_purge") {
+            let db = dataflow::DataFlow::builder(&url)
+                .models(&[&<Probe as dataflow::Model>::SCHEMA])
+                .build()
+                .await
+                .unwrap();
+            let mut app = nexus::Nexus::builder()
+                .enable_durability(true)
+                .durability_retention(Duration::from_millis(300))
+                .build(db.clone())
+                .unwrap();
+            app.register("count", probe_workflow(&db)).unwrap();
+            let app = std::sync::Arc::new(app);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let a = app.clone();
+            tokio::spawn(async move { a.serve_http_on(listener).await });
+            let key = ["Idempotency-Key: p1"];
+            let first = post_with(addr, "count", &key, json!({})).await;
+            assert_eq!(first.status, 200, "{backend}: {}", first.body);
+            let again = post_with(addr, "count", &key, json!({})).await;
+            assert_eq!(header(&again, "idempotent-replayed"), Some("true"));
+            assert_eq!(
+                app.purge_durable().await.unwrap(),
+                0,
+                "{backend}: nothing expired"
+            );
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            // The key, the two runs' journal (one node each).
+            let purged = app.purge_durable().await.unwrap();
+            assert!(purged >= 3, "{backend}: {purged} rows");
+            let fresh = post_with(addr, "count", &key, json!({})).await;
+            assert_eq!(fresh.status, 200, "{backend}");
+            assert_eq!(header(&fresh, "idempotent-replayed"), None, "{backend}");
+            app.shutdown();
+        }
+    }
+
+    /// Two instances on one database (two processes): concurrent requests
+    /// with one key, sent to both, run once; the rest wait (409) and then
+    /// replay the one answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_instances_run_a_key_once() {
+        for (backend, url) in support::backend_urls("durable_two") {
+            let (a, b) = (spawn(&url, &[]), spawn(&url, &[]));
+            let key: &'static [&'static str] = &["Idempotency-Key: shared-1"];
+            let body = json!({"inputs": {"email": "two@x.io", "pause_ms": 800}});
+            let sends: Vec<_> = (0..8)
+                .map(|i| {
+                    let addr = if i % 2 == 0 { a.addr } else { b.addr };
+                    tokio::spawn(post_with(addr, "onboard", key, body.clone()))
+                })
+                .collect();
+            let mut statuses = Vec::new();
+            for s in sends {
+                statuses.push(s.await.unwrap().status);
+            }
+            assert_eq!(
+                statuses.iter().filter(|s| **s == 200).count(),
+                1,
+                "{backend}: one runs, the others are told to wait: {statuses:?}"
+            );
+            assert!(
+                statuses.iter().all(|s| *s == 200 || *s == 409),
+                "{backend}: {statuses:?}"
+            );
+            let replay = post_with(b.addr, "onboard", key, body.clone()).await;
+            assert_eq!(
+                header(&replay, "idempotent-replayed"),
+                Some("true"),
+                "{backend}"
+            );
+            let again = post_with(a.addr, "onboard", key, body).await;
+            assert_eq!(again.body, replay.body, "{backend}: one answer on both");
+            let accounts = records(a.addr, "list_accounts").await;
+            assert_eq!(accounts.len(), 1, "{backend}: {accounts:?}");
+        }
+    }
+}

@@ -67,11 +67,15 @@ pub enum ErrorCode {
     /// A bulk write would change more rows than its `max_affected` allows;
     /// nothing was changed, and the message says how many it would have.
     TooManyRows,
+    /// An `Idempotency-Key` the caller already used with a different
+    /// request (another workflow or other inputs): nothing ran; send the
+    /// first request again, or use a new key.
+    IdempotencyMismatch,
 }
 
 impl ErrorCode {
     /// Every code, for tables (status mappings, documentation, tests).
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::Validation,
         ErrorCode::NotFound,
         ErrorCode::UniqueViolation,
@@ -95,6 +99,7 @@ impl ErrorCode {
         ErrorCode::Unauthenticated,
         ErrorCode::RateLimited,
         ErrorCode::TooManyRows,
+        ErrorCode::IdempotencyMismatch,
     ];
 
     /// The code named `s` (the inverse of [`as_str`](Self::as_str)).
@@ -128,6 +133,7 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::TooManyRows => "too_many_rows",
+            ErrorCode::IdempotencyMismatch => "idempotency_mismatch",
         }
     }
 }
@@ -140,7 +146,8 @@ impl ErrorCode {
             ErrorCode::Validation
             | ErrorCode::ConfirmationRequired
             | ErrorCode::TooLarge
-            | ErrorCode::TooManyRows => 3,
+            | ErrorCode::TooManyRows
+            | ErrorCode::IdempotencyMismatch => 3,
             ErrorCode::NotFound | ErrorCode::UnknownNode | ErrorCode::MethodNotAllowed => 4,
             ErrorCode::UniqueViolation
             | ErrorCode::FkViolation
@@ -165,7 +172,10 @@ impl ErrorCode {
     /// error is never a 2xx. Exhaustive, so a new code must pick its status.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::Validation | ErrorCode::ConfirmationRequired | ErrorCode::TooManyRows => 422,
+            ErrorCode::Validation
+            | ErrorCode::ConfirmationRequired
+            | ErrorCode::TooManyRows
+            | ErrorCode::IdempotencyMismatch => 422,
             ErrorCode::NotFound | ErrorCode::UnknownNode => 404,
             ErrorCode::UniqueViolation
             | ErrorCode::FkViolation

@@ -70,7 +70,7 @@ pub use crate::schema::{Model, ModelSchema};
 pub use crate::sql::Dialect;
 pub use crate::value::MAX_INDEXED_TEXT_CHARS;
 pub use crate::workflow::{
-    new_run_id, ConnectionSpec, NodeSpec, Observer, Run, RunError, RunEvent, Workflow,
+    new_run_id, ConnectionSpec, NodeJournal, NodeSpec, Observer, Run, RunError, RunEvent, Workflow,
     WorkflowBuilder, WorkflowRuntime, WorkflowSpec,
 };
 #[doc(inline)]

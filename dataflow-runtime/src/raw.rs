@@ -91,7 +91,7 @@ impl DataFlow {
         Ok(Some(rx))
     }
 
-    fn raw_sql(&self, statement: &str, params: Vec<Value>) -> Result<Sql> {
+    pub(crate) fn raw_sql(&self, statement: &str, params: Vec<Value>) -> Result<Sql> {
         let mut pieces = statement.split('?');
         let mut sql = Sql::new(self.dialect());
         sql.push(pieces.next().unwrap_or_default());

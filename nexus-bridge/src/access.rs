@@ -220,6 +220,15 @@ impl Roles {
             .any(|role| role.all || role.read.contains(model))
     }
 
+    /// Whether one of `roles` grants everything ([`Role::all`]): an admin,
+    /// who may read any caller's run.
+    pub(crate) fn grants_all(&self, roles: &[String]) -> bool {
+        roles
+            .iter()
+            .filter_map(|r| self.roles.get(r))
+            .any(|role| role.all)
+    }
+
     /// A workflow name a role grants that is not registered: a typo that
     /// would otherwise grant nothing without a word.
     pub(crate) fn unregistered<'a>(

@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) limits: Arc<crate::limits::RateLimits>,
     /// With `enable_sessions(true)`: the sessions in the database.
     pub(crate) sessions: Option<Arc<crate::sessions::Sessions>>,
+    /// With `enable_durability(true)`: idempotency keys and the run journal.
+    pub(crate) durable: Option<Arc<crate::durable::Durable>>,
 }
 
 /// Where a call comes from, which decides what is checked before it runs.
@@ -97,6 +99,11 @@ pub(crate) struct Admission {
     workflow: Workflow,
     /// The session the run reads (in its context) and writes back to.
     session: Option<String>,
+    /// The checksum of the workflow's definition (the run journal's).
+    checksum: Arc<str>,
+    /// Whose call it is ([`crate::durable::scope`]): idempotency keys and
+    /// journaled runs belong to it.
+    pub(crate) scope: String,
     /// The rate limits' state after this call, for the `RateLimit` headers.
     pub(crate) rate: Option<RateState>,
 }
@@ -260,18 +267,25 @@ impl Shared {
     ) -> Result<Admission, Refusal> {
         let started = Instant::now();
         let admitted: Result<Admission, Refusal> = async {
-            let workflow = self.lookup(&caller, name)?.workflow.clone();
+            let registered = self.lookup(&caller, name)?;
+            let (workflow, checksum) = (registered.workflow.clone(), registered.checksum.clone());
             let rate = self.rate_limit(&caller, name).await?;
             let mut context = caller.context.clone();
             if let Some(id) = &caller.session {
                 let data = self.sessions()?.data(&caller, id).await?;
                 context = context.session(data);
             }
+            let scope = match self.durable {
+                Some(_) => crate::durable::scope(&caller),
+                None => String::new(),
+            };
             Ok(Admission {
                 context,
                 name: name.to_string(),
                 workflow,
                 session: caller.session,
+                checksum,
+                scope,
                 rate,
             })
         }
@@ -309,6 +323,27 @@ impl Shared {
             }
         }
         Ok(RateState::of(&applied))
+    }
+}
+
+/// A run's status as `GET /runs/{id}` answers it: `finished` with its
+/// `result`, or `failed` with the [`failure_body`].
+pub(crate) fn run_status(
+    run_id: &str,
+    workflow: &str,
+    result: &std::result::Result<Value, RunError>,
+) -> Value {
+    match result {
+        Ok(out) => {
+            json!({"run_id": run_id, "workflow": workflow, "status": "finished", "result": out})
+        }
+        Err(e) => {
+            let mut status = failure_body(e);
+            status["run_id"] = json!(run_id);
+            status["workflow"] = json!(workflow);
+            status["status"] = json!("failed");
+            status
+        }
     }
 }
 
@@ -525,10 +560,62 @@ impl Shared {
         inputs: Value,
         channel: &str,
     ) -> std::result::Result<Value, RunError> {
-        match self.admit(caller, name, channel).await {
-            Ok(admission) => self.run(admission, inputs, channel, None).await,
-            Err(refusal) => Err(refusal.error.into()),
-        }
+        self.execute_keyed(caller, name, inputs, channel, None)
+            .await
+            .map(|(v, _)| v)
+    }
+
+    /// [`execute`](Self::execute) with an idempotency key (durability on):
+    /// the first call with `key` runs, a retry answers what it answered
+    /// (and says so: `true`). Without durability a key is refused with
+    /// `not_supported` rather than silently not deduplicating.
+    pub(crate) async fn execute_keyed(
+        &self,
+        caller: Caller,
+        name: &str,
+        inputs: Value,
+        channel: &str,
+        key: Option<&str>,
+    ) -> std::result::Result<(Value, bool), RunError> {
+        let admission = match self.admit(caller, name, channel).await {
+            Ok(admission) => admission,
+            Err(refusal) => return Err(refusal.error.into()),
+        };
+        let Some(key) = key else {
+            return self
+                .run(admission, inputs, channel, None, false)
+                .await
+                .map(|v| (v, false));
+        };
+        let durable = self.durable_for_key()?;
+        crate::durable::check_key(key)?;
+        let fingerprint = crate::durable::fingerprint(name, false, &inputs);
+        let run_id = dataflow::new_run_id();
+        let scope = admission.scope.clone();
+        let (this, id, channel_name) = (self.clone(), run_id.clone(), channel.to_string());
+        let answer = durable
+            .once(&scope, key, name, &fingerprint, &run_id, async move {
+                let result = this
+                    .run(admission, inputs, &channel_name, Some(id), false)
+                    .await;
+                crate::durable::Stored::of_run(&result)
+            })
+            .await?;
+        let replayed = answer.replayed;
+        answer.into_run().map(|v| (v, replayed))
+    }
+
+    /// The durable store an idempotency key needs: `not_supported` while
+    /// durability is off, so a key is never silently ignored.
+    pub(crate) fn durable_for_key(&self) -> Result<&Arc<crate::durable::Durable>, Error> {
+        self.durable.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorCode::NotSupported,
+                "an idempotency key needs durability: build the app with \
+                 `enable_durability(true)`; without it requests are not deduplicated",
+            )
+            .with_field("idempotency-key")
+        })
     }
 
     /// Runs an admitted call with `inputs`, the one path every channel
@@ -541,6 +628,7 @@ impl Shared {
         inputs: Value,
         channel: &str,
         run_id: Option<String>,
+        is_async: bool,
     ) -> std::result::Result<Value, RunError> {
         let started = Instant::now();
         let Admission {
@@ -548,10 +636,89 @@ impl Shared {
             name,
             workflow,
             session,
+            checksum,
+            scope,
             ..
         } = admission;
-        let caller_context = context.clone();
         let run_id = run_id.unwrap_or_else(dataflow::new_run_id);
+        let Some(durable) = &self.durable else {
+            return self
+                .run_journaled(
+                    context,
+                    &name,
+                    &workflow,
+                    inputs,
+                    channel,
+                    run_id,
+                    serde_json::Map::new(),
+                    started,
+                    session,
+                )
+                .await;
+        };
+        // A task of its own: a journaled run goes on to its end when the
+        // caller goes away (a dropped connection), as it would be resumed.
+        let (this, durable, channel) = (self.clone(), durable.clone(), channel.to_string());
+        let task = tokio::spawn(async move {
+            // Journaled before any node runs: a crash from here on is resumed.
+            let mode = if is_async { "async" } else { "sync" };
+            if let Err(e) = durable
+                .begin(&run_id, &name, &checksum, &inputs, &context, &scope, mode)
+                .await
+            {
+                this.record(&name, &channel, e.code().as_str(), started);
+                return Err(e.into());
+            }
+            let result = this
+                .run_journaled(
+                    context,
+                    &name,
+                    &workflow,
+                    inputs,
+                    &channel,
+                    run_id.clone(),
+                    serde_json::Map::new(),
+                    started,
+                    session,
+                )
+                .await;
+            if let Err(e) = durable
+                .finish(&run_id, &run_status(&run_id, &name, &result))
+                .await
+            {
+                // Its lease lapses once this instance stops; another pass
+                // then finds every node journaled and records the end.
+                tracing::warn!(error = %e, run_id, "nexus durability: cannot record a run's end");
+            }
+            result
+        });
+        task.await.unwrap_or_else(|e| {
+            Err(Error::new(
+                ErrorCode::Internal,
+                format!("a journaled run's task failed: {e}"),
+            )
+            .into())
+        })
+    }
+
+    /// Runs `workflow` as `run_id` (journaled when durability is on), the
+    /// nodes in `completed` counting as done (a resumed run); publishes its
+    /// events and writes its session outputs back to `session`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn run_journaled(
+        &self,
+        context: Context,
+        name: &str,
+        workflow: &Workflow,
+        inputs: Value,
+        channel: &str,
+        run_id: String,
+        completed: serde_json::Map<String, Value>,
+        started: Instant,
+        session: Option<String>,
+    ) -> std::result::Result<Value, RunError> {
+        let name = name.to_string();
+        let caller_context = context.clone();
         let events = self.surface.events;
         let tenant = Value::from(context.tenant.clone());
         let (h, wf, metrics) = (self.hub.clone(), name.clone(), self.surface.metrics);
@@ -574,12 +741,18 @@ impl Shared {
                 }
             }
         });
-        let result = self
+        let mut runtime = self
             .db
             .with_context(context)
             .runtime()
-            .with_observer(observer)
-            .execute_with_id(&workflow, inputs, run_id.clone())
+            .with_observer(observer);
+        if self.durable.is_some() {
+            runtime = runtime
+                .with_journal(crate::durable::Durable::node_journal())
+                .with_completed(completed);
+        }
+        let result = runtime
+            .execute_with_id(workflow, inputs, run_id.clone())
             .instrument(tracing::info_span!(
                 "nexus.request",
                 workflow = name.as_str(),
@@ -719,7 +892,7 @@ mod tests {
     use super::*;
 
     /// The README's error table: every code's HTTP status and CLI exit code.
-    const TABLE: [(&str, u16, u8); 23] = [
+    const TABLE: [(&str, u16, u8); 24] = [
         ("validation", 422, 3),
         ("not_found", 404, 4),
         ("unique_violation", 409, 5),
@@ -743,6 +916,7 @@ mod tests {
         ("unauthenticated", 401, 9),
         ("rate_limited", 429, 7),
         ("too_many_rows", 422, 3),
+        ("idempotency_mismatch", 422, 3),
     ];
 
     #[test]
@@ -778,6 +952,7 @@ mod tests {
             ErrorCode::Unauthenticated,
             ErrorCode::RateLimited,
             ErrorCode::TooManyRows,
+            ErrorCode::IdempotencyMismatch,
         ] {
             assert!((400..500).contains(&code.http_status()), "{code}");
         }

@@ -42,8 +42,16 @@ fn json_type(schema: &Value) -> &str {
 
 /// Flags every `run <workflow>` has; an input with one of these names is
 /// set through `--inputs`.
-const RESERVED: [&str; 8] = [
-    "json", "inputs", "url", "tenant", "as", "token", "role", "session",
+const RESERVED: [&str; 9] = [
+    "json",
+    "inputs",
+    "url",
+    "tenant",
+    "as",
+    "token",
+    "role",
+    "session",
+    "idempotency-key",
 ];
 
 /// `run <workflow>`: one subcommand per workflow, one flag per input.
@@ -88,6 +96,12 @@ fn run_command(workflows: &[&Registered]) -> Command {
                     .long("token")
                     .value_name("TOKEN")
                     .help("With --url: the credentials (a JWT or an API key), sent as `Authorization: Bearer`; default: the NEXUS_TOKEN variable"),
+            )
+            .arg(
+                Arg::new("idempotency-key")
+                    .long("idempotency-key")
+                    .value_name("KEY")
+                    .help("Run at most once for this key: a retry with the same key and inputs prints the first run's result (needs enable_durability; with --url: sent as the Idempotency-Key header)"),
             )
             .arg(
                 Arg::new("as")
@@ -324,6 +338,7 @@ async fn session(app: &Nexus, m: &ArgMatches) -> Outcome {
                 tenant,
                 token,
                 session: None,
+                key: None,
             };
             request.send(method, &path, body).await.map(|v| {
                 if cmd == "delete" {
@@ -590,6 +605,8 @@ struct Remote<'a> {
     tenant: Option<&'a String>,
     token: Option<String>,
     session: Option<&'a String>,
+    /// `--idempotency-key`, sent as `Idempotency-Key`.
+    key: Option<&'a String>,
 }
 
 impl Remote<'_> {
@@ -618,6 +635,9 @@ impl Remote<'_> {
         if let Some(s) = self.session {
             request = request.header(crate::sessions::HEADER, s);
         }
+        if let Some(key) = self.key {
+            request = request.header("idempotency-key", key);
+        }
         if let Some(token) = self.token.filter(|t| !t.is_empty()) {
             request = request.bearer_auth(token);
         }
@@ -638,12 +658,14 @@ async fn remote(
     tenant: Option<&String>,
     token: Option<String>,
     session: Option<&String>,
+    key: Option<&String>,
 ) -> Result<Value, RunError> {
     let request = Remote {
         url,
         tenant,
         token,
         session,
+        key,
     };
     request
         .send(
@@ -754,6 +776,7 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
                         sub.get_one::<String>("tenant"),
                         token,
                         sub.get_one::<String>("session"),
+                        sub.get_one::<String>("idempotency-key"),
                     )
                     .await
                 }
@@ -771,7 +794,11 @@ pub(crate) async fn dispatch(app: &Nexus, args: Vec<OsString>) -> Outcome {
                         };
                         let caller = Caller::new(context, origin)
                             .with_session(sub.get_one::<String>("session").cloned());
-                        app.shared.execute(caller, name, inputs, "cli").await
+                        let key = sub.get_one::<String>("idempotency-key").map(String::as_str);
+                        app.shared
+                            .execute_keyed(caller, name, inputs, "cli", key)
+                            .await
+                            .map(|(v, _)| v)
                     }
                     Err(e) => Err(e.into()),
                 },

@@ -3,8 +3,8 @@
 //! method answers 405 `method_not_allowed`, both with the JSON error body.
 
 use crate::channel::{
-    error_body, failure_body, http_error, http_failure, http_refusal, too_large, with_rate, Caller,
-    Origin, Shared,
+    error_body, http_error, http_failure, http_refusal, too_large, with_rate, Caller, Origin,
+    Shared,
 };
 use crate::Registered;
 use axum::extract::rejection::{BytesRejection, JsonRejection};
@@ -241,19 +241,31 @@ async fn run(
             ))
         }
     };
-    // Roles and rate limits before anything runs (or is accepted).
+    let key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| crate::durable::bad_key())?
+                .to_string(),
+        ),
+    };
+    // Roles and rate limits before anything runs (or is accepted, or is
+    // replayed).
     let admission = match s.admit(caller, &name, "http").await {
         Ok(admission) => admission,
         Err(refusal) => return Ok(http_refusal(&refusal)),
     };
     let rate = admission.rate.clone();
-    let response = if is_async {
-        start_async(s, admission, name, inputs)
-    } else {
-        s.run(admission, inputs, "http", None)
+    let response = match key {
+        Some(key) => keyed(s, admission, name, inputs, is_async, key).await,
+        None if is_async => start_async(s, admission, name, inputs, None)
+            .map(|body| (StatusCode::ACCEPTED, Json(body)).into_response())
+            .map_err(ApiError::from),
+        None => s
+            .run(admission, inputs, "http", None, false)
             .await
             .map(|out| Json(out).into_response())
-            .map_err(ApiError::from)
+            .map_err(ApiError::from),
     };
     let response = response.unwrap_or_else(IntoResponse::into_response);
     Ok(with_rate(response, rate.as_ref()))
@@ -334,45 +346,141 @@ async fn session_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `"mode": "async"`: 202 with the run id at once; `GET /runs/{id}` reports it.
+/// The header an idempotent request carries its key in (the IETF draft's).
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// A request with an `Idempotency-Key`: the first one with the key runs and
+/// its answer is stored; a retry gets that answer byte for byte with
+/// `Idempotent-Replayed: true`; a retry while the first runs is 409
+/// `conflict` with `Retry-After`; the key with another request is 422
+/// `idempotency_mismatch`.
+async fn keyed(
+    s: AppState,
+    admission: crate::channel::Admission,
+    name: String,
+    inputs: Value,
+    is_async: bool,
+    key: String,
+) -> Result<Response, ApiError> {
+    let durable = s.durable_for_key()?.clone();
+    crate::durable::check_key(&key)?;
+    let fingerprint = crate::durable::fingerprint(&name, is_async, &inputs);
+    let run_id = dataflow::new_run_id();
+    let scope = admission.scope.clone();
+    let (id, workflow) = (run_id.clone(), name.clone());
+    let work = async move {
+        if is_async {
+            match start_async(s.clone(), admission, workflow, inputs, Some(id)) {
+                Ok(body) => crate::durable::Stored {
+                    status: 202,
+                    body: body.to_string(),
+                    replayed: false,
+                },
+                Err(e) => crate::durable::Stored::of_run(&Err(e)),
+            }
+        } else {
+            let result = s.run(admission, inputs, "http", Some(id), false).await;
+            crate::durable::Stored::of_run(&result)
+        }
+    };
+    let answer = match durable
+        .once(&scope, &key, &name, &fingerprint, &run_id, work)
+        .await
+    {
+        Ok(answer) => answer,
+        Err(e) if e.code() == ErrorCode::Conflict => {
+            let mut r = http_error(&e);
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(crate::durable::IN_PROGRESS_RETRY_SECONDS),
+            );
+            return Ok(r);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (
+        status,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        answer.body,
+    )
+        .into_response();
+    if answer.replayed {
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    Ok(response)
+}
+
+/// `"mode": "async"`: the 202's body with the run id at once (the run goes
+/// on); `GET /runs/{id}` reports it.
 fn start_async(
     s: AppState,
     admission: crate::channel::Admission,
     name: String,
     inputs: Value,
-) -> Result<Response, ApiError> {
+    run_id: Option<String>,
+) -> Result<Value, RunError> {
     // Inputs are checked before the 202, so an async request that would
     // fail validation is refused like a sync one.
     if let Some(w) = s.workflows.get(&name) {
-        w.workflow.check_inputs(&inputs).map_err(ApiError::from)?;
+        w.workflow.check_inputs(&inputs)?;
     }
-    let run_id = dataflow::new_run_id();
-    let slot = s.runs.start(&run_id, &name).map_err(ApiError::from)?;
+    let run_id = run_id.unwrap_or_else(dataflow::new_run_id);
+    let slot = s.runs.start(&run_id, &name)?;
     let id = run_id.clone();
     tokio::spawn(async move {
-        let result = s.run(admission, inputs, "http", Some(id.clone())).await;
-        let status = match result {
-            Ok(out) => json!({"run_id": id, "workflow": name, "status": "finished", "result": out}),
-            Err(e) => {
-                let mut status = failure_body(&e);
-                status["run_id"] = json!(id);
-                status["workflow"] = json!(name);
-                status["status"] = json!("failed");
-                status
-            }
-        };
+        let result = s
+            .run(admission, inputs, "http", Some(id.clone()), true)
+            .await;
+        let status = crate::channel::run_status(&id, &name, &result);
         // Serializing a large result is CPU work: off the async workers.
         let runs = s.runs.clone();
         let _ = tokio::task::spawn_blocking(move || runs.finish(&id, status)).await;
         drop(slot);
     });
-    let body =
-        json!({"run_id": run_id, "status": "running", "links": {"run": format!("/runs/{run_id}")}});
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    Ok(json!({"run_id": run_id, "status": "running", "links": {"run": format!("/runs/{run_id}")}}))
 }
 
-/// An async run's status, as it was kept.
-async fn run_status(State(s): State<AppState>, Path(id): Path<String>) -> Response {
+/// A run's status: from the journal with durability on (any run, sync or
+/// async, on any instance, after restarts; only to the caller who started
+/// it, or an admin), else as this process kept its async outcome.
+async fn run_status(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    client: ClientAddr,
+) -> Response {
+    if let Some(durable) = s.durable.clone() {
+        let caller = match caller(&s, &headers, client) {
+            Ok(c) => c,
+            Err(e) => return http_error(&e),
+        };
+        return match durable.get(&id).await {
+            Err(e) => http_error(&e),
+            // Fail closed: another caller's run answers as if it did not exist.
+            Ok(Some(run))
+                if run.caller == crate::durable::scope(&caller)
+                    || caller.context.system
+                    || s.access.grants_all(&caller.context.roles) =>
+            {
+                Json(run.status).into_response()
+            }
+            Ok(_) => http_error(&Error::new(
+                ErrorCode::NotFound,
+                format!(
+                    "no run `{}` of yours: it was never started, or its journal is past \
+                     durability_retention",
+                    Error::echo(&id)
+                ),
+            )),
+        };
+    }
     match s.runs.get(&id) {
         Some(status) => (
             [(

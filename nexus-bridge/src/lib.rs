@@ -19,6 +19,7 @@ mod access;
 mod auth;
 mod channel;
 mod cli;
+mod durable;
 mod events;
 mod http;
 mod identity;
@@ -59,6 +60,9 @@ pub struct Registered {
     pub(crate) session_outputs: Vec<(String, Vec<String>)>,
     /// Its model nodes that write: the sources of its change events.
     pub(crate) writes: Vec<events::Write>,
+    /// The checksum of its definition (a journaled run resumes only under
+    /// the same one).
+    pub(crate) checksum: Arc<str>,
 }
 
 impl Registered {
@@ -90,6 +94,8 @@ pub struct NexusBuilder {
     forbidden_as_not_found: bool,
     list_forbidden_workflows: bool,
     enable_durability: bool,
+    durability_retention: Duration,
+    durability_lease: Duration,
     enable_sessions: bool,
     session_ttl: Duration,
     event_buffer: usize,
@@ -129,6 +135,8 @@ impl Default for NexusBuilder {
             forbidden_as_not_found: false,
             list_forbidden_workflows: false,
             enable_durability: false,
+            durability_retention: Duration::from_secs(24 * 3600),
+            durability_lease: Duration::from_secs(30),
             enable_sessions: false,
             session_ttl: Duration::from_secs(24 * 3600),
             event_buffer: 1024,
@@ -207,8 +215,13 @@ impl NexusBuilder {
         /// show every workflow (default off: only those the caller's roles
         /// grant). Calling one is still refused.
         list_forbidden_workflows: bool;
-        /// Only `false` (the default): idempotency keys and the run journal
-        /// are not built yet.
+        /// Durable requests (default off): `Idempotency-Key` on every
+        /// channel (HTTP header, CLI `--idempotency-key`, MCP
+        /// `_meta["idempotency-key"]`) answers a retried request once, and
+        /// every run is journaled in the database (`nexus_runs`,
+        /// `nexus_run_nodes`) so `GET /runs/{id}` survives restarts and a
+        /// run cut off by a crash is resumed after its last completed node.
+        /// See the README's "Durable requests".
         enable_durability: bool;
         /// Sessions (default off): JSON data in the app's database table
         /// `nexus_sessions`, made with `POST /sessions`, CLI `session create`
@@ -219,6 +232,14 @@ impl NexusBuilder {
         /// [`SESSION_MCP_META_KEY`]. Only the caller that made a session
         /// (same actor and tenant) may use it; others get `not_found`.
         enable_sessions: bool;
+        /// How long an idempotency key's response is kept, and a finished
+        /// run's journal (default 24 hours); expired rows are purged every
+        /// minute while serving, and by [`Nexus::purge_durable`].
+        durability_retention: Duration;
+        /// How long a run's lease lasts (default 30 s): its instance renews
+        /// it every third of it; once it has expired (the instance died)
+        /// another instance, or this one restarted, resumes the run.
+        durability_lease: Duration;
         /// How long a session lives after it is made (default 24 hours;
         /// use does not extend it). Expired sessions answer `not_found` and
         /// their rows are deleted.
@@ -390,16 +411,10 @@ impl NexusBuilder {
     /// Checks the options: ones whose feature is not built yet fail here
     /// rather than being silently ignored.
     pub fn build(self, db: DataFlow) -> Result<Nexus> {
-        let pending = [
-            (
-                self.auto_discovery,
-                "auto_discovery(true) (registration never scans files; only false is supported)",
-            ),
-            (
-                self.enable_durability,
-                "enable_durability(true) (idempotency keys and the run journal)",
-            ),
-        ];
+        let pending = [(
+            self.auto_discovery,
+            "auto_discovery(true) (registration never scans files; only false is supported)",
+        )];
         let missing: Vec<&str> = pending
             .iter()
             .filter(|(on, _)| *on)
@@ -467,6 +482,13 @@ impl NexusBuilder {
         let sessions = self
             .enable_sessions
             .then(|| Arc::new(sessions::Sessions::new(db.clone(), self.session_ttl)));
+        let durable = self.enable_durability.then(|| {
+            Arc::new(durable::Durable::new(
+                db.clone(),
+                self.durability_retention,
+                self.durability_lease,
+            ))
+        });
         Ok(Nexus {
             options: self,
             policy,
@@ -480,6 +502,7 @@ impl NexusBuilder {
                 access: Arc::new(access),
                 limits: Arc::new(limits),
                 sessions,
+                durable,
             },
         })
     }
@@ -498,6 +521,8 @@ impl NexusBuilder {
             ("header_read_timeout", self.header_read_timeout),
             ("idle_timeout", self.idle_timeout),
             ("async_store_ttl", self.async_store_ttl),
+            ("durability_retention", self.durability_retention),
+            ("durability_lease", self.durability_lease),
             ("mcp_session_idle", self.mcp_session_idle),
             ("session_ttl", self.session_ttl),
         ];
@@ -606,6 +631,7 @@ impl Nexus {
         };
         let needs = access::Needs::of(&self.shared.db, &workflow);
         let writes = events::Write::of(&self.shared.db, &workflow);
+        let checksum = durable::checksum(&workflow).into();
         let mut all = (*self.shared.workflows).clone();
         all.insert(
             name.to_string(),
@@ -616,6 +642,7 @@ impl Nexus {
                 needs,
                 session_outputs: Vec::new(),
                 writes,
+                checksum,
             },
         );
         self.shared.workflows = Arc::new(all);
@@ -772,6 +799,7 @@ impl Nexus {
         self.http_enabled()?;
         self.check_names()?;
         self.prepare_tables().await?;
+        self.boot_durability().await?;
         let shutdown = self.shared.hub.shutdown.clone();
         serve::serve(listener, self.router(), self.options.limits(), shutdown).await;
         Ok(())
@@ -790,6 +818,7 @@ impl Nexus {
     pub async fn serve_mcp_on(&self, listener: tokio::net::TcpListener) -> Result<()> {
         self.check_names()?;
         self.prepare_tables().await?;
+        self.boot_durability().await?;
         mcp::serve_http_until(
             self.mcp_server(),
             listener,
@@ -810,7 +839,34 @@ impl Nexus {
     /// MCP over stdin/stdout (nothing else may write to stdout in this mode).
     pub async fn serve_mcp_stdio(&self) -> Result<()> {
         self.check_names()?;
+        self.boot_durability().await?;
         mcp::serve_stdio(self.mcp_server()).await
+    }
+
+    /// With durability on: creates its tables (a database that cannot is a
+    /// boot error, not a first request's), then starts the loop that renews
+    /// this instance's run leases, resumes runs whose lease expired (at
+    /// once: the runs a crash cut off) and purges expired rows.
+    async fn boot_durability(&self) -> Result<()> {
+        if let Some(d) = &self.shared.durable {
+            d.ensure_tables().await?;
+            durable::Durable::start(&self.shared);
+        }
+        Ok(())
+    }
+
+    /// Deletes expired idempotency keys and the journal of runs finished
+    /// longer ago than [`durability_retention`](NexusBuilder::durability_retention)
+    /// (serving does it every minute); returns how many rows went. `config`
+    /// without durability.
+    pub async fn purge_durable(&self) -> Result<u64> {
+        match &self.shared.durable {
+            Some(d) => d.purge().await,
+            None => Err(Error::new(
+                ErrorCode::Config,
+                "durability is off: build the app with `enable_durability(true)`",
+            )),
+        }
     }
 
     /// Refuses to serve (or run) when a role or a per-workflow rate limit

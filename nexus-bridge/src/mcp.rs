@@ -238,7 +238,7 @@ impl McpServer {
         name: &str,
         arguments: Option<JsonObject>,
     ) -> std::result::Result<CallToolResult, ErrorData> {
-        self.call_with(None, None, name, arguments).await
+        self.call_with(None, None, name, arguments, None).await
     }
 
     /// [`call`](Self::call) for an MCP request over HTTP with this head
@@ -249,6 +249,7 @@ impl McpServer {
         session: Option<String>,
         name: &str,
         arguments: Option<JsonObject>,
+        key: Option<std::result::Result<String, Error>>,
     ) -> std::result::Result<CallToolResult, ErrorData> {
         let inputs = Value::Object(arguments.unwrap_or_default());
         // The session: the `_meta` key, else (over HTTP) the header.
@@ -278,10 +279,31 @@ impl McpServer {
             Ok(_) if known && inputs.to_string().len() > MAX_INPUT_BYTES => {
                 Err(too_large("tool arguments").into())
             }
-            Ok(caller) => self.shared.execute(caller, name, inputs, "mcp").await,
+            Ok(caller) => match key {
+                None => self
+                    .shared
+                    .execute(caller, name, inputs, "mcp")
+                    .await
+                    .map(|v| (v, false)),
+                Some(Err(e)) => Err(e.into()),
+                Some(Ok(key)) => {
+                    self.shared
+                        .execute_keyed(caller, name, inputs, "mcp", Some(&key))
+                        .await
+                }
+            },
         };
         match result {
-            Ok(result) => Ok(CallToolResult::structured(result)),
+            Ok((result, replayed)) => {
+                let mut r = CallToolResult::structured(result);
+                if replayed {
+                    // The HTTP header's counterpart.
+                    let mut meta = rmcp::model::MetaObject::default();
+                    meta.0.insert(IDEMPOTENT_REPLAYED.into(), Value::Bool(true));
+                    r.meta = Some(meta);
+                }
+                Ok(r)
+            }
             Err(e) => mcp_error(&e, known),
         }
     }
@@ -329,7 +351,9 @@ impl ServerHandler for McpServer {
             .or_else(|| context.meta.0 .0.get(crate::sessions::MCP_META_KEY))
             .and_then(Value::as_str)
             .map(str::to_string);
-        self.call_with(head, session, &request.name, request.arguments)
+        let key = idempotency_key(request.meta.as_ref().map(|m| &m.0 .0))
+            .or_else(|| idempotency_key(Some(&context.meta.0 .0)));
+        self.call_with(head, session, &request.name, request.arguments, key)
             .await
             .map(CallToolResponse::from)
     }
@@ -341,6 +365,22 @@ impl ServerHandler for McpServer {
             .get(name)
             .map(Self::tool)
             .or_else(|| self.session_tools().into_iter().find(|t| t.name == name))
+    }
+}
+
+/// The `_meta` key a `tools/call` carries its idempotency key under
+/// (`{"_meta": {"idempotency-key": "..."}}`), as HTTP's `Idempotency-Key`.
+pub const IDEMPOTENCY_META_KEY: &str = "idempotency-key";
+
+/// The `_meta` key of a result replayed for an idempotency key (`true`).
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// The idempotency key in a request's `_meta`: `None` without one, an
+/// error when it is not a string.
+fn idempotency_key(meta: Option<&JsonObject>) -> Option<std::result::Result<String, Error>> {
+    match meta?.get(IDEMPOTENCY_META_KEY)? {
+        Value::String(k) => Some(Ok(k.clone())),
+        _ => Some(Err(crate::durable::bad_key())),
     }
 }
 

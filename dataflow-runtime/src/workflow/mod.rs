@@ -4,7 +4,7 @@
 mod run;
 mod template;
 
-pub use run::{new_run_id, Observer, Run, RunError, RunEvent, WorkflowRuntime};
+pub use run::{new_run_id, NodeJournal, Observer, Run, RunError, RunEvent, WorkflowRuntime};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::json_schema::{self, closed, properties, required, schema_at};

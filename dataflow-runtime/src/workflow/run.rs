@@ -164,11 +164,25 @@ impl std::error::Error for RunError {
 /// Receives every [`RunEvent`] of the runs it observes.
 pub type Observer = std::sync::Arc<dyn Fn(&RunEvent) + Send + Sync>;
 
+/// Records a finished node in a journal of the caller's (nexus's run
+/// journal): given the run id, the node id and its output, it returns one
+/// SQL statement with `?` marks and its values (as
+/// [`DataFlow::raw_execute`] takes them). The runtime runs it before any
+/// node that depends on this one starts. In a transactional run it runs on
+/// the run's connection, inside the run's transaction: the node's writes
+/// and its journal entry commit together or not at all. Otherwise it runs
+/// right after the node, in a transaction of its own.
+pub type NodeJournal =
+    std::sync::Arc<dyn Fn(&str, &str, &Value) -> (String, Vec<Value>) + Send + Sync>;
+
 /// Runs workflows against a [`DataFlow`]; get one with `db.runtime()`.
 #[derive(Clone)]
 pub struct WorkflowRuntime {
     db: DataFlow,
     observer: Option<Observer>,
+    journal: Option<NodeJournal>,
+    /// Node id → output of nodes that already ran (a resumed run).
+    completed: Map<String, Value>,
 }
 
 impl std::fmt::Debug for WorkflowRuntime {
@@ -185,6 +199,8 @@ impl DataFlow {
         WorkflowRuntime {
             db: self.clone(),
             observer: None,
+            journal: None,
+            completed: Map::new(),
         }
     }
 }
@@ -245,6 +261,16 @@ impl<'p> State<'p> {
             outputs: vec![None; n],
             timings: BTreeMap::new(),
             error: None,
+        }
+    }
+
+    /// Marks the nodes a resumed run already completed as done.
+    fn preset(&mut self, completed: &Map<String, Value>) {
+        for (i, node) in self.plan.nodes.iter().enumerate() {
+            if let Some(out) = completed.get(&node.id) {
+                self.status[i] = Status::Done;
+                self.outputs[i] = Some(out.clone());
+            }
         }
     }
 
@@ -435,6 +461,21 @@ impl WorkflowRuntime {
         self
     }
 
+    /// Records every node that finishes well through `journal` (see
+    /// [`NodeJournal`]).
+    pub fn with_journal(mut self, journal: NodeJournal) -> Self {
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Resumes a run: the nodes in `completed` (node id → output, as a
+    /// journal recorded them) count as done with these outputs and do not
+    /// run again; the rest run as usual, fed by them.
+    pub fn with_completed(mut self, completed: Map<String, Value>) -> Self {
+        self.completed = completed;
+        self
+    }
+
     /// Runs `workflow` with `inputs` (an object matching its input schema).
     pub async fn execute(&self, workflow: &Workflow, inputs: Value) -> Result<Run, RunError> {
         self.execute_with_id(workflow, inputs, new_run_id()).await
@@ -483,6 +524,7 @@ impl WorkflowRuntime {
             inputs,
             self.observer.as_ref().map(|o| (o, rid.as_str())),
         );
+        state.preset(&self.completed);
         let mut waiting: Vec<usize> = plan.nodes.iter().map(|n| n.sources).collect();
         // Node futures are polled in this task (no task spawn per node): a
         // model node's database work already runs on the blocking pool, and
@@ -496,6 +538,11 @@ impl WorkflowRuntime {
             .collect();
         loop {
             while let Some(i) = ready.pop() {
+                if state.status[i] == Status::Done {
+                    // Completed before a resume: feeds its dependents as it is.
+                    release(plan, &mut waiting, &mut ready, i);
+                    continue;
+                }
                 match state.next(i) {
                     Next::Run(input) => {
                         state.status[i] = Status::Running;
@@ -551,6 +598,13 @@ impl WorkflowRuntime {
             });
             state.finish(i, result, took);
             if state.status[i] == Status::Done {
+                if let (Some(journal), Some(out)) = (&self.journal, &state.outputs[i]) {
+                    let (statement, params) = journal(&rid, &plan.nodes[i].id, out);
+                    if let Err(e) = self.db.raw_execute(&statement, params).await {
+                        state.fail(i, e.with_node(&plan.nodes[i].id));
+                        continue;
+                    }
+                }
                 release(plan, &mut waiting, &mut ready, i);
             }
         }
@@ -564,6 +618,8 @@ impl WorkflowRuntime {
         run_id: String,
     ) -> Result<Run, RunError> {
         let observer = self.observer.clone();
+        let journal = self.journal.clone();
+        let completed = self.completed.clone();
         let started = Instant::now();
         // One transaction with this database's write access (on SQLite: one
         // job of the writer thread, so it never races the other writes).
@@ -580,14 +636,16 @@ impl WorkflowRuntime {
                 inputs,
                 observer.as_ref().map(|o| (o, rid.as_str())),
             );
+            state.preset(&completed);
+            let journal = journal.as_ref();
             // Any failure rolls every model node back; `state` keeps what ran.
             let outcome = match conn {
-                ConnMut::Sqlite(c) => {
-                    c.write_transaction(|c| run_in_order(db, c, &mut state, &run_id, deadline))
-                }
-                ConnMut::Postgresql(c) => {
-                    c.write_transaction(|c| run_in_order(db, c, &mut state, &run_id, deadline))
-                }
+                ConnMut::Sqlite(c) => c.write_transaction(|c| {
+                    run_in_order(db, c, &mut state, &run_id, deadline, journal)
+                }),
+                ConnMut::Postgresql(c) => c.write_transaction(|c| {
+                    run_in_order(db, c, &mut state, &run_id, deadline, journal)
+                }),
             };
             // Committed (or rolled back): the query cache forgets what the
             // run's model nodes may have changed, before the run answers.
@@ -660,9 +718,14 @@ fn run_in_order<C: Conn>(
     state: &mut State,
     run_id: &str,
     deadline: Option<Instant>,
+    journal: Option<&NodeJournal>,
 ) -> Result<()> {
     let plan = state.plan;
     for &i in &plan.order {
+        if state.status[i] == Status::Done {
+            // Completed before a resume.
+            continue;
+        }
         if let Some(d) = deadline {
             if Instant::now() > d {
                 let ms = plan.timeout.unwrap_or_default().as_millis();
@@ -711,6 +774,16 @@ fn run_in_order<C: Conn>(
                         ))
                     });
                 state.finish(i, r, t.elapsed());
+                if let (Some(journal), Some(out)) = (journal, &state.outputs[i]) {
+                    // In the run's transaction: committed with the node's writes.
+                    let (statement, params) = journal(run_id, &node.id, out);
+                    if let Err(e) = db
+                        .raw_sql(&statement, params)
+                        .and_then(|sql| conn.exec(&sql).map(drop))
+                    {
+                        state.fail(i, e.with_node(&node.id));
+                    }
+                }
             }
             Next::Fail(e) => state.fail(i, e.with_node(&plan.nodes[i].id)),
             Next::Skip => {
