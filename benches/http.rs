@@ -5,6 +5,9 @@
 //! ```sh
 //! cargo bench --bench http      # full: wrk -t2 -c32 -d10s --latency, each line
 //! cargo test --bench http       # smoke: one request per endpoint, checks they agree
+//! HTTP_BENCH=auth cargo bench --bench http   # only get_user: auth off, JWT, API key, rate limit
+//! HTTP_BENCH=jwt cargo bench --bench http    # one line alone (off, jwt, key), e.g. under a profiler
+//! HTTP_BENCH_SECONDS=3 cargo bench --bench http   # shorter wrk runs (default 10)
 //! ```
 
 use axum::extract::State;
@@ -165,10 +168,20 @@ struct WrkResult {
     non_2xx: u64,
 }
 
+/// Seconds each wrk run lasts: `HTTP_BENCH_SECONDS`, default 10.
+fn seconds() -> u64 {
+    std::env::var("HTTP_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|s| *s > 0)
+        .unwrap_or(10)
+}
+
 fn wrk(url: &str, script: Option<&str>) -> WrkResult {
     let dir = std::env::temp_dir();
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t2", "-c32", "-d10s", "--latency", url]);
+    let duration = format!("-d{}s", seconds());
+    cmd.args(["-t2", "-c32", &duration, "--latency", url]);
     if let Some(s) = script {
         let path = dir.join(format!(
             "dataflow-wrk-{}.lua",
@@ -416,64 +429,96 @@ async fn main() {
         return;
     }
     let get_body = format!("wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\nwrk.body = '{{\"inputs\": {{\"id\": \"{id}\"}}}}'\n");
-    let raw_get = wrk(&format!("http://{raw_addr}/users/get"), Some(&get_body));
+    // `HTTP_BENCH=auth`: only the get_user lines of the auth table and the
+    // rate limit (no raw handler, no create_user).
+    let only = std::env::var("HTTP_BENCH").unwrap_or_default();
+    let only_auth = only == "auth";
+    let secs = seconds();
+    let authed_get = format!("http://{authed_addr}/workflows/get_user/execute");
+    let with_auth =
+        |auth: &str| format!("{get_body}wrk.headers['Authorization'] = 'Bearer {auth}'\n");
+    // `HTTP_BENCH=off|jwt|key`: that line alone (for a profiler).
+    let alone = match only.as_str() {
+        "off" => Some(("auth off", wrk(&nexus_get, Some(&get_body)))),
+        "jwt" => Some(("JWT (HS256)", wrk(&authed_get, Some(&with_auth(&jwt))))),
+        "key" => Some(("API key", wrk(&authed_get, Some(&with_auth(&key))))),
+        _ => None,
+    };
+    if let Some((what, r)) = alone {
+        println!(
+            "| {what} | {:.0} req/s | p50 / p99 {:.2} / {:.2} ms | non-2xx {} |",
+            r.rps, r.p50_ms, r.p99_ms, r.non_2xx
+        );
+        remove_db(&path);
+        return;
+    }
     let limited_get = wrk(
         &format!("http://{limited_addr}/workflows/get_user/execute"),
         Some(&get_body),
     );
     let plain_get = wrk(&nexus_get, Some(&get_body));
     let rate_ratio = limited_get.rps / plain_get.rps;
-    let authed_get = format!("http://{authed_addr}/workflows/get_user/execute");
-    let with_auth =
-        |auth: &str| format!("{get_body}wrk.headers['Authorization'] = 'Bearer {auth}'\n");
     let auth_lines = [
-        ("auth off", wrk(&nexus_get, Some(&get_body))),
+        (
+            "auth off",
+            if only_auth {
+                plain_get
+            } else {
+                wrk(&nexus_get, Some(&get_body))
+            },
+        ),
         ("JWT (HS256)", wrk(&authed_get, Some(&with_auth(&jwt)))),
         (
             "API key (cached verification)",
             wrk(&authed_get, Some(&with_auth(&key))),
         ),
     ];
-    let lines = [
-        ("get_user", plain_get, raw_get),
-        ("get_user, rate_limit on", limited_get, raw_get),
-        (
-            "create_user",
-            wrk(
-                &format!("http://{nexus_addr}/workflows/create_user/execute"),
-                Some(&create_script("/workflows/create_user/execute")),
+    if !only_auth {
+        let raw_get = wrk(&format!("http://{raw_addr}/users/get"), Some(&get_body));
+        let lines = [
+            ("get_user", plain_get, raw_get),
+            ("get_user, rate_limit on", limited_get, raw_get),
+            (
+                "create_user",
+                wrk(
+                    &format!("http://{nexus_addr}/workflows/create_user/execute"),
+                    Some(&create_script("/workflows/create_user/execute")),
+                ),
+                wrk(
+                    &format!("http://{raw_addr}/users"),
+                    Some(&create_script("/users")),
+                ),
             ),
-            wrk(
-                &format!("http://{raw_addr}/users"),
-                Some(&create_script("/users")),
-            ),
-        ),
-    ];
-    println!("HTTP on loopback, SQLite file, wrk -t2 -c32 -d10s --latency (load generator on the same 2 cores)");
-    println!("command: cargo bench --bench http\n");
-    println!("| workflow | nexus req/s | raw axum req/s | ratio | nexus p50 / p99 ms | raw p50 / p99 ms |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (name, n, r) in &lines {
-        println!(
-            "| {name} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} |",
-            n.rps,
-            r.rps,
-            n.rps / r.rps,
-            n.p50_ms,
-            n.p99_ms,
-            r.p50_ms,
-            r.p99_ms
-        );
-        if n.non_2xx + r.non_2xx > 0 {
+        ];
+        println!("HTTP on loopback, SQLite file, wrk -t2 -c32 -d{secs}s --latency (load generator on the same 2 cores)");
+        println!("command: cargo bench --bench http\n");
+        println!("| workflow | nexus req/s | raw axum req/s | ratio | nexus p50 / p99 ms | raw p50 / p99 ms |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        for (name, n, r) in &lines {
             println!(
-                "  ({name}: non-2xx responses: nexus {}, raw {})",
-                n.non_2xx, r.non_2xx
+                "| {name} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} |",
+                n.rps,
+                r.rps,
+                n.rps / r.rps,
+                n.p50_ms,
+                n.p99_ms,
+                r.p50_ms,
+                r.p99_ms
             );
+            if n.non_2xx + r.non_2xx > 0 {
+                println!(
+                    "  ({name}: non-2xx responses: nexus {}, raw {})",
+                    n.non_2xx, r.non_2xx
+                );
+            }
         }
+        println!("\ntargets: nexus ≥ 0.8× the hand-written handler; p99 < 10 ms at 32 connections");
     }
-    println!("\nget_user with rate limiting on / off: {rate_ratio:.2} (target ≥ 0.95)");
-    println!("\ntargets: nexus ≥ 0.8× the hand-written handler; p99 < 10 ms at 32 connections");
-    println!("\nget_user with authentication, same run:\n");
+    println!(
+        "\nget_user with rate limiting on / off: {rate_ratio:.2} (target ≥ 0.95); on {:.0} req/s, p50 / p99 {:.2} / {:.2} ms",
+        limited_get.rps, limited_get.p50_ms, limited_get.p99_ms
+    );
+    println!("\nget_user with authentication, same run (wrk -t2 -c32 -d{secs}s):\n");
     println!("| get_user | req/s | ratio to auth off | p50 / p99 ms |");
     println!("|---|---:|---:|---:|");
     let off = auth_lines[0].1.rps;
@@ -490,6 +535,11 @@ async fn main() {
         }
     }
     println!("\ntargets: JWT ≥ 0.9× auth off; API key ≥ 0.85×");
+    remove_db(&path);
+}
+
+/// Removes the benchmark's SQLite file.
+fn remove_db(path: &std::path::Path) {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }

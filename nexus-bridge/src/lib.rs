@@ -409,6 +409,9 @@ impl NexusBuilder {
             ttl: self.async_store_ttl,
         });
         let hub = Arc::new(channel::Hub::new(&db));
+        if let Some(auth) = &auth {
+            auth.register(&hub.registry)?;
+        }
         Ok(Nexus {
             options: self,
             policy,
