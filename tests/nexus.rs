@@ -3373,7 +3373,13 @@ mod auth {
     async fn count_as(addr: SocketAddr, credential: &str) -> support::http::Response {
         let auth = format!("Authorization: Bearer {credential}");
         tokio::task::spawn_blocking(move || {
-            request_with(addr, "POST", "/workflows/count/execute", &[&auth], Some(b"{}"))
+            request_with(
+                addr,
+                "POST",
+                "/workflows/count/execute",
+                &[&auth],
+                Some(b"{}"),
+            )
         })
         .await
         .unwrap()
@@ -3409,7 +3415,9 @@ mod auth {
         let prom = metrics_token();
         let exp = now() + 2;
         let token = hs256(&json!({"sub": "short", "exp": exp, "roles": ["reader"]}));
-        let jwt = |outcome: &str| format!("nexus_auth_checks_total{{credential=\"jwt\",outcome=\"{outcome}\"}}");
+        let jwt = |outcome: &str| {
+            format!("nexus_auth_checks_total{{credential=\"jwt\",outcome=\"{outcome}\"}}")
+        };
         let r = count_as(http, &token).await;
         assert_eq!(r.status, 200, "{}", r.body);
         let r = count_as(http, &token).await;
@@ -3461,7 +3469,13 @@ mod auth {
                     let (barrier, auth) = (barrier.clone(), format!("X-API-Key: {key}"));
                     tokio::task::spawn_blocking(move || {
                         barrier.wait();
-                        request_with(http, "POST", "/workflows/count/execute", &[&auth], Some(b"{}"))
+                        request_with(
+                            http,
+                            "POST",
+                            "/workflows/count/execute",
+                            &[&auth],
+                            Some(b"{}"),
+                        )
                     })
                 })
                 .collect::<Vec<_>>()
@@ -3470,10 +3484,19 @@ mod auth {
             let r = r.await.unwrap();
             assert_eq!(r.status, 200, "{}", r.body);
         }
-        assert_eq!(auth_metric(http, &prom, argon2).await, 1, "one Argon2id verification for {N} requests");
-        let key_metric = |outcome: &str| format!("nexus_auth_checks_total{{credential=\"api_key\",outcome=\"{outcome}\"}}");
+        assert_eq!(
+            auth_metric(http, &prom, argon2).await,
+            1,
+            "one Argon2id verification for {N} requests"
+        );
+        let key_metric = |outcome: &str| {
+            format!("nexus_auth_checks_total{{credential=\"api_key\",outcome=\"{outcome}\"}}")
+        };
         assert_eq!(auth_metric(http, &prom, &key_metric("verified")).await, 1);
-        assert_eq!(auth_metric(http, &prom, &key_metric("remembered")).await, N as u64 - 1);
+        assert_eq!(
+            auth_metric(http, &prom, &key_metric("remembered")).await,
+            N as u64 - 1
+        );
 
         // The right prefix with a wrong secret: all refused, verified again.
         let (prefix, secret) = key.rsplit_once('_').unwrap();
@@ -3490,8 +3513,15 @@ mod auth {
         );
         let r = count_as(http, &wrong).await;
         assert_eq!(r.status, 401, "{}", r.body);
-        assert_eq!(auth_metric(http, &prom, argon2).await, after_burst + 1, "a refusal is not remembered");
-        assert_eq!(auth_metric(http, &prom, &key_metric("refused")).await, N as u64 + 1);
+        assert_eq!(
+            auth_metric(http, &prom, argon2).await,
+            after_burst + 1,
+            "a refusal is not remembered"
+        );
+        assert_eq!(
+            auth_metric(http, &prom, &key_metric("refused")).await,
+            N as u64 + 1
+        );
         app.shutdown();
     }
 
@@ -3519,7 +3549,11 @@ mod auth {
         loop {
             let r = count_as(http, &key).await;
             if r.status == 401 {
-                assert!(r.body.contains("revoked") || r.body.contains("unknown API key"), "{}", r.body);
+                assert!(
+                    r.body.contains("revoked") || r.body.contains("unknown API key"),
+                    "{}",
+                    r.body
+                );
                 break;
             }
             assert_eq!(r.status, 200, "{}", r.body);
@@ -3535,10 +3569,15 @@ mod auth {
         }
 
         // Revoked through this app: refused on the next request.
-        let made = app.create_api_key("local", &["reader"], None, None).await.unwrap();
+        let made = app
+            .create_api_key("local", &["reader"], None, None)
+            .await
+            .unwrap();
         let key = made["key"].as_str().unwrap().to_string();
         assert_eq!(count_as(http, &key).await.status, 200);
-        app.revoke_api_key(made["id"].as_str().unwrap()).await.unwrap();
+        app.revoke_api_key(made["id"].as_str().unwrap())
+            .await
+            .unwrap();
         assert_eq!(count_as(http, &key).await.status, 401);
         app.shutdown();
         other.shutdown();

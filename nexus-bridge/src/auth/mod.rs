@@ -342,9 +342,9 @@ impl Authenticator {
         let metrics = Metrics::new();
         Ok(Authenticator {
             jwt: jwt::Jwt::new(&auth)?,
-            keys: auth.api_keys.then(|| {
-                keys::Keys::new(db.clone(), auth.api_key_cache, metrics.argon2.clone())
-            }),
+            keys: auth
+                .api_keys
+                .then(|| keys::Keys::new(db.clone(), auth.api_key_cache, metrics.argon2.clone())),
             metrics_role: auth.metrics_role,
             public_openapi: auth.public_openapi,
             token_lifetime: auth.token_lifetime,
@@ -361,7 +361,10 @@ impl Authenticator {
             Box::new(self.metrics.argon2.clone()),
         ] {
             registry.register(m).map_err(|e| {
-                Error::new(ErrorCode::Internal, format!("registering auth metrics: {e}"))
+                Error::new(
+                    ErrorCode::Internal,
+                    format!("registering auth metrics: {e}"),
+                )
             })?;
         }
         Ok(())
