@@ -3527,7 +3527,8 @@ mod auth {
 
     /// A key revoked by another process (another app on the same database)
     /// works here until the cache's TTL, then never again; revoked here, it
-    /// stops at once.
+    /// stops at once. Past the TTL a key is checked against its row again
+    /// without a second Argon2id.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_revoked_key_stops_within_the_cache_ttl() {
         let url = support::sqlite_url("auth-revoke-ttl");
@@ -3541,6 +3542,16 @@ mod auth {
         let key = made["key"].as_str().unwrap().to_string();
         let r = count_as(http, &key).await;
         assert_eq!(r.status, 200, "{}", r.body);
+        // Past the TTL the row is read again, but a key that matched its
+        // hash is not hashed again.
+        tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+        let r = count_as(http, &key).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let prom = metrics_token();
+        let argon2 = "nexus_auth_argon2_verifications_total";
+        assert_eq!(auth_metric(http, &prom, argon2).await, 1);
+        let verified = "nexus_auth_checks_total{credential=\"api_key\",outcome=\"verified\"}";
+        assert_eq!(auth_metric(http, &prom, verified).await, 2);
         let revoked_at = std::time::Instant::now();
         other
             .revoke_api_key(made["id"].as_str().unwrap())

@@ -36,6 +36,9 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS nexus_api_keys (\
 
 const KEY_PREFIX: &str = "nxk_";
 
+/// The most keys remembered as matching their row's hash.
+const PROVEN_MAX: usize = 10_000;
+
 /// Whether a bearer token is one of our API keys rather than a JWT.
 pub(crate) fn looks_like_key(token: &str) -> bool {
     token.starts_with(KEY_PREFIX)
@@ -73,6 +76,11 @@ pub(crate) struct Keys {
     /// Verified API keys (not client secrets: the token endpoint always
     /// verifies), one verification for concurrent first uses.
     cache: Verified,
+    /// Keys whose Argon2id verification succeeded (by SHA-256) and the
+    /// hash they matched: once the cache's entry expires, the row is read
+    /// again (revoked? expired?) but a key that matched this very hash
+    /// before is not hashed again.
+    proven: std::sync::Mutex<std::collections::HashMap<[u8; 32], String>>,
     /// Argon2id verifications run (keys and client secrets): a metric.
     argon2_runs: prometheus::IntCounter,
 }
@@ -87,6 +95,7 @@ impl Keys {
             db,
             ready: tokio::sync::OnceCell::new(),
             cache: Verified::new(ttl),
+            proven: Default::default(),
             argon2_runs,
         }
     }
@@ -205,6 +214,7 @@ impl Keys {
             ));
         }
         self.cache.clear();
+        super::lock(&self.proven).clear();
         Ok(())
     }
 
@@ -297,7 +307,18 @@ impl Keys {
     /// `last_used` is updated in the background.
     async fn checked(&self, key: &str) -> std::result::Result<Row, Refusal> {
         let row = self.row(key).await?;
-        self.verify_key(key, row.hash.clone()).await?;
+        let digest = cache::digest(key);
+        let proven = super::lock(&self.proven)
+            .get(&digest)
+            .is_some_and(|hash| *hash == row.hash);
+        if !proven {
+            self.verify_key(key, row.hash.clone()).await?;
+            let mut known = super::lock(&self.proven);
+            if known.len() >= PROVEN_MAX {
+                known.clear();
+            }
+            known.insert(digest, row.hash.clone());
+        }
         if row.expires.is_some_and(|e| e <= now()) {
             return Err(invalid("the API key has expired"));
         }

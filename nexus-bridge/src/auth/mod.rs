@@ -200,8 +200,11 @@ impl Auth {
     }
 
     /// How long a verified API key is remembered, so Argon2 is not paid on
-    /// every request (default 30 s): a key revoked from another process is
-    /// refused here at the latest this long after.
+    /// every request (default 30 s; never past the key's expiry): a key
+    /// revoked from another process is refused here at the latest this long
+    /// after. Concurrent first uses of one key run Argon2 once; past the TTL
+    /// the key's row is read again, but a key that matched that row's hash
+    /// is not hashed again.
     pub fn api_key_cache_ttl(mut self, ttl: Duration) -> Self {
         self.api_key_cache = ttl;
         self
@@ -390,7 +393,7 @@ impl Authenticator {
             }
         };
         let api_key = headers
-            .get("x-api-key")
+            .get(&X_API_KEY)
             .map(|v| {
                 v.to_str()
                     .map_err(|_| invalid("the X-API-Key header is not text"))
@@ -469,6 +472,9 @@ impl Authenticator {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// The header an API key may come in.
+static X_API_KEY: axum::http::HeaderName = axum::http::HeaderName::from_static("x-api-key");
 
 pub(crate) fn invalid(why: impl Into<String>) -> Refusal {
     Refusal::Invalid(why.into())
