@@ -178,9 +178,14 @@ fn seconds() -> u64 {
 }
 
 fn wrk(url: &str, script: Option<&str>) -> WrkResult {
+    wrk_for(url, script, seconds())
+}
+
+/// [`wrk`] for `seconds`.
+fn wrk_for(url: &str, script: Option<&str>, seconds: u64) -> WrkResult {
     let dir = std::env::temp_dir();
     let mut cmd = Command::new("wrk");
-    let duration = format!("-d{}s", seconds());
+    let duration = format!("-d{seconds}s");
     cmd.args(["-t2", "-c32", &duration, "--latency", url]);
     if let Some(s) = script {
         let path = dir.join(format!(
@@ -452,6 +457,22 @@ async fn main() {
         remove_db(&path);
         return;
     }
+    // One second of the same load on every server first (not measured):
+    // the first run after boot would otherwise pay the warm-up.
+    for (url, script) in [
+        (format!("http://{raw_addr}/users/get"), get_body.clone()),
+        (
+            format!("http://{limited_addr}/workflows/get_user/execute"),
+            get_body.clone(),
+        ),
+        (nexus_get.clone(), get_body.clone()),
+        (authed_get.clone(), with_auth(&jwt)),
+        (authed_get.clone(), with_auth(&key)),
+    ] {
+        wrk_for(&url, Some(&script), 1);
+    }
+    let raw_get =
+        (!only_auth).then(|| wrk(&format!("http://{raw_addr}/users/get"), Some(&get_body)));
     let limited_get = wrk(
         &format!("http://{limited_addr}/workflows/get_user/execute"),
         Some(&get_body),
@@ -473,8 +494,7 @@ async fn main() {
             wrk(&authed_get, Some(&with_auth(&key))),
         ),
     ];
-    if !only_auth {
-        let raw_get = wrk(&format!("http://{raw_addr}/users/get"), Some(&get_body));
+    if let Some(raw_get) = raw_get {
         let lines = [
             ("get_user", plain_get, raw_get),
             ("get_user, rate_limit on", limited_get, raw_get),
