@@ -5,7 +5,8 @@
 //! ```sh
 //! cargo bench --bench http      # full: wrk -t2 -c32 -d10s --latency, each line
 //! cargo test --bench http       # smoke: one request per endpoint, checks they agree
-//! HTTP_BENCH=auth cargo bench --bench http   # only get_user: auth off, JWT, API key, rate limit
+//! HTTP_BENCH=auth cargo bench --bench http   # only get_user: auth off, JWT, API key, rate limit,
+//!                                            # in rounds (HTTP_BENCH_ROUNDS, default 5), medians
 //! HTTP_BENCH=jwt cargo bench --bench http    # one line alone (off, jwt, key), e.g. under a profiler
 //! HTTP_BENCH_SECONDS=3 cargo bench --bench http   # shorter wrk runs (default 10)
 //! ```
@@ -471,8 +472,25 @@ async fn main() {
     ] {
         wrk_for(&url, Some(&script), 1);
     }
-    let raw_get =
-        (!only_auth).then(|| wrk(&format!("http://{raw_addr}/users/get"), Some(&get_body)));
+    if only_auth {
+        auth_rounds(&[
+            ("auth off", &nexus_get, &get_body),
+            ("JWT (HS256)", &authed_get, &with_auth(&jwt)),
+            (
+                "API key (cached verification)",
+                &authed_get,
+                &with_auth(&key),
+            ),
+            (
+                "rate limiting on",
+                &format!("http://{limited_addr}/workflows/get_user/execute"),
+                &get_body,
+            ),
+        ]);
+        remove_db(&path);
+        return;
+    }
+    let raw_get = wrk(&format!("http://{raw_addr}/users/get"), Some(&get_body));
     let limited_get = wrk(
         &format!("http://{limited_addr}/workflows/get_user/execute"),
         Some(&get_body),
@@ -480,21 +498,14 @@ async fn main() {
     let plain_get = wrk(&nexus_get, Some(&get_body));
     let rate_ratio = limited_get.rps / plain_get.rps;
     let auth_lines = [
-        (
-            "auth off",
-            if only_auth {
-                plain_get
-            } else {
-                wrk(&nexus_get, Some(&get_body))
-            },
-        ),
+        ("auth off", wrk(&nexus_get, Some(&get_body))),
         ("JWT (HS256)", wrk(&authed_get, Some(&with_auth(&jwt)))),
         (
             "API key (cached verification)",
             wrk(&authed_get, Some(&with_auth(&key))),
         ),
     ];
-    if let Some(raw_get) = raw_get {
+    {
         let lines = [
             ("get_user", plain_get, raw_get),
             ("get_user, rate_limit on", limited_get, raw_get),
@@ -556,6 +567,62 @@ async fn main() {
     }
     println!("\ntargets: JWT ≥ 0.9× auth off; API key ≥ 0.85×");
     remove_db(&path);
+}
+
+/// `HTTP_BENCH=auth`: the lines `(name, url, wrk script)` in
+/// `HTTP_BENCH_ROUNDS` rounds (default 5), each round in another order;
+/// per line the median req/s, p50 and p99 over the rounds and the median
+/// of its per-round ratios to the first line (measured in the same round,
+/// so load that comes and goes on a shared machine hits both alike).
+fn auth_rounds(lines: &[(&str, &String, &String)]) {
+    let rounds: usize = std::env::var("HTTP_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|r| *r > 0)
+        .unwrap_or(5);
+    let mut results: Vec<Vec<WrkResult>> = vec![Vec::new(); lines.len()];
+    for round in 0..rounds {
+        for j in 0..lines.len() {
+            let i = (j + round) % lines.len();
+            let (_, url, script) = lines[i];
+            results[i].push(wrk(url, Some(script)));
+        }
+    }
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "get_user with authentication and rate limiting: {rounds} rounds of wrk -t2 -c32 -d{}s --latency per line (order rotated each round); medians\n",
+        seconds()
+    );
+    println!("| get_user | req/s | ratio to auth off | p50 / p99 ms | ratio per round |");
+    println!("|---|---:|---:|---:|---|");
+    for (i, (name, _, _)) in lines.iter().enumerate() {
+        let r = &results[i];
+        let ratios: Vec<f64> = r
+            .iter()
+            .zip(&results[0])
+            .map(|(x, off)| x.rps / off.rps)
+            .collect();
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} / {:.2} | {} |",
+            median(r.iter().map(|x| x.rps).collect()),
+            median(ratios.clone()),
+            median(r.iter().map(|x| x.p50_ms).collect()),
+            median(r.iter().map(|x| x.p99_ms).collect()),
+            ratios
+                .iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let non_2xx: u64 = r.iter().map(|x| x.non_2xx).sum();
+        if non_2xx > 0 {
+            println!("  ({name}: non-2xx responses: {non_2xx})");
+        }
+    }
+    println!("\ntargets: JWT ≥ 0.9× auth off; API key ≥ 0.85×; rate limiting ≥ 0.95×");
 }
 
 /// Removes the benchmark's SQLite file.

@@ -156,11 +156,11 @@ impl Verified {
         let ran = AtomicBool::new(false);
         let outcome = cell
             .get_or_init(|| async {
-                ran.store(true, Ordering::Relaxed);
                 // Remembered by a flight that ended while this one queued.
                 if let Some(hit) = self.get(&digest) {
                     return Ok(hit);
                 }
+                ran.store(true, Ordering::Relaxed);
                 let generation = self.generation();
                 let proof = verify().await?;
                 self.insert(digest, &proof, generation);
@@ -197,5 +197,86 @@ impl Drop for Leave<'_> {
                 inflight.remove(&self.digest);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn who(actor: &str) -> Identity {
+        Identity {
+            actor: actor.into(),
+            tenant: None,
+            roles: vec!["reader".into()],
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_verification_serves_concurrent_callers_and_refusals_are_not_kept() {
+        let cache = Arc::new(Verified::new(Duration::from_secs(30)));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let calls = (0..16).map(|_| {
+            let (cache, runs) = (cache.clone(), runs.clone());
+            tokio::spawn(async move {
+                cache
+                    .get_or_verify(digest("k1"), || async {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Ok((who("a"), None))
+                    })
+                    .await
+            })
+        });
+        let mut verified = 0;
+        for call in calls.collect::<Vec<_>>() {
+            let (identity, source) = call.await.unwrap().unwrap();
+            assert_eq!(identity.actor, "a");
+            verified += usize::from(source == Source::Verified);
+        }
+        assert_eq!((runs.load(Ordering::SeqCst), verified), (1, 1));
+        assert!(cache.inflight.lock().unwrap().is_empty());
+
+        for round in 1..=2 {
+            let r = cache
+                .get_or_verify(digest("bad"), || async {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Err::<Proof, _>(super::super::invalid("no"))
+                })
+                .await;
+            assert!(matches!(r, Err(Refusal::Invalid(_))));
+            assert_eq!(runs.load(Ordering::SeqCst), 1 + round, "verified again");
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_end_at_the_deadline_the_ttl_or_a_clear() {
+        let cache = Verified::new(Duration::from_secs(30));
+        let past = unix_now();
+        cache.insert(digest("old"), &(who("old"), Some(past)), cache.generation());
+        assert!(cache.get(&digest("old")).is_none(), "past its deadline");
+        cache.insert(
+            digest("ok"),
+            &(who("ok"), Some(past + 60)),
+            cache.generation(),
+        );
+        assert_eq!(cache.get(&digest("ok")).unwrap().actor, "ok");
+
+        // A verification that began before a clear is not remembered.
+        let before = cache.generation();
+        cache.clear();
+        assert!(cache.get(&digest("ok")).is_none());
+        cache.insert(digest("raced"), &(who("raced"), None), before);
+        assert!(cache.get(&digest("raced")).is_none());
+
+        let short = Verified::new(Duration::from_millis(50));
+        short.insert(digest("t"), &(who("t"), None), short.generation());
+        assert!(short.get(&digest("t")).is_some());
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(short.get(&digest("t")).is_none(), "past the TTL");
+        let off = Verified::new(Duration::ZERO);
+        off.insert(digest("z"), &(who("z"), None), off.generation());
+        assert!(off.get(&digest("z")).is_none(), "a zero TTL keeps nothing");
     }
 }
