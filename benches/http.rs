@@ -6,6 +6,10 @@
 //! cargo bench --bench http      # full: wrk -t2 -c32 -d10s --latency, each line
 //! cargo bench --bench http -- durability   # only the durability lines
 //! cargo test --bench http       # smoke: one request per endpoint, checks they agree
+//! HTTP_BENCH=auth cargo bench --bench http   # only get_user: auth off, JWT, API key, rate limit,
+//!                                            # in rounds (HTTP_BENCH_ROUNDS, default 5), medians
+//! HTTP_BENCH=jwt cargo bench --bench http    # one line alone (off, jwt, key), e.g. under a profiler
+//! HTTP_BENCH_SECONDS=3 cargo bench --bench http   # shorter wrk runs (default 10)
 //! ```
 //!
 //! The durability lines: `create_user` with `enable_durability` off, on
@@ -178,10 +182,25 @@ struct WrkResult {
     non_2xx: u64,
 }
 
+/// Seconds each wrk run lasts: `HTTP_BENCH_SECONDS`, default 10.
+fn seconds() -> u64 {
+    std::env::var("HTTP_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|s| *s > 0)
+        .unwrap_or(10)
+}
+
 fn wrk(url: &str, script: Option<&str>) -> WrkResult {
+    wrk_for(url, script, seconds())
+}
+
+/// [`wrk`] for `seconds`.
+fn wrk_for(url: &str, script: Option<&str>, seconds: u64) -> WrkResult {
     let dir = std::env::temp_dir();
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t2", "-c32", "-d10s", "--latency", url]);
+    let duration = format!("-d{seconds}s");
+    cmd.args(["-t2", "-c32", &duration, "--latency", url]);
     if let Some(s) = script {
         let path = dir.join(format!(
             "dataflow-wrk-{}.lua",
@@ -241,7 +260,13 @@ const UNREACHED_LIMIT: u32 = 1_000_000_000;
 
 /// [`nexus_app`] with these options.
 async fn nexus_app_with(url: &str, options: nexus::NexusBuilder) -> (DataFlow, nexus::Nexus) {
-    let db = DataFlow::builder(url).build().await.expect("boot");
+    // The query cache (on by default) is off: nexus is measured against a
+    // hand-written handler that reads the database every time.
+    let db = DataFlow::builder(url)
+        .enable_caching(false)
+        .build()
+        .await
+        .expect("boot");
     let mut app = options.build(db.clone()).unwrap();
     let mut get = WorkflowBuilder::new();
     get.add_node("HttpUserReadNode", "user", json!({"id": "{{id}}"}));
@@ -522,6 +547,61 @@ async fn main() {
         return;
     }
     let get_body = format!("wrk.method = 'POST'\nwrk.headers['Content-Type'] = 'application/json'\nwrk.body = '{{\"inputs\": {{\"id\": \"{id}\"}}}}'\n");
+    // `HTTP_BENCH=auth`: only the get_user lines of the auth table and the
+    // rate limit (no raw handler, no create_user).
+    let only = std::env::var("HTTP_BENCH").unwrap_or_default();
+    let only_auth = only == "auth";
+    let secs = seconds();
+    let authed_get = format!("http://{authed_addr}/workflows/get_user/execute");
+    let with_auth =
+        |auth: &str| format!("{get_body}wrk.headers['Authorization'] = 'Bearer {auth}'\n");
+    // `HTTP_BENCH=off|jwt|key`: that line alone (for a profiler).
+    let alone = match only.as_str() {
+        "off" => Some(("auth off", wrk(&nexus_get, Some(&get_body)))),
+        "jwt" => Some(("JWT (HS256)", wrk(&authed_get, Some(&with_auth(&jwt))))),
+        "key" => Some(("API key", wrk(&authed_get, Some(&with_auth(&key))))),
+        _ => None,
+    };
+    if let Some((what, r)) = alone {
+        println!(
+            "| {what} | {:.0} req/s | p50 / p99 {:.2} / {:.2} ms | non-2xx {} |",
+            r.rps, r.p50_ms, r.p99_ms, r.non_2xx
+        );
+        remove_db(&path);
+        return;
+    }
+    // One second of the same load on every server first (not measured):
+    // the first run after boot would otherwise pay the warm-up.
+    for (url, script) in [
+        (format!("http://{raw_addr}/users/get"), get_body.clone()),
+        (
+            format!("http://{limited_addr}/workflows/get_user/execute"),
+            get_body.clone(),
+        ),
+        (nexus_get.clone(), get_body.clone()),
+        (authed_get.clone(), with_auth(&jwt)),
+        (authed_get.clone(), with_auth(&key)),
+    ] {
+        wrk_for(&url, Some(&script), 1);
+    }
+    if only_auth {
+        auth_rounds(&[
+            ("auth off", &nexus_get, &get_body),
+            ("JWT (HS256)", &authed_get, &with_auth(&jwt)),
+            (
+                "API key (cached verification)",
+                &authed_get,
+                &with_auth(&key),
+            ),
+            (
+                "rate limiting on",
+                &format!("http://{limited_addr}/workflows/get_user/execute"),
+                &get_body,
+            ),
+        ]);
+        remove_db(&path);
+        return;
+    }
     let raw_get = wrk(&format!("http://{raw_addr}/users/get"), Some(&get_body));
     let limited_get = wrk(
         &format!("http://{limited_addr}/workflows/get_user/execute"),
@@ -529,9 +609,6 @@ async fn main() {
     );
     let plain_get = wrk(&nexus_get, Some(&get_body));
     let rate_ratio = limited_get.rps / plain_get.rps;
-    let authed_get = format!("http://{authed_addr}/workflows/get_user/execute");
-    let with_auth =
-        |auth: &str| format!("{get_body}wrk.headers['Authorization'] = 'Bearer {auth}'\n");
     let auth_lines = [
         ("auth off", wrk(&nexus_get, Some(&get_body))),
         ("JWT (HS256)", wrk(&authed_get, Some(&with_auth(&jwt)))),
@@ -540,46 +617,51 @@ async fn main() {
             wrk(&authed_get, Some(&with_auth(&key))),
         ),
     ];
-    let lines = [
-        ("get_user", plain_get, raw_get),
-        ("get_user, rate_limit on", limited_get, raw_get),
-        (
-            "create_user",
-            wrk(
-                &format!("http://{nexus_addr}/workflows/create_user/execute"),
-                Some(&create_script("/workflows/create_user/execute")),
+    {
+        let lines = [
+            ("get_user", plain_get, raw_get),
+            ("get_user, rate_limit on", limited_get, raw_get),
+            (
+                "create_user",
+                wrk(
+                    &format!("http://{nexus_addr}/workflows/create_user/execute"),
+                    Some(&create_script("/workflows/create_user/execute")),
+                ),
+                wrk(
+                    &format!("http://{raw_addr}/users"),
+                    Some(&create_script("/users")),
+                ),
             ),
-            wrk(
-                &format!("http://{raw_addr}/users"),
-                Some(&create_script("/users")),
-            ),
-        ),
-    ];
-    println!("HTTP on loopback, SQLite file, wrk -t2 -c32 -d10s --latency (load generator on the same 2 cores)");
-    println!("command: cargo bench --bench http\n");
-    println!("| workflow | nexus req/s | raw axum req/s | ratio | nexus p50 / p99 ms | raw p50 / p99 ms |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (name, n, r) in &lines {
-        println!(
-            "| {name} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} |",
-            n.rps,
-            r.rps,
-            n.rps / r.rps,
-            n.p50_ms,
-            n.p99_ms,
-            r.p50_ms,
-            r.p99_ms
-        );
-        if n.non_2xx + r.non_2xx > 0 {
+        ];
+        println!("HTTP on loopback, SQLite file, wrk -t2 -c32 -d{secs}s --latency (load generator on the same 2 cores)");
+        println!("command: cargo bench --bench http\n");
+        println!("| workflow | nexus req/s | raw axum req/s | ratio | nexus p50 / p99 ms | raw p50 / p99 ms |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        for (name, n, r) in &lines {
             println!(
-                "  ({name}: non-2xx responses: nexus {}, raw {})",
-                n.non_2xx, r.non_2xx
+                "| {name} | {:.0} | {:.0} | {:.2} | {:.2} / {:.2} | {:.2} / {:.2} |",
+                n.rps,
+                r.rps,
+                n.rps / r.rps,
+                n.p50_ms,
+                n.p99_ms,
+                r.p50_ms,
+                r.p99_ms
             );
+            if n.non_2xx + r.non_2xx > 0 {
+                println!(
+                    "  ({name}: non-2xx responses: nexus {}, raw {})",
+                    n.non_2xx, r.non_2xx
+                );
+            }
         }
+        println!("\ntargets: nexus ≥ 0.8× the hand-written handler; p99 < 10 ms at 32 connections");
     }
-    println!("\nget_user with rate limiting on / off: {rate_ratio:.2} (target ≥ 0.95)");
-    println!("\ntargets: nexus ≥ 0.8× the hand-written handler; p99 < 10 ms at 32 connections");
-    println!("\nget_user with authentication, same run:\n");
+    println!(
+        "\nget_user with rate limiting on / off: {rate_ratio:.2} (target ≥ 0.95); on {:.0} req/s, p50 / p99 {:.2} / {:.2} ms",
+        limited_get.rps, limited_get.p50_ms, limited_get.p99_ms
+    );
+    println!("\nget_user with authentication, same run (wrk -t2 -c32 -d{secs}s):\n");
     println!("| get_user | req/s | ratio to auth off | p50 / p99 ms |");
     println!("|---|---:|---:|---:|");
     let off = auth_lines[0].1.rps;
@@ -597,6 +679,67 @@ async fn main() {
     }
     println!("\ntargets: JWT ≥ 0.9× auth off; API key ≥ 0.85×");
     durability(&url, true).await;
+    remove_db(&path);
+}
+
+/// `HTTP_BENCH=auth`: the lines `(name, url, wrk script)` in
+/// `HTTP_BENCH_ROUNDS` rounds (default 5), each round in another order;
+/// per line the median req/s, p50 and p99 over the rounds and the median
+/// of its per-round ratios to the first line (measured in the same round,
+/// so load that comes and goes on a shared machine hits both alike).
+fn auth_rounds(lines: &[(&str, &String, &String)]) {
+    let rounds: usize = std::env::var("HTTP_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|r| *r > 0)
+        .unwrap_or(5);
+    let mut results: Vec<Vec<WrkResult>> = vec![Vec::new(); lines.len()];
+    for round in 0..rounds {
+        for j in 0..lines.len() {
+            let i = (j + round) % lines.len();
+            let (_, url, script) = lines[i];
+            results[i].push(wrk(url, Some(script)));
+        }
+    }
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "get_user with authentication and rate limiting: {rounds} rounds of wrk -t2 -c32 -d{}s --latency per line (order rotated each round); medians\n",
+        seconds()
+    );
+    println!("| get_user | req/s | ratio to auth off | p50 / p99 ms | ratio per round |");
+    println!("|---|---:|---:|---:|---|");
+    for (i, (name, _, _)) in lines.iter().enumerate() {
+        let r = &results[i];
+        let ratios: Vec<f64> = r
+            .iter()
+            .zip(&results[0])
+            .map(|(x, off)| x.rps / off.rps)
+            .collect();
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} / {:.2} | {} |",
+            median(r.iter().map(|x| x.rps).collect()),
+            median(ratios.clone()),
+            median(r.iter().map(|x| x.p50_ms).collect()),
+            median(r.iter().map(|x| x.p99_ms).collect()),
+            ratios
+                .iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let non_2xx: u64 = r.iter().map(|x| x.non_2xx).sum();
+        if non_2xx > 0 {
+            println!("  ({name}: non-2xx responses: {non_2xx})");
+        }
+    }
+    println!("\ntargets: JWT ≥ 0.9× auth off; API key ≥ 0.85×; rate limiting ≥ 0.95×");
+}
+
+/// Removes the benchmark's SQLite file.
+fn remove_db(path: &std::path::Path) {
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }

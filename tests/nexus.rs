@@ -3353,6 +3353,259 @@ mod auth {
         app.shutdown();
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// The app of the credential-cache tests: `count` behind a JWT secret
+    /// (leeway 0) and API keys remembered for `ttl`, on the SQLite file
+    /// `url` (another app on the same file is "another process").
+    async fn cached_auth_app(
+        url: &str,
+        ttl: Duration,
+    ) -> (std::sync::Arc<nexus::Nexus>, SocketAddr) {
+        let db = dataflow::DataFlow::builder(url)
+            .models(&[&<Probe as dataflow::Model>::SCHEMA])
+            .build()
+            .await
+            .unwrap();
+        let mut app = nexus::Nexus::builder()
+            .auth(
+                nexus::Auth::new()
+                    .jwt_hs256(SECRET)
+                    .jwt_leeway(Duration::ZERO)
+                    .api_keys(true)
+                    .api_key_cache_ttl(ttl)
+                    .failed_attempts_per_minute(1000),
+            )
+            .build(db.clone())
+            .unwrap();
+        app.register("count", probe_workflow(&db)).unwrap();
+        let (app, http, _) = serve_app(app).await;
+        (app, http)
+    }
+
+    /// `POST /workflows/count/execute` with `Authorization: Bearer <credential>`.
+    async fn count_as(addr: SocketAddr, credential: &str) -> support::http::Response {
+        let auth = format!("Authorization: Bearer {credential}");
+        tokio::task::spawn_blocking(move || {
+            request_with(
+                addr,
+                "POST",
+                "/workflows/count/execute",
+                &[&auth],
+                Some(b"{}"),
+            )
+        })
+        .await
+        .unwrap()
+    }
+
+    /// A JWT that may read `/metrics`.
+    fn metrics_token() -> String {
+        hs256(&json!({"sub": "prom", "exp": now() + 600, "roles": ["metrics"]}))
+    }
+
+    /// A sample of `/metrics` (read with `token`): its value, or 0.
+    async fn auth_metric(addr: SocketAddr, token: &str, sample: &str) -> u64 {
+        let auth = format!("Authorization: Bearer {token}");
+        let r = tokio::task::spawn_blocking(move || {
+            request_with(addr, "GET", "/metrics", &[&auth], None)
+        })
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    }
+
+    /// A verified JWT is remembered (its signature is not checked again),
+    /// and still refused from the second after its `exp` (leeway 0), like a
+    /// token never seen; a token not valid yet is not remembered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_remembered_jwt_is_refused_once_it_expires() {
+        let url = support::sqlite_url("auth-jwt-cache");
+        let (app, http) = cached_auth_app(&url, Duration::from_secs(30)).await;
+        let prom = metrics_token();
+        let exp = now() + 2;
+        let token = hs256(&json!({"sub": "short", "exp": exp, "roles": ["reader"]}));
+        let jwt = |outcome: &str| {
+            format!("nexus_auth_checks_total{{credential=\"jwt\",outcome=\"{outcome}\"}}")
+        };
+        let r = count_as(http, &token).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let r = count_as(http, &token).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        // The first verified, the second remembered (the metrics token is
+        // verified too: once, before it is read).
+        assert_eq!(auth_metric(http, &prom, &jwt("remembered")).await, 1);
+        assert_eq!(auth_metric(http, &prom, &jwt("verified")).await, 2);
+        while now() <= exp {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let r = count_as(http, &token).await;
+        assert_eq!(r.status, 401, "refused after exp: {}", r.body);
+        assert!(r.body.contains("expired"), "{}", r.body);
+        assert_eq!(auth_metric(http, &prom, &jwt("refused")).await, 1);
+
+        // Not valid yet: refused every time (nothing was remembered).
+        let early = hs256(&json!({"sub": "early", "exp": now() + 600, "nbf": now() + 600}));
+        for _ in 0..2 {
+            let r = count_as(http, &early).await;
+            assert_eq!(r.status, 401, "{}", r.body);
+        }
+        assert_eq!(auth_metric(http, &prom, &jwt("refused")).await, 3);
+        app.shutdown();
+    }
+
+    /// Many first requests at once with one API key pay Argon2id once: one
+    /// verifies, the others share its outcome; a wrong key is refused to all
+    /// of them and verified again next time (a refusal is not remembered).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_first_uses_of_a_key_verify_once() {
+        const N: usize = 16;
+        let url = support::sqlite_url("auth-single-flight");
+        let (app, http) = cached_auth_app(&url, Duration::from_secs(30)).await;
+        let prom = metrics_token();
+        let key = app
+            .create_api_key("burst", &["reader"], None, None)
+            .await
+            .unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let argon2 = "nexus_auth_argon2_verifications_total";
+        assert_eq!(auth_metric(http, &prom, argon2).await, 0);
+        let burst = |key: String| {
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(N));
+            (0..N)
+                .map(|_| {
+                    let (barrier, auth) = (barrier.clone(), format!("X-API-Key: {key}"));
+                    tokio::task::spawn_blocking(move || {
+                        barrier.wait();
+                        request_with(
+                            http,
+                            "POST",
+                            "/workflows/count/execute",
+                            &[&auth],
+                            Some(b"{}"),
+                        )
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+        for r in burst(key.clone()) {
+            let r = r.await.unwrap();
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        assert_eq!(
+            auth_metric(http, &prom, argon2).await,
+            1,
+            "one Argon2id verification for {N} requests"
+        );
+        let key_metric = |outcome: &str| {
+            format!("nexus_auth_checks_total{{credential=\"api_key\",outcome=\"{outcome}\"}}")
+        };
+        assert_eq!(auth_metric(http, &prom, &key_metric("verified")).await, 1);
+        assert_eq!(
+            auth_metric(http, &prom, &key_metric("remembered")).await,
+            N as u64 - 1
+        );
+
+        // The right prefix with a wrong secret: all refused, verified again.
+        let (prefix, secret) = key.rsplit_once('_').unwrap();
+        let wrong = format!("{prefix}_{}", secret.chars().rev().collect::<String>());
+        for r in burst(wrong.clone()) {
+            let r = r.await.unwrap();
+            assert_eq!(r.status, 401, "{}", r.body);
+            assert!(!r.body.contains(&wrong));
+        }
+        let after_burst = auth_metric(http, &prom, argon2).await;
+        assert!(
+            (2..=1 + N as u64).contains(&after_burst),
+            "a wrong key is verified, at most once per request: {after_burst}"
+        );
+        let r = count_as(http, &wrong).await;
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert_eq!(
+            auth_metric(http, &prom, argon2).await,
+            after_burst + 1,
+            "a refusal is not remembered"
+        );
+        assert_eq!(
+            auth_metric(http, &prom, &key_metric("refused")).await,
+            N as u64 + 1
+        );
+        app.shutdown();
+    }
+
+    /// A key revoked by another process (another app on the same database)
+    /// works here until the cache's TTL, then never again; revoked here, it
+    /// stops at once. Past the TTL a key is checked against its row again
+    /// without a second Argon2id.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revoked_key_stops_within_the_cache_ttl() {
+        let url = support::sqlite_url("auth-revoke-ttl");
+        let ttl = Duration::from_secs(1);
+        let (app, http) = cached_auth_app(&url, ttl).await;
+        let (other, _) = cached_auth_app(&url, ttl).await;
+        let made = app
+            .create_api_key("soon-revoked", &["reader"], None, None)
+            .await
+            .unwrap();
+        let key = made["key"].as_str().unwrap().to_string();
+        let r = count_as(http, &key).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        // Past the TTL the row is read again, but a key that matched its
+        // hash is not hashed again.
+        tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+        let r = count_as(http, &key).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let prom = metrics_token();
+        let argon2 = "nexus_auth_argon2_verifications_total";
+        assert_eq!(auth_metric(http, &prom, argon2).await, 1);
+        let verified = "nexus_auth_checks_total{credential=\"api_key\",outcome=\"verified\"}";
+        assert_eq!(auth_metric(http, &prom, verified).await, 2);
+        let revoked_at = std::time::Instant::now();
+        other
+            .revoke_api_key(made["id"].as_str().unwrap())
+            .await
+            .unwrap();
+        loop {
+            let r = count_as(http, &key).await;
+            if r.status == 401 {
+                assert!(
+                    r.body.contains("revoked") || r.body.contains("unknown API key"),
+                    "{}",
+                    r.body
+                );
+                break;
+            }
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert!(
+                revoked_at.elapsed() < ttl + Duration::from_millis(500),
+                "still accepted {:?} after the revocation",
+                revoked_at.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for _ in 0..3 {
+            assert_eq!(count_as(http, &key).await.status, 401);
+        }
+
+        // Revoked through this app: refused on the next request.
+        let made = app
+            .create_api_key("local", &["reader"], None, None)
+            .await
+            .unwrap();
+        let key = made["key"].as_str().unwrap().to_string();
+        assert_eq!(count_as(http, &key).await.status, 200);
+        app.revoke_api_key(made["id"].as_str().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(count_as(http, &key).await.status, 401);
+        app.shutdown();
+        other.shutdown();
+    }
 }
 /// The workflows the RBAC tests register besides `count` (ProbeCountNode,
 /// reads Probe): `create` (writes Probe), `create_and_count` (writes and

@@ -482,7 +482,7 @@ pub(crate) struct Hub {
     /// Cancelled when the servers shut down: ends long-lived streams (SSE,
     /// MCP sessions) so graceful shutdown does not wait on them.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
-    registry: prometheus::Registry,
+    pub(crate) registry: prometheus::Registry,
     requests: prometheus::IntCounterVec,
     latency: prometheus::HistogramVec,
     nodes: prometheus::HistogramVec,

@@ -479,6 +479,9 @@ impl NexusBuilder {
             self.event_buffer,
             self.event_records.iter().cloned().collect(),
         ));
+        if let Some(auth) = &auth {
+            auth.register(&hub.registry)?;
+        }
         let sessions = self
             .enable_sessions
             .then(|| Arc::new(sessions::Sessions::new(db.clone(), self.session_ttl)));

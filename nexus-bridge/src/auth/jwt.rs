@@ -6,6 +6,7 @@
 //! secret alone, never against an RSA or EC public key (the "algorithm
 //! confusion" attack), and `alg: none` is no algorithm at all.
 
+use super::cache::{self, Proof, Source, Verified};
 use super::{invalid, Auth, Identity, Refusal};
 use dataflow::{Error, ErrorCode, Result};
 use jsonwebtoken::errors::ErrorKind;
@@ -31,6 +32,10 @@ pub(super) struct Jwt {
     leeway: u64,
     tenant_claim: String,
     roles_claim: String,
+    /// The rules for each accepted algorithm, made once.
+    validations: Vec<(Algorithm, Validation)>,
+    /// Verified tokens, until their `exp` (plus leeway) or the TTL.
+    cache: Verified,
 }
 
 impl Jwt {
@@ -64,7 +69,7 @@ impl Jwt {
             Some(path) => Some(JwksFile::open(path.clone(), auth.jwks_reload)?),
             None => None,
         };
-        Ok(Jwt {
+        let mut jwt = Jwt {
             hs256,
             issue_key,
             pems,
@@ -74,7 +79,14 @@ impl Jwt {
             leeway: auth.leeway.as_secs(),
             tenant_claim: auth.tenant_claim.clone(),
             roles_claim: auth.roles_claim.clone(),
-        })
+            validations: Vec::new(),
+            cache: Verified::new(auth.jwt_cache),
+        };
+        jwt.validations = [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256]
+            .into_iter()
+            .map(|alg| (alg, jwt.validation(alg)))
+            .collect();
+        Ok(jwt)
     }
 
     fn validation(&self, alg: Algorithm) -> Validation {
@@ -95,8 +107,29 @@ impl Jwt {
         v
     }
 
-    /// The identity a JWT proves, or why it proves none.
-    pub(super) fn verify(&self, token: &str) -> std::result::Result<Identity, Refusal> {
+    /// The identity a JWT proves, or why it proves none: remembered when
+    /// this token verified within the cache's TTL and is still before its
+    /// `exp` (plus leeway), else verified now.
+    pub(super) fn verify(&self, token: &str) -> std::result::Result<(Identity, Source), Refusal> {
+        if let Some(jwks) = &self.jwks {
+            if jwks.refresh() {
+                // A key may be gone: what it proved is forgotten.
+                self.cache.clear();
+            }
+        }
+        let digest = cache::digest(token);
+        if let Some(hit) = self.cache.get(&digest) {
+            return Ok((hit, Source::Remembered));
+        }
+        let generation = self.cache.generation();
+        let proof = self.verify_now(token)?;
+        self.cache.insert(digest, &proof, generation);
+        Ok((proof.0, Source::Verified))
+    }
+
+    /// Verifies a JWT: its signature with a key of its algorithm, then its
+    /// claims.
+    fn verify_now(&self, token: &str) -> std::result::Result<Proof, Refusal> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("the token is not a JWT with a supported algorithm"))?;
         let alg = header.alg;
@@ -120,11 +153,27 @@ impl Jwt {
                 "tokens signed with {alg:?} are not accepted here"
             )));
         }
-        let validation = self.validation(alg);
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == alg) else {
+            return Err(invalid(format!(
+                "tokens signed with {alg:?} are not accepted here"
+            )));
+        };
         let mut last = None;
         for key in &keys {
-            match jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation) {
-                Ok(data) => return self.identity(data.claims),
+            match jsonwebtoken::decode::<Map<String, Value>>(token, key, validation) {
+                Ok(data) => {
+                    // Valid while `exp >= now - leeway` (as jsonwebtoken
+                    // checks it): refused from the second after. An `exp`
+                    // that is not a whole number would not have verified.
+                    let deadline = data
+                        .claims
+                        .get("exp")
+                        .and_then(Value::as_i64)
+                        .map_or(i64::MIN, |exp| {
+                            exp.saturating_add_unsigned(self.leeway).saturating_add(1)
+                        });
+                    return Ok((self.identity(data.claims)?, Some(deadline)));
+                }
                 Err(e) => last = Some(e),
             }
         }
@@ -260,8 +309,8 @@ impl JwksFile {
     }
 
     /// The keys for `alg` (with `kid`, when the token names one).
+    /// (The caller [`refresh`](Self::refresh)es first.)
     fn keys(&self, alg: Algorithm, kid: Option<&str>) -> Vec<DecodingKey> {
-        self.refresh();
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         state
             .keys
@@ -272,29 +321,34 @@ impl JwksFile {
     }
 
     /// Re-reads the file when it changed or `reload` passed; a file that
-    /// went bad keeps the last good keys (and is tried again later).
-    fn refresh(&self) {
+    /// went bad keeps the last good keys (and is tried again later). True
+    /// when the keys were read again.
+    fn refresh(&self) -> bool {
         {
             let state = self.state.read().unwrap_or_else(|p| p.into_inner());
             if state.checked.elapsed() < JWKS_CHECK {
-                return;
+                return false;
             }
         }
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         if state.checked.elapsed() < JWKS_CHECK {
-            return;
+            return false;
         }
         state.checked = Instant::now();
         let modified = std::fs::metadata(&self.path)
             .and_then(|m| m.modified())
             .ok();
         if modified == state.modified && state.loaded.elapsed() < self.reload {
-            return;
+            return false;
         }
-        if let Ok((keys, modified)) = read_jwks(&self.path) {
-            state.keys = keys;
-            state.modified = modified;
-            state.loaded = Instant::now();
+        match read_jwks(&self.path) {
+            Ok((keys, modified)) => {
+                state.keys = keys;
+                state.modified = modified;
+                state.loaded = Instant::now();
+                true
+            }
+            Err(_) => false,
         }
     }
 }

@@ -13,15 +13,13 @@
 //! so SQLite and PostgreSQL store the same). It is not a model: migrations
 //! neither plan nor drop it.
 
+use super::cache::{self, Source, Verified};
 use super::{invalid, Identity, Refusal};
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use dataflow::{DataFlow, Error, ErrorCode, Result};
 use serde_json::{json, Value};
-use sha2::Digest;
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS nexus_api_keys (\
     id VARCHAR(32) PRIMARY KEY, \
@@ -38,8 +36,8 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS nexus_api_keys (\
 
 const KEY_PREFIX: &str = "nxk_";
 
-/// The most keys remembered as verified at once.
-const CACHE_MAX: usize = 10_000;
+/// The most keys remembered as matching their row's hash.
+const PROVEN_MAX: usize = 10_000;
 
 /// Whether a bearer token is one of our API keys rather than a JWT.
 pub(crate) fn looks_like_key(token: &str) -> bool {
@@ -71,18 +69,20 @@ struct Row {
     expires: Option<i64>,
 }
 
-struct Cached {
-    identity: Identity,
-    expires: Option<i64>,
-    until: Instant,
-}
-
 /// The key store of one application.
 pub(crate) struct Keys {
     db: DataFlow,
-    ttl: Duration,
     ready: tokio::sync::OnceCell<()>,
-    cache: Mutex<HashMap<[u8; 32], Cached>>,
+    /// Verified API keys (not client secrets: the token endpoint always
+    /// verifies), one verification for concurrent first uses.
+    cache: Verified,
+    /// Keys whose Argon2id verification succeeded (by SHA-256) and the
+    /// hash they matched: once the cache's entry expires, the row is read
+    /// again (revoked? expired?) but a key that matched this very hash
+    /// before is not hashed again.
+    proven: std::sync::Mutex<std::collections::HashMap<[u8; 32], String>>,
+    /// Argon2id verifications run (keys and client secrets): a metric.
+    argon2_runs: prometheus::IntCounter,
 }
 
 fn now() -> i64 {
@@ -90,12 +90,13 @@ fn now() -> i64 {
 }
 
 impl Keys {
-    pub(crate) fn new(db: DataFlow, ttl: Duration) -> Keys {
+    pub(crate) fn new(db: DataFlow, ttl: Duration, argon2_runs: prometheus::IntCounter) -> Keys {
         Keys {
             db,
-            ttl,
             ready: tokio::sync::OnceCell::new(),
-            cache: Mutex::new(HashMap::new()),
+            cache: Verified::new(ttl),
+            proven: Default::default(),
+            argon2_runs,
         }
     }
 
@@ -212,7 +213,8 @@ impl Keys {
                 ),
             ));
         }
-        super::lock(&self.cache).clear();
+        self.cache.clear();
+        super::lock(&self.proven).clear();
         Ok(())
     }
 
@@ -240,7 +242,7 @@ impl Keys {
         if r[7].as_i64().is_some() {
             // Checked after the hash, so a guess learns nothing from it.
             let row_hash = r[1].as_str().unwrap_or_default().to_string();
-            verify_key(key.to_string(), row_hash).await?;
+            self.verify_key(key, row_hash).await?;
             return Err(invalid("the API key was revoked"));
         }
         Ok(Row {
@@ -269,41 +271,23 @@ impl Keys {
         })
     }
 
-    /// The identity of an API key (not a client secret).
-    pub(crate) async fn verify(&self, key: &str) -> std::result::Result<Identity, Refusal> {
-        let digest: [u8; 32] = sha2::Sha256::digest(key.as_bytes()).into();
-        {
-            let mut cache = super::lock(&self.cache);
-            if let Some(hit) = cache.get(&digest) {
-                if hit.until > Instant::now() && hit.expires.is_none_or(|e| e > now()) {
-                    return Ok(hit.identity.clone());
+    /// The identity of an API key (not a client secret): remembered, or
+    /// verified (once for all the requests that present it meanwhile).
+    pub(crate) async fn verify(
+        &self,
+        key: &str,
+    ) -> std::result::Result<(Identity, Source), Refusal> {
+        self.cache
+            .get_or_verify(cache::digest(key), || async {
+                let row = self.checked(key).await?;
+                if row.client {
+                    return Err(invalid(
+                        "an OAuth client secret is not an API key: exchange it at /oauth/token",
+                    ));
                 }
-                cache.remove(&digest);
-            }
-        }
-        let row = self.checked(key).await?;
-        if row.client {
-            return Err(invalid(
-                "an OAuth client secret is not an API key: exchange it at /oauth/token",
-            ));
-        }
-        let mut cache = super::lock(&self.cache);
-        if cache.len() >= CACHE_MAX {
-            let now = Instant::now();
-            cache.retain(|_, c| c.until > now);
-            if cache.len() >= CACHE_MAX {
-                cache.clear();
-            }
-        }
-        cache.insert(
-            digest,
-            Cached {
-                identity: row.identity.clone(),
-                expires: row.expires,
-                until: Instant::now() + self.ttl,
-            },
-        );
-        Ok(row.identity)
+                Ok((row.identity, row.expires))
+            })
+            .await
     }
 
     /// The identity of OAuth client `client_id` with `secret`.
@@ -323,7 +307,18 @@ impl Keys {
     /// `last_used` is updated in the background.
     async fn checked(&self, key: &str) -> std::result::Result<Row, Refusal> {
         let row = self.row(key).await?;
-        verify_key(key.to_string(), row.hash.clone()).await?;
+        let digest = cache::digest(key);
+        let proven = super::lock(&self.proven)
+            .get(&digest)
+            .is_some_and(|hash| *hash == row.hash);
+        if !proven {
+            self.verify_key(key, row.hash.clone()).await?;
+            let mut known = super::lock(&self.proven);
+            if known.len() >= PROVEN_MAX {
+                known.clear();
+            }
+            known.insert(digest, row.hash.clone());
+        }
         if row.expires.is_some_and(|e| e <= now()) {
             return Err(invalid("the API key has expired"));
         }
@@ -338,6 +333,27 @@ impl Keys {
         });
         Ok(row)
     }
+
+    /// Argon2id verification (constant-time comparison) on the blocking
+    /// pool, never on the async workers.
+    async fn verify_key(&self, key: &str, hash: String) -> std::result::Result<(), Refusal> {
+        self.argon2_runs.inc();
+        let key = key.to_string();
+        let ok = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash).is_ok_and(|parsed| {
+                argon2::Argon2::default()
+                    .verify_password(key.as_bytes(), &parsed)
+                    .is_ok()
+            })
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            Ok(())
+        } else {
+            Err(invalid("unknown API key"))
+        }
+    }
 }
 
 async fn hash_key(key: String) -> Result<String> {
@@ -349,24 +365,6 @@ async fn hash_key(key: String) -> Result<String> {
     })
     .await
     .map_err(|e| Error::new(ErrorCode::Internal, format!("hashing an API key: {e}")))?
-}
-
-/// Argon2id verification (constant-time comparison) off the async workers.
-async fn verify_key(key: String, hash: String) -> std::result::Result<(), Refusal> {
-    let ok = tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash).is_ok_and(|parsed| {
-            argon2::Argon2::default()
-                .verify_password(key.as_bytes(), &parsed)
-                .is_ok()
-        })
-    })
-    .await
-    .unwrap_or(false);
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid("unknown API key"))
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {

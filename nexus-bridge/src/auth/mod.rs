@@ -16,6 +16,7 @@
 //! The in-process CLI and MCP over stdio are the operator's (whoever can run
 //! the program can read its database): they take no credentials.
 
+mod cache;
 pub(crate) mod jwt;
 pub(crate) mod keys;
 pub(crate) mod oauth;
@@ -64,6 +65,7 @@ pub struct Auth {
     pub(crate) roles_claim: String,
     pub(crate) api_keys: bool,
     pub(crate) api_key_cache: Duration,
+    pub(crate) jwt_cache: Duration,
     pub(crate) token_lifetime: Duration,
     pub(crate) metrics_role: Option<String>,
     pub(crate) public_openapi: bool,
@@ -105,6 +107,7 @@ impl Default for Auth {
             roles_claim: "roles".into(),
             api_keys: false,
             api_key_cache: Duration::from_secs(30),
+            jwt_cache: Duration::from_secs(60),
             token_lifetime: Duration::from_secs(900),
             metrics_role: Some("metrics".into()),
             public_openapi: false,
@@ -197,10 +200,24 @@ impl Auth {
     }
 
     /// How long a verified API key is remembered, so Argon2 is not paid on
-    /// every request (default 30 s): a key revoked from another process is
-    /// refused here at the latest this long after.
+    /// every request (default 30 s; never past the key's expiry): a key
+    /// revoked from another process is refused here at the latest this long
+    /// after. Concurrent first uses of one key run Argon2 once; past the TTL
+    /// the key's row is read again, but a key that matched that row's hash
+    /// is not hashed again.
     pub fn api_key_cache_ttl(mut self, ttl: Duration) -> Self {
         self.api_key_cache = ttl;
+        self
+    }
+
+    /// How long a verified JWT is remembered (default 60 s), so its
+    /// signature and claims are not checked again on every request: under
+    /// the SHA-256 of the token, at most 10 000 tokens, and never past its
+    /// `exp` plus the leeway (a remembered token is refused from the same
+    /// second as a fresh one). A changed JWKS file forgets every token.
+    /// Zero turns the cache off.
+    pub fn jwt_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.jwt_cache = ttl;
         self
     }
 
@@ -243,7 +260,7 @@ pub(crate) struct Identity {
 /// Why a request has no identity: no credentials, refused ones, or a
 /// store that could not be asked (fails closed, as that error: a database
 /// outage is a 503, not a wrong password).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Refusal {
     Missing,
     Invalid(String),
@@ -260,6 +277,46 @@ pub(crate) struct Authenticator {
     pub(crate) token_lifetime: Duration,
     failures: DefaultKeyedRateLimiter<IpAddr>,
     blocked: Mutex<HashMap<IpAddr, Instant>>,
+    metrics: Metrics,
+}
+
+/// How credentials were checked, for `/metrics`: per kind (`jwt`,
+/// `api_key`) verified (signature or Argon2id paid by this request),
+/// remembered (a cache hit, or the shared outcome of a concurrent
+/// verification) or refused; and the Argon2id verifications run.
+struct Metrics {
+    checks: prometheus::IntCounterVec,
+    argon2: prometheus::IntCounter,
+    /// `checks` resolved: [jwt, api_key] × [verified, remembered, refused].
+    counters: [[prometheus::IntCounter; 3]; 2],
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let checks = prometheus::IntCounterVec::new(
+            prometheus::opts!(
+                "nexus_auth_checks_total",
+                "Credentials checked by kind (jwt, api_key) and outcome \
+                 (verified, remembered, refused)"
+            ),
+            &["credential", "outcome"],
+        )
+        .expect("valid metric");
+        let argon2 = prometheus::IntCounter::new(
+            "nexus_auth_argon2_verifications_total",
+            "Argon2id verifications of API keys and OAuth client secrets",
+        )
+        .expect("valid metric");
+        let counters = ["jwt", "api_key"].map(|credential| {
+            ["verified", "remembered", "refused"]
+                .map(|outcome| checks.with_label_values(&[credential, outcome]))
+        });
+        Metrics {
+            checks,
+            argon2,
+            counters,
+        }
+    }
 }
 
 impl Authenticator {
@@ -285,17 +342,35 @@ impl Authenticator {
                 "token_lifetime and jwks_reload_interval must be more than zero",
             ));
         }
+        let metrics = Metrics::new();
         Ok(Authenticator {
             jwt: jwt::Jwt::new(&auth)?,
             keys: auth
                 .api_keys
-                .then(|| keys::Keys::new(db.clone(), auth.api_key_cache)),
+                .then(|| keys::Keys::new(db.clone(), auth.api_key_cache, metrics.argon2.clone())),
             metrics_role: auth.metrics_role,
             public_openapi: auth.public_openapi,
             token_lifetime: auth.token_lifetime,
             failures: governor::RateLimiter::keyed(Quota::per_minute(per_minute)),
             blocked: Mutex::new(HashMap::new()),
+            metrics,
         })
+    }
+
+    /// Adds the authentication metrics to a server's registry.
+    pub(crate) fn register(&self, registry: &prometheus::Registry) -> Result<()> {
+        for m in [
+            Box::new(self.metrics.checks.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(self.metrics.argon2.clone()),
+        ] {
+            registry.register(m).map_err(|e| {
+                Error::new(
+                    ErrorCode::Internal,
+                    format!("registering auth metrics: {e}"),
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// The identity the request's credentials prove: `Authorization:
@@ -318,24 +393,33 @@ impl Authenticator {
             }
         };
         let api_key = headers
-            .get("x-api-key")
+            .get(&X_API_KEY)
             .map(|v| {
                 v.to_str()
                     .map_err(|_| invalid("the X-API-Key header is not text"))
             })
             .transpose()?;
-        match (bearer, api_key) {
-            (None, None) => Err(Refusal::Missing),
-            (Some(_), Some(_)) => Err(invalid(
-                "send one credential: Authorization or X-API-Key, not both",
-            )),
-            (None, Some(key)) => self.api_key(key).await,
-            (Some(token), None) if keys::looks_like_key(token) => self.api_key(token).await,
-            (Some(token), None) => self.jwt.verify(token),
-        }
+        let (kind, checked) = match (bearer, api_key) {
+            (None, None) => return Err(Refusal::Missing),
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "send one credential: Authorization or X-API-Key, not both",
+                ))
+            }
+            (None, Some(key)) => (1, self.api_key(key).await),
+            (Some(token), None) if keys::looks_like_key(token) => (1, self.api_key(token).await),
+            (Some(token), None) => (0, self.jwt.verify(token)),
+        };
+        let outcome = match &checked {
+            Ok((_, cache::Source::Verified)) => 0,
+            Ok((_, cache::Source::Remembered)) => 1,
+            Err(_) => 2,
+        };
+        self.metrics.counters[kind][outcome].inc();
+        checked.map(|(identity, _)| identity)
     }
 
-    async fn api_key(&self, key: &str) -> std::result::Result<Identity, Refusal> {
+    async fn api_key(&self, key: &str) -> std::result::Result<(Identity, cache::Source), Refusal> {
         match &self.keys {
             Some(keys) => keys.verify(key).await,
             None => Err(invalid("API keys are not accepted by this server")),
@@ -388,6 +472,9 @@ impl Authenticator {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// The header an API key may come in.
+static X_API_KEY: axum::http::HeaderName = axum::http::HeaderName::from_static("x-api-key");
 
 pub(crate) fn invalid(why: impl Into<String>) -> Refusal {
     Refusal::Invalid(why.into())
