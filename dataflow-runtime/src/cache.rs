@@ -1,5 +1,5 @@
 //! The query cache (on by default; `enable_caching(false)` turns it off):
-//! Read, List and Count results per model, keyed by tenant, model and the
+//! Read, List, Count and Aggregate results per model, keyed by tenant, model and the
 //! input JSON, bounded in bytes, never stale. Only answers likely to be
 //! read again are stored (see [`Admission`]), so a workload that never
 //! hits pays almost nothing.

@@ -32,7 +32,7 @@ pub struct Config {
     pub staging: Option<bool>,
     /// Schema discovery (not available yet: `true` fails boot).
     pub enable_schema_discovery: Option<bool>,
-    /// The query cache of Read, List and Count results (default on; see
+    /// The query cache of Read, List, Count and Aggregate results (default on; see
     /// the README's "Query cache"). On PostgreSQL it needs the change
     /// triggers its migrations create; `false` with `migrate apply` drops them.
     pub enable_caching: Option<bool>,
